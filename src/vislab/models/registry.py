@@ -68,7 +68,12 @@ _REGISTRY: dict[str, Entry] = {}
 
 
 def register_model(name: str, spec: DataSpec | None = None, **meta: Any) -> Callable[[Builder], Builder]:
-    """Decorator registering a builder under `name`; a second registration of a name is a bug."""
+    """Decorator registering a builder under `name`; a second registration of a name is a bug.
+
+    The builder is called as `builder(cfg=ModelConfig, num_classes=int)`. `meta` is free-form
+    and shown by `model_info`; two keys change `create_model`'s checks: `pretrained=True`
+    means the builder handles `cfg.pretrained` itself, `head=True` that it honours `cfg.head`.
+    """
 
     def wrap(fn: Builder) -> Builder:
         if name in _REGISTRY:
@@ -95,6 +100,26 @@ def list_models(pattern: str = "*", include_timm: bool = False) -> list[str]:
     return names
 
 
+def model_info(name: str) -> dict[str, Any]:
+    """What is known about a model name before building it: source, input spec, metadata."""
+    check_name(name)
+    entry = get_entry(name)
+    if entry is not None:
+        return {"name": name, "source": "vislab", "spec": entry.spec.to_dict(), **entry.meta}
+    import timm
+
+    from vislab.models import pypi_weights
+
+    cfg = timm.get_pretrained_cfg(name)
+    spec = _spec_from_pretrained_cfg(cfg.to_dict() if cfg is not None else {})
+    return {
+        "name": name,
+        "source": "timm",
+        "spec": spec.to_dict(),
+        "pretrained": ["true", "pypi"] if pypi_weights.supports(name) else ["true"],
+    }
+
+
 def _ensure_builtin() -> None:
     """Import the modules whose builders register themselves (lazily, no work at import)."""
     from vislab.models import simple_cnn  # noqa: F401
@@ -116,26 +141,47 @@ def check_name(name: str) -> None:
     raise VislabError(f"model.name: unknown model '{name}'{hint}")
 
 
-def create_model(cfg: "ModelConfig", num_classes: int) -> nn.Module:
-    """Build the model a config names: a vislab builder, or any timm model by name."""
+def create_model(cfg: "ModelConfig", num_classes: int, *, load_weights: bool = True) -> nn.Module:
+    """Build the model a config names: a vislab builder, or any timm model by name.
+
+    `pretrained` and `weights` are applied here, and what was loaded is kept on the model as
+    `vislab_load_report` (a dict, or None). `load_weights=False` builds the same architecture
+    and DataSpec without touching any weights: restoring a run from its own checkpoint
+    must not need the network or the original weight files.
+    """
     from vislab.models import backbones
+    from vislab.models import weights as local_weights
 
     check_name(cfg.name)
+    if cfg.weights is not None and cfg.pretrained:
+        raise VislabError(
+            f"model: both pretrained: {cfg.pretrained} and weights: {cfg.weights} are set; "
+            "keep one (the weights file would overwrite the pretrained weights)"
+        )
     entry = get_entry(cfg.name)
+    report: dict[str, Any] | None = None
     if entry is not None:
+        if cfg.pretrained and not entry.meta.get("pretrained", False):
+            raise VislabError(
+                f"model.pretrained: vislab's '{cfg.name}' has no pretrained weights; "
+                "set pretrained: false, or weights: PATH to a checkpoint of this model"
+            )
+        if cfg.head is not None and not entry.meta.get("head", False):
+            raise VislabError(
+                f"model.head: '{cfg.name}' has its own head settings; remove model.head "
+                "(the custom head applies to timm backbones)"
+            )
         model = entry.builder(cfg=cfg, num_classes=num_classes)
         model.vislab_spec = entry.spec
     else:
-        model = backbones.create_timm(cfg, num_classes)
+        model, report = backbones.create_timm(cfg, num_classes, load_weights=load_weights)
+    if cfg.weights is not None and load_weights:
+        report = local_weights.load_weights(model, cfg.weights).to_dict()
+    model.vislab_load_report = report
     return model
 
 
-def data_spec(model: nn.Module) -> DataSpec:
-    """The input a built model expects: its registry spec, else timm's pretrained config."""
-    spec = getattr(model, "vislab_spec", None)
-    if isinstance(spec, DataSpec):
-        return spec
-    cfg = getattr(model, "pretrained_cfg", None) or {}
+def _spec_from_pretrained_cfg(cfg: dict[str, Any]) -> DataSpec:
     return DataSpec(
         input_size=tuple(cfg.get("input_size", (3, 224, 224))),
         mean=tuple(cfg.get("mean", IMAGENET_MEAN)),
@@ -143,3 +189,11 @@ def data_spec(model: nn.Module) -> DataSpec:
         interpolation=cfg.get("interpolation", "bilinear"),
         crop_pct=float(cfg.get("crop_pct", 0.875)),
     )
+
+
+def data_spec(model: nn.Module) -> DataSpec:
+    """The input a built model expects: its registry spec, else timm's pretrained config."""
+    spec = getattr(model, "vislab_spec", None)
+    if isinstance(spec, DataSpec):
+        return spec
+    return _spec_from_pretrained_cfg(getattr(model, "pretrained_cfg", None) or {})

@@ -1,0 +1,151 @@
+"""Attention Branch Network (Fukui et al., CVPR 2019) around any CNN backbone.
+
+The backbone is split at one of its stages (timm's `feature_info` names the module). A
+forward hook on that module hands its output `f` to the attention branch, which produces
+per-class score maps, attention-branch logits (their global average) and a one-channel
+attention map `M`; the hook then returns `f * M + f`, so the backbone's remaining layers and
+its own head form the perception branch. Splitting by hook rather than by re-assembling
+layers is what lets one implementation serve VGG, ResNet, EfficientNet, ConvNeXt or the
+simple CNN, at any input size, and keeps the backbone's parameter names unchanged so a plain
+backbone checkpoint loads as it is.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vislab.errors import VislabError
+
+_POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+
+
+def stage_info(backbone: nn.Module) -> list[dict[str, Any]]:
+    """The backbone's stages as dicts with `module`, `num_chs` and `reduction`."""
+    info = getattr(backbone, "feature_info", None)
+    if not info:
+        raise VislabError(
+            f"model.attention: abn needs a backbone that lists its stages (feature_info); "
+            f"{type(backbone).__name__} does not. Use a timm CNN or simple_cnn"
+        )
+    return [dict(i) for i in info]
+
+
+def default_stage(backbone: nn.Module) -> int:
+    """Index of the last stage whose output comes from a conv block, not a pooling layer."""
+    info = stage_info(backbone)
+    modules = dict(backbone.named_modules())
+    for idx in range(len(info) - 1, -1, -1):
+        if not isinstance(modules.get(info[idx]["module"]), _POOL_TYPES):
+            return idx
+    return len(info) - 1
+
+
+class AttentionBranch(nn.Module):
+    """Features -> per-class score maps -> (attention logits, attention map in [0, 1])."""
+
+    def __init__(self, in_chs: int, num_classes: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or min(in_chs, 512)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(in_chs),
+            nn.Conv2d(in_chs, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_classes, 1, bias=False),
+            nn.BatchNorm2d(num_classes),
+            nn.ReLU(inplace=True),
+        )
+        self.score = nn.Conv2d(num_classes, num_classes, 1, bias=False)
+        self.attention = nn.Sequential(
+            nn.Conv2d(num_classes, 1, 1, bias=False),
+            nn.BatchNorm2d(1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.body(f)
+        logits = self.score(s).mean(dim=(2, 3))
+        return logits, self.attention(s)
+
+
+class ABN(nn.Module):
+    """A backbone whose stage `stage` output is re-weighted by a learned attention map.
+
+    `forward` returns a dict: `logits` (perception branch, used for prediction),
+    `att_logits` (attention branch) and `attention` (B x 1 x h x w map at the stage's size).
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, stage: int | None = None) -> None:
+        super().__init__()
+        info = stage_info(backbone)
+        idx = default_stage(backbone) if stage is None else stage
+        if not -len(info) <= idx < len(info):
+            raise VislabError(
+                f"model.abn.stage: {stage} is out of range; this backbone has stages 0..{len(info) - 1}"
+            )
+        self.stage = info[idx]
+        self.backbone = backbone
+        self.attention_branch = AttentionBranch(self.stage["num_chs"], num_classes)
+        self.num_classes = num_classes
+        self.num_features = getattr(backbone, "num_features", None)
+        self._out: dict[str, torch.Tensor] = {}
+        target = dict(backbone.named_modules())[self.stage["module"]]
+        target.register_forward_hook(self._reweight)
+
+    def _reweight(self, module: nn.Module, args: Any, f: torch.Tensor) -> torch.Tensor:
+        att_logits, m = self.attention_branch(f)
+        self._out = {"att_logits": att_logits, "attention": m}
+        return f * m + f
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        return stage_info(self.backbone)
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        return getattr(self.backbone, "pretrained_cfg", {}) or {}
+
+    def get_classifier(self) -> nn.Module:
+        return self.backbone.get_classifier()
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.backbone.reset_classifier(num_classes)
+        self.attention_branch = AttentionBranch(self.stage["num_chs"], num_classes)
+        self.num_classes = num_classes
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.backbone.forward_head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.backbone(x)
+        out, self._out = self._out, {}
+        return {"logits": logits, **out}
+
+
+def abn_loss(
+    out: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    weight: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """alpha * CE(attention logits) + beta * CE(perception logits); returns total and parts.
+
+    Soft (mixup/cutmix) targets are accepted as probabilities, like F.cross_entropy.
+    """
+    att = F.cross_entropy(out["att_logits"], target, weight=weight, label_smoothing=label_smoothing)
+    per = F.cross_entropy(out["logits"], target, weight=weight, label_smoothing=label_smoothing)
+    return alpha * att + beta * per, {"att_loss": att, "per_loss": per}
+
+
+def attention_upsampled(attention: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Attention maps resized to the input image size, for overlays."""
+    return F.interpolate(attention, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,73 @@
+"""Tiny models, a forward/backward check and weight files for tests.
+
+Everything here runs in well under a second on a CPU and goes through the same factory as a
+real run (`registry.create_model`), so a test of a tiny model tests the real code path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vislab.config import ModelConfig
+
+# timm's own test architectures: the real code of each family at a few thousand parameters
+TINY_TIMM = ("test_resnet", "test_efficientnet", "test_convnext", "test_vit")
+
+
+def tiny_model_config(name: str = "simple_cnn", **fields: Any) -> ModelConfig:
+    """A ModelConfig for a model that builds and runs in milliseconds (a 2-block simple_cnn by default)."""
+    raw: dict[str, Any] = {"name": name, **fields}
+    if name == "simple_cnn":
+        raw["simple_cnn"] = {"layers": 2, "filters": 4, "fc": 16, **fields.get("simple_cnn", {})}
+    return ModelConfig.model_validate(raw)
+
+
+def tiny_model(name: str = "simple_cnn", num_classes: int = 3, **fields: Any) -> nn.Module:
+    """`create_model` on `tiny_model_config(name, **fields)`."""
+    from vislab.models.registry import create_model
+
+    return create_model(tiny_model_config(name, **fields), num_classes)
+
+
+def check_forward_backward(
+    model: nn.Module, num_classes: int, size: int = 32, batch: int = 2, in_chans: int = 3
+) -> torch.Tensor:
+    """One training-mode forward and backward; asserts logits of the right shape, all finite,
+    and a gradient on every trainable parameter (an unused one would break DDP)."""
+    model.train()
+    x = torch.randn(batch, in_chans, size, size, generator=torch.Generator().manual_seed(0))
+    logits = model(x)
+    assert logits.shape == (batch, num_classes), f"logits shape {tuple(logits.shape)} != {(batch, num_classes)}"
+    assert torch.isfinite(logits).all(), "non-finite logits"
+    model.zero_grad(set_to_none=True)
+    logits.logsumexp(1).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not no_grad, f"parameters without gradient: {no_grad[:5]}"
+    return logits.detach()
+
+
+def save_weights(model: nn.Module, path: str | Path, kind: str = "state_dict", prefix: str = "model.") -> Path:
+    """Write `model`'s weights the way another tool would: `state_dict` (plain torch.save),
+    `safetensors`, `lightning` (under `state_dict` with `prefix`, plus optimizer-like extras)
+    or `timm` (timm's training checkpoint: under `state_dict` with an epoch and arch)."""
+    path = Path(path)
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if kind == "state_dict":
+        torch.save(sd, path)
+    elif kind == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    elif kind == "lightning":
+        wrapped = {prefix + k: v for k, v in sd.items()}
+        wrapped["criterion.weight"] = torch.ones(1)
+        torch.save({"state_dict": wrapped, "epoch": 3, "global_step": 30, "optimizer_states": []}, path)
+    elif kind == "timm":
+        torch.save({"state_dict": sd, "epoch": 3, "arch": type(model).__name__}, path)
+    else:
+        raise ValueError(f"unknown kind {kind!r}; choose state_dict, safetensors, lightning or timm")
+    return path
