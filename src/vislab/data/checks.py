@@ -1,0 +1,325 @@
+"""Per-file checks: what one worker process learns about one file, as a plain dict.
+
+Each file is read once: the bytes feed sha256 and the decoder. The decode is real
+(truncation is only visible once the compressed stream is consumed) but cheap: JPEGs are
+decoded in draft mode at 1/8 scale straight to grayscale, which is also what the perceptual
+hash needs. Nothing here raises for a bad file; every problem becomes a named reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from vislab.data.dedupe import HASH_SIZE, hash_to_hex, perceptual_hashes, thumbnail
+from vislab.data.io import SUPPORTED_MODES, orientation_of, oriented_size, to_rgb
+
+# Files up to this size are read into memory once (sha256 + decode); larger ones are
+# hashed in a stream and decoded from disk so memory stays bounded.
+READ_WHOLE_LIMIT = 64 * 1024 * 1024
+HASH_DRAFT = (2 * HASH_SIZE, 2 * HASH_SIZE)
+
+ZERO_BYTE = "zero_byte"
+NOT_AN_IMAGE = "not_an_image"
+UNREADABLE = "unreadable"
+TRUNCATED = "truncated"
+UNSUPPORTED_MODE = "unsupported_mode"
+UNSUPPORTED_FORMAT = "unsupported_format"
+DECOMPRESSION_BOMB = "decompression_bomb"
+MISSING_FILE = "missing_file"
+DECODER_CRASH = "decoder_crash"
+_THUMB = "_thumbnail"  # carried from decode to the batched hash, never returned
+
+# Signatures of image formats: a file that starts like one but does not open is a broken
+# image (unreadable), not a stray document; formats Pillow cannot decode get their own reason.
+_BROKEN_IF_UNOPENED = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
+_UNDECODABLE_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+
+
+def _classify_unopened(head: bytes) -> str:
+    if head.startswith(_BROKEN_IF_UNOPENED) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return UNREADABLE
+    if head[4:8] == b"ftyp" and head[8:12] in _UNDECODABLE_BRANDS:
+        return UNSUPPORTED_FORMAT
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL "):
+        return UNSUPPORTED_FORMAT
+    return NOT_AN_IMAGE
+
+
+def _decode_error_reason(err: BaseException) -> str:
+    return TRUNCATED if "truncat" in str(err).lower() else UNREADABLE
+
+
+def _sha256_stream(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _empty_record(path: str) -> dict[str, Any]:
+    return {
+        "path": path,
+        "reason": "",
+        "bytes": None,
+        "sha256": "",
+        "format": "",
+        "mode": "",
+        "width": None,
+        "height": None,
+        "orientation": None,
+        "phash": "",
+    }
+
+
+def inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
+    """Check one file: size, sha256, header, full (draft) decode, perceptual hash.
+
+    Returns a dict with `reason` empty when the file is a usable image.
+    """
+    return _add_hashes([_inspect_file(path, max_pixels)])[0]
+
+
+def _add_hashes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    with_thumb = [rec for rec in records if _THUMB in rec]
+    for rec, value in zip(with_thumb, perceptual_hashes([rec.pop(_THUMB) for rec in with_thumb])):
+        rec["phash"] = hash_to_hex(value)
+    return records
+
+
+def _inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
+    rec = _empty_record(path)
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        rec["reason"] = MISSING_FILE
+        return rec
+    except OSError:
+        rec["reason"] = UNREADABLE
+        return rec
+    rec["bytes"] = size
+    try:
+        if size <= READ_WHOLE_LIMIT:
+            with open(path, "rb") as fh:
+                data = fh.read()
+            rec["sha256"] = hashlib.sha256(data).hexdigest()
+            head = data[:16]
+            source: Any = io.BytesIO(data)
+        else:
+            rec["sha256"] = _sha256_stream(path)
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            source = path
+    except OSError:
+        rec["reason"] = UNREADABLE
+        return rec
+    if size == 0:
+        rec["reason"] = ZERO_BYTE
+        return rec
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rec["reason"] = _inspect_image(source, head, max_pixels, rec)
+    return rec
+
+
+def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any]) -> str:
+    """Fill header facts and the hash thumbnail into `rec`; return the reason ('' when usable).
+
+    A file that fails to open is unreadable (or not an image at all); one that opens but
+    fails to decode is truncated when the decoder ran out of data, unreadable otherwise.
+    """
+    try:
+        im = Image.open(source)
+    except UnidentifiedImageError:
+        return _classify_unopened(head)
+    except Image.DecompressionBombError:
+        return DECOMPRESSION_BOMB
+    except Exception:  # a broken header surfaces as many exception types
+        return UNREADABLE
+    with im:
+        rec.update(format=im.format or "", mode=im.mode, width=im.width, height=im.height)
+        if im.width * im.height > max_pixels:
+            return DECOMPRESSION_BOMB
+        if im.mode not in SUPPORTED_MODES:
+            return UNSUPPORTED_MODE
+        try:
+            if im.format == "JPEG":
+                im.draft("L", HASH_DRAFT)
+            im.load()
+        except Image.DecompressionBombError:
+            return DECOMPRESSION_BOMB
+        except Exception as err:
+            return _decode_error_reason(err)
+        try:
+            orientation = orientation_of(im)
+            width, height = oriented_size(rec["width"], rec["height"], orientation)
+            rec.update(width=width, height=height, orientation=orientation)
+            if orientation != 1:
+                ImageOps.exif_transpose(im, in_place=True)
+            rec[_THUMB] = thumbnail(_gray(im))
+        except Exception as err:
+            return _decode_error_reason(err)
+    return ""
+
+
+def _gray(im: Image.Image) -> Image.Image:
+    """Grayscale as training will see it (transparency flattened onto white)."""
+    if im.mode == "L":
+        return im
+    if im.mode in ("1", "P") and "transparency" not in im.info:
+        return im.convert("L")
+    return to_rgb(im).convert("L")
+
+
+def inspect_chunk(paths: list[str], max_pixels: int) -> list[dict[str, Any]]:
+    """Worker entry point: one task per chunk keeps inter-process overhead per file small.
+
+    Truncation must raise (a caller may have relaxed Pillow's global), and Pillow's own
+    bomb limit must not undercut an explicitly larger `max_pixels`; both are restored.
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > 2 * Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels // 2 + 1
+    try:
+        return _add_hashes([_inspect_file(p, max_pixels) for p in paths])
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS = saved
+
+
+# ---------------------------------------------------------------- running checks in parallel
+
+
+def worker_count(requested: int) -> int:
+    """`requested` workers, or one per usable core when 0."""
+    if requested > 0:
+        return requested
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _progress(console: Console | None) -> Progress:
+    return Progress(
+        TextColumn("checking files"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=console is None,
+    )
+
+
+def _run_pool(
+    chunks: list[list[str]],
+    max_pixels: int,
+    workers: int,
+    done: dict[str, dict[str, Any]],
+    advance: Callable[[int], None],
+    start: Callable[[], None] | None = None,
+) -> list[list[str]]:
+    """Run chunks in one pool. Returns, in submission order, the chunks lost when a worker
+    died (a decoder crash, or the out-of-memory killer), which breaks the whole pool."""
+    failed: set[int] = set()
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)))
+    try:
+        futures = {pool.submit(inspect_chunk, part, max_pixels): i for i, part in enumerate(chunks)}
+        if start is not None:
+            start()  # the progress thread starts only after the workers are forked
+        for fut in as_completed(futures):
+            try:
+                records = fut.result()
+            except BrokenProcessPool:
+                failed.add(futures[fut])
+                continue
+            for rec in records:
+                done[rec["path"]] = rec
+            advance(len(records))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return [chunks[i] for i in sorted(failed)]
+
+
+def inspect_files(
+    paths: list[str], max_pixels: int, workers: int = 0, console: Console | None = None
+) -> list[dict[str, Any]]:
+    """Check files in worker processes, in chunks, with a progress bar; records in `paths` order.
+
+    Chunks are small enough to balance a few big photos across workers and large enough
+    that 50,000 thumbnails do not pay inter-process overhead per file.
+
+    A worker that dies takes the pool down. The pool feeds workers in submission order, so
+    only the first `workers + 1` unfinished chunks can have started: those suspects are
+    halved and retried after the others, down to single files, which one lone worker then
+    checks in turn. The file it dies on is quarantined as `decoder_crash`; the run goes on.
+    """
+    n = len(paths)
+    workers = worker_count(workers)
+    size = max(1, min(256, -(-n // (workers * 8))))
+    chunks = [paths[i : i + size] for i in range(0, n, size)]
+    done: dict[str, dict[str, Any]] = {}
+    progress = _progress(console)
+    task = progress.add_task("check", total=n)
+
+    def advance(k: int) -> None:
+        progress.advance(task, k)
+
+    try:
+        if workers <= 1 or len(chunks) <= 1:
+            progress.start()
+            for part in chunks:
+                for rec in inspect_chunk(part, max_pixels):
+                    done[rec["path"]] = rec
+                advance(len(part))
+            return [done[p] for p in paths]
+        lost = _run_pool(chunks, max_pixels, workers, done, advance, start=progress.start)
+        while lost:
+            suspects, others = lost[: workers + 1], lost[workers + 1 :]
+            if all(len(part) == 1 for part in suspects):
+                others = others + _isolate(suspects, max_pixels, done, advance)
+                retry = others
+            else:
+                retry = others + [half for part in suspects for half in _halve(part)]
+            lost = _run_pool(retry, max_pixels, workers, done, advance) if retry else []
+    finally:
+        progress.stop()
+    return [done[p] for p in paths]
+
+
+def _halve(part: list[str]) -> list[list[str]]:
+    mid = max(1, len(part) // 2)
+    return [p for p in (part[:mid], part[mid:]) if p]
+
+
+def _isolate(
+    singles: list[list[str]], max_pixels: int, done: dict[str, dict[str, Any]], advance: Callable[[int], None]
+) -> list[list[str]]:
+    """One worker, one file at a time: the first file whose task is lost is the one the
+    worker died on; files queued behind it are handed back to be checked again."""
+    lost = _run_pool(singles, max_pixels, 1, done, advance)
+    if not lost:
+        return []
+    culprit = lost[0][0]
+    done[culprit] = {**_empty_record(culprit), "reason": DECODER_CRASH}
+    advance(1)
+    return lost[1:]

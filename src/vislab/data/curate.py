@@ -1,0 +1,396 @@
+"""`vislab curate`: from files on disk to a manifest, a curation record and a histogram.
+
+The order of decisions is fixed and visible in the manifest: files that cannot be used are
+quarantined (the file is broken); usable files can then be excluded (a label rule, a size
+or aspect filter, a duplicate, class selection). Only rows that end `ok` are ever trained on.
+Source files are only read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from rich.console import Console
+
+from vislab import __version__
+from vislab.data import sources as src
+from vislab.data.checks import inspect_files
+from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, near_pairs
+from vislab.data.manifest import (
+    COLUMNS,
+    CURATION_NAME,
+    EXCLUDED,
+    MANIFEST_NAME,
+    OK,
+    QUARANTINED,
+    manifest_hash,
+    write_manifest,
+)
+from vislab.data.split import assign_splits, parse_ratios, select_classes
+from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
+from vislab.errors import VislabError
+
+UNLABELLED = "unlabelled"
+TOO_SMALL = "too_small"
+WRONG_ASPECT = "wrong_aspect"
+DUPLICATE_OF = "duplicate_of"
+EXTRA_COLUMNS = ["orientation"]
+# Options that change how fast a dataset is made, not what it contains.
+RUNTIME_OPTIONS = {"workers", "overwrite"}
+
+
+def _flag(field: str) -> str:
+    return "SOURCE" if field == "sources" else "--" + field.replace("_", "-")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1440x720' -> (1440, 720)."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        w, h = (int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"'{text}' is not WIDTHxHEIGHT; write e.g. 1440x720") from None
+    if w < 1 or h < 1:
+        raise ValueError(f"'{text}' needs positive width and height, e.g. 1440x720")
+    return w, h
+
+
+class CurateOptions(BaseModel):
+    """Everything that decides a dataset's content (plus `workers`/`overwrite`, which do not).
+
+    Invalid values raise a one-line VislabError naming the option, never a traceback.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[Path] = Field(default_factory=list)
+    labels: Path | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    ratings: Path | None = None
+    annotator: str | None = None
+    question: str | None = None
+    annotator_column: str = "annotator"
+    question_column: str = "question"
+    rating_column: str = "rating"
+    bins: str | None = None
+    min_size: str | None = None
+    aspect: float | None = Field(None, gt=0)
+    aspect_tolerance: float = Field(0.05, ge=0)
+    landscape: bool = False
+    max_pixels: int = Field(178_956_970, ge=1)
+    dedupe: Literal["none", "exact", "near"] = "none"
+    near_threshold: int = Field(6, ge=0, le=MAX_THRESHOLD)
+    min_per_class: int | None = Field(None, ge=1)
+    max_per_class: int | None = Field(None, ge=1)
+    top_k: int | None = Field(None, ge=1)
+    skip_top: int = Field(0, ge=0)
+    sample_classes: int | None = Field(None, ge=1)
+    split: str | None = None
+    val_per_class: int | None = Field(None, ge=0)
+    test_per_class: int | None = Field(None, ge=0)
+    seed: int = 0
+    workers: int = Field(0, ge=0)
+    overwrite: bool = False
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            msg = first["msg"].removeprefix("Value error, ")
+            got = first.get("input")
+            own = first["type"] == "value_error"  # our messages already quote the value
+            shown = f" (got {got!r})" if field and not own and not isinstance(got, dict) else ""
+            where = f"{_flag(field)}: " if field else ""
+            raise VislabError(f"{where}{msg}{shown}") from None
+
+    @field_validator("min_size")
+    @classmethod
+    def _min_size(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        w, h = parse_size(v)
+        return f"{w}x{h}"
+
+    @field_validator("split")
+    @classmethod
+    def _split(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        return ",".join(f"{r:g}" for r in parse_ratios(v))
+
+    @field_validator("bins")
+    @classmethod
+    def _bins(cls, v: str | None) -> str | None:
+        return None if v is None else src.parse_bins(v).text
+
+    @model_validator(mode="after")
+    def _combinations(self) -> CurateOptions:
+        if self.labels is not None and self.ratings is not None:
+            raise ValueError("use --labels or --ratings, not both")
+        if not self.sources and self.labels is None and self.ratings is None:
+            raise ValueError("give at least one SOURCE folder, or --labels / --ratings CSV")
+        if self.split is not None and (self.val_per_class is not None or self.test_per_class is not None):
+            raise ValueError("use --split or --val-per-class/--test-per-class, not both")
+        if self.ratings is None:
+            for name in ("annotator", "question", "bins"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{_flag(name)} applies to --ratings; add --ratings FILE.csv")
+        return self
+
+    @property
+    def size_limit(self) -> tuple[int, int] | None:
+        return parse_size(self.min_size) if self.min_size else None
+
+    @property
+    def ratios(self) -> tuple[float, float, float] | None:
+        return parse_ratios(self.split) if self.split else None
+
+    def recorded(self) -> dict[str, Any]:
+        """Options that define the dataset, with absolute paths, for curation.json."""
+        data = self.model_dump(mode="json", exclude=RUNTIME_OPTIONS)
+        data["sources"] = [os.path.abspath(p) for p in self.sources]
+        for key in ("labels", "ratings"):
+            if data[key] is not None:
+                data[key] = os.path.abspath(data[key])
+        return data
+
+
+# ---------------------------------------------------------------- inputs and output
+
+
+def _check_places(opts: CurateOptions, out: Path) -> list[str]:
+    roots = []
+    for source in opts.sources:
+        root = os.path.abspath(source)
+        if not os.path.exists(root):
+            raise VislabError(f"source folder {source} does not exist; check the path")
+        if not os.path.isdir(root):
+            raise VislabError(
+                f"source {source} is a file, not a folder; pass its folder or use --labels FILE.csv"
+            )
+        if os.path.realpath(root) == os.path.realpath(out):
+            raise VislabError(f"--out {out} is the source folder itself; write the dataset to another folder")
+        roots.append(root)
+    if out.exists() and not out.is_dir():
+        raise VislabError(f"--out {out} is a file; give a folder for the dataset")
+    return roots
+
+
+def _fingerprint(recorded: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to replace a manifest made from other inputs, unless told to."""
+    if overwrite or not (out / MANIFEST_NAME).exists():
+        return
+    try:
+        previous = json.loads((out / CURATION_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = {}
+    if previous.get("fingerprint") == fingerprint:
+        return
+    made_from = ", ".join(previous.get("options", {}).get("sources", [])) or "unknown inputs"
+    raise VislabError(
+        f"--out {out} holds a different dataset (made from {made_from} with other options); "
+        "choose another --out or pass --overwrite to replace it"
+    )
+
+
+def _gather(opts: CurateOptions, roots: list[str], out: Path) -> tuple[dict[str, src.Found], int]:
+    """Every file the sources name, with its label; the out folder is never scanned."""
+    found: dict[str, src.Found] = {}
+    hidden = 0
+    for root in roots:
+        entries, skipped = src.scan_folder(root, skip=[out])
+        hidden += skipped
+        for entry in entries:
+            found.setdefault(entry.path, entry)
+    table: dict[str, src.Found] | None = None
+    if opts.labels is not None:
+        table = src.read_labels_csv(opts.labels, opts.path_column, opts.label_column)
+    elif opts.ratings is not None:
+        spec = src.RatingsSpec(
+            path_column=opts.path_column,
+            annotator_column=opts.annotator_column,
+            question_column=opts.question_column,
+            rating_column=opts.rating_column,
+            annotator=opts.annotator,
+            question=opts.question,
+            bins=src.parse_bins(opts.bins) if opts.bins else None,
+        )
+        table = src.read_ratings_csv(opts.ratings, spec)
+    if table is not None:
+        for entry in found.values():
+            entry.label = None  # a label table replaces folder names as the label source
+        found.update(table)
+    return found, hidden
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def _table(records: list[dict[str, Any]], found: dict[str, src.Found]) -> pd.DataFrame:
+    df = pd.DataFrame.from_records(records)
+    df = df.sort_values("path", kind="mergesort").reset_index(drop=True)
+    entries = [found[p] for p in df["path"]]
+    df["label"] = [e.label or "" for e in entries]
+    df["split"] = ""
+    df["group"] = ""
+    df["status"] = np.where(df["reason"] == "", OK, QUARANTINED)
+    # A label problem matters only for files that are fine; a broken file stays quarantined.
+    label_reason = pd.Series([e.reason or (UNLABELLED if e.label is None else "") for e in entries])
+    _exclude(df, (df["status"] == OK) & (label_reason != ""), label_reason)
+    return df
+
+
+def _exclude(df: pd.DataFrame, mask: Any, reason: str | pd.Series) -> None:
+    df.loc[mask, "status"] = EXCLUDED
+    df.loc[mask, "reason"] = reason if isinstance(reason, str) else reason[mask]
+
+
+def _filter_geometry(df: pd.DataFrame, opts: CurateOptions) -> None:
+    ok = df["status"] == OK
+    w = pd.to_numeric(df["width"], errors="coerce").fillna(0)
+    h = pd.to_numeric(df["height"], errors="coerce").fillna(0)
+    if opts.landscape:
+        w, h = np.maximum(w, h), np.minimum(w, h)
+    limit = opts.size_limit
+    if limit is not None:
+        need_w, need_h = limit
+        if opts.landscape:
+            need_w, need_h = max(limit), min(limit)
+        small = ok & ((w < need_w) | (h < need_h))
+        _exclude(df, small, TOO_SMALL)
+        ok &= ~small
+    if opts.aspect is not None:
+        target = max(opts.aspect, 1 / opts.aspect) if opts.landscape else opts.aspect
+        ratio = w / h.where(h > 0, np.nan)
+        off = (ratio / target - 1).abs() > opts.aspect_tolerance + 1e-12
+        _exclude(df, ok & off.fillna(True), WRONG_ASPECT)
+
+
+def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> int:
+    """Group exact and near copies among usable rows (the `group` column) and, by `mode`,
+    keep one image per sha256 or per group: the one with most pixels, then the biggest
+    file, then the first path. Returns how many groups mix labels.
+
+    Works on arrays, not per-group pandas calls: 50,000 rows have hundreds of groups.
+    """
+    pos = np.flatnonzero(df["status"].to_numpy() == OK)
+    if len(pos) < 2:
+        return 0
+    paths = df["path"].to_numpy()[pos]
+    labels = df["label"].to_numpy()[pos]
+    _, first, sha_id = np.unique(
+        df["sha256"].to_numpy()[pos].astype(str), return_index=True, return_inverse=True
+    )
+    copies = np.flatnonzero(first[sha_id] != np.arange(len(pos)))
+    exact = np.stack([first[sha_id[copies]], copies], axis=1)
+    pairs = np.concatenate([near_pairs(hex_to_hashes(df["phash"].to_numpy()[pos]), threshold), exact])
+    roots = connected_groups(len(pos), pairs)
+    uniq, counts = np.unique(roots, return_counts=True)
+    multi = set(uniq[counts > 1].tolist())
+    members: dict[int, list[int]] = {}
+    for i, root in enumerate(roots.tolist()):
+        if root in multi:
+            members.setdefault(root, []).append(i)
+    pixels = (pd.to_numeric(df["width"]) * pd.to_numeric(df["height"])).to_numpy()[pos]
+    sizes = pd.to_numeric(df["bytes"]).to_numpy()[pos]
+    group = np.full(len(df), "", dtype=object)
+    status = df["status"].to_numpy().copy()
+    reason = df["reason"].to_numpy().copy()
+    conflicting = 0
+    for number, root in enumerate(sorted(members), start=1):
+        group_members = members[root]
+        group[pos[group_members]] = f"g{number:05d}"
+        conflicting += len({labels[i] for i in group_members}) > 1
+        if mode == "none":
+            continue
+        sets: dict[int, list[int]] = {}
+        for i in group_members:
+            sets.setdefault(0 if mode == "near" else int(sha_id[i]), []).append(i)
+        for dup_set in sets.values():
+            ranked = sorted(dup_set, key=lambda i: (-pixels[i], -sizes[i], paths[i]))
+            for i in ranked[1:]:
+                status[pos[i]] = EXCLUDED
+                reason[pos[i]] = f"{DUPLICATE_OF}:{paths[ranked[0]]}"
+    df["group"] = group
+    df["status"] = status
+    df["reason"] = reason
+    return conflicting
+
+
+# ---------------------------------------------------------------- the command
+
+
+def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = None) -> dict[str, Any]:
+    """Scan, check, filter, dedupe, select and split; write the manifest, curation.json
+    and the class histogram into `out`. Returns the curation.json content."""
+    out_dir = Path(os.path.abspath(out))
+    roots = _check_places(opts, out_dir)
+    recorded = opts.recorded()
+    fingerprint = _fingerprint(recorded)
+    _check_output(out_dir, fingerprint, opts.overwrite)
+    found, hidden = _gather(opts, roots, out_dir)
+    if not found:
+        where = ", ".join(roots) or str(opts.labels or opts.ratings)
+        raise VislabError(f"no files found in {where}; check the path (hidden files are skipped)")
+
+    started = time.perf_counter()
+    paths = sorted(found)
+    records = inspect_files(paths, opts.max_pixels, opts.workers, console)
+    elapsed = time.perf_counter() - started
+    if console is not None:
+        rate = len(paths) / elapsed if elapsed > 0 else float("inf")
+        console.print(f"checked {len(paths)} files in {elapsed:.1f} s ({rate:,.0f} files/s)")
+
+    df = _table(records, found)
+    _filter_geometry(df, opts)
+    conflicting = _dedupe(df, opts.dedupe, opts.near_threshold)
+    select_classes(
+        df,
+        min_per_class=opts.min_per_class,
+        max_per_class=opts.max_per_class,
+        top_k=opts.top_k,
+        skip_top=opts.skip_top,
+        sample_classes=opts.sample_classes,
+        seed=opts.seed,
+    )
+    assign_splits(
+        df,
+        ratios=opts.ratios,
+        val_per_class=opts.val_per_class,
+        test_per_class=opts.test_per_class,
+        seed=opts.seed,
+    )
+    df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(df[COLUMNS + EXTRA_COLUMNS], out_dir)
+
+    summary: dict[str, Any] = {
+        "vislab_version": __version__,
+        "fingerprint": fingerprint,
+        "options": recorded,
+        **summarize_manifest(df),
+        "hidden_skipped": hidden,
+        "conflicting_label_groups": conflicting,
+        "manifest_sha256": manifest_hash(out_dir),
+        "histogram": HISTOGRAM_NAME,
+    }
+    tmp = out_dir / (CURATION_NAME + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(out_dir / CURATION_NAME)
+    plot_class_histogram(summary, out_dir / HISTOGRAM_NAME)
+    return summary

@@ -1,0 +1,330 @@
+"""Where files and labels come from: image folder trees, a labels CSV, annotator ratings.
+
+Every reader returns `Found` entries: an absolute path, the label it gives (None when the
+source knows the file but not its class) and, when the label itself is unusable, a reason.
+Readers never open images; curation checks the files afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from vislab.errors import VislabError
+
+AGGREGATIONS = ("mean", "median", "majority")
+CONFLICTING_LABELS = "conflicting_labels"
+NO_MAJORITY = "no_majority"
+RATING_OUT_OF_BINS = "rating_out_of_bins"
+
+
+@dataclass
+class Found:
+    """One file a source names. `label` "" marks an unlabelled dataset (self-supervised)."""
+
+    path: str
+    label: str | None
+    reason: str = ""
+
+
+# ---------------------------------------------------------------- folders
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], int]:
+    """(path, first folder below `top` or None) for every non-hidden file under `top`,
+    following directory links once, and the count of hidden entries skipped
+    (.DS_Store, AppleDouble '._x.jpg', .git, ...)."""
+    files: list[tuple[str, str | None]] = []
+    hidden = 0
+    seen: set[tuple[int, int]] = set()
+    stack: list[tuple[str, str | None]] = [(top, None)]
+    while stack:
+        folder, first = stack.pop()
+        try:
+            st = os.stat(folder)
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for entry in entries:
+            if _is_hidden(entry.name):
+                hidden += 1
+                continue
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            if is_dir:
+                if not skip or os.path.realpath(entry.path) not in skip:
+                    stack.append((entry.path, entry.name if first is None else first))
+            else:
+                files.append((entry.path, first))
+    return files, hidden
+
+
+def scan_folder(root: str | Path, skip: Sequence[str | Path] = ()) -> tuple[list[Found], int]:
+    """Files under `root` with the first folder level as label.
+
+    A root with class sub-folders labels each file by its sub-folder, however deep it sits;
+    loose files beside the class folders are unlabelled (label None). A root holding only
+    files is an unlabelled dataset (label ""). Folders in `skip` (the output) are not read.
+    Returns the files and the number of hidden entries skipped.
+    """
+    top = os.path.abspath(root)
+    files, hidden = _walk_files(top, {os.path.realpath(s) for s in skip})
+    tree = any(first is not None for _, first in files)
+    loose: str | None = None if tree else ""
+    return [Found(path, loose if first is None else first) for path, first in files], hidden
+
+
+# ---------------------------------------------------------------- CSV helpers
+
+
+def read_csv(path: Path, what: str) -> pd.DataFrame:
+    """Read a CSV as strings, turning every failure into a one-line error."""
+    if not path.is_file():
+        raise VislabError(f"{what} file {path} does not exist; check the path")
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VislabError(f"{path}: cannot read as CSV ({first}); save it as comma-separated UTF-8") from None
+
+
+def require_columns(df: pd.DataFrame, path: Path, columns: dict[str, str]) -> None:
+    """`columns` maps option flag -> column name; name the flag and the columns present."""
+    for flag, col in columns.items():
+        if col not in df.columns:
+            have = ", ".join(df.columns) or "none"
+            raise VislabError(f"{path}: no column '{col}' (columns: {have}); name the right one with {flag}")
+
+
+def resolve_csv_path(csv: Path, value: str) -> str:
+    """Paths in a CSV are relative to the CSV's folder unless absolute."""
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(csv)), value.strip()))
+
+
+def _merge(entries: Iterable[tuple[str, str | None]]) -> dict[str, Found]:
+    """Collapse repeated paths: agreeing labels merge, disagreeing ones are excluded."""
+    out: dict[str, Found] = {}
+    for path, label in entries:
+        prev = out.get(path)
+        if prev is None:
+            out[path] = Found(path, label)
+        elif prev.label != label and label is not None:
+            if prev.label is None:
+                prev.label = label
+            else:
+                prev.reason = CONFLICTING_LABELS
+    return out
+
+
+def read_labels_csv(csv: Path, path_column: str, label_column: str) -> dict[str, Found]:
+    """Labels from a CSV; an empty label cell leaves the file unlabelled."""
+    df = read_csv(csv, "labels")
+    require_columns(df, csv, {"--path-column": path_column, "--label-column": label_column})
+    rows = df[df[path_column].str.strip() != ""]
+    return _merge(
+        (resolve_csv_path(csv, p), lab.strip() or None)
+        for p, lab in zip(rows[path_column], rows[label_column])
+    )
+
+
+# ---------------------------------------------------------------- bins
+
+
+_BIN_ITEM = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(?:-\s*(-?\d+(?:\.\d+)?))?\s*:\s*(\S(?:.*\S)?)\s*$")
+
+
+def _round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+def number_text(x: float) -> str:
+    """'7' for 7.0, '6.5' for 6.5: labels read the way people write them."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+@dataclass(frozen=True)
+class Bins:
+    """Map a numeric rating to a class: inclusive ranges, or one class per integer.
+
+    Aggregated ratings (mean, median) can fall between integer ranges (3.5 between 1-3
+    and 4-6); when every range bound is an integer they are rounded half up first.
+    """
+
+    ranges: tuple[tuple[float, float, str], ...] = ()
+    per_integer: bool = False
+
+    @property
+    def text(self) -> str:
+        if self.per_integer:
+            return "int"
+        return ",".join(
+            f"{number_text(lo)}:{name}" if lo == hi else f"{number_text(lo)}-{number_text(hi)}:{name}"
+            for lo, hi, name in self.ranges
+        )
+
+    def label(self, value: float) -> str | None:
+        if self.per_integer:
+            return str(_round_half_up(value))
+        for lo, hi, name in self.ranges:
+            if lo <= value <= hi:
+                return name
+        integral = all(float(lo).is_integer() and float(hi).is_integer() for lo, hi, _ in self.ranges)
+        if integral and not float(value).is_integer():
+            return self.label(float(_round_half_up(value)))
+        return None
+
+
+def parse_bins(text: str) -> Bins:
+    """Parse `--bins`: 'int' or 'LO-HI:CLASS,...' (a single value 'V:CLASS' also works)."""
+    hint = "use 'int' or LO-HI:CLASS items separated by commas, e.g. 1-3:negative,4-6:neutral,7-9:positive"
+    if text.strip().lower() == "int":
+        return Bins(per_integer=True)
+    ranges = []
+    for item in text.split(","):
+        m = _BIN_ITEM.match(item)
+        if not m:
+            raise ValueError(f"cannot read '{item.strip()}'; {hint}")
+        lo = float(m.group(1))
+        hi = float(m.group(2)) if m.group(2) is not None else lo
+        if hi < lo:
+            raise ValueError(f"range '{item.strip()}' runs backwards; write it as LO-HI")
+        ranges.append((lo, hi, m.group(3)))
+    ordered = sorted(ranges)
+    for (_lo1, hi1, n1), (lo2, _hi2, n2) in zip(ordered, ordered[1:]):
+        if lo2 <= hi1:
+            raise ValueError(f"ranges for '{n1}' and '{n2}' overlap; make each value belong to one class")
+    return Bins(tuple(ordered))
+
+
+# ---------------------------------------------------------------- ratings
+
+
+@dataclass(frozen=True)
+class RatingsSpec:
+    path_column: str = "path"
+    annotator_column: str = "annotator"
+    question_column: str = "question"
+    rating_column: str = "rating"
+    annotator: str | None = None
+    question: str | None = None
+    bins: Bins | None = None
+
+
+def _numeric(values: pd.Series, csv: Path, column: str, why: str) -> pd.Series:
+    nums = pd.to_numeric(values, errors="coerce")
+    bad = values[nums.isna()]
+    if len(bad):
+        raise VislabError(
+            f"{csv}: column '{column}' holds '{bad.iloc[0]}', not a number, which {why} needs; "
+            "fix the value or choose a named --annotator without --bins"
+        )
+    return nums.astype(float)
+
+
+def _choose_question(df: pd.DataFrame, csv: Path, spec: RatingsSpec) -> pd.DataFrame:
+    has_column = spec.question_column in df.columns
+    if spec.question is None:
+        if has_column and df[spec.question_column].nunique() > 1:
+            known = ", ".join(sorted(df[spec.question_column].unique()))
+            raise VislabError(f"{csv}: answers to several questions ({known}); pick one with --question")
+        return df
+    require_columns(df, csv, {"--question-column": spec.question_column})
+    rows = df[df[spec.question_column] == spec.question]
+    if rows.empty:
+        known = ", ".join(sorted(df[spec.question_column].unique())) or "none"
+        raise VislabError(
+            f"{csv}: no answers to question '{spec.question}' (questions: {known}); fix --question"
+        )
+    return rows
+
+
+def _choose_annotator(df: pd.DataFrame, csv: Path, spec: RatingsSpec) -> str:
+    known = sorted(df[spec.annotator_column].unique())
+    hint = f"annotators: {', '.join(known)}; or aggregate with mean|median|majority"
+    if spec.annotator is None:
+        if len(known) == 1:
+            return known[0]
+        raise VislabError(f"{csv}: several annotators; pick one with --annotator ({hint})")
+    if spec.annotator in AGGREGATIONS or spec.annotator in known:
+        return spec.annotator
+    raise VislabError(f"{csv}: unknown annotator '{spec.annotator}' ({hint})")
+
+
+def _label_of(value: str, number: float | None, bins: Bins | None) -> str | None:
+    if bins is not None and number is not None:
+        return bins.label(number)
+    return number_text(number) if number is not None else value
+
+
+def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
+    """Labels from annotator answers: one annotator's, or all aggregated by mean, median or
+    majority vote; `bins` turns numbers into class names. A file whose votes tie, or whose
+    rating falls outside every bin, is kept out with that reason."""
+    df = read_csv(csv, "ratings")
+    require_columns(
+        df,
+        csv,
+        {
+            "--path-column": spec.path_column,
+            "--annotator-column": spec.annotator_column,
+            "--rating-column": spec.rating_column,
+        },
+    )
+    df = _choose_question(df, csv, spec)
+    who = _choose_annotator(df, csv, spec)
+    df = df[(df[spec.path_column].str.strip() != "") & (df[spec.rating_column].str.strip() != "")]
+    if who not in AGGREGATIONS:
+        df = df[df[spec.annotator_column] == who]
+    paths = [resolve_csv_path(csv, p) for p in df[spec.path_column]]
+    values = df[spec.rating_column].str.strip()
+    numeric_needed = who in ("mean", "median") or spec.bins is not None
+    if numeric_needed:
+        why = f"--annotator {who}" if who in ("mean", "median") else "--bins"
+        numbers: list[float | None] = list(_numeric(values, csv, spec.rating_column, why))
+    else:
+        as_num = pd.to_numeric(values, errors="coerce")
+        numbers = [None if math.isnan(x) else float(x) for x in as_num]
+
+    if who not in AGGREGATIONS:
+        labels = [_label_of(v, n, spec.bins) for v, n in zip(values, numbers)]
+        out = _merge(zip(paths, labels))
+        for path, lab in zip(paths, labels):
+            if lab is None and out[path].reason == "":
+                out[path].reason = RATING_OUT_OF_BINS
+        return out
+
+    out = {}
+    by_path: dict[str, list[tuple[str, float | None]]] = {}
+    for path, v, n in zip(paths, values, numbers):
+        by_path.setdefault(path, []).append((v, n))
+    for path, answers in by_path.items():
+        if who == "majority":
+            votes = Counter(_label_of(v, n, spec.bins) for v, n in answers)
+            (top, count), *rest = votes.most_common()
+            if rest and rest[0][1] == count:
+                out[path] = Found(path, None, NO_MAJORITY)
+                continue
+            label = top
+        else:
+            nums = pd.Series([n for _, n in answers], dtype=float)
+            agg = float(nums.mean() if who == "mean" else nums.median())
+            bins = spec.bins or Bins(per_integer=True)
+            label = bins.label(agg)
+        out[path] = Found(path, label, "" if label is not None else RATING_OUT_OF_BINS)
+    return out

@@ -1,0 +1,1 @@
+"""Fixtures that ship with vislab: tiny datasets, models and run directories for tests."""

@@ -1,0 +1,198 @@
+"""Image files for curation tests: folder trees, near copies, and every kind of broken file.
+
+Pictures are smooth random patterns (a few low-frequency waves), so two different seeds
+give clearly different perceptual hashes while a resized or re-encoded copy stays close:
+the same property real photos have, at a few hundred bytes per file.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ORIENTATION_TAG = 0x0112
+
+
+def smooth_image(seed: int, size: tuple[int, int] = (48, 32), mode: str = "RGB") -> Image.Image:
+    """A structured random picture of `size` (width, height); same seed, same picture."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    xx, yy = xx / max(w, 1), yy / max(h, 1)
+    channels = []
+    for _ in range(3):
+        acc = np.zeros((h, w))
+        for _ in range(4):
+            fx, fy = rng.uniform(0.5, 3.0, 2) * rng.choice([-1, 1], 2)
+            acc += rng.uniform(0.5, 1.0) * np.sin(2 * np.pi * (fx * xx + fy * yy) + rng.uniform(0, 2 * np.pi))
+        channels.append(acc)
+    arr = np.stack(channels, axis=-1)
+    arr = (arr - arr.min()) / (np.ptp(arr) + 1e-9) * 255
+    return Image.fromarray(arr.astype(np.uint8), "RGB").convert(mode)
+
+
+def write_image(
+    path: str | Path,
+    seed: int = 0,
+    size: tuple[int, int] = (48, 32),
+    fmt: str | None = None,
+    mode: str = "RGB",
+    orientation: int | None = None,
+    quality: int = 90,
+) -> Path:
+    """Write one picture; `fmt` defaults from the suffix, `orientation` adds an EXIF tag
+    (the pixels are stored as given, so orientation 6 means 'display rotated')."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im = smooth_image(seed, size, mode)
+    kwargs: dict = {}
+    fmt = fmt or Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    if fmt == "JPEG":
+        kwargs["quality"] = quality
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[ORIENTATION_TAG] = orientation
+        kwargs["exif"] = exif
+    im.save(path, fmt, **kwargs)
+    return path
+
+
+def write_image_folder(
+    root: str | Path,
+    classes: Mapping[str, int] | Iterable[str] = ("cat", "dog"),
+    per_class: int = 4,
+    size: tuple[int, int] = (48, 32),
+    suffix: str = ".png",
+    seed: int = 0,
+    nested: bool = False,
+) -> list[Path]:
+    """ROOT/<class>/<class>_NNN<suffix> (or ROOT/<class>/sub/... when `nested`); `classes`
+    is a name list (each `per_class` images) or a name -> count mapping. Every image is
+    distinct. Returns the paths in order."""
+    counts = dict(classes) if isinstance(classes, Mapping) else {c: per_class for c in classes}
+    paths = []
+    k = seed * 100_003
+    for name, n in counts.items():
+        for i in range(n):
+            folder = Path(root) / name / (f"part{i % 2}" if nested else "")
+            paths.append(write_image(folder / f"{name}_{i:03d}{suffix}", seed=k, size=size))
+            k += 1
+    return paths
+
+
+def write_unlabelled_folder(
+    root: str | Path, n: int = 4, size: tuple[int, int] = (48, 32), seed: int = 0
+) -> list[Path]:
+    """A flat folder of pictures, no classes (self-supervised data)."""
+    return [write_image(Path(root) / f"img_{i:03d}.jpg", seed=seed * 7919 + i, size=size) for i in range(n)]
+
+
+def near_copy(src: str | Path, dst: str | Path, scale: float = 0.75, quality: int = 70) -> Path:
+    """A resized, re-encoded copy: different bytes, same picture."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as im:
+        w, h = im.size
+        small = im.convert("RGB").resize(
+            (max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.LANCZOS
+        )
+    fmt = Image.registered_extensions().get(dst.suffix.lower(), "JPEG")
+    small.save(dst, fmt, **({"quality": quality} if fmt == "JPEG" else {}))
+    return dst
+
+
+def exact_copy(src: str | Path, dst: str | Path) -> Path:
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.write_bytes(Path(src).read_bytes())
+    return dst
+
+
+# ---------------------------------------------------------------- broken files
+
+
+def write_truncated(
+    path: str | Path, seed: int = 0, size: tuple[int, int] = (64, 48), keep: float = 0.5
+) -> Path:
+    """A JPEG cut after `keep` of its bytes: the header opens, the decode fails."""
+    buf = io.BytesIO()
+    smooth_image(seed, size).save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    return _write(path, data[: int(len(data) * keep)])
+
+
+def write_zero_byte(path: str | Path) -> Path:
+    return _write(path, b"")
+
+
+def write_not_an_image(path: str | Path, text: str = "not a picture, whatever the name says\n") -> Path:
+    return _write(path, text.encode("utf-8"))
+
+
+def write_corrupt_png(path: str | Path, seed: int = 0) -> Path:
+    """A PNG whose compressed pixel data is scrambled: it opens, but cannot be decoded."""
+    buf = io.BytesIO()
+    smooth_image(seed, (32, 32)).save(buf, "PNG")
+    data = bytearray(buf.getvalue())
+    start = data.find(b"IDAT") + 4
+    for i in range(start + 8, min(start + 200, len(data) - 16)):
+        data[i] ^= 0x5A
+    return _write(path, bytes(data))
+
+
+def write_broken_header(path: str | Path) -> Path:
+    """Starts like a PNG, then garbage: an image file that no decoder can open."""
+    return _write(path, b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8)
+
+
+def write_sixteen_bit(path: str | Path, size: tuple[int, int] = (32, 32)) -> Path:
+    """A 16-bit grayscale PNG (mode I;16): valid, but with no faithful 8-bit RGB reading."""
+    arr = (np.linspace(0, 65535, size[0] * size[1]).reshape(size[1], size[0])).astype(np.uint16)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, "PNG")
+    return path
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+
+def write_huge_header_png(path: str | Path, width: int = 100_000, height: int = 100_000) -> Path:
+    """A tiny PNG whose header claims `width` x `height` pixels (a decompression bomb)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+        + _png_chunk(b"IEND", b"")
+    )
+    return _write(path, data)
+
+
+def write_broken_set(folder: str | Path) -> dict[str, Path]:
+    """One file per quarantine reason, keyed by the reason curation should give it."""
+    folder = Path(folder)
+    return {
+        "truncated": write_truncated(folder / "truncated.jpg"),
+        "zero_byte": write_zero_byte(folder / "empty.jpg"),
+        "not_an_image": write_not_an_image(folder / "notes.jpg"),
+        "unreadable": write_corrupt_png(folder / "scrambled.png"),
+        "unsupported_mode": write_sixteen_bit(folder / "depth16.png"),
+        "decompression_bomb": write_huge_header_png(folder / "bomb.png"),
+    }
+
+
+def _write(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

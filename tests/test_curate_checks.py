@@ -1,0 +1,221 @@
+"""Quarantine reasons, geometry filters, EXIF handling and duplicates in `vislab curate`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vislab.data.checks import inspect_chunk
+from vislab.data.curate import CurateOptions, run_curate
+from vislab.data.manifest import COLUMNS, read_manifest
+from vislab.testing.images import (
+    exact_copy,
+    near_copy,
+    write_broken_header,
+    write_broken_set,
+    write_image,
+    write_image_folder,
+    write_not_an_image,
+    write_unlabelled_folder,
+)
+
+
+def curate(out: Path, *sources: Path, **options) -> tuple[pd.DataFrame, dict]:
+    opts = CurateOptions(sources=list(sources), workers=1, **options)
+    summary = run_curate(opts, out)
+    return read_manifest(out).set_index("path", drop=False), summary
+
+
+def row(df: pd.DataFrame, path: Path) -> pd.Series:
+    return df.loc[str(path)]
+
+
+def test_every_quarantine_reason_is_named_and_never_fatal(tmp_path):
+    good = write_image_folder(tmp_path / "src", ["cat"], per_class=2)
+    expected = {path: reason for reason, path in write_broken_set(tmp_path / "src" / "cat").items()}
+    expected[write_broken_header(tmp_path / "src" / "cat" / "header.png")] = "unreadable"
+    expected[write_not_an_image(tmp_path / "src" / "cat" / "doc.pdf")] = "not_an_image"
+    heic = tmp_path / "src" / "cat" / "phone.heic"
+    heic.write_bytes(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 32)
+    expected[heic] = "unsupported_format"
+
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", max_pixels=50_000_000)
+
+    assert list(df.columns[: len(COLUMNS)]) == COLUMNS
+    for path, reason in expected.items():
+        assert (row(df, path)["status"], row(df, path)["reason"]) == ("quarantined", reason), path.name
+    for path in good:
+        assert row(df, path)["status"] == "ok"
+        assert row(df, path)["reason"] == ""
+    assert summary["status"] == {"ok": 2, "quarantined": 9, "excluded": 0}
+    assert summary["reasons"]["unreadable"] == 2
+    assert set(summary["reasons"]) == set(expected.values())
+
+
+def test_pixel_limit_is_an_option(tmp_path):
+    path = write_image(tmp_path / "src" / "a" / "wide.png", size=(100, 50))
+    df, _ = curate(tmp_path / "ds", tmp_path / "src", max_pixels=4_999)
+    assert row(df, path)["reason"] == "decompression_bomb"
+    assert (row(df, path)["width"], row(df, path)["height"]) == (100, 50)
+
+
+def test_exif_orientation_gives_displayed_size(tmp_path):
+    tagged = write_image(tmp_path / "src" / "a" / "r.jpg", seed=1, size=(60, 40), orientation=6)
+    plain = write_image(tmp_path / "src" / "a" / "p.jpg", seed=2, size=(60, 40))
+    df, summary = curate(tmp_path / "ds", tmp_path / "src")
+    assert (row(df, tagged)["width"], row(df, tagged)["height"]) == (40, 60)
+    assert (row(df, plain)["width"], row(df, plain)["height"]) == (60, 40)
+    assert row(df, tagged)["orientation"] == "6"
+    assert summary["exif_oriented"] == 1
+
+
+def test_min_size_aspect_and_landscape(tmp_path):
+    src = tmp_path / "src" / "a"
+    big = write_image(src / "big.png", seed=1, size=(150, 100))
+    small = write_image(src / "small.png", seed=2, size=(90, 60))
+    portrait = write_image(src / "portrait.png", seed=3, size=(100, 150))
+    rotated = write_image(src / "rotated.jpg", seed=4, size=(150, 100), orientation=8)  # shows as portrait
+    square = write_image(src / "square.png", seed=5, size=(150, 150))
+
+    df, _ = curate(tmp_path / "d1", tmp_path / "src", min_size="120x80")
+    assert row(df, big)["status"] == "ok"
+    assert row(df, small)["reason"] == "too_small"
+    assert row(df, portrait)["reason"] == "too_small"
+    assert row(df, rotated)["reason"] == "too_small"  # orientation is always applied
+    assert row(df, square)["status"] == "ok"
+
+    df, _ = curate(tmp_path / "d2", tmp_path / "src", min_size="120x80", aspect=1.5, landscape=True)
+    assert row(df, portrait)["status"] == "ok" and row(df, rotated)["status"] == "ok"
+    assert row(df, square)["reason"] == "wrong_aspect"
+    assert row(df, small)["reason"] == "too_small"  # size is checked before aspect
+
+    df, _ = curate(tmp_path / "d3", tmp_path / "src", aspect=1.5, aspect_tolerance=0.4)
+    assert row(df, square)["status"] == "ok"  # 1.0 is within 40% of 1.5
+    assert row(df, portrait)["reason"] == "wrong_aspect"  # 0.67 is not, without --landscape
+
+
+def test_exact_duplicates_keep_one_and_name_it(tmp_path):
+    a, b = write_image_folder(tmp_path / "src", ["cat"], per_class=2, size=(64, 48))
+    copy1 = exact_copy(a, tmp_path / "src" / "cat" / "zz_copy.png")
+    copy2 = exact_copy(a, tmp_path / "src" / "cat" / "aa_copy.png")
+
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="exact")
+    # Same pixels and size: the first path is kept.
+    assert row(df, copy2)["status"] == "ok"
+    for dup in (a, copy1):
+        assert row(df, dup)["status"] == "excluded"
+        assert row(df, dup)["reason"] == f"duplicate_of:{copy2}"
+    assert row(df, b)["status"] == "ok"
+    assert summary["reasons"] == {"duplicate_of": 2}
+    assert row(df, a)["group"] == row(df, copy2)["group"] != ""
+
+
+def test_near_duplicates_keep_the_largest_and_respect_the_threshold(tmp_path):
+    originals = write_image_folder(tmp_path / "src", ["cat", "dog"], per_class=3, size=(128, 96))
+    small = near_copy(originals[0], tmp_path / "src" / "cat" / "a_small.jpg", scale=0.5, quality=70)
+    recoded = near_copy(originals[4], tmp_path / "src" / "dog" / "recoded.jpg", scale=1.0, quality=40)
+
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="near")
+    assert row(df, small)["reason"] == f"duplicate_of:{originals[0]}"  # more pixels wins
+    assert row(df, originals[0])["status"] == "ok"
+    # Same pixel count: the bigger (less compressed) file wins.
+    assert row(df, recoded)["reason"] == f"duplicate_of:{originals[4]}"
+    others = [p for i, p in enumerate(originals) if i not in (0, 4)]
+    assert all(row(df, p)["status"] == "ok" for p in others)
+    assert summary["duplicate_groups"] == 2
+
+    # Exact dedupe leaves near copies in, but they still share a group.
+    df, _ = curate(tmp_path / "exact", tmp_path / "src", dedupe="exact")
+    assert row(df, small)["status"] == "ok"
+    assert row(df, small)["group"] == row(df, originals[0])["group"] != ""
+    # Threshold 0 only groups identical hashes.
+    df, _ = curate(tmp_path / "strict", tmp_path / "src", dedupe="near", near_threshold=0)
+    assert (df["reason"].str.startswith("duplicate_of")).sum() <= 2
+
+
+def test_unlabelled_flat_folder_and_loose_files(tmp_path):
+    flat = write_unlabelled_folder(tmp_path / "flat", n=3)
+    df, summary = curate(tmp_path / "d1", tmp_path / "flat")
+    assert (df["status"] == "ok").all() and (df["label"] == "").all()
+    assert summary["classes"] == {"": 3} and len(flat) == 3
+
+    write_image_folder(tmp_path / "tree", ["cat"], per_class=2)
+    loose = write_image(tmp_path / "tree" / "loose.png", seed=99)
+    (tmp_path / "tree" / ".DS_Store").write_bytes(b"\x00\x01")
+    (tmp_path / "tree" / "cat" / "._cat_000.png").write_bytes(b"\x00\x05")
+    df, summary = curate(tmp_path / "d2", tmp_path / "tree")
+    assert row(df, loose)["reason"] == "unlabelled"
+    assert len(df) == 3 and summary["hidden_skipped"] == 2
+
+
+def test_nested_class_folders_take_the_first_level(tmp_path):
+    paths = write_image_folder(tmp_path / "src", ["cat", "dog"], per_class=4, nested=True)
+    assert any("part1" in str(p) for p in paths)
+    df, summary = curate(tmp_path / "ds", tmp_path / "src")
+    assert summary["classes"] == {"cat": 4, "dog": 4}
+
+
+def test_workers_give_the_same_manifest(tmp_path):
+    write_image_folder(tmp_path / "src", ["a", "b", "c"], per_class=12)
+    write_broken_set(tmp_path / "src" / "a")
+    run_curate(CurateOptions(sources=[tmp_path / "src"], workers=1, split="0.5,0.25,0.25"), tmp_path / "one")
+    run_curate(CurateOptions(sources=[tmp_path / "src"], workers=2, split="0.5,0.25,0.25"), tmp_path / "two")
+    one = (tmp_path / "one" / "manifest.csv").read_bytes()
+    assert one == (tmp_path / "two" / "manifest.csv").read_bytes()
+
+
+@pytest.mark.parametrize("dedupe", ["none", "exact", "near"])
+def test_out_inside_a_source_is_not_scanned(tmp_path, dedupe):
+    write_image_folder(tmp_path / "src", ["cat"], per_class=2)
+    out = tmp_path / "src" / "_dataset"
+    curate(out, tmp_path / "src", dedupe=dedupe)
+    df, summary = curate(out, tmp_path / "src", dedupe=dedupe)  # second run sees no manifest/png
+    assert summary["files"] == 2
+    assert not df["path"].str.contains("_dataset").any()
+
+
+def crash_on_marked_files(paths: list[str], max_pixels: int) -> list[dict]:
+    """Stands in for a decoder that takes its worker process down."""
+    if any("crash" in Path(p).name for p in paths):
+        os._exit(1)
+    return inspect_chunk(paths, max_pixels)
+
+
+def test_a_worker_crash_quarantines_only_the_culprit(tmp_path, monkeypatch):
+    import vislab.data.checks as checks
+
+    paths = write_image_folder(tmp_path / "src", ["a", "b"], per_class=60, size=(8, 8))
+    bad = [
+        write_image(tmp_path / "src" / "a" / "a_003_crash.png", seed=5),
+        write_image(tmp_path / "src" / "b" / "b_030_crash.png", seed=6),
+    ]
+    runs = []
+    real_run_pool = checks._run_pool
+
+    def counting(chunks, *args, **kwargs):
+        runs.append(sum(len(c) for c in chunks))
+        return real_run_pool(chunks, *args, **kwargs)
+
+    monkeypatch.setattr(checks, "inspect_chunk", crash_on_marked_files)
+    monkeypatch.setattr(checks, "_run_pool", counting)
+    records = checks.inspect_files(sorted(str(p) for p in [*paths, *bad]), 10**8, workers=2)
+    by_reason = {r["path"]: r["reason"] for r in records}
+    assert [by_reason.pop(str(p)) for p in bad] == ["decoder_crash", "decoder_crash"]
+    assert set(by_reason.values()) == {""} and len(by_reason) == 120
+    # Retries re-check the unfinished files, not the whole set file by file.
+    assert len(runs) < 30 and sum(runs) < 8 * 122
+
+
+def test_a_tagged_photo_and_its_upright_copy_are_near_duplicates(tmp_path):
+    from vislab.data.io import load_image
+
+    tagged = write_image(tmp_path / "src" / "a" / "tagged.jpg", seed=11, size=(120, 80), orientation=6)
+    upright = tmp_path / "src" / "a" / "upright.png"
+    load_image(tagged).save(upright)
+    write_image(tmp_path / "src" / "a" / "other.jpg", seed=12, size=(120, 80))
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="near")
+    assert summary["duplicate_groups"] == 1
+    assert row(df, tagged)["group"] == row(df, upright)["group"] != ""

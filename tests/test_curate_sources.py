@@ -1,0 +1,166 @@
+"""Label sources: labels CSV, annotator ratings (selection, aggregation, bins)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from vislab.data.curate import CurateOptions, run_curate
+from vislab.data.manifest import read_manifest
+from vislab.data.sources import Bins, parse_bins
+from vislab.errors import VislabError
+from vislab.testing.images import write_image
+
+
+@pytest.fixture()
+def photos(tmp_path) -> list[Path]:
+    return [write_image(tmp_path / "imgs" / f"p{i}.png", seed=i) for i in range(6)]
+
+
+def curate(out: Path, **options) -> pd.DataFrame:
+    run_curate(CurateOptions(workers=1, **options), out)
+    return read_manifest(out).set_index("path", drop=False)
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def test_labels_csv_relative_paths_missing_files_and_conflicts(tmp_path, photos):
+    csv = write_csv(
+        tmp_path / "labels.csv",
+        [
+            {"file": "imgs/p0.png", "species": "owl"},
+            {"file": "imgs/p1.png", "species": "hawk"},
+            {"file": "imgs/p2.png", "species": ""},
+            {"file": "imgs/p3.png", "species": "owl"},
+            {"file": "imgs/p3.png", "species": "hawk"},
+            {"file": "imgs/gone.png", "species": "owl"},
+        ],
+    )
+    df = curate(tmp_path / "ds", labels=csv, path_column="file", label_column="species")
+    p = [str(x) for x in photos]
+    assert df.loc[p[0], "label"] == "owl" and df.loc[p[0], "status"] == "ok"
+    assert df.loc[p[1], "label"] == "hawk"
+    assert df.loc[p[2], "reason"] == "unlabelled"
+    assert df.loc[p[3], "reason"] == "conflicting_labels"
+    assert df.loc[str(tmp_path / "imgs" / "gone.png"), "reason"] == "missing_file"
+    assert p[4] not in df.index  # not named by the CSV and no folder given
+
+    # With a folder too, the CSV still decides labels; unnamed files are unlabelled.
+    df = curate(
+        tmp_path / "ds2", sources=[tmp_path / "imgs"], labels=csv, path_column="file", label_column="species"
+    )
+    assert df.loc[p[4], "reason"] == "unlabelled"
+    assert df.loc[p[0], "label"] == "owl"
+
+
+def test_labels_csv_missing_column_names_what_it_has(tmp_path, photos):
+    csv = write_csv(tmp_path / "labels.csv", [{"file": "imgs/p0.png", "species": "owl"}])
+    with pytest.raises(VislabError, match=r"no column 'path' \(columns: file, species\).*--path-column"):
+        curate(tmp_path / "ds", labels=csv)
+
+
+def ratings_rows() -> list[dict]:
+    # p0: ann1=2 ann2=3 ann3=8 -> mean 4.33 (neutral), median 3 (negative), majority negative
+    # p1: 7, 8, 9 -> positive everywhere; p2: 1, 9 only two votes, tie under majority
+    table = {
+        "p0": {"ann1": 2, "ann2": 3, "ann3": 8},
+        "p1": {"ann1": 7, "ann2": 8, "ann3": 9},
+        "p2": {"ann1": 1, "ann2": 9},
+    }
+    rows = [
+        {"path": f"imgs/{p}.png", "annotator": a, "question": "valence", "rating": r}
+        for p, votes in table.items()
+        for a, r in votes.items()
+    ]
+    rows.append({"path": "imgs/p3.png", "annotator": "ann1", "question": "arousal", "rating": 5})
+    return rows
+
+
+BINS = "1-3:negative,4-6:neutral,7-9:positive"
+
+
+@pytest.mark.parametrize(
+    "annotator, expected",
+    [
+        ("ann1", {"p0": "negative", "p1": "positive", "p2": "negative"}),
+        ("ann3", {"p0": "positive", "p1": "positive"}),
+        ("mean", {"p0": "neutral", "p1": "positive", "p2": "neutral"}),
+        ("median", {"p0": "negative", "p1": "positive", "p2": "neutral"}),
+        ("majority", {"p0": "negative", "p1": "positive"}),
+    ],
+)
+def test_ratings_selection_aggregation_and_bins(tmp_path, photos, annotator, expected):
+    csv = write_csv(tmp_path / "ratings.csv", ratings_rows())
+    df = curate(tmp_path / "ds", ratings=csv, annotator=annotator, question="valence", bins=BINS)
+    ok = df[df["status"] == "ok"]
+    assert {Path(p).stem: lab for p, lab in zip(ok["path"], ok["label"])} == expected
+    if annotator == "majority":
+        assert df.loc[str(photos[2]), "reason"] == "no_majority"
+
+
+def test_ratings_without_bins_use_the_answer_itself(tmp_path, photos):
+    csv = write_csv(tmp_path / "ratings.csv", ratings_rows())
+    df = curate(tmp_path / "ds", ratings=csv, annotator="ann2", question="valence")
+    assert df.loc[str(photos[0]), "label"] == "3" and df.loc[str(photos[1]), "label"] == "8"
+    df = curate(tmp_path / "ds2", ratings=csv, annotator="mean", question="valence", bins="int")
+    assert df.loc[str(photos[0]), "label"] == "4"  # 4.33 rounds to 4
+    assert df.loc[str(photos[2]), "label"] == "5"  # 5.0
+
+
+def test_ratings_out_of_bins_is_excluded(tmp_path, photos):
+    csv = write_csv(tmp_path / "ratings.csv", ratings_rows())
+    df = curate(tmp_path / "ds", ratings=csv, annotator="ann1", question="valence", bins="1-3:low,4-6:mid")
+    assert df.loc[str(photos[1]), "reason"] == "rating_out_of_bins"
+
+
+def test_ratings_errors_name_the_fix(tmp_path, photos):
+    csv = write_csv(tmp_path / "ratings.csv", ratings_rows())
+    with pytest.raises(
+        VislabError, match=r"unknown annotator 'bob' \(annotators: ann1, ann2, ann3; or aggregate"
+    ):
+        curate(tmp_path / "a", ratings=csv, annotator="bob", question="valence")
+    with pytest.raises(
+        VislabError, match=r"several questions \(arousal, valence\); pick one with --question"
+    ):
+        curate(tmp_path / "b", ratings=csv, annotator="ann1")
+    with pytest.raises(VislabError, match=r"no answers to question 'mood'"):
+        curate(tmp_path / "c", ratings=csv, annotator="ann1", question="mood")
+    with pytest.raises(VislabError, match=r"several annotators; pick one with --annotator"):
+        curate(tmp_path / "d", ratings=csv, question="valence")
+    with pytest.raises(VislabError, match=r"no column 'score'.*--rating-column"):
+        curate(tmp_path / "e", ratings=csv, annotator="ann1", question="valence", rating_column="score")
+    words = write_csv(tmp_path / "words.csv", [{"path": "imgs/p0.png", "annotator": "a", "rating": "happy"}])
+    with pytest.raises(VislabError, match=r"holds 'happy', not a number"):
+        curate(tmp_path / "f", ratings=words, annotator="mean")
+    df = curate(tmp_path / "g", ratings=words, annotator="a")
+    assert df.loc[str(photos[0]), "label"] == "happy"
+
+
+def test_bins_parse_and_map():
+    bins = parse_bins(" 1-3:neg , 4-6:neu,7-9:pos")
+    assert bins.text == "1-3:neg,4-6:neu,7-9:pos"
+    assert [bins.label(v) for v in (1, 3, 3.4, 3.5, 6.6, 9, 10)] == [
+        "neg",
+        "neg",
+        "neg",
+        "neu",
+        "pos",
+        "pos",
+        None,
+    ]
+    assert parse_bins("0:no,1:yes").label(1) == "yes"
+    assert parse_bins("int") == Bins(per_integer=True)
+    assert parse_bins("-2--1:low,0-2.5:high").label(-1.5) == "low"
+    for bad, msg in [
+        ("1-3", "cannot read"),
+        ("3-1:x", "backwards"),
+        ("1-5:a,4-6:b", "overlap"),
+        ("a-b:c", "cannot read"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            parse_bins(bad)

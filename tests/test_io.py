@@ -1,0 +1,69 @@
+"""Robust decoding: orientation, draft mode, colour modes, header-only probing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vislab.data.io import UnsupportedModeError, load_image, probe, to_rgb
+from vislab.testing.images import smooth_image, write_image, write_sixteen_bit
+
+
+def test_exif_orientation_6_is_applied(tmp_path):
+    upright = write_image(tmp_path / "plain.png", seed=3, size=(48, 32))
+    tagged = write_image(tmp_path / "tagged.jpg", seed=3, size=(48, 32), orientation=6, quality=100)
+
+    info = probe(tagged)
+    assert (info.width, info.height, info.orientation) == (32, 48, 6)
+    assert (info.stored_width, info.stored_height) == (48, 32)
+
+    shown = np.asarray(load_image(tagged), dtype=float)
+    assert shown.shape == (48, 32, 3)
+    # Orientation 6 means "rotate 90 degrees clockwise to display".
+    expected = np.asarray(load_image(upright).transpose(Image.Transpose.ROTATE_270), dtype=float)
+    assert np.abs(shown - expected).mean() < 4
+    assert np.abs(np.asarray(load_image(upright), dtype=float).mean() - shown.mean()) < 4
+
+
+def test_size_hint_uses_jpeg_draft_and_respects_orientation(tmp_path):
+    path = write_image(tmp_path / "big.jpg", seed=1, size=(800, 400), orientation=8)
+    full = load_image(path)
+    assert full.size == (400, 800)
+    small = load_image(path, size_hint=(50, 100))
+    assert small.mode == "RGB"
+    assert small.size[0] >= 50 and small.size[1] >= 100
+    assert small.size[0] < 400 and small.size[1] < 800  # decoded at reduced scale
+    assert small.size[0] / small.size[1] == pytest.approx(0.5, rel=0.02)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "1", "RGBA", "LA"])
+def test_modes_convert_to_rgb(tmp_path, mode):
+    fmt = {"CMYK": "JPEG"}.get(mode, "PNG")
+    path = tmp_path / f"img.{fmt.lower()}"
+    smooth_image(0, (20, 10), mode).save(path, fmt)
+    im = load_image(path)
+    assert im.mode == "RGB" and im.size == (20, 10)
+
+
+def test_transparency_becomes_white_not_black():
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+    half = Image.new("LA", (2, 2), (0, 128))
+    assert 120 < to_rgb(half).getpixel((0, 0))[0] < 135
+
+
+def test_sixteen_bit_is_refused_with_a_named_error(tmp_path):
+    path = write_sixteen_bit(tmp_path / "depth.png")
+    assert probe(path).mode.startswith("I;16")
+    with pytest.raises(UnsupportedModeError):
+        load_image(path)
+
+
+def test_probe_does_not_decode_pixels(tmp_path):
+    # A header claiming a huge image must be probed without allocating its pixels.
+    from vislab.testing.images import write_huge_header_png
+
+    path = write_huge_header_png(tmp_path / "huge.png", 10_000, 8_000)
+    info = probe(path)
+    assert (info.width, info.height, info.format) == (10_000, 8_000, "PNG")
