@@ -1,0 +1,202 @@
+"""Explain a trained run's predictions on image files: heatmap overlays written as PNGs.
+
+Images go through the run's own DataSpec (size, crop, normalisation), so the heatmap shows
+what the model saw; the overlay is drawn on that same crop, upscaled for viewing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from vislab.errors import VislabError
+from vislab.explain.cam import cam_session, overlay
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+MIN_VIEW = 224  # overlays are upscaled to at least this short side so small inputs stay visible
+
+
+@dataclass
+class Explanation:
+    """One heatmap: which image, which class, how sure the model was, and the overlay."""
+
+    source: str
+    class_id: int
+    class_name: str
+    prob: float
+    rank: int  # 1 = the model's top prediction; 0 = a class the user asked for
+    heatmap: np.ndarray  # [H, W] in [0, 1] at the model's input size
+    overlay: np.ndarray  # uint8 RGB, upscaled
+    method: str
+    layer: str
+    output: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "class": self.class_name,
+            "class_id": self.class_id,
+            "prob": round(self.prob, 6),
+            "rank": self.rank,
+            "method": self.method,
+            "layer": self.layer,
+            "output": str(self.output) if self.output else None,
+        }
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the given folders."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise VislabError(f"{p}: no such image or folder; pass image files or folders of images")
+    if not found:
+        raise VislabError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    return found
+
+
+def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """(normalised batch for the model, the same crops as uint8 RGB for display).
+
+    Uses the training engine's eval transform, so the model sees exactly what `evaluate` feeds it.
+    """
+    from vislab.data.transforms import eval_transform
+
+    c = int(spec.input_size[0])
+    common = dict(input_size=spec.input_size, crop_pct=spec.crop_pct, interpolation=spec.interpolation, grayscale=grayscale, channels=c)
+    to_model = eval_transform(mean=spec.mean, std=spec.std, **common)
+    to_view = eval_transform(mean=(0.0,) * c, std=(1.0,) * c, **common)
+    rgb = [im.convert("RGB") for im in images]
+    x = torch.stack([to_model(im) for im in rgb])
+    display = [(to_view(im).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in rgb]
+    return x, display
+
+
+def _upscaled_overlay(display: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    h, w = display.shape[:2]
+    scale = max(1.0, MIN_VIEW / min(h, w))
+    size = (round(w * scale), round(h * scale))
+    img = Image.fromarray(display.squeeze(-1) if display.shape[-1] == 1 else display)
+    img = img.convert("RGB").resize(size, Image.Resampling.BICUBIC)
+    big = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    return overlay(np.asarray(img), np.clip(big, 0.0, 1.0))
+
+
+def explain_images(
+    model: nn.Module,
+    spec: Any,
+    classes: Sequence[str],
+    images: Sequence[Image.Image],
+    sources: Sequence[str] | None = None,
+    method: str = "gradcam",
+    class_name: str | None = None,
+    top_k: int = 1,
+    layer: str | None = None,
+    batch_size: int = 16,
+    grayscale: bool = False,
+) -> list[Explanation]:
+    """Heatmaps for each image: for `class_name`, else for each of the top-k predicted classes."""
+    if class_name is not None and class_name not in classes:
+        raise VislabError(f"--class {class_name!r}: not a class of this run; classes are {', '.join(classes)}")
+    if top_k < 1:
+        raise VislabError(f"--top-k {top_k}: must be at least 1")
+    top_k = min(top_k, len(classes))
+    sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
+    device = next(model.parameters()).device
+    results: list[Explanation] = []
+    with cam_session(model, method, layer, input_size=tuple(spec.input_size)) as run:
+        for start in range(0, len(images), batch_size):
+            x, display = prepare(images[start : start + batch_size], spec, grayscale)
+            x = x.to(device)
+            if class_name is not None:
+                plan = [[classes.index(class_name)] * len(x)]
+                ranks = [0]
+            else:
+                probs = run.predict(x)
+                order = probs.argsort(dim=1, descending=True)[:, :top_k].cpu().numpy()
+                plan = [order[:, k].tolist() for k in range(top_k)]
+                ranks = list(range(1, top_k + 1))
+            for targets, rank in zip(plan, ranks):
+                res = run(x, targets)
+                for i, cid in enumerate(res.targets):
+                    results.append(
+                        Explanation(
+                            source=sources[start + i],
+                            class_id=cid,
+                            class_name=classes[cid],
+                            prob=float(res.probs[i, cid]),
+                            rank=rank,
+                            heatmap=res.heatmaps[i],
+                            overlay=_upscaled_overlay(display[i], res.heatmaps[i]),
+                            method=run.method,
+                            layer=res.layer,
+                        )
+                    )
+    return results
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("+", "p")).strip("_") or "x"
+
+
+def explain_run(
+    run_dir: str | Path,
+    inputs: Sequence[str | Path],
+    method: str = "gradcam",
+    class_name: str | None = None,
+    top_k: int = 1,
+    layer: str | None = None,
+    out: str | Path | None = None,
+) -> list[Explanation]:
+    """Load a run's model, explain the given images and write one overlay PNG per heatmap.
+
+    Overlays go to `out` (default RUN_DIR/explain/<method>/) with an `explanations.json` index.
+    """
+    from vislab.data.io import load_image
+
+    files = collect_images(inputs)
+    loaded = load_trained(run_dir)
+    images = []
+    for f in files:
+        try:
+            images.append(load_image(f))
+        except (OSError, ValueError) as err:
+            raise VislabError(f"{f}: cannot decode image ({err})") from None
+    results = explain_images(
+        loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in files], method, class_name, top_k, layer,
+        grayscale=loaded.cfg.data.grayscale,
+    )
+    out_dir = Path(out) if out is not None else Path(run_dir) / "explain" / _slug(method)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = [f.stem for f in files]
+    unique = len(set(stems)) == len(stems)
+    index = {str(f): i for i, f in enumerate(files)}
+    for r in results:
+        i = index[r.source]
+        stem = stems[i] if unique else f"{i:04d}_{stems[i]}"
+        r.output = out_dir / f"{_slug(stem)}__{_slug(r.class_name)}__{_slug(r.method)}.png"
+        Image.fromarray(r.overlay).save(r.output)
+    (out_dir / "explanations.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
+    return results
+
+
+def load_trained(run_dir: str | Path) -> Any:
+    """The run's model in eval mode, with its classes and DataSpec (via vislab.runs.load_run)."""
+    try:
+        from vislab.runs import load_run
+    except ImportError:
+        raise VislabError("explaining a run needs vislab.runs (the training engine), which this install lacks") from None
+    return load_run(run_dir)

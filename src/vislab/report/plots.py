@@ -1,0 +1,344 @@
+"""The report's figures as PNG files: curves, confusion matrix, per-class bars, class
+histogram, highest-loss images and the CAM gallery.
+
+Figures are built with matplotlib's object API on the Agg canvas (no pyplot state, no
+display needed) and one shared style, so every PNG of every run looks alike. Each function
+takes plain data and a path and returns the path, so it is usable outside a run too.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+if TYPE_CHECKING:
+    from vislab.report.rundata import RunData
+
+TRAIN = "#4f46e5"
+VAL = "#f97316"
+OTHER = ("#0ea5e9", "#10b981", "#e11d48", "#a855f7", "#eab308")
+GOOD = "#16a34a"
+BAD = "#dc2626"
+INK = "#1f2937"
+MUTED = "#6b7280"
+GRID = "#e5e7eb"
+MAX_TICK_LABELS = 40  # per axis; more classes get every k-th label
+DPI = 110
+
+STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.edgecolor": "#d1d5db",
+    "axes.labelcolor": INK,
+    "axes.titlesize": 11,
+    "axes.titleweight": "bold",
+    "axes.titlecolor": INK,
+    "axes.titlelocation": "left",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": GRID,
+    "grid.linewidth": 0.8,
+    "xtick.color": MUTED,
+    "ytick.color": MUTED,
+    "legend.frameon": False,
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+}
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    return path
+
+
+def _series(history: pd.DataFrame, kind: str) -> list[str]:
+    """Columns of one kind ('loss', 'acc'): train/val first, then extras such as ABN branches."""
+    cols = [c for c in history.columns if c.split("/")[-1].endswith(kind) and pd.api.types.is_numeric_dtype(history[c])]
+    first = [c for c in (f"train/{kind}", f"val/{kind}") if c in cols]
+    return first + sorted(c for c in cols if c not in first)
+
+
+def _colour(col: str, i: int) -> str:
+    if col.startswith("train/"):
+        return TRAIN if col.count("/") == 1 else OTHER[i % len(OTHER)]
+    if col.startswith("val/"):
+        return VAL if col.count("/") == 1 else OTHER[(i + 2) % len(OTHER)]
+    return OTHER[i % len(OTHER)]
+
+
+def plot_curves(history: pd.DataFrame, path: str | Path) -> Path | None:
+    """Loss, accuracy and learning rate per epoch, train and val side by side."""
+    if history is None or history.empty:
+        return None
+    x = history["epoch"].to_numpy() + 1 if "epoch" in history else np.arange(1, len(history) + 1)
+    lr_cols = [c for c in history.columns if (c == "lr" or c.startswith("lr")) and pd.api.types.is_numeric_dtype(history[c])]
+    panels = [("Loss", _series(history, "loss")), ("Accuracy", _series(history, "acc")), ("Learning rate", lr_cols)]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return None
+    with rc_context(STYLE):
+        fig = Figure(figsize=(4.2 * len(panels), 3.2))
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (title, cols) in zip(axes, panels):
+            for i, col in enumerate(cols):
+                y = history[col].to_numpy(dtype=float)
+                ok = np.isfinite(y)
+                if not ok.any():
+                    continue
+                main = col in ("train/loss", "val/loss", "train/acc", "val/acc", "lr")
+                ax.plot(x[ok], y[ok], color=_colour(col, i), lw=2.0 if main else 1.3, ls="-" if main else "--",
+                        marker="o" if ok.sum() <= 30 else None, ms=3, label=col)
+            if title == "Accuracy":
+                best = "val/acc" if "val/acc" in cols else None
+                if best is not None and history[best].notna().any():
+                    j = int(history[best].idxmax())
+                    ax.scatter([x[j]], [history[best][j]], s=60, facecolor="white", edgecolor=VAL, lw=2, zorder=5)
+                    ax.annotate(f"best {history[best][j]:.3f}", (x[j], history[best][j]), textcoords="offset points",
+                                xytext=(0, -16), ha="center", fontsize=8, color=VAL)
+            if title == "Learning rate":
+                vals = history[cols].to_numpy(dtype=float)
+                vals = vals[np.isfinite(vals) & (vals > 0)]
+                if vals.size and vals.max() / max(vals.min(), 1e-30) > 50:
+                    ax.set_yscale("log")
+                elif vals.size and np.ptp(vals) <= 1e-12 * vals.max():
+                    ax.set_ylim(0, vals.max() * 1.5)  # a constant lr: show it against zero, not as noise
+            ax.set_title(title)
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def confusion_order(cm: np.ndarray, classes: Sequence[str], order: str = "auto") -> np.ndarray:
+    """Row/column order: class-id order up to 30 classes ('auto'), else by accuracy, best first."""
+    if order == "auto":
+        order = "name" if len(classes) <= 30 else "accuracy"
+    if order == "accuracy":
+        rows = cm.sum(1)
+        acc = np.divide(np.diag(cm), rows, out=np.full(len(rows), -1.0), where=rows > 0)
+        return np.lexsort((np.arange(len(acc)), -acc))
+    return np.arange(len(classes))
+
+
+def label_step(n: int) -> int:
+    """Show every k-th tick label so at most MAX_TICK_LABELS remain."""
+    return max(1, math.ceil(n / MAX_TICK_LABELS))
+
+
+def plot_confusion(cm: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[str], path: str | Path, order: str = "auto") -> Path:
+    """Row-normalised confusion matrix; counts written in cells up to 15 classes.
+
+    Above 30 classes rows are sorted by class accuracy (best first), so the weak classes
+    gather at the bottom right; tick labels are thinned to at most 40 per axis.
+    """
+    cm = np.asarray(cm, dtype=np.int64)
+    n = len(classes)
+    idx = confusion_order(cm, classes, order)
+    cm = cm[np.ix_(idx, idx)]
+    names = [str(classes[i]) for i in idx]
+    rows = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    side = float(np.clip(2.2 + 0.42 * n, 4.2, 15.0))
+    with rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(side + 1.2, side))
+        ax = fig.subplots()
+        im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        step = label_step(n)
+        ticks = np.arange(0, n, step)
+        fs = 9 if n <= 15 else (7 if n <= 40 else 6)
+        ax.set_xticks(ticks, [names[i] for i in ticks], rotation=60 if n > 6 else 0, ha="right" if n > 6 else "center", fontsize=fs)
+        ax.set_yticks(ticks, [names[i] for i in ticks], fontsize=fs)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for s in ax.spines.values():
+            s.set_visible(False)
+        if n <= 15:
+            for i in range(n):
+                for j in range(n):
+                    if cm[i, j]:
+                        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8 if n > 8 else 9,
+                                color="white" if norm[i, j] > 0.55 else INK)
+        title = "Confusion matrix (row-normalised)"
+        if step > 1:
+            title += f" — 1 in {step} labels shown"
+        if order == "accuracy" or (order == "auto" and n > 30):
+            title += ", sorted by accuracy"
+        ax.set_title(title)
+        cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+        cb.outline.set_visible(False)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_per_class(per_class: Sequence[dict[str, Any]], path: str | Path, mca: float | None = None) -> Path | None:
+    """Horizontal bars of per-class accuracy, best at the top, with the mean class accuracy."""
+    rows = [r for r in per_class if r.get("accuracy") is not None]
+    if not rows:
+        return None
+    rows = sorted(rows, key=lambda r: (-r["accuracy"], r["class"]))
+    n = len(rows)
+    height = float(np.clip(0.22 * n + 1.0, 2.2, 22.0))
+    fs = 9 if n <= 30 else (7 if n <= 60 else 5.5)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(7.5, height))
+        ax = fig.subplots()
+        acc = np.array([r["accuracy"] for r in rows])
+        colours = [GOOD if a >= (mca if mca is not None else acc.mean()) else BAD for a in acc]
+        y = np.arange(n)
+        ax.barh(y, acc, color=colours, alpha=0.85, height=0.72)
+        ax.set_yticks(y, [f"{r['class']}  (n={r['support']})" for r in rows], fontsize=fs)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.0)
+        ax.grid(axis="y", visible=False)
+        if mca is not None:
+            ax.axvline(mca, color=INK, lw=1.2, ls="--", label=f"mean class accuracy {mca:.3f}")
+            ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0))
+        if n <= 40:
+            for yi, a in zip(y, acc):
+                ax.text(min(a + 0.01, 0.93), yi, f"{a:.2f}", va="center", fontsize=fs - 1, color=INK)
+        ax.set_xlabel("accuracy (recall)")
+        ax.set_title("Per-class accuracy")
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_class_histogram(manifest: pd.DataFrame, path: str | Path) -> Path | None:
+    """Usable images per class, stacked by split, largest class first."""
+    df = manifest[(manifest["status"] == "ok") & (manifest["label"] != "")]
+    if df.empty:
+        return None
+    table = df.groupby(["label", "split"]).size().unstack(fill_value=0)
+    table = table.loc[table.sum(axis=1).sort_values(ascending=False, kind="stable").index]
+    splits = [s for s in ("train", "val", "test", "") if s in table.columns]
+    colours = {"train": TRAIN, "val": VAL, "test": "#10b981", "": "#9ca3af"}
+    n = len(table)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(float(np.clip(1.5 + 0.32 * n, 5.0, 16.0)), 3.4))
+        ax = fig.subplots()
+        bottom = np.zeros(n)
+        x = np.arange(n)
+        for s in splits:
+            vals = table[s].to_numpy()
+            ax.bar(x, vals, bottom=bottom, color=colours[s], width=0.78, label=s or "unsplit")
+            bottom += vals
+        step = label_step(n)
+        ticks = x[::step]
+        ax.set_xticks(ticks, [str(table.index[i]) for i in ticks], rotation=60 if n > 6 else 0,
+                      ha="right" if n > 6 else "center", fontsize=8 if n <= 40 else 6)
+        ax.grid(axis="x", visible=False)
+        ax.set_ylabel("images")
+        ax.set_title(f"Images per class ({n} classes, {int(bottom.sum())} usable images)")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def _thumbnail(path: str, size: int) -> np.ndarray | None:
+    from vislab.data.io import load_image
+
+    try:
+        im = load_image(path, size_hint=(size, size))
+    except (OSError, ValueError):
+        return None
+    im.thumbnail((size, size))
+    return np.asarray(im)
+
+
+def _tile_grid(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: str | Path, title: str, cols: int, tile: float = 2.0) -> Path | None:
+    if not tiles:
+        return None
+    cols = min(cols, len(tiles))
+    rows = math.ceil(len(tiles) / cols)
+    with rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(tile * cols, (tile + 0.45) * rows + 0.4))
+        axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, (img, caption, colour) in zip(axes, tiles):
+            if img is None:
+                ax.imshow(np.full((8, 8, 3), 235, np.uint8))
+                ax.text(3.5, 3.5, "image not found", ha="center", va="center", fontsize=8, color=MUTED)
+            else:
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest" if max(img.shape[:2]) < 96 else "antialiased")
+            ax.set_title(caption, fontsize=8, color=colour, loc="center", fontweight="normal")
+        fig.suptitle(title, x=0.01, ha="left", fontsize=11, fontweight="bold", color=INK)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_image_grid(items: Sequence[dict[str, Any]], path: str | Path, title: str = "Highest-loss images", cols: int = 6, size: int = 192) -> Path | None:
+    """Thumbnails with 'true / pred (confidence)' captions; wrong predictions in red."""
+    tiles = []
+    for it in items:
+        wrong = it.get("true") != it.get("pred")
+        conf = it.get("confidence")
+        cap = f"true: {it.get('true')}\npred: {it.get('pred')}" + (f" ({conf:.2f})" if conf is not None else "")
+        if it.get("loss") is not None:
+            cap += f"  loss {it['loss']:.2f}"
+        tiles.append((_thumbnail(str(it.get("path")), size) if it.get("path") else None, cap, BAD if wrong else GOOD))
+    return _tile_grid(tiles, path, title, cols)
+
+
+def plot_cam_gallery(tiles: Sequence[tuple[np.ndarray, str]], path: str | Path, title: str = "Class activation maps", cols: int = 4) -> Path | None:
+    """Overlays (uint8 RGB) with captions, in a grid."""
+    return _tile_grid([(img, cap, INK) for img, cap in tiles], path, title, cols, tile=2.6)
+
+
+def write_run_plots(data: "RunData", split: str | None = None, out_dir: str | Path | None = None, n_images: int = 12) -> dict[str, Path]:
+    """Every plot a run's files allow, into RUN_DIR/plots (or `out_dir`); name -> path."""
+    out = Path(out_dir) if out_dir is not None else data.run_dir / "plots"
+    made: dict[str, Path | None] = {}
+    if data.history is not None:
+        made["curves"] = plot_curves(data.history, out / "curves.png")
+    manifest = dataset_manifest(data)
+    if manifest is not None:
+        made["class_histogram"] = plot_class_histogram(manifest, out / "class_histogram.png")
+    ev = data.primary_eval(split)
+    if ev is not None and ev.metrics.get("confusion_matrix"):
+        m = ev.metrics
+        classes = m.get("classes") or data.classes
+        made["confusion"] = plot_confusion(m["confusion_matrix"], classes, out / f"confusion_{ev.name}.png")
+        made["per_class"] = plot_per_class(m.get("per_class", []), out / f"per_class_{ev.name}.png", m.get("mca"))
+        made["highest_loss"] = plot_image_grid(highest_loss_items(ev, n_images), out / f"highest_loss_{ev.name}.png",
+                                               title=f"Highest-loss images ({ev.name})")
+    return {k: v for k, v in made.items() if v is not None}
+
+
+def highest_loss_items(ev: Any, n: int) -> list[dict[str, Any]]:
+    """The eval set's highest-loss rows: from predictions.csv when present, else metrics.json."""
+    preds = ev.predictions
+    if preds is not None and {"path", "label", "pred", "loss"} <= set(preds.columns):
+        df = preds[preds["label"] != ""].copy()
+        df["loss"] = pd.to_numeric(df["loss"], errors="coerce")
+        df = df.sort_values("loss", ascending=False, kind="stable").head(n)
+        return [
+            {"path": r.path, "true": r.label, "pred": r.pred, "confidence": float(r.confidence) if "confidence" in df else None,
+             "loss": float(r.loss) if pd.notna(r.loss) else None}
+            for r in df.itertuples()
+        ]
+    return list(ev.metrics.get("highest_loss", []))[:n]
+
+
+def dataset_manifest(data: "RunData") -> pd.DataFrame | None:
+    """The run's dataset manifest, if the dataset directory is still reachable."""
+    from vislab.data.manifest import read_manifest
+    from vislab.errors import VislabError
+
+    ds = data.info.get("dataset_dir")
+    if not ds or not (Path(ds) / "manifest.csv").is_file():
+        return None
+    try:
+        return read_manifest(ds)
+    except (VislabError, OSError, pd.errors.ParserError):
+        return None

@@ -1,0 +1,125 @@
+"""Read what a run directory holds, for the report and comparison layers.
+
+Reads the files of the run-directory contract without building a model. Every file but the
+run itself is optional: a run stopped early, or never evaluated, still gets a report that
+says what is missing instead of failing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from vislab.errors import VislabError
+
+
+@dataclass
+class EvalSet:
+    """One `eval/<name>/` folder: metrics, per-image predictions and probabilities."""
+
+    name: str
+    metrics: dict[str, Any]
+    predictions: pd.DataFrame | None = None
+    probs: np.ndarray | None = None
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    health: list[dict[str, Any]] = field(default_factory=list)
+    history: pd.DataFrame | None = None
+    evals: dict[str, EvalSet] = field(default_factory=dict)
+    config_text: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info.get("classes") or (self.primary_eval().metrics.get("classes", []) if self.evals else []))
+
+    def primary_eval(self, split: str | None = None) -> EvalSet | None:
+        """The named eval set, else 'test', else the first one there is."""
+        if split is not None:
+            if split not in self.evals:
+                have = ", ".join(self.evals) or "none"
+                raise VislabError(
+                    f"{self.run_dir}/eval/{split}: not evaluated (have: {have}); run `vislab evaluate {self.run_dir} --split {split}`"
+                )
+            return self.evals[split]
+        if "test" in self.evals:
+            return self.evals["test"]
+        return next(iter(self.evals.values()), None)
+
+
+def _json(path: Path, default: Any) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise VislabError(f"{path}: not valid JSON ({err}); was the run interrupted while writing it?") from None
+
+
+def read_history(path: Path) -> pd.DataFrame | None:
+    """metrics.csv as one row per epoch (rows a logger split per step are merged per epoch)."""
+    if not path.is_file():
+        return None
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    if df.empty:
+        return None
+    if "epoch" in df.columns:
+        df = df.dropna(subset=["epoch"]).groupby("epoch", as_index=False).last()
+    else:
+        df.insert(0, "epoch", range(len(df)))
+    return df
+
+
+def read_eval(folder: Path) -> EvalSet:
+    metrics = _json(folder / "metrics.json", {})
+    preds = None
+    if (folder / "predictions.csv").is_file():
+        preds = pd.read_csv(folder / "predictions.csv", keep_default_na=False, dtype={"path": str, "label": str, "pred": str})
+    probs = np.load(folder / "probs.npy") if (folder / "probs.npy").is_file() else None
+    return EvalSet(folder.name, metrics, preds, probs)
+
+
+def read_run(run_dir: str | Path) -> RunData:
+    """Everything a report needs from a run directory (fails only if it is not a run)."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise VislabError(f"{run}: no such run directory; pass the folder `vislab train` wrote")
+    if not (run / "run.json").is_file() and not (run / "config.yaml").is_file():
+        raise VislabError(f"{run}: not a run directory (no run.json or config.yaml); pass the folder `vislab train` wrote")
+    data = RunData(run_dir=run)
+    cfg_path = run / "config.yaml"
+    if cfg_path.is_file():
+        data.config_text = cfg_path.read_text()
+        try:
+            data.config = yaml.safe_load(data.config_text) or {}
+        except yaml.YAMLError:
+            data.config = {}
+    data.info = _json(run / "run.json", {})
+    data.summary = _json(run / "summary.json", {})
+    health = _json(run / "health.json", [])
+    data.health = health if isinstance(health, list) else []
+    data.history = read_history(run / "metrics.csv")
+    ev = run / "eval"
+    if ev.is_dir():
+        for folder in sorted(p for p in ev.iterdir() if p.is_dir()):
+            if (folder / "metrics.json").is_file():
+                data.evals[folder.name] = read_eval(folder)
+    return data

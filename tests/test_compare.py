@@ -1,0 +1,102 @@
+"""`vislab compare`: one row per run, sorted, in table / md / csv / html."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.errors import VislabError
+from vislab.report.compare import COLUMNS, compare_runs, render
+from vislab.testing.rundirs import make_run_dir
+
+MODELS = ("simple_cnn", "resnet18", "efficientnet_b0")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    out = []
+    for i, model in enumerate(MODELS):
+        out.append(
+            make_run_dir(
+                root,
+                name=f"run{i}",
+                model=model,
+                skill=0.5 + 1.2 * i,
+                seed=i,
+                dataset=False,
+                wall_time_s=3600.0 * (3 - i),
+                params={"trainable": 1_000_000 * (i + 1), "frozen": 250_000 * i, "total": 1_000_000 * (i + 1) + 250_000 * i},
+            )
+        )
+    return out
+
+
+def test_rows_carry_the_run_files(runs) -> None:
+    df = compare_runs(runs)
+    assert list(df["run"]) == ["run0", "run1", "run2"]  # given order when not sorted
+    assert list(df["model"]) == list(MODELS)
+    for _, row in df.iterrows():
+        metrics = json.loads((runs[int(row["run"][-1])] / "eval/test/metrics.json").read_text())
+        assert row["test_acc"] == pytest.approx(metrics["accuracy"])
+        assert row["mca"] == pytest.approx(metrics["mca"])
+        assert row["f1"] == pytest.approx(metrics["f1_macro"])
+    assert df.loc[2, "params_frozen"] == 500_000 and df.loc[2, "params_total"] == 3_500_000
+    assert df.loc[0, "input"] == "32x32" and df.loc[0, "epochs"] == 5
+
+
+def test_sorting(runs) -> None:
+    by_acc = compare_runs(runs, sort="test_acc")
+    assert by_acc["test_acc"].is_monotonic_decreasing  # higher is better: best first
+    by_time = compare_runs(runs, sort="wall_time_s")
+    assert by_time["wall_time_s"].is_monotonic_increasing
+    assert compare_runs(runs, sort="-wall_time_s")["wall_time_s"].is_monotonic_decreasing
+    assert list(compare_runs(runs, sort="+mca")["mca"]) == sorted(by_acc["mca"])
+    with pytest.raises(VislabError, match="unknown column; use one of run, model"):
+        compare_runs(runs, sort="bogus")
+
+
+def test_formats(runs) -> None:
+    df = compare_runs(runs)
+    md = render(df, "md").strip().splitlines()
+    assert len(md) == 2 + len(runs) and md[0].startswith("| run | model | input |")
+    assert "0:30:00" not in md[1] and "3:00:00" in md[2]  # wall time as h:mm:ss
+    assert "1.00M" in md[2] and "0.25M" in md[3]
+    back = pd.read_csv(io.StringIO(render(df, "csv")))
+    assert list(back.columns[: len(COLUMNS)]) == list(COLUMNS)
+    assert back["test_acc"].tolist() == pytest.approx(df["test_acc"].tolist())
+    page = render(df, "html")
+    assert page.startswith("<!DOCTYPE html>") and "http" not in page and page.count("<tr>") == 1 + len(runs)
+    with pytest.raises(VislabError, match="--format"):
+        render(df, "xlsx")
+
+
+def test_missing_eval_leaves_cells_empty(tmp_path) -> None:
+    run = make_run_dir(tmp_path, name="a<b>&c", dataset=False)
+    shutil.rmtree(run / "eval")
+    df = compare_runs([run])
+    assert pd.isna(df.loc[0, "test_acc"])
+    md = render(df, "md")
+    assert "| a<b>&c | simple_cnn |" in md
+    assert "a&lt;b&gt;&amp;c" in render(df, "html")
+
+
+def test_cli_compare(runs, tmp_path) -> None:
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--sort", "test_acc"])
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert lines[0].split()[:3] == ["run", "model", "input"]
+    assert [ln.split()[0] for ln in lines[1:]] == ["run2", "run1", "run0"]
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--format", "md"])
+    assert res.exit_code == 0 and res.output.startswith("| run |")
+    out = tmp_path / "cmp.html"
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "-f", "html", "-o", str(out)])
+    assert res.exit_code == 0 and out.read_text().count("<tr>") == 4
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "no such run directory" in res.output

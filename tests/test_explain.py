@@ -1,0 +1,159 @@
+"""CAMs on tiny models: image-sized heatmaps in [0, 1], auto target layers, hooks released."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from PIL import Image
+
+from vislab.config import SimpleCNNConfig
+from vislab.errors import VislabError
+from vislab.explain.cam import METHOD_NAMES, cam_session, compute_cams, find_target_layer, overlay, select_logits
+from vislab.explain.overlays import collect_images, explain_images
+from vislab.models.registry import DataSpec
+from vislab.models.simple_cnn import SimpleCNN
+
+
+def _tiny_cnn(classes: int = 3) -> nn.Module:
+    torch.manual_seed(0)
+    return SimpleCNN(SimpleCNNConfig(layers=2, filters=8, fc=0), classes).eval()
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_simple_cnn_all_methods(method: str) -> None:
+    model = _tiny_cnn()
+    x = torch.randn(2, 3, 24, 20)
+    res = compute_cams(model, x, method)
+    assert res.heatmaps.shape == (2, 24, 20)
+    assert res.heatmaps.min() >= 0.0 and res.heatmaps.max() <= 1.0 and res.heatmaps.max() > 0.5
+    assert res.layer == "features.6"  # last ReLU of the second block, before its pooling
+    assert res.probs.shape == (2, 3) and np.allclose(res.probs.sum(1), 1, atol=1e-5)
+    assert res.targets == res.probs.argmax(1).tolist()
+    assert _hooks(model) == 0
+
+
+def test_tiny_timm_resnet_and_explicit_targets() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=4).eval()
+    assert find_target_layer(model)[0] == "layer4"
+    assert find_target_layer(model, input_hw=(64, 64))[0] == "layer3"  # layer4 would be 2x2
+    assert compute_cams(model, torch.randn(1, 3, 128, 128), "eigencam").layer == "layer4"
+    res = compute_cams(model, torch.randn(1, 3, 64, 64), "gradcam++", targets=[2])
+    assert res.layer == "layer3"
+    assert res.heatmaps.shape == (1, 64, 64) and 0 <= res.heatmaps.min() and res.heatmaps.max() <= 1
+    assert res.targets == [2]
+    res = compute_cams(model, torch.randn(1, 3, 64, 64), "gradcam", layer="layer3.1.conv2")
+    assert res.layer == "layer3.1.conv2" and res.heatmaps.shape == (1, 64, 64)
+    assert _hooks(model) == 0
+
+
+def test_vit_tokens_are_reshaped() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=3).eval()
+    res = compute_cams(model, torch.randn(1, 3, 32, 32), "gradcam")
+    assert res.layer == "blocks.1.norm1" and res.heatmaps.shape == (1, 32, 32) and res.heatmaps.max() > 0.5
+
+
+class DictModel(nn.Module):
+    """Like the attention-branch network: forward returns a dict holding 'logits'."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = _tiny_cnn()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.inner(x)
+        return {"att_logits": -logits, "logits": logits}
+
+
+def test_dict_and_tuple_outputs() -> None:
+    model = DictModel().eval()
+    x = torch.randn(2, 3, 16, 16)
+    res = compute_cams(model, x, "gradcam")
+    assert res.heatmaps.shape == (2, 16, 16)
+    with torch.no_grad():
+        expect = torch.softmax(model.inner(x), 1).numpy()
+    np.testing.assert_allclose(res.probs, expect, atol=1e-5)  # the 'logits' entry, not 'att_logits'
+    t = torch.zeros(1)
+    assert select_logits((t, "x")) is t
+    with pytest.raises(KeyError, match="att_logits"):
+        select_logits({"att_logits": t})
+
+
+def test_hooks_released_when_cam_fails() -> None:
+    model = _tiny_cnn()
+    with pytest.raises(RuntimeError):
+        with cam_session(model, "gradcam") as run:
+            run(torch.randn(1, 5, 16, 16))  # wrong channel count: the error comes through
+    assert _hooks(model) == 0
+
+
+def test_bad_method_and_layer_are_user_errors() -> None:
+    model = _tiny_cnn()
+    with pytest.raises(VislabError, match="gradcam\\+\\+"):
+        compute_cams(model, torch.randn(1, 3, 16, 16), "lime")
+    with pytest.raises(VislabError, match="features.4"):
+        compute_cams(model, torch.randn(1, 3, 16, 16), "gradcam", layer="nope")
+
+
+def test_explain_images_top_k_and_class(tmp_path) -> None:
+    model = _tiny_cnn()
+    spec = DataSpec(input_size=(3, 32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+    out = explain_images(model, spec, ["a", "b", "c"], images, method="gradcam", top_k=2)
+    assert len(out) == 6 and {e.rank for e in out} == {1, 2}
+    for e in out:
+        assert e.heatmap.shape == (32, 32) and e.overlay.shape == (224, 224, 3) and e.overlay.dtype == np.uint8
+    first = [e for e in out if e.rank == 1]
+    second = [e for e in out if e.rank == 2]
+    assert all(a.prob >= b.prob for a, b in zip(first, second))
+    chosen = explain_images(model, spec, ["a", "b", "c"], images[:1], method="eigencam", class_name="c")
+    assert [e.class_name for e in chosen] == ["c"] and chosen[0].rank == 0
+    with pytest.raises(VislabError, match="classes are a, b, c"):
+        explain_images(model, spec, ["a", "b", "c"], images, class_name="zebra")
+
+
+def test_collect_images_and_overlay(tmp_path) -> None:
+    (tmp_path / "sub").mkdir()
+    for name in ("b.png", "sub/a.jpg", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in collect_images([tmp_path])] == ["b.png", "a.jpg"]
+    with pytest.raises(VislabError, match="no such image"):
+        collect_images([tmp_path / "missing.png"])
+    img = np.zeros((8, 8, 3), np.uint8)
+    heat = np.zeros((8, 8), np.float32)
+    heat[0, 0] = 1.0
+    ov = overlay(img, heat)
+    assert ov.shape == (8, 8, 3) and ov[0, 0].tolist() != ov[7, 7].tolist()
+
+
+def test_explain_cli_on_run_dir(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, name="run", checkpoint=True, n_test=6)
+    images = tmp_path / "run-data" / "images" / "dog"
+    out = tmp_path / "overlays"
+    res = CliRunner().invoke(app, ["explain", str(run), str(images), "--top-k", "2", "--method", "gradcam++", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    n_images = len(list(images.glob("*.png")))
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 2 * n_images and all("__gradcampp" in p.name for p in pngs)
+    index = json.loads((out / "explanations.json").read_text())
+    assert len(index) == len(pngs) and {r["rank"] for r in index} == {1, 2} and index[0]["layer"] == "features.6"
+    with Image.open(pngs[0]) as im:
+        assert im.size == (224, 224)
+    res = CliRunner().invoke(app, ["explain", str(run), str(images), "--class", "zebra"])
+    assert res.exit_code == 2 and "classes are cat, dog, fox" in res.output

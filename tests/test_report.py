@@ -1,0 +1,131 @@
+"""The HTML report of a (synthetic) run: every section, self-contained, escaped, plots written."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.report.html import SECTIONS, write_report
+from vislab.testing.rundirs import make_run_dir
+
+HOSTILE = "<script>alert('x')</script> & \"quotes\""
+
+
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    health = [
+        {"level": "warn", "code": "val_loss_rising", "message": HOSTILE, "epoch": 3, "step": None},
+        {"level": "error", "code": "nan_loss", "message": "loss became NaN", "epoch": 4, "step": 120},
+    ]
+    run = make_run_dir(root, name="flowers-resnet", health=health, checkpoint=True, n_test=30)
+    page = write_report(run)
+    return run, page, page.read_text(encoding="utf-8")
+
+
+def test_all_sections_present(full_report) -> None:
+    run, page, text = full_report
+    assert page == run / "report.html"
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}"' in text, sid
+        assert f'href="#{sid}"' in text  # in the navigation bar
+    metrics = json.loads((run / "eval/test/metrics.json").read_text())
+    assert f"{100 * metrics['accuracy']:.1f}%" in text  # the headline number is the evaluated one
+    assert "Global Average Precision" in text and "Most confused pairs" in text
+    assert "task: classify" in text  # config.yaml is shown
+
+
+def test_self_contained(full_report) -> None:
+    _, _, text = full_report
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I)
+    assert "<link" not in text.lower() and "@import" not in text
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', text)
+    assert len(srcs) >= 6  # curves, histogram, confusion, per-class, highest loss, CAMs
+    assert all(s.startswith("data:image/png;base64,") for s in srcs)
+
+
+def test_text_is_escaped(full_report) -> None:
+    _, _, text = full_report
+    assert "<script" not in text.lower()
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quotes&quot;" in text
+    assert "loss became NaN" in text and "step 120" in text
+
+
+def test_plots_written(full_report) -> None:
+    run, _, text = full_report
+    for name in ("curves", "class_histogram", "confusion_test", "per_class_test", "highest_loss_test", "cams_test"):
+        png = run / "plots" / f"{name}.png"
+        assert png.is_file(), name
+        with Image.open(png) as im:
+            assert im.format == "PNG" and im.width > 200 and im.height > 100
+    cams = text[text.index('<section id="cams"') :]
+    cams = cams[: cams.index("</section>")]
+    assert "<img" in cams and "CAMs unavailable" not in cams
+
+
+def test_report_without_eval_checkpoint_or_dataset(tmp_path) -> None:
+    run = make_run_dir(tmp_path, name="bare", dataset=False, health=[])
+    shutil.rmtree(run / "eval")
+    (run / "metrics.csv").unlink()
+    text = write_report(run).read_text()
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}"' in text
+    assert "No evaluation yet" in text and "vislab evaluate" in text
+    assert "No health warnings" in text
+    assert "not reachable" in text  # dataset histogram explains its absence
+
+
+def test_cams_unavailable_is_explained(tmp_path) -> None:
+    run = make_run_dir(tmp_path, name="nockpt")  # no checkpoint
+    text = write_report(run).read_text()
+    cams = text[text.index('<section id="cams"') :]
+    assert "CAMs unavailable" in cams[: cams.index("</section>")]
+    assert "checkpoint" in cams[: cams.index("</section>")]
+
+
+def test_cli_report(tmp_path) -> None:
+    run = make_run_dir(tmp_path, name="cli")
+    res = CliRunner().invoke(app, ["report", str(run), "--no-cams"])
+    assert res.exit_code == 0, res.output
+    assert "report.html" in res.output and (run / "report.html").is_file()
+    assert "CAMs were not requested" in (run / "report.html").read_text()
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "no such run directory" in res.output
+    res = CliRunner().invoke(app, ["report", str(run), "--split", "val", "--no-cams"])
+    assert res.exit_code == 2 and "vislab evaluate" in res.output
+
+
+def test_confusion_plot_scales_to_100_classes(tmp_path) -> None:
+    import numpy as np
+
+    from vislab.report.plots import MAX_TICK_LABELS, confusion_order, label_step, plot_confusion
+
+    rng = np.random.default_rng(0)
+    n = 100
+    cm = rng.integers(0, 3, (n, n))
+    cm[np.arange(n), np.arange(n)] += rng.integers(0, 60, n)
+    order = confusion_order(cm, [str(i) for i in range(n)])
+    acc = np.diag(cm) / cm.sum(1)
+    assert np.all(np.diff(acc[order]) <= 1e-12)  # best class first
+    assert list(confusion_order(cm[:10, :10], [str(i) for i in range(10)])) == list(range(10))
+    assert len(range(0, n, label_step(n))) <= MAX_TICK_LABELS
+    png = plot_confusion(cm, [f"class_{i:03d}" for i in range(n)], tmp_path / "cm.png")
+    with Image.open(png) as im:
+        assert 1000 < im.width < 2500  # readable, not a poster
+
+
+def test_history_merges_logger_rows(tmp_path) -> None:
+    from vislab.report.plots import plot_curves
+    from vislab.report.rundata import read_history
+
+    csv = tmp_path / "metrics.csv"
+    csv.write_text("epoch,step,train/loss,val/loss,val/acc,lr\n0,10,1.0,,,0.1\n0,10,,0.9,0.5,\n1,20,0.8,,,0.05\n1,20,,0.7,0.6,\n")
+    hist = read_history(csv)
+    assert list(hist["epoch"]) == [0, 1] and list(hist["val/acc"]) == [0.5, 0.6] and list(hist["train/loss"]) == [1.0, 0.8]
+    assert plot_curves(hist, tmp_path / "c.png").is_file()
