@@ -2,8 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+VISLAB := $(VENV)/bin/vislab
 STAMP := $(VENV)/.installed
-DEMO_DIR ?= demo-output
+DEMO ?= demo-output
 
 .PHONY: demo test install clean
 
@@ -15,11 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The main job end to end on data shipped inside scikit-learn: no network needed.
 demo: $(STAMP)
-	$(PY) -m vislab.demo --out $(DEMO_DIR)
+	$(PY) -m vislab.data.examples digits $(DEMO)/digits-images
+	$(VISLAB) curate $(DEMO)/digits-images --out $(DEMO)/digits --split 0.7,0.15,0.15 --dedupe exact --seed 0 --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
+	rm -rf $(VENV) $(DEMO) .pytest_cache

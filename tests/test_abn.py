@@ -56,3 +56,33 @@ def test_alpha_zero_trains_perception_only() -> None:
     score_grad = model.attention_branch.score.weight.grad
     assert score_grad is None or torch.count_nonzero(score_grad) == 0
     assert torch.count_nonzero(model.backbone.fc.weight.grad) > 0
+
+
+def test_create_model_wraps_and_loads_plain_backbone_weights(tmp_path) -> None:
+    from vislab.config import ModelConfig
+    from vislab.models.backbones import set_backbone_frozen
+    from vislab.models.registry import create_model
+
+    plain = create_model(ModelConfig(name="resnet18"), 4)
+    path = tmp_path / "plain.pth"
+    torch.save(plain.state_dict(), path)
+    cfg = ModelConfig(name="resnet18", attention="abn", weights=path)
+    model = create_model(cfg, 4)
+    assert isinstance(model, ABN)
+    assert torch.equal(model.backbone.conv1.weight, plain.conv1.weight)
+    assert model.vislab_load_report["new_modules"] == ["attention_branch"]
+    set_backbone_frozen(model, True)
+    trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"attention_branch", "backbone"}
+    assert not model.backbone.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.fc.weight.requires_grad
+
+
+def test_simple_cnn_backbone() -> None:
+    from vislab.config import ModelConfig, SimpleCNNConfig
+    from vislab.models.registry import create_model
+
+    cfg = ModelConfig(name="simple_cnn", attention="abn", simple_cnn=SimpleCNNConfig(layers=3, filters=8, fc=0))
+    model = create_model(cfg, 3)
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out["attention"].shape == (2, 1, 8, 8)

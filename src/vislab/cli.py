@@ -63,7 +63,7 @@ def curate(
     landscape: bool = typer.Option(False, help="Treat portrait images as rotated to landscape for size/aspect."),
     max_pixels: int = typer.Option(178_956_970, help="Refuse images above this many pixels (decompression bomb)."),
     dedupe: str = typer.Option("none", help="none | exact (sha256) | near (perceptual hash)."),
-    near_threshold: int = typer.Option(6, help="Max Hamming distance of 64-bit perceptual hashes for --dedupe near."),
+    near_threshold: int = typer.Option(6, help="Max Hamming distance (0-32) of 64-bit perceptual hashes: near copies share a group, kept in one split (and cut to one by --dedupe near)."),
     min_per_class: Optional[int] = typer.Option(None, help="Exclude classes with fewer usable images."),
     max_per_class: Optional[int] = typer.Option(None, help="Keep at most this many images per class (seeded sample)."),
     top_k: Optional[int] = typer.Option(None, help="Keep the K most frequent classes."),
@@ -137,7 +137,210 @@ def materialize(
     from vislab.data.materialize import materialize as run
 
     n = run(dataset_dir, out, mode)
-    console.print(f"{n} files linked into {out}")
+    console.print(f"{n} files written into {out} ({mode})")
+
+
+@app.command()
+@user_errors
+def prepare(
+    dataset_dir: Path = typer.Argument(..., help="A curated dataset directory."),
+    size: str = typer.Option(..., "--size", "-s", help="Target size: 32, 64, 224 or WIDTHxHEIGHT."),
+    fmt: str = typer.Option("uint8", "--format", help="Pixel format of the store (uint8)."),
+    interpolation: str = typer.Option("bilinear", help="Resize filter: bilinear | bicubic | nearest (match the model's)."),
+    workers: int = typer.Option(0, help="Decoding processes (0 = one per core)."),
+    force: bool = typer.Option(False, "--force", help="Rebuild even when a valid cache exists."),
+) -> None:
+    """Decode and resize every usable image once into DATASET_DIR/cache/, for fast epochs (data.cache: true)."""
+    from vislab.data.cache import cache_summary, prepare_cache
+
+    if fmt != "uint8":
+        raise VislabError(f"--format {fmt!r}: only uint8 is supported")
+    cache = prepare_cache(dataset_dir, size, interpolation=interpolation, workers=workers, force=force, console=console, in_memory=False)
+    console.print(f"cache: {cache_summary(cache)}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def models(
+    pattern: str = typer.Argument("*", help="Glob pattern, e.g. '*efficientnet*'."),
+    timm: bool = typer.Option(False, "--timm", help="Include timm's architectures (any works as model.name)."),
+) -> None:
+    """List model names usable as `model.name`, one per line."""
+    from vislab.models.registry import list_models
+
+    names = list_models(pattern, include_timm=timm)
+    if not names:
+        hint = "" if timm else "; add --timm to search timm's architectures too"
+        raise VislabError(f"no model name matches '{pattern}'{hint}")
+    for name in names:
+        print(name)
+
+
+@app.command()
+@user_errors
+def report(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
+    split: Optional[str] = typer.Option(None, help="Eval set to detail (default: test, else the first one)."),
+    cams: bool = typer.Option(True, "--cams/--no-cams", help="Compute a CAM gallery (needs the checkpoint)."),
+    method: str = typer.Option("gradcam", help="CAM method for the gallery: gradcam|gradcam++|scorecam|eigencam."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the report in a browser."),
+) -> None:
+    """Write RUN_DIR/report.html: one self-contained page with metrics, plots, CAMs and health checks."""
+    from vislab.report.html import write_report
+
+    path = write_report(run_dir, split=split, cams=cams, cam_method=method, open_browser=open_browser)
+    console.print(f"report: {path}")
+
+
+@app.command()
+@user_errors
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories to compare."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | html"),
+    sort: Optional[str] = typer.Option(None, help="Column to sort by, e.g. test_acc, mca, wall_time_s ('+'/'-' prefix forces the order)."),
+    split: str = typer.Option("test", help="Eval set whose accuracy, mCA and F1 are shown."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
+) -> None:
+    """One row per run: model, input, parameters, epochs, accuracies, mCA, F1, wall time, speed."""
+    from vislab.report.compare import compare_runs, render, rich_table
+
+    df = compare_runs(run_dirs, sort=sort, split=split)
+    if fmt == "table" and out is None:
+        from rich.measure import Measurement
+
+        table = rich_table(df)
+        width = Measurement.get(console, console.options.update(max_width=1000), table).maximum
+        Console(width=max(console.width, width)).print(table)  # let lines wrap rather than truncate cells
+        return
+    text = render(df, "md" if fmt == "table" else fmt)
+    if out is not None:
+        out.write_text(text)
+        console.print(f"comparison: {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+@user_errors
+def explain(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
+    inputs: List[Path] = typer.Argument(..., help="Images or folders of images."),
+    method: str = typer.Option("gradcam", help="gradcam | gradcam++ | scorecam | eigencam"),
+    class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predictions."),
+    top_k: int = typer.Option(1, "--top-k", help="Explain each of the K most likely classes."),
+    layer: Optional[str] = typer.Option(None, help="Target layer by module name (default: chosen for the model)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN_DIR/explain/METHOD)."),
+) -> None:
+    """Write heatmap overlays showing which image regions drove the model's scores."""
+    from vislab.explain.overlays import explain_run
+
+    results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
+    for r in results:
+        console.print(f"{Path(r.source).name}: {r.class_name} {r.prob:.3f} -> {r.output.name}", highlight=False, soft_wrap=True)
+    if results:
+        console.print(f"{len(results)} overlay(s) in {results[0].output.parent} ({r.method} on layer {results[0].layer})")
+
+
+@app.command()
+@user_errors
+def train(
+    config: Optional[Path] = typer.Argument(None, help="Run config YAML, e.g. configs/digits-cnn.yaml (optional with --resume)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory (from `vislab curate`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write, or to continue with --resume."),
+    set_: List[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable)."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="Training-time budget for the whole run, e.g. 5h, 90m, 1h30m."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train; more than before extends a resumed run."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.ckpt."),
+    sanity: bool = typer.Option(False, "--sanity", help="Only overfit one batch, to check that the pipeline can learn."),
+) -> None:
+    """Train a classifier on a curated dataset and leave a run directory (metrics, checkpoints, summary)."""
+    from vislab.config import load_config
+    from vislab.grid import is_grid
+    from vislab.train import train as run_train
+
+    if config is not None and is_grid(config):
+        raise VislabError(f"{config}: is a grid of variants; run `vislab grid {config} --data DATASET --out DIR`")
+    if resume and set_:
+        raise VislabError("--set: a resumed run keeps its config.yaml; only --epochs and --max-time may change")
+    cfg = load_config(config, set_ or []) if config is not None else None
+    run_dir = run_train(cfg, data, out, resume=resume, max_time=max_time, epochs=epochs, sanity=sanity)
+    console.print(f"run: {run_dir}", highlight=False)
+
+
+@app.command()
+@user_errors
+def grid(
+    config: Path = typer.Argument(..., help="Grid YAML: a run config plus `grid:` of dotted keys -> value lists."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for one run directory per variant."),
+    set_: List[str] = typer.Option(None, "--set", help="Override a key in every variant (repeatable)."),
+    only: List[str] = typer.Option(None, "--only", help="Train only this variant (repeatable; see --list)."),
+    list_: bool = typer.Option(False, "--list", help="Print the variants and exit."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per variant."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="Time budget per variant, e.g. 10m."),
+) -> None:
+    """Train every variant of a grid config (e.g. configs/simple-cnn-grid.yaml) and rank them on validation."""
+    from vislab.grid import grid_variants, run_grid
+
+    if list_:
+        for name, sets, _ in grid_variants(config, set_ or []):
+            console.print(f"{name}: {' '.join(sets)}", highlight=False, soft_wrap=True)
+        return
+    if data is None or out is None:
+        raise VislabError("grid: --data DATASET_DIR and --out DIR are required (or --list to see the variants)")
+    table = run_grid(config, data, out, set_ or [], only=only or None, epochs=epochs, max_time=max_time)
+    console.print(table.to_string(index=False), highlight=False)
+    console.print(f"grid: {out / 'grid.csv'}")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
+    split: str = typer.Option("test", help="Split to evaluate: train | val | test | all."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Another curated dataset; labels matched by name."),
+    tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+) -> None:
+    """Evaluate a run's best checkpoint; writes RUN_DIR/eval/<name>/{metrics.json, predictions.csv, probs.npy}."""
+    from vislab.evaluate import evaluate as run_evaluate
+
+    m = run_evaluate(run_dir, split=split, data=data, tta=tta)
+    acc, mca = m.get("accuracy"), m.get("mca")
+    acc_txt = f"accuracy {acc:.2%}" if acc is not None else "accuracy n/a (no labels)"
+    mca_txt = f", mCA {mca:.2%}" if mca is not None else ""
+    console.print(f"{m['name']}: {acc_txt}{mca_txt} on {m.get('num_samples')} images", highlight=False)
+    console.print(f"eval: {m['eval_dir']}", highlight=False)
+
+
+@app.command()
+@user_errors
+def predict(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
+    inputs: List[Path] = typer.Argument(..., help="Image files or folders of images."),
+    top_k: int = typer.Option(5, "--top-k", "-k", help="How many classes to list per image."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
+) -> None:
+    """Print the top-k classes of images with a trained run's model."""
+    from vislab.predict import format_predictions, predict as run_predict
+
+    if fmt not in ("table", "json", "csv"):
+        raise VislabError(f"--format {fmt!r}: choose table, json or csv")
+    sys.stdout.write(format_predictions(run_predict(run_dir, inputs, top_k=top_k), fmt))
+
+
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
+    fmt: str = typer.Option("onnx", "--format", "-f", help="Export format (onnx)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default RUN_DIR/export/model.onnx)."),
+    opset: int = typer.Option(17, help="ONNX opset version."),
+) -> None:
+    """Export a run's model (dynamic batch size) and check ONNX Runtime's outputs against PyTorch's."""
+    from vislab.export import export_run
+
+    r = export_run(run_dir, fmt=fmt, out=out, opset=opset)
+    console.print(f"exported: {r.path} (input {r.input_shape}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover - console entry point

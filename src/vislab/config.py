@@ -37,6 +37,7 @@ class SimpleCNNConfig(Section):
     fc: int = Field(512, ge=0)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     init_std: float | None = Field(None, gt=0.0)
+    init_seed: int | None = 1234
     batch_norm: bool = True
 
 
@@ -48,12 +49,27 @@ class ABNConfig(Section):
     stage: int | None = None
 
 
+class FastCNNConfig(Section):
+    """The compact small-image net of the cifar10-fast recipe; each trick is a switch."""
+
+    widths: list[int] = Field(default_factory=lambda: [64, 256, 256], min_length=1, max_length=5)
+    # stem set from training patches as a whitening transform (frozen weights, learned bias)
+    whiten: bool = True
+    whiten_kernel: int = Field(2, ge=1, le=5)
+    whiten_eps: float = Field(5e-4, gt=0.0)
+    whiten_images: int = Field(5000, ge=1)
+    dirac_init: bool = True
+    logit_scale: float = Field(1 / 9, gt=0.0)
+    bn_momentum: float = Field(0.4, gt=0.0, le=1.0)
+
+
 class ModelConfig(Section):
     name: str = "simple_cnn"
     pretrained: bool | Literal["pypi"] = False
     weights: Path | None = None
     head: HeadConfig | None = None
     simple_cnn: SimpleCNNConfig = Field(default_factory=SimpleCNNConfig)
+    fast_cnn: FastCNNConfig = Field(default_factory=FastCNNConfig)
     attention: Literal["none", "abn"] = "none"
     abn: ABNConfig = Field(default_factory=ABNConfig)
     in_chans: int = Field(3, ge=1)
@@ -91,6 +107,9 @@ class DataConfig(Section):
     sampler: Literal["random", "weighted"] = "random"
     cache: bool = False
     crop_pct: float | None = Field(None, gt=0.0, le=1.0)
+    # share of train held out (stratified, seeded) as validation when the manifest has no val split
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    persistent_workers: bool = True
 
 
 class OptimConfig(Section):
@@ -110,6 +129,7 @@ class SchedulerConfig(Section):
     factor: float = Field(0.1, gt=0.0, lt=1.0)
     min_lr: float = Field(0.0, ge=0.0)
     monitor: str = "val/loss"
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
 
 
 class EarlyStoppingConfig(Section):
@@ -122,6 +142,18 @@ class EarlyStoppingConfig(Section):
 class HealthConfig(Section):
     chance_after_epochs: int = Field(3, ge=1)
     collapse_fraction: float = Field(0.95, gt=0.0, le=1.0)
+
+
+class AveragingConfig(Section):
+    """Weight averaging. `ema`: an exponential moving average of the weights (decay per update,
+    every `every` steps) is what validation sees and what training ends with. `lookahead`:
+    every `every` steps the slow weights move towards the trained ones by (1 - decay) and
+    training restarts from them; with `warmup` the decay ramps up from 0 as progress**3."""
+
+    kind: Literal["none", "ema", "lookahead"] = "none"
+    decay: float = Field(0.99, ge=0.0, lt=1.0)
+    every: int = Field(1, ge=1)
+    warmup: bool = True
 
 
 class TrainConfig(Section):
@@ -140,11 +172,18 @@ class TrainConfig(Section):
     num_nodes: int = Field(1, ge=1)
     channels_last: bool = False
     compile: bool = False
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
     grad_clip: float | None = Field(None, gt=0.0)
     accumulate_grad_batches: int = Field(1, ge=1)
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     health: HealthConfig = Field(default_factory=HealthConfig)
+    # mid-epoch last.ckpt, so a kill loses little: every N optimizer steps and/or every M minutes
+    checkpoint_every_steps: int | None = Field(None, ge=1)
+    checkpoint_every_minutes: float | None = Field(10.0, gt=0.0)
+    progress: Literal["auto", "rich", "tqdm", "none"] = "auto"
+    sync_batchnorm: bool = True
+    sanity_steps: int = Field(40, ge=1)
 
     @field_validator("precision")
     @classmethod

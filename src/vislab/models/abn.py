@@ -101,6 +101,19 @@ class ABN(nn.Module):
         self._out = {"att_logits": att_logits, "attention": m}
         return f * m + f
 
+    def head_module_names(self) -> list[str]:
+        """Trained while the backbone is frozen: the new attention branch and the classifier."""
+        from vislab.models.backbones import head_module_names
+
+        return ["attention_branch"] + [f"backbone.{n}" for n in head_module_names(self.backbone)]
+
+    @property
+    def vislab_head_prefixes(self) -> list[str]:
+        """Keys a plain backbone checkpoint lacks or sizes differently: the branch and the head."""
+        from vislab.models.weights import head_prefixes
+
+        return ["attention_branch"] + [f"backbone.{p}" for p in head_prefixes(self.backbone)]
+
     @property
     def feature_info(self) -> list[dict[str, Any]]:
         return stage_info(self.backbone)

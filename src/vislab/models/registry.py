@@ -12,6 +12,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
@@ -122,7 +123,7 @@ def model_info(name: str) -> dict[str, Any]:
 
 def _ensure_builtin() -> None:
     """Import the modules whose builders register themselves (lazily, no work at import)."""
-    from vislab.models import simple_cnn  # noqa: F401
+    from vislab.models import fast_cnn, simple_cnn  # noqa: F401
 
 
 def check_name(name: str) -> None:
@@ -175,8 +176,18 @@ def create_model(cfg: "ModelConfig", num_classes: int, *, load_weights: bool = T
         model.vislab_spec = entry.spec
     else:
         model, report = backbones.create_timm(cfg, num_classes, load_weights=load_weights)
+    if cfg.attention == "abn":
+        from vislab.models.abn import ABN
+
+        spec = data_spec(model)
+        model = ABN(model, num_classes, stage=cfg.abn.stage)
+        model.vislab_spec = spec
+        report = dict(report or {}, new_modules=["attention_branch"])
     if cfg.weights is not None and load_weights:
+        branch = model.attention_branch.score.weight.clone() if cfg.attention == "abn" else None
         report = local_weights.load_weights(model, cfg.weights).to_dict()
+        if branch is not None and torch.equal(branch, model.attention_branch.score.weight):
+            report["new_modules"] = ["attention_branch"]
     model.vislab_load_report = report
     return model
 

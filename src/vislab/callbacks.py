@@ -1,0 +1,387 @@
+"""Trainer plugins and callbacks that make a run directory: checkpoints, metrics, summary, bars.
+
+- `AtomicCheckpointIO`: every checkpoint is written to a temporary file in the same folder,
+  fsynced and renamed over the old one, so a kill during a write never leaves a broken file
+  (Lightning's own writer goes through fsspec, whose temporary file lives in /tmp and is
+  copied, not renamed, when /tmp is another filesystem).
+- `LastCheckpoint`: last.ckpt after every full epoch, every N steps / M minutes inside an
+  epoch, and at the step where something (the time budget) stops training mid-epoch.
+- `RunRecorder`: metrics.csv (one row per full epoch; a resumed run rewrites the epochs it
+  repeats instead of duplicating them), summary.json at the end or on failure.
+- Progress bars (rich or tqdm) that show images per second.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pandas as pd
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, RichProgressBar, Timer, TQDMProgressBar
+
+from vislab.runs import METRIC_COLUMNS, atomic_write_text, write_json
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """torch.save to `.NAME.tmpPID` beside the target, fsync, then os.replace onto it."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        try:  # make the rename itself durable
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def epoch_complete(trainer: "L.Trainer") -> bool:
+    """Whether the running (or just ended) epoch went through all its batches."""
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    return done >= trainer.num_training_batches
+
+
+class LastCheckpoint(Checkpoint):
+    """Keeps `path` (last.ckpt) current: each full epoch, periodically mid-epoch, at a mid-epoch stop.
+
+    A `Checkpoint` subclass so Lightning runs it after every other callback: it sees a stop
+    requested in the same step by any of them (the Timer, early stopping, a user's), and the
+    state it saves includes what they updated. List it after ModelCheckpoint, which
+    `trainer.checkpoint_callback` must find first.
+    """
+
+    def __init__(self, path: str | Path, every_steps: int | None = None, every_minutes: float | None = None) -> None:
+        self.path = Path(path)
+        self.every_steps = every_steps
+        self.every_s = every_minutes * 60 if every_minutes else None
+        self._last = time.monotonic()
+        self._last_step = -1
+
+    def _save(self, trainer: "L.Trainer") -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)
+        self._last = time.monotonic()
+        self._last_step = trainer.global_step
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._last = time.monotonic()
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        if epoch_complete(trainer):
+            return  # the end-of-epoch save follows
+        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+            return  # mid-accumulation: the summed gradients are not part of a checkpoint
+        step = trainer.global_step
+        due = bool(trainer.should_stop)
+        if self.every_steps and step > 0 and step % self.every_steps == 0 and step != self._last_step:
+            due = True
+        if self.every_s is not None and time.monotonic() - self._last >= self.every_s:
+            due = True
+        if trainer.world_size > 1:  # clocks differ between ranks; saving is collective
+            due = bool(trainer.strategy.broadcast(due))
+        if due:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if epoch_complete(trainer):
+            self._save(trainer)
+
+
+def _lr_of(trainer: "L.Trainer", name: str = "head") -> float | None:
+    if not trainer.optimizers:
+        return None
+    groups = trainer.optimizers[0].param_groups
+    for g in groups:
+        if str(g.get("name", "")).startswith(name):
+            return float(g["lr"])
+    return float(groups[-1]["lr"])
+
+
+def _scalar(v: Any) -> float | None:
+    try:
+        return float(v.item() if hasattr(v, "item") else v)
+    except (TypeError, ValueError):
+        return None
+
+
+class RunRecorder(Callback):
+    """Writes metrics.csv each full epoch and summary.json when training ends (or fails)."""
+
+    def __init__(self, run_dir: str | Path, summary_base: dict[str, Any], monitor: str, mode: str, print_epochs: bool) -> None:
+        self.run_dir = Path(run_dir)
+        self.summary_base = dict(summary_base)
+        self.monitor = monitor
+        self.mode = mode
+        self.print_epochs = print_epochs
+        self._resume_epoch: int | None = None
+        self._resume_partial: dict[str, Any] | None = None
+        self._t0 = self._val_s = 0.0
+        self._v0: float | None = None
+        self._images = 0
+        self._lr: float | None = None
+        self._lr_backbone: float | None = None
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / "metrics.csv"
+
+    # ---- resume: the epoch the next session starts with --------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        trainer = getattr(self, "_trainer", None)
+        if trainer is None:
+            return {}
+        epoch = max(0, trainer.fit_loop.epoch_progress.current.started - 1)
+        if epoch_complete(trainer):
+            return {"next_epoch": epoch + 1}
+        # mid-epoch: what the epoch's row needs from before the interruption
+        return {
+            "next_epoch": epoch,
+            "elapsed_s": time.monotonic() - self._t0,
+            "val_s": self._val_s,
+            "images": self._images,
+            "lr": self._lr,
+            "lr_backbone": self._lr_backbone,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_epoch = state_dict.get("next_epoch")
+        self._resume_partial = state_dict if "elapsed_s" in state_dict else None
+
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        self._trainer = trainer
+
+    def read_rows(self) -> pd.DataFrame:
+        if self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0:
+            return pd.read_csv(self.metrics_path)
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+
+    def _write_rows(self, rows: pd.DataFrame) -> None:
+        cols = METRIC_COLUMNS + sorted(c for c in rows.columns if c not in METRIC_COLUMNS)
+        atomic_write_text(self.metrics_path, rows.reindex(columns=cols).to_csv(index=False, lineterminator="\n"))
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # a session resumed mid-epoch gets no on_train_epoch_start for that epoch
+        self._start_epoch_clock(trainer)
+        part = self._resume_partial
+        if part is not None:
+            self._t0 -= float(part["elapsed_s"])
+            self._val_s, self._images = float(part["val_s"]), int(part["images"])
+            self._lr, self._lr_backbone = part["lr"], part["lr_backbone"]
+            self._resume_partial = None
+        if not trainer.is_global_zero:
+            return
+        keep_below = self._resume_epoch if self._resume_epoch is not None else trainer.current_epoch
+        rows = self.read_rows()
+        if len(rows) and (rows["epoch"] >= keep_below).any():
+            self._write_rows(rows[rows["epoch"] < keep_below])
+
+    # ---- per epoch ------------------------------------------------------------------------
+    def _start_epoch_clock(self, trainer: "L.Trainer") -> None:
+        self._t0, self._val_s, self._images = time.monotonic(), 0.0, 0
+        self._lr = _lr_of(trainer, "head")
+        self._lr_backbone = _lr_of(trainer, "backbone")
+
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._start_epoch_clock(trainer)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._images += int(batch[0].shape[0]) * trainer.world_size
+
+    def on_validation_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._v0 = time.monotonic()
+
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self._v0 is not None:
+            self._val_s += time.monotonic() - self._v0
+            self._v0 = None
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if not epoch_complete(trainer):
+            return  # stopped mid-way: the resumed session writes this epoch's row
+        wall = time.monotonic() - self._t0
+        train_s = max(1e-9, wall - self._val_s)
+        m = trainer.callback_metrics
+        row: dict[str, Any] = {
+            "epoch": int(trainer.current_epoch),
+            "train/loss": _scalar(m.get("train/loss")),
+            "train/acc": _scalar(m.get("train/acc")),
+            "val/loss": _scalar(m.get("val/loss")),
+            "val/acc": _scalar(m.get("val/acc")),
+            "lr": self._lr,
+            "epoch_time_s": round(wall, 3),
+            "train_images_per_s": round(self._images / train_s, 1),
+        }
+        if self._lr_backbone is not None and self._lr_backbone != self._lr:
+            row["lr/backbone"] = self._lr_backbone
+        for key, value in m.items():
+            if key not in row and key.startswith(("train/", "val/")) and not key.endswith("_step"):
+                row[key] = _scalar(value)
+        if not trainer.is_global_zero:
+            return
+        rows = self.read_rows()
+        rows = rows[rows["epoch"] != row["epoch"]] if len(rows) else rows
+        new = pd.DataFrame([row])
+        self._write_rows(new if rows.empty else pd.concat([rows, new], ignore_index=True))
+        if self.print_epochs:
+            print(_epoch_line(row, trainer.max_epochs), flush=True)
+
+    # ---- the end --------------------------------------------------------------------------
+    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.write_summary(trainer, pl_module, stop_reason(trainer))
+
+    def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        from vislab.health import NonFiniteLossError
+
+        if isinstance(exception, NonFiniteLossError):
+            reason = "nan"
+        elif isinstance(exception, KeyboardInterrupt):
+            reason = "interrupted"
+        else:
+            reason = "error"
+        self.write_summary(trainer, pl_module, reason)
+
+    def write_summary(self, trainer: "L.Trainer", pl_module: "L.LightningModule", reason: str) -> dict[str, Any]:
+        from vislab.models.backbones import count_parameters
+
+        rows = self.read_rows()
+        summary = dict(self.summary_base)
+        best_epoch, best_val = None, {}
+        if len(rows) and self.monitor in rows.columns and rows[self.monitor].notna().any():
+            col = rows[self.monitor]
+            idx = col.idxmax() if self.mode == "max" else col.idxmin()
+            best_epoch = int(rows.loc[idx, "epoch"])
+            best_val = {k: _scalar(rows.loc[idx, k]) for k in rows.columns if k.startswith("val/")}
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        ips = rows["train_images_per_s"].dropna() if len(rows) else pd.Series(dtype=float)
+        summary.update(
+            {
+                "best_epoch": best_epoch,
+                "best_val": best_val,
+                "monitor": self.monitor,
+                "epochs_completed": int(len(rows)),
+                "epochs_planned": int(trainer.max_epochs or 0),
+                "stopped_reason": reason,
+                "wall_time_s": round(float(timer.time_elapsed("train")), 2) if timer else None,
+                "train_images_per_s": round(float(ips.mean()), 1) if len(ips) else None,
+                "params": count_parameters(pl_module.model),
+            }
+        )
+        cfg = getattr(pl_module, "cfg", None)
+        if cfg is not None and cfg.train.freeze_backbone_epochs > 0:
+            from vislab.models.backbones import split_parameters
+
+            backbone, head = split_parameters(pl_module.model)
+            n_backbone, n_head = (sum(p.numel() for _, p in part) for part in (backbone, head))
+            summary["params_while_frozen"] = {"trainable": n_head, "frozen": n_backbone, "total": n_head + n_backbone}
+        if trainer.is_global_zero:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def stop_reason(trainer: "L.Trainer") -> str:
+    """Why fit() returned: the time budget, early stopping, all epochs, or something else."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is not None and timer._duration is not None and timer.time_remaining("train") <= 0:
+        return "max_time"
+    if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
+        return "early_stopping"
+    if trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
+        return "completed"
+    if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+        return "completed"
+    return "stopped"
+
+
+def _fmt(v: Any, pct: bool = False) -> str:
+    if v is None or v != v:
+        return "-"
+    return f"{v:.1%}" if pct else f"{v:.4f}"
+
+
+def _epoch_line(row: dict[str, Any], max_epochs: int | None) -> str:
+    return (
+        f"epoch {row['epoch'] + 1}/{max_epochs}: train loss {_fmt(row['train/loss'])} acc {_fmt(row['train/acc'], True)}"
+        f" | val loss {_fmt(row['val/loss'])} acc {_fmt(row['val/acc'], True)} | lr {row['lr']:.3g}"
+        f" | {row['epoch_time_s']:.1f}s, {row['train_images_per_s']:.0f} img/s"
+    )
+
+
+class _ImagesPerSecond:
+    """A smoothed images/s meter fed by training batches."""
+
+    def __init__(self) -> None:
+        self.rate: float | None = None
+        self._t: float | None = None
+
+    def update(self, n: int) -> None:
+        now = time.monotonic()
+        if self._t is not None and now > self._t:
+            r = n / (now - self._t)
+            self.rate = r if self.rate is None else 0.9 * self.rate + 0.1 * r
+        self._t = now
+
+    def reset(self) -> None:
+        self._t = None
+
+
+class RichThroughputBar(RichProgressBar):
+    """Lightning's rich progress bar plus images/s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meter = _ImagesPerSecond()
+
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.meter.reset()
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.meter.update(int(batch[0].shape[0]) * trainer.world_size)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
+        m = super().get_metrics(trainer, pl_module)
+        m.pop("v_num", None)
+        if self.meter.rate is not None:
+            m["img/s"] = f"{self.meter.rate:.0f}"
+        return m
+
+
+class TQDMThroughputBar(TQDMProgressBar):
+    """Lightning's tqdm progress bar plus images/s."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meter = _ImagesPerSecond()
+
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.meter.reset()
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.meter.update(int(batch[0].shape[0]) * trainer.world_size)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
+        m = super().get_metrics(trainer, pl_module)
+        m.pop("v_num", None)
+        if self.meter.rate is not None:
+            m["img/s"] = f"{self.meter.rate:.0f}"
+        return m

@@ -1,0 +1,347 @@
+"""Prepared cache: every usable image decoded and resized once, kept as one uint8 array.
+
+Decoding JPEGs costs more than training a small net on them, so `vislab prepare` (or
+`data.cache: true`) writes `DATASET_DIR/cache/<manifest-hash[:12]>-<W>x<H>/`:
+
+- `images.npy`: N x H x W x 3 uint8, read back memory-mapped (or loaded whole into RAM);
+- `index.json`: format version, manifest hash, size, resize method, and the paths, labels
+  and splits of the rows in array order.
+
+Correctness rules:
+
+- The key holds the manifest's hash, so a changed dataset gets a new key: a cache is never
+  served for a manifest it was not built from. An index whose hash, version, size or row
+  count does not match is treated as absent and rebuilt.
+- A store is written into a temporary folder and renamed into place in one step, so a
+  crash leaves no half-written store under the real key.
+- The pixels are exactly what the eval transform would produce at crop_pct 1: decode with
+  EXIF orientation (JPEG draft mode when the target is at least 2x smaller, the same hint
+  the image loader gives), then for a square target resize the shorter side to the size and
+  centre-crop, for a WxH target resize to WxH (what `transforms.eval_transform` does),
+  with torchvision's antialiased resize. Tests check this equality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from vislab.data.manifest import manifest_hash, read_manifest, usable
+from vislab.errors import VislabError
+
+CACHE_DIRNAME = "cache"
+INDEX_NAME = "index.json"
+IMAGES_NAME = "images.npy"
+FORMAT_VERSION = 1
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+# at or above this share of available memory the array stays memory-mapped instead of loaded
+RAM_SHARE = 0.5
+
+
+def parse_cache_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+    """'32' / 32 -> (32, 32); '64x48' / (64, 48) -> (64, 48) as (width, height)."""
+    if isinstance(size, int):
+        w = h = size
+    elif isinstance(size, str):
+        parts = size.lower().replace("*", "x").split("x")
+        try:
+            nums = [int(p) for p in parts]
+        except ValueError:
+            raise VislabError(f"--size {size!r}: expected a number (32) or WIDTHxHEIGHT (64x48)") from None
+        if len(nums) not in (1, 2):
+            raise VislabError(f"--size {size!r}: expected a number (32) or WIDTHxHEIGHT (64x48)")
+        w, h = (nums[0], nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    else:
+        w, h = (int(v) for v in size)
+    if w < 1 or h < 1 or w > 4096 or h > 4096:
+        raise VislabError(f"--size {size!r}: width and height must be between 1 and 4096")
+    return w, h
+
+
+def cache_key(manifest_sha: str, size: tuple[int, int], interpolation: str = "bilinear") -> str:
+    w, h = size
+    suffix = "" if interpolation == "bilinear" else f"-{interpolation}"
+    return f"{manifest_sha[:12]}-{w}x{h}{suffix}"
+
+
+def cache_root(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / CACHE_DIRNAME
+
+
+def resize_to(img: Any, size: tuple[int, int], interpolation: str = "bilinear") -> Any:
+    """The eval geometry at crop_pct 1: square -> shorter side + centre crop, WxH -> direct resize."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms.v2 import functional as F
+
+    w, h = size
+    mode = InterpolationMode(interpolation)
+    target = [h] if w == h else [h, w]
+    out = F.resize(img, target, interpolation=mode, antialias=True)
+    return F.center_crop(out, [h, w])
+
+
+def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+    """One image as H x W x 3 uint8, the way the cache stores it."""
+    from vislab.data.io import load_image
+
+    img = load_image(path, size)
+    return np.asarray(resize_to(img, size, interpolation), dtype=np.uint8)
+
+
+@dataclass
+class PreparedCache:
+    """An opened cache: the pixel array (memory-mapped or in RAM) and its rows."""
+
+    root: Path
+    images: np.ndarray
+    paths: list[str]
+    labels: list[str]
+    splits: list[str]
+    size: tuple[int, int]
+    interpolation: str
+    manifest_hash: str
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def in_memory(self) -> bool:
+        return not isinstance(self.images, np.memmap)
+
+    def indices(self, paths: Sequence[str]) -> np.ndarray:
+        """Array rows of `paths` (all must be in the cache)."""
+        where = {p: i for i, p in enumerate(self.paths)}
+        missing = [p for p in paths if p not in where]
+        if missing:
+            raise VislabError(
+                f"{self.root}: {len(missing)} image(s) not in the cache, e.g. {missing[0]}; "
+                "delete the folder or run `vislab prepare` again"
+            )
+        return np.fromiter((where[p] for p in paths), dtype=np.int64, count=len(paths))
+
+
+def _read_index(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / INDEX_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _valid(folder: Path, sha: str, size: tuple[int, int], interpolation: str) -> dict[str, Any] | None:
+    """The index of a complete store built from this manifest at this size, else None."""
+    index = _read_index(folder)
+    if not index or index.get("version") != FORMAT_VERSION or index.get("manifest_hash") != sha:
+        return None
+    if tuple(index.get("size", ())) != size or index.get("interpolation") != interpolation:
+        return None
+    try:
+        arr = np.load(folder / IMAGES_NAME, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    w, h = size
+    if arr.shape != (len(index.get("paths", [])), h, w, 3) or arr.dtype != np.uint8:
+        return None
+    return index
+
+
+def _available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def open_cache(
+    dataset_dir: str | Path, size: int | str | Sequence[int], interpolation: str = "bilinear", in_memory: bool | None = None
+) -> PreparedCache | None:
+    """The valid cache of the dataset's current manifest at `size`, or None.
+
+    `in_memory=None` loads the array into RAM when it takes under half the available
+    memory, else keeps it memory-mapped (the OS then pages it in as batches touch it).
+    """
+    size = parse_cache_size(size)
+    sha = manifest_hash(dataset_dir)
+    folder = cache_root(dataset_dir) / cache_key(sha, size, interpolation)
+    index = _valid(folder, sha, size, interpolation)
+    if index is None:
+        return None
+    images: np.ndarray = np.load(folder / IMAGES_NAME, mmap_mode="r")
+    if in_memory or (in_memory is None and images.nbytes < RAM_SHARE * _available_memory()):
+        images = np.array(images)  # a real copy: reads the file once, then no page faults
+    return PreparedCache(
+        folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha
+    )
+
+
+def _fill_chunk(store: str, start: int, paths: list[str], size: tuple[int, int], interpolation: str) -> tuple[int, str | None]:
+    """Worker: decode `paths` into rows start.. of the store; returns (done, failing path)."""
+    arr = np.load(store, mmap_mode="r+")
+    for i, path in enumerate(paths):
+        try:
+            arr[start + i] = decode_resized(path, size, interpolation)
+        except (OSError, ValueError) as err:
+            arr.flush()
+            return i, f"{path}: {err}"
+    arr.flush()
+    return len(paths), None
+
+
+def _progress(console: Any, what: str) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console, disable=console is None
+    )
+
+
+def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: str, workers: int, console: Any) -> None:
+    from vislab.data.checks import worker_count
+
+    n = len(paths)
+    workers = min(worker_count(workers), max(1, n))
+    chunk = max(1, min(512, -(-n // (workers * 8))))
+    starts = list(range(0, n, chunk))
+    progress = _progress(console, f"preparing {size[0]}x{size[1]}")
+    task = progress.add_task("prepare", total=n)
+    errors: list[str] = []
+    try:
+        if workers <= 1:
+            progress.start()
+            for s in starts:
+                done, err = _fill_chunk(str(store), s, paths[s : s + chunk], size, interpolation)
+                progress.advance(task, done)
+                if err:
+                    errors.append(err)
+                    break
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_fill_chunk, str(store), s, paths[s : s + chunk], size, interpolation) for s in starts]
+                progress.start()  # after the workers are forked
+                for fut in as_completed(futures):
+                    done, err = fut.result()
+                    progress.advance(task, done)
+                    if err:
+                        errors.append(err)
+    finally:
+        progress.stop()
+    if errors:
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise VislabError(
+            f"cannot decode {errors[0]}{more}; the file changed since curation: re-run `vislab curate` on the dataset"
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_tmp(root: Path, key: str) -> None:
+    """Remove temporary folders of this key left by a process that died mid-prepare."""
+    for tmp in root.glob(f"{key}.tmp-*"):
+        try:
+            pid = int(tmp.name.rsplit("-", 1)[1])
+        except ValueError:
+            continue
+        if not _pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_cache(
+    dataset_dir: str | Path,
+    size: int | str | Sequence[int],
+    *,
+    interpolation: str = "bilinear",
+    workers: int = 0,
+    force: bool = False,
+    console: Any = None,
+    in_memory: bool | None = None,
+) -> PreparedCache:
+    """The dataset's cache at `size`, built first when absent, stale or `force`d.
+
+    Decodes every usable manifest row (all splits) in `workers` processes (0 = one per
+    core) with a progress bar on `console` (None = silent).
+    """
+    if interpolation not in INTERPOLATIONS:
+        raise VislabError(f"--interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+    size = parse_cache_size(size)
+    dataset_dir = Path(dataset_dir)
+    if not force:
+        found = open_cache(dataset_dir, size, interpolation, in_memory)
+        if found is not None:
+            return found
+    df = read_manifest(dataset_dir)
+    sha = manifest_hash(dataset_dir)
+    rows = usable(df)
+    if rows.empty:
+        raise VislabError(f"{dataset_dir}: the manifest has no usable rows (status ok) to prepare")
+    key = cache_key(sha, size, interpolation)
+    root = cache_root(dataset_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _clean_tmp(root, key)
+    tmp = root / f"{key}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    paths = rows["path"].tolist()
+    w, h = size
+    try:
+        store = np.lib.format.open_memmap(tmp / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
+        del store  # workers open it themselves
+        start = time.perf_counter()
+        _fill(tmp / IMAGES_NAME, paths, size, interpolation, workers, console)
+        index = {
+            "version": FORMAT_VERSION,
+            "manifest_hash": sha,
+            "size": [w, h],
+            "interpolation": interpolation,
+            "resize": "eval geometry at crop_pct 1: square -> shorter side + centre crop; WxH -> direct resize (antialiased)",
+            "layout": "N x H x W x 3 uint8 RGB",
+            "count": len(paths),
+            "paths": paths,
+            "labels": rows["label"].tolist(),
+            "splits": rows["split"].tolist(),
+            "prepare_seconds": round(time.perf_counter() - start, 2),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        (tmp / INDEX_NAME).write_text(json.dumps(index))
+        final = root / key
+        if final.exists():  # stale or partial (a valid one returned above), or force
+            shutil.rmtree(final)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process renamed its copy first: use that one
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    found = open_cache(dataset_dir, size, interpolation, in_memory)
+    if found is None:  # pragma: no cover - only if the manifest changed during the build
+        raise VislabError(f"{dataset_dir}: the manifest changed while the cache was built; run `vislab prepare` again")
+    return found
+
+
+def cache_summary(cache: PreparedCache) -> str:
+    mb = cache.images.nbytes / 1e6
+    where = "in RAM" if cache.in_memory else "memory-mapped"
+    w, h = cache.size
+    return f"{len(cache)} images at {w}x{h} ({mb:.1f} MB, {where}): {cache.root}"

@@ -1,0 +1,136 @@
+"""The classification DataModule on the prepared cache: whole uint8 batches, no per-image work.
+
+Same splits, epoch order, per-sample seeds, DDP sharding and mid-epoch resume as
+`ClassifyDataModule` (it is a subclass and keeps its sampler), but a batch is one fancy-index
+into the cache array: `CachedBatches` returns N x 3 x H x W uint8 (a view of the N x H x W x 3
+array, so its memory is already channels_last) with the targets and, in training, the
+batch's augmentation seed. The task's `on_after_batch_transfer` then normalises and augments
+the batch with `batch_augment.BatchTransform` on the device it landed on (the GPU when there
+is one).
+
+The cache is built at the eval transform's resize size (input size / crop_pct), so with
+crop_pct 1 validation sees exactly the pixels `vislab evaluate` decodes from the files.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vislab.config import DataConfig
+from vislab.data.cache import PreparedCache, open_cache, prepare_cache
+from vislab.data.datamodule import ClassifyDataModule
+
+
+class CachedBatches(Dataset):
+    """Batches of cache rows: key = list of row positions, or of (position, seed) in training."""
+
+    def __init__(self, images: np.ndarray, rows: np.ndarray, targets: Sequence[int]) -> None:
+        self.images = images
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.targets = torch.as_tensor(list(targets), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: Sequence[Any]) -> tuple[torch.Tensor, ...]:
+        seeded = bool(key) and isinstance(key[0], tuple)
+        pos = np.fromiter((k[0] if seeded else k for k in key), dtype=np.int64, count=len(key))
+        x = torch.from_numpy(np.ascontiguousarray(self.images[self.rows[pos]])).permute(0, 3, 1, 2)
+        y = self.targets[torch.from_numpy(pos)]
+        if seeded:
+            return x, y, torch.tensor(key[0][1], dtype=torch.long)
+        return x, y
+
+
+class BatchKeys(Sampler):
+    """Groups the keys of a per-sample sampler into batch keys (lists), for `CachedBatches`."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool) -> None:
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[Any]]:
+        batch: list[Any] = []
+        for key in self.sampler:
+            batch.append(key)
+            if len(batch) == self.batch_size:
+                yield batch
+                batch = []
+        if batch and not self.drop_last:
+            yield batch
+
+    def __len__(self) -> int:
+        n = len(self.sampler)  # type: ignore[arg-type]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+
+class CachedClassifyDataModule(ClassifyDataModule):
+    """`ClassifyDataModule` reading the prepared cache instead of image files."""
+
+    def __init__(self, dataset_dir: str | Path, cfg: DataConfig, spec: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(dataset_dir, cfg, spec, *args, **kwargs)
+        self.cache: PreparedCache | None = None
+
+    def cache_size(self) -> tuple[int, int]:
+        """(W, H) the cache is built at: the eval transform's resize size."""
+        h, w = (int(v) for v in self.spec["input_size"][-2:])
+        crop = float(self.spec.get("crop_pct", 1.0) or 1.0)
+        return int(math.floor(w / crop)), int(math.floor(h / crop))
+
+    def _interpolation(self) -> str:
+        interp = str(self.spec.get("interpolation", "bilinear"))
+        return interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear"
+
+    def prepare_data(self) -> None:
+        """Build the cache once (rank 0 per node) before any process opens it."""
+        from rich.console import Console
+
+        prepare_cache(self.dataset_dir, self.cache_size(), interpolation=self._interpolation(), console=Console(stderr=True), in_memory=False)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.cache is None:
+            found = open_cache(self.dataset_dir, self.cache_size(), self._interpolation())
+            if found is None:
+                self.prepare_data()
+                found = open_cache(self.dataset_dir, self.cache_size(), self._interpolation())
+            self.cache = found
+
+    def dataset(self, rows: pd.DataFrame, train: bool) -> CachedBatches:  # type: ignore[override]
+        self.setup()
+        assert self.cache is not None
+        return CachedBatches(self.cache.images, self.cache.indices(rows["path"].tolist()), rows["target"].tolist())
+
+    def _loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            ds,
+            batch_size=None,
+            sampler=BatchKeys(sampler, batch_size, drop_last),
+            num_workers=workers,
+            persistent_workers=bool(workers and self.cfg.persistent_workers),
+            pin_memory=torch.cuda.is_available(),
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` seeded-random training images (uint8, un-augmented) and their targets."""
+        self.setup("fit")
+        assert self.splits is not None
+        rows = self.splits.train
+        take = np.sort(np.random.default_rng(self.seed).permutation(len(rows))[: min(n, len(rows))])
+        ds = self.dataset(rows.iloc[take].reset_index(drop=True), train=False)
+        x, y = ds[list(range(len(ds)))]
+        return x, y

@@ -1,0 +1,363 @@
+"""Manifest -> batches for classification: splits, decoding, augmentation, sampling.
+
+Reproducibility and resume are designed in rather than bolted on:
+
+- The order of an epoch is a pure function of (seed, epoch): `EpochSampler` draws it from its
+  own generator, so neither the global RNG nor the number of workers changes it.
+- Each training image is augmented under its own seed (seed, epoch, position), so the same
+  seed gives the same augmented pixels with 0 or 8 workers, and after a resume.
+- The datamodule's state (epoch and batches already done) goes into every checkpoint, so a
+  resume from a mid-epoch checkpoint continues that epoch where it stopped instead of
+  replaying its first batches.
+- Under DDP the sampler shards by rank itself (Lightning's distributed sampler is switched
+  off by the trainer), which keeps the three properties above with several processes.
+
+If the manifest has no `val` rows, `val_fraction` of each train class is held out as
+validation with a seeded generator (and the run says so); test rows are never used here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from vislab.config import DataConfig
+from vislab.data import transforms as tfm
+from vislab.data.manifest import class_names, read_manifest, usable
+from vislab.errors import VislabError
+
+try:  # the curate layer's robust decoder (EXIF orientation, draft mode, mode conversion)
+    from vislab.data.io import load_image
+except ImportError:  # pragma: no cover - only while io.py does not exist yet
+    from PIL import Image, ImageOps
+
+    def load_image(path: Any, size_hint: tuple[int, int] | None = None) -> Any:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+
+
+@dataclass
+class Splits:
+    """Rows (path, label, target) per split and how validation was obtained."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    classes: list[str]
+    val_source: str  # "manifest" or "held out ..."
+
+
+def _with_targets(rows: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    index = {c: i for i, c in enumerate(classes)}
+    out = rows[["path", "label"]].copy()
+    out["target"] = out["label"].map(index)
+    return out.reset_index(drop=True)
+
+
+def holdout(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Stratified, seeded hold-out: round(fraction * n) of each class (at least 1 when n >= 2)."""
+    rng = np.random.default_rng(seed)
+    val_idx: list[int] = []
+    for _, grp in train.groupby("label", sort=True):
+        n = len(grp)
+        k = min(n - 1, max(1, int(round(fraction * n)))) if n >= 2 else 0
+        val_idx += sorted(rng.choice(grp.index.to_numpy(), size=k, replace=False).tolist())
+    mask = train.index.isin(val_idx)
+    return train[~mask].reset_index(drop=True), train[mask].reset_index(drop=True)
+
+
+def classification_splits(
+    dataset_dir: str | Path, val_fraction: float = 0.1, seed: int = 0, classes: Sequence[str] | None = None
+) -> Splits:
+    """Train/val/test rows of a curated dataset, labels mapped to ids in `classes` order."""
+    df = read_manifest(dataset_dir)
+    names = list(classes) if classes is not None else class_names(df)
+    if len(names) < 2:
+        raise VislabError(f"{dataset_dir}: {len(names)} usable class(es); classification needs at least 2")
+    train = usable(df, "train")
+    if train.empty:
+        raise VislabError(
+            f"{dataset_dir}: no usable rows with split 'train'; curate with --split 0.7,0.15,0.15 "
+            "(or --val-per-class/--test-per-class)"
+        )
+    unknown = sorted(set(train["label"]) - set(names))
+    if unknown:
+        raise VislabError(f"{dataset_dir}: train labels {unknown} are not among the run's classes")
+    val = usable(df, "val")
+    source = "manifest"
+    if val.empty:
+        train, val = holdout(train, val_fraction, seed)
+        source = f"held out {val_fraction:.0%} of train per class (seed {seed}): the manifest has no val split"
+    if val.empty:
+        raise VislabError(
+            f"{dataset_dir}: no validation images (no val split, and too few train images per class to hold some out); "
+            "curate with --split 0.7,0.15,0.15 or add images"
+        )
+    test = usable(df, "test")
+    test = test[test["label"].isin(names)]
+    return Splits(
+        _with_targets(train, names), _with_targets(val[val["label"].isin(names)], names), _with_targets(test, names), names, source
+    )
+
+
+class ImageTableDataset(Dataset):
+    """Decoded, transformed images of a table (path, target); target -1 when unknown.
+
+    An index may be an int or `(index, aug_seed)`: with a seed the random transform runs
+    under that seed in a forked RNG, so augmentation does not depend on worker or process.
+    """
+
+    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable, size_hint: int | None = None) -> None:
+        self.paths = list(paths)
+        self.targets = [int(t) for t in targets]
+        self.transform = transform
+        self.size_hint = (size_hint, size_hint) if size_hint else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        path = self.paths[index]
+        try:
+            img = load_image(path, self.size_hint)
+        except (OSError, ValueError) as err:
+            raise VislabError(f"{path}: cannot read image ({err}); re-run `vislab curate` on the dataset") from None
+        if seed is None:
+            x = self.transform(img)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                # the CPU generator only: torch.manual_seed would also queue (slow) seeds for every accelerator
+                torch.random.default_generator.manual_seed(seed)
+                x = self.transform(img)
+        return x, self.targets[index]
+
+
+def aug_seed(seed: int, epoch: int, position: int) -> int:
+    """A distinct 63-bit seed per (run seed, epoch, position in the epoch)."""
+    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, position]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
+
+
+class EpochSampler(Sampler):
+    """Indices of one epoch as a pure function of (seed, epoch), sharded by rank, skippable.
+
+    Training (`shuffle` or `weights`) pads the order so every rank gets the same count (DDP
+    steps in lockstep) and yields `(index, aug_seed)`; evaluation shards without padding,
+    so metrics count each image exactly once. `skip` drops the first samples of the next
+    iteration only: that is how a mid-epoch resume continues where it stopped.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        weights: Sequence[float] | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        train: bool = True,
+    ) -> None:
+        self.n = n
+        self.seed = seed
+        self.shuffle = shuffle
+        self.weights = torch.as_tensor(weights, dtype=torch.double) if weights is not None else None
+        self.num_replicas = max(1, num_replicas)
+        self.rank = rank
+        self.train = train
+        self.epoch = 0
+        self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g).tolist()
+        elif self.shuffle:
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        if self.num_replicas > 1:
+            if self.train and order:
+                total = math.ceil(self.n / self.num_replicas) * self.num_replicas
+                order += order[: total - len(order)]
+            order = order[self.rank :: self.num_replicas]
+        return order
+
+    def __iter__(self) -> Iterator[Any]:
+        order = self._order()
+        start, self.skip = self.skip, 0
+        for pos in range(start, len(order)):
+            if self.train:
+                yield order[pos], aug_seed(self.seed, self.epoch, pos * self.num_replicas + self.rank)
+            else:
+                yield order[pos]
+
+    def __len__(self) -> int:
+        if self.num_replicas == 1:
+            return self.n
+        if self.train:
+            return math.ceil(self.n / self.num_replicas)
+        return len(range(self.rank, self.n, self.num_replicas))
+
+
+class ClassifyDataModule(L.LightningDataModule):
+    """Batches of (image, class id) from a curated dataset for the classification task.
+
+    `spec` is the model's DataSpec as a dict (input_size, mean, std, interpolation,
+    crop_pct); `channels` the model's input channels. `sanity_batch` replaces the training
+    set by one fixed, un-augmented batch (the `--sanity` overfitting check).
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        cfg: DataConfig,
+        spec: dict[str, Any],
+        classes: Sequence[str] | None = None,
+        seed: int = 0,
+        channels: int = 3,
+        sanity_batch: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dataset_dir = Path(dataset_dir)
+        self.cfg = cfg
+        self.spec = dict(spec)
+        self.classes = list(classes) if classes is not None else None
+        self.seed = seed
+        self.channels = channels
+        self.sanity_batch = sanity_batch
+        self.splits: Splits | None = None
+        self._resume: dict[str, int] | None = None
+        self._train_sampler: EpochSampler | None = None
+
+    # ---- data ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = classification_splits(self.dataset_dir, self.cfg.val_fraction, self.seed, self.classes)
+            self.classes = self.splits.classes
+
+    def _common(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "input_size": s["input_size"],
+            "mean": s["mean"],
+            "std": s["std"],
+            "crop_pct": float(s.get("crop_pct", 1.0)),
+            "interpolation": s.get("interpolation", "bilinear"),
+            "grayscale": self.cfg.grayscale,
+            "channels": self.channels,
+        }
+
+    def eval_transform(self) -> Callable:
+        return tfm.eval_transform(**self._common())
+
+    def train_transform(self) -> Callable:
+        return tfm.train_transform(aug=tfm.resolve_augment(self.cfg.augment), **self._common())
+
+    def _size_hint(self) -> int:
+        return int(max(self.spec["input_size"][-2:]) / float(self.spec.get("crop_pct", 1.0)) + 0.5)
+
+    def dataset(self, rows: pd.DataFrame, train: bool) -> ImageTableDataset:
+        transform = self.train_transform() if train else self.eval_transform()
+        return ImageTableDataset(rows["path"].tolist(), rows["target"].tolist(), transform, self._size_hint())
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            persistent_workers=bool(workers and self.cfg.persistent_workers),
+            pin_memory=torch.cuda.is_available(),
+            drop_last=drop_last,
+            # its own generator: creating an iterator must not draw from the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self.splits is not None
+        rank, world = self._world()
+        rows = self.splits.train
+        if self.sanity_batch:
+            rng = np.random.default_rng(self.seed)
+            take = rng.permutation(len(rows))[: self.cfg.batch_size]
+            ds = self.dataset(rows.iloc[sorted(take)].reset_index(drop=True), train=False)
+            sampler = EpochSampler(len(ds), self.seed, shuffle=False, train=False)
+            return self._loader(ds, sampler, self.cfg.batch_size, drop_last=False)
+        weights = None
+        if self.cfg.sampler == "weighted":
+            counts = rows["target"].value_counts()
+            weights = (1.0 / rows["target"].map(counts)).tolist()
+        sampler = EpochSampler(len(rows), self.seed, shuffle=True, weights=weights, num_replicas=world, rank=rank)
+        if self._resume is not None:
+            sampler.set_epoch(self._resume["epoch"])
+            sampler.skip = self._resume["batches_done"] * self.cfg.batch_size
+            self._resume = None
+        self._train_sampler = sampler
+        drop_last = len(sampler) > self.cfg.batch_size  # a last batch of 1 breaks BatchNorm
+        return self._loader(self.dataset(rows, train=True), sampler, self.cfg.batch_size, drop_last)
+
+    def _eval_loader(self, rows: pd.DataFrame) -> DataLoader:
+        rank, world = self._world()
+        sampler = EpochSampler(len(rows), self.seed, shuffle=False, num_replicas=world, rank=rank, train=False)
+        bs = self.cfg.eval_batch_size or self.cfg.batch_size
+        return self._loader(self.dataset(rows, train=False), sampler, bs, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        self.setup("fit")
+        assert self.splits is not None
+        return self._eval_loader(self.splits.val)
+
+    def test_dataloader(self) -> DataLoader:
+        self.setup("test")
+        assert self.splits is not None
+        return self._eval_loader(self.splits.test)
+
+    def steps_per_epoch(self, world_size: int = 1, accumulate: int = 1, limit: int | float | None = None) -> int:
+        """Optimizer steps per epoch, computed without building a loader (schedulers need it early)."""
+        self.setup("fit")
+        assert self.splits is not None
+        if self.sanity_batch:
+            return 1
+        per_rank = math.ceil(len(self.splits.train) / max(1, world_size))
+        batches = per_rank // self.cfg.batch_size if per_rank > self.cfg.batch_size else 1
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            batches = min(batches, limit)
+        elif isinstance(limit, float):
+            batches = max(1, int(batches * limit))
+        return max(1, math.ceil(batches / accumulate))
+
+    # ---- resume -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the training loop is: the epoch to continue and the batches of it already done."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        # `started` counts epochs begun: during epoch e (and after it ends) it is e + 1
+        epoch = max(0, trainer.fit_loop.epoch_progress.current.started - 1)
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        if done >= trainer.num_training_batches:  # saved at the end of an epoch: next one starts clean
+            epoch, done = epoch + 1, 0
+        return {"epoch": int(epoch), "batches_done": int(done), "seed": self.seed}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict:
+            self._resume = {"epoch": int(state_dict["epoch"]), "batches_done": int(state_dict["batches_done"])}

@@ -1,0 +1,170 @@
+"""Augmentation presets and the eval transform, built from the model's DataSpec.
+
+Training and evaluation see the same geometry family: eval resizes the shorter side to
+`size / crop_pct` and centre-crops `size` (timm's convention); training replaces the crop
+with random ones. Input size and mean/std always come from the spec, never from constants.
+Presets give defaults; any explicit field of `data.augment` overrides its preset value.
+Geometry and colour steps run on the PIL image (on small CPU images Pillow's affine is
+tens of times faster than the tensor path); the tensor is made only for normalising and
+random erasing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+from vislab.config import AugmentConfig
+
+# Keys a preset may set; None / 0 means the step is off.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "light": {"hflip": 0.5, "random_resized_crop": (0.8, 1.0)},
+    "standard": {"hflip": 0.5, "random_resized_crop": (0.35, 1.0), "rotation": 15.0, "color_jitter": 0.25},
+    "strong": {
+        "hflip": 0.5,
+        "random_resized_crop": (0.25, 1.0),
+        "rotation": 30.0,
+        "color_jitter": 0.4,
+        "shear": 10.0,
+        "random_erasing": 0.25,
+    },
+}
+STEP_KEYS = (
+    "hflip",
+    "vflip",
+    "rotation",
+    "random_resized_crop",
+    "crop_padding",
+    "color_jitter",
+    "shear",
+    "scale",
+    "random_erasing",
+)
+
+
+def resolve_augment(aug: AugmentConfig) -> dict[str, Any]:
+    """The preset's values overlaid with the explicitly set fields (the steps actually used)."""
+    out: dict[str, Any] = {k: None for k in STEP_KEYS}
+    out.update(PRESETS[aug.preset])
+    for key in STEP_KEYS:
+        value = getattr(aug, key)
+        if value is not None:
+            out[key] = value
+    out["mixup"] = aug.mixup
+    out["cutmix"] = aug.cutmix
+    return out
+
+
+def _interp(name: str) -> InterpolationMode:
+    try:
+        return InterpolationMode(name)
+    except ValueError:
+        return InterpolationMode.BILINEAR
+
+
+def _size_hw(input_size: Sequence[int]) -> tuple[int, int]:
+    return int(input_size[-2]), int(input_size[-1])
+
+
+def _channel_stats(values: Sequence[float], channels: int) -> list[float]:
+    """Mean/std for the channel count fed to the model (grey = the average of RGB stats)."""
+    vals = [float(v) for v in values]
+    if len(vals) == channels:
+        return vals
+    if channels == 1:
+        return [sum(vals) / len(vals)]
+    return [vals[0]] * channels if len(vals) == 1 else vals[:channels]
+
+
+def _colour_steps(grayscale: bool, channels: int) -> list[Callable]:
+    """Decoded images are RGB; convert when the model wants grey or a single channel."""
+    if grayscale or channels == 1:
+        return [T.Grayscale(num_output_channels=channels)]
+    return []
+
+
+def _finish(mean: Sequence[float], std: Sequence[float], channels: int) -> list[Callable]:
+    return [
+        T.ToImage(),
+        T.ToDtype(torch.float32, scale=True),
+        T.Normalize(_channel_stats(mean, channels), _channel_stats(std, channels)),
+    ]
+
+
+def _eval_geometry(size: tuple[int, int], crop_pct: float, interp: InterpolationMode) -> list[Callable]:
+    if size[0] == size[1]:
+        scale: int | tuple[int, int] = int(math.floor(size[0] / crop_pct))
+    else:
+        scale = (int(math.floor(size[0] / crop_pct)), int(math.floor(size[1] / crop_pct)))
+    return [T.Resize(scale, interpolation=interp, antialias=True), T.CenterCrop(size)]
+
+
+def eval_transform(
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    grayscale: bool = False,
+    channels: int = 3,
+) -> T.Compose:
+    """PIL RGB -> normalised float tensor: resize shorter side to size/crop_pct, centre crop."""
+    size = _size_hw(input_size)
+    steps: list[Callable] = _colour_steps(grayscale, channels) + _eval_geometry(size, crop_pct, _interp(interpolation))
+    return T.Compose(steps + _finish(mean, std, channels))
+
+
+def train_transform(
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    aug: dict[str, Any],
+    crop_pct: float = 1.0,
+    interpolation: str = "bilinear",
+    grayscale: bool = False,
+    channels: int = 3,
+) -> T.Compose:
+    """The eval pipeline with its geometry randomised and per-image augmentations added.
+
+    `aug` is the dict of `resolve_augment`. Mixup/cutmix mix whole batches and live in the
+    task, not here.
+    """
+    size = _size_hw(input_size)
+    interp = _interp(interpolation)
+    fill = [int(round(255 * m)) for m in _channel_stats(mean, channels)]
+    steps: list[Callable] = _colour_steps(grayscale, channels)
+    if aug.get("random_resized_crop"):
+        lo, hi = aug["random_resized_crop"]
+        steps.append(T.RandomResizedCrop(size, scale=(float(lo), float(hi)), interpolation=interp, antialias=True))
+    else:
+        steps += _eval_geometry(size, crop_pct, interp)
+    if aug.get("crop_padding"):
+        steps.append(T.RandomCrop(size, padding=int(aug["crop_padding"]), padding_mode="reflect"))
+    rotation, shear, scale = aug.get("rotation"), aug.get("shear"), aug.get("scale")
+    if rotation or shear or scale:
+        steps.append(
+            T.RandomAffine(
+                degrees=float(rotation or 0.0),
+                shear=float(shear) if shear else None,
+                scale=tuple(scale) if scale else None,
+                interpolation=interp,
+                fill=fill,
+            )
+        )
+    if aug.get("hflip"):
+        steps.append(T.RandomHorizontalFlip(float(aug["hflip"])))
+    if aug.get("vflip"):
+        steps.append(T.RandomVerticalFlip(float(aug["vflip"])))
+    if aug.get("color_jitter"):
+        j = float(aug["color_jitter"])
+        sat = 0.0 if (grayscale or channels == 1) else j
+        steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=sat))
+    steps += _finish(mean, std, channels)
+    if aug.get("random_erasing"):
+        steps.append(T.RandomErasing(p=float(aug["random_erasing"]), value=0))
+    return T.Compose(steps)

@@ -1,0 +1,149 @@
+"""`vislab evaluate`: a run's model on a split of its own dataset or of another curated one.
+
+Another dataset's labels are matched to the run's classes by name, so it may hold a subset
+of the classes in any order; a label the run does not know is an error that lists them.
+Writes RUN_DIR/eval/<name>/{metrics.json, predictions.csv, probs.npy} (the run-directory
+contract); `name` is the split, or `<split>-<dataset folder name>` with `--data`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from vislab.errors import VislabError
+
+UNKNOWN = -1
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def match_labels(labels: Iterable[str], classes: list[str], source: str) -> list[int]:
+    """Class ids of `labels` by name (-1 for an empty label); unknown names are one error."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = list(labels)
+    unknown = sorted({lab for lab in labels if lab and lab not in index})
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise VislabError(
+            f"{source}: label(s) the run does not know: {shown}; the run's classes are {', '.join(classes)}"
+        )
+    return [index[lab] if lab else UNKNOWN for lab in labels]
+
+
+def predict_probs(
+    model: torch.nn.Module, loader: Iterable[Any], tta: bool = False, progress: Callable[[Iterable], Iterable] | None = None
+) -> np.ndarray:
+    """Softmax probabilities [N, C] (float32) of every batch; `tta` averages with the h-flip."""
+    from vislab.tasks.classify import logits_of
+
+    device = _device()
+    model = model.to(device).eval()
+    out: list[np.ndarray] = []
+    batches = progress(loader) if progress is not None else loader
+    with torch.inference_mode():
+        for x, _ in batches:
+            x = x.to(device, non_blocking=True)
+            p = logits_of(model(x)).float().softmax(1)
+            if tta:
+                p = (p + logits_of(model(torch.flip(x, dims=[3]))).float().softmax(1)) / 2
+            out.append(p.cpu().numpy())
+    n_classes = getattr(model, "num_classes", 0)
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, n_classes), np.float32)
+
+
+def _report(y: np.ndarray, probs: np.ndarray, classes: list[str], losses: np.ndarray, paths: list[str]) -> dict[str, Any]:
+    try:
+        from vislab.metrics.classification import classification_report
+    except ImportError:  # pragma: no cover - the metrics layer is part of vislab
+        lab = y != UNKNOWN
+        acc = float((probs[lab].argmax(1) == y[lab]).mean()) if lab.any() else None
+        return {"num_samples": int(len(y)), "num_labelled": int(lab.sum()), "classes": classes, "accuracy": acc}
+    return classification_report(y, probs, classes, losses=losses, paths=paths)
+
+
+def evaluate(
+    run_dir: str | Path,
+    split: str = "test",
+    data: str | Path | None = None,
+    tta: bool = False,
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+) -> dict[str, Any]:
+    """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the metrics."""
+    from rich.progress import track
+    from torch.utils.data import DataLoader
+
+    from vislab.data.datamodule import ImageTableDataset
+    from vislab.data.manifest import read_manifest, usable
+    from vislab.data.transforms import eval_transform
+    from vislab.runs import load_run, run_paths, write_json
+
+    run = load_run(run_dir)
+    dataset_dir = Path(data) if data is not None else Path(run.info["dataset_dir"])
+    df = read_manifest(dataset_dir)
+    rows = usable(df) if split == "all" else usable(df, split)
+    if rows.empty:
+        present = sorted({s for s in usable(df)["split"] if s})
+        hint = f"splits with usable rows: {', '.join(present)}" if present else "its rows have no split"
+        raise VislabError(f"{dataset_dir}: no usable rows in split '{split}' ({hint}); pass --split NAME or --split all")
+    y = np.asarray(match_labels(rows["label"], run.classes, str(dataset_dir / "manifest.csv")), dtype=np.int64)
+    spec = run.spec
+    transform = eval_transform(
+        spec.input_size, spec.mean, spec.std, spec.crop_pct, spec.interpolation, run.cfg.data.grayscale, run.cfg.model.in_chans
+    )
+    paths = rows["path"].tolist()
+    size_hint = int(max(spec.input_size[-2:]) / spec.crop_pct + 0.5)
+    ds = ImageTableDataset(paths, y.tolist(), transform, size_hint)
+    bs = batch_size or run.cfg.data.eval_batch_size or run.cfg.data.batch_size
+    workers = run.cfg.data.num_workers if num_workers is None else num_workers
+    loader = DataLoader(ds, batch_size=bs, num_workers=workers)
+    probs = predict_probs(
+        run.model, loader, tta, progress=lambda it: track(it, description=f"evaluate {split}", total=len(loader), transient=True)
+    )
+    pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+    labelled = y != UNKNOWN
+    losses = np.full(len(y), np.nan, dtype=np.float64)
+    losses[labelled] = -np.log(np.clip(probs[labelled, y[labelled]], 1e-12, None))
+    metrics = _report(y, probs, run.classes, losses, paths)
+    name = split if data is None else f"{split}-{dataset_dir.resolve().name}"
+    metrics.update(
+        {
+            "split": split,
+            "name": name,
+            "dataset_dir": str(dataset_dir.resolve()),
+            "checkpoint": str(run.checkpoint),
+            "tta": tta,
+        }
+    )
+    out = run_paths(run.run_dir).eval_dir(name)
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(
+        {
+            "path": paths,
+            "label": [run.classes[t] if t != UNKNOWN else "" for t in y],
+            "pred": [run.classes[p] for p in pred],
+            "confidence": probs.max(1) if len(probs) else [],
+            "loss": losses,
+            "correct": [bool(p == t) if t != UNKNOWN else "" for p, t in zip(pred, y)],
+        }
+    ).to_csv(out / "predictions.csv", index=False)
+    np.save(out / "probs.npy", probs)
+    write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=_jsonable)))
+    metrics["eval_dir"] = str(out)
+    return metrics
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    return str(v)

@@ -1,0 +1,158 @@
+"""`vislab export`: a run's model as an ONNX file, checked against PyTorch before it is kept.
+
+The export is of the eval-mode model with a dynamic batch dimension (height and width fixed
+at the run's input size). Models that return a dict (e.g. the attention-branch network) are
+wrapped so the file returns their `logits`. After writing, ONNX Runtime runs a random batch
+(of a different size than the one traced, which proves the batch axis is dynamic) and its
+outputs must match PyTorch's within tolerance; otherwise the file is removed and the command
+fails. The class names and the input normalisation go into the file's metadata, so a
+consumer needs nothing else to preprocess inputs and name outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from vislab.errors import VislabError
+
+FORMATS = ("onnx",)
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+class LogitsOnly(nn.Module):
+    """Returns `logits` of a model whose forward returns a dict (or the tensor as is)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out["logits"] if isinstance(out, dict) else out
+
+
+@dataclass
+class ExportResult:
+    path: str
+    format: str
+    opset: int
+    input_shape: list[Any]
+    max_abs_diff: float
+    atol: float
+    rtol: float
+    checked_batch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_onnx_model(
+    model: nn.Module,
+    input_size: Sequence[int],
+    path: str | Path,
+    opset: int = 17,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write `model` (eval mode, dict outputs reduced to logits) to `path` with a dynamic batch axis."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = LogitsOnly(model).eval()
+    example = torch.randn(2, *[int(v) for v in input_size])
+    with warnings.catch_warnings():
+        # the TorchScript-based exporter needs no extra packages; its deprecation notice is not for users
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            (example,),
+            str(path),
+            dynamo=False,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    if metadata:
+        import onnx
+
+        proto = onnx.load(str(path))
+        for key, value in metadata.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(proto, str(path))
+    return path
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def check_onnx(
+    path: str | Path, model: nn.Module, input_size: Sequence[int], batch: int = 3, atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0
+) -> float:
+    """Max |ONNX Runtime - PyTorch| on a random batch; raises VislabError beyond atol + rtol*|ref|."""
+    x = torch.randn(batch, *[int(v) for v in input_size], generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        ref = LogitsOnly(model).eval()(x).float().numpy()
+    got = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    if got.shape != ref.shape:
+        raise VislabError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}; the export is wrong")
+    diff = np.abs(got - ref)
+    max_diff = float(diff.max()) if diff.size else 0.0
+    if not np.all(diff <= atol + rtol * np.abs(ref)):
+        raise VislabError(
+            f"{path}: ONNX Runtime outputs differ from PyTorch by up to {max_diff:.3g} "
+            f"(tolerance {atol:g} + {rtol:g}*|x|); the exported model is not faithful"
+        )
+    return max_diff
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    out: str | Path | None = None,
+    opset: int = 17,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+) -> ExportResult:
+    """Export a run's best checkpoint (else last) and check it; default file RUN_DIR/export/model.onnx."""
+    from vislab.runs import load_run
+
+    if fmt not in FORMATS:
+        raise VislabError(f"--format {fmt!r}: supported formats are {', '.join(FORMATS)}")
+    run = load_run(run_dir)
+    path = Path(out) if out is not None else run.run_dir / "export" / "model.onnx"
+    model = run.model.float().eval()
+    input_size = list(run.spec.input_size)
+    meta = {
+        "vislab_classes": json.dumps(run.classes),
+        "vislab_data_spec": json.dumps(run.spec.to_dict()),
+        "vislab_model": run.cfg.model.name,
+        "vislab_checkpoint": str(run.checkpoint),
+    }
+    export_onnx_model(model, input_size, path, opset, meta)
+    batch = 3  # traced with 2: a different size proves the batch axis is dynamic
+    try:
+        max_diff = check_onnx(path, model, input_size, batch, atol, rtol)
+    except VislabError:
+        path.unlink(missing_ok=True)
+        raise
+    result = ExportResult(str(path), fmt, opset, ["batch", *input_size], max_diff, atol, rtol, batch)
+    path.with_suffix(".json").write_text(
+        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict(), "input": INPUT_NAME, "output": OUTPUT_NAME}, indent=2)
+    )
+    return result

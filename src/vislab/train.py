@@ -1,0 +1,370 @@
+"""`vislab train`: assemble the Lightning Trainer for a config and leave a run directory.
+
+The loop, DDP, precision, time budget and checkpoint restore are Lightning's; this module
+decides what goes in: the task, the datamodule, the callbacks that write the run-directory
+contract (see callbacks.py), and the rules of resuming:
+
+- `resume=True` reads config.yaml and the dataset from the run directory; only `epochs`
+  (to extend a run) and `max_time` may change. The dataset's manifest must still hash the same.
+- `max_time` is the run's total training-time budget over all sessions: Lightning's Timer
+  stores the elapsed time in every checkpoint, so a resumed run gets what is left (a spent
+  budget is an error that says to pass a larger --max-time).
+- A time stop mid-epoch writes last.ckpt at that step; resuming continues that epoch where
+  it stopped (data order, augmentation and RNG included) rather than starting it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Sequence
+
+from vislab.config import RunConfig, build_config, load_config, parse_duration, save_config
+from vislab.errors import VislabError
+from vislab.runs import make_run_record, read_json, run_paths, write_json
+
+# Lightning warnings that do not apply to how vislab drives it
+_QUIET = (
+    r".*resuming from a checkpoint that ended before the epoch ended.*",  # the datamodule resumes mid-epoch
+    r".*does not have many workers.*",  # data.num_workers is the user's choice
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*`training_step` returned `None`.*",
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's pytree helper
+)
+
+
+def _with_limits(cfg: RunConfig, epochs: int | None, max_time: str | float | None) -> RunConfig:
+    raw = cfg.model_dump(mode="json")
+    if epochs is not None:
+        raw["train"]["epochs"] = int(epochs)
+    if max_time is not None:
+        raw["train"]["max_time"] = str(max_time)
+    return build_config(raw, "--epochs/--max-time")
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(prefix + k)
+    return keys
+
+
+def _callback_state(ckpt: dict[str, Any], name: str) -> dict[str, Any]:
+    for key, state in (ckpt.get("callbacks") or {}).items():
+        if key == name or key.startswith(name + "{"):
+            return state
+    return {}
+
+
+def _prepare_resume(
+    out: Path, cfg: RunConfig | None, data_dir: str | Path | None, epochs: int | None, max_time: str | float | None
+) -> tuple[RunConfig, Path]:
+    """The saved config with the allowed changes, and the dataset, after checking they still fit."""
+    from vislab.data.manifest import manifest_hash
+    from vislab.runs import load_checkpoint_file, resolve_run_dir
+
+    paths = run_paths(resolve_run_dir(out))
+    if not paths.last.is_file():
+        raise VislabError(f"{paths.last}: nothing to resume (no last checkpoint); start the run without --resume")
+    saved = load_config(paths.config)
+    if cfg is not None:
+        ignore = {"train.epochs", "train.max_time"}
+        diff = [k for k in _diff_keys(cfg.model_dump(mode="json"), saved.model_dump(mode="json")) if k not in ignore]
+        if diff:
+            raise VislabError(
+                f"--resume continues {paths.config}; the given config differs in {', '.join(diff[:5])}. "
+                "Only --epochs and --max-time may change when resuming; start a new --out for other changes"
+            )
+    info = read_json(paths.run_json)
+    data = Path(data_dir) if data_dir is not None else Path(info["dataset_dir"])
+    if not (data / "manifest.csv").is_file():
+        raise VislabError(f"{data}: the run's dataset is not there any more; pass --data DATASET_DIR")
+    if manifest_hash(data) != info.get("manifest_hash"):
+        raise VislabError(
+            f"{data}: manifest differs from the one this run started with (hash changed); "
+            "resume with the same dataset, or start a new run"
+        )
+    cfg = _with_limits(saved, epochs, max_time)
+    ckpt = load_checkpoint_file(paths.last)
+    next_epoch = int(_callback_state(ckpt, "RunRecorder").get("next_epoch", ckpt.get("epoch", 0)))
+    if next_epoch >= cfg.train.epochs:
+        raise VislabError(
+            f"{out}: the run already finished its {cfg.train.epochs} epochs; pass --epochs N (N > {cfg.train.epochs}) to extend it"
+        )
+    if cfg.train.max_time:
+        budget = parse_duration(cfg.train.max_time)
+        spent = float(_callback_state(ckpt, "Timer").get("time_elapsed", {}).get("train", 0.0))
+        if spent >= budget:
+            raise VislabError(
+                f"{out}: the time budget of {cfg.train.max_time} is spent ({spent:.0f}s trained); "
+                "pass a larger --max-time (the total for the whole run) to continue"
+            )
+    return cfg, data
+
+
+def _progress_bar(choice: str) -> Any:
+    import sys
+
+    from vislab.callbacks import RichThroughputBar, TQDMThroughputBar
+
+    if choice == "auto":
+        choice = "rich" if sys.stdout.isatty() else "none"
+    if choice == "rich":
+        return RichThroughputBar()
+    if choice == "tqdm":
+        return TQDMThroughputBar()
+    return None
+
+
+def _strategy(cfg: RunConfig) -> Any:
+    """The strategy name, or a DDP strategy that tolerates a frozen backbone's unused parameters."""
+    name = cfg.train.strategy
+    if cfg.train.freeze_backbone_epochs > 0 and name in ("ddp", "ddp_spawn"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(find_unused_parameters=True, start_method="spawn" if name == "ddp_spawn" else "popen")
+    return name
+
+
+def _on_gpu(accelerator: str) -> bool:
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+    from vislab.data.datamodule import ClassifyDataModule, classification_splits
+    from vislab.tasks.classify import ClassifyTask, resolve_class_weights
+
+    splits = classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
+    counts = [int((splits.train["target"] == i).sum()) for i in range(len(splits.classes))]
+    weights = resolve_class_weights(cfg.train.class_weights, counts)
+    task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights)
+    dm = ClassifyDataModule(data_dir, cfg.data, task.hparams["data_spec"], splits.classes, cfg.seed, cfg.model.in_chans, sanity_batch=sanity)
+    dm.splits = splits
+    facts = {
+        "val_source": splits.val_source,
+        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+        "train_class_counts": dict(zip(splits.classes, counts)),
+        "class_weights": weights,
+    }
+    return task, dm, facts
+
+
+def train(
+    cfg: RunConfig | None,
+    data_dir: str | Path | None,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    max_time: str | float | None = None,
+    epochs: int | None = None,
+    sanity: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> Path:
+    """Train a classifier from a curated dataset into `out_dir`; returns the run directory.
+
+    `cfg` may be None with `resume=True` (the run's config.yaml is used). `callbacks` are
+    extra Lightning callbacks (tests use them to observe training). With `sanity=True` the
+    model instead overfits one fixed batch for `train.sanity_steps` steps and the result
+    goes to `out_dir/sanity.json`.
+    """
+    import lightning as L
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    out = Path(out_dir)
+    paths = run_paths(out)
+    rank0 = getattr(rank_zero_only, "rank", 0) == 0
+    if resume:
+        cfg, data = _prepare_resume(out, cfg, data_dir, epochs, max_time)
+    else:
+        if cfg is None:
+            raise VislabError("train: a config is required (e.g. configs/digits-cnn.yaml) unless --resume is given")
+        if data_dir is None:
+            raise VislabError("train: --data DATASET_DIR is required (a folder written by `vislab curate`)")
+        cfg = _with_limits(cfg, epochs, max_time)
+        data = Path(data_dir)
+        if rank0 and not sanity and (paths.last.exists() or paths.best.exists()):
+            raise VislabError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+    budget_s = parse_duration(cfg.train.max_time) if cfg.train.max_time else None
+    _quiet_lightning()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if sanity:
+        return _sanity(cfg, data, out)
+    task, dm, facts = build_task(cfg, data)
+    if rank0:
+        _write_run_files(cfg, data, out, task, facts, resume)
+        print(f"data: {facts['split_sizes']} images (train/val/test); validation: {facts['val_source']}", flush=True)
+
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from vislab.callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecorder
+    from vislab.health import HealthMonitor
+
+    t = cfg.train
+    bar = _progress_bar(t.progress)
+    health = HealthMonitor(paths.health, t.health.chance_after_epochs, t.health.collapse_fraction)
+    if resume:
+        health.load_existing()
+    summary_base = {
+        "model": cfg.model.name,
+        "input_size": list(task.hparams["data_spec"]["input_size"]),
+        "val_source": facts["val_source"],
+    }
+    cbs: list[Any] = [
+        Timer(timedelta(seconds=budget_s) if budget_s else None, interval="step"),
+        health,
+        RunRecorder(out, summary_base, t.monitor, t.monitor_mode, print_epochs=bar is None),
+        ModelCheckpoint(
+            dirpath=paths.checkpoints,
+            filename="best",
+            monitor=t.monitor,
+            mode=t.monitor_mode,
+            save_top_k=1,
+            save_last=False,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        LastCheckpoint(paths.last, t.checkpoint_every_steps, t.checkpoint_every_minutes),
+    ]
+    if t.early_stopping is not None:
+        es = t.early_stopping
+        cbs.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta))
+    if bar is not None:
+        cbs.append(bar)
+    cbs += list(callbacks)
+    steps = dm.steps_per_epoch(1, t.accumulate_grad_batches, t.limit_train_batches)
+    trainer = L.Trainer(
+        default_root_dir=out,
+        max_epochs=t.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=_strategy(cfg),
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        callbacks=cbs,
+        logger=TensorBoardLogger(save_dir=out, name="tb", version="", default_hp_metric=False),
+        plugins=[AtomicCheckpointIO()],
+        enable_progress_bar=bar is not None,
+        enable_model_summary=False,
+        gradient_clip_val=t.grad_clip,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        limit_train_batches=t.limit_train_batches,
+        limit_val_batches=t.limit_val_batches,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # the datamodule shards by rank itself (seeded, resumable)
+        sync_batchnorm=t.sync_batchnorm and _on_gpu(t.accelerator),  # torch's SyncBatchNorm is GPU-only
+        log_every_n_steps=max(1, min(50, steps)),
+    )
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(task, datamodule=dm, ckpt_path=str(paths.last) if resume else None)
+    if trainer.is_global_zero:
+        _print_summary(paths.summary)
+    return out
+
+
+def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: dict[str, Any], resume: bool) -> None:
+    """config.yaml (effective config) and run.json (environment, dataset, classes, spec)."""
+    import sys
+    from datetime import datetime
+
+    from vislab.data.manifest import manifest_hash
+    from vislab.data.transforms import resolve_augment
+    from vislab.models.registry import DataSpec
+
+    paths = run_paths(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, paths.config)
+    if resume and paths.run_json.is_file():
+        info = read_json(paths.run_json)
+        info.setdefault("resumed", []).append({"at": datetime.now().isoformat(timespec="seconds"), "command": list(sys.argv)})
+        write_json(paths.run_json, info)
+        return
+    spec = DataSpec.from_dict(task.hparams["data_spec"])
+    extra = dict(facts)
+    extra["augment"] = resolve_augment(cfg.data.augment)
+    extra["weights"] = getattr(task.model, "vislab_load_report", None)
+    record = make_run_record(cfg, data, manifest_hash(data), task.classes, spec, extra)
+    write_json(paths.run_json, record)
+
+
+def _print_summary(path: Path) -> None:
+    if not path.is_file():
+        return
+    s = read_json(path)
+    best = s.get("best_val") or {}
+    acc = best.get("val/acc")
+    acc_txt = f", best val/acc {acc:.2%} at epoch {s.get('best_epoch')}" if isinstance(acc, float) else ""
+    print(
+        f"stopped: {s.get('stopped_reason')} after {s.get('epochs_completed')}/{s.get('epochs_planned')} epochs"
+        f"{acc_txt}, {s.get('wall_time_s')}s, {s.get('train_images_per_s')} img/s",
+        flush=True,
+    )
+
+
+def _sanity(cfg: RunConfig, data: Path, out: Path) -> Path:
+    """Overfit one fixed batch: the loss should collapse and the batch be learned by heart."""
+    import lightning as L
+
+    from vislab.health import HealthMonitor, SanityRecorder
+
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["augment"].update({"preset": "none", "mixup": 0.0, "cutmix": 0.0})
+    raw["scheduler"]["name"] = "none"
+    raw["train"]["freeze_backbone_epochs"] = 0
+    raw["train"]["label_smoothing"] = 0.0
+    scfg = build_config(raw)
+    task, dm, _ = build_task(scfg, data, sanity=True)
+    rec = SanityRecorder()
+    steps = scfg.train.sanity_steps
+    trainer = L.Trainer(
+        max_epochs=steps,
+        accelerator=scfg.train.accelerator,
+        devices=1,
+        precision=scfg.train.precision,
+        callbacks=[rec, HealthMonitor(None)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+        log_every_n_steps=1,
+    )
+    with warnings.catch_warnings():
+        for pattern in _QUIET:
+            warnings.filterwarnings("ignore", message=pattern)
+        warnings.filterwarnings("ignore", message=r".*val_dataloader.*")
+        trainer.fit(task, datamodule=dm)
+    result = rec.result()
+    result.update({"batch_size": scfg.data.batch_size, "classes": len(task.classes), "lr": scfg.optim.lr})
+    write_json(run_paths(out).sanity, result)
+    verdict = "the pipeline can learn" if result["learned"] else (
+        "the loss fell but the batch is not learned by heart yet (more train.sanity_steps, or a higher lr?)"
+        if result.get("loss_dropped")
+        else "the loss did not fall: check labels, learning rate and normalisation"
+    )
+    print(
+        f"sanity: one batch of {result['batch_size']} for {result['steps']} steps: loss "
+        f"{result.get('loss_first', math.nan):.4f} -> {result.get('loss_last', math.nan):.4f}, "
+        f"accuracy {result.get('accuracy_last', 0):.0%}: {verdict}",
+        flush=True,
+    )
+    return out

@@ -1,0 +1,132 @@
+"""Training tricks of the fast recipes, each behind its own config switch.
+
+- `WhiteningInit` (model.fast_cnn.whiten): before the first step, sets a model's stem to the
+  patch-whitening transform of a sample of training images (the model's `init_whitening`).
+- weight averaging (train.averaging): `ema` is Lightning's `EMAWeightAveraging`; `lookahead`
+  is the `Lookahead` callback here.
+- `resolve_precision` (train.precision: auto): bf16 mixed precision where the hardware runs
+  it natively (a GPU with bf16, a CPU with AVX512-BF16 or AMX), else full fp32.
+
+`recipe_callbacks(cfg)` returns the callbacks a config asks for; the trainer adds them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from vislab.config import RunConfig
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 dot products (AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, accelerator: str = "auto") -> str:
+    """`auto` -> 'bf16-mixed' where bf16 is native on the device that will train, else '32-true'."""
+    if precision != "auto":
+        return precision
+    gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
+    if gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    return "bf16-mixed" if cpu_has_bf16() else "32-true"
+
+
+class WhiteningInit(Callback):
+    """Set the model's stem from `n_images` training images before training (not on resume).
+
+    The datamodule's `sample_batch(n)` gives the images, and the task's batch hooks turn them
+    into exactly what the model sees (normalised, channels as configured).
+    """
+
+    def __init__(self, n_images: int) -> None:
+        self.n_images = n_images
+        self.done = False
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        model = pl_module.model
+        if trainer.ckpt_path is not None or not getattr(model, "whiten", False) or not hasattr(model, "init_whitening"):
+            return
+        dm = trainer.datamodule
+        batch = dm.sample_batch(self.n_images)
+        batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+        x = pl_module.on_after_batch_transfer(batch, 0)[0]
+        model.init_whitening(x.float())
+        self.done = True
+
+
+class Lookahead(Callback):
+    """Slow weights that trail the trained ones: every `every` optimizer steps
+    slow <- decay * slow + (1 - decay) * fast, then fast <- slow (floating weights and BN
+    statistics of the task's `model`). With `warmup` the decay is decay * progress**3, so
+    early training runs at full speed and the averaging tightens towards the end. Training
+    ends on the slow weights; resume continues from the saved slow weights."""
+
+    def __init__(self, decay: float, every: int = 5, warmup: bool = True) -> None:
+        self.decay = decay
+        self.every = every
+        self.warmup = warmup
+        self.slow: list[torch.Tensor] | None = None
+        self.last_step = 0
+
+    @staticmethod
+    def _tensors(pl_module: Any) -> list[torch.Tensor]:
+        return [t for t in pl_module.model.state_dict(keep_vars=True).values() if t.is_floating_point()]
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        fast = self._tensors(pl_module)
+        if self.slow is None:
+            self.slow = [t.detach().clone() for t in fast]
+        else:  # restored from a checkpoint
+            self.slow = [s.to(t.device, t.dtype) for s, t in zip(self.slow, fast)]
+
+    @torch.no_grad()
+    def _sync(self, pl_module: Any, progress: float) -> None:
+        assert self.slow is not None
+        d = self.decay * (min(1.0, progress) ** 3 if self.warmup else 1.0)
+        for s, f in zip(self.slow, self._tensors(pl_module)):
+            s.lerp_(f.detach(), 1.0 - d)
+            f.data.copy_(s)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step > self.last_step and step % self.every == 0:
+            total = max(1, int(trainer.estimated_stepping_batches))
+            self._sync(pl_module, step / total)
+            self.last_step = step
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        if self.slow is not None and trainer.global_step > self.last_step:
+            total = max(1, int(trainer.estimated_stepping_batches))
+            self._sync(pl_module, trainer.global_step / total)
+            self.last_step = trainer.global_step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_step": self.last_step, "slow": [s.cpu() for s in self.slow] if self.slow is not None else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.last_step = int(state_dict.get("last_step", 0))
+        self.slow = state_dict.get("slow")
+
+
+def recipe_callbacks(cfg: RunConfig) -> list[Callback]:
+    """The trick callbacks `cfg` switches on (whitening init, weight averaging)."""
+    cbs: list[Callback] = []
+    if cfg.model.name == "fast_cnn" and cfg.model.fast_cnn.whiten:
+        cbs.append(WhiteningInit(cfg.model.fast_cnn.whiten_images))
+    avg = cfg.train.averaging
+    if avg.kind == "ema":
+        from lightning.pytorch.callbacks import EMAWeightAveraging
+
+        cbs.append(EMAWeightAveraging(decay=avg.decay, update_every_n_steps=avg.every))
+    elif avg.kind == "lookahead":
+        cbs.append(Lookahead(avg.decay, avg.every, avg.warmup))
+    return cbs

@@ -1,0 +1,145 @@
+"""The prepared cache: exact pixels of the eval decode, keyed by manifest, atomic, rebuilt when
+stale; the cached datamodule serves the same pixels as the file path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.config import DataConfig
+from vislab.data import cache as cache_mod
+from vislab.data.io import load_image
+from vislab.data.manifest import read_manifest, write_manifest
+from vislab.data.transforms import eval_transform
+from vislab.testing.images import write_image
+
+
+def _dataset(root: Path) -> Path:
+    """Images that exercise every decode path: EXIF rotation, draft mode, alpha, grey, upscaling."""
+    files = [
+        ("a/big_rotated.jpg", dict(seed=1, size=(300, 200), orientation=6)),  # draft: 4x smaller decode
+        ("a/square.jpg", dict(seed=2, size=(64, 64))),
+        ("a/tiny.png", dict(seed=3, size=(20, 14))),  # upscaled
+        ("b/alpha.png", dict(seed=4, size=(40, 30), mode="RGBA")),
+        ("b/grey.png", dict(seed=5, size=(30, 50), mode="L")),
+        ("b/wide.jpg", dict(seed=6, size=(120, 40))),
+    ]
+    rows = []
+    for i, (rel, kw) in enumerate(files):
+        p = write_image(root / "src" / rel, **kw)
+        rows.append({"path": str(p.resolve()), "label": rel.split("/")[0], "split": "train" if i < 4 else "val", "status": "ok"})
+    rows.append({"path": str((root / "src/a/broken.jpg").resolve()), "label": "a", "split": "train", "status": "quarantined", "reason": "truncated"})
+    write_manifest(pd.DataFrame(rows), root / "ds")
+    return root / "ds"
+
+
+def _eval_pixels(path: str, w: int, h: int) -> np.ndarray:
+    """What the eval transform feeds the model (before normalising), as uint8 H x W x 3."""
+    t = eval_transform((3, h, w), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), crop_pct=1.0)
+    x = t(load_image(path, (w, h)))
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("size", ["32", "48x32"])
+def test_cache_pixels_equal_the_eval_decode(tmp_path: Path, size: str) -> None:
+    ds = _dataset(tmp_path)
+    cache = cache_mod.prepare_cache(ds, size, workers=1)
+    w, h = cache_mod.parse_cache_size(size)
+    rows = read_manifest(ds)
+    ok = rows[rows["status"] == "ok"]
+    assert cache.paths == ok["path"].tolist()  # only usable rows, manifest order
+    assert cache.labels == ok["label"].tolist() and cache.splits == ok["split"].tolist()
+    assert cache.images.shape == (len(ok), h, w, 3) and cache.images.dtype == np.uint8
+    for i, path in enumerate(cache.paths):
+        np.testing.assert_array_equal(cache.images[i], _eval_pixels(path, w, h), err_msg=path)
+    # the rotated photo is stored as displayed: portrait content, i.e. not the raw landscape pixels
+    raw = load_image(cache.paths[0])
+    assert raw.size == (200, 300)
+
+
+def test_changed_manifest_gets_a_new_key_and_is_never_served_stale(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    first = cache_mod.prepare_cache(ds, 16, workers=1)
+    assert cache_mod.open_cache(ds, 16).root == first.root  # reused, not rebuilt
+    df = pd.read_csv(ds / "manifest.csv", dtype=str, keep_default_na=False)
+    df.loc[df["path"].str.endswith("square.jpg"), "label"] = "b"
+    write_manifest(df, ds)
+    assert cache_mod.open_cache(ds, 16) is None
+    second = cache_mod.prepare_cache(ds, 16, workers=1)
+    assert second.root != first.root and second.root.name.startswith(second.manifest_hash[:12])
+    assert second.labels[second.paths.index(next(p for p in second.paths if p.endswith("square.jpg")))] == "b"
+    assert cache_mod.open_cache(ds, 32) is None  # another size is another key
+
+
+def test_partial_or_corrupt_store_is_rebuilt_and_tmp_left_by_dead_process_removed(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    good = cache_mod.prepare_cache(ds, 16, workers=1)
+    expected = np.array(good.images)
+    index = json.loads((good.root / "index.json").read_text())
+    index["paths"] = index["paths"][:-1]  # row count no longer matches the array
+    (good.root / "index.json").write_text(json.dumps(index))
+    assert cache_mod.open_cache(ds, 16) is None
+    dead = good.root.parent / f"{good.root.name}.tmp-999999999"
+    dead.mkdir()
+    rebuilt = cache_mod.prepare_cache(ds, 16, workers=1)
+    np.testing.assert_array_equal(rebuilt.images, expected)
+    assert not dead.exists()
+    (rebuilt.root / "index.json").unlink()
+    assert cache_mod.open_cache(ds, 16) is None
+
+
+def test_parallel_prepare_matches_serial_and_memmap_mode(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    serial = np.array(cache_mod.prepare_cache(ds, 24, workers=1).images)
+    parallel = cache_mod.prepare_cache(ds, 24, workers=2, force=True, in_memory=False)
+    assert not parallel.in_memory
+    np.testing.assert_array_equal(np.asarray(parallel.images), serial)
+    assert cache_mod.open_cache(ds, 24, in_memory=True).in_memory
+
+
+def test_prepare_cli(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["prepare", str(ds), "--size", "16", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "6 images at 16x16" in res.output
+    bad = runner.invoke(app, ["prepare", str(ds), "--size", "big"])
+    assert bad.exit_code == 2 and "--size" in bad.output
+
+
+def test_file_changed_since_curation_is_a_clear_error(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    victim = Path(read_manifest(ds)["path"][0])
+    victim.write_bytes(b"no longer an image")
+    with pytest.raises(Exception, match="re-run `vislab curate`"):
+        cache_mod.prepare_cache(ds, 16, workers=1)
+    assert not any(p.name.endswith(f".tmp-{os.getpid()}") for p in (ds / "cache").iterdir())
+
+
+def test_cached_datamodule_serves_the_eval_pixels(tmp_path: Path) -> None:
+    from vislab.data.batch_augment import BatchTransform
+    from vislab.data.cached import CachedClassifyDataModule
+    from vislab.data.datamodule import ClassifyDataModule
+
+    ds = _dataset(tmp_path)
+    spec = {"input_size": [3, 32, 32], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3], "crop_pct": 1.0, "interpolation": "bilinear"}
+    cfg = DataConfig(batch_size=4, num_workers=0, augment={"preset": "none"})
+    plain = ClassifyDataModule(ds, cfg, spec)
+    cached = CachedClassifyDataModule(ds, cfg, spec)
+    ref = torch.cat([x for x, _ in plain.val_dataloader()])
+    batches = list(cached.val_dataloader())
+    x8 = torch.cat([b[0] for b in batches])
+    assert x8.dtype == torch.uint8 and x8.is_contiguous(memory_format=torch.channels_last)
+    tf = BatchTransform((32, 32), spec["mean"], spec["std"])
+    torch.testing.assert_close(tf(x8), ref, atol=1e-5, rtol=0)
+    assert torch.equal(torch.cat([b[1] for b in batches]), torch.cat([y for _, y in plain.val_dataloader()]))
+    train = next(iter(cached.train_dataloader()))
+    assert len(train) == 3 and train[2].dtype == torch.long  # uint8 images, targets, augmentation seed

@@ -1,0 +1,62 @@
+"""ONNX export: outputs match PyTorch at another batch size, dict models export their logits,
+a run directory exports with its classes and normalisation, and a mismatch fails loudly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.errors import VislabError
+from vislab.export import check_onnx, export_onnx_model, onnx_session
+from vislab.testing.models import tiny_model
+from vislab.testing.rundirs import make_run_dir
+
+
+@pytest.mark.parametrize("name", ["simple_cnn", "fast_cnn"])
+def test_tiny_model_export_matches_pytorch_at_any_batch_size(tmp_path: Path, name: str) -> None:
+    torch.manual_seed(0)
+    kwargs = {"fast_cnn": {"widths": [8, 16, 16]}} if name == "fast_cnn" else {}
+    model = tiny_model(name, num_classes=4, **kwargs).eval()
+    path = export_onnx_model(model, (3, 32, 32), tmp_path / "m.onnx")
+    assert check_onnx(path, model, (3, 32, 32), batch=5) < 1e-4
+    x = torch.randn(7, 3, 32, 32)
+    got = onnx_session(path).run(None, {"input": x.numpy()})[0]
+    np.testing.assert_allclose(got, model(x).detach().numpy(), atol=1e-4, rtol=1e-3)
+
+
+def test_dict_model_exports_its_logits(tmp_path: Path) -> None:
+    model = tiny_model("simple_cnn", num_classes=3, attention="abn").eval()
+    assert isinstance(model(torch.zeros(1, 3, 32, 32)), dict)
+    path = export_onnx_model(model, (3, 32, 32), tmp_path / "abn.onnx")
+    outputs = [o.name for o in onnx.load(str(path)).graph.output]
+    assert outputs == ["logits"]
+    check_onnx(path, model, (3, 32, 32))
+
+
+def test_mismatch_fails_loudly(tmp_path: Path) -> None:
+    model = tiny_model("simple_cnn", num_classes=3).eval()
+    path = export_onnx_model(model, (3, 32, 32), tmp_path / "m.onnx")
+    other = tiny_model("simple_cnn", num_classes=3, simple_cnn={"init_seed": 99}).eval()
+    with pytest.raises(VislabError, match="differ from PyTorch"):
+        check_onnx(path, other, (3, 32, 32))
+
+
+def test_export_run_cli_writes_checked_file_with_metadata(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    res = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
+    assert res.exit_code == 0, res.output
+    path = run / "export" / "model.onnx"
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["vislab_classes"]) == ["cat", "dog", "fox"]
+    assert json.loads(meta["vislab_data_spec"])["input_size"] == [3, 24, 24]
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["max_abs_diff"] < 1e-4 and info["input_shape"] == ["batch", 3, 24, 24]
+    bad = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
+    assert bad.exit_code == 2 and "supported formats" in bad.output

@@ -1,0 +1,63 @@
+"""`vislab predict`: top-k classes of files and folders, in table, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.errors import VislabError
+from vislab.evaluate import evaluate
+from vislab.predict import predict
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+from vislab.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pred")
+    data = make_pattern_dataset(root / "data", per_class=20, size=16)
+    return train(tiny_config(train={"epochs": 3}), data, root / "run")
+
+
+def test_predict_folder_matches_evaluate(run):
+    evaluate(run, split="test")
+    ev = pd.read_csv(run / "eval/test/predictions.csv")
+    probs = np.load(run / "eval/test/probs.npy")
+    results = predict(run, ev["path"].tolist(), top_k=2)
+    assert [r["path"] for r in results] == ev["path"].tolist()
+    for r, p, row in zip(results, probs, ev.itertuples()):
+        assert len(r["top"]) == 2 and r["top"][0]["prob"] >= r["top"][1]["prob"]
+        assert r["pred"] == row.pred and r["confidence"] == pytest.approx(float(p.max()), abs=1e-5)
+
+
+def test_predict_walks_folders_and_reports_bad_files(run, tmp_path):
+    folder = run.parent / "data" / "images" / "vertical"
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    results = predict(run, [folder, tmp_path / "broken.png"], top_k=10)
+    assert len(results) == 21
+    assert all(len(r["top"]) == 3 for r in results[:-1])  # top-k capped at the class count
+    assert "error" in results[-1] and "top" not in results[-1]
+    with pytest.raises(VislabError, match="no such file"):
+        predict(run, [tmp_path / "missing.png"])
+
+
+def test_cli_formats(run):
+    img = sorted((run.parent / "data" / "images" / "horizontal").glob("*.png"))[0]
+    res = CliRunner().invoke(app, ["predict", str(run), str(img), "--format", "json", "--top-k", "2"])
+    assert res.exit_code == 0
+    parsed = json.loads(res.output)
+    assert parsed[0]["path"] == str(img) and len(parsed[0]["top"]) == 2
+    res = CliRunner().invoke(app, ["predict", str(run), str(img), "-f", "csv"])
+    rows = list(csv.DictReader(io.StringIO(res.output)))
+    assert [r["rank"] for r in rows] == ["1", "2", "3"] and rows[0]["label"] == parsed[0]["pred"]
+    res = CliRunner().invoke(app, ["predict", str(run), str(img)])
+    assert res.exit_code == 0 and parsed[0]["pred"] in res.output
+    res = CliRunner().invoke(app, ["predict", str(run), str(img), "-f", "xml"])
+    assert res.exit_code == 2

@@ -1,0 +1,62 @@
+"""The datamodule's guarantees: seeded hold-out, epoch order as a function of (seed, epoch),
+rank shards, mid-epoch skip, and augmentation fixed by its seed."""
+
+from __future__ import annotations
+
+import torch
+
+from vislab.config import DataConfig
+from vislab.data.datamodule import ClassifyDataModule, EpochSampler, classification_splits
+from vislab.testing.synthetic import make_pattern_dataset
+
+
+def test_missing_val_split_is_held_out_per_class_and_seeded(tmp_path):
+    data = make_pattern_dataset(tmp_path / "d", per_class=20, size=8, splits=(0.8, 0.0, 0.2))
+    a = classification_splits(data, val_fraction=0.25, seed=1)
+    b = classification_splits(data, val_fraction=0.25, seed=1)
+    c = classification_splits(data, val_fraction=0.25, seed=2)
+    assert a.val_source.startswith("held out 25% of train per class (seed 1)")
+    assert a.val["label"].value_counts().tolist() == [4, 4, 4]  # 25 % of each class's 16 train images
+    assert len(a.train) == 36 and set(a.train["path"]).isdisjoint(a.val["path"])
+    assert a.val["path"].tolist() == b.val["path"].tolist() != c.val["path"].tolist()
+    assert len(a.test) == 12
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch():
+    s = EpochSampler(10, seed=4)
+    first = list(s)
+    assert first == list(EpochSampler(10, seed=4))
+    s.set_epoch(1)
+    second = list(s)
+    assert sorted(i for i, _ in second) == list(range(10)) and second != first
+    assert len({seed for _, seed in first + second}) == 20  # every (epoch, position) its own aug seed
+
+
+def test_rank_shards_cover_the_epoch_and_skip_resumes():
+    shards = [list(EpochSampler(10, seed=0, num_replicas=3, rank=r)) for r in range(3)]
+    assert {len(x) for x in shards} == {4}  # padded to equal length for lockstep DDP steps
+    assert {i for shard in shards for i, _ in shard} == set(range(10))
+    evals = [list(EpochSampler(10, shuffle=False, num_replicas=3, rank=r, train=False)) for r in range(3)]
+    assert sorted(i for shard in evals for i in shard) == list(range(10))  # each image once
+    s = EpochSampler(10, seed=0)
+    full = list(s)
+    s.skip = 6
+    assert list(s) == full[6:] and list(s) == full  # skip applies to one iteration only
+
+
+def test_augmentation_is_fixed_by_its_seed(tmp_path):
+    data = make_pattern_dataset(tmp_path / "d", per_class=4, size=16)
+    cfg = DataConfig(augment={"preset": "strong", "rotation": 30})
+    spec = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
+    dm = ClassifyDataModule(data, cfg, spec)
+    dm.setup()
+    ds = dm.dataset(dm.splits.train, train=True)
+    torch.manual_seed(0)
+    x1, _ = ds[(0, 123)]
+    torch.manual_seed(99)
+    x2, _ = ds[(0, 123)]
+    x3, _ = ds[(0, 124)]
+    assert torch.equal(x1, x2) and not torch.equal(x1, x3)
+    state = torch.get_rng_state()
+    ds[(1, 5)]
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone

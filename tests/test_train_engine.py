@@ -1,0 +1,240 @@
+"""The training engine on tiny synthetic images: learning, the run directory, losses, freezing,
+health checks, sanity mode and CLI errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from lightning.pytorch.callbacks import Callback
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.config import dump_config
+from vislab.errors import VislabError
+from vislab.runs import METRIC_COLUMNS, load_checkpoint_file
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+from vislab.train import build_task, train
+
+CLASSES = ("horizontal", "vertical", "diagonal", "checker")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_pattern_dataset(tmp_path_factory.mktemp("patterns"), classes=CLASSES, per_class=24, size=16)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "run"
+    train(tiny_config(train={"epochs": 4}), dataset, run)
+    return run
+
+
+def test_learns_well_above_chance(trained):
+    from vislab.evaluate import evaluate
+
+    metrics = evaluate(trained, split="test")
+    assert metrics["num_samples"] == 4 * 5
+    assert metrics["accuracy"] >= 0.7  # chance is 0.25
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["best_val"]["val/acc"] >= 0.7
+
+
+def test_run_dir_has_every_contract_file(trained):
+    for name in ("config.yaml", "run.json", "metrics.csv", "summary.json", "health.json", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (trained / name).is_file(), name
+    assert any((trained / "tb").glob("events.out.tfevents.*"))
+
+    info = json.loads((trained / "run.json").read_text())
+    for key in ("vislab_version", "git_sha", "python", "torch", "timm", "lightning", "device", "precision", "dataset_dir", "manifest_hash", "classes", "data_spec", "created", "command"):
+        assert key in info, key
+    assert info["classes"] == sorted(CLASSES)
+    assert info["data_spec"]["input_size"] == [3, 16, 16]
+
+    rows = pd.read_csv(trained / "metrics.csv")
+    assert list(rows.columns[: len(METRIC_COLUMNS)]) == METRIC_COLUMNS
+    assert rows["epoch"].tolist() == [0, 1, 2, 3]
+    assert rows[["train/loss", "val/loss", "val/acc", "lr", "train_images_per_s"]].notna().all().all()
+    assert rows["train/loss"].iloc[-1] < rows["train/loss"].iloc[0]
+
+    summary = json.loads((trained / "summary.json").read_text())
+    assert summary["stopped_reason"] == "completed"
+    assert summary["epochs_completed"] == summary["epochs_planned"] == 4
+    assert summary["params"]["total"] == summary["params"]["trainable"] > 0 and summary["params"]["frozen"] == 0
+    assert summary["train_images_per_s"] > 0 and summary["wall_time_s"] > 0
+    assert json.loads((trained / "health.json").read_text()) == []
+
+    ckpt = load_checkpoint_file(trained / "checkpoints/best.ckpt")
+    hp = ckpt["hyper_parameters"]
+    assert hp["classes"] == sorted(CLASSES) and hp["config"]["model"]["name"] == "simple_cnn"
+    assert hp["data_spec"]["input_size"] == [3, 16, 16]
+
+
+def test_starting_over_an_existing_run_is_refused(trained, dataset):
+    with pytest.raises(VislabError, match="already holds a run"):
+        train(tiny_config(), dataset, trained)
+
+
+def test_class_weights_change_the_loss_as_specified(tmp_path):
+    data = make_pattern_dataset(tmp_path / "d", classes=("a", "b", "c"), per_class=[10, 5, 15], size=16, splits=(0.6, 0.2, 0.2))
+    task, _, facts = build_task(tiny_config(train={"class_weights": "balanced"}), data)
+    counts = [6, 3, 9]  # 60 % of each class is train
+    assert list(facts["train_class_counts"].values()) == counts
+    expected_w = [18 / (3 * c) for c in counts]  # n_samples / (n_classes * count)
+    assert task.class_weight.tolist() == pytest.approx(expected_w)
+
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
+    y = torch.tensor([0, 1, 1, 2])
+    nll = -torch.log_softmax(logits, 1)[torch.arange(4), y]
+    w = torch.tensor(expected_w)[y]
+    assert float(task.loss(logits, y)) == pytest.approx(float((w * nll).sum() / w.sum()), rel=1e-6)
+
+    plain, _, _ = build_task(tiny_config(), data)
+    assert float(plain.loss(logits, y)) == pytest.approx(float(nll.mean()), rel=1e-6)
+
+    explicit, _, _ = build_task(tiny_config(train={"class_weights": [1.0, 0.0, 0.0], "label_smoothing": 0.1}), data)
+    assert float(explicit.loss(logits, y)) == pytest.approx(float(F.cross_entropy(logits, y, weight=torch.tensor([1.0, 0, 0]), label_smoothing=0.1)))
+
+    with pytest.raises(VislabError, match="one per class"):
+        build_task(tiny_config(train={"class_weights": [1.0, 2.0]}), data)
+
+
+class GradRecorder(Callback):
+    """Which parameters get gradients in each epoch, and BatchNorm statistics at epoch ends."""
+
+    def __init__(self):
+        self.with_grad: dict[int, set[str]] = {}
+        self.bn_mean: dict[int, torch.Tensor] = {}
+        self.lrs: dict[int, dict[str, float]] = {}
+
+    def on_train_start(self, trainer, pl_module):
+        self.bn_start = pl_module.model.features[1].running_mean.clone()
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        names = {n for n, p in pl_module.model.named_parameters() if p.grad is not None}
+        self.with_grad.setdefault(trainer.current_epoch, set()).update(names)
+        self.lrs[trainer.current_epoch] = {g["name"]: g["lr"] for g in optimizer.param_groups}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.bn_mean[trainer.current_epoch] = pl_module.model.features[1].running_mean.clone()
+
+
+def test_freeze_then_unfreeze_changes_which_params_learn(dataset, tmp_path):
+    rec = GradRecorder()
+    cfg = tiny_config(train={"epochs": 2, "freeze_backbone_epochs": 1}, optim={"backbone_lr_mult": 0.1})
+    train(cfg, dataset, tmp_path / "run", callbacks=[rec])
+    head = {n for n in rec.with_grad[1] if n.startswith("head.")}
+    backbone = rec.with_grad[1] - head
+    assert head and backbone
+    assert rec.with_grad[0] == head  # frozen epoch: only the head learns
+    assert backbone <= rec.with_grad[1]  # after the boundary: everything
+    assert torch.equal(rec.bn_mean[0], rec.bn_start)  # frozen BatchNorm kept its statistics
+    assert not torch.equal(rec.bn_mean[1], rec.bn_start)
+    assert rec.lrs[1]["backbone"] == pytest.approx(0.1 * rec.lrs[1]["head"])
+    summary = json.loads((tmp_path / "run/summary.json").read_text())
+    assert summary["params_while_frozen"]["frozen"] > 0
+    assert summary["params"]["frozen"] == 0
+
+
+def _write_cfg(path, cfg):
+    path.write_text(dump_config(cfg))
+    return path
+
+
+def test_nan_loss_stops_with_a_message(dataset, tmp_path):
+    cfg = _write_cfg(tmp_path / "c.yaml", tiny_config(optim={"name": "sgd", "lr": 1e30}, train={"epochs": 2}))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(dataset), "--out", str(run)])
+    assert res.exit_code != 0
+    assert "loss became" in res.output and "at training step" in res.output
+    assert "Traceback" not in res.output
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_reason"] == "nan"
+    health = json.loads((run / "health.json").read_text())
+    assert health[-1]["level"] == "error" and health[-1]["code"] == "nan_loss" and isinstance(health[-1]["step"], int)
+
+
+def test_collapse_and_chance_warnings(tmp_path):
+    # labels unrelated to the images and a frozen model: accuracy stays at chance
+    data = make_pattern_dataset(tmp_path / "d", classes=("a", "b"), per_class=20, size=16, patterns=("horizontal", "horizontal"))
+    cfg = tiny_config(optim={"lr": 1e-9}, train={"epochs": 2, "health": {"chance_after_epochs": 2, "collapse_fraction": 0.6}})
+    train(cfg, data, tmp_path / "run")
+    codes = {m["code"] for m in json.loads((tmp_path / "run/health.json").read_text())}
+    assert {"collapsed_predictions", "chance_accuracy"} <= codes
+
+
+def test_sanity_overfits_one_batch(dataset, tmp_path):
+    out = train(tiny_config(train={"sanity_steps": 30}), dataset, tmp_path / "sanity", sanity=True)
+    result = json.loads((out / "sanity.json").read_text())
+    assert result["steps"] == 30
+    assert result["loss_last"] < 0.5 * result["loss_first"]
+    assert result["learned"] is True and result["accuracy_last"] == 1.0
+
+
+def test_bad_config_key_is_one_line_error(dataset, tmp_path):
+    raw = yaml.safe_load(dump_config(tiny_config()))
+    raw["optim"]["lrr"] = 0.1
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(dataset), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    assert "unknown key 'optim.lrr'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "r"), "--resume", "--set", "optim.lr=1"])
+    assert res.exit_code == 2 and "only --epochs and --max-time" in res.output
+
+
+def test_grid_config_names_variants_and_refuses_plain_train(tmp_path):
+    from vislab.grid import grid_variants
+
+    variants = grid_variants(CONFIGS / "simple-cnn-grid.yaml")
+    assert len(variants) >= 4 and len({v[0] for v in variants}) == len(variants)
+    layers = {v[2].model.simple_cnn.layers for v in variants}
+    assert len(layers) > 1
+    res = CliRunner().invoke(app, ["train", str(CONFIGS / "simple-cnn-grid.yaml"), "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "vislab grid" in res.output
+
+
+def test_shipped_configs_validate():
+    from vislab.config import load_config
+
+    for name in ("digits-cnn", "flowers-transfer"):
+        cfg = load_config(CONFIGS / f"{name}.yaml")
+        assert cfg.train.epochs >= 1 and not math.isnan(cfg.optim.lr)
+
+
+@pytest.mark.parametrize(
+    "name, sections, check",
+    [
+        ("sgd-plateau", {"optim": {"name": "sgd", "nesterov": True}, "scheduler": {"name": "plateau"}}, None),
+        ("asgd-exponential", {"optim": {"name": "asgd"}, "scheduler": {"name": "exponential", "gamma": 0.5}}, "halving"),
+        ("adam-onecycle", {"optim": {"name": "adam"}, "scheduler": {"name": "onecycle"}}, "peak"),
+        ("cosine-warmup", {"scheduler": {"name": "cosine", "warmup_epochs": 1}}, "peak"),
+        ("bf16-channels-last", {"train": {"precision": "bf16-mixed", "channels_last": True}}, None),
+        ("grey-weighted-strong-mixing", {"model": {"in_chans": 1}, "data": {"grayscale": True, "sampler": "weighted", "augment": {"preset": "strong", "mixup": 0.4, "cutmix": 1.0}}}, "grey"),
+        ("early-stopping", {"optim": {"lr": 1e-9}, "train": {"epochs": 6, "early_stopping": {"monitor": "val/loss", "mode": "min", "patience": 1, "min_delta": 1.0}}}, "early"),
+    ],
+)
+def test_training_options_run(dataset, tmp_path, name, sections, check):
+    run = train(tiny_config(**sections), dataset, tmp_path / name)
+    rows = pd.read_csv(run / "metrics.csv")
+    summary = json.loads((run / "summary.json").read_text())
+    lr = rows["lr"].tolist()
+    if check == "halving":
+        assert lr == pytest.approx([0.01, 0.005, 0.0025])
+    elif check == "peak":
+        assert lr[0] < lr[1] > lr[2]  # warm-up, then decay
+    elif check == "grey":
+        assert json.loads((run / "run.json").read_text())["data_spec"]["input_size"] == [1, 16, 16]
+    if check == "early":
+        assert summary["stopped_reason"] == "early_stopping" and summary["epochs_completed"] == 2
+    else:
+        assert summary["stopped_reason"] == "completed" and len(rows) == 3

@@ -1,0 +1,184 @@
+"""Resume: after SIGKILL mid-epoch, after a --max-time stop, and extending with --epochs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from vislab.errors import VislabError
+from vislab.runs import load_checkpoint_file
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+from vislab.train import train
+
+KILLER = """
+import json, os, signal, sys
+from lightning.pytorch.callbacks import Callback
+from vislab.testing.synthetic import tiny_config
+from vislab.train import train
+
+class KillAt(Callback):
+    def __init__(self, step):
+        self.step = step
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(tiny_config(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], callbacks=[KillAt(int(sys.argv[4]))])
+"""
+
+# dropout, mixup, augmentation and a per-step schedule: everything that consumes randomness
+SECTIONS = {
+    "seed": 3,
+    "model": {"simple_cnn": {"dropout": 0.3}},
+    "data": {"batch_size": 8, "augment": {"preset": "standard", "mixup": 0.2}},
+    "scheduler": {"name": "cosine", "warmup_epochs": 0.5},
+    "train": {"epochs": 3, "checkpoint_every_steps": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_pattern_dataset(tmp_path_factory.mktemp("d"), per_class=20, size=16)
+
+
+def weights_digest(run) -> str:
+    state = load_checkpoint_file(run / "checkpoints/last.ckpt")["state_dict"]
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(dataset, tmp_path_factory):
+    """The same config trained without interruption."""
+    return train(tiny_config(**SECTIONS), dataset, tmp_path_factory.mktemp("ref") / "full")
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(dataset, reference, tmp_path):
+    full = reference
+
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    run = tmp_path / "killed"
+    # 36 train images / batch 8 = 4 steps per epoch: step 7 is mid-way through epoch 2, 1 step after a save
+    proc = subprocess.run(
+        [sys.executable, str(script), str(dataset), str(run), json.dumps(SECTIONS), "7"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0]
+    ckpt = load_checkpoint_file(run / "checkpoints/last.ckpt")
+    assert ckpt["global_step"] == 6
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+    train(None, None, run, resume=True)
+    resumed = pd.read_csv(run / "metrics.csv")
+    reference = pd.read_csv(full / "metrics.csv")
+    assert resumed["epoch"].tolist() == [0, 1, 2]
+    cols = ["train/loss", "train/acc", "val/loss", "val/acc", "lr"]
+    pd.testing.assert_frame_equal(resumed[cols], reference[cols], rtol=1e-5)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_completed"] == 3 and summary["stopped_reason"] == "completed"
+    # model, optimiser, scheduler, data position and RNG all restored: the same weights
+    assert weights_digest(run) == weights_digest(full)
+
+
+class StopAt(Callback):
+    """Requests a stop after the given step, like the time budget does."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            trainer.should_stop = True
+
+
+def test_stop_mid_epoch_saves_that_step_and_resume_continues_it(dataset, reference, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(**SECTIONS), dataset, run, callbacks=[StopAt(5)])
+    assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] == 5
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0]  # the cut epoch is not a row yet
+    train(None, None, run, resume=True)
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2]
+    assert weights_digest(run) == weights_digest(reference)
+
+
+class Slow(Callback):
+    """Makes each step take a known time, so a 1 s budget stops a few epochs in."""
+
+    def on_train_batch_end(self, *args):
+        time.sleep(0.15)
+
+
+def test_max_time_stops_then_resume_continues_and_extends(dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(data={"batch_size": 8}, train={"epochs": 8})
+    train(cfg, dataset, run, max_time="1s", callbacks=[Slow()])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_reason"] == "max_time"
+    assert summary["epochs_completed"] < 8
+    assert (run / "checkpoints/last.ckpt").is_file()
+
+    with pytest.raises(VislabError, match="time budget of 1s is spent"):
+        train(None, None, run, resume=True)
+
+    train(None, None, run, resume=True, max_time="10m")
+    rows = pd.read_csv(run / "metrics.csv")
+    assert rows["epoch"].tolist() == list(range(8))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_reason"] == "completed" and summary["epochs_completed"] == 8
+    assert summary["wall_time_s"] >= 1.0  # the budget counts every session
+
+    with pytest.raises(VislabError, match="already finished its 8 epochs"):
+        train(None, None, run, resume=True)
+    train(None, None, run, resume=True, epochs=9)
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(9))
+    assert "epochs: 9" in (run / "config.yaml").read_text()
+
+
+def test_resume_refuses_a_changed_config_or_dataset(dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny_config(train={"epochs": 1})
+    train(cfg, dataset, run)
+    other = tiny_config(train={"epochs": 1}, optim={"lr": 0.5})
+    with pytest.raises(VislabError, match="optim.lr"):
+        train(other, dataset, run, resume=True, epochs=2)
+    changed = make_pattern_dataset(tmp_path / "other", per_class=5, size=16)
+    with pytest.raises(VislabError, match="manifest differs"):
+        train(None, changed, run, resume=True, epochs=2)
+
+
+def test_checkpoints_load_with_weights_only(dataset, tmp_path):
+    run = train(tiny_config(train={"epochs": 1}), dataset, tmp_path / "run")
+    ckpt = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+    assert "vislab_rng" in ckpt and ckpt["epoch"] >= 0
+
+
+def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
+    from vislab.callbacks import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"w": torch.ones(3)}, target)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"partial bytes of a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(3))
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
