@@ -65,6 +65,9 @@ class AttentionBranch(nn.Module):
             nn.BatchNorm2d(1),
             nn.Sigmoid(),
         )
+        # the map starts as the summed (non-negative) class evidence, so it begins where the
+        # score maps fire instead of at a random signed mix of them
+        nn.init.constant_(self.attention[0].weight, 1.0 / num_classes)
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.body(f)

@@ -28,6 +28,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from vislab.config import RunConfig
+from vislab.data.batch_augment import BatchTransform
+from vislab.data.transforms import resolve_augment
 from vislab.errors import VislabError
 from vislab.models import backbones
 from vislab.models.registry import DataSpec, create_model, data_spec
@@ -158,6 +160,34 @@ class ClassifyTask(L.LightningModule):
             # the module tree so checkpoints hold the plain `model.*` weights
             self.__dict__["_compiled_model"] = torch.compile(self.model)
 
+    @property
+    def batch_transform(self) -> BatchTransform:
+        """uint8 batch -> normalised (and in training augmented) float batch, for cached data."""
+        tf = self.__dict__.get("_batch_transform")
+        if tf is None:
+            spec = self.hparams["data_spec"]
+            tf = BatchTransform(
+                size=(int(spec["input_size"][-2]), int(spec["input_size"][-1])),
+                mean=spec["mean"],
+                std=spec["std"],
+                aug=resolve_augment(self.cfg.data.augment),
+                channels=self.cfg.model.in_chans,
+                grayscale=self.cfg.data.grayscale,
+                channels_last=self.cfg.train.channels_last,
+            )
+            self.__dict__["_batch_transform"] = tf
+        return tf
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Cached batches arrive as uint8 (plus, in training, the batch's augmentation seed) and
+        are normalised and augmented here, on the device they landed on; float batches from
+        the file loader pass unchanged."""
+        x = batch[0]
+        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8):
+            return batch
+        seed = int(batch[2]) if len(batch) > 2 else None
+        return self.batch_transform(x, train=seed is not None, seed=seed), batch[1]
+
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (class weights, label smoothing) on hard ids or soft label mixtures."""
         weight = self.class_weight.to(logits.device) if self.class_weight is not None else None
@@ -169,7 +199,22 @@ class ClassifyTask(L.LightningModule):
         The one hook a task variant overrides (e.g. an attention branch adding its own
         cross-entropy); extras are logged per epoch as `train/<name>` and `val/<name>`.
         """
+        if isinstance(output, dict) and "att_logits" in output:
+            return self.abn_criterion(output, target)
         return self.loss(logits_of(output), target), {}
+
+    def abn_criterion(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """alpha * CE(attention branch) + beta * CE(perception branch), both with the class
+        weights and label smoothing; each branch's loss and accuracy are logged."""
+        from vislab.models.abn import abn_loss
+
+        weight = self.class_weight.to(output["logits"].device) if self.class_weight is not None else None
+        abn = self.cfg.model.abn
+        logits = {k: v.float() for k, v in output.items() if k != "attention"}
+        total, parts = abn_loss(logits, target, abn.alpha, abn.beta, weight, self.cfg.train.label_smoothing)
+        hard = target.argmax(1) if target.ndim == 2 else target
+        parts["att_acc"] = (output["att_logits"].argmax(1) == hard).float().mean()
+        return total, parts
 
     # ---- steps --------------------------------------------------------------------------
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -225,6 +270,24 @@ class ClassifyTask(L.LightningModule):
                 print(f"epoch {self.current_epoch}: backbone {state}", flush=True)
         if frozen:
             backbones.apply_frozen_bn_eval(self.model)
+        elif self.cfg.train.freeze_bn and self.training:
+            self.train()  # unfreezing put BatchNorm back in training mode
+
+    def train(self, mode: bool = True) -> "ClassifyTask":
+        super().train(mode)
+        if mode and self.cfg.train.freeze_bn:
+            for m in self._backbone_norms():
+                m.eval()
+        return self
+
+    def _backbone_norms(self) -> list[nn.Module]:
+        """The backbone's BatchNorm layers (those `train.freeze_bn` keeps in eval mode)."""
+        heads = backbones.head_module_names(self.model)
+        return [
+            m
+            for name, m in self.model.named_modules()
+            if isinstance(m, backbones.NORM_WITH_STATS) and not any(name == h or name.startswith(h + ".") for h in heads)
+        ]
 
     def on_train_start(self) -> None:
         if self._rng_to_restore is not None:
