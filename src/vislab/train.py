@@ -34,6 +34,7 @@ _QUIET = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*`training_step` returned `None`.*",
     r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's pytree helper
+    r".*overridden `on_after_batch_transfer` in `LightningModule`.*",  # the task's hook is the one meant
 )
 
 
@@ -153,7 +154,12 @@ def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[An
     counts = [int((splits.train["target"] == i).sum()) for i in range(len(splits.classes))]
     weights = resolve_class_weights(cfg.train.class_weights, counts)
     task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights)
-    dm = ClassifyDataModule(data_dir, cfg.data, task.hparams["data_spec"], splits.classes, cfg.seed, cfg.model.in_chans, sanity_batch=sanity)
+    dm_class: type = ClassifyDataModule
+    if cfg.data.cache:  # the prepared uint8 cache, augmented on batches by the task
+        from vislab.data.cached import CachedClassifyDataModule
+
+        dm_class = CachedClassifyDataModule
+    dm = dm_class(data_dir, cfg.data, task.hparams["data_spec"], splits.classes, cfg.seed, cfg.model.in_chans, sanity_batch=sanity)
     dm.splits = splits
     facts = {
         "val_source": splits.val_source,
@@ -213,6 +219,7 @@ def train(
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from vislab.callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecorder
+    from vislab.tricks import recipe_callbacks, resolve_precision
     from vislab.health import HealthMonitor
 
     t = cfg.train
@@ -246,6 +253,7 @@ def train(
         cbs.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta))
     if bar is not None:
         cbs.append(bar)
+    cbs += recipe_callbacks(cfg)
     cbs += list(callbacks)
     steps = dm.steps_per_epoch(1, t.accumulate_grad_batches, t.limit_train_batches)
     trainer = L.Trainer(
@@ -255,7 +263,7 @@ def train(
         devices=t.devices,
         strategy=_strategy(cfg),
         num_nodes=t.num_nodes,
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator),
         callbacks=cbs,
         logger=TensorBoardLogger(save_dir=out, name="tb", version="", default_hp_metric=False),
         plugins=[AtomicCheckpointIO()],
@@ -287,6 +295,7 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
     from vislab.data.manifest import manifest_hash
     from vislab.data.transforms import resolve_augment
     from vislab.models.registry import DataSpec
+    from vislab.tricks import resolve_precision
 
     paths = run_paths(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,6 +309,7 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
     extra = dict(facts)
     extra["augment"] = resolve_augment(cfg.data.augment)
     extra["weights"] = getattr(task.model, "vislab_load_report", None)
+    extra["precision"] = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     record = make_run_record(cfg, data, manifest_hash(data), task.classes, spec, extra)
     write_json(paths.run_json, record)
 
@@ -310,7 +320,7 @@ def _print_summary(path: Path) -> None:
     s = read_json(path)
     best = s.get("best_val") or {}
     acc = best.get("val/acc")
-    acc_txt = f", best val/acc {acc:.2%} at epoch {s.get('best_epoch')}" if isinstance(acc, float) else ""
+    acc_txt = f", best val/acc {acc:.2%} at epoch {s['best_epoch'] + 1}" if isinstance(acc, float) else ""
     print(
         f"stopped: {s.get('stopped_reason')} after {s.get('epochs_completed')}/{s.get('epochs_planned')} epochs"
         f"{acc_txt}, {s.get('wall_time_s')}s, {s.get('train_images_per_s')} img/s",
@@ -323,6 +333,7 @@ def _sanity(cfg: RunConfig, data: Path, out: Path) -> Path:
     import lightning as L
 
     from vislab.health import HealthMonitor, SanityRecorder
+    from vislab.tricks import WhiteningInit, recipe_callbacks, resolve_precision
 
     raw = cfg.model_dump(mode="json")
     raw["data"]["augment"].update({"preset": "none", "mixup": 0.0, "cutmix": 0.0})
@@ -337,8 +348,8 @@ def _sanity(cfg: RunConfig, data: Path, out: Path) -> Path:
         max_epochs=steps,
         accelerator=scfg.train.accelerator,
         devices=1,
-        precision=scfg.train.precision,
-        callbacks=[rec, HealthMonitor(None)],
+        precision=resolve_precision(scfg.train.precision, scfg.train.accelerator),
+        callbacks=[rec, HealthMonitor(None), *[c for c in recipe_callbacks(scfg) if isinstance(c, WhiteningInit)]],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
