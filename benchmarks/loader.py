@@ -158,8 +158,9 @@ def main() -> None:
     tree = work / "photos-tree" / "photo"
     if not tree.is_dir():
         tree.mkdir(parents=True)
-        for p in sorted(photos.glob("*.jpg")):
-            (tree / p.name).symlink_to(p.resolve())
+        for p in sorted(photos.iterdir()):
+            if p.suffix.lower() in (".jpg", ".jpeg"):
+                (tree / p.name).symlink_to(p.resolve())
     photos_ds = curate(tree.parent, work / "photos-ds")
     base, base_n = baseline_rate(tree.parent, 224, IMAGENET_MEAN, IMAGENET_STD, args.photo_batch, args.workers, None, 2, False)
     fast, fast_n, prep, in_ram = cached_rate(photos_ds, 224, IMAGENET_MEAN, IMAGENET_STD, args.photo_batch, args.workers, None, 20, False)

@@ -144,6 +144,14 @@ def test_freeze_then_unfreeze_changes_which_params_learn(dataset, tmp_path):
     assert summary["params"]["frozen"] == 0
 
 
+def test_freeze_bn_keeps_statistics_after_the_unfreeze(dataset, tmp_path):
+    rec = GradRecorder()
+    cfg = tiny_config(train={"epochs": 2, "freeze_backbone_epochs": 1, "freeze_bn": True})
+    train(cfg, dataset, tmp_path / "run", callbacks=[rec])
+    assert "features.0.weight" in rec.with_grad[1]  # the backbone learns after the boundary...
+    assert torch.equal(rec.bn_mean[1], rec.bn_start)  # ...with its BatchNorm statistics fixed
+
+
 def _write_cfg(path, cfg):
     path.write_text(dump_config(cfg))
     return path
@@ -236,5 +244,23 @@ def test_training_options_run(dataset, tmp_path, name, sections, check):
         assert json.loads((run / "run.json").read_text())["data_spec"]["input_size"] == [1, 16, 16]
     if check == "early":
         assert summary["stopped_reason"] == "early_stopping" and summary["epochs_completed"] == 2
+        with pytest.raises(VislabError, match="stopped early"):
+            train(None, None, run, resume=True)
     else:
         assert summary["stopped_reason"] == "completed" and len(rows) == 3
+
+
+def test_grid_trains_each_variant_and_ranks_them(dataset, tmp_path):
+    from vislab.grid import run_grid
+
+    raw = yaml.safe_load(dump_config(tiny_config(train={"epochs": 1})))
+    raw["grid"] = {"model.simple_cnn.filters": [4, 8]}
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text(yaml.safe_dump(raw))
+    table = run_grid(grid_file, dataset, tmp_path / "g")
+    assert sorted(table["variant"]) == ["filters4", "filters8"]
+    assert (tmp_path / "g/grid.csv").is_file() and table["val/acc"].notna().all()
+    assert table["params"].iloc[0] != table["params"].iloc[1]
+    before = (tmp_path / "g/filters4/summary.json").stat().st_mtime_ns
+    run_grid(grid_file, dataset, tmp_path / "g", only=["filters4"])  # finished: skipped, not retrained
+    assert (tmp_path / "g/filters4/summary.json").stat().st_mtime_ns == before

@@ -93,6 +93,13 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(dataset, refere
     assert weights_digest(run) == weights_digest(full)
 
 
+def test_same_seed_same_weights_with_or_without_workers(dataset, reference, tmp_path):
+    # per-image augmentation seeds and a sampler outside the workers: worker count is irrelevant
+    sections = {**SECTIONS, "data": {**SECTIONS["data"], "num_workers": 2}}
+    run = train(tiny_config(**sections), dataset, tmp_path / "workers")
+    assert weights_digest(run) == weights_digest(reference)
+
+
 class StopAt(Callback):
     """Requests a stop after the given step, like the time budget does."""
 

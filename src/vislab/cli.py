@@ -300,11 +300,14 @@ def evaluate(
     split: str = typer.Option("test", help="Split to evaluate: train | val | test | all."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Another curated dataset; labels matched by name."),
     tta: bool = typer.Option(False, "--tta", help="Average with the horizontally flipped image."),
+    tta_translate: int = typer.Option(0, "--tta-translate", help="Also average over views shifted by N pixels (implies --tta)."),
 ) -> None:
     """Evaluate a run's best checkpoint; writes RUN_DIR/eval/<name>/{metrics.json, predictions.csv, probs.npy}."""
     from vislab.evaluate import evaluate as run_evaluate
 
-    m = run_evaluate(run_dir, split=split, data=data, tta=tta)
+    if tta_translate < 0:
+        raise VislabError(f"--tta-translate {tta_translate}: must be 0 or more pixels")
+    m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate)
     acc, mca = m.get("accuracy"), m.get("mca")
     acc_txt = f"accuracy {acc:.2%}" if acc is not None else "accuracy n/a (no labels)"
     mca_txt = f", mCA {mca:.2%}" if mca is not None else ""

@@ -160,6 +160,9 @@ class TrainConfig(Section):
     epochs: int = Field(10, ge=1)
     max_time: str | None = None
     freeze_backbone_epochs: int = Field(0, ge=0)
+    # keep the backbone's BatchNorm statistics fixed (eval mode) after unfreezing too: small
+    # datasets otherwise swap ImageNet statistics for batch ones and the trained head misfits
+    freeze_bn: bool = False
     class_weights: Literal["none", "balanced"] | list[float] = "none"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     early_stopping: EarlyStoppingConfig | None = None

@@ -39,21 +39,36 @@ def match_labels(labels: Iterable[str], classes: list[str], source: str) -> list
 
 
 def predict_probs(
-    model: torch.nn.Module, loader: Iterable[Any], tta: bool = False, progress: Callable[[Iterable], Iterable] | None = None
+    model: torch.nn.Module,
+    loader: Iterable[Any],
+    tta: bool = False,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    tta_translate: int = 0,
+    bf16: bool = False,
+    channels_last: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities [N, C] (float32) of every batch; `tta` averages with the h-flip."""
+    """Softmax probabilities [N, C] (float32) of every batch.
+
+    `tta` averages over the image and its mirror image, `tta_translate` > 0 also over those
+    shifted by that many pixels (`batch_augment.tta_views`). `bf16` and `channels_last`
+    evaluate the way a run trained with them validated (bf16 autocast, NHWC memory).
+    """
+    from vislab.data.batch_augment import tta_views
     from vislab.tasks.classify import logits_of
 
     device = _device()
     model = model.to(device).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
     out: list[np.ndarray] = []
     batches = progress(loader) if progress is not None else loader
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for x, _ in batches:
             x = x.to(device, non_blocking=True)
-            p = logits_of(model(x)).float().softmax(1)
-            if tta:
-                p = (p + logits_of(model(torch.flip(x, dims=[3]))).float().softmax(1)) / 2
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            views = tta_views(x, flip=True, translate=tta_translate) if (tta or tta_translate) else [x]
+            p = sum(logits_of(model(v)).float().softmax(1) for v in views) / len(views)
             out.append(p.cpu().numpy())
     n_classes = getattr(model, "num_classes", 0)
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, n_classes), np.float32)
@@ -76,6 +91,7 @@ def evaluate(
     tta: bool = False,
     batch_size: int | None = None,
     num_workers: int | None = None,
+    tta_translate: int = 0,
 ) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the metrics."""
     from rich.progress import track
@@ -105,8 +121,17 @@ def evaluate(
     bs = batch_size or run.cfg.data.eval_batch_size or run.cfg.data.batch_size
     workers = run.cfg.data.num_workers if num_workers is None else num_workers
     loader = DataLoader(ds, batch_size=bs, num_workers=workers)
+    from vislab.tricks import resolve_precision
+
+    bf16 = resolve_precision(run.cfg.train.precision, run.cfg.train.accelerator) == "bf16-mixed"
     probs = predict_probs(
-        run.model, loader, tta, progress=lambda it: track(it, description=f"evaluate {split}", total=len(loader), transient=True)
+        run.model,
+        loader,
+        tta,
+        progress=lambda it: track(it, description=f"evaluate {split}", total=len(loader), transient=True),
+        tta_translate=tta_translate,
+        bf16=bf16,
+        channels_last=run.cfg.train.channels_last,
     )
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     labelled = y != UNKNOWN
@@ -120,7 +145,9 @@ def evaluate(
             "name": name,
             "dataset_dir": str(dataset_dir.resolve()),
             "checkpoint": str(run.checkpoint),
-            "tta": tta,
+            "tta": bool(tta or tta_translate),
+            "tta_translate": tta_translate,
+            "precision": "bf16-mixed" if bf16 else "32-true",
         }
     )
     out = run_paths(run.run_dir).eval_dir(name)

@@ -100,6 +100,12 @@ def _prepare_resume(
         raise VislabError(
             f"{out}: the run already finished its {cfg.train.epochs} epochs; pass --epochs N (N > {cfg.train.epochs}) to extend it"
         )
+    stopped = read_json(paths.summary).get("stopped_reason") if paths.summary.is_file() else None
+    if stopped == "early_stopping" and epochs is None:
+        raise VislabError(
+            f"{out}: the run stopped early ({cfg.train.early_stopping.monitor if cfg.train.early_stopping else 'monitor'} "
+            "stopped improving); pass --epochs N to train on regardless"
+        )
     if cfg.train.max_time:
         budget = parse_duration(cfg.train.max_time)
         spent = float(_callback_state(ckpt, "Timer").get("time_elapsed", {}).get("train", 0.0))

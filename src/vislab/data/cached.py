@@ -113,7 +113,7 @@ class CachedClassifyDataModule(ClassifyDataModule):
         assert self.cache is not None
         return CachedBatches(self.cache.images, self.cache.indices(rows["path"].tolist()), rows["target"].tolist())
 
-    def _loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.cfg.num_workers
         return DataLoader(
             ds,
@@ -124,13 +124,3 @@ class CachedClassifyDataModule(ClassifyDataModule):
             pin_memory=torch.cuda.is_available(),
             generator=torch.Generator().manual_seed(self.seed),
         )
-
-    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`n` seeded-random training images (uint8, un-augmented) and their targets."""
-        self.setup("fit")
-        assert self.splits is not None
-        rows = self.splits.train
-        take = np.sort(np.random.default_rng(self.seed).permutation(len(rows))[: min(n, len(rows))])
-        ds = self.dataset(rows.iloc[take].reset_index(drop=True), train=False)
-        x, y = ds[list(range(len(ds)))]
-        return x, y

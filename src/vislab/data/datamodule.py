@@ -277,7 +277,8 @@ class ClassifyDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+        """The DataLoader of every split (subclasses change how batches are formed here)."""
         workers = self.cfg.num_workers
         return DataLoader(
             ds,
@@ -301,7 +302,7 @@ class ClassifyDataModule(L.LightningDataModule):
             take = rng.permutation(len(rows))[: self.cfg.batch_size]
             ds = self.dataset(rows.iloc[sorted(take)].reset_index(drop=True), train=False)
             sampler = EpochSampler(len(ds), self.seed, shuffle=False, train=False)
-            return self._loader(ds, sampler, self.cfg.batch_size, drop_last=False)
+            return self.make_loader(ds, sampler, self.cfg.batch_size, drop_last=False)
         weights = None
         if self.cfg.sampler == "weighted":
             counts = rows["target"].value_counts()
@@ -313,13 +314,13 @@ class ClassifyDataModule(L.LightningDataModule):
             self._resume = None
         self._train_sampler = sampler
         drop_last = len(sampler) > self.cfg.batch_size  # a last batch of 1 breaks BatchNorm
-        return self._loader(self.dataset(rows, train=True), sampler, self.cfg.batch_size, drop_last)
+        return self.make_loader(self.dataset(rows, train=True), sampler, self.cfg.batch_size, drop_last)
 
     def _eval_loader(self, rows: pd.DataFrame) -> DataLoader:
         rank, world = self._world()
         sampler = EpochSampler(len(rows), self.seed, shuffle=False, num_replicas=world, rank=rank, train=False)
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        return self._loader(self.dataset(rows, train=False), sampler, bs, drop_last=False)
+        return self.make_loader(self.dataset(rows, train=False), sampler, bs, drop_last=False)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("fit")
@@ -330,6 +331,18 @@ class ClassifyDataModule(L.LightningDataModule):
         self.setup("test")
         assert self.splits is not None
         return self._eval_loader(self.splits.test)
+
+    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`n` seeded-random training images as the eval loader gives them (no augmentation),
+        with their targets: what data-dependent initialisations (the whitening stem) read."""
+        self.setup("fit")
+        assert self.splits is not None
+        rows = self.splits.train
+        take = np.sort(np.random.default_rng(self.seed).permutation(len(rows))[: min(n, len(rows))])
+        ds = self.dataset(rows.iloc[take].reset_index(drop=True), train=False)
+        sampler = EpochSampler(len(ds), self.seed, shuffle=False, train=False)
+        batches = list(self.make_loader(ds, sampler, self.cfg.eval_batch_size or self.cfg.batch_size, drop_last=False))
+        return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
     def steps_per_epoch(self, world_size: int = 1, accumulate: int = 1, limit: int | float | None = None) -> int:
         """Optimizer steps per epoch, computed without building a loader (schedulers need it early)."""
