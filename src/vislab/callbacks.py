@@ -341,47 +341,32 @@ class _ImagesPerSecond:
         self._t = None
 
 
-class RichThroughputBar(RichProgressBar):
+class _ThroughputMixin:
+    """Adds images/s (all ranks) to one of Lightning's progress bars."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.meter = _ImagesPerSecond()
+
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.meter.reset()
+        super().on_train_epoch_start(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.meter.update(int(batch[0].shape[0]) * trainer.world_size)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
+        m = super().get_metrics(trainer, pl_module)
+        m.pop("v_num", None)
+        if self.meter.rate is not None:
+            m["img/s"] = f"{self.meter.rate:.0f}"
+        return m
+
+
+class RichThroughputBar(_ThroughputMixin, RichProgressBar):
     """Lightning's rich progress bar plus images/s."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.meter = _ImagesPerSecond()
 
-    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self.meter.reset()
-        super().on_train_epoch_start(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.meter.update(int(batch[0].shape[0]) * trainer.world_size)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
-        m = super().get_metrics(trainer, pl_module)
-        m.pop("v_num", None)
-        if self.meter.rate is not None:
-            m["img/s"] = f"{self.meter.rate:.0f}"
-        return m
-
-
-class TQDMThroughputBar(TQDMProgressBar):
+class TQDMThroughputBar(_ThroughputMixin, TQDMProgressBar):
     """Lightning's tqdm progress bar plus images/s."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.meter = _ImagesPerSecond()
-
-    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        self.meter.reset()
-        super().on_train_epoch_start(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.meter.update(int(batch[0].shape[0]) * trainer.world_size)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def get_metrics(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> dict[str, Any]:
-        m = super().get_metrics(trainer, pl_module)
-        m.pop("v_num", None)
-        if self.meter.rate is not None:
-            m["img/s"] = f"{self.meter.rate:.0f}"
-        return m

@@ -255,21 +255,23 @@ def build_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config (or defaults when `path` is None) and apply dotted overrides."""
-    raw: dict[str, Any] = {}
-    source = "config"
-    if path is not None:
-        p = Path(path)
-        source = str(p)
-        if not p.is_file():
-            raise VislabError(f"{p}: config file not found; pass a YAML file such as configs/digits-cnn.yaml")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise VislabError(f"{p}: expected a mapping of sections at the top level")
+    raw = read_yaml(path) if path is not None else {}
     raw = apply_overrides(raw, overrides or [])
-    return build_config(raw, source)
+    return build_config(raw, str(path) if path is not None else "config")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping, or a one-line error naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise VislabError(f"{p}: config file not found; pass a YAML file such as configs/digits-cnn.yaml")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise VislabError(f"{p}: expected a mapping of sections at the top level")
+    return raw
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -23,21 +23,8 @@ from typing import Any, Sequence
 import pandas as pd
 import yaml
 
-from vislab.config import RunConfig, apply_overrides, build_config
+from vislab.config import RunConfig, apply_overrides, build_config, read_yaml
 from vislab.errors import VislabError
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise VislabError(f"{p}: config file not found")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise VislabError(f"{p}: expected a mapping of sections at the top level")
-    return raw
 
 
 def is_grid(path: str | Path) -> bool:
