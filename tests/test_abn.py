@@ -150,3 +150,55 @@ def test_abn_trains_through_the_engine(tmp_path) -> None:
     assert len(metrics) == 2
     result = evaluate(run, split="test")
     assert 0.0 <= result["accuracy"] <= 1.0
+    assert 0.0 <= result["att_accuracy"] <= 1.0 and "att_mca" in result
+
+
+def test_abn_run_explains_reports_and_compares(tmp_path) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from vislab.errors import VislabError
+    from vislab.evaluate import evaluate
+    from vislab.explain.overlays import explain_run
+    from vislab.report.compare import compare_runs, to_markdown
+    from vislab.report.html import write_report
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+    from vislab.train import train
+
+    data = make_pattern_dataset(tmp_path / "data", classes=("horizontal", "vertical"), per_class=8, size=16)
+    cfg = tiny_config(train={"epochs": 1})
+    cfg.model.attention = "abn"
+    abn_run = train(cfg, data, tmp_path / "abn")
+    evaluate(abn_run, split="test")
+    plain_run = train(tiny_config(train={"epochs": 1}), data, tmp_path / "plain")
+    evaluate(plain_run, split="test")
+
+    images = sorted(p for p in (data).rglob("*.png"))[:3]
+    results = explain_run(abn_run, images, method="attention")
+    assert len(results) == 3 and all(r.output.is_file() for r in results)
+    for r in results:
+        assert r.heatmap.shape == (16, 16) and r.heatmap.min() == 0.0 and r.heatmap.max() == 1.0
+        assert Image.open(r.output).size[0] >= 224
+    index = json.loads((results[0].output.parent / "explanations.json").read_text())
+    assert {"attention_min", "attention_max"} <= set(index[0]) and index[0]["attention_min"] <= index[0]["attention_max"]
+    assert results[0].output.parent.name == "attention"
+    with pytest.raises(VislabError, match="one attention map per image"):
+        explain_run(abn_run, images, method="attention", top_k=2)
+    with pytest.raises(VislabError, match="no attention branch"):
+        explain_run(plain_run, images, method="attention")
+    gradcam = explain_run(abn_run, images[:1], method="gradcam")  # CAMs still work on the perception logits
+    assert np.isfinite(gradcam[0].heatmap).all()
+
+    page = write_report(abn_run).read_text()
+    assert 'id="attention"' in page and 'href="#attention"' in page and "Attention branch: accuracy" in page
+    assert (abn_run / "plots" / "attention_test.png").is_file()
+    plain_page = write_report(plain_run).read_text()
+    assert 'id="attention"' not in plain_page and 'href="#attention"' not in plain_page
+
+    table = to_markdown(compare_runs([abn_run, plain_run]))
+    header, _, abn_row, plain_row = table.splitlines()
+    assert "attention-branch test acc %" in header
+    assert "simple_cnn+ABN" in abn_row and "+ABN" not in plain_row
+    assert "attention-branch" not in to_markdown(compare_runs([plain_run]))

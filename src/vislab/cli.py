@@ -225,7 +225,7 @@ def compare(
 def explain(
     run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
     inputs: List[Path] = typer.Argument(..., help="Images or folders of images."),
-    method: str = typer.Option("gradcam", help="gradcam | gradcam++ | scorecam | eigencam"),
+    method: str = typer.Option("gradcam", help="gradcam | gradcam++ | scorecam | eigencam | attention (ABN runs: the attention branch's own map)"),
     class_name: Optional[str] = typer.Option(None, "--class", help="Explain this class instead of the predictions."),
     top_k: int = typer.Option(1, "--top-k", help="Explain each of the K most likely classes."),
     layer: Optional[str] = typer.Option(None, help="Target layer by module name (default: chosen for the model)."),

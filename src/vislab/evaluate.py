@@ -38,7 +38,10 @@ def match_labels(labels: Iterable[str], classes: list[str], source: str) -> list
     return [index[lab] if lab else UNKNOWN for lab in labels]
 
 
-def predict_probs(
+BRANCH_KEYS = ("logits", "att_logits")  # perception (the prediction) and, for ABN, the attention branch
+
+
+def predict_branch_probs(
     model: torch.nn.Module,
     loader: Iterable[Any],
     tta: bool = False,
@@ -46,21 +49,21 @@ def predict_probs(
     tta_translate: int = 0,
     bf16: bool = False,
     channels_last: bool = False,
-) -> np.ndarray:
-    """Softmax probabilities [N, C] (float32) of every batch.
+) -> dict[str, np.ndarray]:
+    """Softmax probabilities [N, C] (float32) of every output head: `logits` always, and
+    `att_logits` for a model with an attention branch.
 
     `tta` averages over the image and its mirror image, `tta_translate` > 0 also over those
     shifted by that many pixels (`batch_augment.tta_views`). `bf16` and `channels_last`
     evaluate the way a run trained with them validated (bf16 autocast, NHWC memory).
     """
     from vislab.data.batch_augment import tta_views
-    from vislab.tasks.classify import logits_of
 
     device = _device()
     model = model.to(device).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    out: list[np.ndarray] = []
+    out: dict[str, list[np.ndarray]] = {}
     batches = progress(loader) if progress is not None else loader
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for x, _ in batches:
@@ -68,10 +71,27 @@ def predict_probs(
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             views = tta_views(x, flip=True, translate=tta_translate) if (tta or tta_translate) else [x]
-            p = sum(logits_of(model(v)).float().softmax(1) for v in views) / len(views)
-            out.append(p.cpu().numpy())
+            sums: dict[str, torch.Tensor] = {}
+            for v in views:
+                y = model(v)
+                heads = {k: y[k] for k in BRANCH_KEYS if k in y} if isinstance(y, dict) else {"logits": y}
+                for k, logits in heads.items():
+                    p = logits.float().softmax(1)
+                    sums[k] = sums[k] + p if k in sums else p
+            for k, total in sums.items():
+                out.setdefault(k, []).append((total / len(views)).cpu().numpy())
     n_classes = getattr(model, "num_classes", 0)
-    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, n_classes), np.float32)
+    if not out:
+        return {"logits": np.zeros((0, n_classes), np.float32)}
+    return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
+
+
+def branch_metrics(y: np.ndarray, probs: np.ndarray, classes: list[str], prefix: str) -> dict[str, Any]:
+    """Accuracy, mCA and macro F1 of a second head (e.g. `att_`), for runs with two branches."""
+    from vislab.metrics.classification import classification_report
+
+    rep = classification_report(y, probs, classes)
+    return {f"{prefix}{k}": rep.get(k) for k in ("accuracy", "mca", "f1_macro")}
 
 
 def _report(y: np.ndarray, probs: np.ndarray, classes: list[str], losses: np.ndarray, paths: list[str]) -> dict[str, Any]:
@@ -124,7 +144,7 @@ def evaluate(
     from vislab.tricks import resolve_precision
 
     bf16 = resolve_precision(run.cfg.train.precision, run.cfg.train.accelerator) == "bf16-mixed"
-    probs = predict_probs(
+    heads = predict_branch_probs(
         run.model,
         loader,
         tta,
@@ -133,11 +153,14 @@ def evaluate(
         bf16=bf16,
         channels_last=run.cfg.train.channels_last,
     )
+    probs = heads["logits"]
     pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
     labelled = y != UNKNOWN
     losses = np.full(len(y), np.nan, dtype=np.float64)
     losses[labelled] = -np.log(np.clip(probs[labelled, y[labelled]], 1e-12, None))
     metrics = _report(y, probs, run.classes, losses, paths)
+    if "att_logits" in heads:
+        metrics.update(branch_metrics(y, heads["att_logits"], run.classes, "att_"))
     name = split if data is None else f"{split}-{dataset_dir.resolve().name}"
     metrics.update(
         {

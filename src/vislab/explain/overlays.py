@@ -18,6 +18,7 @@ import torch.nn as nn
 from PIL import Image
 
 from vislab.errors import VislabError
+from vislab.explain.attention import METHOD as ATTENTION, attention_session
 from vislab.explain.cam import cam_session, overlay
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
@@ -38,8 +39,10 @@ class Explanation:
     method: str
     layer: str
     output: Path | None = None
+    raw_range: tuple[float, float] | None = None  # attention maps: M's own min and max before display scaling
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"attention_min": round(self.raw_range[0], 6), "attention_max": round(self.raw_range[1], 6)} if self.raw_range else {}
         return {
             "source": self.source,
             "class": self.class_name,
@@ -49,6 +52,7 @@ class Explanation:
             "method": self.method,
             "layer": self.layer,
             "output": str(self.output) if self.output else None,
+            **extra,
         }
 
 
@@ -108,7 +112,14 @@ def explain_images(
     batch_size: int = 16,
     grayscale: bool = False,
 ) -> list[Explanation]:
-    """Heatmaps for each image: for `class_name`, else for each of the top-k predicted classes."""
+    """Heatmaps for each image: for `class_name`, else for each of the top-k predicted classes.
+
+    `method="attention"` shows an ABN's own attention map, which is one per image: it is
+    labelled with the predicted class, and `class_name` / `top_k` > 1 are refused.
+    """
+    attention = method.lower() == ATTENTION
+    if attention and (class_name is not None or top_k > 1):
+        raise VislabError("--method attention: an ABN has one attention map per image, not per class; drop --class/--top-k")
     if class_name is not None and class_name not in classes:
         raise VislabError(f"--class {class_name!r}: not a class of this run; classes are {', '.join(classes)}")
     if top_k < 1:
@@ -117,7 +128,8 @@ def explain_images(
     sources = list(sources) if sources is not None else [f"image{i}" for i in range(len(images))]
     device = next(model.parameters()).device
     results: list[Explanation] = []
-    with cam_session(model, method, layer, input_size=tuple(spec.input_size)) as run:
+    session = attention_session(model) if attention else cam_session(model, method, layer, input_size=tuple(spec.input_size))
+    with session as run:
         for start in range(0, len(images), batch_size):
             x, display = prepare(images[start : start + batch_size], spec, grayscale)
             x = x.to(device)
@@ -131,6 +143,7 @@ def explain_images(
                 ranks = list(range(1, top_k + 1))
             for targets, rank in zip(plan, ranks):
                 res = run(x, targets)
+                ranges = getattr(run, "raw_range", None)
                 for i, cid in enumerate(res.targets):
                     results.append(
                         Explanation(
@@ -143,6 +156,7 @@ def explain_images(
                             overlay=_upscaled_overlay(display[i], res.heatmaps[i]),
                             method=run.method,
                             layer=res.layer,
+                            raw_range=ranges[i] if ranges else None,
                         )
                     )
     return results

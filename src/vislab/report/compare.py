@@ -28,14 +28,16 @@ COLUMNS = {
     "test_acc": "test acc",
     "mca": "mCA",
     "f1": "F1 (macro)",
+    "att_test_acc": "attention-branch test acc",
     "wall_time_s": "wall time",
     "images_per_s": "images/s",
 }
 SHORT = {"params_trainable": "trainable", "params_frozen": "frozen", "params_total": "params", "best_val_acc": "val acc %",
-         "test_acc": "test acc %", "mca": "mCA %", "f1": "F1 %", "wall_time_s": "time", "images_per_s": "img/s"}
-HIGHER_IS_BETTER = {"best_val_acc", "test_acc", "mca", "f1", "images_per_s", "epochs"}
+         "test_acc": "test acc %", "mca": "mCA %", "f1": "F1 %", "att_test_acc": "att acc %", "wall_time_s": "time", "images_per_s": "img/s"}
+HIGHER_IS_BETTER = {"best_val_acc", "test_acc", "mca", "f1", "att_test_acc", "images_per_s", "epochs"}
 FORMATS = ("table", "md", "csv", "html")
-PERCENT = ("best_val_acc", "test_acc", "mca", "f1")
+PERCENT = ("best_val_acc", "test_acc", "mca", "f1", "att_test_acc")
+OPTIONAL = ("att_test_acc",)  # shown only when some run has a value (ABN runs)
 
 
 def run_row(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
@@ -47,9 +49,13 @@ def run_row(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     ev = d.evals.get(split)
     m = ev.metrics if ev else {}
     completed, planned = s.get("epochs_completed"), s.get("epochs_planned")
+    model_cfg = d.config.get("model") or {}
+    model = s.get("model") or model_cfg.get("name")
+    if model and model_cfg.get("attention") == "abn":
+        model = f"{model}+ABN"
     return {
         "run": d.name,
-        "model": s.get("model") or (d.config.get("model") or {}).get("name"),
+        "model": model,
         "input": "x".join(str(v) for v in size[1:]) or None,
         "params_trainable": params.get("trainable"),
         "params_frozen": params.get("frozen"),
@@ -60,6 +66,7 @@ def run_row(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         "test_acc": m.get("accuracy"),
         "mca": m.get("mca"),
         "f1": m.get("f1_macro"),
+        "att_test_acc": m.get("att_accuracy"),
         "wall_time_s": s.get("wall_time_s"),
         "images_per_s": s.get("train_images_per_s"),
         "path": str(d.run_dir),
@@ -104,9 +111,14 @@ def _cell(key: str, v: Any, row: pd.Series) -> str:
     return str(v)
 
 
+def shown_columns(df: pd.DataFrame) -> list[str]:
+    """The column keys to print: all but the OPTIONAL ones no run has a value for."""
+    return [k for k in COLUMNS if k not in OPTIONAL or (k in df and df[k].notna().any())]
+
+
 def formatted(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header labels (accuracies in %) and display strings for each row."""
-    keys = list(COLUMNS)
+    keys = shown_columns(df)
     headers = [COLUMNS[k] + (" %" if k in PERCENT else "") for k in keys]
     rows = [[_cell(k, r.get(k), r) for k in keys] for _, r in df.iterrows()]
     return headers, rows
@@ -114,7 +126,7 @@ def formatted(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 def to_markdown(df: pd.DataFrame) -> str:
     headers, rows = formatted(df)
-    right = {i for i, k in enumerate(COLUMNS) if k not in ("run", "model", "input")}
+    right = {i for i, k in enumerate(shown_columns(df)) if k not in ("run", "model", "input")}
     esc = [[c.replace("|", "\\|") for c in r] for r in rows]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
@@ -122,7 +134,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 
 
 def to_csv(df: pd.DataFrame) -> str:
-    """Raw numbers (not display strings), for spreadsheets and scripts."""
+    """Raw numbers (not display strings) in every column, for spreadsheets and scripts."""
     buf = io.StringIO()
     df[list(COLUMNS) + ["epochs_planned", "path"]].to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()
@@ -152,7 +164,7 @@ def rich_table(df: pd.DataFrame) -> Any:
 
     _, rows = formatted(df)
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for k in COLUMNS:
+    for k in shown_columns(df):
         t.add_column(SHORT.get(k, COLUMNS[k]), justify="left" if k in ("run", "model", "input") else "right", no_wrap=True)
     for r in rows:
         t.add_row(*r)

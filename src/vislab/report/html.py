@@ -4,7 +4,8 @@ The page answers the questions asked after training (how good, on which classes,
 with what, looking at what, anything wrong) from the run directory alone. Images are
 embedded as base64 PNGs and the CSS is inline, so the file opens anywhere with no network;
 every piece of text from the run is HTML-escaped. Section ids are stable (config, data,
-curves, metrics, confusion, per-class, cams, highest-loss, health) for links and tests.
+curves, metrics, confusion, per-class, cams, highest-loss, health; attention for ABN runs)
+for links and tests.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SECTIONS = (
     ("data", "Data"),
     ("config", "Config"),
 )
-FRACTIONS = {"accuracy", "top5_accuracy", "mca", "gap", "val/acc", "train/acc"}
+ABN_SECTION = ("attention", "Attention")
+FRACTIONS = {"accuracy", "top5_accuracy", "mca", "gap", "val/acc", "train/acc", "att_accuracy", "att_mca", "att_f1_macro"}
 FRACTION_PREFIXES = ("precision_", "recall_", "f1_")
 METRIC_ROWS = (
     ("accuracy", "Accuracy"),
@@ -44,6 +46,9 @@ METRIC_ROWS = (
     ("recall_weighted", "Recall (weighted)"),
     ("f1_weighted", "F1 (weighted)"),
     ("gap", "Global Average Precision"),
+    ("att_accuracy", "Attention branch: accuracy"),
+    ("att_mca", "Attention branch: mCA"),
+    ("att_f1_macro", "Attention branch: F1 (macro)"),
     ("ece", "Expected calibration error"),
     ("num_labelled", "Labelled images"),
 )
@@ -275,12 +280,29 @@ def cam_gallery(data: RunData, ev: EvalSet, method: str = "gradcam", n: int = 8)
     for r, row in zip(results, chosen.itertuples()):
         mark = "✓" if row.label == r.class_name else "✗"
         tiles.append((r.overlay, f"{mark} true {row.label} · pred {r.class_name} ({r.prob:.2f})"))
-    png = plots.plot_cam_gallery(tiles, data.run_dir / "plots" / f"cams_{ev.name}.png",
+    stem = "attention" if method == "attention" else "cams"
+    png = plots.plot_cam_gallery(tiles, data.run_dir / "plots" / f"{stem}_{ev.name}.png",
                                  title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")
     return png, ""
 
 
+def is_abn(data: RunData) -> bool:
+    """The run's model has an attention branch (model.attention: abn)."""
+    return (data.config.get("model") or {}).get("attention") == "abn"
+
+
+def sections(data: RunData) -> list[tuple[str, str]]:
+    """The page's sections in order: SECTIONS, plus the attention gallery after the CAMs for ABN runs."""
+    out = list(SECTIONS)
+    if is_abn(data):
+        out.insert(out.index(("cams", "CAMs")) + 1, ABN_SECTION)
+    return out
+
+
 def _cam_lead(method: str) -> str:
+    if method == "attention":
+        return ("The ABN's own attention map M (one per image, computed in the forward pass, no gradients), "
+                "stretched per image to its min-max; red = the features M amplified most (perception sees f·M + f).")
     if method == "eigencam":
         return "eigencam: the main component of the layer's activations (not specific to a class); red = strongest."
     return f"{method} heatmaps for the predicted class: red = regions that raised its score the most."
@@ -376,15 +398,20 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
         cam_png, why = cam_gallery(data, ev, cam_method) if cams else (None, "CAMs were not requested (--no-cams).")
         body.append(section("cams", "Where the model looks", img_tag(cam_png, "class activation maps") or note(why),
                             _cam_lead(cam_method) if cam_png else ""))
+        if is_abn(data):
+            att_png, why = cam_gallery(data, ev, "attention") if cams else (None, "Attention maps were not requested (--no-cams).")
+            body.append(section("attention", "Attention branch maps", img_tag(att_png, "ABN attention maps") or note(why),
+                                _cam_lead("attention") if att_png else ""))
     else:
-        for sid, title in (("confusion", "Confusion matrix"), ("per-class", "Per-class results"), ("highest-loss", "Highest-loss images"), ("cams", "Where the model looks")):
+        pending = [("confusion", "Confusion matrix"), ("per-class", "Per-class results"), ("highest-loss", "Highest-loss images"), ("cams", "Where the model looks")]
+        for sid, title in pending + ([("attention", "Attention branch maps")] if is_abn(data) else []):
             body.append(section(sid, title, note(f"No evaluation yet: run `vislab evaluate {data.run_dir}`.")))
     body.append(section("data", "Data", _data(data, made.get("class_histogram"), manifest)))
     body.append(section("config", "Run and configuration", _config(data)))
 
     from vislab import __version__
 
-    nav = "".join(f'<a href="#{sid}">{e(label)}</a>' for sid, label in SECTIONS)
+    nav = "".join(f'<a href="#{sid}">{e(label)}</a>' for sid, label in sections(data))
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
