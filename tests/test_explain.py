@@ -12,7 +12,8 @@ from PIL import Image
 from vislab.config import SimpleCNNConfig
 from vislab.errors import VislabError
 from vislab.explain.cam import METHOD_NAMES, cam_session, compute_cams, find_target_layer, overlay, select_logits
-from vislab.explain.overlays import collect_images, explain_images
+from vislab.data.io import collect_images
+from vislab.explain.overlays import explain_images
 from vislab.models.registry import DataSpec
 from vislab.models.simple_cnn import SimpleCNN
 

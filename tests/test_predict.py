@@ -44,7 +44,7 @@ def test_predict_walks_folders_and_reports_bad_files(run, tmp_path):
     assert len(results) == 21
     assert all(len(r["top"]) == 3 for r in results[:-1])  # top-k capped at the class count
     assert "error" in results[-1] and "top" not in results[-1]
-    with pytest.raises(VislabError, match="no such file"):
+    with pytest.raises(VislabError, match="no such image or folder"):
         predict(run, [tmp_path / "missing.png"])
 
 

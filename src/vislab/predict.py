@@ -15,25 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
+from vislab.data.io import collect_images
 from vislab.errors import VislabError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files as given, plus image files under folders (recursive, sorted)."""
-    files: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            files.append(p)
-        else:
-            raise VislabError(f"{p}: no such file or folder; pass image files or folders of images")
-    if not files:
-        raise VislabError(f"no images found in {', '.join(str(i) for i in inputs)} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    return files
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:

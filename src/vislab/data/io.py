@@ -11,9 +11,11 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 from PIL import Image, ImageOps
+
+from vislab.errors import VislabError
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientations 5..8 rotate by 90 degrees, so the stored width is the displayed height.
@@ -123,3 +125,23 @@ def load_image(path: ImageSource, size_hint: tuple[int, int] | None = None) -> I
         ImageOps.exif_transpose(im, in_place=True)
         out = to_rgb(im)
         return out if out is not im else im.copy()
+
+
+IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in the given folders, for
+    the commands that take images on the command line (predict, explain)."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise VislabError(f"{p}: no such image or folder; pass image files or folders of images")
+    if not found:
+        raise VislabError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    return found

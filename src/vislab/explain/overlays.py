@@ -17,11 +17,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+from vislab.data.io import collect_images
 from vislab.errors import VislabError
 from vislab.explain.attention import METHOD as ATTENTION, attention_session
 from vislab.explain.cam import cam_session, overlay
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 MIN_VIEW = 224  # overlays are upscaled to at least this short side so small inputs stay visible
 
 
@@ -54,22 +54,6 @@ class Explanation:
             "output": str(self.output) if self.output else None,
             **extra,
         }
-
-
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders."""
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise VislabError(f"{p}: no such image or folder; pass image files or folders of images")
-    if not found:
-        raise VislabError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTS))})")
-    return found
 
 
 def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:
