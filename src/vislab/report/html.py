@@ -279,7 +279,7 @@ def cam_gallery(data: RunData, ev: EvalSet, method: str = "gradcam", n: int = 8)
     tiles = []
     for r, row in zip(results, chosen.itertuples()):
         mark = "✓" if row.label == r.class_name else "✗"
-        tiles.append((r.overlay, f"{mark} true {row.label} · pred {r.class_name} ({r.prob:.2f})"))
+        tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})"))
     stem = "attention" if method == "attention" else "cams"
     png = plots.plot_cam_gallery(tiles, data.run_dir / "plots" / f"{stem}_{ev.name}.png",
                                  title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")

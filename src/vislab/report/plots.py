@@ -9,6 +9,7 @@ takes plain data and a path and returns the path, so it is usable outside a run 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -255,13 +256,25 @@ def _thumbnail(path: str, size: int) -> np.ndarray | None:
     return np.asarray(im)
 
 
+def _wrap_caption(caption: str, width: int, max_lines: int = 4) -> str:
+    """Caption lines wrapped to a tile's width (long class names broken, not overlapping)."""
+    lines = [part for line in caption.split("\n") for part in (textwrap.wrap(line, width, break_long_words=True) or [""])]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: max(0, width - 1)] + "…"
+    return "\n".join(lines)
+
+
 def _tile_grid(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: str | Path, title: str, cols: int, tile: float = 2.0) -> Path | None:
     if not tiles:
         return None
     cols = min(cols, len(tiles))
     rows = math.ceil(len(tiles) / cols)
+    width = max(12, int(tile * 72 / (8 * 0.6)))  # characters of 8-pt text across one tile
+    tiles = [(img, _wrap_caption(cap, width), colour) for img, cap, colour in tiles]
+    lines = max(cap.count("\n") + 1 for _, cap, _ in tiles)
     with rc_context({**STYLE, "axes.grid": False}):
-        fig = Figure(figsize=(tile * cols, (tile + 0.45) * rows + 0.4))
+        fig = Figure(figsize=(tile * cols, (tile + 0.16 * lines + 0.15) * rows + 0.4))
         axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
         for ax in axes:
             ax.set_axis_off()
