@@ -49,13 +49,9 @@ def run_row(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     ev = d.evals.get(split)
     m = ev.metrics if ev else {}
     completed, planned = s.get("epochs_completed"), s.get("epochs_planned")
-    model_cfg = d.config.get("model") or {}
-    model = s.get("model") or model_cfg.get("name")
-    if model and model_cfg.get("attention") == "abn":
-        model = f"{model}+ABN"
     return {
         "run": d.name,
-        "model": model,
+        "model": d.model_label or None,
         "input": "x".join(str(v) for v in size[1:]) or None,
         "params_trainable": params.get("trainable"),
         "params_frozen": params.get("frozen"),

@@ -286,15 +286,10 @@ def cam_gallery(data: RunData, ev: EvalSet, method: str = "gradcam", n: int = 8)
     return png, ""
 
 
-def is_abn(data: RunData) -> bool:
-    """The run's model has an attention branch (model.attention: abn)."""
-    return (data.config.get("model") or {}).get("attention") == "abn"
-
-
 def sections(data: RunData) -> list[tuple[str, str]]:
     """The page's sections in order: SECTIONS, plus the attention gallery after the CAMs for ABN runs."""
     out = list(SECTIONS)
-    if is_abn(data):
+    if data.is_abn:
         out.insert(out.index(("cams", "CAMs")) + 1, ABN_SECTION)
     return out
 
@@ -346,6 +341,7 @@ table.metrics tbody tr:hover,table.per-class tbody tr:hover{background:#f9fafb}
 table.kv thead{display:none}
 table.kv td:first-child{color:var(--muted);width:34%;white-space:nowrap}
 table.compact td,table.compact th{padding:5px 8px}
+table.compact td:first-child{overflow-wrap:anywhere}.cols>div{min-width:0}
 .scroll{max-height:560px;overflow:auto;border:1px solid var(--line);border-radius:10px}
 .scroll th{position:sticky;top:0}
 .bar{position:relative;background:#f3f4f6;border-radius:6px;height:20px;min-width:120px;overflow:hidden}
@@ -377,7 +373,7 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
     spec = i.get("data_spec") or {}
     size = "×".join(str(v) for v in (spec.get("input_size") or s.get("input_size") or [])[1:])
     subtitle = " · ".join(
-        p for p in (s.get("model") or (data.config.get("model") or {}).get("name"), f"{size} input" if size else "",
+        p for p in (data.model_label, f"{size} input" if size else "",
                     f"{len(data.classes)} classes" if data.classes else "", (i.get("created") or "")[:19].replace("T", " ")) if p
     )
     body: list[str] = []
@@ -398,13 +394,13 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
         cam_png, why = cam_gallery(data, ev, cam_method) if cams else (None, "CAMs were not requested (--no-cams).")
         body.append(section("cams", "Where the model looks", img_tag(cam_png, "class activation maps") or note(why),
                             _cam_lead(cam_method) if cam_png else ""))
-        if is_abn(data):
+        if data.is_abn:
             att_png, why = cam_gallery(data, ev, "attention") if cams else (None, "Attention maps were not requested (--no-cams).")
             body.append(section("attention", "Attention branch maps", img_tag(att_png, "ABN attention maps") or note(why),
                                 _cam_lead("attention") if att_png else ""))
     else:
         pending = [("confusion", "Confusion matrix"), ("per-class", "Per-class results"), ("highest-loss", "Highest-loss images"), ("cams", "Where the model looks")]
-        for sid, title in pending + ([("attention", "Attention branch maps")] if is_abn(data) else []):
+        for sid, title in pending + ([("attention", "Attention branch maps")] if data.is_abn else []):
             body.append(section(sid, title, note(f"No evaluation yet: run `vislab evaluate {data.run_dir}`.")))
     body.append(section("data", "Data", _data(data, made.get("class_histogram"), manifest)))
     body.append(section("config", "Run and configuration", _config(data)))

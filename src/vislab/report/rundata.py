@@ -45,6 +45,17 @@ class RunData:
         return self.run_dir.name
 
     @property
+    def is_abn(self) -> bool:
+        """The run's model has an attention branch (model.attention: abn)."""
+        return (self.config.get("model") or {}).get("attention") == "abn"
+
+    @property
+    def model_label(self) -> str:
+        """The model's name as reports and comparisons show it; `+ABN` marks an attention branch."""
+        name = self.summary.get("model") or (self.config.get("model") or {}).get("name") or ""
+        return f"{name}+ABN" if name and self.is_abn else name
+
+    @property
     def classes(self) -> list[str]:
         return list(self.info.get("classes") or (self.primary_eval().metrics.get("classes", []) if self.evals else []))
 
