@@ -226,3 +226,41 @@ def test_whitening_on_the_file_loader(patterns, tmp_path) -> None:
 
     run = train(_recipe("data.cache=false", "train.averaging.kind=none", "train.epochs=1"), patterns, tmp_path / "r")
     assert not torch.equal(_stem(run), create_model(_recipe().model, 3).stem.weight)
+
+
+@pytest.mark.parametrize("aug", [{"hflip": 0.5, "crop_padding": 2}, {"hflip": 0.5}, {"crop_padding": 3}, {}])
+def test_fused_shift_flip_path_gives_the_step_by_step_pixels(aug) -> None:
+    from vislab.data.batch_augment import BatchTransform, normalize, random_flip, random_translate, to_float
+
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (16, 12, 10, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.3, 0.25)
+    for channels_last in (True, False):
+        tf = BatchTransform((12, 10), mean, std, aug, channels_last=channels_last)
+        for train in (True, False):
+            got = tf(x, train=train, seed=7)
+            gen = torch.Generator().manual_seed(7)
+            ref = normalize(to_float(x), mean, std)
+            if train and aug.get("crop_padding"):
+                ref = random_translate(ref, aug["crop_padding"], gen)
+            if train and aug.get("hflip"):
+                ref = random_flip(ref, aug["hflip"], gen)
+            assert torch.equal(got, ref)
+            assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_batch_keys_group_the_epoch_sampler_exactly() -> None:
+    from vislab.data.cached import BatchKeys
+    from vislab.data.datamodule import EpochSampler
+
+    for train in (True, False):
+        sampler = EpochSampler(300, seed=3, shuffle=True, train=train)
+        sampler.set_epoch(2)
+        per_sample = list(sampler)
+        for skip, drop_last in ((0, False), (70, True)):
+            sampler.skip = skip
+            fast = list(BatchKeys(sampler, 64, drop_last))
+            rest = per_sample[skip:]
+            slow = [BatchKeys._pack(rest[i : i + 64]) for i in range(0, len(rest), 64) if not drop_last or i + 64 <= len(rest)]
+            assert len(fast) == len(slow)
+            for (pos_a, seed_a), (pos_b, seed_b) in zip(fast, slow):
+                assert np.array_equal(pos_a, pos_b) and seed_a == seed_b

@@ -78,6 +78,44 @@ def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str 
     return xp.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
+def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices outside 0..n-1 mirrored back inside, as reflect padding does (edge not repeated)."""
+    idx = idx.abs()
+    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+
+
+def shift_flip_normalize(
+    x: torch.Tensor, pad: int, hflip: float, gen: torch.Generator, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """`random_translate` then `random_flip` then `normalize`, fused for uint8 batches.
+
+    The same random draws in the same order, and the same pixel values (the steps only move
+    pixels, which commutes with the per-channel normalisation), but as one gather on the
+    uint8 NHWC pixels followed by one normalising pass: a quarter of the memory traffic of
+    padding and indexing float batches. Returns channels_last strides.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    rows = torch.arange(h).expand(b, h)
+    cols = torch.arange(w).expand(b, w)
+    if pad > 0:
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        rows = _reflect(rows + (dy[:, None] - pad), h)
+        cols = _reflect(cols + (dx[:, None] - pad), w)
+    if hflip > 0:
+        mask = _bernoulli(gen, b, hflip)
+        cols = torch.where(mask[:, None], cols.flip(1), cols)
+    y = x.permute(0, 2, 3, 1)  # B x H x W x C
+    if pad > 0 or hflip > 0:
+        batch = torch.arange(b)[:, None, None].to(dev)
+        y = y[batch, rows[:, :, None].to(dev), cols[:, None, :].to(dev)]
+    y = y.float().div_(255.0)
+    m = torch.tensor(list(mean), dtype=y.dtype, device=dev)
+    sd = torch.tensor(list(std), dtype=y.dtype, device=dev)
+    return y.sub_(m).div_(sd).permute(0, 3, 1, 2)
+
+
 def random_flip(x: torch.Tensor, p: float, gen: torch.Generator, dim: int = 3) -> torch.Tensor:
     """Flip each image along `dim` (3 = horizontal, 2 = vertical) with probability p."""
     if p <= 0:
@@ -191,9 +229,23 @@ class BatchTransform:
             return [sum(vals) / len(vals)]
         return [vals[0]] * self.channels if len(vals) == 1 else vals[: self.channels]
 
+    def _shift_flip_only(self, x: torch.Tensor, a: dict[str, Any]) -> bool:
+        """True when the steps are at most translate + horizontal flip on a uint8 RGB batch
+        already at the model size (the small-image recipes): then the fused path applies."""
+        others = ("color_jitter", "random_resized_crop", "rotation", "shear", "scale", "vflip", "random_erasing")
+        return (
+            x.dtype == torch.uint8 and x.ndim == 4 and tuple(x.shape[-2:]) == tuple(self.size)
+            and not (self.grayscale or self.channels == 1) and x.shape[1] == self.channels
+            and not any(a.get(k) for k in others)
+        )
+
     def __call__(self, x: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:
         a = self.aug if train else {}
         gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
+        if self._shift_flip_only(x, a):
+            y = shift_flip_normalize(x, int(a.get("crop_padding") or 0), float(a.get("hflip") or 0.0), gen,
+                                     self._stats(self.mean), self._stats(self.std))
+            return y if self.channels_last else y.contiguous()
         x = to_float(x)
         if self.grayscale or self.channels == 1:
             x = to_grey(x, self.channels)

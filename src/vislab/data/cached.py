@@ -39,18 +39,27 @@ class CachedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: Sequence[Any]) -> tuple[torch.Tensor, ...]:
-        seeded = bool(key) and isinstance(key[0], tuple)
-        pos = np.fromiter((k[0] if seeded else k for k in key), dtype=np.int64, count=len(key))
+    def __getitem__(self, key: Any) -> tuple[torch.Tensor, ...]:
+        """`key`: what `BatchKeys` yields, `(positions array, batch seed or None)`, or a plain
+        list of positions or of (position, seed) pairs (the first pair's seed seeds the batch)."""
+        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], np.ndarray):
+            pos, seed = key
+        else:
+            seeded = bool(key) and isinstance(key[0], tuple)
+            pos = np.fromiter((k[0] if seeded else k for k in key), dtype=np.int64, count=len(key))
+            seed = key[0][1] if seeded else None
         x = torch.from_numpy(np.ascontiguousarray(self.images[self.rows[pos]])).permute(0, 3, 1, 2)
         y = self.targets[torch.from_numpy(pos)]
-        if seeded:
-            return x, y, torch.tensor(key[0][1], dtype=torch.long)
+        if seed is not None:
+            return x, y, torch.tensor(seed, dtype=torch.long)
         return x, y
 
 
 class BatchKeys(Sampler):
-    """Groups the keys of a per-sample sampler into batch keys (lists), for `CachedBatches`."""
+    """Groups the keys of a per-sample sampler into batch keys for `CachedBatches`: an int64
+    array of positions and the batch's augmentation seed (the first sample's, None when the
+    sampler gives no seeds). Arrays, not lists of tuples, so handing a key to a worker costs
+    one small pickle rather than hundreds of Python objects."""
 
     def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool) -> None:
         self.sampler = sampler
@@ -61,15 +70,24 @@ class BatchKeys(Sampler):
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[list[Any]]:
+    def __iter__(self) -> Iterator[tuple[np.ndarray, int | None]]:
+        if hasattr(self.sampler, "batch_keys"):  # EpochSampler: whole batches, no per-sample work
+            yield from self.sampler.batch_keys(self.batch_size, self.drop_last)
+            return
         batch: list[Any] = []
         for key in self.sampler:
             batch.append(key)
             if len(batch) == self.batch_size:
-                yield batch
+                yield self._pack(batch)
                 batch = []
         if batch and not self.drop_last:
-            yield batch
+            yield self._pack(batch)
+
+    @staticmethod
+    def _pack(batch: list[Any]) -> tuple[np.ndarray, int | None]:
+        if isinstance(batch[0], tuple):
+            return np.fromiter((k[0] for k in batch), dtype=np.int64, count=len(batch)), int(batch[0][1])
+        return np.asarray(batch, dtype=np.int64), None
 
     def __len__(self) -> int:
         n = len(self.sampler)  # type: ignore[arg-type]

@@ -202,6 +202,18 @@ class EpochSampler(Sampler):
             else:
                 yield order[pos]
 
+    def batch_keys(self, batch_size: int, drop_last: bool) -> Iterator[tuple[np.ndarray, int | None]]:
+        """The same epoch as `__iter__`, grouped: (positions array, the batch's first sample's
+        seed). One seed per batch instead of one per sample, for loaders that fetch whole batches."""
+        order = np.asarray(self._order(), dtype=np.int64)
+        start, self.skip = self.skip, 0
+        for first in range(start, len(order), batch_size):
+            chunk = order[first : first + batch_size]
+            if drop_last and len(chunk) < batch_size:
+                break
+            seed = aug_seed(self.seed, self.epoch, first * self.num_replicas + self.rank) if self.train else None
+            yield chunk, seed
+
     def __len__(self) -> int:
         if self.num_replicas == 1:
             return self.n
