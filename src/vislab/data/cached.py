@@ -1,6 +1,7 @@
 """The classification DataModule on the prepared cache: whole uint8 batches, no per-image work.
 
-Same splits, epoch order, per-sample seeds, DDP sharding and mid-epoch resume as
+Same splits, epoch order, augmentation seeds (a batch takes its first sample's), DDP sharding
+and mid-epoch resume as
 `ClassifyDataModule` (it is a subclass and keeps its sampler), but a batch is one fancy-index
 into the cache array: `CachedBatches` returns N x 3 x H x W uint8 (a view of the N x H x W x 3
 array, so its memory is already channels_last) with the targets and, in training, the
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vislab.config import DataConfig
 from vislab.data.cache import PreparedCache, open_cache, prepare_cache
-from vislab.data.datamodule import ClassifyDataModule
+from vislab.data.datamodule import ClassifyDataModule, EpochSampler
 
 
 class CachedBatches(Dataset):
@@ -39,15 +40,9 @@ class CachedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: Any) -> tuple[torch.Tensor, ...]:
-        """`key`: what `BatchKeys` yields, `(positions array, batch seed or None)`, or a plain
-        list of positions or of (position, seed) pairs (the first pair's seed seeds the batch)."""
-        if isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], np.ndarray):
-            pos, seed = key
-        else:
-            seeded = bool(key) and isinstance(key[0], tuple)
-            pos = np.fromiter((k[0] if seeded else k for k in key), dtype=np.int64, count=len(key))
-            seed = key[0][1] if seeded else None
+    def __getitem__(self, key: tuple[np.ndarray, int | None]) -> tuple[torch.Tensor, ...]:
+        """`key`: what `BatchKeys` yields, (positions array, the batch's augmentation seed or None)."""
+        pos, seed = key
         x = torch.from_numpy(np.ascontiguousarray(self.images[self.rows[pos]])).permute(0, 3, 1, 2)
         y = self.targets[torch.from_numpy(pos)]
         if seed is not None:
@@ -56,41 +51,23 @@ class CachedBatches(Dataset):
 
 
 class BatchKeys(Sampler):
-    """Groups the keys of a per-sample sampler into batch keys for `CachedBatches`: an int64
-    array of positions and the batch's augmentation seed (the first sample's, None when the
-    sampler gives no seeds). Arrays, not lists of tuples, so handing a key to a worker costs
-    one small pickle rather than hundreds of Python objects."""
+    """An `EpochSampler`'s epoch as batch keys for `CachedBatches`: an int64 array of positions
+    and the batch's augmentation seed (None in evaluation). Arrays, not lists of per-sample
+    tuples, so handing a key to a worker costs one small pickle."""
 
-    def __init__(self, sampler: Sampler, batch_size: int, drop_last: bool) -> None:
+    def __init__(self, sampler: EpochSampler, batch_size: int, drop_last: bool) -> None:
         self.sampler = sampler
         self.batch_size = batch_size
         self.drop_last = drop_last
 
     def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.sampler, "set_epoch"):
-            self.sampler.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, int | None]]:
-        if hasattr(self.sampler, "batch_keys"):  # EpochSampler: whole batches, no per-sample work
-            yield from self.sampler.batch_keys(self.batch_size, self.drop_last)
-            return
-        batch: list[Any] = []
-        for key in self.sampler:
-            batch.append(key)
-            if len(batch) == self.batch_size:
-                yield self._pack(batch)
-                batch = []
-        if batch and not self.drop_last:
-            yield self._pack(batch)
-
-    @staticmethod
-    def _pack(batch: list[Any]) -> tuple[np.ndarray, int | None]:
-        if isinstance(batch[0], tuple):
-            return np.fromiter((k[0] for k in batch), dtype=np.int64, count=len(batch)), int(batch[0][1])
-        return np.asarray(batch, dtype=np.int64), None
+        return self.sampler.batch_keys(self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
-        n = len(self.sampler)  # type: ignore[arg-type]
+        n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
 

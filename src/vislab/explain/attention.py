@@ -36,14 +36,13 @@ def scale_maps(maps: torch.Tensor) -> np.ndarray:
 
 
 class AttentionRunner:
-    """Reads ABN attention maps; the same calls as `cam.CamRunner` so callers need not care."""
+    """Reads ABN attention maps; called like `cam.CamRunner` and returns the same `CamResult`."""
 
     method = METHOD
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.layer = f"attention_branch (on {model.stage['module']})" if hasattr(model, "stage") else "attention_branch"
-        self.raw_range: list[tuple[float, float]] = []
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -52,18 +51,15 @@ class AttentionRunner:
             raise VislabError("the model returned no attention map; --method attention needs a model trained with model.attention: abn")
         return out
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self._forward(x)["logits"].float(), dim=1)
-
     def __call__(self, x: torch.Tensor, targets: Sequence[int] | None = None) -> CamResult:
         out = self._forward(x)
         probs = torch.softmax(out["logits"].float(), dim=1).cpu().numpy()
         att = out["attention"].float()
         flat = att.flatten(1)
-        self.raw_range = list(zip(flat.min(1).values.tolist(), flat.max(1).values.tolist()))
+        raw = list(zip(flat.min(1).values.tolist(), flat.max(1).values.tolist()))
         maps = scale_maps(F.interpolate(att, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False))
         chosen = list(targets) if targets is not None else probs.argmax(1).tolist()
-        return CamResult(heatmaps=maps, probs=probs, targets=[int(t) for t in chosen], layer=self.layer)
+        return CamResult(heatmaps=maps, probs=probs, targets=[int(t) for t in chosen], layer=self.layer, raw_range=raw)
 
 
 @contextlib.contextmanager

@@ -165,6 +165,7 @@ class CamResult:
     probs: np.ndarray  # [B, C] softmax of the model's logits
     targets: list[int]  # class id each heatmap explains
     layer: str
+    raw_range: list[tuple[float, float]] | None = None  # per map (min, max) before scaling to [0, 1], where that scaling loses meaning
 
 
 class CamRunner:

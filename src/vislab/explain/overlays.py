@@ -120,6 +120,8 @@ def explain_images(
             if class_name is not None:
                 plan = [[classes.index(class_name)] * len(x)]
                 ranks = [0]
+            elif attention:  # one map per image, labelled with the prediction of the same forward pass
+                plan, ranks = [None], [1]
             else:
                 probs = run.predict(x)
                 order = probs.argsort(dim=1, descending=True)[:, :top_k].cpu().numpy()
@@ -127,7 +129,6 @@ def explain_images(
                 ranks = list(range(1, top_k + 1))
             for targets, rank in zip(plan, ranks):
                 res = run(x, targets)
-                ranges = getattr(run, "raw_range", None)
                 for i, cid in enumerate(res.targets):
                     results.append(
                         Explanation(
@@ -140,7 +141,7 @@ def explain_images(
                             overlay=_upscaled_overlay(display[i], res.heatmaps[i]),
                             method=run.method,
                             layer=res.layer,
-                            raw_range=ranges[i] if ranges else None,
+                            raw_range=res.raw_range[i] if res.raw_range else None,
                         )
                     )
     return results

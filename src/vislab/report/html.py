@@ -249,15 +249,21 @@ def _highest_loss(ev: EvalSet, png: Path | None, items: list[dict[str, Any]]) ->
     return img_tag(png, "highest-loss images") + "<details><summary>as a table</summary>" + table(["image", "true", "predicted", "confidence", "loss"], rows, "compact") + "</details>"
 
 
-def cam_gallery(data: RunData, ev: EvalSet, method: str = "gradcam", n: int = 8) -> tuple[Path | None, str]:
-    """CAMs of a few test images (half the worst, half the most confident right ones).
+def _maps_name(method: str) -> str:
+    return "Attention maps" if method == "attention" else "CAMs"
+
+
+def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8) -> list[tuple[Path | None, str]]:
+    """One gallery per method (a CAM method, or `attention` for ABN runs) of the same few test
+    images: half the worst, half the most confident right ones. The model and images are
+    loaded once for all of them.
 
     Needs the trained model; when it cannot be loaded the reason is returned instead, so a
     report of a run without checkpoints still renders.
     """
     preds = ev.predictions
     if preds is None or preds.empty or "path" not in preds:
-        return None, "No per-image predictions, so no images to explain."
+        return [(None, "No per-image predictions, so no images to explain.")] * len(methods)
     df = preds[preds["label"] != ""].copy()
     df["loss"] = pd.to_numeric(df.get("loss"), errors="coerce")
     worst = df.sort_values("loss", ascending=False, kind="stable").head(n // 2)
@@ -265,25 +271,35 @@ def cam_gallery(data: RunData, ev: EvalSet, method: str = "gradcam", n: int = 8)
     chosen = pd.concat([worst, right])
     chosen = chosen[[Path(p).is_file() for p in chosen["path"]]]
     if chosen.empty:
-        return None, "The evaluated images are not reachable from here."
+        return [(None, "The evaluated images are not reachable from here.")] * len(methods)
     from vislab.data.io import load_image
     from vislab.explain.overlays import explain_images, load_trained
+
+    def unavailable(method: str, err: Exception) -> tuple[None, str]:
+        return None, f"{_maps_name(method)} unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
 
     try:
         loaded = load_trained(data.run_dir)
         images = [load_image(p) for p in chosen["path"]]
-        results = explain_images(loaded.model, loaded.spec, list(loaded.classes), images, list(chosen["path"]), method=method,
-                                 grayscale=loaded.cfg.data.grayscale)
-    except Exception as err:  # noqa: BLE001 - optional section: say why instead of failing the report
-        return None, f"CAMs unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-    tiles = []
-    for r, row in zip(results, chosen.itertuples()):
-        mark = "✓" if row.label == r.class_name else "✗"
-        tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})"))
-    stem = "attention" if method == "attention" else "cams"
-    png = plots.plot_cam_gallery(tiles, data.run_dir / "plots" / f"{stem}_{ev.name}.png",
-                                 title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")
-    return png, ""
+    except Exception as err:  # noqa: BLE001 - optional sections: say why instead of failing the report
+        return [unavailable(m, err) for m in methods]
+    out: list[tuple[Path | None, str]] = []
+    for method in methods:
+        try:
+            results = explain_images(loaded.model, loaded.spec, list(loaded.classes), images, list(chosen["path"]), method=method,
+                                     grayscale=loaded.cfg.data.grayscale)
+        except Exception as err:  # noqa: BLE001 - as above
+            out.append(unavailable(method, err))
+            continue
+        tiles = []
+        for r, row in zip(results, chosen.itertuples()):
+            mark = "✓" if row.label == r.class_name else "✗"
+            tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})"))
+        stem = "attention" if method == "attention" else "cams"
+        png = plots.plot_cam_gallery(tiles, data.run_dir / "plots" / f"{stem}_{ev.name}.png",
+                                     title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")
+        out.append((png, ""))
+    return out
 
 
 def sections(data: RunData) -> list[tuple[str, str]]:
@@ -391,11 +407,13 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
         items = plots.highest_loss_items(ev, 12)
         body.append(section("highest-loss", "Highest-loss images", _highest_loss(ev, made.get("highest_loss"), items),
                             "The images the model got most wrong: label noise, ambiguous classes or real failures."))
-        cam_png, why = cam_gallery(data, ev, cam_method) if cams else (None, "CAMs were not requested (--no-cams).")
+        methods = [cam_method] + (["attention"] if data.is_abn else [])
+        galleries = cam_galleries(data, ev, methods) if cams else [(None, f"{_maps_name(m)} were not requested (--no-cams).") for m in methods]
+        cam_png, why = galleries[0]
         body.append(section("cams", "Where the model looks", img_tag(cam_png, "class activation maps") or note(why),
                             _cam_lead(cam_method) if cam_png else ""))
         if data.is_abn:
-            att_png, why = cam_gallery(data, ev, "attention") if cams else (None, "Attention maps were not requested (--no-cams).")
+            att_png, why = galleries[1]
             body.append(section("attention", "Attention branch maps", img_tag(att_png, "ABN attention maps") or note(why),
                                 _cam_lead("attention") if att_png else ""))
     else:
