@@ -6,7 +6,7 @@ augmentation (CIFAR-10: random 2-pixel translate + horizontal flip; photos: cent
 
 - baseline: `torchvision.datasets.ImageFolder` + PIL transforms + `DataLoader`;
 - vislab: the prepared cache (`vislab prepare`, timed separately as a one-time cost) read
-  by the cached datamodule's pieces (`CachedBatches` + `BatchKeys` + `EpochSampler`), and
+  by the cached datamodule's pieces (`CachedLoader` of `CachedBatches` + `BatchKeys` + `EpochSampler`), and
   `BatchTransform` on the whole batch, as the task's `on_after_batch_transfer` does.
 
 Datasets: CIFAR-10 (50,000 32x32 JPEGs) and the camera photos (84 JPEGs up to 2400 px) at
@@ -85,11 +85,9 @@ def baseline_rate(root: Path, size: int, mean, std, batch: int, workers: int, li
 def cached_rate(dataset_dir: Path, size: int, mean, std, batch: int, workers: int, limit: int | None, epochs: int, translate: bool):
     import numpy as np
     import torch
-    from torch.utils.data import DataLoader
-
     from vislab.data.batch_augment import BatchTransform
     from vislab.data.cache import prepare_cache
-    from vislab.data.cached import BatchKeys, CachedBatches
+    from vislab.data.cached import BatchKeys, CachedBatches, CachedLoader
     from vislab.data.datamodule import EpochSampler
 
     start = time.perf_counter()
@@ -101,7 +99,7 @@ def cached_rate(dataset_dir: Path, size: int, mean, std, batch: int, workers: in
     targets = [labels.index(cache.labels[i]) for i in rows]
     ds = CachedBatches(cache.images, rows, targets)
     sampler = EpochSampler(n, seed=0, shuffle=True)
-    loader = DataLoader(ds, batch_size=None, sampler=BatchKeys(sampler, batch, False), num_workers=workers, persistent_workers=workers > 0)
+    loader = CachedLoader(ds, BatchKeys(sampler, batch, False), num_workers=workers, persistent_workers=workers > 0)
     aug = {"hflip": 0.5, "crop_padding": 2 if translate else None}
     tf = BatchTransform((size, size), mean, std, aug)
     rate, count = drain(loader, lambda item: tf(item[0], train=True, seed=int(item[2])), epochs)
@@ -140,7 +138,7 @@ def main() -> None:
     # CIFAR-10: 32x32 JPEGs
     cifar_root = unpack(DATA / CIFAR, work / "cifar", "cifar10/train")
     cifar_ds = curate(cifar_root, work / "cifar-ds")
-    base, base_n = baseline_rate(cifar_root, 32, CIFAR_MEAN, CIFAR_STD, args.batch, args.workers, args.cifar_images, 1, True)
+    base, base_n = baseline_rate(cifar_root, 32, CIFAR_MEAN, CIFAR_STD, args.batch, args.workers, args.cifar_images, 2, True)
     fast, fast_n, prep, in_ram = cached_rate(cifar_ds, 32, CIFAR_MEAN, CIFAR_STD, args.batch, args.workers, None, 3, True)
     out["cifar10"] = {
         "batch": args.batch,

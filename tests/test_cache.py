@@ -143,3 +143,21 @@ def test_cached_datamodule_serves_the_eval_pixels(tmp_path: Path) -> None:
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.cat([y for _, y in plain.val_dataloader()]))
     train = next(iter(cached.train_dataloader()))
     assert len(train) == 3 and train[2].dtype == torch.long  # uint8 images, targets, augmentation seed
+
+
+def test_cached_loader_gives_the_same_batches_with_workers(tmp_path: Path) -> None:
+    from vislab.data.cached import CachedClassifyDataModule
+
+    ds = _dataset(tmp_path)
+    spec = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    epochs = []
+    for workers in (0, 2):
+        dm = CachedClassifyDataModule(ds, DataConfig(batch_size=1, num_workers=workers), spec, seed=5)
+        loader = dm.train_dataloader()
+        loader.sampler.set_epoch(1)
+        epochs.append(list(loader))
+    assert len(epochs[0]) == len(epochs[1]) > 1
+    for a, b in zip(*epochs):
+        assert [t.dtype for t in a] == [torch.uint8, torch.long, torch.long]
+        assert a[0].is_contiguous(memory_format=torch.channels_last)
+        assert all(torch.equal(s, t) for s, t in zip(a, b))

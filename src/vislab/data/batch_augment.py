@@ -78,10 +78,19 @@ def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str 
     return xp.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def _reflect(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Indices outside 0..n-1 mirrored back inside, as reflect padding does (edge not repeated)."""
-    idx = idx.abs()
-    return torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+def _reflect_pad(y: torch.Tensor, pad: int) -> torch.Tensor:
+    """NHWC batch reflect-padded by `pad` on H and W (edge not repeated), by slice copies:
+    index ops move uint8 pixels one byte at a time, slices copy whole rows."""
+    b, h, w, c = y.shape
+    out = y.new_empty(b, h + 2 * pad, w + 2 * pad, c)
+    out[:, pad : pad + h, pad : pad + w] = y
+    for i in range(pad):
+        out[:, pad : pad + h, pad - 1 - i] = y[:, :, i + 1]
+        out[:, pad : pad + h, pad + w + i] = y[:, :, w - 2 - i]
+    for i in range(pad):
+        out[:, pad - 1 - i] = out[:, pad + 1 + i]
+        out[:, pad + h + i] = out[:, pad + h - 2 - i]
+    return out
 
 
 def shift_flip_normalize(
@@ -89,31 +98,33 @@ def shift_flip_normalize(
 ) -> torch.Tensor:
     """`random_translate` then `random_flip` then `normalize`, fused for uint8 batches.
 
-    The same random draws in the same order, and the same pixel values (the steps only move
-    pixels, which commutes with the per-channel normalisation), but as one gather on the
-    uint8 NHWC pixels followed by one normalising pass: a quarter of the memory traffic of
-    padding and indexing float batches. Returns channels_last strides.
+    The same random draws in the same order and the same pixel values (the steps only move
+    pixels, which commutes with the per-channel normalisation), but cheap on a CPU: every
+    output row is a contiguous run of W x C bytes of the padded (or padded and mirrored)
+    batch, so the crop is one row gather, and the normalisation runs on rows of W x C values
+    with the channel constants tiled along them, which vectorises (a trailing dimension of 3
+    does not). Returns channels_last strides.
     """
     b, c, h, w = x.shape
     dev = x.device
-    rows = torch.arange(h).expand(b, h)
-    cols = torch.arange(w).expand(b, w)
-    if pad > 0:
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        rows = _reflect(rows + (dy[:, None] - pad), h)
-        cols = _reflect(cols + (dx[:, None] - pad), w)
-    if hflip > 0:
-        mask = _bernoulli(gen, b, hflip)
-        cols = torch.where(mask[:, None], cols.flip(1), cols)
-    y = x.permute(0, 2, 3, 1)  # B x H x W x C
+    y = x.permute(0, 2, 3, 1).contiguous()  # B x H x W x C; free for the cache's batches
     if pad > 0 or hflip > 0:
-        batch = torch.arange(b)[:, None, None].to(dev)
-        y = y[batch, rows[:, :, None].to(dev), cols[:, None, :].to(dev)]
-    y = y.float().div_(255.0)
-    m = torch.tensor(list(mean), dtype=y.dtype, device=dev)
-    sd = torch.tensor(list(std), dtype=y.dtype, device=dev)
-    return y.sub_(m).div_(sd).permute(0, 3, 1, 2)
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen) if pad > 0 else torch.zeros(b, dtype=torch.long)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen) if pad > 0 else torch.zeros(b, dtype=torch.long)
+        flip = _bernoulli(gen, b, hflip) if hflip > 0 else torch.zeros(b, dtype=torch.bool)
+        padded = _reflect_pad(y, pad) if pad > 0 else y
+        source = torch.cat([padded, padded.flip(2)]) if hflip > 0 else padded
+        hp, wp = h + 2 * pad, w + 2 * pad
+        image = torch.arange(b) + b * flip.long()
+        left = torch.where(flip, 2 * pad - dx, dx)  # a crop of the mirror starts where the crop ends
+        first = ((image[:, None] * hp + dy[:, None] + torch.arange(h)) * wp + left[:, None]).reshape(-1)
+        flat = source.reshape(-1)
+        runs = flat.as_strided(((flat.numel() - w * c) // c + 1, w * c), (c, 1))
+        y = runs.index_select(0, first.to(dev)).view(b, h, w, c)
+    m = torch.tensor(list(mean), dtype=torch.float32, device=dev).repeat(w)
+    sd = torch.tensor(list(std), dtype=torch.float32, device=dev).repeat(w)
+    out = y.view(b * h, w * c).float().div_(255.0).sub_(m).div_(sd)
+    return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def random_flip(x: torch.Tensor, p: float, gen: torch.Generator, dim: int = 3) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Same splits, epoch order, augmentation seeds (a batch takes its first sample's), DDP sharding
 and mid-epoch resume as
 `ClassifyDataModule` (it is a subclass and keeps its sampler), but a batch is one fancy-index
-into the cache array: `CachedBatches` returns N x 3 x H x W uint8 (a view of the N x H x W x 3
+into the cache array: `CachedLoader` yields N x 3 x H x W uint8 (a view of the N x H x W x 3
 array, so its memory is already channels_last) with the targets and, in training, the
 batch's augmentation seed. The task's `on_after_batch_transfer` then normalises and augments
 the batch with `batch_augment.BatchTransform` on the device it landed on (the GPU when there
@@ -30,24 +30,46 @@ from vislab.data.datamodule import ClassifyDataModule, EpochSampler
 
 
 class CachedBatches(Dataset):
-    """Batches of cache rows: key = list of row positions, or of (position, seed) in training."""
+    """Batches of cache rows, as numpy arrays: a worker hands them back through its pipe in
+    one pickle, where each tensor would cost a shared-memory segment of its own (for small
+    batches that hand-off, not the gather, bounded the loader). `CachedLoader` makes them tensors."""
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, targets: Sequence[int]) -> None:
         self.images = images
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.targets = torch.as_tensor(list(targets), dtype=torch.long)
+        self.targets = np.asarray(list(targets), dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: tuple[np.ndarray, int | None]) -> tuple[torch.Tensor, ...]:
-        """`key`: what `BatchKeys` yields, (positions array, the batch's augmentation seed or None)."""
+    def __getitem__(self, key: tuple[np.ndarray, int | None]) -> tuple[Any, ...]:
+        """`key`: what `BatchKeys` yields, (positions array, the batch's augmentation seed or None).
+        Returns N x H x W x C uint8 pixels, the targets and, in training, the seed."""
         pos, seed = key
-        x = torch.from_numpy(np.ascontiguousarray(self.images[self.rows[pos]])).permute(0, 3, 1, 2)
-        y = self.targets[torch.from_numpy(pos)]
-        if seed is not None:
-            return x, y, torch.tensor(seed, dtype=torch.long)
-        return x, y
+        x, y = np.ascontiguousarray(self.images[self.rows[pos]]), self.targets[pos]
+        return (x, y) if seed is None else (x, y, seed)
+
+
+def _as_is(batch: Any) -> Any:
+    """The collate step of `CachedLoader`: a key already makes a whole batch."""
+    return batch
+
+
+class CachedLoader(DataLoader):
+    """DataLoader of `CachedBatches` + `BatchKeys` that yields tensors: N x 3 x H x W uint8
+    (a view of the NHWC pixels, so already channels_last), int64 targets and, in training,
+    the seed as a 0-d tensor. Pinned when a GPU is there."""
+
+    def __init__(self, ds: CachedBatches, sampler: "BatchKeys", **kwargs: Any) -> None:
+        self.pin = bool(kwargs.pop("pin_memory", False))
+        super().__init__(ds, batch_size=None, sampler=sampler, collate_fn=_as_is, **kwargs)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:  # type: ignore[override]
+        for x, y, *seed in super().__iter__():
+            pixels = torch.from_numpy(x).permute(0, 3, 1, 2)
+            if self.pin:
+                pixels = pixels.pin_memory()
+            yield (pixels, torch.from_numpy(y), *(torch.tensor(s, dtype=torch.long) for s in seed))
 
 
 class BatchKeys(Sampler):
@@ -110,10 +132,10 @@ class CachedClassifyDataModule(ClassifyDataModule):
 
     def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
         workers = self.cfg.num_workers
-        return DataLoader(
+        assert isinstance(ds, CachedBatches) and isinstance(sampler, EpochSampler)
+        return CachedLoader(
             ds,
-            batch_size=None,
-            sampler=BatchKeys(sampler, batch_size, drop_last),
+            BatchKeys(sampler, batch_size, drop_last),
             num_workers=workers,
             persistent_workers=bool(workers and self.cfg.persistent_workers),
             pin_memory=torch.cuda.is_available(),
