@@ -186,8 +186,9 @@ def _stem(run: Path) -> torch.Tensor:
 def test_recipe_config_switches_the_tricks_on() -> None:
     cfg = load_config(CONFIGS / "cifar10-fast.yaml")
     assert cfg.model.name == "fast_cnn" and cfg.model.fast_cnn.whiten and cfg.data.cache
-    assert cfg.optim.name == "sgd" and cfg.optim.nesterov and cfg.train.label_smoothing > 0
-    assert cfg.train.averaging.kind != "none" and cfg.train.channels_last and cfg.train.precision == "auto"
+    assert cfg.optim.name == "muon" and cfg.optim.nesterov and cfg.optim.muon_normalize and cfg.train.label_smoothing > 0
+    assert cfg.optim.bias_lr_mult > 1 and not cfg.model.fast_cnn.bn_weight
+    assert cfg.train.channels_last and cfg.train.precision == "auto"
     assert cfg.data.augment.hflip and cfg.data.augment.crop_padding
 
 
@@ -213,12 +214,25 @@ def test_ema_and_the_file_loader_without_whitening(patterns, tmp_path) -> None:
 
     run = train(
         _recipe("data.cache=false", "model.fast_cnn.whiten=false", "train.averaging.kind=ema", "train.averaging.decay=0.5",
-                "optim.nesterov=false", "train.label_smoothing=0.0", "train.channels_last=false", "train.precision=32-true"),
+                "optim.name=sgd", "optim.nesterov=false", "optim.bias_lr_mult=1", "model.fast_cnn.bn_weight=true",
+                "scheduler.name=onecycle", "train.label_smoothing=0.0", "train.channels_last=false", "train.precision=32-true"),
         patterns, tmp_path / "r")
     ckpt = load_checkpoint_file(run / "checkpoints/last.ckpt")
     assert "current_model_state" in ckpt  # the averaged weights are the checkpoint's state_dict
     averaged, current = ckpt["state_dict"]["model.head.weight"], ckpt["current_model_state"]["model.head.weight"]
     assert not torch.equal(averaged, current)
+    assert not torch.equal(ckpt["state_dict"]["model.stages.0.bn1.weight"], torch.ones(8))  # BN scales learn
+
+
+def test_muon_recipe_keeps_filter_norms_and_bn_scales(patterns, tmp_path) -> None:
+    from vislab.runs import load_checkpoint_file
+    from vislab.train import train
+
+    run = train(_recipe("train.averaging.kind=none"), patterns, tmp_path / "r")
+    state = load_checkpoint_file(run / "checkpoints/last.ckpt")["state_dict"]
+    assert torch.equal(state["model.stages.0.bn1.weight"], torch.ones(8))  # bn_weight: false
+    w = state["model.stages.1.conv1.weight"]  # normalised to sqrt(out) before each Muon step
+    assert abs(w.norm().item() - 16**0.5) < 0.5 and not torch.equal(w, create_model(_recipe().model, 3).stages[1].conv1.weight)
 
 
 def test_whitening_on_the_file_loader(patterns, tmp_path) -> None:

@@ -226,6 +226,7 @@ def test_shipped_configs_validate():
         ("asgd-exponential", {"optim": {"name": "asgd"}, "scheduler": {"name": "exponential", "gamma": 0.5}}, "halving"),
         ("adam-onecycle", {"optim": {"name": "adam"}, "scheduler": {"name": "onecycle"}}, "peak"),
         ("cosine-warmup", {"scheduler": {"name": "cosine", "warmup_epochs": 1}}, "peak"),
+        ("muon-linear", {"optim": {"name": "muon", "lr": 0.01, "muon_lr": 0.02, "nesterov": True}, "scheduler": {"name": "linear"}}, "linear"),
         ("bf16-channels-last", {"train": {"precision": "bf16-mixed", "channels_last": True}}, None),
         ("grey-weighted-strong-mixing", {"model": {"in_chans": 1}, "data": {"grayscale": True, "sampler": "weighted", "augment": {"preset": "strong", "mixup": 0.4, "cutmix": 1.0}}}, "grey"),
         ("early-stopping", {"optim": {"lr": 1e-9}, "train": {"epochs": 6, "early_stopping": {"monitor": "val/loss", "mode": "min", "patience": 1, "min_delta": 1.0}}}, "early"),
@@ -240,6 +241,9 @@ def test_training_options_run(dataset, tmp_path, name, sections, check):
         assert lr == pytest.approx([0.01, 0.005, 0.0025])
     elif check == "peak":
         assert lr[0] < lr[1] > lr[2]  # warm-up, then decay
+    elif check == "linear":
+        assert lr[0] == pytest.approx(0.01) and lr[0] > lr[1] > lr[2] > 0
+        assert rows["lr/backbone"].tolist()[0] == pytest.approx(0.02)  # Muon's rate on the backbone filters
     elif check == "grey":
         assert json.loads((run / "run.json").read_text())["data_spec"]["input_size"] == [1, 16, 16]
     if check == "early":

@@ -61,6 +61,9 @@ class FastCNNConfig(Section):
     dirac_init: bool = True
     logit_scale: float = Field(1 / 9, gt=0.0)
     bn_momentum: float = Field(0.4, gt=0.0, le=1.0)
+    # false keeps the BatchNorm scales at 1 (their biases still learn): one scale fewer per
+    # channel to fit, which a high-learning-rate recipe likes
+    bn_weight: bool = True
 
 
 class ModelConfig(Section):
@@ -113,16 +116,26 @@ class DataConfig(Section):
 
 
 class OptimConfig(Section):
-    name: Literal["sgd", "asgd", "adam", "adamw"] = "adamw"
+    # muon: Muon on the backbone's weight matrices and conv filters, SGD (lr, momentum,
+    # nesterov, weight_decay) on the head, biases and norm parameters
+    name: Literal["sgd", "asgd", "adam", "adamw", "muon"] = "adamw"
     lr: float = Field(1e-3, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
     backbone_lr_mult: float = Field(1.0, gt=0.0)
+    # learning-rate multiplier of biases and norm parameters (they take no weight decay)
+    bias_lr_mult: float = Field(1.0, gt=0.0)
+    muon_lr: float = Field(0.02, gt=0.0)
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0)
+    muon_ns_steps: int = Field(5, ge=1, le=10)
+    # keep each filter bank's norm fixed instead of weight decay: right when a norm layer
+    # follows every Muon layer (the output then ignores the weight's scale)
+    muon_normalize: bool = False
 
 
 class SchedulerConfig(Section):
-    name: Literal["none", "plateau", "exponential", "cosine", "onecycle"] = "none"
+    name: Literal["none", "plateau", "exponential", "cosine", "linear", "onecycle"] = "none"
     warmup_epochs: float = Field(0.0, ge=0.0)
     gamma: float = Field(0.95, gt=0.0, le=1.0)
     patience: int = Field(3, ge=0)

@@ -296,10 +296,11 @@ def is_backbone_frozen(model: nn.Module) -> bool:
 
 
 def param_groups(
-    model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0
+    model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, weight_decay: float = 0.0, bias_lr_mult: float = 1.0
 ) -> list[dict[str, Any]]:
     """Optimizer groups: backbone at `lr * backbone_lr_mult`, head at `lr`; no weight decay on
-    biases, norm weights and other 1-d parameters (nor on `model.no_weight_decay()` names).
+    biases, norm weights and other 1-d parameters (nor on `model.no_weight_decay()` names),
+    whose learning rate is also multiplied by `bias_lr_mult`.
 
     Frozen parameters are included, so unfreezing later needs no new optimizer (parameters
     without gradients are skipped by torch optimizers). Each group has a `name`.
@@ -311,9 +312,9 @@ def param_groups(
     for part, named, mult in (("backbone", backbone, backbone_lr_mult), ("head", head, 1.0)):
         decay = [p for n, p in named if p.ndim > 1 and n not in skip]
         no_decay = [p for n, p in named if p.ndim <= 1 or n in skip]
-        for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
+        for suffix, params, wd, m in (("", decay, weight_decay, 1.0), ("_no_decay", no_decay, 0.0, bias_lr_mult)):
             if params:
-                groups.append({"name": part + suffix, "params": params, "lr": lr * mult, "weight_decay": wd})
+                groups.append({"name": part + suffix, "params": params, "lr": lr * mult * m, "weight_decay": wd})
     return groups
 
 

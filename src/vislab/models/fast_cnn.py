@@ -11,6 +11,7 @@ written here from the ideas, not from any code:
   the second conv of each stage runs at the lower resolution;
 - global max pooling, a bias-free linear classifier, and logits scaled by a constant
   (a large-batch, high-learning-rate recipe trains better with small initial logits);
+- BatchNorm scales optionally kept at 1 (`bn_weight: false`), only the shifts learning;
 - optional identity ("dirac") initialisation of the convs, which makes a deep plain net
   start close to a shallow one.
 
@@ -92,6 +93,10 @@ class FastCNN(nn.Module):
             {"module": f"stages.{i}", "num_chs": w, "reduction": 2 ** (i + 1)} for i, w in enumerate(cfg.widths)
         ]
         self.num_features = ch
+        if not cfg.bn_weight:
+            for m in self.stages.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
         self.global_pool = nn.AdaptiveMaxPool2d(1)
         self.logit_scale = cfg.logit_scale
         self.reset_classifier(num_classes)

@@ -33,6 +33,7 @@ from vislab.data.transforms import resolve_augment
 from vislab.errors import VislabError
 from vislab.models import backbones
 from vislab.models.registry import DataSpec, create_model, data_spec
+from vislab.optim import build_optimizer
 
 RNG_KEY = "vislab_rng"
 
@@ -310,13 +311,6 @@ class ClassifyTask(L.LightningModule):
         self._rng_to_restore = checkpoint.get(RNG_KEY)
 
     # ---- optimisation --------------------------------------------------------------------
-    def param_groups(self) -> list[dict[str, Any]]:
-        o = self.cfg.optim
-        try:
-            return backbones.param_groups(self.model, o.lr, o.backbone_lr_mult, o.weight_decay)
-        except TypeError:  # a model without get_classifier(): one group, no backbone split
-            return [{"name": "all", "params": list(self.model.parameters()), "lr": o.lr, "weight_decay": o.weight_decay}]
-
     def _steps_per_epoch(self) -> int:
         trainer = self.trainer
         dm = trainer.datamodule
@@ -326,17 +320,8 @@ class ClassifyTask(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         o, s = self.cfg.optim, self.cfg.scheduler
-        groups = self.param_groups()
-        if o.name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov)
-        elif o.name == "asgd":
-            opt = torch.optim.ASGD(groups, lr=o.lr)
-        elif o.name == "adam":
-            opt = torch.optim.Adam(groups, lr=o.lr)
-        else:
-            opt = torch.optim.AdamW(groups, lr=o.lr)
-        if o.name == "sgd" and o.nesterov and o.momentum <= 0:
-            raise VislabError("optim.nesterov: Nesterov momentum needs optim.momentum > 0")
+        opt = build_optimizer(self.model, o)
+        groups = opt.param_groups
         if s.name == "none":
             return opt
         if s.name == "plateau":
@@ -366,18 +351,21 @@ class ClassifyTask(L.LightningModule):
 
 
 def _step_schedule(name: str, warmup: int, total: int, per_epoch: int, gamma: float, floor: float):
-    """Per-step LR factor: linear warm-up, then cosine to `floor` or exponential decay per epoch.
+    """Per-step LR factor: linear warm-up, then cosine or linear decay to `floor`, or
+    exponential decay per epoch.
 
     A plain closure on purpose: LambdaLR does not save it, so a resumed run that was given
-    more epochs stretches the cosine over the new total instead of keeping the old one.
+    more epochs stretches the decay over the new total instead of keeping the old one.
     """
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / (warmup + 1)
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
         if name == "cosine":
-            t = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        if name == "linear":
+            return floor + (1 - floor) * (1 - t)
         return max(floor, gamma ** ((step - warmup) // max(1, per_epoch)))
 
     return factor
