@@ -231,8 +231,11 @@ def test_muon_recipe_keeps_filter_norms_and_bn_scales(patterns, tmp_path) -> Non
     run = train(_recipe("train.averaging.kind=none"), patterns, tmp_path / "r")
     state = load_checkpoint_file(run / "checkpoints/last.ckpt")["state_dict"]
     assert torch.equal(state["model.stages.0.bn1.weight"], torch.ones(8))  # bn_weight: false
-    w = state["model.stages.1.conv1.weight"]  # normalised to sqrt(out) before each Muon step
-    assert abs(w.norm().item() - 16**0.5) < 0.5 and not torch.equal(w, create_model(_recipe().model, 3).stages[1].conv1.weight)
+    fresh = create_model(_recipe().model, 3)
+    for name in ("stages.0.conv1", "stages.0.conv2", "stages.1.conv1", "stages.2.conv2"):
+        w = state[f"model.{name}.weight"]  # normalised to sqrt(out) before each Muon step (the last one is tiny)
+        assert abs(w.norm().item() - w.shape[0] ** 0.5) < 0.05, name
+        assert not torch.equal(w, fresh.get_parameter(f"{name}.weight"))
 
 
 def test_whitening_on_the_file_loader(patterns, tmp_path) -> None:

@@ -9,7 +9,8 @@ too once flattened to out x (in * kh * kw), which is how they are treated here.
 
 Groups with `muon: True` take the Muon update (their own `muon_momentum`, so a one-cycle
 schedule that cycles `momentum` leaves them alone); the others take torch's SGD update
-(L2 weight decay, momentum, optional Nesterov), step for step the same as `torch.optim.SGD`.
+(L2 weight decay, momentum, optional Nesterov) through torch's functional `sgd`, so they
+step exactly as `torch.optim.SGD` does.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
+from torch.optim.sgd import sgd
 
 from vislab.config import OptimConfig
 from vislab.errors import VislabError
@@ -77,24 +79,23 @@ class MuonSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._muon if group["muon"] else self._sgd)(p, group)
+            if group["muon"]:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._muon(p, group)
+            else:
+                self._sgd(group)
         return loss
 
-    def _sgd(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        g, lr, mom, wd = p.grad, group["lr"], group["momentum"], group["weight_decay"]
-        if wd:
-            g = g.add(p, alpha=wd)
-        if mom:
-            state = self.state[p]
-            buf = state.get("momentum_buffer")
-            if buf is None:
-                buf = state["momentum_buffer"] = g.detach().clone()
-            else:
-                buf.mul_(mom).add_(g)
-            g = g.add(buf, alpha=mom) if group["nesterov"] else buf
-        p.add_(g, alpha=-lr)
+    def _sgd(self, group: dict[str, Any]) -> None:
+        """torch's own SGD update (its functional form) on the group's parameters with gradients."""
+        params = [p for p in group["params"] if p.grad is not None]
+        buffers = [self.state[p].get("momentum_buffer") for p in params]
+        sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"], momentum=group["momentum"],
+            lr=group["lr"], dampening=0.0, nesterov=group["nesterov"], maximize=False)
+        if group["momentum"]:
+            for p, buf in zip(params, buffers):  # created on the first step
+                self.state[p]["momentum_buffer"] = buf
 
     def _muon(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         lr, mom = group["lr"], group["muon_momentum"]

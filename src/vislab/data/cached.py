@@ -60,7 +60,7 @@ class CachedLoader(DataLoader):
     (a view of the NHWC pixels, so already channels_last), int64 targets and, in training,
     the seed as a 0-d tensor. Pinned when a GPU is there."""
 
-    def __init__(self, ds: CachedBatches, sampler: "BatchKeys", **kwargs: Any) -> None:
+    def __init__(self, ds: CachedBatches, sampler: BatchKeys, **kwargs: Any) -> None:
         self.pin = bool(kwargs.pop("pin_memory", False))
         super().__init__(ds, batch_size=None, sampler=sampler, collate_fn=_as_is, **kwargs)
 
