@@ -1,0 +1,102 @@
+"""Guards for every path vislab reads or writes.
+
+- `inside(root, *parts)`: the path a writer may use, resolved and checked to stay inside its
+  output folder (a label such as `../../x` or `/abs` never escapes it).
+- `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
+  curate refuses such labels with a reason before any writer sees them.
+- `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
+  pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
+
+Each raises `VislabError` (writers) or `SpecialFileError` (readers, so callers can turn it
+into a per-file reason) with a message naming the path.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO
+
+from vislab.errors import VislabError
+
+# Reads of a single image or label file are refused above this size (a camera RAW is ~100 MB).
+MAX_FILE_BYTES = 512 * 1024 * 1024
+_NAME_MAX_BYTES = 255
+
+
+class SpecialFileError(OSError):
+    """The path is not a regular file (a pipe, device, socket or folder), or is too large to read."""
+
+
+def inside(root: str | Path, *parts: str | Path) -> Path:
+    """`root/parts...` made absolute, refused unless it stays inside `root`.
+
+    Symbolic links already on disk are resolved, so a link inside `root` that points out of
+    it does not let a write through either.
+    """
+    base = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(os.path.join(base, *[str(p) for p in parts])))
+    if target != base and base not in target.parents:
+        shown = os.path.join(*[str(p) for p in parts]) if parts else str(root)
+        raise VislabError(f"{shown}: would be written outside {base}; refused (use labels and names without '..' or '/')")
+    return target
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why `name` cannot be one folder-name component on common filesystems, or None."""
+    if name in ("", ".", ".."):
+        return f"'{name}' is not a folder name"
+    if "/" in name or "\\" in name:
+        return "contains a path separator ('/' or '\\')"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "contains a control character"
+    if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX_BYTES:
+        return f"longer than {_NAME_MAX_BYTES} bytes"
+    if name != name.strip():
+        return "starts or ends with whitespace"
+    return None
+
+
+def regular_file_problem(path: str | Path) -> str | None:
+    """Why `path` must not be read as a file (not there, a pipe, a device, ...), or None."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return os.strerror(err.errno) if err.errno else str(err)
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
+def open_regular(path: str | Path, limit: int | None = MAX_FILE_BYTES) -> BinaryIO:
+    """Open a regular file for reading without ever blocking on a pipe or device.
+
+    O_NONBLOCK makes opening a FIFO return at once; the opened descriptor is then checked
+    with fstat, so a file swapped for a pipe after a stat cannot slip through.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecialFileError(f"{path}: not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise SpecialFileError(f"{path}: {st.st_size:,} bytes, over the {limit:,}-byte limit")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes (checked again while reading,
+    in case the file grows)."""
+    with open_regular(path, limit) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise SpecialFileError(f"{path}: over the {limit:,}-byte limit")
+    return data

@@ -1,0 +1,65 @@
+"""The filesystem guards: writes stay inside their folder, special files are never read."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from vislab.errors import VislabError
+from vislab.fsguard import SpecialFileError, folder_name_problem, inside, open_regular, read_bounded, regular_file_problem
+
+
+def test_inside_refuses_escapes(tmp_path):
+    root = tmp_path / "out"
+    root.mkdir()
+    assert inside(root, "a", "b.png") == (root / "a" / "b.png").resolve()
+    for bad in ("../x", "/etc/passwd", "a/../../x"):
+        with pytest.raises(VislabError, match="outside"):
+            inside(root, bad)
+    (root / "link").symlink_to(tmp_path)  # a link inside that points out
+    with pytest.raises(VislabError, match="outside"):
+        inside(root, "link", "x")
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "a\\b", "tab\there", " pad", "x" * 300])
+def test_bad_folder_names(name):
+    assert folder_name_problem(name) is not None
+
+
+@pytest.mark.parametrize("name", ["cat", "Golden Retriever", "$\\badcmd{$".replace("\\", ""), "日本"])
+def test_good_folder_names(name):
+    assert folder_name_problem(name) is None
+
+
+def test_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    result: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_bounded(fifo)
+        except BaseException as err:  # noqa: BLE001 - recorded for the assertion
+            result.append(err)
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(5)
+    assert not t.is_alive(), "reading a named pipe blocked"
+    assert isinstance(result[0], SpecialFileError)
+    assert regular_file_problem(fifo) == "not a regular file"
+
+
+def test_device_and_size_limit(tmp_path):
+    with pytest.raises(SpecialFileError):
+        read_bounded("/dev/zero")
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * 100)
+    with pytest.raises(SpecialFileError, match="limit"):
+        read_bounded(big, limit=10)
+    assert read_bounded(big, limit=100) == b"x" * 100
+    with open_regular(big) as fh:
+        assert fh.read(3) == b"xxx"
+    assert regular_file_problem(tmp_path / "nope") == "missing"
