@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
 
 from vislab.errors import VislabError
+
+if TYPE_CHECKING:
+    from vislab.collect.fetch import Tally
 
 app = typer.Typer(
     add_completion=False,
@@ -47,9 +50,10 @@ def user_errors(fn: F) -> F:
 def curate(
     sources: List[Path] = typer.Argument(None, help="Image folders (ROOT/<class>/... or a flat folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset directory to write the manifest into."),
+    photos: Optional[Path] = typer.Option(None, help="photos.csv of `vislab collect` (or its folder); its licence columns go into the manifest."),
     labels: Optional[Path] = typer.Option(None, help="CSV of labels; paths are relative to the CSV."),
     path_column: str = typer.Option("path", help="Column of --labels/--ratings holding image paths."),
-    label_column: str = typer.Option("label", help="Column of --labels holding class names."),
+    label_column: str = typer.Option("label", help="Column of --labels (or --photos) holding class names."),
     ratings: Optional[Path] = typer.Option(None, help="CSV of annotator ratings (one row per answer)."),
     annotator: Optional[str] = typer.Option(None, help="Annotator name, or mean|median|majority."),
     question: Optional[str] = typer.Option(None, help="Question whose answers become labels."),
@@ -81,6 +85,7 @@ def curate(
 
     opts = CurateOptions(
         sources=list(sources or []),
+        photos=photos,
         labels=labels,
         path_column=path_column,
         label_column=label_column,
@@ -344,6 +349,107 @@ def export(
 
     r = export_run(run_dir, fmt=fmt, out=out, opset=opset)
     console.print(f"exported: {r.path} (input {r.input_shape}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
+
+
+collect_app = typer.Typer(
+    no_args_is_help=True,
+    help="Build a photo folder from Flickr searches or a list of image URLs: licences kept, resumable.",
+)
+app.add_typer(collect_app, name="collect")
+
+
+def _finish_collect(run: Callable[[], Tally], out: Path) -> None:
+    """Run a collect; print its tally; exit 1 when downloads failed or queries were refused,
+    130 on Ctrl-C (finished files stay, the same command continues)."""
+    try:
+        tally = run()
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: finished images stay in {out}; run the same command again to continue",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
+    console.print(f"collected into {out}: {tally.summary()}", highlight=False, soft_wrap=True)
+    console.print(f"photos.csv: {Path(out) / 'photos.csv'}", highlight=False, soft_wrap=True)
+    problems = []
+    if tally.failed:
+        problems.append(f"{len(tally.failed)} download(s) failed; run the same command again to retry them")
+    if tally.refused:
+        problems.append(f"{len(tally.refused)} query(ies) refused by Flickr; change them")
+    if problems:
+        err_console.print(f"[bold red]incomplete:[/] {'; '.join(problems)} (details above)", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=1)
+
+
+@collect_app.command("flickr")
+@user_errors
+def collect_flickr(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for images/, photos.csv and the resume journal."),
+    text: Optional[str] = typer.Option(None, "--text", help="Words to search for (title, description, tags)."),
+    queries: Optional[Path] = typer.Option(None, "--queries", help="File of searches, one per line ('#' comments)."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="Area MIN_LON,MIN_LAT,MAX_LON,MAX_LAT, e.g. 5.9,45.8,10.5,47.8."),
+    license: Optional[str] = typer.Option(None, "--license", show_default="4,5,7,8,9,10,11,12: reuse, also commercial, allowed", help="Flickr licence ids, or 'any'."),
+    min_size: Optional[str] = typer.Option(None, "--min-size", help="Skip originals smaller than WIDTHxHEIGHT (checked before download)."),
+    per_query: Optional[int] = typer.Option(None, "--per-query", help="Keep at most N photos per search."),
+    per_page: int = typer.Option(500, "--per-page", help="Results per API page (max 500; 250 with --bbox)."),
+    taken_after: Optional[str] = typer.Option(None, "--taken-after", help="Only photos taken on or after YYYY-MM-DD."),
+    taken_before: Optional[str] = typer.Option(None, "--taken-before", help="Only photos taken on or before YYYY-MM-DD."),
+    sort: str = typer.Option("date-posted-asc", "--sort", help="Result order; the default keeps pages stable when a run resumes."),
+    label: str = typer.Option("", "--label", help="Value of photos.csv's label column for these photos (curate reads it)."),
+    rate: float = typer.Option(3000, "--rate", help="Most API requests per hour (Flickr allows 3,600 per key)."),
+    workers: int = typer.Option(4, "--workers", help="Parallel downloads."),
+    retries: int = typer.Option(5, "--retries", help="Tries after the first on 5xx, timeouts, dropped or cut-short downloads."),
+    backoff: float = typer.Option(1.0, "--backoff", help="First wait before a retry, in seconds; doubles each time (plus jitter)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed."),
+    api_url: Optional[str] = typer.Option(None, "--api-url", envvar="VISLAB_FLICKR_API_URL", show_default="https://api.flickr.com/services/rest/", help="Flickr REST endpoint."),
+) -> None:
+    """Download originals of Flickr search results with their licences (API key in FLICKR_API_KEY)."""
+    from vislab.collect.flickr import API_URL, api_key_from_env, collect_flickr as run, flickr_options
+
+    opts = flickr_options(
+        text=text,
+        queries=queries,
+        bbox=bbox,
+        license=license or "4,5,7,8,9,10,11,12",
+        min_size=min_size,
+        per_query=per_query,
+        per_page=per_page,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        sort=sort,
+        label=label,
+        rate=rate,
+        workers=workers,
+        retries=retries,
+        backoff=backoff,
+        timeout=timeout,
+        api_url=api_url or API_URL,
+    )
+    key = api_key_from_env()
+    _finish_collect(lambda: run(opts, out, key, console=console), out)
+
+
+@collect_app.command("urls")
+@user_errors
+def collect_urls(
+    file: Path = typer.Argument(..., help="Text file of image URLs, one per line ('#' comments, blank lines skipped)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for images/, photos.csv and the resume journal."),
+    label: str = typer.Option("", "--label", help="Value of photos.csv's label column for these images."),
+    workers: int = typer.Option(4, "--workers", help="Parallel downloads."),
+    retries: int = typer.Option(5, "--retries", help="Tries after the first on 5xx, timeouts, dropped or cut-short downloads."),
+    backoff: float = typer.Option(1.0, "--backoff", help="First wait before a retry, in seconds; doubles each time (plus jitter)."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed."),
+) -> None:
+    """Download a list of image URLs: atomic, resumable, exact duplicates skipped, rows in photos.csv."""
+    from vislab.collect.http import RetryPolicy
+    from vislab.collect.urls import UrlOptions, collect_urls as run, read_url_list
+
+    if workers < 1 or retries < 0 or backoff < 0 or timeout <= 0:
+        raise VislabError("--workers must be 1 or more, --retries and --backoff 0 or more, --timeout above 0")
+    urls = read_url_list(file)
+    opts = UrlOptions(label=label.strip(), workers=workers, retry=RetryPolicy(retries=retries, backoff=backoff, timeout=timeout))
+    _finish_collect(lambda: run(urls, out, opts, console=console), out)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -34,6 +34,7 @@ from vislab.data.manifest import (
     manifest_hash,
     write_manifest,
 )
+from vislab.data.photos import read_photos_csv
 from vislab.data.split import assign_splits, parse_ratios, select_classes
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
@@ -72,6 +73,7 @@ class CurateOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     sources: list[Path] = Field(default_factory=list)
+    photos: Path | None = None
     labels: Path | None = None
     path_column: str = "path"
     label_column: str = "label"
@@ -138,8 +140,8 @@ class CurateOptions(BaseModel):
     def _combinations(self) -> CurateOptions:
         if self.labels is not None and self.ratings is not None:
             raise ValueError("use --labels or --ratings, not both")
-        if not self.sources and self.labels is None and self.ratings is None:
-            raise ValueError("give at least one SOURCE folder, or --labels / --ratings CSV")
+        if not self.sources and self.photos is None and self.labels is None and self.ratings is None:
+            raise ValueError("give at least one SOURCE folder, or --photos / --labels / --ratings CSV")
         if self.split is not None and (self.val_per_class is not None or self.test_per_class is not None):
             raise ValueError("use --split or --val-per-class/--test-per-class, not both")
         if self.ratings is None:
@@ -160,7 +162,7 @@ class CurateOptions(BaseModel):
         """Options that define the dataset, with absolute paths, for curation.json."""
         data = self.model_dump(mode="json", exclude=RUNTIME_OPTIONS)
         data["sources"] = [os.path.abspath(p) for p in self.sources]
-        for key in ("labels", "ratings"):
+        for key in ("photos", "labels", "ratings"):
             if data[key] is not None:
                 data[key] = os.path.abspath(data[key])
         return data
@@ -217,6 +219,9 @@ def _gather(opts: CurateOptions, roots: list[str], out: Path) -> tuple[dict[str,
         hidden += skipped
         for entry in entries:
             found.setdefault(entry.path, entry)
+    if opts.photos is not None:  # its own label column, unless a label table replaces it
+        own_labels = opts.labels is None and opts.ratings is None
+        found.update(read_photos_csv(opts.photos, opts.label_column if own_labels else "label"))
     table: dict[str, src.Found] | None = None
     if opts.labels is not None:
         table = src.read_labels_csv(opts.labels, opts.path_column, opts.label_column)
@@ -234,6 +239,8 @@ def _gather(opts: CurateOptions, roots: list[str], out: Path) -> tuple[dict[str,
     if table is not None:
         for entry in found.values():
             entry.label = None  # a label table replaces folder names as the label source
+        for path, entry in table.items():
+            entry.extra = found[path].extra if path in found else entry.extra
         found.update(table)
     return found, hidden
 
@@ -357,6 +364,9 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         console.print(f"checked {len(paths)} files in {elapsed:.1f} s ({rate:,.0f} files/s)")
 
     df = _table(records, found)
+    extra_columns = sorted({col for entry in found.values() for col in entry.extra})
+    for col in extra_columns:  # e.g. photos.csv attribution, kept beside each image's row
+        df[col] = [found[p].extra.get(col, "") for p in df["path"]]
     _filter_geometry(df, opts)
     conflicting = _dedupe(df, opts.dedupe, opts.near_threshold)
     select_classes(
@@ -377,7 +387,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     )
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_manifest(df[COLUMNS + EXTRA_COLUMNS], out_dir)
+    write_manifest(df[COLUMNS + EXTRA_COLUMNS + extra_columns], out_dir)
 
     summary: dict[str, Any] = {
         "vislab_version": __version__,

@@ -12,7 +12,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -27,11 +27,13 @@ RATING_OUT_OF_BINS = "rating_out_of_bins"
 
 @dataclass
 class Found:
-    """One file a source names. `label` "" marks an unlabelled dataset (self-supervised)."""
+    """One file a source names. `label` "" marks an unlabelled dataset (self-supervised);
+    `extra` holds columns the source carries into the manifest (photos.csv attribution)."""
 
     path: str
     label: str | None
     reason: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- folders

@@ -1,0 +1,361 @@
+"""The output folder of `vislab collect`, and how it survives Ctrl-C, kill -9 and power loss.
+
+```
+DIR/images/<name>.<ext>      finished images; each appears only by an atomic rename
+DIR/images/.vislab-*.part    downloads in flight (removed when the next run starts)
+DIR/photos.csv               one row per image, for attribution (vislab.data.photos)
+DIR/.vislab-collect.jsonl    the journal: pages read, queries finished, photos done,
+                             duplicates skipped; one JSON object per line
+DIR/.vislab-collect.lock     held (flock) while a collect writes DIR
+```
+
+The journal is the record of truth. A photo is done in this order: its complete download
+is renamed into `images/` (and the folder fsynced), a `photo` line carrying its full CSV
+row is appended to the journal (fsynced), then the row is appended to photos.csv. A kill
+between any two steps loses nothing: a finished file the journal does not know is adopted
+by the next run instead of fetched again, and photos.csv is rewritten atomically from the
+journal whenever the two disagree (a torn last line included). Appends are single writes
+of whole lines, so at most the line being written is lost, and the journal skips it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download
+from vislab.data.photos import COLUMNS, PHOTOS_NAME
+from vislab.errors import VislabError
+from vislab.fsguard import inside
+
+IMAGES_DIR = "images"
+JOURNAL_NAME = ".vislab-collect.jsonl"
+LOCK_NAME = ".vislab-collect.lock"
+
+SAVED = "saved"
+DUPLICATE = "duplicate"
+PRESENT = "present"
+
+# File signatures, for an extension when neither the URL nor the Content-Type gives one.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"GIF8", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+)
+_TYPES = {
+    "image/jpeg": ".jpg",
+    "image/png": ".png",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/tiff": ".tif",
+    "image/bmp": ".bmp",
+    "image/heic": ".heic",
+    "image/avif": ".avif",
+}
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make renames and new names in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically: a temporary file beside it, fsync, rename, fsync
+    the folder. Readers (and a crash) see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+
+
+def extension_for(hint: str, download: Download) -> str:
+    """`hint` (from the URL or the API) if given, else from the Content-Type, else from the
+    file's first bytes, else `.img` (curate decides what the file is)."""
+    if hint:
+        return hint
+    if download.content_type in _TYPES:
+        return _TYPES[download.content_type]
+    for magic, ext in _SIGNATURES:
+        if download.head.startswith(magic):
+            return ext
+    if download.head[:4] == b"RIFF" and download.head[8:12] == b"WEBP":
+        return ".webp"
+    return ".img"
+
+
+def _image_size(path: Path) -> tuple[str, str]:
+    """Width and height from the image header ("" when it is not an image Pillow reads)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return str(im.width), str(im.height)
+    except Exception:  # any undecodable file: curate quarantines it with the reason
+        return "", ""
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size
+
+
+def _csv_text(rows: list[dict[str, str]], header: bool) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
+    if header:
+        writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+class Store:
+    """One collect's hold on its output folder. Use as a context manager: it takes the lock,
+    replays the journal, repairs photos.csv, removes stale temporary files; `close` (or the
+    end of the `with`) releases everything. Methods may be called from several threads."""
+
+    def __init__(self, out: str | Path) -> None:
+        self.out = Path(os.path.abspath(out))
+        if self.out.exists() and not self.out.is_dir():
+            raise VislabError(f"--out {out} is a file; give a folder for the images")
+        self.images = inside(self.out, IMAGES_DIR)
+        self.images.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._lock_fh = self._take_lock()
+        self._status: dict[str, str] = {}
+        self._rows: dict[str, dict[str, str]] = {}
+        self._by_sha: dict[str, str] = {}
+        self._pages: dict[tuple[str, int], dict[str, Any]] = {}
+        self._queries: set[str] = set()
+        self.journal_path = inside(self.out, JOURNAL_NAME)
+        self.csv_path = inside(self.out, PHOTOS_NAME)
+        try:
+            self._replay()
+            self._remove_stale_temps()
+            self._repair_csv()
+            self._unrecorded = self._unrecorded_files()
+            self._journal = open(self.journal_path, "a", encoding="utf-8")
+            self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")
+        except BaseException:
+            self.close()
+            raise
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _take_lock(self) -> Any:
+        path = inside(self.out, LOCK_NAME)
+        fh = open(path, "a+", encoding="utf-8")
+        try:
+            import fcntl
+
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no flock on this platform: run unguarded
+            pass
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise VislabError(
+                f"--out {self.out}: another `vislab collect` is writing there (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        return fh
+
+    def close(self) -> None:
+        for fh in (getattr(self, "_journal", None), getattr(self, "_csv", None), self._lock_fh):
+            if fh is not None and not fh.closed:
+                fh.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ journal
+
+    def _read_journal(self) -> list[dict[str, Any]]:
+        """The journal's events; a torn last line (a kill mid-write) is cut off the file."""
+        try:
+            data = self.journal_path.read_bytes()
+        except FileNotFoundError:
+            return []
+        events, good = [], 0
+        for line in data.splitlines(keepends=True):
+            try:
+                event = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                break
+            events.append(event)
+            good += len(line)
+        if good != len(data):
+            write_durable(self.journal_path, data[:good])
+        return events
+
+    def _replay(self) -> None:
+        for event in self._read_journal():
+            kind = event.get("event")
+            if kind == "photo":
+                row = {k: str(v) for k, v in event["row"].items()}
+                self._status[event["key"]] = SAVED
+                self._rows[event["key"]] = row
+                self._by_sha.setdefault(row["sha256"], event["key"])
+            elif kind == "duplicate":
+                self._status[event["key"]] = DUPLICATE
+            elif kind == "page":
+                self._pages[(event["query"], int(event["page"]))] = event
+            elif kind == "query":
+                self._queries.add(event["query"])
+
+    def _append(self, event: dict[str, Any]) -> None:
+        self._journal.write(json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+
+    def _remove_stale_temps(self) -> None:
+        """Temporary files of a run that was killed: ours by name, and no run is using
+        them while we hold the lock."""
+        for entry in os.scandir(self.images):
+            if entry.name.startswith(TEMP_PREFIX) and entry.name.endswith(TEMP_SUFFIX) and entry.is_file():
+                os.unlink(entry.path)
+
+    def _repair_csv(self) -> None:
+        """Rewrite photos.csv from the journal when a kill cut its last rows; refuse to
+        touch one that says something else (edited by hand, or the journal was removed)."""
+        expected = _csv_text(list(self._rows.values()), header=True)
+        try:
+            current = self.csv_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            current = ""
+        except UnicodeDecodeError:
+            current = None
+        if current == expected:
+            return
+        if current is None or not expected.startswith(current[: current.rfind("\n") + 1]):
+            raise VislabError(
+                f"{self.csv_path} does not match collect's journal {JOURNAL_NAME} (edited, or the journal "
+                "was removed); move photos.csv away and collect rewrites it, or collect into another --out"
+            )
+        write_durable(self.csv_path, expected.encode("utf-8"))
+
+    def _unrecorded_files(self) -> dict[str, Path]:
+        """Finished files the journal does not know, by name without extension: a run was
+        killed between a rename into images/ and its journal line."""
+        recorded = {row["file"] for row in self._rows.values()}
+        files = {}
+        for entry in os.scandir(self.images):
+            rel = f"{IMAGES_DIR}/{entry.name}"
+            if not entry.name.startswith(".") and rel not in recorded and entry.is_file():
+                files[entry.name.split(".", 1)[0]] = Path(entry.path)
+        return files
+
+    # ------------------------------------------------------------ queries and pages
+
+    def page(self, query: str, page: int) -> dict[str, Any] | None:
+        """The record of a page whose photos were all handled, or None."""
+        return self._pages.get((query, page))
+
+    def record_page(self, query: str, page: int, **info: Any) -> None:
+        event = {"event": "page", "query": query, "page": page, **info}
+        with self._lock:
+            self._append(event)
+            self._pages[(query, page)] = event
+
+    def query_finished(self, query: str) -> bool:
+        return query in self._queries
+
+    def record_query(self, query: str, **info: Any) -> None:
+        with self._lock:
+            self._append({"event": "query", "query": query, **info})
+            self._queries.add(query)
+
+    # ------------------------------------------------------------ photos
+
+    def status(self, key: str) -> str | None:
+        """SAVED, DUPLICATE, or None for a photo this folder has not handled."""
+        return self._status.get(key)
+
+    @property
+    def rows(self) -> list[dict[str, str]]:
+        return list(self._rows.values())
+
+    def existing(self, name: str) -> Path | None:
+        """A finished file `name.*` in images/ that the journal does not know, or None."""
+        return self._unrecorded.get(name)
+
+    def adopt(self, key: str, path: Path, row: dict[str, str]) -> str:
+        """Record a finished file found in place (see `existing`) without fetching it again."""
+        sha, size = _sha256_file(path)
+        with self._lock:
+            self._unrecorded.pop(path.name.split(".", 1)[0], None)
+            return self._record(key, path, sha, size, row)
+
+    def commit(self, key: str, download: Download, name: str, ext: str, row: dict[str, str]) -> str:
+        """Keep a complete download as images/<name><ext> (SAVED), or drop it when its
+        sha256 matches an image already kept (DUPLICATE)."""
+        with self._lock:
+            if download.sha256 in self._by_sha:
+                download.path.unlink(missing_ok=True)
+                return self._record(key, None, download.sha256, download.bytes, row)
+            final = inside(self.images, name + ext)
+            os.replace(download.path, final)
+            fsync_dir(self.images)
+            return self._record(key, final, download.sha256, download.bytes, row)
+
+    def _record(self, key: str, final: Path | None, sha: str, size: int, row: dict[str, str]) -> str:
+        original = self._by_sha.get(sha)
+        if final is None or original is not None:
+            self._append({"event": "duplicate", "key": key, "sha256": sha, "of": original})
+            self._status[key] = DUPLICATE
+            return DUPLICATE
+        width, height = _image_size(final)
+        full = {col: str(row.get(col, "")) for col in COLUMNS}
+        full.update(
+            width=width or full["width"],
+            height=height or full["height"],
+            bytes=str(size),
+            sha256=sha,
+            file=final.relative_to(self.out).as_posix(),
+        )
+        self._append({"event": "photo", "key": key, "row": full})
+        self._status[key] = SAVED
+        self._rows[key] = full
+        self._by_sha[sha] = key
+        self._csv.write(_csv_text([full], header=False))
+        self._csv.flush()
+        os.fsync(self._csv.fileno())
+        return SAVED
