@@ -23,12 +23,12 @@ def test_inside_refuses_escapes(tmp_path):
         inside(root, "link", "x")
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "a\\b", "tab\there", " pad", "x" * 300])
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "tab\there", " pad", "x" * 300])
 def test_bad_folder_names(name):
     assert folder_name_problem(name) is not None
 
 
-@pytest.mark.parametrize("name", ["cat", "Golden Retriever", "$\\badcmd{$".replace("\\", ""), "日本"])
+@pytest.mark.parametrize("name", ["cat", "Golden Retriever", "$\\badcmd{$", "a\\b", "日本"])
 def test_good_folder_names(name):
     assert folder_name_problem(name) is None
 

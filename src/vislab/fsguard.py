@@ -4,6 +4,7 @@
   output folder (a label such as `../../x` or `/abs` never escapes it).
 - `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
   curate refuses such labels with a reason before any writer sees them.
+- `folder_problem(path)`: why an output folder cannot be made there (it or a parent is a file).
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
   pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
 
@@ -47,8 +48,8 @@ def folder_name_problem(name: str) -> str | None:
     """Why `name` cannot be one folder-name component on common filesystems, or None."""
     if name in ("", ".", ".."):
         return f"'{name}' is not a folder name"
-    if "/" in name or "\\" in name:
-        return "contains a path separator ('/' or '\\')"
+    if "/" in name:
+        return "contains the path separator '/'"
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
         return "contains a control character"
     if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX_BYTES:
@@ -100,3 +101,15 @@ def read_bounded(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
     if len(data) > limit:
         raise SpecialFileError(f"{path}: over the {limit:,}-byte limit")
     return data
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be (made into) a folder to write into, or None: it, or a folder
+    above it, is a file. Checked before any long work, so it fails at once, in one line."""
+    target = Path(os.path.abspath(path))
+    for place in (target, *target.parents):
+        if os.path.lexists(place):
+            if os.path.isdir(place):
+                return None
+            return "is a file, not a folder" if place == target else f"lies under {place}, which is a file, not a folder"
+    return None

@@ -4,6 +4,10 @@ Each file is read once: the bytes feed sha256 and the decoder. The decode is rea
 (truncation is only visible once the compressed stream is consumed) but cheap: JPEGs are
 decoded in draft mode at 1/8 scale straight to grayscale, which is also what the perceptual
 hash needs. Nothing here raises for a bad file; every problem becomes a named reason.
+
+Only regular files are read, never more than `fsguard.MAX_FILE_BYTES`: a named pipe (which
+would block the open forever), a device such as `/dev/zero` (which never ends) or a socket
+is `not_a_regular_file`, a bigger file is `too_large`.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from rich.console import Console
@@ -23,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from vislab.data.dedupe import HASH_SIZE, hash_to_hex, perceptual_hashes, thumbnail
 from vislab.data.io import SUPPORTED_MODES, orientation_of, oriented_size, to_rgb
+from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
 
 # Files up to this size are read into memory once (sha256 + decode); larger ones are
 # hashed in a stream and decoded from disk so memory stays bounded.
@@ -38,6 +44,8 @@ UNSUPPORTED_FORMAT = "unsupported_format"
 DECOMPRESSION_BOMB = "decompression_bomb"
 MISSING_FILE = "missing_file"
 DECODER_CRASH = "decoder_crash"
+NOT_A_REGULAR_FILE = "not_a_regular_file"
+TOO_LARGE = "too_large"
 _THUMB = "_thumbnail"  # carried from decode to the batched hash, never returned
 
 # Signatures of image formats: a file that starts like one but does not open is a broken
@@ -68,11 +76,15 @@ def _decode_error_reason(err: BaseException) -> str:
     return TRUNCATED if "truncat" in str(err).lower() else UNREADABLE
 
 
-def _sha256_stream(path: str) -> str:
+def _sha256_stream(fh: BinaryIO, limit: int) -> str | None:
+    """sha256 of the rest of `fh`, or None when it holds more than `limit` bytes."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
+    total = 0
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        total += len(block)
+        if total > limit:
+            return None
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -108,30 +120,46 @@ def _add_hashes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
     rec = _empty_record(path)
+    limit = MAX_FILE_BYTES
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except FileNotFoundError:
         rec["reason"] = MISSING_FILE
         return rec
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in a hand-written path
         rec["reason"] = UNREADABLE
         return rec
-    rec["bytes"] = size
+    if not stat.S_ISREG(st.st_mode):
+        rec["reason"] = NOT_A_REGULAR_FILE
+        return rec
+    rec["bytes"] = size = st.st_size
+    if size > limit:
+        rec["reason"] = TOO_LARGE
+        return rec
     try:
-        if size <= READ_WHOLE_LIMIT:
-            with open(path, "rb") as fh:
-                data = fh.read()
-            rec["sha256"] = hashlib.sha256(data).hexdigest()
-            head = data[:16]
-            source: Any = io.BytesIO(data)
-        else:
-            rec["sha256"] = _sha256_stream(path)
-            with open(path, "rb") as fh:
-                head = fh.read(16)
-            source = path
+        with open_regular(path, limit) as fh:
+            if size <= READ_WHOLE_LIMIT:
+                data = fh.read(READ_WHOLE_LIMIT + 1)
+                rec["bytes"] = size = len(data)  # what was read, should the file have changed
+                rec["sha256"] = hashlib.sha256(data).hexdigest()
+                return _inspect_source(io.BytesIO(data), data[:16], size, max_pixels, rec)
+            sha = _sha256_stream(fh, limit)
+            if sha is None:
+                rec["reason"] = TOO_LARGE
+                return rec
+            rec["sha256"] = sha
+            fh.seek(0)
+            head = fh.read(16)
+            fh.seek(0)
+            return _inspect_source(fh, head, size, max_pixels, rec)
+    except SpecialFileError:  # replaced by a pipe or device since the stat
+        rec["reason"] = NOT_A_REGULAR_FILE
     except OSError:
         rec["reason"] = UNREADABLE
-        return rec
+    return rec
+
+
+def _inspect_source(source: Any, head: bytes, size: int, max_pixels: int, rec: dict[str, Any]) -> dict[str, Any]:
     if size == 0:
         rec["reason"] = ZERO_BYTE
         return rec

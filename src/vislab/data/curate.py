@@ -4,6 +4,12 @@ The order of decisions is fixed and visible in the manifest: files that cannot b
 quarantined (the file is broken); usable files can then be excluded (a label rule, a size
 or aspect filter, a duplicate, class selection). Only rows that end `ok` are ever trained on.
 Source files are only read.
+
+A label that cannot be a folder name (`../x`, `/abs`, a control character, padding spaces:
+see `fsguard.folder_name_problem`) is refused, not rewritten: its files are excluded with
+reason `unsafe_label`, so the manifest keeps the label exactly as the source gave it and no
+later writer (`vislab materialize`) ever builds a path from it. Every option is checked
+before any file is read, and everything written stays inside `--out`.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,12 +45,16 @@ from vislab.data.photos import read_photos_csv
 from vislab.data.split import assign_splits, parse_ratios, select_classes
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
+from vislab.fsguard import folder_name_problem, folder_problem, inside, read_bounded, regular_file_problem
 
 UNLABELLED = "unlabelled"
 TOO_SMALL = "too_small"
 WRONG_ASPECT = "wrong_aspect"
 DUPLICATE_OF = "duplicate_of"
+UNSAFE_LABEL = "unsafe_label"
 EXTRA_COLUMNS = ["orientation"]
+# Files curate writes into --out (temporary ones included).
+OUTPUT_NAMES = (MANIFEST_NAME, MANIFEST_NAME + ".tmp", CURATION_NAME, CURATION_NAME + ".tmp", HISTOGRAM_NAME)
 # Options that change how fast a dataset is made, not what it contains.
 RUNTIME_OPTIONS = {"workers", "overwrite"}
 
@@ -70,7 +81,7 @@ class CurateOptions(BaseModel):
     Invalid values raise a one-line VislabError naming the option, never a traceback.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     sources: list[Path] = Field(default_factory=list)
     photos: Path | None = None
@@ -99,7 +110,7 @@ class CurateOptions(BaseModel):
     split: str | None = None
     val_per_class: int | None = Field(None, ge=0)
     test_per_class: int | None = Field(None, ge=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     workers: int = Field(0, ge=0)
     overwrite: bool = False
 
@@ -115,6 +126,16 @@ class CurateOptions(BaseModel):
             shown = f" (got {got!r})" if field and not own and not isinstance(got, dict) else ""
             where = f"{_flag(field)}: " if field else ""
             raise VislabError(f"{where}{msg}{shown}") from None
+
+    @field_validator("sources", "labels", "ratings")
+    @classmethod
+    def _utf8(cls, v: Any) -> Any:
+        for path in v if isinstance(v, list) else [v] if v is not None else []:
+            try:
+                os.path.abspath(path).encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{str(path)!r} is not a UTF-8 path, which curation.json cannot record; rename it") from None
+        return v
 
     @field_validator("min_size")
     @classmethod
@@ -173,6 +194,9 @@ class CurateOptions(BaseModel):
 
 def _check_places(opts: CurateOptions, out: Path) -> list[str]:
     roots = []
+    problem = folder_problem(out)
+    if problem is not None:
+        raise VislabError(f"--out {out} {problem}; give a folder for the dataset")
     for source in opts.sources:
         root = os.path.abspath(source)
         if not os.path.exists(root):
@@ -183,9 +207,19 @@ def _check_places(opts: CurateOptions, out: Path) -> list[str]:
             )
         if os.path.realpath(root) == os.path.realpath(out):
             raise VislabError(f"--out {out} is the source folder itself; write the dataset to another folder")
+        try:
+            kind = src.vislab_output_kind(os.listdir(root))
+        except OSError as err:
+            raise VislabError(f"source folder {source}: cannot list it ({err.strerror}); check its permissions") from None
+        if kind is not None:
+            what = "a dataset written by `vislab curate`" if kind == "dataset" else "a `vislab materialize` tree"
+            raise VislabError(f"source {source} is {what}, not photos; pass the folder of the original images")
         roots.append(root)
-    if out.exists() and not out.is_dir():
-        raise VislabError(f"--out {out} is a file; give a folder for the dataset")
+    for name in OUTPUT_NAMES:
+        target = inside(out, name)  # a link there that points out of --out is refused here
+        problem = regular_file_problem(target) if os.path.lexists(target) else None
+        if problem is not None:
+            raise VislabError(f"--out {out}: {name} there is {problem}; remove it or choose another --out")
     return roots
 
 
@@ -198,30 +232,25 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
     if overwrite or not (out / MANIFEST_NAME).exists():
         return
     try:
-        previous = json.loads((out / CURATION_NAME).read_text(encoding="utf-8"))
+        previous = json.loads(read_bounded(out / CURATION_NAME, 1 << 24).decode("utf-8"))
     except (OSError, ValueError):
+        previous = {}
+    if not isinstance(previous, dict):
         previous = {}
     if previous.get("fingerprint") == fingerprint:
         return
-    made_from = ", ".join(previous.get("options", {}).get("sources", [])) or "unknown inputs"
+    options = previous.get("options")
+    sources = options.get("sources") if isinstance(options, dict) else None
+    made_from = ", ".join(map(str, sources)) if isinstance(sources, list) and sources else "unknown inputs"
     raise VislabError(
         f"--out {out} holds a different dataset (made from {made_from} with other options); "
         "choose another --out or pass --overwrite to replace it"
     )
 
 
-def _gather(opts: CurateOptions, roots: list[str], out: Path) -> tuple[dict[str, src.Found], int]:
-    """Every file the sources name, with its label; the out folder is never scanned."""
-    found: dict[str, src.Found] = {}
-    hidden = 0
-    for root in roots:
-        entries, skipped = src.scan_folder(root, skip=[out])
-        hidden += skipped
-        for entry in entries:
-            found.setdefault(entry.path, entry)
-    if opts.photos is not None:  # its own label column, unless a label table replaces it
-        own_labels = opts.labels is None and opts.ratings is None
-        found.update(read_photos_csv(opts.photos, opts.label_column if own_labels else "label"))
+def _gather(opts: CurateOptions, roots: list[str], out: Path) -> tuple[dict[str, src.Found], Counter[str]]:
+    """Every file the sources name, with its label, and what the folder scan skipped; the
+    out folder is never scanned. A label table is read first: its errors come at once."""
     table: dict[str, src.Found] | None = None
     if opts.labels is not None:
         table = src.read_labels_csv(opts.labels, opts.path_column, opts.label_column)
@@ -236,13 +265,23 @@ def _gather(opts: CurateOptions, roots: list[str], out: Path) -> tuple[dict[str,
             bins=src.parse_bins(opts.bins) if opts.bins else None,
         )
         table = src.read_ratings_csv(opts.ratings, spec)
+    found: dict[str, src.Found] = {}
+    skipped: Counter[str] = Counter()
+    for root in roots:
+        entries, counts = src.scan_folder(root, skip=[out])
+        skipped.update(counts)
+        for entry in entries:
+            found.setdefault(entry.path, entry)
+    if opts.photos is not None:  # its own label column, unless a label table replaces it
+        own_labels = opts.labels is None and opts.ratings is None
+        found.update(read_photos_csv(opts.photos, opts.label_column if own_labels else "label"))
     if table is not None:
         for entry in found.values():
             entry.label = None  # a label table replaces folder names as the label source
         for path, entry in table.items():
             entry.extra = found[path].extra if path in found else entry.extra
         found.update(table)
-    return found, hidden
+    return found, skipped
 
 
 # ---------------------------------------------------------------- decisions
@@ -257,7 +296,10 @@ def _table(records: list[dict[str, Any]], found: dict[str, src.Found]) -> pd.Dat
     df["group"] = ""
     df["status"] = np.where(df["reason"] == "", OK, QUARANTINED)
     # A label problem matters only for files that are fine; a broken file stays quarantined.
-    label_reason = pd.Series([e.reason or (UNLABELLED if e.label is None else "") for e in entries])
+    unsafe = {lab for lab in {e.label for e in entries} if lab and folder_name_problem(lab) is not None}
+    label_reason = pd.Series(
+        [e.reason or (UNLABELLED if e.label is None else UNSAFE_LABEL if e.label in unsafe else "") for e in entries]
+    )
     _exclude(df, (df["status"] == OK) & (label_reason != ""), label_reason)
     return df
 
@@ -350,7 +392,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     recorded = opts.recorded()
     fingerprint = _fingerprint(recorded)
     _check_output(out_dir, fingerprint, opts.overwrite)
-    found, hidden = _gather(opts, roots, out_dir)
+    found, skipped = _gather(opts, roots, out_dir)
     if not found:
         where = ", ".join(roots) or str(opts.labels or opts.ratings)
         raise VislabError(f"no files found in {where}; check the path (hidden files are skipped)")
@@ -394,13 +436,18 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "fingerprint": fingerprint,
         "options": recorded,
         **summarize_manifest(df),
-        "hidden_skipped": hidden,
+        "hidden_skipped": skipped[src.HIDDEN],
+        "vislab_folders_skipped": skipped[src.VISLAB_OUTPUT],
+        "non_utf8_names_skipped": skipped[src.NON_UTF8_NAME],
         "conflicting_label_groups": conflicting,
         "manifest_sha256": manifest_hash(out_dir),
         "histogram": HISTOGRAM_NAME,
     }
-    tmp = out_dir / (CURATION_NAME + ".tmp")
+    tmp = inside(out_dir, CURATION_NAME + ".tmp")
+    tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there
     tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out_dir / CURATION_NAME)
-    plot_class_histogram(summary, out_dir / HISTOGRAM_NAME)
+    tmp.replace(inside(out_dir, CURATION_NAME))
+    histogram = inside(out_dir, HISTOGRAM_NAME)
+    histogram.unlink(missing_ok=True)
+    plot_class_histogram(summary, histogram)
     return summary

@@ -3,6 +3,11 @@
 A dataset directory holds `manifest.csv` (one row per source file found) and
 `curation.json` (what was done and why). Rows are sorted by path and written with fixed
 column order and float formatting, so the same inputs give a byte-identical file.
+
+A manifest may be edited by hand, so reading one checks every value later commands rely
+on: a status or split outside the allowed values (`TRAIN` included: case is not guessed,
+since a silently dropped row would change a dataset unseen) or a size that is not an
+integer is a one-line error naming the line, the column and the allowed values.
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.errors import VislabError
+from vislab.fsguard import inside
 
 MANIFEST_NAME = "manifest.csv"
 CURATION_NAME = "curation.json"
@@ -39,6 +46,7 @@ COLUMNS = [
     "group",
 ]
 REQUIRED = ["path", "label", "split", "status"]
+INTEGER_COLUMNS = ("width", "height", "bytes")
 
 
 def manifest_path(dataset_dir: str | Path) -> Path:
@@ -58,32 +66,65 @@ def write_manifest(df: pd.DataFrame, dataset_dir: str | Path) -> Path:
     extra = [c for c in out.columns if c not in COLUMNS]
     out = out[COLUMNS + sorted(extra)]
     out = out.sort_values("path", kind="mergesort").reset_index(drop=True)
-    for col in ("width", "height", "bytes"):
+    for col in INTEGER_COLUMNS:
         out[col] = out[col].map(lambda v: "" if v is None or v == "" or pd.isna(v) else str(int(v)))
     out = out.fillna("")
-    path = manifest_path(dataset_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
+    Path(dataset_dir).mkdir(parents=True, exist_ok=True)
+    path = inside(dataset_dir, MANIFEST_NAME)
+    tmp = inside(dataset_dir, MANIFEST_NAME + ".tmp")
+    tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there
     out.to_csv(tmp, index=False, lineterminator="\n")
     tmp.replace(path)
     return path
 
 
 def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
-    """Read a manifest, checking that it has the columns later commands rely on."""
+    """Read and check a manifest: the columns later commands rely on, and their values."""
+    if Path(dataset_dir).is_file():
+        raise VislabError(f"{dataset_dir} is a file, not a dataset folder; give the folder `vislab curate --out` wrote")
     path = manifest_path(dataset_dir)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise VislabError(
             f"{path}: no manifest here; run `vislab curate SOURCE --out {Path(dataset_dir)}` first"
         )
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv_file(path, "manifest")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise VislabError(f"{path}: missing column(s) {', '.join(missing)}; re-run `vislab curate`")
-    for col in ("width", "height", "bytes"):
-        if col in df.columns:
-            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+    _check_values(df, path)
     return df
+
+
+def _check_values(df: pd.DataFrame, path: Path) -> None:
+    """Refuse the first value outside its column's domain, naming its line; sizes become
+    nullable integers."""
+
+    def refuse(bad: pd.Series, col: str, allowed: str, hint: str = "") -> None:
+        row = int(bad.to_numpy().nonzero()[0][0])
+        value = df[col].iloc[row]
+        raise VislabError(
+            f"{path} line {line_of_row(path, row)}: {col} {value!r} is not {allowed}{hint}; "
+            "fix the row or re-run `vislab curate`"
+        )
+
+    empty = df["path"].str.strip() == ""
+    if empty.any():
+        refuse(empty, "path", "a file path")
+    for col, allowed in (("status", STATUSES), ("split", SPLITS)):
+        bad = ~df[col].isin(allowed)
+        if bad.any():
+            meant = df[col][bad].iloc[0].strip().lower()
+            hint = f" (write '{meant}')" if meant and meant in allowed else ""
+            names = ", ".join(v for v in allowed if v) + (" or empty" if "" in allowed else "")
+            refuse(bad, col, f"one of {names}", hint)
+    for col in INTEGER_COLUMNS:
+        if col in df.columns:
+            nums = pd.to_numeric(df[col], errors="coerce")
+            whole = nums.notna() & (nums >= 0) & (nums < 1e18) & (nums % 1 == 0)
+            bad = (df[col] != "") & ~whole
+            if bad.any():
+                refuse(bad, col, "a whole number from 0 to 10^18, or empty")
+            df[col] = nums.astype("Int64")
 
 
 def manifest_hash(dataset_dir: str | Path) -> str:

@@ -3,6 +3,12 @@
 For tools that want `train/<class>/img.jpg` folders. The tree holds links or copies, never
 the sources themselves; a marker file lists what was written, so re-running replaces exactly
 those entries and never deletes anything else.
+
+Every path is built inside OUT (`fsguard.inside`): a label that is not a safe folder name
+(a hand-edited manifest; curate never marks one usable) is a one-line error naming its line,
+a source file name that is not safe (a newline in it, say) is replaced by a hash of its
+path, and an entry that already exists is never replaced (links and copies are created
+exclusively), so no file of anyone's is overwritten.
 """
 
 from __future__ import annotations
@@ -15,68 +21,126 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import pandas as pd
 from rich.progress import Progress
 
-from vislab.data.manifest import manifest_hash, read_manifest, usable
+from vislab.data.csvfile import line_of_row
+from vislab.data.manifest import OK, manifest_hash, manifest_path, read_manifest, usable
 from vislab.errors import VislabError
+from vislab.fsguard import folder_name_problem, folder_problem, inside, open_regular, read_bounded
 
 MODES = ("symlink", "hardlink", "copy")
 MARKER = ".vislab-materialized.json"
 UNSPLIT = "unsplit"
 
 
+def _path_hash(path: str) -> str:
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
 def _target_names(paths: list[str]) -> list[str]:
-    """File names inside a class folder; names that would collide get a short path hash."""
+    """File names inside a class folder: names that would collide get a short path hash,
+    names that are not safe file names become the hash (keeping a safe extension)."""
     names = [os.path.basename(p) for p in paths]
     counts = Counter(names)
     out = []
     for path, name in zip(paths, names):
-        if counts[name] > 1:
-            stem, ext = os.path.splitext(name)
-            name = f"{stem}-{hashlib.sha256(path.encode('utf-8')).hexdigest()[:8]}{ext}"
+        stem, ext = os.path.splitext(name)
+        if folder_name_problem(name) is not None:
+            name = _path_hash(path) + (ext if folder_name_problem(ext) is None else "")
+        elif counts[name] > 1:
+            name = f"{stem}-{_path_hash(path)}{ext}"
         out.append(name)
     return out
 
 
-def _clear_previous(out: Path) -> None:
-    """Remove only the entries a previous run recorded (links and copies, not sources)."""
-    marker = out / MARKER
+def _check_labels(df: pd.DataFrame, dataset_dir: str | Path) -> None:
+    """Refuse a usable row whose label cannot be one folder-name component."""
+    ok = df[(df["status"] == OK) & (df["label"] != "")]
+    for row, label in zip(ok.index, ok["label"]):
+        problem = folder_name_problem(label)
+        if problem is not None:
+            where = manifest_path(dataset_dir)
+            raise VislabError(
+                f"{where} line {line_of_row(where, int(row))}: label {label!r} {problem}, so it cannot "
+                "name a folder; fix the row or re-run `vislab curate`"
+            )
+
+
+def _read_marker(out: Path) -> list[str]:
     try:
-        written = json.loads(marker.read_text(encoding="utf-8")).get("files", [])
+        record = json.loads(read_bounded(out / MARKER, 1 << 26).decode("utf-8"))
     except (OSError, ValueError):
-        written = []
+        return []
+    files = record.get("files", []) if isinstance(record, dict) else []
+    return [f for f in files if isinstance(f, str)]
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove only the entries a previous run recorded (links and copies, not sources), and
+    only where they lie inside OUT: a recorded name whose folder now leads elsewhere (a link
+    put there since) is left alone."""
     folders = set()
-    for rel in written:
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            continue  # only ever inside OUT
-        target = out / rel
+    for rel in _read_marker(out):
+        parts = Path(rel)
+        if parts.is_absolute() or ".." in parts.parts or not parts.name:
+            continue
+        try:
+            parent = inside(out, parts.parent)
+        except VislabError:
+            continue
+        target = parent / parts.name
         if target.is_symlink() or target.is_file():
             target.unlink()
-        folders.update(target.parents)
+        folders.update(p for p in target.parents if p != out and out in p.parents)
     for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
-        if folder != out and out in folder.parents:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-    marker.unlink(missing_ok=True)
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
+    inside(out, MARKER).unlink(missing_ok=True)
+
+
+def _copy_new(source: str, target: Path) -> None:
+    """Copy into a file that must not exist yet (O_EXCL): an existing one is never replaced."""
+    with open_regular(source) as src, open(target, "xb") as dst:
+        try:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+    shutil.copystat(source, target)
 
 
 def _place(source: str, target: Path, mode: str) -> None:
-    if mode == "symlink":
-        os.symlink(source, target)
-    elif mode == "hardlink":
-        try:
+    try:
+        if mode == "symlink":
+            os.symlink(source, target)
+        elif mode == "hardlink":
             os.link(source, target)
-        except OSError as err:
-            if err.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
-                raise VislabError(
-                    f"cannot hardlink {source} into {target.parent} ({os.strerror(err.errno)}); "
-                    "use --mode symlink or --mode copy"
-                ) from None
-            raise
-    else:
-        shutil.copy2(source, target)
+        else:
+            _copy_new(source, target)
+    except FileExistsError:
+        raise VislabError(
+            f"{target} already exists and was not written by vislab materialize; "
+            "nothing was replaced: move it away or choose a new --out"
+        ) from None
+    except OSError as err:
+        if mode == "hardlink" and err.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK):
+            raise VislabError(
+                f"cannot hardlink {source} into {target.parent} ({os.strerror(err.errno)}); "
+                "use --mode symlink or --mode copy"
+            ) from None
+        raise VislabError(f"cannot {mode} {source} to {target} ({err.strerror or err}); re-run `vislab curate`") from None
+
+
+def _make_folder(out: Path, folder: Path) -> Path:
+    path = inside(out, folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VislabError(f"cannot make folder {path} ({err.strerror}); move what is there away or choose a new --out") from None
+    return path
 
 
 def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink") -> int:
@@ -87,10 +151,13 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
     """
     if mode not in MODES:
         raise VislabError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
-    df = usable(read_manifest(dataset_dir))
     out = Path(os.path.abspath(out))
-    if out.exists() and not out.is_dir():
-        raise VislabError(f"--out {out} is a file; give a folder")
+    problem = folder_problem(out)
+    if problem is not None:
+        raise VislabError(f"--out {out} {problem}; give a folder")
+    full = read_manifest(dataset_dir)
+    _check_labels(full, dataset_dir)
+    df = usable(full)
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise VislabError(
             f"--out {out} is not empty and was not made by vislab materialize; choose a new folder"
@@ -101,6 +168,7 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
             raise VislabError(
                 f"--out {out} contains source image {path}; choose a folder outside the sources"
             )
+    out.mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
 
     written: list[str] = []
@@ -112,22 +180,23 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
     by_folder: dict[Path, list[int]] = {}
     for i, folder in enumerate(folders):
         by_folder.setdefault(folder, []).append(i)
-    out.mkdir(parents=True, exist_ok=True)
     try:
         with Progress(transient=True) as progress:
             task = progress.add_task(f"{mode} files", total=len(paths))
             for folder, rows in sorted(by_folder.items()):
-                (out / folder).mkdir(parents=True, exist_ok=True)
+                place = _make_folder(out, folder)
                 for i, name in zip(rows, _target_names([paths[i] for i in rows])):
                     if not os.path.exists(paths[i]):
                         raise VislabError(
                             f"{paths[i]} is in the manifest but no longer exists; re-run `vislab curate`"
                         )
-                    _place(paths[i], out / folder / name, mode)
+                    _place(paths[i], place / name, mode)
                     written.append(str(folder / name))
                     progress.advance(task)
     finally:
         # Recorded even after a failure, so the next run can clean up what this one wrote.
         record = {"manifest_sha256": manifest_hash(dataset_dir), "mode": mode, "files": written}
-        (out / MARKER).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        marker = inside(out, MARKER)
+        marker.unlink(missing_ok=True)
+        marker.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
     return len(written)

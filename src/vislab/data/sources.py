@@ -3,6 +3,12 @@
 Every reader returns `Found` entries: an absolute path, the label it gives (None when the
 source knows the file but not its class) and, when the label itself is unusable, a reason.
 Readers never open images; curation checks the files afterwards.
+
+The folder scan skips what is not a photo of the collection: hidden entries, folders that
+vislab wrote (a dataset folder holding `manifest.csv` beside `curation.json`, a
+`vislab materialize` tree holding its marker) and names that are not UTF-8 (a manifest is
+UTF-8 text, so such a path could not be recorded); each kind is counted. Label names are
+checked later, in curation, whatever source gave them.
 """
 
 from __future__ import annotations
@@ -17,12 +23,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from vislab.data.csvfile import line_of_row, read_csv_file
+from vislab.data.manifest import CURATION_NAME, MANIFEST_NAME
+from vislab.data.materialize import MARKER
 from vislab.errors import VislabError
+from vislab.fsguard import folder_name_problem
 
 AGGREGATIONS = ("mean", "median", "majority")
 CONFLICTING_LABELS = "conflicting_labels"
 NO_MAJORITY = "no_majority"
 RATING_OUT_OF_BINS = "rating_out_of_bins"
+# Kinds of entries the folder scan skips, as counted in curation.json.
+HIDDEN = "hidden"
+VISLAB_OUTPUT = "vislab_output"
+NON_UTF8_NAME = "non_utf8_name"
 
 
 @dataclass
@@ -43,12 +57,31 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], int]:
-    """(path, first folder below `top` or None) for every non-hidden file under `top`,
-    following directory links once, and the count of hidden entries skipped
-    (.DS_Store, AppleDouble '._x.jpg', .git, ...)."""
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a name come back as surrogates
+        return False
+    return True
+
+
+def vislab_output_kind(names: Iterable[str]) -> str | None:
+    """'dataset' or 'materialized' when a folder holding these entry names was written by
+    vislab (its files are outputs, not photos), else None."""
+    present = set(names)
+    if MARKER in present:
+        return "materialized"
+    if MANIFEST_NAME in present and CURATION_NAME in present:
+        return "dataset"
+    return None
+
+
+def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], Counter[str]]:
+    """(path, first folder below `top` or None) for every file to curate under `top`,
+    following directory links once, and counts of what was skipped: hidden entries
+    (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders, non-UTF-8 names."""
     files: list[tuple[str, str | None]] = []
-    hidden = 0
+    skipped: Counter[str] = Counter()
     seen: set[tuple[int, int]] = set()
     stack: list[tuple[str, str | None]] = [(top, None)]
     while stack:
@@ -61,9 +94,15 @@ def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]],
         if (st.st_dev, st.st_ino) in seen:
             continue
         seen.add((st.st_dev, st.st_ino))
+        if folder != top and vislab_output_kind(e.name for e in entries):
+            skipped[VISLAB_OUTPUT] += 1
+            continue
         for entry in entries:
             if _is_hidden(entry.name):
-                hidden += 1
+                skipped[HIDDEN] += 1
+                continue
+            if not _is_utf8(entry.name):
+                skipped[NON_UTF8_NAME] += 1
                 continue
             try:
                 is_dir = entry.is_dir()
@@ -74,36 +113,31 @@ def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]],
                     stack.append((entry.path, entry.name if first is None else first))
             else:
                 files.append((entry.path, first))
-    return files, hidden
+    return files, skipped
 
 
-def scan_folder(root: str | Path, skip: Sequence[str | Path] = ()) -> tuple[list[Found], int]:
+def scan_folder(root: str | Path, skip: Sequence[str | Path] = ()) -> tuple[list[Found], Counter[str]]:
     """Files under `root` with the first folder level as label.
 
     A root with class sub-folders labels each file by its sub-folder, however deep it sits;
     loose files beside the class folders are unlabelled (label None). A root holding only
     files is an unlabelled dataset (label ""). Folders in `skip` (the output) are not read.
-    Returns the files and the number of hidden entries skipped.
+    Returns the files and the counts of skipped entries by kind (HIDDEN, VISLAB_OUTPUT,
+    NON_UTF8_NAME).
     """
     top = os.path.abspath(root)
-    files, hidden = _walk_files(top, {os.path.realpath(s) for s in skip})
+    files, skipped = _walk_files(top, {os.path.realpath(s) for s in skip})
     tree = any(first is not None for _, first in files)
     loose: str | None = None if tree else ""
-    return [Found(path, loose if first is None else first) for path, first in files], hidden
+    return [Found(path, loose if first is None else first) for path, first in files], skipped
 
 
 # ---------------------------------------------------------------- CSV helpers
 
 
 def read_csv(path: Path, what: str) -> pd.DataFrame:
-    """Read a CSV as strings, turning every failure into a one-line error."""
-    if not path.is_file():
-        raise VislabError(f"{what} file {path} does not exist; check the path")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise VislabError(f"{path}: cannot read as CSV ({first}); save it as comma-separated UTF-8") from None
+    """A labels or ratings CSV as strings (spaces after commas ignored); one-line errors."""
+    return read_csv_file(path, what, skipinitialspace=True)
 
 
 def require_columns(df: pd.DataFrame, path: Path, columns: dict[str, str]) -> None:
@@ -117,6 +151,19 @@ def require_columns(df: pd.DataFrame, path: Path, columns: dict[str, str]) -> No
 def resolve_csv_path(csv: Path, value: str) -> str:
     """Paths in a CSV are relative to the CSV's folder unless absolute."""
     return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(csv)), value.strip()))
+
+
+def csv_paths(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
+    """The resolved paths of `column`; a NUL character, which no file name can hold, is an
+    error naming its line."""
+    nul = df[column].str.contains("\x00", regex=False)
+    if nul.any():
+        row = int(nul.to_numpy().nonzero()[0][0])
+        raise VislabError(
+            f"{csv} line {line_of_row(csv, int(df.index[row]))}: column '{column}' holds a NUL character, "
+            "which no file name can; fix the cell"
+        )
+    return [resolve_csv_path(csv, p) for p in df[column]]
 
 
 def _merge(entries: Iterable[tuple[str, str | None]]) -> dict[str, Found]:
@@ -139,10 +186,8 @@ def read_labels_csv(csv: Path, path_column: str, label_column: str) -> dict[str,
     df = read_csv(csv, "labels")
     require_columns(df, csv, {"--path-column": path_column, "--label-column": label_column})
     rows = df[df[path_column].str.strip() != ""]
-    return _merge(
-        (resolve_csv_path(csv, p), lab.strip() or None)
-        for p, lab in zip(rows[path_column], rows[label_column])
-    )
+    paths = csv_paths(rows, csv, path_column)
+    return _merge((p, lab.strip() or None) for p, lab in zip(paths, rows[label_column]))
 
 
 # ---------------------------------------------------------------- bins
@@ -181,6 +226,8 @@ class Bins:
         )
 
     def label(self, value: float) -> str | None:
+        if not math.isfinite(value):
+            return None
         if self.per_integer:
             return str(_round_half_up(value))
         for lo, hi, name in self.ranges:
@@ -204,8 +251,13 @@ def parse_bins(text: str) -> Bins:
             raise ValueError(f"cannot read '{item.strip()}'; {hint}")
         lo = float(m.group(1))
         hi = float(m.group(2)) if m.group(2) is not None else lo
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"range '{item.strip()}' has a number too large to use; {hint}")
         if hi < lo:
             raise ValueError(f"range '{item.strip()}' runs backwards; write it as LO-HI")
+        problem = folder_name_problem(m.group(3))
+        if problem is not None:
+            raise ValueError(f"class name '{m.group(3)}' in '{item.strip()}' {problem}; use a plain name")
         ranges.append((lo, hi, m.group(3)))
     ordered = sorted(ranges)
     for (_lo1, hi1, n1), (lo2, _hi2, n2) in zip(ordered, ordered[1:]):
@@ -229,14 +281,18 @@ class RatingsSpec:
 
 
 def _numeric(values: pd.Series, csv: Path, column: str, why: str) -> pd.Series:
-    nums = pd.to_numeric(values, errors="coerce")
-    bad = values[nums.isna()]
-    if len(bad):
+    """`values` as finite floats; the first that is not one is an error naming its line."""
+    nums = pd.to_numeric(values, errors="coerce").astype(float)
+    bad = ~pd.Series([math.isfinite(x) for x in nums], index=values.index, dtype=bool)
+    if bad.any():
+        row = bad.idxmax()
+        shown = values[row]
+        what = "not a number" if math.isnan(nums[row]) else "not a finite number"
         raise VislabError(
-            f"{csv}: column '{column}' holds '{bad.iloc[0]}', not a number, which {why} needs; "
-            "fix the value or choose a named --annotator without --bins"
+            f"{csv} line {line_of_row(csv, int(row))}: column '{column}' holds '{shown}', {what}, which "
+            f"{why} needs; fix the value or choose a named --annotator without --bins"
         )
-    return nums.astype(float)
+    return nums
 
 
 def _choose_question(df: pd.DataFrame, csv: Path, spec: RatingsSpec) -> pd.DataFrame:
@@ -293,15 +349,15 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
     df = df[(df[spec.path_column].str.strip() != "") & (df[spec.rating_column].str.strip() != "")]
     if who not in AGGREGATIONS:
         df = df[df[spec.annotator_column] == who]
-    paths = [resolve_csv_path(csv, p) for p in df[spec.path_column]]
+    paths = csv_paths(df, csv, spec.path_column)
     values = df[spec.rating_column].str.strip()
     numeric_needed = who in ("mean", "median") or spec.bins is not None
     if numeric_needed:
         why = f"--annotator {who}" if who in ("mean", "median") else "--bins"
         numbers: list[float | None] = list(_numeric(values, csv, spec.rating_column, why))
     else:
-        as_num = pd.to_numeric(values, errors="coerce")
-        numbers = [None if math.isnan(x) else float(x) for x in as_num]
+        as_num = pd.to_numeric(values, errors="coerce").astype(float)
+        numbers = [float(x) if math.isfinite(x) else None for x in as_num]  # 'inf' stays text
 
     if who not in AGGREGATIONS:
         labels = [_label_of(v, n, spec.bins) for v, n in zip(values, numbers)]

@@ -8,6 +8,7 @@ two copies of one photo never end up on both sides of a train/test boundary.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 
 import numpy as np
@@ -39,6 +40,8 @@ def parse_ratios(text: str) -> tuple[float, float, float]:
         ) from None
     if len(values) == 2:
         values.append(0.0)
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"'{text}' holds a value that is not a finite number; e.g. 0.75,0.15,0.10")
     if len(values) != 3 or any(v < 0 for v in values):
         raise ValueError(f"'{text}' needs two or three non-negative ratios, e.g. 0.75,0.15,0.10")
     total = sum(values)

@@ -1,7 +1,8 @@
 """Dataset summaries: counts by status, reason, class and split, as a dict, a table and a plot.
 
 Counts are always recomputed from the manifest, so `vislab stats` and the `curation.json`
-written by `vislab curate` can never disagree.
+written by `vislab curate` can never disagree. Class names are drawn as plain text
+(`PLAIN_TEXT`): a class called `$x^{$` is a name, not a broken formula.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from rich.table import Table
 
 from vislab.data.manifest import CURATION_NAME, OK, STATUSES, read_manifest
 from vislab.errors import VislabError
+from vislab.fsguard import SpecialFileError, read_bounded
 
 HISTOGRAM_NAME = "class_histogram.png"
 SPLIT_ORDER = ("train", "val", "test")
 MAX_CLASS_ROWS = 30
+# matplotlib reads text between '$' signs as mathtext; labels are names, drawn as written.
+PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
 # Recorded options not worth a line in the summary (column names, defaults that rarely change).
 _QUIET = {
     "sources",
@@ -71,11 +75,18 @@ def dataset_summary(dataset_dir: str | Path) -> dict[str, Any]:
     df = read_manifest(dataset_dir)
     recorded: dict[str, Any] = {}
     path = Path(dataset_dir) / CURATION_NAME
-    if path.is_file():
+    if path.exists():
         try:
-            recorded = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise VislabError(f"{path}: not valid JSON ({err.msg}); re-run `vislab curate`") from None
+            recorded = json.loads(read_bounded(path, 1 << 24).decode("utf-8"))
+        except SpecialFileError as err:
+            raise VislabError(f"{err}; {CURATION_NAME} must be a regular file, re-run `vislab curate`") from None
+        except OSError as err:
+            raise VislabError(f"{path}: cannot read ({err.strerror or err}); check its permissions") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+            raise VislabError(f"{path}: not valid JSON ({why}); re-run `vislab curate`") from None
+        if not isinstance(recorded, dict):
+            raise VislabError(f"{path}: not a JSON object; re-run `vislab curate`")
     recorded.update(summarize_manifest(df))
     recorded["dataset_dir"] = str(Path(dataset_dir).resolve())
     return recorded
@@ -94,12 +105,21 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     """Rich tables of a summary from `dataset_summary` or `run_curate`."""
     status = summary.get("status", {})
     head = f"{summary.get('files', 0)} files"
-    if summary.get("hidden_skipped"):
-        head += f" ({summary['hidden_skipped']} hidden entries skipped)"
+    skipped = [
+        f"{summary[key]} {what} skipped"
+        for key, what in (
+            ("hidden_skipped", "hidden entries"),
+            ("vislab_folders_skipped", "vislab output folders"),
+            ("non_utf8_names_skipped", "non-UTF-8 names"),
+        )
+        if summary.get(key)
+    ]
+    if skipped:
+        head += f" ({', '.join(skipped)})"
     console.print(head)
-    options = summary.get("options", {})
-    if options.get("sources"):
-        console.print(f"sources: {', '.join(options['sources'])}", highlight=False)
+    options = summary.get("options") if isinstance(summary.get("options"), dict) else {}
+    if isinstance(options.get("sources"), list) and options["sources"]:
+        console.print(f"sources: {', '.join(map(str, options['sources']))}", highlight=False)
     chosen = {k: v for k, v in options.items() if v not in (None, False, 0, "none", []) and k not in _QUIET}
     if chosen:
         console.print("options: " + " ".join(f"{k}={v}" for k, v in chosen.items()), highlight=False)
@@ -135,32 +155,34 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
 def plot_class_histogram(summary: dict[str, Any], path: str | Path) -> Path:
     """Bar chart of usable images per class (stacked by split); many classes become a
     sorted long-tail curve, since hundreds of bar labels are unreadable anyway."""
+    from matplotlib import rc_context
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     classes: dict[str, int] = summary.get("classes", {})
     splits: dict[str, dict[str, int]] = summary.get("splits", {})
     names = [c for c, _ in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))]
     many = len(names) > 60
-    fig = Figure(figsize=(max(6.0, min(16.0, 0.35 * len(names) + 2)), 4.0))
-    ax = fig.subplots()
-    if not names:
-        ax.text(0.5, 0.5, "no usable images", ha="center", va="center", transform=ax.transAxes)
-    elif many:
-        ax.plot(range(len(names)), [classes[c] for c in names])
-        ax.set_xlabel(f"class rank ({len(names)} classes)")
-    else:
-        xs = range(len(names))
-        bottom = [0] * len(names)
-        for s in splits or {"ok": classes}:
-            counts = [(splits[s] if splits else classes).get(c, 0) for c in names]
-            ax.bar(xs, counts, bottom=bottom, label=s)
-            bottom = [b + c for b, c in zip(bottom, counts)]
-        ax.set_xticks(list(xs), [c or "(unlabelled)" for c in names], rotation=60, ha="right")
-        if splits:
-            ax.legend()
-    ax.set_ylabel("usable images")
-    ax.set_title("images per class")
-    fig.tight_layout()
     out = Path(path)
-    fig.savefig(out, dpi=100, metadata={"Software": None})
+    with rc_context(PLAIN_TEXT):
+        fig = Figure(figsize=(max(6.0, min(16.0, 0.35 * len(names) + 2)), 4.0))
+        ax = fig.subplots()
+        if not names:
+            ax.text(0.5, 0.5, "no usable images", ha="center", va="center", transform=ax.transAxes)
+        elif many:
+            ax.plot(range(len(names)), [classes[c] for c in names])
+            ax.set_xlabel(f"class rank ({len(names)} classes)")
+        else:
+            xs = range(len(names))
+            bottom = [0] * len(names)
+            for s in splits or {"ok": classes}:
+                counts = [(splits[s] if splits else classes).get(c, 0) for c in names]
+                ax.bar(xs, counts, bottom=bottom, label=s)
+                bottom = [b + c for b, c in zip(bottom, counts)]
+            ax.set_xticks(list(xs), [c or "(unlabelled)" for c in names], rotation=60, ha="right")
+            if splits:
+                ax.legend()
+        ax.set_ylabel("usable images")
+        ax.set_title("images per class")
+        fig.tight_layout()
+        fig.savefig(out, dpi=100, metadata={"Software": None})
     return out

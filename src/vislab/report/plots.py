@@ -19,6 +19,8 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from vislab.data.stats import PLAIN_TEXT
+
 if TYPE_CHECKING:
     from vislab.report.rundata import RunData
 
@@ -34,6 +36,7 @@ MAX_TICK_LABELS = 40  # per axis; more classes get every k-th label
 DPI = 110
 
 STYLE = {
+    **PLAIN_TEXT,  # class names and captions are drawn as written, never as mathtext
     "font.family": "DejaVu Sans",
     "font.size": 9,
     "axes.edgecolor": "#d1d5db",

@@ -1,0 +1,71 @@
+"""Reading a CSV file a person may have made or edited by hand (a manifest, labels, ratings).
+
+Only a regular file of bounded size is read (a named pipe would block forever, `/dev/zero`
+never ends), it must be UTF-8, and every cell comes back as a string. Each failure is one
+`VislabError` naming the file and, where there is one, the line. `line_of_row` turns a
+table row back into the line a text editor shows, so a caller that finds a bad value can
+name where it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vislab.errors import VislabError
+from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, read_bounded, regular_file_problem
+
+
+def _bytes(path: Path, what: str) -> bytes:
+    """The file's bytes, checked to be UTF-8 text."""
+    problem = regular_file_problem(path)
+    if problem == "missing":
+        raise VislabError(f"{what} file {path} does not exist; check the path")
+    if problem is not None:
+        raise VislabError(f"{what} file {path}: {problem}; give a regular CSV file")
+    try:
+        data = read_bounded(path, MAX_FILE_BYTES)
+    except SpecialFileError as err:
+        raise VislabError(f"{what} file {err}; give a regular CSV file") from None
+    except OSError as err:
+        raise VislabError(f"{what} file {path}: cannot read ({err.strerror or err}); check its permissions") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise VislabError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}); save the file as UTF-8"
+        ) from None
+    return data
+
+
+def read_csv_file(path: str | Path, what: str, **options: Any) -> pd.DataFrame:
+    """The CSV at `path` as a table of strings (empty cells are ''); `what` names the file's
+    role in messages ('labels', 'manifest'); `options` go to `pandas.read_csv`."""
+    path = Path(path)
+    data = _bytes(path, what)
+    try:
+        return pd.read_csv(io.BytesIO(data), encoding="utf-8-sig", dtype=str, keep_default_na=False, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise VislabError(f"{path}: cannot read as CSV ({first}); save it as comma-separated UTF-8") from None
+
+
+def line_of_row(path: str | Path, row: int) -> int:
+    """The line (1-based, header on line 1) where data row `row` of `read_csv_file(path)`
+    starts; blank lines, which the table skips, are counted. Only called to report an error."""
+    text = _bytes(Path(path), "CSV").decode("utf-8-sig")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    index, last = -1, 0  # the header is row -1
+    for record in reader:
+        start, last = last + 1, reader.line_num
+        if not record:
+            continue
+        if index == row:
+            return start
+        index += 1
+    return last + 1
