@@ -79,6 +79,7 @@ def curate(
     seed: int = typer.Option(0, help="Seed for sampling and splits."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace a manifest of a different dataset in --out."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) when a step leaves no usable image or empties a class."),
 ) -> None:
     """Scan images into a manifest: quarantine bad files, filter, dedupe, select classes, split."""
     from vislab.data.curate import CurateOptions, run_curate
@@ -114,6 +115,7 @@ def curate(
         seed=seed,
         workers=workers,
         overwrite=overwrite,
+        strict=strict,
     )
     summary = run_curate(opts, out, console=console)
     from vislab.data.stats import print_summary

@@ -56,7 +56,7 @@ EXTRA_COLUMNS = ["orientation"]
 # Files curate writes into --out (temporary ones included).
 OUTPUT_NAMES = (MANIFEST_NAME, MANIFEST_NAME + ".tmp", CURATION_NAME, CURATION_NAME + ".tmp", HISTOGRAM_NAME)
 # Options that change how fast a dataset is made, not what it contains.
-RUNTIME_OPTIONS = {"workers", "overwrite"}
+RUNTIME_OPTIONS = {"workers", "overwrite", "strict"}
 
 
 def _flag(field: str) -> str:
@@ -113,6 +113,7 @@ class CurateOptions(BaseModel):
     seed: int = Field(0, ge=0)
     workers: int = Field(0, ge=0)
     overwrite: bool = False
+    strict: bool = False
 
     def __init__(self, **data: Any) -> None:
         try:
@@ -330,16 +331,17 @@ def _filter_geometry(df: pd.DataFrame, opts: CurateOptions) -> None:
         _exclude(df, ok & off.fillna(True), WRONG_ASPECT)
 
 
-def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> int:
+def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> list[dict[str, Any]]:
     """Group exact and near copies among usable rows (the `group` column) and, by `mode`,
     keep one image per sha256 or per group: the one with most pixels, then the biggest
-    file, then the first path. Returns how many groups mix labels.
+    file, then the first path. Returns the groups that mix labels (the same picture under
+    two classes), each naming its members, the copy kept and why.
 
     Works on arrays, not per-group pandas calls: 50,000 rows have hundreds of groups.
     """
     pos = np.flatnonzero(df["status"].to_numpy() == OK)
     if len(pos) < 2:
-        return 0
+        return []
     paths = df["path"].to_numpy()[pos]
     labels = df["label"].to_numpy()[pos]
     _, first, sha_id = np.unique(
@@ -360,25 +362,74 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> int:
     group = np.full(len(df), "", dtype=object)
     status = df["status"].to_numpy().copy()
     reason = df["reason"].to_numpy().copy()
-    conflicting = 0
+    conflicts: list[dict[str, Any]] = []
     for number, root in enumerate(sorted(members), start=1):
         group_members = members[root]
-        group[pos[group_members]] = f"g{number:05d}"
-        conflicting += len({labels[i] for i in group_members}) > 1
+        name = f"g{number:05d}"
+        group[pos[group_members]] = name
+        kept: dict[int, str] = {}
         if mode == "none":
-            continue
-        sets: dict[int, list[int]] = {}
-        for i in group_members:
-            sets.setdefault(0 if mode == "near" else int(sha_id[i]), []).append(i)
-        for dup_set in sets.values():
-            ranked = sorted(dup_set, key=lambda i: (-pixels[i], -sizes[i], paths[i]))
-            for i in ranked[1:]:
-                status[pos[i]] = EXCLUDED
-                reason[pos[i]] = f"{DUPLICATE_OF}:{paths[ranked[0]]}"
+            kept = {i: "kept: no --dedupe, so every copy stays (all in one split)" for i in group_members}
+        else:
+            sets: dict[int, list[int]] = {}
+            for i in group_members:
+                sets.setdefault(0 if mode == "near" else int(sha_id[i]), []).append(i)
+            for dup_set in sets.values():
+                ranked = sorted(dup_set, key=lambda i: (-pixels[i], -sizes[i], paths[i]))
+                kept[ranked[0]] = _why_kept(ranked, pixels, sizes, df["width"].to_numpy()[pos], df["height"].to_numpy()[pos])
+                for i in ranked[1:]:
+                    status[pos[i]] = EXCLUDED
+                    reason[pos[i]] = f"{DUPLICATE_OF}:{paths[ranked[0]]}"
+        if len({labels[i] for i in group_members}) > 1:
+            conflicts.append(
+                {
+                    "group": name,
+                    "labels": sorted({str(labels[i]) for i in group_members}),
+                    "members": [
+                        {"path": str(paths[i]), "label": str(labels[i]), "kept": i in kept, **({"why": kept[i]} if i in kept else {})}
+                        for i in sorted(group_members, key=lambda i: paths[i])
+                    ],
+                }
+            )
     df["group"] = group
     df["status"] = status
     df["reason"] = reason
-    return conflicting
+    return conflicts
+
+
+def _why_kept(ranked: list[int], pixels: np.ndarray, sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> str:
+    """Why the first of a ranked duplicate set is the copy kept, in words."""
+    first, second = ranked[0], ranked[1]
+    if pixels[first] != pixels[second]:
+        return f"kept: most pixels ({widths[first]}x{heights[first]} vs {widths[second]}x{heights[second]})"
+    if sizes[first] != sizes[second]:
+        return f"kept: same pixels, largest file ({int(sizes[first]):,} vs {int(sizes[second]):,} bytes)"
+    return "kept: same pixels and file size, first path in sort order"
+
+
+class _Usable:
+    """Counts usable images per class between curation steps, so a step that leaves nothing,
+    or empties a class, is said loudly (and fails the command with --strict)."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.counts = self._count(df)
+        self.warnings: list[str] = []
+
+    @staticmethod
+    def _count(df: pd.DataFrame) -> Counter[str]:
+        return Counter(df.loc[df["status"] == OK, "label"])
+
+    def after(self, df: pd.DataFrame, step: str) -> None:
+        now = self._count(df)
+        before_total, now_total = sum(self.counts.values()), sum(now.values())
+        if before_total and not now_total:
+            self.warnings.append(f"{step} left 0 of {before_total:,} usable images; loosen it or check the data")
+        elif before_total:
+            emptied = sorted(c for c in self.counts if c not in now)
+            if emptied:
+                shown = ", ".join(f"'{c}' ({self.counts[c]:,})" for c in emptied[:8]) + (" ..." if len(emptied) > 8 else "")
+                self.warnings.append(f"{step} emptied {len(emptied)} class(es): {shown}")
+        self.counts = now
 
 
 # ---------------------------------------------------------------- the command
@@ -409,8 +460,13 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     extra_columns = sorted({col for entry in found.values() for col in entry.extra})
     for col in extra_columns:  # e.g. photos.csv attribution, kept beside each image's row
         df[col] = [found[p].extra.get(col, "") for p in df["path"]]
+    usable_now = _Usable(df)
+    if not usable_now.counts:
+        usable_now.warnings.append(f"none of the {len(df):,} files is a usable labelled image (see the reasons)")
     _filter_geometry(df, opts)
-    conflicting = _dedupe(df, opts.dedupe, opts.near_threshold)
+    usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
+    conflicts = _dedupe(df, opts.dedupe, opts.near_threshold)
+    usable_now.after(df, f"--dedupe {opts.dedupe}")
     select_classes(
         df,
         min_per_class=opts.min_per_class,
@@ -420,6 +476,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         sample_classes=opts.sample_classes,
         seed=opts.seed,
     )
+    usable_now.after(df, "class selection")
     assign_splits(
         df,
         ratios=opts.ratios,
@@ -439,7 +496,9 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "hidden_skipped": skipped[src.HIDDEN],
         "vislab_folders_skipped": skipped[src.VISLAB_OUTPUT],
         "non_utf8_names_skipped": skipped[src.NON_UTF8_NAME],
-        "conflicting_label_groups": conflicting,
+        "conflicting_label_groups": len(conflicts),
+        "conflicting_labels": conflicts,
+        "warnings": usable_now.warnings,
         "manifest_sha256": manifest_hash(out_dir),
         "histogram": HISTOGRAM_NAME,
     }
@@ -450,4 +509,13 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     histogram = inside(out_dir, HISTOGRAM_NAME)
     histogram.unlink(missing_ok=True)
     plot_class_histogram(summary, histogram)
+    if opts.strict and summary["warnings"]:
+        raise VislabError(f"--strict: {'; '.join(summary['warnings'])} (the manifest was written to {out_dir} for a look)")
     return summary
+
+
+def _geometry_flags(opts: CurateOptions) -> list[str]:
+    flags = [f"--min-size {opts.min_size}"] if opts.min_size else []
+    if opts.aspect is not None:
+        flags.append(f"--aspect {opts.aspect:g}")
+    return flags + (["--landscape"] if flags and opts.landscape else [])

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vislab.data.manifest import CURATION_NAME, OK, STATUSES, read_manifest
@@ -150,6 +151,21 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         extras.append(f"groups with conflicting labels: {summary['conflicting_label_groups']}")
     if extras:
         console.print("; ".join(extras))
+    _print_conflicts(summary.get("conflicting_labels") or [], console)
+    for warning in summary.get("warnings") or []:
+        console.print(f"[bold yellow]warning:[/] {escape(str(warning))}", highlight=False, soft_wrap=True)
+
+
+def _print_conflicts(conflicts: list[dict[str, Any]], console: Console, shown: int = 5) -> None:
+    """The same picture under two labels: which copies, which was kept and why (all in curation.json)."""
+    for c in conflicts[:shown]:
+        parts = []
+        for m in c.get("members", []):
+            state = m.get("why", "kept") if m.get("kept") else "excluded as a duplicate"
+            parts.append(f"'{m.get('label')}' {Path(str(m.get('path'))).name} ({state})")
+        console.print(f"conflicting labels in {c.get('group')}: " + "; ".join(parts), highlight=False, soft_wrap=True, markup=False)
+    if len(conflicts) > shown:
+        console.print(f"... and {len(conflicts) - shown} more conflicting-label group(s): see curation.json 'conflicting_labels'")
 
 
 def plot_class_histogram(summary: dict[str, Any], path: str | Path) -> Path:

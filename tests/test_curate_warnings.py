@@ -1,0 +1,72 @@
+"""Curate says loudly when a step leaves nothing (or empties a class), and names the groups
+where the same picture carries two labels: which copy was kept and why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.testing.images import near_copy, write_image, write_image_folder
+
+runner = CliRunner()
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_a_filter_that_leaves_nothing_warns_and_fails_with_strict(tmp_path):
+    write_image_folder(tmp_path / "photos", ["cat", "dog"], per_class=3, size=(48, 32))
+    res = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds", "--min-size", "224x224", "--workers", "1")
+    assert res.exit_code == 0
+    assert "warning: --min-size 224x224 left 0 of 6 usable images" in " ".join(res.output.split())
+    summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
+    assert summary["warnings"] == ["--min-size 224x224 left 0 of 6 usable images; loosen it or check the data"]
+
+    strict = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds2", "--min-size", "224x224", "--strict", "--workers", "1")
+    assert strict.exit_code == 2
+    assert "--strict: --min-size 224x224 left 0 of 6 usable images" in " ".join(strict.output.split())
+    assert "Traceback" not in strict.output
+
+
+def test_a_filter_that_empties_one_class_names_it(tmp_path):
+    write_image_folder(tmp_path / "photos", ["big"], per_class=3, size=(64, 64))
+    write_image_folder(tmp_path / "photos", ["small"], per_class=2, size=(20, 20), seed=7)
+    res = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds", "--min-size", "32x32", "--workers", "1")
+    assert res.exit_code == 0
+    summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
+    assert summary["warnings"] == ["--min-size 32x32 emptied 1 class(es): 'small' (2)"]
+    assert invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds3", "--min-per-class", "3", "--strict", "--workers", "1").exit_code == 2
+    quiet = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds4", "--workers", "1")
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
+    assert json.loads((tmp_path / "ds4" / "curation.json").read_text())["warnings"] == []
+
+
+def test_conflicting_label_groups_are_named_with_the_copy_kept_and_why(tmp_path):
+    root = tmp_path / "photos"
+    write_image_folder(root, ["cat", "dog"], per_class=2, size=(40, 30))
+    big = write_image(root / "dog" / "shared_big.png", seed=999, size=(80, 60))
+    small = near_copy(big, root / "cat" / "shared.png", scale=0.9)  # same picture, fewer pixels
+    shutil.copy(small, root / "dog" / "zz_exact.png")  # byte-identical copy, labelled dog
+
+    res = invoke("curate", root, "--out", tmp_path / "ds", "--dedupe", "near", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
+    assert summary["conflicting_label_groups"] == 1
+    (group,) = summary["conflicting_labels"]
+    assert group["labels"] == ["cat", "dog"]
+    members = {m["path"]: m for m in group["members"]}
+    assert set(members) == {str(small), str(big), str(root / "dog" / "zz_exact.png")}
+    kept = [m for m in group["members"] if m["kept"]]
+    assert [m["path"] for m in kept] == [str(big)]
+    assert kept[0]["why"] == "kept: most pixels (80x60 vs 72x54)"
+    out = " ".join(res.output.split())
+    assert f"conflicting labels in {group['group']}:" in out and "'dog' shared_big.png (kept: most pixels" in out
+
+    none = invoke("curate", root, "--out", tmp_path / "ds-none", "--workers", "1")
+    groups = json.loads((tmp_path / "ds-none" / "curation.json").read_text())["conflicting_labels"]
+    assert groups and all(m["kept"] and "no --dedupe" in m["why"] for g in groups for m in g["members"])
+    assert none.exit_code == 0
