@@ -399,6 +399,8 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> list[dict[str, Any]]
 
 def _why_kept(ranked: list[int], pixels: np.ndarray, sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> str:
     """Why the first of a ranked duplicate set is the copy kept, in words."""
+    if len(ranked) == 1:
+        return "kept: no byte-identical copy (--dedupe exact keeps near copies)"
     first, second = ranked[0], ranked[1]
     if pixels[first] != pixels[second]:
         return f"kept: most pixels ({widths[first]}x{heights[first]} vs {widths[second]}x{heights[second]})"
