@@ -13,6 +13,7 @@ from typing import Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vislab.errors import VislabError
 
@@ -36,7 +37,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except VislabError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -233,12 +234,17 @@ def explain(
 ) -> None:
     """Write heatmap overlays showing which image regions drove the model's scores."""
     from vislab.explain.overlays import explain_run
+    from vislab.fsguard import printable
 
     results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
     for r in results:
-        console.print(f"{Path(r.source).name}: {r.class_name} {r.prob:.3f} -> {r.output.name}", highlight=False, soft_wrap=True)
+        shown = printable(Path(r.source).name)
+        console.print(f"{shown}: {printable(r.class_name)} {r.prob:.3f} -> {r.output.name}", highlight=False, soft_wrap=True, markup=False)
+    for f in results.failed:
+        console.print(f"{printable(Path(f['source']).name)}: error: {f['error']}", highlight=False, soft_wrap=True, markup=False)
     if results:
-        console.print(f"{len(results)} overlay(s) in {results[0].output.parent} ({r.method} on layer {results[0].layer})")
+        where = printable(results[0].output.parent)
+        console.print(f"{len(results)} overlay(s) in {where} ({r.method} on layer {results[0].layer})", highlight=False, markup=False)
 
 
 @app.command()

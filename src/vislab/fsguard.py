@@ -2,8 +2,12 @@
 
 - `inside(root, *parts)`: the path a writer may use, resolved and checked to stay inside its
   output folder (a label such as `../../x` or `/abs` never escapes it).
+- `make_folder(path, what)`: create an output folder, or say in one line why it cannot be
+  (a file already has its name or a parent's, permission denied).
 - `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
   curate refuses such labels with a reason before any writer sees them.
+- `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes
+  and control characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
   pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
 
@@ -14,6 +18,7 @@ into a per-file reason) with a message naming the path.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -43,6 +48,19 @@ def inside(root: str | Path, *parts: str | Path) -> Path:
     return target
 
 
+def make_folder(path: str | Path, what: str = "--out") -> Path:
+    """Create folder `path` (and its parents) unless it exists; refused when it cannot be,
+    e.g. because `path` or a parent is a file. `what` names the option in the message."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise VislabError(f"{what} {path}: is (or lies under) a file, not a folder; choose a folder path") from None
+    except OSError as err:
+        raise VislabError(f"{what} {path}: cannot create the folder ({os.strerror(err.errno) if err.errno else err})") from None
+    return path
+
+
 def folder_name_problem(name: str) -> str | None:
     """Why `name` cannot be one folder-name component on common filesystems, or None."""
     if name in ("", ".", ".."):
@@ -56,6 +74,14 @@ def folder_name_problem(name: str) -> str | None:
     if name != name.strip():
         return "starts or ends with whitespace"
     return None
+
+
+def printable(text: str | Path) -> str:
+    """`text` with bytes that are not UTF-8 (kept by Python as surrogates) shown as `\\xNN`
+    and control characters (a newline in a file name) as `\\xNN`: a strict UTF-8 stdout
+    cannot fail on it, and one name stays on one line."""
+    s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", s)
 
 
 def regular_file_problem(path: str | Path) -> str | None:
