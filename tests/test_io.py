@@ -134,3 +134,16 @@ def test_every_broken_file_is_one_error_type(tmp_path, writer):
 
     again = pickle.loads(pickle.dumps(info.value))  # as a DataLoader worker hands it back
     assert (again.path, again.reason) == (info.value.path, info.value.reason)
+
+
+def test_collect_images_names_a_special_file(tmp_path):
+    import os
+
+    from vislab.data.io import collect_images
+    from vislab.errors import VislabError
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(VislabError, match="pipe.png: not a regular file"):
+        collect_images([tmp_path / "pipe.png"])
+    write_image(tmp_path / "ok.png")
+    assert [p.name for p in collect_images([tmp_path])] == ["ok.png"]  # a folder's pipes are passed over

@@ -4,6 +4,7 @@
   output folder (a label such as `../../x` or `/abs` never escapes it).
 - `make_folder(path, what)`: create an output folder, or say in one line why it cannot be
   (a file already has its name or a parent's, permission denied).
+- `slug(text)`: a file-name part made of [A-Za-z0-9._-] only, for names derived from labels.
 - `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
   curate refuses such labels with a reason before any writer sees them.
 - `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes
@@ -59,6 +60,13 @@ def make_folder(path: str | Path, what: str = "--out") -> Path:
     except OSError as err:
         raise VislabError(f"{what} {path}: cannot create the folder ({os.strerror(err.errno) if err.errno else err})") from None
     return path
+
+
+def slug(text: str) -> str:
+    """`text` reduced to [A-Za-z0-9._-] ('+' as 'p', other runs as '_'), never empty: a safe
+    part of a file name derived from a class or file name. Different texts may share a slug;
+    callers that need distinct names add a hash."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("+", "p")).strip("_") or "x"
 
 
 def folder_name_problem(name: str) -> str | None:

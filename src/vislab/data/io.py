@@ -221,6 +221,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
             found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
         elif p.is_file():
             found.append(p)
+        elif p.exists():
+            raise VislabError(f"{p}: not a regular file (a pipe or device?); pass image files or folders of images")
         else:
             raise VislabError(f"{p}: no such image or folder; pass image files or folders of images")
     if not found:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +19,7 @@ from PIL import Image
 
 from vislab.data.io import ImageDecodeError, collect_images
 from vislab.errors import VislabError
+from vislab.fsguard import inside, make_folder, slug
 from vislab.explain.attention import METHOD as ATTENTION, attention_session
 from vislab.explain.cam import cam_session, overlay
 
@@ -148,10 +148,6 @@ def explain_images(
     return results
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("+", "p")).strip("_") or "x"
-
-
 NAME_PART_CHARS = 60  # a stem and a class name each: overlay names stay far below 255 bytes
 
 
@@ -162,7 +158,7 @@ def name_parts(texts: Sequence[str]) -> dict[str, str]:
     names cut alike) get a short hash of the original appended, so no overlay overwrites
     another one.
     """
-    parts = {t: _slug(t)[:NAME_PART_CHARS] for t in dict.fromkeys(texts)}
+    parts = {t: slug(t)[:NAME_PART_CHARS] for t in dict.fromkeys(texts)}
     taken: dict[str, int] = {}
     for part in parts.values():
         taken[part] = taken.get(part, 0) + 1
@@ -197,7 +193,6 @@ def explain_run(
     none can be read, that is an error.
     """
     from vislab.data.io import load_image
-    from vislab.fsguard import inside, make_folder
 
     files = collect_images(inputs)
     loaded = load_trained(run_dir)
@@ -215,7 +210,7 @@ def explain_run(
         loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in read], method, class_name, top_k, layer,
         grayscale=loaded.cfg.data.grayscale,
     )
-    out_dir = make_folder(out if out is not None else inside(run_dir, "explain", _slug(method)))
+    out_dir = make_folder(out if out is not None else inside(run_dir, "explain", slug(method)))
     stems = [f.stem for f in read]
     numbered = len(set(stems)) != len(stems)
     stem_part = name_parts(stems)
@@ -224,7 +219,7 @@ def explain_run(
     for r in results:
         i = index[r.source]
         stem = f"{i:04d}_{stem_part[stems[i]]}" if numbered else stem_part[stems[i]]
-        r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{_slug(r.method)}.png")
+        r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}.png")
         Image.fromarray(r.overlay).save(r.output)
     inside(out_dir, "explanations.json").write_text(json.dumps([r.to_dict() for r in results] + failed, indent=2))
     return ExplainedImages(results, failed)
