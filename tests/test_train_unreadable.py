@@ -89,7 +89,7 @@ def test_loader_replaces_training_images_and_drops_evaluation_ones(tmp_path, wor
     paths = [str(write_image(tmp_path / f"{i}.png", seed=i, size=(8, 8))) for i in range(4)]
     Path(paths[1]).unlink()
     write_bad_ztxt_png(paths[2])
-    ds = ImageTableDataset(paths, [0, 1, 2, 3], lambda im: torch.as_tensor(np.asarray(im)[0, 0]))
+    ds = ImageTableDataset(paths, [0, 1, 2, 3], lambda im: torch.tensor(np.array(im)[0, 0]))
     seen: list[list[tuple[str, str]]] = []
 
     def loader(train: bool, n: int = 4) -> SkippingLoader:
