@@ -19,6 +19,7 @@ from vislab.data import cache as cache_mod
 from vislab.data.io import load_image
 from vislab.data.manifest import read_manifest, write_manifest
 from vislab.data.transforms import eval_transform
+from vislab.errors import VislabError
 from vislab.testing.images import write_image
 
 
@@ -161,3 +162,22 @@ def test_cached_loader_gives_the_same_batches_with_workers(tmp_path: Path) -> No
         assert [t.dtype for t in a] == [torch.uint8, torch.long, torch.long]
         assert a[0].is_contiguous(memory_format=torch.channels_last)
         assert all(torch.equal(s, t) for s, t in zip(a, b))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_prepare_on_images_deleted_or_broken_after_curation_is_one_line(tmp_path: Path, workers: int) -> None:
+    from vislab.testing.images import write_bad_ztxt_png
+
+    ds = _dataset(tmp_path)
+    paths = [str((tmp_path / "src" / rel).resolve()) for rel in ("a/square.jpg", "a/tiny.png")]
+    Path(paths[0]).unlink()
+    res = CliRunner().invoke(app, ["prepare", str(ds), "--size", "16", "--workers", str(workers)])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and res.output.strip().splitlines()[-1] == errors[0]  # after the progress bar
+    assert f"{paths[0]}: file not found" in res.output.replace("\n", "") and "re-run `vislab curate`" in res.output
+    write_image(Path(paths[0]), seed=2, size=(64, 64))
+    write_bad_ztxt_png(paths[1])  # Pillow raises SyntaxError, which escaped the old catch
+    with pytest.raises(VislabError, match=r"tiny.png: corrupt image \(SyntaxError"):
+        cache_mod.prepare_cache(ds, 16, workers=workers)
+    assert cache_mod.open_cache(ds, 16) is None

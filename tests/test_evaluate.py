@@ -70,3 +70,61 @@ def test_cli_evaluate_prints_accuracy_and_missing_split_is_explained(run, tmp_pa
     res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(unsplit)])
     assert res.exit_code == 2 and "--split all" in res.output
     assert evaluate(run, split="all", data=unsplit)["num_samples"] == 4
+
+
+def test_changed_manifest_is_a_warning_and_recorded(tmp_path, capsys):
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, checkpoint=True)
+    data = tmp_path / "run-data"
+    assert evaluate(run, split="test")["manifest_changed"] is False
+    assert "changed" not in capsys.readouterr().err
+    rows = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    rows.iloc[1:].to_csv(data / "manifest.csv", index=False)  # one image dropped since training
+    m = evaluate(run, split="test")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and "manifest.csv changed since this run was trained" in err[0]
+    assert m["manifest_changed"] is True
+    assert json.loads((run / "eval" / "test" / "metrics.json").read_text())["manifest_changed"] is True
+    other = make_pattern_dataset(tmp_path / "other", classes=("cat", "dog"), per_class=5, size=32)
+    assert evaluate(run, split="test", data=other)["manifest_changed"] is False  # another dataset: nothing to compare
+    assert "changed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_image_deleted_after_curation_is_one_line_error(tmp_path, workers):
+    from pathlib import Path
+
+    from vislab.testing.images import write_bad_ztxt_png
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, checkpoint=True)
+    rows = pd.read_csv(tmp_path / "run-data" / "manifest.csv", dtype=str, keep_default_na=False)
+    test_paths = rows[rows["split"] == "test"]["path"].tolist()
+    write_bad_ztxt_png(test_paths[1])
+    with pytest.raises(VislabError, match=r"cannot read image \(corrupt image \(SyntaxError") as info:
+        evaluate(run, split="test", num_workers=workers)
+    assert str(info.value).startswith(test_paths[1]) and "re-curate" in str(info.value)
+    Path(test_paths[0]).unlink()
+    res = CliRunner().invoke(app, ["evaluate", str(run)])
+    assert res.exit_code == 2 and "file not found" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_eval_folder_names_stay_inside_and_short(tmp_path):
+    from vislab.evaluate import eval_name
+    from vislab.testing.rundirs import make_run_dir
+
+    assert eval_name("test") == "test" and eval_name("test", "my photos") == "test-my photos"
+    run = make_run_dir(tmp_path, checkpoint=True)
+    rows = pd.read_csv(tmp_path / "run-data" / "manifest.csv", dtype=str, keep_default_na=False)
+    other = tmp_path / ("x" * 200)
+    other.mkdir()
+    rows.to_csv(other / "manifest.csv", index=False)
+    with pytest.raises(VislabError):  # not a split name: refused before any folder is made
+        evaluate(run, split="../../escaped", data=other)
+    m = evaluate(run, split="test", data=other)
+    out = run / "eval" / m["name"]
+    assert out.parent == run / "eval" and (out / "metrics.json").is_file()
+    assert len(m["name"]) <= 110 and "/" not in m["name"]
+    assert not (tmp_path / "escaped").exists() and not (run / "escaped").exists()

@@ -158,3 +158,70 @@ def test_explain_cli_on_run_dir(tmp_path) -> None:
         assert im.size == (224, 224)
     res = CliRunner().invoke(app, ["explain", str(run), str(images), "--class", "zebra"])
     assert res.exit_code == 2 and "classes are cat, dog, fox" in res.output
+
+
+def _hostile_inputs(folder) -> None:
+    """Good images with odd names, and files Pillow fails on in its less usual ways."""
+    import os
+
+    from vislab.testing.images import write_bad_ztxt_png, write_huge_header_png, write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(folder / "good.png", seed=1)
+    write_image(folder / os.fsdecode(b"odd\xff name[1].png"), seed=2)  # not UTF-8, and rich markup-like
+    write_image(folder / ("long" * 20 + "A.png"), seed=3)  # two names alike in their first 60 characters
+    write_image(folder / ("long" * 20 + "B.png"), seed=4)
+    write_bad_ztxt_png(folder / "ztxt.png")  # Pillow raises SyntaxError while loading
+    write_huge_header_png(folder / "bomb.png")  # Pillow raises DecompressionBombError
+
+
+def test_explain_skips_undecodable_images_and_keeps_hostile_names_inside_out(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    classes = ["../../x", "猫", "犬", "[/x]"]  # a path, two names that slug alike, rich markup
+    run = make_run_dir(tmp_path / "runs", classes=classes, dataset=False, checkpoint=True)
+    images = tmp_path / "in"
+    _hostile_inputs(images)
+    out = tmp_path / "out" / "overlays"
+    before = {p for p in tmp_path.rglob("*")}
+    res = CliRunner().invoke(app, ["explain", str(run), str(images), "--top-k", "4", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "ztxt.png: error: cannot read image: corrupt image (SyntaxError" in res.output
+    assert "bomb.png: error: cannot read image: decompression bomb" in res.output
+    written = {p for p in tmp_path.rglob("*")} - before
+    assert written and all(p == out or out in p.parents or p == out.parent for p in written)
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == 4 * 4  # every good image x every class, none overwritten by another
+    assert all(len(p.name.encode()) < 160 for p in pngs)
+    index = json.loads((out / "explanations.json").read_text())
+    assert {r["class"] for r in index if "class" in r} == set(classes)
+    assert sorted(r["source"].rsplit("/", 1)[-1] for r in index if "error" in r) == ["bomb.png", "ztxt.png"]
+
+    bad_only = tmp_path / "bad"
+    bad_only.mkdir()
+    (images / "ztxt.png").rename(bad_only / "ztxt.png")
+    res = CliRunner().invoke(app, ["explain", str(run), str(bad_only), "--out", str(tmp_path / "o2")])
+    assert res.exit_code == 2 and "no image left to explain" in res.output and "Traceback" not in res.output
+    (tmp_path / "file").write_text("x")
+    res = CliRunner().invoke(app, ["explain", str(run), str(images), "--out", str(tmp_path / "file" / "sub")])
+    assert res.exit_code == 2 and "a file, not a folder" in res.output
+
+
+def test_predict_table_shows_hostile_class_names_and_error_rows(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path / "runs", classes=["[/x]", "[bold]b", "c"], dataset=False, checkpoint=True)
+    images = tmp_path / "in"
+    _hostile_inputs(images)
+    res = CliRunner().invoke(app, ["predict", str(run), str(images), "-k", "3"])
+    assert res.exit_code == 0, res.output
+    assert "[/x]" in res.output and "[bold]b" in res.output and "SyntaxError" in res.output
+    assert res.output.count("error") == 2

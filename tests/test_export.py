@@ -60,3 +60,23 @@ def test_export_run_cli_writes_checked_file_with_metadata(tmp_path: Path) -> Non
     assert info["max_abs_diff"] < 1e-4 and info["input_shape"] == ["batch", 3, 24, 24]
     bad = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
     assert bad.exit_code == 2 and "supported formats" in bad.output
+
+
+def test_export_out_that_is_a_folder_or_under_a_file_is_one_line(tmp_path: Path) -> None:
+    import os
+
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    (tmp_path / "afile").write_text("x")
+    os.mkfifo(tmp_path / "pipe.onnx")
+    for out, says in (
+        (tmp_path, "is a folder"),
+        (tmp_path / "afile" / "model.onnx", "a file, not a folder"),
+        (tmp_path / "pipe.onnx", "not a regular file"),
+        (tmp_path / "model.json", "export's description"),
+    ):
+        res = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
+        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, (out, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == "x"
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "new" / "m.onnx")])
+    assert res.exit_code == 0 and (tmp_path / "new" / "m.onnx").is_file() and (tmp_path / "new" / "m.json").is_file()

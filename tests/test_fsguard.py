@@ -63,3 +63,23 @@ def test_device_and_size_limit(tmp_path):
     with open_regular(big) as fh:
         assert fh.read(3) == b"xxx"
     assert regular_file_problem(tmp_path / "nope") == "missing"
+
+
+def test_make_folder_under_a_file_is_one_line(tmp_path):
+    from vislab.fsguard import make_folder
+
+    (tmp_path / "f").write_text("x")
+    assert make_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    for bad in (tmp_path / "f", tmp_path / "f" / "sub"):
+        with pytest.raises(VislabError, match=r"--out .*a file, not a folder"):
+            make_folder(bad)
+
+
+def test_printable_names_survive_a_strict_utf8_stdout():
+    from vislab.fsguard import printable
+
+    odd = os.fsdecode(b"odd\xff\nname.png")
+    shown = printable(odd)
+    assert shown == "odd\\xff\\x0aname.png"
+    shown.encode("utf-8")  # strict: no surrogates left
+    assert printable("猫 [/x].png") == "猫 [/x].png"

@@ -67,3 +67,83 @@ def test_probe_does_not_decode_pixels(tmp_path):
     path = write_huge_header_png(tmp_path / "huge.png", 10_000, 8_000)
     info = probe(path)
     assert (info.width, info.height, info.format) == (10_000, 8_000, "PNG")
+
+
+# ---------------------------------------------------------------- hostile files: one error type
+
+
+def test_bad_ztxt_chunk_is_a_decode_error_not_a_syntax_error(tmp_path):
+    from vislab.data.io import ImageDecodeError
+    from vislab.testing.images import write_bad_ztxt_png
+
+    path = write_bad_ztxt_png(tmp_path / "ztxt.png")
+    with Image.open(path) as im, pytest.raises(SyntaxError):  # what Pillow itself raises
+        im.load()
+    with pytest.raises(ImageDecodeError, match=r"ztxt.png: corrupt image \(SyntaxError: Unknown compression method"):
+        load_image(path)
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, monkeypatch):
+    from vislab.data.io import MAX_PIXELS, ImageDecodeError
+    from vislab.testing.images import write_huge_header_png
+
+    huge = write_huge_header_png(tmp_path / "huge.png", 100_000, 100_000)  # Pillow's DecompressionBombError
+    with pytest.raises(ImageDecodeError, match="huge.png: decompression bomb"):
+        load_image(huge)
+    assert MAX_PIXELS == 178_956_970  # curate's default --max-pixels
+    small = write_image(tmp_path / "small.png", size=(40, 30))
+    with pytest.raises(ImageDecodeError, match="40x30 = 1,200 pixels, over the 1,000-pixel limit"):
+        load_image(small, max_pixels=1000)
+    # Pillow's warning band (a header between its limit and twice it): curate accepts such an
+    # image, so decoding it must not crash even when warnings are errors
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(Image.DecompressionBombWarning):
+            Image.open(small)
+        assert load_image(small, max_pixels=2000).size == (40, 30)
+
+
+def test_only_regular_files_are_read(tmp_path):
+    import os
+
+    from vislab.data.io import ImageDecodeError
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageDecodeError, match="pipe.png: not a regular file"):
+        load_image(fifo)  # would block forever on a plain open()
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        load_image(tmp_path)
+    with pytest.raises(ImageDecodeError, match="gone.png: file not found"):
+        load_image(tmp_path / "gone.png")
+
+
+@pytest.mark.parametrize("writer", ["write_truncated", "write_corrupt_png", "write_broken_header", "write_not_an_image", "write_zero_byte"])
+def test_every_broken_file_is_one_error_type(tmp_path, writer):
+    import vislab.testing.images as images
+    from vislab.data.io import ImageDecodeError
+
+    path = getattr(images, writer)(tmp_path / "bad.png")
+    with pytest.raises(ImageDecodeError) as info:
+        load_image(path)
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(info.value))  # as a DataLoader worker hands it back
+    assert (again.path, again.reason) == (info.value.path, info.value.reason)
+
+
+def test_collect_images_names_a_special_file(tmp_path):
+    import os
+
+    from vislab.data.io import collect_images
+    from vislab.errors import VislabError
+
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(VislabError, match="pipe.png: not a regular file"):
+        collect_images([tmp_path / "pipe.png"])
+    write_image(tmp_path / "ok.png")
+    assert [p.name for p in collect_images([tmp_path])] == ["ok.png"]  # a folder's pipes are passed over

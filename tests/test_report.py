@@ -129,3 +129,19 @@ def test_history_merges_logger_rows(tmp_path) -> None:
     hist = read_history(csv)
     assert list(hist["epoch"]) == [0, 1] and list(hist["val/acc"]) == [0.5, 0.6] and list(hist["train/loss"]) == [1.0, 0.8]
     assert plot_curves(hist, tmp_path / "c.png").is_file()
+
+
+def test_report_survives_images_broken_after_evaluation(tmp_path):
+    """Thumbnails and CAM galleries use the one robust decode: a test image that now fails in
+    Pillow with SyntaxError or a decompression bomb leaves a blank tile, not a traceback."""
+    import pandas as pd
+
+    from vislab.testing.images import write_bad_ztxt_png, write_huge_header_png
+
+    run = make_run_dir(tmp_path, checkpoint=True, n_test=12)
+    paths = pd.read_csv(run / "eval" / "test" / "predictions.csv")["path"].unique().tolist()
+    write_bad_ztxt_png(paths[0])
+    write_huge_header_png(paths[1])
+    page = write_report(run)
+    assert page.is_file() and (run / "plots" / "highest_loss_test.png").is_file()
+    assert (run / "plots" / "cams_test.png").is_file()

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from vislab.errors import VislabError
+from vislab.fsguard import MAX_PIXELS
 
 if TYPE_CHECKING:
     from vislab.collect.fetch import Tally
@@ -39,7 +41,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except VislabError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
     return wrapper  # type: ignore[return-value]
@@ -65,7 +67,7 @@ def curate(
     aspect: Optional[float] = typer.Option(None, help="Required aspect ratio width/height, e.g. 1.5."),
     aspect_tolerance: float = typer.Option(0.05, help="Allowed relative deviation from --aspect."),
     landscape: bool = typer.Option(False, help="Treat portrait images as rotated to landscape for size/aspect."),
-    max_pixels: int = typer.Option(178_956_970, help="Refuse images above this many pixels (decompression bomb)."),
+    max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images above this many pixels (decompression bomb)."),
     dedupe: str = typer.Option("none", help="none | exact (sha256) | near (perceptual hash)."),
     near_threshold: int = typer.Option(6, help="Max Hamming distance (0-32) of 64-bit perceptual hashes: near copies share a group, kept in one split (and cut to one by --dedupe near)."),
     min_per_class: Optional[int] = typer.Option(None, help="Exclude classes with fewer usable images."),
@@ -240,12 +242,17 @@ def explain(
 ) -> None:
     """Write heatmap overlays showing which image regions drove the model's scores."""
     from vislab.explain.overlays import explain_run
+    from vislab.fsguard import printable
 
     results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
     for r in results:
-        console.print(f"{Path(r.source).name}: {r.class_name} {r.prob:.3f} -> {r.output.name}", highlight=False, soft_wrap=True)
+        shown = printable(Path(r.source).name)
+        console.print(f"{shown}: {printable(r.class_name)} {r.prob:.3f} -> {r.output.name}", highlight=False, soft_wrap=True, markup=False)
+    for f in results.failed:
+        console.print(f"{printable(Path(f['source']).name)}: error: {f['error']}", highlight=False, soft_wrap=True, markup=False)
     if results:
-        console.print(f"{len(results)} overlay(s) in {results[0].output.parent} ({r.method} on layer {results[0].layer})")
+        where = printable(results[0].output.parent)
+        console.print(f"{len(results)} overlay(s) in {where} ({r.method} on layer {results[0].layer})", highlight=False, markup=False)
 
 
 @app.command()

@@ -155,6 +155,9 @@ class EarlyStoppingConfig(Section):
 class HealthConfig(Section):
     chance_after_epochs: int = Field(3, ge=1)
     collapse_fraction: float = Field(0.95, gt=0.0, le=1.0)
+    # share of a split's images that may be unreadable (deleted or broken since curation):
+    # skipped with a warning up to it, the run stops (after a checkpoint) above it
+    max_bad_images: float = Field(0.01, ge=0.0, le=1.0)
 
 
 class AveragingConfig(Section):

@@ -4,11 +4,17 @@ Another dataset's labels are matched to the run's classes by name, so it may hol
 of the classes in any order; a label the run does not know is an error that lists them.
 Writes RUN_DIR/eval/<name>/{metrics.json, predictions.csv, probs.npy} (the run-directory
 contract); `name` is the split, or `<split>-<dataset folder name>` with `--data`.
+
+Evaluating the run's own dataset after its manifest changed is allowed, with a warning and
+`manifest_changed: true` in metrics.json. An image that cannot be read any more is an error
+naming it (metrics over fewer images than the split holds would not compare with others).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -19,6 +25,7 @@ import torch
 from vislab.errors import VislabError
 
 UNKNOWN = -1
+NAME_CHARS = 100  # eval folder names: room for the report's `highest_loss_<name>.png` within 255 bytes
 
 
 def _device() -> torch.device:
@@ -115,16 +122,26 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the metrics."""
     from rich.progress import track
-    from torch.utils.data import DataLoader
 
-    from vislab.data.datamodule import ImageTableDataset
-    from vislab.data.manifest import read_manifest, usable
+    from vislab.data.datamodule import EpochSampler, ImageTableDataset, SkippingLoader
+    from vislab.data.manifest import manifest_hash, read_manifest, usable
     from vislab.data.transforms import eval_transform
+    from vislab.fsguard import inside, make_folder
     from vislab.runs import load_run, run_paths, write_json
 
     run = load_run(run_dir)
     dataset_dir = Path(data) if data is not None else Path(run.info["dataset_dir"])
     df = read_manifest(dataset_dir)
+    recorded = run.info.get("manifest_hash")
+    own = run.info.get("dataset_dir") is not None and dataset_dir.resolve() == Path(run.info["dataset_dir"]).resolve()
+    changed = own and recorded is not None and recorded != manifest_hash(dataset_dir)
+    if changed:
+        print(
+            f"warning: {dataset_dir / 'manifest.csv'} changed since this run was trained; "
+            "the metrics are of the current manifest (recorded as manifest_changed in metrics.json)",
+            file=sys.stderr,
+            flush=True,
+        )
     rows = usable(df) if split == "all" else usable(df, split)
     if rows.empty:
         present = sorted({s for s in usable(df)["split"] if s})
@@ -140,7 +157,9 @@ def evaluate(
     ds = ImageTableDataset(paths, y.tolist(), transform, size_hint)
     bs = batch_size or run.cfg.data.eval_batch_size or run.cfg.data.batch_size
     workers = run.cfg.data.num_workers if num_workers is None else num_workers
-    loader = DataLoader(ds, batch_size=bs, num_workers=workers)
+    loader = SkippingLoader(
+        ds, on_unreadable=_refuse_unreadable, batch_size=bs, num_workers=workers, sampler=EpochSampler(len(ds), shuffle=False, train=False)
+    )
     from vislab.tricks import resolve_precision
 
     bf16 = resolve_precision(run.cfg.train.precision, run.cfg.train.accelerator) == "bf16-mixed"
@@ -161,11 +180,12 @@ def evaluate(
     metrics = _report(y, probs, run.classes, losses, paths)
     if "att_logits" in heads:
         metrics.update(branch_metrics(y, heads["att_logits"], run.classes, "att_"))
-    name = split if data is None else f"{split}-{dataset_dir.resolve().name}"
+    name = eval_name(split, None if data is None else dataset_dir.resolve().name)
     metrics.update(
         {
             "split": split,
             "name": name,
+            "manifest_changed": bool(changed),
             "dataset_dir": str(dataset_dir.resolve()),
             "checkpoint": str(run.checkpoint),
             "tta": bool(tta or tta_translate),
@@ -173,8 +193,7 @@ def evaluate(
             "precision": "bf16-mixed" if bf16 else "32-true",
         }
     )
-    out = run_paths(run.run_dir).eval_dir(name)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(inside(run_paths(run.run_dir).root, "eval", name), "eval folder")
     pd.DataFrame(
         {
             "path": paths,
@@ -189,6 +208,24 @@ def evaluate(
     write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=_jsonable)))
     metrics["eval_dir"] = str(out)
     return metrics
+
+
+def _refuse_unreadable(bad: list[tuple[str, str]]) -> None:
+    path, reason = bad[0]
+    raise VislabError(
+        f"{path}: cannot read image ({reason}); the dataset changed since `vislab curate`: restore the file or re-curate"
+    )
+
+
+def eval_name(split: str, dataset_name: str | None = None) -> str:
+    """The eval folder's name: the split, or `<split>-<dataset folder name>`; one that is not a
+    plain folder name, or is long, is reduced to a slug of bounded length plus a short hash."""
+    from vislab.fsguard import folder_name_problem, slug
+
+    raw = split if dataset_name is None else f"{split}-{dataset_name}"
+    if folder_name_problem(raw) is None and len(raw) <= NAME_CHARS:
+        return raw
+    return f"{slug(raw)[:NAME_CHARS]}-{hashlib.sha1(raw.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
 
 
 def _jsonable(v: Any) -> Any:

@@ -121,6 +121,26 @@ def check_onnx(
     return max_diff
 
 
+def export_path(run_dir: Path, out: str | Path | None) -> Path:
+    """The file to write: RUN_DIR/export/model.onnx, or `--out` when it names a file that can be
+    written (its folder is created); a folder, a path under a file, a special file or a `.json`
+    name (the description written beside the model) is refused in one line."""
+    from vislab.fsguard import inside, make_folder
+
+    if out is None:
+        path = inside(run_dir, "export", "model.onnx")
+    else:
+        path = Path(out)
+        if path.is_dir():
+            raise VislabError(f"--out {path}: is a folder; name the file to write, e.g. {path / 'model.onnx'}")
+        if path.exists() and not path.is_file():
+            raise VislabError(f"--out {path}: not a regular file; name a file to write, e.g. model.onnx")
+        if path.suffix.lower() == ".json":
+            raise VislabError(f"--out {path}: the .json name is the export's description; name the model file *.onnx")
+    make_folder(path.parent, "--out")
+    return path
+
+
 def export_run(
     run_dir: str | Path,
     fmt: str = "onnx",
@@ -135,7 +155,7 @@ def export_run(
     if fmt not in FORMATS:
         raise VislabError(f"--format {fmt!r}: supported formats are {', '.join(FORMATS)}")
     run = load_run(run_dir)
-    path = Path(out) if out is not None else run.run_dir / "export" / "model.onnx"
+    path = export_path(run.run_dir, out)
     model = run.model.float().eval()
     input_size = list(run.spec.input_size)
     meta = {

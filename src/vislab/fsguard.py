@@ -2,9 +2,14 @@
 
 - `inside(root, *parts)`: the path a writer may use, resolved and checked to stay inside its
   output folder (a label such as `../../x` or `/abs` never escapes it).
+- `make_folder(path, what)`: create an output folder, or say in one line why it cannot be
+  (a file already has its name or a parent's, permission denied).
+- `slug(text)`: a file-name part made of [A-Za-z0-9._-] only, for names derived from labels.
 - `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
   curate refuses such labels with a reason before any writer sees them.
 - `folder_problem(path)`: why an output folder cannot be made there (it or a parent is a file).
+- `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes
+  and control characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
   pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
 
@@ -15,6 +20,7 @@ into a per-file reason) with a message naming the path.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import BinaryIO
@@ -23,6 +29,8 @@ from vislab.errors import VislabError
 
 # Reads of a single image or label file are refused above this size (a camera RAW is ~100 MB).
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# Images above this many pixels are refused as decompression bombs (Pillow's own default limit).
+MAX_PIXELS = 178_956_970
 _NAME_MAX_BYTES = 255
 
 
@@ -44,6 +52,39 @@ def inside(root: str | Path, *parts: str | Path) -> Path:
     return target
 
 
+def make_folder(path: str | Path, what: str = "--out") -> Path:
+    """Create folder `path` (and its parents) unless it exists; refused in one line when it
+    cannot be (see `folder_problem`). `what` names the option in the message."""
+    path = Path(path)
+    problem = folder_problem(path)
+    if problem:
+        raise VislabError(f"{what} {path}: {problem}; choose a folder path")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VislabError(f"{what} {path}: cannot create the folder ({os.strerror(err.errno) if err.errno else err})") from None
+    return path
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be (made into) a folder to write into, or None: it, or a folder
+    above it, is a file. Checked before any long work, so it fails at once, in one line."""
+    target = Path(os.path.abspath(path))
+    for place in (target, *target.parents):
+        if os.path.lexists(place):
+            if os.path.isdir(place):
+                return None
+            return "is a file, not a folder" if place == target else f"lies under {place}, which is a file, not a folder"
+    return None
+
+
+def slug(text: str) -> str:
+    """`text` reduced to [A-Za-z0-9._-] ('+' as 'p', other runs as '_'), never empty: a safe
+    part of a file name derived from a class or file name. Different texts may share a slug;
+    callers that need distinct names add a hash."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("+", "p")).strip("_") or "x"
+
+
 def folder_name_problem(name: str) -> str | None:
     """Why `name` cannot be one folder-name component on common filesystems, or None."""
     if name in ("", ".", ".."):
@@ -57,6 +98,14 @@ def folder_name_problem(name: str) -> str | None:
     if name != name.strip():
         return "starts or ends with whitespace"
     return None
+
+
+def printable(text: str | Path) -> str:
+    """`text` with bytes that are not UTF-8 (kept by Python as surrogates) shown as `\\xNN`
+    and control characters (a newline in a file name) as `\\xNN`: a strict UTF-8 stdout
+    cannot fail on it, and one name stays on one line."""
+    s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", s)
 
 
 def regular_file_problem(path: str | Path) -> str | None:
@@ -101,15 +150,3 @@ def read_bounded(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
     if len(data) > limit:
         raise SpecialFileError(f"{path}: over the {limit:,}-byte limit")
     return data
-
-
-def folder_problem(path: str | Path) -> str | None:
-    """Why `path` cannot be (made into) a folder to write into, or None: it, or a folder
-    above it, is a file. Checked before any long work, so it fails at once, in one line."""
-    target = Path(os.path.abspath(path))
-    for place in (target, *target.parents):
-        if os.path.lexists(place):
-            if os.path.isdir(place):
-                return None
-            return "is a file, not a folder" if place == target else f"lies under {place}, which is a file, not a folder"
-    return None

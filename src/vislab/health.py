@@ -6,6 +6,10 @@
 - Predictions collapsed onto one class on the validation set: a warning.
 - Validation accuracy still at chance after `train.health.chance_after_epochs` epochs: a
   warning listing the usual causes.
+- Images that cannot be read any more (deleted or broken since curation; the datamodule
+  skips them): a warning `unreadable_images` with the count and the first paths, per split;
+  above `train.health.max_bad_images` of a split, last.ckpt is saved and the run stops
+  (`UnreadableImagesError`).
 
 Every message goes to the console and to RUN_DIR/health.json as
 `{level, code, message, epoch, step}` (the run-directory contract).
@@ -29,15 +33,28 @@ class NonFiniteLossError(VislabError):
     """The training loss became NaN or infinite; the message names the step and likely causes."""
 
 
-class HealthMonitor(Callback):
-    """Checks loss, prediction spread and accuracy against chance while training runs."""
+class UnreadableImagesError(VislabError):
+    """More images of a split than `train.health.max_bad_images` allows could not be read."""
 
-    def __init__(self, path: str | Path | None, chance_after_epochs: int = 3, collapse_fraction: float = 0.95) -> None:
+
+SHOWN_PATHS = 5  # unreadable images named in health.json and on the console
+
+
+class HealthMonitor(Callback):
+    """Checks loss, prediction spread, accuracy against chance and unreadable images while
+    training runs. `max_bad_images` applies when the task carries no config (the run's
+    `train.health.max_bad_images` wins)."""
+
+    def __init__(
+        self, path: str | Path | None, chance_after_epochs: int = 3, collapse_fraction: float = 0.95, max_bad_images: float = 0.01
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.chance_after_epochs = chance_after_epochs
         self.collapse_fraction = collapse_fraction
+        self.max_bad_images = max_bad_images
         self.messages: list[dict[str, Any]] = []
         self._warned: set[str] = set()
+        self._unreadable: dict[str, dict[str, Any]] = {}  # split -> its health.json entry
 
     def load_existing(self) -> None:
         """Keep the messages of earlier sessions of a resumed run."""
@@ -84,7 +101,65 @@ class HealthMonitor(Callback):
         self.add(trainer, "error", "nan_loss", msg, step)
         raise NonFiniteLossError(msg)
 
+    # ---- images that cannot be read -------------------------------------------------------
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.check_unreadable(trainer, pl_module)
+
+    def check_unreadable(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """Warn about newly found unreadable images; past the limit save last.ckpt and stop."""
+        logs = getattr(getattr(trainer, "datamodule", None), "unreadable", None) or {}
+        cfg = getattr(pl_module, "cfg", None)
+        fraction = cfg.train.health.max_bad_images if cfg is not None else self.max_bad_images
+        failing = None
+        for log in logs.values():
+            entry = self._unreadable.get(log.split)
+            if len(log.bad) > (entry["count"] if entry else 0):
+                self._warn_unreadable(trainer, log, fraction)
+            if failing is None and len(log.bad) > fraction * log.total:
+                failing = log
+        over = failing is not None
+        if trainer.world_size > 1:  # every rank must stop together, or the others wait forever
+            over = trainer.strategy.reduce_boolean_decision(over, all=False)
+        if not over:
+            return
+        saved = _save_last_checkpoint(trainer)
+        if failing is not None:
+            path, reason = next(iter(failing.bad.items()))
+            what = (
+                f"{len(failing.bad)} of the {failing.total} {failing.split} images cannot be read, over "
+                f"train.health.max_bad_images = {fraction:g}; e.g. {path} ({reason})"
+            )
+        else:
+            what = f"another process found more unreadable images than train.health.max_bad_images = {fraction:g} allows"
+        kept = f"; {saved} saved" if saved is not None else ""
+        msg = (
+            f"{what}{kept}. The dataset changed since `vislab curate`: restore the files or re-curate "
+            "(or raise train.health.max_bad_images)"
+        )
+        self.add(trainer, "error", "unreadable_images", msg, int(trainer.global_step))
+        raise UnreadableImagesError(msg)
+
+    def _warn_unreadable(self, trainer: "L.Trainer", log: Any, fraction: float) -> None:
+        n = len(log.bad)
+        shown = [f"{p} ({r})" for p, r in list(log.bad.items())[:SHOWN_PATHS]]
+        msg = (
+            f"{n} unreadable image(s) in the {log.split} split skipped: {'; '.join(shown)}{' ...' if n > SHOWN_PATHS else ''}. "
+            f"The run stops above {fraction * 100:g}% of the {log.total} (train.health.max_bad_images); "
+            "re-run `vislab curate` to drop them from the manifest"
+        )
+        entry = self._unreadable.get(log.split)
+        if entry is None:
+            entry = {"level": "warn", "code": "unreadable_images", "split": log.split}
+            self._unreadable[log.split] = entry
+            self.messages.append(entry)
+        entry.update(message=msg, count=n, paths=list(log.bad)[:SHOWN_PATHS], epoch=int(trainer.current_epoch), step=int(trainer.global_step))
+        if trainer.is_global_zero:
+            if n <= SHOWN_PATHS:  # the first few on the console; the count keeps growing in health.json
+                print(f"health warn: {msg}", flush=True)
+            self.save()
+
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.check_unreadable(trainer, pl_module)
         # after the task's on_validation_epoch_end, which computes this epoch's confusion matrix
         if trainer.sanity_checking:
             return
@@ -127,6 +202,18 @@ class HealthMonitor(Callback):
                 "or too low (optim.lr), or data that does not reach the model (augmentation, normalisation)",
                 int(trainer.global_step),
             )
+
+
+def _save_last_checkpoint(trainer: "L.Trainer") -> Path | None:
+    """Save the run's last.ckpt now (the `LastCheckpoint` callback's file), so a run stopped
+    by a health check can be resumed; None when the trainer keeps no last checkpoint."""
+    from vislab.callbacks import LastCheckpoint
+
+    last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
+    if last is None:
+        return None
+    trainer.save_checkpoint(last.path, weights_only=False)
+    return last.path
 
 
 def _current_lr(trainer: "L.Trainer") -> float:

@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 import torch
 
-from vislab.data.io import collect_images
+from vislab.data.io import ImageDecodeError, collect_images
 from vislab.errors import VislabError
-
+from vislab.fsguard import printable
 
 
 def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
@@ -47,10 +47,12 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, b
             entry: dict[str, Any] = {"path": str(f)}
             results.append(entry)
             try:
-                batch.append(transform(load_image(f, (hint, hint))))
-                slots.append(entry)
-            except (OSError, ValueError) as err:
-                entry["error"] = f"cannot read image: {err}"
+                img = load_image(f, (hint, hint))
+            except ImageDecodeError as err:
+                entry["error"] = f"cannot read image: {err.reason}"
+                continue
+            batch.append(transform(img))
+            slots.append(entry)
         if not batch:
             continue
         with torch.inference_mode():
@@ -73,26 +75,27 @@ def format_predictions(results: list[dict[str, Any]], fmt: str = "table") -> str
         w.writerow(["path", "rank", "label", "prob", "error"])
         for r in results:
             if "error" in r:
-                w.writerow([r["path"], "", "", "", r["error"]])
+                w.writerow([printable(r["path"]), "", "", "", r["error"]])
             for rank, t in enumerate(r.get("top", []), 1):
-                w.writerow([r["path"], rank, t["label"], f"{t['prob']:.6f}", ""])
+                w.writerow([printable(r["path"]), rank, t["label"], f"{t['prob']:.6f}", ""])
         return buf.getvalue()
     if fmt != "table":
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(show_lines=False)
+    table = Table(show_lines=False)  # cells as Text: a path or class name like '[/x]' is not markup
     table.add_column("image", overflow="fold")
     table.add_column("prediction")
     table.add_column("prob", justify="right")
     table.add_column("next")
     for r in results:
         if "error" in r:
-            table.add_row(r["path"], "[red]error[/]", "", r["error"])
+            table.add_row(Text(printable(r["path"])), Text("error", style="red"), "", Text(r["error"]))
             continue
         rest = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in r["top"][1:])
-        table.add_row(r["path"], r["pred"], f"{r['confidence']:.3f}", rest)
+        table.add_row(Text(printable(r["path"])), Text(r["pred"]), f"{r['confidence']:.3f}", Text(rest))
     console = Console(file=io.StringIO(), width=120, force_terminal=False)
     console.print(table)
     return console.file.getvalue()  # type: ignore[attr-defined]

@@ -189,14 +189,17 @@ def open_cache(
 
 
 def _fill_chunk(store: str, start: int, paths: list[str], size: tuple[int, int], interpolation: str) -> tuple[int, str | None]:
-    """Worker: decode `paths` into rows start.. of the store; returns (done, failing path)."""
+    """Worker: decode `paths` into rows start.. of the store; returns (done, "path: reason" of
+    the first image that cannot be decoded)."""
+    from vislab.data.io import ImageDecodeError
+
     arr = np.load(store, mmap_mode="r+")
     for i, path in enumerate(paths):
         try:
             arr[start + i] = decode_resized(path, size, interpolation)
-        except (OSError, ValueError) as err:
+        except ImageDecodeError as err:
             arr.flush()
-            return i, f"{path}: {err}"
+            return i, f"{path}: {err.reason}"
     arr.flush()
     return len(paths), None
 
@@ -242,7 +245,8 @@ def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: s
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise VislabError(
-            f"cannot decode {errors[0]}{more}; the file changed since curation: re-run `vislab curate` on the dataset"
+            f"{errors[0]}{more}; the image changed since curation (the cache holds every usable image): "
+            "restore it or re-run `vislab curate` on the dataset"
         )
 
 

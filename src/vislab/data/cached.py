@@ -130,7 +130,8 @@ class CachedClassifyDataModule(ClassifyDataModule):
         assert self.cache is not None
         return CachedBatches(self.cache.images, self.cache.indices(rows["path"].tolist()), rows["target"].tolist())
 
-    def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool, split: str = "train") -> DataLoader:
+        """`split` is unused: the cache holds only images that decoded when it was prepared."""
         workers = self.cfg.num_workers
         assert isinstance(ds, CachedBatches) and isinstance(sampler, EpochSampler)
         return CachedLoader(

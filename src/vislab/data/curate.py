@@ -31,6 +31,7 @@ from vislab import __version__
 from vislab.data import sources as src
 from vislab.data.checks import inspect_files
 from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, near_pairs
+from vislab.fsguard import MAX_PIXELS
 from vislab.data.manifest import (
     COLUMNS,
     CURATION_NAME,
@@ -99,7 +100,7 @@ class CurateOptions(BaseModel):
     aspect: float | None = Field(None, gt=0)
     aspect_tolerance: float = Field(0.05, ge=0)
     landscape: bool = False
-    max_pixels: int = Field(178_956_970, ge=1)
+    max_pixels: int = Field(MAX_PIXELS, ge=1)
     dedupe: Literal["none", "exact", "near"] = "none"
     near_threshold: int = Field(6, ge=0, le=MAX_THRESHOLD)
     min_per_class: int | None = Field(None, ge=1)

@@ -14,34 +14,40 @@ Reproducibility and resume are designed in rather than bolted on:
 
 If the manifest has no `val` rows, `val_fraction` of each train class is held out as
 validation with a seeded generator (and the run says so); test rows are never used here.
+
+An image deleted, truncated or swapped after curation does not abort the run from inside a
+worker: the dataset hands back an `Unreadable` marker, the loader's collate step leaves it
+out (in training it is replaced by the next readable image of the table, under the same
+augmentation seed, so batches keep their size and BatchNorm never sees a batch of one), and
+the loader reports its path to the datamodule's `unreadable` logs, per split. The health
+check (`vislab.health`) warns with the count and stops the run, after saving a checkpoint,
+past `train.health.max_bad_images` of a split.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vislab.config import DataConfig
 from vislab.data import transforms as tfm
+from vislab.data.io import ImageDecodeError, load_image
 from vislab.data.manifest import class_names, read_manifest, usable
 from vislab.errors import VislabError
 
-try:  # the curate layer's robust decoder (EXIF orientation, draft mode, mode conversion)
-    from vislab.data.io import load_image
-except ImportError:  # pragma: no cover - only while io.py does not exist yet
-    from PIL import Image, ImageOps
-
-    def load_image(path: Any, size_hint: tuple[int, int] | None = None) -> Any:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
+# a training sample whose image cannot be read is replaced by one of the next images of the
+# table; past this many unreadable ones in a row the batch shrinks (and one left with a single
+# image is dropped, which leaves that epoch a batch short: by then the health check has
+# almost surely stopped the run)
+SUBSTITUTE_TRIES = 16
 
 
 @dataclass
@@ -108,11 +114,38 @@ def classification_splits(
     )
 
 
+class Unreadable(NamedTuple):
+    """What the dataset returns for an image that cannot be decoded (instead of raising in a
+    worker, which would end the whole run)."""
+
+    path: str
+    reason: str
+    index: int
+    seed: int | None
+
+
+BadImages = list[tuple[str, str]]  # (path, reason) of the unreadable images of a batch
+
+
+@dataclass
+class UnreadableLog:
+    """The images of one split found unreadable so far (path -> reason), and the split's size."""
+
+    split: str
+    total: int
+    bad: dict[str, str] = field(default_factory=dict)
+
+    def add(self, items: Iterable[tuple[str, str]]) -> None:
+        for path, reason in items:
+            self.bad.setdefault(path, reason)
+
+
 class ImageTableDataset(Dataset):
     """Decoded, transformed images of a table (path, target); target -1 when unknown.
 
     An index may be an int or `(index, aug_seed)`: with a seed the random transform runs
     under that seed in a forked RNG, so augmentation does not depend on worker or process.
+    An image that cannot be decoded comes back as `Unreadable`; `collate` deals with it.
     """
 
     def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable, size_hint: int | None = None) -> None:
@@ -124,13 +157,16 @@ class ImageTableDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int] | Unreadable:
         index, seed = key if isinstance(key, tuple) else (key, None)
-        path = self.paths[index]
         try:
-            img = load_image(path, self.size_hint)
-        except (OSError, ValueError) as err:
-            raise VislabError(f"{path}: cannot read image ({err}); re-run `vislab curate` on the dataset") from None
+            return self.load(index, seed)
+        except ImageDecodeError as err:
+            return Unreadable(self.paths[index], err.reason, index, seed)
+
+    def load(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, int]:
+        """Sample `index` transformed (under `seed` when given); raises ImageDecodeError."""
+        img = load_image(self.paths[index], self.size_hint)
         if seed is None:
             x = self.transform(img)
         else:
@@ -139,6 +175,59 @@ class ImageTableDataset(Dataset):
                 torch.random.default_generator.manual_seed(seed)
                 x = self.transform(img)
         return x, self.targets[index]
+
+    def collate(self, items: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, BadImages]:
+        """Batch the readable samples; (path, reason) of the unreadable ones ride along.
+
+        A training sample (it has an augmentation seed) is replaced by the next readable image
+        of the table under the same seed, so the batch keeps its size and the replacement does
+        not depend on the worker; an evaluation sample is left out (metrics count each image once).
+        """
+        good: list[tuple[torch.Tensor, int]] = []
+        bad: BadImages = []
+        for item in items:
+            if not isinstance(item, Unreadable):
+                good.append(item)
+                continue
+            bad.append((item.path, item.reason))
+            if item.seed is not None:
+                sub = self._substitute(item, bad)
+                if sub is not None:
+                    good.append(sub)
+        if not good:
+            return None, None, bad
+        x, y = default_collate(good)
+        return x, y, bad
+
+    def _substitute(self, item: Unreadable, bad: BadImages) -> tuple[torch.Tensor, int] | None:
+        for k in range(1, min(SUBSTITUTE_TRIES, len(self))):
+            j = (item.index + k) % len(self)
+            try:
+                return self.load(j, item.seed)
+            except ImageDecodeError as err:
+                bad.append((self.paths[j], err.reason))
+        return None
+
+
+class SkippingLoader(DataLoader):
+    """DataLoader of an `ImageTableDataset` yielding (images, targets) without the unreadable
+    images: each batch's (path, reason) list goes to `on_unreadable` in the main process
+    (with any number of workers), which may log it or raise. A batch left with fewer than
+    `min_batch` images is dropped (training: BatchNorm cannot normalise a batch of one)."""
+
+    def __init__(
+        self, ds: ImageTableDataset, *, on_unreadable: Callable[[BadImages], None], min_batch: int = 1, **kwargs: Any
+    ) -> None:
+        self.on_unreadable = on_unreadable
+        self.min_batch = min_batch
+        super().__init__(ds, collate_fn=ds.collate, **kwargs)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
+        for x, y, bad in super().__iter__():
+            if bad:
+                self.on_unreadable(bad)
+            if x is not None and len(x) >= self.min_batch:
+                yield x, y
 
 
 def aug_seed(seed: int, epoch: int, position: int) -> int:
@@ -249,6 +338,8 @@ class ClassifyDataModule(L.LightningDataModule):
         self.channels = channels
         self.sanity_batch = sanity_batch
         self.splits: Splits | None = None
+        # split -> images found unreadable while loading it (read by the health check)
+        self.unreadable: dict[str, UnreadableLog] = {}
         self._resume: dict[str, int] | None = None
         self._train_sampler: EpochSampler | None = None
 
@@ -289,11 +380,21 @@ class ClassifyDataModule(L.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool) -> DataLoader:
+    def unreadable_log(self, split: str) -> UnreadableLog:
+        """The log of unreadable images of `split` (train, val or test), kept across epochs."""
+        if split not in self.unreadable:
+            total = len(getattr(self.splits, split)) if self.splits is not None else 0
+            self.unreadable[split] = UnreadableLog(split, total)
+        return self.unreadable[split]
+
+    def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool, split: str = "train") -> DataLoader:
         """The DataLoader of every split (subclasses change how batches are formed here)."""
         workers = self.cfg.num_workers
-        return DataLoader(
+        assert isinstance(ds, ImageTableDataset)
+        return SkippingLoader(
             ds,
+            on_unreadable=self.unreadable_log(split).add,
+            min_batch=2 if getattr(sampler, "train", False) else 1,  # training batches only: BatchNorm
             batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
@@ -328,21 +429,21 @@ class ClassifyDataModule(L.LightningDataModule):
         drop_last = len(sampler) > self.cfg.batch_size  # a last batch of 1 breaks BatchNorm
         return self.make_loader(self.dataset(rows, train=True), sampler, self.cfg.batch_size, drop_last)
 
-    def _eval_loader(self, rows: pd.DataFrame) -> DataLoader:
+    def _eval_loader(self, rows: pd.DataFrame, split: str) -> DataLoader:
         rank, world = self._world()
         sampler = EpochSampler(len(rows), self.seed, shuffle=False, num_replicas=world, rank=rank, train=False)
         bs = self.cfg.eval_batch_size or self.cfg.batch_size
-        return self.make_loader(self.dataset(rows, train=False), sampler, bs, drop_last=False)
+        return self.make_loader(self.dataset(rows, train=False), sampler, bs, drop_last=False, split=split)
 
     def val_dataloader(self) -> DataLoader:
         self.setup("fit")
         assert self.splits is not None
-        return self._eval_loader(self.splits.val)
+        return self._eval_loader(self.splits.val, "val")
 
     def test_dataloader(self) -> DataLoader:
         self.setup("test")
         assert self.splits is not None
-        return self._eval_loader(self.splits.test)
+        return self._eval_loader(self.splits.test, "test")
 
     def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` seeded-random training images as the eval loader gives them (no augmentation),
@@ -354,6 +455,8 @@ class ClassifyDataModule(L.LightningDataModule):
         ds = self.dataset(rows.iloc[take].reset_index(drop=True), train=False)
         sampler = EpochSampler(len(ds), self.seed, shuffle=False, train=False)
         batches = list(self.make_loader(ds, sampler, self.cfg.eval_batch_size or self.cfg.batch_size, drop_last=False))
+        if not batches:
+            raise VislabError(f"{self.dataset_dir}: none of the {len(ds)} sampled training images can be read; re-run `vislab curate`")
         return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
     def steps_per_epoch(self, world_size: int = 1, accumulate: int = 1, limit: int | float | None = None) -> int:

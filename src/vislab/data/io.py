@@ -1,21 +1,32 @@
-"""Robust image decoding shared by curation and training.
+"""Robust image decoding shared by every reader of pixels.
 
-Every reader of pixels goes through here so that all commands see the same image: EXIF
-orientation applied, one colour mode (RGB), transparency flattened onto white, and JPEG
-draft mode used when only a small version is needed (decoding at 1/2..1/8 scale is several
-times cheaper for camera photos).
+Every reader of pixels (curation aside, which records reasons itself: predict, explain,
+evaluate, the training datamodule, the cache builder, report thumbnails) goes through
+`load_image`, so that all commands see the same image: EXIF orientation applied, one colour
+mode (RGB), transparency flattened onto white, and JPEG draft mode used when only a small
+version is needed (decoding at 1/2..1/8 scale is several times cheaper for camera photos).
+
+It is also the one place hostile files are turned away: only regular files of bounded size
+are opened (`fsguard.open_regular`), headers above curate's pixel limit are refused before
+any pixel is allocated, and whatever Pillow raises on a broken file (OSError, SyntaxError,
+ValueError, struct.error, EOFError, IndexError, zlib.error, MemoryError, ...; its fuzzers
+keep finding new ones) becomes one `ImageDecodeError` with a short reason, which callers
+catch to skip the image or report it on one line.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vislab.errors import VislabError
+from vislab.fsguard import MAX_PIXELS, SpecialFileError, open_regular
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientations 5..8 rotate by 90 degrees, so the stored width is the displayed height.
@@ -28,6 +39,9 @@ SUPPORTED_MODES = frozenset(
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 ImageSource = str | Path | BinaryIO | bytes
+# curate's default --max-pixels (twice Pillow's warning limit): a header claiming more pixels
+# is a decompression bomb, refused before its pixels are allocated
+_REASON_CHARS = 160
 
 
 @dataclass(frozen=True)
@@ -47,14 +61,78 @@ class ImageInfo:
         return self.width * self.height
 
 
-class UnsupportedModeError(ValueError):
+class ImageDecodeError(VislabError, ValueError):
+    """An image that cannot be read or decoded; `reason` says why in a few words.
+
+    A VislabError, so one that no caller handles still ends as one line, not a traceback.
+    """
+
+    def __init__(self, reason: str, path: str | Path | None = None) -> None:
+        self.reason = reason
+        self.path = str(path) if path is not None else None
+        super().__init__(f"{path}: {reason}" if path is not None else reason)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # survives a trip from a worker process
+        return type(self), (self.reason, self.path)
+
+
+class UnsupportedModeError(ImageDecodeError):
     """The image decodes, but its pixel mode has no faithful 8-bit RGB conversion."""
 
 
-def _open(source: ImageSource) -> Image.Image:
+def _reason(err: BaseException) -> str:
+    """A few words for what went wrong with a file, from whatever Pillow or the OS raised."""
+    if isinstance(err, FileNotFoundError):
+        return "file not found (deleted or moved?)"
+    if isinstance(err, PermissionError):
+        return "permission denied"
+    if isinstance(err, SpecialFileError):
+        return str(err).rsplit(": ", 1)[-1]
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image file Pillow can read"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"decompression bomb ({str(err).split(', could')[0]})"
+    if isinstance(err, MemoryError):
+        return "too large to decode (out of memory)"
+    text = (str(err).splitlines() or [""])[0][:_REASON_CHARS]
+    kind = "truncated" if "truncat" in text.lower() else "corrupt"
+    return f"{kind} image ({type(err).__name__}: {text})" if text else f"{kind} image ({type(err).__name__})"
+
+
+def _source_file(source: ImageSource) -> Any:
+    """A context manager giving a binary file: regular files only (bounded size), a caller's
+    stream left open, bytes wrapped."""
     if isinstance(source, bytes):
-        source = io.BytesIO(source)
-    return Image.open(source)
+        return io.BytesIO(source)
+    if isinstance(source, (str, Path)):
+        return open_regular(source)
+    return nullcontext(source)
+
+
+@contextmanager
+def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iterator[Image.Image]:
+    """The opened (not yet decoded) image; any failure, opening it or inside the block, is
+    raised as `ImageDecodeError` naming the file.
+
+    A header above `max_pixels` is refused before decoding; Pillow's own bomb warning is
+    silenced here (the limit above replaces it), so running with warnings as errors does not
+    turn an image curate accepted into a crash.
+    """
+    name = source if isinstance(source, (str, Path)) else None
+    try:
+        with _source_file(source) as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(fh) as im:
+                w, h = im.size
+                if max_pixels is not None and w * h > max_pixels:
+                    raise ImageDecodeError(f"decompression bomb: {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel limit")
+                yield im
+    except ImageDecodeError as err:
+        if err.path is not None or name is None:
+            raise
+        raise type(err)(err.reason, name) from None
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types; all mean "cannot decode"
+        raise ImageDecodeError(_reason(err), name) from err
 
 
 def orientation_of(im: Image.Image, header_only: bool = False) -> int:
@@ -86,8 +164,9 @@ def info_of(im: Image.Image, header_only: bool = False) -> ImageInfo:
 
 
 def probe(path: ImageSource) -> ImageInfo:
-    """Read format, mode, displayed size and orientation from the header only (no decode)."""
-    with _open(path) as im:
+    """Read format, mode, displayed size and orientation from the header only (no decode,
+    so no pixel limit)."""
+    with open_image(path, max_pixels=None) as im:
         return info_of(im, header_only=True)
 
 
@@ -112,14 +191,15 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: ImageSource, size_hint: tuple[int, int] | None = None) -> Image.Image:
+def load_image(path: ImageSource, size_hint: tuple[int, int] | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode to an oriented RGB image.
 
     `size_hint` (displayed width, height) lets a JPEG decode at a reduced scale that is
-    still at least that large; callers resize afterwards. Errors are Pillow's own
-    (OSError for truncated or corrupt files, UnidentifiedImageError for non-images).
+    still at least that large; callers resize afterwards. Every failure (missing or special
+    file, truncated or corrupt data, a bomb over `max_pixels`, an unsupported mode) raises
+    `ImageDecodeError`.
     """
-    with _open(path) as im:
+    with open_image(path, max_pixels) as im:
         apply_draft(im, size_hint, "RGB")
         im.load()
         ImageOps.exif_transpose(im, in_place=True)
@@ -140,6 +220,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
             found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
         elif p.is_file():
             found.append(p)
+        elif p.exists():
+            raise VislabError(f"{p}: not a regular file (a pipe or device?); pass image files or folders of images")
         else:
             raise VislabError(f"{p}: no such image or folder; pass image files or folders of images")
     if not found:

@@ -6,8 +6,8 @@ what the model saw; the overlay is drawn on that same crop, upscaled for viewing
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -17,8 +17,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from vislab.data.io import collect_images
+from vislab.data.io import ImageDecodeError, collect_images
 from vislab.errors import VislabError
+from vislab.fsguard import inside, make_folder, slug
 from vislab.explain.attention import METHOD as ATTENTION, attention_session
 from vislab.explain.cam import cam_session, overlay
 
@@ -147,8 +148,33 @@ def explain_images(
     return results
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text.replace("+", "p")).strip("_") or "x"
+NAME_PART_CHARS = 60  # a stem and a class name each: overlay names stay far below 255 bytes
+
+
+def name_parts(texts: Sequence[str]) -> dict[str, str]:
+    """A safe file-name part for each text: [A-Za-z0-9._-] only, at most NAME_PART_CHARS long.
+
+    Texts whose parts would coincide (`a/b` and `a_b`, two names in another script, two long
+    names cut alike) get a short hash of the original appended, so no overlay overwrites
+    another one.
+    """
+    parts = {t: slug(t)[:NAME_PART_CHARS] for t in dict.fromkeys(texts)}
+    taken: dict[str, int] = {}
+    for part in parts.values():
+        taken[part] = taken.get(part, 0) + 1
+    for text, part in parts.items():
+        if taken[part] > 1:
+            parts[text] = f"{part}-{hashlib.sha1(text.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+    return parts
+
+
+class ExplainedImages(list):
+    """What `explain_run` returns: its Explanations (a list), plus `failed`, one
+    {"source", "error"} per input image that could not be read (also in explanations.json)."""
+
+    def __init__(self, results: Sequence[Explanation], failed: Sequence[dict[str, str]]) -> None:
+        super().__init__(results)
+        self.failed = list(failed)
 
 
 def explain_run(
@@ -159,37 +185,44 @@ def explain_run(
     top_k: int = 1,
     layer: str | None = None,
     out: str | Path | None = None,
-) -> list[Explanation]:
+) -> ExplainedImages:
     """Load a run's model, explain the given images and write one overlay PNG per heatmap.
 
     Overlays go to `out` (default RUN_DIR/explain/<method>/) with an `explanations.json` index.
+    An image that cannot be decoded gets an error entry instead of stopping the others; when
+    none can be read, that is an error.
     """
     from vislab.data.io import load_image
 
     files = collect_images(inputs)
     loaded = load_trained(run_dir)
-    images = []
+    images, read, failed = [], [], []
     for f in files:
         try:
             images.append(load_image(f))
-        except (OSError, ValueError) as err:
-            raise VislabError(f"{f}: cannot decode image ({err})") from None
+            read.append(f)
+        except ImageDecodeError as err:
+            failed.append({"source": str(f), "error": f"cannot read image: {err.reason}"})
+    if not images:
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise VislabError(f"{failed[0]['source']}: {failed[0]['error']}{more}; no image left to explain")
     results = explain_images(
-        loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in files], method, class_name, top_k, layer,
+        loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in read], method, class_name, top_k, layer,
         grayscale=loaded.cfg.data.grayscale,
     )
-    out_dir = Path(out) if out is not None else Path(run_dir) / "explain" / _slug(method)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stems = [f.stem for f in files]
-    unique = len(set(stems)) == len(stems)
-    index = {str(f): i for i, f in enumerate(files)}
+    out_dir = make_folder(out if out is not None else inside(run_dir, "explain", slug(method)))
+    stems = [f.stem for f in read]
+    numbered = len(set(stems)) != len(stems)
+    stem_part = name_parts(stems)
+    class_part = name_parts(list(loaded.classes))
+    index = {str(f): i for i, f in enumerate(read)}
     for r in results:
         i = index[r.source]
-        stem = stems[i] if unique else f"{i:04d}_{stems[i]}"
-        r.output = out_dir / f"{_slug(stem)}__{_slug(r.class_name)}__{_slug(r.method)}.png"
+        stem = f"{i:04d}_{stem_part[stems[i]]}" if numbered else stem_part[stems[i]]
+        r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}.png")
         Image.fromarray(r.overlay).save(r.output)
-    (out_dir / "explanations.json").write_text(json.dumps([r.to_dict() for r in results], indent=2))
-    return results
+    inside(out_dir, "explanations.json").write_text(json.dumps([r.to_dict() for r in results] + failed, indent=2))
+    return ExplainedImages(results, failed)
 
 
 def load_trained(run_dir: str | Path) -> Any:

@@ -272,17 +272,27 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
     chosen = chosen[[Path(p).is_file() for p in chosen["path"]]]
     if chosen.empty:
         return [(None, "The evaluated images are not reachable from here.")] * len(methods)
-    from vislab.data.io import load_image
+    from vislab.data.io import ImageDecodeError, load_image
     from vislab.explain.overlays import explain_images, load_trained
+    from vislab.fsguard import inside
 
     def unavailable(method: str, err: Exception) -> tuple[None, str]:
         return None, f"{_maps_name(method)} unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
 
     try:
         loaded = load_trained(data.run_dir)
-        images = [load_image(p) for p in chosen["path"]]
     except Exception as err:  # noqa: BLE001 - optional sections: say why instead of failing the report
         return [unavailable(m, err) for m in methods]
+    images, readable = [], []
+    for p in chosen["path"]:
+        try:
+            images.append(load_image(p))
+            readable.append(True)
+        except ImageDecodeError:  # changed since evaluation: the gallery shows the others
+            readable.append(False)
+    chosen = chosen[readable]
+    if chosen.empty:
+        return [(None, "None of the evaluated images can be decoded any more.")] * len(methods)
     out: list[tuple[Path | None, str]] = []
     for method in methods:
         try:
@@ -296,7 +306,7 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
             mark = "✓" if row.label == r.class_name else "✗"
             tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})"))
         stem = "attention" if method == "attention" else "cams"
-        png = plots.plot_cam_gallery(tiles, data.run_dir / "plots" / f"{stem}_{ev.name}.png",
+        png = plots.plot_cam_gallery(tiles, inside(data.run_dir / "plots", f"{stem}_{ev.name}.png"),
                                      title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")
         out.append((png, ""))
     return out

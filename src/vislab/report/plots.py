@@ -249,11 +249,11 @@ def plot_class_histogram(manifest: pd.DataFrame, path: str | Path) -> Path | Non
 
 
 def _thumbnail(path: str, size: int) -> np.ndarray | None:
-    from vislab.data.io import load_image
+    from vislab.data.io import ImageDecodeError, load_image
 
     try:
         im = load_image(path, size_hint=(size, size))
-    except (OSError, ValueError):
+    except ImageDecodeError:
         return None
     im.thumbnail((size, size))
     return np.asarray(im)
@@ -284,7 +284,7 @@ def _tile_grid(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: str | 
         for ax, (img, caption, colour) in zip(axes, tiles):
             if img is None:
                 ax.imshow(np.full((8, 8, 3), 235, np.uint8))
-                ax.text(3.5, 3.5, "image not found", ha="center", va="center", fontsize=8, color=MUTED)
+                ax.text(3.5, 3.5, "image unreadable", ha="center", va="center", fontsize=8, color=MUTED)
             else:
                 ax.imshow(img, cmap="gray" if img.ndim == 2 else None, interpolation="nearest" if max(img.shape[:2]) < 96 else "antialiased")
             ax.set_title(caption, fontsize=8, color=colour, loc="center", fontweight="normal")
@@ -312,7 +312,10 @@ def plot_cam_gallery(tiles: Sequence[tuple[np.ndarray, str]], path: str | Path, 
 
 
 def write_run_plots(data: "RunData", split: str | None = None, out_dir: str | Path | None = None, n_images: int = 12) -> dict[str, Path]:
-    """Every plot a run's files allow, into RUN_DIR/plots (or `out_dir`); name -> path."""
+    """Every plot a run's files allow, into RUN_DIR/plots (or `out_dir`); name -> path.
+    Names that hold an eval set's name are checked to stay inside that folder."""
+    from vislab.fsguard import inside
+
     out = Path(out_dir) if out_dir is not None else data.run_dir / "plots"
     made: dict[str, Path | None] = {}
     if data.history is not None:
@@ -324,9 +327,9 @@ def write_run_plots(data: "RunData", split: str | None = None, out_dir: str | Pa
     if ev is not None and ev.metrics.get("confusion_matrix"):
         m = ev.metrics
         classes = m.get("classes") or data.classes
-        made["confusion"] = plot_confusion(m["confusion_matrix"], classes, out / f"confusion_{ev.name}.png")
-        made["per_class"] = plot_per_class(m.get("per_class", []), out / f"per_class_{ev.name}.png", m.get("mca"))
-        made["highest_loss"] = plot_image_grid(highest_loss_items(ev, n_images), out / f"highest_loss_{ev.name}.png",
+        made["confusion"] = plot_confusion(m["confusion_matrix"], classes, inside(out, f"confusion_{ev.name}.png"))
+        made["per_class"] = plot_per_class(m.get("per_class", []), inside(out, f"per_class_{ev.name}.png"), m.get("mca"))
+        made["highest_loss"] = plot_image_grid(highest_loss_items(ev, n_images), inside(out, f"highest_loss_{ev.name}.png"),
                                                title=f"Highest-loss images ({ev.name})")
     return {k: v for k, v in made.items() if v is not None}
 

@@ -160,6 +160,19 @@ def write_sixteen_bit(path: str | Path, size: tuple[int, int] = (32, 32)) -> Pat
     return path
 
 
+def write_bad_ztxt_png(path: str | Path, seed: int = 0, method: int = 1, size: tuple[int, int] = (32, 32)) -> Path:
+    """A valid PNG with a zTXt chunk after its pixel data whose compression method is `method`
+    (only 0 exists): it opens, and Pillow raises SyntaxError (not OSError) while loading.
+
+    The chunk's CRC is correct, so Pillow gets as far as parsing it."""
+    buf = io.BytesIO()
+    smooth_image(seed, size).save(buf, "PNG")
+    data = buf.getvalue()
+    iend = data.rfind(b"IEND") - 4  # the IEND chunk starts with its length
+    chunk = _png_chunk(b"zTXt", b"Comment\x00" + bytes([method]) + zlib.compress(b"hello"))
+    return _write(path, data[:iend] + chunk + data[iend:])
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return (
         struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
