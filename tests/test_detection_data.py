@@ -135,6 +135,30 @@ def test_yolo_names_list_classes_txt_and_broken_yaml(tmp_path, yolo):
         read_detection_source(yolo, "yolo")
 
 
+def test_yolo_roboflow_and_darknet_layouts(tmp_path):
+    """Labels are found by Ultralytics' rule (last images/ -> labels/), so split folders
+    with their own images/ and labels/ work, and so do labels beside their images."""
+    robo = tmp_path / "robo"
+    write(robo / "data.yaml", "train: ../train/images\nval: ../valid/images\nnames: [cat]\n")
+    write(robo / "README.dataset.txt", "exported\n")
+    for split, seed in (("train", 1), ("valid", 2)):
+        write_image(robo / split / "images" / "a.png", seed=seed, size=(W, H))
+        write(robo / split / "labels" / "a.txt", "0 0.5 0.5 0.5 0.5\n")
+    write(robo / "valid" / "labels" / "gone.txt", "0 0.5 0.5 0.5 0.5\n")
+    src, res = resolved(robo)
+    assert [os.path.relpath(p, robo) for p in res.boxes["path"]] == [
+        "train/images/a.png",
+        "valid/images/a.png",
+    ]
+    assert reasons(res) == {("gone.txt", None): "label_without_image"}  # the README is no label file
+    darknet = tmp_path / "darknet"
+    write_image(darknet / "obj" / "a.jpg", size=(W, H))
+    write(darknet / "obj" / "a.txt", "0 0.5 0.5 0.5 0.5\n")
+    write(darknet / "classes.txt", "cat\n")
+    src, res = resolved(darknet, "yolo")
+    assert rows(res) == [("a.jpg", "cat", 16.0, 12.0, 48.0, 36.0, False)] and not res.problems
+
+
 @pytest.mark.timeout(60)
 def test_pipes_are_reported_never_read(yolo):
     """A label file or an image that is a named pipe would block a reader forever."""

@@ -252,7 +252,17 @@ def test_kitti_ap40_by_hand():
     assert res["per_class"]["Car"]["ground_truth"] == {"easy": 40, "moderate": 41, "hard": 41}
     # recall now tops at 40/41, but the devkit still finds 40 thresholds: the same AP
     assert res["per_class"]["Car"]["moderate"] == pytest.approx(39 / 41)
+    assert res["note"] == ""
     json.dumps(res)
+
+
+def test_kitti_few_truths_cap_ap_as_the_devkit_does_and_say_so():
+    """5 cars, all found, nothing else: one threshold per TP, the first recall position is
+    skipped, so a perfect detector scores 4/40."""
+    preds, targets = _cars([50.0] * 5, scores=[0.9, 0.8, 0.7, 0.6, 0.5])
+    res = kitti_ap(preds, targets, ["Car"])
+    assert res["per_class"]["Car"]["easy"] == pytest.approx(4 / 40)
+    assert res["note"].startswith("Car: under 40 counted truths")
 
 
 def test_kitti_difficulty_filtering_by_hand():

@@ -154,17 +154,14 @@ def _pair(
 ) -> list[tuple[str, list[str]]]:
     """Record the images under `images_dir`; return (label file, its images) for the label
     files under `labels_dir`, reporting those without an image. Two images that differ only
-    by extension share one label file (as Ultralytics does)."""
+    by extension share one label file."""
     images = _files(images_dir, IMAGE_EXTS)
     src.images.extend(images)
     by_key: dict[str, list[str]] = {}
     for image in images:
         by_key.setdefault(_key(image, images_dir), []).append(image)
-    skip = {os.path.abspath(labels_dir / n) for n in _YOLO_NAME_FILES}
     pairs = []
     for label in _files(labels_dir, {suffix}):
-        if label in skip:
-            continue
         matched = by_key.get(_key(label, labels_dir))
         if matched:
             pairs.append((label, matched))
@@ -234,11 +231,42 @@ def _label_dirs(root: Path) -> tuple[Path, Path]:
     return root, root
 
 
+def yolo_label_path(image: str) -> str:
+    """Ultralytics' rule: the label of `.../images/x/a.jpg` is `.../labels/x/a.txt` (the last
+    `images` folder becomes `labels`); an image outside any `images` folder has its label
+    beside it. Covers images/ + labels/, Roboflow's train/images + train/labels, Darknet."""
+    head, name = os.path.split(image)
+    parts = head.split(os.sep)
+    if "images" in parts:
+        i = len(parts) - 1 - parts[::-1].index("images")
+        parts[i] = "labels"
+    return os.path.join(os.sep.join(parts), os.path.splitext(name)[0] + ".txt")
+
+
+def _is_label_place(path: str) -> bool:
+    return "labels" in Path(path).parent.parts
+
+
 def read_yolo(root: str | Path) -> DetectionSource:
+    """A YOLO dataset under `root`: every image found, each paired with its label file by
+    `yolo_label_path`; a label file under a `labels` folder or beside images that no image
+    claims is reported (a stray README elsewhere is not)."""
     root = Path(os.path.abspath(root))
     src = DetectionSource("yolo", str(root), classes=_yolo_names(root))
-    images_dir, labels_dir = _label_dirs(root)
-    for label, images in _pair(images_dir, labels_dir, ".txt", src):
+    src.images = _files(root, IMAGE_EXTS)
+    claimed: dict[str, list[str]] = {}
+    for image in src.images:
+        claimed.setdefault(yolo_label_path(image), []).append(image)
+    image_dirs = {os.path.dirname(p) for p in src.images}
+    names_files = {str(root / n) for n in _YOLO_NAME_FILES} | {
+        str(root / "labels" / n) for n in _YOLO_NAME_FILES
+    }
+    for label in _files(root, {".txt"}):
+        images = claimed.get(label)
+        if not images:
+            if label not in names_files and (_is_label_place(label) or os.path.dirname(label) in image_dirs):
+                src.problem(label, None, f"{LABEL_WITHOUT_IMAGE}: no image whose label this would be")
+            continue
         text = _read_text(label, src)
         if text is None:
             continue

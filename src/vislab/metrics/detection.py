@@ -505,7 +505,8 @@ def kitti_ap(
     classes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """KITTI 2D detection AP per class and difficulty (easy, moderate, hard), computed as
-    the official devkit does, with AP over 40 recall positions (AP|R40). `classes` picks
+    the official devkit does, with AP over 40 recall positions (AP|R40); the devkit needs
+    40 or more counted truths to reach 1 (see the result's `note`). `classes` picks
     which of `class_names` to evaluate (all by default; KITTI's benchmark reports Car,
     Pedestrian and Cyclist)."""
     spec = spec or KittiSpec()
@@ -555,8 +556,15 @@ def kitti_ap(
     for level in DIFFICULTIES:
         values = [r[level] for r in per_class.values() if r[level] is not None]
         means[level] = float(np.mean(values)) if values else None
+    few = [c for c, r in per_class.items() if any(0 < n < 40 for n in r["ground_truth"].values())]
     return {
         "protocol": "KITTI object devkit 2D AP, 40 recall positions (AP|R40, KITTI's protocol since 2019)",
+        "note": (
+            f"{', '.join(few)}: under 40 counted truths in some difficulty; the devkit takes one recall "
+            "position per true positive there, so even a perfect detector scores (n - 1) / 40"
+            if few
+            else ""
+        ),
         "min_iou": {c: spec.iou_for(c) for c in classes or class_names},
         "difficulties": {
             level: {
