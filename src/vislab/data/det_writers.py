@@ -1,0 +1,181 @@
+"""A curated detection dataset written for other tools: YOLO (Ultralytics layout) or COCO.
+
+`vislab materialize --format yolo|coco` calls these. The usable manifest rows and their
+boxes are written under OUT; images are put in place by a callback (`place(source, target)`,
+a symbolic link by default) so the caller chooses links or copies. Every path written is
+checked to stay inside OUT, and OUT must be new or empty.
+
+Frames follow each format's convention, the same ones the readers assume (so a dataset read
+back gives the same boxes): YOLO normalised to the displayed (EXIF-oriented) image, COCO in
+pixels of the stored image with its stored width and height.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from vislab.data.boxes import ImageSize, box_class_names, read_boxes, sizes_from_manifest, unorient_boxes
+from vislab.data.det_sources import DONT_CARE
+from vislab.data.manifest import read_manifest, usable
+from vislab.data.materialize import UNSPLIT
+from vislab.errors import VislabError
+from vislab.fsguard import inside
+
+Place = Callable[[str, Path], None]
+
+
+def _prepare(dataset_dir: str | Path, out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
+    rows = usable(read_manifest(dataset_dir))
+    boxes = read_boxes(dataset_dir)
+    out_dir = Path(os.path.abspath(out))
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise VislabError(f"--out {out_dir} exists and is not an empty folder; choose a new folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = rows.assign(folder=rows["split"].where(rows["split"] != "", UNSPLIT))
+    return rows, boxes[boxes["path"].isin(rows["path"])], out_dir
+
+
+def _file_names(paths: list[str]) -> list[str]:
+    """Names inside one folder, unique by stem (a label file is named by the image's stem);
+    a stem shared by several images gets a short hash of the source path."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    counts = Counter(stems)
+    out = []
+    for path, stem in zip(paths, stems):
+        if counts[stem] > 1:
+            stem = f"{stem}-{hashlib.sha256(path.encode('utf-8')).hexdigest()[:8]}"
+        out.append(stem + os.path.splitext(path)[1])
+    return out
+
+
+def _write_text(out: Path, rel: str, text: str, written: list[str]) -> None:
+    target = inside(out, rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+    written.append(rel)
+
+
+def _place_image(out: Path, rel: str, source: str, place: Place, written: list[str]) -> None:
+    target = inside(out, rel)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    place(source, target)
+    written.append(rel)
+
+
+def _layout(rows: pd.DataFrame) -> list[tuple[str, list[str], list[str]]]:
+    """(folder, source paths, file names) per split folder, in a fixed order."""
+    out = []
+    for folder in sorted(set(rows["folder"])):
+        paths = sorted(rows.loc[rows["folder"] == folder, "path"])
+        out.append((folder, paths, _file_names(paths)))
+    return out
+
+
+def write_yolo(dataset_dir: str | Path, out: str | Path, place: Place = os.symlink) -> dict[str, Any]:
+    """OUT/images/<split>/<image>, OUT/labels/<split>/<stem>.txt (one `id cx cy w h` line per
+    box; an empty file for an image without boxes) and OUT/data.yaml naming the classes.
+    YOLO has no ignore regions, so those are left out and counted. Returns the files written
+    (relative to OUT) and counts."""
+    rows, boxes, out_dir = _prepare(dataset_dir, out)
+    classes = box_class_names(boxes)
+    ids = {c: i for i, c in enumerate(classes)}
+    sizes = sizes_from_manifest(rows)
+    by_path = {p: g for p, g in boxes[~boxes["ignore"]].groupby("path", sort=False)}
+    written: list[str] = []
+    for folder, paths, names in _layout(rows):
+        for path, name in zip(paths, names):
+            _place_image(out_dir, f"images/{folder}/{name}", path, place, written)
+            size = sizes[path]
+            lines = []
+            g = by_path.get(path)
+            if g is not None:
+                for c, x1, y1, x2, y2 in g[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+                    cx, cy = (x1 + x2) / 2 / size.width, (y1 + y2) / 2 / size.height
+                    w, h = (x2 - x1) / size.width, (y2 - y1) / size.height
+                    lines.append(f"{ids[c]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
+            _write_text(out_dir, f"labels/{folder}/{os.path.splitext(name)[0]}.txt", "".join(lines), written)
+    folders = sorted(set(rows["folder"]))
+    spec: dict[str, Any] = {"path": str(out_dir)}
+    for folder in folders:
+        spec["train" if folder == UNSPLIT and "train" not in folders else folder] = f"images/{folder}"
+    spec["names"] = dict(enumerate(classes))
+    _write_text(out_dir, "data.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), written)
+    return {
+        "files": written,
+        "images": int(len(rows)),
+        "boxes": int((~boxes["ignore"]).sum()),
+        "ignore_regions_left_out": int(boxes["ignore"].sum()),
+    }
+
+
+def _coco_images_and_annotations(
+    paths: list[str],
+    names: list[str],
+    boxes: pd.DataFrame,
+    sizes: dict[str, ImageSize],
+    categories: dict[str, int],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    by_path = {p: g for p, g in boxes.groupby("path", sort=False)}
+    images, annotations = [], []
+    for image_id, (path, name) in enumerate(zip(paths, names), start=1):
+        size = sizes[path]
+        stored_w, stored_h = size.stored
+        images.append({"id": image_id, "file_name": name, "width": stored_w, "height": stored_h})
+        g = by_path.get(path)
+        if g is None:
+            continue
+        xyxy = unorient_boxes(
+            g[["x1", "y1", "x2", "y2"]].to_numpy(np.float64), size.orientation, size.width, size.height
+        )
+        for (x1, y1, x2, y2), c, ignore in zip(xyxy.tolist(), g["class"], g["ignore"]):
+            w, h = x2 - x1, y2 - y1
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": categories[c],
+                    "bbox": [round(x1, 3), round(y1, 3), round(w, 3), round(h, 3)],
+                    "area": round(w * h, 3),
+                    "iscrowd": int(bool(ignore)),
+                }
+            )
+    return images, annotations
+
+
+def write_coco(dataset_dir: str | Path, out: str | Path, place: Place = os.symlink) -> dict[str, Any]:
+    """OUT/<split>/<image> and OUT/annotations/instances_<split>.json (COCO's own layout).
+    Ignore regions are `iscrowd: 1`; KITTI's DontCare regions keep a `DontCare` category
+    (crowd boxes only, so COCO evaluation gives it no AP). Returns the files written
+    (relative to OUT) and counts."""
+    rows, boxes, out_dir = _prepare(dataset_dir, out)
+    names = box_class_names(boxes) + ([DONT_CARE] if (boxes["class"] == DONT_CARE).any() else [])
+    categories = {c: i for i, c in enumerate(names, start=1)}
+    sizes = sizes_from_manifest(rows)
+    written: list[str] = []
+    for folder, paths, files in _layout(rows):
+        for path, name in zip(paths, files):
+            _place_image(out_dir, f"{folder}/{name}", path, place, written)
+        images, annotations = _coco_images_and_annotations(paths, files, boxes, sizes, categories)
+        data = {
+            "info": {"description": f"written by vislab from {os.path.abspath(dataset_dir)}"},
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": i, "name": c} for c, i in categories.items()],
+        }
+        _write_text(
+            out_dir,
+            f"annotations/instances_{folder}.json",
+            json.dumps(data, indent=1, ensure_ascii=False) + "\n",
+            written,
+        )
+    return {"files": written, "images": int(len(rows)), "boxes": int(len(boxes))}
