@@ -135,7 +135,8 @@ def _scene() -> tuple[torch.Tensor, torch.Tensor]:
     """Four 64 px images of coloured rectangles (red: class 0, blue: class 1) on noise."""
     images = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 0.2
     colours = torch.tensor([[1.0, 0.2, 0.2], [0.2, 0.3, 1.0]])
-    boxes = [[(0, 8, 8, 30, 36)], [(1, 30, 20, 58, 44)], [(0, 34, 34, 60, 60), (1, 4, 10, 24, 26)], [(1, 12, 30, 44, 58)]]
+    # every centre off the grid's diagonal at both strides, so a swapped x/y cell cannot pass
+    boxes = [[(0, 32, 2, 56, 26)], [(1, 2, 34, 26, 58)], [(0, 40, 6, 60, 34), (1, 6, 28, 30, 52)], [(1, 24, 8, 56, 36)]]
     rows = []
     for i, image_boxes in enumerate(boxes):
         for c, x1, y1, x2, y2 in image_boxes:
@@ -159,10 +160,10 @@ def test_a_tiny_yolo_overfits_a_few_images() -> None:
         opt.step()
     model.eval()
     with torch.no_grad():
-        detections = postprocess(model(images), conf=0.3, iou=0.45)
+        detections = postprocess(model(images), conf=0.5, iou=0.45)  # above the 0.33 objectness prior
     for i, det in enumerate(detections):
         truth = targets[targets[:, 0] == i]
         assert len(det), f"image {i}: no detection"
-        iou = box_iou(truth[:, 2:6], det[:, :4])
-        same_class = truth[:, 1:2] == det[None, :, 5]
-        assert ((iou > 0.5) & same_class).any(1).all(), f"image {i}: truths {truth.tolist()}, detections {det.tolist()}"
+        match = (box_iou(truth[:, 2:6], det[:, :4]) > 0.5) & (truth[:, 1:2] == det[None, :, 5])
+        # every box found, and nothing else found (a confident box in the wrong cell fails)
+        assert match.any(1).all() and match.any(0).all(), f"image {i}: truths {truth.tolist()}, detections {det.tolist()}"
