@@ -18,11 +18,10 @@ Input is RGB in [0, 1] (Darknet's convention; a timm body normalises with its ow
 std inside), letterboxed to `img_size`. Training mode returns the raw per-level tensors
 [B, A, H, W, 5 + C] (tx, ty, tw, th, objectness, classes, all logits) for `YOLOLoss`; eval
 mode returns them decoded as [B, N, 5 + C]: x1, y1, x2, y2 in input pixels, objectness and
-class probabilities; `postprocess` turns that into per-image detections (a validation step
-that needs both the loss and boxes calls `forward_head(forward_features(x))` and `decode`
-once each). A box is decoded
-as Darknet does, so imported `.weights` files work unchanged: centre = (cell + sigmoid(t))
-* stride, size = anchor * exp(t).
+class probabilities; `postprocess` turns that into per-image detections. A validation step
+that needs the loss and the boxes calls `forward_head(forward_features(x))` and `decode`
+once each. Boxes are decoded as Darknet does, so imported `.weights` files work unchanged:
+centre = (cell + sigmoid(t)) * stride, size = anchor * exp(t).
 """
 
 from __future__ import annotations
@@ -119,6 +118,9 @@ class Residual(nn.Module):
 
 
 class Darknet53(nn.Module):
+    """A 3x3 stem of 32, then five stages (a stride-2 3x3 conv doubling the width, then 1, 2,
+    8, 8, 4 residual blocks); features: the last three stages (256, 512, 1024 wide)."""
+
     def __init__(self, in_chans: int = 3) -> None:
         super().__init__()
         self.stem = ConvBN(in_chans, 32, 3)
