@@ -17,7 +17,16 @@ from vislab.testing.models import TINY_TIMM, check_forward_backward, tiny_model,
 HEAD = {"hidden": 16, "dropout": 0.5}
 
 
-@pytest.mark.parametrize("name", registry.list_models())
+CLASSIFIERS = [n for n in registry.list_models() if registry.model_info(n).get("task", "classify") == "classify"]
+
+
+def test_every_registered_model_has_a_forward_backward_test() -> None:
+    # classifiers here, detectors (task "detect") in test_yolo_models.py
+    tasks = {n: registry.model_info(n).get("task", "classify") for n in registry.list_models()}
+    assert set(tasks.values()) <= {"classify", "detect"}, tasks
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_registered_model_forward_backward(name: str) -> None:
     model = registry.create_model(tiny_model_config(name), 4)
     check_forward_backward(model, 4)

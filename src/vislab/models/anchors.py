@@ -1,0 +1,63 @@
+"""Anchor shapes: the IoU of two box sizes, and k-means anchors fitted to a dataset's boxes.
+
+A YOLO anchor is only a size; what matters is how well it overlaps a box of the same centre,
+so distances are 1 - IoU of the two sizes placed at a common corner ("shape IoU"), not
+Euclidean (which would let large boxes dominate). The loss uses the same shape IoU to pick
+which anchors learn a box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from vislab.errors import VislabError
+
+
+def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
+    """[N, 2] x [M, 2] sizes -> [N, M] IoU of the boxes placed at a common corner."""
+    inter = torch.min(wh1[:, None], wh2[None]).prod(2)
+    return inter / (wh1.prod(1)[:, None] + wh2.prod(1)[None] - inter)
+
+
+def _kmeans_pp(wh: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding under the 1 - IoU distance: each next centre drawn with probability
+    proportional to its squared distance from the centres so far."""
+    centres = wh[torch.randint(len(wh), (1,), generator=gen)]
+    for _ in range(n - 1):
+        d = 1 - wh_iou(wh, centres).amax(1)
+        pick = torch.multinomial(d**2 + 1e-12, 1, generator=gen)
+        centres = torch.cat([centres, wh[pick]])
+    return centres
+
+
+def kmeans_anchors(
+    boxes_wh: torch.Tensor | np.ndarray, n: int = 9, img_size: int = 416, seed: int = 0, restarts: int = 5, iters: int = 300
+) -> tuple[torch.Tensor, float]:
+    """`n` anchors (w, h in pixels at `img_size`, smallest area first) and their fitness, the
+    mean over boxes of the best anchor's shape IoU.
+
+    `boxes_wh` [N, 2] are box sizes as fractions of their image's longer side (what a
+    letterbox to `img_size` scales by). k-means under 1 - IoU with k-means++ seeding and
+    median updates (robust to a few huge boxes), best of `restarts`; seeded, so the same
+    boxes always give the same anchors.
+    """
+    wh = torch.as_tensor(np.asarray(boxes_wh), dtype=torch.float64).reshape(-1, 2)
+    wh = wh[(wh > 0).all(1)] * img_size
+    if len(wh) < n:
+        raise VislabError(f"anchors: {len(wh)} boxes with a positive size, fewer than the {n} anchors asked for; use fewer anchors")
+    gen = torch.Generator().manual_seed(seed)
+    best, best_fit = wh[:n], -1.0
+    for _ in range(restarts):
+        centres = _kmeans_pp(wh, n, gen)
+        for _ in range(iters):
+            assign = wh_iou(wh, centres).argmax(1)
+            new = torch.stack([wh[assign == k].median(0).values if (assign == k).any() else centres[k] for k in range(n)])
+            if torch.equal(new, centres):
+                break
+            centres = new
+        fit = wh_iou(wh, centres).amax(1).mean().item()
+        if fit > best_fit:
+            best, best_fit = centres, fit
+    best = best[best.prod(1).argsort()]
+    return best.float(), best_fit
