@@ -135,4 +135,3 @@ def test_history_merges_logger_rows(tmp_path) -> None:
     hist = read_history(csv)
     assert list(hist["epoch"]) == [0, 1] and list(hist["val/acc"]) == [0.5, 0.6] and list(hist["train/loss"]) == [1.0, 0.8]
     assert plot_curves(hist, tmp_path / "c.png").is_file()
-
