@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(PY) -m vislab.data.examples digits $(DEMO)/digits-images
 	$(VISLAB) curate $(DEMO)/digits-images --out $(DEMO)/digits --split 0.7,0.15,0.15 --dedupe exact --seed 0 --overwrite
 	rm -rf $(DEMO)/run
-	$(VISLAB) train configs/digits-cnn.yaml --data $(DEMO)/digits --out $(DEMO)/run
+	$(VISLAB) train digits-cnn --data $(DEMO)/digits --out $(DEMO)/run
 	$(VISLAB) evaluate $(DEMO)/run --split test
 	$(VISLAB) report $(DEMO)/run
 

@@ -1,9 +1,9 @@
-"""CIFAR-10 held-out accuracy and wall time of `configs/cifar10-fast.yaml`, with a baseline.
+"""CIFAR-10 held-out accuracy and wall time of the `cifar10-fast` recipe, with a baseline.
 
 The whole path a user runs, timed from the JPEG folder:
   vislab curate cifar10/train --test-per-class 1000  (10,000 images held out as test)
   vislab prepare DATASET --size 32
-  vislab train configs/cifar10-fast.yaml --epochs E
+  vislab train cifar10-fast --epochs E
   vislab evaluate RUN --split test [--tta [--tta-translate 1]]
 
 Epochs: the budget (15 minutes for the whole path) minus the measured curate/prepare time
@@ -44,7 +44,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VISLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 CIFAR = "cifar10-train.tar.gz"
-CONFIG = REPO / "configs" / "cifar10-fast.yaml"
+CONFIG = REPO / "src" / "vislab" / "recipes" / "cifar10-fast.yaml"
 
 BASELINE = [
     "model.fast_cnn.whiten=false",

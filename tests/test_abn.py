@@ -202,3 +202,34 @@ def test_abn_run_explains_reports_and_compares(tmp_path) -> None:
     assert "attention-branch test acc %" in header
     assert "simple_cnn+ABN" in abn_row and "+ABN" not in plain_row
     assert "attention-branch" not in to_markdown(compare_runs([plain_run]))
+
+
+def test_abn_under_a_custom_head(tmp_path) -> None:
+    """flowers-transfer's model (EfficientNet-Lite0 + the GAP-MLP head) with an attention
+    branch: it trains through the engine, the branch sits on the backbone's stages, the head
+    is the perception branch's classifier, and Grad-CAM and attention maps explain it."""
+    import numpy as np
+
+    from vislab.explain.overlays import explain_run, load_trained
+    from vislab.models.backbones import MLPHeadModel, head_module_names
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+    from vislab.train import train
+
+    data = make_pattern_dataset(tmp_path / "data", classes=("horizontal", "vertical"), per_class=5, size=32)
+    cfg = tiny_config(model={"name": "tf_efficientnet_lite0", "head": {"hidden": 16}, "attention": "abn"},
+                      data={"img_size": 32, "batch_size": 4}, train={"epochs": 1})
+    run = train(cfg, data, tmp_path / "run")
+    model = load_trained(run).model
+    assert isinstance(model, ABN) and isinstance(model.backbone, MLPHeadModel)
+    assert model.stage["module"].startswith("backbone.blocks.")  # a stage of the backbone, under the head
+    assert model.get_classifier() is model.backbone.head
+    assert head_module_names(model) == ["attention_branch", "backbone.head"]  # what a frozen warm-up trains
+    model.train()
+    out = model(torch.randn(2, 3, 32, 32))
+    abn_loss(out, torch.tensor([0, 1]))[0].backward()
+    assert torch.count_nonzero(model.backbone.head[-1].weight.grad) > 0  # the perception loss reaches the head
+    assert torch.count_nonzero(model.attention_branch.score.weight.grad) > 0
+    images = sorted(data.rglob("*.png"))[:2]
+    for method in ("gradcam", "attention"):
+        results = explain_run(run, images, method=method)
+        assert len(results) == 2 and all(r.output.is_file() and np.isfinite(r.heatmap).all() for r in results)

@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pandas as pd
+import yaml
 import pytest
 from typer.testing import CliRunner
 
@@ -100,3 +101,71 @@ def test_cli_compare(runs, tmp_path) -> None:
     assert res.exit_code == 0 and out.read_text().count("<tr>") == 4
     res = CliRunner().invoke(app, ["compare", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "no such run directory" in res.output
+
+
+def _configure(run, **dotted) -> None:
+    """Change keys of a run's config.yaml, as a run trained with `--set` would have saved them."""
+    from vislab.config import apply_overrides, build_config, save_config
+
+    raw = yaml.safe_load((run / "config.yaml").read_text())
+    save_config(build_config(apply_overrides(raw, [f"{k.replace('__', '.')}={v}" for k, v in dotted.items()])), run / "config.yaml")
+
+
+def test_config_keys_that_differ_get_columns(tmp_path) -> None:
+    a = make_run_dir(tmp_path, name="a", dataset=False)
+    b = make_run_dir(tmp_path, name="b", dataset=False)
+    c = make_run_dir(tmp_path, name="c", model="resnet18", dataset=False)
+    _configure(a, optim__lr=0.01, data__augment__preset="strong")
+    _configure(b, optim__lr=0.1, data__augment__preset="strong", model__simple_cnn__layers=3)
+    _configure(c, optim__lr=0.1, data__augment__preset="strong")
+    df = compare_runs([a, b, c])
+    varying = [col for col in df.columns if col.startswith("config.")]
+    # preset is the same everywhere; simple_cnn.* matters only to the simple_cnn runs; the
+    # model name has its own column; config order
+    assert varying == ["config.model.simple_cnn.layers", "config.optim.lr"]
+    assert df["config.optim.lr"].tolist() == [0.01, 0.1, 0.1]
+    assert df["config.model.simple_cnn.layers"].tolist()[:2] == [2, 3] and pd.isna(df["config.model.simple_cnn.layers"][2])
+    md = render(df, "md").splitlines()
+    assert md[0].startswith("| run | model | input | simple_cnn.layers | optim.lr | trainable params |")
+    assert md[2].startswith("| a | simple_cnn | 32x32 | 2 | 0.01 |") and md[4].startswith("| c | resnet18 | 32x32 |  | 0.1 |")
+    assert list(compare_runs([a, b, c], sort="-optim.lr")["run"]) == ["b", "c", "a"]
+    back = pd.read_csv(io.StringIO(render(df, "csv")))
+    assert back["config.optim.lr"].tolist() == [0.01, 0.1, 0.1]
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), str(c)])
+    assert res.exit_code == 0 and res.output.split()[3:5] == ["simple_cnn.layers", "optim.lr"]
+    assert not compare_runs([b, c]).filter(like="config.").columns.tolist()  # nothing that matters to both differs
+
+
+def test_many_differences_share_one_column(tmp_path) -> None:
+    a = make_run_dir(tmp_path, name="a", dataset=False)
+    b = make_run_dir(tmp_path, name="b", dataset=False)
+    keys = ["optim.lr=0.5", "optim.momentum=0.5", "optim.weight_decay=0.1", "train.label_smoothing=0.1", "data.batch_size=8",
+            "data.augment.preset=none", "scheduler.name=cosine", "train.grad_clip=1.0", "model.simple_cnn.filters=4", "seed=7"]
+    _configure(b, **{k.split("=")[0].replace(".", "__"): k.split("=")[1] for k in keys})
+    df = compare_runs([a, b])
+    assert len([c for c in df.columns if c.startswith("config.")]) == len(keys)
+    md = render(df, "md").splitlines()
+    cells = len(COLUMNS) - 1 + 8 + 1  # the shown columns (no ABN run), 8 config keys and the rest in one
+    assert "| other config |" in md[0] and md[0].count("|") == cells + 1
+    assert "| train.label_smoothing=0.1; train.grad_clip=1 |" in md[3]
+
+
+def test_run_names_tell_runs_apart(tmp_path) -> None:
+    a = make_run_dir(tmp_path / "a", name="run", dataset=False)
+    b = make_run_dir(tmp_path / "b", name="run", dataset=False)
+    x = make_run_dir(tmp_path / "b", name="x", dataset=False)
+    df = compare_runs([a, b, x])
+    assert list(df["run"]) == ["a/run", "b/run", "x"]
+    assert list(df["path"]) == [str(a), str(b), str(x)]
+
+
+def test_images_per_s_reads_as_people_write_it(tmp_path) -> None:
+    runs = []
+    for name, ips in (("slow", 11.94), ("fast", 1234.4), ("crawl", 0.834)):
+        run = make_run_dir(tmp_path, name=name, dataset=False)
+        summary = json.loads((run / "summary.json").read_text())
+        summary["train_images_per_s"] = ips
+        (run / "summary.json").write_text(json.dumps(summary))
+        runs.append(run)
+    md = render(compare_runs(runs), "md").splitlines()
+    assert [ln.rstrip(" |").rsplit("| ", 1)[1] for ln in md[2:]] == ["11.9", "1,234", "0.83"]

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from vislab.config import ModelConfig, load_config
+from vislab.config import RECIPES_DIR, ModelConfig, load_config
 from vislab.data import batch_augment as ba
 from vislab.models.fast_cnn import FastCNN, whitening_filters
 from vislab.models.registry import create_model
 from vislab.tricks import Lookahead, recipe_callbacks, resolve_precision
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = RECIPES_DIR
 SMALL = {"widths": [8, 16, 16]}
 
 
@@ -159,7 +159,7 @@ def test_precision_auto_follows_the_hardware(monkeypatch) -> None:
     assert resolve_precision("auto") == "32-true"
 
 
-# ---- tiny training runs: every switch of configs/cifar10-fast.yaml through the real engine
+# ---- tiny training runs: every switch of the cifar10-fast recipe through the real engine
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def patterns(tmp_path_factory):
 
 
 def _recipe(*sets: str):
-    """configs/cifar10-fast.yaml shrunk to seconds: 16 px, tiny widths, 2 epochs."""
+    """The cifar10-fast recipe shrunk to seconds: 16 px, tiny widths, 2 epochs."""
     small = ["model.fast_cnn.widths=[8,16,16]", "model.fast_cnn.whiten_images=32", "data.img_size=16",
              "data.batch_size=8", "data.eval_batch_size=16", "data.val_fraction=0.2", "train.epochs=2",
              "train.progress=none", "train.checkpoint_every_minutes=null", "optim.lr=0.05"]

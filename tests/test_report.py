@@ -54,7 +54,13 @@ def test_text_is_escaped(full_report) -> None:
     _, _, text = full_report
     assert "<script" not in text.lower()
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; &quot;quotes&quot;" in text
-    assert "loss became NaN" in text and "step 120" in text
+    assert "loss became NaN" in text
+
+
+def test_health_epochs_and_steps_count_from_one(full_report) -> None:
+    _, _, text = full_report  # health.json holds epochs 3 and 4 and step 120, counted from 0
+    where = re.findall(r'<span class="where">([^<]*)</span>', text)
+    assert where == ["epoch 4", "epoch 5 · step 121"]
 
 
 def test_plots_written(full_report) -> None:

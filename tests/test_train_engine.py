@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -16,14 +15,14 @@ from lightning.pytorch.callbacks import Callback
 from typer.testing import CliRunner
 
 from vislab.cli import app
-from vislab.config import dump_config
+from vislab.config import RECIPES_DIR, dump_config
 from vislab.errors import VislabError
 from vislab.runs import METRIC_COLUMNS, load_checkpoint_file
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import build_task, train
 
 CLASSES = ("horizontal", "vertical", "diagonal", "checker")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = RECIPES_DIR
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,25 @@ def user_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from vislab import __version__
+
+        print(f"vislab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print vislab's version and exit."),
+) -> None:
+    """vislab: curate image datasets, train and evaluate recognition models, explain and compare them."""
+
+
+configs_app = typer.Typer(help="The recipes shipped with vislab: list them, or copy one out to edit.", no_args_is_help=False)
+app.add_typer(configs_app, name="configs")
+
+
 @app.command()
 @user_errors
 def curate(
@@ -173,10 +192,21 @@ def prepare(
 def models(
     pattern: str = typer.Argument("*", help="Glob pattern, e.g. '*efficientnet*'."),
     timm: bool = typer.Option(False, "--timm", help="Include timm's architectures (any works as model.name)."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="List the models whose pretrained weights load here without a network."),
 ) -> None:
     """List model names usable as `model.name`, one per line."""
     from vislab.models.registry import list_models
 
+    if pretrained:
+        from vislab.models.backbones import offline_weights
+
+        rows = offline_weights(pattern)
+        if not rows:
+            raise VislabError(f"no model with offline weights matches '{pattern}'")
+        width = max(len(r["name"]) for r in rows)
+        for r in rows:
+            print(f"{r['name']:<{width}}  pretrained: {r['pretrained']:<5}  {r['status']}")
+        return
     names = list_models(pattern, include_timm=timm)
     if not names:
         hint = "" if timm else "; add --timm to search timm's architectures too"
@@ -206,11 +236,11 @@ def report(
 def compare(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories to compare."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | html"),
-    sort: Optional[str] = typer.Option(None, help="Column to sort by, e.g. test_acc, mca, wall_time_s ('+'/'-' prefix forces the order)."),
+    sort: Optional[str] = typer.Option(None, help="Column to sort by, e.g. test_acc, mca, wall_time_s, or a config key that differs such as optim.lr ('+'/'-' prefix forces the order)."),
     split: str = typer.Option("test", help="Eval set whose accuracy, mCA and F1 are shown."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
-    """One row per run: model, input, parameters, epochs, accuracies, mCA, F1, wall time, speed."""
+    """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed."""
     from vislab.report.compare import compare_runs, render, rich_table
 
     df = compare_runs(run_dirs, sort=sort, split=split)
@@ -227,6 +257,44 @@ def compare(
         console.print(f"comparison: {out}")
     else:
         sys.stdout.write(text)
+
+
+@app.command("config")
+@user_errors
+def config_help(
+    prefix: str = typer.Argument("", metavar="[KEY-PREFIX]", help="Only keys starting with this, e.g. optim or train.averaging."),
+) -> None:
+    """Print every config key with its default, allowed values and help (`key: default  # (type) help`)."""
+    from vislab.config import describe_keys
+
+    print("\n".join(describe_keys(prefix)))
+
+
+@configs_app.callback(invoke_without_command=True)
+@user_errors
+def configs_list(ctx: typer.Context) -> None:
+    """List the recipes shipped with vislab (usable by name: `vislab train NAME ...`)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vislab.config import config_path, recipe_description, recipe_names
+
+    names = recipe_names()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {recipe_description(config_path(name))}")
+
+
+@configs_app.command("copy")
+@user_errors
+def configs_copy(
+    name: str = typer.Argument(..., help="Recipe name, e.g. flowers-transfer (see `vislab configs`)."),
+    dest: Optional[Path] = typer.Argument(None, help="File or folder to write (default ./NAME.yaml); never overwritten."),
+) -> None:
+    """Write a recipe out as a YAML file to edit and train with."""
+    from vislab.config import copy_recipe
+
+    path = copy_recipe(name, dest)
+    console.print(f"recipe {name}: {path}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -258,17 +326,18 @@ def explain(
 @app.command()
 @user_errors
 def train(
-    config: Optional[Path] = typer.Argument(None, help="Run config YAML, e.g. configs/digits-cnn.yaml (optional with --resume)."),
+    config: Optional[Path] = typer.Argument(None, help="Run config: a YAML file or a recipe name such as digits-cnn (`vislab configs`); optional with --resume."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory (from `vislab curate`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run directory to write, or to continue with --resume."),
-    set_: List[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write, or to continue with --resume."),
+    set_: List[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable; `vislab config` lists the keys)."),
     max_time: Optional[str] = typer.Option(None, "--max-time", help="Training-time budget for the whole run, e.g. 5h, 90m, 1h30m."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs to train; more than before extends a resumed run."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to train; more than before extends a resumed run."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.ckpt."),
     sanity: bool = typer.Option(False, "--sanity", help="Only overfit one batch, to check that the pipeline can learn."),
+    show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config (overrides applied) and exit."),
 ) -> None:
     """Train a classifier on a curated dataset and leave a run directory (metrics, checkpoints, summary)."""
-    from vislab.config import load_config
+    from vislab.config import dump_config, load_config
     from vislab.grid import is_grid
     from vislab.train import train as run_train
 
@@ -276,15 +345,53 @@ def train(
         raise VislabError(f"{config}: is a grid of variants; run `vislab grid {config} --data DATASET --out DIR`")
     if resume and set_:
         raise VislabError("--set: a resumed run keeps its config.yaml; only --epochs and --max-time may change")
+    if show_config:
+        if config is None:
+            raise VislabError("--show-config: pass the config (a YAML file or a recipe name) to resolve")
+        cfg = load_config(config, set_ or [])
+        if epochs is not None:  # both always valid here (typer checks --epochs >= 1)
+            cfg.train.epochs = epochs
+        if max_time is not None:
+            cfg.train.max_time = max_time
+        sys.stdout.write(dump_config(cfg))
+        return
+    if out is None:
+        raise VislabError("train: --out DIR is required (the run directory to write, or to continue with --resume)")
     cfg = load_config(config, set_ or []) if config is not None else None
     run_dir = run_train(cfg, data, out, resume=resume, max_time=max_time, epochs=epochs, sanity=sanity)
     console.print(f"run: {run_dir}", highlight=False)
 
 
+@app.command("lr-find")
+@user_errors
+def lr_find(
+    config: Path = typer.Argument(..., help="Run config: a YAML file or a recipe name (`vislab configs`)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Curated dataset directory (from `vislab curate`)."),
+    out: Path = typer.Option(Path("."), "--out", "-o", help="Folder for lr_find.png and lr_find.csv (no run files are written)."),
+    set_: List[str] = typer.Option(None, "--set", help="Override a config key, as for `vislab train` (repeatable)."),
+    steps: int = typer.Option(100, "--steps", help="Training steps of the sweep."),
+    min_lr: float = typer.Option(1e-7, "--min-lr", help="Learning rate the sweep starts at."),
+    max_lr: float = typer.Option(10.0, "--max-lr", help="Learning rate the sweep ends at (it stops early when the loss diverges)."),
+) -> None:
+    """Learning-rate range test: train briefly with an exponentially growing lr, plot the loss, suggest optim.lr."""
+    from vislab.config import load_config
+    from vislab.lrfind import lr_find as run_lr_find
+
+    cfg = load_config(config, set_ or [])
+    r = run_lr_find(cfg, data, out, steps=steps, min_lr=min_lr, max_lr=max_lr)
+    steep = f"; steepest descent at {r.steepest:.2g}" if r.steepest is not None else ""
+    console.print(
+        f"lr-find: suggested optim.lr {r.suggestion:.2g} ({r.rule} rule{steep}) over {len(r.lrs)} steps; "
+        f"plot {r.plot}; train with {' '.join(f'--set {s}' for s in r.sets)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 @app.command()
 @user_errors
 def grid(
-    config: Path = typer.Argument(..., help="Grid YAML: a run config plus `grid:` of dotted keys -> value lists."),
+    config: Path = typer.Argument(..., help="Grid YAML (or recipe name): a run config plus `grid:` of dotted keys -> value lists."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for one run directory per variant."),
     set_: List[str] = typer.Option(None, "--set", help="Override a key in every variant (repeatable)."),
@@ -293,7 +400,7 @@ def grid(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per variant."),
     max_time: Optional[str] = typer.Option(None, "--max-time", help="Time budget per variant, e.g. 10m."),
 ) -> None:
-    """Train every variant of a grid config (e.g. configs/simple-cnn-grid.yaml) and rank them on validation."""
+    """Train every variant of a grid config (e.g. the recipe simple-cnn-grid) and rank them on validation."""
     from vislab.grid import grid_variants, run_grid
 
     if list_:

@@ -1,16 +1,24 @@
 """Run configuration: pydantic models for every section, YAML loading and dotted overrides.
 
 One YAML describes one run. Unknown keys and wrong values fail on load with a one-line
-message naming the key and what is allowed, so a typo never silently falls back to a default.
+message naming the key, what is allowed, the closest known key and where the value came from
+(the file or the `--set`), so a typo never silently falls back to a default. Every field
+carries its help text, so `vislab config` documents the keys from this file alone. The
+recipes in `recipes/` ship with the package and load by bare name (`vislab train digits-cnn`).
 """
 
 from __future__ import annotations
 
+import difflib
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence, Union, get_args, get_origin
 
+import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
 from vislab.errors import VislabError
 
@@ -24,60 +32,63 @@ class Section(BaseModel):
 class HeadConfig(Section):
     """Custom classifier head: GAP -> Linear(hidden) -> ReLU -> Dropout -> Linear(classes)."""
 
-    hidden: int = Field(512, ge=1)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    hidden: int = Field(512, ge=1, description="Width of the head's hidden Linear layer.")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before the head's last Linear layer.")
 
 
 class SimpleCNNConfig(Section):
     """The from-scratch family: `layers` conv blocks, filters doubling from `filters`."""
 
-    layers: int = Field(3, ge=1, le=6)
-    filters: int = Field(32, ge=4)
-    kernel_size: int = Field(3, ge=1, le=7)
-    fc: int = Field(512, ge=0)
-    dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    init_std: float | None = Field(None, gt=0.0)
-    init_seed: int | None = 1234
-    batch_norm: bool = True
+    layers: int = Field(3, ge=1, le=6, description="Conv blocks (conv, BatchNorm, ReLU, 2x2 max-pool each).")
+    filters: int = Field(32, ge=4, description="Filters of the first block; each later block doubles them.")
+    kernel_size: int = Field(3, ge=1, le=7, description="Conv kernel size.")
+    fc: int = Field(512, ge=0, description="Width of the hidden fully connected layer; 0 goes straight to the classifier.")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    init_std: float | None = Field(None, gt=0.0, description="Draw conv and linear weights from N(0, init_std); null keeps PyTorch's init.")
+    init_seed: int | None = Field(1234, description="Seed of the initial weights, so variants start alike; null follows the global seed.")
+    batch_norm: bool = Field(True, description="BatchNorm after each conv.")
 
 
 class ABNConfig(Section):
     """Attention-branch loss weights: alpha * CE(attention) + beta * CE(perception)."""
 
-    alpha: float = Field(1.0, ge=0.0)
-    beta: float = Field(1.0, ge=0.0)
-    stage: int | None = None
+    alpha: float = Field(1.0, ge=0.0, description="Weight of the attention branch's loss.")
+    beta: float = Field(1.0, ge=0.0, description="Weight of the perception branch's loss.")
+    stage: int | None = Field(None, description="Backbone stage the branch attaches to (index, negative from the end); null: the last conv stage.")
 
 
 class FastCNNConfig(Section):
     """The compact small-image net of the cifar10-fast recipe; each trick is a switch."""
 
-    widths: list[int] = Field(default_factory=lambda: [64, 256, 256], min_length=1, max_length=5)
-    # stem set from training patches as a whitening transform (frozen weights, learned bias)
-    whiten: bool = True
-    whiten_kernel: int = Field(2, ge=1, le=5)
-    whiten_eps: float = Field(5e-4, gt=0.0)
-    whiten_images: int = Field(5000, ge=1)
-    dirac_init: bool = True
-    logit_scale: float = Field(1 / 9, gt=0.0)
-    bn_momentum: float = Field(0.4, gt=0.0, le=1.0)
-    # false keeps the BatchNorm scales at 1 (their biases still learn): one scale fewer per
-    # channel to fit, which a high-learning-rate recipe likes
-    bn_weight: bool = True
+    widths: list[int] = Field(default_factory=lambda: [64, 256, 256], min_length=1, max_length=5,
+                              description="Channels of each conv stage (1 to 5 stages).")
+    whiten: bool = Field(True, description="Stem set from training patches as a whitening transform (frozen weights, learned bias).")
+    whiten_kernel: int = Field(2, ge=1, le=5, description="Patch size of the whitening stem.")
+    whiten_eps: float = Field(5e-4, gt=0.0, description="Added to the patch covariance's eigenvalues: filters scale by 1/sqrt(eigenvalue + eps).")
+    whiten_images: int = Field(5000, ge=1, description="Training images the whitening patches are drawn from.")
+    dirac_init: bool = Field(True, description="Initialise each conv as the identity (Dirac) on its first min(in, out) channels.")
+    logit_scale: float = Field(1 / 9, gt=0.0, description="Multiplier of the output logits.")
+    bn_momentum: float = Field(0.4, gt=0.0, le=1.0, description="BatchNorm running-statistics momentum.")
+    bn_weight: bool = Field(True, description="Learn BatchNorm scales; false keeps them at 1 (one fewer per channel to fit, which high learning rates like).")
 
 
 class ModelConfig(Section):
-    name: str = "simple_cnn"
-    pretrained: bool | Literal["pypi"] = False
-    weights: Path | None = None
-    head: HeadConfig | None = None
-    simple_cnn: SimpleCNNConfig = Field(default_factory=SimpleCNNConfig)
-    fast_cnn: FastCNNConfig = Field(default_factory=FastCNNConfig)
-    attention: Literal["none", "abn"] = "none"
-    abn: ABNConfig = Field(default_factory=ABNConfig)
-    in_chans: int = Field(3, ge=1)
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """The network: a vislab or timm model, its weights, head and attention branch."""
+
+    name: str = Field("simple_cnn", description="Model name: vislab's own or any timm model (`vislab models`).")
+    pretrained: bool | Literal["pypi"] = Field(False, description="Start from ImageNet weights: true (timm hub, online) or pypi (the vislab[weights] packages, offline).")
+    weights: Path | None = Field(None, description="Local .pth/.safetensors weights to start from (not with pretrained).")
+    head: HeadConfig | None = Field(None, description="Custom MLP head on a timm backbone; null keeps the model's own classifier.")
+    simple_cnn: SimpleCNNConfig = Field(
+        default_factory=SimpleCNNConfig, description="Settings of model.name: simple_cnn.", json_schema_extra={"applies_when": {"model.name": "simple_cnn"}})
+    fast_cnn: FastCNNConfig = Field(
+        default_factory=FastCNNConfig, description="Settings of model.name: fast_cnn.", json_schema_extra={"applies_when": {"model.name": "fast_cnn"}})
+    attention: Literal["none", "abn"] = Field("none", description="abn adds an attention branch (Attention Branch Network) on a backbone stage.")
+    abn: ABNConfig = Field(
+        default_factory=ABNConfig, description="Settings of model.attention: abn.", json_schema_extra={"applies_when": {"model.attention": "abn"}})
+    in_chans: int = Field(3, ge=1, description="Input channels (1 for grey images).")
+    drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before a timm model's classifier.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
 
 
 AUG_PRESETS = ("none", "light", "standard", "strong")
@@ -86,78 +97,85 @@ AUG_PRESETS = ("none", "light", "standard", "strong")
 class AugmentConfig(Section):
     """Training augmentation; `preset` gives defaults, explicit fields override them."""
 
-    preset: Literal["none", "light", "standard", "strong"] = "light"
-    hflip: float | None = Field(None, ge=0.0, le=1.0)
-    vflip: float | None = Field(None, ge=0.0, le=1.0)
-    rotation: float | None = Field(None, ge=0.0, le=180.0)
-    random_resized_crop: tuple[float, float] | None = None
-    crop_padding: int | None = Field(None, ge=0)
-    color_jitter: float | None = Field(None, ge=0.0, le=1.0)
-    shear: float | None = Field(None, ge=0.0, le=60.0)
-    scale: tuple[float, float] | None = None
-    random_erasing: float | None = Field(None, ge=0.0, le=1.0)
-    mixup: float = Field(0.0, ge=0.0)
-    cutmix: float = Field(0.0, ge=0.0)
+    preset: Literal["none", "light", "standard", "strong"] = Field("light", description="Default steps; the fields below override single steps.")
+    hflip: float | None = Field(None, ge=0.0, le=1.0, description="Probability of a horizontal flip.")
+    vflip: float | None = Field(None, ge=0.0, le=1.0, description="Probability of a vertical flip.")
+    rotation: float | None = Field(None, ge=0.0, le=180.0, description="Random rotation up to +-degrees.")
+    random_resized_crop: tuple[float, float] | None = Field(None, description="Area range [min, max] of random resized crops.")
+    crop_padding: int | None = Field(None, ge=0, description="Random crop after reflect-padding by this many pixels (small images).")
+    color_jitter: float | None = Field(None, ge=0.0, le=1.0, description="Brightness/contrast/saturation jitter strength.")
+    shear: float | None = Field(None, ge=0.0, le=60.0, description="Random shear up to +-degrees.")
+    scale: tuple[float, float] | None = Field(None, description="Random zoom range [min, max] of an affine transform.")
+    random_erasing: float | None = Field(None, ge=0.0, le=1.0, description="Probability of erasing a random rectangle.")
+    mixup: float = Field(0.0, ge=0.0, description="Mixup Beta(a, a) parameter; 0 is off.")
+    cutmix: float = Field(0.0, ge=0.0, description="CutMix Beta(a, a) parameter; 0 is off.")
 
 
 class DataConfig(Section):
-    img_size: int | tuple[int, int] | None = None
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
-    num_workers: int = Field(2, ge=0)
-    grayscale: bool = False
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    sampler: Literal["random", "weighted"] = "random"
-    cache: bool = False
-    crop_pct: float | None = Field(None, gt=0.0, le=1.0)
-    # share of train held out (stratified, seeded) as validation when the manifest has no val split
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    persistent_workers: bool = True
+    """Input size, batches, loading and augmentation."""
+
+    img_size: int | tuple[int, int] | None = Field(None, description="Input size (N or [H, W]); null: the model's own.")
+    batch_size: int = Field(64, ge=1, description="Training batch size (per device).")
+    eval_batch_size: int | None = Field(None, ge=1, description="Evaluation batch size; null: batch_size.")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    grayscale: bool = Field(False, description="Convert images to grey (set model.in_chans: 1 for one channel).")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
+    sampler: Literal["random", "weighted"] = Field("random", description="weighted draws classes equally often (imbalanced data).")
+    cache: bool = Field(False, description="Train from the prepared uint8 cache (`vislab prepare`), augmented on batches.")
+    crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="Eval centre-crop fraction; null: the model's own.")
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="Share of train held out (stratified, seeded) as validation when the manifest has no val split.")
+    persistent_workers: bool = Field(True, description="Keep DataLoader workers alive between epochs.")
 
 
 class OptimConfig(Section):
-    # muon: Muon on the backbone's weight matrices and conv filters, SGD (lr, momentum,
-    # nesterov, weight_decay) on the head, biases and norm parameters
-    name: Literal["sgd", "asgd", "adam", "adamw", "muon"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
-    nesterov: bool = False
-    weight_decay: float = Field(0.0, ge=0.0)
-    backbone_lr_mult: float = Field(1.0, gt=0.0)
-    # learning-rate multiplier of biases and norm parameters (they take no weight decay)
-    bias_lr_mult: float = Field(1.0, gt=0.0)
-    muon_lr: float = Field(0.02, gt=0.0)
-    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0)
-    muon_ns_steps: int = Field(5, ge=1, le=10)
-    # keep each filter bank's norm fixed instead of weight decay: right when a norm layer
-    # follows every Muon layer (the output then ignores the weight's scale)
-    muon_normalize: bool = False
+    """The optimizer and its learning rates."""
+
+    name: Literal["sgd", "asgd", "adam", "adamw", "muon"] = Field(
+        "adamw", description="Optimizer; muon: Muon on the backbone's matrices and conv filters, SGD on the head, biases and norms.")
+    lr: float = Field(1e-3, gt=0.0, description="Learning rate of the head (`vislab lr-find` suggests one).")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (sgd, muon's SGD part).")
+    nesterov: bool = Field(False, description="Nesterov momentum (sgd, muon).")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay; biases and norm parameters take none.")
+    backbone_lr_mult: float = Field(1.0, gt=0.0, description="Backbone learning rate = lr * this (fine-tuning).")
+    bias_lr_mult: float = Field(1.0, gt=0.0, description="Learning-rate multiplier of biases and norm parameters.")
+    muon_lr: float = Field(0.02, gt=0.0, description="Learning rate of Muon's parameters (optim.name: muon).")
+    muon_momentum: float = Field(0.95, ge=0.0, lt=1.0, description="Muon's momentum.")
+    muon_ns_steps: int = Field(5, ge=1, le=10, description="Newton-Schulz iterations per Muon update.")
+    muon_normalize: bool = Field(False, description="Keep each Muon filter bank's norm fixed instead of weight decay (right when a norm layer follows).")
 
 
 class SchedulerConfig(Section):
-    name: Literal["none", "plateau", "exponential", "cosine", "linear", "onecycle"] = "none"
-    warmup_epochs: float = Field(0.0, ge=0.0)
-    gamma: float = Field(0.95, gt=0.0, le=1.0)
-    patience: int = Field(3, ge=0)
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
-    min_lr: float = Field(0.0, ge=0.0)
-    monitor: str = "val/loss"
-    pct_start: float = Field(0.3, gt=0.0, lt=1.0)
+    """The learning-rate schedule."""
+
+    name: Literal["none", "plateau", "exponential", "cosine", "linear", "onecycle"] = Field(
+        "none", description="Schedule: constant, on plateau, per-epoch exponential, cosine or linear decay, one-cycle.")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="Linear warm-up length (cosine, linear, exponential).")
+    gamma: float = Field(0.95, gt=0.0, le=1.0, description="Per-epoch factor of exponential decay.")
+    patience: int = Field(3, ge=0, description="Epochs without improvement before plateau lowers the lr.")
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="Factor plateau multiplies the lr by.")
+    min_lr: float = Field(0.0, ge=0.0, description="Floor of the learning rate.")
+    monitor: str = Field("val/loss", description="Metric plateau watches.")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="Share of one-cycle spent raising the lr.")
 
 
 class EarlyStoppingConfig(Section):
-    monitor: str = "val/acc"
-    patience: int = Field(5, ge=1)
-    mode: Literal["min", "max"] = "max"
-    min_delta: float = 0.0
+    """Stop when a metric stops improving."""
+
+    monitor: str = Field("val/acc", description="Metric to watch.")
+    patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
+    mode: Literal["min", "max"] = Field("max", description="Whether the metric should go down or up.")
+    min_delta: float = Field(0.0, description="Smallest change that counts as improvement.")
 
 
 class HealthConfig(Section):
-    chance_after_epochs: int = Field(3, ge=1)
-    collapse_fraction: float = Field(0.95, gt=0.0, le=1.0)
-    # share of a split's images that may be unreadable (deleted or broken since curation):
-    # skipped with a warning up to it, the run stops (after a checkpoint) above it
-    max_bad_images: float = Field(0.01, ge=0.0, le=1.0)
+    """Thresholds of the training health warnings."""
+
+    chance_after_epochs: int = Field(3, ge=1, description="Warn when val accuracy is still at chance after this many epochs.")
+    collapse_fraction: float = Field(0.95, gt=0.0, le=1.0, description="Warn when this share of val predictions falls on one class.")
+    max_bad_images: float = Field(
+        0.01, ge=0.0, le=1.0,
+        description="Share of a split's images that may be unreadable (changed since curation): skipped with a warning up to it, the run stops above it.",
+    )
 
 
 class AveragingConfig(Section):
@@ -166,73 +184,257 @@ class AveragingConfig(Section):
     every `every` steps the slow weights move towards the trained ones by (1 - decay) and
     training restarts from them; with `warmup` the decay ramps up from 0 as progress**3."""
 
-    kind: Literal["none", "ema", "lookahead"] = "none"
-    decay: float = Field(0.99, ge=0.0, lt=1.0)
-    every: int = Field(1, ge=1)
-    warmup: bool = True
+    kind: Literal["none", "ema", "lookahead"] = Field("none", description="ema: validate on a moving average of the weights; lookahead: slow weights pulled towards the trained ones.")
+    decay: float = Field(0.99, ge=0.0, lt=1.0, description="Averaging decay per update.")
+    every: int = Field(1, ge=1, description="Update the average every N optimizer steps.")
+    warmup: bool = Field(True, description="Ramp the decay up from 0 as progress**3.")
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1)
-    max_time: str | None = None
-    freeze_backbone_epochs: int = Field(0, ge=0)
-    # keep the backbone's BatchNorm statistics fixed (eval mode) after unfreezing too: small
-    # datasets otherwise swap ImageNet statistics for batch ones and the trained head misfits
-    freeze_bn: bool = False
-    class_weights: Literal["none", "balanced"] | list[float] = "none"
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    early_stopping: EarlyStoppingConfig | None = None
-    monitor: str = "val/acc"
-    monitor_mode: Literal["min", "max"] = "max"
-    precision: str = "32-true"
-    accelerator: str = "auto"
-    devices: int | str | list[int] = "auto"
-    strategy: str = "auto"
-    num_nodes: int = Field(1, ge=1)
-    channels_last: bool = False
-    compile: bool = False
-    averaging: AveragingConfig = Field(default_factory=AveragingConfig)
-    grad_clip: float | None = Field(None, gt=0.0)
-    accumulate_grad_batches: int = Field(1, ge=1)
-    limit_train_batches: int | float | None = None
-    limit_val_batches: int | float | None = None
-    health: HealthConfig = Field(default_factory=HealthConfig)
-    # mid-epoch last.ckpt, so a kill loses little: every N optimizer steps and/or every M minutes
-    checkpoint_every_steps: int | None = Field(None, ge=1)
-    checkpoint_every_minutes: float | None = Field(10.0, gt=0.0)
-    progress: Literal["auto", "rich", "tqdm", "none"] = "auto"
-    sync_batchnorm: bool = True
-    sanity_steps: int = Field(40, ge=1)
+    """Length, precision, devices, checkpoints and regularisation of training."""
 
-    @field_validator("precision")
+    epochs: int = Field(10, ge=1, description="Epochs to train.")
+    max_time: str | None = Field(None, description="Training-time budget of the whole run, e.g. 5h, 90m, 1h30m.")
+    freeze_backbone_epochs: int = Field(0, ge=0, description="Train only the head (and attention branch) for this many epochs first.")
+    freeze_bn: bool = Field(False, description="Keep the backbone's BatchNorm statistics fixed after unfreezing too (small datasets).")
+    class_weights: Literal["none", "balanced"] | list[float] = Field("none", description="Loss weight per class: none, balanced (inverse frequency) or a list.")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early when a metric stops improving; null trains all epochs.")
+    monitor: str = Field("val/acc", description="Metric that picks the best checkpoint.")
+    monitor_mode: Literal["min", "max"] = Field("max", description="Whether train.monitor should go down or up.")
+    precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "auto"] = Field(
+        "32-true", description="Numeric precision (Lightning's names); auto: bf16-mixed where the device runs it natively.")
+    accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps ...")
+    devices: int | str | list[int] = Field("auto", description="Devices to use: a count, a list of ids, or auto.")
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn ...")
+    num_nodes: int = Field(1, ge=1, description="Machines for multi-node training.")
+    channels_last: bool = Field(False, description="channels_last memory format (faster convs on GPUs and some CPUs).")
+    compile: bool = Field(False, description="torch.compile the model.")
+    averaging: AveragingConfig = Field(default_factory=AveragingConfig, description="Weight averaging (EMA or lookahead).")
+    grad_clip: float | None = Field(None, gt=0.0, description="Clip the gradient norm to this value.")
+    accumulate_grad_batches: int = Field(1, ge=1, description="Batches per optimizer step.")
+    limit_train_batches: int | float | None = Field(None, description="Train on this many batches (int) or share (float) per epoch.")
+    limit_val_batches: int | float | None = Field(None, description="Validate on this many batches (int) or share (float).")
+    health: HealthConfig = Field(default_factory=HealthConfig, description="Health-warning thresholds.")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="Write last.ckpt every N optimizer steps mid-epoch, so a kill loses little.")
+    checkpoint_every_minutes: float | None = Field(10.0, gt=0.0, description="Write last.ckpt every M minutes mid-epoch.")
+    progress: Literal["auto", "rich", "tqdm", "none"] = Field("auto", description="Progress display; auto: rich on a terminal, one line per epoch otherwise.")
+    sync_batchnorm: bool = Field(True, description="Synchronise BatchNorm statistics across GPUs under DDP.")
+    sanity_steps: int = Field(40, ge=1, description="Steps of `vislab train --sanity` (overfit one batch).")
+
+    @field_validator("precision", mode="before")
     @classmethod
-    def _precision(cls, v: str) -> str:
-        allowed = {"32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "auto"}
-        if v not in allowed:
-            raise ValueError(f"must be one of {sorted(allowed)}")
-        return v
+    def _precision(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads `32` as a number
 
 
 class RunConfig(Section):
     """Everything one run needs; saved resolved into the run directory."""
 
-    task: Literal["classify"] = "classify"
-    seed: int = 0
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    data: DataConfig = Field(default_factory=DataConfig)
-    optim: OptimConfig = Field(default_factory=OptimConfig)
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    task: Literal["classify"] = Field("classify", description="What to train.")
+    seed: int = Field(0, description="Seed of weights, data order, splits and augmentation.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Input, batches and augmentation.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and learning rates.")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Learning-rate schedule.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training length, precision, devices and checkpoints.")
 
 
-def _format_error(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+# --- the documented keys ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as `vislab config` prints it: dotted name, type, default and help."""
+
+    key: str
+    type: str
+    default: str
+    help: str
+    section: bool = False
+
+
+def _section_of(annotation: Any) -> type[Section] | None:
+    """The Section class a field holds (directly or as `Section | None`), else None."""
+    for a in (annotation, *get_args(annotation)):
+        if isinstance(a, type) and issubclass(a, Section):
+            return a
+    return None
+
+
+def _bounds(metadata: list[Any]) -> str:
+    """Numeric constraints as text: '> 0', '>= 1', 'in [0, 1)'."""
+    lo = hi = None
+    for m in metadata:
+        if isinstance(m, annotated_types.Ge):
+            lo = f"[{m.ge:g}"
+        elif isinstance(m, annotated_types.Gt):
+            lo = f"({m.gt:g}"
+        elif isinstance(m, annotated_types.Le):
+            hi = f"{m.le:g}]"
+        elif isinstance(m, annotated_types.Lt):
+            hi = f"{m.lt:g})"
+    if lo and hi:
+        return f" in {lo}, {hi}"
+    if lo:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+    if hi:
+        return f" {'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
+    return ""
+
+
+def _type_name(annotation: Any) -> str:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Literal:
+        return "|".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None))
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin is dict:
+        return "mapping"
+    if isinstance(annotation, type) and issubclass(annotation, Section):
+        return "section"
+    return {bool: "bool", int: "int", float: "float", str: "str", Path: "path"}.get(annotation, str(annotation))
+
+
+def type_text(info: FieldInfo) -> str:
+    """A field's allowed values for people: 'float > 0', 'sgd|adamw', 'int in [1, 6] or null'."""
+    text = _type_name(info.annotation) + _bounds(info.metadata)
+    return text + " or null" if type(None) in get_args(info.annotation) else text
+
+
+def value_text(value: Any) -> str:
+    """A value as it would be written in YAML (null, true, [64, 256], 0.001)."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+
+
+def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[KeyDoc]:
+    """Every key of the config, depth first in declaration order; sections are marked."""
+    out: list[KeyDoc] = []
+    for name, info in model.model_fields.items():
+        key = prefix + name
+        section = _section_of(info.annotation)
+        default = info.get_default(call_default_factory=True)
+        if section is not None:
+            optional = type(None) in get_args(info.annotation)
+            kind = f"section{' or null' if optional else ''}"
+            out.append(KeyDoc(key, kind, "null" if default is None else "", info.description or "", section=True))
+            out += config_keys(section, key + ".")
+        else:
+            out.append(KeyDoc(key, type_text(info), value_text(default), info.description or ""))
+    return out
+
+
+def describe_keys(prefix: str = "") -> list[str]:
+    """`vislab config` lines: `key: default  # (type) help`, a comment line per section.
+
+    `prefix` keeps the keys starting with it (a section such as `optim`, or `optim.mu`)."""
+    docs = [k for k in config_keys() if k.key.startswith(prefix)]
+    if not docs:
+        close = suggest_keys(prefix)
+        hint = f"did you mean {close[0]}?" if close else "run `vislab config` for them all"
+        raise VislabError(f"config: no key starts with '{prefix}'; {hint}")
+    width = min(44, max(len(f"{k.key}: {k.default}") for k in docs if not k.section or k.default))
+    lines = []
+    for k in docs:
+        if k.section and not k.default:
+            lines.append(f"# {k.key}: {k.help}")
+        else:
+            lines.append(f"{f'{k.key}: {k.default}':<{width}}  # ({k.type}) {k.help}")
+    return lines
+
+
+def _field(key: str) -> FieldInfo | None:
+    model: type[BaseModel] | None = RunConfig
+    info = None
+    for part in key.split("."):
+        if model is None or part not in model.model_fields:
+            return None
+        info = model.model_fields[part]
+        model = _section_of(info.annotation)
+    return info
+
+
+def key_applies(key: str, flat: dict[str, Any]) -> bool:
+    """Whether a dotted key matters for a config given as flat dotted keys: the settings of
+    a choice not taken (`model.simple_cnn.*` when model.name is resnet18) do not."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        info = _field(".".join(parts[:i]))
+        extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+        cond = extra.get("applies_when")
+        if isinstance(cond, dict) and any(flat.get(k) != v for k, v in cond.items()):
+            return False
+    return True
+
+
+def suggest_keys(key: str, n: int = 1) -> list[str]:
+    """The known keys closest to a misspelt or misplaced one ('optim.lrr' -> 'optim.lr',
+    'train.lr' -> 'optim.lr'); sections are candidates only for a misspelt section."""
+    docs = config_keys()
+    leaves = [k.key for k in docs if not k.section]
+    known = leaves if "." in key else [k.key for k in docs if "." not in k.key]
+    close = difflib.get_close_matches(key, known, n=n, cutoff=0.75)
+    if close:
+        return close
+    leaf = key.rsplit(".", 1)[-1]
+    names = difflib.get_close_matches(leaf, sorted({k.rsplit(".", 1)[-1] for k in leaves}), n=n, cutoff=0.75)
+    return [k for name in names for k in leaves if k.rsplit(".", 1)[-1] == name][:n]
+
+
+def _origin(loc: list[str], source: str, overrides: Sequence[str]) -> str:
+    """Where the failing value came from: the `--set` that wrote it, else the file."""
+    dotted = ".".join(loc)
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if key == dotted or key.startswith(dotted + ".") or dotted.startswith(key + "."):
+            return f"--set {item}"
+    return source
+
+
+def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = ()) -> str:
+    """One line naming the key, what is wrong, what is allowed and where the value came from."""
+    errors = err.errors()
+    first = errors[0]
+    loc = [str(p) for p in first["loc"]]
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'; check the spelling against the documented config keys"
+        key = ".".join(loc)
+        close = suggest_keys(key)
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        listing = f"`vislab config {section}`" if section else "`vislab config`"
+        hint = f"did you mean {close[0]}? ({listing} lists the keys)" if close else f"{listing} lists the keys"
+        return f"{_origin(loc, source, overrides)}: unknown key '{key}'; {hint}"
+    # the longest known key on the error's path (a union adds member names after it)
+    known = [p for i, p in enumerate(loc) if _field(".".join(loc[: i + 1])) is not None]
+    key = ".".join(known) or "(top level)"
+    info = _field(key) if known else None
+    where = _origin(known or loc, source, overrides)
     inp = first.get("input")
-    shown = "" if isinstance(inp, dict) else f" (got {inp!r})"
-    return f"{source}: '{key}' {first['msg'].lower()}{shown}"
+    got = "" if isinstance(inp, dict) else f" (got {inp!r})"
+    several = len([e for e in errors if [str(p) for p in e["loc"]][: len(known)] == known]) > 1
+    if several or info is None:  # several union members failed: say what is allowed instead
+        msg = "is not a valid value"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        msg = msg[0].lower() + msg[1:]
+    if info is not None and _section_of(info.annotation) is not None:
+        allowed = f"; expected a mapping of keys (`vislab config {key}` lists them)"
+    elif info is not None and (several or first["type"] not in ("literal_error", "value_error")):
+        allowed = f"; allowed: {type_text(info)}"
+    else:
+        allowed = ""
+    return f"{where}: '{key}' {msg}{got}{allowed}"
 
 
 def parse_value(text: str) -> Any:
@@ -243,7 +445,7 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `a.b.c=value` strings to a nested dict (creating sections as needed)."""
     for item in overrides:
         if "=" not in item:
@@ -262,25 +464,88 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def build_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+def build_config(raw: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:
+    """Validate a raw mapping; an error names the key and `source`, or the `--set` among
+    `overrides` that wrote the bad value."""
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise VislabError(_format_error(err, source)) from None
+        raise VislabError(_format_error(err, source, overrides)) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config (or defaults when `path` is None) and apply dotted overrides."""
+def load_config(path: str | Path | None, overrides: Sequence[str] | None = None) -> RunConfig:
+    """Load a YAML config or a packaged recipe by name (defaults when `path` is None) and
+    apply dotted overrides."""
+    overrides = list(overrides or [])
     raw = read_yaml(path) if path is not None else {}
-    raw = apply_overrides(raw, overrides or [])
-    return build_config(raw, str(path) if path is not None else "config")
+    raw = apply_overrides(raw, overrides)
+    return build_config(raw, str(config_path(path)) if path is not None else "config", overrides)
+
+
+# --- recipes shipped with the package -------------------------------------------------------
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (`vislab configs`), e.g. 'digits-cnn'."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_description(path: str | Path) -> str:
+    """The first comment line of a recipe: its one-line description."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def recipe_path(name: str) -> Path | None:
+    """The packaged recipe called `name` (with or without .yaml), or None."""
+    stem = name.removesuffix(".yaml")
+    path = RECIPES_DIR / f"{stem}.yaml"
+    return path if "/" not in stem and path.is_file() else None
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file, or the packaged recipe a bare name means (a file of that name wins)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    recipe = recipe_path(str(path)) if p.parent == Path(".") else None
+    if recipe is not None:
+        return recipe
+    close = difflib.get_close_matches(p.name.removesuffix(".yaml"), recipe_names(), n=1)
+    hint = f"did you mean the recipe {close[0]}?" if close else f"pass a YAML file or a recipe name ({', '.join(recipe_names())})"
+    raise VislabError(f"{p}: config file not found; {hint}")
+
+
+def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
+    """Write the packaged recipe `name` to `dest` (a file, a folder, or ./NAME.yaml) to edit;
+    an existing file is never overwritten."""
+    src = recipe_path(name)
+    if src is None:
+        close = difflib.get_close_matches(name, recipe_names(), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(recipe_names())}"
+        raise VislabError(f"configs copy: no recipe '{name}'; {hint}")
+    target = Path(dest) if dest is not None else Path(src.name)
+    if target.is_dir():
+        target = target / src.name
+    try:
+        with open(target, "x", encoding="utf-8") as fh:
+            fh.write(src.read_text())
+    except FileExistsError:
+        raise VislabError(f"{target}: already exists; refused to overwrite it (pass another DEST)") from None
+    except OSError as err:
+        raise VislabError(f"{target}: cannot write ({err.strerror})") from None
+    return target
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A config file's top-level mapping, or a one-line error naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise VislabError(f"{p}: config file not found; pass a YAML file such as configs/digits-cnn.yaml")
+    """A config file's (or named recipe's) top-level mapping, or a one-line error naming the file."""
+    p = config_path(path)
     try:
         raw = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as err:

@@ -28,8 +28,8 @@ from vislab.errors import VislabError
 
 
 def is_grid(path: str | Path) -> bool:
-    p = Path(path)
-    return p.is_file() and "grid" in read_yaml(p)
+    """Whether a config file (or packaged recipe name) holds a `grid:` of variants."""
+    return "grid" in read_yaml(path)
 
 
 def _short(key: str) -> str:
@@ -57,7 +57,7 @@ def grid_variants(path: str | Path, overrides: Sequence[str] = ()) -> list[tuple
         sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in zip(keys, combo)]
         name = "-".join(f"{_short(k)}{_value_text(v)}" for k, v in zip(keys, combo))
         base = yaml.safe_load(yaml.safe_dump(raw))  # a fresh copy per variant
-        cfg = build_config(apply_overrides(apply_overrides(base, sets), list(overrides)), f"{path} [{name}]")
+        cfg = build_config(apply_overrides(apply_overrides(base, sets), list(overrides)), f"{path} [{name}]", list(overrides))
         variants.append((name, sets, cfg))
     return variants
 

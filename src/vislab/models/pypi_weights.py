@@ -40,6 +40,16 @@ def supports(name: str) -> bool:
     return _arch(name) in PACKAGES
 
 
+def installed_version(name: str) -> str | None:
+    """The installed version of the weights package for `name`, or None when it is missing."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGES[_arch(name)][1])
+    except PackageNotFoundError:
+        return None
+
+
 def weights_file(name: str) -> Path:
     """The `.pth` file inside the installed package for `name`; a clear error when it is missing."""
     module_name, dist = PACKAGES[_arch(name)]

@@ -1,20 +1,26 @@
 """`vislab compare`: one row per run, the columns of a results table in a paper.
 
-Reads only the run directories' JSON files (no model is built), so comparing dozens of runs
-is instant. Missing values (a run never evaluated) stay empty rather than failing.
+Reads only the run directories' files (no model is built), so comparing dozens of runs is
+instant. Missing values (a run never evaluated) stay empty rather than failing. Like the run
+tables of W&B or Keras Tuner, the config keys whose values differ between the runs get a
+column each (the hyper-parameters that explain the differences), and runs are named by the
+shortest end of their path that tells them apart (`a/run`, `b/run`).
 """
 
 from __future__ import annotations
 
 import html
 import io
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
 
+from vislab.config import key_applies, value_text
+from vislab.display import format_rate
 from vislab.errors import VislabError
-from vislab.report.rundata import read_run
+from vislab.report.rundata import RunData, read_run
 
 COLUMNS = {
     "run": "run",
@@ -38,11 +44,62 @@ HIGHER_IS_BETTER = {"best_val_acc", "test_acc", "mca", "f1", "att_test_acc", "im
 FORMATS = ("table", "md", "csv", "html")
 PERCENT = ("best_val_acc", "test_acc", "mca", "f1", "att_test_acc")
 OPTIONAL = ("att_test_acc",)  # shown only when some run has a value (ABN runs)
+CONFIG = "config."  # prefix of the columns holding config keys that differ between the runs
+# config keys another column already shows (model name and ABN mark, input size, epochs)
+SHOWN_ELSEWHERE = ("model.name", "model.attention", "data.img_size", "train.epochs")
+MAX_CONFIG_COLUMNS = 8  # more differing keys share one OTHER column in displays
+OTHER = "other_config"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def differing_config(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per run, the config keys (dotted) whose values are not the same in every run.
+
+    A key is compared only between the runs it matters to: the settings of a choice a run
+    did not make (`model.simple_cnn.*` of a resnet run) are left out for that run, while a
+    key missing under a section another run sets (`model.head: null` against a head) is a
+    difference. Keys another column shows (model name, input size, epochs) are left out.
+    """
+    flat = [_flatten(c) for c in configs]
+    keys = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in SHOWN_ELSEWHERE]
+    diff = []
+    for k in keys:
+        seen = {repr(f.get(k, "<absent>")) for f in flat if key_applies(k, f)}
+        if len(seen) > 1:
+            diff.append(k)
+    return [{k: f[k] for k in diff if k in f and key_applies(k, f)} for f in flat]
+
+
+def distinguishing_names(paths: Sequence[str | Path]) -> list[str]:
+    """Each path's shortest end that no other path shares: runs/x, a/run, b/run -> x, a/run, b/run."""
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    names = []
+    for i, mine in enumerate(parts):
+        others = [p for j, p in enumerate(parts) if j != i]
+        for n in range(1, len(mine) + 1):
+            if all(p[-n:] != mine[-n:] for p in others):
+                names.append("/".join(mine[-n:]))
+                break
+        else:  # the same run given twice: its whole path
+            names.append(str(Path(*mine)))
+    return names
 
 
 def run_row(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """The comparison row of one run (raw numbers; formatting happens on output)."""
-    d = read_run(run_dir)
+    return _row(read_run(run_dir), split)
+
+
+def _row(d: RunData, split: str) -> dict[str, Any]:
     s, i = d.summary, d.info
     params = s.get("params") or {}
     size = (i.get("data_spec") or {}).get("input_size") or s.get("input_size") or []
@@ -76,16 +133,63 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     """
     if not run_dirs:
         raise VislabError("compare: pass at least one run directory")
-    df = pd.DataFrame([run_row(r, split) for r in run_dirs])
+    runs = [read_run(r) for r in run_dirs]
+    rows = [_row(d, split) for d in runs]
+    for row, name in zip(rows, distinguishing_names(run_dirs)):
+        row["run"] = name
+    diffs = differing_config([d.config for d in runs])
+    df = pd.DataFrame(rows)
+    for key in dict.fromkeys(k for d in diffs for k in d):  # object columns: ints stay ints, null stays None
+        df[CONFIG + key] = pd.Series([d.get(key, float("nan")) for d in diffs], dtype=object)
     if sort:
         key = sort.lstrip("+-")
         key = {"val_acc": "best_val_acc", "acc": "test_acc", "accuracy": "test_acc", "params": "params_total",
                "time": "wall_time_s", "wall_time": "wall_time_s", "speed": "images_per_s"}.get(key, key)
-        if key not in COLUMNS:
-            raise VislabError(f"--sort {sort!r}: unknown column; use one of {', '.join(COLUMNS)}")
+        if CONFIG + key in df.columns:
+            key = CONFIG + key
+        elif key not in COLUMNS:
+            varying = [c.removeprefix(CONFIG) for c in config_columns(df)]
+            also = f", or a config key that differs ({', '.join(varying)})" if varying else ""
+            raise VislabError(f"--sort {sort!r}: unknown column; use one of {', '.join(COLUMNS)}{also}")
         descending = sort.startswith("-") or (not sort.startswith("+") and key in HIGHER_IS_BETTER)
-        df = df.sort_values(key, ascending=not descending, na_position="last", kind="stable").reset_index(drop=True)
+        df = df.sort_values(key, ascending=not descending, na_position="last", kind="stable", key=_sortable).reset_index(drop=True)
     return df
+
+
+def _sortable(col: pd.Series) -> pd.Series:
+    """A config column (mixed Python values) as numbers when they all are, else as text."""
+    if pd.api.types.is_numeric_dtype(col):
+        return col
+    numbers = pd.to_numeric(col, errors="coerce")
+    if numbers.notna().sum() == col.notna().sum():
+        return numbers
+    return col.map(lambda v: value_text(v) if _present(v) else v)
+
+
+def config_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of config keys that differ between the runs, in config order."""
+    return [c for c in df.columns if c.startswith(CONFIG)]
+
+
+def config_labels(columns: Sequence[str]) -> dict[str, str]:
+    """Short headers for config columns: the shortest end of the dotted key, at least two
+    parts, that no other column shares (optim.lr, simple_cnn.layers, seed)."""
+    keys = [c.removeprefix(CONFIG).split(".") for c in columns]
+    labels = {}
+    for col, parts in zip(columns, keys):
+        for n in range(min(2, len(parts)), len(parts) + 1):
+            if all(other[-n:] != parts[-n:] for other in keys if other is not parts):
+                break
+        labels[col] = ".".join(parts[-n:])
+    return labels
+
+
+def _present(v: Any) -> bool:
+    return not (isinstance(v, float) and v != v)
+
+
+def _config_cell(v: Any) -> str:
+    return value_text(v) if _present(v) else ""
 
 
 def _cell(key: str, v: Any, row: pd.Series) -> str:
@@ -100,7 +204,9 @@ def _cell(key: str, v: Any, row: pd.Series) -> str:
         h, rem = divmod(s, 3600)
         return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
     if key == "images_per_s":
-        return f"{float(v):,.0f}"
+        return format_rate(v)
+    if key.startswith(CONFIG):
+        return _config_cell(v)
     if key == "epochs":
         planned = row.get("epochs_planned")
         return f"{int(v)}/{int(planned)}" if planned is not None and planned == planned and planned != v else f"{int(v)}"
@@ -108,21 +214,44 @@ def _cell(key: str, v: Any, row: pd.Series) -> str:
 
 
 def shown_columns(df: pd.DataFrame) -> list[str]:
-    """The column keys to print: all but the OPTIONAL ones no run has a value for."""
-    return [k for k in COLUMNS if k not in OPTIONAL or (k in df and df[k].notna().any())]
+    """The column keys to print: the run's descriptors, then up to MAX_CONFIG_COLUMNS config
+    keys that differ (the rest in one OTHER column), then the results; OPTIONAL ones only
+    when some run has a value."""
+    cfg = config_columns(df)
+    extra = cfg[:MAX_CONFIG_COLUMNS] + ([OTHER] if len(cfg) > MAX_CONFIG_COLUMNS else [])
+    keys = [k for k in COLUMNS if k not in OPTIONAL or (k in df and df[k].notna().any())]
+    return keys[:3] + extra + keys[3:]
+
+
+def _labels(df: pd.DataFrame, short: bool = False) -> dict[str, str]:
+    labels = {k: (SHORT.get(k, v) if short else v + (" %" if k in PERCENT else "")) for k, v in COLUMNS.items()}
+    labels.update(config_labels(config_columns(df)))
+    labels[OTHER] = "other config"
+    return labels
+
+
+def _other(row: pd.Series, df: pd.DataFrame) -> str:
+    cols = config_columns(df)[MAX_CONFIG_COLUMNS:]
+    labels = config_labels(config_columns(df))
+    return "; ".join(f"{labels[c]}={_config_cell(row.get(c))}" for c in cols if _present(row.get(c)))
 
 
 def formatted(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header labels (accuracies in %) and display strings for each row."""
     keys = shown_columns(df)
-    headers = [COLUMNS[k] + (" %" if k in PERCENT else "") for k in keys]
-    rows = [[_cell(k, r.get(k), r) for k in keys] for _, r in df.iterrows()]
+    labels = _labels(df)
+    headers = [labels[k] for k in keys]
+    rows = [[_other(r, df) if k == OTHER else _cell(k, r.get(k), r) for k in keys] for _, r in df.iterrows()]
     return headers, rows
+
+
+def _left_aligned(key: str) -> bool:
+    return key in ("run", "model", "input", OTHER) or key.startswith(CONFIG)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
     headers, rows = formatted(df)
-    right = {i for i, k in enumerate(shown_columns(df)) if k not in ("run", "model", "input")}
+    right = {i for i, k in enumerate(shown_columns(df)) if not _left_aligned(k)}
     esc = [[c.replace("|", "\\|") for c in r] for r in rows]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
@@ -132,21 +261,26 @@ def to_markdown(df: pd.DataFrame) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """Raw numbers (not display strings) in every column, for spreadsheets and scripts."""
     buf = io.StringIO()
-    df[list(COLUMNS) + ["epochs_planned", "path"]].to_csv(buf, index=False, lineterminator="\n")
+    df[list(COLUMNS) + ["epochs_planned", "path"] + config_columns(df)].to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()
 
 
 def to_html(df: pd.DataFrame) -> str:
     """A standalone HTML page holding the table (inline CSS, no network)."""
     headers, rows = formatted(df)
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    left = [_left_aligned(k) for k in shown_columns(df)]
+
+    def cls(i: int) -> str:
+        return ' class="l"' if left[i] else ""
+
+    head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     css = (
         "body{font:14px system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;margin:32px;color:#111827;background:#f5f6fa}"
         "table{border-collapse:collapse;background:#fff;border:1px solid #e5e7eb;border-radius:10px;font-variant-numeric:tabular-nums}"
         "th,td{padding:8px 12px;border-bottom:1px solid #e5e7eb;text-align:right;white-space:nowrap}"
         "th{font-size:11px;text-transform:uppercase;letter-spacing:.05em;color:#6b7280;background:#fafafa}"
-        "td:nth-child(-n+3),th:nth-child(-n+3){text-align:left}tr:hover td{background:#f9fafb}"
+        "td.l,th.l{text-align:left}tr:hover td{background:#f9fafb}"
     )
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vislab compare</title><style>{css}</style></head>'
@@ -159,9 +293,10 @@ def rich_table(df: pd.DataFrame) -> Any:
     from rich.table import Table
 
     _, rows = formatted(df)
+    labels = _labels(df, short=True)
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for k in shown_columns(df):
-        t.add_column(SHORT.get(k, COLUMNS[k]), justify="left" if k in ("run", "model", "input") else "right", no_wrap=True)
+        t.add_column(labels[k], justify="left" if _left_aligned(k) else "right", no_wrap=k != OTHER)
     for r in rows:
         t.add_row(*r)
     return t

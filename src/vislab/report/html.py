@@ -18,6 +18,7 @@ from typing import Any, Iterable, Sequence
 
 import pandas as pd
 
+from vislab.display import format_rate
 from vislab.report import plots
 from vislab.report.rundata import EvalSet, RunData, read_run
 
@@ -109,18 +110,37 @@ def section(sid: str, title: str, body: str, lead: str = "") -> str:
     return f'<section id="{e(sid)}" class="card"><h2>{e(title)}</h2>{lead_html}{body}</section>'
 
 
+def top_k_informative(metrics: dict[str, Any]) -> bool:
+    """Top-k accuracy says something only with more than k classes (else it is 100%)."""
+    n = len(metrics.get("classes") or metrics.get("per_class") or [])
+    return "top5_accuracy" in metrics and int(metrics.get("top_k", 5)) < n
+
+
+def class_lists_informative(metrics: dict[str, Any]) -> bool:
+    """Best and worst classes are worth their own tables only when they are different classes
+    and a small part of them all (more than twice the list length; the per-class table shows
+    every class anyway)."""
+    n = len([r for r in metrics.get("per_class", []) if r.get("support")]) or len(metrics.get("classes") or [])
+    length = max(len(metrics.get("best_classes", [])), len(metrics.get("worst_classes", [])))
+    return length > 0 and n > 2 * length
+
+
 def _kpis(data: RunData, ev: EvalSet | None) -> str:
     m = ev.metrics if ev else {}
     s = data.summary
     best_val = (s.get("best_val") or {}).get("val/acc")
-    k = m.get("top_k", 5)
+    if top_k_informative(m):
+        f1_sub = f"top-{m.get('top_k', 5)} {fmt('top5_accuracy', m.get('top5_accuracy'))}"
+    else:  # top-k of k classes or fewer is 100% by definition
+        f1_sub = f"precision {fmt('precision_macro', m.get('precision_macro'))}" if m.get("precision_macro") is not None else ""
+    rate = format_rate(s.get("train_images_per_s"))
     cards = [
         (f"{ev.name} accuracy" if ev else "accuracy", fmt("accuracy", m.get("accuracy")), f"{m.get('num_labelled', 0):,} images" if ev else "not evaluated"),
         ("mean class acc.", fmt("mca", m.get("mca")), "balanced accuracy"),
-        ("macro F1", fmt("f1_macro", m.get("f1_macro")), f"top-{k} {fmt('top5_accuracy', m.get('top5_accuracy'))}"),
+        ("macro F1", fmt("f1_macro", m.get("f1_macro")), f1_sub),
         ("GAP", fmt("gap", m.get("gap")), f"ECE {fmt('ece', m.get('ece'))}"),
         ("best val acc.", fmt("val/acc", best_val), f"epoch {s['best_epoch'] + 1}" if isinstance(s.get("best_epoch"), int) else ""),
-        ("training time", duration(s.get("wall_time_s")), f"{fmt('ips', s.get('train_images_per_s'))} img/s" if s.get("train_images_per_s") else ""),
+        ("training time", duration(s.get("wall_time_s")), f"{rate} img/s" if rate else ""),
     ]
     return '<div class="kpis">' + "".join(
         f'<div class="kpi"><div class="kpi-label">{e(a)}</div><div class="kpi-value">{e(b)}</div><div class="kpi-sub">{e(c)}</div></div>'
@@ -135,7 +155,9 @@ def _health(data: RunData) -> str:
     for h in data.health:
         level = str(h.get("level", "warn")).lower()
         level = level if level in ("warn", "error", "info") else "warn"
-        where = " · ".join(p for p in (f"epoch {h['epoch']}" if h.get("epoch") is not None else "", f"step {h['step']}" if h.get("step") is not None else "") if p)
+        # health.json counts from 0, like Lightning; people (and the terminal) count from 1
+        where = " · ".join(p for p in (f"epoch {h['epoch'] + 1}" if isinstance(h.get("epoch"), int) else "",
+                                       f"step {h['step'] + 1}" if isinstance(h.get("step"), int) else "") if p)
         items.append(
             f'<li class="msg {level}"><span class="badge {level}">{e(level)}</span>'
             f'<code>{e(h.get("code", ""))}</code><span class="msg-text">{e(h.get("message", ""))}</span>'
@@ -198,6 +220,8 @@ def _metrics(data: RunData) -> str:
         if not any(key in data.evals[n].metrics for n in names):
             continue
         if key == "top5_accuracy":
+            if not any(top_k_informative(data.evals[n].metrics) for n in names):
+                continue
             label = f"Top-{data.evals[names[0]].metrics.get('top_k', 5)} accuracy"
         rows.append([e(label)] + [e(fmt(key, data.evals[n].metrics.get(key))) for n in names])
     return table(["metric"] + names, rows, "metrics")
@@ -205,14 +229,16 @@ def _metrics(data: RunData) -> str:
 
 def _lists(ev: EvalSet) -> str:
     m = ev.metrics
-    best = table(["class", "accuracy", "n"], ([e(r["class"]), e(fmt("accuracy", r["accuracy"])), e(r["support"])] for r in m.get("best_classes", [])), "compact")
-    worst = table(["class", "accuracy", "n"], ([e(r["class"]), e(fmt("accuracy", r["accuracy"])), e(r["support"])] for r in m.get("worst_classes", [])), "compact")
     pairs = m.get("confused_pairs", [])
     pair_html = (
         table(["true", "predicted as", "count", "of class"], ([e(p["true"]), e(p["pred"]), e(p["count"]), e(fmt("accuracy", p["fraction"]))] for p in pairs), "compact")
         if pairs
         else note("No confusions: every image was classified correctly.")
     )
+    if not class_lists_informative(m):
+        return f'<div class="stack"><div><h3>Most confused pairs</h3>{pair_html}</div></div>'
+    best = table(["class", "accuracy", "n"], ([e(r["class"]), e(fmt("accuracy", r["accuracy"])), e(r["support"])] for r in m.get("best_classes", [])), "compact")
+    worst = table(["class", "accuracy", "n"], ([e(r["class"]), e(fmt("accuracy", r["accuracy"])), e(r["support"])] for r in m.get("worst_classes", [])), "compact")
     return (
         f'<div class="stack"><div class="cols"><div><h3>Best classes</h3>{best}</div><div><h3>Worst classes</h3>{worst}</div></div>'
         f"<div><h3>Most confused pairs</h3>{pair_html}</div></div>"

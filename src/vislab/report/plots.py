@@ -117,11 +117,18 @@ def plot_curves(history: pd.DataFrame, path: str | Path) -> Path | None:
                 elif vals.size and np.ptp(vals) <= 1e-12 * vals.max():
                     ax.set_ylim(0, vals.max() * 1.5)  # a constant lr: show it against zero, not as noise
             ax.set_title(title)
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            epoch_axis(ax, x)
             ax.legend(fontsize=8)
         fig.tight_layout()
         return _save(fig, path)
+
+
+def epoch_axis(ax: Any, epochs: np.ndarray) -> None:
+    """x axis of whole epochs numbered from 1 as the terminal counts them: integer ticks only,
+    with half an epoch of room each side (one epoch gets one tick, not 0.95 ... 1.05)."""
+    ax.set_xlim(float(np.min(epochs)) - 0.5, float(np.max(epochs)) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("epoch")
 
 
 def confusion_order(cm: np.ndarray, classes: Sequence[str], order: str = "auto") -> np.ndarray:

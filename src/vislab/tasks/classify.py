@@ -268,7 +268,7 @@ class ClassifyTask(L.LightningModule):
             backbones.set_backbone_frozen(self.model, frozen)
             if self.trainer is not None and self.trainer.is_global_zero:
                 state = "frozen" if frozen else "unfrozen"
-                print(f"epoch {self.current_epoch}: backbone {state}", flush=True)
+                print(f"epoch {self.current_epoch + 1}: backbone {state}", flush=True)  # counted from 1, as the epoch lines
         if frozen:
             backbones.apply_frozen_bn_eval(self.model)
         elif self.cfg.train.freeze_bn and self.training:

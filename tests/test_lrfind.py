@@ -1,0 +1,78 @@
+"""`vislab lr-find`: the learning-rate range test on tiny synthetic data, its suggestion rules,
+and what it must leave behind (a plot and a table, no run, the caller's state untouched)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.config import save_config
+from vislab.errors import VislabError
+from vislab.lrfind import lr_find, steepest_index, suggest, valley_index
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_pattern_dataset(tmp_path_factory.mktemp("lrfind") / "data", per_class=12, size=16)
+
+
+def test_suggestion_rules_on_a_known_curve() -> None:
+    lrs = np.logspace(-6, 1, 71)
+    # flat until 1e-4, falls until 1e-1, then blows up: the classic shape
+    x = np.log10(lrs)
+    loss = np.where(x < -4, 2.0, np.where(x < -1, 2.0 - 0.5 * (x + 4), 0.5 + 3 * (x + 1) ** 2))
+    i = valley_index(list(loss))
+    assert 1e-4 < lrs[i] < 1e-1  # inside the falling stretch, before its bottom
+    j = steepest_index(list(lrs), list(loss))
+    assert 1e-4 <= lrs[j] <= 1e-1
+    with pytest.raises(VislabError, match="diverged after 8 of 100 steps"):
+        suggest(list(lrs[:8]), list(loss[:8]), list(loss[:8]), 100, True)
+
+
+def test_lr_find_suggests_an_lr_and_leaves_no_run(data, tmp_path) -> None:
+    cfg = tiny_config(scheduler={"name": "onecycle"}, train={"averaging": {"kind": "ema"}, "early_stopping": {"patience": 1}})
+    before = cfg.model_dump()
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    expected = (torch.rand(3), np.random.rand(), random.random())
+    torch.manual_seed(123)
+    np.random.seed(123)
+    random.seed(123)
+    out = tmp_path / "out"
+    result = lr_find(cfg, data, out, steps=30, min_lr=1e-6, max_lr=10.0)
+    assert math.isfinite(result.suggestion) and 1e-6 <= result.suggestion <= 10.0
+    assert min(result.lrs) <= result.suggestion <= max(result.lrs)
+    assert result.steepest is not None and 1e-6 <= result.steepest <= 10.0
+    assert result.lrs == sorted(result.lrs) and len(result.lrs) == len(result.losses) <= 30
+    assert result.sets == [f"optim.lr={result.suggestion:.2g}"]
+    assert sorted(p.name for p in out.iterdir()) == ["lr_find.csv", "lr_find.png"]  # no checkpoints, config or metrics
+    with Image.open(result.plot) as im:
+        assert im.format == "PNG" and im.width > 300
+    assert len(result.table.read_text().splitlines()) == len(result.lrs) + 1
+    assert cfg.model_dump() == before  # the config trained later is the one given
+    assert torch.equal(torch.rand(3), expected[0]) and np.random.rand() == expected[1] and random.random() == expected[2]
+
+
+def test_cli_lr_find(data, tmp_path) -> None:
+    cfg = tmp_path / "tiny.yaml"
+    save_config(tiny_config(), cfg)
+    out = tmp_path / "lr"
+    res = CliRunner().invoke(app, ["lr-find", str(cfg), "--data", str(data), "--out", str(out), "--steps", "25"])
+    assert res.exit_code == 0, res.output
+    line = " ".join(res.output.split())
+    assert line.startswith("lr-find: suggested optim.lr ") and "(valley rule; steepest descent at" in line
+    value = float(line.rsplit("--set optim.lr=", 1)[1].split()[0])
+    assert 1e-7 <= value <= 10 and (out / "lr_find.png").is_file()
+    res = CliRunner().invoke(app, ["lr-find", str(cfg), "--data", str(tmp_path), "--steps", "25"])
+    assert res.exit_code == 2 and "not a curated dataset" in res.output
+    res = CliRunner().invoke(app, ["lr-find", str(cfg), "--data", str(data), "--min-lr", "1", "--max-lr", "0.1"])
+    assert res.exit_code == 2 and "--min-lr" in res.output
