@@ -158,6 +158,9 @@ from vislab.runs import run_lock
 with run_lock(sys.argv[1]):
     child = os.fork()
     if child == 0:  # like a DataLoader worker: forked while the lock is held, outlives its parent
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)  # let the test read its parent's output to the end
+        os.dup2(devnull, 2)
         time.sleep(60)
         os._exit(0)
     print(child, flush=True)
@@ -380,6 +383,17 @@ def test_evaluate_predict_export_fall_back_to_last_and_say_so(trained, dataset, 
         assert str(best) in text and str(last) in text and "fallback is unusable" in text
 
 
+def test_resume_from_a_checkpoint_of_another_kind_is_a_one_line_error(trained, tmp_path):
+    import torch
+
+    run = _copy(trained, tmp_path)
+    last = run / "checkpoints/last.ckpt"
+    torch.save({"weights": torch.ones(3)}, last)  # readable, but nothing Lightning can resume
+    checksum_path(last).unlink()
+    text = _one_line_error(CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--epochs", "3"]))
+    assert f"{last}: not a training checkpoint of vislab (no state_dict" in text
+
+
 def test_checkpoints_without_a_sidecar_load_unchecked(trained, tmp_path):
     run = _copy(trained, tmp_path)
     best = run / "checkpoints/best.ckpt"
@@ -407,6 +421,10 @@ def test_out_that_is_a_file_or_under_a_file_is_a_one_line_error(dataset, long_cf
         text = _one_line_error(CliRunner().invoke(app, ["train", str(long_cfg), "--data", str(dataset), "--out", str(out)]))
         assert str(a_file) in text and "is a file" in text
     assert a_file.read_text() == "not a folder"
+    missing = tmp_path / "no-dataset"
+    new_out = tmp_path / "new" / "run"
+    _one_line_error(CliRunner().invoke(app, ["train", str(long_cfg), "--data", str(missing), "--out", str(new_out)]))
+    assert not new_out.exists()  # a run that failed before writing anything leaves no folder
 
 
 @pytest.mark.parametrize("opset", ["1", "6", "99", "-3"])
