@@ -3,7 +3,7 @@
 - `AtomicCheckpointIO`: every checkpoint is written to a temporary file in the same folder,
   fsynced and renamed over the old one, so a kill during a write never leaves a broken file
   (Lightning's own writer goes through fsspec, whose temporary file lives in /tmp and is
-  copied, not renamed, when /tmp is another filesystem).
+  copied, not renamed, when /tmp is another filesystem). A sha256 sidecar goes with it.
 - `LastCheckpoint`: last.ckpt after every full epoch, every N steps / M minutes inside an
   epoch, and at the step where something (the time budget) stops training mid-epoch.
 - `RunRecorder`: metrics.csv (one row per full epoch; a resumed run rewrites the epochs it
@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -24,33 +25,62 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, RichProgressBar, Timer, TQDMProgressBar
 
-from vislab.runs import METRIC_COLUMNS, atomic_write_text, write_json
+from vislab.runs import METRIC_COLUMNS, atomic_write_text, checksum_path, fsync_dir, load_checkpoint_file, temp_path, write_checksum, write_json
+
+
+class _HashingWriter:
+    """A file wrapper that feeds every byte torch.save writes into a sha256."""
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: Any) -> int:
+        self.sha.update(data)
+        self.size += len(memoryview(data))
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to `.NAME.tmpPID` beside the target, fsync, then os.replace onto it."""
+    """torch.save to `.NAME.tmpPID` beside the target, fsync, write the sha256 sidecar, then
+    os.replace the checkpoint onto the target. Loading goes through `runs.load_checkpoint_file`,
+    so a resume checks the checksum too; `preloaded` hands Lightning a checkpoint already read
+    (and checked) for its path instead of reading it a second time."""
+
+    def __init__(self, preloaded: tuple[Path, dict[str, Any]] | None = None) -> None:
+        super().__init__()
+        self._preloaded = preloaded
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp = temp_path(path)
         try:
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                out = _HashingWriter(f)
+                torch.save(checkpoint, out)
                 f.flush()
                 os.fsync(f.fileno())
+            write_checksum(path, out.sha.hexdigest(), out.size)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
                 tmp.unlink()
-        try:  # make the rename itself durable
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except OSError:
-            pass
+        fsync_dir(path.parent)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if self._preloaded is not None and Path(path) == self._preloaded[0]:
+            ckpt, self._preloaded = self._preloaded[1], None
+            return ckpt
+        return load_checkpoint_file(path)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        super().remove_checkpoint(path)
+        checksum_path(path).unlink(missing_ok=True)
 
 
 def epoch_complete(trainer: "L.Trainer") -> bool:
@@ -74,11 +104,13 @@ class LastCheckpoint(Checkpoint):
         self.every_s = every_minutes * 60 if every_minutes else None
         self._last = time.monotonic()
         self._last_step = -1
+        self.saved: tuple[int, int] | None = None  # (epoch from 1, step) of this session's last save
 
     def _save(self, trainer: "L.Trainer") -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
         self._last = time.monotonic()
         self._last_step = trainer.global_step
+        self.saved = (int(trainer.current_epoch) + 1, int(trainer.global_step))
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._last = time.monotonic()
@@ -247,12 +279,16 @@ class RunRecorder(Callback):
         self.write_summary(trainer, pl_module, stop_reason(trainer))
 
     def on_exception(self, trainer: "L.Trainer", pl_module: "L.LightningModule", exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
         from vislab.health import NonFiniteLossError
 
         if isinstance(exception, NonFiniteLossError):
             reason = "nan"
         elif isinstance(exception, KeyboardInterrupt):
             reason = "interrupted"
+        elif isinstance(exception, SIGTERMException):  # Lightning's own SIGTERM path
+            reason = "sigterm"
         else:
             reason = "error"
         self.write_summary(trainer, pl_module, reason)
@@ -296,13 +332,19 @@ class RunRecorder(Callback):
 
 
 def stop_reason(trainer: "L.Trainer") -> str:
-    """Why fit() returned: the time budget, early stopping, all epochs, or something else."""
+    """Why fit() returned: a signal, the time budget, early stopping, all epochs, or something else."""
+    from vislab.interrupts import GracefulStop
+
+    done = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs
+    stopper = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+    if stopper is not None and stopper.reason is not None and not done:
+        return stopper.reason
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     if timer is not None and timer._duration is not None and timer.time_remaining("train") <= 0:
         return "max_time"
     if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
         return "early_stopping"
-    if trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs:
+    if done:
         return "completed"
     if trainer.max_steps and trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
         return "completed"

@@ -7,6 +7,7 @@ command pays only for what it uses.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from vislab.errors import VislabError
+from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import MAX_PIXELS
 
 if TYPE_CHECKING:
@@ -34,7 +35,8 @@ F = TypeVar("F", bound=Callable)
 
 
 def user_errors(fn: F) -> F:
-    """Turn a VislabError into one red line and exit status 2, never a traceback."""
+    """Turn a VislabError into one red line and exit status 2, never a traceback; training
+    stopped by a signal prints its line and exits 128 + the signal number."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -43,6 +45,9 @@ def user_errors(fn: F) -> F:
         except VislabError as err:
             err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
+        except TrainingInterrupted as stop:
+            err_console.print(str(stop), highlight=False, soft_wrap=True)
+            raise typer.Exit(code=stop.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -336,29 +341,41 @@ def train(
     sanity: bool = typer.Option(False, "--sanity", help="Only overfit one batch, to check that the pipeline can learn."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config (overrides applied) and exit."),
 ) -> None:
-    """Train a classifier on a curated dataset and leave a run directory (metrics, checkpoints, summary)."""
-    from vislab.config import dump_config, load_config
-    from vislab.grid import is_grid
-    from vislab.train import train as run_train
+    """Train a model on a curated dataset and leave a run directory (metrics, checkpoints, summary).
 
-    if config is not None and is_grid(config):
-        raise VislabError(f"{config}: is a grid of variants; run `vislab grid {config} --data DATASET --out DIR`")
-    if resume and set_:
-        raise VislabError("--set: a resumed run keeps its config.yaml; only --epochs and --max-time may change")
-    if show_config:
-        if config is None:
-            raise VislabError("--show-config: pass the config (a YAML file or a recipe name) to resolve")
-        cfg = load_config(config, set_ or [])
-        if epochs is not None:  # both always valid here (typer checks --epochs >= 1)
-            cfg.train.epochs = epochs
-        if max_time is not None:
-            cfg.train.max_time = max_time
-        sys.stdout.write(dump_config(cfg))
-        return
-    if out is None:
-        raise VislabError("train: --out DIR is required (the run directory to write, or to continue with --resume)")
-    cfg = load_config(config, set_ or []) if config is not None else None
-    run_dir = run_train(cfg, data, out, resume=resume, max_time=max_time, epochs=epochs, sanity=sanity)
+    Ctrl-C (SIGINT) or SIGTERM stops after the current step with checkpoints/last.ckpt saved
+    there, and exits with status 130 (SIGINT) or 143 (SIGTERM); `--resume` continues from
+    that step. A second signal stops at once without saving. Only one process at a time can
+    train into an --out folder.
+    """
+    try:
+        from vislab.config import dump_config, load_config
+        from vislab.grid import is_grid
+        from vislab.train import train as run_train
+
+        if config is not None and is_grid(config):
+            raise VislabError(f"{config}: is a grid of variants; run `vislab grid {config} --data DATASET --out DIR`")
+        if resume and set_:
+            raise VislabError("--set: a resumed run keeps its config.yaml; only --epochs and --max-time may change")
+        if show_config:
+            if config is None:
+                raise VislabError("--show-config: pass the config (a YAML file or a recipe name) to resolve")
+            cfg = load_config(config, set_ or [])
+            if epochs is not None:  # both always valid here (typer checks --epochs >= 1)
+                cfg.train.epochs = epochs
+            if max_time is not None:
+                cfg.train.max_time = max_time
+            sys.stdout.write(dump_config(cfg))
+            return
+        if out is None:
+            raise VislabError("train: --out DIR is required (the run directory to write, or to continue with --resume)")
+        cfg = load_config(config, set_ or []) if config is not None else None
+        run_dir = run_train(cfg, data, out, resume=resume, max_time=max_time, epochs=epochs, sanity=sanity)
+    except KeyboardInterrupt as err:
+        if isinstance(err, TrainingInterrupted):
+            raise
+        # Ctrl-C while starting up, before training handles signals itself
+        raise TrainingInterrupted("interrupted by SIGINT while starting, before anything was written", signal.SIGINT) from None
     console.print(f"run: {run_dir}", highlight=False)
 
 

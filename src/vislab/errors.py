@@ -7,3 +7,20 @@ with status 2, without a traceback. The message names the file, the field and th
 
 class VislabError(Exception):
     """An error caused by the user's input or environment, with a one-line fix in its message."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped at a signal (Ctrl-C, SIGTERM) after saving what it could.
+
+    The message says where it stopped and how to continue; the CLI prints it and exits with
+    `exit_code`, 128 + the signal number as a shell reports it (130 for SIGINT, 143 for
+    SIGTERM). A KeyboardInterrupt, so code that handles ordinary errors (a grid, a sweep)
+    stops too."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum

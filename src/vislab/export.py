@@ -28,6 +28,23 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 
 
+def supported_opsets() -> range:
+    """The ONNX opsets torch's TorchScript exporter (the one used here) can write."""
+    try:
+        from torch.onnx import _constants as c
+
+        return range(int(c.ONNX_MIN_OPSET), int(c.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET) + 1)
+    except (ImportError, AttributeError):  # the constants moved: the range of torch 2.x
+        return range(7, 21)
+
+
+def check_opset(opset: int) -> None:
+    """Refuse an opset the exporter cannot write, before any work, naming the range."""
+    ok = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ok:
+        raise VislabError(f"--opset {opset}: not supported; choose an ONNX opset from {ok.start} to {ok.stop - 1} (17 is a safe default)")
+
+
 class LogitsOnly(nn.Module):
     """Returns `logits` of a model whose forward returns a dict (or the tensor as is)."""
 
@@ -63,6 +80,7 @@ def export_onnx_model(
     metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write `model` (eval mode, dict outputs reduced to logits) to `path` with a dynamic batch axis."""
+    check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     net = LogitsOnly(model).eval()
@@ -70,17 +88,23 @@ def export_onnx_model(
     with warnings.catch_warnings():
         # the TorchScript-based exporter needs no extra packages; its deprecation notice is not for users
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            (example,),
-            str(path),
-            dynamo=False,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            opset_version=opset,
-            do_constant_folding=True,
-        )
+        try:
+            torch.onnx.export(
+                net,
+                (example,),
+                str(path),
+                dynamo=False,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError, ValueError, TypeError) as err:
+            # the exporter's errors are long dumps; the first line names the operator
+            path.unlink(missing_ok=True)
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise VislabError(f"{path}: ONNX export at opset {opset} failed ({first}); try another --opset (e.g. 17)") from None
     if metadata:
         import onnx
 
@@ -108,7 +132,11 @@ def check_onnx(
     x = torch.randn(batch, *[int(v) for v in input_size], generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         ref = LogitsOnly(model).eval()(x).float().numpy()
-    got = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    try:
+        got = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+    except Exception as err:  # onnxruntime raises its own error types (NotImplemented, InvalidGraph, Fail, ...)
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise VislabError(f"{path}: ONNX Runtime cannot run the exported model ({first})") from None
     if got.shape != ref.shape:
         raise VislabError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}; the export is wrong")
     diff = np.abs(got - ref)
@@ -154,6 +182,7 @@ def export_run(
 
     if fmt not in FORMATS:
         raise VislabError(f"--format {fmt!r}: supported formats are {', '.join(FORMATS)}")
+    check_opset(opset)
     run = load_run(run_dir)
     path = export_path(run.run_dir, out)
     model = run.model.float().eval()

@@ -2,19 +2,32 @@
 
 Everything after `train` reads a run through here (see the run-directory contract), so the
 names of the files live in one place and a run can be rebuilt from its directory alone.
+
+It also owns what keeps a run directory whole when things go wrong:
+
+- `run_lock`: one `vislab train` at a time per run directory (an flock the kernel drops
+  when the process dies, even by kill -9), so two sessions never interleave their files.
+- Temporary files `.NAME.tmpPID` (every atomic write) left by a killed writer are removed
+  by `remove_orphan_temps` once the lock is held.
+- Checkpoints carry a sha256 sidecar `NAME.sha256`; `load_checkpoint_file`, the one place a
+  checkpoint is read, checks it, and turns any unreadable file into a one-line error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
+import stat
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from vislab.errors import VislabError
 
@@ -35,6 +48,10 @@ CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 EVAL_DIR = "eval"
+LOCK_NAME = ".vislab.lock"
+CHECKSUM_SUFFIX = ".sha256"
+# `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 
 METRIC_COLUMNS = [
     "epoch",
@@ -102,13 +119,49 @@ def run_paths(run_dir: str | Path) -> RunPaths:
     return RunPaths(Path(run_dir))
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file."""
+def temp_path(path: str | Path) -> Path:
+    """`.NAME.tmpPID` beside `path`: where an atomic write puts its bytes before the rename."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the renames inside `folder` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
+    """Write via a temporary file in the same folder and rename, so readers never see half a file.
+
+    `durable` also fsyncs the file before the rename and the folder after it (for files that
+    must survive a power cut together with what they describe, like checksums)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if durable:
+        fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text."""
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -203,6 +256,126 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
     return p.resolve()
 
 
+def prepare_out_dir(out: str | Path) -> Path:
+    """Create the --out folder of a new run (and its parents), or say in one line why it cannot be."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VislabError(f"--out {out}: is a file, not a folder; choose a folder for the run directory")
+    for parent in out.parents:
+        if parent.exists() and not parent.is_dir():
+            raise VislabError(f"--out {out}: {parent} is a file, not a folder; choose a folder for the run directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise VislabError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
+    return out
+
+
+def remove_if_unused(out: str | Path) -> None:
+    """Remove a run directory this process created when nothing but its lock file is in it."""
+    out = Path(out)
+    try:
+        if out.is_dir() and not out.is_symlink() and set(os.listdir(out)) <= {LOCK_NAME}:
+            (out / LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+    except OSError:
+        pass
+
+
+_HELD_LOCKS: set[int] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (a DataLoader worker) must not keep the lock alive after its parent dies."""
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold an exclusive lock on a run directory while a process trains into it.
+
+    The lock is `flock` on RUN_DIR/.vislab.lock, which holds the owner's pid for the message
+    another process gets. The kernel drops it when the owner exits in any way (kill -9
+    included), so a stale lock never blocks a later run; forked children close their copy
+    of it, so orphaned DataLoader workers do not hold it either. On a filesystem without
+    flock support training goes on without it, after saying so."""
+    import fcntl
+
+    from vislab.fsguard import inside
+
+    root = Path(run_dir)
+    path = inside(root, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
+    except OSError as err:
+        raise VislabError(f"{path}: cannot open the run directory's lock file ({err.strerror or err}); remove it if it is not a file") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise VislabError(f"{path}: not a regular file; remove it (vislab keeps the run directory's lock there)")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise VislabError(
+                f"{root}: another vislab process (pid {holder}) is training into this run directory; "
+                "wait for it to finish (or stop it), or choose another --out"
+            ) from None
+        except OSError as err:
+            print(f"warning: {path}: cannot lock the run directory ({err.strerror or err}); another process training into it would not be noticed", flush=True)
+        else:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+            _HELD_LOCKS.add(fd)
+        yield root
+    finally:
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def remove_orphan_temps(run_dir: str | Path) -> list[Path]:
+    """Delete the `.NAME.tmpPID` files that writers killed mid-write left in a run directory.
+
+    Call it with `run_lock` held, so no training process is writing there. Only regular files
+    named by vislab's own temporary pattern, inside the run directory (links are not followed)
+    and whose writer process is gone (an `evaluate` writing eval/ at the same time keeps its
+    file) are removed. Returns what was removed."""
+    root = Path(run_dir)
+    removed = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
+        for name in files:
+            m = TEMP_NAME.match(name)
+            if m is None or _pid_alive(int(m.group("pid"))):
+                continue
+            path = Path(folder, name)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                pass
+    return removed
+
+
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     """best.ckpt (falling back to last.ckpt), or last.ckpt when asked; error when there is none."""
     paths = run_paths(run_dir)
@@ -213,14 +386,108 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     raise VislabError(f"{paths.checkpoints}: no checkpoint yet; train (or resume) the run first")
 
 
-def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
-    """torch.load a Lightning checkpoint on the CPU (tensors and plain data only)."""
-    import torch
+# ---- checkpoint checksums ----------------------------------------------------------------------
+class CheckpointError(VislabError):
+    """A checkpoint that cannot be used: unreadable, not a checkpoint, or not matching its checksum."""
+
+
+def checksum_path(ckpt: str | Path) -> Path:
+    """`NAME.sha256` beside a checkpoint."""
+    ckpt = Path(ckpt)
+    return ckpt.with_name(ckpt.name + CHECKSUM_SUFFIX)
+
+
+def _read_checksum(ckpt: Path) -> dict[str, Any] | None:
+    side = checksum_path(ckpt)
+    if not side.exists():
+        return None
+    from vislab.fsguard import SpecialFileError, read_bounded
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as err:
-        raise VislabError(f"{path}: cannot read checkpoint ({str(err).splitlines()[0]})") from None
+        info = json.loads(read_bounded(side, 64 * 1024))
+        accepted = [str(info["sha256"]), *[str(h) for h in info.get("previous", [])]]
+        return {"sha256": accepted[0], "accepted": accepted, "bytes": int(info.get("bytes", -1))}
+    except (OSError, SpecialFileError, ValueError, TypeError, KeyError, AttributeError):
+        raise CheckpointError(
+            f"{side}: unreadable checksum file, so {ckpt.name} cannot be checked; delete {side.name} to load it unchecked"
+        ) from None
+
+
+def write_checksum(ckpt: str | Path, sha256: str, size: int) -> None:
+    """Write the sidecar of a checkpoint about to be renamed into place at `ckpt`.
+
+    It is written (durably) before that rename, and also accepts the checkpoint it replaces,
+    so a kill between the two renames leaves a pair that still checks: the new sidecar with
+    the old checkpoint."""
+    ckpt = Path(ckpt)
+    previous: list[str] = []
+    try:
+        old = _read_checksum(ckpt) if ckpt.exists() else None
+    except CheckpointError:
+        old = None
+    if old is not None:
+        previous = old["accepted"][:2]
+    body = {"file": ckpt.name, "sha256": sha256, "bytes": int(size), "previous": previous}
+    atomic_write_bytes(checksum_path(ckpt), (json.dumps(body) + "\n").encode("ascii"), durable=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    from vislab.fsguard import open_regular
+
+    with open_regular(path, limit=None) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    """A short reason from an exception whose message may be empty or many lines long."""
+    text = str(err).strip()
+    if "Weights only load failed" in text or "Unpickl" in type(err).__name__:
+        return "not a PyTorch checkpoint (cannot be unpickled)"
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
+    """torch.load a Lightning checkpoint on the CPU (tensors and plain data only), after
+    checking it against its sha256 sidecar when it has one (checkpoints made before sidecars
+    existed, or by other tools, load unchecked). Any failure is a `CheckpointError` naming
+    the file."""
+    import torch
+
+    from vislab.fsguard import regular_file_problem
+
+    path = Path(path)
+    problem = regular_file_problem(path)
+    if problem:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({problem})")
+    expected = _read_checksum(path)
+    size = path.stat().st_size
+    if expected is not None:
+        try:
+            digest = file_sha256(path)
+        except OSError as err:
+            raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
+        if digest not in expected["accepted"]:
+            what = f"{size:,} bytes where {expected['bytes']:,} were written" if size != expected["bytes"] else "its bytes changed"
+            raise CheckpointError(f"{path}: corrupted checkpoint ({what}: sha256 does not match {checksum_path(path).name})")
+    if size == 0:
+        raise CheckpointError(f"{path}: cannot read checkpoint: the file is empty (0 bytes)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # garbage makes torch.load raise pickle, zip, EOF, index, key, value, runtime errors
+        raise CheckpointError(f"{path}: cannot read checkpoint: {_first_line(err)}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path}: not a vislab checkpoint (holds a {type(ckpt).__name__}, not a dict with a state_dict)")
+    return ckpt
+
+
+def epoch_label(ckpt: dict[str, Any]) -> str:
+    """' (epoch N)', counted from 1, for messages that name a checkpoint ('' when unknown)."""
+    epoch = ckpt.get("epoch")
+    return f" (epoch {epoch + 1})" if isinstance(epoch, int) and not isinstance(epoch, bool) else ""
 
 
 def model_state_from_checkpoint(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +509,27 @@ class LoadedRun:
     checkpoint: Path
 
 
+def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
+    """The first usable checkpoint of best.ckpt then last.ckpt (or last.ckpt alone).
+
+    Using last.ckpt because best.ckpt is broken is said on stderr, so a result never comes
+    silently from another checkpoint than the one the command names."""
+    paths = run_paths(root)
+    first = find_checkpoint(root, which)
+    try:
+        return first, load_checkpoint_file(first)
+    except CheckpointError as err:
+        fallback = paths.last if which == "best" and first == paths.best and paths.last.is_file() else None
+        if fallback is None:
+            raise CheckpointError(f"{err}; there is no other checkpoint to fall back to (retrain, or restore the file)") from None
+        try:
+            ckpt = load_checkpoint_file(fallback)
+        except CheckpointError as err2:
+            raise CheckpointError(f"{err}; the fallback is unusable too: {err2}") from None
+        print(f"warning: {err}; using the fallback {fallback}{epoch_label(ckpt)} instead", file=sys.stderr, flush=True)
+        return fallback, ckpt
+
+
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
     from vislab.config import load_config
@@ -253,8 +541,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     info = read_json(paths.run_json)
     classes = list(info["classes"])
     spec = DataSpec.from_dict(info["data_spec"])
-    ckpt_path = find_checkpoint(root, which)
-    ckpt = load_checkpoint_file(ckpt_path)
+    ckpt_path, ckpt = _load_with_fallback(root, which)
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
     model = create_model(cfg.model, len(classes), load_weights=False)
     missing, unexpected = model.load_state_dict(model_state_from_checkpoint(ckpt), strict=False)

@@ -11,20 +11,30 @@ contract (see callbacks.py), and the rules of resuming:
   budget is an error that says to pass a larger --max-time).
 - A time stop mid-epoch writes last.ckpt at that step; resuming continues that epoch where
   it stopped (data order, augmentation and RNG included) rather than starting it again.
+- One process at a time trains into a run directory (`runs.run_lock`, held by rank 0 from
+  before the first check until train() returns); temporary files killed writers left there
+  are removed once it is held.
+- Ctrl-C / SIGTERM stop at the next step with last.ckpt saved there (see interrupts.py):
+  `TrainingInterrupted` says so and how to continue.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
 import warnings
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from vislab.config import RunConfig, build_config, load_config, parse_duration, save_config
-from vislab.errors import VislabError
-from vislab.runs import make_run_record, read_json, run_paths, write_json
+from vislab.errors import TrainingInterrupted, VislabError
+from vislab.runs import RunPaths, make_run_record, read_json, run_paths, write_json
+
+if TYPE_CHECKING:
+    from vislab.interrupts import GracefulStop
 
 # Lightning warnings that do not apply to how vislab drives it
 _QUIET = (
@@ -65,12 +75,41 @@ def _callback_state(ckpt: dict[str, Any], name: str) -> dict[str, Any]:
     return {}
 
 
+# what Lightning needs to restore a training session from a checkpoint
+_RESUMABLE_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks", "epoch", "global_step")
+
+
+def _load_last(paths: RunPaths) -> dict[str, Any]:
+    """last.ckpt, or a one-line error naming it and what is left to fall back on."""
+    from vislab.runs import CheckpointError, epoch_label, load_checkpoint_file
+
+    try:
+        ckpt = load_checkpoint_file(paths.last)
+        missing = [k for k in _RESUMABLE_KEYS if k not in ckpt]
+        if missing:
+            raise CheckpointError(f"{paths.last}: not a training checkpoint of vislab (no {', '.join(missing)})")
+        return ckpt
+    except CheckpointError as err:
+        try:
+            best = load_checkpoint_file(paths.best) if paths.best.is_file() else None
+        except CheckpointError:
+            best = None
+        if best is None:
+            hint = "no intact best.ckpt to fall back on either: start a new run"
+        else:
+            hint = (
+                f"the fallback {paths.best}{epoch_label(best)} is intact: evaluate/export use it, "
+                f"and a new run can train on from its weights with --set model.weights={paths.best}"
+            )
+        raise CheckpointError(f"{err}; the run cannot be resumed from it; {hint}") from None
+
+
 def _prepare_resume(
     out: Path, cfg: RunConfig | None, data_dir: str | Path | None, epochs: int | None, max_time: str | float | None
-) -> tuple[RunConfig, Path]:
-    """The saved config with the allowed changes, and the dataset, after checking they still fit."""
+) -> tuple[RunConfig, Path, dict[str, Any]]:
+    """The saved config with the allowed changes, the dataset and last.ckpt, after checking they still fit."""
     from vislab.data.manifest import manifest_hash
-    from vislab.runs import load_checkpoint_file, resolve_run_dir
+    from vislab.runs import resolve_run_dir
 
     paths = run_paths(resolve_run_dir(out))
     if not paths.last.is_file():
@@ -94,7 +133,7 @@ def _prepare_resume(
             "resume with the same dataset, or start a new run"
         )
     cfg = _with_limits(saved, epochs, max_time)
-    ckpt = load_checkpoint_file(paths.last)
+    ckpt = _load_last(paths)
     next_epoch = int(_callback_state(ckpt, "RunRecorder").get("next_epoch", ckpt.get("epoch", 0)))
     if next_epoch >= cfg.train.epochs:
         raise VislabError(
@@ -114,7 +153,7 @@ def _prepare_resume(
                 f"{out}: the time budget of {cfg.train.max_time} is spent ({spent:.0f}s trained); "
                 "pass a larger --max-time (the total for the whole run) to continue"
             )
-    return cfg, data
+    return cfg, data, ckpt
 
 
 def _progress_bar(choice: str) -> Any:
@@ -194,14 +233,55 @@ def train(
     model instead overfits one fixed batch for `train.sanity_steps` steps and the result
     goes to `out_dir/sanity.json`.
     """
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from vislab.interrupts import GracefulStop
+    from vislab.runs import prepare_out_dir, remove_if_unused, remove_orphan_temps, resolve_run_dir, run_lock
+
+    out = Path(out_dir)
+    rank0 = getattr(rank_zero_only, "rank", 0) == 0
+    created = rank0 and not resume and not out.exists()
+    stopper = GracefulStop()
+    try:
+        with ExitStack() as session:
+            stopper.install()
+            session.callback(stopper.restore)
+            if rank0:  # under DDP the other ranks write nothing but what rank 0 coordinates
+                if resume:
+                    resolve_run_dir(out)
+                else:
+                    prepare_out_dir(out)
+                session.enter_context(run_lock(out))
+                removed = remove_orphan_temps(out)
+                if removed:
+                    print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {out}", flush=True)
+            return _train_session(cfg, data_dir, out, stopper, resume, max_time, epochs, sanity, callbacks)
+    except BaseException:
+        if created:  # a run that failed before writing anything leaves no folder behind
+            remove_if_unused(out)
+        raise
+
+
+def _train_session(
+    cfg: RunConfig | None,
+    data_dir: str | Path | None,
+    out: Path,
+    stopper: "GracefulStop",
+    resume: bool,
+    max_time: str | float | None,
+    epochs: int | None,
+    sanity: bool,
+    callbacks: Sequence[Any],
+) -> Path:
+    """train() once the run directory is locked and signals are handled."""
     import lightning as L
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    out = Path(out_dir)
     paths = run_paths(out)
     rank0 = getattr(rank_zero_only, "rank", 0) == 0
+    ckpt: dict[str, Any] | None = None
     if resume:
-        cfg, data = _prepare_resume(out, cfg, data_dir, epochs, max_time)
+        cfg, data, ckpt = _prepare_resume(out, cfg, data_dir, epochs, max_time)
     else:
         if cfg is None:
             raise VislabError("train: a config is required (e.g. configs/digits-cnn.yaml) unless --resume is given")
@@ -215,7 +295,7 @@ def train(
     _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if sanity:
-        return _sanity(cfg, data, out)
+        return _sanity(cfg, data, out, stopper)
     task, dm, facts = build_task(cfg, data)
     if rank0:
         _write_run_files(cfg, data, out, task, facts, resume)
@@ -223,8 +303,9 @@ def train(
 
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from vislab.callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecorder
+    from vislab.callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecorder, stop_reason
     from vislab.tricks import recipe_callbacks, resolve_precision
     from vislab.health import HealthMonitor
 
@@ -238,7 +319,9 @@ def train(
         "input_size": list(task.hparams["data_spec"]["input_size"]),
         "val_source": facts["val_source"],
     }
+    last_ckpt = LastCheckpoint(paths.last, t.checkpoint_every_steps, t.checkpoint_every_minutes)
     cbs: list[Any] = [
+        stopper,
         Timer(timedelta(seconds=budget_s) if budget_s else None, interval="step"),
         health,
         RunRecorder(out, summary_base, t.monitor, t.monitor_mode, print_epochs=bar is None),
@@ -252,7 +335,7 @@ def train(
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        LastCheckpoint(paths.last, t.checkpoint_every_steps, t.checkpoint_every_minutes),
+        last_ckpt,
     ]
     if t.early_stopping is not None:
         es = t.early_stopping
@@ -272,7 +355,7 @@ def train(
         precision=resolve_precision(t.precision, t.accelerator),
         callbacks=cbs,
         logger=TensorBoardLogger(save_dir=out, name="tb", version="", default_hp_metric=False),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(preloaded=(paths.last, ckpt) if ckpt is not None else None)],
         enable_progress_bar=bar is not None,
         enable_model_summary=False,
         gradient_clip_val=t.grad_clip,
@@ -284,13 +367,34 @@ def train(
         sync_batchnorm=t.sync_batchnorm and _on_gpu(t.accelerator),  # torch's SyncBatchNorm is GPU-only
         log_every_n_steps=max(1, min(50, steps)),
     )
+    if stopper.signum is not None:  # a signal while the run was being set up
+        raise _interrupted(stopper.signum, out, None)
     with warnings.catch_warnings():
         for pattern in _QUIET:
             warnings.filterwarnings("ignore", message=pattern)
-        trainer.fit(task, datamodule=dm, ckpt_path=str(paths.last) if resume else None)
+        try:
+            trainer.fit(task, datamodule=dm, ckpt_path=str(paths.last) if resume else None)
+        except SIGTERMException:  # Lightning's SIGTERM path: a signal before GracefulStop took over
+            stopper.stopped_by = signal.SIGTERM
     if trainer.is_global_zero:
         _print_summary(paths.summary)
+        if stopper.reason is not None and stop_reason(trainer) == stopper.reason:
+            raise _interrupted(stopper.stopped_by, out, last_ckpt.saved)
     return out
+
+
+def _interrupted(signum: int, out: Path, saved: tuple[int, int] | None) -> TrainingInterrupted:
+    """The one line that says where a signal stopped training and how to go on."""
+    name = signal.Signals(signum).name
+    last = run_paths(out).last
+    if saved is not None:
+        where = f"at epoch {saved[0]} step {saved[1]}; saved {last}"
+    elif last.is_file():
+        where = f"before a new step was saved; {last} is unchanged"
+    else:
+        where = "before the first checkpoint; nothing was saved"
+    then = f"continue with: vislab train --resume --out {out}" if last.is_file() else "start the run again"
+    return TrainingInterrupted(f"interrupted by {name} {where}; {then}", signum)
 
 
 def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: dict[str, Any], resume: bool) -> None:
@@ -334,7 +438,7 @@ def _print_summary(path: Path) -> None:
     )
 
 
-def _sanity(cfg: RunConfig, data: Path, out: Path) -> Path:
+def _sanity(cfg: RunConfig, data: Path, out: Path, stopper: "GracefulStop") -> Path:
     """Overfit one fixed batch: the loss should collapse and the batch be learned by heart."""
     import lightning as L
 
@@ -355,7 +459,7 @@ def _sanity(cfg: RunConfig, data: Path, out: Path) -> Path:
         accelerator=scfg.train.accelerator,
         devices=1,
         precision=resolve_precision(scfg.train.precision, scfg.train.accelerator),
-        callbacks=[rec, HealthMonitor(None), *[c for c in recipe_callbacks(scfg) if isinstance(c, WhiteningInit)]],
+        callbacks=[stopper, rec, HealthMonitor(None), *[c for c in recipe_callbacks(scfg) if isinstance(c, WhiteningInit)]],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -370,6 +474,9 @@ def _sanity(cfg: RunConfig, data: Path, out: Path) -> Path:
             warnings.filterwarnings("ignore", message=pattern)
         warnings.filterwarnings("ignore", message=r".*val_dataloader.*")
         trainer.fit(task, datamodule=dm)
+    if stopper.stopped_by is not None:
+        name = signal.Signals(stopper.stopped_by).name
+        raise TrainingInterrupted(f"interrupted by {name} during the sanity check; {run_paths(out).sanity} not written", stopper.stopped_by)
     result = rec.result()
     result.update({"batch_size": scfg.data.batch_size, "classes": len(task.classes), "lr": scfg.optim.lr})
     write_json(run_paths(out).sanity, result)

@@ -1,0 +1,119 @@
+"""Ctrl-C and SIGTERM while training: stop at the next step, save it, say how to continue.
+
+The first SIGINT or SIGTERM only asks training to stop. `GracefulStop` turns the request into
+`trainer.should_stop` at the end of the running training step (or of the epoch, when it comes
+during the epoch's validation), the path the time budget takes too: `LastCheckpoint` writes
+last.ckpt at that step, summary.json records `stopped_reason: interrupted` (SIGINT) or
+`sigterm`, and `train()` raises `vislab.errors.TrainingInterrupted`, which the CLI prints as
+one line before exiting with 128 + the signal number (130, 143). `--resume` continues
+mid-epoch from there. A second signal ends the process at once, by that signal, unsaved.
+
+Why not Lightning's own handling: on KeyboardInterrupt it shuts down without a checkpoint,
+exits with status 1 and ignores further Ctrl-C while it does; on SIGTERM it raises
+`SIGTERMException`, a `SystemExit` whose status is 0, at the next batch or in the middle of
+validation, also without a checkpoint. So the handlers are installed for the whole of
+`train()`, and again in `on_train_start` over the SIGTERM handler the Trainer registers just
+before (its teardown puts back what was there before it). A SIGTERM in the moment between
+the two still ends in Lightning's `SIGTERMException`, which `train()` reports the same way.
+Under DDP every rank learns of a signal any rank got, in the same step, through a
+collective; a second signal kills the ranks Lightning launched, as Lightning does on an
+interrupt.
+
+Forked DataLoader workers inherit the handlers and ignore the signals (a Ctrl-C in a terminal
+reaches the whole process group): the main process shuts them down when training stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any
+
+import lightning as L
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import Callback
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "sigterm"}
+
+
+def _say(text: str) -> None:
+    """Print from a signal handler: os.write is safe there, print() may re-enter stdout."""
+    try:
+        os.write(2, (text + "\n").encode())
+    except OSError:
+        pass
+
+
+class GracefulStop(Callback):
+    """Receives SIGINT/SIGTERM during `train()` and stops training at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the first signal received (by this rank)
+        self.stopped_by: int | None = None  # the signal that stopped training (any rank's)
+        self._owner = os.getpid()
+        self._previous: dict[int, Any] = {}
+        self._trainer: L.Trainer | None = None
+
+    # ---- the handlers ---------------------------------------------------------------------
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM (main thread only: signals are delivered there)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in SIGNALS:
+            previous = signal.signal(sig, self._handle)
+            self._previous.setdefault(sig, previous)
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._owner:
+            return  # a forked DataLoader worker: the main process stops it
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            _say(f"\n{name} again: stopping now, without saving (last.ckpt keeps the last saved step)")
+            launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
+            if launcher is not None and hasattr(launcher, "kill"):
+                launcher.kill(signal.SIGKILL)  # the ranks Lightning launched cannot finish alone
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        if getattr(rank_zero_only, "rank", 0) == 0:  # a terminal's Ctrl-C reaches every DDP rank
+            key = "Ctrl-C" if signum == signal.SIGINT else name
+            _say(f"\n{name} received: saving and stopping after the current step ({key} again stops at once, without saving)")
+
+    # ---- the callback ---------------------------------------------------------------------
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self.install()  # over the SIGTERM handler the Trainer registered just before this hook
+        self._check(trainer)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if (batch_idx + 1) % trainer.accumulate_grad_batches and not last:
+            return  # mid-accumulation: not a step a checkpoint can hold
+        self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._check(trainer)  # a signal during the epoch's validation stops after the epoch
+
+    def _check(self, trainer: "L.Trainer") -> None:
+        """Request the stop on every rank when any rank has a signal (a collective under DDP)."""
+        wanted = self.signum is not None
+        if trainer.world_size > 1:
+            wanted = bool(trainer.strategy.reduce_boolean_decision(wanted, all=False))
+        if wanted:
+            self.stopped_by = self.signum if self.signum is not None else signal.SIGTERM
+            trainer.should_stop = True
+
+    @property
+    def reason(self) -> str | None:
+        """`stopped_reason` for summary.json when a signal stopped training, else None."""
+        return REASONS.get(self.stopped_by) if self.stopped_by is not None else None
