@@ -76,7 +76,12 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     """
     if not run_dirs:
         raise VislabError("compare: pass at least one run directory")
-    df = pd.DataFrame([run_row(r, split) for r in run_dirs])
+    # `vislab compare SWEEP/*` also names the sweep's own files (study.db, results.csv, plots/):
+    # entries that exist but are not runs are left out; a path that does not exist still fails
+    runs = [r for r in run_dirs if not Path(r).exists() or (Path(r) / "run.json").is_file() or (Path(r) / "config.yaml").is_file()]
+    if not runs:
+        raise VislabError(f"compare: none of the {len(run_dirs)} path(s) is a run directory (a folder `vislab train` wrote)")
+    df = pd.DataFrame([run_row(r, split) for r in runs])
     if sort:
         key = sort.lstrip("+-")
         key = {"val_acc": "best_val_acc", "acc": "test_acc", "accuracy": "test_acc", "params": "params_total",
