@@ -149,6 +149,17 @@ def test_median_pruner_stops_a_hopeless_trial(dataset, files, tmp_path):
     assert result.stopped == "done"  # the pruned trial counts: 3 of 3
 
 
+def test_max_time_is_the_whole_sweeps_and_trial_max_time_each_trials(dataset, files, tmp_path):
+    base, space = files
+    out = tmp_path / "timed"
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, trials=5, pruner="none", max_time="0.3s", trial_max_time="1h"))
+    assert result.stopped == "time" and len(result.table) == 1  # the first trial outlasts the budget; no second starts
+    assert result.table["state"][0] == "complete"  # a running trial is never cut short
+    assert load_config(out / "trial-0000/config.yaml").train.max_time == "1h"
+    with pytest.raises(VislabError, match="--trial-max-time '1x': not a duration"):
+        run_sweep(base, dataset, tmp_path / "bad", SweepOptions(space=space, trial_max_time="1x"))
+
+
 def test_grid_is_the_sweeps_grid_sampler(dataset, tmp_path):
     from vislab.grid import run_grid
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, TypeVar
+from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,7 @@ from vislab.errors import VislabError
 
 if TYPE_CHECKING:
     from vislab.collect.fetch import Tally
+    from vislab.sweep.study import SweepResult
 
 app = typer.Typer(
     add_completion=False,
@@ -304,7 +305,7 @@ def sweep(
     _finish_sweep(lambda: run_sweep(config, data, out, opts), out)
 
 
-def _finish_sweep(run: Callable[[], Any], out: Path) -> None:
+def _finish_sweep(run: Callable[[], SweepResult], out: Path) -> None:
     """Run a sweep; print its best trials and files; exit 130 on Ctrl-C (the trial is queued again)."""
     try:
         result = run()

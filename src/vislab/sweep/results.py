@@ -65,6 +65,8 @@ def results_table(study: "optuna.Study", setup: "Setup") -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    for col in ("epochs", "retry_of", "model_params"):  # whole numbers, empty where unknown
+        table[col] = table[col].astype("Int64")
     table["_rank"] = table["state"].map(_ORDER).fillna(5)
     table["_key"] = table["value"].astype(float) * (-1 if setup.direction == "maximize" else 1)
     table = table.sort_values(["_rank", "_key", "trial"], na_position="last", kind="stable")

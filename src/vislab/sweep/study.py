@@ -23,8 +23,10 @@ several. The rules that make that safe:
   earlier trial is never trained twice.
 
 A diverged trial (non-finite loss) counts as pruned: the sampler learns to avoid the region.
-A trial that fails otherwise (an error building the model, say) is recorded with its message
-and replaced; three failures in a row stop the worker with the last message.
+A trial that fails otherwise (an error building the model, out of GPU memory) is recorded
+with its message and replaced; three failures in a row stop the worker with the last message.
+Trials run in the worker's process on one device (train.devices: auto becomes 1): to use
+several GPUs, start one worker per GPU.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any, Sequence
 
 import lightning as L
 import optuna
+import torch
 from lightning.pytorch.callbacks import Callback
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -378,6 +381,9 @@ class Objective:
             return self._result(trial, summary)
         except VislabError as err:
             return self._fail(trial, str(err))
+        except torch.OutOfMemoryError as err:  # too large a batch or input for this GPU: the trial fails, the sweep goes on
+            torch.cuda.empty_cache()
+            return self._fail(trial, f"out of GPU memory ({str(err).splitlines()[0][:160]})")
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
             raise KeyboardInterrupt from None
         summary = read_json(paths.summary)
