@@ -251,19 +251,3 @@ def test_training_options_run(dataset, tmp_path, name, sections, check):
             train(None, None, run, resume=True)
     else:
         assert summary["stopped_reason"] == "completed" and len(rows) == 3
-
-
-def test_grid_trains_each_variant_and_ranks_them(dataset, tmp_path):
-    from vislab.grid import run_grid
-
-    raw = yaml.safe_load(dump_config(tiny_config(train={"epochs": 1})))
-    raw["grid"] = {"model.simple_cnn.filters": [4, 8]}
-    grid_file = tmp_path / "grid.yaml"
-    grid_file.write_text(yaml.safe_dump(raw))
-    table = run_grid(grid_file, dataset, tmp_path / "g")
-    assert sorted(table["variant"]) == ["filters4", "filters8"]
-    assert (tmp_path / "g/grid.csv").is_file() and table["val/acc"].notna().all()
-    assert table["params"].iloc[0] != table["params"].iloc[1]
-    before = (tmp_path / "g/filters4/summary.json").stat().st_mtime_ns
-    run_grid(grid_file, dataset, tmp_path / "g", only=["filters4"])  # finished: skipped, not retrained
-    assert (tmp_path / "g/filters4/summary.json").stat().st_mtime_ns == before

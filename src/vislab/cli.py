@@ -21,6 +21,7 @@ from vislab.fsguard import MAX_PIXELS
 
 if TYPE_CHECKING:
     from vislab.collect.fetch import Tally
+    from vislab.sweep.study import SweepResult
 
 app = typer.Typer(
     add_completion=False,
@@ -407,17 +408,70 @@ def lr_find(
 
 @app.command()
 @user_errors
+def sweep(
+    config: Path = typer.Argument(..., help="Base run config YAML (a grid file's grid: mapping can serve as the space)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Curated dataset directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: study.db, one run directory per trial, results.csv, best.yaml, sweep.html."),
+    space: Optional[Path] = typer.Option(None, "--space", help="Search space YAML: dotted config key -> {float: [LOW, HIGH], log: true} | {int: [LOW, HIGH], step: N} | {choices: [...]}."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Completed + pruned trials for the whole study, all workers together (default: the grid's size, else 20)."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="This worker's budget for the whole sweep, e.g. 8h: no trial starts after it (a running one finishes)."),
+    trial_max_time: Optional[str] = typer.Option(None, "--trial-max-time", help="Training-time budget of each trial, e.g. 20m (train's --max-time)."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Study database URL (default sqlite:///OUT/study.db); a shared postgresql://USER:PASS@HOST/DB lets workers on several machines run one study."),
+    sampler: Optional[str] = typer.Option(None, "--sampler", help="tpe | random | grid (default: grid for a grid: config, else tpe)."),
+    pruner: str = typer.Option("median", "--pruner", help="median | hyperband | none: stop poor trials early on the monitored metric."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per trial (sets train.epochs)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Sampler seed, for a reproducible single-worker sweep (leave it out when several workers share a study)."),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="Study name in the storage (default: the name of the --out folder)."),
+    set_: List[str] = typer.Option(None, "--set", help="Override a key of the base config, e.g. --set data.img_size=64 (repeatable)."),
+    heartbeat: int = typer.Option(60, "--heartbeat", help="Seconds between a worker's heartbeats; a trial silent for twice as long is taken as dead and retried."),
+) -> None:
+    """Search hyper-parameters: an Optuna study over config keys, each trial an ordinary run directory.
+
+    Run the same command again to continue the study, or on several machines at once with a
+    shared --storage; killed trials are detected by their heartbeat and resumed."""
+    from vislab.sweep.study import SweepOptions, run_sweep
+
+    opts = SweepOptions(
+        space=space, trials=trials, sampler=sampler, pruner=pruner, storage=storage, study_name=study_name, seed=seed,
+        epochs=epochs, trial_max_time=trial_max_time, max_time=max_time, heartbeat=heartbeat, overrides=set_ or [],
+    )
+    _finish_sweep(lambda: run_sweep(config, data, out, opts), out)
+
+
+def _finish_sweep(run: Callable[[], SweepResult], out: Path) -> None:
+    """Run a sweep; print its best trials and files; exit 130 on Ctrl-C (the trial is queued again)."""
+    try:
+        result = run()
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: run the same command to continue the study in {out} (an interrupted trial resumes from its last checkpoint)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=130) from None
+    table = result.table
+    if len(table):
+        keep = [c for c in table.columns if c not in ("host", "model_params", "retry_of", "note", "duration_s")]
+        console.print(table[keep].head(10).to_string(index=False), highlight=False, soft_wrap=True)
+    why = {"done": "all trials done", "time": "--max-time spent", "exhausted": "every grid point tried"}[result.stopped]
+    console.print(f"sweep '{result.study_name}': {why}", highlight=False)
+    for label, path in (("results", out / "results.csv"), ("best config", result.best_yaml), ("report", result.html)):
+        if path is not None:
+            console.print(f"{label}: {path}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+@user_errors
 def grid(
     config: Path = typer.Argument(..., help="Grid YAML (or recipe name): a run config plus `grid:` of dotted keys -> value lists."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for one run directory per variant."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for one run directory per variant (and the sweep's files)."),
     set_: List[str] = typer.Option(None, "--set", help="Override a key in every variant (repeatable)."),
-    only: List[str] = typer.Option(None, "--only", help="Train only this variant (repeatable; see --list)."),
     list_: bool = typer.Option(False, "--list", help="Print the variants and exit."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs per variant."),
-    max_time: Optional[str] = typer.Option(None, "--max-time", help="Time budget per variant, e.g. 10m."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="Training-time budget per variant, e.g. 10m."),
 ) -> None:
-    """Train every variant of a grid config (e.g. the recipe simple-cnn-grid) and rank them on validation."""
+    """Train every variant of a grid config (e.g. the recipe simple-cnn-grid) and rank them on validation: `vislab sweep FILE --sampler grid --pruner none`."""
     from vislab.grid import grid_variants, run_grid
 
     if list_:
@@ -426,9 +480,7 @@ def grid(
         return
     if data is None or out is None:
         raise VislabError("grid: --data DATASET_DIR and --out DIR are required (or --list to see the variants)")
-    table = run_grid(config, data, out, set_ or [], only=only or None, epochs=epochs, max_time=max_time)
-    console.print(table.to_string(index=False), highlight=False)
-    console.print(f"grid: {out / 'grid.csv'}")
+    _finish_sweep(lambda: run_grid(config, data, out, set_ or [], epochs=epochs, max_time=max_time), out)
 
 
 @app.command()

@@ -133,6 +133,11 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     """
     if not run_dirs:
         raise VislabError("compare: pass at least one run directory")
+    # `vislab compare SWEEP/*` also names the sweep's own files (study.db, results.csv, plots/):
+    # entries that exist but are not runs are left out; a path that does not exist still fails
+    run_dirs = [r for r in run_dirs if not Path(r).exists() or (Path(r) / "run.json").is_file() or (Path(r) / "config.yaml").is_file()]
+    if not run_dirs:
+        raise VislabError("compare: none of the given paths is a run directory (a folder `vislab train` wrote)")
     runs = [read_run(r) for r in run_dirs]
     rows = [_row(d, split) for d in runs]
     for row, name in zip(rows, distinguishing_names(run_dirs)):
