@@ -123,7 +123,7 @@ def model_info(name: str) -> dict[str, Any]:
 
 def _ensure_builtin() -> None:
     """Import the modules whose builders register themselves (lazily, no work at import)."""
-    from vislab.models import fast_cnn, simple_cnn, yolo  # noqa: F401
+    from vislab.models import crops, fast_cnn, simple_cnn, yolo  # noqa: F401
 
 
 def check_name(name: str) -> None:
