@@ -683,6 +683,38 @@ def collect_urls(
     _finish_collect(lambda: run(urls, out, opts, console=console), out)
 
 
+@app.command()
+@user_errors
+def serve(
+    runs: List[Path] = typer.Argument(..., help="Run directories written by `vislab train` (the first is the default model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0 picks a free one; the start-up line names it)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Infer with ONNX Runtime where RUN/export/model.onnx exists (`vislab export`)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="VISLAB_SERVE_TOKEN", help="Clients must send Authorization: Bearer TOKEN (the page asks for it)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most images per forward pass (1 turns micro-batching off)."),
+    window_ms: float = typer.Option(5.0, "--batch-window-ms", help="How long a batch's first image waits for others."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MB (refused while it streams in)."),
+    max_files: int = typer.Option(32, "--max-files", help="Most images per request."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Larger images are refused as decompression bombs (as in curate)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of PyTorch and ONNX Runtime (default: their own)."),
+    log_requests: bool = typer.Option(False, "--log-requests", help="Print one line per request."),
+) -> None:
+    """Serve runs as a web service on this machine: a page at /, a JSON API under /v1, docs at /docs."""
+    from vislab.serve.app import Limits
+    from vislab.serve.server import serve as run_server
+
+    if max_upload_mb <= 0 or max_pixels < 1 or (threads is not None and threads < 1):
+        raise VislabError("--max-upload-mb, --max-pixels and --threads must be positive")
+    limits = Limits(
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        max_files=max_files,
+        max_batch=max_batch,
+        window_ms=window_ms,
+    )
+    run_server(runs, host=host, port=port, onnx=onnx, token=token, limits=limits, threads=threads, log_requests=log_requests)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
