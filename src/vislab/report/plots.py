@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from vislab.data.stats import PLAIN_TEXT
 
@@ -116,10 +116,12 @@ def plot_curves(history: pd.DataFrame, path: str | Path) -> Path | None:
                     ax.annotate(f"best {history[best][j]:.3f}", (x[j], history[best][j]), textcoords="offset points",
                                 xytext=(0, -16), ha="center", fontsize=8, color=VAL)
             if title == "Learning rate":
-                vals = history[cols + [c for c in LR_ENDS if c in history]].to_numpy(dtype=float)
+                vals = history[cols].to_numpy(dtype=float)  # the epochs' lr: a one-cycle's last step alone does not make it log
                 vals = vals[np.isfinite(vals) & (vals > 0)]
                 if vals.size and vals.max() / max(vals.min(), 1e-30) > 50:
                     ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # plain text: no mathtext here
+                    ax.yaxis.set_minor_formatter(NullFormatter())
                 elif vals.size and np.ptp(vals) <= 1e-12 * vals.max():
                     ax.set_ylim(0, vals.max() * 1.5)  # a constant lr: show it against zero, not as noise
             ax.set_title(title)
