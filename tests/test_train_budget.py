@@ -152,3 +152,24 @@ def test_a_backbone_that_never_unfroze_is_a_warning(dataset, tmp_path):
     from vislab.report.html import write_report
 
     assert "training looked normal" not in write_report(run).read_text()
+
+
+class SlowsDown(Callback):
+    """From epoch `epoch` (counted from 0) every training step takes `train_s`: the plan's estimate is now wrong."""
+
+    def __init__(self, epoch: int, train_s: float) -> None:
+        self.epoch, self.train_s = epoch, train_s
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            pl_module.model.train_s = self.train_s
+
+
+def test_an_epoch_that_cannot_end_inside_the_budget_is_cut_unvalidated(dataset, tmp_path):
+    run = train(paced(0.05, 0.3, train={"epochs": 6}), dataset, tmp_path / "run", max_time="12s", callbacks=[SlowsDown(1, 3.0)])
+    summary = read(run, "summary.json")
+    assert summary["stopped_reason"] == "max_time" and summary["wall_time_s"] <= 12.0 + 0.5
+    step = load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"]
+    assert step % STEPS_PER_EPOCH and summary["epochs_completed"] == step // STEPS_PER_EPOCH  # cut inside an epoch
+    assert "budget_cut" in [m["code"] for m in read(run, "health.json")]
+    assert_one_story(run)
