@@ -2,7 +2,8 @@
 
 Images are decoded like training data (EXIF orientation, RGB) and get the eval transform of
 the run's DataSpec. A file that cannot be read gets an `error` entry instead of stopping
-the others.
+the others; when none of the files can be read, that is an error (`vislab predict` exits 2,
+as `vislab explain` does), and the CLI says how many failed in any case.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, b
             entry["pred"] = run.classes[ids[0]]
             entry["confidence"] = ps[0]
             entry["top"] = [{"label": run.classes[i], "prob": p} for i, p in zip(ids, ps)]
+    failed = [r for r in results if "error" in r]
+    if results and len(failed) == len(results):
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise VislabError(f"{printable(failed[0]['path'])}: {failed[0]['error']}{more}; none of the {len(results)} image(s) could be read")
     return results
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 import yaml
 
 from vislab.errors import VislabError
+from vislab.runs import resolve_run_dir
 
 
 @dataclass
@@ -114,6 +115,7 @@ def read_run(run_dir: str | Path) -> RunData:
     if not run.is_dir():
         raise VislabError(f"{run}: no such run directory; pass the folder `vislab train` wrote")
     if not (run / "run.json").is_file() and not (run / "config.yaml").is_file():
+        resolve_run_dir(run)  # says what the folder holds instead, when it knows
         raise VislabError(f"{run}: not a run directory (no run.json or config.yaml); pass the folder `vislab train` wrote")
     data = RunData(run_dir=run)
     cfg_path = run / "config.yaml"
