@@ -201,7 +201,7 @@ def models(
     pretrained: bool = typer.Option(False, "--pretrained", help="List the models whose pretrained weights load here without a network."),
 ) -> None:
     """List model names usable as `model.name`, one per line."""
-    from vislab.models.registry import list_models
+    from vislab.models.factory import list_models
 
     if pretrained:
         from vislab.models.backbones import offline_weights

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
+from vislab.models.outputs import LogitsOnly
 
 FORMATS = ("onnx",)
 INPUT_NAME = "input"
@@ -43,18 +44,6 @@ def check_opset(opset: int) -> None:
     ok = supported_opsets()
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ok:
         raise VislabError(f"--opset {opset}: not supported; choose an ONNX opset from {ok.start} to {ok.stop - 1} (17 is a safe default)")
-
-
-class LogitsOnly(nn.Module):
-    """Returns `logits` of a model whose forward returns a dict (or the tensor as is)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out["logits"] if isinstance(out, dict) else out
 
 
 @dataclass

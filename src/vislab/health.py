@@ -233,7 +233,7 @@ class SanityRecorder(Callback):
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()))
-        from vislab.tasks.classify import logits_of
+        from vislab.models.outputs import logits_of
 
         x, y = batch
         with torch.no_grad():

@@ -25,7 +25,7 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, b
     from vislab.data.io import load_image
     from vislab.data.transforms import eval_transform
     from vislab.runs import load_run
-    from vislab.tasks.classify import logits_of
+    from vislab.models.outputs import logits_of
 
     if top_k < 1:
         raise VislabError("--top-k: must be at least 1")

@@ -533,7 +533,8 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
     from vislab.config import load_config
-    from vislab.models.registry import DataSpec, create_model
+    from vislab.models.factory import create_model
+    from vislab.models.registry import DataSpec
 
     root = resolve_run_dir(run_dir)
     paths = run_paths(root)

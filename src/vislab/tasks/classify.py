@@ -32,7 +32,9 @@ from vislab.data.batch_augment import BatchTransform
 from vislab.data.transforms import resolve_augment
 from vislab.errors import VislabError
 from vislab.models import backbones
-from vislab.models.registry import DataSpec, create_model, data_spec
+from vislab.models.factory import create_model
+from vislab.models.outputs import logits_of
+from vislab.models.registry import DataSpec, data_spec
 from vislab.optim import build_optimizer
 
 RNG_KEY = "vislab_rng"
@@ -51,12 +53,6 @@ def resolved_spec(model: nn.Module, cfg: RunConfig) -> DataSpec:
         input_size=(cfg.model.in_chans, int(hw[0]), int(hw[1])),
         crop_pct=cfg.data.crop_pct if cfg.data.crop_pct is not None else spec.crop_pct,
     )
-
-
-def logits_of(output: Any) -> torch.Tensor:
-    """Class logits of a model's output: the tensor itself, or `output["logits"]` for models
-    that return several heads (e.g. an attention branch network)."""
-    return output["logits"] if isinstance(output, dict) else output
 
 
 def balanced_class_weights(counts: Sequence[int]) -> list[float]:

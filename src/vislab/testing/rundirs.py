@@ -178,7 +178,7 @@ def make_run_dir(
 def _save_checkpoint(cfg: RunConfig, num_classes: int, path: Path, seed: int) -> None:
     import torch
 
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     torch.manual_seed(seed)
     net = create_model(cfg.model, num_classes)
