@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from vislab.errors import VislabError
 
@@ -53,16 +53,12 @@ CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "lr",
-    "epoch_time_s",
-    "train_images_per_s",
-]
+
+
+def metric_columns(task_columns: Sequence[str]) -> list[str]:
+    """metrics.csv's leading columns: the epoch, the task's metrics (`Task.metric_columns`),
+    then the learning rate and the epoch's speed; other logged metrics follow, sorted."""
+    return ["epoch", *task_columns, "lr", "epoch_time_s", "train_images_per_s"]
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,10 @@ its loss, its steps and its metrics; everything else a run needs is here, once:
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+import warnings
 from dataclasses import replace
 from typing import Any, Callable, Sequence
 
@@ -36,6 +38,22 @@ from vislab.models.registry import DataSpec, data_spec
 from vislab.optim import build_optimizer
 
 RNG_KEY = "vislab_rng"
+# Lightning warnings that do not apply to how vislab drives it
+QUIET_WARNINGS = (
+    r".*resuming from a checkpoint that ended before the epoch ended.*",  # the datamodule resumes mid-epoch
+    r".*does not have many workers.*",  # data.num_workers is the user's choice
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*`training_step` returned `None`.*",
+    r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's pytree helper
+    r".*overridden `on_after_batch_transfer` in `LightningModule`.*",  # the task's hook is the one meant
+)
+
+
+def quiet_lightning() -> None:
+    """Lightning's start-up lines (GPU available, seeds) are not for vislab's users."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def resolved_spec(model: nn.Module, cfg: RunConfig) -> DataSpec:
@@ -108,7 +126,7 @@ class BaseTask(L.LightningModule):
     def setup(self, stage: str) -> None:
         if self.cfg.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.cfg.train.compile and "_compiled_model" not in self.__dict__:
+        if self.cfg.train.compile and stage == "fit" and "_compiled_model" not in self.__dict__:
             # only the network is compiled (the metrics are not traceable); kept out of
             # the module tree so checkpoints hold the plain `model.*` weights
             self.__dict__["_compiled_model"] = torch.compile(self.model)
@@ -264,3 +282,4 @@ def _step_schedule(name: str, warmup: int, total: int, per_epoch: int, gamma: fl
         return max(floor, gamma ** ((step - warmup) // max(1, per_epoch)))
 
     return factor
+

@@ -1,167 +1,285 @@
-"""Image classification as a LightningModule: loss, steps and metrics on top of `BaseTask`.
+"""The classify task: one label per image. The plug-in the generic commands call for it.
 
-`BaseTask` (tasks/base.py) holds what every task shares: hyper-parameters, model building,
-channels_last/compile, the cached-batch transform, freezing, RNG state and the optimizer
-and schedules. This module declares classification's part of one step.
+- train: `ClassifyTask` (tasks/classify_module.py: cross-entropy, accuracy, confusion) on
+  `ClassifyDataModule` (or its prepared-cache variant); metrics.csv leads with train/val
+  loss and accuracy; the best checkpoint is the best val/acc; health warns about collapsed
+  predictions and accuracy at chance.
+- evaluate: the run's classes matched by name to the manifest's labels, softmax
+  probabilities through `ClassifyTask.predict_step` (test-time augmentation optional), the
+  classification report (accuracy, mCA, F1, GAP, ECE, confusion) into metrics.json, and
+  predictions.csv (path, label, pred, confidence, loss, correct) and probs.npy beside it.
+- predict: the top-k classes of each image; export: the logits.
+- report and compare: report/classify.py, and the accuracy columns below.
 
-Loss: cross-entropy with optional class weights (`balanced`: n_samples / (n_classes *
-count_c), or an explicit list) and label smoothing; PyTorch's semantics apply, i.e. with hard
-labels the batch loss is the weighted mean sum_i w[y_i] * l_i / sum_i w[y_i]. Mixup/cutmix
-(torchvision) turn labels into mixtures; accuracy then counts the dominant label.
+Cheap to import (compare and config validation import it): the heavy parts are imported
+inside the hooks.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from vislab.errors import VislabError
-from vislab.models.outputs import logits_of
-from vislab.tasks.base import BaseTask
+from vislab.fsguard import printable
+from vislab.tasks.registry import Column, Evaluation, ReportSection, Task, register_task
 
-def balanced_class_weights(counts: Sequence[int]) -> list[float]:
-    """n_samples / (n_classes * count_c); a class without samples gets weight 0."""
-    n, c = float(sum(counts)), len(counts)
-    return [n / (c * k) if k else 0.0 for k in counts]
+if TYPE_CHECKING:
+    import lightning as L
+    import numpy as np
+    import pandas as pd
+    import torch.nn as nn
 
+    from vislab.config import RunConfig
+    from vislab.data.datamodule import ClassifyDataModule
+    from vislab.health import HealthCheck
+    from vislab.report.page import Page
+    from vislab.report.rundata import RunData
+    from vislab.runs import LoadedRun
 
-def resolve_class_weights(setting: str | list[float], counts: Sequence[int]) -> list[float] | None:
-    """The weight vector for `train.class_weights` given the train counts per class."""
-    if isinstance(setting, list):
-        if len(setting) != len(counts):
-            raise VislabError(
-                f"train.class_weights: {len(setting)} weights given for {len(counts)} classes; give one per class (class-id order)"
-            )
-        return [float(w) for w in setting]
-    if setting == "balanced":
-        return balanced_class_weights(counts)
-    return None
+UNKNOWN = -1  # class id of an image without a label
 
 
+def match_labels(labels: Iterable[str], classes: list[str], source: str) -> list[int]:
+    """Class ids of `labels` by name (-1 for an empty label); unknown names are one error."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = list(labels)
+    unknown = sorted({lab for lab in labels if lab and lab not in index})
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise VislabError(
+            f"{source}: label(s) the run does not know: {shown}; the run's classes are {', '.join(classes)}"
+        )
+    return [index[lab] if lab else UNKNOWN for lab in labels]
 
-class ClassifyTask(BaseTask):
-    """Classification of images into `classes` with the model `config.model` names."""
 
-    def __init__(
+def _refuse_unreadable(bad: list[tuple[str, str]]) -> None:
+    path, reason = bad[0]
+    raise VislabError(
+        f"{path}: cannot read image ({reason}); the dataset changed since `vislab curate`: restore the file or re-curate"
+    )
+
+
+def _eval_datamodule(run: "LoadedRun") -> "ClassifyDataModule":
+    """The run's datamodule for predicting on files (the eval transform of its DataSpec)."""
+    from vislab.data.datamodule import ClassifyDataModule
+
+    dataset = run.info.get("dataset_dir") or run.run_dir
+    return ClassifyDataModule(dataset, run.cfg.data, run.spec.to_dict(), run.classes, run.cfg.seed, run.cfg.model.in_chans)
+
+
+def _stack(outputs: list[dict[str, Any]], n_classes: int) -> dict[str, "np.ndarray"]:
+    """predict_step outputs (one dict per batch) as one float32 array per key."""
+    import numpy as np
+
+    if not outputs:
+        return {"probs": np.zeros((0, n_classes), np.float32), "target": np.zeros(0, np.int64)}
+    return {k: np.concatenate([o[k].cpu().numpy() for o in outputs]) for k in outputs[0]}
+
+
+class ClassifyPlugin(Task):
+    """Image classification: a label per image, class logits out."""
+
+    name = "classify"
+    description = "one label per image: accuracy, mCA, GAP, confusion, CAMs"
+    model_tasks = ("classify",)
+    monitor = ("val/acc", "max")
+    metric_columns = ("train/loss", "train/acc", "val/loss", "val/acc")
+    percent_metrics = frozenset({"train/acc", "val/acc"})
+    summary_metric = "val/acc"
+    curve_panels = (("Accuracy", "acc"),)
+    export_output = "logits"
+
+    # ---- training ------------------------------------------------------------------------
+    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+        from vislab.data.datamodule import ClassifyDataModule, classification_splits
+        from vislab.tasks.classify_module import ClassifyTask, resolve_class_weights
+
+        splits = classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
+        counts = [int((splits.train["target"] == i).sum()) for i in range(len(splits.classes))]
+        weights = resolve_class_weights(cfg.train.class_weights, counts)
+        task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights)
+        dm_class: type = ClassifyDataModule
+        if cfg.data.cache:  # the prepared uint8 cache, augmented on batches by the task
+            from vislab.data.cached import CachedClassifyDataModule
+
+            dm_class = CachedClassifyDataModule
+        dm = dm_class(data_dir, cfg.data, task.hparams["data_spec"], splits.classes, cfg.seed, cfg.model.in_chans, sanity_batch=sanity)
+        dm.splits = splits
+        facts = {
+            "val_source": splits.val_source,
+            "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+            "train_class_counts": dict(zip(splits.classes, counts)),
+            "class_weights": weights,
+        }
+        return task, dm, facts
+
+    def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:
+        from vislab.tasks.classify_module import PredictionSpread
+
+        return [PredictionSpread(cfg.train.health.chance_after_epochs, cfg.train.health.collapse_fraction)]
+
+    # ---- after training ------------------------------------------------------------------
+    def load_module(self, run: "LoadedRun") -> "L.LightningModule":
+        from vislab.tasks.classify_module import ClassifyTask
+
+        return ClassifyTask(run.cfg.model_dump(mode="json"), run.classes, run.spec.to_dict(), model=run.model)
+
+    def evaluate(
         self,
-        config: dict[str, Any],
-        classes: list[str],
-        data_spec: dict[str, Any] | None = None,
-        class_weights: list[float] | None = None,
+        run: "LoadedRun",
+        rows: "pd.DataFrame",
+        source: str,
         *,
-        model: nn.Module | None = None,
-    ) -> None:
-        super().__init__(config, classes, data_spec, model=model)
-        n = len(self.classes)
-        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.register_buffer("class_weight", weight, persistent=False)
-        self.train_acc = MulticlassAccuracy(n, average="micro")
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        # saved in checkpoints, so an epoch resumed mid-way reports its whole-epoch means
-        self.train_acc.persistent(True)
-        self.train_loss.persistent(True)
-        self.val_acc = MulticlassAccuracy(n, average="micro")
-        self.val_loss = MeanMetric(nan_strategy="disable")
-        self.val_confusion = MulticlassConfusionMatrix(n)
-        self.last_val_confusion: torch.Tensor | None = None
-        self.mix = self._build_mix(n)
+        precision: str = "32-true",
+        description: str | None = None,
+        tta: bool = False,
+        tta_translate: int = 0,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> Evaluation:
+        import numpy as np
+        import pandas as pd
 
-    # ---- model --------------------------------------------------------------------------
-    def _build_mix(self, n: int) -> nn.Module | None:
-        from torchvision.transforms import v2
+        from vislab.metrics.classification import classification_report
+        from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
+        from vislab.tasks.base import predict_batches
 
-        aug = self.cfg.data.augment
-        ops = []
-        if aug.mixup > 0:
-            ops.append(v2.MixUp(alpha=aug.mixup, num_classes=n))
-        if aug.cutmix > 0:
-            ops.append(v2.CutMix(alpha=aug.cutmix, num_classes=n))
-        if not ops:
-            return None
-        return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+        y = np.asarray(match_labels(rows["label"], run.classes, source), dtype=np.int64)
+        paths = rows["path"].tolist()
+        module = self.load_module(run)
+        module.tta, module.tta_translate = tta, tta_translate
+        dm = _eval_datamodule(run)
+        dm.predict_on(paths, y.tolist(), on_unreadable=_refuse_unreadable, batch_size=batch_size, num_workers=num_workers)
+        heads = _stack(predict_batches(module, dm, precision=precision, description=description), len(run.classes))
+        probs = heads["probs"].astype(np.float32)
+        pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+        labelled = y != UNKNOWN
+        losses = np.full(len(y), np.nan, dtype=np.float64)
+        losses[labelled] = -np.log(np.clip(probs[labelled, y[labelled]], 1e-12, None))
+        metrics = classification_report(y, probs, run.classes, losses=losses, paths=paths)
+        if "att_probs" in heads:  # the attention branch's own predictions
+            att = classification_report(y, heads["att_probs"].astype(np.float32), run.classes)
+            metrics.update({f"att_{k}": att.get(k) for k in ("accuracy", "mca", "f1_macro")})
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (class weights, label smoothing) on hard ids or soft label mixtures."""
-        weight = self.class_weight.to(logits.device) if self.class_weight is not None else None
-        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.cfg.train.label_smoothing)
+        def write(out: Path) -> None:
+            pd.DataFrame(
+                {
+                    "path": paths,
+                    "label": [run.classes[t] if t != UNKNOWN else "" for t in y],
+                    "pred": [run.classes[p] for p in pred],
+                    "confidence": probs.max(1) if len(probs) else [],
+                    "loss": losses,
+                    "correct": [bool(p == t) if t != UNKNOWN else "" for p, t in zip(pred, y)],
+                }
+            ).to_csv(out / EVAL_PREDICTIONS, index=False)
+            np.save(out / EVAL_PROBS, probs)
 
-    def criterion(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one batch's model output, plus named extra terms to log.
+        return Evaluation(metrics, {"tta": bool(tta or tta_translate), "tta_translate": tta_translate}, write)
 
-        The one hook a task variant overrides (e.g. an attention branch adding its own
-        cross-entropy); extras are logged per epoch as `train/<name>` and `val/<name>`.
-        """
-        if isinstance(output, dict) and "att_logits" in output:
-            return self.abn_criterion(output, target)
-        return self.loss(logits_of(output), target), {}
+    def evaluation_line(self, metrics: dict[str, Any]) -> str:
+        acc, mca = metrics.get("accuracy"), metrics.get("mca")
+        acc_txt = f"accuracy {acc:.2%}" if acc is not None else "accuracy n/a (no labels)"
+        mca_txt = f", mCA {mca:.2%}" if mca is not None else ""
+        return f"{metrics['name']}: {acc_txt}{mca_txt} on {metrics.get('num_samples')} images"
 
-    def abn_criterion(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """alpha * CE(attention branch) + beta * CE(perception branch), both with the class
-        weights and label smoothing; each branch's loss and accuracy are logged."""
-        from vislab.models.abn import abn_loss
+    def predict(self, run: "LoadedRun", files: Sequence[Path], *, top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per image: path, pred, confidence, top [{label, prob}] (or error)."""
+        from vislab.tasks.base import predict_batches
 
-        weight = self.class_weight.to(output["logits"].device) if self.class_weight is not None else None
-        abn = self.cfg.model.abn
-        logits = {k: v.float() for k, v in output.items() if k != "attention"}
-        total, parts = abn_loss(logits, target, abn.alpha, abn.beta, weight, self.cfg.train.label_smoothing)
-        hard = target.argmax(1) if target.ndim == 2 else target
-        parts["att_acc"] = (output["att_logits"].argmax(1) == hard).float().mean()
-        return total, parts
+        if top_k < 1:
+            raise VislabError("--top-k: must be at least 1")
+        results: list[dict[str, Any]] = [{"path": str(f)} for f in files]
+        unreadable: dict[str, str] = {}
+        dm = _eval_datamodule(run)
+        # the position of each file rides along as its target, so results keep the input order
+        dm.predict_on([str(f) for f in files], range(len(files)), on_unreadable=unreadable.update, batch_size=batch_size, num_workers=0)
+        k = min(top_k, len(run.classes))
+        for out in predict_batches(self.load_module(run), dm):
+            top_p, top_i = out["probs"].float().cpu().topk(k, dim=1)
+            for pos, ps, ids in zip(out["target"].tolist(), top_p.tolist(), top_i.tolist()):
+                entry = results[pos]
+                entry["pred"] = run.classes[ids[0]]
+                entry["confidence"] = ps[0]
+                entry["top"] = [{"label": run.classes[i], "prob": p} for i, p in zip(ids, ps)]
+        for entry in results:
+            if "pred" not in entry:
+                entry["error"] = f"cannot read image: {unreadable.get(entry['path'], 'unknown reason')}"
+        return results
 
-    # ---- steps --------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        target = y
-        if self.mix is not None:
-            x, target = self.mix(x, y)
-        output = self(x)
-        loss, extra = self.criterion(output, target)
-        logits = logits_of(output)
-        hard = target.argmax(1) if target.ndim == 2 else target
-        self.train_acc.update(logits.detach(), hard)
-        bs = x.shape[0]
-        self.train_loss.update(loss.detach(), weight=bs)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=bs)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
-        for name, value in extra.items():
-            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
-        return loss
+    def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
+        """Text for the CLI: a table, JSON (a list), or long CSV (path, rank, label, prob, error)."""
+        if fmt == "json":
+            return json.dumps(results, indent=2)
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["path", "rank", "label", "prob", "error"])
+            for r in results:
+                if "error" in r:
+                    w.writerow([printable(r["path"]), "", "", "", r["error"]])
+                for rank, t in enumerate(r.get("top", []), 1):
+                    w.writerow([printable(r["path"]), rank, t["label"], f"{t['prob']:.6f}", ""])
+            return buf.getvalue()
+        if fmt != "table":
+            raise VislabError(f"--format {fmt!r}: choose table, json or csv")
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        output = self(x)
-        loss, extra = self.criterion(output, y)
-        logits = logits_of(output)
-        for name, value in extra.items():
-            self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
-        self.val_loss.update(loss, weight=x.shape[0])
-        self.val_acc.update(logits, y)
-        self.val_confusion.update(logits, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        table = Table(show_lines=False)  # cells as Text: a path or class name like '[/x]' is not markup
+        table.add_column("image", overflow="fold")
+        table.add_column("prediction")
+        table.add_column("prob", justify="right")
+        table.add_column("next")
+        for r in results:
+            if "error" in r:
+                table.add_row(Text(printable(r["path"])), Text("error", style="red"), "", Text(r["error"]))
+                continue
+            rest = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in r["top"][1:])
+            table.add_row(Text(printable(r["path"])), Text(r["pred"]), f"{r['confidence']:.3f}", Text(rest))
+        console = Console(file=io.StringIO(), width=120, force_terminal=False)
+        console.print(table)
+        return console.file.getvalue()  # type: ignore[attr-defined]
 
-    def on_validation_epoch_end(self) -> None:
-        # kept for the health checks (prediction collapse); synced over DDP ranks
-        self.last_val_confusion = self.val_confusion.compute().cpu()
-        self.val_confusion.reset()
+    def export_module(self, model: "nn.Module") -> "nn.Module":
+        from vislab.models.outputs import LogitsOnly
 
-    def reset_train_metrics(self) -> None:
-        self.train_acc.reset()
-        self.train_loss.reset()
+        return LogitsOnly(model)
 
-    def sanity_score(self, batch: Any) -> float:
-        """Accuracy of the model in eval mode on the batch."""
-        x, y = batch
-        with torch.no_grad():
-            was = self.training
-            self.eval()
-            pred = logits_of(self(x)).argmax(1)
-            self.train(was)
-        return float((pred == y).float().mean())
+    # ---- report and compare ----------------------------------------------------------------
+    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
+        from vislab.report.classify import report_sections
+
+        return report_sections(data, page)
+
+    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
+        from vislab.report.classify import kpis
+
+        return kpis(data, page)
+
+    def compare_columns(self) -> list[Column]:
+        return [
+            Column("best_val_acc", "best val acc", "val acc %", percent=True, higher_is_better=True, aliases=("val_acc",)),
+            Column("test_acc", "test acc", "test acc %", percent=True, higher_is_better=True, aliases=("acc", "accuracy")),
+            Column("mca", "mCA", "mCA %", percent=True, higher_is_better=True),
+            Column("f1", "F1 (macro)", "F1 %", percent=True, higher_is_better=True),
+            Column("att_test_acc", "attention-branch test acc", "att acc %", percent=True, higher_is_better=True, optional=True),
+        ]
+
+    def compare_values(self, data: "RunData", split: str) -> dict[str, Any]:
+        ev = data.evals.get(split)
+        m = ev.metrics if ev else {}
+        return {
+            "best_val_acc": (data.summary.get("best_val") or {}).get("val/acc"),
+            "test_acc": m.get("accuracy"),
+            "mca": m.get("mca"),
+            "f1": m.get("f1_macro"),
+            "att_test_acc": m.get("att_accuracy"),
+        }
+
+
+register_task(ClassifyPlugin())
