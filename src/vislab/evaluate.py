@@ -126,8 +126,8 @@ def evaluate(
     from vislab.data.datamodule import EpochSampler, ImageTableDataset, SkippingLoader
     from vislab.data.manifest import manifest_hash, read_manifest, usable
     from vislab.data.transforms import eval_transform
-    from vislab.fsguard import inside, make_folder
-    from vislab.runs import load_run, run_paths, write_json
+    from vislab.fsguard import make_folder
+    from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, load_run, run_paths, write_json
 
     run = load_run(run_dir)
     dataset_dir = Path(data) if data is not None else Path(run.info["dataset_dir"])
@@ -193,7 +193,7 @@ def evaluate(
             "precision": "bf16-mixed" if bf16 else "32-true",
         }
     )
-    out = make_folder(inside(run_paths(run.run_dir).root, "eval", name), "eval folder")
+    out = make_folder(run_paths(run.run_dir).eval_dir(name), "eval folder")
     pd.DataFrame(
         {
             "path": paths,
@@ -203,9 +203,9 @@ def evaluate(
             "loss": losses,
             "correct": [bool(p == t) if t != UNKNOWN else "" for p, t in zip(pred, y)],
         }
-    ).to_csv(out / "predictions.csv", index=False)
-    np.save(out / "probs.npy", probs)
-    write_json(out / "metrics.json", json.loads(json.dumps(metrics, default=_jsonable)))
+    ).to_csv(out / EVAL_PREDICTIONS, index=False)
+    np.save(out / EVAL_PROBS, probs)
+    write_json(out / EVAL_METRICS, json.loads(json.dumps(metrics, default=_jsonable)))
     metrics["eval_dir"] = str(out)
     return metrics
 

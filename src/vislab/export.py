@@ -142,10 +142,11 @@ def export_path(run_dir: Path, out: str | Path | None) -> Path:
     """The file to write: RUN_DIR/export/model.onnx, or `--out` when it names a file that can be
     written (its folder is created); a folder, a path under a file, a special file or a `.json`
     name (the description written beside the model) is refused in one line."""
-    from vislab.fsguard import inside, make_folder
+    from vislab.fsguard import make_folder
+    from vislab.runs import run_paths
 
     if out is None:
-        path = inside(run_dir, "export", "model.onnx")
+        path = run_paths(run_dir).export_model
     else:
         path = Path(out)
         if path.is_dir():

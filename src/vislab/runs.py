@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from vislab.errors import VislabError
+from vislab.fsguard import inside
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -48,6 +49,13 @@ CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 EVAL_DIR = "eval"
+EVAL_METRICS = "metrics.json"  # in each eval/<name>/, beside the task's own files:
+EVAL_PREDICTIONS = "predictions.csv"  # per-image results
+EVAL_PROBS = "probs.npy"  # per-image scores (classification: class probabilities)
+PLOTS_DIR = "plots"
+EXPLAIN_DIR = "explain"
+EXPORT_DIR = "export"
+REPORT_NAME = "report.html"
 LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
@@ -107,8 +115,36 @@ class RunPaths:
     def best(self) -> Path:
         return self.root / CKPT_DIR / BEST_CKPT
 
+    @property
+    def eval(self) -> Path:
+        """eval/: one folder per evaluation (`eval/<name>/`)."""
+        return self.root / EVAL_DIR
+
     def eval_dir(self, name: str) -> Path:
-        return self.root / EVAL_DIR / name
+        """eval/<name>/, refused unless it stays inside eval/ (names come from users)."""
+        return inside(self.root, EVAL_DIR, name)
+
+    @property
+    def plots(self) -> Path:
+        """plots/: the report's figures."""
+        return self.root / PLOTS_DIR
+
+    def plot(self, name: str) -> Path:
+        """plots/<name>, refused unless it stays inside plots/ (names hold eval set names)."""
+        return inside(self.root / PLOTS_DIR, name)
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_NAME
+
+    def explain_dir(self, method: str) -> Path:
+        """explain/<method>/: the overlays of one explanation method."""
+        return inside(self.root, EXPLAIN_DIR, method)
+
+    @property
+    def export_model(self) -> Path:
+        """export/model.onnx: the default exported model (its description beside it, .json)."""
+        return inside(self.root, EXPORT_DIR, "model.onnx")
 
 
 def run_paths(run_dir: str | Path) -> RunPaths:
@@ -305,8 +341,6 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     of it, so orphaned DataLoader workers do not hold it either. On a filesystem without
     flock support training goes on without it, after saying so."""
     import fcntl
-
-    from vislab.fsguard import inside
 
     root = Path(run_dir)
     path = inside(root, LOCK_NAME)

@@ -193,6 +193,7 @@ def explain_run(
     none can be read, that is an error.
     """
     from vislab.data.io import load_image
+    from vislab.runs import run_paths
 
     files = collect_images(inputs)
     loaded = load_trained(run_dir)
@@ -210,7 +211,7 @@ def explain_run(
         loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in read], method, class_name, top_k, layer,
         grayscale=loaded.cfg.data.grayscale,
     )
-    out_dir = make_folder(out if out is not None else inside(run_dir, "explain", slug(method)))
+    out_dir = make_folder(out if out is not None else run_paths(run_dir).explain_dir(slug(method)))
     stems = [f.stem for f in read]
     numbered = len(set(stems)) != len(stems)
     stem_part = name_parts(stems)

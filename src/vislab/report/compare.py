@@ -21,6 +21,7 @@ from vislab.config import key_applies, value_text
 from vislab.display import format_rate
 from vislab.errors import VislabError
 from vislab.report.rundata import RunData, read_run
+from vislab.runs import run_paths
 
 COLUMNS = {
     "run": "run",
@@ -135,7 +136,7 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
         raise VislabError("compare: pass at least one run directory")
     # `vislab compare SWEEP/*` also names the sweep's own files (study.db, results.csv, plots/):
     # entries that exist but are not runs are left out; a path that does not exist still fails
-    run_dirs = [r for r in run_dirs if not Path(r).exists() or (Path(r) / "run.json").is_file() or (Path(r) / "config.yaml").is_file()]
+    run_dirs = [r for r in run_dirs if not Path(r).exists() or run_paths(r).run_json.is_file() or run_paths(r).config.is_file()]
     if not run_dirs:
         raise VislabError("compare: none of the given paths is a run directory (a folder `vislab train` wrote)")
     runs = [read_run(r) for r in run_dirs]

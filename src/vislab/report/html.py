@@ -300,7 +300,7 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
         return [(None, "The evaluated images are not reachable from here.")] * len(methods)
     from vislab.data.io import ImageDecodeError, load_image
     from vislab.explain.overlays import explain_images, load_trained
-    from vislab.fsguard import inside
+    from vislab.runs import run_paths
 
     def unavailable(method: str, err: Exception) -> tuple[None, str]:
         return None, f"{_maps_name(method)} unavailable: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
@@ -332,7 +332,7 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
             mark = "✓" if row.label == r.class_name else "✗"
             tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})"))
         stem = "attention" if method == "attention" else "cams"
-        png = plots.plot_cam_gallery(tiles, inside(data.run_dir / "plots", f"{stem}_{ev.name}.png"),
+        png = plots.plot_cam_gallery(tiles, run_paths(data.run_dir).plot(f"{stem}_{ev.name}.png"),
                                      title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")
         out.append((png, ""))
     return out
@@ -477,9 +477,11 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
 
 def write_report(run_dir: str | Path, split: str | None = None, cams: bool = True, cam_method: str = "gradcam", open_browser: bool = False) -> Path:
     """Write RUN_DIR/report.html (and RUN_DIR/plots/*.png) and return the page's path."""
+    from vislab.runs import run_paths
+
     data = read_run(run_dir)
     page = render(data, split=split, cams=cams, cam_method=cam_method)
-    out = data.run_dir / "report.html"
+    out = run_paths(data.run_dir).report
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(out)

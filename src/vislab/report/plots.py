@@ -322,8 +322,9 @@ def write_run_plots(data: "RunData", split: str | None = None, out_dir: str | Pa
     """Every plot a run's files allow, into RUN_DIR/plots (or `out_dir`); name -> path.
     Names that hold an eval set's name are checked to stay inside that folder."""
     from vislab.fsguard import inside
+    from vislab.runs import run_paths
 
-    out = Path(out_dir) if out_dir is not None else data.run_dir / "plots"
+    out = Path(out_dir) if out_dir is not None else run_paths(data.run_dir).plots
     made: dict[str, Path | None] = {}
     if data.history is not None:
         made["curves"] = plot_curves(data.history, out / "curves.png")

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from vislab.config import dump_config
 from vislab.fsguard import inside
-from vislab.runs import atomic_write_text
+from vislab.runs import atomic_write_text, run_paths
 from vislab.sweep.space import trial_config
 
 if TYPE_CHECKING:
@@ -223,7 +223,8 @@ def _results_html(table: pd.DataFrame, out: Path, html_table: Callable[..., str]
             v = r[c]
             text = "" if v is None or (isinstance(v, float) and v != v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
             if c == "run_dir" and text and (out / text).is_dir():
-                target = f"{text}/report.html" if (out / text / "report.html").is_file() else f"{text}/"
+                report = run_paths(out / text).report
+                target = f"{text}/{report.name}" if report.is_file() else f"{text}/"
                 cells.append(f'<a href="{e(target)}">{e(text)}</a>')
             else:
                 cells.append(e(text))
