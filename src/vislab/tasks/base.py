@@ -13,6 +13,10 @@ its loss, its steps and its metrics; everything else a run needs is here, once:
 - the global RNG states in every checkpoint (Lightning does not save them), restored when
   training resumes, so dropout and augmentation continue exactly as without the interruption;
 - the optimizer and the learning-rate schedules, stepped per optimizer step.
+
+`predict_batches` runs Lightning's predict loop for `vislab evaluate` and `vislab predict`:
+they go through the task's `predict_step` and its datamodule's `predict_dataloader`, on the
+device and at the precision the run validated with.
 """
 
 from __future__ import annotations
@@ -283,3 +287,57 @@ def _step_schedule(name: str, warmup: int, total: int, per_epoch: int, gamma: fl
 
     return factor
 
+
+class _TransientProgress(L.Callback):
+    """A rich progress bar over the predict batches that disappears when done."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._progress: Any = None
+        self._task: Any = None
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True)
+        self._progress.start()
+        total = sum(trainer.num_predict_batches) if trainer.num_predict_batches else None
+        self._task = self._progress.add_task(self.description, total=total)
+
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._progress.advance(self._task)
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def predict_batches(
+    module: L.LightningModule, datamodule: L.LightningDataModule, *, precision: str = "32-true", description: str | None = None
+) -> list[Any]:
+    """The module's `predict_step` outputs, one per batch of `datamodule.predict_dataloader()`,
+    from Lightning's predict loop on one device (the GPU when there is one) in eval and
+    inference mode; `precision` "bf16-mixed" evaluates as a run trained with it validated.
+    `description` shows a transient progress bar."""
+    quiet_lightning()
+    trainer = L.Trainer(
+        accelerator="gpu" if torch.cuda.is_available() else "cpu",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[_TransientProgress(description)] if description else [],
+    )
+    with warnings.catch_warnings():
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        return list(trainer.predict(module, datamodule=datamodule) or [])

@@ -20,9 +20,10 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from vislab.data.batch_augment import tta_views
 from vislab.errors import VislabError
 from vislab.health import HealthCheck
-from vislab.models.outputs import logits_of
+from vislab.models.outputs import class_heads, logits_of
 from vislab.tasks.base import BaseTask
 
 def balanced_class_weights(counts: Sequence[int]) -> list[float]:
@@ -71,6 +72,9 @@ class ClassifyTask(BaseTask):
         self.val_confusion = MulticlassConfusionMatrix(n)
         self.last_val_confusion: torch.Tensor | None = None
         self.mix = self._build_mix(n)
+        # test-time views of `predict_step` (evaluate --tta / --tta-translate): mirror, shifts in pixels
+        self.tta = False
+        self.tta_translate = 0
 
     # ---- model --------------------------------------------------------------------------
     def _build_mix(self, n: int) -> nn.Module | None:
@@ -166,6 +170,23 @@ class ClassifyTask(BaseTask):
             pred = logits_of(self(x)).argmax(1)
             self.train(was)
         return float((pred == y).float().mean())
+
+    # ---- evaluate and predict ---------------------------------------------------------------
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, torch.Tensor]:
+        """Softmax probabilities [B, C] of every class head, `probs` (the prediction) and, for a
+        model with an attention branch, `att_probs`, with the batch's targets (`target`). With
+        `tta` they are averaged over the image and its mirror image, with `tta_translate` also
+        over those shifted by that many pixels (`batch_augment.tta_views`)."""
+        x, y = batch
+        views = tta_views(x, flip=True, translate=self.tta_translate) if (self.tta or self.tta_translate) else [x]
+        sums: dict[str, torch.Tensor] = {}
+        for v in views:
+            for k, logits in class_heads(self(v)).items():
+                p = logits.float().softmax(1)
+                sums[k] = sums[k] + p if k in sums else p
+        out = {k.replace("logits", "probs"): total / len(views) for k, total in sums.items()}
+        out["target"] = y
+        return out
 
 
 class PredictionSpread(HealthCheck):
