@@ -46,6 +46,13 @@ class RunData:
         return self.run_dir.name
 
     @property
+    def task(self) -> str:
+        """The run's task (config.yaml's `task`; runs made before tasks were plug-ins are classify)."""
+        from vislab.tasks.registry import DEFAULT_TASK
+
+        return str(self.config.get("task") or DEFAULT_TASK)
+
+    @property
     def is_abn(self) -> bool:
         """The run's model has an attention branch (model.attention: abn)."""
         return (self.config.get("model") or {}).get("attention") == "abn"

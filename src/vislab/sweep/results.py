@@ -162,8 +162,8 @@ def _figures(study: "optuna.Study", setup: "Setup", out: Path) -> dict[str, tupl
 def write_page(study: "optuna.Study", setup: "Setup", out: Path, table: pd.DataFrame, best_text: str | None) -> Path:
     """SWEEP/sweep.html: results, best config and Optuna's figures, on one page."""
     from vislab import __version__
-    from vislab.report.html import CSS, duration, e, img_tag, note, section
-    from vislab.report.html import table as html_table
+    from vislab.report.page import CSS, duration, e, img_tag, note, section
+    from vislab.report.page import table as html_table
 
     figs = _figures(study, setup, out)
     counts = table["state"].value_counts().to_dict() if len(table) else {}
