@@ -21,9 +21,9 @@ CLASSIFIERS = [n for n in factory.list_models() if factory.model_info(n).get("ta
 
 
 def test_every_registered_model_has_a_forward_backward_test() -> None:
-    # classifiers here, detectors (task "detect") in test_yolo_models.py
+    # classifiers here, detectors (task "detect") in test_yolo_models.py, crop detectors in test_crops_model.py
     tasks = {n: factory.model_info(n).get("task", "classify") for n in factory.list_models()}
-    assert set(tasks.values()) <= {"classify", "detect"}, tasks
+    assert set(tasks.values()) <= {"classify", "detect", "crops"}, tasks
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)

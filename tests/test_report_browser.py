@@ -1,64 +1,19 @@
 """The report in a real browser: headless Chromium loads it, finds the sections, takes a screenshot.
 
-Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them); without them the
-test skips and says so. Set VISLAB_SCREENSHOT_DIR to keep the screenshot for a look.
+The `browser` fixture (conftest.py) skips, naming the packages, where Chromium is missing.
+Set VISLAB_SCREENSHOT_DIR to keep the screenshot for a look.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from pathlib import Path
-
-import pytest
 from PIL import Image
 
 from vislab.report.classify import SECTIONS
 from vislab.report.html import write_report
 from vislab.testing.rundirs import make_run_dir
 
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1280,900",
-)
 
-
-def _find(*names: str) -> str | None:
-    for name in names:
-        found = shutil.which(name) or (name if os.path.isfile(name) else None)
-        if found:
-            return found
-    return None
-
-
-@pytest.fixture(scope="module")
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    chrome = _find("/usr/bin/chromium", "chromium", "chromium-browser")
-    driver_bin = _find("/usr/bin/chromedriver", "chromedriver")
-    if chrome is None or driver_bin is None:
-        pytest.skip("headless Chromium not found: install the Debian packages `chromium chromium-driver` "
-                    "(apt-get install -y chromium chromium-driver)")
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = chrome
-    for flag in FLAGS:
-        opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
-    driver.set_page_load_timeout(30)
-    yield driver
-    driver.quit()
-
-
-def test_report_renders_in_chromium(browser, tmp_path) -> None:
+def test_report_renders_in_chromium(browser, tmp_path, keep_screenshot) -> None:
     from selenium.webdriver.common.by import By
 
     run = make_run_dir(tmp_path, name="browser-run", n_test=30)
@@ -89,7 +44,4 @@ def test_report_renders_in_chromium(browser, tmp_path) -> None:
     assert browser.save_screenshot(str(shot))
     with Image.open(shot) as im:
         assert im.width >= 1000 and im.height >= 2000
-    keep = os.environ.get("VISLAB_SCREENSHOT_DIR")
-    if keep:
-        Path(keep).mkdir(parents=True, exist_ok=True)
-        shutil.copy(shot, Path(keep) / "report.png")
+    keep_screenshot(shot, "report.png")

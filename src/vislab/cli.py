@@ -75,7 +75,7 @@ app.add_typer(configs_app, name="configs")
 @app.command()
 @user_errors
 def curate(
-    sources: List[Path] = typer.Argument(None, help="Image folders (ROOT/<class>/... or a flat folder)."),
+    sources: List[Path] = typer.Argument(None, help="Image folders (ROOT/<class>/... or a flat folder), or one detection dataset (YOLO, KITTI, COCO folder or .json, VOC)."),
     out: Path = typer.Option(..., "--out", "-o", help="Dataset directory to write the manifest into."),
     photos: Optional[Path] = typer.Option(None, help="photos.csv of `vislab collect` (or its folder); its licence columns go into the manifest."),
     labels: Optional[Path] = typer.Option(None, help="CSV of labels; paths are relative to the CSV."),
@@ -104,6 +104,10 @@ def curate(
     val_per_class: Optional[int] = typer.Option(None, help="Images per class for val (rest to train)."),
     test_per_class: Optional[int] = typer.Option(None, help="Images per class for test (rest to train)."),
     seed: int = typer.Option(0, help="Seed for sampling and splits."),
+    fmt: str = typer.Option("auto", "--format", help="auto | folders (class folders) | yolo | kitti | coco | voc; auto takes a detection layout for what it is, anything else as class folders."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="Detection: keep boxes of these classes, in this id order, e.g. Car,Pedestrian,Cyclist."),
+    class_map: Optional[str] = typer.Option(None, "--map", help="Detection: merge classes first, e.g. Van=Car,Tram=Car (=DontCare makes ignore regions)."),
+    images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="COCO: the folder its file_names are relative to, when not beside the JSON."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace a manifest of a different dataset in --out."),
     strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) when a step leaves no usable image or empties a class."),
@@ -140,6 +144,10 @@ def curate(
         val_per_class=val_per_class,
         test_per_class=test_per_class,
         seed=seed,
+        format=fmt,
+        classes=classes,
+        class_map=class_map,
+        images_dir=images_dir,
         workers=workers,
         overwrite=overwrite,
         strict=strict,
@@ -154,7 +162,7 @@ def curate(
 @app.command()
 @user_errors
 def stats(dataset_dir: Path = typer.Argument(..., help="A curated dataset directory.")) -> None:
-    """Print the summary of a curated dataset: counts by status, reason, class and split."""
+    """Print the summary of a curated dataset: counts by status, reason, class and split (for detection: boxes per class, box sizes)."""
     from vislab.data.stats import dataset_summary, print_summary
 
     print_summary(dataset_summary(dataset_dir), console)
@@ -164,14 +172,52 @@ def stats(dataset_dir: Path = typer.Argument(..., help="A curated dataset direct
 @user_errors
 def materialize(
     dataset_dir: Path = typer.Argument(..., help="A curated dataset directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write split/class/ trees into."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write split/class/ trees (or the detection dataset) into."),
     mode: str = typer.Option("symlink", help="symlink | hardlink | copy"),
+    fmt: Optional[str] = typer.Option(None, "--format", help="Detection datasets: yolo (images/, labels/, data.yaml) | coco (annotations/instances_<split>.json)."),
 ) -> None:
-    """Write train/val/test/<class>/ folders of the usable images, for tools that want them."""
-    from vislab.data.materialize import materialize as run
+    """Write train/val/test/<class>/ folders of the usable images, or a detection dataset as YOLO or COCO, for tools that want them."""
+    if fmt is None:
+        from vislab.data.materialize import materialize as run
 
-    n = run(dataset_dir, out, mode)
-    console.print(f"{n} files written into {out} ({mode})")
+        n = run(dataset_dir, out, mode)
+        console.print(f"{n} files written into {out} ({mode})")
+        return
+    from vislab.data.det_writers import write_detection
+
+    r = write_detection(dataset_dir, out, fmt, mode)
+    console.print(
+        f"{fmt}: {r['images']} images, {r['boxes']} boxes written into {out} ({mode}, {len(r['files'])} files)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if r.get("ignore_regions_left_out"):
+        console.print(f"{r['ignore_regions_left_out']} ignore region(s) left out: YOLO labels have none", highlight=False)
+
+
+@app.command()
+@user_errors
+def anchors(
+    dataset_dir: Path = typer.Argument(..., help="A curated detection dataset directory."),
+    n: int = typer.Option(9, "--n", min=1, help="Number of anchors (yolov3: 9, yolov3_tiny: 6)."),
+    img_size: int = typer.Option(416, "--img-size", min=32, help="Training input size in pixels (the letterbox side)."),
+    split: str = typer.Option("train", "--split", help="Split whose boxes are fitted (all usable images when the dataset has none)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the k-means++ starts."),
+) -> None:
+    """Fit YOLO anchors to a dataset's boxes: k-means with 1 - IoU distance; prints them with their fitness (mean best IoU) and that of the default anchors."""
+    from vislab.data.boxes import anchor_box_sizes
+    from vislab.models.anchors import fit_anchors
+
+    wh, used = anchor_box_sizes(dataset_dir, split)
+    fit = fit_anchors(wh, n=n, img_size=img_size, seed=seed)
+    pairs = [[w, h] for w, h in fit.anchors]
+    console.print(f"{n} anchors from {fit.boxes:,} boxes of {used}, in pixels at {img_size} px (smallest first):", highlight=False, soft_wrap=True)
+    console.print("  " + "  ".join(f"{w}x{h}" for w, h in pairs), highlight=False, soft_wrap=True)
+    console.print(f"fitness (mean best IoU): {fit.fitness:.3f}", highlight=False)
+    for name, (default, fitness) in fit.defaults.items():
+        console.print(f"default anchors of {name} ({len(default)}): fitness {fitness:.3f}", highlight=False)
+    console.print(f"config: model.kwargs.anchors: {pairs}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"train with: --set 'model.kwargs.anchors={pairs}'", highlight=False, soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -634,6 +680,38 @@ def collect_urls(
     urls = read_url_list(file)
     opts = UrlOptions(label=label.strip(), workers=workers, retry=RetryPolicy(retries=retries, backoff=backoff, timeout=timeout))
     _finish_collect(lambda: run(urls, out, opts, console=console), out)
+
+
+@app.command()
+@user_errors
+def serve(
+    runs: List[Path] = typer.Argument(..., help="Run directories written by `vislab train` (the first is the default model)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."),
+    port: int = typer.Option(8000, "--port", help="TCP port (0 picks a free one; the start-up line names it)."),
+    onnx: bool = typer.Option(False, "--onnx", help="Infer with ONNX Runtime where RUN/export/model.onnx exists (`vislab export`)."),
+    token: Optional[str] = typer.Option(None, "--token", envvar="VISLAB_SERVE_TOKEN", help="Clients must send Authorization: Bearer TOKEN (the page asks for it)."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Most images per forward pass (1 turns micro-batching off)."),
+    window_ms: float = typer.Option(5.0, "--batch-window-ms", help="How long a batch's first image waits for others."),
+    max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MB (refused while it streams in)."),
+    max_files: int = typer.Option(32, "--max-files", help="Most images per request."),
+    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Larger images are refused as decompression bombs (as in curate)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of PyTorch and ONNX Runtime (default: their own)."),
+    log_requests: bool = typer.Option(False, "--log-requests", help="Print one line per request."),
+) -> None:
+    """Serve runs as a web service on this machine: a page at /, a JSON API under /v1, docs at /docs."""
+    from vislab.serve.app import Limits
+    from vislab.serve.server import serve as run_server
+
+    if max_upload_mb <= 0 or max_pixels < 1 or (threads is not None and threads < 1):
+        raise VislabError("--max-upload-mb, --max-pixels and --threads must be positive")
+    limits = Limits(
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_pixels=max_pixels,
+        max_files=max_files,
+        max_batch=max_batch,
+        window_ms=window_ms,
+    )
+    run_server(runs, host=host, port=port, onnx=onnx, token=token, limits=limits, threads=threads, log_requests=log_requests)
 
 
 def main() -> None:  # pragma: no cover - console entry point

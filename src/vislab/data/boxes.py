@@ -15,6 +15,7 @@ present, and box statistics.
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,14 +25,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.det_sources import DONT_CARE, DetectionSource
 from vislab.data.io import SWAPS_AXES, oriented_size, probe
+from vislab.data.manifest import BOXES_NAME, read_curation, read_manifest, reason_kind, usable
 from vislab.data.split import SPLIT_NAMES
-from vislab.data.stats import reason_kind
 from vislab.errors import VislabError
 from vislab.fsguard import inside, open_regular
 
-BOXES_NAME = "boxes.csv"
 BOX_COLUMNS = ["path", "class", "x1", "y1", "x2", "y2", "ignore", "truncated", "occluded"]
 # Boxes past the image edge by at most this many pixels are clipped without being counted:
 # rounding, and VOC tools that write 0-based instead of 1-based corners.
@@ -40,6 +41,7 @@ COCO_SMALL = 32 * 32
 COCO_LARGE = 96 * 96
 PERCENTILES = (5, 25, 50, 75, 95)
 NO_BOXES = "(no boxes)"
+_FLAGS = {"1": True, "0": False, "true": True, "false": False, "True": True, "False": False}
 
 # Reason kinds added here (readers add theirs in det_sources).
 DEGENERATE = "degenerate_box"
@@ -281,25 +283,42 @@ def write_boxes(boxes: pd.DataFrame, dataset_dir: str | Path) -> Path:
 
 
 def read_boxes(dataset_dir: str | Path) -> pd.DataFrame:
-    """Read `boxes.csv`, checking its columns and numbers."""
+    """Read `boxes.csv`, checking its columns and values (it may be edited by hand)."""
     path = Path(dataset_dir) / BOXES_NAME
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise VislabError(f"{path}: no boxes table here; curate the dataset as a detection dataset first")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = read_csv_file(path, "boxes")
     missing = [c for c in BOX_COLUMNS if c not in df.columns]
     if missing:
         raise VislabError(f"{path}: missing column(s) {', '.join(missing)}; re-run `vislab curate`")
+
+    def refuse(bad: pd.Series, col: str, allowed: str) -> None:
+        line = line_of_row(path, int(np.flatnonzero(bad.to_numpy())[0]))
+        raise VislabError(
+            f"{path}:{line}: column '{col}' holds '{df[col][bad].iloc[0]}', not {allowed}; "
+            "fix the row or re-run `vislab curate`"
+        )
+
     for col in ("x1", "y1", "x2", "y2", "truncated", "occluded"):
         values = pd.to_numeric(df[col], errors="coerce")
         bad = values.isna() & ((df[col] != "") | (col in ("x1", "y1", "x2", "y2")))
+        bad |= values.notna() & ~np.isfinite(values.astype(np.float64))
+        if col == "occluded":
+            bad |= values.notna() & (values % 1 != 0)
         if bad.any():
-            line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-            raise VislabError(
-                f"{path}:{line}: column '{col}' holds '{df[col][bad].iloc[0]}', not a number; "
-                "re-run `vislab curate`"
-            )
+            refuse(bad, col, "a whole number" if col == "occluded" else "a finite number")
         df[col] = values.astype("Int64") if col == "occluded" else values.astype(np.float64)
-    df["ignore"] = df["ignore"].isin(["1", "true", "True"])
+    flat = (df["x2"] <= df["x1"]) | (df["y2"] <= df["y1"])
+    if flat.any():
+        refuse(flat, "x2", "a box with area (x2 > x1 and y2 > y1)")
+    for col in ("path", "class"):
+        empty = df[col].str.strip() == ""
+        if empty.any():
+            refuse(empty, col, "a name")
+    bad = ~df["ignore"].isin(list(_FLAGS))
+    if bad.any():
+        refuse(bad, "ignore", "1 or 0")
+    df["ignore"] = df["ignore"].map(_FLAGS).astype(bool) | (df["class"] == DONT_CARE)
     return df[BOX_COLUMNS]
 
 
@@ -332,6 +351,18 @@ def parse_class_map(text: str) -> dict[str, str]:
 def box_class_names(boxes: pd.DataFrame) -> list[str]:
     """Sorted classes of the table (DontCare regions are no class); a name's index is its id."""
     return sorted(c for c in boxes["class"].unique() if c != DONT_CARE)
+
+
+def dataset_box_classes(dataset_dir: str | Path, boxes: pd.DataFrame) -> list[str]:
+    """Class names in id order: the list curation.json records (the source's own order, such
+    as a data.yaml's ids, or the order of --classes), then any class of the table it lacks
+    (a hand-edited boxes.csv), sorted; without a record, the table's sorted classes."""
+    detection = read_curation(dataset_dir).get("detection")
+    recorded = detection.get("classes") if isinstance(detection, dict) else None
+    if not isinstance(recorded, list) or not all(isinstance(c, str) for c in recorded):
+        return box_class_names(boxes)
+    names = [c for c in dict.fromkeys(recorded) if c != DONT_CARE]
+    return names + [c for c in box_class_names(boxes) if c not in set(names)]
 
 
 def select_box_classes(
@@ -491,6 +522,29 @@ def box_stats(boxes: pd.DataFrame, images: pd.DataFrame | Sequence[str] | None =
             if (table["split"] == s).any()
         }
     return out
+
+
+def anchor_box_sizes(dataset_dir: str | Path, split: str = "train") -> tuple[np.ndarray, str]:
+    """Sizes (w, h) of the boxes to fit anchors to, as fractions of their image's longer side
+    (what a letterbox to the training size scales by): boxes that are not ignore regions, on
+    usable images of `split`, or on every usable image when the dataset has no splits.
+    Returns the sizes and, in words, which images they come from."""
+    rows = usable(read_manifest(dataset_dir))
+    boxes = read_boxes(dataset_dir)
+    if (rows["split"] != "").any():
+        rows = rows[rows["split"] == split]
+        if rows.empty:
+            raise VislabError(f"{dataset_dir}: no usable image in split '{split}'; choose another --split")
+        used = f"{len(rows):,} {split} images"
+    else:
+        used = f"all {len(rows):,} usable images (the dataset has no splits)"
+    sizes = sizes_from_manifest(rows)
+    kept = boxes[~boxes["ignore"] & boxes["path"].isin(list(sizes))]
+    longer = kept["path"].map(lambda p: max(sizes[p].width, sizes[p].height)).to_numpy(np.float64)
+    wh = np.stack(
+        [(kept["x2"] - kept["x1"]).to_numpy() / longer, (kept["y2"] - kept["y1"]).to_numpy() / longer], axis=1
+    )
+    return wh.reshape(-1, 2), used
 
 
 # ---------------------------------------------------------------- for evaluation

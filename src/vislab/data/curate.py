@@ -10,6 +10,10 @@ see `fsguard.folder_name_problem`) is refused, not rewritten: its files are excl
 reason `unsafe_label`, so the manifest keeps the label exactly as the source gave it and no
 later writer (`vislab materialize`) ever builds a path from it. Every option is checked
 before any file is read, and everything written stays inside `--out`.
+
+A detection dataset (YOLO, KITTI, COCO, VOC: `--format`, or told by its layout) goes
+through the same image checks; `curate_detect` reads its boxes and decides what becomes
+of them (`boxes.csv`), in place of class selection and class-stratified splits.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ from rich.console import Console
 
 from vislab import __version__
 from vislab.data import sources as src
+from vislab.data.boxes import parse_class_list, parse_class_map
 from vislab.data.checks import inspect_files
+from vislab.data.curate_detect import DetectionCuration, detection_format
+from vislab.data.det_sources import FORMATS
 from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, near_pairs
 from vislab.fsguard import MAX_PIXELS
 from vislab.data.manifest import (
+    BOXES_NAME,
     COLUMNS,
     CURATION_NAME,
     EXCLUDED,
@@ -55,13 +63,25 @@ DUPLICATE_OF = "duplicate_of"
 UNSAFE_LABEL = "unsafe_label"
 EXTRA_COLUMNS = ["orientation"]
 # Files curate writes into --out (temporary ones included).
-OUTPUT_NAMES = (MANIFEST_NAME, MANIFEST_NAME + ".tmp", CURATION_NAME, CURATION_NAME + ".tmp", HISTOGRAM_NAME)
+OUTPUT_NAMES = (
+    MANIFEST_NAME,
+    MANIFEST_NAME + ".tmp",
+    CURATION_NAME,
+    CURATION_NAME + ".tmp",
+    HISTOGRAM_NAME,
+    BOXES_NAME,
+    BOXES_NAME + ".tmp",
+)
 # Options that change how fast a dataset is made, not what it contains.
 RUNTIME_OPTIONS = {"workers", "overwrite", "strict"}
+# Detection options, recorded only when set, so a classification dataset's record (and
+# fingerprint) stays what it was before they existed.
+DETECTION_DEFAULTS = {"format": "auto", "classes": None, "class_map": None, "images_dir": None}
+SOURCE_FORMATS = ("auto", "folders", *FORMATS)
 
 
 def _flag(field: str) -> str:
-    return "SOURCE" if field == "sources" else "--" + field.replace("_", "-")
+    return {"sources": "SOURCE", "class_map": "--map"}.get(field, "--" + field.replace("_", "-"))
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -112,6 +132,10 @@ class CurateOptions(BaseModel):
     val_per_class: int | None = Field(None, ge=0)
     test_per_class: int | None = Field(None, ge=0)
     seed: int = Field(0, ge=0)
+    format: Literal[SOURCE_FORMATS] = "auto"  # type: ignore[valid-type]
+    classes: str | None = None
+    class_map: str | None = None
+    images_dir: Path | None = None
     workers: int = Field(0, ge=0)
     overwrite: bool = False
     strict: bool = False
@@ -129,7 +153,7 @@ class CurateOptions(BaseModel):
             where = f"{_flag(field)}: " if field else ""
             raise VislabError(f"{where}{msg}{shown}") from None
 
-    @field_validator("sources", "labels", "ratings")
+    @field_validator("sources", "labels", "ratings", "images_dir")
     @classmethod
     def _utf8(cls, v: Any) -> Any:
         for path in v if isinstance(v, list) else [v] if v is not None else []:
@@ -153,6 +177,16 @@ class CurateOptions(BaseModel):
         if v is None:
             return v
         return ",".join(f"{r:g}" for r in parse_ratios(v))
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: str | None) -> str | None:
+        return None if v is None else ",".join(parse_class_list(v))
+
+    @field_validator("class_map")
+    @classmethod
+    def _class_map(cls, v: str | None) -> str | None:
+        return None if v is None else ",".join(f"{k}={n}" for k, n in parse_class_map(v).items())
 
     @field_validator("bins")
     @classmethod
@@ -185,16 +219,21 @@ class CurateOptions(BaseModel):
         """Options that define the dataset, with absolute paths, for curation.json."""
         data = self.model_dump(mode="json", exclude=RUNTIME_OPTIONS)
         data["sources"] = [os.path.abspath(p) for p in self.sources]
-        for key in ("photos", "labels", "ratings"):
+        for key in ("photos", "labels", "ratings", "images_dir"):
             if data[key] is not None:
                 data[key] = os.path.abspath(data[key])
+        for key, default in DETECTION_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
         return data
 
 
 # ---------------------------------------------------------------- inputs and output
 
 
-def _check_places(opts: CurateOptions, out: Path) -> list[str]:
+def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list[str]:
+    """The sources as absolute paths, checked to be folders of photos (or, with `file_ok`,
+    a COCO JSON file) apart from --out, and --out checked to be writable as curate writes it."""
     roots = []
     problem = folder_problem(out)
     if problem is not None:
@@ -203,6 +242,9 @@ def _check_places(opts: CurateOptions, out: Path) -> list[str]:
         root = os.path.abspath(source)
         if not os.path.exists(root):
             raise VislabError(f"source folder {source} does not exist; check the path")
+        if file_ok and os.path.isfile(root):
+            roots.append(root)
+            continue
         if not os.path.isdir(root):
             raise VislabError(
                 f"source {source} is a file, not a folder; pass its folder or use --labels FILE.csv"
@@ -442,11 +484,13 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     """Scan, check, filter, dedupe, select and split; write the manifest, curation.json
     and the class histogram into `out`. Returns the curation.json content."""
     out_dir = Path(os.path.abspath(out))
-    roots = _check_places(opts, out_dir)
+    fmt = detection_format(opts)
+    roots = _check_places(opts, out_dir, file_ok=fmt == "coco")
     recorded = opts.recorded()
     fingerprint = _fingerprint(recorded)
     _check_output(out_dir, fingerprint, opts.overwrite)
-    found, skipped = _gather(opts, roots, out_dir)
+    detect = DetectionCuration(opts, fmt) if fmt is not None else None
+    found, skipped = detect.gather(out_dir) if detect is not None else _gather(opts, roots, out_dir)
     if not found:
         where = ", ".join(roots) or str(opts.labels or opts.ratings)
         raise VislabError(f"no files found in {where}; check the path (hidden files are skipped)")
@@ -470,26 +514,33 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
     conflicts = _dedupe(df, opts.dedupe, opts.near_threshold)
     usable_now.after(df, f"--dedupe {opts.dedupe}")
-    select_classes(
-        df,
-        min_per_class=opts.min_per_class,
-        max_per_class=opts.max_per_class,
-        top_k=opts.top_k,
-        skip_top=opts.skip_top,
-        sample_classes=opts.sample_classes,
-        seed=opts.seed,
-    )
-    usable_now.after(df, "class selection")
-    assign_splits(
-        df,
-        ratios=opts.ratios,
-        val_per_class=opts.val_per_class,
-        test_per_class=opts.test_per_class,
-        seed=opts.seed,
-    )
+    if detect is not None:  # boxes follow the image rows; classes and splits are per box
+        usable_now.warnings.extend(detect.finish(df, opts.ratios, opts.seed))
+    else:
+        select_classes(
+            df,
+            min_per_class=opts.min_per_class,
+            max_per_class=opts.max_per_class,
+            top_k=opts.top_k,
+            skip_top=opts.skip_top,
+            sample_classes=opts.sample_classes,
+            seed=opts.seed,
+        )
+        usable_now.after(df, "class selection")
+        assign_splits(
+            df,
+            ratios=opts.ratios,
+            val_per_class=opts.val_per_class,
+            test_per_class=opts.test_per_class,
+            seed=opts.seed,
+        )
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(df[COLUMNS + EXTRA_COLUMNS + extra_columns], out_dir)
+    if detect is not None:
+        detect.write(out_dir)
+    else:  # a detection dataset replaced by --overwrite leaves no boxes behind
+        inside(out_dir, BOXES_NAME).unlink(missing_ok=True)
 
     summary: dict[str, Any] = {
         "vislab_version": __version__,
@@ -504,6 +555,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "warnings": usable_now.warnings,
         "manifest_sha256": manifest_hash(out_dir),
         "histogram": HISTOGRAM_NAME,
+        **(detect.record() if detect is not None else {}),
     }
     tmp = inside(out_dir, CURATION_NAME + ".tmp")
     tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there

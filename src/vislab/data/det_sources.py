@@ -41,6 +41,7 @@ from vislab.errors import VislabError
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, read_bounded, regular_file_problem
 
 FORMATS = ("yolo", "kitti", "coco", "voc")
+FORMAT_NAMES = {"yolo": "YOLO", "kitti": "KITTI", "coco": "COCO", "voc": "Pascal VOC"}
 DONT_CARE = "DontCare"
 # A per-image label file larger than this is not a label file.
 LABEL_FILE_LIMIT = 16 * 1024 * 1024
@@ -709,6 +710,35 @@ def detect_format(root: str | Path) -> str:
     if sniffed is not None:
         return sniffed
     raise VislabError(f"{path}: cannot tell the detection format; {hint}")
+
+
+def detection_layout(root: str | Path) -> str | None:
+    """The format of `root` when its layout can only be a detection dataset, else None (it
+    may be a folder of class folders). What `vislab curate` goes by without --format: a .json
+    file, Annotations/ + JPEGImages/, label_2/, images/ + labels/ holding label lines, a
+    data.yaml (or dataset.yaml) naming classes, or COCO JSON in annotations/ (or named
+    instances_*.json). A lone .txt or .json beside photos is not enough."""
+    path = Path(root)
+    if path.is_file():
+        return "coco" if path.suffix.lower() == ".json" else None
+    if not path.is_dir():
+        return None
+    if _voc_dirs(path):
+        return "voc"
+    if (path / "label_2").is_dir() or (path / "training" / "label_2").is_dir():
+        return "kitti"
+    images_dir, labels_dir = _label_dirs(path)
+    sniffed = _sniff_txt_labels(labels_dir) if images_dir != labels_dir else None
+    if sniffed is not None:
+        return sniffed
+    for name in _YOLO_YAMLS:
+        if (path / name).is_file() and _yaml_names(path / name) is not None:
+            return "yolo"
+    if images_dir != labels_dir and any((path / n).is_file() for n in _YOLO_NAME_FILES):
+        return "yolo"
+    if sorted((path / "annotations").glob("*.json")) or sorted(path.glob("instances_*.json")):
+        return "coco"
+    return None
 
 
 def read_detection_source(

@@ -1,6 +1,6 @@
 """A curated detection dataset written for other tools: YOLO (Ultralytics layout) or COCO.
 
-`vislab materialize --format yolo|coco` calls these. The usable manifest rows and their
+`vislab materialize --format yolo|coco` calls these (`write_detection`). The usable manifest rows and their
 boxes are written under OUT; images are put in place by a callback (`place(source, target)`,
 a symbolic link by default) so the caller chooses links or copies. Every path written is
 checked to stay inside OUT, and OUT must be new or empty.
@@ -24,23 +24,31 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from vislab.data.boxes import ImageSize, box_class_names, read_boxes, sizes_from_manifest, unorient_boxes
+from vislab.data.boxes import ImageSize, dataset_box_classes, read_boxes, sizes_from_manifest, unorient_boxes
 from vislab.data.det_sources import DONT_CARE
-from vislab.data.manifest import read_manifest, usable
-from vislab.data.materialize import UNSPLIT
+from vislab.data.manifest import manifest_path, read_manifest, usable
+from vislab.data.materialize import UNSPLIT, placer
 from vislab.errors import VislabError
-from vislab.fsguard import inside
+from vislab.fsguard import inside, make_folder
 
 Place = Callable[[str, Path], None]
+WRITE_FORMATS = ("yolo", "coco")
 
 
 def _prepare(dataset_dir: str | Path, out: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, Path]:
     rows = usable(read_manifest(dataset_dir))
     boxes = read_boxes(dataset_dir)
+    sizes = sizes_from_manifest(rows)
+    unsized = [p for p in rows["path"] if p not in sizes]
+    if unsized:
+        raise VislabError(
+            f"{manifest_path(dataset_dir)}: usable image {unsized[0]} has no width and height; "
+            "re-run `vislab curate`"
+        )
     out_dir = Path(os.path.abspath(out))
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise VislabError(f"--out {out_dir} exists and is not an empty folder; choose a new folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(out_dir)
     rows = rows.assign(folder=rows["split"].where(rows["split"] != "", UNSPLIT))
     return rows, boxes[boxes["path"].isin(rows["path"])], out_dir
 
@@ -83,11 +91,12 @@ def _layout(rows: pd.DataFrame) -> list[tuple[str, list[str], list[str]]]:
 
 def write_yolo(dataset_dir: str | Path, out: str | Path, place: Place = os.symlink) -> dict[str, Any]:
     """OUT/images/<split>/<image>, OUT/labels/<split>/<stem>.txt (one `id cx cy w h` line per
-    box; an empty file for an image without boxes) and OUT/data.yaml naming the classes.
+    box; an empty file for an image without boxes) and OUT/data.yaml naming the classes in
+    the dataset's id order (`dataset_box_classes`).
     YOLO has no ignore regions, so those are left out and counted. Returns the files written
     (relative to OUT) and counts."""
     rows, boxes, out_dir = _prepare(dataset_dir, out)
-    classes = box_class_names(boxes)
+    classes = dataset_box_classes(dataset_dir, boxes)
     ids = {c: i for i, c in enumerate(classes)}
     sizes = sizes_from_manifest(rows)
     by_path = {p: g for p, g in boxes[~boxes["ignore"]].groupby("path", sort=False)}
@@ -158,7 +167,7 @@ def write_coco(dataset_dir: str | Path, out: str | Path, place: Place = os.symli
     (crowd boxes only, so COCO evaluation gives it no AP). Returns the files written
     (relative to OUT) and counts."""
     rows, boxes, out_dir = _prepare(dataset_dir, out)
-    names = box_class_names(boxes) + ([DONT_CARE] if (boxes["class"] == DONT_CARE).any() else [])
+    names = dataset_box_classes(dataset_dir, boxes) + ([DONT_CARE] if (boxes["class"] == DONT_CARE).any() else [])
     categories = {c: i for i, c in enumerate(names, start=1)}
     sizes = sizes_from_manifest(rows)
     written: list[str] = []
@@ -179,3 +188,13 @@ def write_coco(dataset_dir: str | Path, out: str | Path, place: Place = os.symli
             written,
         )
     return {"files": written, "images": int(len(rows)), "boxes": int(len(boxes))}
+
+
+def write_detection(dataset_dir: str | Path, out: str | Path, fmt: str, mode: str = "symlink") -> dict[str, Any]:
+    """`vislab materialize --format yolo|coco`: the dataset in `fmt`, its images put in
+    place by `mode` (symlink, hardlink or copy; never the sources themselves)."""
+    if fmt not in WRITE_FORMATS:
+        raise VislabError(f"--format {fmt!r} is not one of {', '.join(WRITE_FORMATS)}")
+    place = placer(mode)
+    writer = write_yolo if fmt == "yolo" else write_coco
+    return writer(dataset_dir, out, place=place)

@@ -4,6 +4,9 @@ A dataset directory holds `manifest.csv` (one row per source file found) and
 `curation.json` (what was done and why). Rows are sorted by path and written with fixed
 column order and float formatting, so the same inputs give a byte-identical file.
 
+A detection dataset also holds `boxes.csv` (see `vislab.data.boxes`): having one is what
+makes a dataset a detection dataset, and it is part of the dataset's hash.
+
 A manifest may be edited by hand, so reading one checks every value later commands rely
 on: a status or split outside the allowed values (`TRAIN` included: case is not guessed,
 since a silently dropped row would change a dataset unseen) or a size that is not an
@@ -13,16 +16,20 @@ integer is a one-line error naming the line, the column and the allowed values.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.errors import VislabError
-from vislab.fsguard import inside
+from vislab.fsguard import SpecialFileError, inside, open_regular, read_bounded
 
 MANIFEST_NAME = "manifest.csv"
 CURATION_NAME = "curation.json"
+BOXES_NAME = "boxes.csv"
 
 OK = "ok"
 QUARANTINED = "quarantined"
@@ -127,9 +134,63 @@ def _check_values(df: pd.DataFrame, path: Path) -> None:
             df[col] = nums.astype("Int64")
 
 
+def boxes_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / BOXES_NAME
+
+
+def has_boxes(dataset_dir: str | Path) -> bool:
+    """Whether the dataset is a detection dataset (it has a boxes table)."""
+    return os.path.lexists(boxes_path(dataset_dir))
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with open_regular(path) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    except SpecialFileError as err:
+        raise VislabError(f"{err}; {path.name} must be a regular file, re-run `vislab curate`") from None
+    except OSError as err:
+        raise VislabError(f"{path}: cannot read ({err.strerror or err}); check its permissions") from None
+    return digest.hexdigest()
+
+
 def manifest_hash(dataset_dir: str | Path) -> str:
-    """sha256 of the manifest file: identifies the exact dataset a run or cache was built from."""
-    return hashlib.sha256(manifest_path(dataset_dir).read_bytes()).hexdigest()
+    """sha256 that identifies the exact dataset a run or cache was built from: the manifest
+    file's own, or, for a detection dataset, one over the manifest's and boxes.csv's, so an
+    edited box is another dataset to resume checks, the cache and evaluation alike. A
+    classification dataset keeps the hash it always had."""
+    digest = hashlib.sha256(manifest_path(dataset_dir).read_bytes()).hexdigest()
+    if not has_boxes(dataset_dir):
+        return digest
+    both = f"{MANIFEST_NAME} {digest}\n{BOXES_NAME} {_file_sha256(boxes_path(dataset_dir))}\n"
+    return hashlib.sha256(both.encode("utf-8")).hexdigest()
+
+
+def read_curation(dataset_dir: str | Path) -> dict[str, Any]:
+    """curation.json of a dataset as a dict ({} when there is none); a broken one is a
+    one-line error."""
+    path = Path(dataset_dir) / CURATION_NAME
+    if not path.exists():
+        return {}
+    try:
+        recorded = json.loads(read_bounded(path, 1 << 24).decode("utf-8"))
+    except SpecialFileError as err:
+        raise VislabError(f"{err}; {CURATION_NAME} must be a regular file, re-run `vislab curate`") from None
+    except OSError as err:
+        raise VislabError(f"{path}: cannot read ({err.strerror or err}); check its permissions") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
+        raise VislabError(f"{path}: not valid JSON ({why}); re-run `vislab curate`") from None
+    if not isinstance(recorded, dict):
+        raise VislabError(f"{path}: not a JSON object; re-run `vislab curate`")
+    return recorded
+
+
+def reason_kind(reason: str) -> str:
+    """'duplicate_of:/a/b.jpg' -> 'duplicate_of': reasons are counted by kind."""
+    return reason.split(":", 1)[0]
 
 
 def usable(df: pd.DataFrame, split: str | None = None) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """`vislab materialize`: split/class folder trees of a manifest's usable images.
 
-For tools that want `train/<class>/img.jpg` folders. The tree holds links or copies, never
+For tools that want `train/<class>/img.jpg` folders (a detection dataset is written as YOLO
+or COCO instead: `vislab.data.det_writers`). The tree holds links or copies, never
 the sources themselves; a marker file lists what was written, so re-running replaces exactly
 those entries and never deletes anything else.
 
@@ -19,13 +20,14 @@ import json
 import os
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 from rich.progress import Progress
 
 from vislab.data.csvfile import line_of_row
-from vislab.data.manifest import OK, manifest_hash, manifest_path, read_manifest, usable
+from vislab.data.manifest import BOXES_NAME, OK, has_boxes, manifest_hash, manifest_path, read_manifest, usable
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem, folder_problem, inside, open_regular, read_bounded
 
@@ -134,6 +136,20 @@ def _place(source: str, target: Path, mode: str) -> None:
         raise VislabError(f"cannot {mode} {source} to {target} ({err.strerror or err}); re-run `vislab curate`") from None
 
 
+def placer(mode: str) -> Callable[[str, Path], None]:
+    """`place(source, target)` putting one image in place by `mode`, for the detection
+    writers: a source gone since curation, or a target already there, is a one-line error."""
+    if mode not in MODES:
+        raise VislabError(f"--mode {mode!r} is not one of {', '.join(MODES)}")
+
+    def place(source: str, target: Path) -> None:
+        if not os.path.exists(source):
+            raise VislabError(f"{source} is in the manifest but no longer exists; re-run `vislab curate`")
+        _place(source, target, mode)
+
+    return place
+
+
 def _make_folder(out: Path, folder: Path) -> Path:
     path = inside(out, folder)
     try:
@@ -156,6 +172,11 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
     if problem is not None:
         raise VislabError(f"--out {out} {problem}; give a folder")
     full = read_manifest(dataset_dir)
+    if has_boxes(dataset_dir):
+        raise VislabError(
+            f"{dataset_dir} is a detection dataset (it has {BOXES_NAME}); "
+            "write it for other tools with --format yolo or --format coco"
+        )
     _check_labels(full, dataset_dir)
     df = usable(full)
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():

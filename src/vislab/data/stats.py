@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from vislab.data.manifest import CURATION_NAME, OK, STATUSES, read_manifest
-from vislab.errors import VislabError
-from vislab.fsguard import SpecialFileError, read_bounded
+from vislab.data.boxes import box_stats, read_boxes
+from vislab.data.det_sources import FORMAT_NAMES
+from vislab.data.manifest import BOXES_NAME, OK, STATUSES, has_boxes, read_curation, read_manifest, reason_kind, usable
 
 HISTOGRAM_NAME = "class_histogram.png"
 SPLIT_ORDER = ("train", "val", "test")
@@ -38,11 +38,6 @@ _QUIET = {
     "max_pixels",
     "near_threshold",
 }
-
-
-def reason_kind(reason: str) -> str:
-    """'duplicate_of:/a/b.jpg' -> 'duplicate_of': reasons are counted by kind."""
-    return reason.split(":", 1)[0]
 
 
 def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
@@ -72,34 +67,130 @@ def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
 
 
 def dataset_summary(dataset_dir: str | Path) -> dict[str, Any]:
-    """Summary of a curated dataset: recorded options and provenance plus fresh counts."""
+    """Summary of a curated dataset: recorded options and provenance plus fresh counts (for
+    a detection dataset, fresh box counts and sizes from boxes.csv too)."""
     df = read_manifest(dataset_dir)
-    recorded: dict[str, Any] = {}
-    path = Path(dataset_dir) / CURATION_NAME
-    if path.exists():
-        try:
-            recorded = json.loads(read_bounded(path, 1 << 24).decode("utf-8"))
-        except SpecialFileError as err:
-            raise VislabError(f"{err}; {CURATION_NAME} must be a regular file, re-run `vislab curate`") from None
-        except OSError as err:
-            raise VislabError(f"{path}: cannot read ({err.strerror or err}); check its permissions") from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            why = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8"
-            raise VislabError(f"{path}: not valid JSON ({why}); re-run `vislab curate`") from None
-        if not isinstance(recorded, dict):
-            raise VislabError(f"{path}: not a JSON object; re-run `vislab curate`")
+    recorded = read_curation(dataset_dir)
     recorded.update(summarize_manifest(df))
+    if has_boxes(dataset_dir):
+        detection = recorded.get("detection")
+        detection = detection if isinstance(detection, dict) else {}
+        rows = usable(df)
+        recorded["task"] = "detect"
+        recorded["detection"] = {**detection, **box_stats(read_boxes(dataset_dir), rows[["path", "split"]])}
+    elif recorded.pop("detection", None) is not None:
+        warnings = recorded.get("warnings") if isinstance(recorded.get("warnings"), list) else []
+        recorded["warnings"] = [*warnings, f"{BOXES_NAME} is missing: the boxes of this detection dataset are gone; re-run `vislab curate`"]
     recorded["dataset_dir"] = str(Path(dataset_dir).resolve())
     return recorded
 
 
-def _counts_table(title: str, counts: dict[str, int]) -> Table:
+def _counts_table(title: str, counts: dict[str, int], unit: str = "files") -> Table:
     table = Table(title=title, title_justify="left")
     table.add_column("")
-    table.add_column("files", justify="right")
+    table.add_column(unit, justify="right")
     for key, n in counts.items():
         table.add_row(key, str(n))
     return table
+
+
+def _class_table(summary: dict[str, Any]) -> Table:
+    """Usable images per class, and per split."""
+    classes: dict[str, int] = summary.get("classes", {})
+    splits: dict[str, dict[str, int]] = summary.get("splits", {})
+    table = Table(title=f"{len(classes)} classes", title_justify="left")
+    table.add_column("class")
+    table.add_column("ok", justify="right")
+    for s in splits:
+        table.add_column(s, justify="right")
+    ranked = sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))
+    for name, n in ranked[:MAX_CLASS_ROWS]:
+        table.add_row(name or "(unlabelled)", str(n), *(str(splits[s].get(name, 0)) for s in splits))
+    if len(ranked) > MAX_CLASS_ROWS:
+        rest = ranked[MAX_CLASS_ROWS:]
+        table.add_row(f"... {len(rest)} more", str(sum(n for _, n in rest)), *("" for _ in splits))
+    table.add_row("total", str(sum(classes.values())), *(str(sum(splits[s].values())) for s in splits))
+    return table
+
+
+def _print_detection(det: dict[str, Any], console: Console) -> None:
+    """Boxes per class and split, box sizes, and what curation dropped or could not read."""
+    names = det.get("classes") if isinstance(det.get("classes"), list) else []
+    ids = {c: i for i, c in enumerate(names)}
+    fmt = FORMAT_NAMES.get(det.get("format"), det.get("format") or "detection")
+    counts: dict[str, int] = det["boxes_per_class"]
+    console.print(
+        f"{fmt} detection dataset: {det.get('images', 0):,} usable images "
+        f"({det.get('images_without_boxes', 0):,} without boxes), {det.get('boxes', 0):,} boxes, "
+        f"{len(names) or len(counts)} classes",
+        highlight=False,
+    )
+    splits: dict[str, Any] = det.get("splits", {})
+    images_per_class = det.get("images_per_class", {})
+    table = Table(title="boxes per class", title_justify="left")
+    for column in ("id", "class", "boxes", "images", *splits):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], ids.get(kv[0], len(ids)), kv[0]))
+    for name, n in ranked[:MAX_CLASS_ROWS]:
+        per_split = (str(splits[s]["boxes_per_class"].get(name, 0)) for s in splits)
+        table.add_row(str(ids.get(name, "")), escape(name), str(n), str(images_per_class.get(name, 0)), *per_split)
+    if len(ranked) > MAX_CLASS_ROWS:
+        rest = ranked[MAX_CLASS_ROWS:]
+        table.add_row("", f"... {len(rest)} more", str(sum(n for _, n in rest)), "", *("" for _ in splits))
+    unseen = [c for c in names if c not in counts]
+    if unseen:
+        table.add_row("", f"{len(unseen)} class(es) without boxes", "0", "0", *("" for _ in splits))
+    totals = (str(sum(splits[s]["boxes_per_class"].values())) for s in splits)
+    table.add_row("", "total boxes", str(det.get("boxes", 0)), "", *totals)
+    table.add_row("", "images", "", str(det.get("images", 0)), *(str(splits[s]["images"]) for s in splits))
+    console.print(table)
+    sizes = Table(title="box sizes (pixels of the displayed image)", title_justify="left")
+    sizes.add_column("")
+    keys = list(det.get("area") or {})
+    for key in keys:
+        sizes.add_column(key, justify="right")
+    for what in ("width", "height", "area"):
+        values = det.get(what) or {}
+        sizes.add_row(what, *(f"{values.get(k, 0):g}" for k in keys))
+    if keys:
+        console.print(sizes)
+    buckets = det.get("size_buckets", {})
+    per_image = det.get("boxes_per_image", {})
+    lines = [
+        f"COCO size buckets (area < 32², < 96², larger): small {buckets.get('small', 0):,}, "
+        f"medium {buckets.get('medium', 0):,}, large {buckets.get('large', 0):,}; "
+        f"boxes per image: mean {per_image.get('mean', 0)}, max {per_image.get('max', 0)}"
+    ]
+    if det.get("ignore_regions"):
+        lines.append("ignore regions: " + ", ".join(f"{c} {n:,}" for c, n in det["ignore_regions"].items()))
+    dropped = [
+        f"{what}: " + ", ".join(f"{k} {n:,}" for k, n in det[key].items())
+        for key, what in (
+            ("boxes_of_unusable_images", "boxes of unusable images dropped"),
+            ("boxes_of_unselected_classes", "boxes of classes not selected dropped"),
+        )
+        if det.get(key) and isinstance(det[key], dict)
+    ]
+    if det.get("clipped_boxes") and isinstance(det["clipped_boxes"], int):
+        lines.append(f"boxes clipped to the image edge: {det['clipped_boxes']:,}")
+    for line in lines + dropped:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    _print_problems(det, console)
+
+
+def _print_problems(det: dict[str, Any], console: Console, shown: int = 5) -> None:
+    """Label problems by kind and the first few in full (every one is in curation.json)."""
+    counts = det.get("problem_counts")
+    if not counts or not isinstance(counts, dict) or not all(isinstance(n, int) for n in counts.values()):
+        return
+    console.print(_counts_table("label problems (each a reason in curation.json)", counts, "count"))
+    problems = [p for p in det.get("problems") or [] if isinstance(p, dict)]
+    for p in problems[:shown]:
+        where = f"{p.get('file')}:{p['line']}" if p.get("line") is not None else str(p.get("file"))
+        console.print(f"  {where}: {p.get('reason')}", highlight=False, soft_wrap=True, markup=False)
+    rest = sum(counts.values()) - min(len(problems), shown)
+    if rest > 0:
+        console.print(f"  ... and {rest:,} more: see curation.json 'detection.problems'", highlight=False)
 
 
 def print_summary(summary: dict[str, Any], console: Console) -> None:
@@ -127,21 +218,11 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(_counts_table("status", status))
     if summary.get("reasons"):
         console.print(_counts_table("reasons", summary["reasons"]))
-    classes: dict[str, int] = summary.get("classes", {})
-    splits: dict[str, dict[str, int]] = summary.get("splits", {})
-    table = Table(title=f"{len(classes)} classes", title_justify="left")
-    table.add_column("class")
-    table.add_column("ok", justify="right")
-    for s in splits:
-        table.add_column(s, justify="right")
-    ranked = sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))
-    for name, n in ranked[:MAX_CLASS_ROWS]:
-        table.add_row(name or "(unlabelled)", str(n), *(str(splits[s].get(name, 0)) for s in splits))
-    if len(ranked) > MAX_CLASS_ROWS:
-        rest = ranked[MAX_CLASS_ROWS:]
-        table.add_row(f"... {len(rest)} more", str(sum(n for _, n in rest)), *("" for _ in splits))
-    table.add_row("total", str(sum(classes.values())), *(str(sum(splits[s].values())) for s in splits))
-    console.print(table)
+    detection = summary.get("detection")
+    if isinstance(detection, dict) and "boxes_per_class" in detection:
+        _print_detection(detection, console)
+    else:
+        console.print(_class_table(summary))
     extras = []
     if "exif_oriented" in summary:
         extras.append(f"EXIF-rotated images: {summary['exif_oriented']}")
@@ -169,13 +250,20 @@ def _print_conflicts(conflicts: list[dict[str, Any]], console: Console, shown: i
 
 
 def plot_class_histogram(summary: dict[str, Any], path: str | Path) -> Path:
-    """Bar chart of usable images per class (stacked by split); many classes become a
-    sorted long-tail curve, since hundreds of bar labels are unreadable anyway."""
+    """Bar chart of usable images per class (boxes per class for a detection dataset),
+    stacked by split; many classes become a sorted long-tail curve, since hundreds of bar
+    labels are unreadable anyway."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     classes: dict[str, int] = summary.get("classes", {})
     splits: dict[str, dict[str, int]] = summary.get("splits", {})
+    unit = "usable images"
+    detection = summary.get("detection")
+    if isinstance(detection, dict) and "boxes_per_class" in detection:
+        classes = detection["boxes_per_class"]
+        splits = {s: v["boxes_per_class"] for s, v in detection.get("splits", {}).items()}
+        unit = "boxes"
     names = [c for c, _ in sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))]
     many = len(names) > 60
     out = Path(path)
@@ -183,7 +271,7 @@ def plot_class_histogram(summary: dict[str, Any], path: str | Path) -> Path:
         fig = Figure(figsize=(max(6.0, min(16.0, 0.35 * len(names) + 2)), 4.0))
         ax = fig.subplots()
         if not names:
-            ax.text(0.5, 0.5, "no usable images", ha="center", va="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, f"no {unit}", ha="center", va="center", transform=ax.transAxes)
         elif many:
             ax.plot(range(len(names)), [classes[c] for c in names])
             ax.set_xlabel(f"class rank ({len(names)} classes)")
@@ -197,8 +285,8 @@ def plot_class_histogram(summary: dict[str, Any], path: str | Path) -> Path:
             ax.set_xticks(list(xs), [c or "(unlabelled)" for c in names], rotation=60, ha="right")
             if splits:
                 ax.legend()
-        ax.set_ylabel("usable images")
-        ax.set_title("images per class")
+        ax.set_ylabel(unit)
+        ax.set_title(f"{unit.split()[-1]} per class")
         fig.tight_layout()
         fig.savefig(out, dpi=100, metadata={"Software": None})
     return out

@@ -72,7 +72,9 @@ def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -
     return x, display
 
 
-def _upscaled_overlay(display: np.ndarray, heat: np.ndarray) -> np.ndarray:
+def upscaled_overlay(display: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """`heat` blended onto the crop the model saw, upscaled to at least MIN_VIEW pixels a
+    side so that a 32-pixel input is still visible (also what `vislab serve` returns)."""
     h, w = display.shape[:2]
     scale = max(1.0, MIN_VIEW / min(h, w))
     size = (round(w * scale), round(h * scale))
@@ -137,7 +139,7 @@ def explain_images(
                             prob=float(res.probs[i, cid]),
                             rank=rank,
                             heatmap=res.heatmaps[i],
-                            overlay=_upscaled_overlay(display[i], res.heatmaps[i]),
+                            overlay=upscaled_overlay(display[i], res.heatmaps[i]),
                             method=run.method,
                             layer=res.layer,
                             raw_range=res.raw_range[i] if res.raw_range else None,

@@ -8,16 +8,29 @@ which anchors learn a box.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from vislab.errors import VislabError
+
+# Models whose registry metadata holds default anchors, compared against by `fit_anchors`.
+DEFAULT_ANCHOR_MODELS = ("yolov3", "yolov3_tiny")
 
 
 def wh_iou(wh1: torch.Tensor, wh2: torch.Tensor) -> torch.Tensor:
     """[N, 2] x [M, 2] sizes -> [N, M] IoU of the boxes placed at a common corner."""
     inter = torch.min(wh1[:, None], wh2[None]).prod(2)
     return inter / (wh1.prod(1)[:, None] + wh2.prod(1)[None] - inter)
+
+
+def anchor_fitness(boxes_wh: torch.Tensor | np.ndarray, anchors: torch.Tensor | Sequence[Sequence[float]]) -> float:
+    """Mean over boxes of the best anchor's shape IoU (both in pixels): how well a set of
+    anchors fits a dataset, 1.0 when every box has an anchor of exactly its shape."""
+    wh = torch.as_tensor(np.asarray(boxes_wh), dtype=torch.float64).reshape(-1, 2)
+    return wh_iou(wh, torch.as_tensor(np.asarray(anchors), dtype=torch.float64).reshape(-1, 2)).amax(1).mean().item()
 
 
 def _kmeans_pp(wh: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -56,8 +69,38 @@ def kmeans_anchors(
             if torch.equal(new, centres):
                 break
             centres = new
-        fit = wh_iou(wh, centres).amax(1).mean().item()
+        fit = anchor_fitness(wh, centres)
         if fit > best_fit:
             best, best_fit = centres, fit
     best = best[best.prod(1).argsort()]
     return best.float(), best_fit
+
+
+@dataclass
+class AnchorFit:
+    """Anchors fitted to a dataset (whole pixels at the training size, smallest first, as a
+    config holds them), their fitness, and each default set's fitness on the same boxes."""
+
+    anchors: list[tuple[int, int]]
+    fitness: float
+    boxes: int
+    defaults: dict[str, tuple[list[tuple[float, float]], float]]
+
+
+def fit_anchors(boxes_wh: torch.Tensor | np.ndarray, n: int = 9, img_size: int = 416, seed: int = 0) -> AnchorFit:
+    """`kmeans_anchors` rounded to whole pixels, the fitness of those rounded anchors, and,
+    for comparison, the fitness of the default anchors in the registry metadata of
+    DEFAULT_ANCHOR_MODELS, taken as the models use them when `model.kwargs.anchors` is
+    unset: in pixels at whatever the input size. `boxes_wh` as for `kmeans_anchors`."""
+    from vislab.models.factory import model_info
+
+    wh = torch.as_tensor(np.asarray(boxes_wh), dtype=torch.float64).reshape(-1, 2)
+    wh = wh[(wh > 0).all(1)]
+    centres, _ = kmeans_anchors(wh, n=n, img_size=img_size, seed=seed)
+    anchors = [(max(1, round(w)), max(1, round(h))) for w, h in centres.tolist()]
+    scaled = wh * img_size
+    defaults = {}
+    for name in DEFAULT_ANCHOR_MODELS:
+        default = [(float(w), float(h)) for w, h in model_info(name)["anchors"]]
+        defaults[name] = (default, anchor_fitness(scaled, default))
+    return AnchorFit(anchors, anchor_fitness(scaled, anchors), len(wh), defaults)

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
-from vislab.models import fast_cnn, simple_cnn, yolo  # noqa: F401  (the builders register themselves)
+from vislab.models import crops, fast_cnn, simple_cnn, yolo  # noqa: F401  (the builders register themselves)
 from vislab.models.registry import DEFAULT_TASK, Entry, data_spec, registered, registered_names, spec_from_pretrained_cfg
 
 if TYPE_CHECKING:

@@ -61,6 +61,7 @@ def make_run_dir(
     wall_time_s: float = 12.5,
     params: dict[str, int] | None = None,
     checkpoint: bool = False,
+    attention: str = "none",
 ) -> Path:
     """Write a complete run directory under `root/name` and return its path.
 
@@ -68,7 +69,8 @@ def make_run_dir(
     tiny image dataset is written beside it and the predictions point at its test images.
     `checkpoint=True` also saves a randomly initialised tiny model as checkpoints/best.ckpt
     (the `model.`-prefixed state_dict a Lightning checkpoint holds), so `vislab.runs.load_run`
-    and everything built on it (explain, the report's CAM gallery) work on the directory.
+    and everything built on it (explain, the report's CAM gallery, serve) work on the
+    directory; `attention="abn"` gives the model an attention branch.
     """
     root = Path(root)
     run = root / name
@@ -77,7 +79,7 @@ def make_run_dir(
     run.mkdir(parents=True, exist_ok=True)
     files = run_paths(run)
 
-    model_cfg: dict[str, Any] = {"name": model}
+    model_cfg: dict[str, Any] = {"name": model, "attention": attention}
     if model == "simple_cnn":
         model_cfg["simple_cnn"] = {"layers": 2, "filters": 8, "fc": 0}
     cfg = RunConfig.model_validate({"seed": seed, "model": model_cfg, "data": {"img_size": input_size}, "train": {"epochs": epochs}})

@@ -1,0 +1,237 @@
+"""`vislab curate` for detection datasets: YOLO, KITTI, COCO and Pascal VOC.
+
+The manifest has one row per image with an empty label (an image holds many classes), so
+every image check of `vislab curate` applies unchanged: broken files are quarantined, EXIF
+orientation is read, size filters and dedupe exclude rows. The boxes go into `boxes.csv`
+beside the manifest (see `vislab.data.boxes`), in this order:
+
+1. The source's label files are read (`det_sources`); a line or entry that cannot be used
+   is a problem {file, line, reason}, never an error.
+2. Boxes of an image that does not end `ok` (quarantined, too small, a duplicate not kept,
+   ...) are dropped and counted by that image's reason, so of a duplicate group only the
+   kept copy's boxes stay.
+3. The rest are put in pixels of the displayed image and clipped (`resolve_boxes`).
+4. Classes are merged (--map) and selected (--classes); an image left without boxes stays,
+   as a negative.
+5. --split assigns images with `detection_splits`, stratified on the classes they hold.
+
+curation.json records `"task": "detect"` and a `detection` section: the format, the class
+names in id order (the source's own order, or that of --classes), box counts and sizes,
+and every problem with its reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from vislab.data.boxes import (
+    box_class_names,
+    box_stats,
+    detection_splits,
+    empty_boxes,
+    parse_class_list,
+    parse_class_map,
+    resolve_boxes,
+    select_box_classes,
+    sizes_from_manifest,
+    write_boxes,
+)
+from vislab.data.det_sources import DONT_CARE, FORMAT_NAMES, MISSING_IMAGE, detection_layout, read_detection_source
+from vislab.data.manifest import OK, reason_kind
+from vislab.data.sources import Found, scan_folder
+from vislab.data.split import SPLIT_NAMES
+from vislab.errors import VislabError
+
+if TYPE_CHECKING:
+    from vislab.data.curate import CurateOptions
+
+# Options of class-folder curation that mean nothing for boxes, and the reverse.
+CLASSIFY_ONLY = ("min_per_class", "max_per_class", "top_k", "skip_top", "sample_classes", "val_per_class", "test_per_class")
+TABLE_SOURCES = ("photos", "labels", "ratings")
+DETECT_ONLY = ("classes", "class_map", "images_dir")
+_FLAGS = {"class_map": "--map"}
+_SHOWN = 8
+# Problems listed one by one in curation.json (all are counted); beyond this the file would
+# grow past what `vislab stats` reads back, for a dataset whose every line is broken.
+MAX_LISTED_PROBLEMS = 20_000
+
+
+def _flag(name: str) -> str:
+    return _FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
+def detection_format(opts: CurateOptions) -> str | None:
+    """The detection format to curate the SOURCE as, or None for classification (class
+    folders, a labels, ratings or photos CSV). Without --format a source is a detection
+    dataset when its layout can be nothing else (`detection_layout`). Options that fit only
+    the other kind are refused here, in one line, before any file is read."""
+    tables = [n for n in TABLE_SOURCES if getattr(opts, n) is not None]
+    if opts.format == "folders" or (opts.format == "auto" and tables):
+        fmt = None
+    elif opts.format != "auto":
+        fmt = opts.format
+    else:
+        found = [(s, detection_layout(s)) for s in opts.sources]
+        detected = [(s, f) for s, f in found if f is not None]
+        if detected and len(opts.sources) > 1:
+            source, f = detected[0]
+            raise VislabError(
+                f"source {source} is a {FORMAT_NAMES[f]} detection dataset; curate one detection dataset "
+                "at a time (give it as the only SOURCE)"
+            )
+        fmt = detected[0][1] if detected else None
+    if fmt is None:
+        wanted = [n for n in DETECT_ONLY if getattr(opts, n) is not None]
+        if wanted and all(os.path.exists(s) for s in opts.sources):  # else: curate says which is missing
+            raise VislabError(
+                f"{_flag(wanted[0])} applies to detection datasets (YOLO, KITTI, COCO, VOC) and this is "
+                "curated as class folders; name the dataset's layout with --format yolo|kitti|coco|voc"
+            )
+        return None
+    if tables:
+        raise VislabError(
+            f"{_flag(tables[0])} applies to classification; a {FORMAT_NAMES[fmt]} dataset's labels are its own "
+            "label files: give the dataset folder as the only SOURCE"
+        )
+    if len(opts.sources) != 1:
+        raise VislabError(
+            f"--format {fmt}: give exactly one SOURCE, the dataset folder (or a COCO .json file); "
+            f"got {len(opts.sources)}"
+        )
+    for name in CLASSIFY_ONLY:
+        if getattr(opts, name) not in (None, 0):
+            raise VislabError(
+                f"{_flag(name)} applies to classification; a detection dataset keeps classes with --classes "
+                "(and merges them with --map) and is split with --split ratios, stratified on the classes "
+                "each image holds"
+            )
+    return fmt
+
+
+def _known_names(names: list[str], known: set[str], flag: str) -> None:
+    for name in names:
+        if name not in known:
+            raise VislabError(f"{flag}: the dataset has no class '{name}' (classes: {', '.join(sorted(known))})")
+
+
+class DetectionCuration:
+    """One detection source through `run_curate`: its images become manifest rows
+    (`gather`), then, once the rows are decided, its boxes follow them (`finish`)."""
+
+    def __init__(self, opts: CurateOptions, fmt: str) -> None:
+        self.format = fmt
+        self.root = os.path.abspath(opts.sources[0])
+        self.source = read_detection_source(self.root, fmt, opts.images_dir)
+        self.classes = parse_class_list(opts.classes) if opts.classes else None
+        self.mapping = parse_class_map(opts.class_map) if opts.class_map else {}
+        # A misspelt name fails now, before the images are checked.
+        known = set(self.source.classes) | {b.cls for b in self.source.boxes}
+        _known_names(list(self.mapping), known, "--map")
+        if self.classes is not None:
+            _known_names(self.classes, {self.mapping.get(c, c) for c in known} | {DONT_CARE}, "--classes")
+        self.boxes = empty_boxes()
+        self.names: list[str] = []
+        self._record: dict[str, Any] = {}
+
+    def gather(self, out_dir: Path) -> tuple[dict[str, Found], Counter[str]]:
+        """The images (label "": a detection image has no single class) and what the folder
+        scan skipped (hidden entries, vislab outputs, non-UTF-8 names), as `run_curate` takes them."""
+        if not self.source.images:
+            missing = [p for p in self.source.problems if reason_kind(p["reason"]) == MISSING_IMAGE]
+            hint = (
+                f"; {len(missing)} named image(s) are missing, e.g. {missing[0]['file']} (pass --images-dir "
+                "FOLDER when they live elsewhere)"
+                if missing
+                else "; check the path"
+            )
+            raise VislabError(f"{self.root}: no image found for this {FORMAT_NAMES[self.format]} dataset{hint}")
+        found = {p: Found(p, "") for p in self.source.images}
+        skipped = scan_folder(self.root, skip=[out_dir])[1] if os.path.isdir(self.root) else Counter()
+        return found, skipped
+
+    def finish(self, df: pd.DataFrame, ratios: tuple[float, float, float] | None, seed: int) -> list[str]:
+        """Boxes of the rows that ended `ok`, classes merged and selected, and the splits
+        written into `df`; returns warnings (a class or a split left without boxes)."""
+        ok = df["status"] == OK
+        ok_paths = set(df.loc[ok, "path"])
+        reason_of = dict(zip(df["path"], df["reason"]))
+        dropped = Counter(
+            reason_kind(reason_of.get(b.image, "")) for b in self.source.boxes if b.image not in ok_paths
+        )
+        kept = dataclasses.replace(self.source, boxes=[b for b in self.source.boxes if b.image in ok_paths])
+        resolved = resolve_boxes(kept, sizes_from_manifest(df[ok]))
+        present = set(resolved.boxes["class"])
+        mapping = {k: v for k, v in self.mapping.items() if k in present}
+        after = {mapping.get(c, c) for c in present}
+        wanted = None if self.classes is None else [c for c in self.classes if c in after]
+        warnings = [
+            f"--classes: no box of '{c}' is left (its images are not usable)"
+            for c in self.classes or []
+            if c not in after and c != DONT_CARE
+        ]
+        self.boxes, unselected = select_box_classes(resolved.boxes, wanted, mapping)
+        self.names = self._class_names()
+        images = df.loc[ok, ["path", "group"]]
+        if ratios is not None:
+            split = detection_splits(images, self.boxes, ratios, seed)
+            df.loc[ok, "split"] = df.loc[ok, "path"].map(split).to_numpy()
+        stats = box_stats(self.boxes, df.loc[ok, ["path", "split"]])
+        warnings += _box_warnings(stats)
+        problems = resolved.record()
+        self._record = {
+            "format": self.format,
+            "source": self.root,
+            "classes": self.names,
+            **stats,
+            "clipped_boxes": problems["clipped_boxes"],
+            "boxes_of_unusable_images": dict(sorted(dropped.items())),
+            "boxes_of_unselected_classes": unselected,
+            "problem_counts": problems["problem_counts"],
+            "problems": problems["problems"][:MAX_LISTED_PROBLEMS],
+        }
+        if len(problems["problems"]) > MAX_LISTED_PROBLEMS:
+            self._record["problems_not_listed"] = len(problems["problems"]) - MAX_LISTED_PROBLEMS
+        return warnings
+
+    def _class_names(self) -> list[str]:
+        """Class names in id order: --classes as given, else the source's declared order
+        (a data.yaml's ids, COCO's categories) merged by --map, then any other class found."""
+        if self.classes is not None:
+            names = self.classes
+        else:
+            names = [self.mapping.get(c, c) for c in self.source.classes] + box_class_names(self.boxes)
+        return [c for c in dict.fromkeys(names) if c != DONT_CARE]
+
+    def write(self, out_dir: Path) -> None:
+        write_boxes(self.boxes, out_dir)
+
+    def record(self) -> dict[str, Any]:
+        """What curation.json adds for a detection dataset."""
+        return {"task": "detect", "detection": self._record}
+
+
+def _box_warnings(stats: dict[str, Any]) -> list[str]:
+    """A dataset without boxes, and splits that miss classes (evaluation there cannot
+    measure them), one line per split."""
+    if stats["images"] and not stats["boxes"]:
+        return [
+            f"no boxes left: all {stats['images']:,} usable images are negatives; "
+            "check the label files and --classes"
+        ]
+    out = []
+    classes = stats["boxes_per_class"]
+    for split in SPLIT_NAMES:
+        counts = stats.get("splits", {}).get(split)
+        if counts is None:
+            continue
+        missing = [c for c in classes if not counts["boxes_per_class"].get(c)]
+        if missing:
+            shown = ", ".join(f"'{c}'" for c in missing[:_SHOWN]) + (" ..." if len(missing) > _SHOWN else "")
+            out.append(f"{split} has no box of {len(missing)} class(es): {shown}")
+    return out

@@ -1,0 +1,170 @@
+"""Crop detector ("Dissecting Image Crops", Van Hoorick 2021): was a photo cropped, and where
+in the original frame does it sit?
+
+Two branches read the photo at two scales. The global branch sees a thumbnail plus two
+coordinate channels, the (y, x) position of each pixel in the frame AS SEEN (the possibly
+cropped image, never the original: that would hand it the answer); with them it can relate
+where a cue appears (a vignette's darkest corner, a fringe's direction) to where it should
+appear in an uncropped photo. The patch branch, shared by all patches, embeds one
+native-resolution patch per grid cell and classifies which cell of the ORIGINAL frame it
+came from, from lens traces alone (the auxiliary task that makes the branch learn them). An
+MLP on the patch embeddings in grid order plus the global embedding predicts the rectangle
+(x1, x2, y1, y2) in original-frame fractions and a crop logit.
+
+All patches of a batch go through the patch branch as one batch: BatchNorm statistics then
+mix every grid position, so a training batch cannot leak a patch's position through them
+(the paper's implementation calls the branch once per position and cyclically shifts the
+patch order per sample for the same reason).
+
+Backbones are any model name `factory.create_model` resolves (vislab's or timm's, from
+scratch by default as in the paper), built with the embedding width as their class count:
+their classifier is the projection to the embedding, as in the paper.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from pydantic import Field, ValidationError
+
+from vislab.config import ModelConfig, Section
+from vislab.errors import VislabError
+from vislab.models.registry import DataSpec, register_model
+
+
+class CropsModelConfig(Section):
+    """Architecture of the crop detector (defaults: the paper's)."""
+
+    global_backbone: str = "resnet34"
+    patch_backbone: str = "resnet18"
+    global_dim: int = Field(64, ge=1)
+    patch_dim: int = Field(64, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [512, 256])
+    coords: bool = True
+    pretrained: bool = False
+
+
+class CropsLossConfig(Section):
+    """Weights of the loss terms: sum over patches of cell CE, rectangle MSE, crop BCE."""
+
+    patch: float = Field(0.15, ge=0.0)
+    rect: float = Field(3.0, ge=0.0)
+    flag: float = Field(1.0, ge=0.0)
+
+
+class CropOutput(NamedTuple):
+    """rect: B x 4 (x1, x2, y1, y2); flag: B crop logits; cells: B x N x cells location logits."""
+
+    rect: torch.Tensor
+    flag: torch.Tensor
+    cells: torch.Tensor
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images (what the sampler gives) or floats in [0, 1] -> [-1, 1]."""
+    x = x.float() / 255 if x.dtype == torch.uint8 else x.float()
+    return x * 2 - 1
+
+
+def coord_channels(x: torch.Tensor) -> torch.Tensor:
+    """B x 2 x H x W: each pixel's (y, x) position in the image it belongs to, in [-1, 1]."""
+    b, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([yy, xx])[None].expand(b, 2, h, w)
+
+
+def _backbone(name: str, in_chans: int, dim: int, pretrained: bool) -> nn.Module:
+    from vislab.models.factory import create_model
+
+    return create_model(ModelConfig(name=name, in_chans=in_chans, pretrained=pretrained), dim)
+
+
+class CropDetector(nn.Module):
+    def __init__(self, cfg: CropsModelConfig, cells: int = 16) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.num_cells = cells
+        self.global_net = _backbone(cfg.global_backbone, 5 if cfg.coords else 3, cfg.global_dim, cfg.pretrained)
+        self.patch_net = _backbone(cfg.patch_backbone, 3, cfg.patch_dim, cfg.pretrained)
+        self.locate = nn.Linear(cfg.patch_dim, cells)
+        layers: list[nn.Module] = []
+        width = cells * cfg.patch_dim + cfg.global_dim
+        for hidden in cfg.hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        self.head = nn.Sequential(*layers, nn.Linear(width, 5))
+
+    def forward(self, thumb: torch.Tensor, patches: torch.Tensor) -> CropOutput:
+        """thumb: B x 3 x H x W; patches: B x N x 3 x P x P, N = cells, in grid order."""
+        b, n = patches.shape[:2]
+        emb = self.patch_net(_unit(patches.flatten(0, 1)))  # (B*N) x D, one BatchNorm batch
+        cells = self.locate(emb).view(b, n, -1)
+        x = _unit(thumb)
+        if self.cfg.coords:
+            x = torch.cat([x, coord_channels(x)], dim=1)
+        out = self.head(torch.cat([emb.reshape(b, -1), self.global_net(x)], dim=1))
+        return CropOutput(rect=out[:, :4], flag=out[:, 4], cells=cells)
+
+
+def crops_loss(
+    out: CropOutput, cells: torch.Tensor, rect: torch.Tensor, cropped: torch.Tensor, w: CropsLossConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted loss and its detached parts (for logging).
+
+    patch: cross-entropy summed over a sample's patches, averaged over the batch (the paper
+    sums one batch-mean term per patch); rect: MSE over the four coordinates; flag: BCE.
+    """
+    b = cells.shape[0]
+    patch = F.cross_entropy(out.cells.flatten(0, 1).float(), cells.flatten(), reduction="sum") / b
+    rect_loss = F.mse_loss(out.rect.float(), rect.float())
+    flag = F.binary_cross_entropy_with_logits(out.flag.float(), cropped.float())
+    total = w.patch * patch + w.rect * rect_loss + w.flag * flag
+    parts = {"loss": total, "patch": patch, "rect": rect_loss, "flag": flag}
+    return total, {k: v.detach() for k, v in parts.items()}
+
+
+TINY = {
+    "global_backbone": "test_resnet",
+    "patch_backbone": "test_resnet",
+    "global_dim": 16,
+    "patch_dim": 16,
+    "hidden": [64, 32],
+}
+
+
+def _config(cfg: ModelConfig, defaults: dict[str, Any] | None = None) -> CropsModelConfig:
+    """The detector's settings live in `model.kwargs` (until config.py gives them a section)."""
+    try:
+        return CropsModelConfig.model_validate({**(defaults or {}), **cfg.kwargs})
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise VislabError(f"model.kwargs.{key}: {first['msg'].lower()} (crop detector settings)") from None
+
+
+@register_model(
+    "crop_detector",
+    spec=DataSpec(input_size=(3, 149, 224), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0),
+    description="crop detector: ResNet-34 thumbnail + shared ResNet-18 patches, rectangle and crop flag",
+    task="crops",
+    pretrained=False,
+)
+def crop_detector(cfg: ModelConfig, num_classes: int) -> CropDetector:
+    """`num_classes`: the number of grid cells (= patches per sample)."""
+    return CropDetector(_config(cfg), cells=num_classes)
+
+
+@register_model(
+    "crop_detector_tiny",
+    spec=DataSpec(input_size=(3, 37, 56), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0),
+    description="crop detector at test size: timm test_resnet branches, 16-d embeddings",
+    task="crops",
+    pretrained=False,
+)
+def crop_detector_tiny(cfg: ModelConfig, num_classes: int) -> CropDetector:
+    return CropDetector(_config(cfg, TINY), cells=num_classes)

@@ -1,0 +1,68 @@
+"""Fixtures shared by test files: headless Chromium for the browser tests.
+
+Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and selenium; without
+them a test that asks for `browser` skips and says which packages are missing. Set
+VISLAB_SCREENSHOT_DIR to keep the screenshots for a look (the `keep_screenshot` fixture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,900",
+)
+
+
+def _find(*names: str) -> str | None:
+    for name in names:
+        found = shutil.which(name) or (name if os.path.isfile(name) else None)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    chrome = _find("/usr/bin/chromium", "chromium", "chromium-browser")
+    driver_bin = _find("/usr/bin/chromedriver", "chromedriver")
+    if chrome is None or driver_bin is None:
+        pytest.skip("headless Chromium not found: install the Debian packages `chromium chromium-driver` "
+                    "(apt-get install -y chromium chromium-driver)")
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    opts = Options()
+    opts.binary_location = chrome
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(driver_bin), options=opts)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def keep_screenshot():
+    """`keep_screenshot(path, name)` copies a screenshot to $VISLAB_SCREENSHOT_DIR/name when
+    that variable is set."""
+
+    def keep(shot: Path, name: str) -> None:
+        folder = os.environ.get("VISLAB_SCREENSHOT_DIR")
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shot, Path(folder) / name)
+
+    return keep

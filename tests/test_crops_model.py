@@ -1,0 +1,115 @@
+"""Crop detector: registry entries, shapes at tiny size, forward/backward, the paper's layout
+at full size, coordinate channels, BatchNorm cannot leak patch positions, the loss by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from vislab.config import ModelConfig
+from vislab.errors import VislabError
+from vislab.models import factory
+from vislab.models.crops import CropDetector, CropOutput, CropsLossConfig, coord_channels, crops_loss
+
+
+def tiny(**kwargs: object) -> CropDetector:
+    return factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs=kwargs), 16)
+
+
+def inputs(b: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    thumb = torch.randint(0, 256, (b, 3, 37, 56), generator=g, dtype=torch.uint8)
+    patches = torch.randint(0, 256, (b, 16, 3, 24, 24), generator=g, dtype=torch.uint8)
+    return thumb, patches
+
+
+def test_registered_for_the_crops_task() -> None:
+    for name in ("crop_detector", "crop_detector_tiny"):
+        info = factory.model_info(name)
+        assert info["task"] == "crops" and info["source"] == "vislab"
+    assert factory.model_info("crop_detector")["spec"]["input_size"] == [3, 149, 224]
+    assert "crop_detector" in factory.list_models("crop*")
+
+
+def test_tiny_forward_backward_shapes() -> None:
+    model = tiny()
+    model.train()
+    out = model(*inputs())
+    assert isinstance(out, CropOutput)
+    assert out.rect.shape == (3, 4) and out.flag.shape == (3,) and out.cells.shape == (3, 16, 16)
+    assert all(torch.isfinite(t).all() for t in out)
+    (out.rect.sum() + out.flag.sum() + out.cells.logsumexp(-1).sum()).backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad, no_grad[:5]
+    model.eval()
+    with torch.no_grad():
+        assert model(*inputs(b=1)).cells.shape == (1, 16, 16)
+
+
+def test_paper_layout_at_full_size() -> None:
+    model = factory.create_model(ModelConfig(name="crop_detector"), 16)
+    linears = [(m.in_features, m.out_features) for m in model.head if isinstance(m, nn.Linear)]
+    assert linears == [(16 * 64 + 64, 512), (512, 256), (256, 5)]
+    assert model.global_net.conv1.in_channels == 5 and len(model.global_net.layer3) == 6  # ResNet-34
+    assert model.patch_net.conv1.in_channels == 3 and len(model.patch_net.layer3) == 2  # ResNet-18
+    assert model.global_net.fc.out_features == 64 and model.patch_net.fc.out_features == 64
+    assert (model.locate.in_features, model.locate.out_features) == (64, 16)
+
+
+def test_sizes_are_config_values() -> None:
+    model = factory.create_model(
+        ModelConfig(name="crop_detector_tiny", kwargs={"patch_dim": 8, "global_dim": 4, "hidden": [10], "coords": False}), 6
+    )
+    assert [(m.in_features, m.out_features) for m in model.head if isinstance(m, nn.Linear)] == [(6 * 8 + 4, 10), (10, 5)]
+    thumb, patches = inputs(b=2)
+    assert model(thumb, patches[:, :6]).cells.shape == (2, 6, 6)
+    with pytest.raises(VislabError, match=r"model.kwargs.patch_dims: extra inputs"):
+        tiny(patch_dims=8)
+
+
+def test_uint8_and_unit_float_inputs_agree() -> None:
+    model = tiny().eval()
+    thumb, patches = inputs()
+    with torch.no_grad():
+        a, b = model(thumb, patches), model(thumb.float() / 255, patches.float() / 255)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+
+
+def test_coordinate_channels_are_the_position_in_the_image_seen() -> None:
+    x = torch.zeros(2, 3, 37, 56)
+    c = coord_channels(x)
+    assert c.shape == (2, 2, 37, 56)
+    assert c[0, :, 0, 0].tolist() == [-1, -1] and c[1, :, -1, -1].tolist() == [1, 1]
+    assert c[0, 0, :, 7].tolist() == torch.linspace(-1, 1, 37).tolist()  # y down the rows
+    assert torch.equal(coord_channels(torch.ones(2, 3, 37, 56)), c)  # the same for every image
+
+
+def test_batchnorm_cannot_leak_patch_positions_in_training() -> None:
+    """A different patch order per sample only reorders each sample's cell logits, even in
+    train mode (batch statistics): the patch branch sees no batch made of one position."""
+    torch.manual_seed(0)
+    model = tiny().train()
+    thumb, patches = inputs(b=4)
+    perms = torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i)) for i in range(4)])
+    shuffled = torch.stack([patches[i, perms[i]] for i in range(4)])
+    a, b = model(thumb, patches).cells, model(thumb, shuffled).cells
+    expected = torch.stack([a[i, perms[i]] for i in range(4)])
+    assert torch.allclose(b, expected, atol=1e-5)
+
+
+def test_loss_by_hand() -> None:
+    b = 2
+    out = CropOutput(rect=torch.zeros(b, 4), flag=torch.zeros(b), cells=torch.zeros(b, 16, 16))
+    cells = torch.arange(16).repeat(b, 1)
+    rect = torch.tensor([[0.0, 1.0, 0.0, 1.0]] * b)
+    total, parts = crops_loss(out, cells, rect, torch.tensor([0.0, 1.0]), CropsLossConfig())
+    assert parts["patch"].item() == pytest.approx(16 * math.log(16), rel=1e-6)  # summed over patches
+    assert parts["rect"].item() == pytest.approx(0.5)
+    assert parts["flag"].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert total.item() == pytest.approx(0.15 * 16 * math.log(16) + 3.0 * 0.5 + math.log(2), rel=1e-6)
+    assert not any(v.requires_grad for v in parts.values())
+    _, only_rect = crops_loss(out, cells, rect, torch.tensor([0.0, 1.0]), CropsLossConfig(patch=0, flag=0, rect=1))
+    assert only_rect["loss"].item() == pytest.approx(0.5)

@@ -1,0 +1,323 @@
+"""`vislab curate` on detection datasets (KITTI, YOLO, COCO, VOC) through the CLI: boxes
+follow the image rows, every unusable label is a reason, classes are merged and selected,
+splits are stratified and seeded, and boxes.csv is part of the dataset hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.data.boxes import read_boxes
+from vislab.data.manifest import manifest_hash
+from vislab.testing.detection import kitti_line, write_label_dataset, write_text, yolo_line
+from vislab.testing.images import exact_copy, write_image, write_image_folder, write_truncated
+
+runner = CliRunner()
+W, H = 64, 48
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def curate(source: Path, out: Path, *args: object):
+    result = invoke("curate", source, "--out", out, "--workers", "1", *args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def assert_one_line_error(result, *needles: str) -> None:
+    assert result.exit_code == 2, result.output
+    text = result.stderr.strip()
+    assert len(text.splitlines()) == 1 and text.startswith("error:"), text
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in text, text
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    return {
+        str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def box_rows(dataset: Path) -> list[tuple]:
+    b = read_boxes(dataset)
+    return [
+        (Path(p).name, c, x1, y1, x2, y2, bool(i))
+        for p, c, x1, y1, x2, y2, i in b[["path", "class", "x1", "y1", "x2", "y2", "ignore"]].itertuples(index=False)
+    ]
+
+
+def statuses(dataset: Path) -> dict[str, tuple[str, str]]:
+    m = pd.read_csv(dataset / "manifest.csv", dtype=str, keep_default_na=False)
+    return {Path(p).name: (s, r.split(":")[0]) for p, s, r in zip(m["path"], m["status"], m["reason"])}
+
+
+@pytest.fixture()
+def kitti(tmp_path) -> Path:
+    """kitti-tiny's layout (images/ + labels/ of KITTI lines) with one of each trouble."""
+    root = write_label_dataset(
+        tmp_path / "kitti",
+        {
+            "000000": kitti_line("Car", (10, 5, 30, 25))
+            + kitti_line("Van", (35, 5, 60, 30))
+            + "DontCare -1 -1 -10 0 0 8 8 -1 -1 -1 -1000 -1000 -1000 -10\n",
+            "000001": kitti_line("Pedestrian", (5, 5, 15, 40), 0.3, 1)
+            + kitti_line("Cyclist", (20, 10, 40, 47))
+            + kitti_line("Tram", (1, 1, 5, 5)),
+            "000002": kitti_line("Car", (50, 10, 70, 30))  # 6 px past the right edge: clipped
+            + kitti_line("Car", (20, 20, 20, 30))  # no width
+            + "Car 0 0 1 2 3\n",  # 6 fields
+            "000003": "",  # a negative with an empty label file
+            "000004": None,  # a negative without one
+        },
+        size=(W, H),
+    )
+    write_truncated(root / "images" / "000005.jpg", size=(W, H))  # quarantined: its box goes too
+    write_text(root / "labels" / "000005.txt", kitti_line("Car", (1, 1, 9, 9)))
+    exact_copy(root / "images" / "000000.png", root / "images" / "000006.png")  # a duplicate with its own boxes
+    write_text(root / "labels" / "000006.txt", kitti_line("Car", (1, 1, 9, 9)) + kitti_line("Car", (2, 2, 9, 9)))
+    write_image(root / "images" / "000007.jpg", seed=77, size=(W, H), orientation=6)  # displayed 48x64
+    write_text(root / "labels" / "000007.txt", kitti_line("Car", (10, 5, 25, 15)))  # on the stored pixels
+    write_text(root / "labels" / "000099.txt", kitti_line("Car", (1, 1, 9, 9)))  # no such image
+    return root
+
+
+def test_kitti_curation_boxes_follow_the_images_and_every_problem_is_a_reason(tmp_path, kitti):
+    before = snapshot(kitti)
+    out = tmp_path / "ds"
+    args = ("--classes", "Car,Pedestrian,Cyclist", "--map", "Van=Car", "--dedupe", "exact", "--split", "0.5,0.25,0.25")
+    result = curate(kitti, out, *args)
+    assert snapshot(kitti) == before
+    assert "KITTI detection dataset" in result.stdout and "label problems" in result.stdout
+
+    assert statuses(out) == {
+        **{f"00000{i}.png": ("ok", "") for i in range(5)},
+        "000005.jpg": ("quarantined", "truncated"),
+        "000006.png": ("excluded", "duplicate_of"),
+        "000007.jpg": ("ok", ""),
+    }
+    assert box_rows(out) == [
+        ("000000.png", "Car", 10, 5, 30, 25, False),
+        ("000000.png", "Car", 35, 5, 60, 30, False),  # a Van, merged
+        ("000000.png", "DontCare", 0, 0, 8, 8, True),
+        ("000001.png", "Pedestrian", 5, 5, 15, 40, False),
+        ("000001.png", "Cyclist", 20, 10, 40, 47, False),
+        ("000002.png", "Car", 50, 10, 64, 30, False),  # clipped
+        ("000007.jpg", "Car", 33, 10, 43, 25, False),  # stored (10,5)-(25,15) turned by EXIF 6
+    ]
+    boxes = read_boxes(out)
+    assert boxes["truncated"][3] == 0.3 and boxes["occluded"][3] == 1
+
+    record = json.loads((out / "curation.json").read_text())
+    det = record["detection"]
+    assert record["task"] == "detect" and det["format"] == "kitti"
+    assert det["classes"] == ["Car", "Pedestrian", "Cyclist"]  # the id order of --classes
+    assert det["boxes_per_class"] == {"Car": 4, "Cyclist": 1, "Pedestrian": 1}
+    assert det["images"] == 6 and det["images_without_boxes"] == 2
+    assert det["clipped_boxes"] == 1
+    assert det["boxes_of_unusable_images"] == {"duplicate_of": 2, "truncated": 1}
+    assert det["boxes_of_unselected_classes"] == {"Tram": 1}
+    assert det["problem_counts"] == {"degenerate_box": 1, "label_without_image": 1, "malformed": 1}
+    where = {(Path(p["file"]).name, p["line"]): p["reason"].split(":")[0] for p in det["problems"]}
+    assert where == {
+        ("000002.txt", 2): "degenerate_box",
+        ("000002.txt", 3): "malformed",
+        ("000099.txt", None): "label_without_image",
+    }
+    m = pd.read_csv(out / "manifest.csv", dtype=str, keep_default_na=False)
+    assert set(m.loc[m["status"] == "ok", "split"]) <= {"train", "val", "test"}
+    assert (m.loc[m["status"] != "ok", "split"] == "").all() and (m["label"] == "").all()
+    assert record["manifest_sha256"] == manifest_hash(out)
+
+    first = {n: (out / n).read_bytes() for n in ("manifest.csv", "boxes.csv", "curation.json")}
+    curate(kitti, out, *args)  # the same inputs: rewritten byte for byte
+    assert {n: (out / n).read_bytes() for n in first} == first
+
+
+def test_yolo_unknown_ids_malformed_lines_and_the_source_class_order(tmp_path):
+    root = write_label_dataset(
+        tmp_path / "yolo",
+        {
+            "a": yolo_line(0, (0.25, 0.25, 0.75, 0.75)) + yolo_line(2, (0.1, 0.1, 0.3, 0.3)),
+            "b": yolo_line(1, (0.3, 0.3, 0.7, 0.7)) + "7 0.5 0.5 0.1 0.1\n" + "0 0.5\n" + "x 0.5 0.5 0.1 0.1\n",
+            "neg": None,
+        },
+        names=["zebra", "apple", "mango"],
+    )
+    out = tmp_path / "ds"
+    curate(root, out)
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["format"] == "yolo" and det["classes"] == ["zebra", "apple", "mango"]  # data.yaml's ids
+    assert det["problem_counts"] == {"malformed": 2, "unknown_class": 1}
+    assert {(Path(p["file"]).name, p["line"]) for p in det["problems"]} == {("b.txt", 2), ("b.txt", 3), ("b.txt", 4)}
+    assert box_rows(out) == [
+        ("a.png", "zebra", 16, 12, 48, 36, False),
+        ("a.png", "mango", 6.4, 4.8, 19.2, 14.4, False),
+        ("b.png", "apple", 19.2, 14.4, 44.8, 33.6, False),
+    ]
+    assert statuses(out)["neg.png"] == ("ok", "")
+
+
+def test_coco_json_file_missing_images_and_images_dir(tmp_path):
+    pics = tmp_path / "pics"
+    write_image(pics / "a.png", size=(W, H))
+    write_image(pics / "b.png", seed=1, size=(W, H))
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.png", "width": W, "height": H},
+            {"id": 2, "file_name": "b.png"},
+            {"id": 3, "file_name": "gone.png"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 5, 20, 20]},
+            {"id": 2, "image_id": 1, "category_id": 7, "bbox": [0, 0, 64, 48], "iscrowd": 1},
+            {"id": 3, "image_id": 2, "category_id": 9, "bbox": [1, 1, 5, 5]},
+            {"id": 4, "image_id": 3, "category_id": 5, "bbox": [1, 1, 5, 5]},
+        ],
+        "categories": [{"id": 5, "name": "person"}, {"id": 7, "name": "crowd"}],
+    }
+    ann = write_text(tmp_path / "labels" / "ann.json", json.dumps(data))
+    assert_one_line_error(
+        invoke("curate", ann, "--out", tmp_path / "none"), "no image found", "--images-dir"
+    )
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "ds"
+    curate(ann, out, "--images-dir", pics)
+    assert box_rows(out) == [("a.png", "person", 10, 5, 30, 25, False), ("a.png", "crowd", 0, 0, 64, 48, True)]
+    assert set(statuses(out)) == {"a.png", "b.png"}
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["format"] == "coco" and det["classes"] == ["person", "crowd"]
+    assert det["problem_counts"] == {"missing_image": 1, "unknown_class": 1}
+    assert any(p["file"].endswith("gone.png") for p in det["problems"])
+
+
+def test_voc_difficult_objects_are_ignore_regions(tmp_path):
+    root = tmp_path / "VOC2007"
+    write_image(root / "JPEGImages" / "x.png", size=(W, H))
+    write_image(root / "JPEGImages" / "y.png", seed=1, size=(W, H))
+
+    def obj(name: str, box: tuple[int, ...], difficult: int = 0) -> str:
+        corners = "".join(f"<{t}>{v}</{t}>" for t, v in zip(("xmin", "ymin", "xmax", "ymax"), box))
+        return f"<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>{corners}</bndbox></object>"
+
+    xml = f"<annotation><filename>x.png</filename>{obj('dog', (11, 6, 30, 25))}{obj('cat', (1, 1, 10, 10), 1)}</annotation>"
+    write_text(root / "Annotations" / "x.xml", xml)
+    out = tmp_path / "ds"
+    curate(tmp_path, out)
+    assert box_rows(out) == [("x.png", "dog", 10, 5, 30, 25, False), ("x.png", "cat", 0, 0, 10, 10, True)]
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["format"] == "voc" and det["images_without_boxes"] == 1 and det["ignore_regions"] == {"cat": 1}
+
+
+def split_dataset(root: Path, n: int = 40) -> Path:
+    rng = np.random.default_rng(5)
+    labels: dict[str, str | None] = {}
+    for i in range(n):
+        lines = [yolo_line(c, (0.1, 0.1, 0.4, 0.5)) for c, p in ((0, 0.6), (1, 0.3)) if rng.random() < p]
+        if i % 5 == 0:
+            lines.append(yolo_line(2, (0.5, 0.5, 0.9, 0.9)))
+        labels[f"img{i:03d}"] = "".join(lines) or None
+    return write_label_dataset(root, labels, size=(32, 24), names=["common", "mid", "rare"])
+
+
+def test_splits_are_stratified_on_the_classes_present_and_seeded(tmp_path):
+    root = split_dataset(tmp_path / "src")
+    args = ("--split", "0.5,0.25,0.25", "--seed", "3")
+    curate(root, tmp_path / "a", *args)
+    curate(root, tmp_path / "b", *args)
+    for name in ("manifest.csv", "boxes.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    curate(root, tmp_path / "c", "--split", "0.5,0.25,0.25", "--seed", "4")
+    assert (tmp_path / "a" / "manifest.csv").read_bytes() != (tmp_path / "c" / "manifest.csv").read_bytes()
+
+    m = pd.read_csv(tmp_path / "a" / "manifest.csv", dtype=str, keep_default_na=False)
+    split = dict(zip(m["path"], m["split"]))
+    boxes = read_boxes(tmp_path / "a")
+    holders = {c: set(g["path"]) for c, g in boxes.groupby("class")}
+    holders["(none)"] = set(m["path"]) - set(boxes["path"])
+    assert len(holders["rare"]) == 8 and len(holders["(none)"]) > 4
+    for name, paths in holders.items():
+        for s, ratio in (("train", 0.5), ("val", 0.25), ("test", 0.25)):
+            got = sum(split[p] == s for p in paths)
+            assert abs(got - len(paths) * ratio) <= 1.0, (name, s, got, len(paths))
+
+
+def test_boxes_csv_is_part_of_the_dataset_hash(tmp_path):
+    root = split_dataset(tmp_path / "src", n=6)
+    out = tmp_path / "ds"
+    curate(root, out)
+    manifest_only = hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
+    before = manifest_hash(out)
+    assert before != manifest_only and before == json.loads((out / "curation.json").read_text())["manifest_sha256"]
+    text = (out / "boxes.csv").read_text()
+
+    def cache_folder() -> str:
+        result = invoke("prepare", out, "--size", "16", "--workers", "1")
+        assert result.exit_code == 0, result.output
+        return result.stdout.split("cache/")[-1].strip()
+
+    first_cache = cache_folder()
+    (out / "boxes.csv").write_text(text.replace("3.200", "3.300", 1))
+    assert manifest_hash(out) != before  # resume, the cache and evaluate all compare this hash
+    assert cache_folder() != first_cache
+    (out / "boxes.csv").write_text(text)
+    assert manifest_hash(out) == before and cache_folder() == first_cache
+
+    (out / "boxes.csv").write_text(text.replace(",0,,", ",yes,,", 1))
+    assert_one_line_error(invoke("stats", out), "boxes.csv:2", "column 'ignore'")
+
+
+def test_classification_curation_is_unchanged_and_overwrite_drops_old_boxes(tmp_path, kitti):
+    photos = tmp_path / "photos"
+    write_image_folder(photos, {"cat": 3, "dog": 3}, size=(32, 24))
+    out = tmp_path / "ds"
+    curate(photos, out)
+    record = json.loads((out / "curation.json").read_text())
+    assert "task" not in record and "detection" not in record
+    assert not {"format", "classes", "class_map", "images_dir"} & set(record["options"])
+    assert not (out / "boxes.csv").exists()
+    assert manifest_hash(out) == hashlib.sha256((out / "manifest.csv").read_bytes()).hexdigest()
+
+    curate(kitti, out, "--overwrite")
+    assert (out / "boxes.csv").is_file()
+    curate(photos, out, "--overwrite")
+    assert not (out / "boxes.csv").exists() and "detection" not in json.loads((out / "curation.json").read_text())
+
+    curate(kitti, tmp_path / "as-folders", "--format", "folders")  # the layout read as class folders
+    assert not (tmp_path / "as-folders" / "boxes.csv").exists()
+    assert set(json.loads((tmp_path / "as-folders" / "curation.json").read_text())["classes"]) == {"images"}
+
+
+def test_options_that_do_not_fit_are_one_line_errors_before_any_work(tmp_path, kitti):
+    photos = tmp_path / "photos"
+    write_image_folder(photos, {"cat": 2}, size=(32, 24))
+    labels = write_text(tmp_path / "labels.csv", "path,label\nphotos/cat/cat_000.png,cat\n")
+    out = tmp_path / "ds"
+    cases = [
+        ((kitti, "--val-per-class", "1"), ("--val-per-class applies to classification", "--split")),
+        ((kitti, "--top-k", "2"), ("--top-k applies to classification",)),
+        ((kitti, "--classes", "Car,Bus"), ("--classes", "no class 'Bus'", "Pedestrian")),
+        ((kitti, "--map", "Bus=Car"), ("--map", "no class 'Bus'")),
+        ((kitti, "--map", "Van"), ("--map", "OLD=NEW")),
+        ((kitti, "--classes", " , "), ("--classes", "name at least one class")),
+        ((kitti, photos), ("is a KITTI detection dataset", "one detection dataset at a time")),
+        ((kitti, "--format", "darknet"), ("--format",)),
+        ((photos, "--classes", "cat"), ("--classes applies to detection datasets", "--format")),
+        (("--labels", labels, "--format", "yolo"), ("--labels applies to classification",)),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(invoke("curate", *args, "--out", out), *needles)
+        assert not out.exists(), args
+    write_text(kitti / "data.yaml", "names:\n  0: Car\n\t1: Van\n")
+    assert_one_line_error(invoke("curate", kitti, "--out", out, "--format", "yolo"), "data.yaml:3: not valid YAML")

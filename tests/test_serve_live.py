@@ -1,0 +1,235 @@
+"""`vislab serve` as a real process on a free loopback port: uploads over the limit are cut
+short while they stream, concurrent clients share forward passes, the page works in headless
+Chromium at phone width (a screenshot is kept with VISLAB_SCREENSHOT_DIR), and SIGTERM stops
+the server cleanly."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+from PIL import Image
+
+from vislab.testing.images import write_not_an_image
+from vislab.testing.rundirs import make_run_dir
+
+TOKEN = "live-token-0123456789abcdef"
+START_TIMEOUT_S = 180  # imports and the warm-up on a loaded 2-core machine
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, lines: list[str]) -> None:
+        self.proc, self.url, self.lines = proc, url, lines
+        parsed = urlparse(url)
+        self.host, self.port = parsed.hostname, parsed.port
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers={"Authorization": f"Bearer {TOKEN}", **(headers or {})})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read() or b"{}")
+        finally:
+            conn.close()
+
+
+def multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    out = b""
+    for key, value in (fields or {}).items():
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'.encode()
+    for name, data in files:
+        out += f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+        out += data + b"\r\n"
+    return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def read_reply(s: socket.socket, timeout: float = 30) -> bytes:
+    """An HTTP/1.1 response read off a raw socket: the head and its Content-Length of body."""
+    s.setblocking(True)
+    s.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data or len(data) < data.index(b"\r\n\r\n") + 4 + int(
+        next((ln.split(b":")[1] for ln in data.split(b"\r\n") if ln.lower().startswith(b"content-length:")), b"0")
+    ):
+        try:
+            more = s.recv(65536)
+        except ConnectionResetError:
+            break
+        if not more:
+            break
+        data += more
+    return data
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("live")
+    return make_run_dir(root, name="cnn", checkpoint=True), make_run_dir(root, name="abn", checkpoint=True, attention="abn")
+
+
+@pytest.fixture(scope="module")
+def server(runs):
+    cmd = [sys.executable, "-m", "vislab.cli", "serve", *map(str, runs), "--port", "0", "--token", TOKEN,
+           "--max-upload-mb", "1", "--batch-window-ms", "30", "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("vislab serve: http://"):
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    if not ready.wait(START_TIMEOUT_S):
+        proc.kill()
+        pytest.fail(f"vislab serve did not start in {START_TIMEOUT_S} s: {''.join(lines)[-2000:]}")
+    url = lines[-1].split()[2]
+    yield Server(proc, url, lines)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_declared_oversize_body_is_refused_before_it_is_sent(server) -> None:
+    with socket.create_connection((server.host, server.port), timeout=30) as s:
+        s.sendall((f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                   "Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 2147483648\r\n\r\n").encode())
+        head = read_reply(s).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413"), head
+    assert "2,147,483,648 bytes over the 1,048,576-byte upload limit" in head
+
+
+def test_streamed_oversize_body_is_cut_short(server) -> None:
+    """A chunked upload (no declared size) is answered 413 once it passes the limit: the
+    server stops reading long before the client has sent its 64 MB."""
+    boundary = uuid.uuid4().hex
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="big.png"\r\n\r\n'.encode()
+    chunk = os.urandom(64 * 1024)  # a valid multipart body whose one image never ends
+    frame = f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n"
+    sent, reply = 0, b""
+    with socket.create_connection((server.host, server.port), timeout=30) as s:
+        s.sendall((f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                   f"Content-Type: multipart/form-data; boundary={boundary}\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+                  + f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        s.setblocking(False)
+        deadline = time.monotonic() + 60
+        while sent < 64 * 1024 * 1024 and time.monotonic() < deadline:
+            readable, writable, _ = select.select([s], [s], [], 1.0)
+            if readable:
+                reply = read_reply(s)
+                break
+            if writable:
+                try:
+                    sent += s.send(frame)
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"over the 1,048,576-byte upload limit" in reply
+    assert sent < 16 * 1024 * 1024, f"the client could send {sent:,} bytes before the refusal"
+
+
+def test_concurrent_clients_all_succeed_and_share_forward_passes(server, runs) -> None:
+    images = sorted((runs[0].parent / "cnn-data" / "images").rglob("*.png"))[:6]
+    body, ctype = multipart([(images[0].name, images[0].read_bytes())], {"top_k": "2"})
+    statuses: list[int] = []
+
+    def client(i: int) -> None:
+        for _ in range(3):
+            statuses.append(server.request("POST", "/v1/predict", body, {"Content-Type": ctype})[0])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert statuses == [200] * 36
+    status, models = server.request("GET", "/v1/models")
+    stats = {m["name"]: m["batching"] for m in models["models"]}["cnn"]
+    assert stats["items"] >= 36 and stats["largest_batch"] > 1, stats
+
+
+def test_page_in_chromium_at_phone_width(server, runs, browser, tmp_path, keep_screenshot) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    images = sorted((runs[0].parent / "cnn-data" / "images").rglob("*.png"))
+    photo = tmp_path / "photo.jpg"  # a bigger, real photo-like JPEG
+    Image.open(images[0]).convert("RGB").resize((640, 480)).save(photo, quality=90)
+    text = write_not_an_image(tmp_path / "notes.png")
+    browser.set_window_size(390, 1400)
+    wait = WebDriverWait(browser, 60)
+    models_listed = lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 2  # noqa: E731
+    # without the token, the page asks for it; a wrong one is said, the right one is kept in a cookie
+    browser.delete_all_cookies()
+    browser.get(server.url)
+    wait.until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+    browser.find_element(By.ID, "token").send_keys("wrong-token-0123456789\n")
+    wait.until(lambda d: d.find_element(By.ID, "auth-error").text == "wrong token")
+    browser.find_element(By.ID, "token").clear()
+    browser.find_element(By.ID, "token").send_keys(TOKEN + "\n")
+    wait.until(models_listed)
+    assert not browser.find_element(By.ID, "auth").is_displayed()
+    # or the token comes in the address's fragment (never sent to a server) and leaves it at once
+    browser.delete_all_cookies()
+    browser.get("about:blank")
+    browser.get(server.url + "#token=" + TOKEN)
+    wait.until(models_listed)
+    assert browser.execute_script("return location.hash") == ""
+    assert not browser.find_element(By.ID, "auth").is_displayed()
+    assert "classify" in browser.find_element(By.ID, "model-info").text
+    browser.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in (photo, images[1], text)))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card.done")) == 2 and d.find_elements(By.CSS_SELECTOR, ".card.failed"))
+
+    classes = {"cat", "dog", "fox"}
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card.done")
+    for card in cards:
+        assert card.find_element(By.CSS_SELECTOR, ".pred-label").text in classes
+        bars = card.find_elements(By.CSS_SELECTOR, ".topk li")
+        assert len(bars) == 3 and all(b.find_element(By.CSS_SELECTOR, ".label").text in classes for b in bars)
+        overlay = card.find_element(By.CSS_SELECTOR, "img.overlay")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) >= 224
+        assert card.find_element(By.TAG_NAME, "figcaption").text.startswith("Grad-CAM of ")
+    assert "640\u00d7480" in " ".join(c.find_element(By.CSS_SELECTOR, ".meta").text for c in cards)
+    failed = browser.find_element(By.CSS_SELECTOR, ".card.failed .error").text
+    assert failed.startswith("notes.png: cannot read image: not an image file")
+    assert browser.find_element(By.ID, "download").is_enabled()
+    # the ABN run: its own attention map instead of a CAM
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element(By.ID, "model")).select_by_value("abn")
+    browser.find_element(By.ID, "files").send_keys(str(images[2]))
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card.done")) == 3)
+    newest = browser.find_element(By.CSS_SELECTOR, ".card.done")  # cards are added on top
+    assert newest.find_element(By.TAG_NAME, "figcaption").text.startswith("Attention map")
+    assert "abn" in newest.find_element(By.CSS_SELECTOR, ".meta").text
+    assert browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth") <= 1
+
+    shot = tmp_path / "serve.png"
+    assert browser.save_screenshot(str(shot))
+    with Image.open(shot) as im:
+        assert im.width >= 300
+    keep_screenshot(shot, "serve.png")
+
+
+def test_sigterm_stops_the_server(server) -> None:
+    """Graceful shutdown, then the exit status of the signal (143 in a shell), as `vislab train`."""
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(30) == -signal.SIGTERM
+    time.sleep(0.2)  # the reader thread takes the last lines
+    assert "vislab serve: stopped\n" in server.lines
+    assert not any("Traceback" in line for line in server.lines), "".join(server.lines)
