@@ -35,7 +35,7 @@ from vislab.cli import app
 from vislab.config import Section, build_config
 from vislab.errors import VislabError
 from vislab.health import HealthCheck
-from vislab.tasks import Column, Evaluation, ReportSection, Task, get_task, register_task, task_names
+from vislab.tasks import Column, Evaluation, ReportSection, Task, get_task, register_task, task_names, unregister_task
 from vislab.tasks.base import BaseTask, predict_batches
 from vislab.testing.rundirs import make_run_dir
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
@@ -153,9 +153,9 @@ class BrightnessTask(Task):
     def load_module(self, run: Any) -> BrightnessModule:
         return BrightnessModule(run.cfg.model_dump(mode="json"), run.classes, run.spec.to_dict(), model=run.model)
 
-    def evaluate(self, run: Any, rows: pd.DataFrame, source: str, *, precision: str, description: str | None, **options: Any) -> Evaluation:
+    def evaluate(self, run: Any, rows: pd.DataFrame, dataset_dir: Path, *, precision: str, description: str | None, **options: Any) -> Evaluation:
         paths = rows["path"].tolist()
-        dm = BrightnessData(Path(source).parent, run.spec.to_dict(), 8, run.cfg.section().scale)
+        dm = BrightnessData(dataset_dir, run.spec.to_dict(), 8, run.cfg.section().scale)
         dm.predict_on(paths)
         pred = torch.cat(predict_batches(self.load_module(run), dm, precision=precision)).numpy()
         truth = dm._tensors(paths).tensors[1][:, 0].numpy()
@@ -195,11 +195,15 @@ class BrightnessTask(Task):
         return {"test_mae": ev.metrics.get("mae") if ev else None}
 
 
-if "brightness" not in task_names():
-    register_task(BrightnessTask())
-
-
 # ---- the toy task through the generic commands ------------------------------------------------
+
+
+@pytest.fixture(scope="module", autouse=True)
+def brightness_task():
+    """Registered for this file's tests only: other tests see the built-in tasks alone."""
+    task = register_task(BrightnessTask())
+    yield task
+    unregister_task(task.name)
 
 
 @pytest.fixture(scope="module")
@@ -287,6 +291,8 @@ def test_registry_rules() -> None:
     assert get_task(None).name == "classify" and {"classify", "brightness"} <= set(task_names())
     with pytest.raises(ValueError, match="registered twice"):
         register_task(BrightnessTask())
+    code = "import vislab.tasks as t; print(t.task_names())"  # another process: only the built-in tasks
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "['classify']"
     with pytest.raises(VislabError, match="unknown task 'segment'; choose one of brightness, classify"):
         get_task("segment")
     with pytest.raises(VislabError, match=r"'task' unknown task 'segment'"):

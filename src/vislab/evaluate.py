@@ -37,7 +37,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the
     metrics (as in metrics.json, plus `eval_dir` and the run's `task`)."""
-    from vislab.data.manifest import manifest_hash, read_manifest, usable
+    from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import make_folder
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
     from vislab.tasks import get_task
@@ -52,7 +52,7 @@ def evaluate(
     changed = own and recorded is not None and recorded != manifest_hash(dataset_dir)
     if changed:
         print(
-            f"warning: {dataset_dir / 'manifest.csv'} changed since this run was trained; "
+            f"warning: {manifest_path(dataset_dir)} changed since this run was trained; "
             "the metrics are of the current manifest (recorded as manifest_changed in metrics.json)",
             file=sys.stderr,
             flush=True,
@@ -64,7 +64,7 @@ def evaluate(
         raise VislabError(f"{dataset_dir}: no usable rows in split '{split}' ({hint}); pass --split NAME or --split all")
     precision = "bf16-mixed" if resolve_precision(run.cfg.train.precision, run.cfg.train.accelerator) == "bf16-mixed" else "32-true"
     result = task.evaluate(
-        run, rows, str(dataset_dir / "manifest.csv"), precision=precision, description=f"evaluate {split}",
+        run, rows, dataset_dir, precision=precision, description=f"evaluate {split}",
         tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers,
     )
     name = eval_name(split, None if data is None else dataset_dir.resolve().name)

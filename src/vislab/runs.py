@@ -565,6 +565,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     from vislab.config import load_config
     from vislab.models.factory import create_model
     from vislab.models.registry import DataSpec
+    from vislab.tasks import get_task
 
     root = resolve_run_dir(run_dir)
     paths = run_paths(root)
@@ -574,7 +575,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     spec = DataSpec.from_dict(info["data_spec"])
     ckpt_path, ckpt = _load_with_fallback(root, which)
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
-    model = create_model(cfg.model, len(classes), load_weights=False)
+    model = create_model(cfg.model, get_task(cfg.task).model_outputs(cfg, classes), load_weights=False)
     missing, unexpected = model.load_state_dict(model_state_from_checkpoint(ckpt), strict=False)
     if missing or unexpected:
         raise VislabError(

@@ -21,7 +21,6 @@ write the run-directory contract (see callbacks.py), and the rules of resuming:
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
 import warnings

@@ -5,6 +5,26 @@ every task shares is in base.py; each task is a plug-in module named for it (cla
 with its LightningModule beside it (classify_module.py). Importing this package is cheap.
 """
 
-from vislab.tasks.registry import DEFAULT_TASK, Column, Evaluation, ReportSection, Task, get_task, register_task, task_names
+from vislab.tasks.registry import (
+    DEFAULT_TASK,
+    Column,
+    Evaluation,
+    ReportSection,
+    Task,
+    get_task,
+    register_task,
+    task_names,
+    unregister_task,
+)
 
-__all__ = ["DEFAULT_TASK", "Column", "Evaluation", "ReportSection", "Task", "get_task", "register_task", "task_names"]
+__all__ = [
+    "DEFAULT_TASK",
+    "Column",
+    "Evaluation",
+    "ReportSection",
+    "Task",
+    "get_task",
+    "register_task",
+    "task_names",
+    "unregister_task",
+]

@@ -104,8 +104,10 @@ class BaseTask(L.LightningModule):
     Subclasses call `super().__init__(config, classes, data_spec, model=model)` first and then
     add their loss and metrics; they implement `training_step`, `validation_step` and
     `predict_step` (evaluate and predict run through it), and may override `sanity_score` and
-    `reset_train_metrics`. `model` is a model already built and loaded (a run rebuilt from
-    its checkpoint); it is not a hyper-parameter.
+    `reset_train_metrics`. Without `model` the factory builds `config.model` with one output
+    per class; `model` is one already built (a run rebuilt from its checkpoint, or a task's
+    whose output count is not its class count, see `Task.model_outputs`); it is not a
+    hyper-parameter.
     """
 
     def __init__(

@@ -132,7 +132,7 @@ class ClassifyPlugin(Task):
         self,
         run: "LoadedRun",
         rows: "pd.DataFrame",
-        source: str,
+        dataset_dir: Path,
         *,
         precision: str = "32-true",
         description: str | None = None,
@@ -144,11 +144,12 @@ class ClassifyPlugin(Task):
         import numpy as np
         import pandas as pd
 
+        from vislab.data.manifest import manifest_path
         from vislab.metrics.classification import classification_report
         from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
         from vislab.tasks.base import predict_batches
 
-        y = np.asarray(match_labels(rows["label"], run.classes, source), dtype=np.int64)
+        y = np.asarray(match_labels(rows["label"], run.classes, str(manifest_path(dataset_dir))), dtype=np.int64)
         paths = rows["path"].tolist()
         module = self.load_module(run)
         module.tta, module.tta_translate = tta, tta_translate

@@ -125,6 +125,11 @@ class Task(ABC):
         for run.json and the console: at least `split_sizes` {train, val, test} and `val_source`.
         `sanity` asks for the datamodule of the one-batch overfitting check."""
 
+    def model_outputs(self, cfg: "RunConfig", classes: Sequence[str]) -> int:
+        """The `num_classes` the factory builds the task's model with from run.json's classes
+        (how `vislab.runs.load_run` rebuilds a trained model; build it so in `build` too)."""
+        return len(classes)
+
     def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:
         """Checks run after each validation, beside the generic ones (non-finite loss, unreadable images)."""
         return []
@@ -142,13 +147,13 @@ class Task(ABC):
 
     @abstractmethod
     def evaluate(
-        self, run: "LoadedRun", rows: "pd.DataFrame", source: str, *, precision: str, description: str | None, **options: Any
+        self, run: "LoadedRun", rows: "pd.DataFrame", dataset_dir: Path, *, precision: str, description: str | None, **options: Any
     ) -> Evaluation:
-        """Run the model on usable manifest rows (through its `predict_step`, e.g. with
-        `tasks.base.predict_batches` at `precision`, showing `description` as progress) and
-        score it; `source` names the manifest in errors. `options` are the command's
-        (tta, batch_size, ...). Generic fields (split, name, dataset, checkpoint, precision)
-        are added by `vislab.evaluate`."""
+        """Run the model on the usable manifest rows of a split of `dataset_dir` (through its
+        `predict_step`, e.g. with `tasks.base.predict_batches` at `precision`, showing
+        `description` as progress) and score it. `options` are the command's (tta,
+        batch_size, ...). Generic fields (split, name, dataset, checkpoint, precision) are
+        added by `vislab.evaluate`."""
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         """The line `vislab evaluate` prints."""
@@ -194,6 +199,12 @@ def register_task(task: Task) -> Task:
         raise ValueError(f"task '{task.name}' is registered twice")
     _TASKS[task.name] = task
     return task
+
+
+def unregister_task(name: str) -> None:
+    """Forget a registered task (a test's own, when the test is done); a built-in one is
+    imported again on next use only in a new process."""
+    _TASKS.pop(name, None)
 
 
 def task_names() -> list[str]:
