@@ -139,7 +139,7 @@ class BrightnessTask(Task):
     monitor = ("val/mae", "min")
     metric_columns = ("train/loss", "val/loss", "val/mae")
     summary_metric = "val/mae"
-    curve_panels = (("Mean absolute error", "mae"),)
+    curve_panels = (("Mean absolute error", "mae", "min"),)
 
     def build(self, cfg: Any, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
         module = BrightnessModule(cfg.model_dump(mode="json"), ["brightness"])
@@ -336,3 +336,14 @@ def test_imports_stay_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_curves_mark_the_best_epoch_the_way_the_task_counts_best(tmp_path, monkeypatch) -> None:
+    from vislab.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    hist = pd.DataFrame({"epoch": [0, 1, 2], "train/loss": [1.0, 0.5, 0.4], "val/mae": [0.5, 0.2, 0.3], "val/acc": [0.2, 0.9, 0.5]})
+    plots.plot_curves(hist, tmp_path / "c.png", BrightnessTask.curve_panels + get_task("classify").curve_panels)
+    marks = {ax.get_title(loc="left"): [t.get_text() for t in ax.texts] for ax in figures[0].axes}
+    assert marks["Mean absolute error"] == ["best 0.200"] and marks["Accuracy"] == ["best 0.900"]

@@ -81,20 +81,20 @@ def _colour(col: str, i: int) -> str:
     return OTHER[i % len(OTHER)]
 
 
-def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[str, str]] = ()) -> Path | None:
-    """Loss, the task's metrics (`panels`: title and column suffix, e.g. ("Accuracy", "acc"))
-    and learning rate per epoch, train and val side by side; the best val epoch of each
-    metric panel is marked."""
+def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[str, str, str]] = ()) -> Path | None:
+    """Loss, the task's metrics (`panels`: title, column suffix and whether higher or lower is
+    better, e.g. ("Accuracy", "acc", "max")) and learning rate per epoch, train and val side
+    by side; the best val epoch of each metric panel is marked."""
     if history is None or history.empty:
         return None
     x = history["epoch"].to_numpy() + 1 if "epoch" in history else np.arange(1, len(history) + 1)
     lr_cols = [c for c in history.columns if (c == "lr" or c.startswith("lr")) and pd.api.types.is_numeric_dtype(history[c])]
-    metric_panels = {title: kind for title, kind in panels}
-    shown = [("Loss", _series(history, "loss")), *[(title, _series(history, kind)) for title, kind in panels], ("Learning rate", lr_cols)]
+    metric_panels = {title: (kind, mode) for title, kind, mode in panels}
+    shown = [("Loss", _series(history, "loss")), *[(title, _series(history, kind)) for title, kind, _ in panels], ("Learning rate", lr_cols)]
     shown = [p for p in shown if p[1]]
     if not shown:
         return None
-    main_cols = {"lr"} | {f"{phase}/{kind}" for phase in ("train", "val") for kind in ("loss", *metric_panels.values())}
+    main_cols = {"lr"} | {f"{phase}/{kind}" for phase in ("train", "val") for kind in ("loss", *(k for k, _ in metric_panels.values()))}
     with rc_context(STYLE):
         fig = Figure(figsize=(4.2 * len(shown), 3.2))
         axes = fig.subplots(1, len(shown), squeeze=False)[0]
@@ -108,9 +108,10 @@ def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[
                 ax.plot(x[ok], y[ok], color=_colour(col, i), lw=2.0 if main else 1.3, ls="-" if main else "--",
                         marker="o" if ok.sum() <= 30 else None, ms=3, label=col)
             if title in metric_panels:
-                best = f"val/{metric_panels[title]}" if f"val/{metric_panels[title]}" in cols else None
+                kind, mode = metric_panels[title]
+                best = f"val/{kind}" if f"val/{kind}" in cols else None
                 if best is not None and history[best].notna().any():
-                    j = int(history[best].idxmax())
+                    j = int(history[best].idxmax() if mode == "max" else history[best].idxmin())
                     ax.scatter([x[j]], [history[best][j]], s=60, facecolor="white", edgecolor=VAL, lw=2, zorder=5)
                     ax.annotate(f"best {history[best][j]:.3f}", (x[j], history[best][j]), textcoords="offset points",
                                 xytext=(0, -16), ha="center", fontsize=8, color=VAL)
@@ -323,7 +324,7 @@ def plot_cam_gallery(tiles: Sequence[tuple[np.ndarray, str]], path: str | Path, 
     return _tile_grid([(img, cap, INK) for img, cap in tiles], path, title, cols, tile=2.6)
 
 
-def write_run_plots(data: "RunData", out_dir: str | Path | None = None, panels: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
+def write_run_plots(data: "RunData", out_dir: str | Path | None = None, panels: Sequence[tuple[str, str, str]] = ()) -> dict[str, Path]:
     """The figures every run has, into RUN_DIR/plots (or `out_dir`): training curves (with the
     task's metric `panels`) and the dataset's class histogram; name -> path. A task's own
     figures (classification: confusion, per class, highest loss) are drawn by its report."""

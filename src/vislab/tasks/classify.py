@@ -90,7 +90,7 @@ class ClassifyPlugin(Task):
     metric_columns = ("train/loss", "train/acc", "val/loss", "val/acc")
     percent_metrics = frozenset({"train/acc", "val/acc"})
     summary_metric = "val/acc"
-    curve_panels = (("Accuracy", "acc"),)
+    curve_panels = (("Accuracy", "acc", "max"),)
     export_output = "logits"
 
     # ---- training ------------------------------------------------------------------------

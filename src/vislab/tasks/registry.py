@@ -106,7 +106,8 @@ class Task(ABC):
     metric_columns: ClassVar[tuple[str, ...]] = ("train/loss", "val/loss")  # metrics.csv's first columns after `epoch`
     percent_metrics: ClassVar[frozenset[str]] = frozenset()  # metric keys that are fractions (shown as %)
     summary_metric: ClassVar[str | None] = None  # the best-epoch figure `vislab train` ends with
-    curve_panels: ClassVar[tuple[tuple[str, str], ...]] = ()  # report curves besides loss and lr: (title, key suffix)
+    # report curves besides loss and lr: (title, metric key suffix, "max"|"min" for the best-epoch mark)
+    curve_panels: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     export_output: ClassVar[str] = "output"  # the name of the exported model's output
 
     # ---- training ------------------------------------------------------------------------
