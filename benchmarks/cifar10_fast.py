@@ -6,10 +6,11 @@ The whole path a user runs, timed from the JPEG folder:
   vislab train cifar10-fast --epochs E
   vislab evaluate RUN --split test [--tta [--tta-translate 1]]
 
-Epochs: the budget (15 minutes for the whole path) minus the measured curate/prepare time
-and a reserve for evaluation, divided by the epoch time measured in a short probe of the
-config's own training step on its own data loader (`--epochs N` fixes them instead);
-`train --max-time` guards the rest. The baseline is the same network and data with the
+Epochs: `vislab train --max-time` fits them to the budget (15 minutes for the whole path)
+minus the measured curate/prepare time and a reserve for evaluation, with the probe of the
+config's own training step on its own data loader that it plans every budgeted run with
+(`vislab.plan`; `--epochs N` caps them instead of the default 100). The same probe, run
+here first, sizes the evaluation reserve. The baseline is the same network and data with the
 tricks off (no whitening stem, plain momentum SGD with a one-cycle schedule at batch 512
 instead of Muon, learned BN scales and no bias learning-rate boost, no label smoothing, no
 weight averaging, vislab's default `light` augmentation, fp32 NCHW, the JPEG loader instead
@@ -100,51 +101,16 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def probe_epoch_seconds(sets: list[str], ds: Path, train_images: int, val_images: int, steps: int = 5) -> dict[str, float]:
-    """Seconds per epoch of the config's training step, measured on batches from its own data
-    loader (so JPEG decoding in the workers competes for the cores as it does in training).
-    The fastest step counts: noise on a shared machine only ever adds time (a median of 4
-    once read 2.77 s for a 2.2 s step and planned 7 epochs where 9 fitted)."""
-    import torch
-    import torch.nn.functional as F
-
+def probe_epoch_seconds(sets: list[str], ds: Path) -> dict[str, Any]:
+    """The library's probe of the config (`vislab.plan.probe`, what `train --max-time` plans
+    with): fastest training step, validation batch and checkpoint write, and an epoch's cost."""
     from vislab.config import load_config
-    from vislab.optim import build_optimizer
+    from vislab.plan import probe
     from vislab.train import build_task
-    from vislab.tricks import resolve_precision
 
     cfg = load_config(CONFIG, sets)
     task, dm, _ = build_task(cfg, ds)
-    model = task.model
-    cl = cfg.train.channels_last
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
-    bf16 = resolve_precision(cfg.train.precision) == "bf16-mixed"
-    opt = build_optimizer(model, cfg.optim)
-    batches = iter(dm.train_dataloader())
-    times = []
-    for i in range(steps + 1):
-        start = time.perf_counter()
-        x, y = task.on_after_batch_transfer(next(batches), 0)[:2]
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(x).float(), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i:  # the first step also starts the workers
-            times.append(time.perf_counter() - start)
-    del batches
-    step = min(times)
-    bs = x.shape[0]
-    model.eval()
-    start = time.perf_counter()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        model(x)
-    infer = time.perf_counter() - start
-    per_epoch = (train_images // bs) * step + math.ceil(val_images / bs) * infer
-    return {"step_s": round(step, 3), "infer_s": round(infer, 3), "batch": bs, "epoch_s": round(per_epoch, 1)}
+    return probe(task, dm, cfg).to_dict()
 
 
 def train_and_evaluate(
@@ -152,20 +118,19 @@ def train_and_evaluate(
     epochs: int | None, sizes: dict[str, int], tta_levels: list[str],
 ) -> dict[str, Any]:
     """One training run to fit `budget_s` of wall time (already `spent_s` on data prep), leaving
-    room for the final evaluation: ~15 s of process start plus a forward pass per test batch
-    and view (6 views with flip+translate TTA, 2 with flip, else 1)."""
+    room for the final evaluation: ~15 s of process start plus a validation-sized batch per
+    test batch and view (6 views with flip+translate TTA, 2 with flip, else 1)."""
     run = work / name
     shutil.rmtree(run, ignore_errors=True)
-    probe = probe_epoch_seconds(sets, ds, sizes["train"], sizes["val"])
+    probe = probe_epoch_seconds(sets, ds)
     views = 6 if "flip+translate" in tta_levels else 2 if "flip" in tta_levels else 1
-    eval_reserve_s = 15.0 + views * math.ceil(sizes["test"] / probe["batch"]) * probe["infer_s"]
-    train_budget = budget_s - spent_s - eval_reserve_s
-    if epochs is None:  # ~15 s of process start, cache load and whitening, then whole epochs
-        epochs = max(1, int((train_budget - 15.0) / (probe["epoch_s"] * 1.03)))
+    eval_reserve_s = 15.0 + views * math.ceil(sizes["test"] / probe["eval_batch"]) * probe["val_batch_s"]
+    # ~15 s of process start, cache load and whitening come before train's budget starts
+    train_budget = budget_s - spent_s - eval_reserve_s - 15.0
     start = time.perf_counter()
     load_before = load_average()
     vislab(
-        "train", str(CONFIG), "--data", str(ds), "--out", str(run), "--epochs", str(epochs),
+        "train", str(CONFIG), "--data", str(ds), "--out", str(run), "--epochs", str(epochs or 100),
         "--max-time", f"{max(30, int(train_budget))}s", *[a for s in sets for a in ("--set", s)],
         log=work / f"{name}-train.log",
     )
@@ -173,7 +138,8 @@ def train_and_evaluate(
     summary = json.loads((run / "summary.json").read_text())
     result: dict[str, Any] = {
         "sets": sets,
-        "epochs_planned": epochs,
+        "epochs_planned": summary.get("epochs_planned"),
+        "plan": summary.get("plan"),
         "epochs_completed": summary.get("epochs_completed"),
         "stopped_reason": summary.get("stopped_reason"),
         "probe": probe,
@@ -205,7 +171,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="few-minute smoke version on a subset")
     ap.add_argument("--budget", type=float, default=None, help="minutes of wall time per run, data prep included (15; quick: 2)")
-    ap.add_argument("--epochs", type=int, default=None, help="fix the epochs instead of fitting them to the budget")
+    ap.add_argument("--epochs", type=int, default=None, help="the most epochs train may fit to the budget (default 100)")
     ap.add_argument("--baseline-budget", type=float, default=None, help="minutes for the baseline (default: the same budget)")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--ablate", action="store_true", help="also train with each trick off alone")

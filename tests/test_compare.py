@@ -170,3 +170,18 @@ def test_images_per_s_reads_as_people_write_it(tmp_path) -> None:
         runs.append(run)
     md = render(compare_runs(runs), "md").splitlines()
     assert [ln.rstrip(" |").rsplit("| ", 1)[1] for ln in md[2:]] == ["11.9", "1,234", "0.83"]
+
+
+def test_a_sanity_check_folder_is_left_out_with_a_note(runs, tmp_path) -> None:
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+    from vislab.train import train
+
+    data = make_pattern_dataset(tmp_path / "data", per_class=6, size=16)
+    sanity = tmp_path / "sanity"
+    train(tiny_config(train={"sanity_steps": 2}), data, sanity, sanity=True)
+    res = CliRunner().invoke(app, ["compare", str(runs[0]), str(sanity)])
+    assert res.exit_code == 0, res.output
+    assert f"left out {sanity}: a `vislab train --sanity` check" in res.output
+    assert "run0" in res.output
+    res = CliRunner().invoke(app, ["report", str(sanity)])
+    assert res.exit_code == 2 and "--sanity` check (sanity.json), not a trained run" in res.output

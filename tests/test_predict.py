@@ -61,3 +61,17 @@ def test_cli_formats(run):
     assert res.exit_code == 0 and parsed[0]["pred"] in res.output
     res = CliRunner().invoke(app, ["predict", str(run), str(img), "-f", "xml"])
     assert res.exit_code == 2
+
+
+def test_predict_counts_unreadable_files_and_fails_when_none_can_be_read(run, tmp_path):
+    bad = [tmp_path / "broken.png", tmp_path / "empty.jpg"]
+    bad[0].write_bytes(b"not an image")
+    bad[1].write_bytes(b"")
+    res = CliRunner().invoke(app, ["predict", str(run), *map(str, bad)])
+    assert res.exit_code == 2 and "none of the 2 image(s) could be read" in res.output
+    assert "broken.png" in res.output and "(and 1 more)" in res.output
+    with pytest.raises(VislabError, match="none of the 2 image"):
+        predict(run, bad)
+    good = sorted((run.parent / "data" / "images" / "vertical").glob("*.png"))[0]
+    res = CliRunner().invoke(app, ["predict", str(run), str(good), *map(str, bad), "-f", "json"])
+    assert res.exit_code == 0 and "2 of 3 image(s) could not be read" in res.output

@@ -50,3 +50,35 @@ def test_curves_have_whole_epoch_ticks_from_one(tmp_path, monkeypatch, epochs) -
         ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
         assert ticks and all(float(t).is_integer() and 1 <= t <= epochs for t in ticks), ticks
         assert lo < 1 and hi > epochs
+
+
+def test_the_lr_curve_shows_the_lr_of_each_epochs_first_and_last_step(tmp_path, monkeypatch) -> None:
+    import pandas as pd
+
+    from vislab.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    hist = pd.DataFrame({"epoch": [0, 1, 2], "train/loss": [1.0, 0.8, 0.7], "lr": [0.5, 0.9, 0.4],
+                         "lr/first": [0.2, 1.0, 0.7], "lr/last": [0.8, 0.8, 0.1]})  # a warm-up, then a decay
+    plots.plot_curves(hist, tmp_path / "c.png")
+    ax = figures[0].axes[-1]  # the learning-rate panel
+    assert not {"lr/first", "lr/last"} & {line.get_label() for line in ax.get_lines()}
+    shape = next(line for line in ax.get_lines() if len(line.get_xdata()) == 6)
+    assert list(shape.get_xdata()) == [0.5, 1.5, 1.5, 2.5, 2.5, 3.5]  # epochs drawn from 1, edge to edge
+    assert list(shape.get_ydata()) == [0.2, 0.8, 1.0, 0.8, 0.7, 0.1]
+
+
+def test_a_log_scale_lr_axis_is_labelled_in_plain_numbers(tmp_path, monkeypatch) -> None:
+    import pandas as pd
+
+    from vislab.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    hist = pd.DataFrame({"epoch": range(4), "train/loss": [1.0, 0.8, 0.7, 0.6], "lr": [1e-2, 1e-3, 1e-4, 1e-5]})
+    plots.plot_curves(hist, tmp_path / "c.png")
+    ax = figures[0].axes[-1]
+    figures[0].canvas.draw()
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert ax.get_yscale() == "log" and labels and not any("$" in t for t in labels), labels

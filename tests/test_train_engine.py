@@ -244,8 +244,8 @@ def test_training_options_run(dataset, tmp_path, name, sections, check):
     elif check == "peak":
         assert lr[0] < lr[1] > lr[2]  # warm-up, then decay
     elif check == "linear":
-        assert lr[0] == pytest.approx(0.01) and lr[0] > lr[1] > lr[2] > 0
-        assert rows["lr/backbone"].tolist()[0] == pytest.approx(0.02)  # Muon's rate on the backbone filters
+        assert rows["lr/first"][0] == pytest.approx(0.01) and lr[0] > lr[1] > lr[2] > 0
+        assert rows["lr/backbone"].tolist() == pytest.approx([2 * v for v in lr])  # Muon's rate on the backbone filters
     elif check == "grey":
         assert json.loads((run / "run.json").read_text())["data_spec"]["input_size"] == [1, 16, 16]
     if check == "early":

@@ -5,10 +5,17 @@
   (Lightning's own writer goes through fsspec, whose temporary file lives in /tmp and is
   copied, not renamed, when /tmp is another filesystem). A sha256 sidecar goes with it.
 - `LastCheckpoint`: last.ckpt after every full epoch, every N steps / M minutes inside an
-  epoch, and at the step where something (the time budget) stops training mid-epoch.
+  epoch, and at the step where something (the time budget, a signal) stops training
+  mid-epoch. That stop ends the epoch unvalidated: Lightning would validate the half-trained
+  weights, and best.ckpt, early stopping and the summary would take them for an epoch.
+- `BestCheckpoint`: best.ckpt, saved only at the end of a complete epoch, so it always holds
+  an epoch that metrics.csv and summary.json describe.
+- `TimeBudget`: the time budget, validation and saving included (see its doc).
 - `RunRecorder`: metrics.csv (one row per full epoch; a resumed run rewrites the epochs it
-  repeats instead of duplicating them), summary.json at the end or on failure.
-- Progress bars (rich or tqdm) that show images per second.
+  repeats instead of duplicating them), the per-epoch line in the terminal, summary.json at
+  the end or on failure. Its `lr` is the mean of the learning rates the epoch's steps used,
+  with `lr/first` and `lr/last` (the schedule's shape inside the epoch, e.g. a warm-up).
+- Progress bars (rich or tqdm) that show images per second and count epochs from 1.
 """
 
 from __future__ import annotations
@@ -16,15 +23,17 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import lightning as L
 import pandas as pd
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, RichProgressBar, Timer, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, RichProgressBar, Timer, TQDMProgressBar
 
+from vislab.display import format_rate
 from vislab.runs import atomic_write_text, checksum_path, fsync_dir, load_checkpoint_file, metric_columns, run_paths, temp_path, write_checksum, write_json
 
 if TYPE_CHECKING:
@@ -121,6 +130,8 @@ class LastCheckpoint(Checkpoint):
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         if epoch_complete(trainer):
             return  # the end-of-epoch save follows
+        if trainer.should_stop:  # training ends inside this epoch: no validation of half an epoch
+            trainer.limit_val_batches = 0
         if (batch_idx + 1) % trainer.accumulate_grad_batches:
             return  # mid-accumulation: the summed gradients are not part of a checkpoint
         step = trainer.global_step
@@ -139,6 +150,170 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
 
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint for best.ckpt, saving only at the end of a complete epoch:
+    the checkpoint `evaluate`, `report` and `export` use is always an epoch of metrics.csv.
+
+    Its state key stays ModelCheckpoint's, so runs saved before keep their best score on resume."""
+
+    @property
+    def state_key(self) -> str:
+        key, name = super().state_key, type(self).__qualname__
+        return "ModelCheckpoint" + key[len(name) :] if key.startswith(name) else key
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if epoch_complete(trainer):
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if epoch_complete(trainer):
+            super().on_validation_end(trainer, pl_module)
+
+
+BUDGET_MARGIN = 1.02  # on measured epoch times: a next epoch starts only with this much room
+
+
+class TimeBudget(Timer):
+    """Lightning's Timer made to end a run inside its budget, validation and saving included.
+
+    Lightning's Timer stops at the first step past the budget, and the validation and the
+    checkpoint writes that follow come on top (a 6-minute budget once ran 391 s of steps and
+    31 s more validating half an epoch). This one counts `spent_s` from before training (the
+    plan's probe) and:
+    - at the end of each epoch, estimates the epochs still planned from the last one measured
+      (its steps, validation and checkpoint writes; scaled by the plan's `epoch_s(epoch)`
+      where epochs differ, e.g. frozen and unfrozen). When they no longer all fit, the run
+      is re-planned to the epochs that do: `max_epochs` shrinks, the lr schedule is
+      re-planned to end there (`schedule.replan`, so the lr still reaches its floor), and
+      `on_replan(trainer, epochs, why)` records it. When not even the next one fits, it
+      stops there;
+    - inside an epoch (an estimate that was wrong), stops at the first step from which the
+      rest of the epoch (its remaining steps at the recent pace, its validation and saves)
+      cannot end inside the budget, or that leaves just the time to write last.ckpt. That
+      epoch is not validated (see `LastCheckpoint`); its last step is never cut, since a
+      finished epoch is worth its validation.
+    Its state key stays "Timer", so runs saved before keep their spent time on resume.
+    """
+
+    def __init__(
+        self,
+        budget_s: float | None,
+        spent_s: float = 0.0,
+        epoch_s: Callable[[int], float] | None = None,
+        save_s: float = 0.0,
+        val_s: float = 0.0,
+        scheduler: Any = None,
+        on_replan: Callable[["L.Trainer", int, str], None] | None = None,
+    ) -> None:
+        super().__init__(timedelta(seconds=budget_s) if budget_s else None, interval="step")
+        self._offset = spent_s
+        self.epoch_s = epoch_s
+        self.scheduler = scheduler  # the run's SchedulerConfig, to re-plan the lr schedule
+        self.on_replan = on_replan
+        self.save_s = save_s  # one checkpoint write: the estimate, then the slowest measured
+        self.val_s = val_s  # one validation: the estimate, then the last measured
+        self.cycles: list[float] = []  # seconds of each epoch of this session: steps, validation, best.ckpt
+        self.stopped: str | None = None  # why this budget stopped training (also printed)
+        self._epoch_t0: float | None = None
+        self._ended_at: float | None = None
+        self._batch_t: float | None = None
+        self._batch_s: list[float] = []  # recent step durations (the epoch's first one left out)
+        self._first = True
+
+    @property
+    def state_key(self) -> str:
+        return "Timer"
+
+    def _start_epoch(self) -> None:
+        self._epoch_t0 = self._batch_t = time.monotonic()
+        self._batch_s = []
+        self._first = True
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_train_start(trainer, pl_module)
+        self._start_epoch()  # a session resumed mid-epoch gets no epoch start
+
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self._ended_at is not None:  # what ran after the last epoch's end hook: writing last.ckpt
+            self.save_s = max(self.save_s, time.monotonic() - self._ended_at)
+        self._start_epoch()
+
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking:
+            self.val_s = self.time_elapsed("validate")
+
+    def _request(self, trainer: "L.Trainer", stop: bool, why: str) -> None:
+        stop = bool(trainer.strategy.broadcast(stop))
+        if stop and not trainer.should_stop:
+            self.stopped = why
+            trainer.should_stop = True
+            if trainer.is_global_zero:
+                print(f"time budget: {why}", flush=True)
+
+    def on_train_batch_end(self, trainer: "L.Trainer", *args: Any, **kwargs: Any) -> None:
+        now = time.monotonic()
+        if self._batch_t is not None and not self._first:
+            self._batch_s = (self._batch_s + [now - self._batch_t])[-20:]
+        self._batch_t, self._first = now, False
+        if self._duration is None or epoch_complete(trainer):
+            return
+        left = self._duration - self.time_elapsed()
+        rest = self.save_s
+        if self._batch_s:
+            pace = sorted(self._batch_s)[len(self._batch_s) // 2]
+            todo = trainer.num_training_batches - trainer.fit_loop.epoch_loop.batch_progress.current.ready
+            rest = todo * pace + self.val_s + 2 * self.save_s
+        why = (f"stopping inside epoch {trainer.current_epoch + 1} at step {trainer.global_step}: its rest (~{rest:.0f} s with "
+               f"validation and saving) cannot end in the {max(0.0, left):.0f} s left; last.ckpt is saved here and "
+               "the unfinished epoch is not validated")
+        self._request(trainer, left <= max(rest, self.save_s), why)
+
+    def _cost(self, epoch: int, measured: int) -> float:
+        """Seconds epoch `epoch` should take, from the last epoch measured (`measured`)."""
+        last = self.cycles[-1] + self.save_s
+        if self.epoch_s is None:
+            return last
+        return last * self.epoch_s(epoch) / max(1e-9, self.epoch_s(measured))
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self._epoch_t0 is None or not epoch_complete(trainer):
+            return
+        now = time.monotonic()
+        self.cycles.append(now - self._epoch_t0)
+        self._ended_at = now
+        done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
+        if self._duration is None or done >= planned:
+            return
+        left = self._duration - self.time_elapsed() - self.save_s  # after this epoch's last.ckpt
+        fit, total = 0, 0.0
+        for epoch in range(done, planned):
+            total += self._cost(epoch, done - 1) * BUDGET_MARGIN
+            if total > left:
+                break
+            fit += 1
+        fit = int(trainer.strategy.broadcast(fit))  # rank 0's measurements decide for all
+        if fit >= planned - done:
+            return
+        if fit == 0:
+            need = self._cost(done, done - 1) * BUDGET_MARGIN
+            why = f"stopping after epoch {done}: epoch {done + 1} (~{need:.0f} s with validation and saving) would not fit in the {left:.0f} s left"
+            self._request(trainer, True, why)
+            return
+        why = (f"epochs take ~{self.cycles[-1] + self.save_s:.1f} s here, so only {fit} more of the {planned - done} planned fit "
+               f"in the {left:.0f} s left: the run now ends at epoch {done + fit}")
+        trainer.fit_loop.max_epochs = done + fit
+        if self.scheduler is not None:
+            from vislab.schedule import replan
+
+            line = replan(trainer, self.scheduler)
+            why += f"; {line.removeprefix('schedule re-planned: ')}" if line else ""
+        if trainer.is_global_zero:
+            print(f"time budget: {why}", flush=True)
+        if self.on_replan is not None:
+            self.on_replan(trainer, done + fit, why)
+
+
 def _lr_of(trainer: "L.Trainer", name: str = "head") -> float | None:
     if not trainer.optimizers:
         return None
@@ -149,6 +324,43 @@ def _lr_of(trainer: "L.Trainer", name: str = "head") -> float | None:
     return float(groups[-1]["lr"])
 
 
+class _LrLog:
+    """The learning rates of an epoch's steps (head and backbone): their mean, first and last."""
+
+    def __init__(self, state: dict[str, Any] | None = None) -> None:
+        st = state or {}
+        self.sums: dict[str, float] = dict(st.get("sums", {}))
+        self.count = int(st.get("count", 0))
+        self.first: float | None = st.get("first")
+        self.last: float | None = st.get("last")
+
+    def add(self, head: float | None, backbone: float | None) -> None:
+        if head is None:
+            return
+        self.count += 1
+        for name, lr in (("head", head), ("backbone", backbone if backbone is not None else head)):
+            self.sums[name] = self.sums.get(name, 0.0) + lr
+        self.first = head if self.first is None else self.first
+        self.last = head
+
+    def mean(self, name: str = "head") -> float | None:
+        return self.sums[name] / self.count if self.count and name in self.sums else None
+
+    def state(self) -> dict[str, Any]:
+        return {"sums": dict(self.sums), "count": self.count, "first": self.first, "last": self.last}
+
+
+def say(trainer: "L.Trainer", line: str) -> None:
+    """Print a line on rank 0 through the progress bar when there is one, so the bar stays whole."""
+    if not trainer.is_global_zero:
+        return
+    bar = trainer.progress_bar_callback
+    if bar is not None and bar.is_enabled:
+        bar.print(line)
+    else:
+        print(line, flush=True)
+
+
 def _scalar(v: Any) -> float | None:
     try:
         return float(v.item() if hasattr(v, "item") else v)
@@ -157,15 +369,15 @@ def _scalar(v: Any) -> float | None:
 
 
 class RunRecorder(Callback):
-    """Writes metrics.csv each full epoch and summary.json when training ends (or fails).
-    The task says which metrics lead metrics.csv and the epoch line, and how they read."""
+    """Writes metrics.csv and prints a line each full epoch, and summary.json when training
+    ends (or fails). The task says which metrics lead metrics.csv and the epoch line, and
+    how they read."""
 
-    def __init__(self, run_dir: str | Path, summary_base: dict[str, Any], monitor: str, mode: str, print_epochs: bool, task: "Task") -> None:
+    def __init__(self, run_dir: str | Path, summary_base: dict[str, Any], monitor: str, mode: str, task: "Task") -> None:
         self.run_dir = Path(run_dir)
         self.summary_base = dict(summary_base)
         self.monitor = monitor
         self.mode = mode
-        self.print_epochs = print_epochs
         self.task = task
         self.columns = metric_columns(task.metric_columns)
         self._resume_epoch: int | None = None
@@ -173,8 +385,7 @@ class RunRecorder(Callback):
         self._t0 = self._val_s = 0.0
         self._v0: float | None = None
         self._images = 0
-        self._lr: float | None = None
-        self._lr_backbone: float | None = None
+        self._lrs = _LrLog()
 
     @property
     def metrics_path(self) -> Path:
@@ -194,8 +405,7 @@ class RunRecorder(Callback):
             "elapsed_s": time.monotonic() - self._t0,
             "val_s": self._val_s,
             "images": self._images,
-            "lr": self._lr,
-            "lr_backbone": self._lr_backbone,
+            "lrs": self._lrs.state(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -221,7 +431,7 @@ class RunRecorder(Callback):
         if part is not None:
             self._t0 -= float(part["elapsed_s"])
             self._val_s, self._images = float(part["val_s"]), int(part["images"])
-            self._lr, self._lr_backbone = part["lr"], part["lr_backbone"]
+            self._lrs = _LrLog(part.get("lrs"))
             self._resume_partial = None
         if not trainer.is_global_zero:
             return
@@ -233,11 +443,14 @@ class RunRecorder(Callback):
     # ---- per epoch ------------------------------------------------------------------------
     def _start_epoch_clock(self, trainer: "L.Trainer") -> None:
         self._t0, self._val_s, self._images = time.monotonic(), 0.0, 0
-        self._lr = _lr_of(trainer, "head")
-        self._lr_backbone = _lr_of(trainer, "backbone")
+        self._lrs = _LrLog()
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._start_epoch_clock(trainer)
+
+    def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int) -> None:
+        # Lightning steps a per-step schedule before on_train_batch_end: the lr this step uses is read now
+        self._lrs.add(_lr_of(trainer, "head"), _lr_of(trainer, "backbone"))
 
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self._images += int(batch[0].shape[0]) * trainer.world_size
@@ -259,12 +472,15 @@ class RunRecorder(Callback):
         row: dict[str, Any] = {
             "epoch": int(trainer.current_epoch),
             **{key: _scalar(m.get(key)) for key in self.task.metric_columns},
-            "lr": self._lr,
+            "lr": self._lrs.mean(),
             "epoch_time_s": round(wall, 3),
             "train_images_per_s": round(self._images / train_s, 1),
+            "lr/first": self._lrs.first,
+            "lr/last": self._lrs.last,
         }
-        if self._lr_backbone is not None and self._lr_backbone != self._lr:
-            row["lr/backbone"] = self._lr_backbone
+        backbone = self._lrs.mean("backbone")
+        if backbone is not None and backbone != row["lr"]:
+            row["lr/backbone"] = backbone
         for key, value in m.items():
             if key not in row and key.startswith(("train/", "val/")) and not key.endswith("_step"):
                 row[key] = _scalar(value)
@@ -274,8 +490,7 @@ class RunRecorder(Callback):
         rows = rows[rows["epoch"] != row["epoch"]] if len(rows) else rows
         new = pd.DataFrame([row])
         self._write_rows(new if rows.empty else pd.concat([rows, new], ignore_index=True))
-        if self.print_epochs:
-            print(_epoch_line(row, trainer.max_epochs, self.task), flush=True)
+        say(trainer, _epoch_line(row, trainer.max_epochs, self.task))
 
     # ---- the end --------------------------------------------------------------------------
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -343,7 +558,7 @@ def stop_reason(trainer: "L.Trainer") -> str:
     if stopper is not None and stopper.reason is not None and not done:
         return stopper.reason
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-    if timer is not None and timer._duration is not None and timer.time_remaining("train") <= 0:
+    if timer is not None and (getattr(timer, "stopped", None) or (timer._duration is not None and timer.time_remaining("train") <= 0)):
         return "max_time"
     if any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
         return "early_stopping"
@@ -355,15 +570,17 @@ def stop_reason(trainer: "L.Trainer") -> str:
 
 
 def _epoch_line(row: dict[str, Any], max_epochs: int | None, task: "Task") -> str:
-    """`epoch 3/10: train loss 0.4123 acc 88.0% | val loss ... | lr 0.001 | 2.1s, 812 img/s`:
-    the task's train/ and val/ metrics in its column order."""
+    """Keras' and Ultralytics' per-epoch results line, epochs counted from 1: the task's
+    train/ and val/ metrics in its column order (`epoch 3/10: train loss 0.4123 acc 88.0% |
+    val loss ... | lr 0.001 | 2.1s, 812 img/s`)."""
     parts = []
     for phase in ("train", "val"):
         keys = [k for k in task.metric_columns if k.startswith(phase + "/")]
         parts.append(phase + " " + " ".join(f"{k.split('/', 1)[1]} {task.format_metric(k, row.get(k))}" for k in keys))
+    lr = "-" if row["lr"] is None else f"{row['lr']:.3g}"
     return (
-        f"epoch {row['epoch'] + 1}/{max_epochs}: {' | '.join(parts)} | lr {row['lr']:.3g}"
-        f" | {row['epoch_time_s']:.1f}s, {row['train_images_per_s']:.0f} img/s"
+        f"epoch {row['epoch'] + 1}/{max_epochs}: {' | '.join(parts)} | lr {lr}"
+        f" | {row['epoch_time_s']:.1f}s, {format_rate(row['train_images_per_s'])} img/s"
     )
 
 
@@ -409,8 +626,25 @@ class _ThroughputMixin:
 
 
 class RichThroughputBar(_ThroughputMixin, RichProgressBar):
-    """Lightning's rich progress bar plus images/s."""
+    """Lightning's rich progress bar plus images/s, epochs counted from 1 as everywhere else."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}" + (f"/{self.trainer.max_epochs}" if self.trainer.max_epochs is not None else "")
+        return f"{text:{len(self.validation_description)}}"  # as wide as "Validation": no flicker
 
 
 class TQDMThroughputBar(_ThroughputMixin, TQDMProgressBar):
-    """Lightning's tqdm progress bar plus images/s."""
+    """Lightning's tqdm progress bar plus images/s, epochs counted from 1 as everywhere else."""
+
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # Lightning's own hook, but with the epoch counted from 1 (it would draw "Epoch 0" first)
+        from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+
+        self.meter.reset()
+        if self._leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        bar = self.train_progress_bar
+        bar.reset()
+        bar.total, bar.initial = convert_inf(self.total_train_batches), 0
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs is not None else ""
+        bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")

@@ -382,8 +382,8 @@ def train(
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory (from `vislab curate`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write, or to continue with --resume."),
     set_: List[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable; `vislab config` lists the keys)."),
-    max_time: Optional[str] = typer.Option(None, "--max-time", help="Training-time budget for the whole run, e.g. 5h, 90m, 1h30m."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to train; more than before extends a resumed run."),
+    max_time: Optional[str] = typer.Option(None, "--max-time", help="Training-time budget for the whole run, validation and saving included, e.g. 5h, 90m, 1h30m; a new run plans the epochs that fit."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to train (with --max-time: the most); more than before extends a resumed run."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.ckpt."),
     sanity: bool = typer.Option(False, "--sanity", help="Only overfit one batch, to check that the pipeline can learn."),
     show_config: bool = typer.Option(False, "--show-config", help="Print the resolved config (overrides applied) and exit."),
@@ -558,12 +558,19 @@ def predict(
     top_k: int = typer.Option(5, "--top-k", "-k", help="How many classes to list per image."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
 ) -> None:
-    """Print the top-k classes of images with a trained run's model."""
+    """Print the top-k classes of images with a trained run's model.
+
+    Files that cannot be read get an error row and are counted on stderr; when none can be
+    read, the command fails (exit status 2)."""
     from vislab.predict import format_predictions, predict as run_predict
 
     if fmt not in ("table", "json", "csv"):
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
-    sys.stdout.write(format_predictions(run_predict(run_dir, inputs, top_k=top_k), fmt))
+    results = run_predict(run_dir, inputs, top_k=top_k)
+    sys.stdout.write(format_predictions(results, fmt))
+    failed = sum("error" in r for r in results)
+    if failed:
+        err_console.print(f"{failed} of {len(results)} image(s) could not be read (see their rows)", highlight=False, soft_wrap=True)
 
 
 @app.command()

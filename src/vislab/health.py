@@ -8,6 +8,11 @@ Generic checks, for every task:
   skips them): a warning `unreadable_images` with the count and the first paths, per split;
   above `train.health.max_bad_images` of a split, last.ckpt is saved and the run stops
   (`UnreadableImagesError`).
+- A run that did less than it was asked to: `plan_cut` (the time budget fit fewer epochs
+  than asked; the plan passed in as a note), `budget_cut` (the budget stopped the run
+  before its planned epochs, so the schedule never reached its end), and
+  `backbone_never_unfrozen` (a run with `train.freeze_backbone_epochs` ended with the
+  backbone still frozen: only the head learned).
 
 A task adds its own checks (`Task.health_checks`: `HealthCheck` objects run after each
 validation; classification warns about predictions collapsed onto one class and accuracy
@@ -53,9 +58,16 @@ class HealthMonitor(Callback):
     task's `checks`. `max_bad_images` applies when the task carries no config (the run's
     `train.health.max_bad_images` wins)."""
 
-    def __init__(self, path: str | Path | None, checks: Sequence[HealthCheck] = (), max_bad_images: float = 0.01) -> None:
+    def __init__(
+        self,
+        path: str | Path | None,
+        checks: Sequence[HealthCheck] = (),
+        max_bad_images: float = 0.01,
+        notes: list[tuple[str, str, str]] | None = None,
+    ) -> None:
         self.path = Path(path) if path is not None else None
         self.checks = list(checks)
+        self.notes = list(notes or [])  # (level, code, message) known before training, added when it starts
         self.max_bad_images = max_bad_images
         self.messages: list[dict[str, Any]] = []
         self._unreadable: dict[str, dict[str, Any]] = {}  # split -> its health.json entry
@@ -70,11 +82,12 @@ class HealthMonitor(Callback):
             except (ValueError, TypeError):
                 self.messages = []
 
-    def add(self, trainer: "L.Trainer", level: str, code: str, message: str, step: int | None = None) -> None:
+    def add(self, trainer: "L.Trainer", level: str, code: str, message: str, step: int | None = None, echo: bool = True) -> None:
+        """Record a message (and print it, unless `echo` is off because it was printed already)."""
         entry = {"level": level, "code": code, "message": message, "epoch": int(trainer.current_epoch), "step": step}
         self.messages.append(entry)
         if trainer.is_global_zero:
-            if level != "error":  # errors are raised, and the CLI prints them
+            if level != "error" and echo:  # errors are raised, and the CLI prints them
                 print(f"health {level}: {message}", flush=True)
             self.save()
 
@@ -83,8 +96,44 @@ class HealthMonitor(Callback):
             write_json(self.path, self.messages)
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        for level, code, message in self.notes:  # printed when they were found
+            self.add(trainer, level, code, message, int(trainer.global_step), echo=False)
+        self.notes = []
         if trainer.is_global_zero:
             self.save()
+
+    # ---- a run that did less than asked ---------------------------------------------------
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        from vislab.callbacks import epoch_complete, stop_reason
+        from vislab.models import backbones
+
+        reason = stop_reason(trainer)
+        done = int(trainer.current_epoch) - (0 if epoch_complete(trainer) else 1)
+        planned = int(trainer.max_epochs or 0)
+        step = int(trainer.global_step)
+        if reason == "max_time":
+            self.add(
+                trainer,
+                "warn",
+                "budget_cut",
+                f"the time budget stopped the run after {done} of its {planned} planned epochs, so the learning-rate "
+                f"schedule never reached its end (lr {_current_lr(trainer):.3g} at the stop). "
+                "Continue it with a larger total budget: vislab train --resume --out RUN --max-time LONGER",
+                step,
+            )
+        cfg = getattr(pl_module, "cfg", None)
+        model = getattr(pl_module, "model", None)
+        final = reason in ("completed", "max_time", "early_stopping")
+        if final and cfg is not None and cfg.train.freeze_backbone_epochs > 0 and model is not None and backbones.is_backbone_frozen(model):
+            self.add(
+                trainer,
+                "warn",
+                "backbone_never_unfrozen",
+                f"the backbone stayed frozen for the whole run ({done} epoch(s) trained, train.freeze_backbone_epochs = "
+                f"{cfg.train.freeze_backbone_epochs}): only the new head learned and the pretrained features were never "
+                "fine-tuned. Train longer (--epochs, or a larger --max-time) or lower train.freeze_backbone_epochs",
+                step,
+            )
 
     def on_before_backward(self, trainer: "L.Trainer", pl_module: "L.LightningModule", loss: torch.Tensor) -> None:
         bad = not bool(torch.isfinite(loss.detach()).all())

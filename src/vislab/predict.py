@@ -4,7 +4,9 @@ Files are collected here (folders walked, in a stable order); the run's task run
 through its `predict_step` (images decoded like training data, EXIF orientation and RGB, and
 given the eval transform of the run's DataSpec) and says what each result holds and how it
 prints (classification: the top-k classes; see tasks/classify.py). A file that cannot be
-read gets an `error` entry instead of stopping the others.
+read gets an `error` entry instead of stopping the others; when none of the files can be
+read, that is an error (`vislab predict` exits 2, as `vislab explain` does), and the CLI
+says how many failed in any case.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from vislab.data.io import collect_images
+from vislab.errors import VislabError
+from vislab.fsguard import printable
 
 
 class Predictions(list):
@@ -32,7 +36,12 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, b
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
     files = collect_images(inputs)
-    return Predictions(task.predict(run, files, top_k=top_k, batch_size=batch_size), task.name)
+    results = task.predict(run, files, top_k=top_k, batch_size=batch_size)
+    failed = [r for r in results if "error" in r]
+    if results and len(failed) == len(results):
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise VislabError(f"{printable(failed[0]['path'])}: {failed[0]['error']}{more}; none of the {len(results)} image(s) could be read")
+    return Predictions(results, task.name)
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str = "table") -> str:

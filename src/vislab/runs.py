@@ -277,11 +277,20 @@ def make_run_record(
     return rec
 
 
+def is_sanity_check(folder: str | Path) -> bool:
+    """Whether a folder holds only a `vislab train --sanity` result (sanity.json), not a run:
+    the sanity check trains no model worth keeping, so it writes no run directory."""
+    p = Path(folder)
+    return (p / SANITY_JSON).is_file() and not (p / CONFIG_NAME).is_file() and not (p / RUN_JSON).is_file()
+
+
 def resolve_run_dir(run_dir: str | Path) -> Path:
     """Check that a folder is a run directory (config.yaml + run.json) and return it resolved."""
     p = Path(run_dir)
     if not p.is_dir():
         raise VislabError(f"{p}: no such run directory; pass the --out folder of `vislab train`")
+    if is_sanity_check(p):
+        raise VislabError(f"{p}: holds a `vislab train --sanity` check ({SANITY_JSON}), not a trained run; pass the --out folder of a training run")
     missing = [n for n in (CONFIG_NAME, RUN_JSON) if not (p / n).is_file()]
     if missing:
         raise VislabError(f"{p}: not a run directory (missing {', '.join(missing)}); pass the --out folder of `vislab train`")

@@ -7,11 +7,19 @@ write the run-directory contract (see callbacks.py), and the rules of resuming:
 
 - `resume=True` reads config.yaml and the dataset from the run directory; only `epochs`
   (to extend a run) and `max_time` may change. The dataset's manifest must still hash the same.
-- `max_time` is the run's total training-time budget over all sessions: Lightning's Timer
-  stores the elapsed time in every checkpoint, so a resumed run gets what is left (a spent
-  budget is an error that says to pass a larger --max-time).
-- A time stop mid-epoch writes last.ckpt at that step; resuming continues that epoch where
+- `max_time` is the run's total training-time budget over all sessions, validation and
+  checkpoint writes included: a new run is first fitted to it (plan.py: a short probe of
+  real steps, then the epochs that fit, with the warm-up, the frozen epochs and the schedule
+  scaled to them; `train.epochs` is the most it may train), and `callbacks.TimeBudget` ends
+  it at an epoch end when the next epoch would not fit. The elapsed time is stored in every
+  checkpoint, so a resumed run gets what is left (a budget spent, or too short for another
+  epoch, is an error that says to pass a larger --max-time).
+- A stop mid-epoch (a budget estimate that was wrong, a signal) writes last.ckpt at that
+  step and skips the validation of the unfinished epoch; resuming continues that epoch where
   it stopped (data order, augmentation and RNG included) rather than starting it again.
+- Extending a run (`--resume --epochs N`) re-plans its learning-rate schedule (schedule.py):
+  a finished run gets a new cycle over the added epochs, a run stopped early has its
+  schedule stretched to the new end.
 - One process at a time trains into a run directory (`runs.run_lock`, held by rank 0 from
   before the first check until train() returns); temporary files killed writers left there
   are removed once it is held.
@@ -25,11 +33,11 @@ import math
 import signal
 import warnings
 from contextlib import ExitStack
-from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vislab.config import RunConfig, build_config, load_config, parse_duration, save_config
+from vislab.display import format_rate
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.runs import RunPaths, make_run_record, read_json, run_paths, write_json
 
@@ -94,8 +102,9 @@ def _load_last(paths: RunPaths) -> dict[str, Any]:
 
 def _prepare_resume(
     out: Path, cfg: RunConfig | None, data_dir: str | Path | None, epochs: int | None, max_time: str | float | None
-) -> tuple[RunConfig, Path, dict[str, Any]]:
-    """The saved config with the allowed changes, the dataset and last.ckpt, after checking they still fit."""
+) -> tuple[RunConfig, Path, dict[str, Any], int]:
+    """The saved config with the allowed changes, the dataset, last.ckpt and the epochs the run
+    had before this session, after checking they still fit."""
     from vislab.data.manifest import manifest_hash
     from vislab.runs import resolve_run_dir
 
@@ -103,15 +112,15 @@ def _prepare_resume(
     if not paths.last.is_file():
         raise VislabError(f"{paths.last}: nothing to resume (no last checkpoint); start the run without --resume")
     saved = load_config(paths.config)
-    if cfg is not None:
-        ignore = {"train.epochs", "train.max_time"}
+    info = read_json(paths.run_json)
+    if cfg is not None:  # the config as given, before a time-budget plan scaled it
+        ignore = {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
         diff = [k for k in _diff_keys(cfg.model_dump(mode="json"), saved.model_dump(mode="json")) if k not in ignore]
         if diff:
             raise VislabError(
                 f"--resume continues {paths.config}; the given config differs in {', '.join(diff[:5])}. "
                 "Only --epochs and --max-time may change when resuming; start a new --out for other changes"
             )
-    info = read_json(paths.run_json)
     data = Path(data_dir) if data_dir is not None else Path(info["dataset_dir"])
     if not (data / "manifest.csv").is_file():
         raise VislabError(f"{data}: the run's dataset is not there any more; pass --data DATASET_DIR")
@@ -141,7 +150,35 @@ def _prepare_resume(
                 f"{out}: the time budget of {cfg.train.max_time} is spent ({spent:.0f}s trained); "
                 "pass a larger --max-time (the total for the whole run) to continue"
             )
-    return cfg, data, ckpt
+        need = _epoch_seconds(paths) - float(_callback_state(ckpt, "RunRecorder").get("elapsed_s", 0.0))
+        if spent + need > budget:
+            raise VislabError(
+                f"{out}: the time budget of {cfg.train.max_time} has {budget - spent:.0f}s left, less than the "
+                f"~{need:.0f}s an epoch takes here; pass a larger --max-time (the total for the whole run) to continue"
+            )
+    return cfg, data, ckpt, saved.train.epochs
+
+
+def _epoch_seconds(paths: RunPaths) -> float:
+    """The slowest epoch of a run so far (steps and validation), from metrics.csv; 0 when none."""
+    import pandas as pd
+
+    if not paths.metrics.is_file() or paths.metrics.stat().st_size == 0:
+        return 0.0
+    times = pd.read_csv(paths.metrics).get("epoch_time_s")
+    return float(times.max()) if times is not None and times.notna().any() else 0.0
+
+
+def _plan_for_budget(cfg: RunConfig, data: Path, budget_s: float, out: Path) -> tuple[RunConfig, Any]:
+    """`cfg` fitted to the budget after probing its training steps (see plan.py), and the plan."""
+    from vislab.plan import fit_plan, probe
+
+    task, dm, _ = build_task(cfg, data)  # building counts as start-up, as the run's own does
+    measured = probe(task, dm, cfg, scratch=out, budget_s=budget_s)
+    del task, dm
+    planned, plan = fit_plan(cfg, str(cfg.train.max_time), budget_s, measured, measured.probe_s)
+    print(plan.line(cfg.scheduler.name), flush=True)
+    return planned, plan
 
 
 def _progress_bar(choice: str) -> Any:
@@ -169,9 +206,9 @@ def _strategy(cfg: RunConfig) -> Any:
 
 
 def _on_gpu(accelerator: str) -> bool:
-    import torch
+    from vislab.plan import device_for
 
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return device_for(accelerator).type == "cuda"
 
 
 def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
@@ -251,8 +288,9 @@ def _train_session(
     paths = run_paths(out)
     rank0 = getattr(rank_zero_only, "rank", 0) == 0
     ckpt: dict[str, Any] | None = None
+    epochs_before: int | None = None
     if resume:
-        cfg, data, ckpt = _prepare_resume(out, cfg, data_dir, epochs, max_time)
+        cfg, data, ckpt, epochs_before = _prepare_resume(out, cfg, data_dir, epochs, max_time)
     else:
         if cfg is None:
             raise VislabError("train: a config is required (e.g. configs/digits-cnn.yaml) unless --resume is given")
@@ -266,41 +304,56 @@ def _train_session(
 
     budget_s = parse_duration(cfg.train.max_time) if cfg.train.max_time else None
     quiet_lightning()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
     if sanity:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
         return _sanity(cfg, data, out, stopper)
+    plan = None
+    if budget_s and not resume:
+        if rank0:  # before seeding: the probe's model and batches must not change the run's
+            cfg, plan = _plan_for_budget(cfg, data, budget_s, out)
+        else:  # DDP: rank 0 planned before it launched this process; its config.yaml holds the plan
+            cfg = load_config(paths.config)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
     task, dm, facts = build_task(cfg, data)
+    if plan is not None:
+        facts["plan"] = plan.to_dict()
     if rank0:
         _write_run_files(cfg, data, out, task, facts, resume)
         print(f"data: {facts['split_sizes']} images (train/val/test); validation: {facts['val_source']}", flush=True)
 
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
+    from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from vislab.callbacks import AtomicCheckpointIO, LastCheckpoint, RunRecorder, stop_reason
+    from vislab.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, RunRecorder, TimeBudget, stop_reason
     from vislab.health import HealthMonitor
+    from vislab.schedule import Replan
     from vislab.tasks import get_task
     from vislab.tricks import recipe_callbacks, resolve_precision
 
     t = cfg.train
     plugin = get_task(cfg.task)
     bar = _progress_bar(t.progress)
-    health = HealthMonitor(paths.health, plugin.health_checks(cfg))
+    notes = [("warn", "plan_cut", plan.line(cfg.scheduler.name))] if plan is not None and plan.cut else []
+    health = HealthMonitor(paths.health, plugin.health_checks(cfg), notes=notes)
     if resume:
         health.load_existing()
+    recorded_plan = plan.to_dict() if plan is not None else (read_json(paths.run_json).get("plan") if resume else None)
     summary_base = {
         "model": cfg.model.name,
         "input_size": list(task.hparams["data_spec"]["input_size"]),
         "val_source": facts["val_source"],
+        **({"plan": recorded_plan} if recorded_plan else {}),
     }
     last_ckpt = LastCheckpoint(paths.last, t.checkpoint_every_steps, t.checkpoint_every_minutes)
+    recorder = RunRecorder(out, summary_base, t.monitor, t.monitor_mode, task=plugin)
     cbs: list[Any] = [
         stopper,
-        Timer(timedelta(seconds=budget_s) if budget_s else None, interval="step"),
         health,
-        RunRecorder(out, summary_base, t.monitor, t.monitor_mode, print_epochs=bar is None, task=plugin),
-        ModelCheckpoint(
+        recorder,
+        _time_budget(TimeBudget, cfg, budget_s, plan, paths, health, recorder),  # after the recorder: the epoch's line first
+        Replan(cfg.scheduler, epochs_before),
+        BestCheckpoint(
             dirpath=paths.checkpoints,
             filename="best",
             monitor=t.monitor,
@@ -358,6 +411,30 @@ def _train_session(
     return out
 
 
+def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, paths: RunPaths, health: Any, recorder: Any) -> Any:
+    """The run's TimeBudget: its epoch estimates come from the plan's probe, or on resume from
+    the epochs measured before; when it re-plans the run to fewer epochs, config.yaml,
+    run.json, summary.json and health.json say so."""
+
+    def replanned(trainer: Any, epochs: int, why: str) -> None:
+        health.add(trainer, "warn", "plan_cut", f"time budget: {why}", int(trainer.global_step), echo=False)
+        if not trainer.is_global_zero:
+            return
+        save_config(_with_limits(cfg, epochs, None), paths.config)
+        entry = {"after_epoch": int(trainer.current_epoch) + 1, "epochs": epochs, "why": why}
+        info = read_json(paths.run_json)
+        for record in (info.get("plan"), recorder.summary_base.get("plan")):
+            if isinstance(record, dict):
+                record.setdefault("replanned", []).append(entry)
+        write_json(paths.run_json, info)
+
+    if plan is not None:
+        probe, freeze = plan.probe, cfg.train.freeze_backbone_epochs
+        return kind(budget_s, plan.spent_s, lambda e: probe.epoch_s(e < freeze), probe.save_s, probe.val_s(), cfg.scheduler, replanned)
+    before = _epoch_seconds(paths) if budget_s else 0.0
+    return kind(budget_s, 0.0, (lambda e: before) if before else None, scheduler=cfg.scheduler, on_replan=replanned)
+
+
 def _interrupted(signum: int, out: Path, saved: tuple[int, int] | None) -> TrainingInterrupted:
     """The one line that says where a signal stopped training and how to go on."""
     name = signal.Signals(signum).name
@@ -410,9 +487,10 @@ def _print_summary(path: Path, metric: str | None, percent: frozenset[str]) -> N
     if isinstance(value, float):
         shown = f"{value:.2%}" if metric in percent else f"{value:.4f}"
         best_txt = f", best {metric} {shown} at epoch {s['best_epoch'] + 1}"
+    rate = format_rate(s.get("train_images_per_s"))
     print(
         f"stopped: {s.get('stopped_reason')} after {s.get('epochs_completed')}/{s.get('epochs_planned')} epochs"
-        f"{best_txt}, {s.get('wall_time_s')}s, {s.get('train_images_per_s')} img/s",
+        f"{best_txt}, {s.get('wall_time_s')}s{', ' + rate + ' img/s' if rate else ''}",
         flush=True,
     )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import io
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,8 +21,9 @@ import pandas as pd
 from vislab.config import key_applies, value_text
 from vislab.display import format_rate
 from vislab.errors import VislabError
+from vislab.fsguard import printable
 from vislab.report.rundata import RunData, read_run
-from vislab.runs import run_paths
+from vislab.runs import is_sanity_check, run_paths
 from vislab.tasks import Column, get_task
 
 # the columns every run has; a task's result columns (`Task.compare_columns`) go between
@@ -142,7 +144,11 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     if not run_dirs:
         raise VislabError("compare: pass at least one run directory")
     # `vislab compare SWEEP/*` also names the sweep's own files (study.db, results.csv, plots/):
-    # entries that exist but are not runs are left out; a path that does not exist still fails
+    # entries that exist but are not runs are left out; a path that does not exist still fails.
+    # A `train --sanity` folder (runs/sanity) is left out with a note: it trained no run.
+    checks = [r for r in run_dirs if is_sanity_check(r)]
+    for r in checks:
+        print(f"compare: left out {printable(r)}: a `vislab train --sanity` check, not a trained run", file=sys.stderr, flush=True)
     run_dirs = [r for r in run_dirs if not Path(r).exists() or run_paths(r).run_json.is_file() or run_paths(r).config.is_file()]
     if not run_dirs:
         raise VislabError("compare: none of the given paths is a run directory (a folder `vislab train` wrote)")

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from vislab.data.stats import PLAIN_TEXT
 
@@ -88,7 +88,8 @@ def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[
     if history is None or history.empty:
         return None
     x = history["epoch"].to_numpy() + 1 if "epoch" in history else np.arange(1, len(history) + 1)
-    lr_cols = [c for c in history.columns if (c == "lr" or c.startswith("lr")) and pd.api.types.is_numeric_dtype(history[c])]
+    # lr/first and lr/last (the epoch's first and last step) draw the head lr's shape inside each epoch
+    lr_cols = [c for c in history.columns if c.startswith("lr") and c not in LR_ENDS and pd.api.types.is_numeric_dtype(history[c])]
     metric_panels = {title: (kind, mode) for title, kind, mode in panels}
     shown = [("Loss", _series(history, "loss")), *[(title, _series(history, kind)) for title, kind, _ in panels], ("Learning rate", lr_cols)]
     shown = [p for p in shown if p[1]]
@@ -105,6 +106,11 @@ def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[
                 if not ok.any():
                     continue
                 main = col in main_cols
+                if col == "lr" and all(c in history for c in LR_ENDS):
+                    _plot_lr_steps(ax, history, x, _colour(col, i))
+                    ax.plot(x[ok], y[ok], color=_colour(col, i), lw=0, marker="o" if ok.sum() <= 30 else None, ms=3,
+                            label="lr (epoch mean; line: first to last step)")
+                    continue
                 ax.plot(x[ok], y[ok], color=_colour(col, i), lw=2.0 if main else 1.3, ls="-" if main else "--",
                         marker="o" if ok.sum() <= 30 else None, ms=3, label=col)
             if title in metric_panels:
@@ -116,10 +122,12 @@ def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[
                     ax.annotate(f"best {history[best][j]:.3f}", (x[j], history[best][j]), textcoords="offset points",
                                 xytext=(0, -16), ha="center", fontsize=8, color=VAL)
             if title == "Learning rate":
-                vals = history[cols].to_numpy(dtype=float)
+                vals = history[cols].to_numpy(dtype=float)  # the epochs' lr: a one-cycle's last step alone does not make it log
                 vals = vals[np.isfinite(vals) & (vals > 0)]
                 if vals.size and vals.max() / max(vals.min(), 1e-30) > 50:
                     ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # plain text: no mathtext here
+                    ax.yaxis.set_minor_formatter(NullFormatter())
                 elif vals.size and np.ptp(vals) <= 1e-12 * vals.max():
                     ax.set_ylim(0, vals.max() * 1.5)  # a constant lr: show it against zero, not as noise
             ax.set_title(title)
@@ -127,6 +135,20 @@ def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[
             ax.legend(fontsize=8)
         fig.tight_layout()
         return _save(fig, path)
+
+
+LR_ENDS = ("lr/first", "lr/last")
+
+
+def _plot_lr_steps(ax: Any, history: pd.DataFrame, x: np.ndarray, colour: str) -> None:
+    """The lr of each epoch's first step at its left edge and of its last step at its right
+    edge, joined: a warm-up or a decay inside an epoch shows as the slope it had."""
+    first = history[LR_ENDS[0]].to_numpy(dtype=float)
+    last = history[LR_ENDS[1]].to_numpy(dtype=float)
+    ok = np.isfinite(first) & np.isfinite(last)
+    xs = np.column_stack([x[ok] - 0.5, x[ok] + 0.5]).ravel()
+    ys = np.column_stack([first[ok], last[ok]]).ravel()
+    ax.plot(xs, ys, color=colour, lw=2.0)
 
 
 def epoch_axis(ax: Any, epochs: np.ndarray) -> None:

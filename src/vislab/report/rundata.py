@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from vislab.errors import VislabError
-from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, run_paths
+from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, resolve_run_dir, run_paths
 
 
 @dataclass
@@ -122,6 +122,7 @@ def read_run(run_dir: str | Path) -> RunData:
     if not run.is_dir():
         raise VislabError(f"{run}: no such run directory; pass the folder `vislab train` wrote")
     if not run_paths(run).run_json.is_file() and not run_paths(run).config.is_file():
+        resolve_run_dir(run)  # says what the folder holds instead, when it knows
         raise VislabError(f"{run}: not a run directory (no run.json or config.yaml); pass the folder `vislab train` wrote")
     paths = run_paths(run)
     data = RunData(run_dir=run)

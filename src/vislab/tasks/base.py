@@ -12,7 +12,7 @@ its loss, its steps and its metrics; everything else a run needs is here, once:
 - a frozen backbone for the first epochs and BatchNorm kept in eval mode (`freeze_bn`);
 - the global RNG states in every checkpoint (Lightning does not save them), restored when
   training resumes, so dropout and augmentation continue exactly as without the interruption;
-- the optimizer and the learning-rate schedules, stepped per optimizer step.
+- the optimizer and the learning-rate schedule (schedule.py plans and re-plans it).
 
 `predict_batches` runs Lightning's predict loop for `vislab evaluate` and `vislab predict`:
 they go through the task's `predict_step` and its datamodule's `predict_dataloader`, on the
@@ -22,11 +22,10 @@ device and at the precision the run validated with.
 from __future__ import annotations
 
 import logging
-import math
 import random
 import warnings
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import lightning as L
 import numpy as np
@@ -230,64 +229,11 @@ class BaseTask(L.LightningModule):
         self._rng_to_restore = checkpoint.get(RNG_KEY)
 
     # ---- optimisation --------------------------------------------------------------------
-    def _steps_per_epoch(self) -> int:
-        trainer = self.trainer
-        dm = trainer.datamodule
-        if dm is not None and hasattr(dm, "steps_per_epoch"):
-            return dm.steps_per_epoch(trainer.world_size, trainer.accumulate_grad_batches, trainer.limit_train_batches)
-        return max(1, int(trainer.estimated_stepping_batches // max(1, trainer.max_epochs or 1)))
-
     def configure_optimizers(self) -> Any:
-        o, s = self.cfg.optim, self.cfg.scheduler
-        opt = build_optimizer(self.model, o)
-        groups = opt.param_groups
-        if s.name == "none":
-            return opt
-        if s.name == "plateau":
-            mode = "min" if "loss" in s.monitor else "max"
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=s.factor, patience=s.patience, min_lr=s.min_lr)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": s.monitor, "interval": "epoch"}}
-        per_epoch = self._steps_per_epoch()
-        total = max(1, per_epoch * int(self.trainer.max_epochs or 1))
-        if s.name == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=[g["lr"] for g in groups], total_steps=total, pct_start=s.pct_start
-            )
-        else:
-            warm = int(round(s.warmup_epochs * per_epoch))
-            floor = s.min_lr / o.lr
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _step_schedule(s.name, warm, total, per_epoch, s.gamma, floor))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        from vislab import schedule
 
-    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        # a run extended with --epochs past a one-cycle schedule holds its final learning rate
-        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.last_epoch + 1 >= scheduler.total_steps:
-            return
-        if metric is None:
-            scheduler.step()
-        else:
-            scheduler.step(metric)
-
-
-def _step_schedule(name: str, warmup: int, total: int, per_epoch: int, gamma: float, floor: float) -> Callable[[int], float]:
-    """Per-step LR factor: linear warm-up, then cosine or linear decay to `floor`, or
-    exponential decay per epoch.
-
-    A plain closure on purpose: LambdaLR does not save it, so a resumed run that was given
-    more epochs stretches the decay over the new total instead of keeping the old one.
-    """
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        t = min(1.0, (step - warmup) / max(1, total - warmup))
-        if name == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        if name == "linear":
-            return floor + (1 - floor) * (1 - t)
-        return max(floor, gamma ** ((step - warmup) // max(1, per_epoch)))
-
-    return factor
+        opt = build_optimizer(self.model, self.cfg.optim)
+        return schedule.configure(opt, self.cfg, schedule.steps_per_epoch(self.trainer), int(self.trainer.max_epochs or 1))
 
 
 class _TransientProgress(L.Callback):

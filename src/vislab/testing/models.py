@@ -6,6 +6,7 @@ real run (`factory.create_model`), so a test of a tiny model tests the real code
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vislab.config import ModelConfig
+from vislab.config import ModelConfig, SimpleCNNConfig
+from vislab.models.registry import DataSpec, register_model
+from vislab.models.simple_cnn import SimpleCNN
 
 # timm's own test architectures: the real code of each family at a few thousand parameters
 TINY_TIMM = ("test_resnet", "test_efficientnet", "test_convnext", "test_vit")
@@ -85,3 +88,27 @@ def save_weights(model: nn.Module, path: str | Path, kind: str = "state_dict", p
     else:
         raise ValueError(f"unknown kind {kind!r}; choose state_dict, safetensors, lightning or timm")
     return path
+
+
+class PacedCNN(SimpleCNN):
+    """simple_cnn whose forward also waits a fixed time (`train_s` in training, `eval_s` in
+    evaluation), so an epoch of a tiny test run takes a known wall time that a busy machine
+    barely changes: time budgets and plans are then tested on real training with real costs."""
+
+    def __init__(self, cfg: SimpleCNNConfig, num_classes: int, in_chans: int, train_s: float, eval_s: float) -> None:
+        super().__init__(cfg, num_classes, in_chans=in_chans)
+        self.train_s, self.eval_s = train_s, eval_s
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.train_s if self.training else self.eval_s)
+        return super().forward(x)
+
+
+@register_model(
+    "paced_cnn",
+    spec=DataSpec(input_size=(3, 64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0),
+    description="test model (registered by vislab.testing.models): simple_cnn taking model.kwargs train_s / eval_s seconds a forward",
+    pretrained=False,
+)
+def paced_cnn(cfg: ModelConfig, num_classes: int) -> PacedCNN:
+    return PacedCNN(cfg.simple_cnn, num_classes, cfg.in_chans, float(cfg.kwargs.get("train_s", 0.0)), float(cfg.kwargs.get("eval_s", 0.0)))

@@ -127,6 +127,8 @@ def make_run_dir(
             "lr": 1e-3 * (0.5 ** (ep // 2)),
             "epoch_time_s": np.full(epochs, wall_time_s / epochs),
             "train_images_per_s": np.full(epochs, 800.0),
+            "lr/first": 1e-3 * (0.5 ** (ep // 2)),
+            "lr/last": 1e-3 * (0.5 ** (ep // 2)),
         }
     )
     curves.to_csv(files.metrics, index=False)

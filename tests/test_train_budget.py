@@ -1,0 +1,175 @@
+"""The time budget: one story in the run directory, validation and saving inside the budget,
+a plan fitted to it (epochs, frozen epochs, warm-up, schedule), and plain warnings when a
+run did less than it was asked to. Real training runs with real budgets: `paced_cnn` waits a
+fixed time in each forward, so the epochs cost what the test says on a busy machine too."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+import vislab.testing.models  # noqa: F401  (registers paced_cnn)
+from vislab.errors import VislabError
+from vislab.evaluate import evaluate
+from vislab.plan import Probe, fit_plan
+from vislab.runs import load_checkpoint_file
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+from vislab.train import train
+
+STEPS_PER_EPOCH = 4  # 36 training images in batches of 8
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_pattern_dataset(tmp_path_factory.mktemp("d"), per_class=20, size=16)
+
+
+def paced(train_s: float, eval_s: float, **sections):
+    """A tiny config whose training forward takes `train_s` and validation forward `eval_s` more."""
+    model = {"name": "paced_cnn", "kwargs": {"train_s": train_s, "eval_s": eval_s}, **sections.pop("model", {})}
+    data = {"batch_size": 8, "eval_batch_size": 12, **sections.pop("data", {})}
+    return tiny_config(model=model, data=data, **sections)
+
+
+def read(run, name):
+    return json.loads((run / name).read_text())
+
+
+def assert_one_story(run):
+    """best.ckpt is the epoch summary.json names as best, a row of metrics.csv, and evaluating it
+    on the validation split gives the accuracy the summary reports."""
+    summary = read(run, "summary.json")
+    rows = pd.read_csv(run / "metrics.csv")
+    best = load_checkpoint_file(run / "checkpoints/best.ckpt")
+    assert len(rows) == summary["epochs_completed"]
+    assert best["epoch"] == summary["best_epoch"] in rows["epoch"].tolist()
+    assert best["global_step"] == (summary["best_epoch"] + 1) * STEPS_PER_EPOCH  # a whole epoch, not a cut one
+    assert evaluate(run, split="val")["accuracy"] == pytest.approx(summary["best_val"]["val/acc"], abs=1e-6)
+
+
+class Validations(Callback):
+    """Counts validations, and stops training after step `stop_at` (mid-epoch) as a budget would."""
+
+    def __init__(self, stop_at: int) -> None:
+        self.stop_at, self.count = stop_at, 0
+
+    def on_validation_end(self, trainer, pl_module):
+        self.count += 1
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.stop_at:
+            trainer.should_stop = True
+
+
+def test_a_stop_inside_an_epoch_validates_nothing_and_best_stays_a_whole_epoch(dataset, tmp_path):
+    seen = Validations(stop_at=STEPS_PER_EPOCH + 2)  # half-way through epoch 2
+    run = train(tiny_config(data={"batch_size": 8}, train={"epochs": 4}), dataset, tmp_path / "run", callbacks=[seen])
+    assert seen.count == 1  # epoch 1's; Lightning would also validate the half-trained weights
+    assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] == STEPS_PER_EPOCH + 2  # resumable there
+    assert_one_story(run)
+    train(None, None, run, resume=True)  # the cut epoch is trained to its end, then validated
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2, 3]
+    assert_one_story(run)
+
+
+def test_a_budget_run_ends_inside_its_budget_with_validation_and_saving(dataset, tmp_path):
+    # an epoch: 4 steps of 0.15 s + a 1.2 s validation; 20 epochs asked, 10 s given
+    run = train(paced(0.15, 1.2, train={"epochs": 20}), dataset, tmp_path / "run", max_time="10s")
+    summary = read(run, "summary.json")
+    # the Timer's clock: the probe, every step, validation and checkpoint write
+    assert summary["wall_time_s"] <= 10.0 + 0.5, summary
+    assert 1 <= summary["epochs_completed"] < 20
+    assert summary["stopped_reason"] in ("completed", "max_time")
+    assert_one_story(run)
+
+
+def test_the_budget_fits_the_plan_and_the_schedule_ends_at_its_floor(dataset, tmp_path):
+    cfg = paced(0.1, 0.3, train={"epochs": 30, "freeze_backbone_epochs": 6}, scheduler={"name": "cosine", "warmup_epochs": 3.0})
+    run = train(cfg, dataset, tmp_path / "run", max_time="14s")
+    summary, info = read(run, "summary.json"), read(run, "run.json")
+    plan = info["plan"]
+    assert summary["plan"]["epochs_asked"] == plan["epochs_asked"] == 30
+    assert plan["probe"]["step_s"] >= 0.1 and plan["probe"]["frozen_step_s"] >= 0.1  # the waits were measured
+    planned = plan["epochs"]
+    assert 2 <= planned < 30
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    epochs = saved["train"]["epochs"]  # the plan, or fewer when the measured epochs asked for it
+    assert epochs <= planned and summary["epochs_planned"] == epochs
+    freeze, warmup = saved["train"]["freeze_backbone_epochs"], saved["scheduler"]["warmup_epochs"]
+    assert plan["changed"]["train.freeze_backbone_epochs"] == [6, freeze] and 1 <= freeze < planned
+    assert plan["changed"]["scheduler.warmup_epochs"] == [3.0, pytest.approx(3.0 * planned / 30, abs=1e-3)]
+    assert summary["wall_time_s"] <= 14.0 + 0.5
+    rows = pd.read_csv(run / "metrics.csv")
+    codes = [m["code"] for m in read(run, "health.json")]
+    if summary["stopped_reason"] == "completed":  # the plan ran to its end: the lr reached its floor
+        assert rows["epoch"].tolist() == list(range(epochs))
+        assert rows["lr/last"].iloc[-1] < 0.1 * rows["lr"].max()
+        assert "backbone_never_unfrozen" not in codes
+    else:
+        assert "budget_cut" in codes
+    assert "plan_cut" in codes  # the report does not call this run normal
+    assert_one_story(run)
+    # resuming with the config as written (before the plan scaled it) is the same run
+    train(cfg, dataset, run, resume=True, epochs=epochs + 1, max_time="10m")
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(epochs + 1))
+
+
+def test_a_budget_shorter_than_an_epoch_is_a_one_line_error(dataset, tmp_path):
+    with pytest.raises(VislabError, match=r"--max-time 1s: shorter than one epoch.*give at least"):
+        train(paced(0.3, 0.3, train={"epochs": 5}), dataset, tmp_path / "run", max_time="1s")
+    assert not (tmp_path / "run").exists()
+
+
+def probe(step_s: float, frozen_step_s: float | None = None) -> Probe:
+    return Probe(step_s=step_s, frozen_step_s=frozen_step_s, train_start_s=0.0, val_batch_s=1.0, val_start_s=0.0,
+                 save_s=0.5, batch=32, eval_batch=32, train_batches=100, val_batches=10, probe_s=5.0)
+
+
+def test_plan_arithmetic_scales_what_counts_in_epochs():
+    cfg = tiny_config(train={"epochs": 6, "freeze_backbone_epochs": 2}, scheduler={"name": "cosine", "warmup_epochs": 0.5})
+    # an epoch: 100 steps of 1 s (0.5 s frozen) + 10 s validation + 2 x 0.5 s saves
+    planned, plan = fit_plan(cfg, "5m", 300.0, probe(1.0, 0.5), spent_s=5.0)
+    assert plan.epochs == 2 and plan.cut  # 61 s + 111 s, with the margin, fits in 295 s; three do not
+    assert planned.train.epochs == 2 and planned.train.freeze_backbone_epochs == 1 and planned.scheduler.warmup_epochs == pytest.approx(0.5 / 3, abs=1e-3)
+    assert "fits 2 of the 6 epochs asked" in plan.line("cosine") and "backbone frozen for 1 epoch(s) (was 2)" in plan.line("cosine")
+    planned, plan = fit_plan(cfg, "1h", 3600.0, probe(1.0, 0.5))
+    assert plan.epochs == 6 and not plan.cut and planned.train.freeze_backbone_epochs == 2  # all fit: as asked
+    one, plan = fit_plan(cfg, "2m", 120.0, probe(1.0, 0.5))
+    assert plan.epochs == 1 and one.train.freeze_backbone_epochs == 1  # the head's warm-up first
+    exp = tiny_config(train={"epochs": 10}, scheduler={"name": "exponential", "gamma": 0.9})
+    planned, plan = fit_plan(exp, "10m", 600.0, probe(1.0))
+    assert planned.scheduler.gamma ** planned.train.epochs == pytest.approx(0.9**10, rel=1e-4)  # decays as far
+
+
+def test_a_backbone_that_never_unfroze_is_a_warning(dataset, tmp_path):
+    run = train(tiny_config(train={"epochs": 2, "freeze_backbone_epochs": 3}), dataset, tmp_path / "run")
+    warned = [m for m in read(run, "health.json") if m["code"] == "backbone_never_unfrozen"]
+    assert len(warned) == 1 and "only the new head learned" in warned[0]["message"]
+    from vislab.report.html import write_report
+
+    assert "training looked normal" not in write_report(run).read_text()
+
+
+class SlowsDown(Callback):
+    """From epoch `epoch` (counted from 0) every training step takes `train_s`: the plan's estimate is now wrong."""
+
+    def __init__(self, epoch: int, train_s: float) -> None:
+        self.epoch, self.train_s = epoch, train_s
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            pl_module.model.train_s = self.train_s
+
+
+def test_an_epoch_that_cannot_end_inside_the_budget_is_cut_unvalidated(dataset, tmp_path):
+    run = train(paced(0.05, 0.3, train={"epochs": 6}), dataset, tmp_path / "run", max_time="12s", callbacks=[SlowsDown(1, 3.0)])
+    summary = read(run, "summary.json")
+    assert summary["stopped_reason"] == "max_time" and summary["wall_time_s"] <= 12.0 + 0.5
+    step = load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"]
+    assert step % STEPS_PER_EPOCH and summary["epochs_completed"] == step // STEPS_PER_EPOCH  # cut inside an epoch
+    assert "budget_cut" in [m["code"] for m in read(run, "health.json")]
+    assert_one_story(run)
