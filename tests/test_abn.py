@@ -61,7 +61,7 @@ def test_alpha_zero_trains_perception_only() -> None:
 def test_create_model_wraps_and_loads_plain_backbone_weights(tmp_path) -> None:
     from vislab.config import ModelConfig
     from vislab.models.backbones import set_backbone_frozen
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     plain = create_model(ModelConfig(name="resnet18"), 4)
     path = tmp_path / "plain.pth"
@@ -80,7 +80,7 @@ def test_create_model_wraps_and_loads_plain_backbone_weights(tmp_path) -> None:
 
 def test_simple_cnn_backbone() -> None:
     from vislab.config import ModelConfig, SimpleCNNConfig
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     cfg = ModelConfig(name="simple_cnn", attention="abn", simple_cnn=SimpleCNNConfig(layers=3, filters=8, fc=0))
     model = create_model(cfg, 3)
@@ -107,7 +107,7 @@ def _square_task(n: int, size: int, gen: torch.Generator) -> tuple[torch.Tensor,
 def test_tiny_abn_learns_and_attends_to_the_deciding_region() -> None:
     from vislab.config import ModelConfig, SimpleCNNConfig
     from vislab.models.abn import attention_upsampled
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)

@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 
 from vislab.cli import app
 from vislab.errors import VislabError
-from vislab.report.compare import COLUMNS, compare_runs, render
+from vislab.report.compare import compare_runs, render, result_columns
 from vislab.testing.rundirs import make_run_dir
 
 MODELS = ("simple_cnn", "resnet18", "efficientnet_b0")
+COLUMNS = [c.key for c in result_columns(["classify"])]  # the columns of a comparison of classification runs
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,12 @@ import torch.nn as nn
 
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
-from vislab.models import registry
+from vislab.models import factory
 from vislab.models.crops import CropDetector, CropOutput, CropsLossConfig, coord_channels, crops_loss
 
 
 def tiny(**kwargs: object) -> CropDetector:
-    return registry.create_model(ModelConfig(name="crop_detector_tiny", kwargs=kwargs), 16)
+    return factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs=kwargs), 16)
 
 
 def inputs(b: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,10 +28,10 @@ def inputs(b: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_registered_for_the_crops_task() -> None:
     for name in ("crop_detector", "crop_detector_tiny"):
-        info = registry.model_info(name)
+        info = factory.model_info(name)
         assert info["task"] == "crops" and info["source"] == "vislab"
-    assert registry.model_info("crop_detector")["spec"]["input_size"] == [3, 149, 224]
-    assert "crop_detector" in registry.list_models("crop*")
+    assert factory.model_info("crop_detector")["spec"]["input_size"] == [3, 149, 224]
+    assert "crop_detector" in factory.list_models("crop*")
 
 
 def test_tiny_forward_backward_shapes() -> None:
@@ -50,7 +50,7 @@ def test_tiny_forward_backward_shapes() -> None:
 
 
 def test_paper_layout_at_full_size() -> None:
-    model = registry.create_model(ModelConfig(name="crop_detector"), 16)
+    model = factory.create_model(ModelConfig(name="crop_detector"), 16)
     linears = [(m.in_features, m.out_features) for m in model.head if isinstance(m, nn.Linear)]
     assert linears == [(16 * 64 + 64, 512), (512, 256), (256, 5)]
     assert model.global_net.conv1.in_channels == 5 and len(model.global_net.layer3) == 6  # ResNet-34
@@ -60,7 +60,7 @@ def test_paper_layout_at_full_size() -> None:
 
 
 def test_sizes_are_config_values() -> None:
-    model = registry.create_model(
+    model = factory.create_model(
         ModelConfig(name="crop_detector_tiny", kwargs={"patch_dim": 8, "global_dim": 4, "hidden": [10], "coords": False}), 6
     )
     assert [(m.in_features, m.out_features) for m in model.head if isinstance(m, nn.Linear)] == [(6 * 8 + 4, 10), (10, 5)]

@@ -18,7 +18,7 @@ from vislab.data.crops import CropsConfig, make_sample, sample_seed
 from vislab.data.io import load_image
 from vislab.metrics.crops import Baseline, CropsEvaluation
 from vislab.models.crops import CropsLossConfig, crops_loss
-from vislab.models.registry import create_model
+from vislab.models.factory import create_model
 from vislab.testing.lens import LENS, TINY_FRAME, lens_photo, tiny_crops_config
 
 

@@ -11,9 +11,10 @@ from PIL import Image
 
 from vislab.config import SimpleCNNConfig
 from vislab.errors import VislabError
-from vislab.explain.cam import METHOD_NAMES, cam_session, compute_cams, find_target_layer, overlay, select_logits
+from vislab.explain.cam import METHOD_NAMES, cam_session, compute_cams, find_target_layer, overlay
 from vislab.data.io import collect_images
 from vislab.explain.overlays import explain_images
+from vislab.models.outputs import logits_of
 from vislab.models.registry import DataSpec
 from vislab.models.simple_cnn import SimpleCNN
 
@@ -83,9 +84,9 @@ def test_dict_and_tuple_outputs() -> None:
         expect = torch.softmax(model.inner(x), 1).numpy()
     np.testing.assert_allclose(res.probs, expect, atol=1e-5)  # the 'logits' entry, not 'att_logits'
     t = torch.zeros(1)
-    assert select_logits((t, "x")) is t
+    assert logits_of((t, "x")) is t
     with pytest.raises(KeyError, match="att_logits"):
-        select_logits({"att_logits": t})
+        logits_of({"att_logits": t})
 
 
 def test_hooks_released_when_cam_fails() -> None:

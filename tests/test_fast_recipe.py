@@ -15,7 +15,7 @@ import torch.nn as nn
 from vislab.config import RECIPES_DIR, ModelConfig, load_config
 from vislab.data import batch_augment as ba
 from vislab.models.fast_cnn import FastCNN, whitening_filters
-from vislab.models.registry import create_model
+from vislab.models.factory import create_model
 from vislab.tricks import Lookahead, recipe_callbacks, resolve_precision
 
 CONFIGS = RECIPES_DIR

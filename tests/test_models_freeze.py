@@ -7,13 +7,13 @@ import torch
 import torch.nn as nn
 
 from vislab.config import ModelConfig
-from vislab.models import backbones, registry
+from vislab.models import backbones, factory
 from vislab.testing.models import tiny_model
 
 MODELS = [
     pytest.param(lambda: tiny_model(), id="simple_cnn"),
-    pytest.param(lambda: registry.create_model(ModelConfig(name="test_efficientnet"), 3), id="timm"),
-    pytest.param(lambda: registry.create_model(ModelConfig(name="test_resnet", head={"hidden": 8}), 3), id="mlp_head"),
+    pytest.param(lambda: factory.create_model(ModelConfig(name="test_efficientnet"), 3), id="timm"),
+    pytest.param(lambda: factory.create_model(ModelConfig(name="test_resnet", head={"hidden": 8}), 3), id="mlp_head"),
 ]
 
 
@@ -77,7 +77,7 @@ def test_frozen_batchnorm_stays_in_eval_after_model_train(build) -> None:
 
 
 def test_param_groups_split_lr_and_weight_decay() -> None:
-    model = registry.create_model(ModelConfig(name="test_resnet", head={"hidden": 8}), 3)
+    model = factory.create_model(ModelConfig(name="test_resnet", head={"hidden": 8}), 3)
     groups = {g["name"]: g for g in backbones.param_groups(model, lr=0.1, backbone_lr_mult=0.1, weight_decay=1e-4)}
     assert set(groups) == {"backbone", "backbone_no_decay", "head", "head_no_decay"}
     assert groups["backbone"]["lr"] == pytest.approx(0.01) and groups["head"]["lr"] == pytest.approx(0.1)
@@ -94,7 +94,7 @@ def test_param_groups_split_lr_and_weight_decay() -> None:
 
 
 def test_param_groups_skip_decay_for_no_weight_decay_names() -> None:
-    model = registry.create_model(ModelConfig(name="test_vit"), 3)
+    model = factory.create_model(ModelConfig(name="test_vit"), 3)
     groups = {g["name"]: g for g in backbones.param_groups(model, lr=1.0, weight_decay=0.1)}
     no_decay = {id(p) for p in groups["backbone_no_decay"]["params"]}
     assert id(model.pos_embed) in no_decay and id(model.cls_token) in no_decay
@@ -108,7 +108,7 @@ def test_own_head_module_names_take_precedence() -> None:
 
 
 def test_sync_batchnorm_conversion_keeps_timm_activations() -> None:
-    model = registry.create_model(ModelConfig(name="test_efficientnet"), 3).eval()
+    model = factory.create_model(ModelConfig(name="test_efficientnet"), 3).eval()
     x = torch.randn(1, 3, 32, 32)
     expected = model(x)
     converted = backbones.convert_sync_batchnorm(model).eval()

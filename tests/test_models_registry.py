@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from vislab.cli import app
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
-from vislab.models import registry
+from vislab.models import factory, registry
 
 
 def test_duplicate_registration_raises() -> None:
@@ -18,41 +18,41 @@ def test_duplicate_registration_raises() -> None:
 
 
 def test_list_models_by_pattern() -> None:
-    assert registry.list_models() == sorted(registry.list_models())
-    assert "simple_cnn" in registry.list_models("simple*")
-    assert registry.list_models("zz*") == []
-    with_timm = registry.list_models("*efficientnet_lite*", include_timm=True)
+    assert factory.list_models() == sorted(factory.list_models())
+    assert "simple_cnn" in factory.list_models("simple*")
+    assert factory.list_models("zz*") == []
+    with_timm = factory.list_models("*efficientnet_lite*", include_timm=True)
     assert "tf_efficientnet_lite0" in with_timm and "simple_cnn" not in with_timm
 
 
 def test_model_info_reports_source_and_spec() -> None:
-    own = registry.model_info("simple_cnn")
+    own = factory.model_info("simple_cnn")
     assert own["source"] == "vislab" and own["spec"]["input_size"] == [3, 64, 64]
-    timm_info = registry.model_info("tf_efficientnet_lite0")
+    timm_info = factory.model_info("tf_efficientnet_lite0")
     assert timm_info["source"] == "timm"
     assert timm_info["spec"]["input_size"] == [3, 224, 224]
     assert timm_info["pretrained"] == ["true", "pypi"]
-    assert registry.model_info("resnet18")["pretrained"] == ["true"]
+    assert factory.model_info("resnet18")["pretrained"] == ["true"]
 
 
 def test_unknown_name_suggests_close_names() -> None:
     with pytest.raises(VislabError, match=r"unknown model 'efficientnet_lite_0'; did you mean .*efficientnet_lite0"):
-        registry.create_model(ModelConfig(name="efficientnet_lite_0"), 3)
+        factory.create_model(ModelConfig(name="efficientnet_lite_0"), 3)
     with pytest.raises(VislabError, match="did you mean simple_cnn"):
-        registry.check_name("simple-cnn")
+        factory.check_name("simple-cnn")
 
 
 def test_vislab_model_rejects_pretrained_and_head() -> None:
     with pytest.raises(VislabError, match="no pretrained weights"):
-        registry.create_model(ModelConfig(name="simple_cnn", pretrained=True), 3)
+        factory.create_model(ModelConfig(name="simple_cnn", pretrained=True), 3)
     with pytest.raises(VislabError, match="model.head"):
-        registry.create_model(ModelConfig(name="simple_cnn", head={"hidden": 8}), 3)
+        factory.create_model(ModelConfig(name="simple_cnn", head={"hidden": 8}), 3)
 
 
 def test_pretrained_and_weights_together_is_an_error(tmp_path) -> None:
     cfg = ModelConfig(name="test_resnet", pretrained=True, weights=tmp_path / "w.pth")
     with pytest.raises(VislabError, match="keep one"):
-        registry.create_model(cfg, 3)
+        factory.create_model(cfg, 3)
 
 
 def test_cli_models_lists_names_and_fails_on_no_match() -> None:

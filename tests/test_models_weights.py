@@ -10,7 +10,7 @@ import torch
 
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
-from vislab.models import registry
+from vislab.models import factory
 from vislab.models.weights import load_weights
 from vislab.testing.models import save_weights, tiny_model, tiny_model_config
 
@@ -27,7 +27,7 @@ def test_local_weights_load_in_every_form(tmp_path, kind: str, suffix: str) -> N
     source = tiny_model(simple_cnn={"init_seed": 1})
     path = save_weights(source, tmp_path / f"w{suffix}", kind=kind)
     cfg = tiny_model_config(simple_cnn={"init_seed": 2}, weights=path)
-    model = registry.create_model(cfg, 3)
+    model = factory.create_model(cfg, 3)
     assert _same(model, source)
     report = model.vislab_load_report
     assert report["source"] == "file" and report["loaded"] == len(source.state_dict())
@@ -49,7 +49,7 @@ def test_other_class_count_skips_and_reports_head(tmp_path, caplog) -> None:
     path = save_weights(source, tmp_path / "w.safetensors", kind="safetensors")
     fresh = tiny_model(num_classes=4, simple_cnn={"init_seed": 2})
     with caplog.at_level(logging.WARNING, logger="vislab.models.weights"):
-        model = registry.create_model(tiny_model_config(simple_cnn={"init_seed": 2}, weights=path), 4)
+        model = factory.create_model(tiny_model_config(simple_cnn={"init_seed": 2}, weights=path), 4)
     report = model.vislab_load_report
     assert report["new_head"] is True
     assert len(report["skipped_head"]) == 2 and all(k.startswith("head.3.") for k in report["skipped_head"])
@@ -59,9 +59,9 @@ def test_other_class_count_skips_and_reports_head(tmp_path, caplog) -> None:
 
 
 def test_timm_checkpoint_into_mlp_head_model(tmp_path) -> None:
-    plain = registry.create_model(ModelConfig(name="test_resnet"), 1000)
+    plain = factory.create_model(ModelConfig(name="test_resnet"), 1000)
     path = save_weights(plain, tmp_path / "resnet.pth")
-    model = registry.create_model(ModelConfig(name="test_resnet", head={"hidden": 8}, weights=path), 3)
+    model = factory.create_model(ModelConfig(name="test_resnet", head={"hidden": 8}, weights=path), 3)
     report = model.vislab_load_report
     assert report["add_prefix"] == "backbone." and report["skipped_head"] == ["backbone.fc.weight", "backbone.fc.bias"]
     assert torch.equal(model.backbone.conv1[0].weight, plain.conv1[0].weight)
@@ -71,7 +71,7 @@ def test_mismatched_backbone_key_is_an_error(tmp_path) -> None:
     source = tiny_model(simple_cnn={"filters": 8})
     path = save_weights(source, tmp_path / "w.pth")
     with pytest.raises(VislabError) as err:
-        registry.create_model(tiny_model_config(weights=path), 3)
+        factory.create_model(tiny_model_config(weights=path), 3)
     text = str(err.value)
     assert str(path) in text and "with other shapes" in text and "features.0.weight (8, 3, 3, 3) vs (4, 3, 3, 3)" in text
     assert "\n" not in text

@@ -11,7 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from vislab.cli import app
-from vislab.report.html import SECTIONS, write_report
+from vislab.report.classify import SECTIONS
+from vislab.report.html import write_report
 from vislab.testing.rundirs import make_run_dir
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\""

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from PIL import Image
 
-from vislab.report.html import SECTIONS, write_report
+from vislab.report.classify import SECTIONS
+from vislab.report.html import write_report
 from vislab.testing.rundirs import make_run_dir
 
 

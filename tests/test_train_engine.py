@@ -17,9 +17,12 @@ from typer.testing import CliRunner
 from vislab.cli import app
 from vislab.config import RECIPES_DIR, dump_config
 from vislab.errors import VislabError
-from vislab.runs import METRIC_COLUMNS, load_checkpoint_file
+from vislab.runs import load_checkpoint_file
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import build_task, train
+
+# metrics.csv of a classification run starts with these columns (the run-directory contract)
+METRIC_COLUMNS = ["epoch", "train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_time_s", "train_images_per_s"]
 
 CLASSES = ("horizontal", "vertical", "diagonal", "checker")
 CONFIGS = RECIPES_DIR

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
-from vislab.models import backbones, registry
+from vislab.models import backbones, factory
 from vislab.models.yolo import YOLO, PadPool, YOLOConfig, decode_boxes, postprocess, transfer_classes
 from vislab.testing.models import single_thread
 
@@ -22,22 +22,22 @@ def _one_thread() -> Iterator[None]:
         yield
 
 
-DETECT = [n for n in registry.list_models() if registry.model_info(n).get("task") == "detect"]
+DETECT = [n for n in factory.list_models() if factory.model_info(n).get("task") == "detect"]
 SMALL_ANCHORS = ((8, 8), (16, 16), (24, 20), (20, 30), (32, 32), (48, 48))
 
 
 def test_detectors_are_registered_with_their_metadata() -> None:
     assert set(DETECT) == {"yolov3", "yolov3_tiny", "yolov3_timm"}
-    info = registry.model_info("yolov3")
+    info = factory.model_info("yolov3")
     assert info["spec"]["input_size"] == [3, 416, 416] and info["strides"] == [8, 16, 32]
     assert info["anchors"][0] == [10, 13] and info["anchors"][-1] == [373, 326]
-    assert registry.model_info("yolov3_tiny")["anchors"][-1] == [344, 319]
+    assert factory.model_info("yolov3_tiny")["anchors"][-1] == [344, 319]
 
 
 @pytest.mark.parametrize("name", DETECT)
 def test_every_detector_forward_backward(name: str) -> None:
-    model = registry.create_model(ModelConfig(name=name), 3)
-    strides = registry.model_info(name)["strides"]
+    model = factory.create_model(ModelConfig(name=name), 3)
+    strides = factory.model_info(name)["strides"]
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     model.train()
     raw = model(x)
@@ -77,20 +77,20 @@ def test_timm_head_widths_come_from_feature_info(levels: int, strides: list[int]
 
 def test_model_kwargs_set_anchors_and_bad_ones_fail_in_one_line() -> None:
     cfg = ModelConfig(name="yolov3_tiny", kwargs={"anchors": [list(a) for a in SMALL_ANCHORS], "img_size": 64})
-    model = registry.create_model(cfg, 2)
+    model = factory.create_model(cfg, 2)
     assert model.anchors[1, 2].tolist() == [48.0, 48.0] and model.cfg.img_size == 64
     bad = [
         {"backbone": "resnet18"},  # only yolov3_timm has a backbone setting
         {"anchors": [[10, 13], [16, 30]]},  # 2 anchors over 2 levels is fine, 5 is not:
     ]
     with pytest.raises(VislabError, match="model.kwargs: 'backbone' is not a yolov3_tiny setting"):
-        registry.create_model(ModelConfig(name="yolov3_tiny", kwargs=bad[0]), 2)
+        factory.create_model(ModelConfig(name="yolov3_tiny", kwargs=bad[0]), 2)
     with pytest.raises(VislabError, match="5 anchors do not split over 2 levels"):
-        registry.create_model(ModelConfig(name="yolov3_tiny", kwargs={"anchors": SMALL_ANCHORS[:5]}), 2)
+        factory.create_model(ModelConfig(name="yolov3_tiny", kwargs={"anchors": SMALL_ANCHORS[:5]}), 2)
     with pytest.raises(VislabError, match="timm has no model 'no_such_net'"):
-        registry.create_model(ModelConfig(name="yolov3_timm", kwargs={"backbone": "no_such_net"}), 2)
+        factory.create_model(ModelConfig(name="yolov3_timm", kwargs={"backbone": "no_such_net"}), 2)
     with pytest.raises(VislabError, match="last 2 or 3 feature levels"):
-        registry.create_model(ModelConfig(name="yolov3_timm", kwargs={"levels": 4}), 2)
+        factory.create_model(ModelConfig(name="yolov3_timm", kwargs={"levels": 4}), 2)
 
 
 def test_darknet_stride1_maxpool_takes_the_max_of_pixels_inside() -> None:

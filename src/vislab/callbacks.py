@@ -25,7 +25,7 @@ import os
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import lightning as L
 import pandas as pd
@@ -34,7 +34,10 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, RichProgressBar, Timer, TQDMProgressBar
 
 from vislab.display import format_rate
-from vislab.runs import METRIC_COLUMNS, atomic_write_text, checksum_path, fsync_dir, load_checkpoint_file, temp_path, write_checksum, write_json
+from vislab.runs import atomic_write_text, checksum_path, fsync_dir, load_checkpoint_file, metric_columns, run_paths, temp_path, write_checksum, write_json
+
+if TYPE_CHECKING:
+    from vislab.tasks.registry import Task
 
 
 class _HashingWriter:
@@ -367,13 +370,16 @@ def _scalar(v: Any) -> float | None:
 
 class RunRecorder(Callback):
     """Writes metrics.csv and prints a line each full epoch, and summary.json when training
-    ends (or fails)."""
+    ends (or fails). The task says which metrics lead metrics.csv and the epoch line, and
+    how they read."""
 
-    def __init__(self, run_dir: str | Path, summary_base: dict[str, Any], monitor: str, mode: str) -> None:
+    def __init__(self, run_dir: str | Path, summary_base: dict[str, Any], monitor: str, mode: str, task: "Task") -> None:
         self.run_dir = Path(run_dir)
         self.summary_base = dict(summary_base)
         self.monitor = monitor
         self.mode = mode
+        self.task = task
+        self.columns = metric_columns(task.metric_columns)
         self._resume_epoch: int | None = None
         self._resume_partial: dict[str, Any] | None = None
         self._t0 = self._val_s = 0.0
@@ -383,7 +389,7 @@ class RunRecorder(Callback):
 
     @property
     def metrics_path(self) -> Path:
-        return self.run_dir / "metrics.csv"
+        return run_paths(self.run_dir).metrics
 
     # ---- resume: the epoch the next session starts with --------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -412,10 +418,10 @@ class RunRecorder(Callback):
     def read_rows(self) -> pd.DataFrame:
         if self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0:
             return pd.read_csv(self.metrics_path)
-        return pd.DataFrame(columns=METRIC_COLUMNS)
+        return pd.DataFrame(columns=self.columns)
 
     def _write_rows(self, rows: pd.DataFrame) -> None:
-        cols = METRIC_COLUMNS + sorted(c for c in rows.columns if c not in METRIC_COLUMNS)
+        cols = self.columns + sorted(c for c in rows.columns if c not in self.columns)
         atomic_write_text(self.metrics_path, rows.reindex(columns=cols).to_csv(index=False, lineterminator="\n"))
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -465,10 +471,7 @@ class RunRecorder(Callback):
         m = trainer.callback_metrics
         row: dict[str, Any] = {
             "epoch": int(trainer.current_epoch),
-            "train/loss": _scalar(m.get("train/loss")),
-            "train/acc": _scalar(m.get("train/acc")),
-            "val/loss": _scalar(m.get("val/loss")),
-            "val/acc": _scalar(m.get("val/acc")),
+            **{key: _scalar(m.get(key)) for key in self.task.metric_columns},
             "lr": self._lrs.mean(),
             "epoch_time_s": round(wall, 3),
             "train_images_per_s": round(self._images / train_s, 1),
@@ -487,7 +490,7 @@ class RunRecorder(Callback):
         rows = rows[rows["epoch"] != row["epoch"]] if len(rows) else rows
         new = pd.DataFrame([row])
         self._write_rows(new if rows.empty else pd.concat([rows, new], ignore_index=True))
-        say(trainer, _epoch_line(row, trainer.max_epochs))
+        say(trainer, _epoch_line(row, trainer.max_epochs, self.task))
 
     # ---- the end --------------------------------------------------------------------------
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -542,7 +545,7 @@ class RunRecorder(Callback):
             n_backbone, n_head = (sum(p.numel() for _, p in part) for part in (backbone, head))
             summary["params_while_frozen"] = {"trainable": n_head, "frozen": n_backbone, "total": n_head + n_backbone}
         if trainer.is_global_zero:
-            write_json(self.run_dir / "summary.json", summary)
+            write_json(run_paths(self.run_dir).summary, summary)
         return summary
 
 
@@ -566,18 +569,17 @@ def stop_reason(trainer: "L.Trainer") -> str:
     return "stopped"
 
 
-def _fmt(v: Any, pct: bool = False) -> str:
-    if v is None or v != v:
-        return "-"
-    return f"{v:.1%}" if pct else f"{v:.4f}"
-
-
-def _epoch_line(row: dict[str, Any], max_epochs: int | None) -> str:
-    """Keras' and Ultralytics' per-epoch results line, epochs counted from 1."""
+def _epoch_line(row: dict[str, Any], max_epochs: int | None, task: "Task") -> str:
+    """Keras' and Ultralytics' per-epoch results line, epochs counted from 1: the task's
+    train/ and val/ metrics in its column order (`epoch 3/10: train loss 0.4123 acc 88.0% |
+    val loss ... | lr 0.001 | 2.1s, 812 img/s`)."""
+    parts = []
+    for phase in ("train", "val"):
+        keys = [k for k in task.metric_columns if k.startswith(phase + "/")]
+        parts.append(phase + " " + " ".join(f"{k.split('/', 1)[1]} {task.format_metric(k, row.get(k))}" for k in keys))
     lr = "-" if row["lr"] is None else f"{row['lr']:.3g}"
     return (
-        f"epoch {row['epoch'] + 1}/{max_epochs}: train loss {_fmt(row['train/loss'])} acc {_fmt(row['train/acc'], True)}"
-        f" | val loss {_fmt(row['val/loss'])} acc {_fmt(row['val/acc'], True)} | lr {lr}"
+        f"epoch {row['epoch'] + 1}/{max_epochs}: {' | '.join(parts)} | lr {lr}"
         f" | {row['epoch_time_s']:.1f}s, {format_rate(row['train_images_per_s'])} img/s"
     )
 

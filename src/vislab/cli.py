@@ -247,7 +247,7 @@ def models(
     pretrained: bool = typer.Option(False, "--pretrained", help="List the models whose pretrained weights load here without a network."),
 ) -> None:
     """List model names usable as `model.name`, one per line."""
-    from vislab.models.registry import list_models
+    from vislab.models.factory import list_models
 
     if pretrained:
         from vislab.models.backbones import offline_weights
@@ -543,11 +543,10 @@ def evaluate(
 
     if tta_translate < 0:
         raise VislabError(f"--tta-translate {tta_translate}: must be 0 or more pixels")
+    from vislab.tasks import get_task
+
     m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate)
-    acc, mca = m.get("accuracy"), m.get("mca")
-    acc_txt = f"accuracy {acc:.2%}" if acc is not None else "accuracy n/a (no labels)"
-    mca_txt = f", mCA {mca:.2%}" if mca is not None else ""
-    console.print(f"{m['name']}: {acc_txt}{mca_txt} on {m.get('num_samples')} images", highlight=False)
+    console.print(get_task(m["task"]).evaluation_line(m), highlight=False)
     console.print(f"eval: {m['eval_dir']}", highlight=False)
 
 

@@ -17,10 +17,11 @@ from typing import Any, Literal, Sequence, Union, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
 from pydantic.fields import FieldInfo
 
 from vislab.errors import VislabError
+from vislab.tasks.registry import DEFAULT_TASK, get_task, task_names
 
 
 class Section(BaseModel):
@@ -161,9 +162,9 @@ class SchedulerConfig(Section):
 class EarlyStoppingConfig(Section):
     """Stop when a metric stops improving."""
 
-    monitor: str = Field("val/acc", description="Metric to watch.")
+    monitor: str | None = Field(None, description="Metric to watch; null: the task's (classify: val/acc).")
     patience: int = Field(5, ge=1, description="Epochs without improvement before stopping.")
-    mode: Literal["min", "max"] = Field("max", description="Whether the metric should go down or up.")
+    mode: Literal["min", "max"] | None = Field(None, description="Whether the metric should go down or up; null: the task's (classify: max).")
     min_delta: float = Field(0.0, description="Smallest change that counts as improvement.")
 
 
@@ -200,8 +201,8 @@ class TrainConfig(Section):
     class_weights: Literal["none", "balanced"] | list[float] = Field("none", description="Loss weight per class: none, balanced (inverse frequency) or a list.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early when a metric stops improving; null trains all epochs.")
-    monitor: str = Field("val/acc", description="Metric that picks the best checkpoint.")
-    monitor_mode: Literal["min", "max"] = Field("max", description="Whether train.monitor should go down or up.")
+    monitor: str | None = Field(None, description="Metric that picks the best checkpoint; null: the task's (classify: val/acc).")
+    monitor_mode: Literal["min", "max"] | None = Field(None, description="Whether train.monitor should go down or up; null: the task's (classify: max).")
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "auto"] = Field(
         "32-true", description="Numeric precision (Lightning's names); auto: bf16-mixed where the device runs it natively.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps ...")
@@ -229,15 +230,75 @@ class TrainConfig(Section):
 
 
 class RunConfig(Section):
-    """Everything one run needs; saved resolved into the run directory."""
+    """Everything one run needs; saved resolved into the run directory.
 
-    task: Literal["classify"] = Field("classify", description="What to train.")
+    `task` selects a registered task (tasks/registry.py); a task may own a section of its
+    own, under its name (e.g. `detect:`), validated by the task's Section model and saved
+    with the rest; `section()` returns it. Left unset, `train.monitor`, `train.monitor_mode`
+    and the early-stopping metric are the task's (classification: val/acc, max)."""
+
+    task: str = Field(DEFAULT_TASK, description="What to train: a registered task.", json_schema_extra={"choices": task_names})
     seed: int = Field(0, description="Seed of weights, data order, splits and augmentation.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input, batches and augmentation.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and learning rates.")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="Learning-rate schedule.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training length, precision, devices and checkpoints.")
+    _sections: dict[str, Section] = PrivateAttr(default_factory=dict)
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in task_names():
+            raise ValueError(f"unknown task '{v}'; choose one of {', '.join(task_names())}")
+        return v
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_task_section(cls, raw: Any, handler: Any) -> "RunConfig":
+        """Take the task's own section out before the fixed fields are validated (any other
+        unknown key stays an error), validate it with the task's model, keep it aside."""
+        section, value = None, None
+        if isinstance(raw, dict) and isinstance(raw.get("task", DEFAULT_TASK), str) and raw.get("task", DEFAULT_TASK) in task_names():
+            section = get_task(raw.get("task", DEFAULT_TASK)).config_section
+            name = raw.get("task", DEFAULT_TASK)
+            if section is not None and name in raw:
+                raw = dict(raw)
+                value = raw.pop(name)
+        cfg = handler(raw)
+        if section is not None:
+            try:
+                cfg._sections[cfg.task] = value if isinstance(value, section) else section.model_validate(value if value is not None else {})
+            except ValidationError as err:  # the keys as the YAML spells them: `<task>.<key>`
+                errors = [{**e, "loc": (cfg.task, *e["loc"])} for e in err.errors()]
+                raise ValidationError.from_exception_data(cls.__name__, errors) from None  # type: ignore[arg-type]
+        return cfg
+
+    @model_validator(mode="after")
+    def _task_defaults(self) -> "RunConfig":
+        monitor, mode = get_task(self.task).monitor
+        if self.train.monitor is None:
+            self.train.monitor = monitor
+        if self.train.monitor_mode is None:
+            self.train.monitor_mode = mode  # type: ignore[assignment]
+        es = self.train.early_stopping
+        if es is not None:
+            if es.monitor is None:
+                es.monitor = monitor
+            if es.mode is None:
+                es.mode = mode  # type: ignore[assignment]
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_task_section(self, handler: Any, info: Any) -> dict[str, Any]:
+        out = handler(self)
+        for name, section in self._sections.items():
+            out[name] = section.model_dump(mode=info.mode)
+        return out
+
+    def section(self) -> Section | None:
+        """The task's own config section (None for a task without one)."""
+        return self._sections.get(self.task)
 
 
 # --- the documented keys ------------------------------------------------------------------
@@ -302,6 +363,9 @@ def _type_name(annotation: Any) -> str:
 
 def type_text(info: FieldInfo) -> str:
     """A field's allowed values for people: 'float > 0', 'sgd|adamw', 'int in [1, 6] or null'."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if callable(extra.get("choices")):  # a set known only at run time (the registered tasks)
+        return "|".join(extra["choices"]())
     text = _type_name(info.annotation) + _bounds(info.metadata)
     return text + " or null" if type(None) in get_args(info.annotation) else text
 
@@ -319,10 +383,26 @@ def value_text(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
 
 
+def _task_sections() -> dict[str, FieldInfo]:
+    """The registered tasks' own sections as fields: YAML key (the task's name) -> field."""
+    from vislab.tasks.registry import section_tasks
+
+    return {
+        name: FieldInfo(annotation=task.config_section, default_factory=task.config_section,
+                        description=f"Settings of task: {name}.", json_schema_extra={"applies_when": {"task": name}})
+        for name, task in section_tasks().items()
+    }
+
+
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields; the whole config's include the task sections."""
+    return {**model.model_fields, **_task_sections()} if model is RunConfig else dict(model.model_fields)
+
+
 def config_keys(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[KeyDoc]:
     """Every key of the config, depth first in declaration order; sections are marked."""
     out: list[KeyDoc] = []
-    for name, info in model.model_fields.items():
+    for name, info in _fields(model).items():
         key = prefix + name
         section = _section_of(info.annotation)
         default = info.get_default(call_default_factory=True)
@@ -359,9 +439,10 @@ def _field(key: str) -> FieldInfo | None:
     model: type[BaseModel] | None = RunConfig
     info = None
     for part in key.split("."):
-        if model is None or part not in model.model_fields:
+        fields = _fields(model) if model is not None else {}
+        if part not in fields:
             return None
-        info = model.model_fields[part]
+        info = fields[part]
         model = _section_of(info.annotation)
     return info
 
@@ -408,6 +489,8 @@ def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = 
     errors = err.errors()
     first = errors[0]
     loc = [str(p) for p in first["loc"]]
+    if first["type"] == "extra_forbidden" and len(loc) == 1 and loc[0] in _task_sections():
+        return f"{_origin(loc, source, overrides)}: '{loc[0]}' holds the settings of task {loc[0]}; set task: {loc[0]}, or remove the section"
     if first["type"] == "extra_forbidden":
         key = ".".join(loc)
         close = suggest_keys(key)

@@ -1,8 +1,9 @@
 """`vislab export`: a run's model as an ONNX file, checked against PyTorch before it is kept.
 
 The export is of the eval-mode model with a dynamic batch dimension (height and width fixed
-at the run's input size). Models that return a dict (e.g. the attention-branch network) are
-wrapped so the file returns their `logits`. After writing, ONNX Runtime runs a random batch
+at the run's input size). What the file returns is the run's task's choice
+(`Task.export_module`): for classification the `logits`, also of models that return a dict
+(e.g. the attention-branch network). After writing, ONNX Runtime runs a random batch
 (of a different size than the one traced, which proves the batch axis is dynamic) and its
 outputs must match PyTorch's within tolerance; otherwise the file is removed and the command
 fails. The class names and the input normalisation go into the file's metadata, so a
@@ -22,10 +23,10 @@ import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
+from vislab.tasks import DEFAULT_TASK, get_task
 
 FORMATS = ("onnx",)
 INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 
 
 def supported_opsets() -> range:
@@ -43,18 +44,6 @@ def check_opset(opset: int) -> None:
     ok = supported_opsets()
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in ok:
         raise VislabError(f"--opset {opset}: not supported; choose an ONNX opset from {ok.start} to {ok.stop - 1} (17 is a safe default)")
-
-
-class LogitsOnly(nn.Module):
-    """Returns `logits` of a model whose forward returns a dict (or the tensor as is)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        return out["logits"] if isinstance(out, dict) else out
 
 
 @dataclass
@@ -78,12 +67,15 @@ def export_onnx_model(
     path: str | Path,
     opset: int = 17,
     metadata: dict[str, str] | None = None,
+    task: str = DEFAULT_TASK,
 ) -> Path:
-    """Write `model` (eval mode, dict outputs reduced to logits) to `path` with a dynamic batch axis."""
+    """Write `model` (eval mode, its outputs as `task` exports them: classification's logits)
+    to `path` with a dynamic batch axis."""
     check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = LogitsOnly(model).eval()
+    plugin = get_task(task)
+    net = plugin.export_module(model).eval()
     example = torch.randn(2, *[int(v) for v in input_size])
     with warnings.catch_warnings():
         # the TorchScript-based exporter needs no extra packages; its deprecation notice is not for users
@@ -95,8 +87,8 @@ def export_onnx_model(
                 str(path),
                 dynamo=False,
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                output_names=[plugin.export_output],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, plugin.export_output: {0: "batch"}},
                 opset_version=opset,
                 do_constant_folding=True,
             )
@@ -126,14 +118,22 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
 
 
 def check_onnx(
-    path: str | Path, model: nn.Module, input_size: Sequence[int], batch: int = 3, atol: float = 1e-4, rtol: float = 1e-3, seed: int = 0
+    path: str | Path,
+    model: nn.Module,
+    input_size: Sequence[int],
+    batch: int = 3,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    seed: int = 0,
+    task: str = DEFAULT_TASK,
 ) -> float:
     """Max |ONNX Runtime - PyTorch| on a random batch; raises VislabError beyond atol + rtol*|ref|."""
+    plugin = get_task(task)
     x = torch.randn(batch, *[int(v) for v in input_size], generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        ref = LogitsOnly(model).eval()(x).float().numpy()
+        ref = plugin.export_module(model).eval()(x).float().numpy()
     try:
-        got = onnx_session(path).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+        got = onnx_session(path).run([plugin.export_output], {INPUT_NAME: x.numpy()})[0]
     except Exception as err:  # onnxruntime raises its own error types (NotImplemented, InvalidGraph, Fail, ...)
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise VislabError(f"{path}: ONNX Runtime cannot run the exported model ({first})") from None
@@ -153,10 +153,11 @@ def export_path(run_dir: Path, out: str | Path | None) -> Path:
     """The file to write: RUN_DIR/export/model.onnx, or `--out` when it names a file that can be
     written (its folder is created); a folder, a path under a file, a special file or a `.json`
     name (the description written beside the model) is refused in one line."""
-    from vislab.fsguard import inside, make_folder
+    from vislab.fsguard import make_folder
+    from vislab.runs import run_paths
 
     if out is None:
-        path = inside(run_dir, "export", "model.onnx")
+        path = run_paths(run_dir).export_model
     else:
         path = Path(out)
         if path.is_dir():
@@ -193,15 +194,15 @@ def export_run(
         "vislab_model": run.cfg.model.name,
         "vislab_checkpoint": str(run.checkpoint),
     }
-    export_onnx_model(model, input_size, path, opset, meta)
+    export_onnx_model(model, input_size, path, opset, meta, task=run.cfg.task)
     batch = 3  # traced with 2: a different size proves the batch axis is dynamic
     try:
-        max_diff = check_onnx(path, model, input_size, batch, atol, rtol)
+        max_diff = check_onnx(path, model, input_size, batch, atol, rtol, task=run.cfg.task)
     except VislabError:
         path.unlink(missing_ok=True)
         raise
     result = ExportResult(str(path), fmt, opset, ["batch", *input_size], max_diff, atol, rtol, batch)
     path.with_suffix(".json").write_text(
-        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict(), "input": INPUT_NAME, "output": OUTPUT_NAME}, indent=2)
+        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict(), "input": INPUT_NAME, "output": get_task(run.cfg.task).export_output}, indent=2)
     )
     return result

@@ -1,11 +1,9 @@
 """Training health checks that stop or warn in plain words, and the `--sanity` recorder.
 
+Generic checks, for every task:
 - A NaN/inf loss stops training before the bad step is applied, naming the step, with
   `stopped_reason: "nan"` in summary.json (raised as `NonFiniteLossError`, a VislabError, so
   the CLI prints one line and exits non-zero).
-- Predictions collapsed onto one class on the validation set: a warning.
-- Validation accuracy still at chance after `train.health.chance_after_epochs` epochs: a
-  warning listing the usual causes.
 - Images that cannot be read any more (deleted or broken since curation; the datamodule
   skips them): a warning `unreadable_images` with the count and the first paths, per split;
   above `train.health.max_bad_images` of a split, last.ckpt is saved and the run stops
@@ -16,7 +14,9 @@
   `backbone_never_unfrozen` (a run with `train.freeze_backbone_epochs` ended with the
   backbone still frozen: only the head learned).
 
-Every message goes to the console and to RUN_DIR/health.json as
+A task adds its own checks (`Task.health_checks`: `HealthCheck` objects run after each
+validation; classification warns about predictions collapsed onto one class and accuracy
+at chance). Every message goes to the console and to RUN_DIR/health.json as
 `{level, code, message, epoch, step}` (the run-directory contract).
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import lightning as L
 import torch
@@ -45,26 +45,31 @@ class UnreadableImagesError(VislabError):
 SHOWN_PATHS = 5  # unreadable images named in health.json and on the console
 
 
+class HealthCheck:
+    """A task's check after each validation epoch (sanity checking excluded). `report(level,
+    code, message)` adds a health message (level warn or info; an error is raised instead)."""
+
+    def after_validation(self, trainer: "L.Trainer", pl_module: "L.LightningModule", report: Callable[[str, str, str], None]) -> None:
+        raise NotImplementedError
+
+
 class HealthMonitor(Callback):
-    """Checks loss, prediction spread, accuracy against chance and unreadable images while
-    training runs. `max_bad_images` applies when the task carries no config (the run's
+    """Checks loss and unreadable images while training runs, and after each validation the
+    task's `checks`. `max_bad_images` applies when the task carries no config (the run's
     `train.health.max_bad_images` wins)."""
 
     def __init__(
         self,
         path: str | Path | None,
-        chance_after_epochs: int = 3,
-        collapse_fraction: float = 0.95,
+        checks: Sequence[HealthCheck] = (),
         max_bad_images: float = 0.01,
         notes: list[tuple[str, str, str]] | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
+        self.checks = list(checks)
         self.notes = list(notes or [])  # (level, code, message) known before training, added when it starts
-        self.chance_after_epochs = chance_after_epochs
-        self.collapse_fraction = collapse_fraction
         self.max_bad_images = max_bad_images
         self.messages: list[dict[str, Any]] = []
-        self._warned: set[str] = set()
         self._unreadable: dict[str, dict[str, Any]] = {}  # split -> its health.json entry
 
     def load_existing(self) -> None:
@@ -208,48 +213,12 @@ class HealthMonitor(Callback):
 
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self.check_unreadable(trainer, pl_module)
-        # after the task's on_validation_epoch_end, which computes this epoch's confusion matrix
+        # after the task's on_validation_epoch_end, which computes what its checks read
         if trainer.sanity_checking:
             return
-        cm = getattr(pl_module, "last_val_confusion", None)
-        n_classes = len(getattr(pl_module, "classes", []) or [])
-        if cm is None or n_classes < 2:
-            return
-        cm = cm.double()
-        total = float(cm.sum())
-        if total <= 0:
-            return
-        pred_counts = cm.sum(0)
-        top = int(pred_counts.argmax())
-        share = float(pred_counts[top]) / total
-        name = pl_module.classes[top]
-        if share >= self.collapse_fraction and "collapse" not in self._warned:
-            self._warned.add("collapse")
-            self.add(
-                trainer,
-                "warn",
-                "collapsed_predictions",
-                f"{share:.0%} of validation predictions are '{name}': the model predicts (almost) one class. "
-                "Check class balance (train.class_weights: balanced or data.sampler: weighted) and the learning rate",
-                int(trainer.global_step),
-            )
-        epochs_done = trainer.current_epoch + 1
-        if epochs_done < self.chance_after_epochs or "chance" in self._warned:
-            return
-        acc = float(cm.diag().sum()) / total
-        majority = float(cm.sum(1).max()) / total
-        chance = max(1.0 / n_classes, majority)
-        if acc <= chance + 0.02:
-            self._warned.add("chance")
-            self.add(
-                trainer,
-                "warn",
-                "chance_accuracy",
-                f"validation accuracy {acc:.1%} is at chance ({chance:.1%}) after {epochs_done} epochs. "
-                "Likely causes: labels not matching images (check the manifest), a learning rate far too high "
-                "or too low (optim.lr), or data that does not reach the model (augmentation, normalisation)",
-                int(trainer.global_step),
-            )
+        step = int(trainer.global_step)
+        for check in self.checks:
+            check.after_validation(trainer, pl_module, lambda level, code, message: self.add(trainer, level, code, message, step))
 
 
 def _save_last_checkpoint(trainer: "L.Trainer") -> Path | None:
@@ -272,7 +241,8 @@ def _current_lr(trainer: "L.Trainer") -> float:
 
 
 class SanityRecorder(Callback):
-    """Loss and accuracy of every step of the `--sanity` run (one batch, seen again and again)."""
+    """Loss and the task's `sanity_score` (classification: accuracy) of every step of the `--sanity` run
+    (one batch, seen again and again)."""
 
     def __init__(self) -> None:
         self.losses: list[float] = []
@@ -281,27 +251,17 @@ class SanityRecorder(Callback):
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         self.losses.append(float(loss.detach()))
-        from vislab.tasks.classify import logits_of
-
-        x, y = batch
-        with torch.no_grad():
-            was = pl_module.training
-            pl_module.eval()
-            pred = logits_of(pl_module(x)).argmax(1)
-            pl_module.train(was)
-        self.accs.append(float((pred == y).float().mean()))
+        score = pl_module.sanity_score(batch)
+        if score is not None:
+            self.accs.append(score)
 
     def result(self) -> dict[str, Any]:
         if not self.losses:
             return {"steps": 0, "learned": False}
         first, last = self.losses[0], self.losses[-1]
-        acc = self.accs[-1]
-        return {
-            "steps": len(self.losses),
-            "loss_first": first,
-            "loss_last": last,
-            "loss_min": min(self.losses),
-            "accuracy_last": acc,
-            "loss_dropped": bool(last < 0.5 * first),
-            "learned": bool(last < 0.5 * first and acc >= 0.999),
-        }
+        out: dict[str, Any] = {"steps": len(self.losses), "loss_first": first, "loss_last": last, "loss_min": min(self.losses)}
+        if self.accs:
+            out["accuracy_last"] = self.accs[-1]
+        out["loss_dropped"] = bool(last < 0.5 * first)
+        out["learned"] = bool(out["loss_dropped"] and (not self.accs or self.accs[-1] >= 0.999))
+        return out

@@ -23,6 +23,7 @@ import io
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -156,9 +157,7 @@ def probe(
 
     import torch
 
-    from vislab.models import backbones
     from vislab.optim import build_optimizer
-    from vislab.runs import temp_path
     from vislab.tricks import resolve_precision
 
     t0 = time.perf_counter()
@@ -173,23 +172,35 @@ def probe(
         task.model.to(memory_format=torch.channels_last)
     opt = build_optimizer(task.model, cfg.optim)
 
+    # the task's own steps (loss, metrics; its logging is off without a Trainer)
     def train_step(batch: tuple[Any, ...]) -> None:
-        x, y = task.on_after_batch_transfer(batch, 0)[:2]
-        target = y
-        if task.mix is not None:
-            x, target = task.mix(x, y)
         with autocast():
-            loss, _ = task.criterion(task(x), target)
+            loss = task.training_step(task.on_after_batch_transfer(batch, 0), 0)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     def val_step(batch: tuple[Any, ...]) -> None:
-        x, y = task.on_after_batch_transfer(batch, 0)[:2]
         with torch.inference_mode(), autocast():
-            task.criterion(task(x), y)
+            task.validation_step(task.on_after_batch_transfer(batch, 0), 0)
 
-    recurring = bool(dm.cfg.num_workers) and not dm.cfg.persistent_workers  # workers restart every epoch
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*self\.log\(\)` but the `self\.trainer` reference is not registered.*")
+        return _probe(task, dm, cfg, steps, scratch, until, t0, device, opt, train_step, val_step)
+
+
+def _probe(
+    task: Any, dm: Any, cfg: "RunConfig", steps: int, scratch: str | Path | None, until: float | None, t0: float,
+    device: Any, opt: Any, train_step: Any, val_step: Any,
+) -> Probe:
+    """`probe` once its steps are set up (`train_step` steps `opt`)."""
+    import torch
+
+    from vislab.models import backbones
+    from vislab.runs import temp_path
+
+    t, d = cfg.train, cfg.data
+    recurring = bool(d.num_workers) and not d.persistent_workers  # workers restart every epoch
     task.train()
     batches = _Batches(dm.train_dataloader())
     first = None  # the first step: it also starts the loader
@@ -207,11 +218,11 @@ def probe(
     step_s = min(times)
     del batches
     world = _world(cfg)
-    assert dm.splits is not None
-    eval_batch = dm.cfg.eval_batch_size or dm.cfg.batch_size
-    val_batches = _limit(math.ceil(math.ceil(len(dm.splits.val) / world) / eval_batch), t.limit_val_batches)
+    eval_batch = d.eval_batch_size or d.batch_size
+    val_loader = dm.val_dataloader()
+    val_batches = _limit(math.ceil(math.ceil(len(val_loader.dataset) / world) / eval_batch), t.limit_val_batches)
     task.eval()  # one batch when that is all there is (then its loader's start counts, as it does each epoch)
-    vtimes = _timed_batches(_Batches(dm.val_dataloader()), min(2, val_batches), val_step, device) if val_batches else [0.0]
+    vtimes = _timed_batches(_Batches(val_loader), min(2, val_batches), val_step, device) if val_batches else [0.0]
     val_s = min(vtimes[1:] or vtimes)
 
     state = {"state_dict": task.state_dict(), "optimizer_states": [opt.state_dict()]}
@@ -238,7 +249,7 @@ def probe(
         val_batch_s=val_s,
         val_start_s=max(0.0, vtimes[0] - val_s) if recurring and len(vtimes) > 1 else 0.0,
         save_s=save_s,
-        batch=dm.cfg.batch_size,
+        batch=d.batch_size,
         eval_batch=eval_batch,
         train_batches=dm.steps_per_epoch(world, 1, t.limit_train_batches),
         val_batches=val_batches,

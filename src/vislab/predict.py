@@ -1,106 +1,51 @@
-"""`vislab predict`: top-k classes of image files or folders with a trained run's model.
+"""`vislab predict`: a trained run's model on image files or folders.
 
-Images are decoded like training data (EXIF orientation, RGB) and get the eval transform of
-the run's DataSpec. A file that cannot be read gets an `error` entry instead of stopping
-the others; when none of the files can be read, that is an error (`vislab predict` exits 2,
-as `vislab explain` does), and the CLI says how many failed in any case.
+Files are collected here (folders walked, in a stable order); the run's task runs them
+through its `predict_step` (images decoded like training data, EXIF orientation and RGB, and
+given the eval transform of the run's DataSpec) and says what each result holds and how it
+prints (classification: the top-k classes; see tasks/classify.py). A file that cannot be
+read gets an `error` entry instead of stopping the others; when none of the files can be
+read, that is an error (`vislab predict` exits 2, as `vislab explain` does), and the CLI
+says how many failed in any case.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-import torch
-
-from vislab.data.io import ImageDecodeError, collect_images
+from vislab.data.io import collect_images
 from vislab.errors import VislabError
 from vislab.fsguard import printable
 
 
-def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
-    """One dict per image: path, pred, confidence, top [{label, prob}] (or error)."""
-    from vislab.data.io import load_image
-    from vislab.data.transforms import eval_transform
-    from vislab.runs import load_run
-    from vislab.tasks.classify import logits_of
+class Predictions(list):
+    """What `predict` returns: one dict per image, in input order; `task` names the task
+    whose results they are (it formats them)."""
 
-    if top_k < 1:
-        raise VislabError("--top-k: must be at least 1")
+    def __init__(self, results: Iterable[dict[str, Any]], task: str) -> None:
+        super().__init__(results)
+        self.task = task
+
+
+def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 32) -> Predictions:
+    """One dict per image (classification: path, pred, confidence, top [{label, prob}]; or error)."""
+    from vislab.runs import load_run
+    from vislab.tasks import get_task
+
     run = load_run(run_dir)
-    spec = run.spec
-    transform = eval_transform(
-        spec.input_size, spec.mean, spec.std, spec.crop_pct, spec.interpolation, run.cfg.data.grayscale, run.cfg.model.in_chans
-    )
-    hint = int(max(spec.input_size[-2:]) / spec.crop_pct + 0.5)
-    k = min(top_k, len(run.classes))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = run.model.to(device).eval()
-    results: list[dict[str, Any]] = []
+    task = get_task(run.cfg.task)
     files = collect_images(inputs)
-    for start in range(0, len(files), batch_size):
-        batch: list[torch.Tensor] = []
-        slots: list[dict[str, Any]] = []
-        for f in files[start : start + batch_size]:
-            entry: dict[str, Any] = {"path": str(f)}
-            results.append(entry)
-            try:
-                img = load_image(f, (hint, hint))
-            except ImageDecodeError as err:
-                entry["error"] = f"cannot read image: {err.reason}"
-                continue
-            batch.append(transform(img))
-            slots.append(entry)
-        if not batch:
-            continue
-        with torch.inference_mode():
-            probs = logits_of(model(torch.stack(batch).to(device))).float().softmax(1).cpu()
-        top_p, top_i = probs.topk(k, dim=1)
-        for entry, ps, ids in zip(slots, top_p.tolist(), top_i.tolist()):
-            entry["pred"] = run.classes[ids[0]]
-            entry["confidence"] = ps[0]
-            entry["top"] = [{"label": run.classes[i], "prob": p} for i, p in zip(ids, ps)]
+    results = task.predict(run, files, top_k=top_k, batch_size=batch_size)
     failed = [r for r in results if "error" in r]
     if results and len(failed) == len(results):
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise VislabError(f"{printable(failed[0]['path'])}: {failed[0]['error']}{more}; none of the {len(results)} image(s) could be read")
-    return results
+    return Predictions(results, task.name)
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str = "table") -> str:
-    """Text for the CLI: a table, JSON (a list), or long CSV (path, rank, label, prob, error)."""
-    if fmt == "json":
-        return json.dumps(results, indent=2)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["path", "rank", "label", "prob", "error"])
-        for r in results:
-            if "error" in r:
-                w.writerow([printable(r["path"]), "", "", "", r["error"]])
-            for rank, t in enumerate(r.get("top", []), 1):
-                w.writerow([printable(r["path"]), rank, t["label"], f"{t['prob']:.6f}", ""])
-        return buf.getvalue()
-    if fmt != "table":
-        raise VislabError(f"--format {fmt!r}: choose table, json or csv")
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    """Text for the CLI in the task's own layout: a table, JSON (a list) or CSV."""
+    from vislab.tasks import get_task
 
-    table = Table(show_lines=False)  # cells as Text: a path or class name like '[/x]' is not markup
-    table.add_column("image", overflow="fold")
-    table.add_column("prediction")
-    table.add_column("prob", justify="right")
-    table.add_column("next")
-    for r in results:
-        if "error" in r:
-            table.add_row(Text(printable(r["path"])), Text("error", style="red"), "", Text(r["error"]))
-            continue
-        rest = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in r["top"][1:])
-        table.add_row(Text(printable(r["path"])), Text(r["pred"]), f"{r['confidence']:.3f}", Text(rest))
-    console = Console(file=io.StringIO(), width=120, force_terminal=False)
-    console.print(table)
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return get_task(getattr(results, "task", None)).format_predictions(list(results), fmt)

@@ -27,9 +27,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from vislab.errors import VislabError
+from vislab.fsguard import inside
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -48,21 +49,24 @@ CKPT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 BEST_CKPT = "best.ckpt"
 EVAL_DIR = "eval"
+EVAL_METRICS = "metrics.json"  # in each eval/<name>/, beside the task's own files:
+EVAL_PREDICTIONS = "predictions.csv"  # per-image results
+EVAL_PROBS = "probs.npy"  # per-image scores (classification: class probabilities)
+PLOTS_DIR = "plots"
+EXPLAIN_DIR = "explain"
+EXPORT_DIR = "export"
+REPORT_NAME = "report.html"
 LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 
-METRIC_COLUMNS = [
-    "epoch",
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "lr",
-    "epoch_time_s",
-    "train_images_per_s",
-]
+
+
+def metric_columns(task_columns: Sequence[str]) -> list[str]:
+    """metrics.csv's leading columns: the epoch, the task's metrics (`Task.metric_columns`),
+    then the learning rate and the epoch's speed; other logged metrics follow, sorted."""
+    return ["epoch", *task_columns, "lr", "epoch_time_s", "train_images_per_s"]
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,36 @@ class RunPaths:
     def best(self) -> Path:
         return self.root / CKPT_DIR / BEST_CKPT
 
+    @property
+    def eval(self) -> Path:
+        """eval/: one folder per evaluation (`eval/<name>/`)."""
+        return self.root / EVAL_DIR
+
     def eval_dir(self, name: str) -> Path:
-        return self.root / EVAL_DIR / name
+        """eval/<name>/, refused unless it stays inside eval/ (names come from users)."""
+        return inside(self.root, EVAL_DIR, name)
+
+    @property
+    def plots(self) -> Path:
+        """plots/: the report's figures."""
+        return self.root / PLOTS_DIR
+
+    def plot(self, name: str) -> Path:
+        """plots/<name>, refused unless it stays inside plots/ (names hold eval set names)."""
+        return inside(self.root / PLOTS_DIR, name)
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_NAME
+
+    def explain_dir(self, method: str) -> Path:
+        """explain/<method>/: the overlays of one explanation method."""
+        return inside(self.root, EXPLAIN_DIR, method)
+
+    @property
+    def export_model(self) -> Path:
+        """export/model.onnx: the default exported model (its description beside it, .json)."""
+        return inside(self.root, EXPORT_DIR, "model.onnx")
 
 
 def run_paths(run_dir: str | Path) -> RunPaths:
@@ -318,8 +350,6 @@ def run_lock(run_dir: str | Path) -> Iterator[Path]:
     of it, so orphaned DataLoader workers do not hold it either. On a filesystem without
     flock support training goes on without it, after saying so."""
     import fcntl
-
-    from vislab.fsguard import inside
 
     root = Path(run_dir)
     path = inside(root, LOCK_NAME)
@@ -542,7 +572,9 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
     from vislab.config import load_config
-    from vislab.models.registry import DataSpec, create_model
+    from vislab.models.factory import create_model
+    from vislab.models.registry import DataSpec
+    from vislab.tasks import get_task
 
     root = resolve_run_dir(run_dir)
     paths = run_paths(root)
@@ -552,7 +584,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     spec = DataSpec.from_dict(info["data_spec"])
     ckpt_path, ckpt = _load_with_fallback(root, which)
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
-    model = create_model(cfg.model, len(classes), load_weights=False)
+    model = create_model(cfg.model, get_task(cfg.task).model_outputs(cfg, classes), load_weights=False)
     missing, unexpected = model.load_state_dict(model_state_from_checkpoint(ckpt), strict=False)
     if missing or unexpected:
         raise VislabError(

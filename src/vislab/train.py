@@ -1,8 +1,9 @@
 """`vislab train`: assemble the Lightning Trainer for a config and leave a run directory.
 
 The loop, DDP, precision, time budget and checkpoint restore are Lightning's; this module
-decides what goes in: the task, the datamodule, the callbacks that write the run-directory
-contract (see callbacks.py), and the rules of resuming:
+decides what goes in: the task `task:` names (its LightningModule, datamodule, metric
+columns and health checks come from its plug-in, see tasks/registry.py), the callbacks that
+write the run-directory contract (see callbacks.py), and the rules of resuming:
 
 - `resume=True` reads config.yaml and the dataset from the run directory; only `epochs`
   (to extend a run) and `max_time` may change. The dataset's manifest must still hash the same.
@@ -28,7 +29,6 @@ contract (see callbacks.py), and the rules of resuming:
 
 from __future__ import annotations
 
-import logging
 import math
 import signal
 import warnings
@@ -43,18 +43,6 @@ from vislab.runs import RunPaths, make_run_record, read_json, run_paths, write_j
 
 if TYPE_CHECKING:
     from vislab.interrupts import GracefulStop
-
-# Lightning warnings that do not apply to how vislab drives it
-_QUIET = (
-    r".*resuming from a checkpoint that ended before the epoch ended.*",  # the datamodule resumes mid-epoch
-    r".*does not have many workers.*",  # data.num_workers is the user's choice
-    r".*The number of training batches .* is smaller than the logging interval.*",
-    r".*Checkpoint directory .* exists and is not empty.*",
-    r".*`training_step` returned `None`.*",
-    r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's pytree helper
-    r".*overridden `on_after_batch_transfer` in `LightningModule`.*",  # the task's hook is the one meant
-)
-
 
 def _with_limits(cfg: RunConfig, epochs: int | None, max_time: str | float | None) -> RunConfig:
     raw = cfg.model_dump(mode="json")
@@ -223,33 +211,16 @@ def _on_gpu(accelerator: str) -> bool:
     return device_for(accelerator).type == "cuda"
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric.utilities.seed"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-
-
 def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-    from vislab.data.datamodule import ClassifyDataModule, classification_splits
-    from vislab.tasks.classify import ClassifyTask, resolve_class_weights
+    """The LightningModule, datamodule and data facts of the config's task (`Task.build`),
+    after checking the task can train the config's model."""
+    from vislab.tasks import get_task
 
-    splits = classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
-    counts = [int((splits.train["target"] == i).sum()) for i in range(len(splits.classes))]
-    weights = resolve_class_weights(cfg.train.class_weights, counts)
-    task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights)
-    dm_class: type = ClassifyDataModule
-    if cfg.data.cache:  # the prepared uint8 cache, augmented on batches by the task
-        from vislab.data.cached import CachedClassifyDataModule
-
-        dm_class = CachedClassifyDataModule
-    dm = dm_class(data_dir, cfg.data, task.hparams["data_spec"], splits.classes, cfg.seed, cfg.model.in_chans, sanity_batch=sanity)
-    dm.splits = splits
-    facts = {
-        "val_source": splits.val_source,
-        "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
-        "train_class_counts": dict(zip(splits.classes, counts)),
-        "class_weights": weights,
-    }
-    return task, dm, facts
+    task = get_task(cfg.task)
+    problem = task.accepts_model(cfg.model.name)
+    if problem:
+        raise VislabError(problem)
+    return task.build(cfg, data_dir, sanity)
 
 
 def train(
@@ -329,8 +300,10 @@ def _train_session(
         data = Path(data_dir)
         if rank0 and not sanity and (paths.last.exists() or paths.best.exists()):
             raise VislabError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+    from vislab.tasks.base import QUIET_WARNINGS, quiet_lightning
+
     budget_s = parse_duration(cfg.train.max_time) if cfg.train.max_time else None
-    _quiet_lightning()
+    quiet_lightning()
     if sanity:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
         return _sanity(cfg, data, out, stopper)
@@ -355,12 +328,14 @@ def _train_session(
     from vislab.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, RunRecorder, TimeBudget, stop_reason
     from vislab.health import HealthMonitor
     from vislab.schedule import Replan
+    from vislab.tasks import get_task
     from vislab.tricks import recipe_callbacks, resolve_precision
 
     t = cfg.train
+    plugin = get_task(cfg.task)
     bar = _progress_bar(t.progress)
     notes = [("warn", "plan_cut", plan.line(cfg.scheduler.name))] if plan is not None and plan.cut else []
-    health = HealthMonitor(paths.health, t.health.chance_after_epochs, t.health.collapse_fraction, notes=notes)
+    health = HealthMonitor(paths.health, plugin.health_checks(cfg), notes=notes)
     if resume:
         health.load_existing()
     recorded_plan = plan.to_dict() if plan is not None else (read_json(paths.run_json).get("plan") if resume else None)
@@ -371,7 +346,7 @@ def _train_session(
         **({"plan": recorded_plan} if recorded_plan else {}),
     }
     last_ckpt = LastCheckpoint(paths.last, t.checkpoint_every_steps, t.checkpoint_every_minutes)
-    recorder = RunRecorder(out, summary_base, t.monitor, t.monitor_mode)
+    recorder = RunRecorder(out, summary_base, t.monitor, t.monitor_mode, task=plugin)
     cbs: list[Any] = [
         stopper,
         health,
@@ -423,14 +398,14 @@ def _train_session(
     if stopper.signum is not None:  # a signal while the run was being set up
         raise _interrupted(stopper.signum, out, None)
     with warnings.catch_warnings():
-        for pattern in _QUIET:
+        for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         try:
             trainer.fit(task, datamodule=dm, ckpt_path=str(paths.last) if resume else None)
         except SIGTERMException:  # Lightning's SIGTERM path: a signal before GracefulStop took over
             stopper.stopped_by = signal.SIGTERM
     if trainer.is_global_zero:
-        _print_summary(paths.summary)
+        _print_summary(paths.summary, plugin.summary_metric, plugin.percent_metrics)
         if stopper.reason is not None and stop_reason(trainer) == stopper.reason:
             raise _interrupted(stopper.stopped_by, out, last_ckpt.saved)
     return out
@@ -501,17 +476,21 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
     write_json(paths.run_json, record)
 
 
-def _print_summary(path: Path) -> None:
+def _print_summary(path: Path, metric: str | None, percent: frozenset[str]) -> None:
+    """The line training ends with; `metric` is the task's headline figure of the best epoch."""
     if not path.is_file():
         return
     s = read_json(path)
     best = s.get("best_val") or {}
-    acc = best.get("val/acc")
-    acc_txt = f", best val/acc {acc:.2%} at epoch {s['best_epoch'] + 1}" if isinstance(acc, float) else ""
+    value = best.get(metric) if metric else None
+    best_txt = ""
+    if isinstance(value, float):
+        shown = f"{value:.2%}" if metric in percent else f"{value:.4f}"
+        best_txt = f", best {metric} {shown} at epoch {s['best_epoch'] + 1}"
     rate = format_rate(s.get("train_images_per_s"))
     print(
         f"stopped: {s.get('stopped_reason')} after {s.get('epochs_completed')}/{s.get('epochs_planned')} epochs"
-        f"{acc_txt}, {s.get('wall_time_s')}s{', ' + rate + ' img/s' if rate else ''}",
+        f"{best_txt}, {s.get('wall_time_s')}s{', ' + rate + ' img/s' if rate else ''}",
         flush=True,
     )
 
@@ -521,6 +500,7 @@ def _sanity(cfg: RunConfig, data: Path, out: Path, stopper: "GracefulStop") -> P
     import lightning as L
 
     from vislab.health import HealthMonitor, SanityRecorder
+    from vislab.tasks.base import QUIET_WARNINGS
     from vislab.tricks import WhiteningInit, recipe_callbacks, resolve_precision
 
     raw = cfg.model_dump(mode="json")
@@ -548,7 +528,7 @@ def _sanity(cfg: RunConfig, data: Path, out: Path, stopper: "GracefulStop") -> P
         log_every_n_steps=1,
     )
     with warnings.catch_warnings():
-        for pattern in _QUIET:
+        for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         warnings.filterwarnings("ignore", message=r".*val_dataloader.*")
         trainer.fit(task, datamodule=dm)
@@ -563,10 +543,10 @@ def _sanity(cfg: RunConfig, data: Path, out: Path, stopper: "GracefulStop") -> P
         if result.get("loss_dropped")
         else "the loss did not fall: check labels, learning rate and normalisation"
     )
+    score = f", accuracy {result['accuracy_last']:.0%}" if "accuracy_last" in result else ""  # the task's sanity_score
     print(
         f"sanity: one batch of {result['batch_size']} for {result['steps']} steps: loss "
-        f"{result.get('loss_first', math.nan):.4f} -> {result.get('loss_last', math.nan):.4f}, "
-        f"accuracy {result.get('accuracy_last', 0):.0%}: {verdict}",
+        f"{result.get('loss_first', math.nan):.4f} -> {result.get('loss_last', math.nan):.4f}{score}: {verdict}",
         flush=True,
     )
     return out

@@ -342,9 +342,12 @@ class ClassifyDataModule(L.LightningDataModule):
         self.unreadable: dict[str, UnreadableLog] = {}
         self._resume: dict[str, int] | None = None
         self._train_sampler: EpochSampler | None = None
+        self._predict: tuple[list[str], list[int], Callable[[BadImages], None], int | None, int | None] | None = None
 
     # ---- data ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        if stage == "predict":  # images given by `predict_on`; the dataset's splits are not needed
+            return
         if self.splits is None:
             self.splits = classification_splits(self.dataset_dir, self.cfg.val_fraction, self.seed, self.classes)
             self.classes = self.splits.classes
@@ -362,13 +365,13 @@ class ClassifyDataModule(L.LightningDataModule):
         }
 
     def eval_transform(self) -> Callable:
-        return tfm.eval_transform(**self._common())
+        return tfm.eval_transform_for(self.spec, self.cfg.grayscale, self.channels)
 
     def train_transform(self) -> Callable:
         return tfm.train_transform(aug=tfm.resolve_augment(self.cfg.augment), **self._common())
 
     def _size_hint(self) -> int:
-        return int(max(self.spec["input_size"][-2:]) / float(self.spec.get("crop_pct", 1.0)) + 0.5)
+        return tfm.decode_size(self.spec)
 
     def dataset(self, rows: pd.DataFrame, train: bool) -> ImageTableDataset:
         transform = self.train_transform() if train else self.eval_transform()
@@ -444,6 +447,34 @@ class ClassifyDataModule(L.LightningDataModule):
         self.setup("test")
         assert self.splits is not None
         return self._eval_loader(self.splits.test, "test")
+
+    def predict_on(
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int],
+        *,
+        on_unreadable: Callable[[BadImages], None],
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> None:
+        """Set what `predict_dataloader` serves (evaluate and predict run Lightning's predict
+        loop on it): image files in order, decoded and transformed like validation, each with
+        an int the predict step gets back (a class id, -1 unknown, or a position). Images that
+        cannot be read are left out of their batch and go to `on_unreadable`, which may raise."""
+        self._predict = (list(paths), [int(t) for t in targets], on_unreadable, batch_size, num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        if self._predict is None:
+            raise RuntimeError("predict_dataloader: call predict_on(paths, targets, ...) first")
+        paths, targets, on_unreadable, batch_size, num_workers = self._predict
+        ds = ImageTableDataset(paths, targets, self.eval_transform(), self._size_hint())
+        return SkippingLoader(
+            ds,
+            on_unreadable=on_unreadable,
+            batch_size=batch_size or self.cfg.eval_batch_size or self.cfg.batch_size,
+            num_workers=self.cfg.num_workers if num_workers is None else num_workers,
+            sampler=EpochSampler(len(ds), shuffle=False, train=False),
+        )
 
     def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` seeded-random training images as the eval loader gives them (no augmentation),

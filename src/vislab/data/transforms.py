@@ -119,6 +119,27 @@ def eval_transform(
     return T.Compose(steps + _finish(mean, std, channels))
 
 
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    return spec if isinstance(spec, dict) else spec.to_dict()
+
+
+def eval_transform_for(spec: Any, grayscale: bool = False, channels: int | None = None, normalize: bool = True) -> T.Compose:
+    """The eval transform of a model's DataSpec (a `DataSpec` or its dict): what validation,
+    evaluate, predict and explain all feed the model. `channels` defaults to the spec's;
+    `normalize=False` keeps pixels in [0, 1] (the same crop, for display)."""
+    s = _spec_dict(spec)
+    c = int(channels if channels is not None else s["input_size"][0])
+    mean, std = (s["mean"], s["std"]) if normalize else ((0.0,) * c, (1.0,) * c)
+    return eval_transform(s["input_size"], mean, std, float(s.get("crop_pct", 1.0)), s.get("interpolation", "bilinear"), grayscale, c)
+
+
+def decode_size(spec: Any) -> int:
+    """The size (a side) an image is decoded at for the eval transform: input size / crop_pct
+    rounded, which lets JPEG draft mode decode large photos at a fraction of the cost."""
+    s = _spec_dict(spec)
+    return int(max(s["input_size"][-2:]) / float(s.get("crop_pct", 1.0)) + 0.5)
+
+
 def train_transform(
     input_size: Sequence[int],
     mean: Sequence[float],

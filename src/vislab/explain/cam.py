@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
+from vislab.models.outputs import LOGITS_KEY, LogitsOnly
 
 METHOD_NAMES = ("gradcam", "gradcam++", "scorecam", "eigencam")
-LOGITS_KEY = "logits"
 MIN_CAM_CELLS = 4  # a last stage coarser than this (e.g. 2x2) gives blobs, so an earlier stage is used
 
 
@@ -35,33 +35,6 @@ def _method_class(method: str) -> type:
     if key not in classes:
         raise VislabError(f"--method {method!r}: unknown CAM method; use one of {', '.join(METHOD_NAMES)}")
     return classes[key]
-
-
-def select_logits(output: Any, key: str = LOGITS_KEY) -> torch.Tensor:
-    """The class scores of a model output: the tensor itself, `output[key]`, or a tuple's first item."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, Mapping):
-        if key in output:
-            return output[key]
-        raise KeyError(f"model output has no {key!r} entry (keys: {', '.join(map(str, output))})")
-    if hasattr(output, key):
-        return getattr(output, key)
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"cannot find logits in a model output of type {type(output).__name__}")
-
-
-class LogitsOnly(nn.Module):
-    """Wrap a model so its forward returns only logits, as the CAM methods expect."""
-
-    def __init__(self, model: nn.Module, key: str = LOGITS_KEY) -> None:
-        super().__init__()
-        self.model = model
-        self.key = key
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return select_logits(self.model(x), self.key)
 
 
 def _last_of(modules: Sequence[tuple[str, nn.Module]], kinds: tuple[type, ...]) -> tuple[str, nn.Module] | None:

@@ -62,12 +62,10 @@ def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -
 
     Uses the training engine's eval transform, so the model sees exactly what `evaluate` feeds it.
     """
-    from vislab.data.transforms import eval_transform
+    from vislab.data.transforms import eval_transform_for
 
-    c = int(spec.input_size[0])
-    common = dict(input_size=spec.input_size, crop_pct=spec.crop_pct, interpolation=spec.interpolation, grayscale=grayscale, channels=c)
-    to_model = eval_transform(mean=spec.mean, std=spec.std, **common)
-    to_view = eval_transform(mean=(0.0,) * c, std=(1.0,) * c, **common)
+    to_model = eval_transform_for(spec, grayscale)
+    to_view = eval_transform_for(spec, grayscale, normalize=False)
     rgb = [im.convert("RGB") for im in images]
     x = torch.stack([to_model(im) for im in rgb])
     display = [(to_view(im).clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in rgb]
@@ -195,6 +193,7 @@ def explain_run(
     none can be read, that is an error.
     """
     from vislab.data.io import load_image
+    from vislab.runs import run_paths
 
     files = collect_images(inputs)
     loaded = load_trained(run_dir)
@@ -212,7 +211,7 @@ def explain_run(
         loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in read], method, class_name, top_k, layer,
         grayscale=loaded.cfg.data.grayscale,
     )
-    out_dir = make_folder(out if out is not None else inside(run_dir, "explain", slug(method)))
+    out_dir = make_folder(out if out is not None else run_paths(run_dir).explain_dir(slug(method)))
     stems = [f.stem for f in read]
     numbered = len(set(stems)) != len(stems)
     stem_part = name_parts(stems)

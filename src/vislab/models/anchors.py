@@ -92,7 +92,7 @@ def fit_anchors(boxes_wh: torch.Tensor | np.ndarray, n: int = 9, img_size: int =
     for comparison, the fitness of the default anchors in the registry metadata of
     DEFAULT_ANCHOR_MODELS, taken as the models use them when `model.kwargs.anchors` is
     unset: in pixels at whatever the input size. `boxes_wh` as for `kmeans_anchors`."""
-    from vislab.models.registry import model_info
+    from vislab.models.factory import model_info
 
     wh = torch.as_tensor(np.asarray(boxes_wh), dtype=torch.float64).reshape(-1, 2)
     wh = wh[(wh > 0).all(1)]

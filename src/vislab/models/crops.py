@@ -16,7 +16,7 @@ mix every grid position, so a training batch cannot leak a patch's position thro
 (the paper's implementation calls the branch once per position and cyclically shifts the
 patch order per sample for the same reason).
 
-Backbones are any model name `registry.create_model` resolves (vislab's or timm's, from
+Backbones are any model name `factory.create_model` resolves (vislab's or timm's, from
 scratch by default as in the paper), built with the embedding width as their class count:
 their classifier is the projection to the embedding, as in the paper.
 """
@@ -79,7 +79,7 @@ def coord_channels(x: torch.Tensor) -> torch.Tensor:
 
 
 def _backbone(name: str, in_chans: int, dim: int, pretrained: bool) -> nn.Module:
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     return create_model(ModelConfig(name=name, in_chans=in_chans, pretrained=pretrained), dim)
 

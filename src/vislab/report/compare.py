@@ -23,30 +23,25 @@ from vislab.display import format_rate
 from vislab.errors import VislabError
 from vislab.fsguard import printable
 from vislab.report.rundata import RunData, read_run
-from vislab.runs import is_sanity_check
+from vislab.runs import is_sanity_check, run_paths
+from vislab.tasks import Column, get_task
 
-COLUMNS = {
-    "run": "run",
-    "model": "model",
-    "input": "input",
-    "params_trainable": "trainable params",
-    "params_frozen": "frozen params",
-    "params_total": "total params",
-    "epochs": "epochs",
-    "best_val_acc": "best val acc",
-    "test_acc": "test acc",
-    "mca": "mCA",
-    "f1": "F1 (macro)",
-    "att_test_acc": "attention-branch test acc",
-    "wall_time_s": "wall time",
-    "images_per_s": "images/s",
-}
-SHORT = {"params_trainable": "trainable", "params_frozen": "frozen", "params_total": "params", "best_val_acc": "val acc %",
-         "test_acc": "test acc %", "mca": "mCA %", "f1": "F1 %", "att_test_acc": "att acc %", "wall_time_s": "time", "images_per_s": "img/s"}
-HIGHER_IS_BETTER = {"best_val_acc", "test_acc", "mca", "f1", "att_test_acc", "images_per_s", "epochs"}
+# the columns every run has; a task's result columns (`Task.compare_columns`) go between
+# `epochs` and `wall_time_s`, in the order of the runs' tasks
+HEAD = (
+    Column("run", "run", "run"),
+    Column("model", "model", "model"),
+    Column("input", "input", "input"),
+    Column("params_trainable", "trainable params", "trainable"),
+    Column("params_frozen", "frozen params", "frozen"),
+    Column("params_total", "total params", "params", aliases=("params",)),
+    Column("epochs", "epochs", "epochs", higher_is_better=True),
+)
+TAIL = (
+    Column("wall_time_s", "wall time", "time", aliases=("time", "wall_time")),
+    Column("images_per_s", "images/s", "img/s", higher_is_better=True, aliases=("speed",)),
+)
 FORMATS = ("table", "md", "csv", "html")
-PERCENT = ("best_val_acc", "test_acc", "mca", "f1", "att_test_acc")
-OPTIONAL = ("att_test_acc",)  # shown only when some run has a value (ABN runs)
 CONFIG = "config."  # prefix of the columns holding config keys that differ between the runs
 # config keys another column already shows (model name and ABN mark, input size, epochs)
 SHOWN_ELSEWHERE = ("model.name", "model.attention", "data.img_size", "train.epochs")
@@ -106,9 +101,9 @@ def _row(d: RunData, split: str) -> dict[str, Any]:
     s, i = d.summary, d.info
     params = s.get("params") or {}
     size = (i.get("data_spec") or {}).get("input_size") or s.get("input_size") or []
-    ev = d.evals.get(split)
-    m = ev.metrics if ev else {}
     completed, planned = s.get("epochs_completed"), s.get("epochs_planned")
+    task = get_task(d.task)
+    values = task.compare_values(d, split)
     return {
         "run": d.name,
         "model": d.model_label or None,
@@ -118,15 +113,27 @@ def _row(d: RunData, split: str) -> dict[str, Any]:
         "params_total": params.get("total"),
         "epochs": completed,
         "epochs_planned": planned,
-        "best_val_acc": (s.get("best_val") or {}).get("val/acc"),
-        "test_acc": m.get("accuracy"),
-        "mca": m.get("mca"),
-        "f1": m.get("f1_macro"),
-        "att_test_acc": m.get("att_accuracy"),
+        **{c.key: values.get(c.key) for c in task.compare_columns()},
         "wall_time_s": s.get("wall_time_s"),
         "images_per_s": s.get("train_images_per_s"),
         "path": str(d.run_dir),
+        "task": task.name,
     }
+
+
+def result_columns(tasks: Sequence[str]) -> list[Column]:
+    """The columns of a comparison of runs of these tasks: the generic ones around each
+    task's result columns (in the order the tasks come; a key two tasks share counts once)."""
+    own: dict[str, Column] = {}
+    for name in dict.fromkeys(tasks):
+        for col in get_task(name).compare_columns():
+            own.setdefault(col.key, col)
+    return [*HEAD, *own.values(), *TAIL]
+
+
+def columns(df: pd.DataFrame) -> list[Column]:
+    """The result columns of a `compare_runs` table."""
+    return result_columns(list(df["task"]) if "task" in df and len(df) else [])
 
 
 def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split: str = "test") -> pd.DataFrame:
@@ -142,7 +149,7 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     checks = [r for r in run_dirs if is_sanity_check(r)]
     for r in checks:
         print(f"compare: left out {printable(r)}: a `vislab train --sanity` check, not a trained run", file=sys.stderr, flush=True)
-    run_dirs = [r for r in run_dirs if not Path(r).exists() or (Path(r) / "run.json").is_file() or (Path(r) / "config.yaml").is_file()]
+    run_dirs = [r for r in run_dirs if not Path(r).exists() or run_paths(r).run_json.is_file() or run_paths(r).config.is_file()]
     if not run_dirs:
         raise VislabError("compare: none of the given paths is a run directory (a folder `vislab train` wrote)")
     runs = [read_run(r) for r in run_dirs]
@@ -150,20 +157,22 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     for row, name in zip(rows, distinguishing_names(run_dirs)):
         row["run"] = name
     diffs = differing_config([d.config for d in runs])
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)))
     for key in dict.fromkeys(k for d in diffs for k in d):  # object columns: ints stay ints, null stays None
         df[CONFIG + key] = pd.Series([d.get(key, float("nan")) for d in diffs], dtype=object)
     if sort:
+        cols = columns(df)
         key = sort.lstrip("+-")
-        key = {"val_acc": "best_val_acc", "acc": "test_acc", "accuracy": "test_acc", "params": "params_total",
-               "time": "wall_time_s", "wall_time": "wall_time_s", "speed": "images_per_s"}.get(key, key)
+        key = next((c.key for c in cols if key in c.aliases), key)
+        by_key = {c.key: c for c in cols}
         if CONFIG + key in df.columns:
             key = CONFIG + key
-        elif key not in COLUMNS:
+        elif key not in by_key:
             varying = [c.removeprefix(CONFIG) for c in config_columns(df)]
             also = f", or a config key that differs ({', '.join(varying)})" if varying else ""
-            raise VislabError(f"--sort {sort!r}: unknown column; use one of {', '.join(COLUMNS)}{also}")
-        descending = sort.startswith("-") or (not sort.startswith("+") and key in HIGHER_IS_BETTER)
+            raise VislabError(f"--sort {sort!r}: unknown column; use one of {', '.join(by_key)}{also}")
+        higher = key in by_key and by_key[key].higher_is_better
+        descending = sort.startswith("-") or (not sort.startswith("+") and higher)
         df = df.sort_values(key, ascending=not descending, na_position="last", kind="stable", key=_sortable).reset_index(drop=True)
     return df
 
@@ -204,10 +213,10 @@ def _config_cell(v: Any) -> str:
     return value_text(v) if _present(v) else ""
 
 
-def _cell(key: str, v: Any, row: pd.Series) -> str:
+def _cell(col: Column | None, key: str, v: Any, row: pd.Series) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return ""
-    if key in PERCENT:
+    if col is not None and col.percent:
         return f"{100 * float(v):.2f}"
     if key.startswith("params_"):
         return f"{int(v) / 1e6:.2f}M" if int(v) >= 100_000 else f"{int(v):,}"
@@ -227,16 +236,16 @@ def _cell(key: str, v: Any, row: pd.Series) -> str:
 
 def shown_columns(df: pd.DataFrame) -> list[str]:
     """The column keys to print: the run's descriptors, then up to MAX_CONFIG_COLUMNS config
-    keys that differ (the rest in one OTHER column), then the results; OPTIONAL ones only
+    keys that differ (the rest in one OTHER column), then the results; optional ones only
     when some run has a value."""
     cfg = config_columns(df)
     extra = cfg[:MAX_CONFIG_COLUMNS] + ([OTHER] if len(cfg) > MAX_CONFIG_COLUMNS else [])
-    keys = [k for k in COLUMNS if k not in OPTIONAL or (k in df and df[k].notna().any())]
+    keys = [c.key for c in columns(df) if not c.optional or (c.key in df and df[c.key].notna().any())]
     return keys[:3] + extra + keys[3:]
 
 
 def _labels(df: pd.DataFrame, short: bool = False) -> dict[str, str]:
-    labels = {k: (SHORT.get(k, v) if short else v + (" %" if k in PERCENT else "")) for k, v in COLUMNS.items()}
+    labels = {c.key: (c.short if short else c.label + (" %" if c.percent else "")) for c in columns(df)}
     labels.update(config_labels(config_columns(df)))
     labels[OTHER] = "other config"
     return labels
@@ -252,8 +261,9 @@ def formatted(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header labels (accuracies in %) and display strings for each row."""
     keys = shown_columns(df)
     labels = _labels(df)
+    by_key = {c.key: c for c in columns(df)}
     headers = [labels[k] for k in keys]
-    rows = [[_other(r, df) if k == OTHER else _cell(k, r.get(k), r) for k in keys] for _, r in df.iterrows()]
+    rows = [[_other(r, df) if k == OTHER else _cell(by_key.get(k), k, r.get(k), r) for k in keys] for _, r in df.iterrows()]
     return headers, rows
 
 
@@ -273,7 +283,7 @@ def to_markdown(df: pd.DataFrame) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """Raw numbers (not display strings) in every column, for spreadsheets and scripts."""
     buf = io.StringIO()
-    df[list(COLUMNS) + ["epochs_planned", "path"] + config_columns(df)].to_csv(buf, index=False, lineterminator="\n")
+    df[[c.key for c in columns(df)] + ["epochs_planned", "path"] + config_columns(df)].to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()
 
 

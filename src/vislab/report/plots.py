@@ -1,5 +1,6 @@
 """The report's figures as PNG files: curves, confusion matrix, per-class bars, class
-histogram, highest-loss images and the CAM gallery.
+histogram, highest-loss images and the CAM gallery (`write_run_plots` writes those every run
+has; a task's report draws its own with the others).
 
 Figures are built with matplotlib's object API on the Agg canvas (no pyplot state, no
 display needed) and one shared style, so every PNG of every run looks alike. Each function
@@ -80,27 +81,31 @@ def _colour(col: str, i: int) -> str:
     return OTHER[i % len(OTHER)]
 
 
-def plot_curves(history: pd.DataFrame, path: str | Path) -> Path | None:
-    """Loss, accuracy and learning rate per epoch, train and val side by side."""
+def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[str, str, str]] = ()) -> Path | None:
+    """Loss, the task's metrics (`panels`: title, column suffix and whether higher or lower is
+    better, e.g. ("Accuracy", "acc", "max")) and learning rate per epoch, train and val side
+    by side; the best val epoch of each metric panel is marked."""
     if history is None or history.empty:
         return None
     x = history["epoch"].to_numpy() + 1 if "epoch" in history else np.arange(1, len(history) + 1)
     # lr/first and lr/last (the epoch's first and last step) draw the head lr's shape inside each epoch
     lr_cols = [c for c in history.columns if c.startswith("lr") and c not in LR_ENDS and pd.api.types.is_numeric_dtype(history[c])]
-    panels = [("Loss", _series(history, "loss")), ("Accuracy", _series(history, "acc")), ("Learning rate", lr_cols)]
-    panels = [p for p in panels if p[1]]
-    if not panels:
+    metric_panels = {title: (kind, mode) for title, kind, mode in panels}
+    shown = [("Loss", _series(history, "loss")), *[(title, _series(history, kind)) for title, kind, _ in panels], ("Learning rate", lr_cols)]
+    shown = [p for p in shown if p[1]]
+    if not shown:
         return None
+    main_cols = {"lr"} | {f"{phase}/{kind}" for phase in ("train", "val") for kind in ("loss", *(k for k, _ in metric_panels.values()))}
     with rc_context(STYLE):
-        fig = Figure(figsize=(4.2 * len(panels), 3.2))
-        axes = fig.subplots(1, len(panels), squeeze=False)[0]
-        for ax, (title, cols) in zip(axes, panels):
+        fig = Figure(figsize=(4.2 * len(shown), 3.2))
+        axes = fig.subplots(1, len(shown), squeeze=False)[0]
+        for ax, (title, cols) in zip(axes, shown):
             for i, col in enumerate(cols):
                 y = history[col].to_numpy(dtype=float)
                 ok = np.isfinite(y)
                 if not ok.any():
                     continue
-                main = col in ("train/loss", "val/loss", "train/acc", "val/acc", "lr")
+                main = col in main_cols
                 if col == "lr" and all(c in history for c in LR_ENDS):
                     _plot_lr_steps(ax, history, x, _colour(col, i))
                     ax.plot(x[ok], y[ok], color=_colour(col, i), lw=0, marker="o" if ok.sum() <= 30 else None, ms=3,
@@ -108,10 +113,11 @@ def plot_curves(history: pd.DataFrame, path: str | Path) -> Path | None:
                     continue
                 ax.plot(x[ok], y[ok], color=_colour(col, i), lw=2.0 if main else 1.3, ls="-" if main else "--",
                         marker="o" if ok.sum() <= 30 else None, ms=3, label=col)
-            if title == "Accuracy":
-                best = "val/acc" if "val/acc" in cols else None
+            if title in metric_panels:
+                kind, mode = metric_panels[title]
+                best = f"val/{kind}" if f"val/{kind}" in cols else None
                 if best is not None and history[best].notna().any():
-                    j = int(history[best].idxmax())
+                    j = int(history[best].idxmax() if mode == "max" else history[best].idxmin())
                     ax.scatter([x[j]], [history[best][j]], s=60, facecolor="white", edgecolor=VAL, lw=2, zorder=5)
                     ax.annotate(f"best {history[best][j]:.3f}", (x[j], history[best][j]), textcoords="offset points",
                                 xytext=(0, -16), ha="center", fontsize=8, color=VAL)
@@ -340,42 +346,20 @@ def plot_cam_gallery(tiles: Sequence[tuple[np.ndarray, str]], path: str | Path, 
     return _tile_grid([(img, cap, INK) for img, cap in tiles], path, title, cols, tile=2.6)
 
 
-def write_run_plots(data: "RunData", split: str | None = None, out_dir: str | Path | None = None, n_images: int = 12) -> dict[str, Path]:
-    """Every plot a run's files allow, into RUN_DIR/plots (or `out_dir`); name -> path.
-    Names that hold an eval set's name are checked to stay inside that folder."""
-    from vislab.fsguard import inside
+def write_run_plots(data: "RunData", out_dir: str | Path | None = None, panels: Sequence[tuple[str, str, str]] = ()) -> dict[str, Path]:
+    """The figures every run has, into RUN_DIR/plots (or `out_dir`): training curves (with the
+    task's metric `panels`) and the dataset's class histogram; name -> path. A task's own
+    figures (classification: confusion, per class, highest loss) are drawn by its report."""
+    from vislab.runs import run_paths
 
-    out = Path(out_dir) if out_dir is not None else data.run_dir / "plots"
+    out = Path(out_dir) if out_dir is not None else run_paths(data.run_dir).plots
     made: dict[str, Path | None] = {}
     if data.history is not None:
-        made["curves"] = plot_curves(data.history, out / "curves.png")
+        made["curves"] = plot_curves(data.history, out / "curves.png", panels)
     manifest = dataset_manifest(data)
     if manifest is not None:
         made["class_histogram"] = plot_class_histogram(manifest, out / "class_histogram.png")
-    ev = data.primary_eval(split)
-    if ev is not None and ev.metrics.get("confusion_matrix"):
-        m = ev.metrics
-        classes = m.get("classes") or data.classes
-        made["confusion"] = plot_confusion(m["confusion_matrix"], classes, inside(out, f"confusion_{ev.name}.png"))
-        made["per_class"] = plot_per_class(m.get("per_class", []), inside(out, f"per_class_{ev.name}.png"), m.get("mca"))
-        made["highest_loss"] = plot_image_grid(highest_loss_items(ev, n_images), inside(out, f"highest_loss_{ev.name}.png"),
-                                               title=f"Highest-loss images ({ev.name})")
     return {k: v for k, v in made.items() if v is not None}
-
-
-def highest_loss_items(ev: Any, n: int) -> list[dict[str, Any]]:
-    """The eval set's highest-loss rows: from predictions.csv when present, else metrics.json."""
-    preds = ev.predictions
-    if preds is not None and {"path", "label", "pred", "loss"} <= set(preds.columns):
-        df = preds[preds["label"] != ""].copy()
-        df["loss"] = pd.to_numeric(df["loss"], errors="coerce")
-        df = df.sort_values("loss", ascending=False, kind="stable").head(n)
-        return [
-            {"path": r.path, "true": r.label, "pred": r.pred, "confidence": float(r.confidence) if "confidence" in df else None,
-             "loss": float(r.loss) if pd.notna(r.loss) else None}
-            for r in df.itertuples()
-        ]
-    return list(ev.metrics.get("highest_loss", []))[:n]
 
 
 def dataset_manifest(data: "RunData") -> pd.DataFrame | None:

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from vislab.errors import VislabError
-from vislab.runs import resolve_run_dir
+from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, resolve_run_dir, run_paths
 
 
 @dataclass
@@ -44,6 +44,13 @@ class RunData:
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    @property
+    def task(self) -> str:
+        """The run's task (config.yaml's `task`; runs made before tasks were plug-ins are classify)."""
+        from vislab.tasks.registry import DEFAULT_TASK
+
+        return str(self.config.get("task") or DEFAULT_TASK)
 
     @property
     def is_abn(self) -> bool:
@@ -101,11 +108,11 @@ def read_history(path: Path) -> pd.DataFrame | None:
 
 
 def read_eval(folder: Path) -> EvalSet:
-    metrics = _json(folder / "metrics.json", {})
+    metrics = _json(folder / EVAL_METRICS, {})
     preds = None
-    if (folder / "predictions.csv").is_file():
-        preds = pd.read_csv(folder / "predictions.csv", keep_default_na=False, dtype={"path": str, "label": str, "pred": str})
-    probs = np.load(folder / "probs.npy") if (folder / "probs.npy").is_file() else None
+    if (folder / EVAL_PREDICTIONS).is_file():
+        preds = pd.read_csv(folder / EVAL_PREDICTIONS, keep_default_na=False, dtype={"path": str, "label": str, "pred": str})
+    probs = np.load(folder / EVAL_PROBS) if (folder / EVAL_PROBS).is_file() else None
     return EvalSet(folder.name, metrics, preds, probs)
 
 
@@ -114,25 +121,26 @@ def read_run(run_dir: str | Path) -> RunData:
     run = Path(run_dir)
     if not run.is_dir():
         raise VislabError(f"{run}: no such run directory; pass the folder `vislab train` wrote")
-    if not (run / "run.json").is_file() and not (run / "config.yaml").is_file():
+    if not run_paths(run).run_json.is_file() and not run_paths(run).config.is_file():
         resolve_run_dir(run)  # says what the folder holds instead, when it knows
         raise VislabError(f"{run}: not a run directory (no run.json or config.yaml); pass the folder `vislab train` wrote")
+    paths = run_paths(run)
     data = RunData(run_dir=run)
-    cfg_path = run / "config.yaml"
+    cfg_path = paths.config
     if cfg_path.is_file():
         data.config_text = cfg_path.read_text()
         try:
             data.config = yaml.safe_load(data.config_text) or {}
         except yaml.YAMLError:
             data.config = {}
-    data.info = _json(run / "run.json", {})
-    data.summary = _json(run / "summary.json", {})
-    health = _json(run / "health.json", [])
+    data.info = _json(paths.run_json, {})
+    data.summary = _json(paths.summary, {})
+    health = _json(paths.health, [])
     data.health = health if isinstance(health, list) else []
-    data.history = read_history(run / "metrics.csv")
-    ev = run / "eval"
+    data.history = read_history(paths.metrics)
+    ev = paths.eval
     if ev.is_dir():
         for folder in sorted(p for p in ev.iterdir() if p.is_dir()):
-            if (folder / "metrics.json").is_file():
+            if (folder / EVAL_METRICS).is_file():
                 data.evals[folder.name] = read_eval(folder)
     return data

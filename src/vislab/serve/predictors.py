@@ -34,7 +34,6 @@ from vislab.errors import VislabError
 
 PYTORCH = "pytorch"
 ONNXRUNTIME = "onnxruntime"
-EXPORT_PARTS = ("export", "model.onnx")  # where `vislab export` writes, inside the run
 
 
 class OptionsError(VislabError):
@@ -135,7 +134,7 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     """The run's headline numbers: best validation values (summary.json) and the scalar
     metrics of each evaluated split (eval/<split>/metrics.json); missing files give nothing."""
     from vislab.fsguard import read_bounded
-    from vislab.runs import EVAL_DIR, run_paths
+    from vislab.runs import EVAL_METRICS, run_paths
 
     def read(path: Path) -> dict[str, Any]:
         try:
@@ -152,10 +151,10 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
     summary = read(paths.summary)
     if isinstance(summary.get("best_val"), dict):
         out["best_val"] = scalars(summary["best_val"])
-    evals = run_dir / EVAL_DIR
+    evals = paths.eval
     if evals.is_dir():
-        for split in sorted(p.name for p in evals.iterdir() if (p / "metrics.json").is_file()):
-            out[split] = scalars(read(evals / split / "metrics.json"))
+        for split in sorted(p.name for p in evals.iterdir() if (p / EVAL_METRICS).is_file()):
+            out[split] = scalars(read(evals / split / EVAL_METRICS))
     return out
 
 
@@ -174,10 +173,11 @@ def onnx_export_session(run_dir: Path, classes: Sequence[str], spec: dict[str, A
     be named wrongly); one older than the checkpoint is served with a warning."""
     from vislab.export import onnx_session
     from vislab.fsguard import regular_file_problem
+    from vislab.runs import run_paths
 
-    path = run_dir.joinpath(*EXPORT_PARTS)
+    path = run_paths(run_dir).export_model
     if regular_file_problem(path):
-        return None, f"{run_dir.name}: no {'/'.join(EXPORT_PARTS)}, served with PyTorch (run `vislab export {run_dir}` for ONNX Runtime)"
+        return None, f"{run_dir.name}: no {path.parent.name}/{path.name}, served with PyTorch (run `vislab export {run_dir}` for ONNX Runtime)"
     try:
         session = onnx_session(path, threads)
     except Exception as err:  # onnxruntime raises its own error types for a broken file
@@ -224,7 +224,7 @@ class ClassifyPredictor(Predictor):
     Options = ClassifyOptions
 
     def __init__(self, run: Any, session: Any = None) -> None:
-        from vislab.data.transforms import eval_transform
+        from vislab.data.transforms import eval_transform_for
         from vislab.explain.attention import has_attention
 
         super().__init__(run.run_dir, ONNXRUNTIME if session is not None else PYTORCH)
@@ -235,8 +235,7 @@ class ClassifyPredictor(Predictor):
         self.model = run.model.float().eval()
         self.session = session
         self.attention = has_attention(self.model)
-        s = self.spec
-        self.transform = eval_transform(s.input_size, s.mean, s.std, s.crop_pct, s.interpolation, self.grayscale, run.cfg.model.in_chans)
+        self.transform = eval_transform_for(self.spec, self.grayscale, run.cfg.model.in_chans)
 
     @classmethod
     def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "ClassifyPredictor":
@@ -253,7 +252,9 @@ class ClassifyPredictor(Predictor):
 
     @property
     def size_hint(self) -> tuple[int, int]:
-        side = int(max(self.spec.input_size[-2:]) / self.spec.crop_pct + 0.5)  # as `vislab predict` decodes
+        from vislab.data.transforms import decode_size
+
+        side = decode_size(self.spec)  # as `vislab predict` decodes
         return side, side
 
     def preprocess(self, image: Image.Image, options: BaseModel) -> ClassifyItem:
@@ -270,11 +271,12 @@ class ClassifyPredictor(Predictor):
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax [B, C] from the serving engine."""
         if self.session is not None:
-            from vislab.export import INPUT_NAME, OUTPUT_NAME
+            from vislab.export import INPUT_NAME
+            from vislab.tasks import get_task
 
-            logits = torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+            logits = torch.from_numpy(self.session.run([get_task(self.task).export_output], {INPUT_NAME: x.numpy()})[0])
         else:
-            from vislab.tasks.classify import logits_of
+            from vislab.models.outputs import logits_of
 
             with torch.inference_mode():
                 logits = logits_of(self.model(x))

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from vislab.config import dump_config
 from vislab.fsguard import inside
-from vislab.runs import atomic_write_text
+from vislab.runs import atomic_write_text, run_paths
 from vislab.sweep.space import trial_config
 
 if TYPE_CHECKING:
@@ -162,8 +162,8 @@ def _figures(study: "optuna.Study", setup: "Setup", out: Path) -> dict[str, tupl
 def write_page(study: "optuna.Study", setup: "Setup", out: Path, table: pd.DataFrame, best_text: str | None) -> Path:
     """SWEEP/sweep.html: results, best config and Optuna's figures, on one page."""
     from vislab import __version__
-    from vislab.report.html import CSS, duration, e, img_tag, note, section
-    from vislab.report.html import table as html_table
+    from vislab.report.page import CSS, duration, e, img_tag, note, section
+    from vislab.report.page import table as html_table
 
     figs = _figures(study, setup, out)
     counts = table["state"].value_counts().to_dict() if len(table) else {}
@@ -223,7 +223,8 @@ def _results_html(table: pd.DataFrame, out: Path, html_table: Callable[..., str]
             v = r[c]
             text = "" if v is None or (isinstance(v, float) and v != v) else (f"{v:.4g}" if isinstance(v, float) else str(v))
             if c == "run_dir" and text and (out / text).is_dir():
-                target = f"{text}/report.html" if (out / text / "report.html").is_file() else f"{text}/"
+                report = run_paths(out / text).report
+                target = f"{text}/{report.name}" if report.is_file() else f"{text}/"
                 cells.append(f'<a href="{e(target)}">{e(text)}</a>')
             else:
                 cells.append(e(text))

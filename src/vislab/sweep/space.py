@@ -187,7 +187,7 @@ def trial_config(base: dict[str, Any], values: dict[str, Any], source: str) -> R
 def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
     """Build the config with every choice and both ends of every range (the other keys at their
     first value), so a wrong key or value fails now, not in trial 17."""
-    from vislab.models.registry import check_name
+    from vislab.models.factory import check_name
 
     first = {p.key: p.values_to_check()[0] for p in params}
     for p in params:

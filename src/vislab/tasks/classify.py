@@ -1,317 +1,286 @@
-"""Image classification as a LightningModule: model + loss + metrics + optimiser.
+"""The classify task: one label per image. The plug-in the generic commands call for it.
 
-The Trainer owns the loop; this module declares one step of it. The checkpoint's
-hyper-parameters hold the resolved config, the class names and the DataSpec, so a checkpoint
-alone rebuilds the model. It also carries the global RNG states (Lightning does not save
-them), restored when training resumes so dropout and mixup continue exactly as they would
-have without the interruption.
+- train: `ClassifyTask` (tasks/classify_module.py: cross-entropy, accuracy, confusion) on
+  `ClassifyDataModule` (or its prepared-cache variant); metrics.csv leads with train/val
+  loss and accuracy; the best checkpoint is the best val/acc; health warns about collapsed
+  predictions and accuracy at chance.
+- evaluate: the run's classes matched by name to the manifest's labels, softmax
+  probabilities through `ClassifyTask.predict_step` (test-time augmentation optional), the
+  classification report (accuracy, mCA, F1, GAP, ECE, confusion) into metrics.json, and
+  predictions.csv (path, label, pred, confidence, loss, correct) and probs.npy beside it.
+- predict: the top-k classes of each image; export: the logits.
+- report and compare: report/classify.py, and the accuracy columns below.
 
-Loss: cross-entropy with optional class weights (`balanced`: n_samples / (n_classes *
-count_c), or an explicit list) and label smoothing; PyTorch's semantics apply, i.e. with hard
-labels the batch loss is the weighted mean sum_i w[y_i] * l_i / sum_i w[y_i]. Mixup/cutmix
-(torchvision) turn labels into mixtures; accuracy then counts the dominant label.
+Cheap to import (compare and config validation import it): the heavy parts are imported
+inside the hooks.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import replace
-from typing import Any, Sequence
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
-import lightning as L
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
-
-from vislab.config import RunConfig
-from vislab.data.batch_augment import BatchTransform
-from vislab.data.transforms import resolve_augment
 from vislab.errors import VislabError
-from vislab.models import backbones
-from vislab.models.registry import DataSpec, create_model, data_spec
-from vislab.optim import build_optimizer
+from vislab.fsguard import printable
+from vislab.tasks.registry import Column, Evaluation, ReportSection, Task, register_task
 
-RNG_KEY = "vislab_rng"
+if TYPE_CHECKING:
+    import lightning as L
+    import numpy as np
+    import pandas as pd
+    import torch.nn as nn
+
+    from vislab.config import RunConfig
+    from vislab.data.datamodule import ClassifyDataModule
+    from vislab.health import HealthCheck
+    from vislab.report.page import Page
+    from vislab.report.rundata import RunData
+    from vislab.runs import LoadedRun
+
+UNKNOWN = -1  # class id of an image without a label
 
 
-def resolved_spec(model: nn.Module, cfg: RunConfig) -> DataSpec:
-    """The model's DataSpec with `data.img_size`, `data.crop_pct` and `model.in_chans` applied."""
-    spec = data_spec(model)
-    size = cfg.data.img_size
-    if size is None:
-        hw = tuple(spec.input_size[-2:])
-    else:
-        hw = (size, size) if isinstance(size, int) else tuple(size)
-    return replace(
-        spec,
-        input_size=(cfg.model.in_chans, int(hw[0]), int(hw[1])),
-        crop_pct=cfg.data.crop_pct if cfg.data.crop_pct is not None else spec.crop_pct,
+def match_labels(labels: Iterable[str], classes: list[str], source: str) -> list[int]:
+    """Class ids of `labels` by name (-1 for an empty label); unknown names are one error."""
+    index = {c: i for i, c in enumerate(classes)}
+    labels = list(labels)
+    unknown = sorted({lab for lab in labels if lab and lab not in index})
+    if unknown:
+        shown = ", ".join(unknown[:10]) + (f" (+{len(unknown) - 10} more)" if len(unknown) > 10 else "")
+        raise VislabError(
+            f"{source}: label(s) the run does not know: {shown}; the run's classes are {', '.join(classes)}"
+        )
+    return [index[lab] if lab else UNKNOWN for lab in labels]
+
+
+def _refuse_unreadable(bad: list[tuple[str, str]]) -> None:
+    path, reason = bad[0]
+    raise VislabError(
+        f"{path}: cannot read image ({reason}); the dataset changed since `vislab curate`: restore the file or re-curate"
     )
 
 
-def logits_of(output: Any) -> torch.Tensor:
-    """Class logits of a model's output: the tensor itself, or `output["logits"]` for models
-    that return several heads (e.g. an attention branch network)."""
-    return output["logits"] if isinstance(output, dict) else output
+def _eval_datamodule(run: "LoadedRun") -> "ClassifyDataModule":
+    """The run's datamodule for predicting on files (the eval transform of its DataSpec)."""
+    from vislab.data.datamodule import ClassifyDataModule
+
+    dataset = run.info.get("dataset_dir") or run.run_dir
+    return ClassifyDataModule(dataset, run.cfg.data, run.spec.to_dict(), run.classes, run.cfg.seed, run.cfg.model.in_chans)
 
 
-def balanced_class_weights(counts: Sequence[int]) -> list[float]:
-    """n_samples / (n_classes * count_c); a class without samples gets weight 0."""
-    n, c = float(sum(counts)), len(counts)
-    return [n / (c * k) if k else 0.0 for k in counts]
+def _stack(outputs: list[dict[str, Any]], n_classes: int) -> dict[str, "np.ndarray"]:
+    """predict_step outputs (one dict per batch) as one float32 array per key."""
+    import numpy as np
+
+    if not outputs:
+        return {"probs": np.zeros((0, n_classes), np.float32), "target": np.zeros(0, np.int64)}
+    return {k: np.concatenate([o[k].cpu().numpy() for o in outputs]) for k in outputs[0]}
 
 
-def resolve_class_weights(setting: str | list[float], counts: Sequence[int]) -> list[float] | None:
-    """The weight vector for `train.class_weights` given the train counts per class."""
-    if isinstance(setting, list):
-        if len(setting) != len(counts):
-            raise VislabError(
-                f"train.class_weights: {len(setting)} weights given for {len(counts)} classes; give one per class (class-id order)"
-            )
-        return [float(w) for w in setting]
-    if setting == "balanced":
-        return balanced_class_weights(counts)
-    return None
+class ClassifyPlugin(Task):
+    """Image classification: a label per image, class logits out."""
 
+    name = "classify"
+    description = "one label per image: accuracy, mCA, GAP, confusion, CAMs"
+    model_tasks = ("classify",)
+    monitor = ("val/acc", "max")
+    metric_columns = ("train/loss", "train/acc", "val/loss", "val/acc")
+    percent_metrics = frozenset({"train/acc", "val/acc"})
+    summary_metric = "val/acc"
+    curve_panels = (("Accuracy", "acc", "max"),)
+    export_output = "logits"
 
-def collect_rng_state() -> dict[str, Any]:
-    """Global RNG states as plain data (checkpoints stay loadable with weights_only=True)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    # ---- training ------------------------------------------------------------------------
+    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+        from vislab.data.datamodule import ClassifyDataModule, classification_splits
+        from vislab.tasks.classify_module import ClassifyTask, resolve_class_weights
 
+        splits = classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
+        counts = [int((splits.train["target"] == i).sum()) for i in range(len(splits.classes))]
+        weights = resolve_class_weights(cfg.train.class_weights, counts)
+        task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights)
+        dm_class: type = ClassifyDataModule
+        if cfg.data.cache:  # the prepared uint8 cache, augmented on batches by the task
+            from vislab.data.cached import CachedClassifyDataModule
 
-def restore_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate((state["python_version"], tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+            dm_class = CachedClassifyDataModule
+        dm = dm_class(data_dir, cfg.data, task.hparams["data_spec"], splits.classes, cfg.seed, cfg.model.in_chans, sanity_batch=sanity)
+        dm.splits = splits
+        facts = {
+            "val_source": splits.val_source,
+            "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
+            "train_class_counts": dict(zip(splits.classes, counts)),
+            "class_weights": weights,
+        }
+        return task, dm, facts
 
+    def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:
+        from vislab.tasks.classify_module import PredictionSpread
 
-class ClassifyTask(L.LightningModule):
-    """Classification of images into `classes` with the model `config.model` names."""
+        return [PredictionSpread(cfg.train.health.chance_after_epochs, cfg.train.health.collapse_fraction)]
 
-    def __init__(
+    # ---- after training ------------------------------------------------------------------
+    def load_module(self, run: "LoadedRun") -> "L.LightningModule":
+        from vislab.tasks.classify_module import ClassifyTask
+
+        return ClassifyTask(run.cfg.model_dump(mode="json"), run.classes, run.spec.to_dict(), model=run.model)
+
+    def evaluate(
         self,
-        config: dict[str, Any],
-        classes: list[str],
-        data_spec: dict[str, Any] | None = None,
-        class_weights: list[float] | None = None,
-    ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.cfg = RunConfig.model_validate(config)
-        self.classes = list(classes)
-        n = len(self.classes)
-        self.model = create_model(self.cfg.model, n)
-        if data_spec is None:  # the input the built model expects, with the config's size overrides
-            self.hparams["data_spec"] = resolved_spec(self.model, self.cfg).to_dict()
-        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights is not None else None
-        self.register_buffer("class_weight", weight, persistent=False)
-        self.train_acc = MulticlassAccuracy(n, average="micro")
-        self.train_loss = MeanMetric(nan_strategy="disable")
-        # saved in checkpoints, so an epoch resumed mid-way reports its whole-epoch means
-        self.train_acc.persistent(True)
-        self.train_loss.persistent(True)
-        self.val_acc = MulticlassAccuracy(n, average="micro")
-        self.val_loss = MeanMetric(nan_strategy="disable")
-        self.val_confusion = MulticlassConfusionMatrix(n)
-        self.last_val_confusion: torch.Tensor | None = None
-        self.mix = self._build_mix(n)
-        self._rng_to_restore: dict[str, Any] | None = None
+        run: "LoadedRun",
+        rows: "pd.DataFrame",
+        dataset_dir: Path,
+        *,
+        precision: str = "32-true",
+        description: str | None = None,
+        tta: bool = False,
+        tta_translate: int = 0,
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> Evaluation:
+        import numpy as np
+        import pandas as pd
 
-    # ---- model --------------------------------------------------------------------------
-    def _build_mix(self, n: int) -> nn.Module | None:
-        from torchvision.transforms import v2
+        from vislab.data.manifest import manifest_path
+        from vislab.metrics.classification import classification_report
+        from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
+        from vislab.tasks.base import predict_batches
 
-        aug = self.cfg.data.augment
-        ops = []
-        if aug.mixup > 0:
-            ops.append(v2.MixUp(alpha=aug.mixup, num_classes=n))
-        if aug.cutmix > 0:
-            ops.append(v2.CutMix(alpha=aug.cutmix, num_classes=n))
-        if not ops:
-            return None
-        return ops[0] if len(ops) == 1 else v2.RandomChoice(ops)
+        y = np.asarray(match_labels(rows["label"], run.classes, str(manifest_path(dataset_dir))), dtype=np.int64)
+        paths = rows["path"].tolist()
+        module = self.load_module(run)
+        module.tta, module.tta_translate = tta, tta_translate
+        dm = _eval_datamodule(run)
+        dm.predict_on(paths, y.tolist(), on_unreadable=_refuse_unreadable, batch_size=batch_size, num_workers=num_workers)
+        heads = _stack(predict_batches(module, dm, precision=precision, description=description), len(run.classes))
+        probs = heads["probs"].astype(np.float32)
+        pred = probs.argmax(1) if len(probs) else np.zeros(0, np.int64)
+        labelled = y != UNKNOWN
+        losses = np.full(len(y), np.nan, dtype=np.float64)
+        losses[labelled] = -np.log(np.clip(probs[labelled, y[labelled]], 1e-12, None))
+        metrics = classification_report(y, probs, run.classes, losses=losses, paths=paths)
+        if "att_probs" in heads:  # the attention branch's own predictions
+            att = classification_report(y, heads["att_probs"].astype(np.float32), run.classes)
+            metrics.update({f"att_{k}": att.get(k) for k in ("accuracy", "mca", "f1_macro")})
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.train.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        compiled = self.__dict__.get("_compiled_model")
-        return compiled(x) if compiled is not None else self.model(x)
+        def write(out: Path) -> None:
+            pd.DataFrame(
+                {
+                    "path": paths,
+                    "label": [run.classes[t] if t != UNKNOWN else "" for t in y],
+                    "pred": [run.classes[p] for p in pred],
+                    "confidence": probs.max(1) if len(probs) else [],
+                    "loss": losses,
+                    "correct": [bool(p == t) if t != UNKNOWN else "" for p, t in zip(pred, y)],
+                }
+            ).to_csv(out / EVAL_PREDICTIONS, index=False)
+            np.save(out / EVAL_PROBS, probs)
 
-    def setup(self, stage: str) -> None:
-        if self.cfg.train.channels_last:
-            self.model.to(memory_format=torch.channels_last)
-        if self.cfg.train.compile and "_compiled_model" not in self.__dict__:
-            # only the network is compiled (the metrics are not traceable); kept out of
-            # the module tree so checkpoints hold the plain `model.*` weights
-            self.__dict__["_compiled_model"] = torch.compile(self.model)
+        return Evaluation(metrics, {"tta": bool(tta or tta_translate), "tta_translate": tta_translate}, write)
 
-    @property
-    def batch_transform(self) -> BatchTransform:
-        """uint8 batch -> normalised (and in training augmented) float batch, for cached data."""
-        tf = self.__dict__.get("_batch_transform")
-        if tf is None:
-            spec = self.hparams["data_spec"]
-            tf = BatchTransform(
-                size=(int(spec["input_size"][-2]), int(spec["input_size"][-1])),
-                mean=spec["mean"],
-                std=spec["std"],
-                aug=resolve_augment(self.cfg.data.augment),
-                channels=self.cfg.model.in_chans,
-                grayscale=self.cfg.data.grayscale,
-                channels_last=self.cfg.train.channels_last,
-            )
-            self.__dict__["_batch_transform"] = tf
-        return tf
+    def evaluation_line(self, metrics: dict[str, Any]) -> str:
+        acc, mca = metrics.get("accuracy"), metrics.get("mca")
+        acc_txt = f"accuracy {acc:.2%}" if acc is not None else "accuracy n/a (no labels)"
+        mca_txt = f", mCA {mca:.2%}" if mca is not None else ""
+        return f"{metrics['name']}: {acc_txt}{mca_txt} on {metrics.get('num_samples')} images"
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Cached batches arrive as uint8 (plus, in training, the batch's augmentation seed) and
-        are normalised and augmented here, on the device they landed on; float batches from
-        the file loader pass unchanged."""
-        x = batch[0]
-        if not (isinstance(x, torch.Tensor) and x.dtype == torch.uint8):
-            return batch
-        seed = int(batch[2]) if len(batch) > 2 else None
-        return self.batch_transform(x, train=seed is not None, seed=seed), batch[1]
+    def predict(self, run: "LoadedRun", files: Sequence[Path], *, top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+        """One dict per image: path, pred, confidence, top [{label, prob}] (or error)."""
+        from vislab.tasks.base import predict_batches
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (class weights, label smoothing) on hard ids or soft label mixtures."""
-        weight = self.class_weight.to(logits.device) if self.class_weight is not None else None
-        return F.cross_entropy(logits.float(), target, weight=weight, label_smoothing=self.cfg.train.label_smoothing)
+        if top_k < 1:
+            raise VislabError("--top-k: must be at least 1")
+        results: list[dict[str, Any]] = [{"path": str(f)} for f in files]
+        unreadable: dict[str, str] = {}
+        dm = _eval_datamodule(run)
+        # the position of each file rides along as its target, so results keep the input order
+        dm.predict_on([str(f) for f in files], range(len(files)), on_unreadable=unreadable.update, batch_size=batch_size, num_workers=0)
+        k = min(top_k, len(run.classes))
+        for out in predict_batches(self.load_module(run), dm):
+            top_p, top_i = out["probs"].float().cpu().topk(k, dim=1)
+            for pos, ps, ids in zip(out["target"].tolist(), top_p.tolist(), top_i.tolist()):
+                entry = results[pos]
+                entry["pred"] = run.classes[ids[0]]
+                entry["confidence"] = ps[0]
+                entry["top"] = [{"label": run.classes[i], "prob": p} for i, p in zip(ids, ps)]
+        for entry in results:
+            if "pred" not in entry:
+                entry["error"] = f"cannot read image: {unreadable.get(entry['path'], 'unknown reason')}"
+        return results
 
-    def criterion(self, output: Any, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The loss of one batch's model output, plus named extra terms to log.
+    def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
+        """Text for the CLI: a table, JSON (a list), or long CSV (path, rank, label, prob, error)."""
+        if fmt == "json":
+            return json.dumps(results, indent=2)
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["path", "rank", "label", "prob", "error"])
+            for r in results:
+                if "error" in r:
+                    w.writerow([printable(r["path"]), "", "", "", r["error"]])
+                for rank, t in enumerate(r.get("top", []), 1):
+                    w.writerow([printable(r["path"]), rank, t["label"], f"{t['prob']:.6f}", ""])
+            return buf.getvalue()
+        if fmt != "table":
+            raise VislabError(f"--format {fmt!r}: choose table, json or csv")
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
 
-        The one hook a task variant overrides (e.g. an attention branch adding its own
-        cross-entropy); extras are logged per epoch as `train/<name>` and `val/<name>`.
-        """
-        if isinstance(output, dict) and "att_logits" in output:
-            return self.abn_criterion(output, target)
-        return self.loss(logits_of(output), target), {}
+        table = Table(show_lines=False)  # cells as Text: a path or class name like '[/x]' is not markup
+        table.add_column("image", overflow="fold")
+        table.add_column("prediction")
+        table.add_column("prob", justify="right")
+        table.add_column("next")
+        for r in results:
+            if "error" in r:
+                table.add_row(Text(printable(r["path"])), Text("error", style="red"), "", Text(r["error"]))
+                continue
+            rest = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in r["top"][1:])
+            table.add_row(Text(printable(r["path"])), Text(r["pred"]), f"{r['confidence']:.3f}", Text(rest))
+        console = Console(file=io.StringIO(), width=120, force_terminal=False)
+        console.print(table)
+        return console.file.getvalue()  # type: ignore[attr-defined]
 
-    def abn_criterion(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """alpha * CE(attention branch) + beta * CE(perception branch), both with the class
-        weights and label smoothing; each branch's loss and accuracy are logged."""
-        from vislab.models.abn import abn_loss
+    def export_module(self, model: "nn.Module") -> "nn.Module":
+        from vislab.models.outputs import LogitsOnly
 
-        weight = self.class_weight.to(output["logits"].device) if self.class_weight is not None else None
-        abn = self.cfg.model.abn
-        logits = {k: v.float() for k, v in output.items() if k != "attention"}
-        total, parts = abn_loss(logits, target, abn.alpha, abn.beta, weight, self.cfg.train.label_smoothing)
-        hard = target.argmax(1) if target.ndim == 2 else target
-        parts["att_acc"] = (output["att_logits"].argmax(1) == hard).float().mean()
-        return total, parts
+        return LogitsOnly(model)
 
-    # ---- steps --------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        target = y
-        if self.mix is not None:
-            x, target = self.mix(x, y)
-        output = self(x)
-        loss, extra = self.criterion(output, target)
-        logits = logits_of(output)
-        hard = target.argmax(1) if target.ndim == 2 else target
-        self.train_acc.update(logits.detach(), hard)
-        bs = x.shape[0]
-        self.train_loss.update(loss.detach(), weight=bs)
-        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=bs)
-        self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=bs)
-        self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
-        for name, value in extra.items():
-            self.log(f"train/{name}", value.detach(), on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
-        return loss
+    # ---- report and compare ----------------------------------------------------------------
+    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
+        from vislab.report.classify import report_sections
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        x, y = batch
-        output = self(x)
-        loss, extra = self.criterion(output, y)
-        logits = logits_of(output)
-        for name, value in extra.items():
-            self.log(f"val/{name}", value, on_step=False, on_epoch=True, sync_dist=True, batch_size=x.shape[0])
-        self.val_loss.update(loss, weight=x.shape[0])
-        self.val_acc.update(logits, y)
-        self.val_confusion.update(logits, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return report_sections(data, page)
 
-    def on_validation_epoch_end(self) -> None:
-        # kept for the health checks (prediction collapse); synced over DDP ranks
-        self.last_val_confusion = self.val_confusion.compute().cpu()
-        self.val_confusion.reset()
+    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
+        from vislab.report.classify import kpis
 
-    # ---- fine-tuning: frozen backbone for the first epochs -------------------------------
-    def backbone_frozen_now(self) -> bool:
-        return self.current_epoch < self.cfg.train.freeze_backbone_epochs
+        return kpis(data, page)
 
-    def _apply_freeze(self) -> None:
-        if self.cfg.train.freeze_backbone_epochs <= 0:
-            return
-        frozen = self.backbone_frozen_now()
-        if frozen != backbones.is_backbone_frozen(self.model):
-            backbones.set_backbone_frozen(self.model, frozen)
-            if self.trainer is not None and self.trainer.is_global_zero:
-                state = "frozen" if frozen else "unfrozen"
-                print(f"epoch {self.current_epoch + 1}: backbone {state}", flush=True)  # counted from 1, as the epoch lines
-        if frozen:
-            backbones.apply_frozen_bn_eval(self.model)
-        elif self.cfg.train.freeze_bn and self.training:
-            self.train()  # unfreezing put BatchNorm back in training mode
-
-    def train(self, mode: bool = True) -> "ClassifyTask":
-        super().train(mode)
-        if mode and self.cfg.train.freeze_bn:
-            for m in self._backbone_norms():
-                m.eval()
-        return self
-
-    def _backbone_norms(self) -> list[nn.Module]:
-        """The backbone's BatchNorm layers (those `train.freeze_bn` keeps in eval mode)."""
-        heads = backbones.head_module_names(self.model)
+    def compare_columns(self) -> list[Column]:
         return [
-            m
-            for name, m in self.model.named_modules()
-            if isinstance(m, backbones.NORM_WITH_STATS) and not any(name == h or name.startswith(h + ".") for h in heads)
+            Column("best_val_acc", "best val acc", "val acc %", percent=True, higher_is_better=True, aliases=("val_acc",)),
+            Column("test_acc", "test acc", "test acc %", percent=True, higher_is_better=True, aliases=("acc", "accuracy")),
+            Column("mca", "mCA", "mCA %", percent=True, higher_is_better=True),
+            Column("f1", "F1 (macro)", "F1 %", percent=True, higher_is_better=True),
+            Column("att_test_acc", "attention-branch test acc", "att acc %", percent=True, higher_is_better=True, optional=True),
         ]
 
-    def on_train_start(self) -> None:
-        if self._rng_to_restore is not None:
-            restore_rng_state(self._rng_to_restore)
-            self._rng_to_restore = None
-            if self.global_rank != 0:  # the checkpoint holds rank 0's partial epoch sums only
-                self.train_acc.reset()
-                self.train_loss.reset()
-        self._apply_freeze()
+    def compare_values(self, data: "RunData", split: str) -> dict[str, Any]:
+        ev = data.evals.get(split)
+        m = ev.metrics if ev else {}
+        return {
+            "best_val_acc": (data.summary.get("best_val") or {}).get("val/acc"),
+            "test_acc": m.get("accuracy"),
+            "mca": m.get("mca"),
+            "f1": m.get("f1_macro"),
+            "att_test_acc": m.get("att_accuracy"),
+        }
 
-    def on_train_epoch_start(self) -> None:
-        self._apply_freeze()
 
-    # ---- checkpoint extras ---------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[RNG_KEY] = collect_rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # applied in on_train_start, after everything that runs between loading and training
-        self._rng_to_restore = checkpoint.get(RNG_KEY)
-
-    # ---- optimisation --------------------------------------------------------------------
-    def configure_optimizers(self) -> Any:
-        from vislab import schedule
-
-        opt = build_optimizer(self.model, self.cfg.optim)
-        return schedule.configure(opt, self.cfg, schedule.steps_per_epoch(self.trainer), int(self.trainer.max_epochs or 1))
+register_task(ClassifyPlugin())

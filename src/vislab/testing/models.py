@@ -1,7 +1,7 @@
 """Tiny models, a forward/backward check and weight files for tests.
 
 Everything here runs in well under a second on a CPU and goes through the same factory as a
-real run (`registry.create_model`), so a test of a tiny model tests the real code path.
+real run (`factory.create_model`), so a test of a tiny model tests the real code path.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def tiny_model_config(name: str = "simple_cnn", **fields: Any) -> ModelConfig:
 
 def tiny_model(name: str = "simple_cnn", num_classes: int = 3, **fields: Any) -> nn.Module:
     """`create_model` on `tiny_model_config(name, **fields)`."""
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     return create_model(tiny_model_config(name, **fields), num_classes)
 

@@ -20,6 +20,7 @@ from PIL import Image
 from vislab.config import RunConfig, save_config
 from vislab.data.manifest import manifest_hash, write_manifest
 from vislab.metrics.classification import classification_report
+from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, run_paths
 
 DEFAULT_CLASSES = ("cat", "dog", "fox")
 
@@ -76,14 +77,15 @@ def make_run_dir(
     rng = np.random.default_rng(seed)
     classes = list(classes)
     run.mkdir(parents=True, exist_ok=True)
+    files = run_paths(run)
 
     model_cfg: dict[str, Any] = {"name": model, "attention": attention}
     if model == "simple_cnn":
         model_cfg["simple_cnn"] = {"layers": 2, "filters": 8, "fc": 0}
     cfg = RunConfig.model_validate({"seed": seed, "model": model_cfg, "data": {"img_size": input_size}, "train": {"epochs": epochs}})
-    save_config(cfg, run / "config.yaml")
+    save_config(cfg, files.config)
     if checkpoint:
-        _save_checkpoint(cfg, len(classes), run / "checkpoints" / "best.ckpt", seed)
+        _save_checkpoint(cfg, len(classes), files.best, seed)
 
     dataset_dir = None
     paths: list[str] = []
@@ -91,7 +93,7 @@ def make_run_dir(
         per_class = max(2, -(-n_test // len(classes)))
         dataset_dir = make_dataset(root / f"{name}-data", classes, per_class=per_class, size=input_size, seed=seed)
     spec = {"input_size": [3, input_size, input_size], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "crop_pct": 1.0}
-    (run / "run.json").write_text(
+    files.run_json.write_text(
         json.dumps(
             {
                 "vislab_version": "0.0.0",
@@ -129,7 +131,7 @@ def make_run_dir(
             "lr/last": 1e-3 * (0.5 ** (ep // 2)),
         }
     )
-    curves.to_csv(run / "metrics.csv", index=False)
+    curves.to_csv(files.metrics, index=False)
 
     y = rng.integers(0, len(classes), n_test)
     logits = rng.normal(size=(n_test, len(classes)))
@@ -143,9 +145,9 @@ def make_run_dir(
         paths = [f"/nonexistent/{classes[t]}/{i}.png" for i, t in enumerate(y)]
     pred = probs.argmax(1)
     loss = -np.log(probs[np.arange(n_test), y])
-    ev = run / "eval" / "test"
+    ev = files.eval_dir("test")
     ev.mkdir(parents=True, exist_ok=True)
-    np.save(ev / "probs.npy", probs)
+    np.save(ev / EVAL_PROBS, probs)
     pd.DataFrame(
         {
             "path": paths,
@@ -155,9 +157,9 @@ def make_run_dir(
             "loss": loss,
             "correct": pred == y,
         }
-    ).to_csv(ev / "predictions.csv", index=False)
+    ).to_csv(ev / EVAL_PREDICTIONS, index=False)
     metrics = classification_report(y, probs, classes, losses=loss, paths=paths)
-    (ev / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (ev / EVAL_METRICS).write_text(json.dumps(metrics, indent=2))
 
     best = int(curves["val/acc"].idxmax())
     total = params or {"trainable": 120_000, "frozen": 0, "total": 120_000}
@@ -173,16 +175,16 @@ def make_run_dir(
         "train_images_per_s": 800.0,
         "params": total,
     }
-    (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    files.summary.write_text(json.dumps(summary, indent=2))
     default_health = [{"level": "warn", "code": "val_loss_rising", "message": "val/loss rose for 2 epochs while train/loss fell (over-fitting?)", "epoch": epochs - 1, "step": None}]
-    (run / "health.json").write_text(json.dumps(default_health if health is None else health, indent=2))
+    files.health.write_text(json.dumps(default_health if health is None else health, indent=2))
     return run
 
 
 def _save_checkpoint(cfg: RunConfig, num_classes: int, path: Path, seed: int) -> None:
     import torch
 
-    from vislab.models.registry import create_model
+    from vislab.models.factory import create_model
 
     torch.manual_seed(seed)
     net = create_model(cfg.model, num_classes)

@@ -1,0 +1,228 @@
+"""Tasks are plug-ins: the `Task` interface, and the registry `task:` in the config selects from.
+
+A task (classify, detect, ...) is one `Task` object registered under its name. It names
+everything task-specific that the generic commands need: its config section, the model
+builders it accepts, how a run is built (LightningModule, datamodule), the metric columns
+and the default monitor, health checks, the evaluation writer, predict's output, report
+sections, KPI cards and compare columns. The generic commands (train, evaluate, predict,
+export, report, compare) call these hooks and never ask which task they run.
+
+Built-in tasks are imported on first use from the module `BUILTIN_TASKS` names (the task
+map); any other code registers a task with `register_task` (a test's toy task, a plug-in
+package). A plug-in module must be cheap to import (no torch or Lightning at module level:
+`vislab compare` and config validation import it), so its hooks import their heavy parts
+inside. This module imports nothing of vislab but errors, so config.py can validate
+`task:` against it.
+
+Adding a task (say `detect`), with no edit to the generic commands:
+1. its library pieces: a model builder registered with `task="detect"` (models/), a
+   datamodule (data/; batches are (images, targets, ...) tuples, and it implements
+   `steps_per_epoch(world_size, accumulate, limit)` and, for evaluate and predict, a way
+   to point `predict_dataloader` at image files), metrics (metrics/), report sections
+   (report/detect.py, drawn with report/page.py);
+2. its LightningModule, a `tasks.base.BaseTask` subclass: loss, `training_step`,
+   `validation_step` (logging the `metric_columns`), `predict_step`;
+3. tasks/detect.py: a `Task` subclass whose hooks tie them together, an instance passed to
+   `register_task`, its config Section (the `detect:` key) as `config_section`;
+4. one line in BUILTIN_TASKS. tests/test_task_plugin.py is a complete small example.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
+
+from vislab.errors import VislabError
+
+if TYPE_CHECKING:
+    import lightning as L
+    import pandas as pd
+    import torch.nn as nn
+
+    from vislab.config import RunConfig, Section
+    from vislab.health import HealthCheck
+    from vislab.report.page import Page
+    from vislab.report.rundata import RunData
+    from vislab.runs import LoadedRun
+
+DEFAULT_TASK = "classify"  # the task of a config (or an old run directory) that names none
+BUILTIN_TASKS = {"classify": "vislab.tasks.classify"}  # name -> module that registers it
+
+
+@dataclass(frozen=True)
+class Column:
+    """A result column of `vislab compare`: key (its `--sort` name), labels and how to show it."""
+
+    key: str
+    label: str  # header of md / csv / html output
+    short: str  # header of the terminal table
+    percent: bool = False  # a fraction, shown as a percentage
+    higher_is_better: bool = False  # `--sort` without a sign puts the best first
+    optional: bool = False  # shown only when some run has a value
+    aliases: tuple[str, ...] = ()  # other `--sort` names
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    """One card of the HTML report: its stable id, its label in the navigation bar, its heading,
+    its body (HTML, already escaped) and a lead sentence under the heading."""
+
+    id: str
+    nav: str
+    title: str
+    body: str
+    lead: str = ""
+
+
+@dataclass
+class Evaluation:
+    """What a task's evaluation of a set of images produced: the metrics (metrics.json), the
+    options that shaped them (recorded after the run's own fields) and a writer of the other
+    files of RUN_DIR/eval/<name>/ (predictions, probabilities)."""
+
+    metrics: dict[str, Any]
+    options: dict[str, Any]
+    write: Callable[[Path], None]
+
+
+class Task(ABC):
+    """The plug-in interface: one subclass (and one registered instance) per task.
+
+    Class attributes describe the task; methods are the hooks the generic commands call.
+    Only `build`, `load_module`, `evaluate`, `predict` and `format_predictions` must be
+    written; the rest have defaults that suit a task without the feature.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    # the config section it owns (YAML key = the task's name), a config.Section subclass
+    config_section: ClassVar["type[Section] | None"] = None
+    # the `task` metadata of the registered models it trains (timm models count as classify)
+    model_tasks: ClassVar[tuple[str, ...]] = ()
+    monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")  # train.monitor / monitor_mode when the config leaves them unset
+    metric_columns: ClassVar[tuple[str, ...]] = ("train/loss", "val/loss")  # metrics.csv's first columns after `epoch`
+    percent_metrics: ClassVar[frozenset[str]] = frozenset()  # metric keys that are fractions (shown as %)
+    summary_metric: ClassVar[str | None] = None  # the best-epoch figure `vislab train` ends with
+    # report curves besides loss and lr: (title, metric key suffix, "max"|"min" for the best-epoch mark)
+    curve_panels: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    export_output: ClassVar[str] = "output"  # the name of the exported model's output
+
+    # ---- training ------------------------------------------------------------------------
+    def accepts_model(self, name: str) -> str | None:
+        """Why this task cannot train the model `name` (None: it can)."""
+        from vislab.models.factory import model_task
+
+        kind = model_task(name)
+        if kind in (self.model_tasks or (self.name,)):
+            return None
+        return f"model.name: '{name}' is a {kind} model; task {self.name} trains {' or '.join(self.model_tasks or (self.name,))} models (see `vislab models`)"
+
+    @abstractmethod
+    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+        """The LightningModule (a `tasks.base.BaseTask`), its datamodule and the facts of the data
+        for run.json and the console: at least `split_sizes` {train, val, test} and `val_source`.
+        `sanity` asks for the datamodule of the one-batch overfitting check."""
+
+    def model_outputs(self, cfg: "RunConfig", classes: Sequence[str]) -> int:
+        """The `num_classes` the factory builds the task's model with from run.json's classes
+        (how `vislab.runs.load_run` rebuilds a trained model; build it so in `build` too)."""
+        return len(classes)
+
+    def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:
+        """Checks run after each validation, beside the generic ones (non-finite loss, unreadable images)."""
+        return []
+
+    def format_metric(self, key: str, value: Any) -> str:
+        """A metric for the console: fractions as percentages, others with 4 decimals; '-' when missing."""
+        if value is None or value != value:
+            return "-"
+        return f"{value:.1%}" if key in self.percent_metrics else f"{value:.4f}"
+
+    # ---- after training ------------------------------------------------------------------
+    @abstractmethod
+    def load_module(self, run: "LoadedRun") -> "L.LightningModule":
+        """The run's LightningModule around its already loaded model, for evaluate and predict."""
+
+    @abstractmethod
+    def evaluate(
+        self, run: "LoadedRun", rows: "pd.DataFrame", dataset_dir: Path, *, precision: str, description: str | None, **options: Any
+    ) -> Evaluation:
+        """Run the model on the usable manifest rows of a split of `dataset_dir` (through its
+        `predict_step`, e.g. with `tasks.base.predict_batches` at `precision`, showing
+        `description` as progress) and score it. `options` are the command's (tta,
+        batch_size, ...). Generic fields (split, name, dataset, checkpoint, precision) are
+        added by `vislab.evaluate`."""
+
+    def evaluation_line(self, metrics: dict[str, Any]) -> str:
+        """The line `vislab evaluate` prints."""
+        return f"{metrics.get('name')}: evaluated {metrics.get('num_samples', '?')} images"
+
+    @abstractmethod
+    def predict(self, run: "LoadedRun", files: Sequence[Path], **options: Any) -> list[dict[str, Any]]:
+        """One dict per image file, in order: its results, or `error` for a file that cannot be read."""
+
+    @abstractmethod
+    def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
+        """`predict`'s results as the CLI prints them (table, json, csv)."""
+
+    def export_module(self, model: "nn.Module") -> "nn.Module":
+        """The module ONNX export writes: the model's outputs a consumer needs, as tensors."""
+        raise VislabError(f"export: task {self.name} has no export")
+
+    # ---- report and compare (read the run directory only; no model) -------------------------
+    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
+        """The report's cards in order; `page` renders the generic ones (health, curves, data,
+        config) and holds the eval set the page details (`page.ev`) and the options."""
+        return [page.health(), page.curves(), page.dataset(), page.config()]
+
+    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
+        """The headline cards of the report: (label, value, small print)."""
+        return [page.training_time()]
+
+    def compare_columns(self) -> list[Column]:
+        """The result columns this task adds to `vislab compare`, in order."""
+        return []
+
+    def compare_values(self, data: "RunData", split: str) -> dict[str, Any]:
+        """A run's raw values for `compare_columns` (missing ones may be left out)."""
+        return {}
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Register a task instance under `task.name`; a second registration of a name is a bug."""
+    if task.name in _TASKS:
+        raise ValueError(f"task '{task.name}' is registered twice")
+    _TASKS[task.name] = task
+    return task
+
+
+def unregister_task(name: str) -> None:
+    """Forget a registered task (a test's own, when the test is done); a built-in one is
+    imported again on next use only in a new process."""
+    _TASKS.pop(name, None)
+
+
+def task_names() -> list[str]:
+    """Every task name `task:` may hold: the built-in ones and those registered since."""
+    return sorted(set(BUILTIN_TASKS) | set(_TASKS))
+
+
+def get_task(name: str | None) -> Task:
+    """The task registered as `name` (None: the default), importing a built-in one on first use."""
+    name = name or DEFAULT_TASK
+    if name not in _TASKS and name in BUILTIN_TASKS:
+        importlib.import_module(BUILTIN_TASKS[name])
+    if name not in _TASKS:
+        raise VislabError(f"task: unknown task '{name}'; choose one of {', '.join(task_names())}")
+    return _TASKS[name]
+
+
+def section_tasks() -> dict[str, Task]:
+    """The tasks that own a config section, by section key (imports the built-in ones)."""
+    return {n: t for n in task_names() if (t := get_task(n)).config_section is not None}
