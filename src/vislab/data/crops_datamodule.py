@@ -7,7 +7,7 @@
 - val / evaluate: the fixed evaluation set of `eval_samples` (each image once uncropped and
   `eval_crops_per_image` times cropped, seeded by `eval_seed`): the same crops in every epoch,
   run and process;
-- predict: image files read whole (never cropped), each at a fixed seeded resize.
+- predict: image files read whole (never cropped), all at one fixed seeded resize.
 
 An image that cannot be decoded is left out of its batch and logged (`unreadable`, read by
 the health monitor; evaluate passes a handler that refuses). Images too small for the
@@ -27,6 +27,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from vislab.config import DataConfig
@@ -87,25 +88,28 @@ class EvalSamples(Dataset):
             return _Failed((item.path, err.reason))
 
 
+def whole_photo(image: Image.Image, cfg: CropsConfig, seed: int) -> tuple[CropSample, int]:
+    """A photo as it is (predict, serve): never cropped, resized and (a portrait) turned as
+    `seed` draws, the same for every photo so a result depends on the pixels alone; the
+    truth fields of the sample are placeholders. Also the plan's rotation."""
+    plan = plan_sample(image.size, seed, cfg, train=False, crop=False)
+    return render_sample(image, plan, cfg), plan.rotation
+
+
 class WholePhotos(Dataset):
-    """Photos as they are (predict): never cropped, resized at a seed fixed per path; the
-    truth fields of the sample are placeholders. Also returns the plan's rotation."""
+    """`whole_photo` of each file, with its position in the list."""
 
     def __init__(self, paths: Sequence[str], cfg: CropsConfig, seed: int) -> None:
-        self.items = eval_samples(paths, 0, seed)
-        self.cfg = cfg
+        self.paths, self.cfg, self.seed = list(paths), cfg, seed
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[CropSample, int, int] | _Failed:
-        item = self.items[index]
         try:
-            image = load_image(item.path)
-            plan = plan_sample(image.size, item.seed, self.cfg, train=False, crop=False, name=item.path)
-            return render_sample(image, plan, self.cfg), plan.rotation, index
+            return (*whole_photo(load_image(self.paths[index]), self.cfg, self.seed), index)
         except ImageDecodeError as err:
-            return _Failed((item.path, err.reason))
+            return _Failed((self.paths[index], err.reason))
 
 
 def collate_dropping(on_bad: Callable[[BadImages], None], min_batch: int = 1) -> Callable[[list[Any]], Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, BinaryIO, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from vislab.report.page import Page, e, img_tag, note, table
-from vislab.report.plots import BAD, GOOD, INK, MUTED, STYLE, TRAIN, VAL, _save
+from vislab.report.plots import BAD, DPI, GOOD, INK, MUTED, STYLE, TRAIN, VAL, _save
 from vislab.report.rundata import EvalSet, RunData
 from vislab.tasks.registry import ReportSection
 
@@ -51,7 +51,7 @@ def fmt(value: Any, fraction: bool) -> str:
 # ---- pictures ---------------------------------------------------------------------------------
 
 
-def _photo(path: str, size: int = 384, rotation: int = 0) -> np.ndarray | None:
+def photo_view(path: str, size: int = 384, rotation: int = 0) -> np.ndarray | None:
     """The photo (oriented, turned as the sampler turned it) at most `size` px a side."""
     from PIL import Image
 
@@ -99,8 +99,9 @@ def draw_cells(fig: Figure, spec: Any, probs: np.ndarray, grid: tuple[int, int],
         ax.set_yticks([])
 
 
-def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[int, int], path: Path) -> Path:
-    """predict's picture: the photo inside its estimated original frame, and the heat maps."""
+def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[int, int], path: Path | BinaryIO) -> Path | BinaryIO:
+    """predict's picture (a PNG file, or into a binary stream for `vislab serve`): the photo
+    inside its estimated original frame, and the patches' heat maps."""
     with rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(10, 4.4))
         gs = fig.add_gridspec(1, 2, width_ratios=(1.5, 1), wspace=0.1)
@@ -110,6 +111,9 @@ def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[in
         ax.set_title(f"{verdict}: p(crop) {result['crop_prob']:.2f}, size factor {result['crop_factor']:.2f}", fontsize=10)
         draw_cells(fig, gs[1], np.asarray(result["cells"]), grid)
         fig.text(0.62, 0.95, "patch locations in the original frame" + (" (photo turned to landscape)" if result.get("rotation") else ""), fontsize=9, color=INK)
+        if not isinstance(path, (str, Path)):
+            fig.savefig(path, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+            return path
         return _save(fig, path)
 
 
@@ -123,7 +127,7 @@ def write_prediction_files(run_dir: Path, results: list[dict[str, Any]], grid: t
     for i, r in enumerate(results):
         if "error" in r:
             continue
-        photo = _photo(r["path"], 512)
+        photo = photo_view(r["path"], 512)
         if photo is None:
             r["error"] = "cannot read image"
             continue
@@ -222,7 +226,7 @@ def _rect_gallery(ev: EvalSet, rows: pd.DataFrame, path: Path, title: str) -> Pa
         for k, (_, r) in enumerate(rows.iterrows()):
             ax = fig.add_subplot(n_rows, cols, k + 1)
             ax.set_axis_off()
-            photo = _photo(str(r["path"]), 320, int(r.get("rotation", 0) or 0))
+            photo = photo_view(str(r["path"]), 320, int(r.get("rotation", 0) or 0))
             if photo is None:
                 ax.text(0.5, 0.5, "image unreadable", ha="center", color=MUTED, transform=ax.transAxes)
                 continue
