@@ -4,7 +4,8 @@ photos, held-out figures beside the trivial baseline of the same evaluation.
 The path a user runs, in one process (so RSS per epoch can be read):
   vislab curate photos --min-size 1440x720 --landscape --dedupe exact --split 0.7,0.1,0.2
   vislab train crops-small --max-time BUDGET        (minus a reserve for the evaluation)
-  vislab evaluate RUN --split test --crops-per-image 3
+  vislab evaluate RUN --split test --crops-per-image 1   (balanced: the crop flag's figures)
+  vislab evaluate RUN --split test --crops-per-image 3   (rectangle and patch figures)
 The photos are extracted to a temporary folder (the tar is never modified). The test photos
 are never trained on: the figures are on them, each beside the trivial baseline (mean
 training rectangle, majority flag, most frequent cell) computed in the same evaluation.
@@ -113,16 +114,26 @@ def main() -> int:
         out["train_images_per_s"] = summary.get("train_images_per_s")
         out["rss_mb"] = {"after_epoch_1": rss.mb[0] if rss.mb else None, "after_last_epoch": rss.mb[-1] if rss.mb else None,
                          "growth_per_epoch_after_1": round((rss.mb[-1] - rss.mb[0]) / max(1, len(rss.mb) - 1), 2) if len(rss.mb) > 1 else None}
+        # two fixed evaluation sets of the held-out photos: balanced (each photo once whole and
+        # once cropped) for the crop flag, and `--crops-per-image` crops each for the rectangle
+        # and patch figures (more cropped samples of few photos)
         t0 = time.perf_counter()
-        m = evaluate(run_dir, split="test", task_options={"crops_per_image": args.crops_per_image})
+        sets = {"balanced": 1, f"{args.crops_per_image}_crops": args.crops_per_image}
+        out["held_out"] = {}
+        for name, n in sets.items():
+            m = evaluate(run_dir, split="test", task_options={"crops_per_image": n})
+            model, base = m["model"], m["baseline"]
+            out["held_out"][name] = {
+                "photos": m["num_images"], "samples": m["num_samples"], "cropped": model["cropped"],
+                "figures": {k: {"model": model.get(k), "baseline": base.get(k)} for k in FIGURES},
+            }
         out["evaluate_s"] = round(time.perf_counter() - t0, 1)
-        model, base = m["model"], m["baseline"]
-        out["held_out"] = {"photos": m["num_images"], "samples": m["num_samples"], "cropped": model["cropped"]}
-        out["figures"] = {k: {"model": model.get(k), "baseline": base.get(k)} for k in FIGURES}
         out["patch_acc_chance"] = m["chance"]["patch_acc"]
-        out["targets_met"] = {k: (model[k] <= v if op == "<=" else model[k] >= v) if model.get(k) is not None else None
-                              for k, (op, v) in TARGETS.items()}
         out["baseline_from"] = m["baseline_from"]
+        flag_set, rect_set = out["held_out"]["balanced"]["figures"], out["held_out"][f"{args.crops_per_image}_crops"]["figures"]
+        chosen = {"flag_acc": flag_set, "patch_acc": rect_set, "crop_factor_error": rect_set}
+        out["targets_met"] = {k: (chosen[k][k]["model"] <= v if op == "<=" else chosen[k][k]["model"] >= v) if chosen[k][k]["model"] is not None else None
+                              for k, (op, v) in TARGETS.items()}
     out["total_s"] = round(time.perf_counter() - start, 1)
     out["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(out, indent=2))

@@ -12,7 +12,6 @@ writes them) and the photos they name; nothing needs the model.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, BinaryIO, Sequence
