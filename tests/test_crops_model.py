@@ -113,3 +113,14 @@ def test_loss_by_hand() -> None:
     assert not any(v.requires_grad for v in parts.values())
     _, only_rect = crops_loss(out, cells, rect, torch.tensor([0.0, 1.0]), CropsLossConfig(patch=0, flag=0, rect=1))
     assert only_rect["loss"].item() == pytest.approx(0.5)
+
+
+def test_an_untrained_head_says_the_whole_frame() -> None:
+    """The rectangle is an offset from (0, 1, 0, 1): with the last layer at zero the detector
+    predicts the uncropped frame (crop factor 1), not an empty rectangle at the corner."""
+    model = factory.create_model(ModelConfig(name="crop_detector_tiny"), 16).eval()
+    torch.nn.init.zeros_(model.head[-1].weight)
+    torch.nn.init.zeros_(model.head[-1].bias)
+    out = model(torch.zeros(2, 3, 37, 56, dtype=torch.uint8), torch.zeros(2, 16, 3, 24, 24, dtype=torch.uint8))
+    assert out.rect.tolist() == [[0.0, 1.0, 0.0, 1.0]] * 2
+    assert "rect_prior" not in model.state_dict()  # not a weight: checkpoints are unchanged

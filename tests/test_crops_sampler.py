@@ -171,6 +171,9 @@ def test_too_small_original_is_a_one_line_error_naming_the_file() -> None:
     assert CFG.min_side == 192 and CropsConfig().min_side == 768
     with pytest.raises(VislabError, match=r"shots/a\.jpg: 287x191 is too small.*192 px"):
         plan_sample((287, 191), 0, CFG, train=True, name="shots/a.jpg")
+    # a photo that may itself be a crop is still read whole (predict): only cropping needs the room
+    plan = plan_sample((287, 191), 0, CFG, train=False, crop=False)
+    assert plan.rect == (0.0, 1.0, 0.0, 1.0) and len(plan.cells) == 16
 
 
 def test_config_rejects_impossible_ranges() -> None:

@@ -292,8 +292,8 @@ def test_registry_rules() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         register_task(BrightnessTask())
     code = "import vislab.tasks as t; print(t.task_names())"  # another process: only the built-in tasks
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "['classify']"
-    with pytest.raises(VislabError, match="unknown task 'segment'; choose one of brightness, classify"):
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "['classify', 'crops']"
+    with pytest.raises(VislabError, match="unknown task 'segment'; choose one of brightness, classify, crops"):
         get_task("segment")
     with pytest.raises(VislabError, match=r"'task' unknown task 'segment'"):
         build_config({"task": "segment"}, "x.yaml")
@@ -330,8 +330,9 @@ def test_imports_stay_light() -> None:
     """The model registry imports no builder and no torch (no import cycle in models/); the
     task registry and `vislab compare` do not import Lightning."""
     code = (
-        "import sys, vislab.models.registry, vislab.tasks, vislab.tasks.classify, vislab.report.compare\n"
-        "heavy = [m for m in ('torch', 'lightning', 'vislab.models.simple_cnn', 'vislab.models.yolo', 'vislab.models.factory') if m in sys.modules]\n"
+        "import sys, vislab.models.registry, vislab.tasks, vislab.tasks.classify, vislab.tasks.crops, vislab.report.compare, vislab.config\n"
+        "vislab.config.build_config({'task': 'crops'})\n"
+        "heavy = [m for m in ('torch', 'lightning', 'scipy', 'vislab.models.simple_cnn', 'vislab.models.yolo', 'vislab.models.factory') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -34,9 +34,11 @@ def evaluate(
     batch_size: int | None = None,
     num_workers: int | None = None,
     tta_translate: int = 0,
+    task_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the
-    metrics (as in metrics.json, plus `eval_dir` and the run's `task`)."""
+    metrics (as in metrics.json, plus `eval_dir` and the run's `task`). `task_options` go to
+    the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused."""
     from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import make_folder
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
@@ -45,6 +47,10 @@ def evaluate(
 
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
+    task_options = dict(task_options or {})
+    foreign = sorted(set(task_options) - set(task.evaluate_options))
+    if foreign:
+        raise VislabError(f"--{foreign[0].replace('_', '-')}: not an option of task {task.name} (run {run.run_dir}); it has {', '.join('--' + o.replace('_', '-') for o in task.evaluate_options) or 'none'}")
     dataset_dir = Path(data) if data is not None else Path(run.info["dataset_dir"])
     df = read_manifest(dataset_dir)
     recorded = run.info.get("manifest_hash")
@@ -65,7 +71,7 @@ def evaluate(
     precision = "bf16-mixed" if resolve_precision(run.cfg.train.precision, run.cfg.train.accelerator) == "bf16-mixed" else "32-true"
     result = task.evaluate(
         run, rows, dataset_dir, precision=precision, description=f"evaluate {split}",
-        tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers,
+        tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers, **task_options,
     )
     name = eval_name(split, None if data is None else dataset_dir.resolve().name)
     metrics = dict(result.metrics)

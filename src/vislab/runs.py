@@ -53,6 +53,7 @@ EVAL_METRICS = "metrics.json"  # in each eval/<name>/, beside the task's own fil
 EVAL_PREDICTIONS = "predictions.csv"  # per-image results
 EVAL_PROBS = "probs.npy"  # per-image scores (classification: class probabilities)
 PLOTS_DIR = "plots"
+PREDICT_DIR = "predict"  # pictures and JSON of `vislab predict` (tasks that draw, e.g. crops)
 EXPLAIN_DIR = "explain"
 EXPORT_DIR = "export"
 REPORT_NAME = "report.html"
@@ -123,6 +124,15 @@ class RunPaths:
     def eval_dir(self, name: str) -> Path:
         """eval/<name>/, refused unless it stays inside eval/ (names come from users)."""
         return inside(self.root, EVAL_DIR, name)
+
+    @property
+    def predictions(self) -> Path:
+        """predict/: what `vislab predict` draws for a task whose results are pictures."""
+        return self.root / PREDICT_DIR
+
+    def prediction(self, name: str) -> Path:
+        """predict/<name>, refused unless it stays inside predict/ (names come from image files)."""
+        return inside(self.root, PREDICT_DIR, name)
 
     @property
     def plots(self) -> Path:

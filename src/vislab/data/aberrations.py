@@ -11,28 +11,8 @@ half diagonal, so r = 1 at the corners whatever the image size.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
-from scipy.ndimage import map_coordinates
 
-from vislab.config import Section
-
-
-class Aberrations(Section):
-    """One lens profile; all zero is the identity.
-
-    `vignette`: share of light lost at the corners (gain 1 - vignette * r^2).
-    `red` / `blue`: lateral chromatic aberration, the channel magnified about the centre by
-    this many percent (positive = outward fringe). `distortion`: k1 of the radial model
-    src = dst * (1 + k1 r^2); positive is barrel, negative pincushion.
-    """
-
-    vignette: float = Field(0.0, ge=0.0, le=1.0)
-    red: float = Field(0.0, ge=-10.0, le=10.0)
-    blue: float = Field(0.0, ge=-10.0, le=10.0)
-    distortion: float = Field(0.0, ge=-0.5, le=0.5)
-
-    def is_identity(self) -> bool:
-        return self.vignette == 0 and self.red == 0 and self.blue == 0 and self.distortion == 0
+from vislab.config_crops import Aberrations  # noqa: F401  (the profile lives in config_crops.py: config validation imports it)
 
 
 def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -48,6 +28,8 @@ def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray, float]:
 def _remap(image: np.ndarray, scales: list[np.ndarray | float]) -> np.ndarray:
     """Each output pixel of channel c samples the input (bilinear) at its position from the
     centre times scales[c]: a scale below 1 magnifies that channel."""
+    from scipy.ndimage import map_coordinates
+
     h, w = image.shape[:2]
     xx, yy, half_diag = _grid(h, w)
     out = np.empty_like(image)

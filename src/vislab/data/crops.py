@@ -34,22 +34,19 @@ manifest's paths).
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
-from pydantic import Field, model_validator
 
-from vislab.config import Section
-from vislab.data.aberrations import Aberrations, apply_aberrations
+from vislab.config_crops import CropsConfig, Interpolation  # noqa: F401  (the settings live in config_crops.py: config validation imports them)
+from vislab.data.aberrations import apply_aberrations
 from vislab.data.io import load_image
 from vislab.errors import VislabError
 
-Interpolation = Literal["nearest", "linear", "area", "cubic", "lanczos"]
 RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
     "linear": Image.Resampling.BILINEAR,
@@ -58,52 +55,6 @@ RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 EDGES = ("left", "right", "top", "bottom")
-
-
-class CropsConfig(Section):
-    """How samples are made; every number of the method is here (defaults: the paper's).
-
-    Sizes are (width, height); `grid` is (columns, rows). `resize_width` is a half-open
-    range [low, high). An original must have `min_side` pixels on each side (landscape
-    after rotation), so that the smallest crop still holds a grid of patches at native size.
-    """
-
-    crop_prob: float = Field(0.5, ge=0.0, le=1.0)
-    size_factor: tuple[float, float] = (0.5, 0.9)
-    resize_width: tuple[int, int] = (1024, 2048)
-    interpolations: list[Interpolation] = Field(default_factory=lambda: list(RESAMPLE), min_length=1)
-    thumb_size: tuple[int, int] = (224, 149)
-    grid: tuple[int, int] = (4, 4)
-    patch_size: int = Field(96, ge=4)
-    jitter: int = Field(8, ge=0)
-    # evaluation: each image once uncropped and this many times cropped
-    eval_crops_per_image: int = Field(1, ge=0)
-    # evaluation under stress: aberrations added to each uncropped photo before sampling
-    stress: Aberrations | None = None
-
-    @model_validator(mode="after")
-    def _ranges(self) -> "CropsConfig":
-        lo, hi = self.size_factor
-        if not 0 < lo <= hi < 1:
-            raise ValueError(f"size_factor must be 0 < low <= high < 1 (got {lo}, {hi})")
-        if not 0 < self.resize_width[0] < self.resize_width[1]:
-            raise ValueError(f"resize_width must be 0 < low < high (got {self.resize_width})")
-        if min(self.grid) < 1 or min(self.thumb_size) < 1:
-            raise ValueError("grid and thumb_size must be positive")
-        if self.resize_width[0] < self.patch_size * self.grid[0]:
-            raise ValueError(
-                f"resize_width low ({self.resize_width[0]}) must hold a row of patches "
-                f"(patch_size * columns = {self.patch_size * self.grid[0]})"
-            )
-        return self
-
-    @property
-    def cells(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def min_side(self) -> int:
-        return math.ceil(self.patch_size * max(self.grid) / self.size_factor[0])
 
 
 @dataclass(frozen=True)
@@ -219,7 +170,7 @@ def plan_sample(
     if h > w:
         rotation = 90 if rng.random() < 0.5 else 270
         w, h = h, w
-    if min(w, h) < cfg.min_side:
+    if crop is not False and min(w, h) < cfg.min_side:  # an uncropped view needs no room for a crop
         raise VislabError(
             f"{name}: {w}x{h} is too small for crop samples: each side needs {cfg.min_side} px "
             "(patch_size * grid / smallest size_factor); curate with --min-size or lower crops.patch_size"

@@ -311,6 +311,19 @@ class EpochSampler(Sampler):
         return len(range(self.rank, self.n, self.num_replicas))
 
 
+def loop_position(trainer: Any, seed: int) -> dict[str, Any]:
+    """A datamodule's resume state: the epoch to continue and the batches of it already done
+    (empty without a trainer); `load_state_dict` sets the sampler's epoch and skip from it."""
+    if trainer is None:
+        return {}
+    # `started` counts epochs begun: during epoch e (and after it ends) it is e + 1
+    epoch = max(0, trainer.fit_loop.epoch_progress.current.started - 1)
+    done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    if done >= trainer.num_training_batches:  # saved at the end of an epoch: next one starts clean
+        epoch, done = epoch + 1, 0
+    return {"epoch": int(epoch), "batches_done": int(done), "seed": seed}
+
+
 class ClassifyDataModule(L.LightningDataModule):
     """Batches of (image, class id) from a curated dataset for the classification task.
 
@@ -507,15 +520,7 @@ class ClassifyDataModule(L.LightningDataModule):
     # ---- resume -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Where the training loop is: the epoch to continue and the batches of it already done."""
-        trainer = self.trainer
-        if trainer is None:
-            return {}
-        # `started` counts epochs begun: during epoch e (and after it ends) it is e + 1
-        epoch = max(0, trainer.fit_loop.epoch_progress.current.started - 1)
-        done = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        if done >= trainer.num_training_batches:  # saved at the end of an epoch: next one starts clean
-            epoch, done = epoch + 1, 0
-        return {"epoch": int(epoch), "batches_done": int(done), "seed": self.seed}
+        return loop_position(self.trainer, self.seed)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict:

@@ -28,31 +28,12 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
-from vislab.config import ModelConfig, Section
+from vislab.config import ModelConfig
+from vislab.config_crops import CropsLossConfig, CropsModelConfig
 from vislab.errors import VislabError
 from vislab.models.registry import DataSpec, register_model
-
-
-class CropsModelConfig(Section):
-    """Architecture of the crop detector (defaults: the paper's)."""
-
-    global_backbone: str = "resnet34"
-    patch_backbone: str = "resnet18"
-    global_dim: int = Field(64, ge=1)
-    patch_dim: int = Field(64, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [512, 256])
-    coords: bool = True
-    pretrained: bool = False
-
-
-class CropsLossConfig(Section):
-    """Weights of the loss terms: sum over patches of cell CE, rectangle MSE, crop BCE."""
-
-    patch: float = Field(0.15, ge=0.0)
-    rect: float = Field(3.0, ge=0.0)
-    flag: float = Field(1.0, ge=0.0)
 
 
 class CropOutput(NamedTuple):
@@ -98,6 +79,9 @@ class CropDetector(nn.Module):
             layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
         self.head = nn.Sequential(*layers, nn.Linear(width, 5))
+        # the rectangle is predicted as an offset from the whole frame (0, 1, 0, 1): an untrained
+        # head then says "uncropped" rather than an empty rectangle at the corner
+        self.register_buffer("rect_prior", torch.tensor([0.0, 1.0, 0.0, 1.0]), persistent=False)
 
     def forward(self, thumb: torch.Tensor, patches: torch.Tensor) -> CropOutput:
         """thumb: B x 3 x H x W; patches: B x N x 3 x P x P, N = cells, in grid order."""
@@ -108,7 +92,7 @@ class CropDetector(nn.Module):
         if self.cfg.coords:
             x = torch.cat([x, coord_channels(x)], dim=1)
         out = self.head(torch.cat([emb.reshape(b, -1), self.global_net(x)], dim=1))
-        return CropOutput(rect=out[:, :4], flag=out[:, 4], cells=cells)
+        return CropOutput(rect=out[:, :4] + self.rect_prior, flag=out[:, 4], cells=cells)
 
 
 def crops_loss(

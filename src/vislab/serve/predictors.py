@@ -4,7 +4,8 @@ The web app (`app.py`) and the batcher are task-blind: they decode an upload, ca
 `preprocess` in a request thread, hand the result to the model's micro-batcher, which calls
 `predict_batch` with several requests' items at once, and return its JSON-ready dicts. A
 task plugs in as one subclass registered with `@register` (its `task` is the run config's
-`task:` value), plus a renderer of its results in the page (`RENDERERS[task]` in page.html).
+`task:` value; in a module of its own named in `PREDICTOR_MODULES`, as crops' serve/crops.py),
+plus a renderer of its results in the page (`RENDERERS[task]` in page.html).
 
 Classification (with or without an attention branch) is the first: top-k classes, and on
 request the heat map of the top class (Grad-CAM; an ABN's own attention map) drawn on the
@@ -16,6 +17,7 @@ the PyTorch model, since Grad-CAM needs gradients and the attention map is not e
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import json
 import math
@@ -107,6 +109,8 @@ class Predictor(ABC):
 
 
 PREDICTORS: dict[str, type[Predictor]] = {}
+# tasks whose Predictor lives in a module of its own, imported when a run of the task is served
+PREDICTOR_MODULES = {"crops": "vislab.serve.crops"}
 
 
 def register(cls: type[Predictor]) -> type[Predictor]:
@@ -124,9 +128,11 @@ def load_predictor(run_dir: str | Path, onnx: bool = False, threads: int | None 
 
     root = resolve_run_dir(run_dir)
     task = load_config(run_paths(root).config).task
+    if task not in PREDICTORS and task in PREDICTOR_MODULES:
+        importlib.import_module(PREDICTOR_MODULES[task])
     cls = PREDICTORS.get(task)
     if cls is None:
-        raise VislabError(f"{root}: task {task!r} cannot be served yet; `vislab serve` serves {', '.join(sorted(PREDICTORS))} runs")
+        raise VislabError(f"{root}: task {task!r} cannot be served yet; `vislab serve` serves {', '.join(sorted(set(PREDICTORS) | set(PREDICTOR_MODULES)))} runs")
     return cls.load(root, onnx=onnx, threads=threads)
 
 

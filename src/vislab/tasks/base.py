@@ -218,6 +218,11 @@ class BaseTask(L.LightningModule):
         self._apply_freeze()
 
     def on_train_epoch_start(self) -> None:
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.ready if self.trainer is not None else 0
+        if done == 0 or done >= self.trainer.num_training_batches:
+            # an epoch starting from its first batch: the persistent train metrics may hold the
+            # previous epoch's sums, restored from a checkpoint saved at its end (--resume --epochs)
+            self.reset_train_metrics()
         self._apply_freeze()
 
     # ---- checkpoint extras ---------------------------------------------------------------

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from vislab.runs import LoadedRun
 
 DEFAULT_TASK = "classify"  # the task of a config (or an old run directory) that names none
-BUILTIN_TASKS = {"classify": "vislab.tasks.classify"}  # name -> module that registers it
+BUILTIN_TASKS = {"classify": "vislab.tasks.classify", "crops": "vislab.tasks.crops"}  # name -> module that registers it
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,9 @@ class Task(ABC):
     # report curves besides loss and lr: (title, metric key suffix, "max"|"min" for the best-epoch mark)
     curve_panels: ClassVar[tuple[tuple[str, str, str], ...]] = ()
     export_output: ClassVar[str] = "output"  # the name of the exported model's output
+    # the task's own options of `vislab evaluate` (keyword arguments of `evaluate`, e.g.
+    # crops_per_image); the command refuses one the run's task does not name here
+    evaluate_options: ClassVar[tuple[str, ...]] = ()
 
     # ---- training ------------------------------------------------------------------------
     def accepts_model(self, name: str) -> str | None:
@@ -153,7 +156,7 @@ class Task(ABC):
         """Run the model on the usable manifest rows of a split of `dataset_dir` (through its
         `predict_step`, e.g. with `tasks.base.predict_batches` at `precision`, showing
         `description` as progress) and score it. `options` are the command's (tta,
-        batch_size, ...). Generic fields (split, name, dataset, checkpoint, precision) are
+        batch_size, ...) and those of `evaluate_options` the user gave. Generic fields (split, name, dataset, checkpoint, precision) are
         added by `vislab.evaluate`."""
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:

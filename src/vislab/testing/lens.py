@@ -14,12 +14,17 @@ middle of the image, which is what the detector must notice.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from vislab.data.aberrations import Aberrations, apply_aberrations
 from vislab.data.crops import CropsConfig
+
+if TYPE_CHECKING:
+    from vislab.config import RunConfig
 
 LENS = Aberrations(vignette=0.6, red=3.0, blue=-3.0)
 TINY_FRAME = (288, 192)
@@ -69,13 +74,47 @@ def write_lens_photos(
     return paths
 
 
+TINY_CROPS: dict[str, Any] = {"resize_width": [192, 288], "thumb_size": [56, 37], "patch_size": 24, "jitter": 2}
+
+
 def tiny_crops_config(**fields: object) -> CropsConfig:
     """Sampler settings scaled to `TINY_FRAME` photos (min side 192 = 24 * 4 / 0.5)."""
-    raw: dict[str, object] = {
-        "resize_width": (192, 288),
-        "thumb_size": (56, 37),
-        "patch_size": 24,
-        "jitter": 2,
-        **fields,
+    return CropsConfig.model_validate({**TINY_CROPS, **fields})
+
+
+def make_lens_dataset(
+    root: str | Path, splits: tuple[int, int, int] = (24, 8, 8), size: tuple[int, int] = TINY_FRAME, seed: int = 0,
+    lens: Aberrations = LENS,
+) -> Path:
+    """`root/images/*.png` lens photos and `root/manifest.csv` with (train, val, test) counts
+    of them, as `vislab curate` would write it; returns `root`."""
+    from vislab.data.manifest import write_manifest
+
+    root = Path(root)
+    paths = write_lens_photos(root / "images", sum(splits), size, seed, lens)
+    names = ["train"] * splits[0] + ["val"] * splits[1] + ["test"] * splits[2]
+    rows = [
+        {"path": str(p.resolve()), "label": "", "split": split, "status": "ok", "reason": "", "width": size[0], "height": size[1], "format": "PNG"}
+        for p, split in zip(paths, names)
+    ]
+    write_manifest(pd.DataFrame(rows), root)
+    return root
+
+
+def tiny_crops_run(**sections: Any) -> "RunConfig":
+    """A seconds-fast crops run config on `TINY_FRAME` photos: crop_detector_tiny, the tiny
+    sampler, Adam with the paper's per-epoch decay. Keyword arguments are merged sections."""
+    from vislab.testing.synthetic import tiny_config
+
+    base: dict[str, Any] = {
+        "task": "crops",
+        "model": {"name": "crop_detector_tiny"},
+        "crops": dict(TINY_CROPS),
+        "data": {"batch_size": 8, "num_workers": 0},
+        "optim": {"name": "adam", "lr": 2e-3},
+        "scheduler": {"name": "exponential", "gamma": 0.942},
+        "train": {"epochs": 2},
     }
-    return CropsConfig.model_validate(raw)
+    for key, value in sections.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return tiny_config(**base)

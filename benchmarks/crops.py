@@ -1,0 +1,144 @@
+"""Crop detection on real camera photos: the `crops-small` recipe on the 84 CC0 digicam
+photos, held-out figures beside the trivial baseline of the same evaluation.
+
+The path a user runs, in one process (so RSS per epoch can be read):
+  vislab curate photos --min-size 1440x720 --landscape --dedupe exact --split 0.7,0.1,0.2
+  vislab train crops-small --max-time BUDGET        (minus a reserve for the evaluation)
+  vislab evaluate RUN --split test --crops-per-image 1   (balanced: the crop flag's figures)
+  vislab evaluate RUN --split test --crops-per-image 3   (rectangle and patch figures)
+The photos are extracted to a temporary folder (the tar is never modified). The test photos
+are never trained on: the figures are on them, each beside the trivial baseline (mean
+training rectangle, majority flag, most frequent cell) computed in the same evaluation.
+Targets (issue 14): crop-factor error <= 10%, crop accuracy >= 70%, patch accuracy >= 3x
+chance (18.75%). Memory: RSS of this process after epoch 1 and after the last epoch.
+
+Needs `../shared/data/photos-digicam.tar` (or VISLAB_SHARED_DATA); without it, prints a skip
+message and exits 0. Prints one JSON object. The machine may be shared: the load average
+before and after is printed with the figures.
+
+    nice -n 10 python benchmarks/crops.py [--budget 15] [--threads 1] [--crops-per-image 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("VISLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+TAR = "photos-digicam.tar"
+EVAL_RESERVE_S = 90  # evaluation of the held-out photos after training
+TARGETS = {"crop_factor_error": ("<=", 0.10), "flag_acc": (">=", 0.70), "patch_acc": (">=", 3 / 16)}
+FIGURES = ("flag_acc", "flag_auc", "patch_acc", "iou", "iou_cropped", "crop_factor_error", "crop_factor_error_median")
+
+
+def cpu_flags() -> list[str]:
+    """The SIMD features that decide CPU training speed."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    return [f for f in wanted if f in line.split()]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def curate(photos: Path, out: Path) -> None:
+    cmd = [sys.executable, "-m", "vislab.cli", "curate", str(photos), "--out", str(out), "--min-size", "1440x720", "--landscape",
+           "--dedupe", "exact", "--split", "0.7,0.1,0.2", "--workers", "1"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=15.0, help="minutes for curate + train + evaluate")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the data loader adds one worker process)")
+    ap.add_argument("--crops-per-image", type=int, default=3, help="cropped variants of each held-out photo, beside the uncropped one")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the run directory here (else a temporary folder)")
+    args = ap.parse_args()
+    tar = DATA / TAR
+    if not tar.is_file():
+        print(json.dumps({"benchmark": "crops", "skipped": f"{tar} not found (set VISLAB_SHARED_DATA)"}))
+        return 0
+
+    import lightning as L
+    import torch
+
+    from vislab.config import load_config
+    from vislab.data.manifest import read_manifest, usable
+    from vislab.evaluate import evaluate
+    from vislab.train import train
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    out: dict[str, Any] = {"benchmark": "crops", "recipe": "crops-small", "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
+                           "torch_threads": args.threads, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+    with tempfile.TemporaryDirectory(prefix="vislab-crops-") as tmp:
+        root = Path(tmp)
+        with tarfile.open(tar) as tf:
+            tf.extractall(root, filter="data")
+        curate(root / "photos", root / "data")
+        rows = usable(read_manifest(root / "data"))
+        out["photos"] = {"in_tar": len(list((root / "photos").iterdir())), "usable": len(rows),
+                         **{s: int((rows["split"] == s).sum()) for s in ("train", "val", "test")}}
+        out["curate_s"] = round(time.perf_counter() - start, 1)
+
+        class Rss(L.Callback):
+            def __init__(self) -> None:
+                self.mb: list[float] = []
+
+            def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+                self.mb.append(round(rss_mb(), 1))
+
+        rss = Rss()
+        budget_s = args.budget * 60 - (time.perf_counter() - start) - EVAL_RESERVE_S
+        run_dir = args.keep or root / "run"
+        t0 = time.perf_counter()
+        train(load_config("crops-small"), root / "data", run_dir, max_time=f"{max(60, int(budget_s))}s", callbacks=[rss])
+        out["train_s"] = round(time.perf_counter() - t0, 1)
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+        out["epochs"] = summary.get("epochs_completed")
+        out["train_images_per_s"] = summary.get("train_images_per_s")
+        out["rss_mb"] = {"after_epoch_1": rss.mb[0] if rss.mb else None, "after_last_epoch": rss.mb[-1] if rss.mb else None,
+                         "growth_per_epoch_after_1": round((rss.mb[-1] - rss.mb[0]) / max(1, len(rss.mb) - 1), 2) if len(rss.mb) > 1 else None}
+        # two fixed evaluation sets of the held-out photos: balanced (each photo once whole and
+        # once cropped) for the crop flag, and `--crops-per-image` crops each for the rectangle
+        # and patch figures (more cropped samples of few photos)
+        t0 = time.perf_counter()
+        sets = {"balanced": 1, f"{args.crops_per_image}_crops": args.crops_per_image}
+        out["held_out"] = {}
+        for name, n in sets.items():
+            m = evaluate(run_dir, split="test", task_options={"crops_per_image": n})
+            model, base = m["model"], m["baseline"]
+            out["held_out"][name] = {
+                "photos": m["num_images"], "samples": m["num_samples"], "cropped": model["cropped"],
+                "figures": {k: {"model": model.get(k), "baseline": base.get(k)} for k in FIGURES},
+            }
+        out["evaluate_s"] = round(time.perf_counter() - t0, 1)
+        out["patch_acc_chance"] = m["chance"]["patch_acc"]
+        out["baseline_from"] = m["baseline_from"]
+        flag_set, rect_set = out["held_out"]["balanced"]["figures"], out["held_out"][f"{args.crops_per_image}_crops"]["figures"]
+        chosen = {"flag_acc": flag_set, "patch_acc": rect_set, "crop_factor_error": rect_set}
+        out["targets_met"] = {k: (chosen[k][k]["model"] <= v if op == "<=" else chosen[k][k]["model"] >= v) if chosen[k][k]["model"] is not None else None
+                              for k, (op, v) in TARGETS.items()}
+    out["total_s"] = round(time.perf_counter() - start, 1)
+    out["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

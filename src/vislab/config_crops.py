@@ -1,0 +1,120 @@
+"""Config sections of the crops task (`task: crops`): how samples are made, the stress
+aberrations, the loss weights and the detector's architecture.
+
+They live apart from the modules that use them (data/crops.py, data/aberrations.py,
+models/crops.py import torch or scipy) because config validation and `vislab compare`
+import the task's section: this module needs pydantic only. Defaults are the paper's
+("Dissecting Image Crops", Van Hoorick 2021).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from vislab.config import Section
+
+Interpolation = Literal["nearest", "linear", "area", "cubic", "lanczos"]
+INTERPOLATIONS: tuple[str, ...] = ("nearest", "linear", "area", "cubic", "lanczos")
+
+
+class Aberrations(Section):
+    """One lens profile; all zero is the identity.
+
+    `vignette`: share of light lost at the corners (gain 1 - vignette * r^2).
+    `red` / `blue`: lateral chromatic aberration, the channel magnified about the centre by
+    this many percent (positive = outward fringe). `distortion`: k1 of the radial model
+    src = dst * (1 + k1 r^2); positive is barrel, negative pincushion.
+    """
+
+    vignette: float = Field(0.0, ge=0.0, le=1.0, description="Share of light lost at the corners (gain 1 - vignette * r^2).")
+    red: float = Field(0.0, ge=-10.0, le=10.0, description="Red channel magnified about the centre by this many percent.")
+    blue: float = Field(0.0, ge=-10.0, le=10.0, description="Blue channel magnified about the centre by this many percent.")
+    distortion: float = Field(0.0, ge=-0.5, le=0.5, description="Radial distortion k1: positive barrel, negative pincushion.")
+
+    def is_identity(self) -> bool:
+        return self.vignette == 0 and self.red == 0 and self.blue == 0 and self.distortion == 0
+
+
+class CropsLossConfig(Section):
+    """Weights of the loss terms: sum over patches of cell CE, rectangle MSE, crop BCE."""
+
+    patch: float = Field(0.15, ge=0.0, description="Weight of the patch-location cross-entropy (summed over a sample's patches).")
+    rect: float = Field(3.0, ge=0.0, description="Weight of the rectangle MSE.")
+    flag: float = Field(1.0, ge=0.0, description="Weight of the crop-flag BCE.")
+
+
+class CropsModelConfig(Section):
+    """Architecture of the crop detector (defaults: the paper's); set in `model.kwargs`."""
+
+    global_backbone: str = "resnet34"
+    patch_backbone: str = "resnet18"
+    global_dim: int = Field(64, ge=1)
+    patch_dim: int = Field(64, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [512, 256])
+    coords: bool = True
+    pretrained: bool = False
+
+
+class CropsConfig(Section):
+    """The `crops:` section: how samples are made, the loss weights and the evaluation set;
+    every number of the method is here (defaults: the paper's).
+
+    Sizes are (width, height); `grid` is (columns, rows). `resize_width` is a half-open
+    range [low, high). An original must have `min_side` pixels on each side (landscape
+    after rotation), so that the smallest crop still holds a grid of patches at native size.
+    """
+
+    crop_prob: float = Field(0.5, ge=0.0, le=1.0, description="Probability that a training sample is cropped.")
+    size_factor: tuple[float, float] = Field((0.5, 0.9), description="Range of the crop's size factor s (both axes, aspect kept).")
+    resize_width: tuple[int, int] = Field((1024, 2048), description="Range [low, high) of the random width the kept image is resized to.")
+    interpolations: list[Interpolation] = Field(
+        default_factory=lambda: list(INTERPOLATIONS), min_length=1, description="Resampling filters the resize draws from.")
+    thumb_size: tuple[int, int] = Field((224, 149), description="Thumbnail (width, height) the global branch sees.")
+    grid: tuple[int, int] = Field((4, 4), description="Patch grid (columns, rows): one patch per cell, one location class per cell.")
+    patch_size: int = Field(96, ge=4, description="Side of each native-resolution patch in pixels.")
+    jitter: int = Field(8, ge=0, description="Training patches move by up to this many pixels from their cell's centre.")
+    loss: CropsLossConfig = Field(default_factory=CropsLossConfig, description="Loss weights.")
+    eval_crops_per_image: int = Field(1, ge=0, description="Evaluation: each image once uncropped and this many times cropped.")
+    eval_seed: int = Field(0, ge=0, description="Seed of the evaluation set (the same crops in every run that shares it).")
+    stress: Aberrations | None = Field(None, description="Evaluation under stress: aberrations added to each photo before sampling.")
+
+    @field_validator("size_factor")
+    @classmethod
+    def _size_factor(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] < 1:
+            raise ValueError(f"must be 0 < low <= high < 1 (got {v[0]}, {v[1]})")
+        return v
+
+    @field_validator("resize_width")
+    @classmethod
+    def _resize_width(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 0 < v[0] < v[1]:
+            raise ValueError(f"must be 0 < low < high (got {v[0]}, {v[1]})")
+        return v
+
+    @field_validator("grid", "thumb_size")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError(f"must be positive (got {v[0]}, {v[1]})")
+        return v
+
+    @model_validator(mode="after")
+    def _room(self) -> "CropsConfig":
+        if self.resize_width[0] < self.patch_size * self.grid[0]:
+            raise ValueError(
+                f"resize_width low ({self.resize_width[0]}) must hold a row of patches "
+                f"(patch_size * columns = {self.patch_size * self.grid[0]})"
+            )
+        return self
+
+    @property
+    def cells(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def min_side(self) -> int:
+        return math.ceil(self.patch_size * max(self.grid) / self.size_factor[0])

@@ -1,0 +1,113 @@
+"""`vislab serve` for crops runs: the crop probability, the estimated original frame and the
+patches' cell probabilities of each upload (the page's `RENDERERS.crops` draws them).
+
+Each upload is read whole, as `vislab predict` reads a file (`data.crops_datamodule.whole_photo`:
+never cropped, one fixed seeded resize for every photo), so the API's numbers are the CLI's.
+On request (`picture`, on by default) the result carries predict's picture as a PNG data URI:
+the photo inside its estimated frame, and the heat maps. Always PyTorch: crops runs have no
+ONNX export.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field
+
+from vislab.serve.predictors import PYTORCH, Predictor, register
+
+PICTURE_SIDE = 512  # the photo in the picture, at most this many pixels a side
+
+
+class CropsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    picture: bool = Field(True, description="Also return the picture of `vislab predict` (the photo inside its estimated "
+                          "original frame, and the patches' cell heat maps) as a PNG data URI.")
+
+
+@dataclass
+class CropsItem:
+    thumb: torch.Tensor
+    patches: torch.Tensor
+    rotation: int
+    view: np.ndarray | None  # the photo, small, for the picture (only when asked)
+
+
+@register
+class CropsPredictor(Predictor):
+    """Crop detection: was the photo cropped, where in its original frame it sits, and which
+    cell of that frame each patch came from."""
+
+    task = "crops"
+    Options = CropsOptions
+
+    def __init__(self, run: Any) -> None:
+        super().__init__(run.run_dir, PYTORCH)
+        self.run = run
+        self.cfg = run.cfg.section()
+        self.model = run.model.float().eval()
+
+    @classmethod
+    def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "CropsPredictor":
+        from vislab.runs import load_run
+
+        predictor = cls(load_run(run_dir))
+        if onnx:
+            predictor.notes.append(f"{predictor.name}: crops runs have no ONNX export; served with PyTorch")
+        return predictor
+
+    def preprocess(self, image: Image.Image, options: BaseModel) -> CropsItem:
+        from vislab.data.crops_datamodule import whole_photo
+
+        sample, rotation = whole_photo(image, self.cfg, self.cfg.eval_seed)
+        view = None
+        if getattr(options, "picture", True):
+            small = image.copy()
+            small.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
+            view = np.asarray(small.convert("RGB"))
+        return CropsItem(sample.thumb, sample.patches, rotation, view)
+
+    def warmup(self, options: BaseModel | None = None) -> None:
+        """A grey photo big enough for the patch grid, through the whole path (picture included)."""
+        side = self.cfg.patch_size * max(self.cfg.grid)
+        opts = options if options is not None else CropsOptions()
+        self.predict_batch([self.preprocess(Image.new("RGB", (side * 3 // 2, side), (128, 128, 128)), opts)], [opts])
+
+    def predict_batch(self, items: Sequence[CropsItem], options: Sequence[BaseModel]) -> list[dict[str, Any]]:
+        from vislab.tasks.crops import prediction_fields
+
+        with torch.inference_mode():
+            out = self.model(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
+        probs = torch.softmax(out.cells.float(), -1)
+        results = []
+        for k, item in enumerate(items):
+            res = prediction_fields(out.rect[k].float().tolist(), float(out.flag[k]), probs[k].tolist(), item.rotation)
+            if item.view is not None:
+                res["picture"] = self.picture(item.view, res)
+            results.append(res)
+        return results
+
+    def picture(self, view: np.ndarray, result: dict[str, Any]) -> str:
+        from vislab.report.crops import prediction_picture
+
+        buf = io.BytesIO()
+        prediction_picture(view, result, self.cfg.grid, buf)
+        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+    def describe(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            **super().describe(),
+            "model": self.run.cfg.model.name,
+            "grid": list(c.grid),
+            "input": {"thumb_size": list(c.thumb_size), "patch_size": c.patch_size, "resize_width": list(c.resize_width)},
+            "checkpoint": self.run.checkpoint.relative_to(self.run.run_dir).as_posix(),
+        }

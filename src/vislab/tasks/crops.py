@@ -1,0 +1,310 @@
+"""The crops task: was a photo cropped, and where in its original frame does it sit?
+("Dissecting Image Crops", Van Hoorick 2021). The plug-in the generic commands call for it.
+
+- train: `CropsModule` (tasks/crops_module.py) on `CropsDataModule` (samples made on the
+  fly, data/crops.py); the model is a `crop_detector*` with one location class per grid cell
+  (run.json's classes are the cells, r<row>c<col>); metrics.csv leads with the loss, flag
+  accuracy and AUC, patch accuracy, rectangle IoU and crop-factor error on the fixed
+  validation set; the best checkpoint is the lowest val/loss.
+- evaluate: the fixed evaluation set of a split (`--crops-per-image N` cropped variants per
+  photo beside the uncropped one; `--aberration` adds a lens profile first), scored with
+  metrics/crops.py beside the trivial baseline (mean training rectangle, majority flag,
+  most frequent cell) in the same evaluation; predictions.csv per sample, probs.npy the
+  patches' cell probabilities (samples x patches x cells).
+- predict: each photo read whole: crop probability, the estimated original frame, the
+  patches' cell probabilities; a picture and a JSON per photo in RUN_DIR/predict/.
+- report and compare: report/crops.py, and the columns below.
+
+Cheap to import (config validation imports it): the heavy parts are imported inside the hooks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from vislab.config_crops import Aberrations, CropsConfig
+from vislab.errors import VislabError
+from vislab.fsguard import printable
+from vislab.tasks.registry import Column, Evaluation, ReportSection, Task, register_task
+
+if TYPE_CHECKING:
+    import lightning as L
+    import numpy as np
+    import pandas as pd
+
+    from vislab.config import RunConfig
+    from vislab.health import HealthCheck
+    from vislab.metrics.crops import Baseline
+    from vislab.report.page import Page
+    from vislab.report.rundata import RunData
+    from vislab.runs import LoadedRun
+
+BASELINE_EPOCHS = 4  # the baseline's training targets: the sampler's draws over this many epochs
+HEADLINE = (  # metrics.json's top-level copies of the model's figures (compare and report read them)
+    ("crop_acc", "flag_acc"),
+    ("auc", "flag_auc"),
+    ("patch_acc", "patch_acc"),
+    ("iou", "iou"),
+    ("crop_factor_error", "crop_factor_error"),
+)
+
+
+def cell_names(cfg: CropsConfig) -> list[str]:
+    """The location classes: one per grid cell, row-major."""
+    cols, rows = cfg.grid
+    return [f"r{r}c{c}" for r in range(rows) for c in range(cols)]
+
+
+def parse_aberration(text: str) -> Aberrations:
+    """`vignette=0.4,red=1.5` -> an Aberrations profile (a one-line error naming the bad part)."""
+    from pydantic import ValidationError
+
+    values: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        try:
+            values[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise VislabError(f"--aberration {text!r}: '{part}' is not KEY=NUMBER; keys: {', '.join(Aberrations.model_fields)}")
+    try:
+        return Aberrations.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise VislabError(f"--aberration {text!r}: {'.'.join(map(str, first['loc']))}: {first['msg'].lower()} (keys: {', '.join(Aberrations.model_fields)})") from None
+
+
+def training_baseline(run: "LoadedRun", cfg: CropsConfig, fallback: Sequence[Any]) -> tuple["Baseline", str]:
+    """The trivial predictor from the training targets: the sampler's plans (geometry only, no
+    pixels) of the run's training photos over `BASELINE_EPOCHS` epochs; `fallback` plans
+    (the evaluated samples') when the run's dataset is not reachable. Also says which."""
+    import numpy as np
+
+    from vislab.data.crops import plan_sample, sample_seed
+    from vislab.data.manifest import read_manifest, usable
+    from vislab.metrics.crops import Baseline
+
+    plans = []
+    try:
+        train = usable(read_manifest(Path(run.info["dataset_dir"])), "train")
+        for i, (w, h) in enumerate(zip(train["width"].astype(int), train["height"].astype(int))):
+            plans += [plan_sample((w, h), sample_seed(run.cfg.seed, e, i), cfg, train=True) for e in range(BASELINE_EPOCHS)]
+        source = f"training targets: {len(train)} photos x {BASELINE_EPOCHS} epochs of samples"
+    except (VislabError, KeyError, ValueError, OSError):
+        plans, source = list(fallback), "the evaluated samples (the run's dataset is not reachable)"
+    if not plans:
+        plans, source = list(fallback), "the evaluated samples (the run's dataset has no train rows)"
+    return Baseline.from_targets(
+        np.array([p.rect for p in plans]), np.array([p.cropped for p in plans]), np.array([p.cells for p in plans])
+    ), source
+
+
+def _refuse_unreadable(bad: list[tuple[str, str]]) -> None:
+    path, reason = bad[0]
+    raise VislabError(f"{path}: cannot read image ({reason}); the dataset changed since `vislab curate`: restore the file or re-curate")
+
+
+def _fmt(v: Any, pct: bool = True) -> str:
+    return "-" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
+
+
+class CropsPlugin(Task):
+    """Crop detection: a rectangle in the original frame, a crop flag and patch cells per photo."""
+
+    name = "crops"
+    description = "was a photo cropped, and where in the original frame: flag, rectangle, patch cells"
+    config_section = CropsConfig
+    model_tasks = ("crops",)
+    monitor = ("val/loss", "min")
+    metric_columns = ("train/loss", "train/flag_acc", "train/patch_acc", "val/loss", "val/flag_acc", "val/auc", "val/patch_acc", "val/iou", "val/cf_err")
+    percent_metrics = frozenset({"train/flag_acc", "train/patch_acc", "val/flag_acc", "val/patch_acc", "val/cf_err"})
+    summary_metric = "val/patch_acc"
+    curve_panels = (("Crop flag accuracy", "flag_acc", "max"), ("Patch location accuracy", "patch_acc", "max"), ("Rectangle IoU", "iou", "max"), ("Crop-factor error", "cf_err", "min"))
+    evaluate_options = ("crops_per_image", "aberration")
+
+    # ---- training ------------------------------------------------------------------------
+    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+        from vislab.data.crops_datamodule import CropsDataModule
+        from vislab.tasks.crops_module import CropsModule
+
+        section = cfg.section()
+        dm = CropsDataModule(data_dir, section, cfg.data, cfg.seed, sanity_batch=sanity)
+        sizes = dm.split_sizes()
+        module = CropsModule(cfg.model_dump(mode="json"), cell_names(section))
+        return module, dm, {"split_sizes": sizes, "val_source": dm.val_source}
+
+    def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:
+        from vislab.tasks.crops_module import ConstantOutputs
+
+        return [ConstantOutputs(cfg.train.health.chance_after_epochs)]
+
+    # ---- after training ------------------------------------------------------------------
+    def load_module(self, run: "LoadedRun") -> "L.LightningModule":
+        from vislab.tasks.crops_module import CropsModule
+
+        return CropsModule(run.cfg.model_dump(mode="json"), run.classes, run.spec.to_dict(), model=run.model)
+
+    def evaluate(
+        self, run: "LoadedRun", rows: "pd.DataFrame", dataset_dir: Path, *, precision: str = "32-true", description: str | None = None,
+        tta: bool = False, tta_translate: int = 0, batch_size: int | None = None, num_workers: int | None = None,
+        crops_per_image: int | None = None, aberration: str | None = None,
+    ) -> Evaluation:
+        import numpy as np
+        import pandas as pd
+
+        from vislab.data.crops import eval_samples, plan_sample
+        from vislab.data.crops_datamodule import CropsDataModule, check_sizes
+        from vislab.data.manifest import manifest_path
+        from vislab.metrics.crops import CropsEvaluation, crop_factor, crop_factor_error, rect_iou
+        from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
+        from vislab.tasks.base import predict_batches
+
+        if tta or tta_translate:
+            raise VislabError("--tta: not an option of task crops (a flipped photo is another crop)")
+        cfg: CropsConfig = run.cfg.section()
+        n_crops = cfg.eval_crops_per_image if crops_per_image is None else int(crops_per_image)
+        if n_crops < 0:
+            raise VislabError(f"--crops-per-image {n_crops}: must be 0 or more")
+        stress = parse_aberration(aberration) if aberration else cfg.stress
+        ecfg = cfg.model_copy(update={"stress": stress})
+        if n_crops:
+            check_sizes(rows, cfg, str(manifest_path(dataset_dir)))
+        paths = rows["path"].tolist()
+        items = eval_samples(paths, n_crops, cfg.eval_seed)
+        sizes = dict(zip(paths, zip(rows["width"].astype(int), rows["height"].astype(int))))
+        plans = [plan_sample(sizes[i.path], i.seed, cfg, train=False, crop=i.crop, name=i.path) for i in items]
+        dm = CropsDataModule(dataset_dir, cfg, run.cfg.data, run.cfg.seed)
+        dm.predict_on_items(items, ecfg, _refuse_unreadable, batch_size=batch_size)
+        outs = predict_batches(self.load_module(run), dm, precision=precision, description=description)
+        ev = CropsEvaluation(num_cells=len(run.classes))
+        for o in outs:
+            ev.update(o["rect"], o["flag"], o["cell_probs"], o["rect_true"], o["cropped"], o["cells_true"])
+        baseline, source = training_baseline(run, cfg, plans)
+        report = ev.report(baseline)
+        metrics: dict[str, Any] = {
+            "num_images": len(paths), "num_samples": len(items), **report, "baseline_from": source,
+            **{key: report["model"][src] for key, src in HEADLINE},
+        }
+        a = ev.arrays()
+        probs = np.concatenate([o["cell_probs"].cpu().numpy() for o in outs]).astype(np.float32) if outs else np.zeros((0, 0, 0), np.float32)
+
+        def write(out: Path) -> None:
+            rect, true = a["rect"].reshape(-1, 4), a["rect_true"].reshape(-1, 4)
+            cropped = a["cropped"].astype(bool)
+            err = np.full(len(cropped), np.nan)
+            err[cropped] = crop_factor_error(rect[cropped], true[cropped])
+            cells_true = a["cells_true"].reshape(len(cropped), -1)
+            table = {
+                "path": [i.path for i in items], "cropped": cropped, "rotation": [p.rotation for p in plans],
+                **{f"true_{k}": true[:, j] for j, k in enumerate(("x1", "x2", "y1", "y2"))},
+                **{f"pred_{k}": rect[:, j] for j, k in enumerate(("x1", "x2", "y1", "y2"))},
+                "crop_prob": a["flag_prob"], "s_true": crop_factor(true), "s_pred": crop_factor(rect),
+                "iou": rect_iou(rect, true), "cf_err": err,
+                "patch_acc": (a["cell_pred"].reshape(cells_true.shape) == cells_true).mean(1),
+                "cells_true": [" ".join(map(str, c)) for c in cells_true],
+            }
+            pd.DataFrame(table).to_csv(out / EVAL_PREDICTIONS, index=False)
+            np.save(out / EVAL_PROBS, probs)
+
+        options = {"crops_per_image": n_crops, "eval_seed": cfg.eval_seed, "aberration": stress.model_dump() if stress else None}
+        return Evaluation(metrics, options, write)
+
+    def evaluation_line(self, metrics: dict[str, Any]) -> str:
+        m, b = metrics.get("model", {}), metrics.get("baseline", {})
+        parts = [
+            f"crop acc {_fmt(m.get('flag_acc'))} (baseline {_fmt(b.get('flag_acc'))})",
+            f"AUC {_fmt(m.get('flag_auc'), False)}",
+            f"patch acc {_fmt(m.get('patch_acc'))} (baseline {_fmt(b.get('patch_acc'))}, chance {_fmt((metrics.get('chance') or {}).get('patch_acc'))})",
+            f"IoU {_fmt(m.get('iou'), False)} (baseline {_fmt(b.get('iou'), False)})",
+            f"crop-factor error {_fmt(m.get('crop_factor_error'))} (baseline {_fmt(b.get('crop_factor_error'))})",
+        ]
+        return f"{metrics.get('name')}: {', '.join(parts)} on {metrics.get('num_samples')} samples of {metrics.get('num_images')} images"
+
+    def predict(self, run: "LoadedRun", files: Sequence[Path], *, batch_size: int = 8, draw: bool = True, **_: Any) -> list[dict[str, Any]]:
+        """One dict per photo: crop_prob, cropped, rect (x1, x2, y1, y2: where the photo sits
+        in its estimated original frame, in fractions of that frame, the photo's orientation),
+        crop_factor, cells (per patch, its cell probabilities in the model's landscape view),
+        picture and json (files written); or error. `draw` writes the files."""
+        from vislab.data.crops_datamodule import CropsDataModule
+        from vislab.tasks.base import predict_batches
+
+        cfg: CropsConfig = run.cfg.section()
+        results: list[dict[str, Any]] = [{"path": str(f)} for f in files]
+        unreadable: dict[str, str] = {}
+        dm = CropsDataModule(Path("."), cfg, run.cfg.data, run.cfg.seed)
+        dm.predict_on_photos([str(f) for f in files], lambda bad: unreadable.update(bad), batch_size=batch_size)
+        for o in predict_batches(self.load_module(run), dm):
+            for k, pos in enumerate(o["position"].tolist()):
+                results[pos].update(prediction_fields(o["rect"][k].tolist(), float(o["flag"][k]), o["cell_probs"][k].tolist(), int(o["rotation"][k])))
+        for entry in results:
+            if "rect" not in entry:
+                entry["error"] = f"cannot read image: {unreadable.get(entry['path'], 'unknown reason')}"
+        if draw:
+            from vislab.report.crops import write_prediction_files
+
+            write_prediction_files(run.run_dir, results, cfg.grid)
+        return results
+
+    def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
+        if fmt == "json":
+            return json.dumps(results, indent=2)
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n", delimiter="," if fmt == "csv" else "\t")
+        w.writerow(["path", "crop_prob", "cropped", "x1", "x2", "y1", "y2", "crop_factor", "picture", "error"])
+        for r in results:
+            rect = [f"{v:.3f}" for v in r["rect"]] if "rect" in r else [""] * 4
+            prob = f"{r['crop_prob']:.3f}" if "crop_prob" in r else ""
+            cf = f"{r['crop_factor']:.3f}" if "crop_factor" in r else ""
+            w.writerow([printable(r["path"]), prob, r.get("cropped", ""), *rect, cf, r.get("picture", ""), r.get("error", "")])
+        return buf.getvalue()
+
+    # ---- report and compare ----------------------------------------------------------------
+    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
+        from vislab.report.crops import report_sections
+
+        return report_sections(data, page)
+
+    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
+        from vislab.report.crops import kpis
+
+        return kpis(data, page)
+
+    def compare_columns(self) -> list[Column]:
+        return [
+            Column("crop_acc", "crop acc", "crop %", percent=True, higher_is_better=True),
+            Column("crop_auc", "crop AUC", "AUC", higher_is_better=True),
+            Column("patch_acc", "patch acc", "patch %", percent=True, higher_is_better=True),
+            Column("rect_iou", "rectangle IoU", "IoU", higher_is_better=True),
+            Column("crop_factor_err", "crop-factor error", "s err %", percent=True),
+        ]
+
+    def compare_values(self, data: "RunData", split: str) -> dict[str, Any]:
+        ev = data.evals.get(split)
+        m = ev.metrics if ev else {}
+        return {"crop_acc": m.get("crop_acc"), "crop_auc": m.get("auc"), "patch_acc": m.get("patch_acc"),
+                "rect_iou": m.get("iou"), "crop_factor_err": m.get("crop_factor_error")}
+
+
+def prediction_fields(rect: Sequence[float], flag_logit: float, cell_probs: list[list[float]], rotation: int) -> dict[str, Any]:
+    """predict's fields of one photo from the model's outputs on its landscape view: the
+    rectangle clipped to the frame and turned back to the photo's orientation."""
+    import math
+
+    x1, x2, y1, y2 = (min(max(v, 0.0), 1.0) for v in rect)
+    if rotation == 90:  # the view is the photo turned counter-clockwise
+        x1, x2, y1, y2 = 1 - y2, 1 - y1, x1, x2
+    elif rotation == 270:
+        x1, x2, y1, y2 = y1, y2, 1 - x2, 1 - x1
+    prob = 1 / (1 + math.exp(-flag_logit))
+    return {
+        "crop_prob": prob, "cropped": prob > 0.5, "rect": [x1, x2, y1, y2],
+        "crop_factor": math.sqrt(max(x2 - x1, 0) * max(y2 - y1, 0)), "rotation": rotation, "cells": cell_probs,
+    }
+
+
+register_task(CropsPlugin())

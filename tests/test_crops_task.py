@@ -1,0 +1,205 @@
+"""The crops task through the generic commands: train (with resume and extension), evaluate
+(fixed evaluation set, --crops-per-image, --aberration, the baseline beside every figure),
+predict (picture and JSON, unreadable files), report and compare, on tiny synthetic lens
+photos (vislab.testing.lens)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.errors import VislabError
+from vislab.testing.lens import make_lens_dataset, tiny_crops_run
+from vislab.testing.rundirs import make_run_dir
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Two cores shared with other jobs: more than one intra-op thread only spins."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def train_cli(cfg: object, data: Path, out: Path, *extra: str) -> str:
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    res = invoke("train", config, "--data", data, "--out", out, *extra)
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_lens_dataset(tmp_path_factory.mktemp("lens") / "data", splits=(16, 6, 6))
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("crops") / "run"
+    train_cli(tiny_crops_run(), dataset, out)
+    return out
+
+
+def test_train_writes_the_crops_columns_monitor_and_section(run) -> None:
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.columns[:10]) == [
+        "epoch", "train/loss", "train/flag_acc", "train/patch_acc", "val/loss", "val/flag_acc", "val/auc", "val/patch_acc", "val/iou", "val/cf_err",
+    ]
+    assert len(metrics) == 2 and metrics[["val/loss", "val/auc", "val/iou", "val/cf_err"]].notna().all().all()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["task"] == "crops" and saved["crops"]["patch_size"] == 24 and saved["crops"]["loss"] == {"patch": 0.15, "rect": 3.0, "flag": 1.0}
+    assert saved["train"]["monitor"] == "val/loss" and saved["train"]["monitor_mode"] == "min"
+    assert json.loads((run / "run.json").read_text())["classes"] == [f"r{r}c{c}" for r in range(4) for c in range(4)]
+    lr = metrics["lr"].tolist()
+    assert lr[1] == pytest.approx(lr[0] * 0.942, rel=1e-3)  # the paper's per-epoch decay, a recipe value
+
+
+def test_paper_defaults_are_config_values() -> None:
+    from vislab.config import build_config
+
+    c = build_config({"task": "crops"}).section()
+    assert (c.crop_prob, c.size_factor, c.resize_width, c.thumb_size, c.grid, c.patch_size) == (0.5, (0.5, 0.9), (1024, 2048), (224, 149), (4, 4), 96)
+    assert (c.loss.patch, c.loss.rect, c.loss.flag) == (0.15, 3.0, 1.0) and c.interpolations == ["nearest", "linear", "area", "cubic", "lanczos"]
+    with pytest.raises(VislabError, match=r"'crops.size_factor'"):
+        build_config({"task": "crops", "crops": {"size_factor": [0.9, 0.5]}}, "x.yaml")
+
+
+def test_resume_and_extension_continue_the_run_exactly(run, dataset, tmp_path) -> None:
+    """One epoch, then --resume --epochs 2: the second epoch is the uninterrupted run's
+    (samples seeded per (epoch, image), RNG and optimizer restored)."""
+    out = tmp_path / "resumed"
+    train_cli(tiny_crops_run(train={"epochs": 1}), dataset, out)
+    res = invoke("train", "--resume", "--out", out, "--epochs", "2")
+    assert res.exit_code == 0, res.output
+    whole, resumed = pd.read_csv(run / "metrics.csv"), pd.read_csv(out / "metrics.csv")
+    assert len(resumed) == 2
+    cols = ["train/loss", "val/loss", "val/patch_acc", "val/iou", "lr"]
+    np.testing.assert_allclose(resumed[cols].to_numpy(), whole[cols].to_numpy(), rtol=1e-4)
+
+
+def test_evaluate_reports_every_figure_beside_the_baseline(run, dataset) -> None:
+    res = invoke("evaluate", run, "--crops-per-image", "2")
+    assert res.exit_code == 0, res.output
+    assert "crop acc " in res.output and "(baseline " in res.output and "crop-factor error" in res.output
+    m = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert m["num_images"] == 6 and m["num_samples"] == 18 and m["crops_per_image"] == 2 and m["aberration"] is None
+    for key in ("flag_acc", "flag_auc", "patch_acc", "iou", "crop_factor_error"):
+        assert m["model"][key] is not None and m["baseline"][key] is not None
+    assert len(m["model"]["patch_acc_per_cell"]) == 16 and m["chance"]["patch_acc"] == 1 / 16
+    assert m["crop_acc"] == m["model"]["flag_acc"] and m["crop_factor_error"] == m["model"]["crop_factor_error"]
+    # the baseline predicts the mean training rectangle: the sampler's draws for the 16 training photos
+    assert m["baseline"]["flag_auc"] == 0.5 and "16 photos" in m["baseline_from"]
+    preds = pd.read_csv(run / "eval" / "test" / "predictions.csv")
+    assert len(preds) == 18 and preds["cropped"].sum() == 12
+    assert np.load(run / "eval" / "test" / "probs.npy").shape == (18, 16, 16)
+    crops = preds[preds["cropped"]]
+    assert crops["cf_err"].mean() == pytest.approx(m["crop_factor_error"], rel=1e-6)
+    assert ((crops["true_x2"] - crops["true_x1"]) < 0.91).all() and (preds.loc[~preds["cropped"], "true_x1"] == 0).all()
+
+
+def test_the_evaluation_set_is_the_same_every_time_and_stress_changes_only_pixels(run) -> None:
+    out = run / "eval" / "test"
+    assert invoke("evaluate", run).exit_code == 0
+    first = pd.read_csv(out / "predictions.csv")
+    assert invoke("evaluate", run).exit_code == 0
+    again = pd.read_csv(out / "predictions.csv")
+    pd.testing.assert_frame_equal(first, again)  # same crops, same model: same everything
+    res = invoke("evaluate", run, "--aberration", "vignette=0.5,red=2")
+    assert res.exit_code == 0, res.output
+    stressed = pd.read_csv(out / "predictions.csv")
+    truth = [c for c in first.columns if c.startswith("true_")] + ["path", "cropped", "cells_true"]
+    pd.testing.assert_frame_equal(first[truth], stressed[truth])
+    assert not np.allclose(first["crop_prob"], stressed["crop_prob"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["aberration"] == {"vignette": 0.5, "red": 2.0, "blue": 0.0, "distortion": 0.0}
+
+
+def test_task_options_are_checked_generically(run, tmp_path) -> None:
+    res = invoke("evaluate", run, "--aberration", "vignete=0.5")
+    assert res.exit_code == 2 and "--aberration 'vignete=0.5': vignete" in res.output and len(res.output.strip().splitlines()) == 1
+    res = invoke("evaluate", run, "--aberration", "vignette")
+    assert res.exit_code == 2 and "is not KEY=NUMBER" in res.output
+    classify = make_run_dir(tmp_path, checkpoint=True)
+    res = invoke("evaluate", classify, "--crops-per-image", "3")
+    assert res.exit_code == 2 and "--crops-per-image: not an option of task classify" in res.output
+    assert not (classify / "eval" / "test" / "metrics.json").exists() or "crops_per_image" not in (classify / "eval" / "test" / "metrics.json").read_text()
+
+
+def test_predict_draws_the_frame_and_writes_json_beside_it(run, dataset, tmp_path) -> None:
+    from PIL import Image
+
+    photo = sorted((dataset / "images").glob("*.png"))[0]
+    portrait = tmp_path / "portrait.png"
+    Image.open(photo).transpose(Image.Transpose.ROTATE_90).save(portrait)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    res = invoke("predict", run, photo, portrait, broken, "--format", "json")
+    assert res.exit_code == 0, res.output
+    results, _ = json.JSONDecoder().raw_decode(res.output)  # stderr follows: the count of unreadable files
+    assert [r["path"] for r in results] == [str(photo), str(portrait), str(broken)]
+    assert "error" in results[2] and "picture" not in results[2]
+    for r in results[:2]:
+        assert 0 <= r["crop_prob"] <= 1 and len(r["rect"]) == 4 and np.asarray(r["cells"]).shape == (16, 16)
+        png, js = Path(r["picture"]), Path(r["json"])
+        assert png.parent == run / "predict" and png.is_file() and Image.open(png).size[0] > 500
+        assert js == png.with_suffix(".json") and json.loads(js.read_text())["crop_prob"] == r["crop_prob"]
+    assert results[1]["rotation"] in (90, 270)
+    res = invoke("predict", run, broken)
+    assert res.exit_code == 2 and "none of the 1 image(s) could be read" in res.output
+
+
+def test_portrait_rectangles_are_turned_back() -> None:
+    from vislab.tasks.crops import prediction_fields
+
+    cells = [[0.0] * 16] * 16
+    # the landscape view of a portrait photo turned counter-clockwise: its left strip is the photo's bottom strip
+    assert prediction_fields([0.0, 0.5, 0.0, 1.0], 0.0, cells, 90)["rect"] == [0.0, 1.0, 0.0, 0.5]
+    assert prediction_fields([0.0, 0.5, 0.0, 1.0], 0.0, cells, 270)["rect"] == [0.0, 1.0, 0.5, 1.0]
+    assert prediction_fields([0.1, 0.6, 0.2, 0.7], 0.0, cells, 0)["crop_factor"] == pytest.approx(0.5)
+
+
+def test_report_and_compare_show_the_crops_figures(run, tmp_path) -> None:
+    assert invoke("evaluate", run, "--crops-per-image", "1").exit_code == 0
+    res = invoke("report", run)
+    assert res.exit_code == 0, res.output
+    page = (run / "report.html").read_text()
+    for sid in ("health", "metrics", "curves", "cf-error", "frames", "patches", "cases", "data", "config"):
+        assert f'<section id="{sid}"' in page, sid
+    assert "baseline" in page and "Crop-factor error" in page and "Patch accuracy per cell" in page
+    assert 'id="confusion"' not in page
+    for name in ("crops_cf_error_test.png", "crops_frames_test.png", "crops_patches_test.png", "crops_best_test.png", "crops_worst_test.png"):
+        assert (run / "plots" / name).is_file(), name
+    classify = make_run_dir(tmp_path, name="classify-run", dataset=False)
+    res = invoke("compare", run, classify, "--format", "csv")
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(io.StringIO(res.output))
+    m = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    row = table[table["run"] == "run"].iloc[0]
+    assert row["crop_acc"] == pytest.approx(m["crop_acc"]) and row["rect_iou"] == pytest.approx(m["iou"])
+    assert row["crop_factor_err"] == pytest.approx(m["crop_factor_error"]) and row["patch_acc"] == pytest.approx(m["patch_acc"])
+    assert "crop_auc" in table.columns and "test_acc" in table.columns
+
+
+def test_too_small_photos_are_refused_naming_the_file(tmp_path) -> None:
+    from vislab.train import train
+
+    data = make_lens_dataset(tmp_path / "small", splits=(4, 2, 2), size=(240, 160))
+    with pytest.raises(VislabError, match=r"photo_000\.png: 240x160 is too small for crop samples \(and 5 more\).*--min-size 192x192"):
+        train(tiny_crops_run(), data, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,101 @@
+"""`vislab serve` for a crops run with FastAPI's test client: a real (tiny, briefly trained)
+crop detector; its answers are `vislab predict`'s, its picture is an image, bad requests
+get one-line 4xx answers, the page has a crops renderer, nothing is written to the run."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from vislab.runs import load_run
+from vislab.serve.app import Limits, create_app
+from vislab.serve.predictors import load_all
+from vislab.tasks import get_task
+from vislab.testing.images import write_corrupt_png
+from vislab.testing.lens import make_lens_dataset, tiny_crops_run
+from vislab.train import train
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("serve-crops")
+    data = make_lens_dataset(root / "data", splits=(12, 4, 4))
+    out = train(tiny_crops_run(train={"epochs": 1}), data, root / "run")
+    torch.set_num_threads(before)
+    return Path(out)
+
+
+@pytest.fixture(scope="module")
+def client(run) -> Iterator[TestClient]:
+    app = create_app(load_all([run]), token=TOKEN, limits=Limits(max_files=4, window_ms=20))
+    with TestClient(app) as c:
+        yield c
+
+
+def photos(run: Path, n: int = 2) -> list[Path]:
+    return sorted((run.parent / "data" / "images").glob("*.png"))[:n]
+
+
+def post(client: TestClient, files: list[tuple[str, bytes]], data: dict[str, str] | None = None):
+    return client.post("/v1/predict", files=[("image", (n, b, "application/octet-stream")) for n, b in files], data=data or {}, headers=AUTH)
+
+
+def test_models_describe_the_crops_run(client) -> None:
+    (model,) = client.get("/v1/models", headers=AUTH).json()["models"]
+    assert model["task"] == "crops" and model["model"] == "crop_detector_tiny" and model["grid"] == [4, 4]
+    assert set(model["options"]["properties"]) == {"picture"}
+    assert model["input"]["patch_size"] == 24
+
+
+def test_answers_equal_vislab_predict(client, run) -> None:
+    files = photos(run)
+    r = post(client, [(f.name, f.read_bytes()) for f in files], {"picture": "false"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["task"] == "crops"
+    want = get_task("crops").predict(load_run(run), files, draw=False)
+    for got, exp in zip(body["results"], want):
+        assert got["file"] == Path(exp["path"]).name and "picture" not in got
+        assert got["crop_prob"] == pytest.approx(exp["crop_prob"], abs=1e-5) and got["cropped"] == exp["cropped"]
+        assert got["rect"] == pytest.approx(exp["rect"], abs=1e-5) and got["rotation"] == exp["rotation"] == 0
+        assert torch.allclose(torch.tensor(got["cells"]), torch.tensor(exp["cells"]), atol=1e-5)
+
+
+def test_the_picture_is_the_frame_and_heat_maps_and_portraits_turn_back(client, run, tmp_path) -> None:
+    portrait = tmp_path / "portrait.png"
+    Image.open(photos(run, 1)[0]).transpose(Image.Transpose.ROTATE_90).save(portrait)
+    r = post(client, [("portrait.png", portrait.read_bytes())])
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["rotation"] in (90, 270) and (res["width"], res["height"]) == (192, 288)
+    head, data = res["picture"].split(",", 1)
+    assert head == "data:image/png;base64"
+    with Image.open(io.BytesIO(base64.b64decode(data))) as im:
+        assert im.format == "PNG" and im.size[0] > 500
+
+
+def test_bad_requests_are_one_line_4xx(client, run, tmp_path) -> None:
+    corrupt = write_corrupt_png(tmp_path / "a.png")
+    r = post(client, [("a.png", corrupt.read_bytes())])
+    assert r.status_code == 422 and "a.png: cannot read image" in r.json()["detail"] and "\n" not in r.json()["detail"]
+    photo = photos(run, 1)[0]
+    r = post(client, [(photo.name, photo.read_bytes())], {"top_k": "3"})  # a classify option
+    assert r.status_code == 422 and "unknown field" in r.json()["detail"] and "picture" in r.json()["detail"]
+
+
+def test_the_page_renders_crops_and_nothing_was_written(client, run) -> None:
+    page = client.get("/").text
+    assert "RENDERERS.crops" in page
+    assert not (run / "predict").exists()
