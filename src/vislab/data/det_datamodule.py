@@ -176,7 +176,7 @@ class DetectionDataset(ImageTableDataset):
 
     @staticmethod
     def _tensor(arr: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).float().div_(255)
+        return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
     def _blank(self) -> np.ndarray:
         return np.full((*self.canvas, 3), PAD_VALUE, np.uint8)
