@@ -118,18 +118,22 @@ def write_shapes_dataset(root: str | Path, n: int = 96, size: int = 64, seed: in
 
 
 def tiny_detect_config(**sections: Any) -> "RunConfig":
-    """A seconds-fast detection config for the shapes set: a YOLO head on timm's tiny
-    `test_convnext` at 64 px, two levels with anchors of the shapes' sizes, no workers, no
-    hue shift (colour tells the classes apart). Keyword arguments are sections merged over it."""
+    """A seconds-fast detection config for the shapes set: yolov3_tiny at a quarter of its
+    width (0.5M weights) at 64 px, anchors of the shapes' sizes, the box loss weighted up
+    (localisation is what a few hundred steps learn last), no workers, no hue shift (colour
+    tells the classes apart). Keyword arguments are sections merged over it."""
     from vislab.testing.synthetic import tiny_config
 
     raw: dict[str, Any] = {
         "task": "detect",
-        "model": {"name": "yolov3_timm", "kwargs": {"backbone": "test_convnext", "levels": 2}},
-        "data": {"img_size": None, "batch_size": 16},
-        "optim": {"name": "adamw", "lr": 0.004, "weight_decay": 0.0005},
+        "model": {"name": "yolov3_tiny", "kwargs": {"width": 0.25}},
+        "data": {"img_size": None, "batch_size": 8},
+        "optim": {"name": "adamw", "lr": 0.01, "weight_decay": 0.0005},
         "scheduler": {"name": "cosine", "warmup_epochs": 1},
-        "detect": {"img_size": 64, "anchors": [[12, 12], [16, 16], [20, 20], [20, 20], [25, 25], [30, 30]], "hsv_h": 0.0, "scale": 0.15, "translate": 0.05},
+        "detect": {
+            "img_size": 64, "anchors": [[12, 12], [16, 16], [20, 20], [20, 20], [25, 25], [30, 30]],
+            "box_weight": 1.0, "hsv_h": 0.0, "scale": 0.15, "translate": 0.05,
+        },
         "train": {"epochs": 12},
     }
     for key, value in sections.items():
