@@ -6,6 +6,7 @@ The web app (`app.py`) and the batcher are task-blind: they decode an upload, ca
 task plugs in as one subclass registered with `@register` (its `task` is the run config's
 `task:` value), plus a renderer of its results in the page (`RENDERERS[task]` in page.html).
 
+Detection lives in its own module (serve/detect_predictor.py, imported by `load_predictor`).
 Classification (with or without an attention branch) is the first: top-k classes, and on
 request the heat map of the top class (Grad-CAM; an ABN's own attention map) drawn on the
 crop the model saw, as a JPEG data URI. Inference uses ONNX Runtime when `--onnx` is given
@@ -121,6 +122,7 @@ def load_predictor(run_dir: str | Path, onnx: bool = False, threads: int | None 
     """The predictor of a run directory's task, loaded."""
     from vislab.config import load_config
     from vislab.runs import resolve_run_dir, run_paths
+    from vislab.serve import detect_predictor  # noqa: F401  (registers the detect task's predictor)
 
     root = resolve_run_dir(run_dir)
     task = load_config(run_paths(root).config).task
