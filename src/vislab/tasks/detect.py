@@ -82,7 +82,7 @@ def canvas(cfg: "RunConfig") -> tuple[int, int]:
     return canvas_of(cfg.section().img_size)
 
 
-def _spec(cfg: "RunConfig") -> dict[str, Any]:
+def detect_spec(cfg: "RunConfig") -> dict[str, Any]:
     """The DataSpec of a detection run: [0, 1] RGB letterboxed to the canvas."""
     h, w = canvas(cfg)
     return {"input_size": [3, h, w], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "crop_pct": 1.0, "interpolation": "bilinear"}
@@ -137,7 +137,7 @@ class DetectPlugin(Task):
 
         rows, boxes, names = detection_table(data_dir)
         splits = detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
-        module = DetectTask(cfg.model_dump(mode="json"), names, _spec(cfg), model=self.create_model(cfg, names))
+        module = DetectTask(cfg.model_dump(mode="json"), names, detect_spec(cfg), model=self.create_model(cfg, names))
         dm = DetectDataModule(data_dir, cfg.data, module.hparams["data_spec"], names, cfg.seed, canvas(cfg), _augment(cfg), sanity_batch=sanity)
         dm.box_rows, dm.splits = boxes, splits
         train_boxes = boxes[boxes["path"].isin(set(splits.train["path"])) & ~boxes["ignore"]]
