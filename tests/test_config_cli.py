@@ -18,7 +18,7 @@ from vislab.config import RECIPES_DIR, RunConfig, Section, config_keys, load_con
 from vislab.errors import VislabError
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ("cifar10-fast", "crops", "crops-small", "digits-cnn", "flowers-transfer", "simple-cnn-grid", "wonders-abn")
+RECIPES = ("cifar10-fast", "coco128-yolov3-tiny", "crops", "crops-small", "digits-cnn", "flowers-transfer", "kitti-yolov3", "kitti-yolov3-tiny", "simple-cnn-grid", "wonders-abn")
 
 
 def invoke(*args: str):

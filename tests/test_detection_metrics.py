@@ -324,3 +324,13 @@ def test_detection_report_is_json():
     res = detection_report(preds, targets, CLASSES, kitti=True)
     text = json.dumps(res, allow_nan=False)
     assert set(json.loads(text)) >= {"coco", "at_confidence", "at_best_f1", "curves", "kitti", "classes"}
+
+
+def test_one_class_gets_its_per_class_ap() -> None:
+    """torchmetrics returns the class list of a one-class evaluation as a 0-d tensor (KITTI Car only)."""
+    from vislab.metrics.detection import coco_map
+
+    preds = [{"boxes": [[10, 10, 50, 50], [60, 60, 90, 90]], "scores": [0.9, 0.3], "labels": [0, 0]}]
+    targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]}]
+    r = coco_map(preds, targets, ["Car"])
+    assert r["per_class"]["Car"]["ap50"] == pytest.approx(1.0) and r["map50"] == pytest.approx(1.0)

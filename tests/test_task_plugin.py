@@ -292,8 +292,8 @@ def test_registry_rules() -> None:
     with pytest.raises(ValueError, match="registered twice"):
         register_task(BrightnessTask())
     code = "import vislab.tasks as t; print(t.task_names())"  # another process: only the built-in tasks
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "['classify', 'crops']"
-    with pytest.raises(VislabError, match="unknown task 'segment'; choose one of brightness, classify, crops"):
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "['classify', 'crops', 'detect']"
+    with pytest.raises(VislabError, match="unknown task 'segment'; choose one of brightness, classify, crops, detect"):
         get_task("segment")
     with pytest.raises(VislabError, match=r"'task' unknown task 'segment'"):
         build_config({"task": "segment"}, "x.yaml")

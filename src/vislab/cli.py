@@ -559,10 +559,14 @@ def evaluate(
 def predict(
     run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
     inputs: List[Path] = typer.Argument(..., help="Image files or folders of images."),
-    top_k: int = typer.Option(5, "--top-k", "-k", help="How many classes to list per image."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", help="Classification: how many classes to list per image (default 5)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
+    conf: Optional[float] = typer.Option(None, "--conf", help="Detection: lowest box score shown (default: the run's detect.conf)."),
+    iou: Optional[float] = typer.Option(None, "--iou", help="Detection: NMS IoU (default: the run's detect.nms_iou)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Detection: also write images with boxes drawn, YOLO txt labels, JSON and CSV here."),
 ) -> None:
-    """Print the top-k classes of images with a trained run's model.
+    """Print the top-k classes (classification) or the boxes (detection) of images with a
+    trained run's model.
 
     Files that cannot be read get an error row and are counted on stderr; when none can be
     read, the command fails (exit status 2)."""
@@ -570,7 +574,7 @@ def predict(
 
     if fmt not in ("table", "json", "csv"):
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
-    results = run_predict(run_dir, inputs, top_k=top_k)
+    results = run_predict(run_dir, inputs, top_k=top_k, conf=conf, iou=iou, out=out)
     sys.stdout.write(format_predictions(results, fmt))
     failed = sum("error" in r for r in results)
     if failed:

@@ -28,15 +28,19 @@ class Predictions(list):
         self.task = task
 
 
-def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int = 5, batch_size: int = 32) -> Predictions:
-    """One dict per image (classification: path, pred, confidence, top [{label, prob}]; or error)."""
+def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int | None = None, batch_size: int = 32, **options: Any) -> Predictions:
+    """One dict per image (classification: path, pred, confidence, top [{label, prob}];
+    detection: path, boxes; or error). `top_k` and `options` (detection: conf, iou, out)
+    go to the task only when given, so each task keeps its own defaults and refuses the
+    options of another task."""
     from vislab.runs import load_run
     from vislab.tasks import get_task
 
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
     files = collect_images(inputs)
-    results = task.predict(run, files, top_k=top_k, batch_size=batch_size)
+    given = {k: v for k, v in {"top_k": top_k, **options}.items() if v is not None}
+    results = task.predict(run, files, batch_size=batch_size, **given)
     failed = [r for r in results if "error" in r]
     if results and len(failed) == len(results):
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""

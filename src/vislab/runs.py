@@ -582,7 +582,6 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
     from vislab.config import load_config
-    from vislab.models.factory import create_model
     from vislab.models.registry import DataSpec
     from vislab.tasks import get_task
 
@@ -594,7 +593,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     spec = DataSpec.from_dict(info["data_spec"])
     ckpt_path, ckpt = _load_with_fallback(root, which)
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
-    model = create_model(cfg.model, get_task(cfg.task).model_outputs(cfg, classes), load_weights=False)
+    model = get_task(cfg.task).create_model(cfg, classes, load_weights=False)
     missing, unexpected = model.load_state_dict(model_state_from_checkpoint(ckpt), strict=False)
     if missing or unexpected:
         raise VislabError(

@@ -203,7 +203,7 @@ def coco_map(
     precision = r.get("precision")
     if isinstance(precision, torch.Tensor) and precision.ndim == 5:
         p = precision.numpy()
-        for k, cid in enumerate(r["classes"].tolist()):
+        for k, cid in enumerate(torch.atleast_1d(r["classes"]).tolist()):  # one class comes back 0-d
             per_class[class_names[cid]] = {
                 "ap50": _class_ap(p, k, slice(0, 1)),
                 "ap50_95": _class_ap(p, k, slice(None)),

@@ -60,6 +60,7 @@ class YOLOConfig:
     backbone: str = "tf_efficientnet_lite0"
     levels: int = 3
     pretrained: bool = False
+    width: float = 1.0  # yolov3_tiny only: every layer's filters times this (a test-sized model; Darknet files need 1.0)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -68,6 +69,8 @@ class YOLOConfig:
             raise VislabError(f"yolo num_classes must be at least 1 (got {self.num_classes})")
         if not isinstance(self.img_size, int) or self.img_size < 32:
             raise VislabError(f"model.kwargs.img_size: the training input size in pixels, at least 32 (got {self.img_size!r})")
+        if not 0 < self.width <= 1 or (self.width != 1 and self.arch != "yolov3_tiny"):
+            raise VislabError(f"model.kwargs.width: a yolov3_tiny filter multiplier in (0, 1] (got {self.width!r} for {self.arch})")
         if self.levels not in (2, 3):
             raise VislabError(f"model.kwargs.levels: a YOLO head uses the last 2 or 3 feature levels (got {self.levels})")
         if self.anchors is None:
@@ -153,18 +156,18 @@ class TinyBackbone(nn.Module):
     """yolov3-tiny's body: 3x3 convs of 16..512 filters each followed by a 2x2 max-pool (the
     sixth with stride 1), then a 1024 conv. Features: the 256 conv (stride 16), the 1024 conv."""
 
-    def __init__(self, in_chans: int = 3) -> None:
+    def __init__(self, in_chans: int = 3, width: float = 1.0) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_chans
-        for i, width in enumerate((16, 32, 64, 128, 256, 512)):
+        for i, filters in enumerate((16, 32, 64, 128, 256, 512)):
             # Darknet's stride-2 pool pads right/bottom too: ceil_mode matches it on odd sizes
-            layers += [ConvBN(c, width, 3), PadPool() if i == 5 else nn.MaxPool2d(2, 2, ceil_mode=True)]
-            c = width
-        layers.append(ConvBN(512, 1024, 3))
+            layers += [ConvBN(c, _scaled(filters, width), 3), PadPool() if i == 5 else nn.MaxPool2d(2, 2, ceil_mode=True)]
+            c = _scaled(filters, width)
+        layers.append(ConvBN(c, _scaled(1024, width), 3))
         self.layers = nn.Sequential(*layers)
         self.route = 8  # index of the 256 conv, whose output is the stride-16 feature
-        self.channels, self.strides = [256, 1024], [16, 32]
+        self.channels, self.strides = [_scaled(256, width), _scaled(1024, width)], [16, 32]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         fine = self.layers[: self.route + 1](x)
@@ -229,12 +232,20 @@ def v3_levels(channels: Sequence[int]) -> list[Level]:
     return levels
 
 
-def tiny_levels() -> list[Level]:
+def _scaled(filters: int, width: float) -> int:
+    return max(4, round(filters * width))
+
+
+def tiny_levels(width: float = 1.0) -> list[Level]:
     """yolov3-tiny.cfg's neck: stride 16 takes the 128 lateral plus the 256 feature straight
-    into a 3x3 256; stride 32 reduces the 1024 feature to 256, then a 3x3 512."""
+    into a 3x3 256; stride 32 reduces the 1024 feature to 256, then a 3x3 512 (all times `width`)."""
+
+    def w(filters: int) -> int:
+        return _scaled(filters, width)
+
     return [
-        Level([], ConvBN(128 + 256, 256, 3), None),
-        Level([ConvBN(1024, 256, 1)], ConvBN(256, 512, 3), ConvBN(256, 128, 1)),
+        Level([], ConvBN(w(128) + w(256), w(256), 3), None),
+        Level([ConvBN(w(1024), w(256), 1)], ConvBN(w(256), w(512), 3), ConvBN(w(256), w(128), 1)),
     ]
 
 
@@ -249,8 +260,8 @@ class YOLO(nn.Module):
             self.backbone: nn.Module = Darknet53(cfg.in_chans)
             levels = v3_levels(self.backbone.channels)
         elif cfg.arch == "yolov3_tiny":
-            self.backbone = TinyBackbone(cfg.in_chans)
-            levels = tiny_levels()
+            self.backbone = TinyBackbone(cfg.in_chans, cfg.width)
+            levels = tiny_levels(cfg.width)
         else:
             self.backbone = TimmBackbone(cfg.backbone, cfg.levels, cfg.in_chans, cfg.pretrained)
             levels = v3_levels(self.backbone.channels)
@@ -433,7 +444,7 @@ def transfer_classes(
 # --- registry ----------------------------------------------------------------------------
 
 DETECT_SPEC = DataSpec(input_size=(3, 416, 416), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=1.0)
-_KWARGS = {"yolov3": ("anchors", "img_size"), "yolov3_tiny": ("anchors", "img_size"), "timm": ("anchors", "img_size", "backbone", "levels")}
+_KWARGS = {"yolov3": ("anchors", "img_size"), "yolov3_tiny": ("anchors", "img_size", "width"), "timm": ("anchors", "img_size", "backbone", "levels")}
 
 
 def config_from_model(arch: str, cfg: ModelConfig, num_classes: int) -> YOLOConfig:

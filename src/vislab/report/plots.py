@@ -374,3 +374,66 @@ def dataset_manifest(data: "RunData") -> pd.DataFrame | None:
         return read_manifest(ds)
     except (VislabError, OSError, pd.errors.ParserError):
         return None
+
+
+def plot_tiles(tiles: Sequence[tuple[np.ndarray | None, str]], path: str | Path, title: str, cols: int = 4, tile: float = 2.6) -> Path | None:
+    """Any pictures (uint8 RGB, None: unreadable) with captions, in a grid."""
+    return _tile_grid([(img, cap, INK) for img, cap in tiles], path, title, cols, tile=tile)
+
+
+def plot_detection_curves(curves: dict[str, Any], classes: Sequence[str], conf: float, path: str | Path) -> Path | None:
+    """Two panels from a detection evaluation's curve arrays: precision-recall per class,
+    and precision, recall and F1 of all classes pooled against the confidence threshold."""
+    recall = np.asarray(curves.get("recall_grid") or [], dtype=float)
+    grid = np.asarray(curves.get("confidence_grid") or [], dtype=float)
+    if not len(recall) or not len(grid):
+        return None
+    with rc_context(STYLE):
+        fig = Figure(figsize=(11, 4.2))
+        ax_pr, ax_c = fig.subplots(1, 2)
+        for i, name in enumerate(list(classes)[:12]):
+            p = curves.get("precision_at_recall", {}).get(name)
+            if p and any(v is not None for v in p):
+                ax_pr.plot(recall, [np.nan if v is None else v for v in p], lw=1.5, color=OTHER[i % len(OTHER)] if i else TRAIN, label=str(name))
+        ax_pr.set_xlim(0, 1)
+        ax_pr.set_ylim(0, 1.02)
+        ax_pr.set_xlabel("recall")
+        ax_pr.set_ylabel("precision")
+        ax_pr.set_title("Precision-recall (IoU 0.5)")
+        if ax_pr.lines:
+            ax_pr.legend(fontsize=8, loc="lower left")
+        pooled = curves.get("by_confidence", {}).get("all", {})
+        for key, colour in (("precision", TRAIN), ("recall", VAL), ("f1", GOOD)):
+            values = pooled.get(key)
+            if values:
+                ax_c.plot(grid, [np.nan if v is None else v for v in values], lw=1.6, color=colour, label=key)
+        ax_c.axvline(conf, color=MUTED, lw=1, ls="--", label=f"conf {conf:g}")
+        ax_c.set_xlim(0, 1)
+        ax_c.set_ylim(0, 1.02)
+        ax_c.set_xlabel("confidence threshold")
+        ax_c.set_title("P / R / F1 against confidence (all classes)")
+        ax_c.legend(fontsize=8, loc="lower left")
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_class_ap(per_class: dict[str, dict[str, Any]], path: str | Path) -> Path | None:
+    """Horizontal bars of AP@0.5 and AP@0.5:0.95 per class, best at the top."""
+    rows = sorted(((c, v.get("ap50"), v.get("ap50_95")) for c, v in per_class.items() if v.get("ap50") is not None), key=lambda r: -r[1])
+    if not rows:
+        return None
+    n = len(rows)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(7.5, float(np.clip(0.3 * n + 1.2, 2.2, 22.0))))
+        ax = fig.subplots()
+        y = np.arange(n)
+        ax.barh(y - 0.18, [r[1] for r in rows], height=0.36, color=TRAIN, label="AP@0.5")
+        ax.barh(y + 0.18, [r[2] or 0.0 for r in rows], height=0.36, color=VAL, label="AP@0.5:0.95")
+        ax.set_yticks(y, [str(r[0]) for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.grid(axis="y", visible=False)
+        ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title("Per-class AP")
+        fig.tight_layout()
+        return _save(fig, path)

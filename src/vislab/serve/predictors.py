@@ -4,7 +4,7 @@ The web app (`app.py`) and the batcher are task-blind: they decode an upload, ca
 `preprocess` in a request thread, hand the result to the model's micro-batcher, which calls
 `predict_batch` with several requests' items at once, and return its JSON-ready dicts. A
 task plugs in as one subclass registered with `@register` (its `task` is the run config's
-`task:` value; in a module of its own named in `PREDICTOR_MODULES`, as crops' serve/crops.py),
+`task:` value; in a module of its own named in `PREDICTOR_MODULES`, as serve/detect.py and serve/crops.py),
 plus a renderer of its results in the page (`RENDERERS[task]` in page.html).
 
 Classification (with or without an attention branch) is the first: top-k classes, and on
@@ -110,7 +110,7 @@ class Predictor(ABC):
 
 PREDICTORS: dict[str, type[Predictor]] = {}
 # tasks whose Predictor lives in a module of its own, imported when a run of the task is served
-PREDICTOR_MODULES = {"crops": "vislab.serve.crops"}
+PREDICTOR_MODULES = {"crops": "vislab.serve.crops", "detect": "vislab.serve.detect"}
 
 
 def register(cls: type[Predictor]) -> type[Predictor]:

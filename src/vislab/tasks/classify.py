@@ -187,10 +187,12 @@ class ClassifyPlugin(Task):
         mca_txt = f", mCA {mca:.2%}" if mca is not None else ""
         return f"{metrics['name']}: {acc_txt}{mca_txt} on {metrics.get('num_samples')} images"
 
-    def predict(self, run: "LoadedRun", files: Sequence[Path], *, top_k: int = 5, batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, run: "LoadedRun", files: Sequence[Path], *, top_k: int = 5, batch_size: int = 32, **other: Any) -> list[dict[str, Any]]:
         """One dict per image: path, pred, confidence, top [{label, prob}] (or error)."""
         from vislab.tasks.base import predict_batches
 
+        if other:
+            raise VislabError(f"--{next(iter(other))}: an option of detection runs; a classification run takes --top-k")
         if top_k < 1:
             raise VislabError("--top-k: must be at least 1")
         results: list[dict[str, Any]] = [{"path": str(f)} for f in files]

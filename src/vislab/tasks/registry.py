@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from vislab.runs import LoadedRun
 
 DEFAULT_TASK = "classify"  # the task of a config (or an old run directory) that names none
-BUILTIN_TASKS = {"classify": "vislab.tasks.classify", "crops": "vislab.tasks.crops"}  # name -> module that registers it
+BUILTIN_TASKS = {"classify": "vislab.tasks.classify", "crops": "vislab.tasks.crops", "detect": "vislab.tasks.detect"}  # name -> module that registers it
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,15 @@ class Task(ABC):
         """The `num_classes` the factory builds the task's model with from run.json's classes
         (how `vislab.runs.load_run` rebuilds a trained model; build it so in `build` too)."""
         return len(classes)
+
+    def create_model(self, cfg: "RunConfig", classes: Sequence[str], *, load_weights: bool = True) -> "nn.Module":
+        """The task's model for `classes` as the run builds it, and as `vislab.runs.load_run`
+        rebuilds it (`load_weights=False`: the checkpoint holds every weight). The default is
+        the factory's model of `cfg.model` with `model_outputs` outputs; a task whose own
+        section shapes the model (detection: input size, anchors, Darknet weights) overrides it."""
+        from vislab.models.factory import create_model
+
+        return create_model(cfg.model, self.model_outputs(cfg, classes), load_weights=load_weights)
 
     def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:
         """Checks run after each validation, beside the generic ones (non-finite loss, unreadable images)."""

@@ -1,0 +1,361 @@
+"""Manifest + boxes.csv -> batches for detection: letterbox, box-aware augmentation, collate.
+
+Every image is letterboxed into the training canvas (H, W): scaled to fit with its aspect
+kept, centred, the rest grey (114, as Darknet and Ultralytics pad), boxes moved with it.
+Training adds, each drawn from the sample's own seed (so augmentation is the same with any
+number of workers and after a resume, as for classification):
+
+- scale / translate: the letterbox scale times U(1 - scale, 1 + scale), the offset moved by
+  up to `translate` of the canvas; what falls outside is cut, and a box keeps its cut part
+  only when at least `MIN_VISIBLE` of it is still in the picture (and it is at least 2 px);
+- mosaic (probability `mosaic`): four images, each letterboxed as above into one cell of a
+  2 x 2 grid whose centre is drawn in the middle half of the canvas;
+- mixup (probability `mixup`): the sample blended with another one, Beta(32, 32) weights,
+  the boxes of both kept;
+- HSV: hue, saturation and value gains; horizontal flip.
+
+Ignore regions (KITTI DontCare, COCO crowd, VOC difficult) travel with the boxes, flagged,
+so the loss counts neither positives nor negatives inside them.
+
+A batch is (images [B, 3, H, W] in [0, 1], targets [N, 7]: image index in the batch, class
+id, x1, y1, x2, y2 in canvas pixels, ignore flag); an ignore region of no class of the run
+(DontCare) has class -1. For evaluate and predict, batches are (images, meta [B, 6]:
+position, scale, pad x, pad y, width, height of the image), so boxes map back to its pixels.
+
+Sampling, resume mid-epoch, DDP sharding, unreadable images and the steps-per-epoch rule are
+the classification datamodule's (`DetectDataModule` subclasses it and changes what a sample
+is); the splits are the manifest's, validation held out of train (seeded) when it has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from vislab.data.datamodule import (
+    BadImages,
+    ClassifyDataModule,
+    EpochSampler,
+    ImageTableDataset,
+    SkippingLoader,
+    Splits,
+    Unreadable,
+)
+from vislab.data.io import load_image
+from vislab.errors import VislabError
+
+PAD_VALUE = 114
+MIN_VISIBLE = 0.25  # share of a cut box that must stay in the picture for it to stay a box
+MIN_SIDE = 2.0  # pixels
+
+
+@dataclass(frozen=True)
+class DetectAugment:
+    """The training augmentation switches (the `detect:` section's, see tasks/detect.py)."""
+
+    flip: float = 0.5
+    scale: float = 0.25
+    translate: float = 0.1
+    hsv_h: float = 0.015
+    hsv_s: float = 0.5
+    hsv_v: float = 0.3
+    mosaic: float = 0.0
+    mixup: float = 0.0
+
+    @staticmethod
+    def off() -> "DetectAugment":
+        return DetectAugment(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def canvas_of(size: int | Sequence[int]) -> tuple[int, int]:
+    """(H, W) of an `img_size` (N or [H, W])."""
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+def letterbox_params(width: int, height: int, canvas: tuple[int, int]) -> tuple[float, float, float]:
+    """(scale, pad x, pad y) that fit a width x height image centred into canvas (H, W)."""
+    ch, cw = canvas
+    scale = min(cw / width, ch / height)
+    return scale, (cw - width * scale) / 2, (ch - height * scale) / 2
+
+
+def unletterbox(boxes: torch.Tensor, scale: float, pad_x: float, pad_y: float, width: int, height: int) -> torch.Tensor:
+    """Canvas-pixel boxes [N, 4] back to the image's own pixels, clipped to it."""
+    out = boxes.clone()
+    out[:, [0, 2]] = ((out[:, [0, 2]] - pad_x) / scale).clamp(0, width)
+    out[:, [1, 3]] = ((out[:, [1, 3]] - pad_y) / scale).clamp(0, height)
+    return out
+
+
+def _paste(
+    canvas: np.ndarray, img: Image.Image, boxes: np.ndarray, scale: float, ox: float, oy: float, rect: tuple[int, int, int, int]
+) -> np.ndarray:
+    """Draw `img` scaled by `scale` with its top-left at (ox, oy) into `canvas`, cut to `rect`
+    (x1, y1, x2, y2); returns its boxes (rows: class, x1, y1, x2, y2, ignore) moved and cut,
+    without those that left the picture."""
+    w, h = img.size
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    x1, y1, x2, y2 = rect
+    ix, iy = round(ox), round(oy)
+    cx1, cy1, cx2, cy2 = max(x1, ix), max(y1, iy), min(x2, ix + nw), min(y2, iy + nh)
+    if cx2 > cx1 and cy2 > cy1:
+        resized = np.asarray(img.resize((nw, nh), Image.BILINEAR))
+        canvas[cy1:cy2, cx1:cx2] = resized[cy1 - iy : cy2 - iy, cx1 - ix : cx2 - ix]
+    if len(boxes) == 0:
+        return boxes.reshape(0, 6)
+    sx, sy = nw / w, nh / h
+    moved = boxes.copy()
+    moved[:, [1, 3]] = boxes[:, [1, 3]] * sx + ix
+    moved[:, [2, 4]] = boxes[:, [2, 4]] * sy + iy
+    area = (moved[:, 3] - moved[:, 1]) * (moved[:, 4] - moved[:, 2])
+    moved[:, [1, 3]] = moved[:, [1, 3]].clip(x1, x2)
+    moved[:, [2, 4]] = moved[:, [2, 4]].clip(y1, y2)
+    bw, bh = moved[:, 3] - moved[:, 1], moved[:, 4] - moved[:, 2]
+    region = moved[:, 5] > 0
+    keep = (bw > 0) & (bh > 0) & (region | ((bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_VISIBLE * area)))
+    return moved[keep]
+
+
+def _hsv(arr: np.ndarray, rng: np.random.Generator, aug: DetectAugment) -> np.ndarray:
+    """Random hue shift and saturation / value gains (Ultralytics' HSV augmentation)."""
+    gains = rng.uniform(-1, 1, 3) * np.array([aug.hsv_h, aug.hsv_s, aug.hsv_v]) + np.array([0.0, 1.0, 1.0])
+    hsv = np.asarray(Image.fromarray(arr).convert("HSV")).astype(np.float32)
+    hsv[..., 0] = (hsv[..., 0] + gains[0] * 255) % 256
+    hsv[..., 1:] = np.clip(hsv[..., 1:] * gains[1:], 0, 255)
+    return np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"))
+
+
+def _unused(img: Image.Image) -> Image.Image:
+    """The per-image transform slot of the base dataset (detection transforms boxes too)."""
+    return img
+
+
+class DetectionDataset(ImageTableDataset):
+    """Letterboxed (in training, augmented) images of a table with their boxes.
+
+    `boxes[i]` is image i's array of rows (class id, x1, y1, x2, y2, ignore) in its pixels.
+    A sample is (image tensor, boxes tensor [n, 6] in canvas pixels), or with `predict`
+    (image tensor, meta [6]); `collate` batches them (targets get the image index first).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        boxes: Sequence[np.ndarray],
+        canvas: tuple[int, int],
+        aug: DetectAugment | None = None,
+        predict: bool = False,
+    ) -> None:
+        super().__init__(paths, range(len(paths)), transform=_unused)
+        self.boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 6) for b in boxes]
+        self.canvas = canvas
+        self.aug = aug
+        self.predict = predict
+
+    def load(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if seed is None or self.aug is None:
+            arr, boxes, meta = self._letterbox(index)
+            return self._tensor(arr), torch.as_tensor(meta if self.predict else boxes, dtype=torch.float32)
+        rng = np.random.default_rng(seed)
+        arr, boxes = self._augmented(index, rng)
+        if self.aug.mixup and rng.random() < self.aug.mixup:
+            other, other_boxes = self._augmented(int(rng.integers(len(self))), rng)
+            lam = rng.beta(32.0, 32.0)
+            arr = (arr.astype(np.float32) * lam + other.astype(np.float32) * (1 - lam)).astype(np.uint8)
+            boxes = np.concatenate([boxes, other_boxes])
+        return self._tensor(arr), torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 6)
+
+    @staticmethod
+    def _tensor(arr: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+
+    def _blank(self) -> np.ndarray:
+        return np.full((*self.canvas, 3), PAD_VALUE, np.uint8)
+
+    def _letterbox(self, index: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
+        img = load_image(self.paths[index])
+        w, h = img.size
+        scale, px, py = letterbox_params(w, h, self.canvas)
+        canvas = self._blank()
+        ch, cw = self.canvas
+        boxes = _paste(canvas, img, self.boxes[index], scale, px, py, (0, 0, cw, ch))
+        return canvas, boxes, [float(self.targets[index]), scale, round(px), round(py), float(w), float(h)]
+
+    def _augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        aug = self.aug
+        assert aug is not None
+        ch, cw = self.canvas
+        canvas = self._blank()
+        if aug.mosaic and rng.random() < aug.mosaic:
+            xc, yc = int(rng.uniform(0.25, 0.75) * cw), int(rng.uniform(0.25, 0.75) * ch)
+            cells = [(0, 0, xc, yc), (xc, 0, cw, yc), (0, yc, xc, ch), (xc, yc, cw, ch)]
+            picks = [index, *rng.integers(len(self), size=3).tolist()]
+            parts = [self._place(canvas, int(i), cell, rng) for i, cell in zip(picks, cells)]
+            boxes = np.concatenate(parts)
+        else:
+            boxes = self._place(canvas, index, (0, 0, cw, ch), rng)
+        if aug.hsv_h or aug.hsv_s or aug.hsv_v:
+            canvas = _hsv(canvas, rng, aug)
+        if aug.flip and rng.random() < aug.flip:
+            canvas = canvas[:, ::-1]
+            boxes = boxes.copy()
+            boxes[:, [1, 3]] = cw - boxes[:, [3, 1]]
+        return canvas, boxes
+
+    def _place(self, canvas: np.ndarray, index: int, rect: tuple[int, int, int, int], rng: np.random.Generator) -> np.ndarray:
+        """Image `index` letterboxed into `rect` of the canvas with random scale and shift."""
+        aug = self.aug
+        assert aug is not None
+        img = load_image(self.paths[index])
+        w, h = img.size
+        x1, y1, x2, y2 = rect
+        rw, rh = x2 - x1, y2 - y1
+        scale = min(rw / w, rh / h) * rng.uniform(1 - aug.scale, 1 + aug.scale)
+        ox = x1 + (rw - w * scale) / 2 + rng.uniform(-aug.translate, aug.translate) * rw
+        oy = y1 + (rh - h * scale) / 2 + rng.uniform(-aug.translate, aug.translate) * rh
+        return _paste(canvas, img, self.boxes[index], scale, ox, oy, rect)
+
+    def collate(self, items: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, BadImages]:
+        """Images stacked; boxes as one [N, 7] table with the image index first (predict:
+        the metas stacked). Unreadable samples as for classification."""
+        good: list[tuple[torch.Tensor, torch.Tensor]] = []
+        bad: BadImages = []
+        for item in items:
+            if not isinstance(item, Unreadable):
+                good.append(item)
+                continue
+            bad.append((item.path, item.reason))
+            if item.seed is not None:
+                sub = self._substitute(item, bad)
+                if sub is not None:
+                    good.append(sub)
+        if not good:
+            return None, None, bad
+        x = torch.stack([g[0] for g in good])
+        if self.predict:
+            return x, torch.stack([g[1] for g in good]), bad
+        rows = [torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(g[1] for g in good)]
+        return x, torch.cat(rows) if rows else torch.zeros(0, 7), bad
+
+
+def detection_table(dataset_dir: str | Path, classes: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(usable manifest rows, their boxes, class names in id order) of a detection dataset."""
+    from vislab.data.boxes import dataset_box_classes, read_boxes
+    from vislab.data.manifest import has_boxes, read_manifest, usable
+
+    if not has_boxes(dataset_dir):
+        raise VislabError(
+            f"{dataset_dir}: not a detection dataset (no boxes.csv); curate a YOLO, KITTI, COCO or VOC folder "
+            "with `vislab curate`, or train it with task: classify"
+        )
+    rows = usable(read_manifest(dataset_dir))
+    boxes = read_boxes(dataset_dir)
+    names = list(classes) if classes is not None else dataset_box_classes(dataset_dir, boxes)
+    if not names:
+        raise VislabError(f"{dataset_dir}: boxes.csv holds no box of any class; nothing to learn")
+    return rows, boxes[boxes["path"].isin(set(rows["path"]))], names
+
+
+def box_arrays(boxes: pd.DataFrame, paths: Sequence[str], classes: Sequence[str]) -> list[np.ndarray]:
+    """Per path, rows (class id, x1, y1, x2, y2, ignore); boxes of a class not in `classes`
+    are left out unless they are ignore regions (class -1 for a region of no listed class)."""
+    index = {c: i for i, c in enumerate(classes)}
+    ids = boxes["class"].map(lambda c: index.get(c, -1)).to_numpy(np.float64)
+    table = np.column_stack([ids, boxes[["x1", "y1", "x2", "y2"]].to_numpy(np.float64), boxes["ignore"].to_numpy(np.float64)])
+    keep = (ids >= 0) | (table[:, 5] > 0)
+    by_path: dict[str, list[np.ndarray]] = {}
+    for path, row in zip(boxes["path"].to_numpy()[keep], table[keep]):
+        by_path.setdefault(path, []).append(row)
+    return [np.array(by_path[p]) if p in by_path else np.zeros((0, 6)) for p in paths]
+
+
+def detection_splits_of(rows: pd.DataFrame, val_fraction: float, seed: int, classes: list[str]) -> Splits:
+    """The manifest's train/val/test rows; without val rows, `val_fraction` of train held
+    out (seeded; detection images are not stratified here: curate already stratified)."""
+    split = rows["split"].fillna("")
+    train, val, test = (rows[split == s].reset_index(drop=True) for s in ("train", "val", "test"))
+    source = "manifest"
+    if val.empty:
+        if len(train) < 2:
+            raise VislabError("no validation images: the manifest has no val split and too few train images to hold some out")
+        order = np.random.default_rng(seed).permutation(len(train))
+        n = max(1, round(val_fraction * len(train)))
+        val, train = train.iloc[np.sort(order[:n])].reset_index(drop=True), train.iloc[np.sort(order[n:])].reset_index(drop=True)
+        source = f"held out {val_fraction:.0%} of train (seed {seed}): the manifest has no val split"
+    if train.empty:
+        raise VislabError("no training images: the manifest's train split is empty; re-curate with a train share")
+    for df in (train, val, test):
+        df["target"] = 0
+    return Splits(train, val, test, list(classes), source)
+
+
+class DetectDataModule(ClassifyDataModule):
+    """Batches of (letterboxed images, box table) from a curated detection dataset.
+
+    `canvas` is the training input (H, W); `aug` the training augmentation; `classes` the
+    run's class names (None: the dataset's own)."""
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        cfg: Any,
+        spec: dict[str, Any],
+        classes: Sequence[str] | None,
+        seed: int,
+        canvas: tuple[int, int],
+        aug: DetectAugment,
+        sanity_batch: bool = False,
+    ) -> None:
+        super().__init__(dataset_dir, cfg, spec, classes, seed, 3, sanity_batch)
+        self.canvas = canvas
+        self.aug = aug
+        self.box_rows: pd.DataFrame | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage == "predict" or self.splits is not None:
+            return
+        rows, boxes, names = detection_table(self.dataset_dir, self.classes)
+        self.box_rows, self.classes = boxes, names
+        self.splits = detection_splits_of(rows, self.cfg.val_fraction, self.seed, names)
+
+    def dataset(self, rows: pd.DataFrame, train: bool) -> DetectionDataset:
+        assert self.box_rows is not None and self.classes is not None
+        paths = rows["path"].tolist()
+        return DetectionDataset(paths, box_arrays(self.box_rows, paths, self.classes), self.canvas, self.aug if train else None)
+
+    def predict_on(  # type: ignore[override]
+        self,
+        paths: Sequence[str],
+        targets: Sequence[int] | None = None,
+        *,
+        on_unreadable: Callable[[BadImages], None],
+        batch_size: int | None = None,
+        num_workers: int | None = None,
+    ) -> None:
+        """Image files to letterbox for evaluate and predict; batches carry each file's meta."""
+        super().predict_on(paths, list(range(len(paths))), on_unreadable=on_unreadable, batch_size=batch_size, num_workers=num_workers)
+
+    def predict_dataloader(self) -> SkippingLoader:
+        if self._predict is None:
+            raise RuntimeError("predict_dataloader: call predict_on(paths, ...) first")
+        paths, _, on_unreadable, batch_size, num_workers = self._predict
+        ds = DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True)
+        return SkippingLoader(
+            ds,
+            on_unreadable=on_unreadable,
+            batch_size=batch_size or self.cfg.eval_batch_size or self.cfg.batch_size,
+            num_workers=self.cfg.num_workers if num_workers is None else num_workers,
+            sampler=EpochSampler(len(ds), shuffle=False, train=False),
+        )
+
+    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise VislabError("detection runs have no data-dependent initialisation (sample_batch)")

@@ -1,0 +1,228 @@
+"""The detect task end to end on the synthetic shapes set: a tiny detector learns it, a
+killed run resumes to the same weights and extends, evaluate matches classes by name,
+predict draws and writes boxes, report / compare / export work, and a Darknet file's
+classes transfer by name."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.runs import load_checkpoint_file
+from vislab.testing.detection import tiny_detect_config, write_label_dataset, write_shapes_dataset, yolo_line
+from vislab.testing.images import write_corrupt_png
+from vislab.train import train
+
+runner = CliRunner()
+
+
+def ok(*args: object):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def curate(src: Path, out: Path, split: str = "0.6,0.2,0.2") -> Path:
+    ok("curate", src, "--out", out, "--split", split, "--workers", "1")
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("shapes")
+    return curate(write_shapes_dataset(root / "src", n=24, negatives=2), root / "ds")
+
+
+# augmentation of every kind and multi-scale: everything that consumes randomness
+SECTIONS = {
+    "seed": 2,
+    "data": {"batch_size": 6},
+    "detect": {"mosaic": 0.5, "mixup": 0.3, "multi_scale": 0.25},
+    "train": {"epochs": 2, "checkpoint_every_steps": 2},
+}
+
+KILLER = """
+import json, os, signal, sys
+from lightning.pytorch.callbacks import Callback
+from vislab.testing.detection import tiny_detect_config
+from vislab.train import train
+
+class KillAt(Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == int(sys.argv[4]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(tiny_detect_config(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], callbacks=[KillAt()])
+"""
+
+
+def digest(run: Path) -> str:
+    state = load_checkpoint_file(run / "checkpoints/last.ckpt")["state_dict"]
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def reference(small, tmp_path_factory) -> Path:
+    """The config trained without interruption (2 epochs)."""
+    return train(tiny_detect_config(**SECTIONS), small, tmp_path_factory.mktemp("ref") / "full")
+
+
+def test_killed_detection_run_resumes_to_the_same_weights_and_extends(small, reference, tmp_path) -> None:
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    run = tmp_path / "killed"
+    # 14 train images / batch 6 = 2 steps an epoch: step 3 is in epoch 2, one step after a save
+    proc = subprocess.run([sys.executable, str(script), str(small), str(run), json.dumps(SECTIONS), "3"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] == 2
+    train(None, None, run, resume=True)
+    resumed, full = pd.read_csv(run / "metrics.csv"), pd.read_csv(reference / "metrics.csv")
+    cols = ["train/loss", "val/loss", "val/map50", "val/map"]
+    pd.testing.assert_frame_equal(resumed[cols], full[cols], rtol=1e-5)
+    assert digest(run) == digest(reference)  # model, optimiser, data position, augmentation RNG restored
+    train(None, None, run, resume=True, epochs=3)  # --epochs extends the finished run
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2]
+    assert json.loads((run / "summary.json").read_text())["monitor"] == "val/map50"
+
+
+def test_evaluate_writes_detection_metrics_and_data_matches_classes_by_name(small, reference, tmp_path) -> None:
+    res = ok("evaluate", reference, "--split", "test")
+    assert "test: mAP@0.5 " in res.output and "at conf 0.5" in res.output
+    m = json.loads((reference / "eval/test/metrics.json").read_text())
+    for key in ("map50", "map50_95", "precision", "recall", "f1", "best_f1_conf", "per_class_ap", "at_confidence", "at_best_f1", "curves", "coco"):
+        assert key in m, key
+    assert set(m["per_class_ap"]) == {"square", "circle", "triangle"} and len(m["curves"]["confidence_grid"]) == 101
+    images = pd.read_csv(reference / "eval/test/images.csv")
+    assert len(images) == m["num_samples"] and {"tp", "fp", "fn", "f1"} <= set(images.columns)
+
+    # another dataset: 'circle' shared, 'boat' only there, square/triangle only in the run
+    other = write_label_dataset(
+        tmp_path / "other", {f"o{i}": yolo_line(0, (0.2, 0.2, 0.5, 0.5)) + yolo_line(1, (0.6, 0.6, 0.9, 0.9)) for i in range(4)},
+        size=(64, 64), names=["circle", "boat"],
+    )
+    other_ds = curate(other, tmp_path / "other_ds", "1,0,0")
+    res = ok("evaluate", reference, "--data", other_ds, "--split", "train")
+    m = json.loads((reference / "eval/train-other_ds/metrics.json").read_text())
+    assert m["class_match"] == {"matched": ["circle"], "run_only": ["square", "triangle"], "dataset_only": ["boat"]}
+    assert m["at_confidence"]["per_class"]["circle"]["tp"] + m["at_confidence"]["per_class"]["circle"]["fn"] == 4  # boats are not truths
+
+    unrelated = curate(write_label_dataset(tmp_path / "boats", {f"b{i}": yolo_line(0, (0.1, 0.1, 0.4, 0.4)) for i in range(3)}, size=(64, 64), names=["boat"]),
+                       tmp_path / "boats_ds", "1,0,0")
+    res = runner.invoke(app, ["evaluate", str(reference), "--data", str(unrelated), "--split", "train"])
+    assert res.exit_code == 2 and "no box of the run's classes (square, circle, triangle)" in res.stderr and "boat" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_predict_draws_and_writes_boxes_and_reports_unreadable_files(small, reference, tmp_path) -> None:
+    image = sorted((small.parent / "src/images").glob("*.png"))[0]
+    bad = write_corrupt_png(tmp_path / "broken.png")
+    out = tmp_path / "pred"
+    res = ok("predict", reference, image, bad, "--conf", "0.01", "--iou", "0.5", "--format", "json", "--out", out)
+    results = json.loads(res.stdout)
+    assert results[1]["path"] == str(bad) and "cannot read image" in results[1]["error"]
+    boxes = results[0]["boxes"]
+    assert boxes and all(b["score"] >= 0.01 and b["class"] in ("square", "circle", "triangle") for b in boxes)
+    assert (results[0]["width"], results[0]["height"]) == (64, 64)
+    drawn = sorted((out / "images").glob("*.jpg"))
+    labels = sorted((out / "labels").glob("*.txt"))
+    assert len(drawn) == 1 and len(labels) == 1  # the unreadable file has none
+    rows = [line.split() for line in labels[0].read_text().splitlines()]
+    assert len(rows) == len(boxes)
+    cx = (boxes[0]["x1"] + boxes[0]["x2"]) / 2 / 64
+    assert float(rows[0][1]) == pytest.approx(cx, abs=1e-4) and (out / "classes.txt").read_text().split() == ["square", "circle", "triangle"]
+    table = pd.read_csv(io.StringIO(ok("predict", reference, image, "--conf", "0.01", "--iou", "0.5", "--format", "csv").stdout))
+    assert len(table) == len(boxes)
+    res = runner.invoke(app, ["predict", str(reference), str(image), "--top-k", "3"])
+    assert res.exit_code == 2 and "--top-k" in res.stderr
+
+
+def test_report_compare_and_onnx_export_of_a_detector(small, reference, tmp_path) -> None:
+    ok("evaluate", reference, "--split", "test")
+    ok("report", reference)
+    page = (reference / "report.html").read_text()
+    for sid in ("metrics", "pr-curves", "per-class", "best-worst", "errors", "curves", "data", "config"):
+        assert f'<section id="{sid}"' in page, sid
+    assert "mAP@0.5" in page and 'id="confusion"' not in page
+    assert list((reference / "plots").glob("det_worst_test.png")) and list((reference / "plots").glob("det_curves_test.png"))
+    table = pd.read_csv(io.StringIO(ok("compare", reference, "--format", "csv").output))
+    assert {"map50", "map50_95", "det_precision", "det_recall", "det_f1"} <= set(table.columns)
+    m = json.loads((reference / "eval/test/metrics.json").read_text())
+    assert table.loc[0, "map50"] == pytest.approx(m["map50"])
+
+    res = ok("export", reference)
+    assert "ONNX Runtime matches PyTorch" in res.output
+    import onnxruntime as ort
+
+    from vislab.runs import load_run
+
+    run = load_run(reference)
+    x = torch.rand(2, 3, 64, 64)
+    got = ort.InferenceSession(str(reference / "export/model.onnx")).run(None, {"input": x.numpy()})[0]
+    with torch.inference_mode():
+        ref = run.model.eval()(x).numpy()
+    assert got.shape == ref.shape and got.shape[-1] == 5 + 3
+    np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
+
+
+def test_darknet_weights_start_a_run_with_classes_taken_by_name(small, tmp_path) -> None:
+    from vislab.models.darknet import save_darknet_weights
+    from vislab.models.yolo import YOLO, YOLOConfig
+    from vislab.tasks import get_task
+
+    names = [f"thing{i}" for i in range(6)]
+    names[4] = "Circle"  # case-insensitive match for the run's 'circle'
+    names[1] = "box"
+    source = YOLO(YOLOConfig(arch="yolov3_tiny", num_classes=6, img_size=64))
+    torch.nn.init.normal_(source.pred[0].weight)
+    weights = save_darknet_weights(source, tmp_path / "tiny.weights")
+    (tmp_path / "my.names").write_text("\n".join(names) + "\n")
+    cfg = tiny_detect_config(model={"name": "yolov3_tiny", "kwargs": {}, "weights": str(weights)}, detect={"class_map": {"square": "box"}})
+    model = get_task("detect").create_model(cfg, ["square", "circle", "triangle"])
+    a = model.num_anchors
+    new, old = model.pred[0].weight.view(a, 8, -1), source.pred[0].weight.view(a, 11, -1)
+    assert torch.equal(new[:, :5], old[:, :5])  # box and objectness rows kept
+    assert torch.equal(new[:, 5 + 1], old[:, 5 + 4]) and torch.equal(new[:, 5 + 0], old[:, 5 + 1])  # Circle -> circle, box -> square
+    assert model.vislab_load_report["classes_from"] == {"square": "box", "circle": "Circle", "triangle": None}
+    assert torch.equal(model.backbone.layers[0].conv.weight, source.backbone.layers[0].conv.weight)
+
+    (tmp_path / "other.names").write_text("a\n")  # two names files: which one is meant is unclear
+    with pytest.raises(Exception, match="set detect.weights_classes"):
+        get_task("detect").create_model(cfg, ["square"])
+
+
+def test_a_tiny_detector_learns_the_shapes(tmp_path) -> None:
+    """mAP@0.5 >= 0.8 on held-out shapes after seconds of training."""
+    ds = curate(write_shapes_dataset(tmp_path / "src", n=100, seed=1), tmp_path / "ds", "0.75,0.25,0")
+    run = train(tiny_detect_config(train={"epochs": 16}), ds, tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_val"]["val/map50"] >= 0.8, pd.read_csv(run / "metrics.csv")[["epoch", "train/loss", "val/map50"]].to_string()
+
+
+def test_the_detect_section_is_validated() -> None:
+    from vislab.config import build_config
+    from vislab.errors import VislabError
+
+    with pytest.raises(VislabError, match=r"detect.img_size.*multiples of 32"):
+        build_config({"task": "detect", "detect": {"img_size": 100}})
+    with pytest.raises(VislabError, match=r"unknown key 'detect.mosiac'; did you mean detect.mosaic"):
+        build_config({"task": "detect", "detect": {"mosiac": 0.5}})
+    cfg = build_config({"task": "detect", "model": {"name": "yolov3_tiny"}})
+    assert cfg.train.monitor == "val/map50" and cfg.train.monitor_mode == "max"
+    assert yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))["detect"]["img_size"] == 416
