@@ -21,11 +21,12 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from lightning.pytorch.callbacks import Callback
 from typer.testing import CliRunner
 
 from vislab.cli import app
 from vislab.config import dump_config
-from vislab.errors import VislabError
+from vislab.errors import TrainingInterrupted, VislabError
 from vislab.runs import checksum_path, load_checkpoint_file, write_checksum
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import train
@@ -214,6 +215,30 @@ def test_sigterm_saves_the_step_exits_143_and_resume_finishes(dataset, long_cfg,
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(epoch + 1))
     assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] == (epoch + 1) * STEPS  # no step twice
     assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "completed"
+
+
+class _SignalAt(Callback):
+    """Sends a real SIGTERM to this process after training step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("epochs", [5, 1])
+def test_a_signal_in_the_first_epoch_with_early_stopping_stops_cleanly(dataset, tmp_path, epochs):
+    # the cut epoch is not validated, so early stopping has no val/acc yet: it must wait for a
+    # validation instead of failing the stop with Lightning's "metric not available" error;
+    # and a cut last epoch is an interrupted run, not a completed one
+    cfg = tiny_config(data={"batch_size": 4}, train={"epochs": epochs, "early_stopping": {"patience": 100}})  # 18 steps an epoch
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match=r"^interrupted by SIGTERM at epoch 1 step [34];"):
+        train(cfg, dataset, run, callbacks=[_SignalAt(3)])
+    assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] in (3, 4)
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "sigterm"
 
 
 def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(dataset, long_cfg, tmp_path):
