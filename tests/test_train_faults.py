@@ -28,6 +28,7 @@ from vislab.cli import app
 from vislab.config import dump_config
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.runs import checksum_path, load_checkpoint_file, write_checksum
+from vislab.testing.processes import group_alive, wait_group_gone
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import train
 
@@ -103,29 +104,6 @@ class Cli:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Pids of the processes still in a process group (zombies excluded)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry.name))
-    return alive
-
-
-def _wait_group_gone(pgid: int, timeout: float = 30) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := _group_alive(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 # ---- item 2: one process per run directory -----------------------------------------------------
@@ -246,11 +224,11 @@ def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(dataset, long_cf
     run = tmp_path / "run"
     proc = Cli(str(long_cfg), "--data", str(dataset), "--out", str(run), new_session=True)
     proc.wait_for(r"^epoch 1/")
-    assert len(_group_alive(proc.proc.pid)) > 1  # the workers are there
+    assert len(group_alive(proc.proc.pid)) > 1  # the workers are there
     os.killpg(proc.proc.pid, signal.SIGINT)
     assert proc.finish() == 130, proc.output
     _check_stopped_run(proc.output, run, "SIGINT", "interrupted")
-    assert _wait_group_gone(proc.proc.pid) == []
+    assert wait_group_gone(proc.proc.pid) == []
 
 
 def test_second_ctrl_c_stops_at_once(dataset, long_cfg, tmp_path):
@@ -265,7 +243,7 @@ def test_second_ctrl_c_stops_at_once(dataset, long_cfg, tmp_path):
     assert rc == -signal.SIGINT, proc.output  # ended by the signal itself, as a shell expects
     assert time.monotonic() - t0 < 30
     assert "SIGINT again: stopping now" in proc.output and "Traceback" not in proc.output
-    assert _wait_group_gone(proc.proc.pid) == []  # workers leave with it
+    assert wait_group_gone(proc.proc.pid) == []  # workers leave with it
     assert not list((run / "checkpoints").glob("*.ckpt")) or load_checkpoint_file(run / "checkpoints/last.ckpt")
 
 
