@@ -145,3 +145,16 @@ def test_readme_python_api_example_runs(tmp_path):
     assert 0.3 < float(accuracy) <= 1.0, res.stdout  # 10 classes: chance is 0.1
     assert top.startswith("[{'label': "), res.stdout
     assert (tmp_path / "runs/api/eval/test/metrics.json").is_file()
+
+
+def test_api_names_are_the_functions_not_their_modules():
+    # vislab.train is also a module: importing it must not shadow the function `from vislab` gives
+    code = (
+        "import types, vislab\n"
+        "from vislab import curate, evaluate, load_config, predict, train\n"
+        "import vislab.train, vislab.predict\n"
+        "names = [curate, evaluate, load_config, predict, train, vislab.train, vislab.export_run]\n"
+        "assert all(callable(f) and not isinstance(f, types.ModuleType) for f in names), names\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]

@@ -10,6 +10,7 @@ so on); the names load on first use, so `import vislab` (and `vislab --version`)
     print(predict(run, ["photos/3/0003.png"], top_k=3)[0]["top"])
 """
 
+import sys
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -35,8 +36,12 @@ __all__ = ["__version__", *_API]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API:
-        value = getattr(import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'vislab' has no attribute {name!r}")
+    if name not in _API:
+        raise AttributeError(f"module 'vislab' has no attribute {name!r}")
+    import_module(_API[name])
+    # importing a submodule named like a function (vislab.train) binds the module here: put
+    # every API function whose module is loaded back in its place
+    for api, owner in _API.items():
+        if owner in sys.modules:
+            globals()[api] = getattr(sys.modules[owner], api)
+    return globals()[name]
