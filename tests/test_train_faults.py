@@ -21,12 +21,14 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
+from lightning.pytorch.callbacks import Callback
 from typer.testing import CliRunner
 
 from vislab.cli import app
 from vislab.config import dump_config
-from vislab.errors import VislabError
+from vislab.errors import TrainingInterrupted, VislabError
 from vislab.runs import checksum_path, load_checkpoint_file, write_checksum
+from vislab.testing.processes import group_alive, wait_group_gone
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import train
 
@@ -102,29 +104,6 @@ class Cli:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def _group_alive(pgid: int) -> list[int]:
-    """Pids of the processes still in a process group (zombies excluded)."""
-    alive = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            alive.append(int(entry.name))
-    return alive
-
-
-def _wait_group_gone(pgid: int, timeout: float = 30) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := _group_alive(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
 
 
 # ---- item 2: one process per run directory -----------------------------------------------------
@@ -216,16 +195,40 @@ def test_sigterm_saves_the_step_exits_143_and_resume_finishes(dataset, long_cfg,
     assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "completed"
 
 
+class _SignalAt(Callback):
+    """Sends a real SIGTERM to this process after training step `step`."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("epochs", [5, 1])
+def test_a_signal_in_the_first_epoch_with_early_stopping_stops_cleanly(dataset, tmp_path, epochs):
+    # the cut epoch is not validated, so early stopping has no val/acc yet: it must wait for a
+    # validation instead of failing the stop with Lightning's "metric not available" error;
+    # and a cut last epoch is an interrupted run, not a completed one
+    cfg = tiny_config(data={"batch_size": 4}, train={"epochs": epochs, "early_stopping": {"patience": 100}})  # 18 steps an epoch
+    run = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match=r"^interrupted by SIGTERM at epoch 1 step [34];"):
+        train(cfg, dataset, run, callbacks=[_SignalAt(3)])
+    assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] in (3, 4)
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "sigterm"
+
+
 def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(dataset, long_cfg, tmp_path):
     # a terminal's Ctrl-C reaches the DataLoader workers too: they must not die or print
     run = tmp_path / "run"
     proc = Cli(str(long_cfg), "--data", str(dataset), "--out", str(run), new_session=True)
     proc.wait_for(r"^epoch 1/")
-    assert len(_group_alive(proc.proc.pid)) > 1  # the workers are there
+    assert len(group_alive(proc.proc.pid)) > 1  # the workers are there
     os.killpg(proc.proc.pid, signal.SIGINT)
     assert proc.finish() == 130, proc.output
     _check_stopped_run(proc.output, run, "SIGINT", "interrupted")
-    assert _wait_group_gone(proc.proc.pid) == []
+    assert wait_group_gone(proc.proc.pid) == []
 
 
 def test_second_ctrl_c_stops_at_once(dataset, long_cfg, tmp_path):
@@ -240,7 +243,7 @@ def test_second_ctrl_c_stops_at_once(dataset, long_cfg, tmp_path):
     assert rc == -signal.SIGINT, proc.output  # ended by the signal itself, as a shell expects
     assert time.monotonic() - t0 < 30
     assert "SIGINT again: stopping now" in proc.output and "Traceback" not in proc.output
-    assert _wait_group_gone(proc.proc.pid) == []  # workers leave with it
+    assert wait_group_gone(proc.proc.pid) == []  # workers leave with it
     assert not list((run / "checkpoints").glob("*.ckpt")) or load_checkpoint_file(run / "checkpoints/last.ckpt")
 
 

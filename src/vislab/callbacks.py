@@ -553,7 +553,9 @@ def stop_reason(trainer: "L.Trainer") -> str:
     """Why fit() returned: a signal, the time budget, early stopping, all epochs, or something else."""
     from vislab.interrupts import GracefulStop
 
-    done = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs
+    # Lightning counts a cut epoch as run: only an epoch that reached its last batch finishes the run
+    whole = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    done = trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs and whole
     stopper = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
     if stopper is not None and stopper.reason is not None and not done:
         return stopper.reason

@@ -702,7 +702,7 @@ def collect_urls(
 def serve(
     runs: List[Path] = typer.Argument(..., help="Run directories written by `vislab train` (the first is the default model)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback needs --token."),
-    port: int = typer.Option(8000, "--port", help="TCP port (0 picks a free one; the start-up line names it)."),
+    port: int = typer.Option(8000, "--port", envvar="VISLAB_SERVE_PORT", help="TCP port (0 picks a free one; the start-up line names it)."),
     onnx: bool = typer.Option(False, "--onnx", help="Infer with ONNX Runtime where RUN/export/model.onnx exists (`vislab export`)."),
     token: Optional[str] = typer.Option(None, "--token", envvar="VISLAB_SERVE_TOKEN", help="Clients must send Authorization: Bearer TOKEN (the page asks for it)."),
     max_batch: int = typer.Option(32, "--max-batch", help="Most images per forward pass (1 turns micro-batching off)."),

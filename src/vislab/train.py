@@ -367,7 +367,8 @@ def _train_session(
     ]
     if t.early_stopping is not None:
         es = t.early_stopping
-        cbs.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta))
+        # checked after each validation only: an epoch cut short by a signal or the budget has none
+        cbs.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta, check_on_train_epoch_end=False))
     if bar is not None:
         cbs.append(bar)
     cbs += recipe_callbacks(cfg)

@@ -480,6 +480,13 @@ class _Usable:
 # ---------------------------------------------------------------- the command
 
 
+def curate(*sources: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """`vislab curate SOURCES --out OUT --option ...` from Python: the keywords are the CLI's
+    options with underscores (`split="0.7,0.15,0.15"`, `max_per_class=40`, `format="yolo"`),
+    checked by CurateOptions. Returns the curation.json content."""
+    return run_curate(CurateOptions(sources=list(sources), **options), out)
+
+
 def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = None) -> dict[str, Any]:
     """Scan, check, filter, dedupe, select and split; write the manifest, curation.json
     and the class histogram into `out`. Returns the curation.json content."""
