@@ -24,9 +24,17 @@ from vislab.cli import app
 from vislab.runs import load_checkpoint_file
 from vislab.testing.detection import tiny_detect_config, write_label_dataset, write_shapes_dataset, yolo_line
 from vislab.testing.images import write_corrupt_png
+from vislab.testing.models import single_thread
 from vislab.train import train
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a busy 2-core machine torch's two intra-op threads mostly wait for each other."""
+    with single_thread():
+        yield
 
 
 def ok(*args: object):
@@ -56,6 +64,7 @@ SECTIONS = {
 
 KILLER = """
 import json, os, signal, sys
+import torch
 from lightning.pytorch.callbacks import Callback
 from vislab.testing.detection import tiny_detect_config
 from vislab.train import train
@@ -65,6 +74,7 @@ class KillAt(Callback):
         if trainer.global_step == int(sys.argv[4]):
             os.kill(os.getpid(), signal.SIGKILL)
 
+torch.set_num_threads(1)
 train(tiny_detect_config(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], callbacks=[KillAt()])
 """
 
@@ -225,4 +235,9 @@ def test_the_detect_section_is_validated() -> None:
         build_config({"task": "detect", "detect": {"mosiac": 0.5}})
     cfg = build_config({"task": "detect", "model": {"name": "yolov3_tiny"}})
     assert cfg.train.monitor == "val/map50" and cfg.train.monitor_mode == "max"
+    from vislab.tasks import get_task
+
+    for data, key in (({"img_size": 64}, "data.img_size"), ({"cache": True}, "data.cache")):
+        with pytest.raises(VislabError, match=key):  # classification settings a detector does not use are refused, not ignored
+            get_task("detect").build(build_config({"task": "detect", "model": {"name": "yolov3_tiny"}, "data": data}), Path("."))
     assert yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))["detect"]["img_size"] == 416

@@ -135,6 +135,10 @@ class DetectPlugin(Task):
         from vislab.data.det_datamodule import DetectDataModule, detection_splits_of, detection_table
         from vislab.tasks.detect_module import DetectTask
 
+        if cfg.data.img_size is not None:
+            raise VislabError("data.img_size: a detection run's input size is detect.img_size (the letterbox canvas); remove data.img_size")
+        if cfg.data.cache:
+            raise VislabError("data.cache: the prepared uint8 cache serves classification runs; set data.cache: false for detection")
         rows, boxes, names = detection_table(data_dir)
         splits = detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
         module = DetectTask(cfg.model_dump(mode="json"), names, detect_spec(cfg), model=self.create_model(cfg, names))
