@@ -241,3 +241,28 @@ def test_the_detect_section_is_validated() -> None:
         with pytest.raises(VislabError, match=key):  # classification settings a detector does not use are refused, not ignored
             get_task("detect").build(build_config({"task": "detect", "model": {"name": "yolov3_tiny"}, "data": data}), Path("."))
     assert yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))["detect"]["img_size"] == 416
+
+
+def test_a_detection_inside_a_dontcare_region_is_not_a_false_positive() -> None:
+    """Validation's mAP: a box table's ignore region of no class (DontCare, class -1) is a crowd
+    box of every class, so a confident detection inside it costs nothing."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from vislab.tasks.detect_module import map_targets
+
+    # image 0: one car (class 1) and a DontCare region; image 1: nothing
+    targets = torch.tensor([[0, 1, 10, 10, 30, 30, 0], [0, -1, 40, 40, 60, 60, 1]], dtype=torch.float32)
+    preds = [
+        {"boxes": torch.tensor([[41.0, 41, 59, 59], [10, 10, 30, 30]]), "scores": torch.tensor([0.95, 0.9]), "labels": torch.tensor([1, 1])},
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+
+    def map50(t: torch.Tensor) -> float:
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+        metric.update(preds, map_targets(t, 2, num_classes=2))
+        return float(metric.compute()["map_50"])
+
+    mapped = map_targets(targets, 2, num_classes=2)
+    assert mapped[0]["labels"].tolist() == [1, 0, 1] and mapped[0]["iscrowd"].tolist() == [0, 1, 1] and len(mapped[1]["boxes"]) == 0
+    assert map50(targets) == pytest.approx(1.0)
+    assert map50(targets[:1]) < 0.9  # without the region the same detection is a false positive ranked first
