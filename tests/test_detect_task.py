@@ -116,8 +116,11 @@ def test_evaluate_writes_detection_metrics_and_data_matches_classes_by_name(smal
     res = ok("evaluate", reference, "--split", "test")
     assert "test: mAP@0.5 " in res.output and "at conf 0.5" in res.output
     m = json.loads((reference / "eval/test/metrics.json").read_text())
-    for key in ("map50", "map50_95", "precision", "recall", "f1", "best_f1_conf", "per_class_ap", "at_confidence", "at_best_f1", "curves", "coco"):
+    for key in ("map50", "map50_95", "precision_at_conf", "recall_at_conf", "f1_at_conf", "best_f1_conf", "per_class_ap", "at_confidence", "at_best_f1", "curves", "coco"):
         assert key in m, key
+    at = m["at_confidence"]["all"]
+    assert (m["precision_at_conf"], m["recall_at_conf"], m["f1_at_conf"]) == (at["precision"], at["recall"], at["f1"])
+    assert m["precision"] == "32-true"  # the generic field (numeric precision) keeps its meaning
     assert set(m["per_class_ap"]) == {"square", "circle", "triangle"} and len(m["curves"]["confidence_grid"]) == 101
     images = pd.read_csv(reference / "eval/test/images.csv")
     assert len(images) == m["num_samples"] and {"tp", "fp", "fn", "f1"} <= set(images.columns)
@@ -175,6 +178,8 @@ def test_report_compare_and_onnx_export_of_a_detector(small, reference, tmp_path
     assert {"map50", "map50_95", "det_precision", "det_recall", "det_f1"} <= set(table.columns)
     m = json.loads((reference / "eval/test/metrics.json").read_text())
     assert table.loc[0, "map50"] == pytest.approx(m["map50"])
+    if m["recall_at_conf"] is not None:
+        assert table.loc[0, "det_recall"] == pytest.approx(m["recall_at_conf"])
 
     res = ok("export", reference)
     assert "ONNX Runtime matches PyTorch" in res.output

@@ -174,7 +174,7 @@ class DetectPlugin(Task):
 
         return (
             f"{metrics['name']}: mAP@0.5 {pct(metrics.get('map50'))}, mAP@0.5:0.95 {pct(metrics.get('map50_95'))}, "
-            f"P {pct(metrics.get('precision'))} R {pct(metrics.get('recall'))} F1 {pct(metrics.get('f1'))} "
+            f"P {pct(metrics.get('precision_at_conf'))} R {pct(metrics.get('recall_at_conf'))} F1 {pct(metrics.get('f1_at_conf'))} "
             f"at conf {metrics.get('conf')} on {metrics.get('num_samples')} images"
         )
 
@@ -219,9 +219,9 @@ class DetectPlugin(Task):
             "best_val_map50": (data.summary.get("best_val") or {}).get("val/map50"),
             "map50": m.get("map50"),
             "map50_95": m.get("map50_95"),
-            "det_precision": m.get("precision"),
-            "det_recall": m.get("recall"),
-            "det_f1": m.get("f1"),
+            "det_precision": m.get("precision_at_conf"),
+            "det_recall": m.get("recall_at_conf"),
+            "det_f1": m.get("f1_at_conf"),
         }
 
 
