@@ -24,9 +24,17 @@ from vislab.cli import app
 from vislab.runs import load_checkpoint_file
 from vislab.testing.detection import tiny_detect_config, write_label_dataset, write_shapes_dataset, yolo_line
 from vislab.testing.images import write_corrupt_png
+from vislab.testing.models import single_thread
 from vislab.train import train
 
 runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On a busy 2-core machine torch's two intra-op threads mostly wait for each other."""
+    with single_thread():
+        yield
 
 
 def ok(*args: object):
@@ -56,6 +64,7 @@ SECTIONS = {
 
 KILLER = """
 import json, os, signal, sys
+import torch
 from lightning.pytorch.callbacks import Callback
 from vislab.testing.detection import tiny_detect_config
 from vislab.train import train
@@ -65,6 +74,7 @@ class KillAt(Callback):
         if trainer.global_step == int(sys.argv[4]):
             os.kill(os.getpid(), signal.SIGKILL)
 
+torch.set_num_threads(1)
 train(tiny_detect_config(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], callbacks=[KillAt()])
 """
 
@@ -106,8 +116,11 @@ def test_evaluate_writes_detection_metrics_and_data_matches_classes_by_name(smal
     res = ok("evaluate", reference, "--split", "test")
     assert "test: mAP@0.5 " in res.output and "at conf 0.5" in res.output
     m = json.loads((reference / "eval/test/metrics.json").read_text())
-    for key in ("map50", "map50_95", "precision", "recall", "f1", "best_f1_conf", "per_class_ap", "at_confidence", "at_best_f1", "curves", "coco"):
+    for key in ("map50", "map50_95", "precision_at_conf", "recall_at_conf", "f1_at_conf", "best_f1_conf", "per_class_ap", "at_confidence", "at_best_f1", "curves", "coco"):
         assert key in m, key
+    at = m["at_confidence"]["all"]
+    assert (m["precision_at_conf"], m["recall_at_conf"], m["f1_at_conf"]) == (at["precision"], at["recall"], at["f1"])
+    assert m["precision"] == "32-true"  # the generic field (numeric precision) keeps its meaning
     assert set(m["per_class_ap"]) == {"square", "circle", "triangle"} and len(m["curves"]["confidence_grid"]) == 101
     images = pd.read_csv(reference / "eval/test/images.csv")
     assert len(images) == m["num_samples"] and {"tp", "fp", "fn", "f1"} <= set(images.columns)
@@ -165,6 +178,8 @@ def test_report_compare_and_onnx_export_of_a_detector(small, reference, tmp_path
     assert {"map50", "map50_95", "det_precision", "det_recall", "det_f1"} <= set(table.columns)
     m = json.loads((reference / "eval/test/metrics.json").read_text())
     assert table.loc[0, "map50"] == pytest.approx(m["map50"])
+    if m["recall_at_conf"] is not None:
+        assert table.loc[0, "det_recall"] == pytest.approx(m["recall_at_conf"])
 
     res = ok("export", reference)
     assert "ONNX Runtime matches PyTorch" in res.output
@@ -225,4 +240,34 @@ def test_the_detect_section_is_validated() -> None:
         build_config({"task": "detect", "detect": {"mosiac": 0.5}})
     cfg = build_config({"task": "detect", "model": {"name": "yolov3_tiny"}})
     assert cfg.train.monitor == "val/map50" and cfg.train.monitor_mode == "max"
+    from vislab.tasks import get_task
+
+    for data, key in (({"img_size": 64}, "data.img_size"), ({"cache": True}, "data.cache")):
+        with pytest.raises(VislabError, match=key):  # classification settings a detector does not use are refused, not ignored
+            get_task("detect").build(build_config({"task": "detect", "model": {"name": "yolov3_tiny"}, "data": data}), Path("."))
     assert yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))["detect"]["img_size"] == 416
+
+
+def test_a_detection_inside_a_dontcare_region_is_not_a_false_positive() -> None:
+    """Validation's mAP: a box table's ignore region of no class (DontCare, class -1) is a crowd
+    box of every class, so a confident detection inside it costs nothing."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    from vislab.tasks.detect_module import map_targets
+
+    # image 0: one car (class 1) and a DontCare region; image 1: nothing
+    targets = torch.tensor([[0, 1, 10, 10, 30, 30, 0], [0, -1, 40, 40, 60, 60, 1]], dtype=torch.float32)
+    preds = [
+        {"boxes": torch.tensor([[41.0, 41, 59, 59], [10, 10, 30, 30]]), "scores": torch.tensor([0.95, 0.9]), "labels": torch.tensor([1, 1])},
+        {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)},
+    ]
+
+    def map50(t: torch.Tensor) -> float:
+        metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+        metric.update(preds, map_targets(t, 2, num_classes=2))
+        return float(metric.compute()["map_50"])
+
+    mapped = map_targets(targets, 2, num_classes=2)
+    assert mapped[0]["labels"].tolist() == [1, 0, 1] and mapped[0]["iscrowd"].tolist() == [0, 1, 1] and len(mapped[1]["boxes"]) == 0
+    assert map50(targets) == pytest.approx(1.0)
+    assert map50(targets[:1]) < 0.9  # without the region the same detection is a false positive ranked first

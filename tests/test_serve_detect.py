@@ -14,10 +14,17 @@ from vislab.serve.app import Limits, create_app
 from vislab.serve.predictors import load_all
 from vislab.testing.detection import tiny_detect_config, write_shapes_dataset
 from vislab.testing.images import write_corrupt_png
+from vislab.testing.models import single_thread
 from vislab.train import train
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    with single_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

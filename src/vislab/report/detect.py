@@ -35,7 +35,7 @@ def kpis(data: RunData, page: Page) -> list[tuple[str, str, str]]:
     return [
         (f"{page.ev.name} mAP@0.5" if page.ev else "mAP@0.5", pct(m.get("map50")), f"{m.get('num_samples', 0):,} images" if page.ev else "not evaluated"),
         ("mAP@0.5:0.95", pct(m.get("map50_95")), "COCO"),
-        (f"P / R at conf {m.get('conf', 0.5)}", f"{pct(m.get('precision'))} / {pct(m.get('recall'))}", f"F1 {pct(m.get('f1'))}"),
+        (f"P / R at conf {m.get('conf', 0.5)}", f"{pct(m.get('precision_at_conf'))} / {pct(m.get('recall_at_conf'))}", f"F1 {pct(m.get('f1_at_conf'))}"),
         ("best val mAP@0.5", pct(best), f"epoch {s['best_epoch'] + 1}" if isinstance(s.get("best_epoch"), int) else ""),
         page.training_time(),
     ]
@@ -47,7 +47,7 @@ def _metrics_body(m: dict[str, Any]) -> str:
         ("mAP@0.5", pct(m.get("map50"))),
         ("mAP@0.5:0.95", pct(m.get("map50_95"))),
         ("mAP@0.75", pct((m.get("coco") or {}).get("map75"))),
-        (f"precision / recall / F1 at conf {m.get('conf')}", f"{pct(m.get('precision'))} / {pct(m.get('recall'))} / {pct(m.get('f1'))}"),
+        (f"precision / recall / F1 at conf {m.get('conf')}", f"{pct(m.get('precision_at_conf'))} / {pct(m.get('recall_at_conf'))} / {pct(m.get('f1_at_conf'))}"),
         (
             f"precision / recall / F1 at the best-F1 conf {best.get('confidence', 0):.3f}" if best else "best-F1 confidence",
             " / ".join(pct((best.get("all") or {}).get(k)) for k in ("precision", "recall", "f1")) if best else "—",

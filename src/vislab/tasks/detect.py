@@ -135,6 +135,10 @@ class DetectPlugin(Task):
         from vislab.data.det_datamodule import DetectDataModule, detection_splits_of, detection_table
         from vislab.tasks.detect_module import DetectTask
 
+        if cfg.data.img_size is not None:
+            raise VislabError("data.img_size: a detection run's input size is detect.img_size (the letterbox canvas); remove data.img_size")
+        if cfg.data.cache:
+            raise VislabError("data.cache: the prepared uint8 cache serves classification runs; set data.cache: false for detection")
         rows, boxes, names = detection_table(data_dir)
         splits = detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
         module = DetectTask(cfg.model_dump(mode="json"), names, detect_spec(cfg), model=self.create_model(cfg, names))
@@ -170,7 +174,7 @@ class DetectPlugin(Task):
 
         return (
             f"{metrics['name']}: mAP@0.5 {pct(metrics.get('map50'))}, mAP@0.5:0.95 {pct(metrics.get('map50_95'))}, "
-            f"P {pct(metrics.get('precision'))} R {pct(metrics.get('recall'))} F1 {pct(metrics.get('f1'))} "
+            f"P {pct(metrics.get('precision_at_conf'))} R {pct(metrics.get('recall_at_conf'))} F1 {pct(metrics.get('f1_at_conf'))} "
             f"at conf {metrics.get('conf')} on {metrics.get('num_samples')} images"
         )
 
@@ -215,9 +219,9 @@ class DetectPlugin(Task):
             "best_val_map50": (data.summary.get("best_val") or {}).get("val/map50"),
             "map50": m.get("map50"),
             "map50_95": m.get("map50_95"),
-            "det_precision": m.get("precision"),
-            "det_recall": m.get("recall"),
-            "det_f1": m.get("f1"),
+            "det_precision": m.get("precision_at_conf"),
+            "det_recall": m.get("recall_at_conf"),
+            "det_f1": m.get("f1_at_conf"),
         }
 
 

@@ -115,9 +115,10 @@ def evaluate_detection(
         "conf": sec.conf,
         "map50": report["coco"]["map50"],
         "map50_95": report["coco"]["map50_95"],
-        "precision": at["precision"],
-        "recall": at["recall"],
-        "f1": at["f1"],
+        # not `precision`: vislab.evaluate records the numeric precision (32-true, bf16) under that key
+        "precision_at_conf": at["precision"],
+        "recall_at_conf": at["recall"],
+        "f1_at_conf": at["f1"],
         "best_f1_conf": (report["at_best_f1"] or {}).get("confidence"),
         "per_class_ap": report["coco"]["per_class"],
         "class_match": match,
