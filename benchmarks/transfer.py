@@ -58,12 +58,16 @@ def cpu() -> dict[str, Any]:
             "flags": [f for f in wanted if f in field("flags").split()]}
 
 
+class Failed(Exception):
+    """A command of the benchmark failed; its contender is reported with the error."""
+
+
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None) -> str:
-    """Run a command, keep its output in `log`; a failure ends the benchmark with the output's tail."""
+    """Run a command, keep its output in `log`; a failure raises `Failed` with the output's tail."""
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120", **(env or {})})
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed (log {log}):\n{(proc.stderr or proc.stdout)[-3000:]}")
+        raise Failed(f"{' '.join(cmd[:3])} ... failed (log {log}): {(proc.stderr or proc.stdout).strip()[-600:]}")
     return proc.stdout
 
 
@@ -78,7 +82,7 @@ def prepare(name: str, work: Path, quick: bool) -> Path:
     if not (raw / folder).is_dir():
         with tarfile.open(DATA / archive) as tf:
             tf.extractall(raw, filter="data")
-    if not (ds / "manifest.csv").is_file():
+    if not (ds / "manifest.csv").is_file():  # a failed curate ends the benchmark: nothing to compare on
         extra = ["--max-per-class", str(QUICK_PER_CLASS)] if quick else []
         run(vislab_cmd("curate", str(raw / folder), "--out", str(ds), "--split", "0.7,0.15,0.15", "--seed", "0",
                        "--dedupe", "exact", *extra), work / f"curate-{name}.log")
@@ -109,6 +113,25 @@ def run_peer(contender: str, ds: Path, out: Path, budget_s: float, seed: int, si
     return {k: result[k] for k in ("test_acc", "test_mca", "wall_s", "details")}
 
 
+def measure(contender: str, name: str, ds: Path, work: Path, budget_s: float, seeds: int, size: int, python: str) -> dict[str, Any]:
+    """One contender on one set, seeds 0..N-1; a failed run is reported and the others go on."""
+    runs, errors = [], []
+    for seed in range(seeds):
+        dest = work / "runs" / name / f"{contender}-seed{seed}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if contender == "vislab":
+                result = run_vislab(ds, dest, budget_s, seed)
+            else:
+                result = run_peer(contender, ds, dest, budget_s, seed, size, python)
+            runs.append(result)
+        except Failed as e:
+            errors.append(str(e))
+            result = {"error": str(e)}
+        print(json.dumps({"set": name, "contender": contender, "seed": seed, **result}), file=sys.stderr, flush=True)
+    return {**(summarise(runs) if runs else {}), **({"errors": errors} if errors else {})}
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean +- std (sample std; 0 for one seed) of the scores, with every run kept."""
     out: dict[str, Any] = {}
@@ -137,8 +160,7 @@ def main() -> None:
     if not all((DATA / SETS[s][0]).is_file() for s in sets):
         print(json.dumps({"skipped": f"archives missing under {DATA}; set VISLAB_SHARED_DATA to the shared data folder"}))
         return
-    from vislab.config import load_config
-    from vislab.config import parse_duration
+    from vislab.config import load_config, parse_duration
 
     budget_s = parse_duration(args.budget or ("1m" if args.quick else "15m"))
     size = load_config(RECIPE).data.img_size
@@ -150,23 +172,14 @@ def main() -> None:
         "budget_s_per_contender": budget_s, "img_size": size, "seeds": args.seeds, "work": str(work), "sets": {},
     }
     for name in sets:
-        ds = prepare(name, work, args.quick)
-        table: dict[str, Any] = {}
-        for contender in contenders:
-            runs = []
-            for seed in range(args.seeds):
-                dest = work / "runs" / name / f"{contender}-seed{seed}"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                if contender == "vislab":
-                    runs.append(run_vislab(ds, dest, budget_s, seed))
-                else:
-                    runs.append(run_peer(contender, ds, dest, budget_s, seed, size, args.peer_python))
-                print(json.dumps({"set": name, "contender": contender, "seed": seed, **runs[-1]}), file=sys.stderr, flush=True)
-            table[contender] = summarise(runs)
-        out["sets"][name] = table
+        try:
+            ds = prepare(name, work, args.quick)
+        except Failed as e:
+            raise SystemExit(str(e)) from None
+        out["sets"][name] = {c: measure(c, name, ds, work, budget_s, args.seeds, size, args.peer_python) for c in contenders}
     out["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
-    out["table"] = {name: {c: f"{t[c]['test_acc']:.1%} +- {t[c]['test_acc_std']:.1%} (mCA {t[c]['test_mca']:.1%})"
-                           for c in t} for name, t in out["sets"].items()}
+    out["table"] = {name: {c: f"{r['test_acc']:.1%} +- {r['test_acc_std']:.1%} (mCA {r['test_mca']:.1%})" if "test_acc" in r else "failed"
+                           for c, r in t.items()} for name, t in out["sets"].items()}
     print(json.dumps(out, indent=2))
 
 
