@@ -196,6 +196,37 @@ def test_report_and_compare_show_the_crops_figures(run, tmp_path) -> None:
     assert "crop_auc" in table.columns and "test_acc" in table.columns
 
 
+def test_onnx_export_matches_pytorch_on_thumbnails_and_patches(run, dataset, tmp_path) -> None:
+    import onnx
+    from PIL import Image
+
+    from vislab.data.crops_datamodule import whole_photo
+    from vislab.export import onnx_session
+    from vislab.runs import load_run
+
+    out = tmp_path / "crops.onnx"
+    res = invoke("export", run, "--format", "onnx", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "thumb ['batch', 3, " in res.output and "patches ['batch', 16, 3, 24, 24]" in res.output
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == ["thumb", "patches"] and [o.name for o in graph.output] == ["rect", "flag", "cells"]
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["outputs"] == ["rect", "flag", "cells"] and info["max_abs_diff"] < 1e-4
+    # real samples, as predict and serve make them (uint8 pixels), at a batch size other than the traced one
+    loaded = load_run(run)
+    cfg = loaded.cfg.section()
+    photos = sorted((dataset / "images").glob("*.png"))[:5]
+    samples = [whole_photo(Image.open(p).convert("RGB"), cfg, cfg.eval_seed)[0] for p in photos]
+    thumb, patches = torch.stack([s.thumb for s in samples]), torch.stack([s.patches for s in samples])
+    assert thumb.dtype == torch.uint8
+    with torch.inference_mode():
+        want = loaded.model.float().eval()(thumb, patches)
+    got = onnx_session(out).run(["rect", "flag", "cells"], {"thumb": thumb.numpy(), "patches": patches.numpy()})
+    for g, w in zip(got, (want.rect, want.flag, want.cells)):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-3)
+    assert not (run / "export").exists()
+
+
 def test_too_small_photos_are_refused_naming_the_file(tmp_path) -> None:
     from vislab.train import train
 

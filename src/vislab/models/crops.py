@@ -95,6 +95,19 @@ class CropDetector(nn.Module):
         return CropOutput(rect=out[:, :4] + self.rect_prior, flag=out[:, 4], cells=cells)
 
 
+class CropExport(nn.Module):
+    """The detector as ONNX exports it: (thumb, patches) uint8 -> (rect, flag logit, cell
+    logits) as a plain tuple, the outputs' order of `CropOutput`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, thumb: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(thumb, patches)
+        return out.rect, out.flag, out.cells
+
+
 def crops_loss(
     out: CropOutput, cells: torch.Tensor, rect: torch.Tensor, cropped: torch.Tensor, w: CropsLossConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
