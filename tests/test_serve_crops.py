@@ -19,22 +19,14 @@ from vislab.serve.app import Limits, create_app
 from vislab.serve.predictors import load_all
 from vislab.tasks import get_task
 from vislab.testing.images import write_corrupt_png
-from vislab.testing.lens import make_lens_dataset, tiny_crops_run
-from vislab.train import train
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve-crops")
-    data = make_lens_dataset(root / "data", splits=(12, 4, 4))
-    out = train(tiny_crops_run(train={"epochs": 1}), data, root / "run")
-    torch.set_num_threads(before)
-    return Path(out)
+def run(crops_run) -> Path:
+    return crops_run
 
 
 @pytest.fixture(scope="module")
