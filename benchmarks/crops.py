@@ -77,6 +77,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the data loader adds one worker process)")
     ap.add_argument("--crops-per-image", type=int, default=3, help="cropped variants of each held-out photo, beside the uncropped one")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directory here (else a temporary folder)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override of the recipe (repeatable), to measure one change alone, e.g. --set optim.weight_decay=1e-4")
     args = ap.parse_args()
     tar = DATA / TAR
     if not tar.is_file():
@@ -94,7 +96,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out: dict[str, Any] = {"benchmark": "crops", "recipe": "crops-small", "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
-                           "torch_threads": args.threads, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+                           "torch_threads": args.threads, "overrides": args.overrides, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
     with tempfile.TemporaryDirectory(prefix="vislab-crops-") as tmp:
         root = Path(tmp)
         with tarfile.open(tar) as tf:
@@ -116,7 +118,7 @@ def main() -> int:
         budget_s = args.budget * 60 - (time.perf_counter() - start) - EVAL_RESERVE_S
         run_dir = args.keep or root / "run"
         t0 = time.perf_counter()
-        train(load_config("crops-small"), root / "data", run_dir, max_time=f"{max(60, int(budget_s))}s", callbacks=[rss])
+        train(load_config("crops-small", args.overrides), root / "data", run_dir, max_time=f"{max(60, int(budget_s))}s", callbacks=[rss])
         out["train_s"] = round(time.perf_counter() - t0, 1)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
         out["epochs"] = summary.get("epochs_completed")

@@ -241,3 +241,22 @@ def test_aberration_functions_move_light_as_a_lens_does() -> None:
     assert red > green + 2 > blue + 4  # red fringe outward, blue inward, by ~4% of the radius
     assert np.linalg.norm(_centroid(radial_distortion(img, 0.2)[..., 1]) - centre) < green - 3  # barrel pulls in
     assert np.linalg.norm(_centroid(radial_distortion(img, -0.2)[..., 1]) - centre) > green + 3
+
+
+def test_several_samples_per_photo_come_from_one_decode_in_batches_of_batch_size(tmp_path) -> None:
+    from vislab.config import DataConfig
+    from vislab.data.crops_datamodule import CropsDataModule, TrainSamples
+    from vislab.testing.lens import make_lens_dataset
+
+    data = make_lens_dataset(tmp_path / "data", splits=(9, 2, 0))
+    three = CropsDataModule(data, tiny_crops_config(samples_per_image=3), DataConfig(batch_size=6, num_workers=0), seed=3)
+    batches = list(three.train_dataloader())
+    assert three.photos_per_batch == 2 and three.steps_per_epoch() == len(batches) == 4  # 9 photos, 2 a batch, the last dropped
+    assert all(len(b.cells) == 6 for b in batches)
+    # a photo's first sample is its one sample when samples_per_image is 1; its others are other draws
+    paths = three.rows["train"]["path"].tolist()
+    seed = sample_seed(3, 0, 1)
+    (alone,) = TrainSamples(paths, tiny_crops_config())[(1, seed)]
+    first, *others = TrainSamples(paths, tiny_crops_config(samples_per_image=3))[(1, seed)]
+    assert all(torch.equal(x, y) for x, y in zip(alone, first))
+    assert all(not torch.equal(o.patches, first.patches) for o in others) and not torch.equal(others[0].patches, others[1].patches)

@@ -108,13 +108,21 @@ class CropExport(nn.Module):
         return out.rect, out.flag, out.cells
 
 
+def log_size(rect: torch.Tensor) -> torch.Tensor:
+    """log of the size factor sqrt(width * height) of B x 4 (x1, x2, y1, y2) rectangles,
+    each side floored at 0.01 (a predicted rectangle may be empty or inverted)."""
+    return 0.5 * ((rect[:, 1] - rect[:, 0]).clamp(min=0.01).log() + (rect[:, 3] - rect[:, 2]).clamp(min=0.01).log())
+
+
 def crops_loss(
     out: CropOutput, cells: torch.Tensor, rect: torch.Tensor, cropped: torch.Tensor, w: CropsLossConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted loss and its detached parts (for logging).
 
     patch: cross-entropy summed over a sample's patches, averaged over the batch (the paper
-    sums one batch-mean term per patch); rect: MSE over the four coordinates; flag: BCE.
+    sums one batch-mean term per patch); rect: MSE over the four coordinates; flag: BCE;
+    size: mean |log s_pred - log s| of the size factors sqrt(width * height) (the crop-factor
+    error's log form; s_pred's sides are floored at 1% of the frame).
     """
     b = cells.shape[0]
     patch = F.cross_entropy(out.cells.flatten(0, 1).float(), cells.flatten(), reduction="sum") / b
@@ -122,6 +130,10 @@ def crops_loss(
     flag = F.binary_cross_entropy_with_logits(out.flag.float(), cropped.float())
     total = w.patch * patch + w.rect * rect_loss + w.flag * flag
     parts = {"loss": total, "patch": patch, "rect": rect_loss, "flag": flag}
+    if w.size:
+        size = (log_size(out.rect.float()) - log_size(rect.float())).abs().mean()
+        total = total + w.size * size
+        parts.update(loss=total, size=size)
     return total, {k: v.detach() for k, v in parts.items()}
 
 
