@@ -138,6 +138,21 @@ def test_rendered_patches_and_thumbnail_are_the_planned_pixels() -> None:
     assert isinstance(batch, CropSample) and batch.patches.shape == (2, 16, 3, 24, 24)
 
 
+def test_flips_mirror_the_original_before_the_crop_and_change_no_other_draw() -> None:
+    img = lens_photo(*TINY_FRAME, np.random.default_rng(2))
+    cfg = tiny_crops_config(hflip=1.0, vflip=1.0)
+    for seed in range(5):
+        plain, flipped = plan_sample(TINY_FRAME, seed, CFG, train=True), plan_sample(TINY_FRAME, seed, cfg, train=True)
+        assert flipped.hflip and flipped.vflip and not plain.hflip
+        assert dataclasses.replace(flipped, hflip=False, vflip=False) == plain  # same crop, resize, patches, targets
+        # the sample of the flipped photo is the unflipped plan's sample of the photo turned 180 degrees
+        want = render_sample(np.ascontiguousarray(img[::-1, ::-1]), plain, CFG)
+        assert all(torch.equal(a, b) for a, b in zip(render_sample(img, flipped, cfg), want))
+    assert not plan_sample(TINY_FRAME, 0, cfg, train=False).hflip  # evaluation never flips
+    half = tiny_crops_config(hflip=0.5)
+    assert 30 < sum(plan_sample(TINY_FRAME, s, half, train=True).hflip for s in range(100)) < 70
+
+
 def test_same_seed_same_sample_and_seeds_per_epoch_and_image() -> None:
     img = lens_photo(*TINY_FRAME, np.random.default_rng(1))
     a, b = make_sample(img, 123, CFG, train=True), make_sample(img, 123, CFG, train=True)

@@ -79,6 +79,8 @@ class CropsConfig(Section):
     grid: tuple[int, int] = Field((4, 4), description="Patch grid (columns, rows): one patch per cell, one location class per cell.")
     patch_size: int = Field(96, ge=4, description="Side of each native-resolution patch in pixels.")
     jitter: int = Field(8, ge=0, description="Training patches move by up to this many pixels from their cell's centre.")
+    hflip: float = Field(0.0, ge=0.0, le=1.0, description="Training: probability that the original is mirrored left-right before the crop (lens cues are radial: a mirrored photo is another uncropped photo).")
+    vflip: float = Field(0.0, ge=0.0, le=1.0, description="Training: probability that the original is flipped upside down before the crop (hides the content cue of sky above, ground below).")
     samples_per_image: int = Field(
         1, ge=1, description="Training: samples drawn from each photo per epoch, from one decode (a batch holds batch_size // this many photos).")
     loss: CropsLossConfig = Field(default_factory=CropsLossConfig, description="Loss weights.")
