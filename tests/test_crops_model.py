@@ -140,3 +140,22 @@ def test_an_untrained_head_says_the_whole_frame() -> None:
     out = model(torch.zeros(2, 3, 37, 56, dtype=torch.uint8), torch.zeros(2, 16, 3, 24, 24, dtype=torch.uint8))
     assert out.rect.tolist() == [[0.0, 1.0, 0.0, 1.0]] * 2
     assert "rect_prior" not in model.state_dict()  # not a weight: checkpoints are unchanged
+
+
+def test_aspect_rectangles_keep_the_frame_aspect_and_stay_inside_it() -> None:
+    model = factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs={"rect": "aspect"}), 16).eval()
+    torch.nn.init.zeros_(model.head[-1].weight)
+    torch.nn.init.zeros_(model.head[-1].bias)
+    zeros = model(torch.zeros(1, 3, 37, 56, dtype=torch.uint8), torch.zeros(1, 16, 3, 24, 24, dtype=torch.uint8)).rect[0]
+    s = math.exp(-math.log1p(math.exp(-3)))
+    assert zeros.tolist() == pytest.approx([(1 - s) / 2, (1 + s) / 2] * 2, abs=1e-6)  # untrained: nearly the whole frame, centred
+    from vislab.models.crops import aspect_rect
+
+    v = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * 5
+    v.requires_grad_(True)
+    r = aspect_rect(v)
+    assert torch.allclose(r[:, 1] - r[:, 0], r[:, 3] - r[:, 2], atol=1e-6) and r.min() >= 0 and r.max() <= 1 + 1e-6
+    r.sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    with pytest.raises(VislabError, match="model.kwargs.rect"):
+        factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs={"rect": "square"}), 16)

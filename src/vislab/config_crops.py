@@ -59,6 +59,9 @@ class CropsModelConfig(Section):
     hidden: list[int] = Field(default_factory=lambda: [512, 256])
     coords: bool = True
     pretrained: bool = False
+    # "free": four coordinates, as the paper; "aspect": a size factor s and a position, so the
+    # rectangle keeps the frame's aspect and lies inside it, as every crop the sampler makes
+    rect: Literal["free", "aspect"] = "free"
 
 
 class CropsConfig(Section):

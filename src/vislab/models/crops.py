@@ -92,7 +92,19 @@ class CropDetector(nn.Module):
         if self.cfg.coords:
             x = torch.cat([x, coord_channels(x)], dim=1)
         out = self.head(torch.cat([emb.reshape(b, -1), self.global_net(x)], dim=1))
-        return CropOutput(rect=out[:, :4] + self.rect_prior, flag=out[:, 4], cells=cells)
+        rect = aspect_rect(out[:, :3]) if self.cfg.rect == "aspect" else out[:, :4] + self.rect_prior
+        return CropOutput(rect=rect, flag=out[:, 4], cells=cells)
+
+
+def aspect_rect(v: torch.Tensor) -> torch.Tensor:
+    """B x 3 head outputs -> B x 4 rectangles (x1, x2, y1, y2) of one size factor s on both
+    axes (the frame's aspect), inside the frame: s = exp(-softplus(v0 - 3)) in (0, 1), 0.95 for
+    an untrained head (the whole frame, as the free form's prior); the rectangle's corner at
+    sigmoid(v1), sigmoid(v2) of the room left, (1 - s)."""
+    s = torch.exp(-F.softplus(v[:, 0] - 3))
+    x1 = torch.sigmoid(v[:, 1]) * (1 - s)
+    y1 = torch.sigmoid(v[:, 2]) * (1 - s)
+    return torch.stack([x1, x1 + s, y1, y1 + s], dim=1)
 
 
 class CropExport(nn.Module):
