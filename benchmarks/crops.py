@@ -6,7 +6,8 @@ The path a user runs, in one process (so RSS per epoch can be read):
   vislab train crops-small --max-time BUDGET        (minus a reserve for the evaluation)
   vislab evaluate RUN --split test --crops-per-image 1   (balanced: the crop flag's figures)
   vislab evaluate RUN --split test --crops-per-image 3   (rectangle and patch figures)
-The photos are extracted to a temporary folder (the tar is never modified). The test photos
+The photos are extracted to a work folder at a fixed temporary path (the tar is never
+modified), so every run evaluates the same crops of the same held-out photos. The test photos
 are never trained on: the figures are on them, each beside the trivial baseline (mean
 training rectangle, majority flag, most frequent cell) computed in the same evaluation.
 Targets (issue 14): crop-factor error <= 10%, crop accuracy >= 70%, patch accuracy >= 3x
@@ -31,15 +32,17 @@ before and after is printed with the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VISLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -71,6 +74,27 @@ def curate(photos: Path, out: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
+MARK = ".vislab-crops-benchmark"
+
+
+@contextlib.contextmanager
+def stable_workdir() -> Iterator[Path]:
+    """A work folder at the same path in every run, removed afterwards: the fixed evaluation
+    and validation sets are keyed by the photos' paths, so a random temporary folder would
+    draw other crops of the same photos in each run, and runs would not compare."""
+    root = Path(tempfile.gettempdir()) / "vislab-crops-benchmark"
+    if root.exists():
+        if not (root / MARK).is_file():
+            raise SystemExit(f"{root}: exists and is not this benchmark's work folder; move it away")
+        shutil.rmtree(root)  # left by an interrupted run
+    root.mkdir()
+    (root / MARK).write_text("work folder of benchmarks/crops.py, removed when it ends\n")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=15.0, help="minutes for curate + train + evaluate")
@@ -97,8 +121,7 @@ def main() -> int:
     start = time.perf_counter()
     out: dict[str, Any] = {"benchmark": "crops", "recipe": "crops-small", "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
                            "torch_threads": args.threads, "overrides": args.overrides, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    with tempfile.TemporaryDirectory(prefix="vislab-crops-") as tmp:
-        root = Path(tmp)
+    with stable_workdir() as root:
         with tarfile.open(tar) as tf:
             tf.extractall(root, filter="data")
         curate(root / "photos", root / "data")

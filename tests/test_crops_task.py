@@ -63,7 +63,7 @@ def test_train_writes_the_crops_columns_monitor_and_section(run) -> None:
     ]
     assert len(metrics) == 2 and metrics[["val/loss", "val/auc", "val/iou", "val/cf_err"]].notna().all().all()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["task"] == "crops" and saved["crops"]["patch_size"] == 24 and saved["crops"]["loss"] == {"patch": 0.15, "rect": 3.0, "flag": 1.0}
+    assert saved["task"] == "crops" and saved["crops"]["patch_size"] == 24 and saved["crops"]["loss"] == {"patch": 0.15, "rect": 3.0, "flag": 1.0, "size": 0.0}
     assert saved["train"]["monitor"] == "val/loss" and saved["train"]["monitor_mode"] == "min"
     assert json.loads((run / "run.json").read_text())["classes"] == [f"r{r}c{c}" for r in range(4) for c in range(4)]
     lr = metrics["lr"].tolist()
