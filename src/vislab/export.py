@@ -7,8 +7,9 @@ image batch `input` and the `logits`, also of models that return a dict (e.g. th
 attention-branch network); for crops the uint8 `thumb` and `patches` and the `rect`, `flag`
 and `cells` outputs. After writing, ONNX Runtime runs a random batch (of a different size
 than the one traced, which proves the batch axis is dynamic) and every output must match
-PyTorch's within tolerance; otherwise the file is removed and the command fails. The class names and the input normalisation go into the file's metadata, so a
-consumer needs nothing else to preprocess inputs and name outputs.
+PyTorch's within tolerance; otherwise the file is removed and the command fails. The class
+names and the input normalisation go into the file's metadata, so a consumer needs nothing
+else to preprocess inputs and name outputs.
 """
 
 from __future__ import annotations
