@@ -6,7 +6,8 @@ The path a user runs, in one process (so RSS per epoch can be read):
   vislab train crops-small --max-time BUDGET        (minus a reserve for the evaluation)
   vislab evaluate RUN --split test --crops-per-image 1   (balanced: the crop flag's figures)
   vislab evaluate RUN --split test --crops-per-image 3   (rectangle and patch figures)
-The photos are extracted to a temporary folder (the tar is never modified). The test photos
+The photos are extracted to a work folder at a fixed temporary path (the tar is never
+modified), so every run evaluates the same crops of the same held-out photos. The test photos
 are never trained on: the figures are on them, each beside the trivial baseline (mean
 training rectangle, majority flag, most frequent cell) computed in the same evaluation.
 Targets (issue 14): crop-factor error <= 10%, crop accuracy >= 70%, patch accuracy >= 3x
@@ -21,6 +22,14 @@ too few (over-fitting), and 17 held-out photos make every figure uncertain by ab
 points. Patch accuracy on real photos also reads content (sky above, ground below), not only
 the lens.
 
+Options tried against the crop-factor error (2026-11-30, --budget 10, one run each, load
+3-7; held-out 3-crops set, recipe 15.5% / median 12.7%, baseline 32.1%, flag 82%, patch 38%):
+`crops.samples_per_image=4` (2.2x the samples/s) 18.3% / 12.6%; `crops.hflip=0.5` 14.3% /
+9.4% but patch accuracy 25% and flag 76%. Before the fixed work folder each run drew its
+own evaluation crops: recipe 14.7%, `model.kwargs.rect=aspect` 20.9%, `crops.loss.size=1`
+15.5% (baselines 31.6%, 28.1%, 27.1%). None is a clear gain over the spread of single runs, so the recipe keeps the paper's
+settings; the 10% target needs more photos than 59 (the collector's issue).
+
 Needs `../shared/data/photos-digicam.tar` (or VISLAB_SHARED_DATA); without it, prints a skip
 message and exits 0. Prints one JSON object. The machine may be shared: the load average
 before and after is printed with the figures.
@@ -31,15 +40,17 @@ before and after is printed with the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("VISLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -71,12 +82,35 @@ def curate(photos: Path, out: Path) -> None:
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
+MARK = ".vislab-crops-benchmark"
+
+
+@contextlib.contextmanager
+def stable_workdir() -> Iterator[Path]:
+    """A work folder at the same path in every run, removed afterwards: the fixed evaluation
+    and validation sets are keyed by the photos' paths, so a random temporary folder would
+    draw other crops of the same photos in each run, and runs would not compare."""
+    root = Path(tempfile.gettempdir()) / "vislab-crops-benchmark"
+    if root.exists():
+        if not (root / MARK).is_file():
+            raise SystemExit(f"{root}: exists and is not this benchmark's work folder; move it away")
+        shutil.rmtree(root)  # left by an interrupted run
+    root.mkdir()
+    (root / MARK).write_text("work folder of benchmarks/crops.py, removed when it ends\n")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=15.0, help="minutes for curate + train + evaluate")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the data loader adds one worker process)")
     ap.add_argument("--crops-per-image", type=int, default=3, help="cropped variants of each held-out photo, beside the uncropped one")
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directory here (else a temporary folder)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="dotted override of the recipe (repeatable), to measure one change alone, e.g. --set optim.weight_decay=1e-4")
     args = ap.parse_args()
     tar = DATA / TAR
     if not tar.is_file():
@@ -94,9 +128,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out: dict[str, Any] = {"benchmark": "crops", "recipe": "crops-small", "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
-                           "torch_threads": args.threads, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
-    with tempfile.TemporaryDirectory(prefix="vislab-crops-") as tmp:
-        root = Path(tmp)
+                           "torch_threads": args.threads, "overrides": args.overrides, "load_average_before": [round(v, 2) for v in os.getloadavg()]}
+    with stable_workdir() as root:
         with tarfile.open(tar) as tf:
             tf.extractall(root, filter="data")
         curate(root / "photos", root / "data")
@@ -116,7 +149,7 @@ def main() -> int:
         budget_s = args.budget * 60 - (time.perf_counter() - start) - EVAL_RESERVE_S
         run_dir = args.keep or root / "run"
         t0 = time.perf_counter()
-        train(load_config("crops-small"), root / "data", run_dir, max_time=f"{max(60, int(budget_s))}s", callbacks=[rss])
+        train(load_config("crops-small", args.overrides), root / "data", run_dir, max_time=f"{max(60, int(budget_s))}s", callbacks=[rss])
         out["train_s"] = round(time.perf_counter() - t0, 1)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
         out["epochs"] = summary.get("epochs_completed")

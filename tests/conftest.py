@@ -1,4 +1,5 @@
-"""Fixtures shared by test files: headless Chromium for the browser tests.
+"""Fixtures shared by test files: headless Chromium for the browser tests, and tiny trained
+detect and crops runs (seconds each, made once per session) that the serve tests share.
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and selenium; without
 them a test that asks for `browser` skips and says which packages are missing. Set
@@ -66,3 +67,39 @@ def keep_screenshot():
             shutil.copy(shot, Path(folder) / name)
 
     return keep
+
+
+@pytest.fixture(scope="session")
+def detect_run(tmp_path_factory) -> Path:
+    """A detection run trained one epoch on 8 synthetic shapes images (`det`; photos in ../src/images)."""
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.detection import tiny_detect_config, write_shapes_dataset
+    from vislab.testing.models import single_thread
+    from vislab.train import train
+
+    root = tmp_path_factory.mktemp("serve-detect")
+    write_shapes_dataset(root / "src", n=16)
+    res = CliRunner().invoke(app, ["curate", str(root / "src"), "--out", str(root / "ds"), "--split", "0.5,0.5,0", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    with single_thread():  # a YOLO step on a busy 2-core machine is many times slower on two threads
+        return Path(train(tiny_detect_config(train={"epochs": 1}, detect={"conf": 0.05}), root / "ds", root / "det"))
+
+
+@pytest.fixture(scope="session")
+def crops_run(tmp_path_factory) -> Path:
+    """A crops run (crop_detector_tiny) trained one epoch on synthetic lens photos (`run`; photos in ../data/images)."""
+    import torch
+
+    from vislab.testing.lens import make_lens_dataset, tiny_crops_run
+    from vislab.train import train
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        root = tmp_path_factory.mktemp("serve-crops")
+        data = make_lens_dataset(root / "data", splits=(12, 4, 4))
+        return Path(train(tiny_crops_run(train={"epochs": 1}), data, root / "run"))
+    finally:
+        torch.set_num_threads(before)

@@ -115,6 +115,22 @@ def test_loss_by_hand() -> None:
     assert only_rect["loss"].item() == pytest.approx(0.5)
 
 
+def test_size_loss_is_the_log_error_of_the_size_factor() -> None:
+    out = CropOutput(rect=torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.2, 0.6, 0.1, 0.9]]), flag=torch.zeros(2), cells=torch.zeros(2, 16, 16))
+    rect = torch.tensor([[0.0, 1.0, 0.0, 1.0], [0.0, 0.8, 0.0, 0.8]])
+    cells, cropped = torch.zeros(2, 16, dtype=torch.long), torch.tensor([0.0, 1.0])
+    _, without = crops_loss(out, cells, rect, cropped, CropsLossConfig())
+    assert "size" not in without  # off by default: the paper's loss
+    total, parts = crops_loss(out, cells, rect, cropped, CropsLossConfig(size=2.0))
+    # s_pred 0.5 vs 1; sqrt(0.4 * 0.8) vs 0.8
+    want = (abs(math.log(0.5)) + abs(0.5 * math.log(0.4 * 0.8) - math.log(0.8))) / 2
+    assert parts["size"].item() == pytest.approx(want, rel=1e-5)
+    assert total.item() == pytest.approx(without["loss"].item() + 2.0 * want, rel=1e-5)
+    empty = CropOutput(rect=torch.tensor([[0.5, 0.4, 0.3, 0.3]]), flag=torch.zeros(1), cells=torch.zeros(1, 16, 16))
+    _, floored = crops_loss(empty, cells[:1], rect[:1], cropped[:1], CropsLossConfig(size=1.0))
+    assert floored["size"].item() == pytest.approx(-math.log(0.01))  # an empty rectangle is finite, not -inf
+
+
 def test_an_untrained_head_says_the_whole_frame() -> None:
     """The rectangle is an offset from (0, 1, 0, 1): with the last layer at zero the detector
     predicts the uncropped frame (crop factor 1), not an empty rectangle at the corner."""
@@ -124,3 +140,22 @@ def test_an_untrained_head_says_the_whole_frame() -> None:
     out = model(torch.zeros(2, 3, 37, 56, dtype=torch.uint8), torch.zeros(2, 16, 3, 24, 24, dtype=torch.uint8))
     assert out.rect.tolist() == [[0.0, 1.0, 0.0, 1.0]] * 2
     assert "rect_prior" not in model.state_dict()  # not a weight: checkpoints are unchanged
+
+
+def test_aspect_rectangles_keep_the_frame_aspect_and_stay_inside_it() -> None:
+    model = factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs={"rect": "aspect"}), 16).eval()
+    torch.nn.init.zeros_(model.head[-1].weight)
+    torch.nn.init.zeros_(model.head[-1].bias)
+    zeros = model(torch.zeros(1, 3, 37, 56, dtype=torch.uint8), torch.zeros(1, 16, 3, 24, 24, dtype=torch.uint8)).rect[0]
+    s = math.exp(-math.log1p(math.exp(-3)))
+    assert zeros.tolist() == pytest.approx([(1 - s) / 2, (1 + s) / 2] * 2, abs=1e-6)  # untrained: nearly the whole frame, centred
+    from vislab.models.crops import aspect_rect
+
+    v = torch.randn(64, 3, generator=torch.Generator().manual_seed(0)) * 5
+    v.requires_grad_(True)
+    r = aspect_rect(v)
+    assert torch.allclose(r[:, 1] - r[:, 0], r[:, 3] - r[:, 2], atol=1e-6) and r.min() >= 0 and r.max() <= 1 + 1e-6
+    r.sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+    with pytest.raises(VislabError, match="model.kwargs.rect"):
+        factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs={"rect": "square"}), 16)

@@ -138,6 +138,21 @@ def test_rendered_patches_and_thumbnail_are_the_planned_pixels() -> None:
     assert isinstance(batch, CropSample) and batch.patches.shape == (2, 16, 3, 24, 24)
 
 
+def test_flips_mirror_the_original_before_the_crop_and_change_no_other_draw() -> None:
+    img = lens_photo(*TINY_FRAME, np.random.default_rng(2))
+    cfg = tiny_crops_config(hflip=1.0, vflip=1.0)
+    for seed in range(5):
+        plain, flipped = plan_sample(TINY_FRAME, seed, CFG, train=True), plan_sample(TINY_FRAME, seed, cfg, train=True)
+        assert flipped.hflip and flipped.vflip and not plain.hflip
+        assert dataclasses.replace(flipped, hflip=False, vflip=False) == plain  # same crop, resize, patches, targets
+        # the sample of the flipped photo is the unflipped plan's sample of the photo turned 180 degrees
+        want = render_sample(np.ascontiguousarray(img[::-1, ::-1]), plain, CFG)
+        assert all(torch.equal(a, b) for a, b in zip(render_sample(img, flipped, cfg), want))
+    assert not plan_sample(TINY_FRAME, 0, cfg, train=False).hflip  # evaluation never flips
+    half = tiny_crops_config(hflip=0.5)
+    assert 30 < sum(plan_sample(TINY_FRAME, s, half, train=True).hflip for s in range(100)) < 70
+
+
 def test_same_seed_same_sample_and_seeds_per_epoch_and_image() -> None:
     img = lens_photo(*TINY_FRAME, np.random.default_rng(1))
     a, b = make_sample(img, 123, CFG, train=True), make_sample(img, 123, CFG, train=True)
@@ -241,3 +256,22 @@ def test_aberration_functions_move_light_as_a_lens_does() -> None:
     assert red > green + 2 > blue + 4  # red fringe outward, blue inward, by ~4% of the radius
     assert np.linalg.norm(_centroid(radial_distortion(img, 0.2)[..., 1]) - centre) < green - 3  # barrel pulls in
     assert np.linalg.norm(_centroid(radial_distortion(img, -0.2)[..., 1]) - centre) > green + 3
+
+
+def test_several_samples_per_photo_come_from_one_decode_in_batches_of_batch_size(tmp_path) -> None:
+    from vislab.config import DataConfig
+    from vislab.data.crops_datamodule import CropsDataModule, TrainSamples
+    from vislab.testing.lens import make_lens_dataset
+
+    data = make_lens_dataset(tmp_path / "data", splits=(9, 2, 0))
+    three = CropsDataModule(data, tiny_crops_config(samples_per_image=3), DataConfig(batch_size=6, num_workers=0), seed=3)
+    batches = list(three.train_dataloader())
+    assert three.photos_per_batch == 2 and three.steps_per_epoch() == len(batches) == 4  # 9 photos, 2 a batch, the last dropped
+    assert all(len(b.cells) == 6 for b in batches)
+    # a photo's first sample is its one sample when samples_per_image is 1; its others are other draws
+    paths = three.rows["train"]["path"].tolist()
+    seed = sample_seed(3, 0, 1)
+    (alone,) = TrainSamples(paths, tiny_crops_config())[(1, seed)]
+    first, *others = TrainSamples(paths, tiny_crops_config(samples_per_image=3))[(1, seed)]
+    assert all(torch.equal(x, y) for x, y in zip(alone, first))
+    assert all(not torch.equal(o.patches, first.patches) for o in others) and not torch.equal(others[0].patches, others[1].patches)

@@ -63,7 +63,7 @@ def test_train_writes_the_crops_columns_monitor_and_section(run) -> None:
     ]
     assert len(metrics) == 2 and metrics[["val/loss", "val/auc", "val/iou", "val/cf_err"]].notna().all().all()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["task"] == "crops" and saved["crops"]["patch_size"] == 24 and saved["crops"]["loss"] == {"patch": 0.15, "rect": 3.0, "flag": 1.0}
+    assert saved["task"] == "crops" and saved["crops"]["patch_size"] == 24 and saved["crops"]["loss"] == {"patch": 0.15, "rect": 3.0, "flag": 1.0, "size": 0.0}
     assert saved["train"]["monitor"] == "val/loss" and saved["train"]["monitor_mode"] == "min"
     assert json.loads((run / "run.json").read_text())["classes"] == [f"r{r}c{c}" for r in range(4) for c in range(4)]
     lr = metrics["lr"].tolist()
@@ -194,6 +194,37 @@ def test_report_and_compare_show_the_crops_figures(run, tmp_path) -> None:
     assert row["crop_acc"] == pytest.approx(m["crop_acc"]) and row["rect_iou"] == pytest.approx(m["iou"])
     assert row["crop_factor_err"] == pytest.approx(m["crop_factor_error"]) and row["patch_acc"] == pytest.approx(m["patch_acc"])
     assert "crop_auc" in table.columns and "test_acc" in table.columns
+
+
+def test_onnx_export_matches_pytorch_on_thumbnails_and_patches(run, dataset, tmp_path) -> None:
+    import onnx
+    from PIL import Image
+
+    from vislab.data.crops_datamodule import whole_photo
+    from vislab.export import onnx_session
+    from vislab.runs import load_run
+
+    out = tmp_path / "crops.onnx"
+    res = invoke("export", run, "--format", "onnx", "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "thumb ['batch', 3, " in res.output and "patches ['batch', 16, 3, 24, 24]" in res.output
+    graph = onnx.load(str(out)).graph
+    assert [i.name for i in graph.input] == ["thumb", "patches"] and [o.name for o in graph.output] == ["rect", "flag", "cells"]
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["outputs"] == ["rect", "flag", "cells"] and info["max_abs_diff"] < 1e-4
+    # real samples, as predict and serve make them (uint8 pixels), at a batch size other than the traced one
+    loaded = load_run(run)
+    cfg = loaded.cfg.section()
+    photos = sorted((dataset / "images").glob("*.png"))[:5]
+    samples = [whole_photo(Image.open(p).convert("RGB"), cfg, cfg.eval_seed)[0] for p in photos]
+    thumb, patches = torch.stack([s.thumb for s in samples]), torch.stack([s.patches for s in samples])
+    assert thumb.dtype == torch.uint8
+    with torch.inference_mode():
+        want = loaded.model.float().eval()(thumb, patches)
+    got = onnx_session(out).run(["rect", "flag", "cells"], {"thumb": thumb.numpy(), "patches": patches.numpy()})
+    for g, w in zip(got, (want.rect, want.flag, want.cells)):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-4, rtol=1e-3)
+    assert not (run / "export").exists()
 
 
 def test_too_small_photos_are_refused_naming_the_file(tmp_path) -> None:

@@ -19,22 +19,14 @@ from vislab.serve.app import Limits, create_app
 from vislab.serve.predictors import load_all
 from vislab.tasks import get_task
 from vislab.testing.images import write_corrupt_png
-from vislab.testing.lens import make_lens_dataset, tiny_crops_run
-from vislab.train import train
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> Path:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("serve-crops")
-    data = make_lens_dataset(root / "data", splits=(12, 4, 4))
-    out = train(tiny_crops_run(train={"epochs": 1}), data, root / "run")
-    torch.set_num_threads(before)
-    return Path(out)
+def run(crops_run) -> Path:
+    return crops_run
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +85,28 @@ def test_bad_requests_are_one_line_4xx(client, run, tmp_path) -> None:
     photo = photos(run, 1)[0]
     r = post(client, [(photo.name, photo.read_bytes())], {"top_k": "3"})  # a classify option
     assert r.status_code == 422 and "unknown field" in r.json()["detail"] and "picture" in r.json()["detail"]
+
+
+def test_onnx_engine_serves_the_exported_crops_model_with_the_same_answers(run) -> None:
+    from vislab.export import export_run
+    from vislab.serve.crops import CropsPredictor
+
+    plain = CropsPredictor.load(run, onnx=True)
+    assert plain.engine == "pytorch" and "served with PyTorch" in plain.notes[0]
+    export_run(run)
+    fast = CropsPredictor.load(run, onnx=True)
+    assert fast.engine == "onnxruntime" and fast.notes == []
+    opts = fast.Options(picture=False)
+    files = photos(run, 3)
+    batch = lambda p: p.predict_batch([p.preprocess(Image.open(f).convert("RGB"), opts) for f in files], [opts] * len(files))  # noqa: E731
+    for a, b in zip(batch(fast), batch(plain)):
+        assert a["crop_prob"] == pytest.approx(b["crop_prob"], abs=1e-5) and a["rect"] == pytest.approx(b["rect"], abs=1e-4)
+        assert torch.allclose(torch.tensor(a["cells"]), torch.tensor(b["cells"]), atol=1e-5)
+    app = create_app([fast], token=TOKEN, limits=Limits(max_files=4, window_ms=20))
+    with TestClient(app) as c:
+        assert c.get("/v1/models", headers=AUTH).json()["models"][0]["engine"] == "onnxruntime"
+        r = post(c, [(files[0].name, files[0].read_bytes())])
+        assert r.status_code == 200 and r.json()["results"][0]["picture"].startswith("data:image/png;base64,"), r.text
 
 
 def test_the_page_renders_crops_and_nothing_was_written(client, run) -> None:

@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
-from vislab.cli import app
 from vislab.predict import predict as cli_predict
 from vislab.serve.app import Limits, create_app
 from vislab.serve.predictors import load_all
-from vislab.testing.detection import tiny_detect_config, write_shapes_dataset
 from vislab.testing.images import write_corrupt_png
 from vislab.testing.models import single_thread
-from vislab.train import train
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -28,12 +24,8 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-detect")
-    write_shapes_dataset(root / "src", n=16)
-    res = CliRunner().invoke(app, ["curate", str(root / "src"), "--out", str(root / "ds"), "--split", "0.5,0.5,0", "--workers", "1"])
-    assert res.exit_code == 0, res.output
-    return train(tiny_detect_config(train={"epochs": 1}, detect={"conf": 0.05}), root / "ds", root / "det")
+def run(detect_run):
+    return detect_run
 
 
 @pytest.fixture(scope="module")

@@ -593,7 +593,8 @@ def export(
     from vislab.export import export_run
 
     r = export_run(run_dir, fmt=fmt, out=out, opset=opset)
-    console.print(f"exported: {r.path} (input {r.input_shape}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
+    shapes = "; ".join(f"{k} {v}" for k, v in r.inputs.items()) if len(r.inputs) > 1 else f"input {r.input_shape}"
+    console.print(f"exported: {r.path} ({shapes}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
 
 
 collect_app = typer.Typer(

@@ -39,11 +39,14 @@ class Aberrations(Section):
 
 
 class CropsLossConfig(Section):
-    """Weights of the loss terms: sum over patches of cell CE, rectangle MSE, crop BCE."""
+    """Weights of the loss terms: sum over patches of cell CE, rectangle MSE, crop BCE, and
+    the size factor's log error."""
 
     patch: float = Field(0.15, ge=0.0, description="Weight of the patch-location cross-entropy (summed over a sample's patches).")
     rect: float = Field(3.0, ge=0.0, description="Weight of the rectangle MSE.")
     flag: float = Field(1.0, ge=0.0, description="Weight of the crop-flag BCE.")
+    size: float = Field(0.0, ge=0.0, description="Weight of |log s_pred - log s|, the size factor s = sqrt(area) of the rectangles "
+                        "(vislab's, not the paper's: the crop-factor error |s_pred - s| / s is about this).")
 
 
 class CropsModelConfig(Section):
@@ -56,6 +59,9 @@ class CropsModelConfig(Section):
     hidden: list[int] = Field(default_factory=lambda: [512, 256])
     coords: bool = True
     pretrained: bool = False
+    # "free": four coordinates, as the paper; "aspect": a size factor s and a position, so the
+    # rectangle keeps the frame's aspect and lies inside it, as every crop the sampler makes
+    rect: Literal["free", "aspect"] = "free"
 
 
 class CropsConfig(Section):
@@ -76,6 +82,10 @@ class CropsConfig(Section):
     grid: tuple[int, int] = Field((4, 4), description="Patch grid (columns, rows): one patch per cell, one location class per cell.")
     patch_size: int = Field(96, ge=4, description="Side of each native-resolution patch in pixels.")
     jitter: int = Field(8, ge=0, description="Training patches move by up to this many pixels from their cell's centre.")
+    hflip: float = Field(0.0, ge=0.0, le=1.0, description="Training: probability that the original is mirrored left-right before the crop (lens cues are radial: a mirrored photo is another uncropped photo).")
+    vflip: float = Field(0.0, ge=0.0, le=1.0, description="Training: probability that the original is flipped upside down before the crop (hides the content cue of sky above, ground below).")
+    samples_per_image: int = Field(
+        1, ge=1, description="Training: samples drawn from each photo per epoch, from one decode (a batch holds batch_size // this many photos).")
     loss: CropsLossConfig = Field(default_factory=CropsLossConfig, description="Loss weights.")
     eval_crops_per_image: int = Field(1, ge=0, description="Evaluation: each image once uncropped and this many times cropped.")
     eval_seed: int = Field(0, ge=0, description="Seed of the evaluation set (the same crops in every run that shares it).")

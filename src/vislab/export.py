@@ -1,13 +1,15 @@
 """`vislab export`: a run's model as an ONNX file, checked against PyTorch before it is kept.
 
-The export is of the eval-mode model with a dynamic batch dimension (height and width fixed
-at the run's input size). What the file returns is the run's task's choice
-(`Task.export_module`): for classification the `logits`, also of models that return a dict
-(e.g. the attention-branch network). After writing, ONNX Runtime runs a random batch
-(of a different size than the one traced, which proves the batch axis is dynamic) and its
-outputs must match PyTorch's within tolerance; otherwise the file is removed and the command
-fails. The class names and the input normalisation go into the file's metadata, so a
-consumer needs nothing else to preprocess inputs and name outputs.
+The export is of the eval-mode model with a dynamic batch dimension on every input and
+output (other sizes fixed at the run's). What the file takes and returns is the run's task's
+choice (`Task.export_inputs`, `export_module`, `export_outputs`): for classification one
+image batch `input` and the `logits`, also of models that return a dict (e.g. the
+attention-branch network); for crops the uint8 `thumb` and `patches` and the `rect`, `flag`
+and `cells` outputs. After writing, ONNX Runtime runs a random batch (of a different size
+than the one traced, which proves the batch axis is dynamic) and every output must match
+PyTorch's within tolerance; otherwise the file is removed and the command fails. The class
+names and the input normalisation go into the file's metadata, so a consumer needs nothing
+else to preprocess inputs and name outputs.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -24,9 +26,13 @@ import torch.nn as nn
 
 from vislab.errors import VislabError
 from vislab.tasks import DEFAULT_TASK, get_task
+from vislab.tasks.registry import INPUT_NAME
+
+if TYPE_CHECKING:
+    from vislab.config import RunConfig
 
 FORMATS = ("onnx",)
-INPUT_NAME = "input"
+__all__ = ["INPUT_NAME", "ExportResult", "check_onnx", "export_onnx_model", "export_run", "onnx_session"]
 
 
 def supported_opsets() -> range:
@@ -51,7 +57,9 @@ class ExportResult:
     path: str
     format: str
     opset: int
-    input_shape: list[Any]
+    input_shape: list[Any]  # the first input's
+    inputs: dict[str, list[Any]]  # every input's shape by name
+    outputs: list[str]
     max_abs_diff: float
     atol: float
     rtol: float
@@ -61,6 +69,16 @@ class ExportResult:
         return asdict(self)
 
 
+def example_inputs(task: str, cfg: "RunConfig | None", input_size: Sequence[int], batch: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The task's example inputs by name (`Task.export_inputs`), drawn from `seed`."""
+    return get_task(task).export_inputs(cfg, input_size, batch, torch.Generator().manual_seed(seed))
+
+
+def as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
+    """An export module's result as a tuple of tensors (one output is a tuple of one)."""
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
 def export_onnx_model(
     model: nn.Module,
     input_size: Sequence[int],
@@ -68,27 +86,30 @@ def export_onnx_model(
     opset: int = 17,
     metadata: dict[str, str] | None = None,
     task: str = DEFAULT_TASK,
+    cfg: "RunConfig | None" = None,
 ) -> Path:
-    """Write `model` (eval mode, its outputs as `task` exports them: classification's logits)
-    to `path` with a dynamic batch axis."""
+    """Write `model` (eval mode, its inputs and outputs as `task` exports them: classification's
+    image batch and logits) to `path` with a dynamic batch axis. `cfg`: the run's config, for a
+    task whose inputs its section shapes (crops)."""
     check_opset(opset)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     plugin = get_task(task)
     net = plugin.export_module(model).eval()
-    example = torch.randn(2, *[int(v) for v in input_size])
+    examples = example_inputs(task, cfg, input_size, 2)
+    names = list(plugin.export_outputs)
     with warnings.catch_warnings():
         # the TorchScript-based exporter needs no extra packages; its deprecation notice is not for users
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 net,
-                (example,),
+                tuple(examples.values()),
                 str(path),
                 dynamo=False,
-                input_names=[INPUT_NAME],
-                output_names=[plugin.export_output],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, plugin.export_output: {0: "batch"}},
+                input_names=list(examples),
+                output_names=names,
+                dynamic_axes={name: {0: "batch"} for name in [*examples, *names]},
                 opset_version=opset,
                 do_constant_folding=True,
             )
@@ -126,26 +147,32 @@ def check_onnx(
     rtol: float = 1e-3,
     seed: int = 0,
     task: str = DEFAULT_TASK,
+    cfg: "RunConfig | None" = None,
 ) -> float:
-    """Max |ONNX Runtime - PyTorch| on a random batch; raises VislabError beyond atol + rtol*|ref|."""
+    """Max |ONNX Runtime - PyTorch| over every output on a random batch; raises VislabError
+    beyond atol + rtol*|ref| on any of them."""
     plugin = get_task(task)
-    x = torch.randn(batch, *[int(v) for v in input_size], generator=torch.Generator().manual_seed(seed))
+    inputs = example_inputs(task, cfg, input_size, batch, seed)
+    names = list(plugin.export_outputs)
     with torch.inference_mode():
-        ref = plugin.export_module(model).eval()(x).float().numpy()
+        refs = [r.float().numpy() for r in as_outputs(plugin.export_module(model).eval()(*inputs.values()))]
     try:
-        got = onnx_session(path).run([plugin.export_output], {INPUT_NAME: x.numpy()})[0]
+        gots = onnx_session(path).run(names, {k: v.numpy() for k, v in inputs.items()})
     except Exception as err:  # onnxruntime raises its own error types (NotImplemented, InvalidGraph, Fail, ...)
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise VislabError(f"{path}: ONNX Runtime cannot run the exported model ({first})") from None
-    if got.shape != ref.shape:
-        raise VislabError(f"{path}: ONNX output shape {got.shape} != PyTorch {ref.shape}; the export is wrong")
-    diff = np.abs(got - ref)
-    max_diff = float(diff.max()) if diff.size else 0.0
-    if not np.all(diff <= atol + rtol * np.abs(ref)):
-        raise VislabError(
-            f"{path}: ONNX Runtime outputs differ from PyTorch by up to {max_diff:.3g} "
-            f"(tolerance {atol:g} + {rtol:g}*|x|); the exported model is not faithful"
-        )
+    max_diff = 0.0
+    for name, got, ref in zip(names, gots, refs):
+        if got.shape != ref.shape:
+            raise VislabError(f"{path}: ONNX output {name} has shape {got.shape}, PyTorch {ref.shape}; the export is wrong")
+        diff = np.abs(got - ref)
+        worst = float(diff.max()) if diff.size else 0.0
+        if not np.all(diff <= atol + rtol * np.abs(ref)):
+            raise VislabError(
+                f"{path}: ONNX Runtime outputs differ from PyTorch by up to {worst:.3g} in {name} "
+                f"(tolerance {atol:g} + {rtol:g}*|x|); the exported model is not faithful"
+            )
+        max_diff = max(max_diff, worst)
     return max_diff
 
 
@@ -194,15 +221,17 @@ def export_run(
         "vislab_model": run.cfg.model.name,
         "vislab_checkpoint": str(run.checkpoint),
     }
-    export_onnx_model(model, input_size, path, opset, meta, task=run.cfg.task)
+    export_onnx_model(model, input_size, path, opset, meta, task=run.cfg.task, cfg=run.cfg)
     batch = 3  # traced with 2: a different size proves the batch axis is dynamic
     try:
-        max_diff = check_onnx(path, model, input_size, batch, atol, rtol, task=run.cfg.task)
+        max_diff = check_onnx(path, model, input_size, batch, atol, rtol, task=run.cfg.task, cfg=run.cfg)
     except VislabError:
         path.unlink(missing_ok=True)
         raise
-    result = ExportResult(str(path), fmt, opset, ["batch", *input_size], max_diff, atol, rtol, batch)
+    shapes = {k: ["batch", *v.shape[1:]] for k, v in example_inputs(run.cfg.task, run.cfg, input_size, 1).items()}
+    outputs = list(get_task(run.cfg.task).export_outputs)
+    result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch)
     path.with_suffix(".json").write_text(
-        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict(), "input": INPUT_NAME, "output": get_task(run.cfg.task).export_output}, indent=2)
+        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2)
     )
     return result

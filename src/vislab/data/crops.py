@@ -9,7 +9,8 @@ A sample is drawn in two steps, so the geometry can be checked without pixels:
   does not tell a crop apart); place one patch at the centre of each cell of the `grid`
   over the kept image (jittered in training) and label it with the cell of the ORIGINAL
   frame its centre falls in. The target rectangle (x1, x2, y1, y2) is in fractions of the original
-  frame: (0, 1, 0, 1) and s = 1 when not cropped.
+  frame: (0, 1, 0, 1) and s = 1 when not cropped. In training the original may first be
+  mirrored (`hflip`, `vflip`): the frame is then the flipped one, and so are the targets.
 - `render_sample`: the pixels of a plan: a `thumb_size` thumbnail of the kept image and the
   patches, as uint8 tensors (the model normalises them and adds its coordinate channels).
 
@@ -80,6 +81,8 @@ class SamplePlan:
     thumb_resample: str
     patches: tuple[tuple[int, int], ...]
     cells: tuple[int, ...]
+    hflip: bool = False  # the original mirrored left-right (after `rotation`, before the crop)
+    vflip: bool = False  # the original flipped upside down
 
     @property
     def rect(self) -> tuple[float, float, float, float]:
@@ -190,10 +193,14 @@ def plan_sample(
             left = round((col + 0.5) * rw / gx - p / 2) + dx
             top = round((row + 0.5) * rh / gy - p / 2) + dy
             corners.append((min(max(left, 0), rw - p), min(max(top, 0), rh - p)))
+    # flips are drawn last, and only when asked for, so every other draw is as without them
+    hflip = bool(train and cfg.hflip and rng.random() < cfg.hflip)
+    vflip = bool(train and cfg.vflip and rng.random() < cfg.vflip)
     return SamplePlan(
         frame=(w, h), rotation=rotation, cropped=cropped, size_factor=s, edge=edge, box=box,
         resized=(rw, rh), resample=resample, thumb_resample=thumb_resample,
         patches=tuple(corners), cells=patch_cells(_rect(box, (w, h)), (rw, rh), corners, p, cfg.grid),
+        hflip=hflip, vflip=vflip,
     )
 
 
@@ -203,6 +210,10 @@ def render_sample(image: Image.Image | np.ndarray, plan: SamplePlan, cfg: CropsC
     im = im.convert("RGB")
     if plan.rotation:
         im = im.transpose(Image.Transpose.ROTATE_90 if plan.rotation == 90 else Image.Transpose.ROTATE_270)
+    if plan.hflip:
+        im = im.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if plan.vflip:
+        im = im.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
     kept = im.crop(plan.box).resize(plan.resized, RESAMPLE[plan.resample])
     arr = np.asarray(kept)
     p = cfg.patch_size

@@ -3,7 +3,9 @@
 - train: every usable `train` row once an epoch, in a seeded order (`EpochSampler`), each
   image's sample made on the fly and seeded by (run seed, epoch, image), so it is the same
   with any number of workers and after a resume (which continues mid-epoch as
-  classification does);
+  classification does); `samples_per_image` K > 1 draws K samples from one decode of the
+  photo (decoding and the full-size resize are most of a sample's cost on a CPU), and a
+  batch then holds batch_size // K photos, K samples each;
 - val / evaluate: the fixed evaluation set of `eval_samples` (each image once uncropped and
   `eval_crops_per_image` times cropped, seeded by `eval_seed`): the same crops in every epoch,
   run and process;
@@ -62,13 +64,17 @@ class TrainSamples(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, key: tuple[int, int]) -> CropSample | _Failed:
+    def __getitem__(self, key: tuple[int, int]) -> list[CropSample] | _Failed:
+        """The image's `samples_per_image` samples: the first seeded by `seed` (one sample per
+        image is the same as ever), the others by (seed, k)."""
         index, seed = key
         path = self.paths[index]
         try:
-            return make_sample(load_image(path), seed, self.cfg, train=True, name=path)
+            image = load_image(path)
         except ImageDecodeError as err:
             return _Failed((path, err.reason))
+        seeds = [seed, *(np.random.default_rng([seed, k]) for k in range(1, self.cfg.samples_per_image))]
+        return [make_sample(image, s, self.cfg, train=True, name=path) for s in seeds]
 
 
 class EvalSamples(Dataset):
@@ -118,7 +124,7 @@ def collate_dropping(on_bad: Callable[[BadImages], None], min_batch: int = 1) ->
 
     def collate(items: list[Any]) -> Any:
         bad = [tuple(i) for i in items if isinstance(i, _Failed)]
-        good = [i for i in items if not isinstance(i, _Failed)]
+        good = [s for i in items if not isinstance(i, _Failed) for s in (i if isinstance(i, list) else [i])]
         return (default_collate(good) if len(good) >= min_batch else None), bad
 
     return collate
@@ -228,9 +234,14 @@ class CropsDataModule(L.LightningDataModule):
         sampler = ImageEpochSampler(len(paths), self.seed, shuffle=True, num_replicas=world, rank=rank)
         if self._resume is not None:
             sampler.set_epoch(self._resume["epoch"])
-            sampler.skip = self._resume["batches_done"] * self.data.batch_size
+            sampler.skip = self._resume["batches_done"] * self.photos_per_batch
             self._resume = None
-        return self._loader(TrainSamples(paths, self.cfg), sampler, self.data.batch_size, self._log("train"), True)
+        return self._loader(TrainSamples(paths, self.cfg), sampler, self.photos_per_batch, self._log("train"), True)
+
+    @property
+    def photos_per_batch(self) -> int:
+        """Photos in a training batch: `batch_size` samples of `samples_per_image` each."""
+        return max(1, self.data.batch_size // self.cfg.samples_per_image)
 
     def eval_items(self, split: str) -> list[EvalItem]:
         self.setup()
@@ -248,7 +259,7 @@ class CropsDataModule(L.LightningDataModule):
         if self.sanity_batch:
             return 1
         per_rank = math.ceil(len(self.rows["train"]) / max(1, world_size))
-        batches = per_rank // self.data.batch_size if per_rank > self.data.batch_size else 1
+        batches = per_rank // self.photos_per_batch if per_rank > self.photos_per_batch else 1
         if isinstance(limit, int) and not isinstance(limit, bool):
             batches = min(batches, limit)
         elif isinstance(limit, float):

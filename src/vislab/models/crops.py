@@ -92,7 +92,38 @@ class CropDetector(nn.Module):
         if self.cfg.coords:
             x = torch.cat([x, coord_channels(x)], dim=1)
         out = self.head(torch.cat([emb.reshape(b, -1), self.global_net(x)], dim=1))
-        return CropOutput(rect=out[:, :4] + self.rect_prior, flag=out[:, 4], cells=cells)
+        rect = aspect_rect(out[:, :3]) if self.cfg.rect == "aspect" else out[:, :4] + self.rect_prior
+        return CropOutput(rect=rect, flag=out[:, 4], cells=cells)
+
+
+def aspect_rect(v: torch.Tensor) -> torch.Tensor:
+    """B x 3 head outputs -> B x 4 rectangles (x1, x2, y1, y2) of one size factor s on both
+    axes (the frame's aspect), inside the frame: s = exp(-softplus(v0 - 3)) in (0, 1), 0.95 for
+    an untrained head (the whole frame, as the free form's prior); the rectangle's corner at
+    sigmoid(v1), sigmoid(v2) of the room left, (1 - s)."""
+    s = torch.exp(-F.softplus(v[:, 0] - 3))
+    x1 = torch.sigmoid(v[:, 1]) * (1 - s)
+    y1 = torch.sigmoid(v[:, 2]) * (1 - s)
+    return torch.stack([x1, x1 + s, y1, y1 + s], dim=1)
+
+
+class CropExport(nn.Module):
+    """The detector as ONNX exports it: (thumb, patches) uint8 -> (rect, flag logit, cell
+    logits) as a plain tuple, the outputs' order of `CropOutput`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, thumb: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model(thumb, patches)
+        return out.rect, out.flag, out.cells
+
+
+def log_size(rect: torch.Tensor) -> torch.Tensor:
+    """log of the size factor sqrt(width * height) of B x 4 (x1, x2, y1, y2) rectangles,
+    each side floored at 0.01 (a predicted rectangle may be empty or inverted)."""
+    return 0.5 * ((rect[:, 1] - rect[:, 0]).clamp(min=0.01).log() + (rect[:, 3] - rect[:, 2]).clamp(min=0.01).log())
 
 
 def crops_loss(
@@ -101,7 +132,9 @@ def crops_loss(
     """The weighted loss and its detached parts (for logging).
 
     patch: cross-entropy summed over a sample's patches, averaged over the batch (the paper
-    sums one batch-mean term per patch); rect: MSE over the four coordinates; flag: BCE.
+    sums one batch-mean term per patch); rect: MSE over the four coordinates; flag: BCE;
+    size: mean |log s_pred - log s| of the size factors sqrt(width * height) (the crop-factor
+    error's log form; s_pred's sides are floored at 1% of the frame).
     """
     b = cells.shape[0]
     patch = F.cross_entropy(out.cells.flatten(0, 1).float(), cells.flatten(), reduction="sum") / b
@@ -109,6 +142,10 @@ def crops_loss(
     flag = F.binary_cross_entropy_with_logits(out.flag.float(), cropped.float())
     total = w.patch * patch + w.rect * rect_loss + w.flag * flag
     parts = {"loss": total, "patch": patch, "rect": rect_loss, "flag": flag}
+    if w.size:
+        size = (log_size(out.rect.float()) - log_size(rect.float())).abs().mean()
+        total = total + w.size * size
+        parts.update(loss=total, size=size)
     return total, {k: v.detach() for k, v in parts.items()}
 
 

@@ -4,8 +4,9 @@ patches' cell probabilities of each upload (the page's `RENDERERS.crops` draws t
 Each upload is read whole, as `vislab predict` reads a file (`data.crops_datamodule.whole_photo`:
 never cropped, one fixed seeded resize for every photo), so the API's numbers are the CLI's.
 On request (`picture`, on by default) the result carries predict's picture as a PNG data URI:
-the photo inside its estimated frame, and the heat maps. Always PyTorch: crops runs have no
-ONNX export.
+the photo inside its estimated frame, and the heat maps. With `--onnx` the model runs in ONNX
+Runtime on the run's export (`vislab export RUN`: the same uint8 thumbnail and patches in,
+rectangle, crop logit and cell logits out), else in PyTorch.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from vislab.serve.predictors import PYTORCH, Predictor, register
+from vislab.serve.predictors import ONNXRUNTIME, PYTORCH, Predictor, onnx_export_session, register
 
 PICTURE_SIDE = 512  # the photo in the picture, at most this many pixels a side
 
@@ -49,19 +50,24 @@ class CropsPredictor(Predictor):
     task = "crops"
     Options = CropsOptions
 
-    def __init__(self, run: Any) -> None:
-        super().__init__(run.run_dir, PYTORCH)
+    def __init__(self, run: Any, session: Any = None) -> None:
+        super().__init__(run.run_dir, ONNXRUNTIME if session is not None else PYTORCH)
         self.run = run
         self.cfg = run.cfg.section()
         self.model = run.model.float().eval()
+        self.session = session
 
     @classmethod
     def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "CropsPredictor":
         from vislab.runs import load_run
 
-        predictor = cls(load_run(run_dir))
+        run = load_run(run_dir)
+        session, note = None, None
         if onnx:
-            predictor.notes.append(f"{predictor.name}: crops runs have no ONNX export; served with PyTorch")
+            session, note = onnx_export_session(run.run_dir, run.classes, run.spec.to_dict(), run.checkpoint, threads)
+        predictor = cls(run, session)
+        if note:
+            predictor.notes.append(note)
         return predictor
 
     def preprocess(self, image: Image.Image, options: BaseModel) -> CropsItem:
@@ -81,15 +87,27 @@ class CropsPredictor(Predictor):
         opts = options if options is not None else CropsOptions()
         self.predict_batch([self.preprocess(Image.new("RGB", (side * 3 // 2, side), (128, 128, 128)), opts)], [opts])
 
+    def outputs(self, thumb: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rect, crop logit, cell logits) of a uint8 batch from the serving engine."""
+        if self.session is not None:
+            from vislab.tasks import get_task
+            from vislab.tasks.crops import EXPORT_INPUTS
+
+            feed = dict(zip(EXPORT_INPUTS, (thumb.numpy(), patches.numpy())))
+            got = self.session.run(list(get_task(self.task).export_outputs), feed)
+            return tuple(torch.from_numpy(g) for g in got)  # type: ignore[return-value]
+        with torch.inference_mode():
+            out = self.model(thumb, patches)
+        return out.rect, out.flag, out.cells
+
     def predict_batch(self, items: Sequence[CropsItem], options: Sequence[BaseModel]) -> list[dict[str, Any]]:
         from vislab.tasks.crops import prediction_fields
 
-        with torch.inference_mode():
-            out = self.model(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
-        probs = torch.softmax(out.cells.float(), -1)
+        rect, flag, cells = self.outputs(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
+        probs = torch.softmax(cells.float(), -1)
         results = []
         for k, item in enumerate(items):
-            res = prediction_fields(out.rect[k].float().tolist(), float(out.flag[k]), probs[k].tolist(), item.rotation)
+            res = prediction_fields(rect[k].float().tolist(), float(flag[k]), probs[k].tolist(), item.rotation)
             if item.view is not None:
                 res["picture"] = self.picture(item.view, res)
             results.append(res)

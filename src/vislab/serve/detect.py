@@ -85,7 +85,7 @@ class DetectPredictor(Predictor):
             from vislab.export import INPUT_NAME
             from vislab.tasks import get_task
 
-            return torch.from_numpy(self.session.run([get_task(self.task).export_output], {INPUT_NAME: x.numpy()})[0])
+            return torch.from_numpy(self.session.run(list(get_task(self.task).export_outputs), {INPUT_NAME: x.numpy()})[0])
         with torch.inference_mode():
             return self.model(x).float()
 

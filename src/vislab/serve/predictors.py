@@ -280,7 +280,7 @@ class ClassifyPredictor(Predictor):
             from vislab.export import INPUT_NAME
             from vislab.tasks import get_task
 
-            logits = torch.from_numpy(self.session.run([get_task(self.task).export_output], {INPUT_NAME: x.numpy()})[0])
+            logits = torch.from_numpy(self.session.run(list(get_task(self.task).export_outputs), {INPUT_NAME: x.numpy()})[0])
         else:
             from vislab.models.outputs import logits_of
 

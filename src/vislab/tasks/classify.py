@@ -91,7 +91,7 @@ class ClassifyPlugin(Task):
     percent_metrics = frozenset({"train/acc", "val/acc"})
     summary_metric = "val/acc"
     curve_panels = (("Accuracy", "acc", "max"),)
-    export_output = "logits"
+    export_outputs = ("logits",)
 
     # ---- training ------------------------------------------------------------------------
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:

@@ -14,6 +14,8 @@
 - predict: each photo read whole: crop probability, the estimated original frame, the
   patches' cell probabilities; a picture and a JSON per photo in RUN_DIR/predict/.
 - report and compare: report/crops.py, and the columns below.
+- export: the uint8 `thumb` (B x 3 x H x W) and `patches` (B x cells x 3 x P x P) the
+  sampler makes, to the `rect`, `flag` (logit) and `cells` (logits) outputs.
 
 Cheap to import (config validation imports it): the heavy parts are imported inside the hooks.
 """
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     import lightning as L
     import numpy as np
     import pandas as pd
+    import torch
+    import torch.nn as nn
 
     from vislab.config import RunConfig
     from vislab.health import HealthCheck
@@ -44,6 +48,7 @@ if TYPE_CHECKING:
     from vislab.runs import LoadedRun
 
 BASELINE_EPOCHS = 4  # the baseline's training targets: the sampler's draws over this many epochs
+EXPORT_INPUTS = ("thumb", "patches")  # the exported model's inputs, in the order the model takes them
 HEADLINE = (  # metrics.json's top-level copies of the model's figures (compare and report read them)
     ("crop_acc", "flag_acc"),
     ("auc", "flag_auc"),
@@ -126,6 +131,7 @@ class CropsPlugin(Task):
     summary_metric = "val/patch_acc"
     curve_panels = (("Crop flag accuracy", "flag_acc", "max"), ("Patch location accuracy", "patch_acc", "max"), ("Rectangle IoU", "iou", "max"), ("Crop-factor error", "cf_err", "min"))
     evaluate_options = ("crops_per_image", "aberration")
+    export_outputs = ("rect", "flag", "cells")
 
     # ---- training ------------------------------------------------------------------------
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
@@ -262,6 +268,24 @@ class CropsPlugin(Task):
             cf = f"{r['crop_factor']:.3f}" if "crop_factor" in r else ""
             w.writerow([printable(r["path"]), prob, r.get("cropped", ""), *rect, cf, r.get("picture", ""), r.get("error", "")])
         return buf.getvalue()
+
+    def export_module(self, model: "nn.Module") -> "nn.Module":
+        from vislab.models.crops import CropExport
+
+        return CropExport(model)
+
+    def export_inputs(self, cfg: "RunConfig | None", input_size: Sequence[int], batch: int, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+        """Random uint8 pixels shaped as the run's `crops:` section makes a sample: a thumbnail
+        and one patch per grid cell (the spec's input size is not the thumbnail's)."""
+        import torch
+
+        if cfg is None:
+            raise VislabError("export: a crops model's inputs come from its run's crops: section; export the run (`vislab export RUN`)")
+        c: CropsConfig = cfg.section()
+        (tw, th), p = c.thumb_size, c.patch_size
+        thumb = torch.randint(0, 256, (batch, 3, th, tw), generator=generator, dtype=torch.uint8)
+        patches = torch.randint(0, 256, (batch, c.cells, 3, p, p), generator=generator, dtype=torch.uint8)
+        return dict(zip(EXPORT_INPUTS, (thumb, patches)))
 
     # ---- report and compare ----------------------------------------------------------------
     def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:

@@ -91,7 +91,7 @@ class CropsModule(BaseTask):
         self.log("train/patch_acc", self.train_patch_acc, on_step=False, on_epoch=True, batch_size=bs)
         self.log("loss", loss, on_step=True, on_epoch=False, prog_bar=True, logger=False, batch_size=bs)
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, batch_size=bs)
-        for name in ("patch", "rect", "flag"):
+        for name in (n for n in ("patch", "rect", "flag", "size") if n in parts):
             self.log(f"train/loss_{name}", parts[name], on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         return loss
 

@@ -107,7 +107,7 @@ class DetectPlugin(Task):
     percent_metrics = frozenset({"val/map50", "val/map"})
     summary_metric = "val/map50"
     curve_panels = (("mAP@0.5", "map50", "max"),)
-    export_output = "detections"
+    export_outputs = ("detections",)
 
     # ---- model ---------------------------------------------------------------------------
     def create_model(self, cfg: "RunConfig", classes: Sequence[str], *, load_weights: bool = True) -> "nn.Module":

@@ -40,6 +40,7 @@ from vislab.errors import VislabError
 if TYPE_CHECKING:
     import lightning as L
     import pandas as pd
+    import torch
     import torch.nn as nn
 
     from vislab.config import RunConfig, Section
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
 
+INPUT_NAME = "input"  # the one input of an exported model that takes an image batch (the default `export_inputs`)
 DEFAULT_TASK = "classify"  # the task of a config (or an old run directory) that names none
 BUILTIN_TASKS = {"classify": "vislab.tasks.classify", "crops": "vislab.tasks.crops", "detect": "vislab.tasks.detect"}  # name -> module that registers it
 
@@ -108,7 +110,8 @@ class Task(ABC):
     summary_metric: ClassVar[str | None] = None  # the best-epoch figure `vislab train` ends with
     # report curves besides loss and lr: (title, metric key suffix, "max"|"min" for the best-epoch mark)
     curve_panels: ClassVar[tuple[tuple[str, str, str], ...]] = ()
-    export_output: ClassVar[str] = "output"  # the name of the exported model's output
+    # the names of the exported model's outputs, in the order `export_module` returns them
+    export_outputs: ClassVar[tuple[str, ...]] = ("output",)
     # the task's own options of `vislab evaluate` (keyword arguments of `evaluate`, e.g.
     # crops_per_image); the command refuses one the run's task does not name here
     evaluate_options: ClassVar[tuple[str, ...]] = ()
@@ -181,8 +184,17 @@ class Task(ABC):
         """`predict`'s results as the CLI prints them (table, json, csv)."""
 
     def export_module(self, model: "nn.Module") -> "nn.Module":
-        """The module ONNX export writes: the model's outputs a consumer needs, as tensors."""
+        """The module ONNX export writes: it takes `export_inputs` (positionally, in order) and
+        returns the `export_outputs` a consumer needs, as one tensor or a tuple of tensors."""
         raise VislabError(f"export: task {self.name} has no export")
+
+    def export_inputs(self, cfg: "RunConfig | None", input_size: Sequence[int], batch: int, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
+        """Example inputs of the exported model by name, batch first: the export traces them and
+        its check runs them through both engines. The default is one float image batch
+        (`INPUT_NAME`) of the run's input size; a task with other inputs reads its section of `cfg`."""
+        import torch
+
+        return {INPUT_NAME: torch.randn(batch, *[int(v) for v in input_size], generator=generator)}
 
     # ---- report and compare (read the run directory only; no model) -------------------------
     def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
