@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import io
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from vislab.serve.predictors import ONNXRUNTIME, PYTORCH, Predictor, onnx_export_session, register
+from vislab.serve.predictors import ONNXRUNTIME, PYTORCH, Predictor, register
 
 PICTURE_SIDE = 512  # the photo in the picture, at most this many pixels a side
 
@@ -56,19 +55,6 @@ class CropsPredictor(Predictor):
         self.cfg = run.cfg.section()
         self.model = run.model.float().eval()
         self.session = session
-
-    @classmethod
-    def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "CropsPredictor":
-        from vislab.runs import load_run
-
-        run = load_run(run_dir)
-        session, note = None, None
-        if onnx:
-            session, note = onnx_export_session(run.run_dir, run.classes, run.spec.to_dict(), run.checkpoint, threads)
-        predictor = cls(run, session)
-        if note:
-            predictor.notes.append(note)
-        return predictor
 
     def preprocess(self, image: Image.Image, options: BaseModel) -> CropsItem:
         from vislab.data.crops_datamodule import whole_photo

@@ -10,7 +10,6 @@ them over the photo with a confidence slider (RENDERERS.detect in page.html).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from vislab.serve.predictors import ONNXRUNTIME, PYTORCH, Predictor, onnx_export_session, register
+from vislab.serve.predictors import ONNXRUNTIME, PYTORCH, Predictor, register
 
 
 class DetectOptions(BaseModel):
@@ -52,19 +51,6 @@ class DetectPredictor(Predictor):
         self.session = session
         self.canvas = canvas(run.cfg)
         self.section = run.cfg.section()
-
-    @classmethod
-    def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "DetectPredictor":
-        from vislab.runs import load_run
-
-        run = load_run(run_dir)
-        session, note = None, None
-        if onnx:
-            session, note = onnx_export_session(run.run_dir, run.classes, run.spec.to_dict(), run.checkpoint, threads)
-        predictor = cls(run, session)
-        if note:
-            predictor.notes.append(note)
-        return predictor
 
     def preprocess(self, image: Image.Image, options: BaseModel) -> DetectItem:
         from vislab.data.det_datamodule import PAD_VALUE, letterbox_params

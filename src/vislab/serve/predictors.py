@@ -61,9 +61,20 @@ class Predictor(ABC):
         self.notes: list[str] = []  # said once at start-up (e.g. why PyTorch serves a run asked to use ONNX)
 
     @classmethod
-    @abstractmethod
     def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "Predictor":
-        """Build the model of a run directory (checked by `vislab.runs`)."""
+        """Build the model of a run directory (checked by `vislab.runs`): `cls(run, session)`,
+        with an ONNX Runtime session of the run's export when `onnx` is asked and one exists
+        (else PyTorch serves it, and `notes` says why)."""
+        from vislab.runs import load_run
+
+        run = load_run(run_dir)
+        session, note = None, None
+        if onnx:
+            session, note = onnx_export_session(run.run_dir, run.classes, run.spec.to_dict(), run.checkpoint, threads)
+        predictor = cls(run, session)  # type: ignore[call-arg]  (subclasses take the loaded run and the session)
+        if note:
+            predictor.notes.append(note)
+        return predictor
 
     @property
     def size_hint(self) -> tuple[int, int] | None:
@@ -242,19 +253,6 @@ class ClassifyPredictor(Predictor):
         self.session = session
         self.attention = has_attention(self.model)
         self.transform = eval_transform_for(self.spec, self.grayscale, run.cfg.model.in_chans)
-
-    @classmethod
-    def load(cls, run_dir: Path, onnx: bool = False, threads: int | None = None) -> "ClassifyPredictor":
-        from vislab.runs import load_run
-
-        run = load_run(run_dir)
-        session, note = None, None
-        if onnx:
-            session, note = onnx_export_session(run.run_dir, run.classes, run.spec.to_dict(), run.checkpoint, threads)
-        predictor = cls(run, session)
-        if note:
-            predictor.notes.append(note)
-        return predictor
 
     @property
     def size_hint(self) -> tuple[int, int]:

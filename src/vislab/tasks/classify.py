@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from vislab.errors import VislabError
 from vislab.fsguard import printable
-from vislab.tasks.registry import Column, Evaluation, ReportSection, Task, register_task
+from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
 if TYPE_CHECKING:
     import lightning as L
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
     from vislab.config import RunConfig
     from vislab.data.datamodule import ClassifyDataModule
     from vislab.health import HealthCheck
-    from vislab.report.page import Page
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
 
@@ -91,6 +90,7 @@ class ClassifyPlugin(Task):
     percent_metrics = frozenset({"train/acc", "val/acc"})
     summary_metric = "val/acc"
     curve_panels = (("Accuracy", "acc", "max"),)
+    report_module = "vislab.report.classify"
     export_outputs = ("logits",)
 
     # ---- training ------------------------------------------------------------------------
@@ -254,16 +254,6 @@ class ClassifyPlugin(Task):
         return LogitsOnly(model)
 
     # ---- report and compare ----------------------------------------------------------------
-    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
-        from vislab.report.classify import report_sections
-
-        return report_sections(data, page)
-
-    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
-        from vislab.report.classify import kpis
-
-        return kpis(data, page)
-
     def compare_columns(self) -> list[Column]:
         return [
             Column("best_val_acc", "best val acc", "val acc %", percent=True, higher_is_better=True, aliases=("val_acc",)),

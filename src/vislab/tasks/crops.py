@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from vislab.config_crops import Aberrations, CropsConfig
 from vislab.errors import VislabError
 from vislab.fsguard import printable
-from vislab.tasks.registry import Column, Evaluation, ReportSection, Task, register_task
+from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
 if TYPE_CHECKING:
     import lightning as L
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
     from vislab.config import RunConfig
     from vislab.health import HealthCheck
     from vislab.metrics.crops import Baseline
-    from vislab.report.page import Page
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
 
@@ -130,6 +129,7 @@ class CropsPlugin(Task):
     percent_metrics = frozenset({"train/flag_acc", "train/patch_acc", "val/flag_acc", "val/patch_acc", "val/cf_err"})
     summary_metric = "val/patch_acc"
     curve_panels = (("Crop flag accuracy", "flag_acc", "max"), ("Patch location accuracy", "patch_acc", "max"), ("Rectangle IoU", "iou", "max"), ("Crop-factor error", "cf_err", "min"))
+    report_module = "vislab.report.crops"
     evaluate_options = ("crops_per_image", "aberration")
     export_outputs = ("rect", "flag", "cells")
 
@@ -288,16 +288,6 @@ class CropsPlugin(Task):
         return dict(zip(EXPORT_INPUTS, (thumb, patches)))
 
     # ---- report and compare ----------------------------------------------------------------
-    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
-        from vislab.report.crops import report_sections
-
-        return report_sections(data, page)
-
-    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
-        from vislab.report.crops import kpis
-
-        return kpis(data, page)
-
     def compare_columns(self) -> list[Column]:
         return [
             Column("crop_acc", "crop acc", "crop %", percent=True, higher_is_better=True),

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 
 from vislab.config import Section
 from vislab.errors import VislabError
-from vislab.tasks.registry import Column, Evaluation, ReportSection, Task, register_task
+from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
 if TYPE_CHECKING:
     import lightning as L
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from vislab.config import RunConfig
-    from vislab.report.page import Page
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
 
@@ -107,6 +106,7 @@ class DetectPlugin(Task):
     percent_metrics = frozenset({"val/map50", "val/map"})
     summary_metric = "val/map50"
     curve_panels = (("mAP@0.5", "map50", "max"),)
+    report_module = "vislab.report.detect"
     export_outputs = ("detections",)
 
     # ---- model ---------------------------------------------------------------------------
@@ -192,16 +192,6 @@ class DetectPlugin(Task):
         return model.eval()  # eval mode returns the decoded [B, N, 5 + C] boxes, objectness, class probabilities
 
     # ---- report and compare ----------------------------------------------------------------
-    def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
-        from vislab.report.detect import report_sections
-
-        return report_sections(data, page)
-
-    def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
-        from vislab.report.detect import kpis
-
-        return kpis(data, page)
-
     def compare_columns(self) -> list[Column]:
         return [
             Column("best_val_map50", "best val mAP@0.5", "val mAP50 %", percent=True, higher_is_better=True),

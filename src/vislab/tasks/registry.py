@@ -110,6 +110,9 @@ class Task(ABC):
     summary_metric: ClassVar[str | None] = None  # the best-epoch figure `vislab train` ends with
     # report curves besides loss and lr: (title, metric key suffix, "max"|"min" for the best-epoch mark)
     curve_panels: ClassVar[tuple[tuple[str, str, str], ...]] = ()
+    # a module with the task's `report_sections(data, page)` and `kpis(data, page)` (e.g.
+    # "vislab.report.detect"), imported when a report is drawn; None: the generic cards only
+    report_module: ClassVar[str | None] = None
     # the names of the exported model's outputs, in the order `export_module` returns them
     export_outputs: ClassVar[tuple[str, ...]] = ("output",)
     # the task's own options of `vislab evaluate` (keyword arguments of `evaluate`, e.g.
@@ -200,10 +203,14 @@ class Task(ABC):
     def report_sections(self, data: "RunData", page: "Page") -> list[ReportSection]:
         """The report's cards in order; `page` renders the generic ones (health, curves, data,
         config) and holds the eval set the page details (`page.ev`) and the options."""
+        if self.report_module:
+            return importlib.import_module(self.report_module).report_sections(data, page)
         return [page.health(), page.curves(), page.dataset(), page.config()]
 
     def kpis(self, data: "RunData", page: "Page") -> list[tuple[str, str, str]]:
         """The headline cards of the report: (label, value, small print)."""
+        if self.report_module:
+            return importlib.import_module(self.report_module).kpis(data, page)
         return [page.training_time()]
 
     def compare_columns(self) -> list[Column]:
