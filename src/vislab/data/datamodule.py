@@ -183,7 +183,16 @@ class ImageTableDataset(Dataset):
         of the table under the same seed, so the batch keeps its size and the replacement does
         not depend on the worker; an evaluation sample is left out (metrics count each image once).
         """
-        good: list[tuple[torch.Tensor, int]] = []
+        good, bad = self.readable(items)
+        if not good:
+            return None, None, bad
+        x, y = default_collate(good)
+        return x, y, bad
+
+    def readable(self, items: list[Any]) -> tuple[list[Any], BadImages]:
+        """The batch's readable samples (a training sample that could not be read replaced
+        as `collate` says) and the unreadable ones' (path, reason)."""
+        good: list[Any] = []
         bad: BadImages = []
         for item in items:
             if not isinstance(item, Unreadable):
@@ -194,10 +203,7 @@ class ImageTableDataset(Dataset):
                 sub = self._substitute(item, bad)
                 if sub is not None:
                     good.append(sub)
-        if not good:
-            return None, None, bad
-        x, y = default_collate(good)
-        return x, y, bad
+        return good, bad
 
     def _substitute(self, item: Unreadable, bad: BadImages) -> tuple[torch.Tensor, int] | None:
         for k in range(1, min(SUBSTITUTE_TRIES, len(self))):

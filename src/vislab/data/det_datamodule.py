@@ -45,7 +45,6 @@ from vislab.data.datamodule import (
     ImageTableDataset,
     SkippingLoader,
     Splits,
-    Unreadable,
 )
 from vislab.data.io import load_image
 from vislab.errors import VislabError
@@ -227,17 +226,7 @@ class DetectionDataset(ImageTableDataset):
     def collate(self, items: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, BadImages]:
         """Images stacked; boxes as one [N, 7] table with the image index first (predict:
         the metas stacked). Unreadable samples as for classification."""
-        good: list[tuple[torch.Tensor, torch.Tensor]] = []
-        bad: BadImages = []
-        for item in items:
-            if not isinstance(item, Unreadable):
-                good.append(item)
-                continue
-            bad.append((item.path, item.reason))
-            if item.seed is not None:
-                sub = self._substitute(item, bad)
-                if sub is not None:
-                    good.append(sub)
+        good, bad = self.readable(items)
         if not good:
             return None, None, bad
         x = torch.stack([g[0] for g in good])
