@@ -53,6 +53,9 @@ def start_and_stop(fake: FakeFlickr, out: Path, sig: int, after_rows: int) -> tu
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job starts with SIGINT ignored, and Python keeps it so: give the
+        # child a terminal's default, as a user pressing Ctrl-C has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while len(rows(out)) < after_rows:
