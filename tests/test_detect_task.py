@@ -5,7 +5,6 @@ classes transfer by name."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import signal
@@ -24,7 +23,7 @@ from vislab.cli import app
 from vislab.runs import load_checkpoint_file
 from vislab.testing.detection import tiny_detect_config, write_label_dataset, write_shapes_dataset, yolo_line
 from vislab.testing.images import write_corrupt_png
-from vislab.testing.models import single_thread
+from vislab.testing.models import single_thread, weights_digest
 from vislab.train import train
 
 runner = CliRunner()
@@ -79,15 +78,6 @@ train(tiny_detect_config(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], c
 """
 
 
-def digest(run: Path) -> str:
-    state = load_checkpoint_file(run / "checkpoints/last.ckpt")["state_dict"]
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].numpy().tobytes())
-    return h.hexdigest()
-
-
 @pytest.fixture(scope="module")
 def reference(small, tmp_path_factory) -> Path:
     """The config trained without interruption (2 epochs)."""
@@ -106,7 +96,7 @@ def test_killed_detection_run_resumes_to_the_same_weights_and_extends(small, ref
     resumed, full = pd.read_csv(run / "metrics.csv"), pd.read_csv(reference / "metrics.csv")
     cols = ["train/loss", "val/loss", "val/map50", "val/map"]
     pd.testing.assert_frame_equal(resumed[cols], full[cols], rtol=1e-5)
-    assert digest(run) == digest(reference)  # model, optimiser, data position, augmentation RNG restored
+    assert weights_digest(run) == weights_digest(reference)  # model, optimiser, data position, augmentation RNG restored
     train(None, None, run, resume=True, epochs=3)  # --epochs extends the finished run
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1, 2]
     assert json.loads((run / "summary.json").read_text())["monitor"] == "val/map50"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 
 from vislab.errors import VislabError
 from vislab.runs import load_checkpoint_file
+from vislab.testing.models import weights_digest
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import train
 
@@ -47,15 +47,6 @@ SECTIONS = {
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     return make_pattern_dataset(tmp_path_factory.mktemp("d"), per_class=20, size=16)
-
-
-def weights_digest(run) -> str:
-    state = load_checkpoint_file(run / "checkpoints/last.ckpt")["state_dict"]
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")

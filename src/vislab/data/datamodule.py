@@ -486,7 +486,7 @@ class ClassifyDataModule(L.LightningDataModule):
         if self._predict is None:
             raise RuntimeError("predict_dataloader: call predict_on(paths, targets, ...) first")
         paths, targets, on_unreadable, batch_size, num_workers = self._predict
-        ds = ImageTableDataset(paths, targets, self.eval_transform(), self._size_hint())
+        ds = self.predict_dataset(paths, targets)
         return SkippingLoader(
             ds,
             on_unreadable=on_unreadable,
@@ -494,6 +494,10 @@ class ClassifyDataModule(L.LightningDataModule):
             num_workers=self.cfg.num_workers if num_workers is None else num_workers,
             sampler=EpochSampler(len(ds), shuffle=False, train=False),
         )
+
+    def predict_dataset(self, paths: list[Path], targets: list[int]) -> ImageTableDataset:
+        """The dataset `predict_dataloader` batches: images decoded like validation's."""
+        return ImageTableDataset(paths, targets, self.eval_transform(), self._size_hint())
 
     def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """`n` seeded-random training images as the eval loader gives them (no augmentation),

@@ -41,9 +41,7 @@ from PIL import Image
 from vislab.data.datamodule import (
     BadImages,
     ClassifyDataModule,
-    EpochSampler,
     ImageTableDataset,
-    SkippingLoader,
     Splits,
 )
 from vislab.data.io import load_image
@@ -333,18 +331,9 @@ class DetectDataModule(ClassifyDataModule):
         """Image files to letterbox for evaluate and predict; batches carry each file's meta."""
         super().predict_on(paths, list(range(len(paths))), on_unreadable=on_unreadable, batch_size=batch_size, num_workers=num_workers)
 
-    def predict_dataloader(self) -> SkippingLoader:
-        if self._predict is None:
-            raise RuntimeError("predict_dataloader: call predict_on(paths, ...) first")
-        paths, _, on_unreadable, batch_size, num_workers = self._predict
-        ds = DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True)
-        return SkippingLoader(
-            ds,
-            on_unreadable=on_unreadable,
-            batch_size=batch_size or self.cfg.eval_batch_size or self.cfg.batch_size,
-            num_workers=self.cfg.num_workers if num_workers is None else num_workers,
-            sampler=EpochSampler(len(ds), shuffle=False, train=False),
-        )
+    def predict_dataset(self, paths: list[Path], targets: list[int]) -> DetectionDataset:
+        """Letterboxed images with their metas (no boxes): what predict_step maps back."""
+        return DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True)
 
     def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise VislabError("detection runs have no data-dependent initialisation (sample_batch)")

@@ -112,3 +112,18 @@ class PacedCNN(SimpleCNN):
 )
 def paced_cnn(cfg: ModelConfig, num_classes: int) -> PacedCNN:
     return PacedCNN(cfg.simple_cnn, num_classes, cfg.in_chans, float(cfg.kwargs.get("train_s", 0.0)), float(cfg.kwargs.get("eval_s", 0.0)))
+
+
+def weights_digest(run: str | Path) -> str:
+    """sha256 of a run's last.ckpt weights (names and bytes): two runs that trained the
+    same steps from the same state have the same digest."""
+    import hashlib
+
+    from vislab.runs import load_checkpoint_file
+
+    state = load_checkpoint_file(Path(run) / "checkpoints/last.ckpt")["state_dict"]
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].numpy().tobytes())
+    return h.hexdigest()
