@@ -62,6 +62,7 @@ class DetectTask(BaseTask):
         self.predict_conf = sec.val_conf  # what predict_step keeps (evaluate: every score for mAP; predict: --conf)
         self.predict_iou = sec.nms_iou
         self._val_map: Any = None
+        self._val_images: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # this rank's, this epoch
 
     # ---- training ------------------------------------------------------------------------
     def _rescale(self, x: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +97,9 @@ class DetectTask(BaseTask):
         if self._val_map is None:
             from torchmetrics.detection import MeanAveragePrecision
 
-            self._val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval").to(self.device)
+            # no sync of its own: its list states must hold as many images on every rank, and
+            # evaluation shards are not padded (on_validation_epoch_end gathers the images)
+            self._val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", sync_on_compute=False)
             self._val_map.warn_on_many_detections = False
         return self._val_map
 
@@ -110,14 +113,21 @@ class DetectTask(BaseTask):
         raw, dets = self.detect(x, self.sec.val_conf, self.sec.nms_iou)
         loss, _ = self.loss_fn(raw, targets)
         self.log("val/loss", loss, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
-        preds = [{"boxes": d[:, :4].float(), "scores": d[:, 4].float(), "labels": d[:, 5].long()} for d in dets]
-        self.val_map.update(preds, map_targets(targets, len(x), len(self.classes)))
+        preds = [{"boxes": d[:, :4].float().cpu(), "scores": d[:, 4].float().cpu(), "labels": d[:, 5].long().cpu()} for d in dets]
+        truths = [{k: v.cpu() for k, v in t.items()} for t in map_targets(targets, len(x), len(self.classes))]
+        self._val_images.extend(zip(preds, truths))
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_map is None:
+        images, self._val_images = self._val_images, []
+        if self.trainer.world_size > 1:  # every rank scores all validation images, so all log the same mAP
+            gathered: list[Any] = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(gathered, images)
+            images = [item for part in gathered for item in part]
+        if not images:
             return
-        r = self._val_map.compute()
-        self._val_map.reset()
+        self.val_map.update([p for p, _ in images], [t for _, t in images])
+        r = self.val_map.compute()
+        self.val_map.reset()
         self.log("val/map50", max(float(r["map_50"]), 0.0))
         self.log("val/map", max(float(r["map"]), 0.0))
 
