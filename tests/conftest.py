@@ -103,3 +103,14 @@ def crops_run(tmp_path_factory) -> Path:
         return Path(train(tiny_crops_run(train={"epochs": 1}), data, root / "run"))
     finally:
         torch.set_num_threads(before)
+
+
+# The longest files start first, so that under pytest-xdist (`make test` runs two workers)
+# the README tour (about two minutes of real CLI commands) overlaps the rest of the suite
+# instead of running alone at its end.
+FIRST = ("test_readme_tour.py", "test_sweep_workers.py", "test_train_faults.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: files stay whole, in order

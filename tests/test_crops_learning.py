@@ -18,6 +18,7 @@ import torch
 
 from vislab.evaluate import evaluate
 from vislab.testing.lens import make_lens_dataset, tiny_crops_run
+from vislab.testing.memory import rss_mb
 from vislab.train import train
 
 
@@ -27,11 +28,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 class RssPerEpoch(L.Callback):

@@ -20,6 +20,7 @@ from vislab.metrics.crops import Baseline, CropsEvaluation
 from vislab.models.crops import CropsLossConfig, crops_loss
 from vislab.models.factory import create_model
 from vislab.testing.lens import LENS, TINY_FRAME, lens_photo, tiny_crops_config
+from vislab.testing.memory import rss_mb
 
 
 @pytest.fixture
@@ -91,11 +92,6 @@ def test_without_a_lens_patch_cells_stay_at_chance(one_thread: None) -> None:
     assert report["model"]["patch_acc"] < 0.125, report  # measured 0.07-0.08, chance 0.0625
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
 def test_memory_flat_over_epochs(tmp_path) -> None:
     """Samples at the paper's sizes (1024-2048 px resizes, 96-px patches), 6 images a
@@ -117,7 +113,7 @@ def test_memory_flat_over_epochs(tmp_path) -> None:
         assert batch.patches.shape == (6, 16, 3, 96, 96)
 
     epoch(0)
-    first = _rss_mb()
+    first = rss_mb()
     for e in range(1, 6):
         epoch(e)
-    assert _rss_mb() - first < 8, (first, _rss_mb())
+    assert rss_mb() - first < 8, (first, rss_mb())
