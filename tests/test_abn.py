@@ -205,7 +205,7 @@ def test_abn_run_explains_reports_and_compares(tmp_path) -> None:
 
 
 def test_abn_under_a_custom_head(tmp_path) -> None:
-    """flowers-transfer's model (EfficientNet-Lite0 + the GAP-MLP head) with an attention
+    """EfficientNet-Lite0 with the GAP-MLP head (flowers-transfer's earlier model) and an attention
     branch: it trains through the engine, the branch sits on the backbone's stages, the head
     is the perception branch's classifier, and Grad-CAM and attention maps explain it."""
     import numpy as np

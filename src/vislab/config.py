@@ -198,6 +198,9 @@ class TrainConfig(Section):
     max_time: str | None = Field(None, description="Training-time budget of the whole run, e.g. 5h, 90m, 1h30m.")
     freeze_backbone_epochs: int = Field(0, ge=0, description="Train only the head (and attention branch) for this many epochs first.")
     freeze_bn: bool = Field(False, description="Keep the backbone's BatchNorm statistics fixed after unfreezing too (small datasets).")
+    head_init: Literal["random", "probe"] = Field(
+        "random", description="probe: before training, fit the new linear head as a logistic regression on the pretrained features (LP-FT); needs model.head: null.")
+    probe_images: int = Field(4096, ge=1, description="Most training (and validation) images the probe head is fitted on.")
     class_weights: Literal["none", "balanced"] | list[float] = Field("none", description="Loss weight per class: none, balanced (inverse frequency) or a list.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early when a metric stops improving; null trains all epochs.")

@@ -2,6 +2,9 @@
 
 - `WhiteningInit` (model.fast_cnn.whiten): before the first step, sets a model's stem to the
   patch-whitening transform of a sample of training images (the model's `init_whitening`).
+- `ProbeHeadInit` (train.head_init: probe): before the first step, sets a new linear head to
+  a logistic-regression probe of the pretrained features, so fine-tuning starts from the
+  probe instead of a random head (LP-FT).
 - weight averaging (train.averaging): `ema` is Lightning's `EMAWeightAveraging`; `lookahead`
   is the `Lookahead` callback here.
 - `resolve_precision` (train.precision: auto): bf16 mixed precision where the hardware runs
@@ -15,10 +18,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import logging
+import time
+
+import numpy as np
 import torch
+import torch.nn as nn
 from lightning.pytorch.callbacks import Callback
 
 from vislab.config import RunConfig
+from vislab.errors import VislabError
+
+log = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
@@ -61,6 +72,87 @@ class WhiteningInit(Callback):
         x = pl_module.on_after_batch_transfer(batch, 0)[0]
         model.init_whitening(x.float())
         self.done = True
+
+
+class ProbeHeadInit(Callback):
+    """LP-FT: fit the new linear head as an L2 logistic regression on the pretrained features of
+    up to `n_images` training images before the first step (not on resume).
+
+    A random head sends large, arbitrary gradients into the pretrained backbone during the first
+    fine-tuning steps and distorts the features it was chosen for; starting from the probe's
+    solution, fine-tuning only has to improve on it (Kumar et al., "Fine-Tuning can Distort
+    Pretrained Features", ICLR 2022). The regularisation strength is the one of `cs` that scores
+    best on up to `n_images` validation images; features are standardised for the fit and the
+    scaling is folded into the head's weights and bias.
+    """
+
+    def __init__(self, n_images: int, cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> None:
+        self.n_images = n_images
+        self.cs = cs
+        self.report: dict[str, Any] | None = None
+
+    @staticmethod
+    @torch.no_grad()
+    def features(pl_module: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Pooled features (the head's input) and targets of every batch of `loader`."""
+        model, feats, targets = pl_module.model, [], []
+        for i, batch in enumerate(loader):
+            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
+            x, y = pl_module.on_after_batch_transfer(batch, 0)[:2]
+            if pl_module.cfg.train.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            feats.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+            targets.append(y.cpu())
+        if not feats:
+            return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+        return torch.cat(feats).numpy(), torch.cat(targets).numpy()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.ckpt_path is not None:
+            return
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        head = pl_module.model.get_classifier()
+        t0, was_training = time.perf_counter(), pl_module.training
+        pl_module.eval()
+        try:
+            dm = trainer.datamodule
+            xtr, ytr = self.features(pl_module, dm.sample_loader("train", self.n_images))
+            xva, yva = self.features(pl_module, dm.sample_loader("val", self.n_images))
+        finally:
+            pl_module.train(was_training)  # the task's train(): keeps BatchNorm frozen where configured
+        if len(np.unique(ytr)) < 2:
+            raise VislabError("train.head_init: probe needs training images of at least two classes; set train.head_init: random")
+        scaler = StandardScaler().fit(xtr)
+        ztr, zva = scaler.transform(xtr), scaler.transform(xva) if len(xva) else xva
+        best: tuple[float, float, Any] | None = None
+        for c in self.cs:
+            clf = LogisticRegression(C=c, max_iter=1000).fit(ztr, ytr)
+            score = float((clf.predict(zva) == yva).mean()) if len(zva) else -c  # no val images: the strongest L2
+            if best is None or score > best[0]:
+                best = (score, c, clf)
+        assert best is not None
+        weight, bias = self.linear_head(best[2], scaler, head.out_features)
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(weight).to(head.weight))
+            head.bias.copy_(torch.from_numpy(bias).to(head.bias))
+        self.report = {"C": best[1], "val_acc": round(best[0], 4) if len(zva) else None, "train_images": len(ytr),
+                       "val_images": len(yva), "seconds": round(time.perf_counter() - t0, 1)}
+        log.info("probe head (LP-FT): %s", self.report)
+
+    @staticmethod
+    def linear_head(clf: Any, scaler: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted classifier as (weight, bias) of one linear layer on unscaled features, a row
+        per class; a class the probe never saw gets zero weights and the lowest bias."""
+        coef, intercept = clf.coef_ / scaler.scale_, clf.intercept_.astype(np.float64)
+        if len(clf.classes_) == 2:  # sklearn's binary model: one logit, split evenly over the two classes
+            coef, intercept = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+        intercept = intercept - coef @ scaler.mean_
+        weight = np.zeros((num_classes, coef.shape[1]), np.float32)
+        bias = np.full(num_classes, intercept.min(), np.float32)
+        weight[clf.classes_], bias[clf.classes_] = coef, intercept
+        return weight, bias
 
 
 class Lookahead(Callback):
@@ -120,6 +212,12 @@ class Lookahead(Callback):
 def recipe_callbacks(cfg: RunConfig) -> list[Callback]:
     """The trick callbacks `cfg` switches on (whitening init, weight averaging)."""
     cbs: list[Callback] = []
+    if cfg.train.head_init == "probe":
+        if cfg.model.head is not None:
+            raise VislabError("train.head_init: probe fits a linear head; set model.head: null (the model's own classifier) or head_init: random")
+        if not cfg.model.pretrained and not cfg.model.weights:
+            raise VislabError("train.head_init: probe reads pretrained features; set model.pretrained (or model.weights) or head_init: random")
+        cbs.append(ProbeHeadInit(cfg.train.probe_images))
     if cfg.model.name == "fast_cnn" and cfg.model.fast_cnn.whiten:
         cbs.append(WhiteningInit(cfg.model.fast_cnn.whiten_images))
     avg = cfg.train.averaging

@@ -499,18 +499,26 @@ class ClassifyDataModule(L.LightningDataModule):
         """The dataset `predict_dataloader` batches: images decoded like validation's."""
         return ImageTableDataset(paths, targets, self.eval_transform(), self._size_hint())
 
-    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """`n` seeded-random training images as the eval loader gives them (no augmentation),
-        with their targets: what data-dependent initialisations (the whitening stem) read."""
+    def sample_loader(self, split: str, n: int) -> DataLoader:
+        """Up to `n` seeded-random images of `split` (train or val) as the eval loader gives them
+        (no augmentation), in batches, with their targets: what data-dependent initialisations
+        (the whitening stem, the probe head) read."""
         self.setup("fit")
         assert self.splits is not None
-        rows = self.splits.train
+        rows = getattr(self.splits, split)
         take = np.sort(np.random.default_rng(self.seed).permutation(len(rows))[: min(n, len(rows))])
         ds = self.dataset(rows.iloc[take].reset_index(drop=True), train=False)
         sampler = EpochSampler(len(ds), self.seed, shuffle=False, train=False)
-        batches = list(self.make_loader(ds, sampler, self.cfg.eval_batch_size or self.cfg.batch_size, drop_last=False))
+        return self.make_loader(ds, sampler, self.cfg.eval_batch_size or self.cfg.batch_size, drop_last=False, split=split)
+
+    def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sample_loader("train", n)` as one batch."""
+        loader = self.sample_loader("train", n)
+        batches = list(loader)
         if not batches:
-            raise VislabError(f"{self.dataset_dir}: none of the {len(ds)} sampled training images can be read; re-run `vislab curate`")
+            raise VislabError(
+                f"{self.dataset_dir}: none of the {len(loader.dataset)} sampled training images can be read; re-run `vislab curate`"
+            )
         return torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
 
     def steps_per_epoch(self, world_size: int = 1, accumulate: int = 1, limit: int | float | None = None) -> int:

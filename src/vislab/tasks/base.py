@@ -50,6 +50,7 @@ QUIET_WARNINGS = (
     r".*`training_step` returned `None`.*",
     r".*isinstance\(treespec, LeafSpec\).*",  # torch deprecation inside Lightning's pytree helper
     r".*overridden `on_after_batch_transfer` in `LightningModule`.*",  # the task's hook is the one meant
+    r".*module\(s\) in eval mode at the start of training.*",  # train.freeze_bn keeps the backbone's BatchNorm in eval mode
 )
 
 
