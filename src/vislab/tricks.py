@@ -15,11 +15,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
-
-import logging
-import time
 
 import numpy as np
 import torch
@@ -28,8 +26,6 @@ from lightning.pytorch.callbacks import Callback
 
 from vislab.config import RunConfig
 from vislab.errors import VislabError
-
-log = logging.getLogger(__name__)
 
 
 def cpu_has_bf16() -> bool:
@@ -89,14 +85,13 @@ class ProbeHeadInit(Callback):
     def __init__(self, n_images: int, cs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)) -> None:
         self.n_images = n_images
         self.cs = cs
-        self.report: dict[str, Any] | None = None
 
     @staticmethod
     @torch.no_grad()
     def features(pl_module: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
         """Pooled features (the head's input) and targets of every batch of `loader`."""
         model, feats, targets = pl_module.model, [], []
-        for i, batch in enumerate(loader):
+        for batch in loader:
             batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
             x, y = pl_module.on_after_batch_transfer(batch, 0)[:2]
             if pl_module.cfg.train.channels_last and x.dim() == 4:
@@ -114,6 +109,8 @@ class ProbeHeadInit(Callback):
         from sklearn.preprocessing import StandardScaler
 
         head = pl_module.model.get_classifier()
+        if not isinstance(head, nn.Linear):
+            raise VislabError(f"train.head_init: probe fits a linear classifier, and {type(head).__name__} is not one; set train.head_init: random")
         t0, was_training = time.perf_counter(), pl_module.training
         pl_module.eval()
         try:
@@ -137,9 +134,9 @@ class ProbeHeadInit(Callback):
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight).to(head.weight))
             head.bias.copy_(torch.from_numpy(bias).to(head.bias))
-        self.report = {"C": best[1], "val_acc": round(best[0], 4) if len(zva) else None, "train_images": len(ytr),
-                       "val_images": len(yva), "seconds": round(time.perf_counter() - t0, 1)}
-        log.info("probe head (LP-FT): %s", self.report)
+        if trainer.is_global_zero:
+            val = f", {best[0]:.1%} on {len(yva)} validation images" if len(zva) else ""
+            print(f"probe head: C={best[1]} fitted on {len(ytr)} training images{val} ({time.perf_counter() - t0:.1f}s)", flush=True)
 
     @staticmethod
     def linear_head(clf: Any, scaler: Any, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -210,7 +207,7 @@ class Lookahead(Callback):
 
 
 def recipe_callbacks(cfg: RunConfig) -> list[Callback]:
-    """The trick callbacks `cfg` switches on (whitening init, weight averaging)."""
+    """The trick callbacks `cfg` switches on (probe head, whitening init, weight averaging)."""
     cbs: list[Callback] = []
     if cfg.train.head_init == "probe":
         if cfg.model.head is not None:
