@@ -222,6 +222,18 @@ def toy_run(dataset, tmp_path_factory):
     return run, res.output
 
 
+def test_summary_line_names_the_monitor_when_it_is_not_the_headline_metric(dataset, tmp_path) -> None:
+    cfg = tiny_config(task="brightness", brightness={"scale": 2.0}, train={"epochs": 2, "monitor": "val/loss", "monitor_mode": "min"})
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    res = CliRunner().invoke(app, ["train", str(tmp_path / "toy.yaml"), "--data", str(dataset), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    best = summary["best_val"]
+    assert summary["monitor"] == "val/loss" and summary["best_epoch"] == int(pd.read_csv(tmp_path / "run" / "metrics.csv")["val/loss"].idxmin())
+    line = f"best checkpoint (by val/loss {best['val/loss']:.4g}) at epoch {summary['best_epoch'] + 1}: val/mae {best['val/mae']:.4f}"
+    assert line in res.output.replace("\n", " ") and "best val/mae" not in res.output
+
+
 def test_train_writes_the_tasks_columns_monitor_and_section(toy_run) -> None:
     run, output = toy_run
     metrics = pd.read_csv(run / "metrics.csv")
