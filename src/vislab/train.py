@@ -487,11 +487,12 @@ def _print_summary(path: Path, metric: str | None, percent: frozenset[str]) -> N
     best_txt = ""
     if isinstance(value, float):
         shown = f"{value:.2%}" if metric in percent else f"{value:.4f}"
-        best_txt = f", best {metric} {shown} at epoch {s['best_epoch'] + 1}"
-        monitor = s.get("monitor")
+        epoch, monitor = s["best_epoch"] + 1, s.get("monitor")
         if monitor and monitor != metric and isinstance(best.get(monitor), float):
-            # best.ckpt was picked by another metric: its figure is not the best of `metric`
-            best_txt = f", best checkpoint (by {monitor} {best[monitor]:.4g}) at epoch {s['best_epoch'] + 1}: {metric} {shown}"
+            # best.ckpt was picked by another metric: `metric` there is not its best figure
+            best_txt = f", best checkpoint (by {monitor} {best[monitor]:.4g}) at epoch {epoch}: {metric} {shown}"
+        else:
+            best_txt = f", best {metric} {shown} at epoch {epoch}"
     rate = format_rate(s.get("train_images_per_s"))
     print(
         f"stopped: {s.get('stopped_reason')} after {s.get('epochs_completed')}/{s.get('epochs_planned')} epochs"
