@@ -130,6 +130,31 @@ def test_the_evaluation_set_is_the_same_every_time_and_stress_changes_only_pixel
     assert m["aberration"] == {"vignette": 0.5, "red": 2.0, "blue": 0.0, "distortion": 0.0}
 
 
+def test_rectangle_option_reaches_the_evaluation(run, monkeypatch) -> None:
+    """`--rectangle` picks what evaluate scores. The tiny run calls no photo cropped (its flags
+    sit near 0.5), so the flag is forced to "cropped" here: `cells` must then report, for every
+    sample, the crop its saved cell probabilities decode to; `head` the head's rectangle.
+    (models/crops_decode.py's own tests check the gate by the flag.)"""
+    import vislab.tasks.crops_module as crops_module
+    from vislab.models.crops_decode import decode_cells
+
+    real = crops_module.final_rect
+    monkeypatch.setattr(crops_module, "final_rect", lambda rect, flag, cells, cfg: real(rect, torch.full_like(flag, 5.0), cells, cfg))
+    out = run / "eval" / "test"
+    rects = {}
+    for mode in ("head", "cells", "mean"):
+        res = invoke("evaluate", run, "--crops-per-image", "2", "--rectangle", mode)
+        assert res.exit_code == 0, res.output
+        assert json.loads((out / "metrics.json").read_text())["rectangle"] == mode
+        rects[mode] = pd.read_csv(out / "predictions.csv")[["pred_x1", "pred_x2", "pred_y1", "pred_y2"]].to_numpy()
+    decoded = decode_cells(torch.from_numpy(np.load(out / "probs.npy")).clamp_min(1e-12).log(), (4, 4), (0.5, 0.9)).numpy()
+    np.testing.assert_allclose(rects["cells"], decoded, atol=1e-4)
+    np.testing.assert_allclose(rects["mean"], (decoded + rects["head"].clip(0, 1)) / 2, atol=1e-4)
+    assert not np.allclose(rects["head"], rects["cells"], atol=1e-3)
+    res = invoke("evaluate", run, "--rectangle", "mlp")
+    assert res.exit_code == 2 and "--rectangle mlp: not a choice; use one of head, cells, mean" in res.output
+
+
 def test_task_options_are_checked_generically(run, tmp_path) -> None:
     res = invoke("evaluate", run, "--aberration", "vignete=0.5")
     assert res.exit_code == 2 and "--aberration 'vignete=0.5': vignete" in res.output and len(res.output.strip().splitlines()) == 1

@@ -539,6 +539,7 @@ def evaluate(
     tta_translate: int = typer.Option(0, "--tta-translate", help="Also average over views shifted by N pixels (implies --tta)."),
     crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image", help="crops task: each image once uncropped and N times cropped (default: the run's crops.eval_crops_per_image)."),
     aberration: Optional[str] = typer.Option(None, "--aberration", help="crops task: stress test, e.g. vignette=0.4,red=1.5,blue=-1.5,distortion=0.05 added to each photo."),
+    rectangle: Optional[str] = typer.Option(None, "--rectangle", help="crops task: head | cells | mean, the rectangle to score (default: the run's crops.rectangle)."),
 ) -> None:
     """Evaluate a run's best checkpoint; writes RUN_DIR/eval/<name>/ (metrics.json and the task's files)."""
     from vislab.evaluate import evaluate as run_evaluate
@@ -547,7 +548,7 @@ def evaluate(
         raise VislabError(f"--tta-translate {tta_translate}: must be 0 or more pixels")
     from vislab.tasks import get_task
 
-    given = {"crops_per_image": crops_per_image, "aberration": aberration}  # task options: only those given reach the task
+    given = {"crops_per_image": crops_per_image, "aberration": aberration, "rectangle": rectangle}  # task options: only those given reach the task
     task_options = {k: v for k, v in given.items() if v is not None}
     m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options)
     console.print(get_task(m["task"]).evaluation_line(m), highlight=False)

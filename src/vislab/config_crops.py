@@ -10,13 +10,15 @@ import the task's section: this module needs pydantic only. Defaults are the pap
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
 from vislab.config import Section
 
 Interpolation = Literal["nearest", "linear", "area", "cubic", "lanczos"]
+Rectangle = Literal["head", "cells", "mean"]
+RECTANGLES: tuple[str, ...] = get_args(Rectangle)
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "linear", "area", "cubic", "lanczos")
 
 
@@ -87,6 +89,9 @@ class CropsConfig(Section):
     samples_per_image: int = Field(
         1, ge=1, description="Training: samples drawn from each photo per epoch, from one decode (a batch holds batch_size // this many photos).")
     loss: CropsLossConfig = Field(default_factory=CropsLossConfig, description="Loss weights.")
+    rectangle: Rectangle = Field(
+        "mean", description="The rectangle reported for a photo the flag calls cropped: the MLP head's, the crop the patch cells "
+        "decode to (models/crops_decode.py), or the mean of the two. Training is the same for all three.")
     eval_crops_per_image: int = Field(1, ge=0, description="Evaluation: each image once uncropped and this many times cropped.")
     eval_seed: int = Field(0, ge=0, description="Seed of the evaluation set (the same crops in every run that shares it).")
     stress: Aberrations | None = Field(None, description="Evaluation under stress: aberrations added to each photo before sampling.")

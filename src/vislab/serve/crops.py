@@ -89,7 +89,10 @@ class CropsPredictor(Predictor):
     def predict_batch(self, items: Sequence[CropsItem], options: Sequence[BaseModel]) -> list[dict[str, Any]]:
         from vislab.tasks.crops import prediction_fields
 
+        from vislab.models.crops_decode import final_rect
+
         rect, flag, cells = self.outputs(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
+        rect = final_rect(rect, flag, cells, self.cfg)
         probs = torch.softmax(cells.float(), -1)
         results = []
         for k, item in enumerate(items):

@@ -28,7 +28,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from vislab.config_crops import Aberrations, CropsConfig
+from vislab.config_crops import RECTANGLES, Aberrations, CropsConfig
 from vislab.errors import VislabError
 from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
@@ -130,7 +130,7 @@ class CropsPlugin(Task):
     summary_metric = "val/patch_acc"
     curve_panels = (("Crop flag accuracy", "flag_acc", "max"), ("Patch location accuracy", "patch_acc", "max"), ("Rectangle IoU", "iou", "max"), ("Crop-factor error", "cf_err", "min"))
     report_module = "vislab.report.crops"
-    evaluate_options = ("crops_per_image", "aberration")
+    evaluate_options = ("crops_per_image", "aberration", "rectangle")
     export_outputs = ("rect", "flag", "cells")
 
     # ---- training ------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class CropsPlugin(Task):
     def evaluate(
         self, run: "LoadedRun", rows: "pd.DataFrame", dataset_dir: Path, *, precision: str = "32-true", description: str | None = None,
         tta: bool = False, tta_translate: int = 0, batch_size: int | None = None, num_workers: int | None = None,
-        crops_per_image: int | None = None, aberration: str | None = None,
+        crops_per_image: int | None = None, aberration: str | None = None, rectangle: str | None = None,
     ) -> Evaluation:
         import numpy as np
         import pandas as pd
@@ -177,7 +177,9 @@ class CropsPlugin(Task):
         if n_crops < 0:
             raise VislabError(f"--crops-per-image {n_crops}: must be 0 or more")
         stress = parse_aberration(aberration) if aberration else cfg.stress
-        ecfg = cfg.model_copy(update={"stress": stress})
+        if rectangle is not None and rectangle not in RECTANGLES:
+            raise VislabError(f"--rectangle {rectangle}: not a choice; use one of {', '.join(RECTANGLES)}")
+        ecfg = cfg.model_copy(update={"stress": stress, "rectangle": rectangle or cfg.rectangle})
         if n_crops:
             check_sizes(rows, cfg, str(manifest_path(dataset_dir)))
         paths = rows["path"].tolist()
@@ -186,7 +188,9 @@ class CropsPlugin(Task):
         plans = [plan_sample(sizes[i.path], i.seed, cfg, train=False, crop=i.crop, name=i.path) for i in items]
         dm = CropsDataModule(dataset_dir, cfg, run.cfg.data, run.cfg.seed)
         dm.predict_on_items(items, ecfg, _refuse_unreadable, batch_size=batch_size)
-        outs = predict_batches(self.load_module(run), dm, precision=precision, description=description)
+        module = self.load_module(run)
+        module.crops = ecfg
+        outs = predict_batches(module, dm, precision=precision, description=description)
         ev = CropsEvaluation(num_cells=len(run.classes))
         for o in outs:
             ev.update(o["rect"], o["flag"], o["cell_probs"], o["rect_true"], o["cropped"], o["cells_true"])
@@ -217,7 +221,8 @@ class CropsPlugin(Task):
             pd.DataFrame(table).to_csv(out / EVAL_PREDICTIONS, index=False)
             np.save(out / EVAL_PROBS, probs)
 
-        options = {"crops_per_image": n_crops, "eval_seed": cfg.eval_seed, "aberration": stress.model_dump() if stress else None}
+        options = {"crops_per_image": n_crops, "eval_seed": cfg.eval_seed, "aberration": stress.model_dump() if stress else None,
+                   "rectangle": ecfg.rectangle}
         return Evaluation(metrics, options, write)
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:

@@ -4,10 +4,11 @@ health check.
 A batch is a `CropSample` (thumb, patches, cells, rect, cropped; uint8 pixels the model
 normalises itself). The loss is `models.crops.crops_loss` with the `crops.loss` weights.
 Validation logs, on the fixed evaluation set: the loss, crop-flag accuracy and ROC AUC,
-patch-location accuracy (chance 1/cells), rectangle IoU and the crop-factor error of the
-cropped samples (metrics/crops.py defines them; this module computes the same figures on
-tensors, batch by batch). Flag accuracy alone proves little (the resize leaves resampling
-traces; see data/crops.py), hence patch accuracy beside it.
+patch-location accuracy (chance 1/cells), and the rectangle IoU and crop-factor error of the
+cropped samples, both of the rectangle the run reports (`crops.rectangle`, see
+models/crops_decode.py); metrics/crops.py defines them, this module computes the same
+figures on tensors, batch by batch. Flag accuracy alone proves little (the resize leaves
+resampling traces; see data/crops.py), hence patch accuracy beside it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from vislab.health import HealthCheck
 from vislab.models.crops import CropOutput, crops_loss
+from vislab.models.crops_decode import final_rect
 from vislab.tasks.base import BaseTask
 
 
@@ -100,17 +102,18 @@ class CropsModule(BaseTask):
         bs = batch[0].shape[0]
         flag, patch = self._accuracies(out, batch)
         rect, cropped = batch[3], batch[4]
+        pred = final_rect(out.rect, out.flag, out.cells, self.crops)
         self.val_loss.update(loss)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=bs)
         self.log("val/flag_acc", flag, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs, prog_bar=True)
         self.log("val/patch_acc", patch, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
-        self.log("val/iou", rect_iou_t(out.rect, rect).mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.log("val/iou", rect_iou_t(pred, rect).mean(), on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         self.val_auc.update(torch.sigmoid(out.flag.float()), (cropped > 0.5).long())
         self.log("val/auc", self.val_auc, on_step=False, on_epoch=True, batch_size=bs)
         kept = cropped > 0.5
         if kept.any():
             s = crop_factor_t(rect[kept])
-            self.val_cf_err.update((crop_factor_t(out.rect[kept]) - s).abs() / s)
+            self.val_cf_err.update((crop_factor_t(pred[kept]) - s).abs() / s)
             self.log("val/cf_err", self.val_cf_err, on_step=False, on_epoch=True, batch_size=int(kept.sum()))
         self.val_spread.append(torch.cat([out.rect.float(), torch.sigmoid(out.flag.float())[:, None]], 1).detach().cpu())
 
@@ -125,7 +128,7 @@ class CropsModule(BaseTask):
         for whole photos (sample, rotation, position) the rotation and position ride along."""
         sample, extra = (batch[0], batch[1:]) if len(batch) == 3 else (batch, ())
         out = self(sample[0], sample[1])
-        res = {"rect": out.rect.float(), "flag": out.flag.float(), "cell_probs": torch.softmax(out.cells.float(), -1)}
+        res = {"rect": final_rect(out.rect, out.flag, out.cells, self.crops).float(), "flag": out.flag.float(), "cell_probs": torch.softmax(out.cells.float(), -1)}
         if extra:
             res.update({"rotation": extra[0], "position": extra[1]})
         else:
