@@ -87,9 +87,8 @@ class CropsPredictor(Predictor):
         return out.rect, out.flag, out.cells
 
     def predict_batch(self, items: Sequence[CropsItem], options: Sequence[BaseModel]) -> list[dict[str, Any]]:
-        from vislab.tasks.crops import prediction_fields
-
         from vislab.models.crops_decode import final_rect
+        from vislab.tasks.crops import prediction_fields
 
         rect, flag, cells = self.outputs(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
         rect = final_rect(rect, flag, cells, self.cfg)

@@ -4,7 +4,7 @@ health check.
 A batch is a `CropSample` (thumb, patches, cells, rect, cropped; uint8 pixels the model
 normalises itself). The loss is `models.crops.crops_loss` with the `crops.loss` weights.
 Validation logs, on the fixed evaluation set: the loss, crop-flag accuracy and ROC AUC,
-patch-location accuracy (chance 1/cells), and the rectangle IoU and crop-factor error of the
+patch-location accuracy (chance 1/cells), rectangle IoU and the crop-factor error of the
 cropped samples, both of the rectangle the run reports (`crops.rectangle`, see
 models/crops_decode.py); metrics/crops.py defines them, this module computes the same
 figures on tensors, batch by batch. Flag accuracy alone proves little (the resize leaves
