@@ -149,15 +149,18 @@ def _content_length(headers: Any) -> int | None:
         return None
 
 
-def _opener(sockets: weakref.WeakSet[socket.socket]) -> urllib.request.OpenerDirector:
+def _opener(sockets: weakref.WeakSet[socket.socket], stop: threading.Event) -> urllib.request.OpenerDirector:
     """urllib's opener, but every connection's socket is remembered in `sockets`, so a
-    stop can cut requests that are blocked waiting for a slow server."""
+    stop can cut requests that are blocked waiting for a slow server. A stop that came while
+    the connection was being made found no socket to cut: the connection cuts itself."""
 
     def tracked(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
         class Tracked(base):  # type: ignore[valid-type, misc]
             def connect(self) -> None:
                 super().connect()
                 sockets.add(self.sock)
+                if stop.is_set():
+                    self.sock.shutdown(socket.SHUT_RDWR)
 
         return Tracked
 
@@ -193,7 +196,7 @@ class Client:
         self.on_retry = on_retry
         self.stop = threading.Event()
         self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
-        self._opener = _opener(self._sockets)
+        self._opener = _opener(self._sockets, self.stop)
 
     def abort(self) -> None:
         """Stop: no new tries, and requests in flight are cut now (their sockets shut), so
