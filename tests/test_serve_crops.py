@@ -65,6 +65,25 @@ def test_answers_equal_vislab_predict(client, run) -> None:
         assert torch.allclose(torch.tensor(got["cells"]), torch.tensor(exp["cells"]), atol=1e-5)
 
 
+def test_served_rectangle_is_the_runs_crops_rectangle(run, monkeypatch) -> None:
+    """Serve reports the rectangle `crops.rectangle` makes of the engine's raw outputs (the ONNX
+    model keeps the head's), as predict does. The tiny run calls nothing cropped, so the engine's
+    flag is forced to "cropped" here; then the served rectangle is the mean of the head's and
+    the crop the cells decode to."""
+    from vislab.models.crops_decode import decode_cells
+    from vislab.serve.crops import CropsPredictor
+
+    p = CropsPredictor.load(run)
+    assert p.cfg.rectangle == "mean"
+    opts = p.Options(picture=False)
+    items = [p.preprocess(Image.open(f).convert("RGB"), opts) for f in photos(run)]
+    rect, flag, cells = p.outputs(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
+    monkeypatch.setattr(p, "outputs", lambda thumb, patches: (rect, torch.full_like(flag, 5.0), cells))
+    want = (decode_cells(cells, p.cfg.grid, p.cfg.size_factor) + rect.float().clamp(0, 1)) / 2
+    for got, exp in zip(p.predict_batch(items, [opts] * len(items)), want.tolist()):
+        assert got["rect"] == pytest.approx(exp, abs=1e-5) and got["cropped"]
+
+
 def test_the_picture_is_the_frame_and_heat_maps_and_portraits_turn_back(client, run, tmp_path) -> None:
     portrait = tmp_path / "portrait.png"
     Image.open(photos(run, 1)[0]).transpose(Image.Transpose.ROTATE_90).save(portrait)
