@@ -120,6 +120,33 @@ def test_patch_labels_match_the_original_cell_under_their_centre() -> None:
                 assert 10 * label in pixels, (seed, plan, label, pixels)
 
 
+def test_evaluation_samples_carry_the_decode_grid_without_another_draw() -> None:
+    """Evaluation plans (unless the rectangle is the head's) add the `decode_grid` patches: one
+    at each cell's centre of the kept image, inside it, labelled by the cell under their centre,
+    rendered as the kept image's pixels; the rest of the plan is what it is without them, and
+    training samples carry none."""
+    cfg = tiny_crops_config(interpolations=["nearest"])
+    img = _cell_coded_image(*TINY_FRAME)
+    p = cfg.patch_size
+    for seed in range(20):
+        plan = plan_sample(TINY_FRAME, seed, cfg, train=False, crop=seed % 3 != 0)
+        head = plan_sample(TINY_FRAME, seed, cfg.model_copy(update={"rectangle": "head"}), train=False, crop=seed % 3 != 0)
+        assert head.decode == () and dataclasses.replace(plan, decode=()) == head
+        rw, rh = plan.resized
+        assert len(plan.decode) == 64 and all(0 <= x <= rw - p and 0 <= y <= rh - p for x, y in plan.decode)
+        sample = render_sample(img, plan, cfg)
+        kept = np.asarray(Image.fromarray(img).crop(plan.box).resize(plan.resized, RESAMPLE[plan.resample]))
+        for patch, (x, y), (u, v) in zip(sample.decode_patches, plan.decode, sample.decode_centres.tolist()):
+            assert torch.equal(patch, torch.from_numpy(kept[y : y + p, x : x + p].transpose(2, 0, 1).copy()))
+            assert (u, v) == pytest.approx(((x + p / 2) / rw, (y + p / 2) / rh))
+        labels = patch_cells(plan.rect, plan.resized, plan.decode, p, cfg.grid)
+        centre = sample.decode_patches[:, 0, p // 2 - 1 : p // 2 + 1, p // 2 - 1 : p // 2 + 1].reshape(64, 4)
+        for label, pixels in zip(labels, centre.tolist()):
+            assert 10 * label in pixels, (seed, plan, label, pixels)
+    train = make_sample(img, 3, cfg, train=True)
+    assert train.decode_patches.shape == (0, 3, p, p) and train.decode_centres.shape == (0, 2)
+
+
 def test_rendered_patches_and_thumbnail_are_the_planned_pixels() -> None:
     img = lens_photo(*TINY_FRAME, np.random.default_rng(0))
     plan = plan_sample(TINY_FRAME, 11, CFG, train=True, crop=True)

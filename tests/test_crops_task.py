@@ -133,13 +133,17 @@ def test_the_evaluation_set_is_the_same_every_time_and_stress_changes_only_pixel
 def test_rectangle_option_reaches_the_evaluation(run, monkeypatch) -> None:
     """`--rectangle` picks what evaluate scores. The tiny run calls no photo cropped (its flags
     sit near 0.5), so the flag is forced to "cropped" here: `cells` must then report, for every
-    sample, the crop its saved cell probabilities decode to; `head` the head's rectangle.
+    sample, the crop that sample's decode-grid patches decode to (recomputed here from the same
+    fixed samples); `head` the head's rectangle; `mean` their mean.
     (models/crops_decode.py's own tests check the gate by the flag.)"""
     import vislab.tasks.crops_module as crops_module
+    from vislab.data.crops import eval_samples, load_sample
+    from vislab.data.manifest import read_manifest, usable
     from vislab.models.crops_decode import decode_cells
+    from vislab.runs import load_run
 
     real = crops_module.final_rect
-    monkeypatch.setattr(crops_module, "final_rect", lambda rect, flag, cells, cfg: real(rect, torch.full_like(flag, 5.0), cells, cfg))
+    monkeypatch.setattr(crops_module, "final_rect", lambda rect, flag, cells, centres, cfg: real(rect, torch.full_like(flag, 5.0), cells, centres, cfg))
     out = run / "eval" / "test"
     rects = {}
     for mode in ("head", "cells", "mean"):
@@ -147,7 +151,14 @@ def test_rectangle_option_reaches_the_evaluation(run, monkeypatch) -> None:
         assert res.exit_code == 0, res.output
         assert json.loads((out / "metrics.json").read_text())["rectangle"] == mode
         rects[mode] = pd.read_csv(out / "predictions.csv")[["pred_x1", "pred_x2", "pred_y1", "pred_y2"]].to_numpy()
-    decoded = decode_cells(torch.from_numpy(np.load(out / "probs.npy")).clamp_min(1e-12).log(), (4, 4), (0.5, 0.9)).numpy()
+    loaded = load_run(run)
+    cfg = loaded.cfg.section()
+    rows = usable(read_manifest(loaded.info["dataset_dir"]))
+    samples = [load_sample(i, cfg) for i in eval_samples(rows[rows["split"] == "test"]["path"].tolist(), 2, cfg.eval_seed)]
+    assert all(s.decode_patches.shape[0] == 64 for s in samples)
+    with torch.no_grad():
+        logits = loaded.model.locate_patches(torch.stack([s.decode_patches for s in samples]))
+    decoded = decode_cells(logits, torch.stack([s.decode_centres for s in samples]), cfg.grid, cfg.size_factor, cfg.decode_evidence).numpy()
     np.testing.assert_allclose(rects["cells"], decoded, atol=1e-4)
     np.testing.assert_allclose(rects["mean"], (decoded + rects["head"].clip(0, 1)) / 2, atol=1e-4)
     assert not np.allclose(rects["head"], rects["cells"], atol=1e-3)

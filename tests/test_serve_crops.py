@@ -67,19 +67,23 @@ def test_answers_equal_vislab_predict(client, run) -> None:
 
 def test_served_rectangle_is_the_runs_crops_rectangle(run, monkeypatch) -> None:
     """Serve reports the rectangle `crops.rectangle` makes of the engine's raw outputs (the ONNX
-    model keeps the head's), as predict does. The tiny run calls nothing cropped, so the engine's
-    flag is forced to "cropped" here; then the served rectangle is the mean of the head's and
-    the crop the cells decode to."""
+    model keeps the head's) and of the decode grid's patches, as predict does. The tiny run
+    calls nothing cropped, so the engine's flag is forced to "cropped" here; then the served
+    rectangle is the crop the decode grid's cells decode to."""
     from vislab.models.crops_decode import decode_cells
     from vislab.serve.crops import CropsPredictor
 
     p = CropsPredictor.load(run)
-    assert p.cfg.rectangle == "mean"
+    assert p.cfg.rectangle == "cells" and p.cfg.decode_grid == (8, 8)
     opts = p.Options(picture=False)
     items = [p.preprocess(Image.open(f).convert("RGB"), opts) for f in photos(run)]
+    assert all(i.decode_patches.shape == (64, 3, 24, 24) and i.decode_centres.shape == (64, 2) for i in items)
     rect, flag, cells = p.outputs(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
     monkeypatch.setattr(p, "outputs", lambda thumb, patches: (rect, torch.full_like(flag, 5.0), cells))
-    want = (decode_cells(cells, p.cfg.grid, p.cfg.size_factor) + rect.float().clamp(0, 1)) / 2
+    with torch.no_grad():
+        logits = p.model.locate_patches(torch.stack([i.decode_patches for i in items]))
+    want = decode_cells(logits, torch.stack([i.decode_centres for i in items]), p.cfg.grid, p.cfg.size_factor, p.cfg.decode_evidence)
+    assert not torch.allclose(want, rect.float(), atol=1e-3)
     for got, exp in zip(p.predict_batch(items, [opts] * len(items)), want.tolist()):
         assert got["rect"] == pytest.approx(exp, abs=1e-5) and got["cropped"]
 
@@ -121,6 +125,10 @@ def test_onnx_engine_serves_the_exported_crops_model_with_the_same_answers(run) 
     for a, b in zip(batch(fast), batch(plain)):
         assert a["crop_prob"] == pytest.approx(b["crop_prob"], abs=1e-5) and a["rect"] == pytest.approx(b["rect"], abs=1e-4)
         assert torch.allclose(torch.tensor(a["cells"]), torch.tensor(b["cells"]), atol=1e-5)
+    # the decode grid's patches through the exported model, padded to whole samples (21 patches
+    # are one sample of 16 and 5 of another), give the cell logits PyTorch gives
+    patches = torch.randint(0, 256, (3, 7, 3, 24, 24), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(fast.decode_logits(patches), plain.decode_logits(patches), atol=1e-4)
     app = create_app([fast], token=TOKEN, limits=Limits(max_files=4, window_ms=20))
     with TestClient(app) as c:
         assert c.get("/v1/models", headers=AUTH).json()["models"][0]["engine"] == "onnxruntime"

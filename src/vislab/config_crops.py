@@ -90,8 +90,14 @@ class CropsConfig(Section):
         1, ge=1, description="Training: samples drawn from each photo per epoch, from one decode (a batch holds batch_size // this many photos).")
     loss: CropsLossConfig = Field(default_factory=CropsLossConfig, description="Loss weights.")
     rectangle: Rectangle = Field(
-        "mean", description="The rectangle reported for a photo the flag calls cropped: the MLP head's, the crop the patch cells "
+        "cells", description="The rectangle reported for a photo the flag calls cropped: the MLP head's, the crop the patch cells "
         "decode to (models/crops_decode.py), or the mean of the two. Training is the same for all three.")
+    decode_grid: tuple[int, int] = Field(
+        (8, 8), description="Evaluation and predict: the grid (columns, rows) of patches the cells decode reads, one at each cell's "
+        "centre; denser than `grid` for more evidence (the patch head locates any patch, wherever it is taken).")
+    decode_evidence: float = Field(
+        4.0, gt=0, description="How many independent patches the decode counts its grid as: neighbouring patches share content and "
+        "lens, so the summed log-likelihoods are scaled by this / the number of patches (a flatter, honest posterior).")
     eval_crops_per_image: int = Field(1, ge=0, description="Evaluation: each image once uncropped and this many times cropped.")
     eval_seed: int = Field(0, ge=0, description="Seed of the evaluation set (the same crops in every run that shares it).")
     stress: Aberrations | None = Field(None, description="Evaluation under stress: aberrations added to each photo before sampling.")
@@ -110,7 +116,7 @@ class CropsConfig(Section):
             raise ValueError(f"must be 0 < low < high (got {v[0]}, {v[1]})")
         return v
 
-    @field_validator("grid", "thumb_size")
+    @field_validator("grid", "thumb_size", "decode_grid")
     @classmethod
     def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
         if min(v) < 1:

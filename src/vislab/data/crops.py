@@ -13,6 +13,9 @@ A sample is drawn in two steps, so the geometry can be checked without pixels:
   mirrored (`hflip`, `vflip`): the frame is then the flipped one, and so are the targets.
 - `render_sample`: the pixels of a plan: a `thumb_size` thumbnail of the kept image and the
   patches, as uint8 tensors (the model normalises them and adds its coordinate channels).
+  Evaluation plans whose rectangle is decoded from the cells (`crops.rectangle` cells or mean)
+  also carry the `decode_grid` patches and their centres; they take no random draw, so the
+  sample is otherwise the same.
 
 There is no patch-order shift here: the model puts all patches of a batch through one
 BatchNorm batch, which mixes positions by itself (see `vislab.models.crops`).
@@ -83,6 +86,7 @@ class SamplePlan:
     cells: tuple[int, ...]
     hflip: bool = False  # the original mirrored left-right (after `rotation`, before the crop)
     vflip: bool = False  # the original flipped upside down
+    decode: tuple[tuple[int, int], ...] = ()  # top-left corners of the decode grid's patches (evaluation only)
 
     @property
     def rect(self) -> tuple[float, float, float, float]:
@@ -98,13 +102,18 @@ def _rect(box: tuple[int, int, int, int], frame: tuple[int, int]) -> tuple[float
 class CropSample(NamedTuple):
     """Model-ready tensors of one sample; `default_collate` stacks a list into a batch of the
     same type. thumb: uint8 3 x H x W; patches: uint8 N x 3 x P x P in grid order (row-major
-    over the kept image); cells: int64 N; rect: float32 (x1, x2, y1, y2); cropped: float32."""
+    over the kept image); cells: int64 N; rect: float32 (x1, x2, y1, y2); cropped: float32;
+    decode_patches: uint8 M x 3 x P x P, the decode grid's patches (M = 0 in training or when the
+    rectangle is the head's); decode_centres: float32 M x 2, their centres (u, v) in fractions
+    of the kept image."""
 
     thumb: torch.Tensor
     patches: torch.Tensor
     cells: torch.Tensor
     rect: torch.Tensor
     cropped: torch.Tensor
+    decode_patches: torch.Tensor
+    decode_centres: torch.Tensor
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -162,6 +171,18 @@ def patch_cells(
     return tuple(out)
 
 
+def grid_corners(resized: tuple[int, int], grid: tuple[int, int], patch_size: int) -> list[tuple[int, int]]:
+    """Top-left corners of one patch at the centre of each cell of `grid` over an image of
+    `resized` (width, height), row-major, moved inside the image where they would overhang."""
+    rw, rh = resized
+    gx, gy = grid
+    p = patch_size
+    return [
+        (min(max(round((col + 0.5) * rw / gx - p / 2), 0), rw - p), min(max(round((row + 0.5) * rh / gy - p / 2), 0), rh - p))
+        for row in range(gy) for col in range(gx)
+    ]
+
+
 def plan_sample(
     size: tuple[int, int], seed: int | np.random.Generator, cfg: CropsConfig, train: bool,
     crop: bool | None = None, name: str = "image",
@@ -196,11 +217,12 @@ def plan_sample(
     # flips are drawn last, and only when asked for, so every other draw is as without them
     hflip = bool(train and cfg.hflip and rng.random() < cfg.hflip)
     vflip = bool(train and cfg.vflip and rng.random() < cfg.vflip)
+    decode = () if train or cfg.rectangle == "head" else tuple(grid_corners((rw, rh), cfg.decode_grid, p))
     return SamplePlan(
         frame=(w, h), rotation=rotation, cropped=cropped, size_factor=s, edge=edge, box=box,
         resized=(rw, rh), resample=resample, thumb_resample=thumb_resample,
         patches=tuple(corners), cells=patch_cells(_rect(box, (w, h)), (rw, rh), corners, p, cfg.grid),
-        hflip=hflip, vflip=vflip,
+        hflip=hflip, vflip=vflip, decode=decode,
     )
 
 
@@ -218,6 +240,9 @@ def render_sample(image: Image.Image | np.ndarray, plan: SamplePlan, cfg: CropsC
     arr = np.asarray(kept)
     p = cfg.patch_size
     patches = np.stack([arr[top : top + p, left : left + p] for left, top in plan.patches])
+    decode = np.stack([arr[top : top + p, left : left + p] for left, top in plan.decode]) if plan.decode else np.zeros((0, p, p, 3), np.uint8)
+    rw, rh = plan.resized
+    centres = [((left + p / 2) / rw, (top + p / 2) / rh) for left, top in plan.decode]
     thumb = np.asarray(kept.resize(cfg.thumb_size, RESAMPLE[plan.thumb_resample]))
     return CropSample(
         thumb=torch.from_numpy(thumb.transpose(2, 0, 1).copy()),
@@ -225,6 +250,8 @@ def render_sample(image: Image.Image | np.ndarray, plan: SamplePlan, cfg: CropsC
         cells=torch.tensor(plan.cells, dtype=torch.int64),
         rect=torch.tensor(plan.rect, dtype=torch.float32),
         cropped=torch.tensor(float(plan.cropped)),
+        decode_patches=torch.from_numpy(decode.transpose(0, 3, 1, 2).copy()),
+        decode_centres=torch.tensor(centres, dtype=torch.float32).reshape(len(centres), 2),
     )
 
 

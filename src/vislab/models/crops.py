@@ -95,6 +95,14 @@ class CropDetector(nn.Module):
         rect = aspect_rect(out[:, :3]) if self.cfg.rect == "aspect" else out[:, :4] + self.rect_prior
         return CropOutput(rect=rect, flag=out[:, 4], cells=cells)
 
+    def locate_patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """B x M x cells location logits of any B x M patches (the decode grid's): the patch head
+        reads each patch alone (in eval mode), wherever in the photo it was taken."""
+        b, m = patches.shape[:2]
+        if m == 0:
+            return patches.new_zeros((b, 0, self.num_cells), dtype=torch.float32)
+        return self.locate(self.patch_net(_unit(patches.flatten(0, 1)))).view(b, m, -1)
+
 
 def aspect_rect(v: torch.Tensor) -> torch.Tensor:
     """B x 3 head outputs -> B x 4 rectangles (x1, x2, y1, y2) of one size factor s on both

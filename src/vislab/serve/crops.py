@@ -6,7 +6,9 @@ never cropped, one fixed seeded resize for every photo), so the API's numbers ar
 On request (`picture`, on by default) the result carries predict's picture as a PNG data URI:
 the photo inside its estimated frame, and the heat maps. With `--onnx` the model runs in ONNX
 Runtime on the run's export (`vislab export RUN`: the same uint8 thumbnail and patches in,
-rectangle, crop logit and cell logits out), else in PyTorch.
+rectangle, crop logit and cell logits out), else in PyTorch. The decode grid's patches
+(`crops.rectangle` cells or mean) go through the same exported model, a grid's worth of
+patches at a time beside a blank thumbnail: each patch's cell logits depend on that patch alone.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class CropsOptions(BaseModel):
 class CropsItem:
     thumb: torch.Tensor
     patches: torch.Tensor
+    decode_patches: torch.Tensor
+    decode_centres: torch.Tensor
     rotation: int
     view: np.ndarray | None  # the photo, small, for the picture (only when asked)
 
@@ -65,7 +69,7 @@ class CropsPredictor(Predictor):
             small = image.copy()
             small.thumbnail((PICTURE_SIDE, PICTURE_SIDE))
             view = np.asarray(small.convert("RGB"))
-        return CropsItem(sample.thumb, sample.patches, rotation, view)
+        return CropsItem(sample.thumb, sample.patches, sample.decode_patches, sample.decode_centres, rotation, view)
 
     def warmup(self, options: BaseModel | None = None) -> None:
         """A grey photo big enough for the patch grid, through the whole path (picture included)."""
@@ -86,12 +90,31 @@ class CropsPredictor(Predictor):
             out = self.model(thumb, patches)
         return out.rect, out.flag, out.cells
 
+    def decode_logits(self, patches: torch.Tensor) -> torch.Tensor:
+        """B x M x cells location logits of the decode grid's uint8 patches (B x M x 3 x P x P)."""
+        b, m = patches.shape[:2]
+        if self.session is None or m == 0:
+            with torch.inference_mode():
+                return self.model.locate_patches(patches)
+        # the exported graph takes samples of exactly one patch per cell: pad the patches to
+        # whole samples, pair each with a blank thumbnail, keep only the cell logits
+        n = self.cfg.cells
+        flat = patches.flatten(0, 1)
+        pad = (-len(flat)) % n
+        flat = torch.cat([flat, flat[:pad]]) if pad else flat
+        w, h = self.cfg.thumb_size
+        thumb = torch.zeros((len(flat) // n, 3, h, w), dtype=torch.uint8)
+        cells = self.outputs(thumb, flat.view(len(flat) // n, n, *flat.shape[1:]))[2]
+        return cells.flatten(0, 1)[: b * m].view(b, m, -1)
+
     def predict_batch(self, items: Sequence[CropsItem], options: Sequence[BaseModel]) -> list[dict[str, Any]]:
         from vislab.models.crops_decode import final_rect
         from vislab.tasks.crops import prediction_fields
 
         rect, flag, cells = self.outputs(torch.stack([i.thumb for i in items]), torch.stack([i.patches for i in items]))
-        rect = final_rect(rect, flag, cells, self.cfg)
+        if self.cfg.rectangle != "head":
+            decode = self.decode_logits(torch.stack([i.decode_patches for i in items]))
+            rect = final_rect(rect, flag, decode, torch.stack([i.decode_centres for i in items]), self.cfg)
         probs = torch.softmax(cells.float(), -1)
         results = []
         for k, item in enumerate(items):

@@ -1,8 +1,8 @@
 """The crops task's LightningModule: `CropsModule` (loss, steps, validation metrics) and its
 health check.
 
-A batch is a `CropSample` (thumb, patches, cells, rect, cropped; uint8 pixels the model
-normalises itself). The loss is `models.crops.crops_loss` with the `crops.loss` weights.
+A batch is a `CropSample` (thumb, patches, cells, rect, cropped, and in evaluation the
+decode grid's patches and centres; uint8 pixels the model normalises itself). The loss is `models.crops.crops_loss` with the `crops.loss` weights.
 Validation logs, on the fixed evaluation set: the loss, crop-flag accuracy and ROC AUC,
 patch-location accuracy (chance 1/cells), rectangle IoU and the crop-factor error of the
 cropped samples, both of the rectangle the run reports (`crops.rectangle`, see
@@ -74,6 +74,13 @@ class CropsModule(BaseTask):
         loss, parts = crops_loss(out, cells, rect, cropped, self.crops.loss)
         return out, loss, parts
 
+    def _reported_rect(self, out: CropOutput, sample: Any) -> torch.Tensor:
+        """`crops.rectangle`'s rectangle: the head's, or decoded from the decode grid's patches."""
+        if self.crops.rectangle == "head":
+            return out.rect
+        cells = self.model.locate_patches(sample[5])
+        return final_rect(out.rect, out.flag, cells, sample[6], self.crops)
+
     @staticmethod
     def _accuracies(out: CropOutput, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         cells, cropped = batch[2], batch[4]
@@ -102,7 +109,7 @@ class CropsModule(BaseTask):
         bs = batch[0].shape[0]
         flag, patch = self._accuracies(out, batch)
         rect, cropped = batch[3], batch[4]
-        pred = final_rect(out.rect, out.flag, out.cells, self.crops)
+        pred = self._reported_rect(out, batch)
         self.val_loss.update(loss)
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, batch_size=bs)
         self.log("val/flag_acc", flag, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs, prog_bar=True)
@@ -128,7 +135,7 @@ class CropsModule(BaseTask):
         for whole photos (sample, rotation, position) the rotation and position ride along."""
         sample, extra = (batch[0], batch[1:]) if len(batch) == 3 else (batch, ())
         out = self(sample[0], sample[1])
-        res = {"rect": final_rect(out.rect, out.flag, out.cells, self.crops).float(), "flag": out.flag.float(), "cell_probs": torch.softmax(out.cells.float(), -1)}
+        res = {"rect": self._reported_rect(out, sample).float(), "flag": out.flag.float(), "cell_probs": torch.softmax(out.cells.float(), -1)}
         if extra:
             res.update({"rotation": extra[0], "position": extra[1]})
         else:
