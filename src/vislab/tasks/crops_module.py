@@ -2,7 +2,8 @@
 health check.
 
 A batch is a `CropSample` (thumb, patches, cells, rect, cropped, and in evaluation the
-decode grid's patches and centres; uint8 pixels the model normalises itself). The loss is `models.crops.crops_loss` with the `crops.loss` weights.
+decode grid's patches and centres; uint8 pixels the model normalises itself). The loss is
+`models.crops.crops_loss` with the `crops.loss` weights.
 Validation logs, on the fixed evaluation set: the loss, crop-flag accuracy and ROC AUC,
 patch-location accuracy (chance 1/cells), rectangle IoU and the crop-factor error of the
 cropped samples, both of the rectangle the run reports (`crops.rectangle`, see
