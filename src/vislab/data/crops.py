@@ -171,15 +171,20 @@ def patch_cells(
     return tuple(out)
 
 
-def grid_corners(resized: tuple[int, int], grid: tuple[int, int], patch_size: int) -> list[tuple[int, int]]:
+def grid_corners(
+    resized: tuple[int, int], grid: tuple[int, int], patch_size: int, shifts: Sequence[tuple[int, int]] | None = None
+) -> list[tuple[int, int]]:
     """Top-left corners of one patch at the centre of each cell of `grid` over an image of
-    `resized` (width, height), row-major, moved inside the image where they would overhang."""
+    `resized` (width, height), row-major, each moved by its (dx, dy) of `shifts` (training's
+    jitter) and then inside the image where it would overhang."""
     rw, rh = resized
     gx, gy = grid
     p = patch_size
+    shifts = shifts or [(0, 0)] * (gx * gy)
+    cells = [(row, col) for row in range(gy) for col in range(gx)]
     return [
-        (min(max(round((col + 0.5) * rw / gx - p / 2), 0), rw - p), min(max(round((row + 0.5) * rh / gy - p / 2), 0), rh - p))
-        for row in range(gy) for col in range(gx)
+        (min(max(round((col + 0.5) * rw / gx - p / 2) + dx, 0), rw - p), min(max(round((row + 0.5) * rh / gy - p / 2) + dy, 0), rh - p))
+        for (row, col), (dx, dy) in zip(cells, shifts)
     ]
 
 
@@ -205,15 +210,9 @@ def plan_sample(
     rh = max(cfg.patch_size, round(rw * ch / cw))
     resample = cfg.interpolations[int(rng.integers(len(cfg.interpolations)))]
     thumb_resample = cfg.interpolations[int(rng.integers(len(cfg.interpolations)))]
-    gx, gy = cfg.grid
     p, j = cfg.patch_size, cfg.jitter if train else 0
-    corners = []
-    for row in range(gy):
-        for col in range(gx):
-            dx, dy = (int(v) for v in rng.integers(-j, j + 1, 2)) if j else (0, 0)
-            left = round((col + 0.5) * rw / gx - p / 2) + dx
-            top = round((row + 0.5) * rh / gy - p / 2) + dy
-            corners.append((min(max(left, 0), rw - p), min(max(top, 0), rh - p)))
+    shifts = [tuple(int(v) for v in rng.integers(-j, j + 1, 2)) for _ in range(cfg.cells)] if j else None
+    corners = grid_corners((rw, rh), cfg.grid, p, shifts)
     # flips are drawn last, and only when asked for, so every other draw is as without them
     hflip = bool(train and cfg.hflip and rng.random() < cfg.hflip)
     vflip = bool(train and cfg.vflip and rng.random() < cfg.vflip)

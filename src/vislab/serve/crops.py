@@ -101,7 +101,7 @@ class CropsPredictor(Predictor):
         n = self.cfg.cells
         flat = patches.flatten(0, 1)
         pad = (-len(flat)) % n
-        flat = torch.cat([flat, flat[:pad]]) if pad else flat
+        flat = torch.cat([flat, flat.new_zeros((pad, *flat.shape[1:]))]) if pad else flat
         w, h = self.cfg.thumb_size
         thumb = torch.zeros((len(flat) // n, 3, h, w), dtype=torch.uint8)
         cells = self.outputs(thumb, flat.view(len(flat) // n, n, *flat.shape[1:]))[2]

@@ -79,7 +79,7 @@ class CropsModule(BaseTask):
         """`crops.rectangle`'s rectangle: the head's, or decoded from the decode grid's patches."""
         if self.crops.rectangle == "head":
             return out.rect
-        cells = self.model.locate_patches(sample[5])
+        cells = self.model.locate_patches(sample[5])  # by position: a batch may come as a plain tuple
         return final_rect(out.rect, out.flag, cells, sample[6], self.crops)
 
     @staticmethod
