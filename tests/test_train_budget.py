@@ -173,3 +173,28 @@ def test_an_epoch_that_cannot_end_inside_the_budget_is_cut_unvalidated(dataset, 
     assert step % STEPS_PER_EPOCH and summary["epochs_completed"] == step // STEPS_PER_EPOCH  # cut inside an epoch
     assert "budget_cut" in [m["code"] for m in read(run, "health.json")]
     assert_one_story(run)
+
+
+class SlowFirstEpoch(Callback):
+    """Epoch 1 (a cold start) takes `slow_s` a step, every later one `fast_s`."""
+
+    def __init__(self, slow_s: float, fast_s: float) -> None:
+        self.slow_s, self.fast_s = slow_s, fast_s
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        pl_module.model.train_s = self.slow_s if trainer.current_epoch == 0 else self.fast_s
+
+
+def test_a_plan_cut_by_a_slow_first_epoch_grows_back_when_later_epochs_are_fast(dataset, tmp_path, capsys):
+    # the probe measures 0.05 s steps, so 8 epochs are planned; epoch 1 then takes ~5 s and the
+    # budget cuts the plan; epochs 2 and 3 take ~0.5 s and it grows back to all 8
+    run = train(paced(0.05, 0.1, train={"epochs": 8}), dataset, tmp_path / "run", max_time="14s", callbacks=[SlowFirstEpoch(1.2, 0.05)])
+    out = capsys.readouterr().out
+    assert "so only" in out and "grows back to end at epoch 8" in out, out
+    summary = read(run, "summary.json")
+    assert summary["epochs_completed"] == summary["epochs_planned"] == 8 and summary["stopped_reason"] == "completed"
+    assert summary["wall_time_s"] <= 14.0 + 0.5
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 8
+    replans = read(run, "run.json")["plan"]["replanned"]
+    assert [r["epochs"] for r in replans][0] < 8 and replans[-1]["epochs"] == 8
+    assert_one_story(run)

@@ -186,7 +186,9 @@ class TimeBudget(Timer):
       is re-planned to the epochs that do: `max_epochs` shrinks, the lr schedule is
       re-planned to end there (`schedule.replan`, so the lr still reaches its floor), and
       `on_replan(trainer, epochs, why)` records it. When not even the next one fits, it
-      stops there;
+      stops there. A cut run grows back towards the epochs this session started with when
+      the slower of its last two epochs says more fit (a first epoch slowed by one-off costs,
+      such as a cold start, once cut a 60-epoch plan to 52 that later epochs ran in half the time);
     - inside an epoch (an estimate that was wrong), stops at the first step from which the
       rest of the epoch (its remaining steps at the recent pace, its validation and saves)
       cannot end inside the budget, or that leaves just the time to write last.ckpt. That
@@ -219,6 +221,7 @@ class TimeBudget(Timer):
         self._batch_t: float | None = None
         self._batch_s: list[float] = []  # recent step durations (the epoch's first one left out)
         self._first = True
+        self.asked: int | None = None  # this session's epochs before any re-plan: a cut run may grow back to them
 
     @property
     def state_key(self) -> str:
@@ -232,6 +235,7 @@ class TimeBudget(Timer):
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         super().on_train_start(trainer, pl_module)
         self._start_epoch()  # a session resumed mid-epoch gets no epoch start
+        self.asked = int(trainer.max_epochs or 0)
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self._ended_at is not None:  # what ran after the last epoch's end hook: writing last.ckpt
@@ -269,12 +273,21 @@ class TimeBudget(Timer):
                "the unfinished epoch is not validated")
         self._request(trainer, left <= max(rest, self.save_s), why)
 
-    def _cost(self, epoch: int, measured: int) -> float:
-        """Seconds epoch `epoch` should take, from the last epoch measured (`measured`)."""
-        last = self.cycles[-1] + self.save_s
+    def _cost(self, epoch: int, measured: int, last: float) -> float:
+        """Seconds epoch `epoch` should take, from `last`, what epoch `measured` took with its saves."""
         if self.epoch_s is None:
             return last
         return last * self.epoch_s(epoch) / max(1e-9, self.epoch_s(measured))
+
+    def _fit(self, done: int, until: int, left: float, last: float) -> int:
+        """How many of epochs done..until-1 fit in `left` seconds, each costing as `last` says."""
+        fit, total = 0, 0.0
+        for epoch in range(done, until):
+            total += self._cost(epoch, done - 1, last) * BUDGET_MARGIN
+            if total > left:
+                break
+            fit += 1
+        return fit
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self._epoch_t0 is None or not epoch_complete(trainer):
@@ -283,26 +296,32 @@ class TimeBudget(Timer):
         self.cycles.append(now - self._epoch_t0)
         self._ended_at = now
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
-        if self._duration is None or done >= planned:
+        asked = max(self.asked or planned, planned)
+        if self._duration is None or done >= asked:
             return
         left = self._duration - self.time_elapsed() - self.save_s  # after this epoch's last.ckpt
-        fit, total = 0, 0.0
-        for epoch in range(done, planned):
-            total += self._cost(epoch, done - 1) * BUDGET_MARGIN
-            if total > left:
-                break
-            fit += 1
-        fit = int(trainer.strategy.broadcast(fit))  # rank 0's measurements decide for all
-        if fit >= planned - done:
+        last = self.cycles[-1] + self.save_s
+        fit = int(trainer.strategy.broadcast(self._fit(done, planned, left, last)))  # rank 0's measurements decide for all
+        if fit >= planned - done:  # all that is planned fits (or nothing is left of a cut plan): grow back?
+            slower = max(self.cycles[-2:]) + self.save_s
+            more = int(trainer.strategy.broadcast(self._fit(done, asked, left, slower) if planned < asked else 0))
+            if done + more > planned:
+                why = (f"epochs take ~{slower:.1f} s now, so {more} more fit in the {left:.0f} s left: the run "
+                       f"grows back to end at epoch {done + more} (this session started with {asked})")
+                self._set_epochs(trainer, done + more, why)
             return
         if fit == 0:
-            need = self._cost(done, done - 1) * BUDGET_MARGIN
+            need = self._cost(done, done - 1, last) * BUDGET_MARGIN
             why = f"stopping after epoch {done}: epoch {done + 1} (~{need:.0f} s with validation and saving) would not fit in the {left:.0f} s left"
             self._request(trainer, True, why)
             return
-        why = (f"epochs take ~{self.cycles[-1] + self.save_s:.1f} s here, so only {fit} more of the {planned - done} planned fit "
+        why = (f"epochs take ~{last:.1f} s here, so only {fit} more of the {planned - done} planned fit "
                f"in the {left:.0f} s left: the run now ends at epoch {done + fit}")
-        trainer.fit_loop.max_epochs = done + fit
+        self._set_epochs(trainer, done + fit, why)
+
+    def _set_epochs(self, trainer: "L.Trainer", epochs: int, why: str) -> None:
+        """Re-plan the run to end at `epochs`: the lr schedule too, printed and recorded."""
+        trainer.fit_loop.max_epochs = epochs
         if self.scheduler is not None:
             from vislab.schedule import replan
 
@@ -311,7 +330,7 @@ class TimeBudget(Timer):
         if trainer.is_global_zero:
             print(f"time budget: {why}", flush=True)
         if self.on_replan is not None:
-            self.on_replan(trainer, done + fit, why)
+            self.on_replan(trainer, epochs, why)
 
 
 def _lr_of(trainer: "L.Trainer", name: str = "head") -> float | None:
