@@ -186,7 +186,8 @@ class TimeBudget(Timer):
       is re-planned to the epochs that do: `max_epochs` shrinks, the lr schedule is
       re-planned to end there (`schedule.replan`, so the lr still reaches its floor), and
       `on_replan(trainer, epochs, why)` records it. When not even the next one fits, it
-      stops there. A cut run grows back towards the epochs this session started with when
+      stops there. A cut run, while epochs of its plan remain (its schedule still running, so
+      re-planning stretches it), grows back towards the epochs this session started with when
       the slower of its last two epochs says more fit (a first epoch slowed by one-off costs,
       such as a cold start, once cut a 60-epoch plan to 52 that later epochs ran in half the time);
     - inside an epoch (an estimate that was wrong), stops at the first step from which the
@@ -296,13 +297,13 @@ class TimeBudget(Timer):
         self.cycles.append(now - self._epoch_t0)
         self._ended_at = now
         done, planned = trainer.current_epoch + 1, int(trainer.max_epochs or 0)
-        asked = max(self.asked or planned, planned)
-        if self._duration is None or done >= asked:
+        if self._duration is None or done >= planned:  # a finished plan's schedule is at its floor: it stays finished
             return
         left = self._duration - self.time_elapsed() - self.save_s  # after this epoch's last.ckpt
         last = self.cycles[-1] + self.save_s
         fit = int(trainer.strategy.broadcast(self._fit(done, planned, left, last)))  # rank 0's measurements decide for all
-        if fit >= planned - done:  # all that is planned fits (or nothing is left of a cut plan): grow back?
+        if fit >= planned - done:  # all that is planned fits: grow back towards what was asked?
+            asked = max(self.asked or planned, planned)
             slower = max(self.cycles[-2:]) + self.save_s
             more = int(trainer.strategy.broadcast(self._fit(done, asked, left, slower) if planned < asked else 0))
             if done + more > planned:

@@ -415,12 +415,12 @@ def _train_session(
 def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, paths: RunPaths, health: Any, recorder: Any) -> Any:
     """The run's TimeBudget: its epoch estimates come from the plan's probe, or on resume from
     the epochs measured before; when it re-plans the run to fewer epochs, config.yaml,
-    run.json, summary.json and health.json say so (and config.yaml, run.json and summary.json
-    again when a cut run grows back)."""
+    run.json, summary.json and health.json say so, and again when a cut run grows back (an
+    info once it is back to every planned epoch)."""
 
     def replanned(trainer: Any, epochs: int, why: str) -> None:
-        if epochs < cfg.train.epochs:
-            health.add(trainer, "warn", "plan_cut", f"time budget: {why}", int(trainer.global_step), echo=False)
+        level, code = ("warn", "plan_cut") if epochs < cfg.train.epochs else ("info", "plan_restored")
+        health.add(trainer, level, code, f"time budget: {why}", int(trainer.global_step), echo=False)
         if not trainer.is_global_zero:
             return
         save_config(_with_limits(cfg, epochs, None), paths.config)
