@@ -186,6 +186,37 @@ def test_report_compare_and_onnx_export_of_a_detector(small, reference, tmp_path
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
 
 
+def test_a_run_with_a_hub_backbone_restores_without_the_hub(small, tmp_path, monkeypatch) -> None:
+    """`pretrained: true` reaches timm's hub when training starts; evaluating, predicting or
+    exporting the finished run takes every weight from its checkpoint and must not."""
+    import timm
+
+    from vislab.models import backbones
+    from vislab.runs import load_run
+
+    def downloaded(name: str, kwargs: dict) -> torch.nn.Module:
+        torch.manual_seed(123)  # stands in for the hub's file: fixed, non-default weights
+        return timm.create_model(name, **kwargs)
+
+    monkeypatch.setattr(backbones, "hub_pretrained", downloaded)
+    model = {"name": "yolov3_timm", "pretrained": True, "kwargs": {"backbone": "test_resnet", "levels": 2}}
+    anchors = [[12, 12], [16, 16], [20, 20], [20, 20], [25, 25], [30, 30]]
+    run_dir = train(tiny_detect_config(model=model, detect={"anchors": anchors}, train={"epochs": 1}), small, tmp_path / "run")
+    trained = load_checkpoint_file(run_dir / "checkpoints/last.ckpt")["state_dict"]
+
+    def offline(name: str, kwargs: dict) -> torch.nn.Module:
+        raise AssertionError("restoring the run reached for the hub")
+
+    monkeypatch.setattr(backbones, "hub_pretrained", offline)
+    run = load_run(run_dir)
+    saved = {k.removeprefix("model."): v for k, v in trained.items() if k.startswith("model.")}
+    restored = run.model.state_dict()
+    assert saved.keys() == restored.keys() and all(torch.equal(restored[k], v) for k, v in saved.items())
+    ok("evaluate", run_dir, "--split", "test")
+    with pytest.raises(AssertionError, match="reached for the hub"):
+        train(tiny_detect_config(model=model, detect={"anchors": anchors}, train={"epochs": 1}), small, tmp_path / "again")
+
+
 def test_darknet_weights_start_a_run_with_classes_taken_by_name(small, tmp_path) -> None:
     from vislab.models.darknet import save_darknet_weights
     from vislab.models.yolo import YOLO, YOLOConfig

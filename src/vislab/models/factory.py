@@ -109,7 +109,10 @@ def create_model(cfg: "ModelConfig", num_classes: int, *, load_weights: bool = T
                 f"model.head: '{cfg.name}' has its own head settings; remove model.head "
                 "(the custom head applies to timm backbones)"
             )
-        model = entry.builder(cfg=cfg, num_classes=num_classes)
+        # A restore builds the architecture only: a builder that loads its own pretrained
+        # weights (a timm backbone from the hub) must not reach for them.
+        build_cfg = cfg if load_weights else cfg.model_copy(update={"pretrained": False})
+        model = entry.builder(cfg=build_cfg, num_classes=num_classes)
         model.vislab_spec = entry.spec
     else:
         model, report = backbones.create_timm(cfg, num_classes, load_weights=load_weights)
