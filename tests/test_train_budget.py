@@ -6,6 +6,7 @@ fixed time in each forward, so the epochs cost what the test says on a busy mach
 from __future__ import annotations
 
 import json
+import time
 
 import pandas as pd
 import pytest
@@ -97,8 +98,9 @@ def test_the_budget_fits_the_plan_and_the_schedule_ends_at_its_floor(dataset, tm
     planned = plan["epochs"]
     assert 2 <= planned < 30
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    epochs = saved["train"]["epochs"]  # the plan, or fewer when the measured epochs asked for it
-    assert epochs <= planned and summary["epochs_planned"] == epochs
+    epochs = saved["train"]["epochs"]  # the plan, or what the measured epochs re-planned it to
+    replans = plan.get("replanned", [])
+    assert epochs == (replans[-1]["epochs"] if replans else planned) <= 30 and summary["epochs_planned"] == epochs
     freeze, warmup = saved["train"]["freeze_backbone_epochs"], saved["scheduler"]["warmup_epochs"]
     assert plan["changed"]["train.freeze_backbone_epochs"] == [6, freeze] and 1 <= freeze < planned
     assert plan["changed"]["scheduler.warmup_epochs"] == [3.0, pytest.approx(3.0 * planned / 30, abs=1e-3)]
@@ -203,4 +205,56 @@ def test_a_plan_cut_by_a_slow_first_epoch_grows_back_when_later_epochs_are_fast(
     assert [r["epochs"] for r in replans][0] < 8 and replans[-1]["epochs"] == 8
     codes = [(m["level"], m["code"]) for m in read(run, "health.json")]
     assert codes.index(("warn", "plan_cut")) < codes.index(("info", "plan_restored"))  # the whole story, in order
+    assert_one_story(run)
+
+
+class FastOnceTraining(Callback):
+    """The plan's probe times `paced`'s slow steps; from the first real step on they take `fast_s`."""
+
+    def __init__(self, fast_s: float) -> None:
+        self.fast_s = fast_s
+
+    def on_train_start(self, trainer, pl_module):
+        pl_module.model.train_s = self.fast_s
+
+
+def test_a_plan_cut_by_a_pessimistic_probe_grows_back_to_the_epochs_asked(dataset, tmp_path, capsys):
+    # the probe times 0.3 s steps, so 12 epochs do not fit 10 s; the real steps take 0.02 s and
+    # the run grows back to all 12 the config asked for, its cosine still ending at the floor
+    cfg = paced(0.3, 0.05, train={"epochs": 12}, scheduler={"name": "cosine", "warmup_epochs": 0.0})
+    run = train(cfg, dataset, tmp_path / "run", max_time="10s", callbacks=[FastOnceTraining(0.02)])
+    plan = read(run, "run.json")["plan"]
+    assert plan["epochs"] < 12 and plan["epochs_asked"] == 12
+    assert "grows back to end at epoch 12" in capsys.readouterr().out
+    summary = read(run, "summary.json")
+    assert summary["epochs_completed"] == 12 and summary["stopped_reason"] == "completed"
+    assert summary["wall_time_s"] <= 10.0 + 0.5
+    rows = pd.read_csv(run / "metrics.csv")
+    assert rows["lr/last"].iloc[-1] < 0.1 * rows["lr"].max()
+    assert ("info", "plan_restored") in [(m["level"], m["code"]) for m in read(run, "health.json")]
+    assert_one_story(run)
+
+
+class SlowSetup(Callback):
+    """Waits `wait_s` before the first step, as fitting a probe head does; keeps the real clock."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.t0 = self.t1 = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self.t0 = time.monotonic()
+        time.sleep(self.wait_s)
+
+    def on_train_end(self, trainer, pl_module):
+        self.t1 = time.monotonic()
+
+
+def test_the_time_before_the_first_step_counts_in_the_budget(dataset, tmp_path):
+    setup = SlowSetup(3.0)
+    run = train(paced(0.15, 0.1, train={"epochs": 20}), dataset, tmp_path / "run", max_time="8s", callbacks=[setup])
+    summary = read(run, "summary.json")
+    assert setup.t1 - setup.t0 <= 8.0 + 0.5  # the wait and the epochs together
+    assert 3.0 <= summary["wall_time_s"] <= 8.0 + 0.5
+    assert 1 <= summary["epochs_completed"] < 20
     assert_one_story(run)

@@ -179,7 +179,8 @@ class TimeBudget(Timer):
     Lightning's Timer stops at the first step past the budget, and the validation and the
     checkpoint writes that follow come on top (a 6-minute budget once ran 391 s of steps and
     31 s more validating half an epoch). This one counts `spent_s` from before training (the
-    plan's probe) and:
+    plan's probe) and everything from `setup` to the first step (a probe head's fit, a
+    restore), and:
     - at the end of each epoch, estimates the epochs still planned from the last one measured
       (its steps, validation and checkpoint writes; scaled by the plan's `epoch_s(epoch)`
       where epochs differ, e.g. frozen and unfrozen). When they no longer all fit, the run
@@ -187,9 +188,12 @@ class TimeBudget(Timer):
       re-planned to end there (`schedule.replan`, so the lr still reaches its floor), and
       `on_replan(trainer, epochs, why)` records it. When not even the next one fits, it
       stops there. A cut run, while epochs of its plan remain (its schedule still running, so
-      re-planning stretches it), grows back towards the epochs this session started with when
-      the slower of its last two epochs says more fit (a first epoch slowed by one-off costs,
-      such as a cold start, once cut a 60-epoch plan to 52 that later epochs ran in half the time);
+      re-planning stretches it), grows back towards `asked` (the epochs the config asked for
+      before the plan cut them; else those this session started with) when the slower of its
+      last two epochs says more fit: a first epoch slowed by one-off costs, such as a cold
+      start, once cut a 60-epoch plan to 52 that later epochs ran in half the time, and a
+      plan's probe that timed 0.46 s a step where epochs then ran 0.37 s a step fitted 4 of
+      12 epochs in a 261-s budget and left 90 s of it unused;
     - inside an epoch (an estimate that was wrong), stops at the first step from which the
       rest of the epoch (its remaining steps at the recent pace, its validation and saves)
       cannot end inside the budget, or that leaves just the time to write last.ckpt. That
@@ -207,6 +211,7 @@ class TimeBudget(Timer):
         val_s: float = 0.0,
         scheduler: Any = None,
         on_replan: Callable[["L.Trainer", int, str], None] | None = None,
+        asked: int | None = None,
     ) -> None:
         super().__init__(timedelta(seconds=budget_s) if budget_s else None, interval="step")
         self._offset = spent_s
@@ -222,7 +227,8 @@ class TimeBudget(Timer):
         self._batch_t: float | None = None
         self._batch_s: list[float] = []  # recent step durations (the epoch's first one left out)
         self._first = True
-        self.asked: int | None = None  # this session's epochs before any re-plan: a cut run may grow back to them
+        self.asked = asked  # the epochs asked before the plan or any re-plan: a cut run may grow back to them
+        self._setup_t: float | None = None
 
     @property
     def state_key(self) -> str:
@@ -233,10 +239,15 @@ class TimeBudget(Timer):
         self._batch_s = []
         self._first = True
 
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        self._setup_t = time.monotonic()
+
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         super().on_train_start(trainer, pl_module)
+        if self._setup_t is not None:  # what ran before the first step (a probe head's fit, a restore) is spent too
+            self._offset += time.monotonic() - self._setup_t
         self._start_epoch()  # a session resumed mid-epoch gets no epoch start
-        self.asked = int(trainer.max_epochs or 0)
+        self.asked = max(self.asked or 0, int(trainer.max_epochs or 0))
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self._ended_at is not None:  # what ran after the last epoch's end hook: writing last.ckpt
