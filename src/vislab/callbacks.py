@@ -192,8 +192,8 @@ class TimeBudget(Timer):
       before the plan cut them; else those this session started with) when the slower of its
       last two epochs says more fit: a first epoch slowed by one-off costs, such as a cold
       start, once cut a 60-epoch plan to 52 that later epochs ran in half the time, and a
-      plan's probe that timed 0.46 s a step where epochs then ran 0.37 s a step fitted 4 of
-      12 epochs in a 261-s budget and left 90 s of it unused;
+      plan's probe that estimated 47 s an epoch where they then took 35-40 s fitted 4 of 12
+      epochs in a 261-s budget and left over 80 s of it unused;
     - inside an epoch (an estimate that was wrong), stops at the first step from which the
       rest of the epoch (its remaining steps at the recent pace, its validation and saves)
       cannot end inside the budget, or that leaves just the time to write last.ckpt. That
