@@ -235,6 +235,18 @@ def test_a_plan_cut_by_a_pessimistic_probe_grows_back_to_the_epochs_asked(datase
     assert_one_story(run)
 
 
+def test_a_plan_grown_back_short_of_the_epochs_asked_is_still_a_cut(dataset, tmp_path):
+    # the probe times 0.3 s steps (about 6 of 40 epochs fit 10 s); real steps take 0.1 s, so the
+    # run grows to more than planned but far fewer than 40: each re-plan warns, none says restored
+    cfg = paced(0.3, 0.05, train={"epochs": 40}, scheduler={"name": "cosine", "warmup_epochs": 0.0})
+    run = train(cfg, dataset, tmp_path / "run", max_time="10s", callbacks=[FastOnceTraining(0.1)])
+    plan = read(run, "run.json")["plan"]
+    final = plan["replanned"][-1]["epochs"]
+    assert plan["epochs"] < final < 40  # (on a busy machine the budget may still stop inside the last one)
+    replans = [(m["level"], m["code"]) for m in read(run, "health.json") if "time budget:" in m["message"]]
+    assert replans and set(replans) == {("warn", "plan_cut")}
+
+
 class SlowSetup(Callback):
     """Waits `wait_s` before the first step, as fitting a probe head does; keeps the real clock."""
 

@@ -415,11 +415,12 @@ def _train_session(
 def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, paths: RunPaths, health: Any, recorder: Any) -> Any:
     """The run's TimeBudget: its epoch estimates come from the plan's probe, or on resume from
     the epochs measured before; when it re-plans the run to fewer epochs, config.yaml,
-    run.json, summary.json and health.json say so, and again when a cut run grows back (an
-    info once it is back to every planned epoch)."""
+    run.json, summary.json and health.json say so, and again when a cut run grows back (a
+    warning while it still ends short of the epochs asked, an info once it is back to all)."""
+    asked = plan.epochs_asked if plan is not None else cfg.train.epochs  # cfg holds the plan's epochs
 
     def replanned(trainer: Any, epochs: int, why: str) -> None:
-        level, code = ("warn", "plan_cut") if epochs < cfg.train.epochs else ("info", "plan_restored")
+        level, code = ("warn", "plan_cut") if epochs < asked else ("info", "plan_restored")
         health.add(trainer, level, code, f"time budget: {why}", int(trainer.global_step), echo=False)
         if not trainer.is_global_zero:
             return
@@ -433,8 +434,7 @@ def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, 
 
     if plan is not None:
         probe, freeze = plan.probe, cfg.train.freeze_backbone_epochs
-        return kind(budget_s, plan.spent_s, lambda e: probe.epoch_s(e < freeze), probe.save_s, probe.val_s(), cfg.scheduler, replanned,
-                    asked=plan.epochs_asked)
+        return kind(budget_s, plan.spent_s, lambda e: probe.epoch_s(e < freeze), probe.save_s, probe.val_s(), cfg.scheduler, replanned, asked)
     before = _epoch_seconds(paths) if budget_s else 0.0
     return kind(budget_s, 0.0, (lambda e: before) if before else None, scheduler=cfg.scheduler, on_replan=replanned)
 
