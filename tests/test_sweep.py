@@ -16,6 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import vislab.testing.models  # noqa: F401  (registers paced_cnn)
 from vislab.cli import app
 from vislab.config import dump_config, load_config
 from vislab.errors import VislabError
@@ -150,9 +151,13 @@ def test_median_pruner_stops_a_hopeless_trial(dataset, files, tmp_path):
 
 
 def test_max_time_is_the_whole_sweeps_and_trial_max_time_each_trials(dataset, files, tmp_path):
-    base, space = files
+    _, space = files
+    # each training forward waits 0.25 s (ten of them: 2.5 s a trial), longer than the 1-s
+    # budget, which is itself far longer than the study's set-up, even on a loaded machine
+    paced = tiny_config(model={"name": "paced_cnn", "kwargs": {"train_s": 0.25}}, train={"epochs": 2})
+    base = write(tmp_path / "paced.yaml", yaml.safe_load(dump_config(paced)))
     out = tmp_path / "timed"
-    result = run_sweep(base, dataset, out, SweepOptions(space=space, trials=5, pruner="none", max_time="0.01s", trial_max_time="1h"))
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, trials=5, pruner="none", max_time="1s", trial_max_time="1h"))
     assert result.stopped == "time" and len(result.table) == 1  # the first trial outlasts the budget; no second starts
     assert result.table["state"][0] == "complete"  # a running trial is never cut short
     assert load_config(out / "trial-0000/config.yaml").train.max_time == "1h"

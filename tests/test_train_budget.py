@@ -126,9 +126,9 @@ def test_a_budget_shorter_than_an_epoch_is_a_one_line_error(dataset, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def probe(step_s: float, frozen_step_s: float | None = None) -> Probe:
+def probe(step_s: float, frozen_step_s: float | None = None, fixed_step_s: float | None = None) -> Probe:
     return Probe(step_s=step_s, frozen_step_s=frozen_step_s, train_start_s=0.0, val_batch_s=1.0, val_start_s=0.0,
-                 save_s=0.5, batch=32, eval_batch=32, train_batches=100, val_batches=10, probe_s=5.0)
+                 save_s=0.5, batch=32, eval_batch=32, train_batches=100, val_batches=10, probe_s=5.0, fixed_step_s=fixed_step_s)
 
 
 def test_plan_arithmetic_scales_what_counts_in_epochs():
@@ -145,6 +145,20 @@ def test_plan_arithmetic_scales_what_counts_in_epochs():
     exp = tiny_config(train={"epochs": 10}, scheduler={"name": "exponential", "gamma": 0.9})
     planned, plan = fit_plan(exp, "10m", 600.0, probe(1.0))
     assert planned.scheduler.gamma ** planned.train.epochs == pytest.approx(0.9**10, rel=1e-4)  # decays as far
+
+
+def test_stages_fixed_for_speed_stay_fixed_only_when_the_epochs_do_not_fit_without():
+    cfg = tiny_config(train={"epochs": 6, "freeze_stages": 2})
+    # an epoch: 100 steps of 1 s (0.5 s with the stages fixed) + 10 s validation + 2 x 0.5 s saves
+    planned, plan = fit_plan(cfg, "1h", 3600.0, probe(1.0, fixed_step_s=0.5))
+    assert plan.epochs == 6 and planned.train.freeze_stages == 0 and plan.changed["train.freeze_stages"] == [2, 0]
+    assert "train.freeze_stages not needed, released" in plan.line("cosine")
+    planned, plan = fit_plan(cfg, "10m", 600.0, probe(1.0, fixed_step_s=0.5))
+    # 6 x 111 s do not fit 600 s; with the stages fixed, 61 s an epoch: 8 would fit, 6 are asked
+    assert plan.epochs == 6 and planned.train.freeze_stages == 2 and "train.freeze_stages" not in plan.changed
+    assert "~61.0 s an epoch with validation and saving, train.freeze_stages fixing the first stages (111.0 s without)" in plan.line("cosine")
+    planned, plan = fit_plan(cfg, "5m", 300.0, probe(1.0, fixed_step_s=0.5))
+    assert plan.epochs == 4 and plan.cut and planned.train.freeze_stages == 2  # 4 x 61 s x 1.1 fit 300 s; 2 unfixed would
 
 
 def test_a_backbone_that_never_unfroze_is_a_warning(dataset, tmp_path):

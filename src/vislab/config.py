@@ -198,6 +198,8 @@ class TrainConfig(Section):
     max_time: str | None = Field(None, description="Training-time budget of the whole run, e.g. 5h, 90m, 1h30m.")
     freeze_backbone_epochs: int = Field(0, ge=0, description="Train only the head (and attention branch) for this many epochs first.")
     freeze_bn: bool = Field(False, description="Keep the backbone's BatchNorm statistics fixed after unfreezing too (small datasets).")
+    freeze_stages: int = Field(
+        0, ge=0, description="Keep the stem and the first N feature levels (timm's feature_info) of a pretrained backbone frozen for the whole run, BatchNorm included, for cheaper steps; with --max-time, only when the epochs asked do not fit without.")
     head_init: Literal["random", "probe"] = Field(
         "random", description="probe: before training, fit the new linear head as a logistic regression on the pretrained features (LP-FT); needs model.head: null.")
     probe_images: int = Field(4096, ge=1, description="Most training (and validation) images the probe head is fitted on.")

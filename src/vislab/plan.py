@@ -10,7 +10,8 @@ the run trains the epochs that fit and everything counted in epochs shrinks with
 (`train.freeze_backbone_epochs`, at least one frozen and one unfrozen epoch when two fit;
 `scheduler.warmup_epochs`; an exponential `scheduler.gamma`, so the lr still decays as far),
 while one-cycle, cosine and linear schedules are planned over the epochs that will run and so
-reach their floor at the end of the budget. The plan is one printed line and a `plan` entry
+reach their floor at the end of the budget. Stages fixed for speed (`train.freeze_stages`)
+are timed both ways and stay fixed only when the epochs asked do not fit without them. The plan is one printed line and a `plan` entry
 in run.json and summary.json; config.yaml holds the values the run trained with.
 
 The budget counts this probe and everything from the first training step to the last
@@ -66,14 +67,18 @@ class Probe:
     train_batches: int  # per epoch and device
     val_batches: int
     probe_s: float  # wall time of the measurements (building the model not included)
+    fixed_step_s: float | None = None  # fastest training step with train.freeze_stages fixed (when it asks for some)
 
     def val_s(self) -> float:
         """One validation of the whole validation set."""
         return self.val_batches * self.val_batch_s + self.val_start_s
 
-    def epoch_s(self, frozen: bool = False) -> float:
-        """One epoch: its training steps, validation and two checkpoint writes (best + last)."""
-        step = self.frozen_step_s if frozen and self.frozen_step_s is not None else self.step_s
+    def epoch_s(self, frozen: bool = False, fixed: bool = False) -> float:
+        """One epoch: its training steps, validation and two checkpoint writes (best + last);
+        `fixed`: with the stages of `train.freeze_stages` fixed."""
+        step = self.fixed_step_s if fixed and self.fixed_step_s is not None else self.step_s
+        if frozen and self.frozen_step_s is not None:
+            step = self.frozen_step_s
         return self.train_batches * step + self.train_start_s + self.val_s() + 2 * self.save_s
 
     def to_dict(self) -> dict[str, Any]:
@@ -81,6 +86,8 @@ class Probe:
         out["epoch_s"] = round(self.epoch_s(), 2)
         if self.frozen_step_s is not None:
             out["epoch_s_frozen"] = round(self.epoch_s(True), 2)
+        if self.fixed_step_s is not None:
+            out["epoch_s_fixed"] = round(self.epoch_s(fixed=True), 2)
         return out
 
 
@@ -148,7 +155,8 @@ def probe(
     budget_s: float | None = None,
 ) -> Probe:
     """Time `steps` training steps (after one that starts the loader; as many again with the
-    backbone frozen when the run starts frozen), a validation batch or two and a checkpoint
+    backbone frozen when the run starts frozen, and with `cfg.train.freeze_stages` fixed when
+    it asks for some: build `task` without them), a validation batch or two and a checkpoint
     write of `task` (built for the probe alone: its weights change) on `dm`'s loaders. With a
     `budget_s`, the probe takes fewer steps (two a phase at least) once it has used
     `PROBE_SHARE` of it. `scratch`: a folder to time the write to disk in (else only
@@ -216,6 +224,10 @@ def _probe(
     if first is None:
         first, times = times[0], times[1:]
     step_s = min(times)
+    fixed_step = None
+    if t.freeze_stages > 0 and task.fixed_stages is None:
+        backbones.fix_stages(task.model, t.freeze_stages, cfg.model.name)
+        fixed_step = min(_timed_batches(batches, steps, train_step, device, until))
     del batches
     world = _world(cfg)
     eval_batch = d.eval_batch_size or d.batch_size
@@ -245,6 +257,7 @@ def _probe(
     return Probe(
         step_s=step_s,
         frozen_step_s=frozen_step,
+        fixed_step_s=fixed_step,
         train_start_s=max(0.0, first - step_s) if recurring else 0.0,
         val_batch_s=val_s,
         val_start_s=max(0.0, vtimes[0] - val_s) if recurring and len(vtimes) > 1 else 0.0,
@@ -269,8 +282,9 @@ def frozen_epochs(freeze: int, epochs: int, asked: int) -> int:
     return max(1, min(int(freeze * epochs / asked + 0.5), epochs - 1))
 
 
-def scale_plan(cfg: "RunConfig", epochs: int) -> tuple["RunConfig", dict[str, list[Any]]]:
-    """`cfg` planned for `epochs` instead of `train.epochs`, and what changed ({key: [asked, planned]})."""
+def scale_plan(cfg: "RunConfig", epochs: int, release_stages: bool = False) -> tuple["RunConfig", dict[str, list[Any]]]:
+    """`cfg` planned for `epochs` instead of `train.epochs`, and what changed ({key: [asked, planned]});
+    `release_stages`: train the stages `train.freeze_stages` would fix (the epochs fit without)."""
     from vislab.config import build_config
 
     asked = cfg.train.epochs
@@ -284,6 +298,8 @@ def scale_plan(cfg: "RunConfig", epochs: int) -> tuple["RunConfig", dict[str, li
             changed[f"{section}.{key}"] = [old, value]
 
     put("train", "epochs", epochs)
+    if release_stages:
+        put("train", "freeze_stages", 0)
     if epochs < asked:
         r = epochs / asked
         if cfg.train.freeze_backbone_epochs > 0:
@@ -326,9 +342,16 @@ class Plan:
     def line(self, scheduler: str) -> str:
         """The one line `vislab train` prints."""
         p = self.probe
-        cost = f"~{p.epoch_s():.1f} s an epoch with validation and saving"
+        released = "train.freeze_stages" in self.changed
+        fixed = p.fixed_step_s is not None and not released
+        cost = f"~{p.epoch_s(fixed=fixed):.1f} s an epoch"
         if p.frozen_step_s is not None:
-            cost = f"~{p.epoch_s(True):.1f} s an epoch frozen, {p.epoch_s():.1f} s unfrozen, with validation and saving"
+            cost = f"~{p.epoch_s(True):.1f} s an epoch frozen, {p.epoch_s(fixed=fixed):.1f} s unfrozen"
+        cost += " with validation and saving"
+        if released:
+            cost += f"; train.freeze_stages not needed, released ({p.epoch_s(fixed=True):.1f} s with it)"
+        elif fixed:
+            cost += f", train.freeze_stages fixing the first stages ({p.epoch_s():.1f} s without)"
         if not self.cut:
             return f"plan: the {self.epochs} epochs asked fit the {self.budget} budget ({cost}; probe {self.spent_s:.1f} s)"
         parts = []
@@ -353,18 +376,21 @@ def fit_plan(cfg: "RunConfig", budget: str, budget_s: float, probe_result: Probe
     left = budget_s - spent_s
     freeze = cfg.train.freeze_backbone_epochs
 
-    def cost(e: int) -> float:
+    def cost(e: int, fixed: bool = False) -> float:
         f = frozen_epochs(freeze, e, asked) if probe_result.frozen_step_s is not None else 0
-        return f * probe_result.epoch_s(True) + (e - f) * probe_result.epoch_s(False)
+        return f * probe_result.epoch_s(True) + (e - f) * probe_result.epoch_s(False, fixed)
 
-    if cost(1) > left:
+    # stages fixed for speed stay fixed only when the epochs asked do not fit without them
+    fixed = probe_result.fixed_step_s is not None and cost(asked) * PLAN_MARGIN > left
+
+    if cost(1, fixed) > left:
         raise VislabError(
-            f"--max-time {budget}: shorter than one epoch of this run (~{cost(1):.0f} s measured: "
+            f"--max-time {budget}: shorter than one epoch of this run (~{cost(1, fixed):.0f} s measured: "
             f"{probe_result.train_batches} steps, validation and saving, after {spent_s:.0f} s of probing); "
-            f"give at least {math.ceil(spent_s + cost(1) * PLAN_MARGIN)}s, or fewer batches per epoch (train.limit_train_batches)"
+            f"give at least {math.ceil(spent_s + cost(1, fixed) * PLAN_MARGIN)}s, or fewer batches per epoch (train.limit_train_batches)"
         )
     epochs = asked
-    while epochs > 1 and cost(epochs) * PLAN_MARGIN > left:
+    while epochs > 1 and cost(epochs, fixed) * PLAN_MARGIN > left:
         epochs -= 1
-    planned, changed = scale_plan(cfg, epochs)
+    planned, changed = scale_plan(cfg, epochs, release_stages=probe_result.fixed_step_s is not None and not fixed)
     return planned, Plan(budget, budget_s, spent_s, asked, epochs, changed, probe_result)

@@ -151,6 +151,11 @@ def _prepare_resume(
                 "pass a larger --max-time (the total for the whole run) to continue"
             )
         need = _epoch_seconds(paths) - float(_callback_state(ckpt, "RunRecorder").get("elapsed_s", 0.0))
+        if stopped == "max_time" and max_time is None:  # the budget judged no more fit; the same budget still holds
+            raise VislabError(
+                f"{out}: the time budget of {cfg.train.max_time} stopped the run with {budget - spent:.0f}s left, less than the "
+                "rest of an epoch needed there; pass a larger --max-time (the total for the whole run) to continue"
+            )
         if spent + need > budget:
             raise VislabError(
                 f"{out}: the time budget of {cfg.train.max_time} has {budget - spent:.0f}s left, less than the "
@@ -173,7 +178,9 @@ def _plan_for_budget(cfg: RunConfig, data: Path, budget_s: float, out: Path) -> 
     """`cfg` fitted to the budget after probing its training steps (see plan.py), and the plan."""
     from vislab.plan import fit_plan, probe
 
-    task, dm, _ = build_task(cfg, data)  # building counts as start-up, as the run's own does
+    # building counts as start-up, as the run's own does; without the stages train.freeze_stages
+    # would fix, so that the probe times the run both ways
+    task, dm, _ = build_task(cfg.model_copy(update={"train": cfg.train.model_copy(update={"freeze_stages": 0})}), data)
     measured = probe(task, dm, cfg, scratch=out, budget_s=budget_s)
     del task, dm
     planned, plan = fit_plan(cfg, str(cfg.train.max_time), budget_s, measured, measured.probe_s)
@@ -320,6 +327,10 @@ def _train_session(
     if rank0:
         _write_run_files(cfg, data, out, task, facts, resume)
         print(f"data: {facts['split_sizes']} images (train/val/test); validation: {facts['val_source']}", flush=True)
+        fixed = task.fixed_stages
+        if fixed:
+            print(f"frozen for the run: the stem and {fixed['levels']} feature level(s), through {fixed['through']} "
+                  f"({fixed['fixed_params'] / 1e6:.2f}M of {fixed['params'] / 1e6:.2f}M parameters)", flush=True)
 
     from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loggers import TensorBoardLogger
@@ -475,6 +486,8 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
     extra = dict(facts)
     extra["augment"] = resolve_augment(cfg.data.augment)
     extra["weights"] = getattr(task.model, "vislab_load_report", None)
+    if task.fixed_stages:
+        extra["frozen_stages"] = task.fixed_stages
     extra["precision"] = resolve_precision(cfg.train.precision, cfg.train.accelerator)
     record = make_run_record(cfg, data, manifest_hash(data), task.classes, spec, extra)
     write_json(paths.run_json, record)

