@@ -1,5 +1,6 @@
 """Fixtures shared by test files: headless Chromium for the browser tests, and tiny trained
-detect and crops runs (seconds each, made once per session) that the serve tests share.
+detect and crops runs (seconds each, made once per session) that the serve tests share, and
+two classes of crops of two skimage photos for fine-tuning a pretrained backbone (`photos`).
 
 Needs Debian's `chromium` and `chromium-driver` (`.ci/run` installs them) and selenium; without
 them a test that asks for `browser` skips and says which packages are missing. Set
@@ -114,3 +115,25 @@ FIRST = ("test_readme_tour.py", "test_sweep_workers.py", "test_train_faults.py")
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(FIRST)))  # stable: files stay whole, in order
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """Two classes of 48-px crops of two skimage photos (a cat, a cup of coffee), curated."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+
+    skimage_data = pytest.importorskip("skimage.data")
+    root, rng = tmp_path_factory.mktemp("photos"), np.random.default_rng(0)
+    for name, image in (("cat", skimage_data.chelsea()), ("coffee", skimage_data.coffee())):
+        (root / "src" / name).mkdir(parents=True)
+        for i in range(24):
+            side = int(rng.integers(150, 280))
+            top, left = (int(rng.integers(0, d - side)) for d in image.shape[:2])
+            Image.fromarray(image[top:top + side, left:left + side]).resize((48, 48)).save(root / "src" / name / f"{i}.png")
+    res = CliRunner().invoke(app, ["curate", str(root / "src"), "--out", str(root / "ds"), "--split", "0.5,0.5,0", "--seed", "0"])
+    assert res.exit_code == 0, res.output
+    return root / "ds"

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
-from typer.testing import CliRunner
 
-from vislab.cli import app
 from vislab.config import RunConfig
 from vislab.errors import VislabError
 from vislab.models import backbones
@@ -63,22 +59,6 @@ def test_bad_freeze_stages_are_one_line_errors() -> None:
 
     with pytest.raises(VislabError, match="set model.pretrained"):
         ClassifyTask(RunConfig.model_validate({"model": {"name": "resnet18"}, "train": {"freeze_stages": 1}}).model_dump(), ["a", "b"])
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Two classes of 48-px crops of two skimage photos (a cat, a cup of coffee), curated."""
-    skimage_data = pytest.importorskip("skimage.data")
-    root, rng = tmp_path_factory.mktemp("photos"), np.random.default_rng(0)
-    for name, image in (("cat", skimage_data.chelsea()), ("coffee", skimage_data.coffee())):
-        (root / "src" / name).mkdir(parents=True)
-        for i in range(16):
-            side = int(rng.integers(150, 280))
-            top, left = (int(rng.integers(0, d - side)) for d in image.shape[:2])
-            Image.fromarray(image[top:top + side, left:left + side]).resize((48, 48)).save(root / "src" / name / f"{i}.png")
-    res = CliRunner().invoke(app, ["curate", str(root / "src"), "--out", str(root / "ds"), "--split", "0.75,0.25,0", "--seed", "0"])
-    assert res.exit_code == 0, res.output
-    return root / "ds"
 
 
 def test_a_run_keeps_the_fixed_stages_as_pretrained_through_the_unfreeze(photos, tmp_path) -> None:

@@ -6,12 +6,9 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from PIL import Image
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
-from typer.testing import CliRunner
 
-from vislab.cli import app
 from vislab.config import RunConfig
 from vislab.errors import VislabError
 from vislab.train import train
@@ -43,22 +40,6 @@ def test_probe_needs_a_linear_head_and_pretrained_features() -> None:
         recipe_callbacks(RunConfig.model_validate({"model": {"name": "resnet18", "pretrained": "pypi", "head": {}}, "train": {"head_init": "probe"}}))
     with pytest.raises(VislabError, match="model.pretrained"):
         recipe_callbacks(RunConfig.model_validate({"model": {"name": "resnet18"}, "train": {"head_init": "probe"}}))
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory):
-    """Two classes of 48-px crops of two skimage photos (a cat, a cup of coffee), curated."""
-    skimage_data = pytest.importorskip("skimage.data")
-    root, rng = tmp_path_factory.mktemp("photos"), np.random.default_rng(0)
-    for name, image in (("cat", skimage_data.chelsea()), ("coffee", skimage_data.coffee())):
-        (root / "src" / name).mkdir(parents=True)
-        for i in range(24):
-            side = int(rng.integers(150, 280))
-            top, left = (int(rng.integers(0, d - side)) for d in image.shape[:2])
-            Image.fromarray(image[top:top + side, left:left + side]).resize((48, 48)).save(root / "src" / name / f"{i}.png")
-    res = CliRunner().invoke(app, ["curate", str(root / "src"), "--out", str(root / "ds"), "--split", "0.5,0.5,0", "--seed", "0"])
-    assert res.exit_code == 0, res.output
-    return root / "ds"
 
 
 class FirstValidation(Callback):

@@ -233,16 +233,17 @@ class FastOnceTraining(Callback):
 
 
 def test_a_plan_cut_by_a_pessimistic_probe_grows_back_to_the_epochs_asked(dataset, tmp_path, capsys):
-    # the probe times 0.3 s steps, so 12 epochs do not fit 10 s; the real steps take 0.02 s and
-    # the run grows back to all 12 the config asked for, its cosine still ending at the floor
+    # the probe times 0.3 s steps, so 12 epochs do not fit 14 s; the real steps take 0.02 s and
+    # the run grows back to all 12 the config asked for (a few seconds: room for a busy machine),
+    # its cosine still ending at the floor
     cfg = paced(0.3, 0.05, train={"epochs": 12}, scheduler={"name": "cosine", "warmup_epochs": 0.0})
-    run = train(cfg, dataset, tmp_path / "run", max_time="10s", callbacks=[FastOnceTraining(0.02)])
+    run = train(cfg, dataset, tmp_path / "run", max_time="14s", callbacks=[FastOnceTraining(0.02)])
     plan = read(run, "run.json")["plan"]
     assert plan["epochs"] < 12 and plan["epochs_asked"] == 12
     assert "grows back to end at epoch 12" in capsys.readouterr().out
     summary = read(run, "summary.json")
     assert summary["epochs_completed"] == 12 and summary["stopped_reason"] == "completed"
-    assert summary["wall_time_s"] <= 10.0 + 0.5
+    assert summary["wall_time_s"] <= 14.0 + 0.5
     rows = pd.read_csv(run / "metrics.csv")
     assert rows["lr/last"].iloc[-1] < 0.1 * rows["lr"].max()
     assert ("info", "plan_restored") in [(m["level"], m["code"]) for m in read(run, "health.json")]

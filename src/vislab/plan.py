@@ -11,8 +11,9 @@ the run trains the epochs that fit and everything counted in epochs shrinks with
 `scheduler.warmup_epochs`; an exponential `scheduler.gamma`, so the lr still decays as far),
 while one-cycle, cosine and linear schedules are planned over the epochs that will run and so
 reach their floor at the end of the budget. Stages fixed for speed (`train.freeze_stages`)
-are timed both ways and stay fixed only when the epochs asked do not fit without them. The plan is one printed line and a `plan` entry
-in run.json and summary.json; config.yaml holds the values the run trained with.
+are timed both ways and stay fixed only when the epochs asked do not fit without them. The
+plan is one printed line and a `plan` entry in run.json and summary.json; config.yaml holds
+the values the run trained with.
 
 The budget counts this probe and everything from the first training step to the last
 checkpoint, validation and saving included (`callbacks.TimeBudget` keeps the run inside it).

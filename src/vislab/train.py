@@ -444,8 +444,8 @@ def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, 
         write_json(paths.run_json, info)
 
     if plan is not None:
-        probe, freeze = plan.probe, cfg.train.freeze_backbone_epochs
-        return kind(budget_s, plan.spent_s, lambda e: probe.epoch_s(e < freeze), probe.save_s, probe.val_s(), cfg.scheduler, replanned, asked)
+        probe, freeze, fixed = plan.probe, cfg.train.freeze_backbone_epochs, cfg.train.freeze_stages > 0
+        return kind(budget_s, plan.spent_s, lambda e: probe.epoch_s(e < freeze, fixed), probe.save_s, probe.val_s(), cfg.scheduler, replanned, asked)
     before = _epoch_seconds(paths) if budget_s else 0.0
     return kind(budget_s, 0.0, (lambda e: before) if before else None, scheduler=cfg.scheduler, on_replan=replanned)
 
