@@ -171,6 +171,10 @@ class BestCheckpoint(ModelCheckpoint):
 
 
 BUDGET_MARGIN = 1.02  # on measured epoch times: a next epoch starts only with this much room
+# growing a cut run back is a choice, not a need: it asks for room for epochs 10% slower (a
+# 2-core flowers run grew 6 -> 7 on 2% and its epochs then slowed from 28-32 s to 34 s, so the
+# budget cut the 7th and the lr never reached its floor)
+GROW_MARGIN = 1.1
 
 
 class TimeBudget(Timer):
@@ -190,7 +194,7 @@ class TimeBudget(Timer):
       stops there. A cut run, while epochs of its plan remain (its schedule still running, so
       re-planning stretches it), grows back towards `asked` (the epochs the config asked for
       before the plan cut them; else those this session started with) when the slower of its
-      last two epochs says more fit: a first epoch slowed by one-off costs, such as a cold
+      last two epochs says more fit with 10% to spare (`GROW_MARGIN`): a first epoch slowed by one-off costs, such as a cold
       start, once cut a 60-epoch plan to 52 that later epochs ran in half the time, and a
       plan's probe that estimated 47 s an epoch where they then took 35-40 s fitted 4 of 12
       epochs in a 261-s budget and left over 80 s of it unused;
@@ -291,11 +295,11 @@ class TimeBudget(Timer):
             return last
         return last * self.epoch_s(epoch) / max(1e-9, self.epoch_s(measured))
 
-    def _fit(self, done: int, until: int, left: float, last: float) -> int:
+    def _fit(self, done: int, until: int, left: float, last: float, margin: float = BUDGET_MARGIN) -> int:
         """How many of epochs done..until-1 fit in `left` seconds, each costing as `last` says."""
         fit, total = 0, 0.0
         for epoch in range(done, until):
-            total += self._cost(epoch, done - 1, last) * BUDGET_MARGIN
+            total += self._cost(epoch, done - 1, last) * margin
             if total > left:
                 break
             fit += 1
@@ -316,7 +320,7 @@ class TimeBudget(Timer):
         if fit >= planned - done:  # all that is planned fits: grow back towards what was asked?
             asked = max(self.asked or planned, planned)
             slower = max(self.cycles[-2:]) + self.save_s
-            more = int(trainer.strategy.broadcast(self._fit(done, asked, left, slower) if planned < asked else 0))
+            more = int(trainer.strategy.broadcast(self._fit(done, asked, left, slower, GROW_MARGIN) if planned < asked else 0))
             if done + more > planned:
                 why = (f"epochs take ~{slower:.1f} s now, so {more} more fit in the {left:.0f} s left: the run "
                        f"grows back to end at epoch {done + more} (this session started with {asked})")
