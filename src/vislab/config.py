@@ -91,6 +91,12 @@ class ModelConfig(Section):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before a timm model's classifier.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
 
+    @property
+    def starts_trained(self) -> bool:
+        """Whether the network starts from trained weights (pretrained ones or a local file):
+        what a probe head and fixed stages need."""
+        return bool(self.pretrained or self.weights)
+
 
 AUG_PRESETS = ("none", "light", "standard", "strong")
 

@@ -212,7 +212,7 @@ def recipe_callbacks(cfg: RunConfig) -> list[Callback]:
     if cfg.train.head_init == "probe":
         if cfg.model.head is not None:
             raise VislabError("train.head_init: probe fits a linear head; set model.head: null (the model's own classifier) or head_init: random")
-        if not cfg.model.pretrained and not cfg.model.weights:
+        if not cfg.model.starts_trained:
             raise VislabError("train.head_init: probe reads pretrained features; set model.pretrained (or model.weights) or head_init: random")
         cbs.append(ProbeHeadInit(cfg.train.probe_images))
     if cfg.model.name == "fast_cnn" and cfg.model.fast_cnn.whiten:

@@ -123,7 +123,7 @@ class BaseTask(L.LightningModule):
         # the stem and first feature levels frozen for the run (train.freeze_stages); None: none
         self.fixed_stages: dict[str, Any] | None = None
         if self.cfg.train.freeze_stages:
-            if not self.cfg.model.pretrained and not self.cfg.model.weights:
+            if not self.cfg.model.starts_trained:
                 raise VislabError("train.freeze_stages keeps pretrained layers as they are; set model.pretrained (or model.weights) or train.freeze_stages: 0")
             self.fixed_stages = backbones.fix_stages(self.model, self.cfg.train.freeze_stages, self.cfg.model.name)
         if data_spec is None:  # the input the built model expects, with the config's size overrides
