@@ -189,6 +189,12 @@ def test_an_epoch_that_cannot_end_inside_the_budget_is_cut_unvalidated(dataset, 
     assert step % STEPS_PER_EPOCH and summary["epochs_completed"] == step // STEPS_PER_EPOCH  # cut inside an epoch
     assert "budget_cut" in [m["code"] for m in read(run, "health.json")]
     assert_one_story(run)
+    # the budget judged the rest would not fit: the same budget does not resume, a larger one does
+    with pytest.raises(VislabError, match="time budget of 12s stopped the run with"):
+        train(None, None, run, resume=True)
+    train(None, None, run, resume=True, max_time="10m")
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(6))
+    assert read(run, "summary.json")["stopped_reason"] == "completed"
 
 
 class SlowFirstEpoch(Callback):
