@@ -145,6 +145,15 @@ def test_cli_configs_lists_and_copies(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 32
 
 
+def test_models_takes_a_glob_or_a_plain_word_found_anywhere_in_the_name() -> None:
+    assert invoke("models", "crop").output.split() == ["crop_detector", "crop_detector_tiny"]
+    assert invoke("models", "crop*tiny").output.split() == ["crop_detector_tiny"]
+    assert invoke("models", "yolov3_t?ny").output.split() == ["yolov3_tiny"]
+    assert "resnet18" in invoke("models", "resnet1", "--timm").output.split()
+    missing = invoke("models", "nosuchnet")
+    assert missing.exit_code != 0 and "no model name matches '*nosuchnet*'" in missing.output
+
+
 def test_models_pretrained_lists_offline_weights(tmp_path, monkeypatch) -> None:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -242,13 +242,15 @@ def prepare(
 @app.command()
 @user_errors
 def models(
-    pattern: str = typer.Argument("*", help="Glob pattern, e.g. '*efficientnet*'."),
+    pattern: str = typer.Argument("*", help="Glob pattern, e.g. '*efficientnet*'; a plain word matches anywhere in a name."),
     timm: bool = typer.Option(False, "--timm", help="Include timm's architectures (any works as model.name)."),
     pretrained: bool = typer.Option(False, "--pretrained", help="List the models whose pretrained weights load here without a network."),
 ) -> None:
     """List model names usable as `model.name`, one per line."""
     from vislab.models.factory import list_models
 
+    if not any(c in pattern for c in "*?["):  # `vislab models resnet` means names containing it
+        pattern = f"*{pattern}*"
     if pretrained:
         from vislab.models.backbones import offline_weights
 

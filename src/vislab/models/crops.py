@@ -193,6 +193,7 @@ def _config(cfg: ModelConfig, defaults: dict[str, Any] | None = None) -> CropsMo
     description="crop detector: ResNet-34 thumbnail + shared ResNet-18 patches, rectangle and crop flag",
     task="crops",
     pretrained=False,
+    weight_kwargs=("pretrained", "patch_pretrained"),
 )
 def crop_detector(cfg: ModelConfig, num_classes: int) -> CropDetector:
     """`num_classes`: the number of grid cells (= patches per sample)."""
@@ -205,6 +206,7 @@ def crop_detector(cfg: ModelConfig, num_classes: int) -> CropDetector:
     description="crop detector at test size: timm test_resnet branches, 16-d embeddings",
     task="crops",
     pretrained=False,
+    weight_kwargs=("pretrained", "patch_pretrained"),
 )
 def crop_detector_tiny(cfg: ModelConfig, num_classes: int) -> CropDetector:
     return CropDetector(_config(cfg, TINY), cells=num_classes)

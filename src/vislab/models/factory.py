@@ -110,8 +110,9 @@ def create_model(cfg: "ModelConfig", num_classes: int, *, load_weights: bool = T
                 "(the custom head applies to timm backbones)"
             )
         # A restore builds the architecture only: a builder that loads its own pretrained
-        # weights (a timm backbone from the hub) must not reach for them.
-        build_cfg = cfg if load_weights else cfg.model_copy(update={"pretrained": False})
+        # weights (a timm backbone from the hub, its `weight_kwargs`) must not reach for them.
+        off = {key: False for key in entry.meta.get("weight_kwargs", ())}
+        build_cfg = cfg if load_weights else cfg.model_copy(update={"pretrained": False, "kwargs": {**cfg.kwargs, **off}})
         model = entry.builder(cfg=build_cfg, num_classes=num_classes)
         model.vislab_spec = entry.spec
     else:

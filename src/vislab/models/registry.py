@@ -74,10 +74,11 @@ def register_model(name: str, spec: DataSpec | None = None, **meta: Any) -> Call
     """Decorator registering a builder under `name`; a second registration of a name is a bug.
 
     The builder is called as `builder(cfg=ModelConfig, num_classes=int)`. `meta` is free-form
-    and shown by `model_info`; three keys change what others check: `pretrained=True` means
-    the builder handles `cfg.pretrained` itself, `head=True` that it honours `cfg.head`, and
-    `task` names the task whose outputs it produces (default classify; a task accepts the
-    models of its own task).
+    and shown by `model_info`; four keys change what others check: `pretrained=True` means
+    the builder handles `cfg.pretrained` itself, `head=True` that it honours `cfg.head`,
+    `weight_kwargs` names the `cfg.kwargs` that make it load weights (set False when a run is
+    restored from its checkpoint), and `task` names the task whose outputs it produces
+    (default classify; a task accepts the models of its own task).
     """
 
     def wrap(fn: Builder) -> Builder:

@@ -133,14 +133,6 @@ class CropsPlugin(Task):
     evaluate_options = ("crops_per_image", "aberration", "rectangle")
     export_outputs = ("rect", "flag", "cells")
 
-    def create_model(self, cfg: "RunConfig", classes: Sequence[str], *, load_weights: bool = True) -> "nn.Module":
-        """Restoring a run (`load_weights=False`) builds the branches without their ImageNet start:
-        the checkpoint replaces every weight, so neither the hub nor the weights package is needed."""
-        if not load_weights:
-            kwargs = {**cfg.model.kwargs, "pretrained": False, "patch_pretrained": False}
-            cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"kwargs": kwargs})})
-        return super().create_model(cfg, classes, load_weights=load_weights)
-
     # ---- training ------------------------------------------------------------------------
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.crops_datamodule import CropsDataModule
