@@ -150,12 +150,12 @@ def _prepare_resume(
                 f"{out}: the time budget of {cfg.train.max_time} is spent ({spent:.0f}s trained); "
                 "pass a larger --max-time (the total for the whole run) to continue"
             )
-        need = _epoch_seconds(paths) - float(_callback_state(ckpt, "RunRecorder").get("elapsed_s", 0.0))
         if stopped == "max_time" and max_time is None:  # the budget judged no more fit; the same budget still holds
             raise VislabError(
                 f"{out}: the time budget of {cfg.train.max_time} stopped the run with {budget - spent:.0f}s left, less than the "
                 "rest of an epoch needed there; pass a larger --max-time (the total for the whole run) to continue"
             )
+        need = _epoch_seconds(paths) - float(_callback_state(ckpt, "RunRecorder").get("elapsed_s", 0.0))
         if spent + need > budget:
             raise VislabError(
                 f"{out}: the time budget of {cfg.train.max_time} has {budget - spent:.0f}s left, less than the "

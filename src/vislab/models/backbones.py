@@ -293,7 +293,8 @@ def _keep_frozen_bn_eval(module: nn.Module, _args: Any) -> None:
 
 
 def set_backbone_frozen(model: nn.Module, frozen: bool) -> None:
-    """Freeze (or unfreeze) everything outside the classifier, BatchNorm statistics included.
+    """Freeze (or unfreeze) everything outside the classifier, BatchNorm statistics included;
+    the stages `fix_stages` froze for the run stay frozen either way.
 
     Frozen BatchNorm layers are put in eval mode and carry a forward pre-hook that returns
     them to eval mode before each forward, so Lightning's `model.train()` at every epoch
