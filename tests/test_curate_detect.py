@@ -321,3 +321,14 @@ def test_options_that_do_not_fit_are_one_line_errors_before_any_work(tmp_path, k
         assert not out.exists(), args
     write_text(kitti / "data.yaml", "names:\n  0: Car\n\t1: Van\n")
     assert_one_line_error(invoke("curate", kitti, "--out", out, "--format", "yolo"), "data.yaml:3: not valid YAML")
+
+
+def test_a_label_problem_on_a_file_named_with_a_newline_prints_on_one_line(tmp_path):
+    root = tmp_path / "yolo"
+    write_image(root / "images" / "a\nb.png", size=(W, H))
+    write_text(root / "labels" / "a\nb.txt", yolo_line(7, (0.2, 0.2, 0.6, 0.6)))
+    write_text(root / "data.yaml", "names: [cat]\n")
+    out = tmp_path / "ds"
+    curate(root, out)
+    lines = [line for line in invoke("stats", out).stdout.splitlines() if "unknown_class" in line and ":1:" in line]
+    assert len(lines) == 1 and "a\\x0ab.txt:1: unknown_class" in lines[0], lines

@@ -124,6 +124,16 @@ def test_materialize_never_replaces_an_existing_file(tmp_path, mode):
     assert mine.read_text() == "a user's file" and not mine.is_symlink()
 
 
+@pytest.mark.parametrize("name", ["boxes.csv", "curation.json", "class_histogram.png"])
+def test_curate_never_replaces_a_users_file_of_an_output_name_in_out(tmp_path, name):
+    write_image_folder(tmp_path / "photos", ["cat", "dog"], per_class=2)
+    out = tmp_path / "out"
+    mine = sentinel(out / name)
+    assert_one_line_error(invoke("curate", tmp_path / "photos", "--out", out), name, "not a vislab dataset", "--overwrite")
+    assert mine.read_text() == "a user's file" and not (out / "manifest.csv").exists()
+    assert invoke("curate", tmp_path / "photos", "--out", out, "--overwrite").exit_code == 0
+
+
 # ---------------------------------------------------------------- item 3: special and huge files
 
 

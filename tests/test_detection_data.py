@@ -279,6 +279,63 @@ def test_coco_reader_crowd_missing_images_and_broken_entries(tmp_path):
         read_detection_source(root)
 
 
+def test_coco_hostile_ids_numbers_names_and_flags_are_problems_not_tracebacks(tmp_path):
+    root = tmp_path / "coco"
+    for i, name in enumerate(("a.png", "b.png", "c.png")):
+        write_image(root / "images" / name, seed=i, size=(W, H))
+    write_image(tmp_path / "private" / "secret.png", seed=9, size=(W, H))
+    data = {
+        "images": [
+            {"id": 1, "file_name": "a.png"},
+            {"id": 1, "file_name": "b.png"},  # a repeated id keeps its first entry
+            {"id": [2], "file_name": "b.png"},  # unhashable ids
+            {"id": 3, "file_name": "../../private/secret.png"},  # outside the dataset
+            {"id": 4, "file_name": str(tmp_path / "private" / "secret.png")},
+            {"id": 5, "file_name": "c.png"},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 5, 20, 20], "iscrowd": "0"},
+            {"id": 2, "image_id": [1], "category_id": 1, "bbox": [1, 1, 5, 5]},
+            {"id": 3, "image_id": 1, "category_id": {"a": 1}, "bbox": [1, 1, 5, 5]},
+            {"id": 4, "image_id": 1, "category_id": 1, "bbox": [int("9" * 400), 1, 5, 5]},
+            {"id": 5, "image_id": 5, "category_id": 1, "bbox": [1, 1, 5, 5], "iscrowd": "true"},
+            {"id": 6, "image_id": 3, "category_id": 1, "bbox": [1, 1, 5, 5]},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    json_path = write(root / "annotations" / "instances_x.json", json.dumps(data))
+    src, res = resolved(root)
+    assert [os.path.basename(p) for p in src.images] == ["a.png", "c.png"]
+    assert rows(res) == [
+        ("a.png", "cat", 10.0, 5.0, 30.0, 25.0, False),  # iscrowd "0" is not a crowd
+        ("c.png", "cat", 1.0, 1.0, 6.0, 6.0, True),
+    ]
+    kinds = sorted(p["reason"].split(":")[0] for p in res.problems)
+    assert kinds == ["malformed"] * 2 + ["malformed"] + ["outside_dataset"] * 2 + ["unknown_class", "unknown_image"]
+    assert all("secret" not in p for p in src.images)
+
+    data["categories"].append({"id": 1, "name": "dog"})
+    write(json_path, json.dumps(data))
+    with pytest.raises(VislabError, match=r"categories\[1\] repeats id 1 \(also 'cat'\)"):
+        read_detection_source(root)
+    write(json_path, '{"images": [], "annotations": [], "categories": [], "n": ' + "1" * 5000 + "}")
+    with pytest.raises(VislabError, match="instances_x.json: not readable JSON"):
+        read_detection_source(root)
+    write(json_path, "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(VislabError, match="instances_x.json: not readable JSON"):
+        read_detection_source(root)
+
+
+def test_yolo_names_skip_a_broken_yaml_that_is_not_the_dataset_file(tmp_path, yolo):
+    os.remove(yolo / "data.yaml")
+    write(yolo / "classes.txt", "owl\nhawk\n")
+    write(yolo / "aaa.yaml", "names: [zzz]\n")  # an unrelated YAML does not outrank classes.txt
+    write(yolo / "hyp.yaml", "lr0: [0.01\n")
+    assert read_detection_source(yolo, "yolo").classes == ["owl", "hawk"]
+    os.remove(yolo / "classes.txt")
+    assert read_detection_source(yolo, "yolo").classes == ["zzz"]  # coco8.yaml-style names still found
+
+
 # ---------------------------------------------------------------- VOC
 
 
@@ -314,6 +371,8 @@ def test_voc_reader_difficult_one_based_and_unsafe_xml(tmp_path):
     write(root / "Annotations" / "b.xml", voc_xml("&lol2;", voc_object("dog", (1, 1, 5, 5)), head=bomb))
     write(root / "Annotations" / "c.xml", voc_xml("c.png", "<object><name>dog</name>"))
     write(root / "Annotations" / "ghost.xml", voc_xml("ghost.png", voc_object("dog", (1, 1, 5, 5))))
+    write(root / "Annotations" / "sjis.xml", '<?xml version="1.0" encoding="shift_jis"?><annotation/>')
+    write(root / "Annotations" / "made_up.xml", '<?xml version="1.0" encoding="bogus"?><annotation/>')
     src, res = resolved(tmp_path)
     assert src.format == "voc" and src.classes == ["cat", "dog"]
     assert rows(res) == [
@@ -327,6 +386,8 @@ def test_voc_reader_difficult_one_based_and_unsafe_xml(tmp_path):
         ("b.xml", None): "unsafe_xml",
         ("c.xml", 5): "unreadable_label_file",  # not well formed: </annotation> closes nothing open
         ("ghost.xml", None): "label_without_image",
+        ("sjis.xml", None): "unreadable_label_file",  # an encoding expat cannot read
+        ("made_up.xml", None): "unreadable_label_file",
     }
 
 

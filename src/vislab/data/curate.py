@@ -272,8 +272,17 @@ def _fingerprint(recorded: dict[str, Any]) -> str:
 
 
 def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
-    """Refuse to replace a manifest made from other inputs, unless told to."""
-    if overwrite or not (out / MANIFEST_NAME).exists():
+    """Refuse to replace a manifest made from other inputs, or files of the same names that
+    curate did not write (a user's own boxes.csv in --out), unless told to."""
+    if overwrite:
+        return
+    if not (out / MANIFEST_NAME).exists():
+        theirs = [n for n in (CURATION_NAME, HISTOGRAM_NAME, BOXES_NAME) if os.path.lexists(out / n)]
+        if theirs:
+            raise VislabError(
+                f"--out {out} holds {', '.join(theirs)} but no {MANIFEST_NAME}, so not a vislab dataset; "
+                "choose another --out or pass --overwrite to replace them"
+            )
         return
     try:
         previous = json.loads(read_bounded(out / CURATION_NAME, 1 << 24).decode("utf-8"))

@@ -55,6 +55,7 @@ MISSING_IMAGE = "missing_image"
 UNKNOWN_IMAGE = "unknown_image"
 UNREADABLE = "unreadable_label_file"
 UNSAFE_XML = "unsafe_xml"
+OUTSIDE_DATASET = "outside_dataset"
 
 _YOLO_NAME_FILES = ("classes.txt", "obj.names", "classes.names")
 _YOLO_YAMLS = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
@@ -102,7 +103,7 @@ def _number(token: str) -> float | None:
     """A finite float, or None (non-numbers, nan and inf are all malformed)."""
     try:
         value = float(token)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return value if math.isfinite(value) else None
 
@@ -205,8 +206,7 @@ def _yaml_names(path: Path) -> list[str] | None:
 
 
 def _yolo_names(root: Path) -> list[str]:
-    candidates = [root / n for n in _YOLO_YAMLS] + sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
-    for path in dict.fromkeys(candidates):
+    for path in (root / n for n in _YOLO_YAMLS):
         if path.is_file():
             names = _yaml_names(path)
             if names is not None:
@@ -220,6 +220,13 @@ def _yolo_names(root: Path) -> list[str]:
                 ]
                 if names:
                     return names
+    for path in sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")):  # coco8.yaml; hyp.yaml is skipped
+        try:
+            names = _yaml_names(path) if path.is_file() else None
+        except VislabError:
+            continue
+        if names is not None:
+            return names
     raise VislabError(
         f"{root}: no data.yaml with 'names' (or classes.txt) naming the YOLO class ids; add one"
     )
@@ -385,6 +392,8 @@ def _load_json(path: Path) -> dict[str, Any]:
         raise VislabError(
             f"{path}:{err.lineno}: not valid JSON ({err.msg}); fix or re-export the file"
         ) from None
+    except (ValueError, RecursionError) as err:  # a 5000-digit number, arrays nested 100,000 deep
+        raise VislabError(f"{path}: not readable JSON ({err}); fix or re-export the file") from None
     if not isinstance(data, dict) or not all(
         isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
     ):
@@ -394,15 +403,32 @@ def _load_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def _coco_id(value: Any) -> int | str | None:
+    """A COCO id as given (a number or a string), or None for anything else (a list, a bool)."""
+    return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+
+
+def _coco_flag(value: Any) -> bool:
+    """`iscrowd` / `ignore`: 1, true or "1" / "true"; "0" and "false" are not set."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true")
+    return value is True or (isinstance(value, (int, float)) and value == 1)
+
+
 def _coco_categories(path: Path, entries: list[Any]) -> dict[Any, str]:
     cats: dict[Any, str] = {}
     for i, cat in enumerate(entries):
-        if not isinstance(cat, dict) or isinstance(cat.get("id"), (bool, list, dict)) or "id" not in cat:
+        cat_id = _coco_id(cat.get("id")) if isinstance(cat, dict) else None
+        if cat_id is None:
             raise VislabError(f"{path}: categories[{i}] has no id; each category needs an id and a name")
         name = cat.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise VislabError(f"{path}: categories[{i}] (id {cat['id']}) has no name; add one")
-        cats[cat["id"]] = name.strip()
+            raise VislabError(f"{path}: categories[{i}] (id {cat_id}) has no name; add one")
+        if cat_id in cats:
+            raise VislabError(
+                f"{path}: categories[{i}] repeats id {cat_id} (also '{cats[cat_id]}'); give each category its own id"
+            )
+        cats[cat_id] = name.strip()
     return cats
 
 
@@ -461,16 +487,31 @@ def _read_coco_file(
     images: dict[Any, str | None] = {}
     for i, entry in enumerate(data["images"]):
         name = entry.get("file_name") if isinstance(entry, dict) else None
-        if not isinstance(name, str) or not name or "id" not in entry:
+        image_id = _coco_id(entry.get("id")) if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or image_id is None:
             src.problem(path, None, f"{MALFORMED}: images[{i}] needs an id and a file_name")
             continue
+        if image_id in images:
+            src.problem(
+                path, None, f"{MALFORMED}: images[{i}] repeats image id {image_id}; only its first entry is kept"
+            )
+            continue
         image = os.path.normpath(os.path.join(folder, name))
+        if os.path.isabs(name) or os.path.commonpath([image, str(folder)]) != str(folder):
+            src.problem(
+                path,
+                None,
+                f"{OUTSIDE_DATASET}: images[{i}] file_name '{name}' lies outside {folder}; "
+                "name images relative to their folder (--images-dir)",
+            )
+            images[image_id] = None
+            continue
         why = regular_file_problem(image)
         if why is not None:
-            src.problem(image, None, f"{MISSING_IMAGE}: named by {path.name} (image id {entry['id']}), {why}")
-            images[entry["id"]] = None
+            src.problem(image, None, f"{MISSING_IMAGE}: named by {path.name} (image id {image_id}), {why}")
+            images[image_id] = None
             continue
-        images[entry["id"]] = image
+        images[image_id] = image
         src.images.append(image)
         w, h = entry.get("width"), entry.get("height")
         if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
@@ -479,7 +520,7 @@ def _read_coco_file(
         if not isinstance(ann, dict):
             src.problem(path, None, f"{MALFORMED}: an annotation is not an object")
             continue
-        image = images.get(ann.get("image_id"), "")
+        image = images.get(_coco_id(ann.get("image_id")), "")
         if image is None:
             continue  # its image is missing, reported once above
         if image == "":
@@ -490,8 +531,8 @@ def _read_coco_file(
                 "not in 'images'",
             )
             continue
-        cat = ann.get("category_id")
-        if cat not in cats:
+        cat = _coco_id(ann.get("category_id"))
+        if cat is None or cat not in cats:
             src.problem(
                 path,
                 None,
@@ -502,7 +543,7 @@ def _read_coco_file(
         if isinstance(box, str):
             src.problem(path, None, box)
             continue
-        ignore = bool(ann.get("iscrowd")) or bool(ann.get("ignore"))
+        ignore = _coco_flag(ann.get("iscrowd")) or _coco_flag(ann.get("ignore"))
         src.boxes.append(SourceBox(image, cats[cat], *box, False, ignore, file=str(path), line=None))
 
 
@@ -597,6 +638,9 @@ def _read_voc_file(
         root, lines = parse_xml(data)
     except UnsafeXMLError as err:
         src.problem(path, None, f"{UNSAFE_XML}: {err}")
+        return
+    except (ValueError, LookupError) as err:  # an encoding expat cannot read (shift_jis, a made-up name)
+        src.problem(path, None, f"{UNREADABLE}: unsupported XML encoding ({err}); save the file as UTF-8")
         return
     except xml.parsers.expat.ExpatError as err:
         src.problem(

@@ -20,6 +20,7 @@ from rich.table import Table
 from vislab.data.boxes import box_stats, read_boxes
 from vislab.data.det_sources import FORMAT_NAMES
 from vislab.data.manifest import BOXES_NAME, OK, STATUSES, has_boxes, read_curation, read_manifest, reason_kind, usable
+from vislab.fsguard import printable
 
 HISTOGRAM_NAME = "class_histogram.png"
 SPLIT_ORDER = ("train", "val", "test")
@@ -186,8 +187,8 @@ def _print_problems(det: dict[str, Any], console: Console, shown: int = 5) -> No
     console.print(_counts_table("label problems (each a reason in curation.json)", counts, "count"))
     problems = [p for p in det.get("problems") or [] if isinstance(p, dict)]
     for p in problems[:shown]:
-        where = f"{p.get('file')}:{p['line']}" if p.get("line") is not None else str(p.get("file"))
-        console.print(f"  {where}: {p.get('reason')}", highlight=False, soft_wrap=True, markup=False)
+        where = printable(str(p.get("file"))) + (f":{p['line']}" if p.get("line") is not None else "")
+        console.print(f"  {where}: {printable(str(p.get('reason')))}", highlight=False, soft_wrap=True, markup=False)
     rest = sum(counts.values()) - min(len(problems), shown)
     if rest > 0:
         console.print(f"  ... and {rest:,} more: see curation.json 'detection.problems'", highlight=False)
