@@ -4,6 +4,7 @@ bare names), `--show-config`, `--version`, `models --pretrained` and the package
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import get_args
@@ -88,8 +89,10 @@ def test_wrong_value_names_key_allowed_values_and_source(tmp_path) -> None:
     assert str(err.value).startswith(f"{cfg}: 'train.epochs'") and "(got 'ten')" in str(err.value) and "allowed: int >= 1" in str(err.value)
     with pytest.raises(VislabError, match=r"^--set optim\.name=sgdd: 'optim\.name' .*'sgd'.*'muon' \(got 'sgdd'\)"):
         load_config(None, ["optim.name=sgdd"])
-    with pytest.raises(VislabError, match=r"^--set data\.img_size=big: 'data\.img_size' is not a valid value .*allowed: int or \[int, int\] or null"):
+    with pytest.raises(VislabError, match=r"^--set data\.img_size=big: 'data\.img_size' is not a valid value .*allowed: int > 0 or \[int > 0, int > 0\] or null"):
         load_config(None, ["data.img_size=big"])
+    with pytest.raises(VislabError, match=r"^--set data\.img_size=0: 'data\.img_size' is not a valid value \(got 0\)"):
+        load_config(None, ["data.img_size=0"])
     with pytest.raises(VislabError, match=r"^--set train\.precision=16: 'train\.precision' .*'bf16-mixed'"):
         load_config(None, ["train.precision=16"])
     assert load_config(None, ["train.precision=32"]).train.precision == "32"  # YAML's number 32 still works
@@ -194,3 +197,16 @@ def test_pyproject_license_is_spdx_and_recipes_are_package_data() -> None:
     assert not [w for w in caught if "license" in str(w.message).lower()], [str(w.message) for w in caught]
     assert dist.metadata.license_expression == "Apache-2.0"
     assert "recipes/*.yaml" in dist.package_data["vislab"]
+
+
+def test_durations_read_as_written_and_ambiguous_ones_are_refused():
+    from vislab.config import duration_text, parse_duration
+
+    assert [parse_duration(t) for t in ("90", "90s", "1h30m", "1.5h", ".5m", "1 h 30 m", "1d")] == [
+        90, 90, 5400, 5400, 30, 5400, 86400
+    ]
+    for text, needle in (("1h30", "write 1h30m or 1h30s"), ("1.2.3m", "not a duration"), (".", "not a duration"),
+                         ("-5m", "not a duration"), ("10ms", "not a duration"), ("0", "must be positive")):
+        with pytest.raises(VislabError, match=re.escape(needle)):
+            parse_duration(text)
+    assert duration_text("90", 90) == "90 s" and duration_text("15m", 900) == "15m"

@@ -80,7 +80,13 @@ def test_stats_prints_the_recorded_counts(tmp_path, src):
     assert result.exit_code == 0, result.output
     for word in ("quarantined", "truncated", "zero_byte", "cat", "train", "val", "test"):
         assert word in result.stdout
-    assert_one_line_error(invoke("stats", tmp_path / "nothing"), "no manifest here")
+    assert_one_line_error(invoke("stats", tmp_path / "nothing"), "nothing: no such folder")
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(invoke("stats", tmp_path / "empty"), "no manifest.csv here", "vislab curate SOURCE --out")
+    # the photos themselves: the advice curates them into a dataset beside them, not into them
+    assert_one_line_error(
+        invoke("stats", src), "a folder of photos, not a curated dataset", f"vislab curate {src} --out datasets/{src.name}"
+    )
 
     from vislab.data.stats import dataset_summary
 

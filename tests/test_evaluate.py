@@ -128,3 +128,13 @@ def test_eval_folder_names_stay_inside_and_short(tmp_path):
     assert out.parent == run / "eval" and (out / "metrics.json").is_file()
     assert len(m["name"]) <= 110 and "/" not in m["name"]
     assert not (tmp_path / "escaped").exists() and not (run / "escaped").exists()
+
+
+def test_a_run_whose_dataset_moved_asks_for_data_not_a_new_curation(tmp_path):
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, checkpoint=True)
+    (tmp_path / "run-data").rename(tmp_path / "moved")
+    res = CliRunner().invoke(app, ["evaluate", str(run)])
+    assert res.exit_code == 2 and "the run's dataset is not there any more; pass --data DATASET_DIR" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and "vislab curate" not in res.output

@@ -10,14 +10,15 @@ recipes in `recipes/` ship with the package and load by bare name (`vislab train
 from __future__ import annotations
 
 import difflib
+import re
 import types
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Sequence, Union, get_args, get_origin
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
 from pydantic.fields import FieldInfo
 
 from vislab.errors import VislabError
@@ -121,7 +122,7 @@ class AugmentConfig(Section):
 class DataConfig(Section):
     """Input size, batches, loading and augmentation."""
 
-    img_size: int | tuple[int, int] | None = Field(None, description="Input size (N or [H, W]); null: the model's own.")
+    img_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(None, description="Input size (N or [H, W]); null: the model's own.")
     batch_size: int = Field(64, ge=1, description="Training batch size (per device).")
     eval_batch_size: int | None = Field(None, ge=1, description="Evaluation batch size; null: batch_size.")
     num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
@@ -358,6 +359,8 @@ def _bounds(metadata: list[Any]) -> str:
 
 def _type_name(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:  # PositiveInt: 'int > 0'
+        return _type_name(args[0]) + _bounds(list(args[1:]))
     if origin is Literal:
         return "|".join(str(a) for a in args)
     if origin in (Union, types.UnionType):
@@ -658,23 +661,34 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(dump_config(cfg))
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhms])")
+_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
+
+
 def parse_duration(text: str) -> float:
-    """'5h', '90m', '45s', '1h30m' or plain seconds -> seconds."""
-    s = text.strip().lower()
+    """'5h', '90m', '45s', '1h30m', '1.5h' or a plain number of seconds -> seconds.
+
+    A number after a unit ('1h30') is refused: it reads as 1 h 30 min to most people."""
+    s = text.strip().lower().replace(" ", "")
+    hint = "use e.g. 5h, 90m, 1h30m or 45s (a plain number is seconds)"
     if not s:
-        raise VislabError("--max-time: empty duration; use e.g. 5h, 90m or 1h30m")
-    total, num = 0.0, ""
-    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-    for ch in s:
-        if ch.isdigit() or ch == ".":
-            num += ch
-        elif ch in units and num:
-            total += float(num) * units[ch]
-            num = ""
-        else:
-            raise VislabError(f"--max-time {text!r}: not a duration; use e.g. 5h, 90m or 1h30m")
-    if num:
-        total += float(num)
+        raise VislabError(f"--max-time: empty duration; {hint}")
+    if _NUMBER.fullmatch(s):
+        total = float(s)
+    else:
+        parts = _DURATION_PART.findall(s)
+        if "".join(n + u for n, u in parts) != s:
+            trailing = re.fullmatch(r"(?:(?:\d+(?:\.\d*)?|\.\d+)[dhms])+(\d+)", s)
+            if trailing:
+                raise VislabError(f"--max-time {text!r}: a number after a unit has no unit of its own; write {s}m or {s}s")
+            raise VislabError(f"--max-time {text!r}: not a duration; {hint}")
+        units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+        total = sum(float(n) * units[u] for n, u in parts)
     if total <= 0:
         raise VislabError(f"--max-time {text!r}: must be positive")
     return total
+
+
+def duration_text(budget: str, seconds: float) -> str:
+    """The budget as written, with its unit said when it was a plain number of seconds."""
+    return f"{budget.strip()} s" if _NUMBER.fullmatch(budget.strip()) else budget.strip()

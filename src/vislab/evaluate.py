@@ -52,6 +52,8 @@ def evaluate(
     if foreign:
         raise VislabError(f"--{foreign[0].replace('_', '-')}: not an option of task {task.name} (run {run.run_dir}); it has {', '.join('--' + o.replace('_', '-') for o in task.evaluate_options) or 'none'}")
     dataset_dir = Path(data) if data is not None else Path(run.info["dataset_dir"])
+    if data is None and not manifest_path(dataset_dir).is_file():
+        raise VislabError(f"{dataset_dir}: the run's dataset is not there any more; pass --data DATASET_DIR")
     df = read_manifest(dataset_dir)
     recorded = run.info.get("manifest_hash")
     own = run.info.get("dataset_dir") is not None and dataset_dir.resolve() == Path(run.info["dataset_dir"]).resolve()

@@ -92,20 +92,6 @@ def _sweep_config(cfg: RunConfig) -> RunConfig:
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str) -> Iterator[None]:
-    """Lightning's start-up chatter (devices, tips) off for the sweep; warnings still show."""
-    import logging
-
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextlib.contextmanager
 def _own_random_state() -> Iterator[None]:
     """Run a block without disturbing the caller's torch, numpy and Python random streams."""
     import torch
@@ -179,6 +165,7 @@ def lr_find(
     the table into `out_dir` and return the suggestion for `optim.lr`."""
     import lightning as L
 
+    from vislab.tasks.base import quiet_lightning
     from vislab.train import build_task
     from vislab.tricks import recipe_callbacks, resolve_precision
 
@@ -194,6 +181,7 @@ def lr_find(
     with _own_random_state(), tempfile.TemporaryDirectory(prefix="vislab-lr-find-") as scratch:
         L.seed_everything(scfg.seed, workers=True, verbose=False)
         task, dm, _ = build_task(scfg, Path(data_dir))
+        quiet_lightning()
         trainer = L.Trainer(
             default_root_dir=scratch,
             max_steps=steps,
@@ -212,7 +200,7 @@ def lr_find(
             gradient_clip_val=t.grad_clip,
             accumulate_grad_batches=t.accumulate_grad_batches,
         )
-        with warnings.catch_warnings(), _quiet_logger("lightning.pytorch.utilities.rank_zero"):
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=QUIET)
             trainer.fit(task, datamodule=dm)
     result = suggest(sweep.lrs, sweep.losses, sweep.smoothed, steps, sweep.diverged)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vislab.config import duration_text
 from vislab.errors import VislabError
 
 if TYPE_CHECKING:
@@ -354,7 +355,7 @@ class Plan:
         elif fixed:
             cost += f", train.freeze_stages fixing the first stages ({p.epoch_s():.1f} s without)"
         if not self.cut:
-            return f"plan: the {self.epochs} epochs asked fit the {self.budget} budget ({cost}; probe {self.spent_s:.1f} s)"
+            return f"plan: the {self.epochs} epochs asked fit the {duration_text(self.budget, self.budget_s)} budget ({cost}; probe {self.spent_s:.1f} s)"
         parts = []
         names = {"train.freeze_backbone_epochs": "backbone frozen for {new} epoch(s) (was {old})",
                  "scheduler.warmup_epochs": "warm-up {new:g} epochs (was {old:g})",
@@ -366,7 +367,7 @@ class Plan:
         if scheduler in ("onecycle", "cosine", "linear"):
             parts.append(f"{scheduler} schedule over {self.epochs} epoch(s)")
         rest = (": " + ", ".join(parts)) if parts else ""
-        return (f"plan: the {self.budget} budget fits {self.epochs} of the {self.epochs_asked} epochs asked "
+        return (f"plan: the {duration_text(self.budget, self.budget_s)} budget fits {self.epochs} of the {self.epochs_asked} epochs asked "
                 f"({cost}; probe {self.spent_s:.1f} s){rest}")
 
 

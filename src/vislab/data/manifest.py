@@ -16,6 +16,7 @@ integer is a one-line error naming the line, the column and the allowed values.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from vislab.data.csvfile import line_of_row, read_csv_file
+from vislab.data.io import IMAGE_EXTS
 from vislab.errors import VislabError
 from vislab.fsguard import SpecialFileError, inside, open_regular, read_bounded
 
@@ -85,15 +87,31 @@ def write_manifest(df: pd.DataFrame, dataset_dir: str | Path) -> Path:
     return path
 
 
+def _no_manifest(folder: Path) -> str:
+    """Why `folder` is not a dataset, and the command that makes one (never curating into a
+    photo folder: the dataset goes beside the photos)."""
+    if not folder.exists():
+        return f"{folder}: no such folder; pass a dataset folder written by `vislab curate SOURCE --out DATASET_DIR`"
+    try:
+        entries = list(itertools.islice(os.scandir(folder), 1000))
+    except OSError:
+        entries = []
+    photos = any(e.is_dir() or os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in entries if not e.name.startswith("."))
+    if photos:
+        return (
+            f"{folder}: a folder of photos, not a curated dataset (no manifest.csv); run "
+            f"`vislab curate {folder} --out datasets/{folder.resolve().name or 'mine'}` and pass that folder"
+        )
+    return f"{folder}: no manifest.csv here; run `vislab curate SOURCE --out {folder}` first"
+
+
 def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
     """Read and check a manifest: the columns later commands rely on, and their values."""
     if Path(dataset_dir).is_file():
         raise VislabError(f"{dataset_dir} is a file, not a dataset folder; give the folder `vislab curate --out` wrote")
     path = manifest_path(dataset_dir)
     if not path.exists() and not path.is_symlink():
-        raise VislabError(
-            f"{path}: no manifest here; run `vislab curate SOURCE --out {Path(dataset_dir)}` first"
-        )
+        raise VislabError(_no_manifest(Path(dataset_dir)))
     df = read_csv_file(path, "manifest")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
