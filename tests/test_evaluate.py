@@ -138,3 +138,18 @@ def test_a_run_whose_dataset_moved_asks_for_data_not_a_new_curation(tmp_path):
     res = CliRunner().invoke(app, ["evaluate", str(run)])
     assert res.exit_code == 2 and "the run's dataset is not there any more; pass --data DATASET_DIR" in res.output
     assert len(res.output.strip().splitlines()) == 1 and "vislab curate" not in res.output
+
+
+def test_a_detection_dataset_is_refused_by_a_classifier_in_one_line(run, tmp_path):
+    from vislab.testing.detection import write_label_dataset, yolo_line
+
+    raw = write_label_dataset(tmp_path / "yolo", {"a": yolo_line(0, (0.1, 0.1, 0.5, 0.5)), "b": None}, names=["cat"])
+    det = tmp_path / "det"
+    assert CliRunner().invoke(app, ["curate", str(raw), "--out", str(det), "--workers", "1"]).exit_code == 0
+    before = sorted(p.name for p in (run / "eval").glob("*"))
+    for args in (["evaluate", str(run), "--data", str(det), "--split", "all"],
+                 ["train", str(run / "config.yaml"), "--data", str(det), "--out", str(tmp_path / "r")]):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2 and "is a detection dataset (it has boxes.csv), and this run classifies" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in (run / "eval").glob("*")) == before  # no eval folder left behind

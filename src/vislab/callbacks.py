@@ -185,8 +185,10 @@ class TimeBudget(Timer):
     31 s more validating half an epoch). This one counts `spent_s` from before training (the
     plan's probe) and everything from `setup` to the first step (a probe head's fit, a
     restore), and:
-    - at the end of each epoch, estimates the epochs still planned from the last one measured
-      (its steps, validation and checkpoint writes; scaled by the plan's `epoch_s(epoch)`
+    - at the end of each epoch, estimates the epochs still planned from the median of the last
+      three measured (a 0.2-s epoch slowed to 0.4 s by a neighbour once cut a plan that the
+      next fast epochs grew back, two dozen times in one run, the lr bouncing with each re-plan)
+      (their steps, validation and checkpoint writes; scaled by the plan's `epoch_s(epoch)`
       where epochs differ, e.g. frozen and unfrozen). When they no longer all fit, the run
       is re-planned to the epochs that do: `max_epochs` shrinks, the lr schedule is
       re-planned to end there (`schedule.replan`, so the lr still reaches its floor), and
@@ -315,7 +317,10 @@ class TimeBudget(Timer):
         if self._duration is None or done >= planned:  # a finished plan's schedule is at its floor: it stays finished
             return
         left = self._duration - self.time_elapsed() - self.save_s  # after this epoch's last.ckpt
-        last = self.cycles[-1] + self.save_s
+        # the median of the last three, each as the last epoch's kind (frozen or not): one slow
+        # epoch on a shared CPU cuts nothing
+        recent = sorted(self._cost(done - 1, done - 1 - k, c) for k, c in enumerate(reversed(self.cycles[-3:])))
+        last = recent[len(recent) // 2] + self.save_s
         fit = int(trainer.strategy.broadcast(self._fit(done, planned, left, last)))  # rank 0's measurements decide for all
         if fit >= planned - done:  # all that is planned fits: grow back towards what was asked?
             asked = max(self.asked or planned, planned)

@@ -432,7 +432,10 @@ def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     for ckpt in order:
         if ckpt.is_file():
             return ckpt
-    raise VislabError(f"{paths.checkpoints}: no checkpoint yet; train (or resume) the run first")
+    raise VislabError(
+        f"{paths.checkpoints}: no checkpoint yet (the run stopped before its first epoch ended); "
+        "nothing to resume either: train it again with a new --out"
+    )
 
 
 # ---- checkpoint checksums ----------------------------------------------------------------------

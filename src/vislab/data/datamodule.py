@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from vislab.config import DataConfig
 from vislab.data import transforms as tfm
 from vislab.data.io import ImageDecodeError, load_image
-from vislab.data.manifest import class_names, read_manifest, usable
+from vislab.data.manifest import class_names, read_manifest, refuse_boxes, usable
 from vislab.errors import VislabError
 
 # a training sample whose image cannot be read is replaced by one of the next images of the
@@ -84,6 +84,7 @@ def classification_splits(
     dataset_dir: str | Path, val_fraction: float = 0.1, seed: int = 0, classes: Sequence[str] | None = None
 ) -> Splits:
     """Train/val/test rows of a curated dataset, labels mapped to ids in `classes` order."""
+    refuse_boxes(dataset_dir)
     df = read_manifest(dataset_dir)
     names = list(classes) if classes is not None else class_names(df)
     if len(names) < 2:

@@ -161,6 +161,16 @@ def has_boxes(dataset_dir: str | Path) -> bool:
     return os.path.lexists(boxes_path(dataset_dir))
 
 
+def refuse_boxes(dataset_dir: str | Path) -> None:
+    """A one-line error when a task that reads labels is handed a detection dataset, whose
+    rows have no label and would otherwise read as 'no classes' or 'accuracy n/a'."""
+    if has_boxes(dataset_dir):
+        raise VislabError(
+            f"{dataset_dir} is a detection dataset (it has {BOXES_NAME}), and this run classifies: "
+            "pass a dataset curated from class folders or a label CSV, or use a detection recipe"
+        )
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     try:

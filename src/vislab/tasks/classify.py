@@ -144,11 +144,12 @@ class ClassifyPlugin(Task):
         import numpy as np
         import pandas as pd
 
-        from vislab.data.manifest import manifest_path
+        from vislab.data.manifest import manifest_path, refuse_boxes
         from vislab.metrics.classification import classification_report
         from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
         from vislab.tasks.base import predict_batches
 
+        refuse_boxes(dataset_dir)
         y = np.asarray(match_labels(rows["label"], run.classes, str(manifest_path(dataset_dir))), dtype=np.int64)
         paths = rows["path"].tolist()
         module = self.load_module(run)
