@@ -181,3 +181,21 @@ def test_prepare_on_images_deleted_or_broken_after_curation_is_one_line(tmp_path
     with pytest.raises(VislabError, match=r"tiny.png: corrupt image \(SyntaxError"):
         cache_mod.prepare_cache(ds, 16, workers=workers)
     assert cache_mod.open_cache(ds, 16) is None
+
+
+def test_decoding_allows_the_pixel_limit_the_dataset_was_curated_with(tmp_path: Path, monkeypatch) -> None:
+    """curate --max-pixels above the default accepted an image: prepare and the training
+    loader must decode it too (prepare refused it as 'changed since curation')."""
+    import vislab.data.manifest as manifest_mod
+    from vislab.data.datamodule import ClassifyDataModule
+
+    monkeypatch.setattr(manifest_mod, "MAX_PIXELS", 1000)  # a default that 64x64 = 4,096 pixels is over
+    ds = _dataset(tmp_path)
+    with pytest.raises(VislabError, match="over the 1,000-pixel limit"):
+        cache_mod.prepare_cache(ds, 16, workers=1)
+    (ds / "curation.json").write_text(json.dumps({"options": {"max_pixels": 100_000}}))
+    assert manifest_mod.dataset_max_pixels(ds) == 100_000
+    assert cache_mod.prepare_cache(ds, 16, workers=1).images.shape[0] == 6
+    spec = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    plain = ClassifyDataModule(ds, DataConfig(batch_size=4, num_workers=0, augment={"preset": "none"}), spec)
+    assert len(torch.cat([x for x, _ in plain.val_dataloader()])) == 2  # decoded under the recorded limit

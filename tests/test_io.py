@@ -147,3 +147,49 @@ def test_collect_images_names_a_special_file(tmp_path):
         collect_images([tmp_path / "pipe.png"])
     write_image(tmp_path / "ok.png")
     assert [p.name for p in collect_images([tmp_path])] == ["ok.png"]  # a folder's pipes are passed over
+
+
+def test_a_very_thin_image_is_trimmed_before_its_short_side_is_resized():
+    """A 1 x 2,000,000 image (3 KB as a PNG, far under any pixel limit) resized by its short
+    side to 224 would be 448 million pixels; trimmed first, every step stays small, and the
+    result matches the untrimmed pipeline on a smaller long image."""
+    import numpy as np
+    import torch
+    from torchvision.transforms import v2 as T
+
+    from vislab.data.cache import resize_to
+    from vislab.data.transforms import TrimLongSide, eval_transform
+
+    pipeline = eval_transform((3, 224, 224), (0.5,) * 3, (0.5,) * 3, crop_pct=0.875)
+    thin = Image.new("RGB", (2_000_000, 1), (200, 30, 30))
+    x = thin
+    for step in pipeline.transforms:
+        x = step(x)
+        side = x.size if isinstance(x, Image.Image) else tuple(x.shape[-2:])
+        assert max(side) <= 2048, (step, side)  # a few source pixels of margin, never the long side scaled up
+    assert x.shape == (3, 224, 224) and isinstance(pipeline.transforms[0], TrimLongSide)
+    assert np.asarray(resize_to(thin, (64, 64))).shape == (64, 64, 3)
+
+    yy, xx = np.mgrid[0:300, 0:2000]
+    smooth = (127 + 100 * np.sin(xx / 37.0) * np.cos(yy / 23.0)).astype(np.uint8)
+    long = Image.fromarray(np.stack([smooth] * 3, -1))
+    untrimmed = T.Compose([T.Resize(256, antialias=True), T.CenterCrop(224), T.ToImage(),
+                           T.ToDtype(torch.float32, scale=True), T.Normalize((0.5,) * 3, (0.5,) * 3)])
+    assert float((pipeline(long) - untrimmed(long)).abs().mean()) < 0.02  # about one grey level of 255
+    photo = long.crop((0, 0, 400, 300))  # an ordinary photo is not touched: identical to the untrimmed pipeline
+    assert torch.equal(pipeline(photo), untrimmed(photo))
+
+
+def test_a_pixel_limit_above_pillows_own_is_the_one_that_holds(tmp_path, monkeypatch):
+    """`vislab serve --max-pixels 1000000000`: a 20000x20000 header (over twice Pillow's
+    default) is measured against the limit asked for, not refused by Pillow's."""
+    from vislab.data.io import ImageDecodeError, open_image
+    from vislab.testing.images import write_huge_header_png
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    huge = write_huge_header_png(tmp_path / "huge.png", 20_000, 20_000)
+    with open_image(huge, max_pixels=10**9) as im:  # opened, not decoded
+        assert im.size == (20_000, 20_000)
+    with pytest.raises(ImageDecodeError, match="over the 300,000,000-pixel limit"):
+        with open_image(huge, max_pixels=300_000_000):
+            pass

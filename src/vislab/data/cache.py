@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vislab.data.manifest import manifest_hash, read_manifest, usable
+from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
 
 CACHE_DIRNAME = "cache"
@@ -81,18 +81,22 @@ def resize_to(img: Any, size: tuple[int, int], interpolation: str = "bilinear") 
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
+    from vislab.data.transforms import trim_long_side
+
     w, h = size
     mode = InterpolationMode(interpolation)
     target = [h] if w == h else [h, w]
+    if w == h:
+        img = trim_long_side(img, h, h)
     out = F.resize(img, target, interpolation=mode, antialias=True)
     return F.center_crop(out, [h, w])
 
 
-def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear") -> np.ndarray:
+def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear", max_pixels: int | None = None) -> np.ndarray:
     """One image as H x W x 3 uint8, the way the cache stores it."""
-    from vislab.data.io import load_image
+    from vislab.data.io import MAX_PIXELS, load_image
 
-    img = load_image(path, size)
+    img = load_image(path, size, max_pixels or MAX_PIXELS)
     return np.asarray(resize_to(img, size, interpolation), dtype=np.uint8)
 
 
@@ -188,7 +192,7 @@ def open_cache(
     )
 
 
-def _fill_chunk(store: str, start: int, paths: list[str], size: tuple[int, int], interpolation: str) -> tuple[int, str | None]:
+def _fill_chunk(store: str, start: int, paths: list[str], size: tuple[int, int], interpolation: str, max_pixels: int) -> tuple[int, str | None]:
     """Worker: decode `paths` into rows start.. of the store; returns (done, "path: reason" of
     the first image that cannot be decoded)."""
     from vislab.data.io import ImageDecodeError
@@ -196,7 +200,7 @@ def _fill_chunk(store: str, start: int, paths: list[str], size: tuple[int, int],
     arr = np.load(store, mmap_mode="r+")
     for i, path in enumerate(paths):
         try:
-            arr[start + i] = decode_resized(path, size, interpolation)
+            arr[start + i] = decode_resized(path, size, interpolation, max_pixels)
         except ImageDecodeError as err:
             arr.flush()
             return i, f"{path}: {err.reason}"
@@ -212,7 +216,7 @@ def _progress(console: Any, what: str) -> Any:
     )
 
 
-def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: str, workers: int, console: Any) -> None:
+def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: str, workers: int, console: Any, max_pixels: int) -> None:
     from vislab.data.checks import worker_count
 
     n = len(paths)
@@ -226,14 +230,14 @@ def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: s
         if workers <= 1:
             progress.start()
             for s in starts:
-                done, err = _fill_chunk(str(store), s, paths[s : s + chunk], size, interpolation)
+                done, err = _fill_chunk(str(store), s, paths[s : s + chunk], size, interpolation, max_pixels)
                 progress.advance(task, done)
                 if err:
                     errors.append(err)
                     break
         else:
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_fill_chunk, str(store), s, paths[s : s + chunk], size, interpolation) for s in starts]
+                futures = [pool.submit(_fill_chunk, str(store), s, paths[s : s + chunk], size, interpolation, max_pixels) for s in starts]
                 progress.start()  # after the workers are forked
                 for fut in as_completed(futures):
                     done, err = fut.result()
@@ -245,8 +249,8 @@ def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: s
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise VislabError(
-            f"{errors[0]}{more}; the image changed since curation (the cache holds every usable image): "
-            "restore it or re-run `vislab curate` on the dataset"
+            f"{errors[0]}{more}; the cache holds every usable image, so each must decode as it did when "
+            "curated: restore it or re-run `vislab curate` on the dataset"
         )
 
 
@@ -312,7 +316,7 @@ def prepare_cache(
         store = np.lib.format.open_memmap(tmp / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
         del store  # workers open it themselves
         start = time.perf_counter()
-        _fill(tmp / IMAGES_NAME, paths, size, interpolation, workers, console)
+        _fill(tmp / IMAGES_NAME, paths, size, interpolation, workers, console, dataset_max_pixels(dataset_dir))
         index = {
             "version": FORMAT_VERSION,
             "manifest_hash": sha,

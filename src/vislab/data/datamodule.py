@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from vislab.config import DataConfig
 from vislab.data import transforms as tfm
-from vislab.data.io import ImageDecodeError, load_image
-from vislab.data.manifest import class_names, read_manifest, refuse_boxes, usable
+from vislab.data.io import MAX_PIXELS, ImageDecodeError, load_image
+from vislab.data.manifest import class_names, dataset_max_pixels, read_manifest, refuse_boxes, usable
 from vislab.errors import VislabError
 
 # a training sample whose image cannot be read is replaced by one of the next images of the
@@ -149,8 +149,11 @@ class ImageTableDataset(Dataset):
     An image that cannot be decoded comes back as `Unreadable`; `collate` deals with it.
     """
 
-    def __init__(self, paths: Sequence[str], targets: Sequence[int], transform: Callable, size_hint: int | None = None) -> None:
+    def __init__(
+        self, paths: Sequence[str], targets: Sequence[int], transform: Callable, size_hint: int | None = None, max_pixels: int = MAX_PIXELS
+    ) -> None:
         self.paths = list(paths)
+        self.max_pixels = max_pixels  # the dataset's curate --max-pixels
         self.targets = [int(t) for t in targets]
         self.transform = transform
         self.size_hint = (size_hint, size_hint) if size_hint else None
@@ -167,7 +170,7 @@ class ImageTableDataset(Dataset):
 
     def load(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, int]:
         """Sample `index` transformed (under `seed` when given); raises ImageDecodeError."""
-        img = load_image(self.paths[index], self.size_hint)
+        img = load_image(self.paths[index], self.size_hint, self.max_pixels)
         if seed is None:
             x = self.transform(img)
         else:
@@ -395,7 +398,9 @@ class ClassifyDataModule(L.LightningDataModule):
 
     def dataset(self, rows: pd.DataFrame, train: bool) -> ImageTableDataset:
         transform = self.train_transform() if train else self.eval_transform()
-        return ImageTableDataset(rows["path"].tolist(), rows["target"].tolist(), transform, self._size_hint())
+        return ImageTableDataset(
+            rows["path"].tolist(), rows["target"].tolist(), transform, self._size_hint(), dataset_max_pixels(self.dataset_dir)
+        )
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer

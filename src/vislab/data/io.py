@@ -119,6 +119,8 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iter
     turn an image curate accepted into a crash.
     """
     name = source if isinstance(source, (str, Path)) else None
+    if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses 2x its own limit at open: ours is the one that holds
     try:
         with _source_file(source) as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -27,7 +27,7 @@ import pandas as pd
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.io import IMAGE_EXTS
 from vislab.errors import VislabError
-from vislab.fsguard import SpecialFileError, inside, open_regular, read_bounded
+from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, read_bounded
 
 MANIFEST_NAME = "manifest.csv"
 CURATION_NAME = "curation.json"
@@ -159,6 +159,14 @@ def boxes_path(dataset_dir: str | Path) -> Path:
 def has_boxes(dataset_dir: str | Path) -> bool:
     """Whether the dataset is a detection dataset (it has a boxes table)."""
     return os.path.lexists(boxes_path(dataset_dir))
+
+
+def dataset_max_pixels(dataset_dir: str | Path) -> int:
+    """The pixel limit the dataset was curated with (`--max-pixels`), or the default: what
+    decoding its images for training or a cache must allow, since curate accepted them."""
+    options = read_curation(dataset_dir).get("options")
+    value = options.get("max_pixels") if isinstance(options, dict) else None
+    return max(MAX_PIXELS, value) if isinstance(value, int) and not isinstance(value, bool) else MAX_PIXELS
 
 
 def refuse_boxes(dataset_dir: str | Path) -> None:
