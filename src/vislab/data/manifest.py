@@ -15,6 +15,7 @@ integer is a one-line error naming the line, the column and the allowed values.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -82,9 +83,17 @@ def write_manifest(df: pd.DataFrame, dataset_dir: str | Path) -> Path:
     path = inside(dataset_dir, MANIFEST_NAME)
     tmp = inside(dataset_dir, MANIFEST_NAME + ".tmp")
     tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there
-    out.to_csv(tmp, index=False, lineterminator="\n")
+    out.to_csv(tmp, index=False, lineterminator="\n", quoting=_quoting(out))
     tmp.replace(path)
     return path
+
+
+def _quoting(df: pd.DataFrame) -> int:
+    """QUOTE_ALL when a cell holds a carriage return, which the csv module leaves unquoted
+    with a "\\n" terminator (a reader would end the row there); otherwise QUOTE_MINIMAL, so
+    every other manifest, and its hash, stays byte-identical to what curate always wrote."""
+    has_cr = any(df[col].astype(str).str.contains("\r", regex=False).any() for col in df.columns)
+    return csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL
 
 
 def _no_manifest(folder: Path) -> str:
