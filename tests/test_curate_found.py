@@ -6,9 +6,15 @@ correct result or a one-line error."""
 from __future__ import annotations
 
 import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from test_curate_cli import invoke
 
 from vislab.data.manifest import read_manifest
@@ -44,3 +50,58 @@ def test_manifests_without_carriage_returns_keep_their_bytes(tmp_path):
     lines = (ds / "manifest.csv").read_text().splitlines()
     assert lines[0] == "path,label,split,status,reason,width,height,format,bytes,sha256,phash,group,orientation"
     assert lines[1].startswith(str(tmp_path / "photos" / "cat") + "/") and '"' not in lines[1]
+
+
+def unprivileged() -> list[str]:
+    """A command prefix under which a mode-000 folder cannot be read: none for a normal
+    user; for root, setpriv dropping the capabilities that bypass file permissions."""
+    if os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot make a folder unreadable")
+    return ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def locked_folder(path: Path) -> Path:
+    """A folder this test's CLI runs cannot list, like a root-owned lost+found."""
+    path.mkdir(parents=True)
+    write_image(path / "secret.jpg", seed=9)
+    path.chmod(0)
+    if os.geteuid() == 0:
+        os.chown(path, 65534, 65534)
+    probe = [*unprivileged(), sys.executable, "-c", "import os, sys; os.listdir(sys.argv[1])", str(path)]
+    if subprocess.run(probe, capture_output=True).returncode == 0:
+        pytest.skip("cannot make an unreadable folder here")
+    return path
+
+
+@pytest.mark.parametrize("layout", ["folders", "voc"])
+def test_unreadable_folders_are_skipped_counted_and_warned(tmp_path, layout):
+    photos = tmp_path / "photos"
+    if layout == "voc":
+        write_image(photos / "JPEGImages" / "a.jpg", seed=1)
+        (photos / "Annotations").mkdir()
+        (photos / "Annotations" / "a.xml").write_text(
+            "<annotation><object><name>cat</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>"
+        )
+    else:
+        write_image_folder(photos, ["cat", "dog"], per_class=2)
+    locked_folder(photos / "lost+found")
+    ds = tmp_path / "ds"
+    try:
+        run = subprocess.run(
+            [*unprivileged(), sys.executable, "-m", "vislab.cli", "curate", str(photos), "--out", str(ds), "--workers", "1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        (photos / "lost+found").chmod(0o700)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert "1 unreadable folders skipped" in run.stdout
+    assert "warning: 1 folder(s) in the sources could not be read" in run.stdout
+    record = json.loads((ds / "curation.json").read_text())
+    assert record["unreadable_folders_skipped"] == 1
+    paths = read_manifest(ds)["path"]
+    assert len(paths) == (1 if layout == "voc" else 4) and not paths.str.contains("secret").any()

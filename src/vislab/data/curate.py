@@ -526,6 +526,11 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     usable_now = _Usable(df)
     if not usable_now.counts:
         usable_now.warnings.append(f"none of the {len(df):,} files is a usable labelled image (see the reasons)")
+    if skipped[src.UNREADABLE_FOLDER]:
+        usable_now.warnings.append(
+            f"{skipped[src.UNREADABLE_FOLDER]:,} folder(s) in the sources could not be read and were skipped; "
+            "their files are not in the dataset (allow reading them to include them)"
+        )
     _filter_geometry(df, opts)
     usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
     conflicts = _dedupe(df, opts.dedupe, opts.near_threshold)
@@ -566,6 +571,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "hidden_skipped": skipped[src.HIDDEN],
         "vislab_folders_skipped": skipped[src.VISLAB_OUTPUT],
         "non_utf8_names_skipped": skipped[src.NON_UTF8_NAME],
+        "unreadable_folders_skipped": skipped[src.UNREADABLE_FOLDER],
         "conflicting_label_groups": len(conflicts),
         "conflicting_labels": conflicts,
         "warnings": usable_now.warnings,

@@ -204,6 +204,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             ("hidden_skipped", "hidden entries"),
             ("vislab_folders_skipped", "vislab output folders"),
             ("non_utf8_names_skipped", "non-UTF-8 names"),
+            ("unreadable_folders_skipped", "unreadable folders"),
         )
         if summary.get(key)
     ]
