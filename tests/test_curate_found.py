@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_curate_cli import invoke
+from test_curate_cli import assert_one_line_error, invoke
 
 from vislab.data.manifest import read_manifest
 from vislab.testing.images import write_image, write_image_folder
@@ -105,3 +105,17 @@ def test_unreadable_folders_are_skipped_counted_and_warned(tmp_path, layout):
     assert record["unreadable_folders_skipped"] == 1
     paths = read_manifest(ds)["path"]
     assert len(paths) == (1 if layout == "voc" else 4) and not paths.str.contains("secret").any()
+
+
+def test_out_in_a_folder_of_the_source_that_holds_photos_is_refused(tmp_path):
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat", "dog"], per_class=2)
+    before = sorted(p.name for p in (photos / "cat").iterdir())
+    result = invoke("curate", photos, "--out", photos / "cat", "--workers", "1")
+    assert_one_line_error(result, "lies inside source", "'cat_000.png'")
+    assert sorted(p.name for p in (photos / "cat").iterdir()) == before
+
+    ds = photos / "dataset"  # a new folder inside the source stays allowed, and re-runs
+    for _ in range(2):
+        assert invoke("curate", photos, "--out", ds, "--workers", "1").exit_code == 0
+    assert sorted(read_manifest(ds)["label"].unique()) == ["cat", "dog"]

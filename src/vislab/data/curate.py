@@ -251,6 +251,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
             )
         if os.path.realpath(root) == os.path.realpath(out):
             raise VislabError(f"--out {out} is the source folder itself; write the dataset to another folder")
+        _refuse_out_among_photos(source, root, out)
         try:
             kind = src.vislab_output_kind(os.listdir(root))
         except OSError as err:
@@ -265,6 +266,24 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
         if problem is not None:
             raise VislabError(f"--out {out}: {name} there is {problem}; remove it or choose another --out")
     return roots
+
+
+def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
+    """An --out inside a source may be a new or empty folder, or one curate wrote before;
+    a folder of the user's (a class folder) would drop out of the scan and get the dataset's
+    files written among its photos."""
+    real_root, real_out = os.path.realpath(root), os.path.realpath(out)
+    if not real_out.startswith(real_root.rstrip(os.sep) + os.sep) or not os.path.isdir(real_out):
+        return
+    try:
+        theirs = sorted(set(os.listdir(real_out)) - set(OUTPUT_NAMES))
+    except OSError:
+        return
+    if theirs:
+        raise VislabError(
+            f"--out {out} lies inside source {source} and holds {theirs[0]!r}, which curate did not write; "
+            "write the dataset to a new folder (beside the photos, not among them)"
+        )
 
 
 def _fingerprint(recorded: dict[str, Any]) -> str:
