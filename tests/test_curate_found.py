@@ -119,3 +119,20 @@ def test_out_in_a_folder_of_the_source_that_holds_photos_is_refused(tmp_path):
     for _ in range(2):
         assert invoke("curate", photos, "--out", ds, "--workers", "1").exit_code == 0
     assert sorted(read_manifest(ds)["label"].unique()) == ["cat", "dog"]
+
+
+def test_links_to_folders_inside_the_source_are_not_followed(tmp_path):
+    photos = tmp_path / "photos"
+    cat = write_image(photos / "cat" / "c.jpg", seed=1)
+    dog = write_image(photos / "dog" / "d.jpg", seed=2)
+    outside = write_image(tmp_path / "elsewhere" / "e.jpg", seed=3)
+    (photos / "dog" / "more").symlink_to("../cat")
+    (photos / "kitten").symlink_to("cat")
+    (photos / "dog" / "linked").symlink_to(outside.parent)  # a link out of the source is followed
+    ds = tmp_path / "ds"
+    result = invoke("curate", photos, "--out", ds, "--workers", "1")
+    assert result.exit_code == 0, result.output
+    df = read_manifest(ds).set_index("path")
+    assert dict(df["label"]) == {str(cat): "cat", str(dog): "dog", str(photos / "dog" / "linked" / "e.jpg"): "dog"}
+    assert json.loads((ds / "curation.json").read_text())["inner_folder_links_skipped"] == 2
+    assert "2 links to folders inside the source skipped" in invoke("stats", ds).stdout

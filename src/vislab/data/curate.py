@@ -591,6 +591,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "vislab_folders_skipped": skipped[src.VISLAB_OUTPUT],
         "non_utf8_names_skipped": skipped[src.NON_UTF8_NAME],
         "unreadable_folders_skipped": skipped[src.UNREADABLE_FOLDER],
+        "inner_folder_links_skipped": skipped[src.INNER_FOLDER_LINK],
         "conflicting_label_groups": len(conflicts),
         "conflicting_labels": conflicts,
         "warnings": usable_now.warnings,

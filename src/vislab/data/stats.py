@@ -205,6 +205,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             ("vislab_folders_skipped", "vislab output folders"),
             ("non_utf8_names_skipped", "non-UTF-8 names"),
             ("unreadable_folders_skipped", "unreadable folders"),
+            ("inner_folder_links_skipped", "links to folders inside the source"),
         )
         if summary.get(key)
     ]
