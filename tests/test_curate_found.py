@@ -136,3 +136,25 @@ def test_links_to_folders_inside_the_source_are_not_followed(tmp_path):
     assert dict(df["label"]) == {str(cat): "cat", str(dog): "dog", str(photos / "dog" / "linked" / "e.jpg"): "dog"}
     assert json.loads((ds / "curation.json").read_text())["inner_folder_links_skipped"] == 2
     assert "2 links to folders inside the source skipped" in invoke("stats", ds).stdout
+
+
+def test_links_into_proc_and_sys_are_quarantined_unread(tmp_path):
+    kmsg, sysfs = Path("/proc/kmsg"), Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not (os.access(kmsg, os.R_OK) and sysfs.is_file()):
+        pytest.skip("needs a readable /proc/kmsg (it blocks when read) and a sysfs file")
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat"], per_class=1)
+    (photos / "cat" / "kmsg.jpg").symlink_to(kmsg)
+    (photos / "cat" / "sys.jpg").symlink_to(sysfs)
+    ds = tmp_path / "ds"
+    run = subprocess.run(
+        [sys.executable, "-m", "vislab.cli", "curate", str(photos), "--out", str(ds), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,  # the old check read /proc/kmsg and never returned
+    )
+    assert run.returncode == 0, run.stderr
+    df = read_manifest(ds).set_index("path")
+    for name in ("kmsg.jpg", "sys.jpg"):
+        assert df.loc[str(photos / "cat" / name), "reason"] == "not_a_regular_file"
+    assert (df["status"] == "ok").sum() == 1
