@@ -158,3 +158,19 @@ def test_links_into_proc_and_sys_are_quarantined_unread(tmp_path):
     for name in ("kmsg.jpg", "sys.jpg"):
         assert df.loc[str(photos / "cat" / name), "reason"] == "not_a_regular_file"
     assert (df["status"] == "ok").sum() == 1
+
+
+def test_labels_csv_rows_longer_than_the_header_never_shift_columns(tmp_path):
+    write_image(tmp_path / "img" / "0.jpg", seed=1)
+    write_image(tmp_path / "img" / "1.jpg", seed=2)
+    trailing = tmp_path / "trailing.csv"
+    trailing.write_text("path,label\nimg/0.jpg,cat,\nimg/1.jpg,dog,\n")
+    ds = tmp_path / "ds"
+    assert invoke("curate", "--labels", trailing, "--out", ds, "--workers", "1").exit_code == 0
+    df = read_manifest(ds).set_index("path")
+    assert dict(df["label"]) == {str(tmp_path / "img" / "0.jpg"): "cat", str(tmp_path / "img" / "1.jpg"): "dog"}
+
+    extra = tmp_path / "extra.csv"
+    extra.write_text("path,label\nimg/0.jpg,cat,x\nimg/1.jpg,dog,y\n")
+    result = invoke("curate", "--labels", extra, "--out", tmp_path / "ds2", "--workers", "1")
+    assert_one_line_error(result, "extra.csv line 2:", "3 cells", "2 columns")
