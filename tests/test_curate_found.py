@@ -174,3 +174,30 @@ def test_labels_csv_rows_longer_than_the_header_never_shift_columns(tmp_path):
     extra.write_text("path,label\nimg/0.jpg,cat,x\nimg/1.jpg,dog,y\n")
     result = invoke("curate", "--labels", extra, "--out", tmp_path / "ds2", "--workers", "1")
     assert_one_line_error(result, "extra.csv line 2:", "3 cells", "2 columns")
+
+
+@pytest.fixture()
+def dataset(tmp_path) -> Path:
+    write_image_folder(tmp_path / "photos", ["cat", "dog"], per_class=2)
+    ds = tmp_path / "ds"
+    assert invoke("curate", tmp_path / "photos", "--out", ds, "--workers", "1").exit_code == 0
+    return ds
+
+
+def test_stats_reads_a_manifest_without_a_reason_column(dataset):
+    df = pd.read_csv(dataset / "manifest.csv", dtype=str, keep_default_na=False)
+    df.drop(columns=["reason"]).to_csv(dataset / "manifest.csv", index=False)
+    result = invoke("stats", dataset)
+    assert result.exit_code == 0 and "4 files" in result.stdout, result.output
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("warnings", 5), ("warnings", {"a": 1}), ("conflicting_labels", ["x"]), ("conflicting_labels", [{"members": 3}])],
+)
+def test_stats_survives_wrongly_typed_fields_in_curation_json(dataset, field, value):
+    record = json.loads((dataset / "curation.json").read_text())
+    record[field] = value
+    (dataset / "curation.json").write_text(json.dumps(record))
+    result = invoke("stats", dataset)
+    assert result.exit_code == 0 and "4 files" in result.stdout, result.output
