@@ -201,3 +201,25 @@ def test_stats_survives_wrongly_typed_fields_in_curation_json(dataset, field, va
     (dataset / "curation.json").write_text(json.dumps(record))
     result = invoke("stats", dataset)
     assert result.exit_code == 0 and "4 files" in result.stdout, result.output
+
+
+def test_relative_manifest_paths_are_read_against_the_dataset_folder(dataset, tmp_path, monkeypatch):
+    lines = (dataset / "manifest.csv").read_text().splitlines()
+    photo = tmp_path / "photos" / "cat" / "cat_000.png"
+    assert lines[1].startswith(f"{photo},")
+    lines[1] = lines[1].replace(str(photo), "../photos/cat/cat_000.png", 1)
+    (dataset / "manifest.csv").write_text("\n".join(lines) + "\n")
+    assert read_manifest(dataset)["path"].iloc[0] == str(photo)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert invoke("materialize", dataset, "--out", tmp_path / "tree").exit_code == 0
+    placed = tmp_path / "tree" / "unsplit" / "cat" / "cat_000.png"
+    assert placed.is_symlink() and placed.resolve() == photo
+
+
+def test_a_manifest_listing_a_file_twice_is_refused(dataset, tmp_path):
+    lines = (dataset / "manifest.csv").read_text().splitlines()
+    (dataset / "manifest.csv").write_text("\n".join([*lines, lines[2]]) + "\n")
+    for command in (["stats", dataset], ["materialize", dataset, "--out", tmp_path / "tree"]):
+        assert_one_line_error(invoke(*command), "manifest.csv line 6:", "repeats line 3", "one row per file")
