@@ -7,11 +7,13 @@ hash needs. Nothing here raises for a bad file; every problem becomes a named re
 
 Only regular files are read, never more than `fsguard.MAX_FILE_BYTES`: a named pipe (which
 would block the open forever), a device such as `/dev/zero` (which never ends) or a socket
-is `not_a_regular_file`, a bigger file is `too_large`.
+is `not_a_regular_file`, and so is a file of /proc or /sys (kernel interfaces, never
+photos); a bigger file is `too_large`, an empty one `zero_byte` without being opened.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import os
@@ -118,6 +120,19 @@ def _add_hashes(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return records
 
 
+@functools.cache
+def _pseudo_devices() -> frozenset[int]:
+    """Devices of /proc and /sys: files there are kernel interfaces that may block or change
+    as they are read, never photos, so a link into them is quarantined unread."""
+    found = set()
+    for place in ("/proc", "/sys"):
+        try:
+            found.add(os.stat(place).st_dev)
+        except OSError:
+            pass
+    return frozenset(found)
+
+
 def _inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
     rec = _empty_record(path)
     limit = MAX_FILE_BYTES
@@ -129,12 +144,15 @@ def _inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
     except (OSError, ValueError):  # ValueError: a NUL in a hand-written path
         rec["reason"] = UNREADABLE
         return rec
-    if not stat.S_ISREG(st.st_mode):
+    if not stat.S_ISREG(st.st_mode) or st.st_dev in _pseudo_devices():
         rec["reason"] = NOT_A_REGULAR_FILE
         return rec
     rec["bytes"] = size = st.st_size
     if size > limit:
         rec["reason"] = TOO_LARGE
+        return rec
+    if size == 0:  # never opened: a size-0 "file" may be a kernel stream that blocks (/proc/kmsg)
+        rec["reason"] = ZERO_BYTE
         return rec
     try:
         with open_regular(path, limit) as fh:

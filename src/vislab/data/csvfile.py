@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,37 @@ def read_csv_file(path: str | Path, what: str, **options: Any) -> pd.DataFrame:
     path = Path(path)
     data = _bytes(path, what)
     try:
-        return pd.read_csv(io.BytesIO(data), encoding="utf-8-sig", dtype=str, keep_default_na=False, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(
+                io.BytesIO(data), encoding="utf-8-sig", dtype=str, keep_default_na=False, index_col=False, **options
+            )
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VislabError(f"{path}: cannot read as CSV ({first}); save it as comma-separated UTF-8") from None
+    if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+        _refuse_long_rows(path, data, bool(options.get("skipinitialspace")))
+    return df
+
+
+def _refuse_long_rows(path: Path, data: bytes, skipinitialspace: bool) -> None:
+    """A row with more cells than the header: pandas would drop the extra cells (or, without
+    index_col=False, shift every column by one). Empty extra cells (a trailing comma) lose
+    nothing and pass; a row with text there is a one-line error naming its line."""
+    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), skipinitialspace=skipinitialspace)
+    header: list[str] | None = None
+    last = 0
+    for record in reader:
+        start, last = last + 1, reader.line_num
+        if not record:
+            continue
+        if header is None:
+            header = record
+        elif len(record) > len(header) and any(cell.strip() for cell in record[len(header) :]):
+            raise VislabError(
+                f"{path} line {start}: {len(record)} cells but the header names {len(header)} columns; "
+                "remove the extra cells or name their column in the header"
+            )
 
 
 def line_of_row(path: str | Path, row: int) -> int:

@@ -251,6 +251,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
             )
         if os.path.realpath(root) == os.path.realpath(out):
             raise VislabError(f"--out {out} is the source folder itself; write the dataset to another folder")
+        _refuse_out_among_photos(source, root, out)
         try:
             kind = src.vislab_output_kind(os.listdir(root))
         except OSError as err:
@@ -265,6 +266,24 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
         if problem is not None:
             raise VislabError(f"--out {out}: {name} there is {problem}; remove it or choose another --out")
     return roots
+
+
+def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
+    """An --out inside a source may be a new or empty folder, or one curate wrote before;
+    a folder of the user's (a class folder) would drop out of the scan and get the dataset's
+    files written among its photos."""
+    real_root, real_out = os.path.realpath(root), os.path.realpath(out)
+    if not real_out.startswith(real_root.rstrip(os.sep) + os.sep) or not os.path.isdir(real_out):
+        return
+    try:
+        theirs = sorted(set(os.listdir(real_out)) - set(OUTPUT_NAMES))
+    except OSError:
+        return
+    if theirs:
+        raise VislabError(
+            f"--out {out} lies inside source {source} and holds {theirs[0]!r}, which curate did not write; "
+            "write the dataset to a new folder (beside the photos, not among them)"
+        )
 
 
 def _fingerprint(recorded: dict[str, Any]) -> str:
@@ -526,6 +545,11 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     usable_now = _Usable(df)
     if not usable_now.counts:
         usable_now.warnings.append(f"none of the {len(df):,} files is a usable labelled image (see the reasons)")
+    if skipped[src.UNREADABLE_FOLDER]:
+        usable_now.warnings.append(
+            f"{skipped[src.UNREADABLE_FOLDER]:,} folder(s) in the sources could not be read and were skipped; "
+            "their files are not in the dataset (allow reading them to include them)"
+        )
     _filter_geometry(df, opts)
     usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
     conflicts = _dedupe(df, opts.dedupe, opts.near_threshold)
@@ -566,6 +590,8 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "hidden_skipped": skipped[src.HIDDEN],
         "vislab_folders_skipped": skipped[src.VISLAB_OUTPUT],
         "non_utf8_names_skipped": skipped[src.NON_UTF8_NAME],
+        "unreadable_folders_skipped": skipped[src.UNREADABLE_FOLDER],
+        "inner_folder_links_skipped": skipped[src.INNER_FOLDER_LINK],
         "conflicting_label_groups": len(conflicts),
         "conflicting_labels": conflicts,
         "warnings": usable_now.warnings,

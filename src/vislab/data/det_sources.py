@@ -128,6 +128,23 @@ def _read_text(path: str, src: DetectionSource) -> str | None:
     return None
 
 
+def _is_dir(path: Path) -> bool:
+    """Path.is_dir with a place that cannot be looked at (EACCES on Python 3.11) read as
+    absent: a root-owned lost+found in a source must not stop layout sniffing."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file with an unreadable place read as absent, as in `_is_dir`."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 def _read_whole(path: Path, what: str) -> str:
     """A file the whole dataset depends on; any failure is a one-line VislabError."""
     try:
@@ -207,14 +224,14 @@ def _yaml_names(path: Path) -> list[str] | None:
 
 def _yolo_names(root: Path) -> list[str]:
     for path in (root / n for n in _YOLO_YAMLS):
-        if path.is_file():
+        if _is_file(path):
             names = _yaml_names(path)
             if names is not None:
                 return names
     for folder in (root, root / "labels"):
         for name in _YOLO_NAME_FILES:
             path = folder / name
-            if path.is_file():
+            if _is_file(path):
                 names = [
                     line.strip() for line in _read_whole(path, "class list").splitlines() if line.strip()
                 ]
@@ -222,7 +239,7 @@ def _yolo_names(root: Path) -> list[str]:
                     return names
     for path in sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")):  # coco8.yaml; hyp.yaml is skipped
         try:
-            names = _yaml_names(path) if path.is_file() else None
+            names = _yaml_names(path) if _is_file(path) else None
         except VislabError:
             continue
         if names is not None:
@@ -234,7 +251,7 @@ def _yolo_names(root: Path) -> list[str]:
 
 def _label_dirs(root: Path) -> tuple[Path, Path]:
     """(images folder, labels folder): images/ + labels/ (Ultralytics), else side by side."""
-    if (root / "images").is_dir() and (root / "labels").is_dir():
+    if _is_dir(root / "images") and _is_dir(root / "labels"):
         return root / "images", root / "labels"
     return root, root
 
@@ -315,9 +332,9 @@ def _yolo_line(tokens: list[str], names: list[str]) -> tuple[str, tuple[float, .
 
 def _kitti_dirs(root: Path) -> tuple[Path, Path] | None:
     for base in (root, root / "training"):
-        if (base / "label_2").is_dir():
+        if _is_dir(base / "label_2"):
             return base / "image_2", base / "label_2"
-    if (root / "labels").is_dir() and (root / "images").is_dir():
+    if _is_dir(root / "labels") and _is_dir(root / "images"):
         return root / "images", root / "labels"
     return None
 
@@ -378,7 +395,7 @@ def _kitti_line(tokens: list[str]) -> tuple[Any, ...] | str:
 
 
 def _coco_files(root: Path) -> list[Path]:
-    if root.is_file():
+    if _is_file(root):
         return [root]
     found = sorted(root.glob("*.json")) + sorted((root / "annotations").glob("*.json"))
     instances = [p for p in found if p.name.startswith("instances_")]
@@ -598,7 +615,7 @@ def _voc_dirs(root: Path) -> list[Path]:
 
     first = subfolders(root)
     levels = [root, *first, *(p for f in first for p in subfolders(f))]
-    return [p for p in levels if (p / "Annotations").is_dir() and (p / "JPEGImages").is_dir()]
+    return [p for p in levels if _is_dir(p / "Annotations") and _is_dir(p / "JPEGImages")]
 
 
 def read_voc(root: str | Path) -> DetectionSource:
@@ -731,22 +748,22 @@ def detect_format(root: str | Path) -> str:
         "expected YOLO (images/ + labels/ + data.yaml), KITTI (image_2/ + label_2/), "
         "COCO (a .json file) or VOC (Annotations/ + JPEGImages/); or name it with --format"
     )
-    if path.is_file():
+    if _is_file(path):
         if path.suffix.lower() == ".json":
             return "coco"
         raise VislabError(f"{path}: cannot tell the detection format of this file; {hint}")
-    if not path.is_dir():
+    if not _is_dir(path):
         raise VislabError(f"{path}: no such file or folder; check the path")
     if _voc_dirs(path):
         return "voc"
-    if (path / "label_2").is_dir() or (path / "training" / "label_2").is_dir():
+    if _is_dir(path / "label_2") or _is_dir(path / "training" / "label_2"):
         return "kitti"
     images_dir, labels_dir = _label_dirs(path)
     if images_dir != labels_dir:
         sniffed = _sniff_txt_labels(labels_dir)
         if sniffed is not None:
             return sniffed
-    if any((path / n).is_file() for n in _YOLO_YAMLS + _YOLO_NAME_FILES):
+    if any(_is_file(path / n) for n in _YOLO_YAMLS + _YOLO_NAME_FILES):
         return "yolo"
     if _coco_files(path):
         return "coco"
@@ -763,22 +780,22 @@ def detection_layout(root: str | Path) -> str | None:
     data.yaml (or dataset.yaml) naming classes, or COCO JSON in annotations/ (or named
     instances_*.json). A lone .txt or .json beside photos is not enough."""
     path = Path(root)
-    if path.is_file():
+    if _is_file(path):
         return "coco" if path.suffix.lower() == ".json" else None
-    if not path.is_dir():
+    if not _is_dir(path):
         return None
     if _voc_dirs(path):
         return "voc"
-    if (path / "label_2").is_dir() or (path / "training" / "label_2").is_dir():
+    if _is_dir(path / "label_2") or _is_dir(path / "training" / "label_2"):
         return "kitti"
     images_dir, labels_dir = _label_dirs(path)
     sniffed = _sniff_txt_labels(labels_dir) if images_dir != labels_dir else None
     if sniffed is not None:
         return sniffed
     for name in _YOLO_YAMLS:
-        if (path / name).is_file() and _yaml_names(path / name) is not None:
+        if _is_file(path / name) and _yaml_names(path / name) is not None:
             return "yolo"
-    if images_dir != labels_dir and any((path / n).is_file() for n in _YOLO_NAME_FILES):
+    if images_dir != labels_dir and any(_is_file(path / n) for n in _YOLO_NAME_FILES):
         return "yolo"
     if sorted((path / "annotations").glob("*.json")) or sorted(path.glob("instances_*.json")):
         return "coco"

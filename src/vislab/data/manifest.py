@@ -9,12 +9,14 @@ makes a dataset a detection dataset, and it is part of the dataset's hash.
 
 A manifest may be edited by hand, so reading one checks every value later commands rely
 on: a status or split outside the allowed values (`TRAIN` included: case is not guessed,
-since a silently dropped row would change a dataset unseen) or a size that is not an
-integer is a one-line error naming the line, the column and the allowed values.
+since a silently dropped row would change a dataset unseen), a size that is not an
+integer or a file listed twice is a one-line error naming the line, the column and the
+allowed values. A relative path is read against the dataset folder.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import itertools
 import json
@@ -82,9 +84,17 @@ def write_manifest(df: pd.DataFrame, dataset_dir: str | Path) -> Path:
     path = inside(dataset_dir, MANIFEST_NAME)
     tmp = inside(dataset_dir, MANIFEST_NAME + ".tmp")
     tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there
-    out.to_csv(tmp, index=False, lineterminator="\n")
+    out.to_csv(tmp, index=False, lineterminator="\n", quoting=_quoting(out))
     tmp.replace(path)
     return path
+
+
+def _quoting(df: pd.DataFrame) -> int:
+    """QUOTE_ALL when a cell holds a carriage return, which the csv module leaves unquoted
+    with a "\\n" terminator (a reader would end the row there); otherwise QUOTE_MINIMAL, so
+    every other manifest, and its hash, stays byte-identical to what curate always wrote."""
+    has_cr = any(df[col].astype(str).str.contains("\r", regex=False).any() for col in df.columns)
+    return csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL
 
 
 def _no_manifest(folder: Path) -> str:
@@ -117,7 +127,26 @@ def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
     if missing:
         raise VislabError(f"{path}: missing column(s) {', '.join(missing)}; re-run `vislab curate`")
     _check_values(df, path)
+    _resolve_paths(df, path)
     return df
+
+
+def _resolve_paths(df: pd.DataFrame, path: Path) -> None:
+    """Make relative paths (a hand-edited row) absolute against the dataset folder, so every
+    command reads the same file whatever the working folder; a path listed twice is a
+    one-line error naming both lines (curate never writes one, and materialize would place it
+    twice)."""
+    base = path.parent.absolute()
+    paths = [p if os.path.isabs(p) else os.path.normpath(os.path.join(base, p)) for p in df["path"]]
+    first: dict[str, int] = {}
+    for row, p in enumerate(paths):
+        if p in first:
+            raise VislabError(
+                f"{path} line {line_of_row(path, row)}: path {df['path'].iloc[row]!r} repeats line "
+                f"{line_of_row(path, first[p])}; keep one row per file"
+            )
+        first[p] = row
+    df["path"] = paths
 
 
 def _check_values(df: pd.DataFrame, path: Path) -> None:

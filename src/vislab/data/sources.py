@@ -7,7 +7,9 @@ Readers never open images; curation checks the files afterwards.
 The folder scan skips what is not a photo of the collection: hidden entries, folders that
 vislab wrote (a dataset folder holding `manifest.csv` beside `curation.json`, a
 `vislab materialize` tree holding its marker) and names that are not UTF-8 (a manifest is
-UTF-8 text, so such a path could not be recorded); each kind is counted. Label names are
+UTF-8 text, so such a path could not be recorded), folders it may not read (a root-owned
+lost+found) and links to folders inside the scanned folder (each real folder is read under
+its own path, so a link cannot relabel another class); each kind is counted. Label names are
 checked later, in curation, whatever source gave them.
 """
 
@@ -37,6 +39,8 @@ RATING_OUT_OF_BINS = "rating_out_of_bins"
 HIDDEN = "hidden"
 VISLAB_OUTPUT = "vislab_output"
 NON_UTF8_NAME = "non_utf8_name"
+UNREADABLE_FOLDER = "unreadable_folder"
+INNER_FOLDER_LINK = "inner_folder_link"
 
 
 @dataclass
@@ -78,8 +82,10 @@ def vislab_output_kind(names: Iterable[str]) -> str | None:
 
 def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], Counter[str]]:
     """(path, first folder below `top` or None) for every file to curate under `top`,
-    following directory links once, and counts of what was skipped: hidden entries
-    (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders, non-UTF-8 names."""
+    following directory links that lead out of `top` once, and counts of what was skipped:
+    hidden entries (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders,
+    non-UTF-8 names, folders that cannot be listed, links to folders inside `top`."""
+    real_top = os.path.join(os.path.realpath(top), "")
     files: list[tuple[str, str | None]] = []
     skipped: Counter[str] = Counter()
     seen: set[tuple[int, int]] = set()
@@ -90,6 +96,7 @@ def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]],
             st = os.stat(folder)
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
+            skipped[UNREADABLE_FOLDER] += 1
             continue
         if (st.st_dev, st.st_ino) in seen:
             continue
@@ -108,6 +115,10 @@ def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]],
                 is_dir = entry.is_dir()
             except OSError:
                 is_dir = False
+            inner_link = is_dir and entry.is_symlink() and os.path.join(os.path.realpath(entry.path), "").startswith(real_top)
+            if inner_link:
+                skipped[INNER_FOLDER_LINK] += 1
+                continue
             if is_dir:
                 if not skip or os.path.realpath(entry.path) not in skip:
                     stack.append((entry.path, entry.name if first is None else first))
@@ -123,7 +134,7 @@ def scan_folder(root: str | Path, skip: Sequence[str | Path] = ()) -> tuple[list
     loose files beside the class folders are unlabelled (label None). A root holding only
     files is an unlabelled dataset (label ""). Folders in `skip` (the output) are not read.
     Returns the files and the counts of skipped entries by kind (HIDDEN, VISLAB_OUTPUT,
-    NON_UTF8_NAME).
+    NON_UTF8_NAME, UNREADABLE_FOLDER, INNER_FOLDER_LINK).
     """
     top = os.path.abspath(root)
     files, skipped = _walk_files(top, {os.path.realpath(s) for s in skip})

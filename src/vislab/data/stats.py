@@ -45,7 +45,7 @@ def summarize_manifest(df: pd.DataFrame) -> dict[str, Any]:
     """Counts that describe a manifest table."""
     ok = df[df["status"] == OK]
     status = {s: int((df["status"] == s).sum()) for s in STATUSES}
-    reasons = Counter(reason_kind(r) for r in df["reason"] if r)
+    reasons = Counter(reason_kind(r) for r in (df["reason"] if "reason" in df.columns else ()) if r)
     classes = Counter(ok["label"])
     out: dict[str, Any] = {
         "files": int(len(df)),
@@ -204,6 +204,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
             ("hidden_skipped", "hidden entries"),
             ("vislab_folders_skipped", "vislab output folders"),
             ("non_utf8_names_skipped", "non-UTF-8 names"),
+            ("unreadable_folders_skipped", "unreadable folders"),
+            ("inner_folder_links_skipped", "links to folders inside the source"),
         )
         if summary.get(key)
     ]
@@ -233,16 +235,25 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         extras.append(f"groups with conflicting labels: {summary['conflicting_label_groups']}")
     if extras:
         console.print("; ".join(extras))
-    _print_conflicts(summary.get("conflicting_labels") or [], console)
-    for warning in summary.get("warnings") or []:
+    _print_conflicts(_listed(summary.get("conflicting_labels")), console)
+    for warning in _listed(summary.get("warnings")):
         console.print(f"[bold yellow]warning:[/] {escape(str(warning))}", highlight=False, soft_wrap=True)
+
+
+def _listed(value: Any) -> list[Any]:
+    """A recorded list as a list: curation.json may be edited by hand, and a number or
+    a string where a list belongs must not crash `vislab stats`."""
+    if isinstance(value, list):
+        return value
+    return [value] if isinstance(value, str) and value else []
 
 
 def _print_conflicts(conflicts: list[dict[str, Any]], console: Console, shown: int = 5) -> None:
     """The same picture under two labels: which copies, which was kept and why (all in curation.json)."""
+    conflicts = [c for c in conflicts if isinstance(c, dict)]
     for c in conflicts[:shown]:
         parts = []
-        for m in c.get("members", []):
+        for m in (m for m in _listed(c.get("members")) if isinstance(m, dict)):
             state = m.get("why", "kept") if m.get("kept") else "excluded as a duplicate"
             parts.append(f"'{m.get('label')}' {Path(str(m.get('path'))).name} ({state})")
         console.print(f"conflicting labels in {c.get('group')}: " + "; ".join(parts), highlight=False, soft_wrap=True, markup=False)
