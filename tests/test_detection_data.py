@@ -671,3 +671,10 @@ def test_sizes_from_manifest_reads_orientation():
 
 def test_boxes_name_constant_is_the_file_written(tmp_path):
     assert write_boxes(table([("a", "cat", 0, 0, 1, 1)]), tmp_path).name == BOXES_NAME
+
+
+def test_kitti_labels_without_their_image_folder_say_which_folder(tmp_path):
+    root = tmp_path / "kitti"
+    write(root / "training" / "label_2" / "000000.txt", f"Car 0.00 0 -1.5 10.0 5.0 30.0 25.0 {KITTI_TAIL}\n")
+    with pytest.raises(VislabError, match=r"KITTI labels in .*label_2 but no image folder .*training/image_2"):
+        read_detection_source(root, "kitti")

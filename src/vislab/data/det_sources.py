@@ -346,6 +346,8 @@ def read_kitti(root: str | Path) -> DetectionSource:
         raise VislabError(
             f"{root}: no label_2/ (or training/label_2/, or labels/ + images/) folder of KITTI labels"
         )
+    if not _is_dir(dirs[0]):
+        raise VislabError(f"{root}: KITTI labels in {dirs[1]} but no image folder {dirs[0]}; put the images there")
     src = DetectionSource("kitti", str(root))
     seen: dict[str, None] = {}
     for label, images in _pair(*dirs, ".txt", src):
