@@ -185,3 +185,17 @@ def test_a_sanity_check_folder_is_left_out_with_a_note(runs, tmp_path) -> None:
     assert "run0" in res.output
     res = CliRunner().invoke(app, ["report", str(sanity)])
     assert res.exit_code == 2 and "--sanity` check (sanity.json), not a trained run" in res.output
+
+
+def test_a_run_without_its_config_or_with_a_hand_edited_run_json(tmp_path) -> None:
+    a = make_run_dir(tmp_path, name="a", dataset=False)
+    b = make_run_dir(tmp_path, name="b", dataset=False)
+    c = make_run_dir(tmp_path, name="c", dataset=False)
+    _configure(b, optim__lr=0.1)
+    (c / "config.yaml").unlink()  # an unknown config takes no part in the diff: it differed in every key
+    df = compare_runs([a, b, c])
+    assert [col for col in df.columns if col.startswith("config.")] == ["config.optim.lr"]
+    (c / "run.json").write_text("[]")
+    res = CliRunner().invoke(app, ["compare", str(a), str(c)])
+    assert res.exit_code == 2 and "run.json: holds list, not a JSON object" in res.output
+    assert len(res.output.strip().splitlines()) == 1

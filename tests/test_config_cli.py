@@ -206,7 +206,7 @@ def test_durations_read_as_written_and_ambiguous_ones_are_refused():
         90, 90, 5400, 5400, 30, 5400, 86400
     ]
     for text, needle in (("1h30", "write 1h30m or 1h30s"), ("1.2.3m", "not a duration"), (".", "not a duration"),
-                         ("-5m", "not a duration"), ("10ms", "not a duration"), ("0", "must be positive")):
+                         ("-5m", "not a duration"), ("10ms", "not a duration"), ("0", "must be positive"), ("99999999999d", "over a year")):
         with pytest.raises(VislabError, match=re.escape(needle)):
             parse_duration(text)
     assert duration_text("90", 90) == "90 s" and duration_text("15m", 900) == "15m"

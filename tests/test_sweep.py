@@ -183,3 +183,12 @@ def test_grid_is_the_sweeps_grid_sampler(dataset, tmp_path):
     assert len(study_of(out).get_trials()) == 2
     best = load_config(out / "best.yaml")
     assert best.model.simple_cnn.filters == int(table["model.simple_cnn.filters"][0])
+
+
+def test_a_space_written_as_its_docstring_shows_reads_its_numbers(tmp_path):
+    from vislab.sweep.space import read_space
+
+    path = tmp_path / "space.yaml"
+    path.write_text("optim.lr: {float: [1e-4, 1e-1], log: true}\noptim.weight_decay: {float: [0, 1e-2], step: 1e-3}\n")
+    lr, wd = read_space(path)  # PyYAML's YAML 1.1 rules read 1e-4 as a string
+    assert (lr.low, lr.high, lr.log) == (1e-4, 1e-1, True) and (wd.low, wd.high, wd.step) == (0.0, 1e-2, 1e-3)

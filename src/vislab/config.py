@@ -538,7 +538,7 @@ def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = 
 def parse_value(text: str) -> Any:
     """Parse an override value the way YAML would (numbers, booleans, lists, null)."""
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError:
         return text
 
@@ -641,11 +641,26 @@ def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
     return target
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: `1e-4` is a float (PyYAML's YAML 1.1 rules need `1.0e-4`,
+    so a search space's `float: [1e-4, 1e-1]` arrived as two strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load` with `_Loader`'s numbers: every config, space and override is read so."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's (or named recipe's) top-level mapping, or a one-line error naming the file."""
     p = config_path(path)
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = load_yaml(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
     if not isinstance(raw, dict):
@@ -686,6 +701,8 @@ def parse_duration(text: str) -> float:
         total = sum(float(n) * units[u] for n, u in parts)
     if total <= 0:
         raise VislabError(f"--max-time {text!r}: must be positive")
+    if total > 366 * 86400:
+        raise VislabError(f"--max-time {text!r}: over a year; leave the budget out for a run without one")
     return total
 
 

@@ -65,13 +65,14 @@ def differing_config(configs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     A key is compared only between the runs it matters to: the settings of a choice a run
     did not make (`model.simple_cnn.*` of a resnet run) are left out for that run, while a
     key missing under a section another run sets (`model.head: null` against a head) is a
-    difference. Keys another column shows (model name, input size, epochs) are left out.
+    difference. Keys another column shows (model name, input size, epochs) are left out, and
+    a run whose config is unknown (no config.yaml) takes no part: it would differ in every key.
     """
     flat = [_flatten(c) for c in configs]
     keys = [k for k in dict.fromkeys(k for f in flat for k in f) if k not in SHOWN_ELSEWHERE]
     diff = []
     for k in keys:
-        seen = {repr(f.get(k, "<absent>")) for f in flat if key_applies(k, f)}
+        seen = {repr(f.get(k, "<absent>")) for f in flat if f and key_applies(k, f)}
         if len(seen) > 1:
             diff.append(k)
     return [{k: f[k] for k in diff if k in f and key_applies(k, f)} for f in flat]

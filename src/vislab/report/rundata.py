@@ -90,6 +90,14 @@ def _json(path: Path, default: Any) -> Any:
         raise VislabError(f"{path}: not valid JSON ({err}); was the run interrupted while writing it?") from None
 
 
+def _mapping(path: Path) -> dict[str, Any]:
+    """run.json / summary.json: an object (a hand-edited '[]' there is a one-line error)."""
+    value = _json(path, {})
+    if not isinstance(value, dict):
+        raise VislabError(f"{path}: holds {type(value).__name__}, not a JSON object; restore the file `vislab train` wrote")
+    return value
+
+
 def read_history(path: Path) -> pd.DataFrame | None:
     """metrics.csv as one row per epoch (rows a logger split per step are merged per epoch)."""
     if not path.is_file():
@@ -133,8 +141,8 @@ def read_run(run_dir: str | Path) -> RunData:
             data.config = yaml.safe_load(data.config_text) or {}
         except yaml.YAMLError:
             data.config = {}
-    data.info = _json(paths.run_json, {})
-    data.summary = _json(paths.summary, {})
+    data.info = _mapping(paths.run_json)
+    data.summary = _mapping(paths.summary)
     health = _json(paths.health, [])
     data.health = health if isinstance(health, list) else []
     data.history = read_history(paths.metrics)
