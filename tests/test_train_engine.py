@@ -172,6 +172,28 @@ def test_nan_loss_stops_with_a_message(dataset, tmp_path):
     assert health[-1]["level"] == "error" and health[-1]["code"] == "nan_loss" and isinstance(health[-1]["step"], int)
 
 
+class DivergeBeforeValidation(Callback):
+    """The weights turn NaN after epoch `epoch`'s training steps: its validation loss is NaN
+    while every training loss was finite (what an lr of 1e6 did to a sweep's trial)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch and not trainer.sanity_checking:
+            with torch.no_grad():
+                next(pl_module.model.parameters()).fill_(float("nan"))
+
+
+def test_a_nan_validation_loss_stops_the_run_as_diverged(dataset, tmp_path, capsys):
+    with pytest.raises(VislabError, match="validation loss became nan after epoch 2: the weights diverged"):
+        train(tiny_config(train={"epochs": 4}), dataset, tmp_path / "run", callbacks=[DivergeBeforeValidation(1)])
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_reason"] == "nan" and summary["epochs_completed"] <= 2
+    health = json.loads((tmp_path / "run" / "health.json").read_text())
+    assert health[-1]["level"] == "error" and health[-1]["code"] == "nan_loss"
+
+
 def test_collapse_and_chance_warnings(tmp_path):
     # labels unrelated to the images and a frozen model: accuracy stays at chance
     data = make_pattern_dataset(tmp_path / "d", classes=("a", "b"), per_class=20, size=16, patterns=("horizontal", "horizontal"))

@@ -154,6 +154,24 @@ class HealthMonitor(Callback):
         self.add(trainer, "error", "nan_loss", msg, step)
         raise NonFiniteLossError(msg)
 
+    def _check_val_loss(self, trainer: "L.Trainer", step: int) -> None:
+        """A validation loss that is NaN or infinite means the weights diverged even when the
+        training loss looked finite (BatchNorm statistics blown up by an lr of 1e6): its
+        accuracy is then argmax of NaN, class 0 everywhere, which a sweep once ranked best."""
+        value = trainer.callback_metrics.get("val/loss")
+        bad = value is not None and not bool(torch.isfinite(torch.as_tensor(value)).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        msg = (
+            f"validation loss became {float(value) if value is not None else float('nan'):g} after epoch "
+            f"{trainer.current_epoch + 1}: the weights diverged (its accuracy means nothing). "
+            f"Likely causes: learning rate too high (now {_current_lr(trainer):g}), exploding gradients (try train.grad_clip)"
+        )
+        self.add(trainer, "error", "nan_loss", msg, step)
+        raise NonFiniteLossError(msg)
+
     # ---- images that cannot be read -------------------------------------------------------
     def on_train_batch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int) -> None:
         self.check_unreadable(trainer, pl_module)
@@ -217,6 +235,7 @@ class HealthMonitor(Callback):
         if trainer.sanity_checking:
             return
         step = int(trainer.global_step)
+        self._check_val_loss(trainer, step)
         for check in self.checks:
             check.after_validation(trainer, pl_module, lambda level, code, message: self.add(trainer, level, code, message, step))
 
