@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import io
 import json
 import re
+import tempfile
 import threading
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.datastructures import UploadFile
 
 from vislab.errors import VislabError
 from vislab.predict import predict as cli_predict
@@ -162,6 +165,35 @@ def test_pixel_limit_is_the_servers_setting(predictors, runs) -> None:
 def test_upload_over_the_limit_is_413(client) -> None:
     detail = one_line_error(post(client, [("big.png", b"\0" * (LIMIT + 1))]), 413)
     assert "upload limit" in detail
+
+
+def noise_png(side: int) -> bytes:
+    """A PNG of random pixels: it does not compress, so it is about 3 * side**2 bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_an_upload_over_1_mb_stays_in_memory(predictors, tmp_path, monkeypatch) -> None:
+    # Starlette spools a file part over 1 MB to $TMPDIR; with $TMPDIR gone, a spooled upload fails
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    data = noise_png(640)
+    assert len(data) > 1024 * 1024
+    with TestClient(create_app(predictors, limits=Limits(max_upload_bytes=4 * LIMIT))) as c:
+        r = post(c, [("big.png", data)], headers={})
+    assert r.status_code == 200, r.text
+    assert (r.json()["results"][0]["width"], r.json()["results"][0]["height"]) == (640, 640)
+
+
+def test_an_upload_the_server_cannot_store_is_a_json_503(predictors, runs, monkeypatch) -> None:
+    async def disk_full(self, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(UploadFile, "write", disk_full)
+    f = images_of(runs["cnn"], 1)[0]
+    with TestClient(create_app(predictors)) as c:
+        detail = one_line_error(post(c, [(f.name, f.read_bytes())], headers={}), 503)
+    assert "No space left on device" in detail
 
 
 def test_requests_that_are_not_a_prediction_get_422(client, runs, tmp_path) -> None:
