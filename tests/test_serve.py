@@ -27,7 +27,14 @@ from vislab.serve.app import Limits, create_app
 from vislab.serve.batching import MicroBatcher, QueueFull
 from vislab.serve.predictors import ClassifyPredictor, load_all
 from vislab.serve.server import bind, check_access
-from vislab.testing.images import write_corrupt_png, write_huge_header_png, write_not_an_image, write_truncated
+from vislab.testing.images import (
+    write_corrupt_png,
+    write_huge_header_png,
+    write_image,
+    write_not_an_image,
+    write_png_exif_after_pixels,
+    write_truncated,
+)
 from vislab.testing.rundirs import make_run_dir
 
 TOKEN = "test-token-0123456789abcdef"
@@ -138,6 +145,15 @@ def test_bad_images_get_one_line_422(client, tmp_path, make, reason) -> None:
     path = make(tmp_path)
     detail = one_line_error(post(client, [(path.name, path.read_bytes())]), 422)
     assert detail.startswith(reason), detail
+
+
+def test_size_is_as_displayed_even_with_exif_after_the_pixels(client, tmp_path) -> None:
+    # stored 48x32, shown rotated (orientation 6): the model sees 32x48, and so must the answer
+    late = write_png_exif_after_pixels(tmp_path / "late.png", orientation=6)
+    jpeg = write_image(tmp_path / "big.jpg", size=(480, 320), orientation=6)  # decoded at reduced scale
+    r = post(client, [(late.name, late.read_bytes()), (jpeg.name, jpeg.read_bytes())])
+    assert r.status_code == 200, r.text
+    assert [(res["width"], res["height"]) for res in r.json()["results"]] == [(32, 48), (320, 480)]
 
 
 def test_upload_names_are_text_never_paths(client, runs) -> None:

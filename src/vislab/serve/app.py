@@ -165,10 +165,14 @@ def predict_request_schema(predictors: Sequence[Predictor]) -> dict[str, Any]:
 def decode_and_prepare(predictor: Predictor, data: bytes, options: Any, max_pixels: int) -> tuple[Any, int, int]:
     """(the predictor's item, width, height) of one uploaded image; runs in a request thread.
     The size is the upload's as displayed (EXIF orientation applied), not the size a JPEG
-    was decoded at for a small model."""
+    was decoded at for a small model. An image decoded at full scale gives it exactly (boxes
+    are in its pixels); a header-only probe would miss an orientation stored after a PNG's
+    pixels. Only a JPEG decodes smaller, and its orientation is in its header: the probe's."""
     image = load_image(data, predictor.size_hint, max_pixels=max_pixels)
     info = probe(data)
-    return predictor.preprocess(image, options), info.width, info.height
+    full_scale = image.size in ((info.stored_width, info.stored_height), (info.stored_height, info.stored_width))
+    width, height = image.size if full_scale else (info.width, info.height)
+    return predictor.preprocess(image, options), width, height
 
 
 async def read_form(request: Request, limits: Limits) -> FormData:
