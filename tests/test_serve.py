@@ -420,3 +420,24 @@ RUN_FILES = {
            "eval/test/predictions.csv", "eval/test/probs.npy", "health.json", "metrics.csv", "run.json", "summary.json"]
     for name in ("cnn", "abn")
 }
+
+
+@pytest.mark.parametrize(
+    "flag,value,says",
+    [
+        ("--max-upload-mb", "nan", "--max-upload-mb (a finite number)"),
+        ("--max-upload-mb", "inf", "--max-upload-mb (a finite number)"),
+        ("--batch-window-ms", "inf", "--batch-window-ms inf: choose from 0 to 1000 ms"),
+        ("--batch-window-ms", "1e9", "--batch-window-ms 1e+09: choose from 0 to 1000 ms"),
+        ("--batch-window-ms", "nan", "--batch-window-ms nan: choose from 0 to 1000 ms"),
+        ("--batch-window-ms", "-1", "--batch-window-ms -1: choose from 0 to 1000 ms"),
+    ],
+)
+def test_cli_refuses_limits_that_are_not_finite_or_sane(runs, flag, value, says) -> None:
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+
+    r = CliRunner().invoke(app, ["serve", str(runs["cnn"]), "--port", "0", flag, value])
+    assert r.exit_code == 2, r.output
+    assert says in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
