@@ -62,8 +62,11 @@ def write_report(run_dir: str | Path, split: str | None = None, cams: bool = Tru
     page = render(data, split=split, cams=cams, cam_method=cam_method)
     out = run_paths(data.run_dir).report
     tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as err:
+        raise plots.cannot_write(out, err) from None
     if open_browser:
         import webbrowser
 
