@@ -15,6 +15,7 @@ else to preprocess inputs and name outputs.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,12 @@ def as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def cannot_write(path: Path, err: OSError) -> VislabError:
+    """The one-line error for an export file that cannot be written (read-only folder, full disk)."""
+    why = os.strerror(err.errno) if err.errno else str(err)
+    return VislabError(f"{path}: cannot write ({why}); choose a writable --out")
+
+
 def export_onnx_model(
     model: nn.Module,
     input_size: Sequence[int],
@@ -113,6 +120,8 @@ def export_onnx_model(
                 opset_version=opset,
                 do_constant_folding=True,
             )
+        except OSError as err:
+            raise cannot_write(path, err) from None
         except (torch.onnx.errors.OnnxExporterError, RuntimeError, ValueError, TypeError) as err:
             # the exporter's errors are long dumps; the first line names the operator
             path.unlink(missing_ok=True)
@@ -125,7 +134,11 @@ def export_onnx_model(
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(proto, str(path))
+        try:
+            onnx.save(proto, str(path))
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise cannot_write(path, err) from None
     return path
 
 
@@ -231,7 +244,10 @@ def export_run(
     shapes = {k: ["batch", *v.shape[1:]] for k, v in example_inputs(run.cfg.task, run.cfg, input_size, 1).items()}
     outputs = list(get_task(run.cfg.task).export_outputs)
     result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch)
-    path.with_suffix(".json").write_text(
-        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2)
-    )
+    description = path.with_suffix(".json")
+    try:
+        description.write_text(json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2))
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise cannot_write(description, err) from None
     return result
