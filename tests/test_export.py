@@ -97,3 +97,26 @@ def test_export_out_in_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
     assert res.returncode == 2, said
     assert "Traceback" not in said and len(said.splitlines()) == 1, said
     assert f"{ro / 'm.onnx'}: cannot write (Read-only file system)" in said
+
+
+def test_export_out_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    (tmp_path / "notes.json").write_text("my notes")
+    (tmp_path / "mine.onnx").write_bytes(b"someone's model")
+    before = {p: p.read_bytes() for p in [run / "run.json", *sorted((run / "checkpoints").glob("*")), tmp_path / "notes.json", tmp_path / "mine.onnx"]}
+    for out, says in (
+        (run / "run.onnx", "run.json exists and is not a vislab export's description"),
+        (run / "checkpoints" / "best.ckpt", "name the model file *.onnx"),
+        (tmp_path / "notes.txt", "name the model file *.onnx"),
+        (tmp_path / "notes.onnx", "notes.json exists and is not a vislab export's description"),
+        (tmp_path / "mine.onnx", "exists and was not written by vislab export"),
+    ):
+        res = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
+        assert res.exit_code == 2 and says in res.output, (out, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (run / "run.onnx").exists() and not (tmp_path / "notes.onnx").exists()
+    again = tmp_path / "new" / "m.onnx"  # an earlier export of its own is replaced
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["export", str(run), "--out", str(again)])
+        assert res.exit_code == 0, res.output

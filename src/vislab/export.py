@@ -189,10 +189,24 @@ def check_onnx(
     return max_diff
 
 
+def is_export_description(path: Path) -> bool:
+    """Whether `path` is the .json that `vislab export` writes beside a model (so an earlier
+    export, which may be replaced, and not someone's file that shares the name)."""
+    from vislab.fsguard import read_bounded
+
+    try:
+        info = json.loads(read_bounded(path, 1024 * 1024))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") in FORMATS and "max_abs_diff" in info and "opset" in info
+
+
 def export_path(run_dir: Path, out: str | Path | None) -> Path:
     """The file to write: RUN_DIR/export/model.onnx, or `--out` when it names a file that can be
     written (its folder is created); a folder, a path under a file, a special file or a `.json`
-    name (the description written beside the model) is refused in one line."""
+    name (the description written beside the model) is refused in one line. An `--out` must end
+    in .onnx, and replaces an existing model or .json only where they are an earlier export's:
+    `--out RUN/run.onnx` replaced run.json, `--out RUN/checkpoints/best.ckpt` the checkpoint."""
     from vislab.fsguard import make_folder
     from vislab.runs import run_paths
 
@@ -206,6 +220,14 @@ def export_path(run_dir: Path, out: str | Path | None) -> Path:
             raise VislabError(f"--out {path}: not a regular file; name a file to write, e.g. model.onnx")
         if path.suffix.lower() == ".json":
             raise VislabError(f"--out {path}: the .json name is the export's description; name the model file *.onnx")
+        if path.suffix.lower() != ".onnx":
+            raise VislabError(f"--out {path}: name the model file *.onnx (its description goes beside it as .json)")
+        description = path.with_suffix(".json")
+        ours = is_export_description(description)
+        if os.path.lexists(description) and not ours:
+            raise VislabError(f"--out {path}: {description} exists and is not a vislab export's description; choose another name")
+        if os.path.lexists(path) and not ours:
+            raise VislabError(f"--out {path}: exists and was not written by vislab export; choose another name")
     make_folder(path.parent, "--out")
     return path
 
