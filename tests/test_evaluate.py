@@ -140,6 +140,24 @@ def test_a_run_whose_dataset_moved_asks_for_data_not_a_new_curation(tmp_path):
     assert len(res.output.strip().splitlines()) == 1 and "vislab curate" not in res.output
 
 
+@pytest.mark.parametrize("recorded", ["missing", None, ""])
+def test_a_run_that_names_no_dataset_asks_for_data(tmp_path, recorded):
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, checkpoint=True)
+    info = json.loads((run / "run.json").read_text())
+    if recorded == "missing":
+        del info["dataset_dir"]
+    else:
+        info["dataset_dir"] = recorded
+    (run / "run.json").write_text(json.dumps(info))
+    res = CliRunner().invoke(app, ["evaluate", str(run)])
+    assert res.exit_code == 2 and "run.json names no dataset; pass --data DATASET_DIR" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(tmp_path / "run-data")])
+    assert res.exit_code == 0, res.output
+
+
 def test_a_detection_dataset_is_refused_by_a_classifier_in_one_line(run, tmp_path):
     from vislab.testing.detection import write_label_dataset, yolo_line
 

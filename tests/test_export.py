@@ -4,6 +4,8 @@ a run directory exports with its classes and normalisation, and a mismatch fails
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from vislab.cli import app
 from vislab.errors import VislabError
 from vislab.export import check_onnx, export_onnx_model, onnx_session
 from vislab.testing.models import tiny_model
+from vislab.testing.processes import read_only_command
 from vislab.testing.rundirs import make_run_dir
 
 
@@ -80,3 +83,40 @@ def test_export_out_that_is_a_folder_or_under_a_file_is_one_line(tmp_path: Path)
     assert (tmp_path / "afile").read_text() == "x"
     res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "new" / "m.onnx")])
     assert res.exit_code == 0 and (tmp_path / "new" / "m.onnx").is_file() and (tmp_path / "new" / "m.json").is_file()
+
+
+def test_export_out_in_a_read_only_folder_is_one_line(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    cmd = read_only_command(ro, [sys.executable, "-m", "vislab.cli", "export", str(run), "--out", str(ro / "m.onnx")])
+    if cmd is None:
+        pytest.skip("needs util-linux unshare and user namespaces to make a folder read-only")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    said = (res.stdout + res.stderr).strip()
+    assert res.returncode == 2, said
+    assert "Traceback" not in said and len(said.splitlines()) == 1, said
+    assert f"{ro / 'm.onnx'}: cannot write (Read-only file system)" in said
+
+
+def test_export_out_never_replaces_files_it_did_not_write(tmp_path: Path) -> None:
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    (tmp_path / "notes.json").write_text("my notes")
+    (tmp_path / "mine.onnx").write_bytes(b"someone's model")
+    before = {p: p.read_bytes() for p in [run / "run.json", *sorted((run / "checkpoints").glob("*")), tmp_path / "notes.json", tmp_path / "mine.onnx"]}
+    for out, says in (
+        (run / "run.onnx", "run.json exists and is not a vislab export's description"),
+        (run / "checkpoints" / "best.ckpt", "name the model file *.onnx"),
+        (tmp_path / "notes.txt", "name the model file *.onnx"),
+        (tmp_path / "notes.onnx", "notes.json exists and is not a vislab export's description"),
+        (tmp_path / "mine.onnx", "exists and was not written by vislab export"),
+    ):
+        res = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
+        assert res.exit_code == 2 and says in res.output, (out, res.output)
+        assert len(res.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (run / "run.onnx").exists() and not (tmp_path / "notes.onnx").exists()
+    again = tmp_path / "new" / "m.onnx"  # an earlier export of its own is replaced
+    for _ in range(2):
+        res = CliRunner().invoke(app, ["export", str(run), "--out", str(again)])
+        assert res.exit_code == 0, res.output

@@ -54,7 +54,9 @@ def test_cli_formats(run):
     assert res.exit_code == 0
     parsed = json.loads(res.output)
     assert parsed[0]["path"] == str(img) and len(parsed[0]["top"]) == 2
+    assert res.stdout.endswith("]\n")  # ends its line, as CSV and the table do
     res = CliRunner().invoke(app, ["predict", str(run), str(img), "-f", "csv"])
+    assert res.stdout.endswith("\n") and not res.stdout.endswith("\n\n")
     rows = list(csv.DictReader(io.StringIO(res.output)))
     assert [r["rank"] for r in rows] == ["1", "2", "3"] and rows[0]["label"] == parsed[0]["pred"]
     res = CliRunner().invoke(app, ["predict", str(run), str(img)])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -13,6 +15,7 @@ from typer.testing import CliRunner
 from vislab.cli import app
 from vislab.report.classify import SECTIONS
 from vislab.report.html import write_report
+from vislab.testing.processes import read_only_command
 from vislab.testing.rundirs import make_run_dir
 
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
@@ -106,6 +109,26 @@ def test_cli_report(tmp_path) -> None:
     assert res.exit_code == 2 and "no such run directory" in res.output
     res = CliRunner().invoke(app, ["report", str(run), "--split", "val", "--no-cams"])
     assert res.exit_code == 2 and "vislab evaluate" in res.output
+
+
+def test_cli_report_refuses_an_unknown_cam_method_up_front(tmp_path) -> None:
+    run = make_run_dir(tmp_path, name="cams", checkpoint=True)
+    res = CliRunner().invoke(app, ["report", str(run), "--method", "bogus"])
+    assert res.exit_code == 2, res.output
+    assert "--method 'bogus': unknown CAM method; use one of gradcam, gradcam++" in res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (run / "report.html").exists()
+
+
+def test_report_on_a_read_only_run_is_one_line(tmp_path) -> None:
+    run = make_run_dir(tmp_path, name="ro")
+    cmd = read_only_command(run, [sys.executable, "-m", "vislab.cli", "report", str(run), "--no-cams"])
+    if cmd is None:
+        pytest.skip("needs util-linux unshare and user namespaces to make a folder read-only")
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    said = (res.stdout + res.stderr).strip()
+    assert res.returncode == 2, said
+    assert "Traceback" not in said and len(said.splitlines()) == 1, said
+    assert f"{run / 'plots'}" in said and "cannot write (Read-only file system)" in said
 
 
 def test_confusion_plot_scales_to_100_classes(tmp_path) -> None:

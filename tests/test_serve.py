@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
 import hashlib
 import io
 import json
 import re
+import tempfile
 import threading
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from starlette.datastructures import UploadFile
 
 from vislab.errors import VislabError
 from vislab.predict import predict as cli_predict
@@ -24,7 +27,14 @@ from vislab.serve.app import Limits, create_app
 from vislab.serve.batching import MicroBatcher, QueueFull
 from vislab.serve.predictors import ClassifyPredictor, load_all
 from vislab.serve.server import bind, check_access
-from vislab.testing.images import write_corrupt_png, write_huge_header_png, write_not_an_image, write_truncated
+from vislab.testing.images import (
+    write_corrupt_png,
+    write_huge_header_png,
+    write_image,
+    write_not_an_image,
+    write_png_exif_after_pixels,
+    write_truncated,
+)
 from vislab.testing.rundirs import make_run_dir
 
 TOKEN = "test-token-0123456789abcdef"
@@ -137,6 +147,15 @@ def test_bad_images_get_one_line_422(client, tmp_path, make, reason) -> None:
     assert detail.startswith(reason), detail
 
 
+def test_size_is_as_displayed_even_with_exif_after_the_pixels(client, tmp_path) -> None:
+    # stored 48x32, shown rotated (orientation 6): the model sees 32x48, and so must the answer
+    late = write_png_exif_after_pixels(tmp_path / "late.png", orientation=6)
+    jpeg = write_image(tmp_path / "big.jpg", size=(480, 320), orientation=6)  # decoded at reduced scale
+    r = post(client, [(late.name, late.read_bytes()), (jpeg.name, jpeg.read_bytes())])
+    assert r.status_code == 200, r.text
+    assert [(res["width"], res["height"]) for res in r.json()["results"]] == [(32, 48), (320, 480)]
+
+
 def test_upload_names_are_text_never_paths(client, runs) -> None:
     f = images_of(runs["cnn"], 1)[0]
     r = post(client, [("../../../../tmp/evil.png", f.read_bytes()), ("a\nb.png", f.read_bytes())])
@@ -162,6 +181,35 @@ def test_pixel_limit_is_the_servers_setting(predictors, runs) -> None:
 def test_upload_over_the_limit_is_413(client) -> None:
     detail = one_line_error(post(client, [("big.png", b"\0" * (LIMIT + 1))]), 413)
     assert "upload limit" in detail
+
+
+def noise_png(side: int) -> bytes:
+    """A PNG of random pixels: it does not compress, so it is about 3 * side**2 bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_an_upload_over_1_mb_stays_in_memory(predictors, tmp_path, monkeypatch) -> None:
+    # Starlette spools a file part over 1 MB to $TMPDIR; with $TMPDIR gone, a spooled upload fails
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    data = noise_png(640)
+    assert len(data) > 1024 * 1024
+    with TestClient(create_app(predictors, limits=Limits(max_upload_bytes=4 * LIMIT))) as c:
+        r = post(c, [("big.png", data)], headers={})
+    assert r.status_code == 200, r.text
+    assert (r.json()["results"][0]["width"], r.json()["results"][0]["height"]) == (640, 640)
+
+
+def test_an_upload_the_server_cannot_store_is_a_json_503(predictors, runs, monkeypatch) -> None:
+    async def disk_full(self, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(UploadFile, "write", disk_full)
+    f = images_of(runs["cnn"], 1)[0]
+    with TestClient(create_app(predictors)) as c:
+        detail = one_line_error(post(c, [(f.name, f.read_bytes())], headers={}), 503)
+    assert "No space left on device" in detail
 
 
 def test_requests_that_are_not_a_prediction_get_422(client, runs, tmp_path) -> None:
@@ -372,3 +420,24 @@ RUN_FILES = {
            "eval/test/predictions.csv", "eval/test/probs.npy", "health.json", "metrics.csv", "run.json", "summary.json"]
     for name in ("cnn", "abn")
 }
+
+
+@pytest.mark.parametrize(
+    "flag,value,says",
+    [
+        ("--max-upload-mb", "nan", "--max-upload-mb (a finite number)"),
+        ("--max-upload-mb", "inf", "--max-upload-mb (a finite number)"),
+        ("--batch-window-ms", "inf", "--batch-window-ms inf: choose from 0 to 1000 ms"),
+        ("--batch-window-ms", "1e9", "--batch-window-ms 1e+09: choose from 0 to 1000 ms"),
+        ("--batch-window-ms", "nan", "--batch-window-ms nan: choose from 0 to 1000 ms"),
+        ("--batch-window-ms", "-1", "--batch-window-ms -1: choose from 0 to 1000 ms"),
+    ],
+)
+def test_cli_refuses_limits_that_are_not_finite_or_sane(runs, flag, value, says) -> None:
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+
+    r = CliRunner().invoke(app, ["serve", str(runs["cnn"]), "--port", "0", flag, value])
+    assert r.exit_code == 2, r.output
+    assert says in r.output and "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output

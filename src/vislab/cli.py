@@ -7,6 +7,7 @@ command pays only for what it uses.
 from __future__ import annotations
 
 import functools
+import math
 import signal
 import sys
 from pathlib import Path
@@ -721,8 +722,8 @@ def serve(
     from vislab.serve.app import Limits
     from vislab.serve.server import serve as run_server
 
-    if max_upload_mb <= 0 or max_pixels < 1 or (threads is not None and threads < 1):
-        raise VislabError("--max-upload-mb, --max-pixels and --threads must be positive")
+    if not math.isfinite(max_upload_mb) or max_upload_mb <= 0 or max_pixels < 1 or (threads is not None and threads < 1):
+        raise VislabError("--max-upload-mb (a finite number), --max-pixels and --threads must be positive")
     limits = Limits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,

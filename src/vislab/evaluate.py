@@ -51,6 +51,8 @@ def evaluate(
     foreign = sorted(set(task_options) - set(task.evaluate_options))
     if foreign:
         raise VislabError(f"--{foreign[0].replace('_', '-')}: not an option of task {task.name} (run {run.run_dir}); it has {', '.join('--' + o.replace('_', '-') for o in task.evaluate_options) or 'none'}")
+    if data is None and not run.info.get("dataset_dir"):
+        raise VislabError(f"{run.run_dir}: run.json names no dataset; pass --data DATASET_DIR")
     dataset_dir = Path(data) if data is not None else Path(run.info["dataset_dir"])
     if data is None and not manifest_path(dataset_dir).is_file():
         raise VislabError(f"{dataset_dir}: the run's dataset is not there any more; pass --data DATASET_DIR")

@@ -15,6 +15,7 @@ else to preprocess inputs and name outputs.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -79,6 +80,12 @@ def as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def cannot_write(path: Path, err: OSError) -> VislabError:
+    """The one-line error for an export file that cannot be written (read-only folder, full disk)."""
+    why = os.strerror(err.errno) if err.errno else str(err)
+    return VislabError(f"{path}: cannot write ({why}); choose a writable --out")
+
+
 def export_onnx_model(
     model: nn.Module,
     input_size: Sequence[int],
@@ -113,6 +120,8 @@ def export_onnx_model(
                 opset_version=opset,
                 do_constant_folding=True,
             )
+        except OSError as err:
+            raise cannot_write(path, err) from None
         except (torch.onnx.errors.OnnxExporterError, RuntimeError, ValueError, TypeError) as err:
             # the exporter's errors are long dumps; the first line names the operator
             path.unlink(missing_ok=True)
@@ -125,7 +134,11 @@ def export_onnx_model(
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        onnx.save(proto, str(path))
+        try:
+            onnx.save(proto, str(path))
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise cannot_write(path, err) from None
     return path
 
 
@@ -176,10 +189,24 @@ def check_onnx(
     return max_diff
 
 
+def is_export_description(path: Path) -> bool:
+    """Whether `path` is the .json that `vislab export` writes beside a model (so an earlier
+    export, which may be replaced, and not someone's file that shares the name)."""
+    from vislab.fsguard import read_bounded
+
+    try:
+        info = json.loads(read_bounded(path, 1024 * 1024))
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") in FORMATS and "max_abs_diff" in info and "opset" in info
+
+
 def export_path(run_dir: Path, out: str | Path | None) -> Path:
     """The file to write: RUN_DIR/export/model.onnx, or `--out` when it names a file that can be
     written (its folder is created); a folder, a path under a file, a special file or a `.json`
-    name (the description written beside the model) is refused in one line."""
+    name (the description written beside the model) is refused in one line. An `--out` must end
+    in .onnx, and replaces an existing model or .json only where they are an earlier export's:
+    `--out RUN/run.onnx` replaced run.json, `--out RUN/checkpoints/best.ckpt` the checkpoint."""
     from vislab.fsguard import make_folder
     from vislab.runs import run_paths
 
@@ -193,6 +220,14 @@ def export_path(run_dir: Path, out: str | Path | None) -> Path:
             raise VislabError(f"--out {path}: not a regular file; name a file to write, e.g. model.onnx")
         if path.suffix.lower() == ".json":
             raise VislabError(f"--out {path}: the .json name is the export's description; name the model file *.onnx")
+        if path.suffix.lower() != ".onnx":
+            raise VislabError(f"--out {path}: name the model file *.onnx (its description goes beside it as .json)")
+        description = path.with_suffix(".json")
+        ours = is_export_description(description)
+        if os.path.lexists(description) and not ours:
+            raise VislabError(f"--out {path}: {description} exists and is not a vislab export's description; choose another name")
+        if os.path.lexists(path) and not ours:
+            raise VislabError(f"--out {path}: exists and was not written by vislab export; choose another name")
     make_folder(path.parent, "--out")
     return path
 
@@ -231,7 +266,10 @@ def export_run(
     shapes = {k: ["batch", *v.shape[1:]] for k, v in example_inputs(run.cfg.task, run.cfg, input_size, 1).items()}
     outputs = list(get_task(run.cfg.task).export_outputs)
     result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch)
-    path.with_suffix(".json").write_text(
-        json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2)
-    )
+    description = path.with_suffix(".json")
+    try:
+        description.write_text(json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2))
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise cannot_write(description, err) from None
     return result

@@ -49,7 +49,10 @@ def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int | None
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str = "table") -> str:
-    """Text for the CLI in the task's own layout: a table, JSON (a list) or CSV."""
+    """Text for the CLI in the task's own layout: a table, JSON (a list) or CSV; it ends with
+    a newline whatever the task's formatter gives (JSON's does not), so a shell prompt or
+    the next command's output does not run on from the last line."""
     from vislab.tasks import get_task
 
-    return get_task(getattr(results, "task", None)).format_predictions(list(results), fmt)
+    text = get_task(getattr(results, "task", None)).format_predictions(list(results), fmt)
+    return text if not text or text.endswith("\n") else text + "\n"

@@ -27,14 +27,20 @@ METHOD_NAMES = ("gradcam", "gradcam++", "scorecam", "eigencam")
 MIN_CAM_CELLS = 4  # a last stage coarser than this (e.g. 2x2) gives blobs, so an earlier stage is used
 
 
+def check_cam_method(method: str) -> str:
+    """`method`'s canonical name (gradcam++ also as gradcampp, grad-cam, ...), or a one-line
+    error naming the methods: callers check before any long work, not deep inside it."""
+    key = method.lower().replace("_", "").replace("-", "").replace("pp", "++")
+    if key not in METHOD_NAMES:
+        raise VislabError(f"--method {method!r}: unknown CAM method; use one of {', '.join(METHOD_NAMES)}")
+    return key
+
+
 def _method_class(method: str) -> type:
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus, ScoreCAM
 
     classes = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "scorecam": ScoreCAM, "eigencam": EigenCAM}
-    key = method.lower().replace("_", "").replace("-", "").replace("pp", "++")
-    if key not in classes:
-        raise VislabError(f"--method {method!r}: unknown CAM method; use one of {', '.join(METHOD_NAMES)}")
-    return classes[key]
+    return classes[check_cam_method(method)]
 
 
 def _last_of(modules: Sequence[tuple[str, nn.Module]], kinds: tuple[type, ...]) -> tuple[str, nn.Module] | None:

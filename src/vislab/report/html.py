@@ -52,15 +52,21 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
 
 
 def write_report(run_dir: str | Path, split: str | None = None, cams: bool = True, cam_method: str = "gradcam", open_browser: bool = False) -> Path:
-    """Write RUN_DIR/report.html (and RUN_DIR/plots/*.png) and return the page's path."""
+    """Write RUN_DIR/report.html (and RUN_DIR/plots/*.png) and return the page's path. A
+    wrong `cam_method` is refused first (else it showed only inside the page)."""
+    from vislab.explain.cam import check_cam_method
     from vislab.runs import run_paths
 
+    check_cam_method(cam_method)
     data = read_run(run_dir)
     page = render(data, split=split, cams=cams, cam_method=cam_method)
     out = run_paths(data.run_dir).report
     tmp = out.with_suffix(".html.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as err:
+        raise plots.cannot_write(out, err) from None
     if open_browser:
         import webbrowser
 

@@ -10,6 +10,7 @@ takes plain data and a path and returns the path, so it is usable outside a run 
 from __future__ import annotations
 
 import math
+import os
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from vislab.data.stats import PLAIN_TEXT
+from vislab.errors import VislabError
 
 if TYPE_CHECKING:
     from vislab.report.rundata import RunData
@@ -60,10 +62,20 @@ STYLE = {
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Write `fig`; a folder that cannot be written (a read-only run directory) is one line."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    except OSError as err:
+        raise cannot_write(path, err) from None
     return path
+
+
+def cannot_write(path: Path, err: OSError) -> VislabError:
+    """The one-line error for a report file that cannot be written."""
+    why = os.strerror(err.errno) if err.errno else str(err)
+    return VislabError(f"{path}: cannot write ({why}); the report goes into the run directory, so make it writable or report a copy of the run")
 
 
 def _series(history: pd.DataFrame, kind: str) -> list[str]:
@@ -365,7 +377,6 @@ def write_run_plots(data: "RunData", out_dir: str | Path | None = None, panels: 
 def dataset_manifest(data: "RunData") -> pd.DataFrame | None:
     """The run's dataset manifest, if the dataset directory is still reachable."""
     from vislab.data.manifest import read_manifest
-    from vislab.errors import VislabError
 
     ds = data.info.get("dataset_dir")
     if not ds or not (Path(ds) / "manifest.csv").is_file():

@@ -12,7 +12,8 @@ Hostile or broken input ends in a 4xx with a one-line `detail`, never a tracebac
 - with a token, `/v1/*` needs `Authorization: Bearer TOKEN` (or the page's cookie), compared
   in constant time: 401 otherwise;
 - the model is looked up by name among those served; nothing a request sends is a path, so
-  no request reads or writes a file (the run directories are read once, at start-up).
+  no request reads or writes a file (the run directories are read once, at start-up); uploads
+  stay in memory up to the body limit (`read_form`), never spooled to $TMPDIR.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
 import re
 import time
 from contextlib import asynccontextmanager
@@ -33,7 +35,8 @@ from urllib.parse import unquote
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from vislab import __version__
 from vislab.data.io import ImageDecodeError, load_image, probe
@@ -162,10 +165,34 @@ def predict_request_schema(predictors: Sequence[Predictor]) -> dict[str, Any]:
 def decode_and_prepare(predictor: Predictor, data: bytes, options: Any, max_pixels: int) -> tuple[Any, int, int]:
     """(the predictor's item, width, height) of one uploaded image; runs in a request thread.
     The size is the upload's as displayed (EXIF orientation applied), not the size a JPEG
-    was decoded at for a small model."""
+    was decoded at for a small model. An image decoded at full scale gives it exactly (boxes
+    are in its pixels); a header-only probe would miss an orientation stored after a PNG's
+    pixels. Only a JPEG decodes smaller, and its orientation is in its header: the probe's."""
     image = load_image(data, predictor.size_hint, max_pixels=max_pixels)
     info = probe(data)
-    return predictor.preprocess(image, options), info.width, info.height
+    full_scale = image.size in ((info.stored_width, info.stored_height), (info.stored_height, info.stored_width))
+    width, height = image.size if full_scale else (info.width, info.height)
+    return predictor.preprocess(image, options), width, height
+
+
+async def read_form(request: Request, limits: Limits) -> FormData:
+    """The request's form with its files in memory: Starlette spools a file part over 1 MB to
+    $TMPDIR, which would make a request write a file (and a full disk answer 500). The body
+    limit already bounds the memory, so the spool is as large as that limit. An OSError while
+    reading is the server's condition, said as a JSON 503."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "multipart/form-data":  # a urlencoded form or none: no files to spool
+        return await request.form(max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    parser = MultiPartParser(request.headers, request.stream(), max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    parser.spool_max_size = limits.max_upload_bytes
+    try:
+        return await parser.parse()
+    except MultiPartException as err:
+        raise HTTPException(400, err.message) from None
+    except OSError as err:
+        log.error("reading an upload failed", exc_info=err)
+        why = os.strerror(err.errno) if err.errno else one_line(err)
+        raise HTTPException(503, f"the server cannot take uploads now ({why}); try again later", headers={"Retry-After": "5"}) from None
 
 
 def one_line(err: BaseException) -> str:
@@ -235,12 +262,13 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         openapi_extra=predict_request_schema(predictors),
         responses={401: {"description": "Missing or wrong token"}, 404: {"description": "No such model"},
                    413: {"description": "Upload over the size limit"}, 422: {"description": "Not an image, a corrupt one, a decompression bomb, or a bad option"},
-                   503: {"description": "Too many images waiting"}},
+                   503: {"description": "Too many images waiting, or uploads cannot be read now"}},
     )
     async def predict(request: Request) -> dict[str, Any]:
         require_token(request)
         started = time.perf_counter()
-        async with request.form(max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES) as form:
+        form = await read_form(request, limits)
+        try:
             name = form.get(MODEL_FIELD) or predictors[0].name
             if not isinstance(name, str) or name not in by_name:
                 shown = printable(name)[:NAME_CHARS] if isinstance(name, str) else "a file"
@@ -263,6 +291,8 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
             except OptionsError as err:
                 raise HTTPException(422, str(err)) from None
             files = [(upload_name(u, i), await u.read()) for i, u in enumerate(uploads)]  # type: ignore[union-attr]
+        finally:
+            await form.close()
         prepared = await asyncio.gather(
             *(run_in_threadpool(decode_and_prepare, predictor, data, options, limits.max_pixels) for _, data in files),
             return_exceptions=True,

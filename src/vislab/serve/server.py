@@ -22,6 +22,7 @@ from vislab.serve.app import Limits
 MIN_TOKEN_CHARS = 16
 TOKEN_CHARS = re.compile(r"^[A-Za-z0-9._~+/=-]+$")  # what secrets.token_urlsafe / hex / base64 produce
 LOCAL_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+MAX_WINDOW_MS = 1000.0  # every image waits up to the window: longer only makes requests hang
 
 
 def is_loopback(host: str) -> bool:
@@ -112,8 +113,10 @@ def serve(
     from vislab.serve.predictors import load_all
 
     check_access(host, token)
-    if limits.max_batch < 1 or limits.max_files < 1 or limits.max_upload_bytes < 1 or limits.window_ms < 0:
-        raise VislabError("--max-batch, --max-files and --max-upload-mb must be positive, --batch-window-ms 0 or more")
+    if limits.max_batch < 1 or limits.max_files < 1 or limits.max_upload_bytes < 1:
+        raise VislabError("--max-batch, --max-files and --max-upload-mb must be positive")
+    if not 0 <= limits.window_ms <= MAX_WINDOW_MS:  # NaN fails too
+        raise VislabError(f"--batch-window-ms {limits.window_ms:g}: choose from 0 to {MAX_WINDOW_MS:g} ms (5 is the default)")
     sock = bind(host, port)
     try:
         if threads:

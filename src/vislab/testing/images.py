@@ -173,6 +173,19 @@ def write_bad_ztxt_png(path: str | Path, seed: int = 0, method: int = 1, size: t
     return _write(path, data[:iend] + chunk + data[iend:])
 
 
+def write_png_exif_after_pixels(path: str | Path, orientation: int, seed: int = 0, size: tuple[int, int] = (48, 32)) -> Path:
+    """A PNG whose EXIF orientation is in an eXIf chunk after its pixel data (allowed by the
+    PNG spec): a header-only read sees no orientation, a full decode applies it."""
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    buf = io.BytesIO()
+    smooth_image(seed, size).save(buf, "PNG")
+    data = buf.getvalue()
+    iend = data.rfind(b"IEND") - 4  # the IEND chunk starts with its length
+    chunk = _png_chunk(b"eXIf", exif.tobytes())
+    return _write(path, data[:iend] + chunk + data[iend:])
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return (
         struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)

@@ -1,10 +1,15 @@
-"""Process-group helpers for tests that start real `vislab` processes (and their workers or
-background servers) and must see every one of them leave."""
+"""Helpers for tests that start real `vislab` processes: process groups (workers, background
+servers) that must all leave, and a folder made read-only for one command."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from pathlib import Path
+from typing import Sequence
+
+_READ_ONLY = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
 
 
 def group_alive(pgid: int) -> list[int]:
@@ -29,3 +34,18 @@ def wait_group_gone(pgid: int, timeout: float = 30) -> list[int]:
     while (left := group_alive(pgid)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
+
+
+def read_only_command(folder: str | Path, argv: Sequence[str]) -> list[str] | None:
+    """`argv` to run with `folder` read-only even for root (who ignores file modes): in its
+    own user and mount namespace, `folder` bind-mounted read-only over itself (util-linux
+    `unshare`; nothing outside that command sees the mount). None where this machine cannot
+    (no `unshare`, user namespaces turned off), so the caller can skip."""
+    if shutil.which("unshare") is None:
+        return None
+    prefix = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", _READ_ONLY, "sh", str(folder)]
+    try:
+        probe = subprocess.run([*prefix, "test", "!", "-w", str(folder)], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return [*prefix, *argv] if probe.returncode == 0 else None
