@@ -192,3 +192,61 @@ def test_a_space_written_as_its_docstring_shows_reads_its_numbers(tmp_path):
     path.write_text("optim.lr: {float: [1e-4, 1e-1], log: true}\noptim.weight_decay: {float: [0, 1e-2], step: 1e-3}\n")
     lr, wd = read_space(path)  # PyYAML's YAML 1.1 rules read 1e-4 as a string
     assert (lr.low, lr.high, lr.log) == (1e-4, 1e-1, True) and (wd.low, wd.high, wd.step) == (0.0, 1e-2, 1e-3)
+
+
+def test_ctrl_c_in_a_trials_last_step_stops_the_sweep_after_that_trial(dataset, tmp_path):
+    """The signal lands in the only (so last) step of trial 0, a paced 3-s one: the run
+    completes, and the sweep must still stop there (it went on through every trial, exit 0),
+    its result kept and the next trial never started."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from vislab.errors import TrainingInterrupted
+
+    cfg = tiny_config(model={"name": "paced_cnn", "kwargs": {"train_s": 3.0}}, data={"batch_size": 64}, train={"epochs": 1})
+    base = write(tmp_path / "base.yaml", yaml.safe_load(dump_config(cfg)))
+    space = write(tmp_path / "space.yaml", {"model.simple_cnn.filters": [4, 8, 16]})
+    out = tmp_path / "out"
+
+    def interrupt_inside_the_step() -> None:
+        deadline = time.monotonic() + 120
+        while not list(out.glob("*/run.json")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(1.5)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_inside_the_step, daemon=True).start()
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(base, dataset, out, SweepOptions(space=space, trials=3, pruner="none"))
+    [run] = [p.parent for p in out.glob("*/run.json")]  # no second trial started
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "completed"
+    assert pd.read_csv(out / "results.csv")["state"].tolist() == ["complete"]
+
+
+def test_ctrl_c_during_the_studys_bookkeeping_stops_between_trials(dataset, files, tmp_path, monkeypatch):
+    """A signal while the sweep talks to its storage (here: as the second round's stale-trial
+    check runs) is only noted there, never a KeyboardInterrupt inside a commit: the sweep stops
+    before the next trial, with no trial left RUNNING."""
+    import os
+    import signal
+
+    from vislab.errors import TrainingInterrupted
+
+    base, space = files
+    real = optuna.storages.fail_stale_trials
+    rounds = []
+
+    def stale_check_then_signal(study):
+        rounds.append(1)
+        if len(rounds) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(study)
+
+    monkeypatch.setattr(optuna.storages, "fail_stale_trials", stale_check_then_signal)
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(base, dataset, out, SweepOptions(space=space, trials=3, pruner="none"))
+    states = [t.state.name for t in optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}").get_trials()]
+    assert states == ["COMPLETE"]

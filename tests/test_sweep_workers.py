@@ -188,3 +188,4 @@ def test_two_workers_share_one_study_on_postgresql(dataset, tmp_path):
     trained = [p.parent for out in outs for p in out.glob("trial-*/summary.json")]
     assert sorted(p.name for p in trained) == sorted(dirs)  # each trial trained once, by one worker
     assert {t.user_attrs["host"] for t in counted} and all(len(pd.read_csv(out / "results.csv")) == 3 for out in outs)
+

@@ -83,6 +83,9 @@ class GracefulStop(Callback):
             os.kill(os.getpid(), signum)
             return
         self.signum = signum
+        outer = getattr(self._previous.get(signum), "__self__", None)
+        if isinstance(outer, SignalLatch):  # a sweep around this run stops after it, even if it completes
+            outer.signum = outer.signum or signum
         if getattr(rank_zero_only, "rank", 0) == 0:  # a terminal's Ctrl-C reaches every DDP rank
             key = "Ctrl-C" if signum == signal.SIGINT else name
             _say(f"\n{name} received: saving and stopping after the current step ({key} again stops at once, without saving)")
@@ -117,3 +120,36 @@ class GracefulStop(Callback):
     def reason(self) -> str | None:
         """`stopped_reason` for summary.json when a signal stopped training, else None."""
         return REASONS.get(self.stopped_by) if self.stopped_by is not None else None
+
+
+class SignalLatch:
+    """SIGINT/SIGTERM around a loop of runs (a sweep): the first signal is only remembered, so
+    it never lands as a KeyboardInterrupt inside a storage commit (Optuna's SQLite `tell` once
+    left a trial RUNNING and raised 'Should not reach'); the loop checks `signum` between runs.
+    A run's own `GracefulStop` passes its signal here too, so a Ctrl-C in a run's last step
+    still ends the loop. A second signal ends the process at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "SignalLatch":
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.signum is not None:
+            _say(f"\n{name} again: stopping now")
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.signum = signum
+        _say(f"\n{name} received: stopping after the current step ({name} again stops at once)")

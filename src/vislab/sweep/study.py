@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
 import socket
 import time
 import warnings
@@ -49,7 +50,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from vislab.config import RunConfig, apply_overrides, build_config, load_config, parse_duration, read_yaml
-from vislab.errors import VislabError
+from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
 from vislab.sweep.space import Param, check_space, override, parse_space, read_space, trial_config, variant_name
@@ -424,12 +425,26 @@ def _free_grid_point(trials: list[optuna.trial.FrozenTrial], setup: Setup) -> bo
 
 
 def _work(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOptions, poll_s: float) -> str:
-    """This worker's loop: trials until the study is done, the grid exhausted or --max-time spent."""
+    """This worker's loop: trials until the study is done, the grid exhausted or --max-time
+    spent; a Ctrl-C or SIGTERM stops it between storage calls (see `SignalLatch`)."""
+    from vislab.interrupts import SignalLatch
+
+    with SignalLatch() as latch:
+        return _loop(study, setup, objective, opts, poll_s, latch)
+
+
+def _stop_if_signalled(latch: Any) -> None:
+    if latch.signum is not None:
+        raise TrainingInterrupted(f"stopped by {signal.Signals(latch.signum).name}", latch.signum)
+
+
+def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOptions, poll_s: float, latch: Any) -> str:
     deadline = time.monotonic() + parse_duration(opts.max_time) if opts.max_time else None
     failures: list[str] = []
     said_waiting = False
     retry = _retry()
     while True:
+        _stop_if_signalled(latch)
         optuna.storages.fail_stale_trials(study)
         everything = study.get_trials(deepcopy=False)
         trials = [t for t in everything if not t.user_attrs.get("skipped")]
@@ -470,6 +485,11 @@ def _work(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOp
         if outcome == "skipped":
             continue
         print(f"trial {objective.current}: {outcome}{': ' + objective.message if objective.message else ''}", flush=True)
+        if latch.signum is not None:  # the signal came as the trial ended: its result is in, stop here
+            from vislab.sweep.results import write_results
+
+            write_results(study, setup, objective.out, html=False)
+            _stop_if_signalled(latch)
         failures = failures + [objective.message] if outcome == "failed" else []
         if len(failures) >= MAX_FAILURES_IN_ROW:
             raise VislabError(f"{len(failures)} trials in a row failed; the last: {failures[-1]}")
