@@ -132,6 +132,17 @@ def part(folder: Path, data: bytes, name: str) -> Download:
 # ---------------------------------------------------------------- one photo, one file, one row
 
 
+def test_store_never_replaces_a_file_nor_records_a_key_twice(tmp_path):
+    with Store(tmp_path) as store:
+        store.commit("k1", part(store.images, jpeg(1), "1"), "same", ".jpg", {"id": "1"})
+        with pytest.raises(Failed, match="already holds another photo"):
+            store.commit("k2", part(store.images, jpeg(2), "2"), "same", ".jpg", {"id": "2"})
+        with pytest.raises(Failed, match="already recorded"):
+            store.commit("k1", part(store.images, jpeg(3), "3"), "other", ".jpg", {"id": "1"})
+    assert (tmp_path / "images" / "same.jpg").read_bytes() == jpeg(1)
+    assert [r["id"] for r in rows(tmp_path)] == ["1"] and len(journal_photos(tmp_path)) == 1
+
+
 # ---------------------------------------------------------------- only http(s)
 
 
@@ -212,6 +223,29 @@ def test_a_trickling_server_meets_the_whole_request_time_limit(tmp_path):
 # ---------------------------------------------------------------- odd text
 
 
+def test_a_carriage_return_in_a_title_keeps_the_folder_resumable(tmp_path):
+    out = tmp_path / "out"
+    with Server({"/img/1.jpg": image(jpeg(1))}) as server:
+        server.routes[API] = search([entry("1", server.url("/img/1.jpg"), title="line1\r\nline2")])
+        assert collect(server, out).exit_code == 0
+        again = collect(server, out)
+    assert again.exit_code == 0, again.output
+    assert rows(out)[0]["title"] == "line1\r\nline2"
+
+
+def test_a_lone_surrogate_in_the_api_json_is_saved_once_not_a_crash(tmp_path):
+    out = tmp_path / "out"
+    with Server({"/img/1.jpg": image(jpeg(1))}) as server:
+        body = {"stat": "ok", "photos": {"page": 1, "pages": 1, "total": 1,
+                                         "photo": [entry("1", server.url("/img/1.jpg"), title="bad \ud800 x")]}}
+        server.routes[API] = lambda h: send(h, json.dumps(body).encode())  # "\ud800" escaped, as valid JSON allows
+        result = collect(server, out)
+        assert result.exit_code == 0, result.output
+        again = collect(server, out)
+        assert again.exit_code == 0 and server.hits["/img/1.jpg"] == 1, again.output
+    assert rows(out)[0]["title"] == "bad \ufffd x"
+
+
 # ---------------------------------------------------------------- malformed answers
 
 
@@ -221,7 +255,35 @@ def test_a_negative_content_length_is_ignored(tmp_path):
     assert got.path.read_bytes() == jpeg(1)
 
 
+def test_saved_images_get_the_usual_file_mode(tmp_path):
+    out = tmp_path / "out"
+    with Server({"/img/1.jpg": image(jpeg(1))}) as server:
+        server.routes[API] = search([entry("1", server.url("/img/1.jpg"))])
+        assert collect(server, out).exit_code == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / rows(out)[0]["file"]).stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 # ---------------------------------------------------------------- the output folder
+
+
+def test_a_full_disk_while_the_journal_is_written_does_not_break_closing(tmp_path):
+    store = Store(tmp_path)
+    store._journal.close()
+    store._journal = open("/dev/full", "w", encoding="utf-8")  # every flush: ENOSPC
+    with pytest.raises(OSError):
+        store.commit("k1", part(store.images, jpeg(1), "1"), "one", ".jpg", {"id": "1"})
+    store.close()  # the same unflushed bytes again: must not raise
+
+
+def test_an_unwritable_out_is_a_one_line_error(tmp_path):
+    with pytest.raises(VislabError, match="cannot write"):
+        Store("/sys/vislab-collect-test")
+    urls = tmp_path / "urls.txt"
+    urls.write_text("http://example.org/a.jpg\n")
+    result = runner.invoke(app, ["collect", "urls", str(urls), "--out", "/sys/vislab-collect-test"])
+    assert result.exit_code == 2 and "cannot write" in result.stderr and "Traceback" not in result.output
 
 
 def test_a_broken_ipv6_url_in_a_list_is_a_one_line_error(tmp_path):
