@@ -132,6 +132,22 @@ def part(folder: Path, data: bytes, name: str) -> Download:
 # ---------------------------------------------------------------- one photo, one file, one row
 
 
+def test_ids_that_sanitise_to_one_name_each_keep_their_own_file(tmp_path):
+    ids = ["a/b", "a_b", "é", "ü"]
+    data = {pid: jpeg(i) for i, pid in enumerate(ids)}
+    routes = {f"/img/{i}.jpg": image(data[pid]) for i, pid in enumerate(ids)}
+    with Server(routes) as server:
+        server.routes[API] = search([entry(pid, server.url(f"/img/{i}.jpg")) for i, pid in enumerate(ids)])
+        result = collect(server, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    table = rows(tmp_path / "out")
+    assert sorted(r["id"] for r in table) == sorted(ids) and len({r["file"] for r in table}) == 4
+    for row in table:  # each row describes the bytes in its own file
+        assert (tmp_path / "out" / row["file"]).read_bytes() == data[row["id"]]
+        assert row["sha256"] == hashlib.sha256(data[row["id"]]).hexdigest()
+    assert "a_b.jpg" in {Path(r["file"]).name for r in table}  # an already-safe id keeps its plain name
+
+
 def test_store_never_replaces_a_file_nor_records_a_key_twice(tmp_path):
     with Store(tmp_path) as store:
         store.commit("k1", part(store.images, jpeg(1), "1"), "same", ".jpg", {"id": "1"})
@@ -143,7 +159,47 @@ def test_store_never_replaces_a_file_nor_records_a_key_twice(tmp_path):
     assert [r["id"] for r in rows(tmp_path)] == ["1"] and len(journal_photos(tmp_path)) == 1
 
 
+def test_an_id_listed_twice_on_a_page_is_fetched_once_and_the_folder_stays_resumable(tmp_path):
+    out = tmp_path / "out"
+    with Server({"/img/1.jpg": image(jpeg(1)), "/img/2.jpg": image(jpeg(2))}) as server:
+        server.routes[API] = search([entry("5", server.url("/img/1.jpg")), entry("5", server.url("/img/2.jpg"))])
+        result = collect(server, out, "--workers", "2")
+        assert result.exit_code == 0, result.output
+        assert [r["id"] for r in rows(out)] == ["5"] and len(journal_photos(out)) == 1
+        assert (out / rows(out)[0]["file"]).read_bytes() == jpeg(1)
+        assert server.hits["/img/2.jpg"] == 0
+        again = collect(server, out)
+    assert again.exit_code == 0, again.output
+
+
+def test_photos_repeated_on_later_pages_count_as_repeats_not_kept(tmp_path):
+    out = tmp_path / "out"
+    routes = {f"/img/{c}.jpg": image(jpeg(i)) for i, c in enumerate("ABCD")}
+    with Server(routes) as server:
+        a, b, c, d = (entry(x, server.url(f"/img/{x}.jpg")) for x in "ABCD")
+        server.routes[API] = search([a, b], [a, b], [c, d])
+        result = collect(server, out, "--per-page", "2", "--per-query", "4")
+    assert result.exit_code == 0, result.output
+    assert sorted(r["id"] for r in rows(out)) == ["A", "B", "C", "D"]
+    assert "4 new, 0 already here" in result.stdout and "2 listed again" in result.stdout
+
+
 # ---------------------------------------------------------------- only http(s)
+
+
+def test_file_and_ftp_originals_are_never_fetched(tmp_path):
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(jpeg(9))
+    out = tmp_path / "out"
+    with Server({"/img/1.jpg": image(jpeg(1))}) as server:
+        server.routes[API] = search(
+            [entry("1", secret.as_uri()), entry("2", "ftp://127.0.0.1:9/x.jpg"), entry("3", "5"),
+             entry("4", [server.url("/img/1.jpg")]), entry("6", server.url("/img/1.jpg"))]
+        )
+        result = collect(server, out)
+    assert result.exit_code == 0, result.output
+    assert [r["id"] for r in rows(out)] == ["6"]
+    assert "4 with an original URL that is not http(s)" in result.stdout
 
 
 @pytest.mark.parametrize("url", ["file", "ftp://127.0.0.1:9/x.jpg", "5", "http://[::1/x.jpg"])
@@ -246,7 +302,37 @@ def test_a_lone_surrogate_in_the_api_json_is_saved_once_not_a_crash(tmp_path):
     assert rows(out)[0]["title"] == "bad \ufffd x"
 
 
+def test_control_characters_from_a_server_are_not_printed_raw(tmp_path):
+    def evil_404(h: BaseHTTPRequestHandler) -> None:
+        h.send_response(404, "\x1b[2Jgone")
+        h.send_header("Content-Length", "0")
+        h.end_headers()
+
+    def refused(h: BaseHTTPRequestHandler) -> None:
+        send(h, json.dumps({"stat": "fail", "code": 3, "message": "no\x1b]0;pwned\x07"}).encode())
+
+    with Server({"/img/1.jpg": evil_404}) as server:
+        server.routes[API] = search([entry("1", server.url("/img/1.jpg"))])
+        failed = collect(server, tmp_path / "a")
+        server.routes[API] = refused
+        refusal = collect(server, tmp_path / "b")
+    assert failed.exit_code == 1 and "HTTP 404" in failed.stdout and "\x1b" not in failed.output
+    assert refusal.exit_code == 1 and "code 3" in refusal.stdout and "\x1b" not in refusal.output
+
+
 # ---------------------------------------------------------------- malformed answers
+
+
+def test_non_dict_photo_entries_are_skipped_and_a_non_list_photo_is_a_one_line_error(tmp_path):
+    with Server({"/img/1.jpg": image(jpeg(1))}) as server:
+        server.routes[API] = search([1, "x", [2], entry("1", server.url("/img/1.jpg"))])
+        result = collect(server, tmp_path / "a")
+        assert result.exit_code == 0, result.output
+        assert "3 malformed in the search results" in result.stdout and [r["id"] for r in rows(tmp_path / "a")] == ["1"]
+        server.routes[API] = lambda h: send(h, json.dumps({"stat": "ok", "photos": {"photo": "abc"}}).encode())
+        bad = collect(server, tmp_path / "b", "--retries", "1")
+    assert bad.exit_code == 2 and "Traceback" not in bad.output
+    assert len(bad.stderr.strip().splitlines()) == 1 and "photo list is not a list" in bad.stderr
 
 
 def test_a_negative_content_length_is_ignored(tmp_path):
