@@ -651,7 +651,7 @@ def collect_flickr(
     workers: int = typer.Option(4, "--workers", help="Parallel downloads."),
     retries: int = typer.Option(5, "--retries", help="Tries after the first on 5xx, timeouts, dropped or cut-short downloads."),
     backoff: float = typer.Option(1.0, "--backoff", help="First wait before a retry, in seconds; doubles each time (plus jitter)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed; a whole request may take at most 10 times this."),
     api_url: Optional[str] = typer.Option(None, "--api-url", envvar="VISLAB_FLICKR_API_URL", show_default="https://api.flickr.com/services/rest/", help="Flickr REST endpoint."),
 ) -> None:
     """Download originals of Flickr search results with their licences (API key in FLICKR_API_KEY)."""
@@ -689,7 +689,7 @@ def collect_urls(
     workers: int = typer.Option(4, "--workers", help="Parallel downloads."),
     retries: int = typer.Option(5, "--retries", help="Tries after the first on 5xx, timeouts, dropped or cut-short downloads."),
     backoff: float = typer.Option(1.0, "--backoff", help="First wait before a retry, in seconds; doubles each time (plus jitter)."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed; a whole request may take at most 10 times this."),
 ) -> None:
     """Download a list of image URLs: atomic, resumable, exact duplicates skipped, rows in photos.csv."""
     from vislab.collect.http import RetryPolicy

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vislab.collect.http import Client, Failed
 from vislab.collect.store import DUPLICATE, PRESENT, SAVED, Store, extension_for
 from vislab.errors import VislabError
-from vislab.fsguard import MAX_FILE_BYTES
+from vislab.fsguard import MAX_FILE_BYTES, printable
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -51,6 +51,7 @@ class Tally:
     saved: int = 0
     present: int = 0
     duplicates: int = 0
+    repeats: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     failed: list[tuple[str, str]] = field(default_factory=list)
     refused: list[tuple[str, str]] = field(default_factory=list)
@@ -63,6 +64,8 @@ class Tally:
         parts = [f"{self.saved:,} new", f"{self.present:,} already here"]
         if self.duplicates:
             parts.append(f"{self.duplicates:,} exact duplicate(s) skipped")
+        if self.repeats:
+            parts.append(f"{self.repeats:,} listed again in the results")
         text = ", ".join(parts)
         if self.skipped:
             text += "; not downloaded: " + ", ".join(f"{n:,} {why}" for why, n in sorted(self.skipped.items()))
@@ -116,11 +119,17 @@ def fetch_all(
     progress: Progress,
     task: Any,
     want: int | None = None,
+    seen: set[str] | None = None,
 ) -> tuple[int, bool]:
     """Fetch `jobs` until done or until `want` of them are kept (saved, or already here).
     Returns (kept, complete): `complete` is False when a job failed or `want` stopped the
-    run early, so the caller does not mark the batch done."""
+    run early, so the caller does not mark the batch done.
+
+    `seen` holds the keys already taken up (pass the same set for every page of one
+    search): a key listed again is a repeat, neither fetched a second time (two
+    downloads racing for one file) nor counted as kept."""
     workers = max(1, workers)
+    seen = set() if seen is None else seen
     pending: Iterator[Job] = iter(jobs)
     running: dict[Future[str], Job] = {}
     kept = 0
@@ -138,6 +147,11 @@ def fetch_all(
                     if job is None:
                         exhausted = True
                         break
+                    if job.key in seen:
+                        tally.repeats += 1
+                        progress.advance(task)
+                        continue
+                    seen.add(job.key)
                     status = store.status(job.key)
                     if status is not None:
                         kept += status != DUPLICATE
@@ -159,7 +173,7 @@ def fetch_all(
                     except Failed as err:
                         tally.failed.append((f"{job.name} ({job.url})", str(err)))
                         complete = False
-                        say(progress, f"[yellow]failed:[/] {escape(job.name)} ({escape(job.url)}): {escape(str(err))}")
+                        say(progress, f"[yellow]failed:[/] {escape(job.name)} ({escape(printable(job.url))}): {escape(str(err))}")
                     else:
                         if outcome == DUPLICATE:
                             tally.duplicates += 1

@@ -20,6 +20,7 @@ same photos on the same pages: new uploads land on the last page, not the first.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from vislab.collect.http import Client, Failed, RateLimiter, RetryPolicy, Retrya
 from vislab.collect.store import Store
 from vislab.collect.urls import check_url, read_lines
 from vislab.errors import VislabError
+from vislab.fsguard import printable
 
 API_URL = "https://api.flickr.com/services/rest/"
 API_URL_ENV = "VISLAB_FLICKR_API_URL"
@@ -259,9 +261,11 @@ def _checker(client: Client, opts: FlickrOptions) -> Any:
         if data.get("stat") == "ok":
             if not isinstance(data.get("photos"), dict):
                 raise Retryable("response without photos")
+            if not isinstance(data["photos"].get("photo") or [], list):
+                raise Retryable("response whose photo list is not a list")
             return
         code = _int(data.get("code"))
-        message = client.redact(str(data.get("message") or "no message"))
+        message = printable(client.redact(str(data.get("message") or "no message")))
         if code == 100:
             raise VislabError(
                 f"{KEY_ENV}: Flickr rejects the API key (code 100: {message}); set a valid key "
@@ -334,16 +338,35 @@ def _extension(fmt: str, url: str) -> str:
     return suffix if suffix in (".jpg", ".png", ".gif") else ""
 
 
-def _jobs(photos: list[dict[str, Any]], opts: FlickrOptions, text: str, tally: Tally) -> list[Job]:
+def _file_name(pid: str) -> str:
+    """The file stem of a photo id: the id itself when it is already a safe name, else its
+    safe form plus a short hash of the id, so ids that sanitise alike ("a/b", "a_b") never
+    share a file."""
+    name = safe_name(pid)
+    if name == pid:
+        return name
+    digest = hashlib.sha1(pid.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{safe_name(pid, 40)}-{digest}"
+
+
+def _jobs(photos: list[Any], opts: FlickrOptions, text: str, tally: Tally) -> list[Job]:
     """Jobs for the photos worth downloading; the others are counted by reason."""
     jobs = []
     for p in photos:
+        if not isinstance(p, dict):
+            tally.skipped["malformed in the search results"] += 1
+            continue
         pid = str(p.get("id", ""))
         url = str(p.get("url_o") or "")
         lic = _int(p.get("license"))
         w, h = _int(p.get("width_o") or p.get("o_width")), _int(p.get("height_o") or p.get("o_height"))
         if not pid or not url:
             tally.skipped["without a shared original"] += 1
+            continue
+        try:
+            check_url(url, "url_o")
+        except VislabError:  # file://, ftp://, not a URL: never fetched
+            tally.skipped["with an original URL that is not http(s)"] += 1
             continue
         if opts.licenses is not None and lic not in opts.licenses:
             tally.skipped["under another licence"] += 1
@@ -370,7 +393,7 @@ def _jobs(photos: list[dict[str, Any]], opts: FlickrOptions, text: str, tally: T
             "height": "" if h is None else str(h),
             "date_taken": str(p.get("datetaken", "")),
         }
-        jobs.append(Job(f"flickr:{pid}", url, safe_name(pid), _extension(str(p.get("originalformat", "")), url), row))
+        jobs.append(Job(f"flickr:{pid}", url, _file_name(pid), _extension(str(p.get("originalformat", "")), url), row))
     return jobs
 
 
@@ -404,6 +427,7 @@ def _collect_query(
         return
     task = progress.add_task(shown, total=0, note="")
     kept, page, last_page, total, queued, complete, told = 0, 1, 1, 0, 0, True, False
+    seen: set[str] = set()  # photo keys this search listed already (Flickr may repeat them)
     while page <= last_page:
         record = store.page(qkey, page)
         if record is not None:
@@ -432,7 +456,7 @@ def _collect_query(
             if not told:
                 _tell_total(progress, shown, total, opts)
                 told = True
-            got, page_complete = fetch_all(jobs, store, client, tally, opts.workers, progress, task, want)
+            got, page_complete = fetch_all(jobs, store, client, tally, opts.workers, progress, task, want, seen)
             kept += got
             if page_complete:
                 store.record_page(qkey, page, total=total, last_page=last_page, kept=got)

@@ -9,6 +9,11 @@
 - A download streams into a temporary file in the destination folder while it is hashed;
   it is returned only when every byte the server announced has arrived and is on disk
   (fsync), and the temporary file is removed on every other path.
+- Only http(s) is spoken, redirects included: a URL or redirect to file://, ftp:// or any
+  other scheme is refused, so a search result cannot copy a local file into the folder.
+- Every request has a whole-request time limit besides the per-read timeout, and an API
+  body a size limit, so a server trickling bytes or sending an endless body cannot hold
+  a run (or its memory) forever.
 
 Standard library only (urllib): no HTTP client is a vislab dependency. Secrets (the API
 key) are passed in so every message this module writes has them replaced by `***`.
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from vislab import __version__
+from vislab.fsguard import printable
 
 USER_AGENT = f"vislab-collect/{__version__} (Python urllib)"
 TEMP_PREFIX = ".vislab-"
@@ -42,6 +48,8 @@ TEMP_SUFFIX = ".part"
 _CHUNK = 1 << 16
 _RETRY_STATUS = {408, 425, 429}
 _MAX_RETRY_AFTER = 600.0
+_MAX_API_BYTES = 16 << 20
+_SCHEMES = ("http", "https")
 
 
 class Retryable(Exception):
@@ -70,6 +78,12 @@ class RetryPolicy:
     backoff: float = 1.0
     max_delay: float = 120.0
     timeout: float = 30.0
+
+    @property
+    def deadline(self) -> float:
+        """Seconds one whole request may take: `timeout` only bounds each wait for data,
+        so a server sending a byte now and then would never hit it."""
+        return 10 * self.timeout
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         base = min(self.max_delay, self.backoff * 2**attempt)
@@ -137,16 +151,17 @@ def _describe(err: BaseException) -> str:
         return "connection dropped mid-body"
     if isinstance(reason, socket.gaierror):
         return "host not found"
-    text = str(reason).strip()
+    text = printable(str(reason).strip())
     return text or type(reason).__name__
 
 
 def _content_length(headers: Any) -> int | None:
     value = headers.get("Content-Length")
     try:
-        return int(value) if value is not None else None
+        length = int(value) if value is not None else None
     except ValueError:
         return None
+    return length if length is not None and length >= 0 else None  # a negative one means nothing
 
 
 def _opener(sockets: weakref.WeakSet[socket.socket], stop: threading.Event) -> urllib.request.OpenerDirector:
@@ -174,7 +189,29 @@ def _opener(sockets: weakref.WeakSet[socket.socket], stop: threading.Event) -> u
         def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:
             return super().do_open(tls, req, **kwargs)
 
-    return urllib.request.build_opener(Plain, TLS)
+    class Redirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+            scheme = urllib.parse.urlsplit(newurl).scheme.lower()
+            if scheme not in _SCHEMES:
+                raise urllib.error.HTTPError(
+                    req.full_url, code, f"redirect to a {printable(scheme) or 'schemeless'} URL refused", headers, fp
+                )
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    # Not build_opener: its defaults include file:// and ftp:// handlers.
+    opener = urllib.request.OpenerDirector()
+    proxies = {k: v for k, v in urllib.request.getproxies().items() if k in _SCHEMES}
+    for handler in (
+        urllib.request.ProxyHandler(proxies),
+        urllib.request.UnknownHandler(),
+        urllib.request.HTTPDefaultErrorHandler(),
+        Redirect(),
+        urllib.request.HTTPErrorProcessor(),
+        Plain(),
+        TLS(),
+    ):
+        opener.add_handler(handler)
+    return opener
 
 
 class Client:
@@ -216,17 +253,21 @@ class Client:
     # ------------------------------------------------------------ plumbing
 
     def _open(self, url: str) -> http.client.HTTPResponse:
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
         try:
+            if urllib.parse.urlsplit(url).scheme.lower() not in _SCHEMES:
+                raise Failed(f"not an http(s) URL: {printable(url[:80])}")
+            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
             return self._opener.open(request, timeout=self.policy.timeout)
         except urllib.error.HTTPError as err:
             retry_after = _retry_after(err.headers)
             err.close()
             if err.code >= 500 or err.code in _RETRY_STATUS:
                 raise Retryable(f"HTTP {err.code}", retry_after) from None
-            raise Failed(f"HTTP {err.code} {err.reason}".strip()) from None
+            raise Failed(printable(f"HTTP {err.code} {err.reason}".strip())) from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             raise Retryable(_describe(err)) from None
+        except ValueError as err:  # a URL urllib cannot parse ("unknown url type", bad IPv6)
+            raise Failed(f"not a usable URL ({printable(str(err))})") from None
 
     def _retrying(self, what: str, attempt: Callable[[], Any]) -> Any:
         tries = self.policy.retries + 1
@@ -265,23 +306,42 @@ class Client:
         def attempt() -> Any:
             if self.limiter is not None:
                 self.limiter.wait(self.stop)
+            started = time.monotonic()
             try:
                 with self._open(full) as resp:
                     expected = _content_length(resp.headers)
-                    body = resp.read()
+                    body = self._read_api_body(resp, started)
             except (OSError, http.client.HTTPException) as err:
                 raise Retryable(_describe(err)) from None
             if expected is not None and len(body) != expected:
                 raise Retryable(f"response cut short ({len(body):,} of {expected:,} bytes)")
             try:
                 data = json.loads(body)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep to be an answer
                 raise Retryable("response is not JSON") from None
             if check is not None:
                 check(data)
             return data
 
         return self._retrying(what, attempt)
+
+    def _read_api_body(self, resp: Any, started: float) -> bytes:
+        """The whole body, read a chunk at a time so the size and time limits hold."""
+        body = bytearray()
+        while True:
+            self._check_time(started)
+            chunk = resp.read1(_CHUNK)
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > _MAX_API_BYTES:
+                raise Retryable(f"response over {_MAX_API_BYTES >> 20} MiB: not a search result")
+
+    def _check_time(self, started: float) -> None:
+        if self.stop.is_set():
+            raise Interrupted()
+        if time.monotonic() - started > self.policy.deadline:
+            raise Retryable(f"took over {self.policy.deadline:g} s (the limit is 10 x --timeout)")
 
     def download(self, url: str, folder: Path, max_bytes: int, what: str) -> Download:
         """Stream `url` into a temporary file in `folder` (same filesystem as the final
@@ -301,6 +361,7 @@ class Client:
         return self._retrying(what, attempt)
 
     def _stream(self, url: str, fh: Any, tmp: Path, max_bytes: int) -> Download:
+        started = time.monotonic()
         with self._open(url) as resp:
             content_type = resp.headers.get_content_type()
             if content_type.startswith("text/"):
@@ -312,10 +373,9 @@ class Client:
             size = 0
             head = b""
             while True:
-                if self.stop.is_set():
-                    raise Interrupted()
+                self._check_time(started)
                 try:
-                    chunk = resp.read(_CHUNK)
+                    chunk = resp.read1(_CHUNK)
                 except (OSError, http.client.HTTPException) as err:
                     raise Retryable(_describe(err)) from None
                 if not chunk:

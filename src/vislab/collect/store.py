@@ -16,6 +16,10 @@ between any two steps loses nothing: a finished file the journal does not know i
 by the next run instead of fetched again, and photos.csv is rewritten atomically from the
 journal whenever the two disagree (a torn last line included). Appends are single writes
 of whole lines, so at most the line being written is lost, and the journal skips it.
+
+A file in images/ is never replaced, and a key is recorded once: a second photo that
+would land on a taken name, or a key already done, is refused instead of silently
+overwriting the first photo's file and leaving its row describing another image.
 """
 
 from __future__ import annotations
@@ -25,11 +29,12 @@ import hashlib
 import io
 import json
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
-from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download
+from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download, Failed
 from vislab.data.photos import COLUMNS, PHOTOS_NAME
 from vislab.errors import VislabError
 from vislab.fsguard import inside
@@ -51,6 +56,7 @@ _SIGNATURES = (
     (b"II*\x00", ".tif"),
     (b"MM\x00*", ".tif"),
 )
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _TYPES = {
     "image/jpeg": ".jpg",
     "image/png": ".png",
@@ -128,6 +134,19 @@ def _sha256_file(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def _text(value: object) -> str:
+    """A CSV cell: lone surrogates (valid in JSON, not in UTF-8) become U+FFFD, so the
+    row can be written and the photo does not fail again on every run."""
+    return _SURROGATES.sub("\ufffd", str(value))
+
+
+def _file_mode() -> int:
+    """The mode a new file gets under the umask (0644 typically), instead of mkstemp's 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _csv_text(rows: list[dict[str, str]], header: bool) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")
@@ -147,12 +166,18 @@ class Store:
         if self.out.exists() and not self.out.is_dir():
             raise VislabError(f"--out {out} is a file; give a folder for the images")
         self.images = inside(self.out, IMAGES_DIR)
-        self.images.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = None
+        try:
+            self.images.mkdir(parents=True, exist_ok=True)
+            self._lock_fh = self._take_lock()
+        except OSError as err:  # a read-only filesystem, no permission, ...
+            raise VislabError(f"--out {out}: cannot write ({err.strerror or err}); choose another --out") from None
         self._lock = threading.Lock()
-        self._lock_fh = self._take_lock()
+        self._mode = _file_mode()
         self._status: dict[str, str] = {}
         self._rows: dict[str, dict[str, str]] = {}
         self._by_sha: dict[str, str] = {}
+        self._files: set[str] = set()  # images/ names rows hold, even if deleted since
         self._pages: dict[tuple[str, int], dict[str, Any]] = {}
         self._queries: set[str] = set()
         self.journal_path = inside(self.out, JOURNAL_NAME)
@@ -164,6 +189,9 @@ class Store:
             self._unrecorded = self._unrecorded_files()
             self._journal = open(self.journal_path, "a", encoding="utf-8")
             self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")
+        except OSError as err:
+            self.close()
+            raise VislabError(f"--out {out}: cannot write ({err.strerror or err}); choose another --out") from None
         except BaseException:
             self.close()
             raise
@@ -194,9 +222,14 @@ class Store:
         return fh
 
     def close(self) -> None:
+        """Release everything; never raises: after a failed write (a full disk) closing
+        flushes the same bytes again, and that error must not replace the first one."""
         for fh in (getattr(self, "_journal", None), getattr(self, "_csv", None), self._lock_fh):
             if fh is not None and not fh.closed:
-                fh.close()
+                try:
+                    fh.close()
+                except OSError:
+                    pass
 
     def __enter__(self) -> Store:
         return self
@@ -234,6 +267,7 @@ class Store:
                 self._status[event["key"]] = SAVED
                 self._rows[event["key"]] = row
                 self._by_sha.setdefault(row["sha256"], event["key"])
+                self._files.add(row["file"])
             elif kind == "duplicate":
                 self._status[event["key"]] = DUPLICATE
             elif kind == "page":
@@ -242,7 +276,8 @@ class Store:
                 self._queries.add(event["query"])
 
     def _append(self, event: dict[str, Any]) -> None:
-        self._journal.write(json.dumps(event, ensure_ascii=False, sort_keys=True) + "\n")
+        # ASCII: a lone surrogate from the API cannot be encoded as UTF-8, \uXXXX can
+        self._journal.write(json.dumps(event, ensure_ascii=True, sort_keys=True) + "\n")
         self._journal.flush()
         os.fsync(self._journal.fileno())
 
@@ -257,8 +292,8 @@ class Store:
         """Rewrite photos.csv from the journal when a kill cut its last rows; refuse to
         touch one that says something else (edited by hand, or the journal was removed)."""
         expected = _csv_text(list(self._rows.values()), header=True)
-        try:
-            current = self.csv_path.read_text(encoding="utf-8")
+        try:  # bytes, not read_text: that turns a "\r\n" inside a quoted cell into "\n"
+            current = self.csv_path.read_bytes().decode("utf-8")
         except FileNotFoundError:
             current = ""
         except UnicodeDecodeError:
@@ -275,11 +310,10 @@ class Store:
     def _unrecorded_files(self) -> dict[str, Path]:
         """Finished files the journal does not know, by name without extension: a run was
         killed between a rename into images/ and its journal line."""
-        recorded = {row["file"] for row in self._rows.values()}
         files = {}
         for entry in os.scandir(self.images):
             rel = f"{IMAGES_DIR}/{entry.name}"
-            if not entry.name.startswith(".") and rel not in recorded and entry.is_file():
+            if not entry.name.startswith(".") and rel not in self._files and entry.is_file():
                 files[entry.name.split(".", 1)[0]] = Path(entry.path)
         return files
 
@@ -326,12 +360,18 @@ class Store:
 
     def commit(self, key: str, download: Download, name: str, ext: str, row: dict[str, str]) -> str:
         """Keep a complete download as images/<name><ext> (SAVED), or drop it when its
-        sha256 matches an image already kept (DUPLICATE)."""
+        sha256 matches an image already kept (DUPLICATE). Raises `Failed` for a key already
+        recorded or a file name already taken: nothing is overwritten."""
         with self._lock:
+            if key in self._status:
+                raise Failed(f"{key} is already recorded in {JOURNAL_NAME}; not saved twice")
             if download.sha256 in self._by_sha:
                 download.path.unlink(missing_ok=True)
                 return self._record(key, None, download.sha256, download.bytes, row)
             final = inside(self.images, name + ext)
+            if final.exists() or final.relative_to(self.out).as_posix() in self._files:
+                raise Failed(f"{IMAGES_DIR}/{final.name} already holds another photo; not overwritten")
+            os.chmod(download.path, self._mode)
             os.replace(download.path, final)
             fsync_dir(self.images)
             return self._record(key, final, download.sha256, download.bytes, row)
@@ -343,7 +383,7 @@ class Store:
             self._status[key] = DUPLICATE
             return DUPLICATE
         width, height = _image_size(final)
-        full = {col: str(row.get(col, "")) for col in COLUMNS}
+        full = {col: _text(row.get(col, "")) for col in COLUMNS}
         full.update(
             width=width or full["width"],
             height=height or full["height"],
@@ -355,6 +395,7 @@ class Store:
         self._status[key] = SAVED
         self._rows[key] = full
         self._by_sha[sha] = key
+        self._files.add(full["file"])
         self._csv.write(_csv_text([full], header=False))
         self._csv.flush()
         os.fsync(self._csv.fileno())

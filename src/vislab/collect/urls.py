@@ -20,7 +20,7 @@ from vislab.collect.fetch import Job, Tally, fetch_all, progress_bar, retry_prin
 from vislab.collect.http import Client, RetryPolicy
 from vislab.collect.store import Store
 from vislab.errors import VislabError
-from vislab.fsguard import SpecialFileError, read_bounded
+from vislab.fsguard import SpecialFileError, printable, read_bounded
 
 # Suffixes taken from a URL as the file's extension; others are decided by the response.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".avif"}
@@ -46,9 +46,12 @@ def read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
 
 def check_url(url: str, where: str) -> str:
     """`url` if it is an absolute http(s) URL, else a one-line error naming `where`."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # e.g. "http://[::1/x.jpg": an unclosed IPv6 address
+        parts = urllib.parse.SplitResult("", "", "", "", "")
     if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
-        raise VislabError(f"{where}: '{url[:80]}' is not an http(s) URL; fix the line or comment it out with '#'")
+        raise VislabError(f"{where}: '{printable(url[:80])}' is not an http(s) URL; fix the line or comment it out with '#'")
     return url
 
 
