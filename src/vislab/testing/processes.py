@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -49,3 +50,17 @@ def read_only_command(folder: str | Path, argv: Sequence[str]) -> list[str] | No
     except (OSError, subprocess.TimeoutExpired):
         return None
     return [*prefix, *argv] if probe.returncode == 0 else None
+
+
+def vislab_with_read_only(folder: str | Path, *args: str | Path) -> str | None:
+    """Run `vislab ARGS` with `folder` read-only (see `read_only_command`) and return what it
+    said (stdout and stderr) after checking it failed as a user error should: exit status 2,
+    one line, no traceback. None where this machine cannot make the folder read-only."""
+    cmd = read_only_command(folder, [sys.executable, "-m", "vislab.cli", *map(str, args)])
+    if cmd is None:
+        return None
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    said = (res.stdout + res.stderr).strip()
+    assert res.returncode == 2, said
+    assert "Traceback" not in said and len(said.splitlines()) == 1, said
+    return said
