@@ -265,6 +265,23 @@ class FastOnceTraining(Callback):
         pl_module.model.train_s = self.fast_s
 
 
+def test_an_exponential_schedule_grown_back_keeps_its_planned_decay(dataset, tmp_path, capsys):
+    # the plan fits fewer of the 12 epochs (8 here) and steepens gamma 0.8 to spread the run's
+    # decay (0.8 ** 12) over them; growing back to 12 kept that steeper gamma, and the lr ended
+    # at 0.038 of its start, 0.8 ** 14.7 (the crops recipe, cut from 60 epochs to 2, trained its
+    # last epochs at 1e-9). Re-planned, the last epoch ends near 0.8 ** 11, as the uncut run would.
+    cfg = paced(0.3, 0.05, train={"epochs": 12}, scheduler={"name": "exponential", "gamma": 0.8, "warmup_epochs": 0.0})
+    run = train(cfg, dataset, tmp_path / "run", max_time="14s", callbacks=[FastOnceTraining(0.02)])
+    plan = read(run, "run.json")["plan"]
+    assert plan["epochs"] < 12 and plan["changed"]["scheduler.gamma"][1] < 0.8
+    out = capsys.readouterr().out
+    assert "grows back to end at epoch 12" in out and "gamma" in out, out
+    rows = pd.read_csv(run / "metrics.csv")
+    assert len(rows) == 12
+    final = rows["lr/last"].iloc[-1] / rows["lr/first"].iloc[0]
+    assert 0.8 ** 13 < final < 0.8 ** 9, final
+
+
 def test_a_plan_cut_by_a_pessimistic_probe_grows_back_to_the_epochs_asked(dataset, tmp_path, capsys):
     # the probe times 0.3 s steps, so 12 epochs do not fit 14 s; the real steps take 0.02 s and
     # the run grows back to all 12 the config asked for (a few seconds: room for a busy machine),

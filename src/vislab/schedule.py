@@ -19,7 +19,9 @@ the plan it was on. When a resume changes the run's length (`--resume --epochs N
 - a schedule stopped before its end (time budget, Ctrl-C, early stopping) is stretched so
   it ends at the new last epoch: the lr is what it would have been had the run been
   planned for N epochs from the start;
-- exponential decay and plateau have no end to move: they continue as they were.
+- exponential decay still running (a time budget's re-plan) keeps its planned final lr:
+  its gamma is re-set so the epochs left decay from today's lr to that floor; exponential
+  decay that has run its epochs, and plateau, have no end to move: they continue as they were.
 """
 
 from __future__ import annotations
@@ -42,7 +44,9 @@ NAMES = {"onecycle": "one-cycle", "cosine": "cosine", "linear": "linear", "expon
 class StepFactor:
     """The lr factor of step `step` of a cycle of `total` steps starting at step `start`:
     linear warm-up over `warmup` steps, then cosine or linear decay to `floor`, or
-    exponential decay by `gamma` per epoch of `per_epoch` steps (down to `floor`)."""
+    exponential decay by `gamma` per epoch of `per_epoch` steps (down to `floor`), from
+    `anchor_factor` at decay epoch `anchor_epoch` (1 at 0; a re-plan moves them, so the lr
+    does not jump when gamma changes)."""
 
     def __init__(self, name: str, warmup: int, start: int, total: int, per_epoch: int, gamma: float, floor: float) -> None:
         self.name = name
@@ -52,6 +56,9 @@ class StepFactor:
         self.per_epoch = int(per_epoch)
         self.gamma = float(gamma)
         self.floor = float(floor)
+        self.anchor_epoch = 0
+        self.anchor_factor = 1.0
+        self.decay: float | None = None  # gamma ** epochs of the first plan, kept by re-plans
 
     def __call__(self, step: int) -> float:
         s = step - self.start
@@ -62,7 +69,25 @@ class StepFactor:
             return self.floor + (1 - self.floor) * 0.5 * (1 + math.cos(math.pi * t))
         if self.name == "linear":
             return self.floor + (1 - self.floor) * (1 - t)
-        return max(self.floor, self.gamma ** ((s - self.warmup) // max(1, self.per_epoch)))
+        epoch = (s - self.warmup) // max(1, self.per_epoch)
+        return max(self.floor, self.anchor_factor * self.gamma ** (epoch - self.anchor_epoch))
+
+    def regamma(self, step: int, end: int) -> None:
+        """Exponential decay re-planned at `step` to end at step `end`: from today's factor to
+        the final one a plan of that many epochs gets (the plan spreads the run's whole decay,
+        gamma ** epochs, over the epochs it keeps, as `vislab.plan` scales gamma)."""
+        per = max(1, self.per_epoch)
+        if self.decay is None:  # the whole run's decay, as first planned
+            self.decay = self.gamma ** ((self.total - self.warmup) / per)
+        epochs = max(1.0, (end - self.start - self.warmup) / per)
+        now = (step - self.start - self.warmup) // per
+        last = math.ceil(epochs) - 1
+        here = self.anchor_factor * self.gamma ** (now - self.anchor_epoch)
+        target = self.decay ** ((epochs - 1) / epochs)
+        if last > now and here > 0 and target > 0:
+            self.gamma = min(1.0, (target / here) ** (1 / (last - now)))
+        self.anchor_epoch, self.anchor_factor = now, here
+        self.total = end - self.start
 
 
 def steps_per_epoch(trainer: "L.Trainer") -> int:
@@ -105,7 +130,7 @@ def cycle_of(sched: Any, step: int) -> tuple[int, int] | None:
         return start, start + int(sched.total_steps)
     if isinstance(sched, LambdaLR):
         f = sched.lr_lambdas[0]
-        if isinstance(f, StepFactor) and f.name in ("cosine", "linear"):
+        if isinstance(f, StepFactor) and f.name in ("cosine", "linear", "exponential"):
             return f.start, f.start + f.total
     return None
 
@@ -122,6 +147,8 @@ def replan(trainer: "L.Trainer", s: "SchedulerConfig", previous_epochs: int | No
     end = per_epoch * epochs
     name = NAMES.get(s.name, s.name)
     cycle = cycle_of(sched, step)
+    if cycle is not None and s.name == "exponential" and step >= cycle[1]:
+        cycle = None  # decay that ran its epochs has no end to move
     if cycle is None:
         if previous_epochs is not None and previous_epochs != epochs:
             return f"schedule: {name} has no end to re-plan; it continues over {_epochs(step // per_epoch + 1, epochs)} (lr {_head_lr(trainer):.3g} now)"
@@ -137,6 +164,12 @@ def replan(trainer: "L.Trainer", s: "SchedulerConfig", previous_epochs: int | No
         was = f"{old_end / per_epoch:g}"
         what = f"the {name} schedule, still running, now ends at epoch {last} instead of {was}"
     total = end - start
+    if s.name == "exponential":
+        f = sched.lr_lambdas[0]
+        f.regamma(step, end)
+        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+            group["lr"] = base * f(step)
+        return f"schedule re-planned: {what}, gamma {f.gamma:.4g} an epoch (lr {_head_lr(trainer):.3g} now)"
     if isinstance(sched, OneCycleLR):
         config.scheduler = one_cycle(sched.optimizer, s, total, last_epoch=step - start - 1)
     else:
