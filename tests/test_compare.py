@@ -199,3 +199,9 @@ def test_a_run_without_its_config_or_with_a_hand_edited_run_json(tmp_path) -> No
     res = CliRunner().invoke(app, ["compare", str(a), str(c)])
     assert res.exit_code == 2 and "run.json: holds list, not a JSON object" in res.output
     assert len(res.output.strip().splitlines()) == 1
+
+
+def test_a_metric_that_is_not_a_percent_prints_four_figures() -> None:
+    from vislab.report.compare import _cell
+
+    assert _cell(None, "test_iou", 0.7948566504017947, pd.Series(dtype=object)) == "0.7949"  # printed in full before

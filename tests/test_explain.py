@@ -226,3 +226,18 @@ def test_predict_table_shows_hostile_class_names_and_error_rows(tmp_path) -> Non
     assert res.exit_code == 0, res.output
     assert "[/x]" in res.output and "[bold]b" in res.output and "SyntaxError" in res.output
     assert res.output.count("error") == 2
+
+
+def test_explain_scores_a_large_jpeg_as_predict_does(tmp_path) -> None:
+    """A JPEG larger than the model's input decodes in draft mode for predict and evaluate;
+    explain decoded it whole, and its probabilities differed (0.781 against 0.775)."""
+    from vislab.explain.overlays import explain_run
+    from vislab.predict import predict
+    from vislab.testing.images import write_image
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, name="run", checkpoint=True)
+    photo = write_image(tmp_path / "photo.jpg", seed=5, size=(900, 700))
+    [row] = predict(run, [photo], top_k=1)
+    [shown] = explain_run(run, [photo], top_k=1, out=tmp_path / "overlays")
+    assert shown.class_name == row["pred"] and abs(shown.prob - row["confidence"]) < 1e-5

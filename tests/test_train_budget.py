@@ -187,7 +187,9 @@ def test_an_epoch_that_cannot_end_inside_the_budget_is_cut_unvalidated(dataset, 
     assert summary["stopped_reason"] == "max_time" and summary["wall_time_s"] <= 12.0 + 0.5
     step = load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"]
     assert step % STEPS_PER_EPOCH and summary["epochs_completed"] == step // STEPS_PER_EPOCH  # cut inside an epoch
-    assert "budget_cut" in [m["code"] for m in read(run, "health.json")]
+    [cut] = [m for m in read(run, "health.json") if m["code"] == "budget_cut"]
+    # counted from 0: the epoch and step it stopped in (the report showed a 6-epoch run's cut at "epoch 7")
+    assert (cut["epoch"], cut["step"]) == (step // STEPS_PER_EPOCH, step - 1)
     assert_one_story(run)
     # the budget judged the rest would not fit: the same budget does not resume, a larger one does
     with pytest.raises(VislabError, match="time budget of 12s stopped the run with"):

@@ -82,9 +82,12 @@ class HealthMonitor(Callback):
             except (ValueError, TypeError):
                 self.messages = []
 
-    def add(self, trainer: "L.Trainer", level: str, code: str, message: str, step: int | None = None, echo: bool = True) -> None:
-        """Record a message (and print it, unless `echo` is off because it was printed already)."""
-        entry = {"level": level, "code": code, "message": message, "epoch": int(trainer.current_epoch), "step": step}
+    def add(
+        self, trainer: "L.Trainer", level: str, code: str, message: str, step: int | None = None, echo: bool = True, epoch: int | None = None
+    ) -> None:
+        """Record a message (and print it, unless `echo` is off because it was printed already).
+        `epoch` and `step` count from 0, as Lightning does: the epoch and step it concerns."""
+        entry = {"level": level, "code": code, "message": message, "epoch": int(trainer.current_epoch) if epoch is None else epoch, "step": step}
         self.messages.append(entry)
         if trainer.is_global_zero:
             if level != "error" and echo:  # errors are raised, and the CLI prints them
@@ -110,7 +113,7 @@ class HealthMonitor(Callback):
         reason = stop_reason(trainer)
         done = int(trainer.current_epoch) - (0 if epoch_complete(trainer) else 1)
         planned = int(trainer.max_epochs or 0)
-        step = int(trainer.global_step)
+        step, last_epoch = max(0, int(trainer.global_step) - 1), max(0, int(trainer.current_epoch) - 1)  # the last that ran
         if reason == "max_time":
             self.add(
                 trainer,
@@ -120,6 +123,7 @@ class HealthMonitor(Callback):
                 f"schedule never reached its end (lr {_current_lr(trainer):.3g} at the stop). "
                 "Continue it with a larger total budget: vislab train --resume --out RUN --max-time LONGER",
                 step,
+                epoch=last_epoch,
             )
         cfg = getattr(pl_module, "cfg", None)
         model = getattr(pl_module, "model", None)
@@ -133,6 +137,7 @@ class HealthMonitor(Callback):
                 f"{cfg.train.freeze_backbone_epochs}): only the new head learned and the pretrained features were never "
                 "fine-tuned. Train longer (--epochs, or a larger --max-time) or lower train.freeze_backbone_epochs",
                 step,
+                epoch=last_epoch,
             )
 
     def on_before_backward(self, trainer: "L.Trainer", pl_module: "L.LightningModule", loss: torch.Tensor) -> None:
@@ -234,7 +239,7 @@ class HealthMonitor(Callback):
         # after the task's on_validation_epoch_end, which computes what its checks read
         if trainer.sanity_checking:
             return
-        step = int(trainer.global_step)
+        step = max(0, int(trainer.global_step) - 1)  # the epoch's last step
         self._check_val_loss(trainer, step)
         for check in self.checks:
             check.after_validation(trainer, pl_module, lambda level, code, message: self.add(trainer, level, code, message, step))

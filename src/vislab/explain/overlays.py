@@ -193,14 +193,16 @@ def explain_run(
     none can be read, that is an error.
     """
     from vislab.data.io import load_image
+    from vislab.data.transforms import decode_size
     from vislab.runs import run_paths
 
     files = collect_images(inputs)
     loaded = load_trained(run_dir)
+    side = decode_size(loaded.spec)  # decoded as evaluate and predict decode (JPEG draft mode), so the scores agree
     images, read, failed = [], [], []
     for f in files:
         try:
-            images.append(load_image(f))
+            images.append(load_image(f, (side, side)))
             read.append(f)
         except ImageDecodeError as err:
             failed.append({"source": str(f), "error": f"cannot read image: {err.reason}"})

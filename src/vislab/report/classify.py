@@ -262,6 +262,7 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
     if chosen.empty:
         return [(None, "The evaluated images are not reachable from here.")] * len(methods)
     from vislab.data.io import ImageDecodeError, load_image
+    from vislab.data.transforms import decode_size
     from vislab.explain.overlays import explain_images, load_trained
     from vislab.runs import run_paths
 
@@ -272,10 +273,11 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
         loaded = load_trained(data.run_dir)
     except Exception as err:  # noqa: BLE001 - optional sections: say why instead of failing the report
         return [unavailable(m, err) for m in methods]
+    side = decode_size(loaded.spec)  # as evaluate decoded them, so the shown scores are its scores
     images, readable = [], []
     for p in chosen["path"]:
         try:
-            images.append(load_image(p))
+            images.append(load_image(p, (side, side)))
             readable.append(True)
         except ImageDecodeError:  # changed since evaluation: the gallery shows the others
             readable.append(False)

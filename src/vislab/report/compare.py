@@ -232,6 +232,8 @@ def _cell(col: Column | None, key: str, v: Any, row: pd.Series) -> str:
     if key == "epochs":
         planned = row.get("epochs_planned")
         return f"{int(v)}/{int(planned)}" if planned is not None and planned == planned and planned != v else f"{int(v)}"
+    if isinstance(v, float):  # an IoU or an AUC: 0.795, not 0.7948566504017947
+        return f"{v:.4g}"
     return str(v)
 
 
