@@ -14,6 +14,9 @@ number of workers and after a resume, as for classification):
   the boxes of both kept;
 - HSV: hue, saturation and value gains; horizontal flip.
 
+Validation's plain letterbox keeps every box of positive area, however small (a 1-px traffic
+light far away), so val mAP scores the truths `vislab evaluate` scores.
+
 Ignore regions (KITTI DontCare, COCO crowd, VOC difficult) travel with the boxes, flagged,
 so the loss counts neither positives nor negatives inside them.
 
@@ -94,11 +97,20 @@ def unletterbox(boxes: torch.Tensor, scale: float, pad_x: float, pad_y: float, w
 
 
 def _paste(
-    canvas: np.ndarray, img: Image.Image, boxes: np.ndarray, scale: float, ox: float, oy: float, rect: tuple[int, int, int, int]
+    canvas: np.ndarray,
+    img: Image.Image,
+    boxes: np.ndarray,
+    scale: float,
+    ox: float,
+    oy: float,
+    rect: tuple[int, int, int, int],
+    every_box: bool = False,
 ) -> np.ndarray:
     """Draw `img` scaled by `scale` with its top-left at (ox, oy) into `canvas`, cut to `rect`
     (x1, y1, x2, y2); returns its boxes (rows: class, x1, y1, x2, y2, ignore) moved and cut,
-    without those that left the picture."""
+    without those that left the picture. Augmentation also drops boxes cut or shrunk below
+    `MIN_VISIBLE` / `MIN_SIDE` (too little left to learn); with `every_box` (the plain
+    letterbox of validation) each box of positive area stays, as evaluate scores them all."""
     w, h = img.size
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     x1, y1, x2, y2 = rect
@@ -118,7 +130,9 @@ def _paste(
     moved[:, [2, 4]] = moved[:, [2, 4]].clip(y1, y2)
     bw, bh = moved[:, 3] - moved[:, 1], moved[:, 4] - moved[:, 2]
     region = moved[:, 5] > 0
-    keep = (bw > 0) & (bh > 0) & (region | ((bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_VISIBLE * area)))
+    keep = (bw > 0) & (bh > 0)
+    if not every_box:
+        keep &= region | ((bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_VISIBLE * area))
     return moved[keep]
 
 
@@ -184,7 +198,7 @@ class DetectionDataset(ImageTableDataset):
         scale, px, py = letterbox_params(w, h, self.canvas)
         canvas = self._blank()
         ch, cw = self.canvas
-        boxes = _paste(canvas, img, self.boxes[index], scale, px, py, (0, 0, cw, ch))
+        boxes = _paste(canvas, img, self.boxes[index], scale, px, py, (0, 0, cw, ch), every_box=True)
         return canvas, boxes, [float(self.targets[index]), scale, round(px), round(py), float(w), float(h)]
 
     def _augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -172,6 +172,19 @@ def _class_ap(precision: np.ndarray, k: int, thresholds: slice) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+def coco_metric(max_dets: int = 100, **kwargs: Any) -> Any:
+    """torchmetrics' MeanAveragePrecision (faster-coco-eval, xyxy boxes) counting up to
+    `max_dets` detections per image: the one builder of validation's and evaluate's mAP, so
+    both cut the same detections (torchmetrics' own default is 100, `detect.max_det` 300)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(
+        box_format="xyxy", iou_type="bbox", max_detection_thresholds=[1, 10, max_dets], backend="faster_coco_eval", **kwargs
+    )
+    metric.warn_on_many_detections = False
+    return metric
+
+
 def coco_map(
     preds: Sequence[Mapping[str, Any]],
     targets: Sequence[Mapping[str, Any]],
@@ -180,17 +193,8 @@ def coco_map(
 ) -> dict[str, Any]:
     """COCO box mAP through torchmetrics (faster-coco-eval backend): mAP@0.5, mAP@0.5:0.95,
     mAP@0.75, by object size, mean recall, and AP@0.5 and AP@0.5:0.95 per class."""
-    from torchmetrics.detection import MeanAveragePrecision
-
     images = _prepare(preds, targets, class_names)
-    metric = MeanAveragePrecision(
-        box_format="xyxy",
-        iou_type="bbox",
-        max_detection_thresholds=[1, 10, max_dets],
-        extended_summary=True,
-        backend="faster_coco_eval",
-    )
-    metric.warn_on_many_detections = False
+    metric = coco_metric(max_dets, extended_summary=True)
     tm_preds, tm_targets = _coco_inputs(images, len(class_names))
     metric.update(tm_preds, tm_targets)
     r = metric.compute()
