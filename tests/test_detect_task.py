@@ -329,8 +329,8 @@ def test_validation_map_scores_what_evaluate_scores_tiny_truths_and_max_det(tmp_
     task.val_map.update(canvas_preds, map_targets(targets, 1, len(classes)))
     validation = float(task.val_map.compute()["map_50"])
 
-    _, scale, px, py, w, h = meta.tolist()
-    image_preds = [{**canvas_preds[0], "boxes": unletterbox(det_boxes, scale, px, py, int(w), int(h))}]
+    _, scale_x, scale_y, px, py, w, h = meta.tolist()
+    image_preds = [{**canvas_preds[0], "boxes": unletterbox(det_boxes, scale_x, scale_y, px, py, int(w), int(h))}]
     evaluate = coco_map(image_preds, image_targets(truths, [str(path)]), classes, max_dets=cfg.section().max_det)["map50"]
     assert evaluate == pytest.approx(0.5 + 0.5 * 2 / 122, abs=0.01)
     assert validation == pytest.approx(evaluate, abs=1e-6)

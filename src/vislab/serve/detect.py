@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -31,7 +30,7 @@ class DetectOptions(BaseModel):
 @dataclass
 class DetectItem:
     x: torch.Tensor  # [3, H, W] letterboxed, [0, 1]
-    meta: tuple[float, float, float, int, int]  # scale, pad x, pad y, width, height
+    meta: tuple[float, float, float, float, int, int]  # scale x, scale y, pad x, pad y, width, height
 
 
 @register
@@ -53,17 +52,11 @@ class DetectPredictor(Predictor):
         self.section = run.cfg.section()
 
     def preprocess(self, image: Image.Image, options: BaseModel) -> DetectItem:
-        from vislab.data.det_datamodule import PAD_VALUE, letterbox_params
+        from vislab.data.det_datamodule import letterbox
 
-        w, h = image.size
-        scale, px, py = letterbox_params(w, h, self.canvas)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        ch, cw = self.canvas
-        canvas = np.full((ch, cw, 3), PAD_VALUE, np.uint8)
-        ox, oy = round(px), round(py)
-        canvas[oy : oy + nh, ox : ox + nw] = np.asarray(image.convert("RGB").resize((nw, nh), Image.BILINEAR))[: ch - oy, : cw - ox]
+        canvas, _, meta = letterbox(image.convert("RGB"), self.canvas)
         x = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255)
-        return DetectItem(x, (scale, float(ox), float(oy), w, h))
+        return DetectItem(x, meta)
 
     def decoded(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, 5 + C] boxes, objectness and class probabilities from the serving engine."""
@@ -85,8 +78,7 @@ class DetectPredictor(Predictor):
             conf = self.section.conf if getattr(opts, "conf", None) is None else float(opts.conf)
             iou = self.section.nms_iou if getattr(opts, "iou", None) is None else float(opts.iou)
             det = postprocess(p[None], conf=conf, iou=iou, max_det=int(getattr(opts, "max_det", 100)))[0]
-            scale, px, py, w, h = item.meta
-            boxes = unletterbox(det[:, :4], scale, px, py, w, h)
+            boxes = unletterbox(det[:, :4], *item.meta)
             results.append({
                 "conf": conf,
                 "boxes": [

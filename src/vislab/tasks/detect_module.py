@@ -138,7 +138,7 @@ class DetectTask(BaseTask):
         _, dets = self.detect(x, self.predict_conf, self.predict_iou)
         out = []
         for d, m in zip(dets, meta.tolist()):
-            pos, scale, px, py, w, h = m
-            boxes = unletterbox(d[:, :4].float().cpu(), scale, px, py, int(w), int(h))
+            pos, scale_x, scale_y, px, py, w, h = m
+            boxes = unletterbox(d[:, :4].float().cpu(), scale_x, scale_y, px, py, int(w), int(h))
             out.append({"pos": int(pos), "boxes": boxes, "scores": d[:, 4].float().cpu(), "labels": d[:, 5].long().cpu()})
         return out
