@@ -36,6 +36,10 @@ import numpy as np
 import torch
 
 DIFFICULTIES = ("easy", "moderate", "hard")
+# the devkit's neighbour classes: truths it ignores (neither found nor missed) for the class
+# they neighbour, and treats as any other class for the rest; `vislab curate --classes Car`
+# of a KITTI source keeps them, as ignore rows under their own name, for this reason
+KITTI_NEIGHBOURS: dict[str, tuple[str, ...]] = {"Car": ("Van",), "Pedestrian": ("Person_sitting",)}
 GRID_POINTS = 101  # recall and confidence grids of the curves (COCO's 101 recall points)
 _KITTI_SAMPLE_POINTS = 41
 
@@ -396,9 +400,7 @@ class KittiSpec:
         }
     )
     default_iou: float = 0.5
-    neighbours: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {"Car": ("Van",), "Pedestrian": ("Person_sitting",)}
-    )
+    neighbours: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(KITTI_NEIGHBOURS))
     min_height: tuple[float, float, float] = (40, 25, 25)
     max_occlusion: tuple[float, float, float] = (0, 1, 2)
     max_truncation: tuple[float, float, float] = (0.15, 0.3, 0.5)
@@ -519,9 +521,13 @@ def kitti_ap(
         raise ValueError(f"KITTI class {unknown[0]!r} is not one of the classes {list(class_names)}")
     images = _prepare(preds, targets, class_names)
     overlaps = [_overlaps(im.det_boxes, im.gt_boxes) for im in images]
+    # DontCare-like regions only: a neighbour kept as an ignore row (Van) is a truth the
+    # devkit ignores for its own class (Car) and counts as another class for the rest
+    near = {n.lower() for names in spec.neighbours.values() for n in names}
     stuff = []
     for im in images:
-        regions = im.agnostic_regions()
+        named = np.array([n.lower() not in near for n in im.gt_names], bool).reshape(-1)
+        regions = im.gt_boxes[(im.gt_ids < 0) & im.gt_ignore & named]
         ioa = _overlaps(im.det_boxes, regions, over_a=True)
         stuff.append(ioa.max(axis=1) if regions.size else np.zeros(len(im.det_boxes)))
     per_class: dict[str, Any] = {}
