@@ -24,7 +24,7 @@ class DetectOptions(BaseModel):
 
     conf: float | None = Field(None, ge=0.0, le=1.0, description="Lowest box score returned (default: the run's detect.conf).")
     iou: float | None = Field(None, gt=0.0, le=1.0, description="NMS IoU: of two overlapping boxes of a class the weaker goes (default: the run's detect.nms_iou).")
-    max_det: int = Field(100, ge=1, le=1000, description="Most boxes returned per image.")
+    max_det: int | None = Field(None, ge=1, le=1000, description="Most boxes returned per image (default: the run's detect.max_det, as predict and evaluate).")
 
 
 @dataclass
@@ -77,7 +77,8 @@ class DetectPredictor(Predictor):
         for p, item, opts in zip(preds, items, options):
             conf = self.section.conf if getattr(opts, "conf", None) is None else float(opts.conf)
             iou = self.section.nms_iou if getattr(opts, "iou", None) is None else float(opts.iou)
-            det = postprocess(p[None], conf=conf, iou=iou, max_det=int(getattr(opts, "max_det", 100)))[0]
+            max_det = self.section.max_det if getattr(opts, "max_det", None) is None else int(opts.max_det)
+            det = postprocess(p[None], conf=conf, iou=iou, max_det=max_det)[0]
             boxes = unletterbox(det[:, :4], *item.meta)
             results.append({
                 "conf": conf,
