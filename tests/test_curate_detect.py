@@ -332,3 +332,36 @@ def test_a_label_problem_on_a_file_named_with_a_newline_prints_on_one_line(tmp_p
     curate(root, out)
     lines = [line for line in invoke("stats", out).stdout.splitlines() if "unknown_class" in line and ":1:" in line]
     assert len(lines) == 1 and "a\\x0ab.txt:1: unknown_class" in lines[0], lines
+
+
+def test_kitti_class_selection_keeps_the_devkit_neighbours_as_ignore_rows(tmp_path, kitti):
+    """--classes Car keeps the Van (which KITTI's devkit ignores for Car) as an ignore row named
+    Van, says so, and does not make it a class; the README's --map Van=Car keeps
+    Person_sitting for Pedestrian; other formats drop unselected classes as before."""
+    from vislab.data.boxes import dataset_box_classes
+    from vislab.data.det_writers import write_coco
+
+    write_text(kitti / "labels" / "000001.txt", (kitti / "labels" / "000001.txt").read_text() + kitti_line("Person_sitting", (40, 5, 50, 30)))
+    out = tmp_path / "cars"
+    result = curate(kitti, out, "--classes", "Car")
+    assert "KITTI neighbours of the selected classes kept as ignore regions (the devkit ignores them): Van 1" in result.stdout
+    assert [r for r in box_rows(out) if r[0] == "000000.png"] == [
+        ("000000.png", "Car", 10, 5, 30, 25, False),
+        ("000000.png", "Van", 35, 5, 60, 30, True),
+        ("000000.png", "DontCare", 0, 0, 8, 8, True),
+    ]
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["neighbours_kept_as_ignore"] == {"Van": 1} and det["ignore_regions"] == {"DontCare": 1, "Van": 1}
+    assert det["boxes_of_unselected_classes"] == {"Cyclist": 1, "Pedestrian": 1, "Person_sitting": 1, "Tram": 1}
+    assert dataset_box_classes(out, read_boxes(out)) == ["Car"]
+    write_coco(out, tmp_path / "coco")  # the Van is a crowd-only category there
+    categories = json.loads((tmp_path / "coco/annotations/instances_unsplit.json").read_text())["categories"]
+    assert [c["name"] for c in categories] == ["Car", "Van", "DontCare"]
+
+    readme = tmp_path / "readme"
+    curate(kitti, readme, "--classes", "Car,Pedestrian,Cyclist", "--map", "Van=Car")
+    assert [r for r in box_rows(readme) if r[0] == "000001.png"][-1] == ("000001.png", "Person_sitting", 40, 5, 50, 30, True)
+
+    yolo = write_label_dataset(tmp_path / "yolo", {"a": yolo_line(0, (0.1, 0.1, 0.4, 0.4)) + yolo_line(1, (0.5, 0.5, 0.9, 0.9))}, size=(W, H), names=["Car", "Van"])
+    curate(yolo, tmp_path / "yolo_ds", "--classes", "Car")
+    assert [r[1] for r in box_rows(tmp_path / "yolo_ds")] == ["Car"]

@@ -292,3 +292,45 @@ def test_a_detection_inside_a_dontcare_region_is_not_a_false_positive() -> None:
     assert mapped[0]["labels"].tolist() == [1, 0, 1] and mapped[0]["iscrowd"].tolist() == [0, 1, 1] and len(mapped[1]["boxes"]) == 0
     assert map50(targets) == pytest.approx(1.0)
     assert map50(targets[:1]) < 0.9  # without the region the same detection is a false positive ranked first
+
+
+def test_validation_map_scores_what_evaluate_scores_tiny_truths_and_max_det(tmp_path) -> None:
+    """A 1.3-px truth on the canvas stays a truth in validation, and validation counts
+    detect.max_det detections per image: its mAP equals evaluate's for the same boxes."""
+    from PIL import Image
+
+    from vislab.data.boxes import image_targets
+    from vislab.data.det_datamodule import DetectionDataset, unletterbox
+    from vislab.metrics.detection import coco_map
+    from vislab.tasks import get_task
+    from vislab.tasks.detect import canvas, detect_spec
+    from vislab.tasks.detect_module import DetectTask, map_targets
+
+    cfg = tiny_detect_config()
+    classes = ["light", "car"]
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (200, 100), (90, 120, 150)).save(path)  # 0.32 of itself on the 64-px canvas
+    truths = pd.DataFrame({"path": [str(path)] * 2, "class": ["light", "light"], "x1": [50.0, 100.0], "y1": [40.0, 20.0],
+                           "x2": [54.0, 160.0], "y2": [44.0, 80.0], "ignore": [False, False], "truncated": [np.nan] * 2, "occluded": [np.nan] * 2})
+    rows = np.column_stack([np.zeros(2), truths[["x1", "y1", "x2", "y2"]].to_numpy(), np.zeros(2)])
+    val = DetectionDataset([str(path)], [rows], canvas(cfg))
+    _, boxes = val.load(0)
+    assert len(boxes) == 2  # the 1.28 x 1.28-px light is not dropped as augmentation drops specks
+    _, meta = DetectionDataset([str(path)], [rows], canvas(cfg), predict=True).load(0)
+
+    # the big light found first, then 120 false lights, then the small light: rank 122
+    false = torch.tensor([[30.0, 24, 36, 30]]).repeat(120, 1)
+    det_boxes = torch.cat([boxes[1:2, 1:5], false, boxes[0:1, 1:5]])
+    scores = torch.cat([torch.tensor([0.9]), torch.linspace(0.8, 0.2, 120), torch.tensor([0.1])])
+    canvas_preds = [{"boxes": det_boxes, "scores": scores, "labels": torch.zeros(122, dtype=torch.long)}]
+
+    task = DetectTask(cfg.model_dump(mode="json"), classes, detect_spec(cfg), model=get_task("detect").create_model(cfg, classes))
+    targets = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
+    task.val_map.update(canvas_preds, map_targets(targets, 1, len(classes)))
+    validation = float(task.val_map.compute()["map_50"])
+
+    _, scale_x, scale_y, px, py, w, h = meta.tolist()
+    image_preds = [{**canvas_preds[0], "boxes": unletterbox(det_boxes, scale_x, scale_y, px, py, int(w), int(h))}]
+    evaluate = coco_map(image_preds, image_targets(truths, [str(path)]), classes, max_dets=cfg.section().max_det)["map50"]
+    assert evaluate == pytest.approx(0.5 + 0.5 * 2 / 122, abs=0.01)
+    assert validation == pytest.approx(evaluate, abs=1e-6)

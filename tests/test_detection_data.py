@@ -678,3 +678,22 @@ def test_kitti_labels_without_their_image_folder_say_which_folder(tmp_path):
     write(root / "training" / "label_2" / "000000.txt", f"Car 0.00 0 -1.5 10.0 5.0 30.0 25.0 {KITTI_TAIL}\n")
     with pytest.raises(VislabError, match=r"KITTI labels in .*label_2 but no image folder .*training/image_2"):
         read_detection_source(root, "kitti")
+
+
+def test_letterbox_maps_boxes_back_exactly_on_a_very_wide_image(tmp_path):
+    """3000 x 200 at 416: the paste is 416 x 28 px (not 27.7), so y maps back by 28/200, not
+    by the width's scale: a box at y 100-150 comes back at 100-150 (it came back at 101-151.4),
+    through the datamodule's meta and serve's letterbox alike."""
+    import torch
+
+    from vislab.data.det_datamodule import DetectionDataset, letterbox, unletterbox
+
+    path = tmp_path / "wide.png"
+    Image.new("RGB", (3000, 200), (80, 90, 100)).save(path)
+    box = np.array([[0, 1000.0, 100.0, 1300.0, 150.0, 0]])
+    arr, moved, meta = letterbox(load_image(path), (416, 416), box)
+    assert arr.shape == (416, 416, 3) and meta[0] == pytest.approx(416 / 3000) and meta[1] == pytest.approx(28 / 200)
+    back = unletterbox(torch.as_tensor(moved[:, 1:5]), *meta)
+    assert back[0].tolist() == pytest.approx([1000.0, 100.0, 1300.0, 150.0], abs=1e-4)
+    _, dataset_meta = DetectionDataset([str(path)], [np.zeros((0, 6))], (416, 416), predict=True).load(0)
+    assert dataset_meta.tolist() == pytest.approx([0.0, *meta])

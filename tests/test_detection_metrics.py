@@ -334,3 +334,17 @@ def test_one_class_gets_its_per_class_ap() -> None:
     targets = [{"boxes": [[10, 10, 50, 50]], "labels": [0]}]
     r = coco_map(preds, targets, ["Car"])
     assert r["per_class"]["Car"]["ap50"] == pytest.approx(1.0) and r["map50"] == pytest.approx(1.0)
+
+
+def test_kitti_a_neighbour_kept_as_an_ignore_row_is_a_neighbour_not_dontcare():
+    """`curate --classes Car` keeps a KITTI Van as an ignore row named Van: for Car it is the
+    devkit's neighbour (a detection on it is no FP, a second one is), never a DontCare region."""
+    van = [300.0, 100.0, 360.0, 150.0]
+
+    def easy(van_ignore: bool) -> float:
+        preds, targets = _cars([50.0] * 40, scores=[0.5 + i / 100 for i in range(40)])
+        targets[0] = {"boxes": [targets[0]["boxes"][0], van], "labels": ["Car", "Van"], "ignore": [False, van_ignore]}
+        preds[0] = {"boxes": [preds[0]["boxes"][0], van, van], "scores": [0.5, 0.99, 0.985], "labels": ["Car", "Car", "Car"]}
+        return kitti_ap(preds, targets, ["Car"])["per_class"]["Car"]["easy"]
+
+    assert easy(van_ignore=True) == easy(van_ignore=False) < 0.97

@@ -72,3 +72,18 @@ def test_corrupt_upload_is_a_one_line_422_and_the_page_draws_boxes(client, tmp_p
     assert r.status_code == 422
     page = client.get("/", headers=AUTH).text
     assert "RENDERERS.detect" in page and 'type = "range"' in page
+
+
+def test_max_det_follows_the_run_unless_the_request_sets_it(run) -> None:
+    """Serve keeps the run's detect.max_det boxes per image, as predict and evaluate do (it
+    kept 100 while they kept 300); a request's max_det still wins."""
+    (predictor,) = load_all([run])
+    predictor.section = predictor.section.model_copy(update={"max_det": 2})
+    files = sorted((run.parent / "src/images").glob("*.png"))[:3]
+    with TestClient(create_app([predictor], token=TOKEN, limits=Limits(max_upload_bytes=1 << 20, max_files=4, window_ms=20))) as c:
+        counts = {}
+        for data in ({}, {"max_det": "5"}):
+            r = post(c, [(f.name, f.read_bytes()) for f in files], {"model": "det", "conf": "0.0", **data})
+            assert r.status_code == 200, r.text
+            counts[len(data)] = max(len(res["boxes"]) for res in r.json()["results"])
+    assert counts == {0: 2, 1: 5}

@@ -362,15 +362,21 @@ def dataset_box_classes(dataset_dir: str | Path, boxes: pd.DataFrame) -> list[st
     if not isinstance(recorded, list) or not all(isinstance(c, str) for c in recorded):
         return box_class_names(boxes)
     names = [c for c in dict.fromkeys(recorded) if c != DONT_CARE]
-    return names + [c for c in box_class_names(boxes) if c not in set(names)]
+    # a class only of ignore rows (a KITTI Van kept beside Car) is nothing to learn
+    return names + [c for c in box_class_names(boxes[~boxes["ignore"]]) if c not in set(names)]
 
 
 def select_box_classes(
-    boxes: pd.DataFrame, classes: Sequence[str] | None = None, mapping: Mapping[str, str] | None = None
+    boxes: pd.DataFrame,
+    classes: Sequence[str] | None = None,
+    mapping: Mapping[str, str] | None = None,
+    neighbours: Mapping[str, Sequence[str]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Merge classes by `mapping` (Van=Car; mapping to DontCare makes ignore regions), then
-    keep only `classes` plus DontCare regions. Returns the kept boxes and the number of boxes
-    dropped per class. A name that appears nowhere is a typo and a VislabError."""
+    keep only `classes` plus DontCare regions, and the `neighbours` of a selected class
+    (KITTI: Van of Car) as ignore rows under their own name, so an evaluation that ignores
+    them for that class (KITTI's devkit) still sees them. Returns the kept boxes and the
+    number of boxes dropped per class. A name that appears nowhere is a typo and a VislabError."""
     known = set(boxes["class"])
     for old in mapping or {}:
         if old not in known:
@@ -387,7 +393,10 @@ def select_box_classes(
     unknown = [c for c in classes if c not in after]
     if unknown:
         raise VislabError(f"--classes: no box has class '{unknown[0]}' (classes: {', '.join(sorted(after))})")
-    keep = out["class"].isin(list(classes)) | (out["class"] == DONT_CARE)
+    near = {n for c in classes for n in (neighbours or {}).get(c, ()) if n not in classes}
+    as_ignore = out["class"].isin(list(near))
+    out.loc[as_ignore, "ignore"] = True
+    keep = out["class"].isin(list(classes)) | (out["class"] == DONT_CARE) | as_ignore
     dropped = Counter(out.loc[~keep, "class"])
     return out[keep].reset_index(drop=True), dict(sorted(dropped.items()))
 

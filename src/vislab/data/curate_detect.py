@@ -175,7 +175,9 @@ class DetectionCuration:
             for c in self.classes or []
             if c not in after and c != DONT_CARE
         ]
-        self.boxes, unselected = select_box_classes(resolved.boxes, wanted, mapping)
+        neighbours = _kitti_neighbours() if self.format == "kitti" else {}
+        self.boxes, unselected = select_box_classes(resolved.boxes, wanted, mapping, neighbours)
+        near = {n for c in wanted or () for n in neighbours.get(c, ()) if n not in wanted}
         self.names = self._class_names()
         images = df.loc[ok, ["path", "group"]]
         if ratios is not None:
@@ -192,6 +194,7 @@ class DetectionCuration:
             "clipped_boxes": problems["clipped_boxes"],
             "boxes_of_unusable_images": dict(sorted(dropped.items())),
             "boxes_of_unselected_classes": unselected,
+            "neighbours_kept_as_ignore": dict(sorted(Counter(self.boxes.loc[self.boxes["class"].isin(list(near)), "class"]).items())),
             "problem_counts": problems["problem_counts"],
             "problems": problems["problems"][:MAX_LISTED_PROBLEMS],
         }
@@ -214,6 +217,13 @@ class DetectionCuration:
     def record(self) -> dict[str, Any]:
         """What curation.json adds for a detection dataset."""
         return {"task": "detect", "detection": self._record}
+
+
+def _kitti_neighbours() -> dict[str, tuple[str, ...]]:
+    """KITTI's devkit neighbour classes (Van of Car, Person_sitting of Pedestrian)."""
+    from vislab.metrics.detection import KITTI_NEIGHBOURS
+
+    return KITTI_NEIGHBOURS
 
 
 def _box_warnings(stats: dict[str, Any]) -> list[str]:

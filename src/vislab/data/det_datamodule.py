@@ -14,13 +14,17 @@ number of workers and after a resume, as for classification):
   the boxes of both kept;
 - HSV: hue, saturation and value gains; horizontal flip.
 
+Validation's plain letterbox keeps every box of positive area, however small (a 1-px traffic
+light far away), so val mAP scores the truths `vislab evaluate` scores.
+
 Ignore regions (KITTI DontCare, COCO crowd, VOC difficult) travel with the boxes, flagged,
 so the loss counts neither positives nor negatives inside them.
 
 A batch is (images [B, 3, H, W] in [0, 1], targets [N, 7]: image index in the batch, class
 id, x1, y1, x2, y2 in canvas pixels, ignore flag); an ignore region of no class of the run
-(DontCare) has class -1. For evaluate and predict, batches are (images, meta [B, 6]:
-position, scale, pad x, pad y, width, height of the image), so boxes map back to its pixels.
+(DontCare) has class -1. For evaluate and predict, batches are (images, meta [B, 7]:
+position, scale x, scale y, pad x, pad y, width, height of the image), so boxes map back to
+its pixels (two scales: the pasted size is rounded to whole pixels on each side).
 
 Sampling, resume mid-epoch, DDP sharding, unreadable images and the steps-per-epoch rule are
 the classification datamodule's (`DetectDataModule` subclasses it and changes what a sample
@@ -85,22 +89,57 @@ def letterbox_params(width: int, height: int, canvas: tuple[int, int]) -> tuple[
     return scale, (cw - width * scale) / 2, (ch - height * scale) / 2
 
 
-def unletterbox(boxes: torch.Tensor, scale: float, pad_x: float, pad_y: float, width: int, height: int) -> torch.Tensor:
-    """Canvas-pixel boxes [N, 4] back to the image's own pixels, clipped to it."""
+def unletterbox(
+    boxes: torch.Tensor, scale_x: float, scale_y: float, pad_x: float, pad_y: float, width: int, height: int
+) -> torch.Tensor:
+    """Canvas-pixel boxes [N, 4] back to the image's own pixels, clipped to it. The two
+    scales are those of the pasted (whole-pixel) size: on a 3000 x 200 image at 416 the
+    height is 28 px, not 27.7, and one scale put a box at y 100-150 back at 101-151.4."""
     out = boxes.clone()
-    out[:, [0, 2]] = ((out[:, [0, 2]] - pad_x) / scale).clamp(0, width)
-    out[:, [1, 3]] = ((out[:, [1, 3]] - pad_y) / scale).clamp(0, height)
+    out[:, [0, 2]] = ((out[:, [0, 2]] - pad_x) / scale_x).clamp(0, width)
+    out[:, [1, 3]] = ((out[:, [1, 3]] - pad_y) / scale_y).clamp(0, height)
     return out
 
 
+def letterbox(
+    img: Image.Image, canvas: tuple[int, int], boxes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float, float, int, int]]:
+    """`img` (RGB) fitted centred into a grey canvas (H, W): the pixels, its boxes (rows:
+    class, x1, y1, x2, y2, ignore) moved with it, every one of positive area kept, and the
+    meta (scale x, scale y, pad x, pad y, width, height) `unletterbox` maps boxes back with.
+    The one letterbox of validation, evaluate, predict and serve."""
+    w, h = img.size
+    scale, px, py = letterbox_params(w, h, canvas)
+    ch, cw = canvas
+    arr = np.full((ch, cw, 3), PAD_VALUE, np.uint8)
+    rows = np.zeros((0, 6)) if boxes is None else boxes
+    moved = _paste(arr, img, rows, scale, px, py, (0, 0, cw, ch), every_box=True)
+    nw, nh = pasted_size(w, h, scale)
+    return arr, moved, (nw / w, nh / h, float(round(px)), float(round(py)), w, h)
+
+
+def pasted_size(width: int, height: int, scale: float) -> tuple[int, int]:
+    """The whole-pixel size an image is resized to at `scale`."""
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def _paste(
-    canvas: np.ndarray, img: Image.Image, boxes: np.ndarray, scale: float, ox: float, oy: float, rect: tuple[int, int, int, int]
+    canvas: np.ndarray,
+    img: Image.Image,
+    boxes: np.ndarray,
+    scale: float,
+    ox: float,
+    oy: float,
+    rect: tuple[int, int, int, int],
+    every_box: bool = False,
 ) -> np.ndarray:
     """Draw `img` scaled by `scale` with its top-left at (ox, oy) into `canvas`, cut to `rect`
     (x1, y1, x2, y2); returns its boxes (rows: class, x1, y1, x2, y2, ignore) moved and cut,
-    without those that left the picture."""
+    without those that left the picture. Augmentation also drops boxes cut or shrunk below
+    `MIN_VISIBLE` / `MIN_SIDE` (too little left to learn); with `every_box` (the plain
+    letterbox of validation) each box of positive area stays, as evaluate scores them all."""
     w, h = img.size
-    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    nw, nh = pasted_size(w, h, scale)
     x1, y1, x2, y2 = rect
     ix, iy = round(ox), round(oy)
     cx1, cy1, cx2, cy2 = max(x1, ix), max(y1, iy), min(x2, ix + nw), min(y2, iy + nh)
@@ -118,7 +157,9 @@ def _paste(
     moved[:, [2, 4]] = moved[:, [2, 4]].clip(y1, y2)
     bw, bh = moved[:, 3] - moved[:, 1], moved[:, 4] - moved[:, 2]
     region = moved[:, 5] > 0
-    keep = (bw > 0) & (bh > 0) & (region | ((bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_VISIBLE * area)))
+    keep = (bw > 0) & (bh > 0)
+    if not every_box:
+        keep &= region | ((bw >= MIN_SIDE) & (bh >= MIN_SIDE) & (bw * bh >= MIN_VISIBLE * area))
     return moved[keep]
 
 
@@ -179,13 +220,8 @@ class DetectionDataset(ImageTableDataset):
         return np.full((*self.canvas, 3), PAD_VALUE, np.uint8)
 
     def _letterbox(self, index: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        img = load_image(self.paths[index])
-        w, h = img.size
-        scale, px, py = letterbox_params(w, h, self.canvas)
-        canvas = self._blank()
-        ch, cw = self.canvas
-        boxes = _paste(canvas, img, self.boxes[index], scale, px, py, (0, 0, cw, ch))
-        return canvas, boxes, [float(self.targets[index]), scale, round(px), round(py), float(w), float(h)]
+        arr, boxes, meta = letterbox(load_image(self.paths[index]), self.canvas, self.boxes[index])
+        return arr, boxes, [float(self.targets[index]), *map(float, meta)]
 
     def _augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         aug = self.aug

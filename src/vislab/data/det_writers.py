@@ -163,11 +163,12 @@ def _coco_images_and_annotations(
 
 def write_coco(dataset_dir: str | Path, out: str | Path, place: Place = os.symlink) -> dict[str, Any]:
     """OUT/<split>/<image> and OUT/annotations/instances_<split>.json (COCO's own layout).
-    Ignore regions are `iscrowd: 1`; KITTI's DontCare regions keep a `DontCare` category
-    (crowd boxes only, so COCO evaluation gives it no AP). Returns the files written
-    (relative to OUT) and counts."""
+    Ignore regions are `iscrowd: 1`; a class only of ignore regions (KITTI's DontCare, a Van
+    kept beside Car) keeps a category after the dataset's classes (crowd boxes only, so COCO
+    evaluation gives it no AP). Returns the files written (relative to OUT) and counts."""
     rows, boxes, out_dir = _prepare(dataset_dir, out)
-    names = dataset_box_classes(dataset_dir, boxes) + ([DONT_CARE] if (boxes["class"] == DONT_CARE).any() else [])
+    names = dataset_box_classes(dataset_dir, boxes)
+    names += sorted(set(boxes["class"]) - set(names) - {DONT_CARE}) + ([DONT_CARE] if (boxes["class"] == DONT_CARE).any() else [])
     categories = {c: i for i, c in enumerate(names, start=1)}
     sizes = sizes_from_manifest(rows)
     written: list[str] = []

@@ -169,6 +169,7 @@ def _print_detection(det: dict[str, Any], console: Console) -> None:
         for key, what in (
             ("boxes_of_unusable_images", "boxes of unusable images dropped"),
             ("boxes_of_unselected_classes", "boxes of classes not selected dropped"),
+            ("neighbours_kept_as_ignore", "KITTI neighbours of the selected classes kept as ignore regions (the devkit ignores them)"),
         )
         if det.get(key) and isinstance(det[key], dict)
     ]

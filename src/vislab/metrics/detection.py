@@ -36,6 +36,10 @@ import numpy as np
 import torch
 
 DIFFICULTIES = ("easy", "moderate", "hard")
+# the devkit's neighbour classes: truths it ignores (neither found nor missed) for the class
+# they neighbour, and treats as any other class for the rest; `vislab curate --classes Car`
+# of a KITTI source keeps them, as ignore rows under their own name, for this reason
+KITTI_NEIGHBOURS: dict[str, tuple[str, ...]] = {"Car": ("Van",), "Pedestrian": ("Person_sitting",)}
 GRID_POINTS = 101  # recall and confidence grids of the curves (COCO's 101 recall points)
 _KITTI_SAMPLE_POINTS = 41
 
@@ -172,6 +176,19 @@ def _class_ap(precision: np.ndarray, k: int, thresholds: slice) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+def coco_metric(max_dets: int = 100, **kwargs: Any) -> Any:
+    """torchmetrics' MeanAveragePrecision (faster-coco-eval, xyxy boxes) counting up to
+    `max_dets` detections per image: the one builder of validation's and evaluate's mAP, so
+    both cut the same detections (torchmetrics' own default is 100, `detect.max_det` 300)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(
+        box_format="xyxy", iou_type="bbox", max_detection_thresholds=[1, 10, max_dets], backend="faster_coco_eval", **kwargs
+    )
+    metric.warn_on_many_detections = False
+    return metric
+
+
 def coco_map(
     preds: Sequence[Mapping[str, Any]],
     targets: Sequence[Mapping[str, Any]],
@@ -180,17 +197,8 @@ def coco_map(
 ) -> dict[str, Any]:
     """COCO box mAP through torchmetrics (faster-coco-eval backend): mAP@0.5, mAP@0.5:0.95,
     mAP@0.75, by object size, mean recall, and AP@0.5 and AP@0.5:0.95 per class."""
-    from torchmetrics.detection import MeanAveragePrecision
-
     images = _prepare(preds, targets, class_names)
-    metric = MeanAveragePrecision(
-        box_format="xyxy",
-        iou_type="bbox",
-        max_detection_thresholds=[1, 10, max_dets],
-        extended_summary=True,
-        backend="faster_coco_eval",
-    )
-    metric.warn_on_many_detections = False
+    metric = coco_metric(max_dets, extended_summary=True)
     tm_preds, tm_targets = _coco_inputs(images, len(class_names))
     metric.update(tm_preds, tm_targets)
     r = metric.compute()
@@ -392,9 +400,7 @@ class KittiSpec:
         }
     )
     default_iou: float = 0.5
-    neighbours: Mapping[str, tuple[str, ...]] = field(
-        default_factory=lambda: {"Car": ("Van",), "Pedestrian": ("Person_sitting",)}
-    )
+    neighbours: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(KITTI_NEIGHBOURS))
     min_height: tuple[float, float, float] = (40, 25, 25)
     max_occlusion: tuple[float, float, float] = (0, 1, 2)
     max_truncation: tuple[float, float, float] = (0.15, 0.3, 0.5)
@@ -515,9 +521,13 @@ def kitti_ap(
         raise ValueError(f"KITTI class {unknown[0]!r} is not one of the classes {list(class_names)}")
     images = _prepare(preds, targets, class_names)
     overlaps = [_overlaps(im.det_boxes, im.gt_boxes) for im in images]
+    # DontCare-like regions only: a neighbour kept as an ignore row (Van) is a truth the
+    # devkit ignores for its own class (Car) and counts as another class for the rest
+    near = {n.lower() for names in spec.neighbours.values() for n in names}
     stuff = []
     for im in images:
-        regions = im.agnostic_regions()
+        named = np.array([n.lower() not in near for n in im.gt_names], bool).reshape(-1)
+        regions = im.gt_boxes[(im.gt_ids < 0) & im.gt_ignore & named]
         ioa = _overlaps(im.det_boxes, regions, over_a=True)
         stuff.append(ioa.max(axis=1) if regions.size else np.zeros(len(im.det_boxes)))
     per_class: dict[str, Any] = {}

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,13 +24,13 @@ class DetectOptions(BaseModel):
 
     conf: float | None = Field(None, ge=0.0, le=1.0, description="Lowest box score returned (default: the run's detect.conf).")
     iou: float | None = Field(None, gt=0.0, le=1.0, description="NMS IoU: of two overlapping boxes of a class the weaker goes (default: the run's detect.nms_iou).")
-    max_det: int = Field(100, ge=1, le=1000, description="Most boxes returned per image.")
+    max_det: int | None = Field(None, ge=1, le=1000, description="Most boxes returned per image (default: the run's detect.max_det, as predict and evaluate).")
 
 
 @dataclass
 class DetectItem:
     x: torch.Tensor  # [3, H, W] letterboxed, [0, 1]
-    meta: tuple[float, float, float, int, int]  # scale, pad x, pad y, width, height
+    meta: tuple[float, float, float, float, int, int]  # scale x, scale y, pad x, pad y, width, height
 
 
 @register
@@ -53,17 +52,11 @@ class DetectPredictor(Predictor):
         self.section = run.cfg.section()
 
     def preprocess(self, image: Image.Image, options: BaseModel) -> DetectItem:
-        from vislab.data.det_datamodule import PAD_VALUE, letterbox_params
+        from vislab.data.det_datamodule import letterbox
 
-        w, h = image.size
-        scale, px, py = letterbox_params(w, h, self.canvas)
-        nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        ch, cw = self.canvas
-        canvas = np.full((ch, cw, 3), PAD_VALUE, np.uint8)
-        ox, oy = round(px), round(py)
-        canvas[oy : oy + nh, ox : ox + nw] = np.asarray(image.convert("RGB").resize((nw, nh), Image.BILINEAR))[: ch - oy, : cw - ox]
+        canvas, _, meta = letterbox(image.convert("RGB"), self.canvas)
         x = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255)
-        return DetectItem(x, (scale, float(ox), float(oy), w, h))
+        return DetectItem(x, meta)
 
     def decoded(self, x: torch.Tensor) -> torch.Tensor:
         """[B, N, 5 + C] boxes, objectness and class probabilities from the serving engine."""
@@ -84,9 +77,9 @@ class DetectPredictor(Predictor):
         for p, item, opts in zip(preds, items, options):
             conf = self.section.conf if getattr(opts, "conf", None) is None else float(opts.conf)
             iou = self.section.nms_iou if getattr(opts, "iou", None) is None else float(opts.iou)
-            det = postprocess(p[None], conf=conf, iou=iou, max_det=int(getattr(opts, "max_det", 100)))[0]
-            scale, px, py, w, h = item.meta
-            boxes = unletterbox(det[:, :4], scale, px, py, w, h)
+            max_det = self.section.max_det if getattr(opts, "max_det", None) is None else int(opts.max_det)
+            det = postprocess(p[None], conf=conf, iou=iou, max_det=max_det)[0]
+            boxes = unletterbox(det[:, :4], *item.meta)
             results.append({
                 "conf": conf,
                 "boxes": [

@@ -4,9 +4,9 @@
   the ignore threshold and ignore regions, class BCE); with `detect.multi_scale` each batch
   is resized to a seeded random size (a multiple of 32) within +- that share of the input;
 - validation: the loss, then the decoded boxes after NMS (scores down to `detect.val_conf`)
-  scored by torchmetrics' MeanAveragePrecision (faster-coco-eval backend, which syncs
-  across DDP ranks) in canvas pixels: val/map50 (the default monitor) and val/map
-  (mAP@0.5:0.95). Ignore regions are passed as COCO crowd boxes, so detections inside them
+  scored by torchmetrics' MeanAveragePrecision (faster-coco-eval backend, up to
+  `detect.max_det` detections per image, as evaluate) in canvas pixels: val/map50 (the
+  default monitor) and val/map (mAP@0.5:0.95). Ignore regions are passed as COCO crowd boxes, so detections inside them
   are neither true nor false positives;
 - predict (evaluate, predict): boxes mapped back to each image's own pixels.
 """
@@ -95,12 +95,12 @@ class DetectTask(BaseTask):
     @property
     def val_map(self) -> Any:
         if self._val_map is None:
-            from torchmetrics.detection import MeanAveragePrecision
+            from vislab.metrics.detection import coco_metric
 
             # no sync of its own: its list states must hold as many images on every rank, and
-            # evaluation shards are not padded (on_validation_epoch_end gathers the images)
-            self._val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval", sync_on_compute=False)
-            self._val_map.warn_on_many_detections = False
+            # evaluation shards are not padded (on_validation_epoch_end gathers the images);
+            # detect.max_det detections per image, as evaluate counts them
+            self._val_map = coco_metric(self.sec.max_det, sync_on_compute=False)
         return self._val_map
 
     def detect(self, x: torch.Tensor, conf: float, iou: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -138,7 +138,7 @@ class DetectTask(BaseTask):
         _, dets = self.detect(x, self.predict_conf, self.predict_iou)
         out = []
         for d, m in zip(dets, meta.tolist()):
-            pos, scale, px, py, w, h = m
-            boxes = unletterbox(d[:, :4].float().cpu(), scale, px, py, int(w), int(h))
+            pos, scale_x, scale_y, px, py, w, h = m
+            boxes = unletterbox(d[:, :4].float().cpu(), scale_x, scale_y, px, py, int(w), int(h))
             out.append({"pos": int(pos), "boxes": boxes, "scores": d[:, 4].float().cpu(), "labels": d[:, 5].long().cpu()})
         return out
