@@ -176,3 +176,88 @@ def test_interrupted_checkpoint_write_keeps_the_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint_file(target)["w"], torch.ones(3))  # its checksum still matches
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt", "last.ckpt.sha256"]
+
+
+class RuinWeights(Callback):
+    """Before each validation of this session, the weights are zeroed: its epochs score at chance."""
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        with torch.no_grad():
+            for p in pl_module.model.parameters():
+                p.zero_()
+
+
+def test_a_copied_run_keeps_its_best_checkpoint_when_resumed(dataset, tmp_path):
+    """Lightning forgets the best score of a checkpoint saved under another folder: a run
+    copied (Drive to /content) and resumed replaced best.ckpt with its next, worse, epoch."""
+    import shutil
+
+    first = train(tiny_config(train={"epochs": 3}), dataset, tmp_path / "drive" / "run")
+    best_epoch = load_checkpoint_file(first / "checkpoints/best.ckpt")["epoch"]
+    copy = tmp_path / "content" / "run"
+    shutil.copytree(first, copy)
+    train(None, None, copy, resume=True, epochs=4, callbacks=[RuinWeights()])
+    rows = pd.read_csv(copy / "metrics.csv")
+    assert rows["val/acc"].iloc[-1] < rows["val/acc"].iloc[:3].max()  # the new epoch is worse
+    assert load_checkpoint_file(copy / "checkpoints/best.ckpt")["epoch"] == best_epoch
+
+
+def test_a_run_resumed_past_its_early_stop_trains_the_epochs_asked(dataset, tmp_path):
+    """The restored patience count was already at its limit: `--resume --epochs N` after an
+    early stop trained one epoch and stopped again."""
+    es = {"monitor": "val/acc", "mode": "max", "patience": 2, "min_delta": 2.0}  # no epoch can improve by 2: stops after 3
+    run = train(tiny_config(train={"epochs": 10, "early_stopping": es}), dataset, tmp_path / "run")
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "early_stopping"
+    done = len(pd.read_csv(run / "metrics.csv"))
+    train(None, None, run, resume=True, epochs=done + 3, callbacks=[])
+    assert len(pd.read_csv(run / "metrics.csv")) == done + 2  # patience 2 counts again from the resume
+
+
+def test_a_session_killed_outright_leaves_no_stale_stop_reason(dataset, tmp_path):
+    """summary.json is written when a session ends; a SIGKILL left the previous session's
+    reason (max_time), and the next resume was refused as 'the time budget stopped the run'."""
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    run = tmp_path / "run"
+    first = train(tiny_config(train={"epochs": 2}), dataset, run)
+    summary = json.loads((first / "summary.json").read_text())
+    (first / "summary.json").write_text(json.dumps({**summary, "stopped_reason": "max_time"}))  # as a budget had stopped it
+    resumer = script.with_name("resumer.py")
+    resumer.write_text(KILLER.replace(
+        "train(tiny_config(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2], callbacks=[KillAt(int(sys.argv[4]))])",
+        "train(None, None, sys.argv[2], resume=True, epochs=6, max_time='10m', callbacks=[KillAt(int(sys.argv[4]))])",
+    ))
+    proc = subprocess.run([sys.executable, str(resumer), str(dataset), str(run), "{}", "10"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "running"
+    train(None, None, run, resume=True)  # refused before: "the time budget of 10m stopped the run"
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "completed"
+
+
+def test_a_run_killed_as_it_saved_its_first_epoch_says_what_to_do(dataset, tmp_path):
+    run = train(tiny_config(train={"epochs": 1}), dataset, tmp_path / "run")
+    (run / "checkpoints" / "last.ckpt").unlink()  # best.ckpt is written first: a kill in between leaves it alone
+    for call in (lambda: train(None, None, run, resume=True), lambda: train(tiny_config(), dataset, run)):
+        with pytest.raises(VislabError, match="holds best.ckpt but no last.ckpt, so nothing to resume"):
+            call()
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_one(tmp_path, monkeypatch):
+    """torch's zip writer on a full disk raises RuntimeError('... unexpected pos ...'), which
+    reached the user as a traceback; the checkpoint already there is left as it was."""
+    import vislab.callbacks as callbacks
+
+    io = callbacks.AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"step": 1}, target)
+    before = target.read_bytes()
+
+    def full_disk(obj, f):
+        f.write(b"x" * 10)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 617216 vs 617108")
+
+    monkeypatch.setattr(callbacks.torch, "save", full_disk)
+    with pytest.raises(VislabError, match=r"last.ckpt: cannot write the checkpoint .*MB free on its disk\); the one already there is unchanged"):
+        io.save_checkpoint({"step": 2}, target)
+    assert target.read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
+    assert load_checkpoint_file(target)["step"] == 1

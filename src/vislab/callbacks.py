@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, ModelCheckpoint, RichProgressBar, Timer, TQDMProgressBar
 
 from vislab.display import format_rate
+from vislab.errors import VislabError
 from vislab.runs import atomic_write_text, checksum_path, fsync_dir, load_checkpoint_file, metric_columns, run_paths, temp_path, write_checksum, write_json
 
 if TYPE_CHECKING:
@@ -79,6 +81,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(f.fileno())
             write_checksum(path, out.sha.hexdigest(), out.size)
             os.replace(tmp, path)
+        except (OSError, RuntimeError) as err:  # a full disk: torch's zip writer says "unexpected pos"
+            if isinstance(err, RuntimeError) and "unexpected pos" not in str(err) and "write" not in str(err).lower():
+                raise
+            free = shutil.disk_usage(path.parent).free / 1e6
+            why = err.strerror if isinstance(err, OSError) and err.strerror else "the write failed"
+            raise VislabError(
+                f"{path}: cannot write the checkpoint ({why}; {free:.0f} MB free on its disk); the one already "
+                "there is unchanged: free some space, then vislab train --resume --out RUN"
+            ) from None
         finally:
             if tmp.exists():
                 tmp.unlink()
@@ -160,6 +171,36 @@ class BestCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         key, name = super().state_key, type(self).__qualname__
         return "ModelCheckpoint" + key[len(name) :] if key.startswith(name) else key
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The saved paths moved to this run directory's: Lightning forgets the best score of
+        a checkpoint saved under another folder, so a run copied (Drive to /content) or moved
+        and then resumed replaced best.ckpt with its next epoch, however worse."""
+        old, new = state_dict.get("dirpath"), self.dirpath
+        if old and new and old != new:
+            moved = lambda p: os.path.join(new, os.path.relpath(p, old)) if isinstance(p, str) and p.startswith(old) else p  # noqa: E731
+            state_dict = {
+                **state_dict,
+                "dirpath": new,
+                **{k: moved(state_dict[k]) for k in ("best_model_path", "kth_best_model_path", "last_model_path") if k in state_dict},
+                "best_k_models": {moved(k): v for k, v in (state_dict.get("best_k_models") or {}).items()},
+            }
+        super().load_state_dict(state_dict)
+
+
+class ExtendedEarlyStopping(EarlyStopping):
+    """Early stopping for a run resumed past its early stop with `--epochs N`: the best score
+    is kept, the patience starts again (the restored count, already at its limit, stopped the
+    run after one more epoch). Same state key as EarlyStopping's."""
+
+    @property
+    def state_key(self) -> str:
+        key, name = super().state_key, type(self).__qualname__
+        return "EarlyStopping" + key[len(name) :] if key.startswith(name) else key
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.wait_count, self.stopped_epoch = 0, 0
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if epoch_complete(trainer):

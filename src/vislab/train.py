@@ -100,6 +100,28 @@ def _load_last(paths: RunPaths) -> dict[str, Any]:
         raise CheckpointError(f"{err}; the run cannot be resumed from it; {hint}") from None
 
 
+def _stopped_reason(paths: RunPaths) -> str | None:
+    """summary.json's stop reason: "running" while a session trains (a killed one leaves it)."""
+    return read_json(paths.summary).get("stopped_reason") if paths.summary.is_file() else None
+
+
+def _mark_running(paths: RunPaths) -> None:
+    """A resumed session's summary says "running" until it ends: a session killed outright
+    (SIGKILL, a dead Colab VM) must not leave the previous session's reason, which made the
+    next resume refuse as 'the time budget stopped the run' under a budget that had not."""
+    if paths.summary.is_file():
+        write_json(paths.summary, {**read_json(paths.summary), "stopped_reason": "running"})
+
+
+def _no_last_checkpoint(paths: RunPaths, out: Path) -> str:
+    """Why a run directory without last.ckpt cannot resume, and what to do instead. best.ckpt
+    alone is a run killed as it saved its first epoch (best is written first)."""
+    if paths.best.is_file():
+        return (f"{out}: holds best.ckpt but no last.ckpt, so nothing to resume (the run stopped while saving its first "
+                f"epoch); train it again into a new --out, or delete {paths.best} to start over here")
+    return f"{paths.last}: nothing to resume (no last checkpoint); start the run without --resume"
+
+
 def _prepare_resume(
     out: Path, cfg: RunConfig | None, data_dir: str | Path | None, epochs: int | None, max_time: str | float | None
 ) -> tuple[RunConfig, Path, dict[str, Any], int]:
@@ -110,7 +132,7 @@ def _prepare_resume(
 
     paths = run_paths(resolve_run_dir(out))
     if not paths.last.is_file():
-        raise VislabError(f"{paths.last}: nothing to resume (no last checkpoint); start the run without --resume")
+        raise VislabError(_no_last_checkpoint(paths, out))
     saved = load_config(paths.config)
     info = read_json(paths.run_json)
     if cfg is not None:  # the config as given, before a time-budget plan scaled it
@@ -136,7 +158,7 @@ def _prepare_resume(
         raise VislabError(
             f"{out}: the run already finished its {cfg.train.epochs} epochs; pass --epochs N (N > {cfg.train.epochs}) to extend it"
         )
-    stopped = read_json(paths.summary).get("stopped_reason") if paths.summary.is_file() else None
+    stopped = _stopped_reason(paths)
     if stopped == "early_stopping" and epochs is None:
         raise VislabError(
             f"{out}: the run stopped early ({cfg.train.early_stopping.monitor if cfg.train.early_stopping else 'monitor'} "
@@ -305,6 +327,8 @@ def _train_session(
             raise VislabError("train: --data DATASET_DIR is required (a folder written by `vislab curate`)")
         cfg = _with_limits(cfg, epochs, max_time)
         data = Path(data_dir)
+        if rank0 and not sanity and paths.best.exists() and not paths.last.exists():
+            raise VislabError(_no_last_checkpoint(paths, out))
         if rank0 and not sanity and (paths.last.exists() or paths.best.exists()):
             raise VislabError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
     from vislab.tasks.base import QUIET_WARNINGS, quiet_lightning
@@ -336,7 +360,15 @@ def _train_session(
     from lightning.pytorch.loggers import TensorBoardLogger
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from vislab.callbacks import AtomicCheckpointIO, BestCheckpoint, LastCheckpoint, RunRecorder, TimeBudget, stop_reason
+    from vislab.callbacks import (
+        AtomicCheckpointIO,
+        BestCheckpoint,
+        ExtendedEarlyStopping,
+        LastCheckpoint,
+        RunRecorder,
+        TimeBudget,
+        stop_reason,
+    )
     from vislab.health import HealthMonitor
     from vislab.schedule import Replan
     from vislab.tasks import get_task
@@ -379,7 +411,8 @@ def _train_session(
     if t.early_stopping is not None:
         es = t.early_stopping
         # checked after each validation only: an epoch cut short by a signal or the budget has none
-        cbs.append(EarlyStopping(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta, check_on_train_epoch_end=False))
+        kind = ExtendedEarlyStopping if resume and _stopped_reason(paths) == "early_stopping" else EarlyStopping
+        cbs.append(kind(monitor=es.monitor, patience=es.patience, mode=es.mode, min_delta=es.min_delta, check_on_train_epoch_end=False))
     if bar is not None:
         cbs.append(bar)
     cbs += recipe_callbacks(cfg)
@@ -409,6 +442,8 @@ def _train_session(
     )
     if stopper.signum is not None:  # a signal while the run was being set up
         raise _interrupted(stopper.signum, out, None)
+    if resume and rank0:
+        _mark_running(paths)
     with warnings.catch_warnings():
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
