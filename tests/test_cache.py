@@ -199,3 +199,29 @@ def test_decoding_allows_the_pixel_limit_the_dataset_was_curated_with(tmp_path: 
     spec = {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
     plain = ClassifyDataModule(ds, DataConfig(batch_size=4, num_workers=0, augment={"preset": "none"}), spec)
     assert len(torch.cat([x for x, _ in plain.val_dataloader()])) == 2  # decoded under the recorded limit
+
+
+def test_prepare_killed_outright_leaves_no_workers_behind(tmp_path: Path) -> None:
+    """SIGKILL to `vislab prepare` (a closed notebook) left its two pool workers decoding,
+    reparented to init; they now die with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vislab.testing.processes import group_alive, wait_group_gone
+
+    rows = []
+    for i in range(160):  # enough photos that preparing them outlasts the workers' start
+        p = write_image(tmp_path / "src" / f"{i % 2}" / f"{i}.jpg", seed=i, size=(900, 700))
+        rows.append({"path": str(p.resolve()), "label": str(i % 2), "split": "train", "status": "ok"})
+    write_manifest(pd.DataFrame(rows), tmp_path / "ds")
+    proc = subprocess.Popen([sys.executable, "-m", "vislab.cli", "prepare", str(tmp_path / "ds"), "--size", "64", "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(group_alive(proc.pid)) < 3:  # the command and its two workers
+        assert proc.poll() is None and time.monotonic() < deadline, "prepare ended before its workers could be seen"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert wait_group_gone(proc.pid, timeout=10) == []

@@ -36,6 +36,7 @@ import numpy as np
 
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
+from vislab.workers import die_with_parent
 
 CACHE_DIRNAME = "cache"
 INDEX_NAME = "index.json"
@@ -236,7 +237,7 @@ def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: s
                     errors.append(err)
                     break
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
                 futures = [pool.submit(_fill_chunk, str(store), s, paths[s : s + chunk], size, interpolation, max_pixels) for s in starts]
                 progress.start()  # after the workers are forked
                 for fut in as_completed(futures):

@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vislab.data.dedupe import HASH_SIZE, hash_to_hex, perceptual_hashes, thumbnail
 from vislab.data.io import SUPPORTED_MODES, orientation_of, oriented_size, to_rgb
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
+from vislab.workers import die_with_parent
 
 # Files up to this size are read into memory once (sha256 + decode); larger ones are
 # hashed in a stream and decoded from disk so memory stays bounded.
@@ -287,7 +288,7 @@ def _run_pool(
     """Run chunks in one pool. Returns, in submission order, the chunks lost when a worker
     died (a decoder crash, or the out-of-memory killer), which breaks the whole pool."""
     failed: set[int] = set()
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent)
     try:
         futures = {pool.submit(inspect_chunk, part, max_pixels): i for i, part in enumerate(chunks)}
         if start is not None:
