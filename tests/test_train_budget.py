@@ -244,17 +244,19 @@ class SlowEpoch(Callback):
 
 
 def test_one_slow_epoch_in_a_run_cuts_nothing(dataset, tmp_path, capsys):
-    # epoch 4 takes ~5x the others: judged alone it says the 8 epochs left need ~3x the time
+    # epoch 4 takes ~8x the others: judged alone it says the 8 epochs left need twice the time
     # that is left, and the plan was cut (then grown back by the fast epochs after it, the lr
-    # bouncing with each re-plan); the median of the last three says they all fit, as they do
+    # bouncing with each re-plan); the median of the last three says they all fit, as they do.
+    # The budget leaves room for neighbouring epochs slowed 2-3x by a loaded machine (the full
+    # suite once made epochs 2-3 take 0.9-1.3 s against 0.5, and a 16-s budget cut one epoch)
     cfg = paced(0.1, 0.05, train={"epochs": 12}, scheduler={"name": "cosine", "warmup_epochs": 0.0})
-    run = train(cfg, dataset, tmp_path / "run", max_time="16s", callbacks=[SlowEpoch(3, 0.6, 0.1)])
+    run = train(cfg, dataset, tmp_path / "run", max_time="22s", callbacks=[SlowEpoch(3, 1.0, 0.1)])
     out = capsys.readouterr().out
     assert "time budget:" not in out, out
     summary = read(run, "summary.json")
     assert summary["epochs_completed"] == 12 and summary["stopped_reason"] == "completed", out
     assert not read(run, "run.json")["plan"].get("replanned")
-    assert summary["wall_time_s"] <= 16.0 + 0.5
+    assert summary["wall_time_s"] <= 22.0 + 0.5
 
 
 class FastOnceTraining(Callback):
