@@ -161,6 +161,13 @@ class LastCheckpoint(Checkpoint):
             self._save(trainer)
 
 
+def _parent_state_key(key: str, callback: Any, parent: str) -> str:
+    """A subclass's checkpoint state key spelt with its Lightning parent's name, so the state
+    saved by (or for) the parent is the one it restores."""
+    name = type(callback).__qualname__
+    return parent + key[len(name) :] if key.startswith(name) else key
+
+
 class BestCheckpoint(ModelCheckpoint):
     """Lightning's ModelCheckpoint for best.ckpt, saving only at the end of a complete epoch:
     the checkpoint `evaluate`, `report` and `export` use is always an epoch of metrics.csv.
@@ -169,8 +176,7 @@ class BestCheckpoint(ModelCheckpoint):
 
     @property
     def state_key(self) -> str:
-        key, name = super().state_key, type(self).__qualname__
-        return "ModelCheckpoint" + key[len(name) :] if key.startswith(name) else key
+        return _parent_state_key(super().state_key, self, "ModelCheckpoint")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """The saved paths moved to this run directory's: Lightning forgets the best score of
@@ -195,8 +201,7 @@ class ExtendedEarlyStopping(EarlyStopping):
 
     @property
     def state_key(self) -> str:
-        key, name = super().state_key, type(self).__qualname__
-        return "EarlyStopping" + key[len(name) :] if key.startswith(name) else key
+        return _parent_state_key(super().state_key, self, "EarlyStopping")
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)

@@ -692,9 +692,9 @@ def parse_duration(text: str) -> float:
         total = float(s)
     else:
         parts = _DURATION_PART.findall(s)
-        if "".join(n + u for n, u in parts) != s:
-            trailing = re.fullmatch(r"(?:(?:\d+(?:\.\d*)?|\.\d+)[dhms])+(\d+)", s)
-            if trailing:
+        joined = "".join(n + u for n, u in parts)
+        if joined != s:
+            if joined and s.startswith(joined) and _NUMBER.fullmatch(s[len(joined) :]):
                 raise VislabError(f"--max-time {text!r}: a number after a unit has no unit of its own; write {s}m or {s}s")
             raise VislabError(f"--max-time {text!r}: not a duration; {hint}")
         units = {"d": 86400, "h": 3600, "m": 60, "s": 1}

@@ -164,19 +164,17 @@ def replan(trainer: "L.Trainer", s: "SchedulerConfig", previous_epochs: int | No
         was = f"{old_end / per_epoch:g}"
         what = f"the {name} schedule, still running, now ends at epoch {last} instead of {was}"
     total = end - start
-    if s.name == "exponential":
-        f = sched.lr_lambdas[0]
-        f.regamma(step, end)
-        for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
-            group["lr"] = base * f(step)
-        return f"schedule re-planned: {what}, gamma {f.gamma:.4g} an epoch (lr {_head_lr(trainer):.3g} now)"
     if isinstance(sched, OneCycleLR):
         config.scheduler = one_cycle(sched.optimizer, s, total, last_epoch=step - start - 1)
     else:
         f = sched.lr_lambdas[0]
-        f.start, f.total = start, total
-        if start == step:  # a new cycle warms up again, within its first half at most
-            f.warmup = min(f.warmup, total // 2)
+        if s.name == "exponential":
+            f.regamma(step, end)
+            what += f", gamma {f.gamma:.4g} an epoch"
+        else:
+            f.start, f.total = start, total
+            if start == step:  # a new cycle warms up again, within its first half at most
+                f.warmup = min(f.warmup, total // 2)
         for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
             group["lr"] = base * f(step)
     peak = max(g.get("max_lr", 0.0) for g in config.scheduler.optimizer.param_groups) if isinstance(config.scheduler, OneCycleLR) else None

@@ -327,10 +327,11 @@ def _train_session(
             raise VislabError("train: --data DATASET_DIR is required (a folder written by `vislab curate`)")
         cfg = _with_limits(cfg, epochs, max_time)
         data = Path(data_dir)
-        if rank0 and not sanity and paths.best.exists() and not paths.last.exists():
-            raise VislabError(_no_last_checkpoint(paths, out))
         if rank0 and not sanity and (paths.last.exists() or paths.best.exists()):
-            raise VislabError(f"{out}: already holds a run; pass --resume to continue it, or choose another --out")
+            raise VislabError(
+                f"{out}: already holds a run; pass --resume to continue it, or choose another --out"
+                if paths.last.exists() else _no_last_checkpoint(paths, out)
+            )
     from vislab.tasks.base import QUIET_WARNINGS, quiet_lightning
 
     budget_s = parse_duration(cfg.train.max_time) if cfg.train.max_time else None

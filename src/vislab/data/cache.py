@@ -36,6 +36,7 @@ import numpy as np
 
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
+from vislab.fsguard import MAX_PIXELS
 from vislab.workers import die_with_parent
 
 CACHE_DIRNAME = "cache"
@@ -93,11 +94,11 @@ def resize_to(img: Any, size: tuple[int, int], interpolation: str = "bilinear") 
     return F.center_crop(out, [h, w])
 
 
-def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear", max_pixels: int | None = None) -> np.ndarray:
+def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One image as H x W x 3 uint8, the way the cache stores it."""
-    from vislab.data.io import MAX_PIXELS, load_image
+    from vislab.data.io import load_image
 
-    img = load_image(path, size, max_pixels or MAX_PIXELS)
+    img = load_image(path, size, max_pixels)
     return np.asarray(resize_to(img, size, interpolation), dtype=np.uint8)
 
 

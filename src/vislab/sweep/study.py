@@ -485,11 +485,6 @@ def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOp
         if outcome == "skipped":
             continue
         print(f"trial {objective.current}: {outcome}{': ' + objective.message if objective.message else ''}", flush=True)
-        if latch.signum is not None:  # the signal came as the trial ended: its result is in, stop here
-            from vislab.sweep.results import write_results
-
-            write_results(study, setup, objective.out, html=False)
-            _stop_if_signalled(latch)
         failures = failures + [objective.message] if outcome == "failed" else []
         if len(failures) >= MAX_FAILURES_IN_ROW:
             raise VislabError(f"{len(failures)} trials in a row failed; the last: {failures[-1]}")
