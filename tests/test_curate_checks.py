@@ -136,6 +136,38 @@ def test_near_duplicates_keep_the_largest_and_respect_the_threshold(tmp_path):
     assert (df["reason"].str.startswith("duplicate_of")).sum() <= 2
 
 
+def test_flat_images_are_told_apart_by_colour_and_photo_copies_stay_grouped(tmp_path):
+    from PIL import Image, ImageEnhance
+
+    skimage_data = pytest.importorskip("skimage.data")
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    flat = {}
+    # Red and green of the same grey level: only their colour tells them apart.
+    for name, colour in {"black": (0, 0, 0), "white": (255, 255, 255), "red": (220, 20, 20), "green": (0, 136, 0),
+                         "grey": (120, 120, 120), "grey_brighter": (130, 130, 130)}.items():
+        flat[name] = src / f"{name}.png"
+        Image.new("RGB", (64, 48), colour).save(flat[name])
+    red_copy = near_copy(flat["red"], src / "red_small.jpg", scale=0.75, quality=70)
+    cat = src / "cat.png"
+    photo = Image.fromarray(skimage_data.chelsea())
+    photo.save(cat)
+    cat_small = near_copy(cat, src / "cat_small.jpg", scale=0.5, quality=70)
+    cat_bright = src / "cat_bright.png"
+    ImageEnhance.Brightness(photo).enhance(1.1).save(cat_bright)
+    coffee = src / "coffee.png"
+    Image.fromarray(skimage_data.coffee()).resize(photo.size).save(coffee)
+
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="near")
+    for name in ("black", "white", "green"):
+        assert (row(df, flat[name])["status"], row(df, flat[name])["group"]) == ("ok", ""), name
+    assert row(df, red_copy)["reason"] == f"duplicate_of:{flat['red']}"
+    assert row(df, flat["grey"])["group"] == row(df, flat["grey_brighter"])["group"] != ""
+    assert row(df, cat)["group"] == row(df, cat_small)["group"] == row(df, cat_bright)["group"] != ""
+    assert row(df, coffee)["group"] == ""
+    assert summary["duplicate_groups"] == 3
+
+
 def test_unlabelled_flat_folder_and_loose_files(tmp_path):
     flat = write_unlabelled_folder(tmp_path / "flat", n=3)
     df, summary = curate(tmp_path / "d1", tmp_path / "flat")

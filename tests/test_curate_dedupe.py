@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vislab.data.dedupe import connected_groups, hamming, near_pairs, perceptual_hash
+from vislab.data.dedupe import colour_pairs, connected_groups, hamming, near_pairs, perceptual_hash, similar_pairs
 from vislab.testing.images import smooth_image
 
 
@@ -27,6 +27,27 @@ def test_near_pairs_find_the_same_groups_as_brute_force(threshold):
     assert (expected == got).all()
 
 
+@pytest.mark.parametrize("tolerance", [0, 8, 24])
+def test_colour_pairs_find_the_same_groups_as_brute_force(tolerance):
+    rng = np.random.default_rng(tolerance)
+    base = rng.integers(0, 256, (40, 3))
+    colours = np.clip(base[rng.integers(0, 40, 200)] + rng.integers(-10, 11, (200, 3)), 0, 255)
+    colours = np.concatenate([colours, colours[:20]])
+    d = np.abs(colours[:, None, :] - colours[None, :, :]).max(axis=2)
+    ii, jj = np.nonzero(np.triu(d <= tolerance, k=1))
+    expected = connected_groups(len(colours), np.stack([ii, jj], axis=1))
+    assert (expected == connected_groups(len(colours), colour_pairs(colours, tolerance))).all()
+
+
+def test_flat_images_pair_by_colour_and_never_by_their_shared_hash():
+    hashes = np.array([0, 1 << 63, 1 << 63, 1 << 63, 1 << 63], dtype=np.uint64)
+    colours = np.array(["000000", "ffffff", "dc1414", "008800", ""], dtype=object)
+    assert similar_pairs(hashes, colours, 6).tolist() == []
+    colours[3] = "d01a1a"  # within 6 x 4 levels of the red
+    assert similar_pairs(hashes, colours, 6).tolist() == [[2, 3]]
+    assert similar_pairs(hashes, colours, 0).tolist() == []
+
+
 def test_groups_are_labelled_by_their_smallest_index():
     groups = connected_groups(6, np.array([[4, 5], [1, 4], [2, 3]]))
     assert groups.tolist() == [0, 1, 2, 2, 1, 1]
@@ -44,4 +65,4 @@ def test_hash_survives_resizing_and_recompression_but_not_a_new_picture():
     assert hamming(*same) <= 4
     assert hamming(same[0], other) > 12
     flat = np.array([perceptual_hash(Image.new("L", (10, 10), v)) for v in (0, 1, 128, 255)], dtype=np.uint64)
-    assert hamming(flat[:, None], flat[None, :]).max() <= 1  # blank images are duplicates
+    assert hamming(flat[:, None], flat[None, :]).max() <= 1  # blank images hash alike: grouping compares their colour

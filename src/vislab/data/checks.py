@@ -3,7 +3,8 @@
 Each file is read once: the bytes feed sha256 and the decoder. The decode is real
 (truncation is only visible once the compressed stream is consumed) but cheap: JPEGs are
 decoded in draft mode at 1/8 scale straight to grayscale, which is also what the perceptual
-hash needs. Nothing here raises for a bad file; every problem becomes a named reason.
+hash needs; only a flat one (see `dedupe`) is decoded again in colour, for its mean colour.
+Nothing here raises for a bad file; every problem becomes a named reason.
 
 Only regular files are read, never more than `fsguard.MAX_FILE_BYTES`: a named pipe (which
 would block the open forever), a device such as `/dev/zero` (which never ends) or a socket
@@ -28,7 +29,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vislab.data.dedupe import HASH_SIZE, hash_to_hex, perceptual_hashes, thumbnail
+from vislab.data.dedupe import HASH_SIZE, hash_to_hex, is_flat, mean_colour, perceptual_hashes, thumbnail
 from vislab.data.io import SUPPORTED_MODES, orientation_of, oriented_size, to_rgb
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
 from vislab.workers import die_with_parent
@@ -103,6 +104,7 @@ def _empty_record(path: str) -> dict[str, Any]:
         "height": None,
         "orientation": None,
         "phash": "",
+        "flat_colour": "",
     }
 
 
@@ -223,9 +225,22 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
             if orientation != 1:
                 ImageOps.exif_transpose(im, in_place=True)
             rec[_THUMB] = thumbnail(_gray(im))
+            if is_flat(rec[_THUMB]):
+                rec["flat_colour"] = _mean_colour(im, source, rec["mode"])
         except Exception as err:
             return _decode_error_reason(err)
     return ""
+
+
+def _mean_colour(im: Image.Image, source: Any, mode: str) -> str:
+    """Mean colour as training will see it; a colour JPEG drafted to grayscale for the hash
+    is decoded again (small, in colour): flat images are rare, so this costs little overall."""
+    if im.mode == mode:
+        return mean_colour(to_rgb(im))
+    source.seek(0)
+    with Image.open(source) as colour:
+        colour.draft("RGB", HASH_DRAFT)
+        return mean_colour(to_rgb(colour))
 
 
 def _gray(im: Image.Image) -> Image.Image:

@@ -37,7 +37,7 @@ from vislab.data.boxes import parse_class_list, parse_class_map
 from vislab.data.checks import inspect_files
 from vislab.data.curate_detect import DetectionCuration, detection_format
 from vislab.data.det_sources import FORMATS
-from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, near_pairs
+from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, similar_pairs
 from vislab.fsguard import MAX_PIXELS
 from vislab.data.manifest import (
     BOXES_NAME,
@@ -420,7 +420,8 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> list[dict[str, Any]]
     )
     copies = np.flatnonzero(first[sha_id] != np.arange(len(pos)))
     exact = np.stack([first[sha_id[copies]], copies], axis=1)
-    pairs = np.concatenate([near_pairs(hex_to_hashes(df["phash"].to_numpy()[pos]), threshold), exact])
+    near = similar_pairs(hex_to_hashes(df["phash"].to_numpy()[pos]), df["flat_colour"].to_numpy()[pos], threshold)
+    pairs = np.concatenate([near, exact])
     roots = connected_groups(len(pos), pairs)
     uniq, counts = np.unique(roots, return_counts=True)
     multi = set(uniq[counts > 1].tolist())

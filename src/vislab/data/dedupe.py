@@ -5,6 +5,12 @@ thumbnail, each bit set when its coefficient is above the block's median. Re-enc
 resizing and mild colour changes move only a few bits, so near copies are found by a small
 Hamming distance. Grouping uses the pigeonhole principle (two hashes within distance t agree
 exactly on at least one of t+1 disjoint bit blocks), so 50,000 hashes need no all-pairs scan.
+
+A flat image (a blank frame, a solid colour) has no structure for the hash to encode: every
+one hashes alike, black and white included. Such images are marked by their mean colour
+instead, and pair only with each other when those colours are close, the same share of the
+colour range as the threshold is of the 64 bits (`LEVELS_PER_BIT`). Detailed images keep the
+hash alone, which already survives resizing, re-encoding and a brightness change.
 """
 
 from __future__ import annotations
@@ -13,11 +19,16 @@ import functools
 from collections.abc import Iterable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageStat
 
 HASH_SIZE = 32
 LOW = 8
 MAX_THRESHOLD = 32
+# A thumbnail whose grey levels all lie within this range is flat: its hash bits carry no
+# structure (they are the same for every flat image), so its colour is compared instead.
+FLAT_RANGE = 8
+# Mean-colour tolerance per bit of --near-threshold: 4 x 64 bits spans the 0..255 range.
+LEVELS_PER_BIT = 4
 
 
 @functools.lru_cache(maxsize=4)
@@ -37,6 +48,18 @@ def thumbnail(im: Image.Image) -> bytes:
     if im.size != (HASH_SIZE, HASH_SIZE):
         im = im.resize((HASH_SIZE, HASH_SIZE), Image.Resampling.BOX)
     return im.tobytes()
+
+
+def is_flat(thumb: bytes) -> bool:
+    """Whether a hash thumbnail is (nearly) one shade, so its hash cannot tell it from
+    other flat images and its colour must."""
+    pixels = np.frombuffer(thumb, dtype=np.uint8)
+    return int(pixels.max()) - int(pixels.min()) <= FLAT_RANGE
+
+
+def mean_colour(rgb: Image.Image) -> str:
+    """Mean colour of an RGB image as 'rrggbb' hex, what tells flat images apart."""
+    return "".join(f"{min(255, round(v)):02x}" for v in ImageStat.Stat(rgb).mean[:3])
 
 
 def perceptual_hashes(thumbs: list[bytes]) -> list[int]:
@@ -131,6 +154,49 @@ def near_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
     if not found:
         return np.zeros((0, 2), dtype=np.int64)
     return np.sort(np.concatenate(found).astype(np.int64), axis=1)
+
+
+def colour_pairs(colours: np.ndarray, tolerance: int) -> np.ndarray:
+    """Index pairs (i < j) of (n, 3) colours within `tolerance` levels in every channel, as
+    an (m, 2) array. Identical colours pair with their first holder (a thousand blank frames
+    cost one pass); distinct ones are compared in row chunks."""
+    colours = np.asarray(colours, dtype=np.int16).reshape(-1, 3)
+    n = len(colours)
+    if n < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    uniq, first, inverse = np.unique(colours, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    found = []
+    copies = np.nonzero(first[inverse] != np.arange(n))[0]
+    if len(copies):
+        found.append(np.stack([first[inverse[copies]], copies], axis=1))
+    m = len(uniq)
+    if tolerance > 0 and m > 1:
+        step = max(1, (1 << 22) // m)
+        for start in range(0, m - 1, step):
+            rows = np.arange(start, min(start + step, m))
+            dist = np.abs(uniq[rows][:, None, :] - uniq[None, :, :]).max(axis=2)
+            ii, jj = np.nonzero((dist <= tolerance) & (np.arange(m)[None, :] > rows[:, None]))
+            if len(ii):
+                found.append(np.stack([first[rows[ii]], first[jj]], axis=1))
+    if not found:
+        return np.zeros((0, 2), dtype=np.int64)
+    return np.sort(np.concatenate(found).astype(np.int64), axis=1)
+
+
+def similar_pairs(hashes: np.ndarray, flat_colours: np.ndarray, threshold: int) -> np.ndarray:
+    """Near-copy index pairs (i < j): detailed images by hash within `threshold` bits; flat
+    ones (a non-empty 'rrggbb' in `flat_colours`) with each other by mean colour, within
+    `threshold * LEVELS_PER_BIT` levels per channel."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    flat_colours = np.asarray(flat_colours, dtype=object)
+    flat = np.array([bool(c) for c in flat_colours], dtype=bool).reshape(-1)
+    detailed, flats = np.flatnonzero(~flat), np.flatnonzero(flat)
+    rgb = np.array([list(bytes.fromhex(c)) for c in flat_colours[flats]], dtype=np.int16).reshape(-1, 3)
+    pairs = np.concatenate(
+        [detailed[near_pairs(hashes[detailed], threshold)], flats[colour_pairs(rgb, threshold * LEVELS_PER_BIT)]]
+    )
+    return pairs.astype(np.int64).reshape(-1, 2)
 
 
 def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
