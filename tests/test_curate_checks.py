@@ -10,15 +10,17 @@ import pytest
 
 from vislab.data.checks import inspect_chunk
 from vislab.data.curate import CurateOptions, run_curate
-from vislab.data.manifest import COLUMNS, read_manifest
+from vislab.data.manifest import COLUMNS, read_manifest, reason_kind
 from vislab.testing.images import (
     exact_copy,
     near_copy,
     write_broken_header,
     write_broken_set,
+    write_float_tiff,
     write_image,
     write_image_folder,
     write_not_an_image,
+    write_sixteen_bit,
     write_unlabelled_folder,
 )
 
@@ -46,13 +48,28 @@ def test_every_quarantine_reason_is_named_and_never_fatal(tmp_path):
 
     assert list(df.columns[: len(COLUMNS)]) == COLUMNS
     for path, reason in expected.items():
-        assert (row(df, path)["status"], row(df, path)["reason"]) == ("quarantined", reason), path.name
+        assert (row(df, path)["status"], reason_kind(row(df, path)["reason"])) == ("quarantined", reason), path.name
     for path in good:
         assert row(df, path)["status"] == "ok"
         assert row(df, path)["reason"] == ""
     assert summary["status"] == {"ok": 2, "quarantined": 9, "excluded": 0}
     assert summary["reasons"]["unreadable"] == 2
     assert set(summary["reasons"]) == set(expected.values())
+
+
+def test_sixteen_bit_pngs_are_usable_and_a_float_image_says_how_to_fix_it(tmp_path):
+    grey = write_sixteen_bit(tmp_path / "src" / "a" / "grey16.png", seed=1)
+    rgb = write_sixteen_bit(tmp_path / "src" / "a" / "rgb16.png", seed=2, mode="RGB")
+    depth = write_float_tiff(tmp_path / "src" / "a" / "depth.tif")
+    df, summary = curate(tmp_path / "ds", tmp_path / "src")
+    assert (row(df, grey)["status"], row(df, grey)["reason"]) == ("ok", "")
+    assert (row(df, rgb)["status"], row(df, rgb)["reason"]) == ("ok", "")
+    assert row(df, depth)["status"] == "quarantined"
+    assert row(df, depth)["reason"] == (
+        "unsupported_mode:mode F (32-bit floating-point pixels) has no fixed 8-bit scale; "
+        "convert the file to 8-bit greyscale or RGB, choosing which values become 0 and 255"
+    )
+    assert summary["reasons"] == {"unsupported_mode": 1}
 
 
 def test_pixel_limit_is_an_option(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from vislab.data.io import UnsupportedModeError, load_image, probe, to_rgb
-from vislab.testing.images import smooth_image, write_image, write_sixteen_bit
+from vislab.testing.images import smooth_image, write_float_tiff, write_image, write_sixteen_bit
 
 
 def test_exif_orientation_6_is_applied(tmp_path):
@@ -53,10 +53,17 @@ def test_transparency_becomes_white_not_black():
     assert 120 < to_rgb(half).getpixel((0, 0))[0] < 135
 
 
-def test_sixteen_bit_is_refused_with_a_named_error(tmp_path):
-    path = write_sixteen_bit(tmp_path / "depth.png")
-    assert probe(path).mode.startswith("I;16")
-    with pytest.raises(UnsupportedModeError):
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_sixteen_bit_pngs_decode_to_their_8_bit_picture(tmp_path, mode):
+    path = write_sixteen_bit(tmp_path / "img16.png", seed=3, size=(20, 10), mode=mode)
+    expected = np.asarray(to_rgb(smooth_image(3, (20, 10), mode)))
+    assert np.array_equal(np.asarray(load_image(path)), expected)  # not clipped to white
+
+
+def test_float_images_are_refused_naming_the_mode_and_the_fix(tmp_path):
+    path = write_float_tiff(tmp_path / "depth.tif")
+    assert probe(path).mode == "F"
+    with pytest.raises(UnsupportedModeError, match=r"depth.tif: mode F \(32-bit floating-point pixels\).*; convert the file to 8-bit"):
         load_image(path)
 
 

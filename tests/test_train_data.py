@@ -3,6 +3,7 @@ rank shards, mid-epoch skip, and augmentation fixed by its seed."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from vislab.config import DataConfig
@@ -60,3 +61,27 @@ def test_augmentation_is_fixed_by_its_seed(tmp_path):
     state = torch.get_rng_state()
     ds[(1, 5)]
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
+
+
+def test_sixteen_bit_greyscale_pngs_curate_and_train_as_their_8_bit_picture(tmp_path):
+    from vislab.data.curate import curate
+    from vislab.testing.images import smooth_image, write_sixteen_bit
+
+    pictures = {}
+    for label, seeds in (("a", (1, 2)), ("b", (3, 4))):
+        for seed in seeds:
+            pictures[str(write_sixteen_bit(tmp_path / "src" / label / f"{seed}.png", seed=seed, size=(16, 16)))] = seed
+    summary = curate(tmp_path / "src", out=tmp_path / "ds", split="0.5,0.5", workers=1)
+    assert summary["status"]["ok"] == 4
+    spec = {"input_size": [3, 16, 16], "mean": [0.0] * 3, "std": [1.0] * 3, "crop_pct": 1.0}
+    dm = ClassifyDataModule(tmp_path / "ds", DataConfig(), spec)
+    dm.setup()
+    for rows, train in ((dm.splits.train, True), (dm.splits.val, False)):
+        ds = dm.dataset(rows, train=train)
+        for i, path in enumerate(ds.paths):
+            x, _ = ds.load(i)
+            expected = torch.tensor(np.asarray(smooth_image(pictures[path], (16, 16), "L")), dtype=torch.float32) / 255
+            assert x.shape == (3, 16, 16)
+            if not train:  # augmentation moves pixels; evaluation shows the picture itself
+                assert torch.allclose(x[0], expected, atol=1 / 255)
+            assert 0.2 < x.mean() < 0.8  # not clipped to white

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vislab.data.dedupe import HASH_SIZE, hash_to_hex, is_flat, mean_colour, perceptual_hashes, thumbnail
-from vislab.data.io import SUPPORTED_MODES, orientation_of, oriented_size, to_rgb
+from vislab.data.io import SUPPORTED_MODES, mode_problem, orientation_of, oriented_size, to_rgb
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
 from vislab.workers import die_with_parent
 
@@ -209,7 +209,7 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
         if im.width * im.height > max_pixels:
             return DECOMPRESSION_BOMB
         if im.mode not in SUPPORTED_MODES:
-            return UNSUPPORTED_MODE
+            return f"{UNSUPPORTED_MODE}:{mode_problem(im.mode)}"
         try:
             if im.format == "JPEG":
                 im.draft("L", HASH_DRAFT)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from vislab.errors import VislabError
@@ -31,11 +32,16 @@ from vislab.fsguard import MAX_PIXELS, SpecialFileError, open_regular
 ORIENTATION_TAG = 0x0112
 # EXIF orientations 5..8 rotate by 90 degrees, so the stored width is the displayed height.
 SWAPS_AXES = frozenset({5, 6, 7, 8})
-# Modes with an unambiguous conversion to 8-bit RGB. 16-bit and float images (depth maps,
-# medical scans) need a scaling choice this tool cannot guess, so curation quarantines them.
+# 16-bit greyscale (PNG, TIFF): the formats define samples on the full 0..65535 scale, so the
+# 8-bit reading is no guess. It keeps the high byte, as Pillow itself reads 16-bit colour PNGs
+# and TIFFs (a viewer shows the same picture).
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# Modes with an unambiguous conversion to 8-bit RGB. 32-bit integer and float images (depth
+# maps, scientific data) have no fixed range to scale, so curation quarantines them.
 SUPPORTED_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
-)
+) | SIXTEEN_BIT_MODES
+_MODE_KINDS = {"I": "32-bit integer", "F": "32-bit floating-point"}
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 ImageSource = str | Path | BinaryIO | bytes
@@ -180,12 +186,24 @@ def apply_draft(im: Image.Image, size_hint: tuple[int, int] | None, mode: str = 
     im.draft(mode, (max(1, w), max(1, h)))
 
 
+def mode_problem(mode: str) -> str:
+    """One line on why pixels of `mode` cannot be read as 8-bit RGB, and what to do."""
+    kind = _MODE_KINDS.get(mode, "non-8-bit")
+    return (
+        f"mode {mode} ({kind} pixels) has no fixed 8-bit scale; "
+        "convert the file to 8-bit greyscale or RGB, choosing which values become 0 and 255"
+    )
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any supported mode to RGB; transparent pixels become white, not black."""
     if im.mode == "RGB":
         return im
     if im.mode not in SUPPORTED_MODES:
-        raise UnsupportedModeError(f"mode {im.mode} has no 8-bit RGB conversion")
+        raise UnsupportedModeError(mode_problem(im.mode))
+    if im.mode in SIXTEEN_BIT_MODES:  # Pillow's own convert clips every value above 255 to white
+        high = (np.asarray(im) >> 8).astype(np.uint8)
+        return Image.fromarray(high).convert("RGB")
     if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

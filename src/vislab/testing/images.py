@@ -151,12 +151,32 @@ def write_broken_header(path: str | Path) -> Path:
     return _write(path, b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8)
 
 
-def write_sixteen_bit(path: str | Path, size: tuple[int, int] = (32, 32)) -> Path:
-    """A 16-bit grayscale PNG (mode I;16): valid, but with no faithful 8-bit RGB reading."""
-    arr = (np.linspace(0, 65535, size[0] * size[1]).reshape(size[1], size[0])).astype(np.uint16)
+def write_sixteen_bit(path: str | Path, seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "L") -> Path:
+    """A 16-bit PNG of `smooth_image(seed, size, mode)` (mode L, LA, RGB or RGBA: Pillow reads
+    the first as I;16, the others as 8-bit), each 8-bit value v stored as v * 257 so that an
+    8-bit reading gives that picture back. Written chunk by chunk as the PNG specification lays
+    it out, since Pillow writes only the greyscale kind."""
+    colour_type = {"L": 0, "LA": 4, "RGB": 2, "RGBA": 6}[mode]
+    w, h = size
+    samples = np.asarray(smooth_image(seed, size, mode)).astype(">u2") * 257
+    rows = samples.reshape(h, -1)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    data = (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))
+        + _png_chunk(b"IDAT", zlib.compress(raw))
+        + _png_chunk(b"IEND", b"")
+    )
+    return _write(path, data)
+
+
+def write_float_tiff(path: str | Path, size: tuple[int, int] = (32, 32)) -> Path:
+    """A 32-bit floating-point greyscale TIFF (mode F, like a depth map in metres): it decodes,
+    but nothing says which values are black and white."""
+    depth = np.linspace(0.5, 12.0, size[0] * size[1], dtype=np.float32).reshape(size[1], size[0])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, "PNG")
+    Image.fromarray(depth).save(path, "TIFF")
     return path
 
 
@@ -212,7 +232,7 @@ def write_broken_set(folder: str | Path) -> dict[str, Path]:
         "zero_byte": write_zero_byte(folder / "empty.jpg"),
         "not_an_image": write_not_an_image(folder / "notes.jpg"),
         "unreadable": write_corrupt_png(folder / "scrambled.png"),
-        "unsupported_mode": write_sixteen_bit(folder / "depth16.png"),
+        "unsupported_mode": write_float_tiff(folder / "depth.tif"),
         "decompression_bomb": write_huge_header_png(folder / "bomb.png"),
     }
 
