@@ -9,7 +9,7 @@ import shutil
 from typer.testing import CliRunner
 
 from vislab.cli import app
-from vislab.testing.images import near_copy, write_image, write_image_folder
+from vislab.testing.images import near_copy, write_image, write_image_folder, write_unlabelled_folder
 
 runner = CliRunner()
 
@@ -38,11 +38,40 @@ def test_a_filter_that_empties_one_class_names_it(tmp_path):
     res = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds", "--min-size", "32x32", "--workers", "1")
     assert res.exit_code == 0
     summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
-    assert summary["warnings"] == ["--min-size 32x32 emptied 1 class(es): 'small' (2)"]
+    assert summary["warnings"] == [
+        "--min-size 32x32 emptied 1 class(es): 'small' (2)",
+        "the dataset has a single class ('big', 3 images); a classifier needs at least 2: add images of another class",
+    ]
     assert invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds3", "--min-per-class", "3", "--strict", "--workers", "1").exit_code == 2
     quiet = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds4", "--workers", "1")
     assert quiet.exit_code == 0 and "warning" not in quiet.output
     assert json.loads((tmp_path / "ds4" / "curation.json").read_text())["warnings"] == []
+
+
+def test_a_single_class_and_classes_of_one_image_are_warned(tmp_path):
+    write_image_folder(tmp_path / "one", ["cat"], per_class=3)
+    res = invoke("curate", tmp_path / "one", "--out", tmp_path / "ds1", "--split", "0.5,0.5", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    single = "the dataset has a single class ('cat', 3 images); a classifier needs at least 2: add images of another class"
+    assert f"warning: {single}" in " ".join(res.output.split())
+    assert json.loads((tmp_path / "ds1" / "curation.json").read_text())["warnings"] == [single]
+
+    write_image_folder(tmp_path / "few", {"cat": 3, "dog": 2, "emu": 1, "yak": 1}, seed=3)
+    res = invoke("curate", tmp_path / "few", "--out", tmp_path / "ds2", "--split", "0.5,0.5", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    lonely = (
+        "2 class(es) have a single usable image, which cannot be in both train and test: 'emu', 'yak'; "
+        "add images of them, or drop such classes with --min-per-class 2"
+    )
+    assert f"warning: {lonely}" in " ".join(res.output.split())
+    assert json.loads((tmp_path / "ds2" / "curation.json").read_text())["warnings"] == [lonely]
+    assert invoke("curate", tmp_path / "few", "--out", tmp_path / "ds3", "--strict", "--workers", "1").exit_code == 2
+    dropped = invoke("curate", tmp_path / "few", "--out", tmp_path / "ds4", "--min-per-class", "2", "--workers", "1")
+    assert dropped.exit_code == 0 and "single usable image" not in dropped.output
+
+    write_unlabelled_folder(tmp_path / "unlabelled", n=3)  # photos for a self-supervised task: no class at all
+    quiet = invoke("curate", tmp_path / "unlabelled", "--out", tmp_path / "ds5", "--workers", "1")
+    assert quiet.exit_code == 0 and "warning" not in quiet.output
 
 
 def test_conflicting_label_groups_are_named_with_the_copy_kept_and_why(tmp_path):

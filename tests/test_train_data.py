@@ -85,3 +85,21 @@ def test_sixteen_bit_greyscale_pngs_curate_and_train_as_their_8_bit_picture(tmp_
             if not train:  # augmentation moves pixels; evaluation shows the picture itself
                 assert torch.allclose(x[0], expected, atol=1 / 255)
             assert 0.2 < x.mean() < 0.8  # not clipped to white
+
+
+def test_training_on_a_one_class_dataset_is_one_line_naming_the_dataset_and_the_fix(tmp_path):
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.data.curate import curate
+    from vislab.testing.images import write_image_folder
+
+    write_image_folder(tmp_path / "photos", ["cat"], per_class=4, size=(16, 16))
+    curate(tmp_path / "photos", out=tmp_path / "ds", split="0.5,0.5", workers=1)
+    res = CliRunner().invoke(app, ["train", "digits-cnn", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1
+    assert " ".join(res.stderr.split()) == (
+        f"error: {tmp_path / 'ds'}: only one usable class ('cat'), and classification needs at least 2 classes; "
+        "add images of another class (a folder per class) and curate again"
+    )

@@ -51,7 +51,7 @@ from vislab.data.manifest import (
     write_manifest,
 )
 from vislab.data.photos import read_photos_csv
-from vislab.data.split import assign_splits, parse_ratios, select_classes
+from vislab.data.split import assign_splits, class_warnings, parse_ratios, select_classes
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem, folder_problem, inside, read_bounded, regular_file_problem
@@ -568,6 +568,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
             seed=opts.seed,
         )
         usable_now.after(df, "class selection")
+        usable_now.warnings.extend(class_warnings(df))
         assign_splits(
             df,
             ratios=opts.ratios,

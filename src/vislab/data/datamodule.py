@@ -88,7 +88,12 @@ def classification_splits(
     df = read_manifest(dataset_dir)
     names = list(classes) if classes is not None else class_names(df)
     if len(names) < 2:
-        raise VislabError(f"{dataset_dir}: {len(names)} usable class(es); classification needs at least 2")
+        what, fix = (
+            (f"only one usable class ('{names[0]}')", "add images of another class (a folder per class)")
+            if names
+            else ("no usable labelled image", "sort the photos into a folder per class (ROOT/<class>/...)")
+        )
+        raise VislabError(f"{dataset_dir}: {what}, and classification needs at least 2 classes; {fix} and curate again")
     train = usable(df, "train")
     if train.empty:
         raise VislabError(

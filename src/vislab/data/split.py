@@ -94,6 +94,24 @@ def select_classes(
             _exclude(df, df.index.isin(ordered[drop]), OVER_CLASS_LIMIT)
 
 
+def class_warnings(df: pd.DataFrame, shown: int = 8) -> list[str]:
+    """Warnings about classes a classifier cannot use: a dataset of a single class (training
+    refuses it), and classes of one usable image (never in both train and test). Unlabelled
+    images (label '', photos for a self-supervised task) are not a class."""
+    counts = _ranked_classes(df[df["label"] != ""])
+    if len(counts) == 1:
+        name, n = counts[0]
+        return [f"the dataset has a single class ('{name}', {n:,} images); a classifier needs at least 2: add images of another class"]
+    lonely = sorted(c for c, n in counts if n == 1)
+    if not lonely:
+        return []
+    names = ", ".join(f"'{c}'" for c in lonely[:shown]) + (" ..." if len(lonely) > shown else "")
+    return [
+        f"{len(lonely)} class(es) have a single usable image, which cannot be in both train and test: {names}; "
+        "add images of them, or drop such classes with --min-per-class 2"
+    ]
+
+
 def _units(rows: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
     """(class, index array) of images that must travel together: a near-duplicate group or
     one image, in path order of the first member, whose label is the unit's class."""
