@@ -8,7 +8,8 @@ A space file maps dotted config keys to one of
 
 A grid file's `grid:` mapping (key -> list of values) is the same thing with lists only.
 Every key and every value (each choice, each end of a range) is checked by building the run
-config with it before anything trains, so a typo is a one-line error naming the file and key.
+config with it before anything trains, so a typo is a one-line error naming the file and key;
+two choices the config reads as one value are duplicates.
 Choices that are lists or mappings (e.g. `model.fast_cnn.widths`) are handed to Optuna as
 their JSON text and turned back into values when a trial's config is built.
 """
@@ -186,11 +187,13 @@ def trial_config(base: dict[str, Any], values: dict[str, Any], source: str) -> R
 
 def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
     """Build the config with every choice and both ends of every range (the other keys at their
-    first value), so a wrong key or value fails now, not in trial 17."""
+    first value), so a wrong key or value fails now, not in trial 17; and refuse choices the
+    config reads as one value."""
     from vislab.models.factory import check_name
 
     first = {p.key: p.values_to_check()[0] for p in params}
     for p in params:
+        meant: dict[str, Any] = {}  # what the config made of each choice (as JSON) -> the choice
         for value in p.values_to_check():
             where = f"{source}: {p.key}={value!r}"
             cfg = trial_config(base, {**first, p.key: value}, where)
@@ -199,6 +202,31 @@ def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
                     check_name(cfg.model.name)
                 except VislabError as err:
                     raise VislabError(f"{where}: {err}") from None
+            built = cfg.model_dump(mode="json")
+            if p.kind == "choices":
+                _refuse_same_value(meant, p.key, value, _at(built, p.key), source)
+
+
+def _at(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a dumped config (None where it holds none)."""
+    node: Any = tree
+    for part in key.strip().split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _refuse_same_value(meant: dict[str, Any], key: str, value: Any, config_value: Any, source: str) -> None:
+    """Two choices the config validates to one value ([0.1, "0.1"]) would train the same
+    config twice as different trials (and, on a grid, into one run directory)."""
+    text = json.dumps(config_value, sort_keys=True)
+    if text in meant:
+        raise VislabError(
+            f"{source}: '{key}': choices {meant[text]!r} and {value!r} are the same value to the config "
+            f"({config_value!r}); list each value once"
+        )
+    meant[text] = value
 
 
 def _short(key: str) -> str:
