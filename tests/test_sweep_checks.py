@@ -1,4 +1,5 @@
-"""What a sweep refuses before its first trial: choices the config reads as one value."""
+"""What a sweep refuses before its first trial: choices the config reads as one value, and
+keys every trial must share."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from typer.testing import CliRunner
 
 from vislab.cli import app
 from vislab.config import dump_config
+from vislab.errors import VislabError
+from vislab.sweep.study import SweepOptions, resolve
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 
 CLASSES = ("horizontal", "vertical")
@@ -55,3 +58,34 @@ def test_choices_the_config_reads_as_one_value_are_duplicates(dataset, base, tmp
     line = res.output.strip()
     assert len(line.splitlines()) == 1 and f"space.yaml: {same}; list each value once" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "space, key",
+    [
+        ({"task": ["classify", "crops"]}, "task"),
+        ({"data.val_fraction": [0.2, 0.4]}, "data.val_fraction"),
+        ({"train.limit_val_batches": [1, 2]}, "train.limit_val_batches"),
+        ({" task": ["classify", "crops"]}, "task"),  # the key as the override reads it
+        # a whole section as a choice: the first resets train.monitor to the task's val/acc
+        ({"train": [{"epochs": 1, "devices": 1}, {"epochs": 1, "devices": 1, "monitor": "val/loss", "monitor_mode": "min"}]}, "train.monitor"),
+    ],
+)
+def test_keys_every_trial_must_share_cannot_be_swept(dataset, base, tmp_path, space, key):
+    """A task, validation set or monitored metric that varies makes trials incomparable."""
+    space_file = write(tmp_path / "space.yaml", space)
+    out = tmp_path / "out"
+    res = sweep_cli(base, space_file, dataset, out, "--set", "train.monitor=val/loss", "--set", "train.monitor_mode=min")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "space.yaml" in line and f"'{key}' cannot be swept" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("space", [{"train.devices": [1, 2]}, {"train.strategy": ["auto", "ddp"]}, {"train.num_nodes": [1, 2]}])
+def test_a_trials_device_setup_cannot_be_swept(base, tmp_path, space):
+    """Trials train in the worker's process on its one device; a trial with two would start
+    DDP inside the sweep (checked as the sweep resolves: no trial is run on old code here)."""
+    key = next(iter(space))
+    with pytest.raises(VislabError, match=rf"space.yaml: '{key}' cannot be swept: .*one worker per GPU"):
+        resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space)))
