@@ -1,5 +1,5 @@
-"""What a sweep refuses before its first trial: choices the config reads as one value, and
-keys every trial must share."""
+"""What a sweep refuses before its first trial: choices the config reads as one value, keys
+every trial must share, and a model the task cannot train."""
 
 from __future__ import annotations
 
@@ -89,3 +89,21 @@ def test_a_trials_device_setup_cannot_be_swept(base, tmp_path, space):
     key = next(iter(space))
     with pytest.raises(VislabError, match=rf"space.yaml: '{key}' cannot be swept: .*one worker per GPU"):
         resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space)))
+
+
+@pytest.mark.parametrize(
+    "base_model, space, expected",
+    [
+        ("yolov3_tiny", {"optim.lr": [0.01, 0.02]}, "base.yaml: model.name: 'yolov3_tiny' is a detect model; task classify trains classify models"),
+        ("simple_cnn", {"model.name": ["simple_cnn", "yolov3_tiny"]}, "space.yaml: model.name='yolov3_tiny': model.name: 'yolov3_tiny' is a detect model"),
+    ],
+)
+def test_a_model_the_task_cannot_train_fails_before_any_trial(dataset, tmp_path, base_model, space, expected):
+    """Another task's model failed each trial that had it (every trial, for the base's model)."""
+    base = tmp_path / "base.yaml"
+    base.write_text(dump_config(tiny_config(model={"name": base_model}, train={"epochs": 1})))
+    out = tmp_path / "out"
+    res = sweep_cli(base, write(tmp_path / "space.yaml", space), dataset, out, "--trials", "3")
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and expected in res.output
+    assert not out.exists()

@@ -202,23 +202,35 @@ def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
     """Build the config with every choice and both ends of every range (the other keys at their
     first value), so a wrong key or value fails now, not in trial 17; and refuse choices the
     config reads as one value, and section choices that change a key every trial must share."""
-    from vislab.models.factory import check_name
-
     first = {p.key: p.values_to_check()[0] for p in params}
     for p in params:
         meant: dict[str, Any] = {}  # what the config made of each choice (as JSON) -> the choice
         for n, value in enumerate(p.values_to_check(), 1):
             where = f"{source}: {p.key}={value!r}"
             cfg = trial_config(base, {**first, p.key: value}, where)
-            if p.key == "model.name":  # any string is a valid config; the registry knows the names
-                try:
-                    check_name(cfg.model.name)
-                except VislabError as err:
-                    raise VislabError(f"{where}: {err}") from None
+            if sets_model(p):  # any string is a valid config; the registry knows the names
+                problem = model_problem(cfg)
+                if problem:
+                    raise VislabError(f"{where}: {problem}")
             built = cfg.model_dump(mode="json")
             _refuse_fixed_change(base, built, p, n, source)
             if p.kind == "choices":
                 _refuse_same_value(meant, p.key, value, _at(built, p.key), source)
+
+
+def sets_model(p: Param) -> bool:
+    """Whether the parameter chooses the model (model.name, or the whole model section)."""
+    return p.key.strip() in ("model", "model.name")
+
+
+def model_problem(cfg: RunConfig) -> str | None:
+    """Why the config's task cannot train its model (an unknown name, another task's model)."""
+    from vislab.tasks.registry import get_task
+
+    try:
+        return get_task(cfg.task).accepts_model(cfg.model.name)
+    except VislabError as err:
+        return str(err)
 
 
 def _at(tree: dict[str, Any], key: str) -> Any:

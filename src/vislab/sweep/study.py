@@ -53,7 +53,7 @@ from vislab.config import RunConfig, apply_overrides, build_config, load_config,
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
-from vislab.sweep.space import Param, check_space, override, parse_space, read_space, trial_config, variant_name
+from vislab.sweep.space import Param, check_space, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -168,6 +168,9 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
     cfg = _one_device(build_config(raw, str(config)), str(config))
     base = cfg.model_dump(mode="json")
     check_space(base, params, source)
+    problem = None if any(sets_model(p) for p in params) else model_problem(cfg)
+    if problem:  # the one model of every trial, which no trial would train
+        raise VislabError(f"{config}: {problem}")
     grid_points = {p.key: p.grid_values(source) for p in params} if sampler == "grid" else {}
     size = math.prod(len(v) for v in grid_points.values()) if grid_points else None
     trials = opts.trials if opts.trials is not None else (size or DEFAULT_TRIALS)
