@@ -1,10 +1,14 @@
-"""What a sweep refuses before its first trial: choices the config reads as one value, keys
-every trial must share, and a model the task cannot train."""
+"""What a sweep refuses before its first trial, and which trial failures end it: choices the
+config reads as one value, keys every trial must share, a dataset no trial can train on
+(checked once, not failed trial after trial), and a dataset problem found while training
+(the sweep stops at the first trial), while a failure of one trial's own values is recorded
+and the sweep goes on."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -12,7 +16,7 @@ from typer.testing import CliRunner
 from vislab.cli import app
 from vislab.config import dump_config
 from vislab.errors import VislabError
-from vislab.sweep.study import SweepOptions, resolve
+from vislab.sweep.study import SweepOptions, resolve, run_sweep
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 
 CLASSES = ("horizontal", "vertical")
@@ -91,6 +95,20 @@ def test_a_trials_device_setup_cannot_be_swept(base, tmp_path, space):
         resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space)))
 
 
+def test_a_one_class_dataset_fails_once_before_any_trial(base, tmp_path):
+    """Every trial failed alike ('1 usable class(es)'), three in a row before the sweep stopped."""
+    one = make_pattern_dataset(tmp_path / "one", classes=("horizontal",), per_class=10, size=16)
+    space = write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]})
+    out = tmp_path / "out"
+    res = sweep_cli(base, space, one, out, "--trials", "5")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1, res.output
+    assert line.removeprefix("error: ").startswith(f"{one}: 1 usable class(es) (horizontal); classification needs at least 2") and "curate" in line
+    assert "no trial can train on it" in line
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     "base_model, space, expected",
     [
@@ -107,3 +125,31 @@ def test_a_model_the_task_cannot_train_fails_before_any_trial(dataset, tmp_path,
     assert res.exit_code == 2, res.output
     assert len(res.output.strip().splitlines()) == 1 and expected in res.output
     assert not out.exists()
+
+
+def test_a_dataset_problem_found_in_a_trial_stops_the_sweep_there(base, tmp_path):
+    """Images deleted since curation fail every trial alike: one failed trial, then one line."""
+    data = make_pattern_dataset(tmp_path / "gone", classes=CLASSES, per_class=10, size=16)
+    for png in sorted((data / "images").rglob("*.png"))[::2]:
+        png.unlink()
+    space = write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]})
+    out = tmp_path / "out"
+    with pytest.raises(VislabError) as err:
+        run_sweep(base, data, out, SweepOptions(space=space, trials=4, pruner="none"))
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("trial 0 failed on the dataset, which no trial's values change; the sweep stopped:")
+    assert "cannot be read" in message and "re-curate" in message
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]
+    assert (out / "results.csv").read_text().count("\n") == 2  # the header and the failed trial
+
+
+def test_a_failure_of_one_trials_values_is_recorded_and_the_sweep_goes_on(dataset, base, tmp_path):
+    """A bad value of one trial (a class-weight list of the wrong length) fails that trial only."""
+    space = write(tmp_path / "space.yaml", {"train.class_weights": ["balanced", [1.0, 2.0, 3.0]]})
+    out = tmp_path / "out"
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, sampler="grid", pruner="none"))
+    table = result.table.set_index("state")
+    assert sorted(table.index) == ["complete", "fail"]
+    assert "3 weights given for 2 classes" in table.loc["fail", "note"]
