@@ -9,6 +9,12 @@ class VislabError(Exception):
     """An error caused by the user's input or environment, with a one-line fix in its message."""
 
 
+class DatasetError(VislabError):
+    """The dataset itself cannot train, whatever the config's other values (one class, no
+    train split, images deleted since curation): a sweep stops at the first one instead of
+    failing every trial alike."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped at a signal (Ctrl-C, SIGTERM) after saving what it could.
 

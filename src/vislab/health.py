@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from vislab.errors import VislabError
+from vislab.errors import DatasetError, VislabError
 from vislab.runs import write_json
 
 
@@ -38,7 +38,7 @@ class NonFiniteLossError(VislabError):
     """The training loss became NaN or infinite; the message names the step and likely causes."""
 
 
-class UnreadableImagesError(VislabError):
+class UnreadableImagesError(DatasetError):
     """More images of a split than `train.health.max_bad_images` allows could not be read."""
 
 

@@ -37,7 +37,7 @@ from vislab.config_crops import CropsConfig
 from vislab.data.crops import CropSample, EvalItem, eval_samples, load_sample, make_sample, plan_sample, render_sample, sample_seed
 from vislab.data.datamodule import BadImages, EpochSampler, UnreadableLog, loop_position
 from vislab.data.io import ImageDecodeError, load_image
-from vislab.errors import VislabError
+from vislab.errors import DatasetError, VislabError
 
 
 class _Failed(tuple):
@@ -171,6 +171,22 @@ def check_sizes(rows: pd.DataFrame, cfg: CropsConfig, source: str) -> None:
         )
 
 
+def crops_rows(dataset_dir: str | Path, val_fraction: float, seed: int) -> tuple[dict[str, pd.DataFrame], str]:
+    """The usable train/val/test rows of a crops dataset and where val came from (the manifest,
+    else `val_fraction` of train held out); a dataset too small to train is a DatasetError."""
+    from vislab.data.manifest import manifest_path, read_manifest, usable
+
+    df = usable(read_manifest(dataset_dir))
+    train, val = df[df["split"] == "train"].reset_index(drop=True), df[df["split"] == "val"].reset_index(drop=True)
+    source = "manifest"
+    if val.empty:
+        train, val = holdout_rows(train, val_fraction, seed)
+        source = f"held out {val_fraction:.0%} of train (seed {seed}): the manifest has no val split"
+    if len(train) < 2 or val.empty:
+        raise DatasetError(f"{manifest_path(dataset_dir)}: crop detection needs at least 2 train and 1 val photo (has {len(train)} and {len(val)})")
+    return {"train": train, "val": val, "test": df[df["split"] == "test"].reset_index(drop=True)}, source
+
+
 class CropsDataModule(L.LightningDataModule):
     """Training and validation crop samples of a curated dataset's usable rows.
 
@@ -190,17 +206,11 @@ class CropsDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.rows or stage == "predict":  # predict serves what predict_on_* set
             return
-        from vislab.data.manifest import manifest_path, read_manifest, usable
+        from vislab.data.manifest import manifest_path
 
-        df = usable(read_manifest(self.dataset_dir))
-        train, val = df[df["split"] == "train"].reset_index(drop=True), df[df["split"] == "val"].reset_index(drop=True)
-        if val.empty:
-            train, val = holdout_rows(train, self.data.val_fraction, self.seed)
-            self.val_source = f"held out {self.data.val_fraction:.0%} of train (seed {self.seed}): the manifest has no val split"
-        if len(train) < 2 or val.empty:
-            raise VislabError(f"{manifest_path(self.dataset_dir)}: crop detection needs at least 2 train and 1 val photo (has {len(train)} and {len(val)})")
-        check_sizes(pd.concat([train, val]), self.cfg, str(manifest_path(self.dataset_dir)))
-        self.rows = {"train": train, "val": val, "test": df[df["split"] == "test"].reset_index(drop=True)}
+        rows, self.val_source = crops_rows(self.dataset_dir, self.data.val_fraction, self.seed)
+        check_sizes(pd.concat([rows["train"], rows["val"]]), self.cfg, str(manifest_path(self.dataset_dir)))
+        self.rows = rows
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()

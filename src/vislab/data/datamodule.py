@@ -41,7 +41,7 @@ from vislab.config import DataConfig
 from vislab.data import transforms as tfm
 from vislab.data.io import MAX_PIXELS, ImageDecodeError, load_image
 from vislab.data.manifest import class_names, dataset_max_pixels, read_manifest, refuse_boxes, usable
-from vislab.errors import VislabError
+from vislab.errors import DatasetError, VislabError
 
 # a training sample whose image cannot be read is replaced by one of the next images of the
 # table; past this many unreadable ones in a row the batch shrinks (and one left with a single
@@ -93,23 +93,23 @@ def classification_splits(
             if names
             else ("no usable labelled image", "sort the photos into a folder per class (ROOT/<class>/...)")
         )
-        raise VislabError(f"{dataset_dir}: {what}, and classification needs at least 2 classes; {fix} and curate again")
+        raise DatasetError(f"{dataset_dir}: {what}, and classification needs at least 2 classes; {fix} and curate again")
     train = usable(df, "train")
     if train.empty:
-        raise VislabError(
+        raise DatasetError(
             f"{dataset_dir}: no usable rows with split 'train'; curate with --split 0.7,0.15,0.15 "
             "(or --val-per-class/--test-per-class)"
         )
     unknown = sorted(set(train["label"]) - set(names))
     if unknown:
-        raise VislabError(f"{dataset_dir}: train labels {unknown} are not among the run's classes")
+        raise DatasetError(f"{dataset_dir}: train labels {unknown} are not among the run's classes")
     val = usable(df, "val")
     source = "manifest"
     if val.empty:
         train, val = holdout(train, val_fraction, seed)
         source = f"held out {val_fraction:.0%} of train per class (seed {seed}): the manifest has no val split"
     if val.empty:
-        raise VislabError(
+        raise DatasetError(
             f"{dataset_dir}: no validation images (no val split, and too few train images per class to hold some out); "
             "curate with --split 0.7,0.15,0.15 or add images"
         )

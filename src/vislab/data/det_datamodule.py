@@ -49,7 +49,7 @@ from vislab.data.datamodule import (
     Splits,
 )
 from vislab.data.io import load_image
-from vislab.errors import VislabError
+from vislab.errors import DatasetError, VislabError
 
 PAD_VALUE = 114
 MIN_VISIBLE = 0.25  # share of a cut box that must stay in the picture for it to stay a box
@@ -276,7 +276,7 @@ def detection_table(dataset_dir: str | Path, classes: Sequence[str] | None = Non
     from vislab.data.manifest import has_boxes, read_manifest, usable
 
     if not has_boxes(dataset_dir):
-        raise VislabError(
+        raise DatasetError(
             f"{dataset_dir}: not a detection dataset (no boxes.csv); curate a YOLO, KITTI, COCO or VOC folder "
             "with `vislab curate`, or train it with task: classify"
         )
@@ -284,7 +284,7 @@ def detection_table(dataset_dir: str | Path, classes: Sequence[str] | None = Non
     boxes = read_boxes(dataset_dir)
     names = list(classes) if classes is not None else dataset_box_classes(dataset_dir, boxes)
     if not names:
-        raise VislabError(f"{dataset_dir}: boxes.csv holds no box of any class; nothing to learn")
+        raise DatasetError(f"{dataset_dir}: boxes.csv holds no box of any class; nothing to learn")
     return rows, boxes[boxes["path"].isin(set(rows["path"]))], names
 
 
@@ -309,13 +309,13 @@ def detection_splits_of(rows: pd.DataFrame, val_fraction: float, seed: int, clas
     source = "manifest"
     if val.empty:
         if len(train) < 2:
-            raise VislabError("no validation images: the manifest has no val split and too few train images to hold some out")
+            raise DatasetError("no validation images: the manifest has no val split and too few train images to hold some out")
         order = np.random.default_rng(seed).permutation(len(train))
         n = max(1, round(val_fraction * len(train)))
         val, train = train.iloc[np.sort(order[:n])].reset_index(drop=True), train.iloc[np.sort(order[n:])].reset_index(drop=True)
         source = f"held out {val_fraction:.0%} of train (seed {seed}): the manifest has no val split"
     if train.empty:
-        raise VislabError("no training images: the manifest's train split is empty; re-curate with a train share")
+        raise DatasetError("no training images: the manifest's train split is empty; re-curate with a train share")
     for df in (train, val, test):
         df["target"] = 0
     return Splits(train, val, test, list(classes), source)

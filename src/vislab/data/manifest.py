@@ -28,7 +28,7 @@ import pandas as pd
 
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.io import IMAGE_EXTS
-from vislab.errors import VislabError
+from vislab.errors import DatasetError, VislabError
 from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, read_bounded
 
 MANIFEST_NAME = "manifest.csv"
@@ -202,7 +202,7 @@ def refuse_boxes(dataset_dir: str | Path) -> None:
     """A one-line error when a task that reads labels is handed a detection dataset, whose
     rows have no label and would otherwise read as 'no classes' or 'accuracy n/a'."""
     if has_boxes(dataset_dir):
-        raise VislabError(
+        raise DatasetError(
             f"{dataset_dir} is a detection dataset (it has {BOXES_NAME}), and this run classifies: "
             "pass a dataset curated from class folders or a label CSV, or use a detection recipe"
         )

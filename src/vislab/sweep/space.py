@@ -8,7 +8,9 @@ A space file maps dotted config keys to one of
 
 A grid file's `grid:` mapping (key -> list of values) is the same thing with lists only.
 Every key and every value (each choice, each end of a range) is checked by building the run
-config with it before anything trains, so a typo is a one-line error naming the file and key.
+config with it before anything trains, so a typo is a one-line error naming the file and key;
+two choices the config reads as one value are duplicates, and a key every trial must share
+(`FIXED_KEYS`: the task, the monitored metric, the validation set, the device) is refused.
 Choices that are lists or mappings (e.g. `model.fast_cnn.widths`) are handed to Optuna as
 their JSON text and turned back into values when a trial's config is built.
 """
@@ -28,8 +30,20 @@ from vislab.config import RunConfig, apply_overrides, build_config, read_yaml
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem
 
-# the study compares trials on this metric, so a trial may not change it
-FIXED_KEYS = ("train.monitor", "train.monitor_mode")
+_METRIC = "the study compares every trial on the monitored metric"
+_VALIDATION = "it changes the validation images every trial is compared on; set it in the base config"
+_DEVICE = "each trial trains in the worker's process on one device; to use several GPUs run one worker per GPU (the same command)"
+# keys every trial must share, and why: trials that differ in them cannot be ranked together
+FIXED_KEYS = {
+    "task": "trials of different tasks have incomparable metrics; run one sweep per task",
+    "train.monitor": _METRIC,
+    "train.monitor_mode": _METRIC,
+    "data.val_fraction": _VALIDATION,
+    "train.limit_val_batches": _VALIDATION,
+    "train.devices": _DEVICE,
+    "train.strategy": _DEVICE,
+    "train.num_nodes": _DEVICE,
+}
 SPEC_KEYS = {"float", "int", "choices", "log", "step"}
 
 
@@ -104,8 +118,8 @@ def parse_param(key: Any, spec: Any, source: str) -> Param:
     where = f"{source}: '{key}'"
     if not isinstance(key, str) or not key.strip():
         raise VislabError(f"{source}: keys must be dotted config keys such as optim.lr (got {key!r})")
-    if key in FIXED_KEYS:
-        raise VislabError(f"{where}: cannot be swept: the study compares every trial on the monitored metric")
+    if key.strip() in FIXED_KEYS:  # stripped as the override that sets it will be
+        raise VislabError(f"{source}: '{key.strip()}' cannot be swept: {FIXED_KEYS[key.strip()]}")
     if isinstance(spec, list):
         spec = {"choices": spec}
     if not isinstance(spec, dict):
@@ -186,19 +200,70 @@ def trial_config(base: dict[str, Any], values: dict[str, Any], source: str) -> R
 
 def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
     """Build the config with every choice and both ends of every range (the other keys at their
-    first value), so a wrong key or value fails now, not in trial 17."""
-    from vislab.models.factory import check_name
-
+    first value), so a wrong key or value fails now, not in trial 17; and refuse choices the
+    config reads as one value, and section choices that change a key every trial must share."""
     first = {p.key: p.values_to_check()[0] for p in params}
     for p in params:
-        for value in p.values_to_check():
+        meant: dict[str, Any] = {}  # what the config made of each choice (as JSON) -> the choice
+        for n, value in enumerate(p.values_to_check(), 1):
             where = f"{source}: {p.key}={value!r}"
             cfg = trial_config(base, {**first, p.key: value}, where)
-            if p.key == "model.name":  # any string is a valid config; the registry knows the names
-                try:
-                    check_name(cfg.model.name)
-                except VislabError as err:
-                    raise VislabError(f"{where}: {err}") from None
+            if sets_model(p):  # any string is a valid config; the registry knows the names
+                problem = model_problem(cfg)
+                if problem:
+                    raise VislabError(f"{where}: {problem}")
+            built = cfg.model_dump(mode="json")
+            _refuse_fixed_change(base, built, p, n, source)
+            if p.kind == "choices":
+                _refuse_same_value(meant, p.key, value, _at(built, p.key), source)
+
+
+def sets_model(p: Param) -> bool:
+    """Whether the parameter chooses the model (model.name, or the whole model section)."""
+    return p.key.strip() in ("model", "model.name")
+
+
+def model_problem(cfg: RunConfig) -> str | None:
+    """Why the config's task cannot train its model (an unknown name, another task's model)."""
+    from vislab.tasks.registry import get_task
+
+    try:
+        return get_task(cfg.task).accepts_model(cfg.model.name)
+    except VislabError as err:
+        return str(err)
+
+
+def _at(tree: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key of a dumped config (None where it holds none)."""
+    node: Any = tree
+    for part in key.strip().split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _refuse_fixed_change(base: dict[str, Any], built: dict[str, Any], p: Param, n: int, source: str) -> None:
+    """A whole section as a choice (`train: [{...}, {...}]`) may not change a key every trial
+    must share, such as train.monitor (its own key is refused when the space is read)."""
+    for fixed, why in FIXED_KEYS.items():
+        if fixed.startswith(p.key.strip() + ".") and _at(built, fixed) != _at(base, fixed):
+            raise VislabError(
+                f"{source}: '{p.key}': choice {n} sets {fixed} to {_at(built, fixed)!r} (the base config: "
+                f"{_at(base, fixed)!r}), and '{fixed}' cannot be swept: {why}"
+            )
+
+
+def _refuse_same_value(meant: dict[str, Any], key: str, value: Any, config_value: Any, source: str) -> None:
+    """Two choices the config validates to one value ([0.1, "0.1"]) would train the same
+    config twice as different trials (and, on a grid, into one run directory)."""
+    text = json.dumps(config_value, sort_keys=True)
+    if text in meant:
+        raise VislabError(
+            f"{source}: '{key}': choices {meant[text]!r} and {value!r} are the same value to the config "
+            f"({config_value!r}); list each value once"
+        )
+    meant[text] = value
 
 
 def _short(key: str) -> str:

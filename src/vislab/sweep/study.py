@@ -25,6 +25,9 @@ several. The rules that make that safe:
 A diverged trial (non-finite loss) counts as pruned: the sampler learns to avoid the region.
 A trial that fails otherwise (an error building the model, out of GPU memory) is recorded
 with its message and replaced; three failures in a row stop the worker with the last message.
+What no trial's values change is not left to the trials: the dataset is checked once before
+the study (`Task.check_dataset`: a single class, an empty split), and a trial that fails on
+the dataset itself (a `DatasetError`, e.g. images deleted since curation) stops the sweep.
 Trials run in the worker's process on one device (train.devices: auto becomes 1): to use
 several GPUs, start one worker per GPU.
 """
@@ -50,10 +53,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from vislab.config import RunConfig, apply_overrides, build_config, load_config, parse_duration, read_yaml
-from vislab.errors import TrainingInterrupted, VislabError
+from vislab.errors import DatasetError, TrainingInterrupted, VislabError
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
-from vislab.sweep.space import Param, check_space, override, parse_space, read_space, trial_config, variant_name
+from vislab.sweep.space import Param, check_space, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -168,6 +171,9 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
     cfg = _one_device(build_config(raw, str(config)), str(config))
     base = cfg.model_dump(mode="json")
     check_space(base, params, source)
+    problem = None if any(sets_model(p) for p in params) else model_problem(cfg)
+    if problem:  # the one model of every trial, which no trial would train
+        raise VislabError(f"{config}: {problem}")
     grid_points = {p.key: p.grid_values(source) for p in params} if sampler == "grid" else {}
     size = math.prod(len(v) for v in grid_points.values()) if grid_points else None
     trials = opts.trials if opts.trials is not None else (size or DEFAULT_TRIALS)
@@ -380,6 +386,10 @@ class Objective:
             trial.set_user_attr("note", str(err))
             summary = read_json(paths.summary) if paths.summary.is_file() else {"stopped_reason": "nan"}
             return self._result(trial, summary)
+        except DatasetError as err:  # the same for every trial: the worker loop stops the sweep
+            trial.set_user_attr("note", str(err))
+            self.message = str(err)
+            raise
         except VislabError as err:
             return self._fail(trial, str(err))
         except torch.OutOfMemoryError as err:  # too large a batch or input for this GPU: the trial fails, the sweep goes on
@@ -439,6 +449,8 @@ def _stop_if_signalled(latch: Any) -> None:
 
 
 def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOptions, poll_s: float, latch: Any) -> str:
+    from vislab.sweep.results import write_results
+
     deadline = time.monotonic() + parse_duration(opts.max_time) if opts.max_time else None
     failures: list[str] = []
     said_waiting = False
@@ -481,6 +493,9 @@ def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOp
         except optuna.exceptions.UpdateFinishedTrialError:
             print(f"trial {objective.current} was declared dead by another worker (no heartbeat) and retried there", flush=True)
             continue
+        except DatasetError as err:  # Optuna has recorded the trial as failed
+            write_results(study, setup, objective.out, html=False)
+            raise VislabError(f"trial {objective.current} failed on the dataset, which no trial's values change; the sweep stopped: {err}") from None
         outcome = objective.outcome
         if outcome == "skipped":
             continue
@@ -488,8 +503,6 @@ def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOp
         failures = failures + [objective.message] if outcome == "failed" else []
         if len(failures) >= MAX_FAILURES_IN_ROW:
             raise VislabError(f"{len(failures)} trials in a row failed; the last: {failures[-1]}")
-        from vislab.sweep.results import write_results
-
         write_results(study, setup, objective.out, html=False)
 
 
@@ -501,6 +514,18 @@ def run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: Sweep
         return _run_sweep(config, data, out, opts)
 
 
+def _check_dataset(setup: Setup, data: Path) -> None:
+    """Check the dataset once, before the study: one no trial can train on (a single class, an
+    empty split) is one line here, not the same failure in trial after trial."""
+    from vislab.tasks.registry import get_task
+
+    cfg = build_config(setup.base, setup.source)
+    try:
+        get_task(cfg.task).check_dataset(cfg, data)
+    except VislabError as err:
+        raise VislabError(f"{err}; no trial can train on it, so the sweep started none") from None
+
+
 def _run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: SweepOptions) -> SweepResult:
     from vislab.data.manifest import manifest_hash, manifest_path
     from vislab.sweep.results import write_results
@@ -509,6 +534,7 @@ def _run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: Swee
     data = Path(data)
     if not manifest_path(data).is_file():
         raise VislabError(f"{data}: no manifest.csv; pass a dataset folder written by `vislab curate`")
+    _check_dataset(setup, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = opts.storage or f"sqlite:///{inside(out, 'study.db')}"

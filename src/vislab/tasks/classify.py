@@ -94,6 +94,11 @@ class ClassifyPlugin(Task):
     export_outputs = ("logits",)
 
     # ---- training ------------------------------------------------------------------------
+    def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
+        from vislab.data.datamodule import classification_splits
+
+        classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
+
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.datamodule import ClassifyDataModule, classification_splits
         from vislab.tasks.classify_module import ClassifyTask, resolve_class_weights

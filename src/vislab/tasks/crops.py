@@ -134,6 +134,11 @@ class CropsPlugin(Task):
     export_outputs = ("rect", "flag", "cells")
 
     # ---- training ------------------------------------------------------------------------
+    def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
+        from vislab.data.crops_datamodule import crops_rows
+
+        crops_rows(data_dir, cfg.data.val_fraction, cfg.seed)
+
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.crops_datamodule import CropsDataModule
         from vislab.tasks.crops_module import CropsModule

@@ -131,6 +131,12 @@ class DetectPlugin(Task):
         return model
 
     # ---- training ------------------------------------------------------------------------
+    def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
+        from vislab.data.det_datamodule import detection_splits_of, detection_table
+
+        rows, _, names = detection_table(data_dir)
+        detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
+
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.det_datamodule import DetectDataModule, detection_splits_of, detection_table
         from vislab.tasks.detect_module import DetectTask

@@ -129,6 +129,12 @@ class Task(ABC):
             return None
         return f"model.name: '{name}' is a {kind} model; task {self.name} trains {' or '.join(self.model_tasks or (self.name,))} models (see `vislab models`)"
 
+    def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
+        """Raise a VislabError when `data_dir` cannot train this task whatever values a sweep
+        tries (too few classes, an empty train or val split), from its manifest alone: a sweep
+        calls it once before its first trial instead of failing each trial alike. The default
+        checks nothing."""
+
     @abstractmethod
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         """The LightningModule (a `tasks.base.BaseTask`), its datamodule and the facts of the data

@@ -1,0 +1,155 @@
+"""What a sweep refuses before its first trial, and which trial failures end it: choices the
+config reads as one value, keys every trial must share, a dataset no trial can train on
+(checked once, not failed trial after trial), and a dataset problem found while training
+(the sweep stops at the first trial), while a failure of one trial's own values is recorded
+and the sweep goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.config import dump_config
+from vislab.errors import VislabError
+from vislab.sweep.study import SweepOptions, resolve, run_sweep
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+CLASSES = ("horizontal", "vertical")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return make_pattern_dataset(tmp_path_factory.mktemp("patterns"), classes=CLASSES, per_class=10, size=16)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("base") / "base.yaml"
+    path.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    return path
+
+
+def write(path: Path, obj: dict) -> Path:
+    path.write_text(yaml.safe_dump(obj, sort_keys=False))
+    return path
+
+
+def sweep_cli(base: Path, space: Path, data: Path, out: Path, *more: str):
+    args = ["sweep", str(base), "--space", str(space), "--data", str(data), "--out", str(out), "--trials", "2", "--pruner", "none", *more]
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize(
+    "space, same",
+    [
+        ("optim.lr: [0.01, '0.01']", "'optim.lr': choices 0.01 and '0.01' are the same value to the config (0.01)"),
+        ("optim.lr: {choices: ['1e-2', 0.02, 0.01]}", "'optim.lr': choices '1e-2' and 0.01 are the same value to the config (0.01)"),
+        ("train.precision: [32, 32-true, '32']", "'train.precision': choices 32 and '32' are the same value to the config ('32')"),
+    ],
+)
+def test_choices_the_config_reads_as_one_value_are_duplicates(dataset, base, tmp_path, space, same):
+    """[0.01, "0.01"] were two choices to Optuna and one config: the sweep trained it twice."""
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(space + "\n")
+    out = tmp_path / "out"
+    res = sweep_cli(base, space_file, dataset, out)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and f"space.yaml: {same}; list each value once" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "space, key",
+    [
+        ({"task": ["classify", "crops"]}, "task"),
+        ({"data.val_fraction": [0.2, 0.4]}, "data.val_fraction"),
+        ({"train.limit_val_batches": [1, 2]}, "train.limit_val_batches"),
+        ({" task": ["classify", "crops"]}, "task"),  # the key as the override reads it
+        # a whole section as a choice: the first resets train.monitor to the task's val/acc
+        ({"train": [{"epochs": 1, "devices": 1}, {"epochs": 1, "devices": 1, "monitor": "val/loss", "monitor_mode": "min"}]}, "train.monitor"),
+    ],
+)
+def test_keys_every_trial_must_share_cannot_be_swept(dataset, base, tmp_path, space, key):
+    """A task, validation set or monitored metric that varies makes trials incomparable."""
+    space_file = write(tmp_path / "space.yaml", space)
+    out = tmp_path / "out"
+    res = sweep_cli(base, space_file, dataset, out, "--set", "train.monitor=val/loss", "--set", "train.monitor_mode=min")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "space.yaml" in line and f"'{key}' cannot be swept" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("space", [{"train.devices": [1, 2]}, {"train.strategy": ["auto", "ddp"]}, {"train.num_nodes": [1, 2]}])
+def test_a_trials_device_setup_cannot_be_swept(base, tmp_path, space):
+    """Trials train in the worker's process on its one device; a trial with two would start
+    DDP inside the sweep (checked as the sweep resolves: no trial is run on old code here)."""
+    key = next(iter(space))
+    with pytest.raises(VislabError, match=rf"space.yaml: '{key}' cannot be swept: .*one worker per GPU"):
+        resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space)))
+
+
+def test_a_one_class_dataset_fails_once_before_any_trial(base, tmp_path):
+    """Every trial failed alike ('1 usable class(es)'), three in a row before the sweep stopped."""
+    one = make_pattern_dataset(tmp_path / "one", classes=("horizontal",), per_class=10, size=16)
+    space = write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]})
+    out = tmp_path / "out"
+    res = sweep_cli(base, space, one, out, "--trials", "5")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1, res.output
+    assert line.removeprefix("error: ").startswith(f"{one}: only one usable class ('horizontal'), and classification needs at least 2") and "curate" in line
+    assert "no trial can train on it" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "base_model, space, expected",
+    [
+        ("yolov3_tiny", {"optim.lr": [0.01, 0.02]}, "base.yaml: model.name: 'yolov3_tiny' is a detect model; task classify trains classify models"),
+        ("simple_cnn", {"model.name": ["simple_cnn", "yolov3_tiny"]}, "space.yaml: model.name='yolov3_tiny': model.name: 'yolov3_tiny' is a detect model"),
+    ],
+)
+def test_a_model_the_task_cannot_train_fails_before_any_trial(dataset, tmp_path, base_model, space, expected):
+    """Another task's model failed each trial that had it (every trial, for the base's model)."""
+    base = tmp_path / "base.yaml"
+    base.write_text(dump_config(tiny_config(model={"name": base_model}, train={"epochs": 1})))
+    out = tmp_path / "out"
+    res = sweep_cli(base, write(tmp_path / "space.yaml", space), dataset, out, "--trials", "3")
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and expected in res.output
+    assert not out.exists()
+
+
+def test_a_dataset_problem_found_in_a_trial_stops_the_sweep_there(base, tmp_path):
+    """Images deleted since curation fail every trial alike: one failed trial, then one line."""
+    data = make_pattern_dataset(tmp_path / "gone", classes=CLASSES, per_class=10, size=16)
+    for png in sorted((data / "images").rglob("*.png"))[::2]:
+        png.unlink()
+    space = write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]})
+    out = tmp_path / "out"
+    with pytest.raises(VislabError) as err:
+        run_sweep(base, data, out, SweepOptions(space=space, trials=4, pruner="none"))
+    message = str(err.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("trial 0 failed on the dataset, which no trial's values change; the sweep stopped:")
+    assert "cannot be read" in message and "re-curate" in message
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.state.name for t in study.get_trials()] == ["FAIL"]
+    assert (out / "results.csv").read_text().count("\n") == 2  # the header and the failed trial
+
+
+def test_a_failure_of_one_trials_values_is_recorded_and_the_sweep_goes_on(dataset, base, tmp_path):
+    """A bad value of one trial (a class-weight list of the wrong length) fails that trial only."""
+    space = write(tmp_path / "space.yaml", {"train.class_weights": ["balanced", [1.0, 2.0, 3.0]]})
+    out = tmp_path / "out"
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, sampler="grid", pruner="none"))
+    table = result.table.set_index("state")
+    assert sorted(table.index) == ["complete", "fail"]
+    assert "3 weights given for 2 classes" in table.loc["fail", "note"]
