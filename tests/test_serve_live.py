@@ -1,7 +1,8 @@
 """`vislab serve` as a real process on a free loopback port: uploads over the limit are cut
 short while they stream, concurrent clients share forward passes, the page works in headless
 Chromium at phone width (a screenshot is kept with VISLAB_SCREENSHOT_DIR), the API docs at
-/docs render with nothing from the network, and SIGTERM stops the server cleanly."""
+/docs render with nothing from the network and only with the token, and SIGTERM stops the
+server cleanly."""
 
 from __future__ import annotations
 
@@ -175,6 +176,21 @@ def test_concurrent_clients_all_succeed_and_share_forward_passes(server, runs) -
     assert stats["items"] >= 36 and stats["largest_batch"] > 1, stats
 
 
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
+def test_the_api_docs_need_the_token(server, path) -> None:
+    """The spec (and the page that shows it) names the served models: no token, no answer."""
+    for headers in ({}, {"Authorization": "Bearer " + TOKEN[:-1] + "X"}, {"Cookie": "vislab_token=nope"}):
+        status, head, body = fetch(server, path, headers)
+        assert status == 401 and head["www-authenticate"] == "Bearer", (headers, status)
+        assert b"cnn" not in body and b"abn" not in body and b"/v1/predict" not in body
+    assert b"enter it on the page at / first" in fetch(server, "/docs")[2]
+    for headers in ({"Authorization": f"Bearer {TOKEN}"}, {"Cookie": f"vislab_token={TOKEN}"}):  # Swagger UI sends the cookie
+        status, _, body = fetch(server, path, headers)
+        assert status == 200, (headers, status, body[:200])
+    spec = json.loads(fetch(server, "/openapi.json", {"Authorization": f"Bearer {TOKEN}"})[2])
+    assert spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["model"]["enum"] == ["cnn", "abn"]
+
+
 def test_the_api_docs_load_nothing_from_the_network(server) -> None:
     """/docs names no other host; the Swagger UI files it names come from this server."""
     status, head, body = fetch(server, "/docs", {"Authorization": f"Bearer {TOKEN}"})
@@ -195,12 +211,17 @@ def test_the_api_docs_load_nothing_from_the_network(server) -> None:
 
 
 def test_the_api_docs_render_offline_in_chromium(server, browser) -> None:
-    """Swagger UI renders the served spec, every request it made went to this server, and
-    the policy blocked nothing it needed."""
+    """With the page's cookie, Swagger UI renders the served spec, every request it made
+    went to this server, and the policy blocked nothing it needed."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     wait = WebDriverWait(browser, 60)
+    browser.delete_all_cookies()
+    browser.get(server.url + "docs")
+    assert "needs a token" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(server.url + "#token=" + TOKEN)  # the page keeps the token in its cookie
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
     browser.get_log("browser")  # what the pages before said
     browser.get(server.url + "docs")
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))

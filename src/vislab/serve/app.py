@@ -9,8 +9,9 @@ Hostile or broken input ends in a 4xx with a one-line `detail`, never a tracebac
   limit is refused before a byte is read, an undeclared one as soon as it passes the limit;
 - images are decoded by `vislab.data.io.load_image` (pixel limit against decompression
   bombs; anything Pillow cannot read is one `ImageDecodeError`): 422 naming the upload;
-- with a token, `/v1/*` needs `Authorization: Bearer TOKEN` (or the page's cookie), compared
-  in constant time: 401 otherwise;
+- with a token, `/v1/*`, `/openapi.json` and `/docs` (which name the served models) need
+  `Authorization: Bearer TOKEN` (or the page's cookie), compared in constant time: 401
+  otherwise;
 - the model is looked up by name among those served; nothing a request sends is a path, so
   no request reads or writes a file (the run directories are read once, at start-up); uploads
   stay in memory up to the body limit (`read_form`), never spooled to $TMPDIR.
@@ -223,7 +224,7 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         version=__version__,
         description="Predictions of trained vislab runs. The page is at /; the API under /v1.",
         lifespan=lifespan,
-        openapi_url=None,  # vislab.serve.docs routes the spec and /docs, offline
+        openapi_url=None,  # vislab.serve.docs routes the spec and /docs: offline, behind the token
         docs_url=None,
         redoc_url=None,
     )
@@ -235,7 +236,7 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         if problem:
             raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
 
-    add_docs(app)
+    add_docs(app, require_token)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -3,7 +3,9 @@
 FastAPI's own `/docs` loads Swagger UI from a CDN, so on a lab machine without a network it
 is a blank page; here its JavaScript and CSS come from the `fastapi-offline` package, each
 file by a fixed route (no request names a path), and the page's Content-Security-Policy
-lets it talk to this server only. ReDoc is not served: one docs page is enough.
+lets it talk to this server only. The spec lists the served models, so it and the page
+answer only with the server's token, as the API does (the page at `/` keeps the token in a
+cookie that Swagger UI's requests carry). ReDoc is not served: one docs page is enough.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any, Callable
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 
@@ -53,9 +55,9 @@ def docs_policy(html: str) -> str:
     )
 
 
-def add_docs(app: FastAPI) -> None:
+def add_docs(app: FastAPI, require_token: Callable[[Request], None]) -> None:
     """Route `/openapi.json`, `/docs` and Swagger UI's files on `app` (made with
-    `openapi_url=None, docs_url=None, redoc_url=None`)."""
+    `openapi_url=None, docs_url=None, redoc_url=None`); the first two need the token."""
     page = docs_html(app.title)
     headers = {
         "Content-Security-Policy": docs_policy(page),
@@ -65,11 +67,16 @@ def add_docs(app: FastAPI) -> None:
     }
 
     @app.get(OPENAPI_URL, include_in_schema=False)
-    async def openapi() -> JSONResponse:
+    async def openapi(request: Request) -> JSONResponse:
+        require_token(request)
         return JSONResponse(app.openapi())
 
     @app.get(DOCS_URL, include_in_schema=False)
-    async def docs() -> HTMLResponse:
+    async def docs(request: Request) -> HTMLResponse:
+        try:
+            require_token(request)
+        except HTTPException as err:  # a browser sends no header: its way in is the page's cookie
+            raise HTTPException(err.status_code, f"{err.detail}; in a browser, enter it on the page at / first", err.headers) from None
         return HTMLResponse(page, headers=headers)
 
     for name, media_type in ASSETS.items():
