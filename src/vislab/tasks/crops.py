@@ -281,7 +281,7 @@ class CropsPlugin(Task):
 
     def export_inputs(self, cfg: "RunConfig | None", input_size: Sequence[int], batch: int, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
         """Random uint8 pixels shaped as the run's `crops:` section makes a sample: a thumbnail
-        and one patch per grid cell (the spec's input size is not the thumbnail's)."""
+        and one patch per grid cell (the spec's input size is the thumbnail's only)."""
         import torch
 
         if cfg is None:
