@@ -85,6 +85,16 @@ def test_the_recorded_input_size_is_the_thumbnail_the_run_used(dataset, tmp_path
     assert "40×64 input" in (out / "report.html").read_text()
 
 
+def test_data_img_size_is_refused_naming_thumb_size(dataset, tmp_path) -> None:
+    """A crops run's thumbnail is `crops.thumb_size`: `data.img_size` would be recorded
+    but never used, so it is refused before training."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_crops_run().model_dump(mode="json")))
+    res = invoke("train", config, "--data", dataset, "--out", tmp_path / "run", "--set", "data.img_size=64")
+    assert res.exit_code != 0 and "crops.thumb_size" in res.output, res.output
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
 def test_paper_defaults_are_config_values() -> None:
     from vislab.config import build_config
 

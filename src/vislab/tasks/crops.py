@@ -138,6 +138,8 @@ class CropsPlugin(Task):
         from vislab.data.crops_datamodule import CropsDataModule
         from vislab.tasks.crops_module import CropsModule
 
+        if cfg.data.img_size is not None:
+            raise VislabError("data.img_size: a crops run's thumbnail size is crops.thumb_size (width, height); remove data.img_size")
         section = cfg.section()
         dm = CropsDataModule(data_dir, section, cfg.data, cfg.seed, sanity_batch=sanity)
         sizes = dm.split_sizes()
