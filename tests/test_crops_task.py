@@ -70,6 +70,31 @@ def test_train_writes_the_crops_columns_monitor_and_section(run) -> None:
     assert lr[1] == pytest.approx(lr[0] * 0.942, rel=1e-3)  # the paper's per-epoch decay, a recipe value
 
 
+def test_the_recorded_input_size_is_the_thumbnail_the_run_used(dataset, tmp_path) -> None:
+    """run.json, summary.json, the report's header and compare show `crops.thumb_size`, not
+    the registry's default size of the model (37x56 for crop_detector_tiny)."""
+    from vislab.report.compare import run_row
+
+    out = tmp_path / "run"
+    train_cli(tiny_crops_run(crops={"thumb_size": [64, 40]}, train={"epochs": 1}), dataset, out)
+    assert json.loads((out / "run.json").read_text())["data_spec"]["input_size"] == [3, 40, 64]
+    assert json.loads((out / "summary.json").read_text())["input_size"] == [3, 40, 64]
+    assert run_row(out)["input"] == "40x64"
+    res = invoke("report", out)
+    assert res.exit_code == 0, res.output
+    assert "40×64 input" in (out / "report.html").read_text()
+
+
+def test_data_img_size_is_refused_naming_thumb_size(dataset, tmp_path) -> None:
+    """A crops run's thumbnail is `crops.thumb_size`: `data.img_size` would be recorded
+    but never used, so it is refused before training."""
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(tiny_crops_run().model_dump(mode="json")))
+    res = invoke("train", config, "--data", dataset, "--out", tmp_path / "run", "--set", "data.img_size=64")
+    assert res.exit_code != 0 and "crops.thumb_size" in res.output, res.output
+    assert not (tmp_path / "run" / "run.json").exists()
+
+
 def test_paper_defaults_are_config_values() -> None:
     from vislab.config import build_config
 

@@ -265,7 +265,7 @@ def test_page_is_one_self_contained_file(client) -> None:
 
 
 def test_openapi_documents_the_predict_form(client) -> None:
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=AUTH).json()
     form = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form["required"] == ["image"]
     assert form["properties"]["model"]["enum"] == ["cnn", "abn"]

@@ -1,13 +1,15 @@
 """`vislab serve` as a real process on a free loopback port: uploads over the limit are cut
 short while they stream, concurrent clients share forward passes, the page works in headless
-Chromium at phone width (a screenshot is kept with VISLAB_SCREENSHOT_DIR), and SIGTERM stops
-the server cleanly."""
+Chromium at phone width (a screenshot is kept with VISLAB_SCREENSHOT_DIR), the API docs at
+/docs render with nothing from the network and only with the token, and SIGTERM stops the
+server cleanly."""
 
 from __future__ import annotations
 
 import http.client
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -43,6 +45,17 @@ class Server:
             return r.status, json.loads(r.read() or b"{}")
         finally:
             conn.close()
+
+
+def fetch(server: Server, path: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    """GET `path` with exactly `headers` (no token unless given): status, headers, body."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
 
 
 def multipart(files: list[tuple[str, bytes]], fields: dict[str, str] | None = None) -> tuple[bytes, str]:
@@ -161,6 +174,69 @@ def test_concurrent_clients_all_succeed_and_share_forward_passes(server, runs) -
     status, models = server.request("GET", "/v1/models")
     stats = {m["name"]: m["batching"] for m in models["models"]}["cnn"]
     assert stats["items"] >= 36 and stats["largest_batch"] > 1, stats
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
+def test_the_api_docs_need_the_token(server, path) -> None:
+    """The spec (and the page that shows it) names the served models: no token, no answer."""
+    for headers in ({}, {"Authorization": "Bearer " + TOKEN[:-1] + "X"}, {"Cookie": "vislab_token=nope"}):
+        status, head, body = fetch(server, path, headers)
+        assert status == 401 and head["www-authenticate"] == "Bearer", (headers, status)
+        assert b"cnn" not in body and b"abn" not in body and b"/v1/predict" not in body
+    assert b"enter it on the page at / first" in fetch(server, "/docs")[2]
+    for headers in ({"Authorization": f"Bearer {TOKEN}"}, {"Cookie": f"vislab_token={TOKEN}"}):  # Swagger UI sends the cookie
+        status, _, body = fetch(server, path, headers)
+        assert status == 200, (headers, status, body[:200])
+    spec = json.loads(fetch(server, "/openapi.json", {"Authorization": f"Bearer {TOKEN}"})[2])
+    assert spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["model"]["enum"] == ["cnn", "abn"]
+
+
+def test_the_api_docs_load_nothing_from_the_network(server) -> None:
+    """/docs names no other host; the Swagger UI files it names come from this server."""
+    status, head, body = fetch(server, "/docs", {"Authorization": f"Bearer {TOKEN}"})
+    html = body.decode()
+    assert status == 200 and head["content-type"].startswith("text/html") and "SwaggerUIBundle(" in html
+    assert not re.search(r"(https?:)?//[A-Za-z0-9]", html), "the docs page names another host"
+    csp = head["content-security-policy"]
+    assert "default-src 'none'" in csp and "connect-src 'self'" in csp and "//" not in csp
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sorted(assets) == ["/docs/favicon.png", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"]
+    sizes = {}
+    for path in assets:
+        status, head, data = fetch(server, path)  # public: Swagger UI itself says nothing about the models
+        assert status == 200, path
+        sizes[path] = (head["content-type"].split(";")[0], len(data))
+    assert sizes["/docs/swagger-ui-bundle.js"][0] == "text/javascript" and sizes["/docs/swagger-ui-bundle.js"][1] > 500_000
+    assert sizes["/docs/swagger-ui.css"][0] == "text/css" and sizes["/docs/favicon.png"][0] == "image/png"
+
+
+def test_the_api_docs_render_offline_in_chromium(server, browser) -> None:
+    """With the page's cookie, Swagger UI renders the served spec, every request it made
+    went to this server, and the policy blocked nothing it needed."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.delete_all_cookies()
+    browser.get(server.url + "docs")
+    assert "needs a token" in browser.find_element(By.TAG_NAME, "body").text
+    browser.get(server.url + "#token=" + TOKEN)  # the page keeps the token in its cookie
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#model option")) == 2)
+    browser.get_log("browser")  # what the pages before said
+    browser.get(server.url + "docs")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {e.text.strip().replace("\u200b", "") for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {"/v1/predict", "/v1/models", "/healthz"} <= paths
+    enum = browser.execute_script(
+        "return ui.specSelectors.specJson().getIn(['paths', '/v1/predict', 'post', 'requestBody', 'content',"
+        " 'multipart/form-data', 'schema', 'properties', 'model', 'enum']).toJS()")
+    assert enum == ["cnn", "abn"]
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    origin = server.url.rstrip("/")
+    assert loaded and all(u.startswith(origin + "/") for u in loaded), loaded
+    assert "/docs/swagger-ui-bundle.js" in " ".join(loaded) and origin + "/openapi.json" in loaded
+    problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert not problems, problems
 
 
 def test_page_in_chromium_at_phone_width(server, runs, browser, tmp_path, keep_screenshot) -> None:

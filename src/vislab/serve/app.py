@@ -2,15 +2,16 @@
 
 Routes: `/` the page (one self-contained file, no network), `POST /v1/predict` (multipart
 images plus `model` and the task's option fields), `GET /v1/models`, `GET /healthz`, and
-FastAPI's `/docs` and `/openapi.json`.
+`/openapi.json` with its Swagger UI page `/docs` (`vislab.serve.docs`: no CDN).
 
 Hostile or broken input ends in a 4xx with a one-line `detail`, never a traceback:
 - request bodies are counted while they stream in (`BodyLimit`): a declared size over the
   limit is refused before a byte is read, an undeclared one as soon as it passes the limit;
 - images are decoded by `vislab.data.io.load_image` (pixel limit against decompression
   bombs; anything Pillow cannot read is one `ImageDecodeError`): 422 naming the upload;
-- with a token, `/v1/*` needs `Authorization: Bearer TOKEN` (or the page's cookie), compared
-  in constant time: 401 otherwise;
+- with a token, `/v1/*`, `/openapi.json` and `/docs` (which name the served models) need
+  `Authorization: Bearer TOKEN` (or the page's cookie), compared in constant time: 401
+  otherwise;
 - the model is looked up by name among those served; nothing a request sends is a path, so
   no request reads or writes a file (the run directories are read once, at start-up); uploads
   stay in memory up to the body limit (`read_form`), never spooled to $TMPDIR.
@@ -19,12 +20,9 @@ Hostile or broken input ends in a 4xx with a one-line `detail`, never a tracebac
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import hmac
 import logging
 import os
-import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +41,8 @@ from vislab.data.io import ImageDecodeError, load_image, probe
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, printable
 from vislab.serve.batching import MicroBatcher, QueueFull
+from vislab.serve.csp import inline_hashes
+from vislab.serve.docs import add_docs
 from vislab.serve.predictors import OptionsError, Predictor
 
 log = logging.getLogger("vislab.serve")
@@ -116,13 +116,8 @@ def page_html() -> str:
 def content_security_policy(html: str) -> str:
     """Only the page's own inline script and style run (by hash), and it talks to this
     server only: the page cannot load anything from the network, even by mistake."""
-
-    def hashes(tag: str) -> str:
-        bodies = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.S)
-        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'" for b in bodies)
-
     return (
-        f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; "
+        f"default-src 'none'; script-src {inline_hashes(html, 'script')}; style-src {inline_hashes(html, 'style')}; "
         "img-src 'self' data: blob:; connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
     )
 
@@ -229,6 +224,9 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         version=__version__,
         description="Predictions of trained vislab runs. The page is at /; the API under /v1.",
         lifespan=lifespan,
+        openapi_url=None,  # vislab.serve.docs routes the spec and /docs: offline, behind the token
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=limits.max_upload_bytes)
     app.state.batchers = batchers
@@ -237,6 +235,8 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         problem = token_problem(request, token)
         if problem:
             raise HTTPException(401, problem, headers={"WWW-Authenticate": "Bearer"})
+
+    add_docs(app, require_token)
 
     @app.get("/", include_in_schema=False)
     async def index() -> HTMLResponse:

@@ -143,6 +143,8 @@ class CropsPlugin(Task):
         from vislab.data.crops_datamodule import CropsDataModule
         from vislab.tasks.crops_module import CropsModule
 
+        if cfg.data.img_size is not None:
+            raise VislabError("data.img_size: a crops run's thumbnail size is crops.thumb_size (width, height); remove data.img_size")
         section = cfg.section()
         dm = CropsDataModule(data_dir, section, cfg.data, cfg.seed, sanity_batch=sanity)
         sizes = dm.split_sizes()
@@ -286,7 +288,7 @@ class CropsPlugin(Task):
 
     def export_inputs(self, cfg: "RunConfig | None", input_size: Sequence[int], batch: int, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
         """Random uint8 pixels shaped as the run's `crops:` section makes a sample: a thumbnail
-        and one patch per grid cell (the spec's input size is not the thumbnail's)."""
+        and one patch per grid cell (the spec's input size is the thumbnail's only)."""
         import torch
 
         if cfg is None:

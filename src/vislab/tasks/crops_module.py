@@ -51,6 +51,9 @@ class CropsModule(BaseTask):
     def __init__(self, config: dict[str, Any], classes: Sequence[str], data_spec: dict[str, Any] | None = None, *, model: nn.Module | None = None) -> None:
         super().__init__(config, classes, data_spec, model=model)
         self.crops = self.cfg.section()
+        if data_spec is None:  # the thumbnail the sampler makes, not the registry's size of the model
+            width, height = self.crops.thumb_size
+            self.hparams["data_spec"] = {**self.hparams["data_spec"], "input_size": [3, height, width]}
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.train_flag_acc = MeanMetric()
         self.train_patch_acc = MeanMetric()

@@ -110,7 +110,7 @@ def tiny_crops_run(**sections: Any) -> "RunConfig":
         "task": "crops",
         "model": {"name": "crop_detector_tiny"},
         "crops": dict(TINY_CROPS),
-        "data": {"batch_size": 8, "num_workers": 0},
+        "data": {"img_size": None, "batch_size": 8, "num_workers": 0},  # the size is crops.thumb_size
         "optim": {"name": "adam", "lr": 2e-3},
         "scheduler": {"name": "exponential", "gamma": 0.942},
         "train": {"epochs": 2},
