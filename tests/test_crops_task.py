@@ -147,12 +147,45 @@ def test_the_evaluation_set_is_the_same_every_time_and_stress_changes_only_pixel
     pd.testing.assert_frame_equal(first, again)  # same crops, same model: same everything
     res = invoke("evaluate", run, "--aberration", "vignette=0.5,red=2")
     assert res.exit_code == 0, res.output
-    stressed = pd.read_csv(out / "predictions.csv")
+    stressed_dir = run / "eval" / "test-aberration-vignette0.5-red2"
+    stressed = pd.read_csv(stressed_dir / "predictions.csv")
     truth = [c for c in first.columns if c.startswith("true_")] + ["path", "cropped", "cells_true"]
     pd.testing.assert_frame_equal(first[truth], stressed[truth])
     assert not np.allclose(first["crop_prob"], stressed["crop_prob"])
-    m = json.loads((out / "metrics.json").read_text())
+    m = json.loads((stressed_dir / "metrics.json").read_text())
     assert m["aberration"] == {"vignette": 0.5, "red": 2.0, "blue": 0.0, "distortion": 0.0}
+
+
+def test_a_stress_test_goes_beside_the_clean_evaluation_which_report_and_compare_keep(run) -> None:
+    """`--aberration` used to write eval/test/ too: the clean evaluation was lost and the report
+    showed the stressed numbers as the test split's. Now each setting has its own folder."""
+    assert invoke("evaluate", run, "--crops-per-image", "1").exit_code == 0
+    clean = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    res = invoke("evaluate", run, "--crops-per-image", "1", "--aberration", "vignette=0.6,distortion=-0.1")
+    assert res.exit_code == 0, res.output
+    stressed_dir = run / "eval" / "test-aberration-vignette0.6-distortion-0.1"
+    assert f"eval: {stressed_dir}" in res.output.replace("\n", "")
+    assert json.loads((run / "eval" / "test" / "metrics.json").read_text()) == clean  # untouched
+    stressed = json.loads((stressed_dir / "metrics.json").read_text())
+    assert clean["aberration"] is None and clean["variant"] is None
+    assert stressed["variant"] == "aberration-vignette0.6-distortion-0.1" and stressed["aberration"]["vignette"] == 0.6
+    assert stressed["model"] != clean["model"]
+    assert invoke("report", run).exit_code == 0
+    assert "Stress test:" not in (run / "report.html").read_text()  # the page details the clean split
+    res = invoke("report", run, "--split", stressed_dir.name)
+    assert res.exit_code == 0, res.output
+    assert "Stress test:" in (run / "report.html").read_text()
+    for split, m in (("test", clean), (stressed_dir.name, stressed)):
+        res = invoke("compare", run, "--format", "csv", "--split", split)
+        assert res.exit_code == 0, res.output
+        assert pd.read_csv(io.StringIO(res.output)).loc[0, "patch_acc"] == pytest.approx(m["patch_acc"]), split
+    res = invoke("evaluate", run, "--crops-per-image", "2", "--name", "test-two-crops")
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "eval" / "test-two-crops" / "metrics.json").read_text())["crops_per_image"] == 2
+    assert json.loads((run / "eval" / "test" / "metrics.json").read_text()) == clean
+    res = invoke("evaluate", run, "--name", "../elsewhere")
+    assert res.exit_code == 2 and "--name '../elsewhere': contains the path separator '/'" in res.output
+    assert len(res.output.strip().splitlines()) == 1
 
 
 def test_rectangle_option_reaches_the_evaluation(run, monkeypatch) -> None:

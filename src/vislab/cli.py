@@ -274,7 +274,7 @@ def models(
 @user_errors
 def report(
     run_dir: Path = typer.Argument(..., help="A run directory written by `vislab train`."),
-    split: Optional[str] = typer.Option(None, help="Eval set to detail (default: test, else the first one)."),
+    split: Optional[str] = typer.Option(None, help="Eval set (a folder name under RUN_DIR/eval/) to detail (default: test, else the first plain one: not a stress test)."),
     cams: bool = typer.Option(True, "--cams/--no-cams", help="Compute a CAM gallery (needs the checkpoint)."),
     method: str = typer.Option("gradcam", help="CAM method for the gallery: gradcam|gradcam++|scorecam|eigencam."),
     open_browser: bool = typer.Option(False, "--open", help="Open the report in a browser."),
@@ -292,7 +292,7 @@ def compare(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories to compare."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | html"),
     sort: Optional[str] = typer.Option(None, help="Column to sort by, e.g. test_acc, mca, wall_time_s, or a config key that differs such as optim.lr ('+'/'-' prefix forces the order)."),
-    split: str = typer.Option("test", help="Eval set whose accuracy, mCA and F1 are shown."),
+    split: str = typer.Option("test", help="Eval set (a folder name under RUN_DIR/eval/, e.g. test-aberration-vignette0.4) whose accuracy, mCA and F1 are shown."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
     """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed."""
@@ -543,8 +543,10 @@ def evaluate(
     crops_per_image: Optional[int] = typer.Option(None, "--crops-per-image", help="crops task: each image once uncropped and N times cropped (default: the run's crops.eval_crops_per_image)."),
     aberration: Optional[str] = typer.Option(None, "--aberration", help="crops task: stress test, e.g. vignette=0.4,red=1.5,blue=-1.5,distortion=0.05 added to each photo."),
     rectangle: Optional[str] = typer.Option(None, "--rectangle", help="crops task: head | cells | mean, the rectangle to score (default: the run's crops.rectangle)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Folder name under RUN_DIR/eval/ (default: the split, plus the --data folder's name and the --aberration values); keeps e.g. a --tta evaluation beside the plain one."),
 ) -> None:
-    """Evaluate a run's best checkpoint; writes RUN_DIR/eval/<name>/ (metrics.json and the task's files)."""
+    """Evaluate a run's best checkpoint; writes RUN_DIR/eval/<name>/ (metrics.json and the task's
+    files). A stress test (--aberration) goes beside the split's plain evaluation, never over it."""
     from vislab.evaluate import evaluate as run_evaluate
 
     if tta_translate < 0:
@@ -553,7 +555,7 @@ def evaluate(
 
     given = {"crops_per_image": crops_per_image, "aberration": aberration, "rectangle": rectangle}  # task options: only those given reach the task
     task_options = {k: v for k, v in given.items() if v is not None}
-    m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options)
+    m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options, name=name)
     console.print(get_task(m["task"]).evaluation_line(m), highlight=False)
     console.print(f"eval: {m['eval_dir']}", highlight=False)
 

@@ -5,8 +5,10 @@ the run's own manifest changed since training, the eval folder's name, and metri
 with where the numbers came from. The run's task (`Task.evaluate`) runs the model through
 its `predict_step` and scores it; it writes its own files beside metrics.json (for
 classification predictions.csv and probs.npy; see tasks/classify.py). The folder is
-RUN_DIR/eval/<name>/ (the run-directory contract); `name` is the split, or
-`<split>-<dataset folder name>` with `--data`.
+RUN_DIR/eval/<name>/ (the run-directory contract); `name` is the split, plus
+`-<dataset folder name>` with `--data` and `-<variant>` when the task's options changed the
+images (a crops `--aberration` stress test), or the user's `--name`. So a stress test never
+replaces the split's plain evaluation, which report and compare read unless told otherwise.
 
 Evaluating the run's own dataset after its manifest changed is allowed, with a warning and
 `manifest_changed: true` in metrics.json. An image that cannot be read any more is an error
@@ -35,16 +37,20 @@ def evaluate(
     num_workers: int | None = None,
     tta_translate: int = 0,
     task_options: dict[str, Any] | None = None,
+    name: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the
     metrics (as in metrics.json, plus `eval_dir` and the run's `task`). `task_options` go to
-    the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused."""
+    the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused.
+    `name` is the eval folder's name, to keep evaluations with other settings apart."""
     from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import make_folder
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
     from vislab.tasks import get_task
     from vislab.tricks import resolve_precision
 
+    if name is not None:
+        check_eval_name(name)
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
     task_options = dict(task_options or {})
@@ -77,12 +83,13 @@ def evaluate(
         run, rows, dataset_dir, precision=precision, description=f"evaluate {split}",
         tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers, **task_options,
     )
-    name = eval_name(split, None if data is None else dataset_dir.resolve().name)
+    name = name or eval_name(split, None if data is None else dataset_dir.resolve().name, result.variant)
     metrics = dict(result.metrics)
     metrics.update(
         {
             "split": split,
             "name": name,
+            "variant": result.variant or None,
             "manifest_changed": bool(changed),
             "dataset_dir": str(dataset_dir.resolve()),
             "checkpoint": str(run.checkpoint),
@@ -98,15 +105,25 @@ def evaluate(
     return metrics
 
 
-def eval_name(split: str, dataset_name: str | None = None) -> str:
-    """The eval folder's name: the split, or `<split>-<dataset folder name>`; one that is not a
-    plain folder name, or is long, is reduced to a slug of bounded length plus a short hash."""
+def eval_name(split: str, dataset_name: str | None = None, variant: str = "") -> str:
+    """The eval folder's name: the split, then `-<dataset folder name>` and `-<variant>` when
+    given; one that is not a plain folder name, or is long, is reduced to a slug of bounded
+    length plus a short hash."""
     from vislab.fsguard import folder_name_problem, slug
 
-    raw = split if dataset_name is None else f"{split}-{dataset_name}"
+    raw = "-".join(p for p in (split, dataset_name, variant) if p)
     if folder_name_problem(raw) is None and len(raw) <= NAME_CHARS:
         return raw
     return f"{slug(raw)[:NAME_CHARS]}-{hashlib.sha1(raw.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def check_eval_name(name: str) -> None:
+    """Refuse a `--name` that is not one short plain folder name (it becomes eval/<name>/)."""
+    from vislab.fsguard import folder_name_problem
+
+    problem = folder_name_problem(name) or (f"longer than {NAME_CHARS} characters" if len(name) > NAME_CHARS else None)
+    if problem:
+        raise VislabError(f"--name {name!r}: {problem}; use a short folder name such as test-tta")
 
 
 def _jsonable(v: Any) -> Any:

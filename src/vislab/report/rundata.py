@@ -65,10 +65,12 @@ class RunData:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.info.get("classes") or (self.primary_eval().metrics.get("classes", []) if self.evals else []))
+        ev = self.primary_eval() or next(iter(self.evals.values()), None)
+        return list(self.info.get("classes") or (ev.metrics.get("classes", []) if ev else []))
 
     def primary_eval(self, split: str | None = None) -> EvalSet | None:
-        """The named eval set, else 'test', else the first one there is."""
+        """The named eval set, else 'test', else the first plain one (no variant such as an
+        aberration stress test: its numbers are not the split's), else None."""
         if split is not None:
             if split not in self.evals:
                 have = ", ".join(self.evals) or "none"
@@ -78,7 +80,7 @@ class RunData:
             return self.evals[split]
         if "test" in self.evals:
             return self.evals["test"]
-        return next(iter(self.evals.values()), None)
+        return next((ev for ev in self.evals.values() if not ev.metrics.get("variant")), None)
 
 
 def _json(path: Path, default: Any) -> Any:

@@ -7,7 +7,8 @@
   accuracy and AUC, patch accuracy, rectangle IoU and crop-factor error on the fixed
   validation set; the best checkpoint is the lowest val/loss.
 - evaluate: the fixed evaluation set of a split (`--crops-per-image N` cropped variants per
-  photo beside the uncropped one; `--aberration` adds a lens profile first), scored with
+  photo beside the uncropped one; `--aberration` adds a lens profile first, written to
+  eval/<split>-aberration-<values>/ beside the clean evaluation), scored with
   metrics/crops.py beside the trivial baseline (mean training rectangle, majority flag,
   most frequent cell) in the same evaluation; predictions.csv per sample, probs.npy the
   patches' cell probabilities (samples x patches x cells).
@@ -81,6 +82,14 @@ def parse_aberration(text: str) -> Aberrations:
     except ValidationError as err:
         first = err.errors()[0]
         raise VislabError(f"--aberration {text!r}: {'.'.join(map(str, first['loc']))}: {first['msg'].lower()} (keys: {', '.join(Aberrations.model_fields)})") from None
+
+
+def aberration_variant(stress: Aberrations | None) -> str:
+    """The eval folder suffix of a stress test ('aberration-vignette0.5-red2', its non-zero
+    values), so it sits beside the split's clean evaluation instead of replacing it."""
+    if stress is None or stress.is_identity():
+        return ""
+    return "aberration-" + "-".join(f"{k}{v:g}" for k, v in stress.model_dump().items() if v)
 
 
 def training_baseline(run: "LoadedRun", cfg: CropsConfig, fallback: Sequence[Any]) -> tuple["Baseline", str]:
@@ -230,7 +239,7 @@ class CropsPlugin(Task):
 
         options = {"crops_per_image": n_crops, "eval_seed": cfg.eval_seed, "aberration": stress.model_dump() if stress else None,
                    "rectangle": ecfg.rectangle}
-        return Evaluation(metrics, options, write)
+        return Evaluation(metrics, options, write, variant=aberration_variant(stress))
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         m, b = metrics.get("model", {}), metrics.get("baseline", {})

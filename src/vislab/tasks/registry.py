@@ -83,11 +83,16 @@ class ReportSection:
 class Evaluation:
     """What a task's evaluation of a set of images produced: the metrics (metrics.json), the
     options that shaped them (recorded after the run's own fields) and a writer of the other
-    files of RUN_DIR/eval/<name>/ (predictions, probabilities)."""
+    files of RUN_DIR/eval/<name>/ (predictions, probabilities).
+
+    `variant` names what made the images other than the split's own (e.g. an aberration
+    stress test, 'aberration-vignette0.5'): it is added to the eval folder's name, so such an
+    evaluation never replaces the plain one that report and compare read; '' for none."""
 
     metrics: dict[str, Any]
     options: dict[str, Any]
     write: Callable[[Path], None]
+    variant: str = ""
 
 
 class Task(ABC):
