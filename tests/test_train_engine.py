@@ -85,6 +85,32 @@ def test_starting_over_an_existing_run_is_refused(trained, dataset):
         train(tiny_config(), dataset, trained)
 
 
+def test_out_folder_holding_other_files_is_refused_and_an_empty_one_is_used(trained, dataset, tmp_path):
+    """`--out` a folder of the user's photos used to be accepted, the run's files written
+    among them; a folder holding only a run's own names (or nothing) is still a run's."""
+    cfg = _write_cfg(tmp_path / "c.yaml", tiny_config(train={"epochs": 1}))
+    photos = tmp_path / "photos"
+    (photos / "2023").mkdir(parents=True)
+    for name in ("IMG_0001.jpg", "IMG_0002.jpg", "notes.txt"):
+        (photos / name).write_bytes(b"the user's own bytes")
+    before = sorted(p.relative_to(photos) for p in photos.rglob("*"))
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(dataset), "--out", str(photos)])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "Traceback" not in res.output
+    line = " ".join(res.output.split())
+    assert f"--out {photos}: holds files that are not a run's ('2023', 'IMG_0001.jpg', 'IMG_0002.jpg' and 1 more)" in line
+    assert "choose another --out, a new or empty folder" in line
+    assert sorted(p.relative_to(photos) for p in photos.rglob("*")) == before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(dataset), "--out", str(empty)])
+    assert res.exit_code == 0, res.output
+    assert (empty / "checkpoints" / "best.ckpt").is_file() and (empty / "config.yaml").is_file()
+    from vislab.runs import RUN_ENTRIES
+
+    assert {p.name for p in trained.iterdir()} <= RUN_ENTRIES  # every name a run writes counts as a run's
+
+
 def test_class_weights_change_the_loss_as_specified(tmp_path):
     data = make_pattern_dataset(tmp_path / "d", classes=("a", "b", "c"), per_class=[10, 5, 15], size=16, splits=(0.6, 0.2, 0.2))
     task, _, facts = build_task(tiny_config(train={"class_weights": "balanced"}), data)

@@ -61,6 +61,12 @@ LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
+# every name vislab writes at the top of a run directory: a new run may start in a folder
+# holding only these (a run that failed early, an earlier `--sanity` check), never among others
+RUN_ENTRIES = frozenset({
+    CONFIG_NAME, RUN_JSON, METRICS_CSV, SUMMARY_JSON, HEALTH_JSON, SANITY_JSON, TB_DIR, CKPT_DIR,
+    EVAL_DIR, PLOTS_DIR, PREDICT_DIR, EXPLAIN_DIR, EXPORT_DIR, REPORT_NAME, LOCK_NAME,
+})
 
 
 
@@ -308,18 +314,35 @@ def resolve_run_dir(run_dir: str | Path) -> Path:
 
 
 def prepare_out_dir(out: str | Path) -> Path:
-    """Create the --out folder of a new run (and its parents), or say in one line why it cannot be."""
+    """Create the --out folder of a new run (and its parents), or say in one line why it cannot
+    be: a file in the way, or an existing folder holding anything but a run's own files."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise VislabError(f"--out {out}: is a file, not a folder; choose a folder for the run directory")
     for parent in out.parents:
         if parent.exists() and not parent.is_dir():
             raise VislabError(f"--out {out}: {parent} is a file, not a folder; choose a folder for the run directory")
+    if out.is_dir():
+        refuse_foreign_files(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise VislabError(f"--out {out}: cannot create the run directory ({err.strerror or err})") from None
     return out
+
+
+def refuse_foreign_files(out: Path) -> None:
+    """Refuse an existing --out that holds anything but a run's own files (a folder of photos,
+    say): the run's files would be written among the user's, and mixed up with them."""
+    try:
+        names = sorted(n for n in os.listdir(out) if n not in RUN_ENTRIES and not TEMP_NAME.match(n))
+    except OSError as err:
+        raise VislabError(f"--out {out}: cannot read the folder ({err.strerror or err}); choose another --out") from None
+    if names:
+        shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        raise VislabError(
+            f"--out {out}: holds files that are not a run's ({shown}); choose another --out, a new or empty folder, so the run never mixes with them"
+        )
 
 
 def remove_if_unused(out: str | Path) -> None:
