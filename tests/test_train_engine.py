@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -109,6 +110,32 @@ def test_out_folder_holding_other_files_is_refused_and_an_empty_one_is_used(trai
     from vislab.runs import RUN_ENTRIES
 
     assert {p.name for p in trained.iterdir()} <= RUN_ENTRIES  # every name a run writes counts as a run's
+
+
+def test_more_workers_than_cores_is_one_warning_and_fewer_are_quiet(dataset, tmp_path, monkeypatch):
+    """data.num_workers far above the cores used to pass in silence; now one warning line
+    (the budget's probe builds the data a second time: still one line)."""
+    from vislab import workers
+
+    monkeypatch.setattr(workers, "available_cores", lambda: 1, raising=False)
+    monkeypatch.setattr(workers, "_WARNED", set(), raising=False)
+    cfg = _write_cfg(tmp_path / "c.yaml", tiny_config(train={"epochs": 1}))
+    args = ["train", str(cfg), "--data", str(dataset)]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "many"), "--set", "data.num_workers=2", "--max-time", "5m"])
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if "data.num_workers" in line]
+    assert warned == ["warning: data.num_workers 2 is more than the 1 CPU core(s) this process can use; "
+                      "the extra DataLoader workers only compete for them (set data.num_workers to 1 or fewer)"], res.output
+    for n in (0, 1):
+        res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / f"few{n}"), "--set", f"data.num_workers={n}", "--sanity", "--set", "train.sanity_steps=2"])
+        assert res.exit_code == 0, res.output
+        assert "num_workers" not in res.output and "warning" not in res.output
+
+
+def test_available_cores_is_the_process_affinity():
+    from vislab.workers import available_cores
+
+    assert available_cores() == len(os.sched_getaffinity(0))
 
 
 def test_class_weights_change_the_loss_as_specified(tmp_path):

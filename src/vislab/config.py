@@ -125,7 +125,7 @@ class DataConfig(Section):
     img_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(None, description="Input size (N or [H, W]); null: the model's own.")
     batch_size: int = Field(64, ge=1, description="Training batch size (per device).")
     eval_batch_size: int | None = Field(None, ge=1, description="Evaluation batch size; null: batch_size.")
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes (more than the CPU cores this process may use is a warning).")
     grayscale: bool = Field(False, description="Convert images to grey (set model.in_chans: 1 for one channel).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
     sampler: Literal["random", "weighted"] = Field("random", description="weighted draws classes equally often (imbalanced data).")

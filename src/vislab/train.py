@@ -242,13 +242,19 @@ def _on_gpu(accelerator: str) -> bool:
 
 def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
     """The LightningModule, datamodule and data facts of the config's task (`Task.build`),
-    after checking the task can train the config's model."""
+    after checking the task can train the config's model (and warning once when
+    data.num_workers exceeds the cores)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from vislab.tasks import get_task
+    from vislab.workers import warn_many_workers
 
     task = get_task(cfg.task)
     problem = task.accepts_model(cfg.model.name)
     if problem:
         raise VislabError(problem)
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        warn_many_workers(cfg.data.num_workers)
     return task.build(cfg, data_dir, sanity)
 
 
