@@ -98,6 +98,30 @@ def test_wrong_value_names_key_allowed_values_and_source(tmp_path) -> None:
     assert load_config(None, ["train.precision=32"]).train.precision == "32"  # YAML's number 32 still works
 
 
+def test_a_pair_given_the_wrong_length_says_the_form_it_expects(tmp_path) -> None:
+    """`data.augment.scale=[0.9]` used to say 'field required'; a pair says it wants two numbers."""
+    res = invoke("train", "digits-cnn", "--set", "data.augment.scale=[0.9]", "--show-config")
+    assert res.exit_code == 2
+    assert res.output.strip() == (
+        "error: --set data.augment.scale=[0.9]: 'data.augment.scale' expects two numbers [min, max] (got [0.9]); allowed: [float, float] or null"
+    )
+    cases = {
+        "data.augment.scale=[0.9, 1.0, 1.1]": "'data.augment.scale' expects two numbers [min, max] (got [0.9, 1.0, 1.1])",
+        "data.augment.random_resized_crop=0.5": "'data.augment.random_resized_crop' expects two numbers [min, max] (got 0.5)",
+        "data.augment.scale=[small, 1]": "'data.augment.scale' expects two numbers [min, max] (got small at position 0)",
+    }
+    for override, text in cases.items():
+        res = invoke("train", "digits-cnn", "--set", override, "--show-config")
+        assert res.exit_code == 2 and f"--set {override}: {text}; allowed" in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1
+    cfg = tmp_path / "crops.yaml"
+    cfg.write_text("task: crops\ncrops:\n  grid: [4]\n")
+    res = invoke("train", str(cfg), "--show-config")
+    assert res.exit_code == 2 and f"{cfg}: 'crops.grid' expects two integers [columns, rows] (got [4]); allowed: [int, int]" in res.output
+    res = invoke("train", "kitti-yolov3-tiny", "--set", "detect.anchors=[[10, 14], [23]]", "--show-config")
+    assert res.exit_code == 2 and "'detect.anchors' expects a list of two numbers [w, h] each (got [23] at position 1)" in res.output
+
+
 def test_show_config_prints_the_resolved_config_and_exits(tmp_path) -> None:
     res = invoke("train", "digits-cnn", "--set", "optim.lr=0.05", "--epochs", "3", "--show-config")
     assert res.exit_code == 0, res.output

@@ -499,6 +499,28 @@ def _origin(loc: list[str], source: str, overrides: Sequence[str]) -> str:
     return source
 
 
+COUNTS = {2: "two", 3: "three", 4: "four"}
+SHAPE_ERRORS = ("missing", "too_short", "too_long", "tuple_type")  # a fixed-length list of the wrong length or kind
+
+
+def _tuple_form(info: FieldInfo) -> tuple[str, bool] | None:
+    """A field holding a fixed-length list (or a list of them), as people read it: 'two numbers
+    [min, max]' (the names from its help text when it spells them), and whether it is a list
+    of them; None for any other field."""
+    members = [a for a in (get_args(info.annotation) if get_origin(info.annotation) in (Union, types.UnionType) else (info.annotation,)) if a is not type(None)]
+    many = len(members) == 1 and get_origin(members[0]) is list
+    shape = get_args(members[0])[0] if many else members[0] if len(members) == 1 else None
+    if get_origin(shape) is not tuple or Ellipsis in get_args(shape):
+        return None
+    items = [get_args(a)[0] if get_origin(a) is Annotated else a for a in get_args(shape)]
+    kind = "integers" if all(a is int for a in items) else "numbers" if all(a in (int, float) for a in items) else "values"
+    form = f"{COUNTS.get(len(items), len(items))} {kind}"
+    names = re.search(r"[\[(]([A-Za-z_]+(?:, [A-Za-z_]+)+)[\])]", info.description or "")
+    if names and len(names.group(1).split(", ")) == len(items):
+        form += f" [{names.group(1)}]"
+    return (f"a list of {form} each" if many else form), many
+
+
 def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = ()) -> str:
     """One line naming the key, what is wrong, what is allowed and where the value came from."""
     errors = err.errors()
@@ -521,6 +543,12 @@ def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = 
     inp = first.get("input")
     got = "" if isinstance(inp, dict) else f" (got {inp!r})"
     several = len([e for e in errors if [str(p) for p in e["loc"]][: len(known)] == known]) > 1
+    shape = _tuple_form(info) if info is not None else None
+    if shape and (first["type"] in SHAPE_ERRORS or len(loc) > len(known)):  # a [min, max] pair given one number, say
+        form, many = shape
+        inner = len(loc) > len(known) and (many or first["type"] not in SHAPE_ERRORS)  # the input is one item, not the value
+        item = f" at position {loc[len(known)]}" if inner else ""
+        return f"{where}: '{key}' expects {form} (got {value_text(inp)}{item}); allowed: {type_text(info)}"
     if several or info is None:  # several union members failed: say what is allowed instead
         msg = "is not a valid value"
     else:
