@@ -138,6 +138,24 @@ def test_available_cores_is_the_process_affinity():
     assert available_cores() == len(os.sched_getaffinity(0))
 
 
+def test_monitor_epoch_is_worded_as_the_last_epoch_not_the_best(dataset, tmp_path):
+    """train.monitor: epoch keeps the last epoch; the end line and the report used to call it
+    the best (e.g. 'best val/acc 40.00% at epoch 2'), as if a metric had picked it."""
+    cfg = _write_cfg(tmp_path / "c.yaml", tiny_config(train={"epochs": 2, "monitor": "epoch"}))
+    run = tmp_path / "run"
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(dataset), "--out", str(run)])
+    assert res.exit_code == 0, res.output
+    end = next(line for line in res.output.splitlines() if line.startswith("stopped:"))
+    assert "kept the last epoch (2, train.monitor: epoch): val/acc " in end and "best" not in end, end
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["monitor"] == "epoch" and summary["best_epoch"] == 1
+    res = CliRunner().invoke(app, ["report", str(run), "--no-cams"])
+    assert res.exit_code == 0, res.output
+    page = (run / "report.html").read_text()
+    assert "last val acc." in page and "Last epoch 2 kept (train.monitor: epoch) of 2" in page
+    assert "best val acc." not in page and "Best epoch" not in page
+
+
 def test_class_weights_change_the_loss_as_specified(tmp_path):
     data = make_pattern_dataset(tmp_path / "d", classes=("a", "b", "c"), per_class=[10, 5, 15], size=16, splits=(0.6, 0.2, 0.2))
     task, _, facts = build_task(tiny_config(train={"class_weights": "balanced"}), data)

@@ -99,6 +99,7 @@ class ModelConfig(Section):
         return bool(self.pretrained or self.weights)
 
 
+LAST_EPOCH_MONITOR = "epoch"  # train.monitor that keeps the last epoch instead of picking the best
 AUG_PRESETS = ("none", "light", "standard", "strong")
 
 

@@ -293,6 +293,14 @@ def make_run_record(
     return rec
 
 
+def keeps_last_epoch(summary: dict[str, Any]) -> bool:
+    """Whether summary.json's `best_epoch` is simply the last epoch (`train.monitor: epoch`
+    keeps it, for validation sets too small to pick one by): output then says 'last', not 'best'."""
+    from vislab.config import LAST_EPOCH_MONITOR
+
+    return summary.get("monitor") == LAST_EPOCH_MONITOR
+
+
 def is_sanity_check(folder: str | Path) -> bool:
     """Whether a folder holds only a `vislab train --sanity` result (sanity.json), not a run:
     the sanity check trains no model worth keeping, so it writes no run directory."""

@@ -536,7 +536,10 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
 
 
 def _print_summary(path: Path, metric: str | None, percent: frozenset[str]) -> None:
-    """The line training ends with; `metric` is the task's headline figure of the best epoch."""
+    """The line training ends with; `metric` is the task's headline figure of the best epoch
+    (of the last one under train.monitor: epoch, and then worded so)."""
+    from vislab.runs import keeps_last_epoch
+
     if not path.is_file():
         return
     s = read_json(path)
@@ -546,7 +549,9 @@ def _print_summary(path: Path, metric: str | None, percent: frozenset[str]) -> N
     if isinstance(value, float):
         shown = f"{value:.2%}" if metric in percent else f"{value:.4f}"
         epoch, monitor = s["best_epoch"] + 1, s.get("monitor")
-        if monitor and monitor != metric and isinstance(best.get(monitor), float):
+        if keeps_last_epoch(s):  # nothing was picked: best.ckpt is the last epoch
+            best_txt = f", kept the last epoch ({epoch}, train.monitor: {monitor}): {metric} {shown}"
+        elif monitor and monitor != metric and isinstance(best.get(monitor), float):
             # best.ckpt was picked by another metric: `metric` there is not its best figure
             best_txt = f", best checkpoint (by {monitor} {best[monitor]:.4g}) at epoch {epoch}: {metric} {shown}"
         else:

@@ -85,7 +85,7 @@ def class_lists_informative(metrics: dict[str, Any]) -> bool:
 
 
 def kpis(data: RunData, page: Page) -> list[tuple[str, str, str]]:
-    """Accuracy, mCA, macro F1, GAP, best validation accuracy and training time."""
+    """Accuracy, mCA, macro F1, GAP, the kept epoch's validation accuracy and training time."""
     ev = page.ev
     m = ev.metrics if ev else {}
     s = data.summary
@@ -99,7 +99,7 @@ def kpis(data: RunData, page: Page) -> list[tuple[str, str, str]]:
         ("mean class acc.", fmt("mca", m.get("mca")), "balanced accuracy"),
         ("macro F1", fmt("f1_macro", m.get("f1_macro")), f1_sub),
         ("GAP", fmt("gap", m.get("gap")), f"ECE {fmt('ece', m.get('ece'))}"),
-        ("best val acc.", fmt("val/acc", best_val), f"epoch {s['best_epoch'] + 1}" if isinstance(s.get("best_epoch"), int) else ""),
+        (f"{data.kept} val acc.", fmt("val/acc", best_val), f"epoch {s['best_epoch'] + 1}" if isinstance(s.get("best_epoch"), int) else ""),
         page.training_time(),
     ]
 

@@ -36,7 +36,7 @@ def kpis(data: RunData, page: Page) -> list[tuple[str, str, str]]:
         (f"{page.ev.name} mAP@0.5" if page.ev else "mAP@0.5", pct(m.get("map50")), f"{m.get('num_samples', 0):,} images" if page.ev else "not evaluated"),
         ("mAP@0.5:0.95", pct(m.get("map50_95")), "COCO"),
         (f"P / R at conf {m.get('conf', 0.5)}", f"{pct(m.get('precision_at_conf'))} / {pct(m.get('recall_at_conf'))}", f"F1 {pct(m.get('f1_at_conf'))}"),
-        ("best val mAP@0.5", pct(best), f"epoch {s['best_epoch'] + 1}" if isinstance(s.get("best_epoch"), int) else ""),
+        (f"{data.kept} val mAP@0.5", pct(best), f"epoch {s['best_epoch'] + 1}" if isinstance(s.get("best_epoch"), int) else ""),
         page.training_time(),
     ]
 

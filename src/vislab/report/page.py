@@ -87,7 +87,8 @@ class Page:
 
     def curves(self) -> ReportSection:
         s = self.data.summary
-        lead = (f"Best epoch {s['best_epoch'] + 1} of {s.get('epochs_completed', '?')}; stopped: {s.get('stopped_reason', '?')}."
+        how = " kept (train.monitor: epoch)" if self.data.kept == "last" else ""
+        lead = (f"{self.data.kept.capitalize()} epoch {s['best_epoch'] + 1}{how} of {s.get('epochs_completed', '?')}; stopped: {s.get('stopped_reason', '?')}."
                 if isinstance(s.get("best_epoch"), int) else "")
         body = img_tag(self.plots.get("curves"), "training curves") or note("metrics.csv is missing or empty.")
         return ReportSection("curves", "Curves", "Training curves", body, lead)

@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from vislab.errors import VislabError
-from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, resolve_run_dir, run_paths
+from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, keeps_last_epoch, resolve_run_dir, run_paths
 
 
 @dataclass
@@ -62,6 +62,12 @@ class RunData:
         """The model's name as reports and comparisons show it; `+ABN` marks an attention branch."""
         name = self.summary.get("model") or (self.config.get("model") or {}).get("name") or ""
         return f"{name}+ABN" if name and self.is_abn else name
+
+    @property
+    def kept(self) -> str:
+        """How the report names the epoch best.ckpt holds: 'last' under train.monitor: epoch
+        (no metric picked it), else 'best'."""
+        return "last" if keeps_last_epoch(self.summary) else "best"
 
     @property
     def classes(self) -> list[str]:
