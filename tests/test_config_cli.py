@@ -122,6 +122,17 @@ def test_a_pair_given_the_wrong_length_says_the_form_it_expects(tmp_path) -> Non
     assert res.exit_code == 2 and "'detect.anchors' expects a list of two numbers [w, h] each (got [23] at position 1)" in res.output
 
 
+def test_monitor_epoch_keeps_the_last_epoch_whatever_the_tasks_mode() -> None:
+    """crops' monitor mode is min: `train.monitor: epoch` alone kept the FIRST epoch."""
+    res = invoke("train", "crops", "--set", "train.monitor=epoch", "--show-config")
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(res.output)["train"]["monitor_mode"] == "max"
+    assert load_config("crops").train.monitor_mode == "min"  # the task's own monitor keeps its mode
+    res = invoke("train", "crops", "--set", "train.monitor=epoch", "--set", "train.monitor_mode=min", "--show-config")
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+    assert "--set train.monitor_mode=min: 'train.monitor_mode' must be max (or left out) with train.monitor: epoch" in res.output
+
+
 def test_show_config_prints_the_resolved_config_and_exits(tmp_path) -> None:
     res = invoke("train", "digits-cnn", "--set", "optim.lr=0.05", "--epochs", "3", "--show-config")
     assert res.exit_code == 0, res.output

@@ -215,8 +215,9 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy loss.")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="Stop early when a metric stops improving; null trains all epochs.")
     monitor: str | None = Field(
-        None, description="Metric that picks the best checkpoint; null: the task's (classify: val/acc); epoch (mode max): keep the last epoch, for validation sets too small to pick one by.")
-    monitor_mode: Literal["min", "max"] | None = Field(None, description="Whether train.monitor should go down or up; null: the task's (classify: max).")
+        None, description="Metric that picks the best checkpoint; null: the task's (classify: val/acc); epoch: keep the last epoch (monitor_mode max), for validation sets too small to pick one by.")
+    monitor_mode: Literal["min", "max"] | None = Field(
+        None, validate_default=True, description="Whether train.monitor should go down or up; null: the task's (classify: max).")
     precision: Literal["32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "auto"] = Field(
         "32-true", description="Numeric precision (Lightning's names); auto: bf16-mixed where the device runs it natively.")
     accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu, mps ...")
@@ -236,6 +237,16 @@ class TrainConfig(Section):
     progress: Literal["auto", "rich", "tqdm", "none"] = Field("auto", description="Progress display; auto: rich on a terminal, one line per epoch otherwise.")
     sync_batchnorm: bool = Field(True, description="Synchronise BatchNorm statistics across GPUs under DDP.")
     sanity_steps: int = Field(40, ge=1, description="Steps of `vislab train --sanity` (overfit one batch).")
+
+    @field_validator("monitor_mode")
+    @classmethod
+    def _last_epoch_mode(cls, v: str | None, info: Any) -> str | None:
+        """train.monitor: epoch keeps the last epoch, the highest number: only max does that."""
+        if info.data.get("monitor") != LAST_EPOCH_MONITOR:
+            return v
+        if v == "min":
+            raise ValueError("must be max (or left out) with train.monitor: epoch, which keeps the last epoch")
+        return "max"
 
     @field_validator("precision", mode="before")
     @classmethod
