@@ -205,3 +205,24 @@ def test_a_metric_that_is_not_a_percent_prints_four_figures() -> None:
     from vislab.report.compare import _cell
 
     assert _cell(None, "test_iou", 0.7948566504017947, pd.Series(dtype=object)) == "0.7949"  # printed in full before
+
+
+def test_markup_in_run_paths_prints_as_written(tmp_path) -> None:
+    a = make_run_dir(tmp_path / "cmp2" / "a", name="x[/]y", dataset=False)
+    b = make_run_dir(tmp_path / "cmp2" / "b", name="x[/]y", dataset=False)
+    link = make_run_dir(tmp_path, name="[link=https:evil.example]click here", dataset=False)
+    bold = make_run_dir(tmp_path, name="[bold red]pwn", dataset=False)
+    res = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert res.exit_code == 0, res.output  # rich read '[/]' as a closing tag: MarkupError
+    assert [ln.split()[0] for ln in res.output.splitlines()[1:]] == ["a/x[/]y", "b/x[/]y"]
+    res = CliRunner().invoke(app, ["compare", str(link), str(bold)])
+    assert res.exit_code == 0, res.output
+    assert "[link=https:evil.example]click here " in res.output and "[bold red]pwn " in res.output
+
+
+def test_control_characters_in_run_names_are_shown_not_sent(tmp_path) -> None:
+    evil = make_run_dir(tmp_path, name="ok\x1b[2J\x1b[31mFAKE", dataset=False)
+    other = make_run_dir(tmp_path, name="plain", dataset=False)
+    res = CliRunner().invoke(app, ["compare", str(evil), str(other)])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and r"ok\x1b[2J\x1b[31mFAKE " in res.output

@@ -193,3 +193,23 @@ def test_materialize_refuses_foreign_folders_and_bad_modes(tmp_path, src):
     assert (busy / "keep.txt").read_text() == "mine"
     assert invoke("materialize", ds, "--out", tmp_path / "flat").exit_code == 0
     assert len(list((tmp_path / "flat" / "unsplit" / "cat").iterdir())) == 7
+
+
+def test_markup_and_control_characters_in_names_print_as_written(tmp_path):
+    src = tmp_path / "src[/]x\x1b[2J"
+    write_image_folder(src, {"[link=https:evil.example]cat": 3, "[bold red]pwn": 3, ":thumbs_up:": 3}, size=(40, 30))
+    out = tmp_path / "ds-br [v1]"
+    curated = invoke("curate", src, "--out", out, "--workers", "1")
+    assert curated.exit_code == 0, curated.output  # wrote the dataset, then rich crashed on '[/]'
+    assert f"manifest: {out / 'manifest.csv'}\n" in curated.stdout  # not 'ds-br /manifest.csv'
+    stats = invoke("stats", out)
+    assert stats.exit_code == 0, stats.output  # the source path is in curation.json: every stats crashed
+    for result in (curated, stats):
+        assert "[link=https:evil.example]cat " in result.stdout and "[bold red]pwn " in result.stdout
+        assert ":thumbs_up: " in result.stdout  # a name, not an emoji code
+        assert rf"sources: {tmp_path}/src[/]x\x1b[2J" in result.stdout and "\x1b" not in result.output
+
+
+def test_an_error_naming_an_odd_path_is_one_line_as_written(tmp_path):
+    odd = tmp_path / "nope[/]x[bold]\x1b[2J"
+    assert_one_line_error(invoke("stats", odd), rf"nope[/]x[bold]\x1b[2J: no such folder")

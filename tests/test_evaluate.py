@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -70,6 +71,16 @@ def test_cli_evaluate_prints_accuracy_and_missing_split_is_explained(run, tmp_pa
     res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(unsplit)])
     assert res.exit_code == 2 and "--split all" in res.output
     assert evaluate(run, split="all", data=unsplit)["num_samples"] == 4
+
+
+def test_cli_evaluate_and_train_print_a_bracketed_run_path_as_written(run, tmp_path):
+    copy = shutil.copytree(run, tmp_path / "runs" / "exp [final]")
+    res = CliRunner().invoke(app, ["evaluate", str(copy), "--split", "val"])
+    assert res.exit_code == 0, res.output
+    assert f"eval: {copy / 'eval' / 'val'}\n" in res.output  # rich took '[final]' for a style: 'exp /eval/val'
+    res = CliRunner().invoke(app, ["train", "--resume", "--out", str(copy), "--epochs", "5"])
+    assert res.exit_code == 0, res.output
+    assert f"run: {copy}\n" in res.output
 
 
 def test_changed_manifest_is_a_warning_and_recorded(tmp_path, capsys):

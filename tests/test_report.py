@@ -109,6 +109,13 @@ def test_cli_report(tmp_path) -> None:
     assert res.exit_code == 2 and "vislab evaluate" in res.output
 
 
+def test_cli_report_prints_a_bracketed_run_path_as_written(tmp_path) -> None:
+    run = make_run_dir(tmp_path / "runs", name="exp [final]")
+    res = CliRunner().invoke(app, ["report", str(run), "--no-cams"])
+    assert res.exit_code == 0, res.output
+    assert f"report: {run / 'report.html'}\n" in res.output  # rich took '[final]' for a style: 'exp /report.html'
+
+
 def test_cli_report_refuses_an_unknown_cam_method_up_front(tmp_path) -> None:
     run = make_run_dir(tmp_path, name="cams", checkpoint=True)
     res = CliRunner().invoke(app, ["report", str(run), "--method", "bogus"])

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import MAX_PIXELS
+from vislab.usertext import term
 
 if TYPE_CHECKING:
     from vislab.collect.fetch import Tally
@@ -30,8 +30,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="vislab: curate image datasets, train and evaluate recognition models, explain and compare them.",
 )
-console = Console()
-err_console = Console(stderr=True)
+# Every user string printed here goes through `term`; emoji codes are off as well, so a
+# file named `:warning:.png` is not drawn as an emoji (vislab's own lines use none).
+console = Console(emoji=False)
+err_console = Console(stderr=True, emoji=False)
 
 F = TypeVar("F", bound=Callable)
 
@@ -45,10 +47,10 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except VislabError as err:
-            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {term(err)}", highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
         except TrainingInterrupted as stop:
-            err_console.print(str(stop), highlight=False, soft_wrap=True)
+            err_console.print(term(stop), highlight=False, soft_wrap=True)
             raise typer.Exit(code=stop.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -157,7 +159,7 @@ def curate(
     from vislab.data.stats import print_summary
 
     print_summary(summary, console)
-    console.print(f"manifest: {Path(out) / 'manifest.csv'}")
+    console.print(f"manifest: {term(Path(out) / 'manifest.csv')}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -182,13 +184,13 @@ def materialize(
         from vislab.data.materialize import materialize as run
 
         n = run(dataset_dir, out, mode)
-        console.print(f"{n} files written into {out} ({mode})")
+        console.print(f"{n} files written into {term(out)} ({term(mode)})", highlight=False, soft_wrap=True)
         return
     from vislab.data.det_writers import write_detection
 
     r = write_detection(dataset_dir, out, fmt, mode)
     console.print(
-        f"{fmt}: {r['images']} images, {r['boxes']} boxes written into {out} ({mode}, {len(r['files'])} files)",
+        f"{term(fmt)}: {r['images']} images, {r['boxes']} boxes written into {term(out)} ({term(mode)}, {len(r['files'])} files)",
         highlight=False,
         soft_wrap=True,
     )
@@ -212,7 +214,7 @@ def anchors(
     wh, used = anchor_box_sizes(dataset_dir, split)
     fit = fit_anchors(wh, n=n, img_size=img_size, seed=seed)
     pairs = [[w, h] for w, h in fit.anchors]
-    console.print(f"{n} anchors from {fit.boxes:,} boxes of {used}, in pixels at {img_size} px (smallest first):", highlight=False, soft_wrap=True)
+    console.print(f"{n} anchors from {fit.boxes:,} boxes of {term(used)}, in pixels at {img_size} px (smallest first):", highlight=False, soft_wrap=True)
     console.print("  " + "  ".join(f"{w}x{h}" for w, h in pairs), highlight=False, soft_wrap=True)
     console.print(f"fitness (mean best IoU): {fit.fitness:.3f}", highlight=False)
     for name, (default, fitness) in fit.defaults.items():
@@ -237,7 +239,7 @@ def prepare(
     if fmt != "uint8":
         raise VislabError(f"--format {fmt!r}: only uint8 is supported")
     cache = prepare_cache(dataset_dir, size, interpolation=interpolation, workers=workers, force=force, console=console, in_memory=False)
-    console.print(f"cache: {cache_summary(cache)}", highlight=False, soft_wrap=True)
+    console.print(f"cache: {term(cache_summary(cache))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -283,7 +285,7 @@ def report(
     from vislab.report.html import write_report
 
     path = write_report(run_dir, split=split, cams=cams, cam_method=method, open_browser=open_browser)
-    console.print(f"report: {path}")
+    console.print(f"report: {term(path)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -304,12 +306,12 @@ def compare(
 
         table = rich_table(df)
         width = Measurement.get(console, console.options.update(max_width=1000), table).maximum
-        Console(width=max(console.width, width)).print(table)  # let lines wrap rather than truncate cells
+        Console(width=max(console.width, width), emoji=False).print(table)  # let lines wrap rather than truncate cells
         return
     text = render(df, "md" if fmt == "table" else fmt)
     if out is not None:
         out.write_text(text)
-        console.print(f"comparison: {out}")
+        console.print(f"comparison: {term(out)}", highlight=False, soft_wrap=True)
     else:
         sys.stdout.write(text)
 
@@ -349,7 +351,7 @@ def configs_copy(
     from vislab.config import copy_recipe
 
     path = copy_recipe(name, dest)
-    console.print(f"recipe {name}: {path}", highlight=False, soft_wrap=True)
+    console.print(f"recipe {term(name)}: {term(path)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -365,17 +367,15 @@ def explain(
 ) -> None:
     """Write heatmap overlays showing which image regions drove the model's scores."""
     from vislab.explain.overlays import explain_run
-    from vislab.fsguard import printable
 
     results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
     for r in results:
-        shown = printable(Path(r.source).name)
-        console.print(f"{shown}: {printable(r.class_name)} {r.prob:.3f} -> {r.output.name}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"{term(Path(r.source).name)}: {term(r.class_name)} {r.prob:.3f} -> {term(r.output.name)}", highlight=False, soft_wrap=True)
     for f in results.failed:
-        console.print(f"{printable(Path(f['source']).name)}: error: {f['error']}", highlight=False, soft_wrap=True, markup=False)
+        console.print(f"{term(Path(f['source']).name)}: error: {term(f['error'])}", highlight=False, soft_wrap=True)
     if results:
-        where = printable(results[0].output.parent)
-        console.print(f"{len(results)} overlay(s) in {where} ({r.method} on layer {results[0].layer})", highlight=False, markup=False)
+        where = term(results[0].output.parent)
+        console.print(f"{len(results)} overlay(s) in {where} ({term(r.method)} on layer {term(results[0].layer)})", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -426,7 +426,7 @@ def train(
             raise
         # Ctrl-C while starting up, before training handles signals itself
         raise TrainingInterrupted("interrupted by SIGINT while starting, before anything was written", signal.SIGINT) from None
-    console.print(f"run: {run_dir}", highlight=False)
+    console.print(f"run: {term(run_dir)}", highlight=False, soft_wrap=True)
 
 
 @app.command("lr-find")
@@ -449,7 +449,7 @@ def lr_find(
     steep = f"; steepest descent at {r.steepest:.2g}" if r.steepest is not None else ""
     console.print(
         f"lr-find: suggested optim.lr {r.suggestion:.2g} ({r.rule} rule{steep}) over {len(r.lrs)} steps; "
-        f"plot {r.plot}; train with {' '.join(f'--set {s}' for s in r.sets)}",
+        f"plot {term(r.plot)}; train with {term(' '.join(f'--set {s}' for s in r.sets))}",
         highlight=False,
         soft_wrap=True,
     )
@@ -493,7 +493,7 @@ def _finish_sweep(run: Callable[[], SweepResult], out: Path) -> None:
         result = run()
     except KeyboardInterrupt:
         err_console.print(
-            f"interrupted: run the same command to continue the study in {out} (an interrupted trial resumes from its last checkpoint)",
+            f"interrupted: run the same command to continue the study in {term(out)} (an interrupted trial resumes from its last checkpoint)",
             highlight=False,
             soft_wrap=True,
         )
@@ -501,12 +501,13 @@ def _finish_sweep(run: Callable[[], SweepResult], out: Path) -> None:
     table = result.table
     if len(table):
         keep = [c for c in table.columns if c not in ("host", "model_params", "retry_of", "note", "duration_s")]
-        console.print(table[keep].head(10).to_string(index=False), highlight=False, soft_wrap=True)
+        lines = table[keep].head(10).to_string(index=False).splitlines()
+        console.print("\n".join(map(term, lines)), highlight=False, soft_wrap=True)
     why = {"done": "all trials done", "time": "--max-time spent", "exhausted": "every grid point tried"}[result.stopped]
-    console.print(f"sweep '{result.study_name}': {why}", highlight=False)
+    console.print(f"sweep '{term(result.study_name)}': {why}", highlight=False, soft_wrap=True)
     for label, path in (("results", out / "results.csv"), ("best config", result.best_yaml), ("report", result.html)):
         if path is not None:
-            console.print(f"{label}: {path}", highlight=False, soft_wrap=True)
+            console.print(f"{label}: {term(path)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -525,7 +526,7 @@ def grid(
 
     if list_:
         for name, sets, _ in grid_variants(config, set_ or []):
-            console.print(f"{name}: {' '.join(sets)}", highlight=False, soft_wrap=True)
+            console.print(f"{term(name)}: {term(' '.join(sets))}", highlight=False, soft_wrap=True)
         return
     if data is None or out is None:
         raise VislabError("grid: --data DATASET_DIR and --out DIR are required (or --list to see the variants)")
@@ -556,8 +557,8 @@ def evaluate(
     given = {"crops_per_image": crops_per_image, "aberration": aberration, "rectangle": rectangle}  # task options: only those given reach the task
     task_options = {k: v for k, v in given.items() if v is not None}
     m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options, name=name)
-    console.print(get_task(m["task"]).evaluation_line(m), highlight=False)
-    console.print(f"eval: {m['eval_dir']}", highlight=False)
+    console.print(term(get_task(m["task"]).evaluation_line(m)), highlight=False, soft_wrap=True)
+    console.print(f"eval: {term(m['eval_dir'])}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -600,7 +601,7 @@ def export(
 
     r = export_run(run_dir, fmt=fmt, out=out, opset=opset)
     shapes = "; ".join(f"{k} {v}" for k, v in r.inputs.items()) if len(r.inputs) > 1 else f"input {r.input_shape}"
-    console.print(f"exported: {r.path} ({shapes}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
+    console.print(f"exported: {term(r.path)} ({shapes}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
 
 
 collect_app = typer.Typer(
@@ -617,13 +618,13 @@ def _finish_collect(run: Callable[[], Tally], out: Path) -> None:
         tally = run()
     except KeyboardInterrupt:
         err_console.print(
-            f"interrupted: finished images stay in {out}; run the same command again to continue",
+            f"interrupted: finished images stay in {term(out)}; run the same command again to continue",
             highlight=False,
             soft_wrap=True,
         )
         raise typer.Exit(code=130) from None
-    console.print(f"collected into {out}: {tally.summary()}", highlight=False, soft_wrap=True)
-    console.print(f"photos.csv: {Path(out) / 'photos.csv'}", highlight=False, soft_wrap=True)
+    console.print(f"collected into {term(out)}: {term(tally.summary())}", highlight=False, soft_wrap=True)
+    console.print(f"photos.csv: {term(Path(out) / 'photos.csv')}", highlight=False, soft_wrap=True)
     problems = []
     if tally.failed:
         problems.append(f"{len(tally.failed)} download(s) failed; run the same command again to retry them")

@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vislab.collect.http import Client, Failed
 from vislab.collect.store import DUPLICATE, PRESENT, SAVED, Store, extension_for
 from vislab.errors import VislabError
-from vislab.fsguard import MAX_FILE_BYTES, printable
+from vislab.fsguard import MAX_FILE_BYTES
+from vislab.usertext import term
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -94,7 +94,7 @@ def say(progress: Progress, message: str) -> None:
 
 def retry_printer(progress: Progress) -> Callable[[str], None]:
     """The `on_retry` callback of a `Client`: one dim line per retry."""
-    return lambda message: say(progress, f"[dim]retry: {escape(message)}[/]")
+    return lambda message: say(progress, f"[dim]retry: {term(message)}[/]")
 
 
 def fetch_one(job: Job, store: Store, client: Client) -> str:
@@ -173,7 +173,7 @@ def fetch_all(
                     except Failed as err:
                         tally.failed.append((f"{job.name} ({job.url})", str(err)))
                         complete = False
-                        say(progress, f"[yellow]failed:[/] {escape(job.name)} ({escape(printable(job.url))}): {escape(str(err))}")
+                        say(progress, f"[yellow]failed:[/] {term(job.name)} ({term(job.url)}): {term(err)}")
                     else:
                         if outcome == DUPLICATE:
                             tally.duplicates += 1

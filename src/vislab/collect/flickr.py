@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
 
 from vislab.collect.fetch import Job, Tally, fetch_all, progress_bar, retry_printer, safe_name, say
@@ -40,6 +39,7 @@ from vislab.collect.store import Store
 from vislab.collect.urls import check_url, read_lines
 from vislab.errors import VislabError
 from vislab.fsguard import printable
+from vislab.usertext import term
 
 API_URL = "https://api.flickr.com/services/rest/"
 API_URL_ENV = "VISLAB_FLICKR_API_URL"
@@ -421,7 +421,7 @@ def _collect_query(
     progress: Progress,
 ) -> None:
     qkey = _query_key(opts, text)
-    shown = escape(f"query {text!r}" if text else "geo query")
+    shown = term(f"query {text!r}" if text else "geo query")
     if store.query_finished(qkey):
         say(progress, f"{shown}: complete in an earlier run")
         return
@@ -440,7 +440,7 @@ def _collect_query(
                 tally.refused.append((text, str(err)))
                 say(
                     progress,
-                    f"[yellow]skipped:[/] Flickr refuses {shown} ({escape(str(err))}); not retried, "
+                    f"[yellow]skipped:[/] Flickr refuses {shown} ({term(err)}); not retried, "
                     "since the same request would be refused again: change the query",
                 )
                 return

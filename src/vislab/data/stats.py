@@ -2,7 +2,9 @@
 
 Counts are always recomputed from the manifest, so `vislab stats` and the `curation.json`
 written by `vislab curate` can never disagree. Class names are drawn as plain text
-(`PLAIN_TEXT`): a class called `$x^{$` is a name, not a broken formula.
+(`PLAIN_TEXT`): a class called `$x^{$` is a name, not a broken formula. Likewise every
+name and path printed goes through `term`: a class folder `[link=...]cat` is shown as
+written, not as a link, and a source `src[/]x` recorded in curation.json prints.
 """
 
 from __future__ import annotations
@@ -14,13 +16,12 @@ from typing import Any
 
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from vislab.data.boxes import box_stats, read_boxes
 from vislab.data.det_sources import FORMAT_NAMES
 from vislab.data.manifest import BOXES_NAME, OK, STATUSES, has_boxes, read_curation, read_manifest, reason_kind, usable
-from vislab.fsguard import printable
+from vislab.usertext import term
 
 HISTOGRAM_NAME = "class_histogram.png"
 SPLIT_ORDER = ("train", "val", "test")
@@ -91,7 +92,7 @@ def _counts_table(title: str, counts: dict[str, int], unit: str = "files") -> Ta
     table.add_column("")
     table.add_column(unit, justify="right")
     for key, n in counts.items():
-        table.add_row(key, str(n))
+        table.add_row(term(key), str(n))
     return table
 
 
@@ -106,7 +107,7 @@ def _class_table(summary: dict[str, Any]) -> Table:
         table.add_column(s, justify="right")
     ranked = sorted(classes.items(), key=lambda kv: (-kv[1], kv[0]))
     for name, n in ranked[:MAX_CLASS_ROWS]:
-        table.add_row(name or "(unlabelled)", str(n), *(str(splits[s].get(name, 0)) for s in splits))
+        table.add_row(term(name) if name else "(unlabelled)", str(n), *(str(splits[s].get(name, 0)) for s in splits))
     if len(ranked) > MAX_CLASS_ROWS:
         rest = ranked[MAX_CLASS_ROWS:]
         table.add_row(f"... {len(rest)} more", str(sum(n for _, n in rest)), *("" for _ in splits))
@@ -121,7 +122,7 @@ def _print_detection(det: dict[str, Any], console: Console) -> None:
     fmt = FORMAT_NAMES.get(det.get("format"), det.get("format") or "detection")
     counts: dict[str, int] = det["boxes_per_class"]
     console.print(
-        f"{fmt} detection dataset: {det.get('images', 0):,} usable images "
+        f"{term(fmt)} detection dataset: {det.get('images', 0):,} usable images "
         f"({det.get('images_without_boxes', 0):,} without boxes), {det.get('boxes', 0):,} boxes, "
         f"{len(names) or len(counts)} classes",
         highlight=False,
@@ -134,7 +135,7 @@ def _print_detection(det: dict[str, Any], console: Console) -> None:
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], ids.get(kv[0], len(ids)), kv[0]))
     for name, n in ranked[:MAX_CLASS_ROWS]:
         per_split = (str(splits[s]["boxes_per_class"].get(name, 0)) for s in splits)
-        table.add_row(str(ids.get(name, "")), escape(name), str(n), str(images_per_class.get(name, 0)), *per_split)
+        table.add_row(str(ids.get(name, "")), term(name), str(n), str(images_per_class.get(name, 0)), *per_split)
     if len(ranked) > MAX_CLASS_ROWS:
         rest = ranked[MAX_CLASS_ROWS:]
         table.add_row("", f"... {len(rest)} more", str(sum(n for _, n in rest)), "", *("" for _ in splits))
@@ -176,7 +177,7 @@ def _print_detection(det: dict[str, Any], console: Console) -> None:
     if det.get("clipped_boxes") and isinstance(det["clipped_boxes"], int):
         lines.append(f"boxes clipped to the image edge: {det['clipped_boxes']:,}")
     for line in lines + dropped:
-        console.print(line, highlight=False, soft_wrap=True, markup=False)
+        console.print(term(line), highlight=False, soft_wrap=True)
     _print_problems(det, console)
 
 
@@ -188,8 +189,8 @@ def _print_problems(det: dict[str, Any], console: Console, shown: int = 5) -> No
     console.print(_counts_table("label problems (each a reason in curation.json)", counts, "count"))
     problems = [p for p in det.get("problems") or [] if isinstance(p, dict)]
     for p in problems[:shown]:
-        where = printable(str(p.get("file"))) + (f":{p['line']}" if p.get("line") is not None else "")
-        console.print(f"  {where}: {printable(str(p.get('reason')))}", highlight=False, soft_wrap=True, markup=False)
+        where = term(p.get("file")) + (f":{term(p['line'])}" if p.get("line") is not None else "")
+        console.print(f"  {where}: {term(p.get('reason'))}", highlight=False, soft_wrap=True)
     rest = sum(counts.values()) - min(len(problems), shown)
     if rest > 0:
         console.print(f"  ... and {rest:,} more: see curation.json 'detection.problems'", highlight=False)
@@ -215,10 +216,10 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(head)
     options = summary.get("options") if isinstance(summary.get("options"), dict) else {}
     if isinstance(options.get("sources"), list) and options["sources"]:
-        console.print(f"sources: {', '.join(map(str, options['sources']))}", highlight=False)
+        console.print(f"sources: {', '.join(map(term, options['sources']))}", highlight=False, soft_wrap=True)
     chosen = {k: v for k, v in options.items() if v not in (None, False, 0, "none", []) and k not in _QUIET}
     if chosen:
-        console.print("options: " + " ".join(f"{k}={v}" for k, v in chosen.items()), highlight=False)
+        console.print("options: " + " ".join(term(f"{k}={v}") for k, v in chosen.items()), highlight=False, soft_wrap=True)
     console.print(_counts_table("status", status))
     if summary.get("reasons"):
         console.print(_counts_table("reasons", summary["reasons"]))
@@ -238,7 +239,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         console.print("; ".join(extras))
     _print_conflicts(_listed(summary.get("conflicting_labels")), console)
     for warning in _listed(summary.get("warnings")):
-        console.print(f"[bold yellow]warning:[/] {escape(str(warning))}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {term(warning)}", highlight=False, soft_wrap=True)
 
 
 def _listed(value: Any) -> list[Any]:
@@ -257,7 +258,7 @@ def _print_conflicts(conflicts: list[dict[str, Any]], console: Console, shown: i
         for m in (m for m in _listed(c.get("members")) if isinstance(m, dict)):
             state = m.get("why", "kept") if m.get("kept") else "excluded as a duplicate"
             parts.append(f"'{m.get('label')}' {Path(str(m.get('path'))).name} ({state})")
-        console.print(f"conflicting labels in {c.get('group')}: " + "; ".join(parts), highlight=False, soft_wrap=True, markup=False)
+        console.print(f"conflicting labels in {term(c.get('group'))}: " + "; ".join(map(term, parts)), highlight=False, soft_wrap=True)
     if len(conflicts) > shown:
         console.print(f"... and {len(conflicts) - shown} more conflicting-label group(s): see curation.json 'conflicting_labels'")
 

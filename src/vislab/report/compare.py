@@ -25,6 +25,7 @@ from vislab.fsguard import printable
 from vislab.report.rundata import RunData, read_run
 from vislab.runs import is_sanity_check, run_paths
 from vislab.tasks import Column, get_task
+from vislab.usertext import term
 
 # the columns every run has; a task's result columns (`Task.compare_columns`) go between
 # `epochs` and `wall_time_s`, in the order of the runs' tasks
@@ -314,16 +315,17 @@ def to_html(df: pd.DataFrame) -> str:
 
 
 def rich_table(df: pd.DataFrame) -> Any:
-    """A rich Table for the terminal (short headers; print it at its natural width)."""
+    """A rich Table for the terminal (short headers; print it at its natural width); every
+    cell through `term`, since run names and config values are user text."""
     from rich.table import Table
 
     _, rows = formatted(df)
     labels = _labels(df, short=True)
     t = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
     for k in shown_columns(df):
-        t.add_column(labels[k], justify="left" if _left_aligned(k) else "right", no_wrap=k != OTHER)
+        t.add_column(term(labels[k]), justify="left" if _left_aligned(k) else "right", no_wrap=k != OTHER)
     for r in rows:
-        t.add_row(*r)
+        t.add_row(*map(term, r))
     return t
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from vislab.errors import VislabError
 from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
+from vislab.usertext import term
 
 if TYPE_CHECKING:
     import lightning as L
@@ -237,20 +238,19 @@ class ClassifyPlugin(Task):
             raise VislabError(f"--format {fmt!r}: choose table, json or csv")
         from rich.console import Console
         from rich.table import Table
-        from rich.text import Text
 
-        table = Table(show_lines=False)  # cells as Text: a path or class name like '[/x]' is not markup
+        table = Table(show_lines=False)
         table.add_column("image", overflow="fold")
         table.add_column("prediction")
         table.add_column("prob", justify="right")
         table.add_column("next")
         for r in results:
             if "error" in r:
-                table.add_row(Text(printable(r["path"])), Text("error", style="red"), "", Text(r["error"]))
+                table.add_row(term(r["path"]), "[red]error[/]", "", term(r["error"]))
                 continue
             rest = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in r["top"][1:])
-            table.add_row(Text(printable(r["path"])), Text(r["pred"]), f"{r['confidence']:.3f}", Text(rest))
-        console = Console(file=io.StringIO(), width=120, force_terminal=False)
+            table.add_row(term(r["path"]), term(r["pred"]), f"{r['confidence']:.3f}", term(rest))
+        console = Console(file=io.StringIO(), width=120, force_terminal=False, emoji=False)
         console.print(table)
         return console.file.getvalue()  # type: ignore[attr-defined]
 

@@ -27,6 +27,7 @@ import pandas as pd
 from vislab.errors import VislabError
 from vislab.fsguard import inside, make_folder, printable, slug
 from vislab.tasks.registry import Evaluation
+from vislab.usertext import term
 
 if TYPE_CHECKING:
     from vislab.runs import LoadedRun
@@ -227,7 +228,6 @@ def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
     from rich.console import Console
     from rich.table import Table
-    from rich.text import Text
 
     table = Table(show_lines=False)
     table.add_column("image", overflow="fold")
@@ -235,10 +235,10 @@ def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
     table.add_column("best")
     for r in results:
         if "error" in r:
-            table.add_row(Text(printable(r["path"])), Text("error", style="red"), Text(r["error"]))
+            table.add_row(term(r["path"]), "[red]error[/]", term(r["error"]))
             continue
         best = ", ".join(f"{b['class']} {b['score']:.2f}" for b in sorted(r["boxes"], key=lambda b: -b["score"])[:5])
-        table.add_row(Text(printable(r["path"])), str(len(r["boxes"])), Text(best))
-    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+        table.add_row(term(r["path"]), str(len(r["boxes"])), term(best))
+    console = Console(file=io.StringIO(), width=120, force_terminal=False, emoji=False)
     console.print(table)
     return console.file.getvalue()  # type: ignore[attr-defined]

@@ -1,0 +1,28 @@
+"""User text (file, folder, class and run names, config values, remote titles) written
+for each place it goes, so that it is always shown as data and never obeyed.
+
+Every reader of such text interprets something: rich reads `[bold]` and `[link=...]` as
+markup (and `x[/]y` crashes it), a terminal obeys ESC sequences, a Markdown viewer renders
+`<img onerror=...>` and `[x](url)`, a spreadsheet runs a cell that starts with `=`. Each
+output calls one function here instead of escaping by hand:
+
+- `term`: any text rich prints (a line, a table cell, a title, a progress description);
+
+Files vislab reads back itself (manifest.csv, photos.csv, predictions.csv) keep their text
+exactly: escaping there would change the data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.markup import escape
+
+from vislab.fsguard import printable
+
+
+def term(value: Any) -> str:
+    """`value` for rich: control characters as `\\xNN` (`printable`: no ESC reaches the
+    terminal and a name stays on one line), and markup tags escaped, so `x[/]y` and
+    `[link=...]cat` print as written instead of crashing or turning into a link."""
+    return escape(printable(str(value)))
