@@ -85,7 +85,7 @@ def test_missing_eval_leaves_cells_empty(tmp_path) -> None:
     df = compare_runs([run])
     assert pd.isna(df.loc[0, "test_acc"])
     md = render(df, "md")
-    assert "| a<b>&c | simple_cnn |" in md
+    assert "| a&lt;b&gt;&amp;c | simple_cnn |" in md
     assert "a&lt;b&gt;&amp;c" in render(df, "html")
 
 
@@ -223,6 +223,26 @@ def test_markup_in_run_paths_prints_as_written(tmp_path) -> None:
 def test_control_characters_in_run_names_are_shown_not_sent(tmp_path) -> None:
     evil = make_run_dir(tmp_path, name="ok\x1b[2J\x1b[31mFAKE", dataset=False)
     other = make_run_dir(tmp_path, name="plain", dataset=False)
-    res = CliRunner().invoke(app, ["compare", str(evil), str(other)])
-    assert res.exit_code == 0, res.output
-    assert "\x1b" not in res.output and r"ok\x1b[2J\x1b[31mFAKE " in res.output
+    shown = {"table": [r"ok\x1b[2J\x1b[31mFAKE "], "md": [r"| ok\\x1b\[2J\\x1b\[31mFAKE |"]}  # md escapes '\' and '['
+    for fmt, texts in shown.items():
+        res = CliRunner().invoke(app, ["compare", str(evil), str(other), "--format", fmt])
+        assert res.exit_code == 0, res.output
+        assert "\x1b" not in res.output, fmt
+        assert all(text in res.output for text in texts), fmt
+
+
+def test_markdown_cells_are_text_one_line_each(tmp_path) -> None:
+    names = ["<img src=x onerror=alert(1)>", "two\nlines", "[click](javascript:alert(1))", "a|b\\"]
+    runs = [make_run_dir(tmp_path, name=n, dataset=False) for n in names]
+    df = compare_runs(runs)
+    md = render(df, "md").splitlines()
+    assert len(md) == 2 + len(runs)  # a newline in a folder name split its row in two
+    cells = [ln.split(" | ")[0].removeprefix("| ") for ln in md[2:]]
+    assert cells == [
+        "&lt;img src=x onerror=alert(1)&gt;",
+        r"two\\x0alines",  # renders as two\x0alines
+        r"\[click\](javascript:alert(1))",
+        r"a\|b\\",
+    ]
+    assert all(ln.count(" | ") == md[0].count(" | ") for ln in md[2:])  # no extra cell from the '|'
+    assert r'<td class="l">two\x0alines</td>' in render(df, "html")  # the HTML table shows it too

@@ -7,6 +7,7 @@ markup (and `x[/]y` crashes it), a terminal obeys ESC sequences, a Markdown view
 output calls one function here instead of escaping by hand:
 
 - `term`: any text rich prints (a line, a table cell, a title, a progress description);
+- `md_cell`: a cell of a Markdown table;
 
 Files vislab reads back itself (manifest.csv, photos.csv, predictions.csv) keep their text
 exactly: escaping there would change the data.
@@ -14,11 +15,18 @@ exactly: escaping there would change the data.
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 from rich.markup import escape
 
 from vislab.fsguard import printable
+
+# Markdown's inline syntax: code spans, emphasis, strikethrough, links and images, table
+# cells, and the backslash itself. `_` only where it can start or end emphasis, so
+# `simple_cnn` stays as written.
+_MARKDOWN = re.compile(r"[\\`*~\[\]|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 
 
 def term(value: Any) -> str:
@@ -26,3 +34,11 @@ def term(value: Any) -> str:
     terminal and a name stays on one line), and markup tags escaped, so `x[/]y` and
     `[link=...]cat` print as written instead of crashing or turning into a link."""
     return escape(printable(str(value)))
+
+
+def md_cell(value: Any) -> str:
+    """`value` as one Markdown table cell: control characters (a newline) as `\\xNN`, so
+    the row stays one line; `&`, `<`, `>` as entities, so no HTML is rendered; Markdown
+    syntax and `|` backslash-escaped, so no link, image or extra cell appears."""
+    text = html.escape(printable(str(value)), quote=False)
+    return _MARKDOWN.sub(lambda m: "\\" + m.group(), text)

@@ -25,7 +25,7 @@ from vislab.fsguard import printable
 from vislab.report.rundata import RunData, read_run
 from vislab.runs import is_sanity_check, run_paths
 from vislab.tasks import Column, get_task
-from vislab.usertext import term
+from vislab.usertext import md_cell, term
 
 # the columns every run has; a task's result columns (`Task.compare_columns`) go between
 # `epochs` and `wall_time_s`, in the order of the runs' tasks
@@ -276,11 +276,12 @@ def _left_aligned(key: str) -> bool:
 
 
 def to_markdown(df: pd.DataFrame) -> str:
+    """A Markdown table; every cell through `md_cell`, since run names and config values
+    are user text (`<img ...>`, a newline, a `|`)."""
     headers, rows = formatted(df)
     right = {i for i, k in enumerate(shown_columns(df)) if not _left_aligned(k)}
-    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in esc]
+    lines = ["| " + " | ".join(map(md_cell, headers)) + " |", "|" + "|".join("---:" if i in right else "---" for i in range(len(headers))) + "|"]
+    lines += ["| " + " | ".join(map(md_cell, r)) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -299,8 +300,8 @@ def to_html(df: pd.DataFrame) -> str:
     def cls(i: int) -> str:
         return ' class="l"' if left[i] else ""
 
-    head = "".join(f"<th{cls(i)}>{html.escape(h)}</th>" for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(c)}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
+    head = "".join(f"<th{cls(i)}>{html.escape(printable(h))}</th>" for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f"<td{cls(i)}>{html.escape(printable(c))}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows)
     css = (
         "body{font:14px system-ui,-apple-system,'Segoe UI',Roboto,Arial,sans-serif;margin:32px;color:#111827;background:#f5f6fa}"
         "table{border-collapse:collapse;background:#fff;border:1px solid #e5e7eb;border-radius:10px;font-variant-numeric:tabular-nums}"
