@@ -246,3 +246,17 @@ def test_markdown_cells_are_text_one_line_each(tmp_path) -> None:
     ]
     assert all(ln.count(" | ") == md[0].count(" | ") for ln in md[2:])  # no extra cell from the '|'
     assert r'<td class="l">two\x0alines</td>' in render(df, "html")  # the HTML table shows it too
+
+
+def test_csv_for_spreadsheets_does_not_run_formulas(tmp_path) -> None:
+    names = ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "-0.5", "plain"]
+    runs = [make_run_dir(tmp_path, name=n, dataset=False) for n in names]
+    _configure(runs[0], optim__lr=0.5, model__kwargs__offset=-0.5)
+    _configure(runs[1], model__kwargs__offset="=cmd|' /C calc'!A0")
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    back = pd.read_csv(io.StringIO(res.stdout), dtype={"run": str})
+    assert back["run"].tolist() == ["'=1+1", "'+SUM(A1)", "'-2+3", "'@cmd", "-0.5", "plain"]
+    assert back["path"].tolist() == [str(r) for r in runs]  # absolute paths start with '/'
+    assert back["config.optim.lr"][0] == 0.5 and back["test_acc"].dtype == float  # numbers stay numbers
+    assert back["config.model.kwargs.offset"].tolist()[:2] == ["-0.5", "'=cmd|' /C calc'!A0"]

@@ -8,6 +8,7 @@ output calls one function here instead of escaping by hand:
 
 - `term`: any text rich prints (a line, a table cell, a title, a progress description);
 - `md_cell`: a cell of a Markdown table;
+- `sheet_cell`: a cell of a CSV meant for spreadsheets (`vislab compare --format csv`);
 
 Files vislab reads back itself (manifest.csv, photos.csv, predictions.csv) keep their text
 exactly: escaping there would change the data.
@@ -27,6 +28,9 @@ from vislab.fsguard import printable
 # cells, and the backslash itself. `_` only where it can start or end emphasis, so
 # `simple_cnn` stays as written.
 _MARKDOWN = re.compile(r"[\\`*~\[\]|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+# What a spreadsheet may read as a formula (OWASP CSV injection), unless the cell is a number.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def term(value: Any) -> str:
@@ -42,3 +46,13 @@ def md_cell(value: Any) -> str:
     syntax and `|` backslash-escaped, so no link, image or extra cell appears."""
     text = html.escape(printable(str(value)), quote=False)
     return _MARKDOWN.sub(lambda m: "\\" + m.group(), text)
+
+
+def sheet_cell(value: Any) -> Any:
+    """`value` for a CSV that people open in a spreadsheet: text starting with = + - @, a
+    tab or a carriage return gets a leading `'` (OWASP), so `=1+1` or `=HYPERLINK(...)` is
+    shown, not run. Numbers, text that reads as a number (-0.5) and other values pass as
+    they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
+        return "'" + value
+    return value
