@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import pty
 import shutil
+import subprocess
+import sys
 
 import pandas as pd
 import yaml
@@ -260,3 +264,32 @@ def test_csv_for_spreadsheets_does_not_run_formulas(tmp_path) -> None:
     assert back["path"].tolist() == [str(r) for r in runs]  # absolute paths start with '/'
     assert back["config.optim.lr"][0] == 0.5 and back["test_acc"].dtype == float  # numbers stay numbers
     assert back["config.model.kwargs.offset"].tolist()[:2] == ["-0.5", "'=cmd|' /C calc'!A0"]
+
+
+def _on_a_terminal(args: list[str]) -> str:
+    """What `vislab ARGS` writes to a terminal (a pseudo-terminal as its stdout)."""
+    leader, follower = pty.openpty()
+    try:
+        subprocess.run([sys.executable, "-m", "vislab.cli", *args], stdout=follower, timeout=120, check=True)
+    finally:
+        os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the terminal has no writer left
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def test_csv_is_exact_when_piped_and_shows_control_characters_on_a_terminal(tmp_path) -> None:
+    evil = make_run_dir(tmp_path, name="ok\x1b[2JFAKE", dataset=False)
+    args = ["compare", str(evil), "--format", "csv"]
+    piped = subprocess.run([sys.executable, "-m", "vislab.cli", *args], capture_output=True, text=True, timeout=120, check=True)
+    assert pd.read_csv(io.StringIO(piped.stdout))["path"][0] == str(evil)
+    shown = _on_a_terminal(args)
+    assert "\x1b" not in shown and r"ok\x1b[2JFAKE" in shown

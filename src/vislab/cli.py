@@ -18,7 +18,7 @@ from rich.console import Console
 
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import MAX_PIXELS
-from vislab.usertext import term
+from vislab.usertext import term, visible_lines
 
 if TYPE_CHECKING:
     from vislab.collect.fetch import Tally
@@ -54,6 +54,12 @@ def user_errors(fn: F) -> F:
             raise typer.Exit(code=stop.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _write(text: str) -> None:
+    """Machine-readable output (CSV, JSON, Markdown) on stdout: exact when piped or
+    redirected; on a terminal, control characters in names show as `\\xNN` (`visible_lines`)."""
+    sys.stdout.write(visible_lines(text) if sys.stdout.isatty() else text)
 
 
 def _version(value: bool) -> None:
@@ -313,7 +319,7 @@ def compare(
         out.write_text(text)
         console.print(f"comparison: {term(out)}", highlight=False, soft_wrap=True)
     else:
-        sys.stdout.write(text)
+        _write(text)
 
 
 @app.command("config")
@@ -582,7 +588,7 @@ def predict(
     if fmt not in ("table", "json", "csv"):
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
     results = run_predict(run_dir, inputs, top_k=top_k, conf=conf, iou=iou, out=out)
-    sys.stdout.write(format_predictions(results, fmt))
+    _write(format_predictions(results, fmt))
     failed = sum("error" in r for r in results)
     if failed:
         err_console.print(f"{failed} of {len(results)} image(s) could not be read (see their rows)", highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ markup (and `x[/]y` crashes it), a terminal obeys ESC sequences, a Markdown view
 output calls one function here instead of escaping by hand:
 
 - `term`: any text rich prints (a line, a table cell, a title, a progress description);
+- `visible_lines`: text written to a terminal as it is (CSV, Markdown on stdout);
 - `md_cell`: a cell of a Markdown table;
 - `sheet_cell`: a cell of a CSV meant for spreadsheets (`vislab compare --format csv`);
 
@@ -38,6 +39,13 @@ def term(value: Any) -> str:
     terminal and a name stays on one line), and markup tags escaped, so `x[/]y` and
     `[link=...]cat` print as written instead of crashing or turning into a link."""
     return escape(printable(str(value)))
+
+
+def visible_lines(text: str) -> str:
+    """`text` for a terminal: its lines and tabs kept, every other control character as
+    `\\xNN`. For machine-readable output (CSV, JSON) printed on a terminal, where exact
+    text would let a name clear the screen; piped or redirected, the output stays exact."""
+    return re.sub(r"[^\n\t]+", lambda m: printable(m.group()), text)
 
 
 def md_cell(value: Any) -> str:
