@@ -77,3 +77,20 @@ def test_predict_counts_unreadable_files_and_fails_when_none_can_be_read(run, tm
     good = sorted((run.parent / "data" / "images" / "vertical").glob("*.png"))[0]
     res = CliRunner().invoke(app, ["predict", str(run), str(good), *map(str, bad), "-f", "json"])
     assert res.exit_code == 0 and "2 of 3 image(s) could not be read" in res.output
+
+
+@pytest.mark.parametrize("which", ["run", "detect_run", "crops_run"])  # classify, detect, crops
+def test_csv_keeps_each_path_exactly_and_the_table_shows_each_on_one_line(which, request, tmp_path):
+    from vislab.testing.images import write_image
+
+    run = request.getfixturevalue(which)
+    folder = tmp_path / "odd"
+    newline = write_image(folder / "a\nb.png", seed=1, size=(64, 48))  # a real newline
+    spelled = write_image(folder / "a\\x0ab.png", seed=2, size=(64, 48))  # a backslash, 'x0a'
+    res = CliRunner().invoke(app, ["predict", str(run), str(folder), "--format", "csv"])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {r["path"] for r in rows} == {str(newline), str(spelled)}  # both were written as 'a\x0ab.png'
+    res = CliRunner().invoke(app, ["predict", str(run), str(folder)])
+    assert res.exit_code == 0, res.output
+    assert "a\nb" not in res.stdout and res.stdout.count("a\\x0ab.png") == 2

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from vislab.errors import VislabError
-from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 from vislab.usertext import term
 
@@ -221,7 +220,9 @@ class ClassifyPlugin(Task):
         return results
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
-        """Text for the CLI: a table, JSON (a list), or long CSV (path, rank, label, prob, error)."""
+        """Text for the CLI: a table, JSON (a list), or long CSV (path, rank, label, prob, error).
+        The CSV and JSON keep each path exactly (two files must not share a row key); only
+        the table, which is for people, shows names through `term`."""
         if fmt == "json":
             return json.dumps(results, indent=2)
         if fmt == "csv":
@@ -230,9 +231,9 @@ class ClassifyPlugin(Task):
             w.writerow(["path", "rank", "label", "prob", "error"])
             for r in results:
                 if "error" in r:
-                    w.writerow([printable(r["path"]), "", "", "", r["error"]])
+                    w.writerow([r["path"], "", "", "", r["error"]])
                 for rank, t in enumerate(r.get("top", []), 1):
-                    w.writerow([printable(r["path"]), rank, t["label"], f"{t['prob']:.6f}", ""])
+                    w.writerow([r["path"], rank, t["label"], f"{t['prob']:.6f}", ""])
             return buf.getvalue()
         if fmt != "table":
             raise VislabError(f"--format {fmt!r}: choose table, json or csv")

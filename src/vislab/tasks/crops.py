@@ -278,6 +278,8 @@ class CropsPlugin(Task):
         return results
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
+        """JSON (a list), CSV, or the same columns tab-separated as the table. The CSV and
+        JSON keep each path exactly; the table, for people, shows names through `printable`."""
         if fmt == "json":
             return json.dumps(results, indent=2)
         buf = io.StringIO()
@@ -287,7 +289,9 @@ class CropsPlugin(Task):
             rect = [f"{v:.3f}" for v in r["rect"]] if "rect" in r else [""] * 4
             prob = f"{r['crop_prob']:.3f}" if "crop_prob" in r else ""
             cf = f"{r['crop_factor']:.3f}" if "crop_factor" in r else ""
-            w.writerow([printable(r["path"]), prob, r.get("cropped", ""), *rect, cf, r.get("picture", ""), r.get("error", "")])
+            text = [r["path"], r.get("picture", ""), r.get("error", "")]
+            path, picture, error = text if fmt == "csv" else map(printable, text)
+            w.writerow([path, prob, r.get("cropped", ""), *rect, cf, picture, error])
         return buf.getvalue()
 
     def export_module(self, model: "nn.Module") -> "nn.Module":

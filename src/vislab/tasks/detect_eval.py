@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, make_folder, printable, slug
+from vislab.fsguard import inside, make_folder, slug
 from vislab.tasks.registry import Evaluation
 from vislab.usertext import term
 
@@ -211,7 +211,8 @@ def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequenc
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
-    """JSON (a list), long CSV (path, class, score, x1, y1, x2, y2, error) or a table."""
+    """JSON (a list), long CSV (path, class, score, x1, y1, x2, y2, error) or a table; the
+    CSV and JSON keep each path exactly, only the table (for people) shows names through `term`."""
     if fmt == "json":
         return json.dumps(results, indent=2)
     if fmt == "csv":
@@ -220,9 +221,9 @@ def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
         w.writerow(["path", "class", "score", "x1", "y1", "x2", "y2", "error"])
         for r in results:
             if "error" in r:
-                w.writerow([printable(r["path"]), "", "", "", "", "", "", r["error"]])
+                w.writerow([r["path"], "", "", "", "", "", "", r["error"]])
             for b in r.get("boxes", []):
-                w.writerow([printable(r["path"]), b["class"], b["score"], b["x1"], b["y1"], b["x2"], b["y2"], ""])
+                w.writerow([r["path"], b["class"], b["score"], b["x1"], b["y1"], b["x2"], b["y2"], ""])
         return buf.getvalue()
     if fmt != "table":
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
