@@ -289,6 +289,19 @@ def test_a_carriage_return_in_a_title_keeps_the_folder_resumable(tmp_path):
     assert rows(out)[0]["title"] == "line1\r\nline2"
 
 
+def test_terminal_controls_in_a_title_or_owner_are_dropped_the_rest_kept(tmp_path):
+    out = tmp_path / "out"
+    title = "Red \x1b[31mfox\x1b[0m\x1b[2J at =dusk\t[bold]\r\n\x9b6n"
+    owner = "\x1b]8;;https://evil.example\x07Ann\x1b]8;;\x1b\\ \x1b]0;pwned\x07Lee\x07"
+    with Server({"/img/1.jpg": image(jpeg(1))}) as server:
+        server.routes[API] = search([entry("1", server.url("/img/1.jpg"), title=title, ownername=owner)])
+        result = collect(server, out)
+    assert result.exit_code == 0, result.output
+    for row in (rows(out)[0], journal_photos(out)[0]["row"]):
+        assert row["title"] == "Red fox at =dusk\t[bold]\r\n6n"  # photos.csv is read back: no quote added
+        assert row["owner_name"] == "Ann Lee"
+
+
 def test_a_lone_surrogate_in_the_api_json_is_saved_once_not_a_crash(tmp_path):
     out = tmp_path / "out"
     with Server({"/img/1.jpg": image(jpeg(1))}) as server:

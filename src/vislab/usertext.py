@@ -10,6 +10,7 @@ output calls one function here instead of escaping by hand:
 - `visible_lines`: text written to a terminal as it is (CSV, Markdown on stdout);
 - `md_cell`: a cell of a Markdown table;
 - `sheet_cell`: a cell of a CSV meant for spreadsheets (`vislab compare --format csv`);
+- `without_terminal_controls`: remote text kept in a data file (Flickr titles).
 
 Files vislab reads back itself (manifest.csv, photos.csv, predictions.csv) keep their text
 exactly: escaping there would change the data.
@@ -32,6 +33,14 @@ _MARKDOWN = re.compile(r"[\\`*~\[\]|]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 # What a spreadsheet may read as a formula (OWASP CSV injection), unless the cell is a number.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# ESC sequences (CSI, OSC and the other string commands, two-byte escapes), then the lone
+# control characters other than tab, newline and carriage return (C0, DEL, C1).
+_TERMINAL_CONTROLS = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[\]PX^_][^\x07\x1b]*(?:\x07|\x1b\\)?"
+    r"|\x1b[ -/]*[0-~]?"
+    r"|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+)
 
 
 def term(value: Any) -> str:
@@ -64,3 +73,11 @@ def sheet_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
+
+
+def without_terminal_controls(text: str) -> str:
+    """`text` without ESC sequences and other terminal control characters; tabs, newlines
+    and carriage returns stay. For text from a server kept in a data file (a photo's title,
+    its owner's name): nothing legitimate in it needs them, and every later reader
+    (a terminal, a spreadsheet, a pager) could obey them."""
+    return _TERMINAL_CONTROLS.sub("", text)

@@ -38,6 +38,7 @@ from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download, Failed
 from vislab.data.photos import COLUMNS, PHOTOS_NAME
 from vislab.errors import VislabError
 from vislab.fsguard import inside
+from vislab.usertext import without_terminal_controls
 
 IMAGES_DIR = "images"
 JOURNAL_NAME = ".vislab-collect.jsonl"
@@ -136,8 +137,10 @@ def _sha256_file(path: Path) -> tuple[str, int]:
 
 def _text(value: object) -> str:
     """A CSV cell: lone surrogates (valid in JSON, not in UTF-8) become U+FFFD, so the
-    row can be written and the photo does not fail again on every run."""
-    return _SURROGATES.sub("\ufffd", str(value))
+    row can be written and the photo does not fail again on every run; ESC sequences and
+    other terminal controls in a server's title or owner name are dropped, so no later
+    `cat photos.csv` or attribution line obeys them. The rest of the text stays exact."""
+    return without_terminal_controls(_SURROGATES.sub("\ufffd", str(value)))
 
 
 def _file_mode() -> int:
