@@ -83,6 +83,23 @@ def test_cli_evaluate_and_train_print_a_bracketed_run_path_as_written(run, tmp_p
     assert f"run: {copy}\n" in res.output
 
 
+def test_train_and_evaluate_show_control_characters_in_paths(run, tmp_path, capsys):
+    from vislab.testing.rundirs import make_run_dir
+
+    odd = shutil.copytree(run, tmp_path / "run\x1b[2J")
+    (odd / ".summary.json.tmp999999999").write_text("{")  # left by a writer killed mid-write
+    res = CliRunner().invoke(app, ["train", "--resume", "--out", str(odd), "--epochs", "5"])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and rf"removed 1 temporary file(s) left by an interrupted write in {tmp_path}/run\x1b[2J" in res.output
+    moved = make_run_dir(tmp_path / "d\x1b[2J", checkpoint=True)
+    data = moved.parent / "run-data"
+    rows = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    rows.iloc[1:].to_csv(data / "manifest.csv", index=False)  # one image dropped since training
+    evaluate(moved, split="test")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and rf"warning: {tmp_path}/d\x1b[2J/run-data/manifest.csv changed" in err
+
+
 def test_changed_manifest_is_a_warning_and_recorded(tmp_path, capsys):
     from vislab.testing.rundirs import make_run_dir
 

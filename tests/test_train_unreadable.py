@@ -104,3 +104,13 @@ def test_loader_replaces_training_images_and_drops_evaluation_ones(tmp_path, wor
     Path(paths[0]).unlink()
     Path(paths[3]).unlink()
     assert list(loader(train=True)) == [] and list(loader(train=False)) == []  # nothing readable: no batch of zero or one
+
+
+def test_a_health_warning_prints_an_odd_path_visibly_and_records_it_exactly(tmp_path, capsys):
+    data = make_pattern_dataset(tmp_path / "d\x1b[2J", per_class=20, size=16)  # every path holds an ESC sequence
+    gone = _break(data, "train", 1, "delete")
+    cfg = tiny_config(train={"epochs": 1, "health": {"max_bad_images": 0.1}})
+    run = train(cfg, data, tmp_path / "run")
+    printed = capsys.readouterr().out
+    assert "health warn: 1 unreadable image(s)" in printed and r"d\x1b[2J" in printed and "\x1b" not in printed
+    assert _health(run)[0]["paths"] == gone

@@ -67,8 +67,10 @@ def evaluate(
     own = run.info.get("dataset_dir") is not None and dataset_dir.resolve() == Path(run.info["dataset_dir"]).resolve()
     changed = own and recorded is not None and recorded != manifest_hash(dataset_dir)
     if changed:
+        from vislab.fsguard import printable
+
         print(
-            f"warning: {manifest_path(dataset_dir)} changed since this run was trained; "
+            f"warning: {printable(manifest_path(dataset_dir))} changed since this run was trained; "
             "the metrics are of the current manifest (recorded as manifest_changed in metrics.json)",
             file=sys.stderr,
             flush=True,

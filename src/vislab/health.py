@@ -31,6 +31,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from vislab.errors import DatasetError, VislabError
+from vislab.fsguard import printable
 from vislab.runs import write_json
 
 
@@ -91,7 +92,7 @@ class HealthMonitor(Callback):
         self.messages.append(entry)
         if trainer.is_global_zero:
             if level != "error" and echo:  # errors are raised, and the CLI prints them
-                print(f"health {level}: {message}", flush=True)
+                print(f"health {level}: {printable(message)}", flush=True)
             self.save()
 
     def save(self) -> None:
@@ -231,7 +232,7 @@ class HealthMonitor(Callback):
         entry.update(message=msg, count=n, paths=list(log.bad)[:SHOWN_PATHS], epoch=int(trainer.current_epoch), step=int(trainer.global_step))
         if trainer.is_global_zero:
             if n <= SHOWN_PATHS:  # the first few on the console; the count keeps growing in health.json
-                print(f"health warn: {msg}", flush=True)
+                print(f"health warn: {printable(msg)}", flush=True)  # health.json keeps the paths exact
             self.save()
 
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

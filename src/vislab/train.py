@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from vislab.config import RunConfig, build_config, load_config, parse_duration, save_config
 from vislab.display import format_rate
 from vislab.errors import TrainingInterrupted, VislabError
+from vislab.fsguard import printable
 from vislab.runs import RunPaths, make_run_record, read_json, run_paths, write_json
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ def train(
                 session.enter_context(run_lock(out))
                 removed = remove_orphan_temps(out)
                 if removed:
-                    print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {out}", flush=True)
+                    print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {printable(out)}", flush=True)
             return _train_session(cfg, data_dir, out, stopper, resume, max_time, epochs, sanity, callbacks)
     except BaseException:
         if created:  # a run that failed before writing anything leaves no folder behind
