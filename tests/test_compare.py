@@ -226,12 +226,15 @@ def test_markup_in_run_paths_prints_as_written(tmp_path) -> None:
 
 def test_control_characters_in_run_names_are_shown_not_sent(tmp_path) -> None:
     evil = make_run_dir(tmp_path, name="ok\x1b[2J\x1b[31mFAKE", dataset=False)
-    other = make_run_dir(tmp_path, name="plain", dataset=False)
-    shown = {"table": [r"ok\x1b[2J\x1b[31mFAKE "], "md": [r"| ok\\x1b\[2J\\x1b\[31mFAKE |"]}  # md escapes '\' and '['
+    c1 = make_run_dir(tmp_path, name="ok\x9b2JFAKE", dataset=False)  # U+009B: CSI as one 8-bit control
+    shown = {
+        "table": [r"ok\x1b[2J\x1b[31mFAKE ", r"ok\x9b2JFAKE "],
+        "md": [r"| ok\\x1b\[2J\\x1b\[31mFAKE |", r"| ok\\x9b2JFAKE |"],  # md escapes '\' and '['
+    }
     for fmt, texts in shown.items():
-        res = CliRunner().invoke(app, ["compare", str(evil), str(other), "--format", fmt])
+        res = CliRunner().invoke(app, ["compare", str(evil), str(c1), "--format", fmt])
         assert res.exit_code == 0, res.output
-        assert "\x1b" not in res.output, fmt
+        assert "\x1b" not in res.output and "\x9b" not in res.output, fmt
         assert all(text in res.output for text in texts), fmt
 
 

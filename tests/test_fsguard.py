@@ -83,3 +83,10 @@ def test_printable_names_survive_a_strict_utf8_stdout():
     assert shown == "odd\\xff\\x0aname.png"
     shown.encode("utf-8")  # strict: no surrogates left
     assert printable("猫 [/x].png") == "猫 [/x].png"
+
+
+def test_printable_shows_c1_controls_that_terminals_obey():
+    from vislab.fsguard import printable
+
+    assert printable("a\x9b2Jb\x85c") == "a\\x9b2Jb\\x85c"  # CSI and NEL as 8-bit controls
+    assert printable("é\xa0ÿ") == "é\xa0ÿ"  # from U+00A0 on, text

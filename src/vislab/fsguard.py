@@ -102,10 +102,11 @@ def folder_name_problem(name: str) -> str | None:
 
 def printable(text: str | Path) -> str:
     """`text` with bytes that are not UTF-8 (kept by Python as surrogates) shown as `\\xNN`
-    and control characters (a newline in a file name) as `\\xNN`: a strict UTF-8 stdout
-    cannot fail on it, and one name stays on one line."""
+    and control characters (a newline in a file name; C1 ones such as U+009B, which some
+    terminals obey as ESC [) as `\\xNN`: a strict UTF-8 stdout cannot fail on it, and one
+    name stays on one line."""
     s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", s)
+    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", s)
 
 
 def regular_file_problem(path: str | Path) -> str | None:
