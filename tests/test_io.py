@@ -153,7 +153,9 @@ def test_collect_images_names_a_special_file(tmp_path):
     with pytest.raises(VislabError, match="pipe.png: not a regular file"):
         collect_images([tmp_path / "pipe.png"])
     write_image(tmp_path / "ok.png")
-    assert [p.name for p in collect_images([tmp_path])] == ["ok.png"]  # a folder's pipes are passed over
+    found = collect_images([tmp_path])
+    assert [p.name for p in found] == ["ok.png"]  # a folder's pipes are not read, but named
+    assert [(p.name, why) for p, why in found.skipped] == [("pipe.png", "not a regular file (a pipe, socket or device)")]
 
 
 def test_a_very_thin_image_is_trimmed_before_its_short_side_is_resized():

@@ -591,7 +591,7 @@ def predict(
     _write(format_predictions(results, fmt))
     failed = sum("error" in r for r in results)
     if failed:
-        err_console.print(f"{failed} of {len(results)} image(s) could not be read (see their rows)", highlight=False, soft_wrap=True)
+        err_console.print(f"{failed} of {len(results)} image(s) could not be read or were skipped (see their rows)", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -1,8 +1,9 @@
-"""`vislab predict`: a trained run's model on image files or folders.
+"""`vislab predict`: a trained run's model on image files or folders, or on images in memory.
 
-Files are collected here (folders walked, in a stable order); the run's task runs them
-through its `predict_step` (images decoded like training data, EXIF orientation and RGB, and
-given the eval transform of the run's DataSpec) and says what each result holds and how it
+Files are collected here (folders walked, in a stable order, see `data.walk`; in-memory
+images saved as lossless files first, so they take the very path of a file); the run's task
+runs them through its `predict_step` (images decoded like training data, EXIF orientation
+and RGB, and given the eval transform of the run's DataSpec) and says what each result holds and how it
 prints (classification: the top-k classes; see tasks/classify.py). A file that cannot be
 read gets an `error` entry instead of stopping the others; when none of the files can be
 read, that is an error (`vislab predict` exits 2, as `vislab explain` does), and the CLI
@@ -11,8 +12,12 @@ says how many failed in any case.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+import numpy as np
+from PIL import Image
 
 from vislab.data.io import collect_images
 from vislab.errors import VislabError
@@ -28,19 +33,70 @@ class Predictions(list):
         self.task = task
 
 
-def predict(run_dir: str | Path, inputs: Sequence[str | Path], top_k: int | None = None, batch_size: int = 32, **options: Any) -> Predictions:
+ImageInput = str | Path | Image.Image | np.ndarray
+MEMORY_NAME = "<image {}>"
+
+
+def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
+    """An in-memory input as a PIL image: a PIL image as is, a uint8 HxW or HxWx3 array."""
+    if isinstance(item, Image.Image):
+        return item
+    if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
+        raise VislabError(
+            f"{MEMORY_NAME.format(index)}: a numpy array of shape {item.shape} and dtype {item.dtype}; "
+            "pass uint8 pixels shaped HxW (grey) or HxWx3 (RGB)"
+        )
+    return Image.fromarray(item)
+
+
+def _as_paths(inputs: ImageInput | Sequence[ImageInput], folder: Path) -> tuple[list[str | Path], dict[str, str]]:
+    """The inputs as paths, in order: in-memory images saved as lossless PNG (TIFF for modes
+    PNG cannot hold) in `folder`, so they are decoded, converted and transformed exactly as
+    image files are; and the display name of each saved one by its path."""
+    items = [inputs] if isinstance(inputs, (str, Path, Image.Image, np.ndarray)) else list(inputs)
+    paths: list[str | Path] = []
+    names: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if isinstance(item, (str, Path)):
+            paths.append(item)
+            continue
+        if not isinstance(item, (Image.Image, np.ndarray)):
+            raise VislabError(f"input {i}: a {type(item).__name__}; pass image paths, folders, PIL images or numpy arrays")
+        im = _memory_image(item, i)
+        path = folder / f"image-{i:06d}.png"
+        try:
+            im.save(path, format="PNG")
+        except OSError:  # modes such as CMYK
+            path = path.with_suffix(".tif")
+            im.save(path, format="TIFF")
+        paths.append(path)
+        names[str(path)] = MEMORY_NAME.format(i)
+    return paths, names
+
+
+def predict(
+    run_dir: str | Path, inputs: ImageInput | Sequence[ImageInput], top_k: int | None = None, batch_size: int = 32, **options: Any
+) -> Predictions:
     """One dict per image (classification: path, pred, confidence, top [{label, prob}];
-    detection: path, boxes; or error). `top_k` and `options` (detection: conf, iou, out)
-    go to the task only when given, so each task keeps its own defaults and refuses the
-    options of another task."""
+    detection: path, boxes; or error), in input order, then one error dict per entry a
+    folder walk skipped (a broken link, a pipe, a link loop). `inputs` is one image or a
+    list: file or folder paths (str or Path), PIL images and uint8 numpy arrays (HxW or
+    HxWx3, RGB), the last two named "<image N>" by their position. `top_k` and `options`
+    (detection: conf, iou, out) go to the task only when given, so each task keeps its own
+    defaults and refuses the options of another task."""
     from vislab.runs import load_run
     from vislab.tasks import get_task
 
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
-    files = collect_images(inputs)
-    given = {k: v for k, v in {"top_k": top_k, **options}.items() if v is not None}
-    results = task.predict(run, files, batch_size=batch_size, **given)
+    with tempfile.TemporaryDirectory(prefix="vislab-predict-") as tmp:
+        paths, names = _as_paths(inputs, Path(tmp))
+        files = collect_images(paths)
+        given = {k: v for k, v in {"top_k": top_k, **options}.items() if v is not None}
+        results = task.predict(run, files, batch_size=batch_size, **given) if files else []
+    for r in results:
+        r["path"] = names.get(r["path"], r["path"])
+    results += [{"path": str(path), "error": f"skipped: {reason}"} for path, reason in files.skipped]
     failed = [r for r in results if "error" in r]
     if results and len(failed) == len(results):
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from vislab.data.walk import SKIP_REASONS, file_problem, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, SpecialFileError, open_regular
 
@@ -115,6 +116,18 @@ def _source_file(source: ImageSource) -> Any:
     return nullcontext(source)
 
 
+def _is_empty(fh: BinaryIO) -> bool:
+    """Whether a file or stream holds no bytes from where it stands (a zero-byte download:
+    worth saying so rather than "not an image")."""
+    try:
+        here = fh.tell()
+        end = fh.seek(0, io.SEEK_END)
+        fh.seek(here)
+    except (OSError, AttributeError, ValueError):  # a stream that cannot seek is read as it is
+        return False
+    return end == here
+
+
 @contextmanager
 def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iterator[Image.Image]:
     """The opened (not yet decoded) image; any failure, opening it or inside the block, is
@@ -129,6 +142,8 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iter
         Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow refuses 2x its own limit at open: ours is the one that holds
     try:
         with _source_file(source) as fh, warnings.catch_warnings():
+            if _is_empty(fh):
+                raise ImageDecodeError("empty file (0 bytes)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fh) as im:
                 w, h = im.size
@@ -230,20 +245,42 @@ def load_image(path: ImageSource, size_hint: tuple[int, int] | None = None, max_
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
-def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders, for
-    the commands that take images on the command line (predict, explain)."""
+class CollectedImages(list):
+    """The image files `collect_images` found (a list of Paths, in order); `skipped` holds
+    (path, reason) for every entry with an image name, or folder, it left out."""
+
+    def __init__(self, files: list[Path], skipped: list[tuple[Path, str]]) -> None:
+        super().__init__(files)
+        self.skipped = skipped
+
+
+def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages:
+    """Image files named directly or found in the given folders (sorted; folder links
+    followed, loops refused, see `walk.walk_files`), for the commands that take images on the
+    command line (predict, explain). A broken link, a pipe or a looping link inside a folder
+    is not read but listed in `skipped` with its reason, so the caller can report it."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     found: list[Path] = []
-    for item in inputs:
+    skipped: list[tuple[Path, str]] = []
+    for item in items:
         p = Path(item)
         if p.is_dir():
-            found += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+            walk = walk_files(str(p))
+            for path, _ in sorted(walk.files, key=lambda f: Path(f[0])):
+                if Path(path).suffix.lower() not in IMAGE_EXTS:
+                    continue
+                problem = file_problem(path)
+                if problem is None:
+                    found.append(Path(path))
+                else:
+                    skipped.append((Path(path), problem))
+            skipped += sorted((Path(path), SKIP_REASONS.get(kind, kind)) for path, kind in walk.skipped)
         elif p.is_file():
             found.append(p)
         elif p.exists():
             raise VislabError(f"{p}: not a regular file (a pipe or device?); pass image files or folders of images")
         else:
             raise VislabError(f"{p}: no such image or folder; pass image files or folders of images")
-    if not found:
-        raise VislabError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(IMAGE_EXTS))})")
-    return found
+    if not found and not skipped:
+        raise VislabError(f"no images found in {', '.join(map(str, items))} (looked for {', '.join(sorted(IMAGE_EXTS))})")
+    return CollectedImages(found, skipped)

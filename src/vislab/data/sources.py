@@ -28,6 +28,7 @@ import pandas as pd
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.manifest import CURATION_NAME, MANIFEST_NAME
 from vislab.data.materialize import MARKER
+from vislab.data.walk import FOLDER_LOOP, INNER_FOLDER_LINK, UNREADABLE_FOLDER, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem
 
@@ -39,8 +40,7 @@ RATING_OUT_OF_BINS = "rating_out_of_bins"
 HIDDEN = "hidden"
 VISLAB_OUTPUT = "vislab_output"
 NON_UTF8_NAME = "non_utf8_name"
-UNREADABLE_FOLDER = "unreadable_folder"
-INNER_FOLDER_LINK = "inner_folder_link"
+SKIPPED_OUTPUT = "skipped_output"  # the output folder itself: not counted
 
 
 @dataclass
@@ -81,50 +81,25 @@ def vislab_output_kind(names: Iterable[str]) -> str | None:
 
 
 def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], Counter[str]]:
-    """(path, first folder below `top` or None) for every file to curate under `top`,
-    following directory links that lead out of `top` once, and counts of what was skipped:
-    hidden entries (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders,
-    non-UTF-8 names, folders that cannot be listed, links to folders inside `top`."""
-    real_top = os.path.join(os.path.realpath(top), "")
-    files: list[tuple[str, str | None]] = []
-    skipped: Counter[str] = Counter()
-    seen: set[tuple[int, int]] = set()
-    stack: list[tuple[str, str | None]] = [(top, None)]
-    while stack:
-        folder, first = stack.pop()
-        try:
-            st = os.stat(folder)
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError:
-            skipped[UNREADABLE_FOLDER] += 1
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        if folder != top and vislab_output_kind(e.name for e in entries):
-            skipped[VISLAB_OUTPUT] += 1
-            continue
-        for entry in entries:
-            if _is_hidden(entry.name):
-                skipped[HIDDEN] += 1
-                continue
-            if not _is_utf8(entry.name):
-                skipped[NON_UTF8_NAME] += 1
-                continue
-            try:
-                is_dir = entry.is_dir()
-            except OSError:
-                is_dir = False
-            inner_link = is_dir and entry.is_symlink() and os.path.join(os.path.realpath(entry.path), "").startswith(real_top)
-            if inner_link:
-                skipped[INNER_FOLDER_LINK] += 1
-                continue
-            if is_dir:
-                if not skip or os.path.realpath(entry.path) not in skip:
-                    stack.append((entry.path, entry.name if first is None else first))
-            else:
-                files.append((entry.path, first))
-    return files, skipped
+    """(path, first folder below `top` or None) for every file to curate under `top` (see
+    `walk.walk_files` for links and loops), and counts of what was skipped: hidden entries
+    (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders, non-UTF-8 names,
+    folders that cannot be listed, links to folders inside `top`, folder loops."""
+
+    def skip_entry(entry: os.DirEntry) -> str | None:
+        if _is_hidden(entry.name):
+            return HIDDEN
+        if not _is_utf8(entry.name):
+            return NON_UTF8_NAME
+        return SKIPPED_OUTPUT if skip and os.path.realpath(entry.path) in skip else None
+
+    def skip_folder(folder: str, entries: list[os.DirEntry]) -> str | None:
+        return VISLAB_OUTPUT if vislab_output_kind(e.name for e in entries) else None
+
+    walk = walk_files(top, skip_entry, skip_folder)
+    # a loop is a link to a folder already read: curation.json counts it with those links
+    kinds = (INNER_FOLDER_LINK if kind == FOLDER_LOOP else kind for _, kind in walk.skipped)
+    return walk.files, Counter(kind for kind in kinds if kind != SKIPPED_OUTPUT)
 
 
 def scan_folder(root: str | Path, skip: Sequence[str | Path] = ()) -> tuple[list[Found], Counter[str]]:

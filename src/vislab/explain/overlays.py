@@ -206,6 +206,7 @@ def explain_run(
             read.append(f)
         except ImageDecodeError as err:
             failed.append({"source": str(f), "error": f"cannot read image: {err.reason}"})
+    failed += [{"source": str(path), "error": f"skipped: {reason}"} for path, reason in files.skipped]
     if not images:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise VislabError(f"{failed[0]['source']}: {failed[0]['error']}{more}; no image left to explain")

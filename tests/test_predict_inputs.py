@@ -1,0 +1,92 @@
+"""What `predict` accepts and finds: linked folders, entries it cannot read (each named with
+its reason), and in-memory images through the Python API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.errors import VislabError
+from vislab.predict import predict
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+from vislab.train import train
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pred_inputs")
+    data = make_pattern_dataset(root / "data", per_class=20, size=16)
+    return train(tiny_config(train={"epochs": 1}), data, root / "run")
+
+
+def _images(run: Path, cls: str = "vertical") -> list[Path]:
+    return sorted((run.parent / "data" / "images" / cls).glob("*.png"))
+
+
+def test_predict_follows_linked_folders_and_names_every_entry_it_skips(run: Path, tmp_path: Path) -> None:
+    lk = tmp_path / "lk"
+    lk.mkdir()
+    os.symlink(_images(run)[0].parent, lk / "three")
+    (lk / "one.png").write_bytes(_images(run, "horizontal")[0].read_bytes())
+    os.symlink(tmp_path / "gone.png", lk / "dangling.png")
+    os.symlink(lk, lk / "loop")
+    os.symlink("self.png", lk / "self.png")
+    os.mkfifo(lk / "pipe.png")
+    (lk / "empty.jpg").write_bytes(b"")
+    res = CliRunner().invoke(app, ["predict", str(run), str(lk), "-f", "json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    rows = {Path(r["path"]).relative_to(lk).as_posix(): r for r in json.loads(res.stdout)}
+    linked = [k for k in rows if k.startswith("three/")]
+    assert len(linked) == len(_images(run)) and all("top" in rows[k] for k in linked)
+    assert "top" in rows["one.png"]
+    assert "dangling symbolic link" in rows["dangling.png"]["error"]
+    assert "symbolic link loop" in rows["self.png"]["error"]
+    assert "symbolic link loop" in rows["loop"]["error"]
+    assert "not a regular file" in rows["pipe.png"]["error"]
+    assert rows["empty.jpg"]["error"] == "cannot read image: empty file (0 bytes)"
+    assert "5 of " in res.stderr and "skipped" in res.stderr
+
+
+def test_a_link_loop_through_an_outside_folder_is_walked_once(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "x.png").write_bytes(_images(run)[0].read_bytes())
+    os.symlink(tmp_path / "out", tmp_path / "a" / "out")
+    os.symlink(tmp_path / "a", tmp_path / "out" / "back")  # out/back -> a -> out -> ...
+    results = predict(run, tmp_path / "a")
+    assert [Path(r["path"]).name for r in results if "top" in r] == ["x.png"]
+    assert [r["error"] for r in results if "error" in r] == ["skipped: symbolic link loop (links back to a folder being walked, or one walked already)"]
+
+
+def test_predict_takes_one_path_as_str_or_path(run: Path) -> None:
+    img = _images(run)[0]
+    by_str, by_path = predict(run, str(img)), predict(run, img)
+    assert [r["path"] for r in by_str] == [str(img)] and by_path[0]["top"] == by_str[0]["top"]
+
+
+def test_in_memory_images_score_as_the_same_image_saved_as_png(run: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    grey = rng.integers(0, 256, (20, 24), dtype=np.uint8)
+    rgba = Image.fromarray(np.dstack([rgb, rng.integers(0, 256, (20, 24), dtype=np.uint8)]), "RGBA")
+    files = []
+    for name, im in (("rgb", Image.fromarray(rgb)), ("grey", Image.fromarray(grey)), ("rgba", rgba)):
+        im.save(tmp_path / f"{name}.png")
+        files.append(tmp_path / f"{name}.png")
+    from_files = predict(run, files, top_k=3)
+    from_memory = predict(run, [rgb, grey, rgba], top_k=3)
+    assert [r["path"] for r in from_memory] == ["<image 0>", "<image 1>", "<image 2>"]
+    for a, b in zip(from_files, from_memory):
+        assert a["top"] == b["top"]
+    single = predict(run, Image.fromarray(rgb), top_k=3)
+    assert single[0]["top"] == from_files[0]["top"]
+    with pytest.raises(VislabError, match=r"pass uint8 pixels shaped HxW \(grey\) or HxWx3"):
+        predict(run, rgb.astype(np.float32))
