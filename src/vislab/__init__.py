@@ -8,6 +8,9 @@ so on); the names load on first use, so `import vislab` (and `vislab --version`)
     run = train(load_config("digits-cnn", ["optim.lr=0.003"]), "datasets/digits", "runs/digits")
     print(evaluate(run, split="test")["accuracy"])
     print(predict(run, ["photos/3/0003.png"], top_k=3)[0]["top"])
+
+`train` also takes a YAML path or recipe name for its config; `predict` one path or a list
+of paths, folders, PIL images and uint8 numpy arrays.
 """
 
 import sys

@@ -260,7 +260,7 @@ def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[An
 
 
 def train(
-    cfg: RunConfig | None,
+    cfg: RunConfig | str | Path | None,
     data_dir: str | Path | None,
     out_dir: str | Path,
     *,
@@ -272,7 +272,9 @@ def train(
 ) -> Path:
     """Train a classifier from a curated dataset into `out_dir`; returns the run directory.
 
-    `cfg` may be None with `resume=True` (the run's config.yaml is used). `callbacks` are
+    `cfg` is a RunConfig, or a YAML file or packaged recipe name loaded as `vislab train
+    --config` loads it (`train("digits-cnn", ...)`); it may be None with `resume=True` (the
+    run's config.yaml is used). `callbacks` are
     extra Lightning callbacks (tests use them to observe training). With `sanity=True` the
     model instead overfits one fixed batch for `train.sanity_steps` steps and the result
     goes to `out_dir/sanity.json`.
@@ -282,6 +284,8 @@ def train(
     from vislab.interrupts import GracefulStop
     from vislab.runs import prepare_out_dir, remove_if_unused, remove_orphan_temps, resolve_run_dir, run_lock
 
+    if isinstance(cfg, (str, Path)):
+        cfg = load_config(cfg)
     out = Path(out_dir)
     rank0 = getattr(rank_zero_only, "rank", 0) == 0
     created = rank0 and not resume and not out.exists()
