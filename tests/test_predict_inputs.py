@@ -90,3 +90,22 @@ def test_in_memory_images_score_as_the_same_image_saved_as_png(run: Path, tmp_pa
     assert single[0]["top"] == from_files[0]["top"]
     with pytest.raises(VislabError, match=r"pass uint8 pixels shaped HxW \(grey\) or HxWx3"):
         predict(run, rgb.astype(np.float32))
+
+
+@pytest.mark.parametrize("which", ["run", "detect_run", "crops_run"])  # classify, detect, crops
+def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: str, request, tmp_path: Path, monkeypatch) -> None:
+    import csv
+    import io
+
+    from vislab.testing.images import write_image
+
+    run = request.getfixturevalue(which)
+    for i in range(3):
+        write_image(tmp_path / "in" / f"{i}.png", seed=i, size=(64, 48))
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich draws as on a terminal
+    res = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "in"), "-f", "csv"])
+    assert res.exit_code == 0, res.output
+    assert "predict" in res.stderr and "\x1b" in res.stderr  # the (transient) bar was drawn
+    assert "\x1b" not in res.stdout
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert {Path(r["path"]).name for r in rows} == {"0.png", "1.png", "2.png"}

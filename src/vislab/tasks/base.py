@@ -251,7 +251,8 @@ class BaseTask(L.LightningModule):
 
 
 class _TransientProgress(L.Callback):
-    """A rich progress bar over the predict batches that disappears when done."""
+    """A rich progress bar over the predict batches that disappears when done; shown only
+    when stderr is a terminal."""
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -259,9 +260,11 @@ class _TransientProgress(L.Callback):
         self._task: Any = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from rich.console import Console
         from rich.progress import Progress
 
-        self._progress = Progress(transient=True)
+        # on stderr: stdout may be carrying CSV or JSON (`vislab predict -f csv > out.csv`)
+        self._progress = Progress(console=Console(stderr=True), transient=True)
         self._progress.start()
         total = sum(trainer.num_predict_batches) if trainer.num_predict_batches else None
         self._task = self._progress.add_task(self.description, total=total)

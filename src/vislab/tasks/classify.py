@@ -207,7 +207,7 @@ class ClassifyPlugin(Task):
         # the position of each file rides along as its target, so results keep the input order
         dm.predict_on([str(f) for f in files], range(len(files)), on_unreadable=unreadable.update, batch_size=batch_size, num_workers=0)
         k = min(top_k, len(run.classes))
-        for out in predict_batches(self.load_module(run), dm):
+        for out in predict_batches(self.load_module(run), dm, description="predict"):
             top_p, top_i = out["probs"].float().cpu().topk(k, dim=1)
             for pos, ps, ids in zip(out["target"].tolist(), top_p.tolist(), top_i.tolist()):
                 entry = results[pos]

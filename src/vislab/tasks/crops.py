@@ -265,7 +265,7 @@ class CropsPlugin(Task):
         unreadable: dict[str, str] = {}
         dm = CropsDataModule(Path("."), cfg, run.cfg.data, run.cfg.seed)
         dm.predict_on_photos([str(f) for f in files], lambda bad: unreadable.update(bad), batch_size=batch_size)
-        for o in predict_batches(self.load_module(run), dm):
+        for o in predict_batches(self.load_module(run), dm, description="predict"):
             for k, pos in enumerate(o["position"].tolist()):
                 results[pos].update(prediction_fields(o["rect"][k].tolist(), float(o["flag"][k]), o["cell_probs"][k].tolist(), int(o["rotation"][k])))
         for entry in results:

@@ -158,7 +158,8 @@ def predict_files(
         raise VislabError(f"--conf {conf} / --iou {iou}: give a confidence in [0, 1] and an IoU in (0, 1]")
     unreadable: dict[str, str] = {}
     paths = [str(f) for f in files]
-    found = run_detector(plugin, run, paths, Path("."), conf=conf, iou=iou, on_unreadable=lambda bad: unreadable.update(bad), batch_size=batch_size, num_workers=0)
+    found = run_detector(plugin, run, paths, Path("."), conf=conf, iou=iou, on_unreadable=lambda bad: unreadable.update(bad), batch_size=batch_size, num_workers=0,
+                         description="predict")
     results: list[dict[str, Any]] = []
     for i, path in enumerate(paths):
         if i not in found:
