@@ -109,3 +109,6 @@ def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: st
     assert "\x1b" not in res.stdout
     rows = list(csv.DictReader(io.StringIO(res.stdout)))
     assert {Path(r["path"]).name for r in rows} == {"0.png", "1.png", "2.png"}
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # not a terminal: no bar, not even a blank line
+    res = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "in"), "-f", "csv"])
+    assert res.exit_code == 0 and res.stderr == "" and res.stdout.startswith("path,")

@@ -263,14 +263,19 @@ class _TransientProgress(L.Callback):
         from rich.console import Console
         from rich.progress import Progress
 
-        # on stderr: stdout may be carrying CSV or JSON (`vislab predict -f csv > out.csv`)
-        self._progress = Progress(console=Console(stderr=True), transient=True)
+        # on stderr: stdout may be carrying CSV or JSON (`vislab predict -f csv > out.csv`);
+        # and only on a terminal: elsewhere rich still writes a blank line when it stops
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return
+        self._progress = Progress(console=console, transient=True)
         self._progress.start()
         total = sum(trainer.num_predict_batches) if trainer.num_predict_batches else None
         self._task = self._progress.add_task(self.description, total=total)
 
     def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._progress.advance(self._task)
+        if self._progress is not None:
+            self._progress.advance(self._task)
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._stop()
