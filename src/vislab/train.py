@@ -343,8 +343,13 @@ def _train_session(
                 f"{out}: already holds a run; pass --resume to continue it, or choose another --out"
                 if paths.last.exists() else _no_last_checkpoint(paths, out)
             )
+    from vislab.machine import check_machine, resolve_accelerator
     from vislab.tasks.base import QUIET_WARNINGS, quiet_lightning
 
+    if sanity:  # one device, whatever train.devices says
+        resolve_accelerator(cfg.train.accelerator)
+    else:  # before anything is written: a config this machine cannot run is one line, not a half-made run
+        check_machine(cfg.train)
     budget_s = parse_duration(cfg.train.max_time) if cfg.train.max_time else None
     quiet_lightning()
     if sanity:

@@ -1,0 +1,68 @@
+"""Device settings this machine cannot run are refused before a run folder is written: one line
+naming the key, what the machine has and the fix (tests run on CPU-only machines; the GPU cases
+skip where a GPU is visible)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.config import dump_config
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+CPU_ONLY = pytest.mark.skipif(torch.cuda.is_available(), reason="these settings are valid where a GPU is visible")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("machine")
+    data = make_pattern_dataset(root / "data", per_class=10, size=16)
+    cfg = root / "tiny.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    return root, data, cfg
+
+
+def _refused(setup, key_value: str, *expected: str) -> str:
+    root, data, cfg = setup
+    out = root / ("run-" + key_value.replace("=", "-").replace(",", "_").replace("[", "").replace("]", ""))
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(out), "--set", key_value])
+    assert res.exit_code != 0, res.output
+    assert "Traceback" not in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    for text in expected:
+        assert text in res.output, res.output
+    assert not out.exists(), sorted(p.name for p in out.iterdir())  # nothing half-made left behind
+    return res.output
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("name", ["gpu", "cuda"])
+def test_gpu_accelerator_without_gpu_is_one_line(setup, name):
+    _refused(setup, f"train.accelerator={name}", "train.accelerator", "no", "GPU visible here", "use cpu or auto")
+
+
+def test_unavailable_or_unknown_accelerators_are_one_line(setup):
+    if not torch.backends.mps.is_available():
+        _refused(setup, "train.accelerator=mps", "train.accelerator: mps", "use cpu or auto")
+    _refused(setup, "train.accelerator=tpu", "train.accelerator: tpu", "torch_xla", "use cpu or auto")
+    _refused(setup, "train.accelerator=quantum", "train.accelerator: quantum", "cpu")
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("devices", ["[0,1]", "-1", "0"])
+def test_devices_that_do_not_fit_a_cpu_are_one_line(setup, devices):
+    _refused(setup, f"train.devices={devices}", "train.devices", "CPU", "use auto")
+
+
+@CPU_ONLY
+def test_strategies_this_machine_cannot_run_are_one_line(setup):
+    _refused(setup, "train.strategy=bogus", "train.strategy: bogus", "not a Lightning strategy", "use auto, ddp")
+    _refused(setup, "train.strategy=deepspeed", "train.strategy: deepspeed", "use auto or ddp")
+
+
+def test_num_nodes_without_cluster_environment_is_refused(setup, monkeypatch):
+    for var in ("MASTER_ADDR", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID"):
+        monkeypatch.delenv(var, raising=False)
+    _refused(setup, "train.num_nodes=2", "train.num_nodes: 2", "MASTER_ADDR", "NODE_RANK", "torchrun")
