@@ -89,3 +89,21 @@ def test_ddp_detection_two_cpu_processes(tmp_path):
     assert rows["epoch"].tolist() == [0, 1]
     assert rows["val/map50"].between(0, 1).all()  # mAP over both ranks' validation images
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped_reason"] == "completed"
+
+
+def test_cli_cpu_ddp_prints_the_run_once(tmp_path):
+    """`vislab train --set train.devices=2` on CPUs is two gloo processes (allowed, as above);
+    Lightning relaunches the command for rank 1, which must not print its own 'run:' line."""
+    from vislab.config import dump_config
+    from vislab.testing.synthetic import tiny_config
+
+    data = make_pattern_dataset(tmp_path / "data", per_class=10, size=16)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    proc = subprocess.run(
+        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"),
+         "--set", "train.accelerator=cpu", "--set", "train.devices=2", "--set", "train.strategy=ddp"],
+        capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert [line for line in proc.stdout.splitlines() if line.startswith("run:")] == [f"run: {tmp_path / 'run'}"], proc.stdout

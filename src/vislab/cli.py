@@ -432,7 +432,10 @@ def train(
             raise
         # Ctrl-C while starting up, before training handles signals itself
         raise TrainingInterrupted("interrupted by SIGINT while starting, before anything was written", signal.SIGINT) from None
-    console.print(f"run: {term(run_dir)}", highlight=False, soft_wrap=True)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:  # CPU/GPU DDP relaunches this command once per extra rank
+        console.print(f"run: {term(run_dir)}", highlight=False, soft_wrap=True)
 
 
 @app.command("lr-find")
