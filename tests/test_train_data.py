@@ -103,3 +103,27 @@ def test_training_on_a_one_class_dataset_is_one_line_naming_the_dataset_and_the_
         f"error: {tmp_path / 'ds'}: only one usable class ('cat'), and classification needs at least 2 classes; "
         "add images of another class (a folder per class) and curate again"
     )
+
+
+def test_a_class_without_training_images_is_refused_naming_it(tmp_path):
+    """A class only in val would get an output that is never trained and val images that can
+    never be right; training refuses it in one line instead of training without a word."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.config import dump_config
+    from vislab.testing.synthetic import tiny_config
+
+    data = make_pattern_dataset(tmp_path / "d", per_class=10, size=16)
+    manifest = pd.read_csv(data / "manifest.csv", keep_default_na=False)
+    manifest.loc[manifest["label"] == "diagonal", "split"] = "val"
+    manifest.to_csv(data / "manifest.csv", index=False)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    res = CliRunner().invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1, res.output
+    text = " ".join(res.stderr.split())
+    assert "class(es) 'diagonal' have no training images (only in val)" in text and "curate again" in text, text
+    assert not (tmp_path / "run").exists()

@@ -80,6 +80,22 @@ def holdout(train: pd.DataFrame, fraction: float, seed: int) -> tuple[pd.DataFra
     return train[~mask].reset_index(drop=True), train[mask].reset_index(drop=True)
 
 
+def _refuse_untrained(dataset_dir: str | Path, df: pd.DataFrame, names: Sequence[str], trained: set[str]) -> None:
+    """Every class gets an output, so one with no training image would get an output that is
+    never trained, and its val/test images could never be right: a silent wrong result, so refused."""
+    missing = [c for c in names if c not in trained]
+    if not missing:
+        return
+    rows = usable(df)
+    where = sorted(set(rows.loc[rows["label"].isin(missing), "split"].fillna("").replace("", "no split")))
+    shown = ", ".join(f"'{c}'" for c in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+    raise DatasetError(
+        f"{dataset_dir}: class(es) {shown} have no training images (only in {'/'.join(where)}), so the model could never "
+        "learn them; curate again so each class has train images (or move some of their images to split train in "
+        "manifest.csv), or leave those classes out (curate --min-per-class, or remove their folder)"
+    )
+
+
 def classification_splits(
     dataset_dir: str | Path, val_fraction: float = 0.1, seed: int = 0, classes: Sequence[str] | None = None
 ) -> Splits:
@@ -100,6 +116,8 @@ def classification_splits(
             f"{dataset_dir}: no usable rows with split 'train'; curate with --split 0.7,0.15,0.15 "
             "(or --val-per-class/--test-per-class)"
         )
+    if classes is None:
+        _refuse_untrained(dataset_dir, df, names, set(train["label"]))
     unknown = sorted(set(train["label"]) - set(names))
     if unknown:
         raise DatasetError(f"{dataset_dir}: train labels {unknown} are not among the run's classes")
