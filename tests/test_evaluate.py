@@ -199,3 +199,28 @@ def test_a_detection_dataset_is_refused_by_a_classifier_in_one_line(run, tmp_pat
         assert res.exit_code == 2 and "is a detection dataset (it has boxes.csv), and this run classifies" in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
     assert sorted(p.name for p in (run / "eval").glob("*")) == before  # no eval folder left behind
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("filters: 8", "filters: 16"), ["weights do not match model 'simple_cnn'", "of another size", "was config.yaml edited?"]),
+        (("task: classify", "task: crops"), ["task is 'crops' but", "trained with task 'classify'", "no longer matches the checkpoint"]),
+    ],
+    ids=["size-mismatch", "task"],
+)
+def test_evaluate_after_config_yaml_was_edited_is_one_line(run, tmp_path, edit, expected):
+    """An edited config.yaml builds another model (or another task's): one line saying the
+    config no longer matches the checkpoint, not a load_state_dict RuntimeError traceback or
+    another task's complaint about the images."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    config = copy / "config.yaml"
+    assert edit[0] in config.read_text()
+    config.write_text(config.read_text().replace(edit[0], edit[1], 1))
+    res = CliRunner().invoke(app, ["evaluate", str(copy)])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1, res.output
+    text = " ".join(res.stderr.split())
+    for part in expected:
+        assert part in text, text

@@ -613,6 +613,25 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
         return fallback, ckpt
 
 
+def _check_config_matches(cfg: "RunConfig", info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
+    """config.yaml's task and model against those the checkpoint (and run.json) were made
+    with: an edited task builds another task's model and data, whose errors (a crops
+    'too small for crop samples' on a classification dataset) would hide the real cause."""
+    trained = (ckpt.get("hyper_parameters") or {}).get("config")
+    trained = trained if isinstance(trained, dict) else {}
+    recorded = {
+        "task": trained.get("task", info.get("task")),
+        "model.name": (trained.get("model") or {}).get("name"),
+    }
+    for key, now in (("task", cfg.task), ("model.name", cfg.model.name)):
+        then = recorded[key]
+        if then is not None and then != now:
+            raise VislabError(
+                f"{config}: {key} is '{now}' but {ckpt_path} was trained with {key} '{then}': config.yaml no longer "
+                f"matches the checkpoint (was it edited?); set {key}: {then} again"
+            )
+
+
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
     from vislab.config import load_config
@@ -626,13 +645,24 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     classes = list(info["classes"])
     spec = DataSpec.from_dict(info["data_spec"])
     ckpt_path, ckpt = _load_with_fallback(root, which)
+    _check_config_matches(cfg, info, ckpt, paths.config, ckpt_path)
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
     model = get_task(cfg.task).create_model(cfg, classes, load_weights=False)
-    missing, unexpected = model.load_state_dict(model_state_from_checkpoint(ckpt), strict=False)
-    if missing or unexpected:
-        raise VislabError(
-            f"{ckpt_path}: weights do not match model '{cfg.model.name}' "
-            f"(missing {len(missing)}, unexpected {len(unexpected)} keys); was config.yaml edited?"
+    state = model_state_from_checkpoint(ckpt)
+    own = model.state_dict()
+    resized = [k for k, v in state.items() if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or resized:
+        example = (
+            f"; e.g. {resized[0]} is {list(state[resized[0]].shape)} in the checkpoint, {list(own[resized[0]].shape)} here"
+            if resized else ""
         )
+        raise VislabError(
+            f"{ckpt_path}: weights do not match model '{cfg.model.name}' (missing {len(missing)}, unexpected "
+            f"{len(unexpected)}, {len(resized)} of another size{example}); was config.yaml edited? "
+            f"Restore {paths.config} to the config the run was trained with"
+        )
+    model.load_state_dict(state)
     model.eval()
     return LoadedRun(cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path)
