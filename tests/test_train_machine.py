@@ -66,3 +66,41 @@ def test_num_nodes_without_cluster_environment_is_refused(setup, monkeypatch):
     for var in ("MASTER_ADDR", "NODE_RANK", "GROUP_RANK", "SLURM_NTASKS", "SLURM_JOB_ID", "TORCHELASTIC_RUN_ID", "LSB_JOBID"):
         monkeypatch.delenv(var, raising=False)
     _refused(setup, "train.num_nodes=2", "train.num_nodes: 2", "MASTER_ADDR", "NODE_RANK", "torchrun")
+
+
+def test_sigterm_stops_a_run_blocked_waiting_for_other_nodes(setup, tmp_path):
+    """With a cluster environment set by hand but no second node, rank 0 blocks in the DDP
+    rendezvous, where Python signal handlers never run; SIGTERM must still end it (it used to
+    be ignored until kill -9)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    _, data, cfg = setup
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "0"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"),
+         "--set", "train.num_nodes=2", "--set", "train.accelerator=cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    try:
+        seen = []
+        for line in proc.stdout:  # Lightning says this just before it blocks
+            seen.append(line)
+            if "Initializing distributed" in line:
+                break
+        assert any("Initializing distributed" in line for line in seen), "".join(seen)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=60)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
+    assert "SIGTERM received while blocked" in rest, rest

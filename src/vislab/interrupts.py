@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -46,6 +46,82 @@ def _say(text: str) -> None:
         pass
 
 
+BLOCKED_GRACE_S = 10.0  # how long the main thread may take to run its handler (one long op) before it counts as blocked
+
+
+class BlockedWatchdog:
+    """Stops the process on SIGINT/SIGTERM when the main thread is blocked in C code.
+
+    Python runs a signal handler only when the main thread returns to the interpreter; blocked
+    in a DDP rendezvous (`init_process_group` waiting for nodes or ranks that never come) it
+    never does, and since GracefulStop replaces the default action, SIGTERM and Ctrl-C did
+    nothing. The C-level handler still writes the signal number to `signal.set_wakeup_fd`,
+    which this thread reads; if the handler has not run `BLOCKED_GRACE_S` later, it says so
+    and exits with 128 + the signal number, as the default action would."""
+
+    def __init__(self, handled: Callable[[], int], on_exit: Callable[[], None]) -> None:
+        import socket
+
+        self._handled = handled
+        self._on_exit = on_exit
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        self._previous = signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        _WATCHED_FDS.add(self._write.fileno())
+        self._seen = 0
+        threading.Thread(target=self._watch, name="vislab-signal-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        import time
+
+        while True:
+            try:
+                data = self._read.recv(64)
+            except OSError:
+                data = b""
+            if not data:
+                self._read.close()
+                return
+            for signum in data:
+                if signum not in SIGNALS:
+                    continue
+                self._seen += 1
+                deadline = time.monotonic() + BLOCKED_GRACE_S
+                while self._handled() < self._seen and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if self._handled() < self._seen:
+                    name = signal.Signals(signum).name
+                    _say(f"\n{name} received while blocked (waiting for other DDP processes or nodes?): stopping now, without saving")
+                    self._on_exit()
+                    os._exit(128 + signum)
+
+    def close(self) -> None:
+        """Put the previous wakeup fd back; the thread ends when its socket closes."""
+        try:
+            signal.set_wakeup_fd(self._previous)
+        except ValueError:
+            pass
+        _WATCHED_FDS.discard(self._write.fileno())
+        self._write.close()  # the reader sees the end of the stream and closes its side
+
+
+_WATCHED_FDS: set[int] = set()
+
+
+def _clear_wakeup_fd_in_child() -> None:
+    """A forked DataLoader worker must not write its signals into the parent's watchdog socket
+    (the parent would count them as signals its handler never ran for)."""
+    try:
+        fd = signal.set_wakeup_fd(-1)
+        if fd not in _WATCHED_FDS:
+            signal.set_wakeup_fd(fd)  # not ours: leave it as it was
+    except ValueError:
+        pass
+
+
+os.register_at_fork(after_in_child=_clear_wakeup_fd_in_child)
+
+
 class GracefulStop(Callback):
     """Receives SIGINT/SIGTERM during `train()` and stops training at the next step boundary."""
 
@@ -55,6 +131,8 @@ class GracefulStop(Callback):
         self._owner = os.getpid()
         self._previous: dict[int, Any] = {}
         self._trainer: L.Trainer | None = None
+        self._handled = 0  # SIGINT/SIGTERM the handler has run for (the watchdog compares)
+        self._watchdog: BlockedWatchdog | None = None
 
     # ---- the handlers ---------------------------------------------------------------------
     def install(self) -> None:
@@ -64,21 +142,31 @@ class GracefulStop(Callback):
         for sig in SIGNALS:
             previous = signal.signal(sig, self._handle)
             self._previous.setdefault(sig, previous)
+        if self._watchdog is None and os.getpid() == self._owner:
+            self._watchdog = BlockedWatchdog(lambda: self._handled, self._kill_launched)
 
     def restore(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def _kill_launched(self) -> None:
+        """Kill the ranks Lightning launched: they cannot finish alone."""
+        launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
+        if launcher is not None and hasattr(launcher, "kill"):
+            launcher.kill(signal.SIGKILL)
+
     def _handle(self, signum: int, frame: Any) -> None:
         if os.getpid() != self._owner:
             return  # a forked DataLoader worker: the main process stops it
+        self._handled += 1
         name = signal.Signals(signum).name
         if self.signum is not None:
             _say(f"\n{name} again: stopping now, without saving (last.ckpt keeps the last saved step)")
-            launcher = getattr(getattr(self._trainer, "strategy", None), "launcher", None)
-            if launcher is not None and hasattr(launcher, "kill"):
-                launcher.kill(signal.SIGKILL)  # the ranks Lightning launched cannot finish alone
+            self._kill_launched()
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
