@@ -21,6 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError, field_validator, model_serializer, model_validator
 from pydantic.fields import FieldInfo
 
+# the file and duration helpers live in their own modules; importing them from here stays valid
+from vislab.config_files import RECIPES_DIR, config_path, copy_recipe, load_yaml, read_yaml, recipe_description, recipe_names, recipe_path  # noqa: F401
+from vislab.durations import duration_text, parse_duration  # noqa: F401
 from vislab.errors import VislabError
 from vislab.tasks.registry import DEFAULT_TASK, get_task, task_names
 
@@ -620,132 +623,9 @@ def load_config(path: str | Path | None, overrides: Sequence[str] | None = None)
     return build_config(raw, str(config_path(path)) if path is not None else "config", overrides)
 
 
-# --- recipes shipped with the package -------------------------------------------------------
-
-RECIPES_DIR = Path(__file__).parent / "recipes"
-
-
-def recipe_names() -> list[str]:
-    """Names of the packaged recipes (`vislab configs`), e.g. 'digits-cnn'."""
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-
-
-def recipe_description(path: str | Path) -> str:
-    """The first comment line of a recipe: its one-line description."""
-    for line in Path(path).read_text().splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-        if line.strip():
-            break
-    return ""
-
-
-def recipe_path(name: str) -> Path | None:
-    """The packaged recipe called `name` (with or without .yaml), or None."""
-    stem = name.removesuffix(".yaml")
-    path = RECIPES_DIR / f"{stem}.yaml"
-    return path if "/" not in stem and path.is_file() else None
-
-
-def config_path(path: str | Path) -> Path:
-    """A config file, or the packaged recipe a bare name means (a file of that name wins)."""
-    p = Path(path)
-    if p.is_file():
-        return p
-    recipe = recipe_path(str(path)) if p.parent == Path(".") else None
-    if recipe is not None:
-        return recipe
-    close = difflib.get_close_matches(p.name.removesuffix(".yaml"), recipe_names(), n=1)
-    hint = f"did you mean the recipe {close[0]}?" if close else f"pass a YAML file or a recipe name ({', '.join(recipe_names())})"
-    raise VislabError(f"{p}: config file not found; {hint}")
-
-
-def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
-    """Write the packaged recipe `name` to `dest` (a file, a folder, or ./NAME.yaml) to edit;
-    an existing file is never overwritten."""
-    src = recipe_path(name)
-    if src is None:
-        close = difflib.get_close_matches(name, recipe_names(), n=1)
-        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(recipe_names())}"
-        raise VislabError(f"configs copy: no recipe '{name}'; {hint}")
-    target = Path(dest) if dest is not None else Path(src.name)
-    if target.is_dir():
-        target = target / src.name
-    try:
-        with open(target, "x", encoding="utf-8") as fh:
-            fh.write(src.read_text())
-    except FileExistsError:
-        raise VislabError(f"{target}: already exists; refused to overwrite it (pass another DEST)") from None
-    except OSError as err:
-        raise VislabError(f"{target}: cannot write ({err.strerror})") from None
-    return target
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: `1e-4` is a float (PyYAML's YAML 1.1 rules need `1.0e-4`,
-    so a search space's `float: [1e-4, 1e-1]` arrived as two strings)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
-)
-
-
-def load_yaml(text: str) -> Any:
-    """`yaml.safe_load` with `_Loader`'s numbers: every config, space and override is read so."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A config file's (or named recipe's) top-level mapping, or a one-line error naming the file."""
-    p = config_path(path)
-    try:
-        raw = load_yaml(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise VislabError(f"{p}: expected a mapping of sections at the top level")
-    return raw
-
-
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     Path(path).write_text(dump_config(cfg))
-
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhms])")
-_NUMBER = re.compile(r"\d+(?:\.\d*)?|\.\d+")
-
-
-def parse_duration(text: str) -> float:
-    """'5h', '90m', '45s', '1h30m', '1.5h' or a plain number of seconds -> seconds.
-
-    A number after a unit ('1h30') is refused: it reads as 1 h 30 min to most people."""
-    s = text.strip().lower().replace(" ", "")
-    hint = "use e.g. 5h, 90m, 1h30m or 45s (a plain number is seconds)"
-    if not s:
-        raise VislabError(f"--max-time: empty duration; {hint}")
-    if _NUMBER.fullmatch(s):
-        total = float(s)
-    else:
-        parts = _DURATION_PART.findall(s)
-        joined = "".join(n + u for n, u in parts)
-        if joined != s:
-            if joined and s.startswith(joined) and _NUMBER.fullmatch(s[len(joined) :]):
-                raise VislabError(f"--max-time {text!r}: a number after a unit has no unit of its own; write {s}m or {s}s")
-            raise VislabError(f"--max-time {text!r}: not a duration; {hint}")
-        units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-        total = sum(float(n) * units[u] for n, u in parts)
-    if total <= 0:
-        raise VislabError(f"--max-time {text!r}: must be positive")
-    if total > 366 * 86400:
-        raise VislabError(f"--max-time {text!r}: over a year; leave the budget out for a run without one")
-    return total
-
-
-def duration_text(budget: str, seconds: float) -> str:
-    """The budget as written, with its unit said when it was a plain number of seconds."""
-    return f"{budget.strip()} s" if _NUMBER.fullmatch(budget.strip()) else budget.strip()

@@ -1,0 +1,101 @@
+"""Config files on disk: the recipes shipped with the package, finding the file a name means,
+and reading YAML the way every config, search space and `--set` value is read.
+
+Kept apart from the pydantic models so each concern stays small; `vislab.config` re-exports
+these names."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vislab.errors import VislabError
+
+RECIPES_DIR = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """Names of the packaged recipes (`vislab configs`), e.g. 'digits-cnn'."""
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def recipe_description(path: str | Path) -> str:
+    """The first comment line of a recipe: its one-line description."""
+    for line in Path(path).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def recipe_path(name: str) -> Path | None:
+    """The packaged recipe called `name` (with or without .yaml), or None."""
+    stem = name.removesuffix(".yaml")
+    path = RECIPES_DIR / f"{stem}.yaml"
+    return path if "/" not in stem and path.is_file() else None
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file, or the packaged recipe a bare name means (a file of that name wins)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    recipe = recipe_path(str(path)) if p.parent == Path(".") else None
+    if recipe is not None:
+        return recipe
+    close = difflib.get_close_matches(p.name.removesuffix(".yaml"), recipe_names(), n=1)
+    hint = f"did you mean the recipe {close[0]}?" if close else f"pass a YAML file or a recipe name ({', '.join(recipe_names())})"
+    raise VislabError(f"{p}: config file not found; {hint}")
+
+
+def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
+    """Write the packaged recipe `name` to `dest` (a file, a folder, or ./NAME.yaml) to edit;
+    an existing file is never overwritten."""
+    src = recipe_path(name)
+    if src is None:
+        close = difflib.get_close_matches(name, recipe_names(), n=1)
+        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(recipe_names())}"
+        raise VislabError(f"configs copy: no recipe '{name}'; {hint}")
+    target = Path(dest) if dest is not None else Path(src.name)
+    if target.is_dir():
+        target = target / src.name
+    try:
+        with open(target, "x", encoding="utf-8") as fh:
+            fh.write(src.read_text())
+    except FileExistsError:
+        raise VislabError(f"{target}: already exists; refused to overwrite it (pass another DEST)") from None
+    except OSError as err:
+        raise VislabError(f"{target}: cannot write ({err.strerror})") from None
+    return target
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as people write numbers: `1e-4` is a float (PyYAML's YAML 1.1 rules need `1.0e-4`,
+    so a search space's `float: [1e-4, 1e-1]` arrived as two strings)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def load_yaml(text: str) -> Any:
+    """`yaml.safe_load` with `_Loader`'s numbers: every config, space and override is read so."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's (or named recipe's) top-level mapping, or a one-line error naming the file."""
+    p = config_path(path)
+    try:
+        raw = load_yaml(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise VislabError(f"{p}: expected a mapping of sections at the top level")
+    return raw
