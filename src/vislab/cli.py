@@ -62,6 +62,16 @@ def _write(text: str) -> None:
     sys.stdout.write(visible_lines(text) if sys.stdout.isatty() else text)
 
 
+def _config_note(config: Path | None) -> None:
+    """Say on stderr when a bare name means ./NAME.yaml instead of the packaged recipe (stdout
+    may be `--show-config`'s YAML)."""
+    from vislab.config_files import config_note
+
+    note = config_note(config) if config is not None else None
+    if note:
+        err_console.print(term(note), highlight=False, soft_wrap=True)
+
+
 def _version(value: bool) -> None:
     if value:
         from vislab import __version__
@@ -339,12 +349,12 @@ def configs_list(ctx: typer.Context) -> None:
     """List the recipes shipped with vislab (usable by name: `vislab train NAME ...`)."""
     if ctx.invoked_subcommand is not None:
         return
-    from vislab.config import config_path, recipe_description, recipe_names
+    from vislab.config import recipe_description, recipe_names, recipe_path
 
     names = recipe_names()
     width = max(len(n) for n in names)
     for name in names:
-        print(f"{name:<{width}}  {recipe_description(config_path(name))}")
+        print(f"{name:<{width}}  {recipe_description(recipe_path(name))}")
 
 
 @configs_app.command("copy")
@@ -409,6 +419,7 @@ def train(
         from vislab.grid import is_grid
         from vislab.train import train as run_train
 
+        _config_note(config)
         if config is not None and is_grid(config):
             raise VislabError(f"{config}: is a grid of variants; run `vislab grid {config} --data DATASET --out DIR`")
         if resume and set_:
@@ -453,6 +464,7 @@ def lr_find(
     from vislab.config import load_config
     from vislab.lrfind import lr_find as run_lr_find
 
+    _config_note(config)
     cfg = load_config(config, set_ or [])
     r = run_lr_find(cfg, data, out, steps=steps, min_lr=min_lr, max_lr=max_lr)
     steep = f"; steepest descent at {r.steepest:.2g}" if r.steepest is not None else ""

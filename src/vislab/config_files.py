@@ -40,11 +40,37 @@ def recipe_path(name: str) -> Path | None:
     return path if "/" not in stem and path.is_file() else None
 
 
+def local_copy(path: str | Path) -> Path | None:
+    """./NAME.yaml (or .yml) for a bare NAME: after `vislab configs copy NAME` the user edits
+    that file and trains with NAME again, so the edited copy must not lose to the recipe."""
+    p = Path(path)
+    if p.parent != Path(".") or p.suffix in (".yaml", ".yml") or not p.name:
+        return None
+    found = [c for c in (p.with_name(p.name + ".yaml"), p.with_name(p.name + ".yml")) if c.is_file()]
+    if len(found) > 1:
+        raise VislabError(f"{p}: both ./{found[0]} and ./{found[1]} exist; pass the file to train with")
+    return found[0] if found else None
+
+
+def config_note(path: str | Path) -> str | None:
+    """The line the CLI prints when a bare name means a local file rather than the recipe."""
+    p = Path(path)
+    local = None if p.is_file() else local_copy(path)
+    if local is None:
+        return None
+    recipe = f" (a local copy of the recipe {p.name})" if recipe_path(p.name) is not None else ""
+    return f"using ./{local}{recipe}"
+
+
 def config_path(path: str | Path) -> Path:
-    """A config file, or the packaged recipe a bare name means (a file of that name wins)."""
+    """A config file, or what a bare name means: a file of that name, else ./NAME.yaml or
+    ./NAME.yml (the edited copy `configs copy` writes), else the packaged recipe."""
     p = Path(path)
     if p.is_file():
         return p
+    local = local_copy(path)
+    if local is not None:
+        return local
     recipe = recipe_path(str(path)) if p.parent == Path(".") else None
     if recipe is not None:
         return recipe

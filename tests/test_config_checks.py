@@ -1,0 +1,47 @@
+"""Config mistakes caught at load, before a run folder is written, each as one line naming the
+key (or the file) and the fix; and a local copy of a recipe winning over the packaged one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from vislab.cli import app
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, list(args))
+
+
+def shown(*args: str) -> dict:
+    """`vislab train ... --show-config` as a mapping (the run must succeed)."""
+    res = invoke("train", *args, "--show-config")
+    assert res.exit_code == 0, res.output
+    return yaml.safe_load(res.stdout)
+
+
+def refused(*args: str) -> str:
+    """The one error line of `vislab train ... --show-config` that must fail."""
+    res = invoke("train", *args, "--show-config")
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    return lines[0]
+
+
+def test_an_edited_local_copy_of_a_recipe_wins_and_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert invoke("configs", "copy", "digits-cnn").exit_code == 0
+    copy = tmp_path / "digits-cnn.yaml"
+    copy.write_text(copy.read_text().replace("lr: 0.003", "lr: 0.0123"))
+    res = invoke("train", "digits-cnn", "--show-config")
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load(res.stdout)["optim"]["lr"] == 0.0123
+    assert res.stderr.strip() == "using ./digits-cnn.yaml (a local copy of the recipe digits-cnn)"
+    copy.rename(tmp_path / "digits-cnn.yml")
+    assert shown("digits-cnn")["optim"]["lr"] == 0.0123
+    (tmp_path / "digits-cnn.yml").unlink()
+    assert shown("digits-cnn")["optim"]["lr"] == 0.003  # no copy: the recipe, silently
+    assert "digits-cnn" in invoke("configs").output
