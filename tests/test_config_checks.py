@@ -45,3 +45,26 @@ def test_an_edited_local_copy_of_a_recipe_wins_and_says_so(tmp_path: Path, monke
     (tmp_path / "digits-cnn.yml").unlink()
     assert shown("digits-cnn")["optim"]["lr"] == 0.003  # no copy: the recipe, silently
     assert "digits-cnn" in invoke("configs").output
+
+
+def test_model_kwargs_a_builder_never_reads_are_refused() -> None:
+    import pytest
+
+    from vislab.config import load_config
+    from vislab.errors import VislabError
+    from vislab.models.factory import create_model
+
+    with pytest.raises(VislabError, match=r"^model\.kwargs\.totally_bogus: simple_cnn takes no model\.kwargs; its settings are model\.simple_cnn\.\*"):
+        create_model(load_config("digits-cnn", ["model.kwargs.totally_bogus=1"]).model, 10)
+    for key, instead in (("in_chans", "use model.in_chans"), ("drop_rate", "use model.drop_rate"), ("num_classes", "the classes come from the dataset")):
+        cfg = load_config(None, ["model.name=test_resnet", f"model.kwargs.{key}=3"]).model
+        with pytest.raises(VislabError, match=rf"^model\.kwargs\.{key}: vislab sets it itself; {instead}$"):
+            create_model(cfg, 10, load_weights=False)
+
+
+def test_true_or_false_is_not_a_number() -> None:
+    assert refused("digits-cnn", "--set", "train.epochs=true") == "error: --set train.epochs=true: 'train.epochs' expects a number, not true/false (got true)"
+    assert "'train.limit_train_batches' expects a number" in refused("digits-cnn", "--set", "train.limit_train_batches=true")
+    assert shown("digits-cnn", "--set", "train.epochs=3")["train"]["epochs"] == 3
+    assert shown("digits-cnn", "--set", "train.epochs='3'")["train"]["epochs"] == 3
+    assert shown("digits-cnn", "--set", "model.pretrained=false")["model"]["pretrained"] is False

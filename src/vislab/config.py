@@ -28,10 +28,34 @@ from vislab.errors import VislabError
 from vislab.tasks.registry import DEFAULT_TASK, get_task, task_names
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits true/false itself (bool, or a union with bool)."""
+    return annotation is bool or any(_takes_bool(a) for a in get_args(annotation) if get_origin(annotation) in (Union, types.UnionType))
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds a number (int or float, alone or in a union)."""
+    if get_origin(annotation) is Annotated:
+        return _numeric(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, types.UnionType):
+        return any(_numeric(a) for a in get_args(annotation))
+    return annotation in (int, float)
+
+
 class Section(BaseModel):
     """Base for config sections: unknown keys are errors, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, v: Any, info: Any) -> Any:
+        """pydantic reads true as 1 in a number field (`epochs: true` trained one epoch):
+        refuse true/false where the field never means a switch; '3' and 3 still read as 3."""
+        annotation = cls.model_fields[info.field_name].annotation
+        if isinstance(v, bool) and _numeric(annotation) and not _takes_bool(annotation):
+            raise ValueError("expects a number, not true/false")
+        return v
 
 
 class HeadConfig(Section):
@@ -556,7 +580,7 @@ def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = 
     info = _field(key) if known else None
     where = _origin(known or loc, source, overrides)
     inp = first.get("input")
-    got = "" if isinstance(inp, dict) else f" (got {inp!r})"
+    got = "" if isinstance(inp, dict) else f" (got {value_text(inp) if isinstance(inp, bool) or inp is None else repr(inp)})"
     several = len([e for e in errors if [str(p) for p in e["loc"]][: len(known)] == known]) > 1
     shape = _tuple_form(info) if info is not None else None
     if shape and (first["type"] in SHAPE_ERRORS or len(loc) > len(known)):  # a [min, max] pair given one number, say

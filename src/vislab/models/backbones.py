@@ -28,6 +28,14 @@ from vislab.models import pypi_weights
 
 log = logging.getLogger(__name__)
 
+# timm.create_model arguments vislab passes itself: the config key to use instead
+VISLAB_KWARGS = {
+    "num_classes": "the classes come from the dataset",
+    "in_chans": "use model.in_chans",
+    "drop_rate": "use model.drop_rate",
+    "pretrained": "use model.pretrained",
+    "pretrained_cfg_overlay": "use model.weights for a local file",
+}
 NORM_WITH_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
@@ -45,6 +53,9 @@ def create_timm(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
         )
     if pypi and cfg.in_chans != 3:
         raise VislabError(f"model.in_chans: pretrained: pypi weights take RGB input; set in_chans: 3 (got {cfg.in_chans})")
+    for key, instead in VISLAB_KWARGS.items():
+        if key in cfg.kwargs:
+            raise VislabError(f"model.kwargs.{key}: vislab sets it itself; {instead}")
     build_classes = pypi_weights.IMAGENET_CLASSES if pypi and load_weights else num_classes
     kwargs = dict(num_classes=build_classes, in_chans=cfg.in_chans, drop_rate=cfg.drop_rate, **cfg.kwargs)
     try:

@@ -79,11 +79,22 @@ def check_name(name: str) -> None:
     raise VislabError(f"model.name: unknown model '{name}'{hint}")
 
 
+def check_kwargs(name: str, kwargs: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    """Refuse a `model.kwargs` key the builder would never read (a typo trained as if unset)."""
+    extra = [k for k in kwargs if k not in allowed]
+    if not extra:
+        return
+    if allowed:
+        raise VislabError(f"model.kwargs.{extra[0]}: not a setting of {name}; allowed: {', '.join(allowed)}")
+    raise VislabError(f"model.kwargs.{extra[0]}: {name} takes no model.kwargs; its settings are model.{name}.* (`vislab config model.{name}`)")
+
+
 def create_model(cfg: "ModelConfig", num_classes: int, *, load_weights: bool = True) -> nn.Module:
     """Build the model a config names: a vislab builder, or any timm model by name.
 
     `pretrained` and `weights` are applied here, and what was loaded is kept on the model as
-    `vislab_load_report` (a dict, or None). `load_weights=False` builds the same architecture
+    `vislab_load_report` (a dict, or None). A builder registered with `kwargs=(...)` names
+    the `model.kwargs` it reads; any other is refused. `load_weights=False` builds the same architecture
     and DataSpec without touching any weights: restoring a run from its own checkpoint
     must not need the network or the original weight files.
     """
@@ -109,6 +120,9 @@ def create_model(cfg: "ModelConfig", num_classes: int, *, load_weights: bool = T
                 f"model.head: '{cfg.name}' has its own head settings; remove model.head "
                 "(the custom head applies to timm backbones)"
             )
+        allowed = entry.meta.get("kwargs")
+        if allowed is not None:
+            check_kwargs(cfg.name, cfg.kwargs, tuple(allowed))
         # A restore builds the architecture only: a builder that loads its own pretrained
         # weights (a timm backbone from the hub, its `weight_kwargs`) must not reach for them.
         off = {key: False for key in entry.meta.get("weight_kwargs", ())}

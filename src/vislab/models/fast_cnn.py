@@ -138,6 +138,7 @@ class FastCNN(nn.Module):
     spec=DataSpec(input_size=(3, 32, 32), mean=CIFAR_MEAN, std=CIFAR_STD, crop_pct=1.0),
     description="compact 3-stage conv net for 32x32 images with a patch-whitening stem (cifar10-fast)",
     pretrained=False,
+    kwargs=(),
 )
 def fast_cnn(cfg: ModelConfig, num_classes: int) -> FastCNN:
     return FastCNN(cfg.fast_cnn, num_classes, in_chans=cfg.in_chans)

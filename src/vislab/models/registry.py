@@ -74,7 +74,8 @@ def register_model(name: str, spec: DataSpec | None = None, **meta: Any) -> Call
     """Decorator registering a builder under `name`; a second registration of a name is a bug.
 
     The builder is called as `builder(cfg=ModelConfig, num_classes=int)`. `meta` is free-form
-    and shown by `model_info`; four keys change what others check: `pretrained=True` means
+    and shown by `model_info`; five keys change what others check: `kwargs` (a tuple) names
+    the only `cfg.kwargs` the builder reads (any other is refused), `pretrained=True` means
     the builder handles `cfg.pretrained` itself, `head=True` that it honours `cfg.head`,
     `weight_kwargs` names the `cfg.kwargs` that make it load weights (set False when a run is
     restored from its checkpoint), and `task` names the task whose outputs it produces

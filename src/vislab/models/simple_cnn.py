@@ -109,6 +109,7 @@ class SimpleCNN(nn.Module):
     spec=DataSpec(input_size=(3, 64, 64), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), crop_pct=1.0),
     description="from-scratch CNN family: 1-6 conv blocks, filters doubling, GAP, FC, dropout",
     pretrained=False,
+    kwargs=(),
 )
 def simple_cnn(cfg: ModelConfig, num_classes: int) -> SimpleCNN:
     return SimpleCNN(cfg.simple_cnn, num_classes, in_chans=cfg.in_chans)
