@@ -68,3 +68,22 @@ def test_true_or_false_is_not_a_number() -> None:
     assert shown("digits-cnn", "--set", "train.epochs=3")["train"]["epochs"] == 3
     assert shown("digits-cnn", "--set", "train.epochs='3'")["train"]["epochs"] == 3
     assert shown("digits-cnn", "--set", "model.pretrained=false")["model"]["pretrained"] is False
+
+
+def test_values_that_would_fail_mid_training_are_refused_at_load() -> None:
+    cases = {
+        "train.monitor=val/accuracy": "'train.monitor' is not a metric task classify logs; did you mean val/acc? (got 'val/accuracy')",
+        "train.early_stopping.monitor=val/lss": "'train.early_stopping.monitor' is not a metric task classify logs; did you mean val/loss?",
+        "data.augment.scale=[1.1,0.9]": "'data.augment.scale' needs 0 < min <= max, as [min, max] (got [1.1, 0.9])",
+        "train.limit_train_batches=1.5": "'train.limit_train_batches' must be a share in (0, 1] (a float)",
+        "train.limit_train_batches=-1": "'train.limit_train_batches' must be a count of batches >= 1 (an int)",
+        "model.in_chans=4": "'model.in_chans' must be 1 (grey) or 3 (RGB)",
+        "model.in_chans=2": "'model.in_chans' must be 1 (grey) or 3 (RGB)",
+    }
+    for item, expected in cases.items():
+        assert refused("digits-cnn", "--set", item).startswith(f"error: --set {item}: {expected}")
+    line = refused("digits-cnn", "--set", "scheduler.name=plateau", "--set", "scheduler.monitor=val/lss")
+    assert line.startswith("error: --set scheduler.monitor=val/lss: 'scheduler.monitor' is not a metric task classify logs; did you mean val/loss?")
+    ok = shown("digits-cnn", "--set", "train.monitor=val/loss", "--set", "train.limit_train_batches=0.5", "--set", "data.augment.scale=[0.8,0.8]")
+    assert ok["train"]["monitor"] == "val/loss" and ok["train"]["limit_train_batches"] == 0.5
+    assert shown("digits-cnn", "--set", "train.monitor=epoch")["train"]["monitor"] == "epoch"

@@ -115,9 +115,17 @@ class ModelConfig(Section):
     attention: Literal["none", "abn"] = Field("none", description="abn adds an attention branch (Attention Branch Network) on a backbone stage.")
     abn: ABNConfig = Field(
         default_factory=ABNConfig, description="Settings of model.attention: abn.", json_schema_extra={"applies_when": {"model.attention": "abn"}})
-    in_chans: int = Field(3, ge=1, description="Input channels (1 for grey images).")
+    in_chans: int = Field(3, ge=1, description="Input channels: 1 (grey images) or 3 (RGB).")
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before a timm model's classifier.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
+
+    @field_validator("in_chans")
+    @classmethod
+    def _grey_or_rgb(cls, v: int) -> int:
+        """The data pipeline decodes images to grey or RGB only; another count fails mid-run."""
+        if v not in (1, 3):
+            raise ValueError("must be 1 (grey) or 3 (RGB): images are decoded to one or the other")
+        return v
 
     @property
     def starts_trained(self) -> bool:
@@ -145,6 +153,14 @@ class AugmentConfig(Section):
     random_erasing: float | None = Field(None, ge=0.0, le=1.0, description="Probability of erasing a random rectangle.")
     mixup: float = Field(0.0, ge=0.0, description="Mixup Beta(a, a) parameter; 0 is off.")
     cutmix: float = Field(0.0, ge=0.0, description="CutMix Beta(a, a) parameter; 0 is off.")
+
+    @field_validator("random_resized_crop", "scale")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        """A [min, max] range drawn from uniformly: the other order fails only mid-epoch."""
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError("needs 0 < min <= max, as [min, max]")
+        return v
 
 
 class DataConfig(Section):
@@ -275,10 +291,43 @@ class TrainConfig(Section):
             raise ValueError("must be max (or left out) with train.monitor: epoch, which keeps the last epoch")
         return "max"
 
+    @field_validator("limit_train_batches", "limit_val_batches")
+    @classmethod
+    def _batch_limit(cls, v: int | float | None) -> int | float | None:
+        """Lightning's rule, checked before the run starts: a count >= 1 or a share in (0, 1]."""
+        if isinstance(v, float) and not 0 < v <= 1:
+            raise ValueError("must be a share in (0, 1] (a float) or a count of batches >= 1 (an int)")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be a count of batches >= 1 (an int) or a share in (0, 1] (a float)")
+        return v
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # YAML reads `32` as a number
+
+
+def _key_error(loc: tuple[str, ...], value: Any, problem: str) -> ValidationError:
+    """A ValidationError at a key found by a check across sections, so `_format_error` renders
+    it like any other (the key, the value, where it came from)."""
+    return ValidationError.from_exception_data(
+        "RunConfig", [{"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(problem)}}])  # type: ignore[list-item]
+
+
+def _check_monitors(cfg: "RunConfig", task: str, metrics: tuple[str, ...]) -> None:
+    """Each metric a monitor names must be one the task logs; Lightning would say so only after
+    the first epoch, with a traceback."""
+    watched = [(("train", "monitor"), cfg.train.monitor)]
+    if cfg.train.early_stopping is not None:
+        watched.append((("train", "early_stopping", "monitor"), cfg.train.early_stopping.monitor))
+    if cfg.scheduler.name == "plateau":
+        watched.append((("scheduler", "monitor"), cfg.scheduler.monitor))
+    for loc, name in watched:
+        if name is None or name in metrics or (loc == ("train", "monitor") and name == LAST_EPOCH_MONITOR):
+            continue
+        close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(metrics)}"
+        raise _key_error(loc, name, f"is not a metric task {task} logs; {hint}")
 
 
 class RunConfig(Section):
@@ -328,7 +377,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _task_defaults(self) -> "RunConfig":
-        monitor, mode = get_task(self.task).monitor
+        task = get_task(self.task)
+        monitor, mode = task.monitor
+        _check_monitors(self, task.name, task.monitor_metrics())
         if self.train.monitor is None:
             self.train.monitor = monitor
         if self.train.monitor_mode is None:

@@ -87,6 +87,7 @@ class ClassifyPlugin(Task):
     model_tasks = ("classify",)
     monitor = ("val/acc", "max")
     metric_columns = ("train/loss", "train/acc", "val/loss", "val/acc")
+    extra_metrics = tuple(f"{p}/{m}" for p in ("train", "val") for m in ("att_loss", "per_loss", "att_acc"))  # model.attention: abn
     percent_metrics = frozenset({"train/acc", "val/acc"})
     summary_metric = "val/acc"
     curve_panels = (("Accuracy", "acc", "max"),)

@@ -137,6 +137,7 @@ class CropsPlugin(Task):
     metric_columns = ("train/loss", "train/flag_acc", "train/patch_acc", "val/loss", "val/flag_acc", "val/auc", "val/patch_acc", "val/iou", "val/cf_err")
     percent_metrics = frozenset({"train/flag_acc", "train/patch_acc", "val/flag_acc", "val/patch_acc", "val/cf_err"})
     summary_metric = "val/patch_acc"
+    extra_metrics = ("train/loss_patch", "train/loss_rect", "train/loss_flag", "train/loss_size")
     curve_panels = (("Crop flag accuracy", "flag_acc", "max"), ("Patch location accuracy", "patch_acc", "max"), ("Rectangle IoU", "iou", "max"), ("Crop-factor error", "cf_err", "min"))
     report_module = "vislab.report.crops"
     evaluate_options = ("crops_per_image", "aberration", "rectangle")

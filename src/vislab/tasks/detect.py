@@ -103,6 +103,7 @@ class DetectPlugin(Task):
     model_tasks = ("detect",)
     monitor = ("val/map50", "max")
     metric_columns = ("train/loss", "val/loss", "val/map50", "val/map")
+    extra_metrics = ("train/box", "train/obj", "train/cls")
     percent_metrics = frozenset({"val/map50", "val/map"})
     summary_metric = "val/map50"
     curve_panels = (("mAP@0.5", "map50", "max"),)

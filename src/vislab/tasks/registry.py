@@ -111,6 +111,8 @@ class Task(ABC):
     model_tasks: ClassVar[tuple[str, ...]] = ()
     monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")  # train.monitor / monitor_mode when the config leaves them unset
     metric_columns: ClassVar[tuple[str, ...]] = ("train/loss", "val/loss")  # metrics.csv's first columns after `epoch`
+    # epoch metrics logged besides metric_columns (loss parts): with them, what a monitor may name
+    extra_metrics: ClassVar[tuple[str, ...]] = ()
     percent_metrics: ClassVar[frozenset[str]] = frozenset()  # metric keys that are fractions (shown as %)
     summary_metric: ClassVar[str | None] = None  # the best-epoch figure `vislab train` ends with
     # report curves besides loss and lr: (title, metric key suffix, "max"|"min" for the best-epoch mark)
@@ -133,6 +135,11 @@ class Task(ABC):
         if kind in (self.model_tasks or (self.name,)):
             return None
         return f"model.name: '{name}' is a {kind} model; task {self.name} trains {' or '.join(self.model_tasks or (self.name,))} models (see `vislab models`)"
+
+    def monitor_metrics(self) -> tuple[str, ...]:
+        """The epoch metrics train.monitor, early stopping and plateau may watch: config load
+        refuses any other name, which Lightning would reject only after the first epoch."""
+        return self.metric_columns + self.extra_metrics
 
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
         """Raise a VislabError when `data_dir` cannot train this task whatever values a sweep
