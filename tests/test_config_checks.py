@@ -87,3 +87,17 @@ def test_values_that_would_fail_mid_training_are_refused_at_load() -> None:
     ok = shown("digits-cnn", "--set", "train.monitor=val/loss", "--set", "train.limit_train_batches=0.5", "--set", "data.augment.scale=[0.8,0.8]")
     assert ok["train"]["monitor"] == "val/loss" and ok["train"]["limit_train_batches"] == 0.5
     assert shown("digits-cnn", "--set", "train.monitor=epoch")["train"]["monitor"] == "epoch"
+
+
+def test_file_encodings_and_yaml_errors_are_one_line_with_the_fix(tmp_path: Path) -> None:
+    bad = {
+        "latin.yaml": ("# caf\xe9\noptim:\n  lr: 0.1\n".encode("latin-1"), "not UTF-8 text (byte 0xe9 on line 1); save it as UTF-8"),
+        "notepad.yaml": ("optim:\n  lr: 0.1\n".encode("utf-16"), "saved as UTF-16; save it as UTF-8"),
+        "tab.yaml": (b"optim:\n\tlr: 0.1\n", "not valid YAML at line 2, column 1: found character '\\t' that cannot start any token (YAML indents with spaces, not tabs)"),
+        "open.yaml": (b"optim: {lr: 0.1\n", "not valid YAML at line 2, column 1: expected ',' or '}'"),
+    }
+    for name, (data, expected) in bad.items():
+        (tmp_path / name).write_bytes(data)
+        assert refused(str(tmp_path / name)).startswith(f"error: {tmp_path / name}: {expected}")
+    (tmp_path / "bom.yaml").write_bytes("\ufeff# café\noptim:\n  lr: 0.1\n".encode("utf-8"))
+    assert shown(str(tmp_path / "bom.yaml"))["optim"]["lr"] == 0.1

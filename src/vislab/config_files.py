@@ -115,13 +115,35 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+def read_text(p: Path) -> str:
+    """A config file's text: UTF-8 (a byte-order mark is fine), else one line saying how to fix it."""
+    data = p.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise VislabError(f"{p}: saved as UTF-16; save it as UTF-8 (in Notepad: Save as, Encoding UTF-8)")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise VislabError(f"{p}: not UTF-8 text (byte 0x{data[err.start]:02x} on line {line}); save it as UTF-8") from None
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as 'line L, column C: problem' (1-based, as editors count), with the fix for tabs."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if "'\\t'" in problem:  # PyYAML shows the tab escaped
+        problem += " (YAML indents with spaces, not tabs)"
+    return where + problem
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's (or named recipe's) top-level mapping, or a one-line error naming the file."""
     p = config_path(path)
     try:
-        raw = load_yaml(p.read_text()) or {}
+        raw = load_yaml(read_text(p)) or {}
     except yaml.YAMLError as err:
-        raise VislabError(f"{p}: not valid YAML ({str(err).splitlines()[0]})") from None
+        raise VislabError(f"{p}: not valid YAML at {yaml_problem(err)}") from None
     if not isinstance(raw, dict):
         raise VislabError(f"{p}: expected a mapping of sections at the top level")
     return raw
