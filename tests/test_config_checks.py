@@ -101,3 +101,14 @@ def test_file_encodings_and_yaml_errors_are_one_line_with_the_fix(tmp_path: Path
         assert refused(str(tmp_path / name)).startswith(f"error: {tmp_path / name}: {expected}")
     (tmp_path / "bom.yaml").write_bytes("\ufeff# café\noptim:\n  lr: 0.1\n".encode("utf-8"))
     assert shown(str(tmp_path / "bom.yaml"))["optim"]["lr"] == 0.1
+
+
+def test_max_time_takes_seconds_and_is_checked_at_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "budget.yaml"
+    cfg.write_text("train:\n  max_time: 90\n")
+    assert shown(str(cfg))["train"]["max_time"] == "90"
+    assert shown("digits-cnn", "--set", "train.max_time=90")["train"]["max_time"] == "90"
+    cfg.write_text("train:\n  max_time: 5minutes\n")
+    assert refused(str(cfg)).startswith(f"error: {cfg}: 'train.max_time' not a duration; use e.g. 5h, 90m")
+    cfg.write_text("train:\n  max_time: 1:30\n")  # YAML 1.1 would read 90 (base 60); kept as text and refused
+    assert refused(str(cfg)).startswith(f"error: {cfg}: 'train.max_time' h:mm or m:ss is ambiguous; write e.g. 1h30m or 1m30s")

@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 
 # the file and duration helpers live in their own modules; importing them from here stays valid
 from vislab.config_files import RECIPES_DIR, config_path, copy_recipe, load_yaml, read_yaml, recipe_description, recipe_names, recipe_path  # noqa: F401
-from vislab.durations import duration_text, parse_duration  # noqa: F401
+from vislab.durations import duration_seconds, duration_text, parse_duration  # noqa: F401
 from vislab.errors import VislabError
 from vislab.tasks.registry import DEFAULT_TASK, get_task, task_names
 
@@ -246,7 +246,7 @@ class TrainConfig(Section):
     """Length, precision, devices, checkpoints and regularisation of training."""
 
     epochs: int = Field(10, ge=1, description="Epochs to train.")
-    max_time: str | None = Field(None, description="Training-time budget of the whole run, e.g. 5h, 90m, 1h30m.")
+    max_time: str | None = Field(None, description="Training-time budget of the whole run, e.g. 5h, 90m, 1h30m, or a number of seconds (as --max-time).")
     freeze_backbone_epochs: int = Field(0, ge=0, description="Train only the head (and attention branch) for this many epochs first.")
     freeze_bn: bool = Field(False, description="Keep the backbone's BatchNorm statistics fixed after unfreezing too (small datasets).")
     freeze_stages: int = Field(
@@ -290,6 +290,19 @@ class TrainConfig(Section):
         if v == "min":
             raise ValueError("must be max (or left out) with train.monitor: epoch, which keeps the last epoch")
         return "max"
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        """The rule of --max-time, checked at load (a bad budget failed only when training
+        started, blaming --max-time): a number is seconds, kept as its text."""
+        if isinstance(v, bool):
+            raise ValueError("expects a duration such as 90m or a number of seconds, not true/false")
+        if isinstance(v, (int, float)):
+            v = f"{v:.10g}"
+        if isinstance(v, str):
+            duration_seconds(v)
+        return v
 
     @field_validator("limit_train_batches", "limit_val_batches")
     @classmethod

@@ -110,6 +110,15 @@ _Loader.add_implicit_resolver(
 )
 
 
+# YAML 1.1 reads `1:30` as the base-60 number 90; as a duration people mean 1 h 30 min as
+# often as 1 min 30 s, so such a value stays text (YAML 1.2's rule) and is judged as text.
+for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
+    _Loader.yaml_implicit_resolvers[_first] = [
+        (tag, re.compile(r"(?!.*:)" + rx.pattern, rx.flags) if tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float") else rx)
+        for tag, rx in _resolvers
+    ]
+
+
 def load_yaml(text: str) -> Any:
     """`yaml.safe_load` with `_Loader`'s numbers: every config, space and override is read so."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
