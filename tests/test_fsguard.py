@@ -90,3 +90,33 @@ def test_printable_shows_c1_controls_that_terminals_obey():
 
     assert printable("a\x9b2Jb\x85c") == "a\\x9b2Jb\\x85c"  # CSI and NEL as 8-bit controls
     assert printable("é\xa0ÿ") == "é\xa0ÿ"  # from U+00A0 on, text
+
+
+def test_atomic_writes_never_open_a_link_planted_at_either_name(tmp_path):
+    """The temporary name `.NAME.tmpPID` is predictable and the final name may be a link in a
+    folder received from someone else: neither is written through."""
+    from vislab.runs import atomic_write_text
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a user's file")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".summary.json.tmp{os.getpid()}").symlink_to(victim)
+    atomic_write_text(out / "summary.json", "{}")
+    (out / "config.yaml").symlink_to(victim)
+    atomic_write_text(out / "config.yaml", "task: classify\n")
+    assert victim.read_text() == "a user's file"
+    for name, text in (("summary.json", "{}"), ("config.yaml", "task: classify\n")):
+        assert not (out / name).is_symlink() and (out / name).read_text() == text
+    assert sorted(p.name for p in out.iterdir()) == [f".summary.json.tmp{os.getpid()}", "config.yaml", "summary.json"]
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from vislab.fsguard import replacing, write_file
+
+    target = write_file(tmp_path / "out" / "metrics.json", "{}")  # its folder is created
+    with pytest.raises(RuntimeError):
+        with replacing(target) as fh:
+            fh.write(b"half a file")
+            raise RuntimeError("the writer failed")
+    assert target.read_text() == "{}" and [p.name for p in target.parent.iterdir()] == ["metrics.json"]

@@ -713,7 +713,11 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(dump_config(cfg))
+    """config.yaml, written whole through `fsguard.write_file` (a link in its place is
+    replaced, never written through)."""
+    from vislab.fsguard import write_file
+
+    write_file(path, dump_config(cfg))
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([dhms])")

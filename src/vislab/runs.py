@@ -7,8 +7,8 @@ It also owns what keeps a run directory whole when things go wrong:
 
 - `run_lock`: one `vislab train` at a time per run directory (an flock the kernel drops
   when the process dies, even by kill -9), so two sessions never interleave their files.
-- Temporary files `.NAME.tmpPID` (every atomic write) left by a killed writer are removed
-  by `remove_orphan_temps` once the lock is held.
+- Temporary files `.NAME.tmpPID` (every atomic write, `fsguard.replacing`) left by a killed
+  writer are removed by `remove_orphan_temps` once the lock is held.
 - Checkpoints carry a sha256 sidecar `NAME.sha256`; `load_checkpoint_file`, the one place a
   checkpoint is read, checks it, and turns any unreadable file into a one-line error.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside
+from vislab.fsguard import inside, write_file
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -59,7 +59,7 @@ EXPORT_DIR = "export"
 REPORT_NAME = "report.html"
 LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
-# `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
+# `.NAME.tmpPID` (or `.NAME.RANDOM.tmpPID`): the temporary name of every atomic write (fsguard.replacing)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 # every name vislab writes at the top of a run directory: a new run may start in a folder
 # holding only these (a run that failed early, an earlier `--sanity` check), never among others
@@ -167,44 +167,10 @@ def run_paths(run_dir: str | Path) -> RunPaths:
     return RunPaths(Path(run_dir))
 
 
-def temp_path(path: str | Path) -> Path:
-    """`.NAME.tmpPID` beside `path`: where an atomic write puts its bytes before the rename."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make the renames inside `folder` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file.
-
-    `durable` also fsyncs the file before the rename and the folder after it (for files that
-    must survive a power cut together with what they describe, like checksums)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if durable:
-        fsync_dir(path.parent)
+    """Write via an exclusively created temporary file in the same folder and rename
+    (`fsguard.replacing`), so readers never see half a file and no link is written through."""
+    write_file(path, data, durable)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
