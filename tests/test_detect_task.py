@@ -186,6 +186,27 @@ def test_report_compare_and_onnx_export_of_a_detector(small, reference, tmp_path
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
 
 
+def test_report_of_a_detector_refuses_a_plot_linked_out_of_the_run(reference, tmp_path) -> None:
+    """plots/det_curves_test.png a link to a user's file (a run folder from someone else):
+    the detection report's figures were written through it, with no check at all."""
+    import shutil
+
+    run = tmp_path / "received"
+    shutil.copytree(reference, run, symlinks=True)
+    (run / "report.html").unlink(missing_ok=True)  # another test may have reported the reference run
+    ok("evaluate", run, "--split", "test")
+    victim = tmp_path / "notes.png"
+    victim.write_text("a user's file")
+    (run / "plots").mkdir(exist_ok=True)
+    (run / "plots" / "det_curves_test.png").unlink(missing_ok=True)
+    (run / "plots" / "det_curves_test.png").symlink_to(victim)
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 2, res.output
+    assert "det_curves_test.png: would be written outside" in res.stderr and "through the symbolic link" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert victim.read_text() == "a user's file" and not (run / "report.html").exists()
+
+
 def test_a_run_with_a_hub_backbone_restores_without_the_hub(small, tmp_path, monkeypatch) -> None:
     """`pretrained: true` reaches timm's hub when training starts; evaluating, predicting or
     exporting the finished run takes every weight from its checkpoint and must not."""

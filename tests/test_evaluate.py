@@ -199,3 +199,23 @@ def test_a_detection_dataset_is_refused_by_a_classifier_in_one_line(run, tmp_pat
         assert res.exit_code == 2 and "is a detection dataset (it has boxes.csv), and this run classifies" in res.output, res.output
         assert len(res.output.strip().splitlines()) == 1
     assert sorted(p.name for p in (run / "eval").glob("*")) == before  # no eval folder left behind
+
+
+def test_evaluate_never_writes_through_a_file_linked_out_of_the_run(run, tmp_path):
+    """eval/<name>/predictions.csv a link to a user's file (a run folder from someone else):
+    the evaluation overwrote that file."""
+    import shutil
+
+    other = make_pattern_dataset(tmp_path / "linked", classes=("vertical", "horizontal"), per_class=6, size=16, seed=7)
+    folder = run / "eval" / f"test-{other.name}"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "notes.csv"
+    victim.write_text("a user's file")
+    (folder / "predictions.csv").symlink_to(victim)
+    try:
+        res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(other), "--split", "test"])
+        assert res.exit_code == 2, res.output
+        assert "predictions.csv: would be written outside" in res.output and "through the symbolic link" in res.output
+        assert victim.read_text() == "a user's file"
+    finally:
+        shutil.rmtree(folder)  # the module's run stays as the other tests expect it

@@ -92,6 +92,22 @@ def test_printable_shows_c1_controls_that_terminals_obey():
     assert printable("é\xa0ÿ") == "é\xa0ÿ"  # from U+00A0 on, text
 
 
+def test_inside_names_the_link_that_leads_out(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    (run / "plots").symlink_to(elsewhere)
+    with pytest.raises(VislabError, match=r"through the symbolic link .*run/plots \(to .*elsewhere\); refused") as err:
+        inside(run, "plots", "curves.png")
+    assert len(str(err.value).splitlines()) == 1
+    (run / "inner").mkdir()
+    (run / "here").symlink_to(run / "inner")  # a link that stays inside is fine
+    assert inside(run, "here", "x.png") == (run / "inner" / "x.png").resolve()
+    (run / "inner" / "out").symlink_to(elsewhere)  # the link named is the one that leads out
+    with pytest.raises(VislabError, match=r"through the symbolic link .*run/here/out \(to"):
+        inside(run, "here", "out", "x.png")
+
+
 def test_atomic_writes_never_open_a_link_planted_at_either_name(tmp_path):
     """The temporary name `.NAME.tmpPID` is predictable and the final name may be a link in a
     folder received from someone else: neither is written through."""

@@ -15,7 +15,9 @@
 - `replacing(path)` / `write_file(path, data)`: a file written whole into a new temporary
   file beside it, created exclusively (an existing file or symbolic link of that name is
   never opened), then renamed onto `path`; the rename replaces a link at `path` instead of
-  writing through it.
+  writing through it. Every file of a run folder (and of an output folder such as predict's
+  --out) is written as `replacing(inside(root, name))`: a folder or file link that leads
+  out of the folder (one received from someone else) is refused, in one line naming it.
 
 Each raises `VislabError` (writers) or `SpecialFileError` (readers, so callers can turn it
 into a per-file reason) with a message naming the path.
@@ -54,8 +56,30 @@ def inside(root: str | Path, *parts: str | Path) -> Path:
     target = Path(os.path.realpath(os.path.join(base, *[str(p) for p in parts])))
     if target != base and base not in target.parents:
         shown = os.path.join(*[str(p) for p in parts]) if parts else str(root)
-        raise VislabError(f"{shown}: would be written outside {base}; refused (use labels and names without '..' or '/')")
+        link = _link_on_the_way(base, parts)
+        if link is not None:
+            raise VislabError(
+                f"{printable(shown)}: would be written outside {printable(base)} through the symbolic link {printable(link)} "
+                f"(to {printable(os.readlink(link))}); refused: replace the link with a real folder or file, or remove it"
+            )
+        raise VislabError(f"{printable(shown)}: would be written outside {printable(base)}; refused (use labels and names without '..' or '/')")
     return target
+
+
+def _link_on_the_way(base: Path, parts: tuple[str | Path, ...]) -> Path | None:
+    """The first symbolic link met walking `parts` down from `base` that leads out of it
+    (None when the path leaves `base` by '..' or an absolute part instead), for a message
+    that names the link."""
+    here = base
+    for part in Path(*[str(p) for p in parts]).parts if parts else ():
+        if part in ("..", os.sep) or os.path.isabs(part):
+            return None
+        here = here / part
+        if os.path.islink(here):
+            real = Path(os.path.realpath(here))
+            if real != base and base not in real.parents:
+                return here
+    return None
 
 
 def make_folder(path: str | Path, what: str = "--out") -> Path:

@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, write_file
+from vislab.fsguard import inside, replacing, write_file
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
     import torch.nn as nn
 
     from vislab.config import RunConfig
@@ -146,8 +148,9 @@ class RunPaths:
         return self.root / PLOTS_DIR
 
     def plot(self, name: str) -> Path:
-        """plots/<name>, refused unless it stays inside plots/ (names hold eval set names)."""
-        return inside(self.root / PLOTS_DIR, name)
+        """plots/<name>, refused unless it stays inside the run (names hold eval set names; a
+        plots/ that is a link out of the run is refused too, as a symlinked eval/ is)."""
+        return inside(self.root, PLOTS_DIR, name)
 
     @property
     def report(self) -> Path:
@@ -180,6 +183,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_eval_files(out: str | Path, table: "pd.DataFrame", probs: "np.ndarray") -> None:
+    """predictions.csv (one row per image) and probs.npy (its scores) into an eval folder,
+    each refused if it would leave the folder and written through `fsguard.replacing`."""
+    import numpy as np
+
+    atomic_write_text(inside(out, EVAL_PREDICTIONS), table.to_csv(index=False, lineterminator="\n"))
+    with replacing(inside(out, EVAL_PROBS)) as fh:
+        np.save(fh, probs)
 
 
 def read_json(path: str | Path) -> Any:
