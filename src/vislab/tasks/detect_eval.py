@@ -10,8 +10,8 @@ detections at `conf`, TP, FP, FN, F1), which the report's galleries read.
 
 Predict returns per image its boxes over `--conf` after NMS at `--iou`; with `--out DIR` it
 also writes DIR/images/ (boxes drawn), DIR/labels/ (YOLO txt: class cx cy w h, normalised),
-DIR/classes.txt, predictions.json and predictions.csv, every path checked by
-`fsguard.inside` and written by `fsguard.replacing`.
+DIR/classes.txt (one line per class id, whatever a name holds), predictions.json and
+predictions.csv, every path checked by `fsguard.inside` and written by `fsguard.replacing`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, make_folder, replacing, slug, write_file
+from vislab.fsguard import inside, make_folder, printable, replacing, slug, write_file
 from vislab.tasks.registry import Evaluation
 from vislab.usertext import term
 
@@ -188,7 +188,7 @@ def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequenc
 
     make_folder(out, "--out")
     index = {c: i for i, c in enumerate(classes)}
-    write_file(inside(out, "classes.txt"), "".join(f"{c}\n" for c in classes))
+    write_file(inside(out, "classes.txt"), classes_text(classes))
     for i, r in enumerate(results):
         if "error" in r:
             continue
@@ -207,6 +207,13 @@ def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequenc
         r["drawn"] = str(target)
     write_file(inside(out, "predictions.json"), json.dumps(results, indent=2))
     write_file(inside(out, "predictions.csv"), format_predictions(results, "csv"))
+
+
+def classes_text(classes: Sequence[str]) -> str:
+    """classes.txt: line N names YOLO class id N, so a name is written as one line whatever it
+    holds (a newline or other control character is shown as `\\xNN`, as `printable` does);
+    a raw newline would shift every later id onto the wrong name."""
+    return "".join(f"{printable(c)}\n" for c in classes)
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
