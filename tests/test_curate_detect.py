@@ -374,6 +374,7 @@ def test_declared_class_names_with_control_characters_are_one_line_errors(tmp_pa
     labels = {"a": yolo_line(0, (0.2, 0.2, 0.6, 0.6)) + yolo_line(1, (0.5, 0.5, 0.9, 0.9))}
     esc = write_label_dataset(tmp_path / "esc", labels, names=["cat", "\x1b[2Jdog"])
     newline = write_label_dataset(tmp_path / "newline", labels, names=["cat", "dog\nbird"])
+    csi = write_label_dataset(tmp_path / "csi", labels, names=["cat", "dog\x9b2J"])  # C1 CSI: ESC [ on some terminals
     txt = write_label_dataset(tmp_path / "txt", labels)
     write_text(txt / "classes.txt", "cat\n\ndog\x07\n")
     write_image(tmp_path / "coco" / "a.png", size=(W, H))
@@ -385,13 +386,14 @@ def test_declared_class_names_with_control_characters_are_one_line_errors(tmp_pa
     for source, needles in (
         (esc, ("data.yaml: names[1] '\\x1b[2Jdog' contains a control character; rename the class there",)),
         (newline, ("data.yaml: names[1] 'dog\\x0abird' contains a control character",)),
+        (csi, ("data.yaml: names[1] 'dog\\x9b2J' contains a control character",)),
         (txt, ("classes.txt: line 3 'dog\\x07' contains a control character",)),
         (coco, ("ann.json: categories[0].name 'per\\x1bson' contains a control character",)),
     ):
         out = tmp_path / f"ds-{source.name}"
         result = invoke("curate", source, "--out", out, "--workers", "1")
         assert_one_line_error(result, *needles)
-        assert "\x1b" not in result.output and "\x07" not in result.output
+        assert not any(c in result.output for c in "\x1b\x07\x9b")
         assert not out.exists()
 
 

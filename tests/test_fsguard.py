@@ -23,7 +23,7 @@ def test_inside_refuses_escapes(tmp_path):
         inside(root, "link", "x")
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "tab\there", " pad", "x" * 300])
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "tab\there", " pad", "x" * 300, "csi\x9b2J", "nel\x85x"])
 def test_bad_folder_names(name):
     assert folder_name_problem(name) is not None
 

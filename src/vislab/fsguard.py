@@ -121,7 +121,7 @@ def folder_name_problem(name: str) -> str | None:
         return f"'{name}' is not a folder name"
     if "/" in name:
         return "contains the path separator '/'"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if any(ord(ch) < 32 or 127 <= ord(ch) <= 159 for ch in name):  # C0, DEL and C1 (U+009B is CSI, ESC [)
         return "contains a control character"
     if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX_BYTES:
         return f"longer than {_NAME_MAX_BYTES} bytes"
