@@ -365,3 +365,64 @@ def test_kitti_class_selection_keeps_the_devkit_neighbours_as_ignore_rows(tmp_pa
     yolo = write_label_dataset(tmp_path / "yolo", {"a": yolo_line(0, (0.1, 0.1, 0.4, 0.4)) + yolo_line(1, (0.5, 0.5, 0.9, 0.9))}, size=(W, H), names=["Car", "Van"])
     curate(yolo, tmp_path / "yolo_ds", "--classes", "Car")
     assert [r[1] for r in box_rows(tmp_path / "yolo_ds")] == ["Car"]
+
+
+def test_declared_class_names_with_control_characters_are_one_line_errors(tmp_path):
+    """A data.yaml, classes.txt or COCO category naming a class with ESC[2J (it cleared the
+    terminal that printed it) or a newline (classes.txt got more lines than classes): refused
+    before any image is read, naming the file, the field and the fix, shown escaped."""
+    labels = {"a": yolo_line(0, (0.2, 0.2, 0.6, 0.6)) + yolo_line(1, (0.5, 0.5, 0.9, 0.9))}
+    esc = write_label_dataset(tmp_path / "esc", labels, names=["cat", "\x1b[2Jdog"])
+    newline = write_label_dataset(tmp_path / "newline", labels, names=["cat", "dog\nbird"])
+    csi = write_label_dataset(tmp_path / "csi", labels, names=["cat", "dog\x9b2J"])  # C1 CSI: ESC [ on some terminals
+    txt = write_label_dataset(tmp_path / "txt", labels)
+    write_text(txt / "classes.txt", "cat\n\ndog\x07\n")
+    write_image(tmp_path / "coco" / "a.png", size=(W, H))
+    coco = write_text(tmp_path / "coco" / "ann.json", json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 9, 9]}],
+        "categories": [{"id": 3, "name": "per\x1bson"}],
+    }))
+    for source, needles in (
+        (esc, ("data.yaml: names[1] '\\x1b[2Jdog' contains a control character; rename the class there",)),
+        (newline, ("data.yaml: names[1] 'dog\\x0abird' contains a control character",)),
+        (csi, ("data.yaml: names[1] 'dog\\x9b2J' contains a control character",)),
+        (txt, ("classes.txt: line 3 'dog\\x07' contains a control character",)),
+        (coco, ("ann.json: categories[0].name 'per\\x1bson' contains a control character",)),
+    ):
+        out = tmp_path / f"ds-{source.name}"
+        result = invoke("curate", source, "--out", out, "--workers", "1")
+        assert_one_line_error(result, *needles)
+        assert not any(c in result.output for c in "\x1b\x07\x9b")
+        assert not out.exists()
+
+
+def test_box_class_names_with_control_characters_exclude_their_images(tmp_path):
+    """A VOC <name> or a KITTI type is per file: like an unsafe class folder, the name never
+    becomes a class; its image is excluded (reason unsafe_label) and the problem names the
+    file and line, escaped, so stats prints it on one line without clearing the terminal."""
+    voc = tmp_path / "voc" / "VOC2007"
+    for seed, stem in enumerate(("x", "y")):
+        write_image(voc / "JPEGImages" / f"{stem}.png", seed=seed, size=(W, H))
+
+    def obj(name: str) -> str:
+        return f"<object><name>{name}</name><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax><ymax>30</ymax></bndbox></object>"
+
+    write_text(voc / "Annotations" / "x.xml", f"<annotation><filename>x.png</filename>{obj('dog')}</annotation>")
+    write_text(voc / "Annotations" / "y.xml", f"<annotation><filename>y.png</filename>\n{obj('dog')}\n{obj('cat&#10;bird')}</annotation>")
+    kitti = write_label_dataset(
+        tmp_path / "kitti", {"000000": kitti_line("Car", (10, 5, 30, 25)), "000001": kitti_line("Car\x1b[2J", (10, 5, 30, 25))}
+    )
+    for source, bad, shown, line in ((voc.parent, "y.png", "cat\\x0abird", ("y.xml", 3)), (kitti, "000001.png", "Car\\x1b[2J", ("000001.txt", 1))):
+        out = tmp_path / f"ds-{source.name}"
+        curate(source, out)
+        assert statuses(out)[bad] == ("excluded", "unsafe_label")
+        assert {s for name, s in statuses(out).items() if name != bad} == {("ok", "")}
+        det = json.loads((out / "curation.json").read_text())["detection"]
+        assert det["classes"] == (["dog"] if source == voc.parent else ["Car"])
+        assert {c for _, c, *_ in box_rows(out)} == set(det["classes"])
+        problems = [p for p in det["problems"] if p["reason"].startswith("unsafe_label")]
+        assert [(Path(p["file"]).name, p["line"]) for p in problems] == [line]
+        assert f"class name '{shown}' contains a control character; rename it in this file" in problems[0]["reason"]
+        printed = invoke("stats", out).stdout
+        assert "\x1b" not in printed and shown in printed

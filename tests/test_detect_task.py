@@ -186,6 +186,52 @@ def test_report_compare_and_onnx_export_of_a_detector(small, reference, tmp_path
     np.testing.assert_allclose(got, ref, atol=1e-3, rtol=1e-3)
 
 
+def test_report_of_a_detector_refuses_a_plot_linked_out_of_the_run(reference, tmp_path) -> None:
+    """plots/det_curves_test.png a link to a user's file (a run folder from someone else):
+    the detection report's figures were written through it, with no check at all."""
+    import shutil
+
+    run = tmp_path / "received"
+    shutil.copytree(reference, run, symlinks=True)
+    (run / "report.html").unlink(missing_ok=True)  # another test may have reported the reference run
+    ok("evaluate", run, "--split", "test")
+    victim = tmp_path / "notes.png"
+    victim.write_text("a user's file")
+    (run / "plots").mkdir(exist_ok=True)
+    (run / "plots" / "det_curves_test.png").unlink(missing_ok=True)
+    (run / "plots" / "det_curves_test.png").symlink_to(victim)
+    res = runner.invoke(app, ["report", str(run)])
+    assert res.exit_code == 2, res.output
+    assert "det_curves_test.png: would be written outside" in res.stderr and "through the symbolic link" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert victim.read_text() == "a user's file" and not (run / "report.html").exists()
+
+
+def test_predict_writes_one_classes_txt_line_per_class_whatever_a_name_holds(small, reference, tmp_path) -> None:
+    """A class name with a newline (from a dataset curated before names were checked) made
+    classes.txt one line longer than the classes, so the YOLO ids in labels/*.txt named the
+    wrong classes from that line on."""
+    import shutil
+
+    from vislab.fsguard import printable
+
+    run = tmp_path / "run"
+    shutil.copytree(reference, run, symlinks=True)
+    info = json.loads((run / "run.json").read_text())
+    info["classes"] = ["square", "cir\ncle", "tri\x1b[2Jangle"]
+    (run / "run.json").write_text(json.dumps(info))
+    images = sorted((small.parent / "src/images").glob("*.png"))[:4]
+    out = tmp_path / "pred"
+    results = json.loads(ok("predict", run, *images, "--conf", "0.01", "--format", "json", "--out", out).stdout)
+    names = (out / "classes.txt").read_text().split("\n")[:-1]
+    assert names == ["square", "cir\\x0acle", "tri\\x1b[2Jangle"]
+    for r in results:
+        label = out / "labels" / (Path(r["drawn"]).stem + ".txt")
+        ids = [int(line.split()[0]) for line in label.read_text().splitlines()]
+        assert [names[i] for i in ids] == [printable(b["class"]) for b in r["boxes"]]
+    assert any(b["class"] != "square" for r in results for b in r["boxes"])  # a later id is exercised
+
+
 def test_a_run_with_a_hub_backbone_restores_without_the_hub(small, tmp_path, monkeypatch) -> None:
     """`pretrained: true` reaches timm's hub when training starts; evaluating, predicting or
     exporting the finished run takes every weight from its checkpoint and must not."""

@@ -224,3 +224,23 @@ def test_evaluate_after_config_yaml_was_edited_is_one_line(run, tmp_path, edit, 
     text = " ".join(res.stderr.split())
     for part in expected:
         assert part in text, text
+
+
+def test_evaluate_never_writes_through_a_file_linked_out_of_the_run(run, tmp_path):
+    """eval/<name>/predictions.csv a link to a user's file (a run folder from someone else):
+    the evaluation overwrote that file."""
+    import shutil
+
+    other = make_pattern_dataset(tmp_path / "linked", classes=("vertical", "horizontal"), per_class=6, size=16, seed=7)
+    folder = run / "eval" / f"test-{other.name}"
+    folder.mkdir(parents=True)
+    victim = tmp_path / "notes.csv"
+    victim.write_text("a user's file")
+    (folder / "predictions.csv").symlink_to(victim)
+    try:
+        res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(other), "--split", "test"])
+        assert res.exit_code == 2, res.output
+        assert "predictions.csv: would be written outside" in res.output and "through the symbolic link" in res.output
+        assert victim.read_text() == "a user's file"
+    finally:
+        shutil.rmtree(folder)  # the module's run stays as the other tests expect it

@@ -114,3 +114,18 @@ def test_export_out_never_replaces_files_it_did_not_write(tmp_path: Path) -> Non
     for _ in range(2):
         res = CliRunner().invoke(app, ["export", str(run), "--out", str(again)])
         assert res.exit_code == 0, res.output
+
+
+def test_export_refuses_a_description_linked_out_of_the_run(tmp_path: Path) -> None:
+    """export/model.json a link to a user's file (a run folder from someone else): export
+    wrote the model's description into that file."""
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    victim = tmp_path / "notes.json"
+    victim.write_text("my notes")
+    (run / "export").mkdir()
+    (run / "export" / "model.json").symlink_to(victim)
+    res = CliRunner().invoke(app, ["export", str(run)])
+    assert res.exit_code == 2, res.output
+    assert "model.json: would be written outside" in res.output and "through the symbolic link" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert victim.read_text() == "my notes" and not (run / "export" / "model.onnx").exists()

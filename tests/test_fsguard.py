@@ -23,7 +23,7 @@ def test_inside_refuses_escapes(tmp_path):
         inside(root, "link", "x")
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "tab\there", " pad", "x" * 300])
+@pytest.mark.parametrize("name", ["", ".", "..", "../x", "/abs", "tab\there", " pad", "x" * 300, "csi\x9b2J", "nel\x85x"])
 def test_bad_folder_names(name):
     assert folder_name_problem(name) is not None
 
@@ -90,3 +90,49 @@ def test_printable_shows_c1_controls_that_terminals_obey():
 
     assert printable("a\x9b2Jb\x85c") == "a\\x9b2Jb\\x85c"  # CSI and NEL as 8-bit controls
     assert printable("é\xa0ÿ") == "é\xa0ÿ"  # from U+00A0 on, text
+
+
+def test_inside_names_the_link_that_leads_out(tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    (run / "plots").symlink_to(elsewhere)
+    with pytest.raises(VislabError, match=r"through the symbolic link .*run/plots \(to .*elsewhere\); refused") as err:
+        inside(run, "plots", "curves.png")
+    assert len(str(err.value).splitlines()) == 1
+    (run / "inner").mkdir()
+    (run / "here").symlink_to(run / "inner")  # a link that stays inside is fine
+    assert inside(run, "here", "x.png") == (run / "inner" / "x.png").resolve()
+    (run / "inner" / "out").symlink_to(elsewhere)  # the link named is the one that leads out
+    with pytest.raises(VislabError, match=r"through the symbolic link .*run/here/out \(to"):
+        inside(run, "here", "out", "x.png")
+
+
+def test_atomic_writes_never_open_a_link_planted_at_either_name(tmp_path):
+    """The temporary name `.NAME.tmpPID` is predictable and the final name may be a link in a
+    folder received from someone else: neither is written through."""
+    from vislab.runs import atomic_write_text
+
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a user's file")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / f".summary.json.tmp{os.getpid()}").symlink_to(victim)
+    atomic_write_text(out / "summary.json", "{}")
+    (out / "config.yaml").symlink_to(victim)
+    atomic_write_text(out / "config.yaml", "task: classify\n")
+    assert victim.read_text() == "a user's file"
+    for name, text in (("summary.json", "{}"), ("config.yaml", "task: classify\n")):
+        assert not (out / name).is_symlink() and (out / name).read_text() == text
+    assert sorted(p.name for p in out.iterdir()) == [f".summary.json.tmp{os.getpid()}", "config.yaml", "summary.json"]
+
+
+def test_a_failed_atomic_write_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    from vislab.fsguard import replacing, write_file
+
+    target = write_file(tmp_path / "out" / "metrics.json", "{}")  # its folder is created
+    with pytest.raises(RuntimeError):
+        with replacing(target) as fh:
+            fh.write(b"half a file")
+            raise RuntimeError("the writer failed")
+    assert target.read_text() == "{}" and [p.name for p in target.parent.iterdir()] == ["metrics.json"]

@@ -176,3 +176,38 @@ def test_report_survives_images_broken_after_evaluation(tmp_path):
     page = write_report(run)
     assert page.is_file() and (run / "plots" / "highest_loss_test.png").is_file()
     assert (run / "plots" / "cams_test.png").is_file()
+
+
+def test_report_refuses_a_plots_folder_linked_out_of_the_run(tmp_path) -> None:
+    """A run folder received from someone else, its plots/ a link to another folder: report
+    overwrote curves.png and confusion_test.png there."""
+    run = make_run_dir(tmp_path, name="received")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("curves.png", "confusion_test.png"):
+        (elsewhere / name).write_text("a user's file")
+    shutil.rmtree(run / "plots", ignore_errors=True)
+    (run / "plots").symlink_to(elsewhere)
+    res = CliRunner().invoke(app, ["report", str(run), "--no-cams"])
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "through the symbolic link" in res.output and "plots" in res.output
+    assert all((elsewhere / n).read_text() == "a user's file" for n in ("curves.png", "confusion_test.png"))
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["confusion_test.png", "curves.png"]
+    assert not (run / "report.html").exists()
+
+
+def test_report_never_writes_through_a_link_at_a_temporary_name(tmp_path) -> None:
+    """report.html.tmp (the old fixed name) or `.report.html.tmpPID` (the atomic writers'
+    name) planted as a link to a user's file: the file got the page, report.html the link."""
+    import os
+
+    run = make_run_dir(tmp_path, name="received")
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a user's file")
+    (run / "report.html.tmp").symlink_to(victim)
+    (run / f".report.html.tmp{os.getpid()}").symlink_to(victim)  # CliRunner runs in this process
+    res = CliRunner().invoke(app, ["report", str(run), "--no-cams"])
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "a user's file"
+    page = run / "report.html"
+    assert not page.is_symlink() and page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

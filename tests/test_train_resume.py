@@ -261,3 +261,33 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_one
         io.save_checkpoint({"step": 2}, target)
     assert target.read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
     assert load_checkpoint_file(target)["step"] == 1
+
+
+def test_a_received_run_resumed_never_writes_through_its_links(dataset, tmp_path):
+    """A run folder from someone else: config.yaml a link to a shared file and links planted at
+    the atomic writers' temporary names (`.NAME.tmpPID`, this process's pid). Resuming wrote
+    the new config into the shared file and summary.json, metrics.csv, run.json and the
+    checkpoint into the user's file; now each link is left alone or replaced, never followed."""
+    import os
+
+    import yaml
+
+    run = train(tiny_config(train={"epochs": 1}), dataset, tmp_path / "run")
+    shared = tmp_path / "shared.yaml"
+    shared.write_text((run / "config.yaml").read_text())
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").symlink_to(shared)
+    victim = tmp_path / "notes.txt"
+    victim.write_text("a user's file")
+    planted = [run / f".{n}.tmp{os.getpid()}" for n in ("summary.json", "metrics.csv", "run.json")]
+    planted.append(run / "checkpoints" / f".last.ckpt.tmp{os.getpid()}")
+    for link in planted:
+        link.symlink_to(victim)
+    before = shared.read_text()
+
+    train(None, None, run, resume=True, epochs=2)
+    assert shared.read_text() == before and victim.read_text() == "a user's file"
+    assert not (run / "config.yaml").is_symlink() and yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1]
+    assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert all(link.is_symlink() for link in planted)

@@ -36,7 +36,8 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, Mod
 
 from vislab.display import format_rate
 from vislab.errors import VislabError
-from vislab.runs import atomic_write_text, checksum_path, fsync_dir, load_checkpoint_file, metric_columns, run_paths, temp_path, write_checksum, write_json
+from vislab.fsguard import fsync_dir, replacing
+from vislab.runs import atomic_write_text, checksum_path, load_checkpoint_file, metric_columns, run_paths, write_checksum, write_json
 
 if TYPE_CHECKING:
     from vislab.tasks.registry import Task
@@ -60,10 +61,11 @@ class _HashingWriter:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """torch.save to `.NAME.tmpPID` beside the target, fsync, write the sha256 sidecar, then
-    os.replace the checkpoint onto the target. Loading goes through `runs.load_checkpoint_file`,
-    so a resume checks the checksum too; `preloaded` hands Lightning a checkpoint already read
-    (and checked) for its path instead of reading it a second time."""
+    """torch.save to a new temporary file beside the target (`fsguard.replacing`: a link planted
+    at its name is never written through), fsync, write the sha256 sidecar, then rename the
+    checkpoint onto the target. Loading goes through `runs.load_checkpoint_file`, so a resume
+    checks the checksum too; `preloaded` hands Lightning a checkpoint already read (and
+    checked) for its path instead of reading it a second time."""
 
     def __init__(self, preloaded: tuple[Path, dict[str, Any]] | None = None) -> None:
         super().__init__()
@@ -71,16 +73,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path)
         try:
-            with open(tmp, "wb") as f:
+            with replacing(path) as f:
                 out = _HashingWriter(f)
                 torch.save(checkpoint, out)
                 f.flush()
                 os.fsync(f.fileno())
-            write_checksum(path, out.sha.hexdigest(), out.size)
-            os.replace(tmp, path)
+                write_checksum(path, out.sha.hexdigest(), out.size)
         except (OSError, RuntimeError) as err:  # a full disk: torch's zip writer says "unexpected pos"
             if isinstance(err, RuntimeError) and "unexpected pos" not in str(err) and "write" not in str(err).lower():
                 raise
@@ -90,9 +89,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"{path}: cannot write the checkpoint ({why}; {free:.0f} MB free on its disk); the one already "
                 "there is unchanged: free some space, then vislab train --resume --out RUN"
             ) from None
-        finally:
-            if tmp.exists():
-                tmp.unlink()
         fsync_dir(path.parent)
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:

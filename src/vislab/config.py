@@ -716,4 +716,8 @@ def dump_config(cfg: RunConfig) -> str:
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(dump_config(cfg))
+    """config.yaml, written whole through `fsguard.write_file` (a link in its place is
+    replaced, never written through)."""
+    from vislab.fsguard import write_file
+
+    write_file(path, dump_config(cfg))

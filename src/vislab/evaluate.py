@@ -44,7 +44,7 @@ def evaluate(
     the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused.
     `name` is the eval folder's name, to keep evaluations with other settings apart."""
     from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
-    from vislab.fsguard import make_folder
+    from vislab.fsguard import inside, make_folder
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
     from vislab.tasks import get_task
     from vislab.tricks import resolve_precision
@@ -101,7 +101,7 @@ def evaluate(
     )
     out = make_folder(run_paths(run.run_dir).eval_dir(name), "eval folder")
     result.write(out)
-    write_json(out / EVAL_METRICS, json.loads(json.dumps(metrics, default=_jsonable)))
+    write_json(inside(out, EVAL_METRICS), json.loads(json.dumps(metrics, default=_jsonable)))
     metrics["eval_dir"] = str(out)
     metrics["task"] = task.name
     return metrics

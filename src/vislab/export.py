@@ -14,6 +14,7 @@ else to preprocess inputs and name outputs.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -26,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
+from vislab.fsguard import inside, write_file
 from vislab.tasks import DEFAULT_TASK, get_task
 from vislab.tasks.registry import INPUT_NAME
 
@@ -100,11 +102,11 @@ def export_onnx_model(
     task whose inputs its section shapes (crops)."""
     check_opset(opset)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     plugin = get_task(task)
     net = plugin.export_module(model).eval()
     examples = example_inputs(task, cfg, input_size, 2)
     names = list(plugin.export_outputs)
+    buf = io.BytesIO()  # the model is written once, whole, through fsguard.write_file
     with warnings.catch_warnings():
         # the TorchScript-based exporter needs no extra packages; its deprecation notice is not for users
         warnings.simplefilter("ignore")
@@ -112,7 +114,7 @@ def export_onnx_model(
             torch.onnx.export(
                 net,
                 tuple(examples.values()),
-                str(path),
+                buf,
                 dynamo=False,
                 input_names=list(examples),
                 output_names=names,
@@ -120,25 +122,23 @@ def export_onnx_model(
                 opset_version=opset,
                 do_constant_folding=True,
             )
-        except OSError as err:
-            raise cannot_write(path, err) from None
         except (torch.onnx.errors.OnnxExporterError, RuntimeError, ValueError, TypeError) as err:
             # the exporter's errors are long dumps; the first line names the operator
-            path.unlink(missing_ok=True)
             first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
             raise VislabError(f"{path}: ONNX export at opset {opset} failed ({first}); try another --opset (e.g. 17)") from None
+    data = buf.getvalue()
     if metadata:
         import onnx
 
-        proto = onnx.load(str(path))
+        proto = onnx.load_model_from_string(data)
         for key, value in metadata.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
-        try:
-            onnx.save(proto, str(path))
-        except OSError as err:
-            path.unlink(missing_ok=True)
-            raise cannot_write(path, err) from None
+        data = proto.SerializeToString()
+    try:
+        write_file(path, data)
+    except OSError as err:
+        raise cannot_write(path, err) from None
     return path
 
 
@@ -248,6 +248,7 @@ def export_run(
     check_opset(opset)
     run = load_run(run_dir)
     path = export_path(run.run_dir, out)
+    description = inside(path.parent, path.with_suffix(".json").name)  # a link out of the folder: refused now, not after the export
     model = run.model.float().eval()
     input_size = list(run.spec.input_size)
     meta = {
@@ -266,9 +267,8 @@ def export_run(
     shapes = {k: ["batch", *v.shape[1:]] for k, v in example_inputs(run.cfg.task, run.cfg, input_size, 1).items()}
     outputs = list(get_task(run.cfg.task).export_outputs)
     result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch)
-    description = path.with_suffix(".json")
     try:
-        description.write_text(json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2))
+        write_file(description, json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2))
     except OSError as err:
         path.unlink(missing_ok=True)
         raise cannot_write(description, err) from None

@@ -12,6 +12,12 @@
   and control characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
   pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
+- `replacing(path)` / `write_file(path, data)`: a file written whole into a new temporary
+  file beside it, created exclusively (an existing file or symbolic link of that name is
+  never opened), then renamed onto `path`; the rename replaces a link at `path` instead of
+  writing through it. Every file of a run folder (and of an output folder such as predict's
+  --out) is written as `replacing(inside(root, name))`: a folder or file link that leads
+  out of the folder (one received from someone else) is refused, in one line naming it.
 
 Each raises `VislabError` (writers) or `SpecialFileError` (readers, so callers can turn it
 into a per-file reason) with a message naming the path.
@@ -21,9 +27,11 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import stat
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 from vislab.errors import VislabError
 
@@ -48,8 +56,30 @@ def inside(root: str | Path, *parts: str | Path) -> Path:
     target = Path(os.path.realpath(os.path.join(base, *[str(p) for p in parts])))
     if target != base and base not in target.parents:
         shown = os.path.join(*[str(p) for p in parts]) if parts else str(root)
-        raise VislabError(f"{shown}: would be written outside {base}; refused (use labels and names without '..' or '/')")
+        link = _link_on_the_way(base, parts)
+        if link is not None:
+            raise VislabError(
+                f"{printable(shown)}: would be written outside {printable(base)} through the symbolic link {printable(link)} "
+                f"(to {printable(os.readlink(link))}); refused: replace the link with a real folder or file, or remove it"
+            )
+        raise VislabError(f"{printable(shown)}: would be written outside {printable(base)}; refused (use labels and names without '..' or '/')")
     return target
+
+
+def _link_on_the_way(base: Path, parts: tuple[str | Path, ...]) -> Path | None:
+    """The first symbolic link met walking `parts` down from `base` that leads out of it
+    (None when the path leaves `base` by '..' or an absolute part instead), for a message
+    that names the link."""
+    here = base
+    for part in Path(*[str(p) for p in parts]).parts if parts else ():
+        if part in ("..", os.sep) or os.path.isabs(part):
+            return None
+        here = here / part
+        if os.path.islink(here):
+            real = Path(os.path.realpath(here))
+            if real != base and base not in real.parents:
+                return here
+    return None
 
 
 def make_folder(path: str | Path, what: str = "--out") -> Path:
@@ -91,7 +121,7 @@ def folder_name_problem(name: str) -> str | None:
         return f"'{name}' is not a folder name"
     if "/" in name:
         return "contains the path separator '/'"
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if any(ord(ch) < 32 or 127 <= ord(ch) <= 159 for ch in name):  # C0, DEL and C1 (U+009B is CSI, ESC [)
         return "contains a control character"
     if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX_BYTES:
         return f"longer than {_NAME_MAX_BYTES} bytes"
@@ -151,3 +181,68 @@ def read_bounded(path: str | Path, limit: int = MAX_FILE_BYTES) -> bytes:
     if len(data) > limit:
         raise SpecialFileError(f"{path}: over the {limit:,}-byte limit")
     return data
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the renames inside `folder` durable (best effort: not every filesystem allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, empty file `.NAME.tmpPID` beside `path` (`.NAME.RANDOM.tmpPID` when that name
+    is taken): O_EXCL never opens what is already there, a link planted under the name
+    included. The names match `runs.TEMP_NAME`, so a killed writer's file is cleaned up."""
+    pid = os.getpid()
+    for attempt in range(20):
+        name = f".{path.name}.tmp{pid}" if attempt == 0 else f".{path.name[:40]}.{secrets.token_hex(4)}.tmp{pid}"
+        tmp = path.with_name(name)
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
+
+
+@contextmanager
+def replacing(path: str | Path, durable: bool = False) -> Iterator[BinaryIO]:
+    """A binary file whose bytes replace `path` when the block ends without an error (and are
+    discarded otherwise): readers never see half a file, and neither the temporary file nor
+    the final name is ever opened through an existing link. Its folder is created if missing.
+
+    `durable` also fsyncs the file before the rename and the folder after it (for files that
+    must survive a power cut together with what they describe, like checksums)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def write_file(path: str | Path, data: bytes | str, durable: bool = False) -> Path:
+    """`data` (text as UTF-8) written to `path` through `replacing`; returns `path`."""
+    with replacing(path, durable) as fh:
+        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+    return Path(path)

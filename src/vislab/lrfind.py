@@ -31,7 +31,7 @@ import numpy as np
 
 from vislab.config import RunConfig, build_config
 from vislab.errors import VislabError
-from vislab.fsguard import inside
+from vislab.fsguard import inside, replacing, write_file
 
 SMOOTHING = 0.98  # the exponential moving average fastai and Lightning smooth the loss with
 # Lightning warnings that do not apply to a sweep without validation, on the task's own batch hook
@@ -236,8 +236,7 @@ def suggest(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[fl
 
 def _write_table(result: LRFindResult, path: Path) -> Path:
     lines = ["lr,loss,smoothed_loss"] + [f"{a:.6g},{b:.6g},{c:.6g}" for a, b, c in zip(result.lrs, result.losses, result.smoothed)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_file(path, "\n".join(lines) + "\n")
 
 
 def plot_lr_find(result: LRFindResult, path: Path) -> Path:
@@ -271,5 +270,6 @@ def plot_lr_find(result: LRFindResult, path: Path) -> Path:
         ax.set_title("Learning-rate range test")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(path, dpi=plots.DPI, bbox_inches="tight", pad_inches=0.15)
+        with replacing(path) as fh:
+            fig.savefig(fh, format="png", dpi=plots.DPI, bbox_inches="tight", pad_inches=0.15)
     return path

@@ -207,7 +207,6 @@ def _probe(
     import torch
 
     from vislab.models import backbones
-    from vislab.runs import temp_path
 
     t, d = cfg.train, cfg.data
     recurring = bool(d.num_workers) and not d.persistent_workers  # workers restart every epoch
@@ -244,16 +243,13 @@ def _probe(
     buf = io.BytesIO()
     torch.save(state, buf)
     if scratch is not None:
-        from vislab.fsguard import inside
+        import tempfile
 
-        tmp = temp_path(inside(Path(scratch), "probe.ckpt"))
-        try:
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-        finally:
-            tmp.unlink(missing_ok=True)
+        # a nameless file, created exclusively in the scratch folder: nothing there is replaced or followed
+        with tempfile.TemporaryFile(dir=scratch) as f:
+            f.write(buf.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
     save_s = time.perf_counter() - start
 
     return Probe(

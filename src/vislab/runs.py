@@ -7,8 +7,8 @@ It also owns what keeps a run directory whole when things go wrong:
 
 - `run_lock`: one `vislab train` at a time per run directory (an flock the kernel drops
   when the process dies, even by kill -9), so two sessions never interleave their files.
-- Temporary files `.NAME.tmpPID` (every atomic write) left by a killed writer are removed
-  by `remove_orphan_temps` once the lock is held.
+- Temporary files `.NAME.tmpPID` (every atomic write, `fsguard.replacing`) left by a killed
+  writer are removed by `remove_orphan_temps` once the lock is held.
 - Checkpoints carry a sha256 sidecar `NAME.sha256`; `load_checkpoint_file`, the one place a
   checkpoint is read, checks it, and turns any unreadable file into a one-line error.
 """
@@ -30,9 +30,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside
+from vislab.fsguard import inside, replacing, write_file
 
 if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
     import torch.nn as nn
 
     from vislab.config import RunConfig
@@ -59,7 +61,7 @@ EXPORT_DIR = "export"
 REPORT_NAME = "report.html"
 LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
-# `.NAME.tmpPID`: the temporary name of every atomic write (see temp_path)
+# `.NAME.tmpPID` (or `.NAME.RANDOM.tmpPID`): the temporary name of every atomic write (fsguard.replacing)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 # every name vislab writes at the top of a run directory: a new run may start in a folder
 # holding only these (a run that failed early, an earlier `--sanity` check), never among others
@@ -146,8 +148,9 @@ class RunPaths:
         return self.root / PLOTS_DIR
 
     def plot(self, name: str) -> Path:
-        """plots/<name>, refused unless it stays inside plots/ (names hold eval set names)."""
-        return inside(self.root / PLOTS_DIR, name)
+        """plots/<name>, refused unless it stays inside the run (names hold eval set names; a
+        plots/ that is a link out of the run is refused too, as a symlinked eval/ is)."""
+        return inside(self.root, PLOTS_DIR, name)
 
     @property
     def report(self) -> Path:
@@ -167,44 +170,10 @@ def run_paths(run_dir: str | Path) -> RunPaths:
     return RunPaths(Path(run_dir))
 
 
-def temp_path(path: str | Path) -> Path:
-    """`.NAME.tmpPID` beside `path`: where an atomic write puts its bytes before the rename."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def fsync_dir(folder: str | Path) -> None:
-    """Make the renames inside `folder` durable (best effort: not every filesystem allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
-
-
 def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = False) -> None:
-    """Write via a temporary file in the same folder and rename, so readers never see half a file.
-
-    `durable` also fsyncs the file before the rename and the folder after it (for files that
-    must survive a power cut together with what they describe, like checksums)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if durable:
-        fsync_dir(path.parent)
+    """Write via an exclusively created temporary file in the same folder and rename
+    (`fsguard.replacing`), so readers never see half a file and no link is written through."""
+    write_file(path, data, durable)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -214,6 +183,16 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def write_eval_files(out: str | Path, table: "pd.DataFrame", probs: "np.ndarray") -> None:
+    """predictions.csv (one row per image) and probs.npy (its scores) into an eval folder,
+    each refused if it would leave the folder and written through `fsguard.replacing`."""
+    import numpy as np
+
+    atomic_write_text(inside(out, EVAL_PREDICTIONS), table.to_csv(index=False, lineterminator="\n"))
+    with replacing(inside(out, EVAL_PROBS)) as fh:
+        np.save(fh, probs)
 
 
 def read_json(path: str | Path) -> Any:
@@ -613,19 +592,24 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
         return fallback, ckpt
 
 
-def _check_config_matches(cfg: "RunConfig", info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
-    """config.yaml's task and model against those the checkpoint (and run.json) were made
-    with: an edited task builds another task's model and data, whose errors (a crops
-    'too small for crop samples' on a classification dataset) would hide the real cause."""
+def _check_config_matches(raw: dict[str, Any], info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
+    """config.yaml's task and model (as written, before validation) against those the
+    checkpoint (and run.json) were made with: an edited task builds another task's model and
+    data, and validates against another task's metrics, whose errors (a crops 'too small for
+    crop samples' on a classification dataset) would hide the real cause."""
+    from vislab.config import DEFAULT_TASK
+
     trained = (ckpt.get("hyper_parameters") or {}).get("config")
     trained = trained if isinstance(trained, dict) else {}
     recorded = {
         "task": trained.get("task", info.get("task")),
         "model.name": (trained.get("model") or {}).get("name"),
     }
-    for key, now in (("task", cfg.task), ("model.name", cfg.model.name)):
+    model = raw.get("model")
+    written = {"task": raw.get("task", DEFAULT_TASK), "model.name": model.get("name") if isinstance(model, dict) else None}
+    for key, now in written.items():
         then = recorded[key]
-        if then is not None and then != now:
+        if then is not None and now is not None and then != now:
             raise VislabError(
                 f"{config}: {key} is '{now}' but {ckpt_path} was trained with {key} '{then}': config.yaml no longer "
                 f"matches the checkpoint (was it edited?); set {key}: {then} again"
@@ -635,17 +619,18 @@ def _check_config_matches(cfg: "RunConfig", info: dict[str, Any], ckpt: dict[str
 def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
     from vislab.config import load_config
+    from vislab.config_files import read_yaml
     from vislab.models.registry import DataSpec
     from vislab.tasks import get_task
 
     root = resolve_run_dir(run_dir)
     paths = run_paths(root)
-    cfg = load_config(paths.config)
     info = read_json(paths.run_json)
+    ckpt_path, ckpt = _load_with_fallback(root, which)
+    _check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
+    cfg = load_config(paths.config)
     classes = list(info["classes"])
     spec = DataSpec.from_dict(info["data_spec"])
-    ckpt_path, ckpt = _load_with_fallback(root, which)
-    _check_config_matches(cfg, info, ckpt, paths.config, ckpt_path)
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
     model = get_task(cfg.task).create_model(cfg, classes, load_weights=False)
     state = model_state_from_checkpoint(ckpt)

@@ -15,6 +15,13 @@ beside the manifest (see `vislab.data.boxes`), in this order:
    as a negative.
 5. --split assigns images with `detection_splits`, stratified on the classes they hold.
 
+Class names are checked as class-folder labels are (`fsguard.folder_name_problem`: no
+control character, newline, '/' or padding), so none is printed raw or splits classes.txt:
+one a names file declares (data.yaml, classes.txt, COCO categories) is a one-line error
+naming the file and field (`det_sources.declared_class`); one in a label file (a KITTI
+type, a VOC <name>) excludes its image with reason `unsafe_label`, a problem naming the
+file and line.
+
 curation.json records `"task": "detect"` and a `detection` section: the format, the class
 names in id order (the source's own order, or that of --classes), box counts and sizes,
 and every problem with its reason.
@@ -42,11 +49,19 @@ from vislab.data.boxes import (
     sizes_from_manifest,
     write_boxes,
 )
-from vislab.data.det_sources import DONT_CARE, FORMAT_NAMES, MISSING_IMAGE, detection_layout, read_detection_source
+from vislab.data.det_sources import (
+    DONT_CARE,
+    FORMAT_NAMES,
+    MISSING_IMAGE,
+    DetectionSource,
+    detection_layout,
+    read_detection_source,
+)
 from vislab.data.manifest import OK, reason_kind
 from vislab.data.sources import Found, scan_folder
 from vislab.data.split import SPLIT_NAMES
 from vislab.errors import VislabError
+from vislab.fsguard import folder_name_problem, printable
 
 if TYPE_CHECKING:
     from vislab.data.curate import CurateOptions
@@ -117,7 +132,16 @@ def detection_format(opts: CurateOptions) -> str | None:
 def _known_names(names: list[str], known: set[str], flag: str) -> None:
     for name in names:
         if name not in known:
-            raise VislabError(f"{flag}: the dataset has no class '{name}' (classes: {', '.join(sorted(known))})")
+            shown = ", ".join(printable(c) for c in sorted(known))
+            raise VislabError(f"{flag}: the dataset has no class '{printable(name)}' (classes: {shown})")
+
+
+def _unsafe_classes(source: DetectionSource) -> dict[str, str]:
+    """Class names of the source's boxes that could not be a class folder's name (a KITTI
+    type or a VOC <name> holding a control character, a newline, '/'), each with why: like
+    an unsafe folder label, they never become a class (see `DetectionCuration.gather`)."""
+    names = {b.cls for b in source.boxes}
+    return {c: why for c in names if (why := folder_name_problem(c)) is not None}
 
 
 class DetectionCuration:
@@ -130,6 +154,9 @@ class DetectionCuration:
         self.source = read_detection_source(self.root, fmt, opts.images_dir)
         self.classes = parse_class_list(opts.classes) if opts.classes else None
         self.mapping = parse_class_map(opts.class_map) if opts.class_map else {}
+        for old, new in self.mapping.items():
+            if (problem := folder_name_problem(new)) is not None:
+                raise VislabError(f"--map {printable(old)}={printable(new)}: the new class name {problem}; use a plain name")
         # A misspelt name fails now, before the images are checked.
         known = set(self.source.classes) | {b.cls for b in self.source.boxes}
         _known_names(list(self.mapping), known, "--map")
@@ -151,7 +178,18 @@ class DetectionCuration:
                 else "; check the path"
             )
             raise VislabError(f"{self.root}: no image found for this {FORMAT_NAMES[self.format]} dataset{hint}")
-        found = {p: Found(p, "") for p in self.source.images}
+        from vislab.data.curate import UNSAFE_LABEL
+
+        unsafe = _unsafe_classes(self.source)
+        excluded = set()
+        for b in self.source.boxes:
+            if b.cls in unsafe:
+                excluded.add(b.image)
+                self.source.problem(
+                    b.file, b.line, f"{UNSAFE_LABEL}: class name '{printable(b.cls)}' {unsafe[b.cls]}; "
+                    "rename it in this file (its image is excluded until then)",
+                )
+        found = {p: Found(p, "", UNSAFE_LABEL if p in excluded else "") for p in self.source.images}
         skipped = scan_folder(self.root, skip=[out_dir])[1] if os.path.isdir(self.root) else Counter()
         return found, skipped
 
@@ -209,7 +247,7 @@ class DetectionCuration:
             names = self.classes
         else:
             names = [self.mapping.get(c, c) for c in self.source.classes] + box_class_names(self.boxes)
-        return [c for c in dict.fromkeys(names) if c != DONT_CARE]
+        return [c for c in dict.fromkeys(names) if c != DONT_CARE and folder_name_problem(c) is None]
 
     def write(self, out_dir: Path) -> None:
         write_boxes(self.boxes, out_dir)

@@ -38,7 +38,7 @@ import yaml
 from vislab.data.io import IMAGE_EXTS
 from vislab.data.sources import scan_folder
 from vislab.errors import VislabError
-from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, read_bounded, regular_file_problem
+from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, folder_name_problem, printable, read_bounded, regular_file_problem
 
 FORMATS = ("yolo", "kitti", "coco", "voc")
 FORMAT_NAMES = {"yolo": "YOLO", "kitti": "KITTI", "coco": "COCO", "voc": "Pascal VOC"}
@@ -193,6 +193,20 @@ def _label_lines(text: str) -> list[tuple[int, list[str]]]:
     return [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
 
 
+def declared_class(path: str | Path, field: str, name: str) -> str:
+    """`name`, a class a names file declares, if it is usable as a class folder's name would
+    be (`fsguard.folder_name_problem`); else a one-line VislabError naming the file, the
+    field and the fix. A control character (ESC[2J clears the terminal that prints it) or a
+    newline (it splits classes.txt, shifting every later id) never gets into a dataset."""
+    problem = folder_name_problem(name)
+    if problem is not None:
+        raise VislabError(
+            f"{printable(path)}: {field} '{printable(name)}' {problem}; rename the class there "
+            "(a plain name: no control characters, '/' or padding spaces)"
+        )
+    return name
+
+
 # ---------------------------------------------------------------- YOLO
 
 
@@ -223,18 +237,18 @@ def _yaml_names(path: Path) -> list[str] | None:
 
 
 def _yolo_names(root: Path) -> list[str]:
+    """The class names of a YOLO dataset, in id order, each checked by `declared_class`."""
     for path in (root / n for n in _YOLO_YAMLS):
         if _is_file(path):
             names = _yaml_names(path)
             if names is not None:
-                return names
+                return [declared_class(path, f"names[{i}]", n) for i, n in enumerate(names)]
     for folder in (root, root / "labels"):
         for name in _YOLO_NAME_FILES:
             path = folder / name
             if _is_file(path):
-                names = [
-                    line.strip() for line in _read_whole(path, "class list").splitlines() if line.strip()
-                ]
+                lines = [(n, line.strip()) for n, line in enumerate(_read_whole(path, "class list").splitlines(), 1)]
+                names = [declared_class(path, f"line {n}", line) for n, line in lines if line]
                 if names:
                     return names
     for path in sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")):  # coco8.yaml; hyp.yaml is skipped
@@ -243,7 +257,7 @@ def _yolo_names(root: Path) -> list[str]:
         except VislabError:
             continue
         if names is not None:
-            return names
+            return [declared_class(path, f"names[{i}]", n) for i, n in enumerate(names)]
     raise VislabError(
         f"{root}: no data.yaml with 'names' (or classes.txt) naming the YOLO class ids; add one"
     )
@@ -445,9 +459,9 @@ def _coco_categories(path: Path, entries: list[Any]) -> dict[Any, str]:
             raise VislabError(f"{path}: categories[{i}] (id {cat_id}) has no name; add one")
         if cat_id in cats:
             raise VislabError(
-                f"{path}: categories[{i}] repeats id {cat_id} (also '{cats[cat_id]}'); give each category its own id"
+                f"{path}: categories[{i}] repeats id {cat_id} (also '{printable(cats[cat_id])}'); give each category its own id"
             )
-        cats[cat_id] = name.strip()
+        cats[cat_id] = declared_class(path, f"categories[{i}].name", name.strip())
     return cats
 
 

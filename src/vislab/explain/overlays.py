@@ -19,7 +19,7 @@ from PIL import Image
 
 from vislab.data.io import ImageDecodeError, collect_images
 from vislab.errors import VislabError
-from vislab.fsguard import inside, make_folder, slug
+from vislab.fsguard import inside, make_folder, replacing, slug, write_file
 from vislab.explain.attention import METHOD as ATTENTION, attention_session
 from vislab.explain.cam import cam_session, overlay
 
@@ -224,8 +224,9 @@ def explain_run(
         i = index[r.source]
         stem = f"{i:04d}_{stem_part[stems[i]]}" if numbered else stem_part[stems[i]]
         r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}.png")
-        Image.fromarray(r.overlay).save(r.output)
-    inside(out_dir, "explanations.json").write_text(json.dumps([r.to_dict() for r in results] + failed, indent=2))
+        with replacing(r.output) as fh:
+            Image.fromarray(r.overlay).save(fh, format="PNG")
+    write_file(inside(out_dir, "explanations.json"), json.dumps([r.to_dict() for r in results] + failed, indent=2))
     return ExplainedImages(results, failed)
 
 

@@ -108,16 +108,16 @@ def _galleries(data: RunData, ev: EvalSet) -> dict[str, Path | None]:
             for r in rows.itertuples()
         ]
 
-    out_dir = run_paths(data.run_dir).plots
+    plot = run_paths(data.run_dir).plot
     name = ev.name
     order = scored.sort_values("f1", kind="mergesort")
     return {
-        "worst": plots.plot_tiles(tiles(order.head(GALLERY)), out_dir / f"det_worst_{name}.png", "Worst images (lowest F1): truth green, predictions red"),
-        "best": plots.plot_tiles(tiles(order.tail(GALLERY).iloc[::-1]), out_dir / f"det_best_{name}.png", "Best images (highest F1)"),
+        "worst": plots.plot_tiles(tiles(order.head(GALLERY)), plot(f"det_worst_{name}.png"), "Worst images (lowest F1): truth green, predictions red"),
+        "best": plots.plot_tiles(tiles(order.tail(GALLERY).iloc[::-1]), plot(f"det_best_{name}.png"), "Best images (highest F1)"),
         "fp": plots.plot_tiles(tiles(per_image[per_image["fp"] > 0].sort_values("fp", ascending=False, kind="mergesort").head(GALLERY)),
-                               out_dir / f"det_false_positives_{name}.png", "Most false positives"),
+                               plot(f"det_false_positives_{name}.png"), "Most false positives"),
         "missed": plots.plot_tiles(tiles(per_image[per_image["fn"] > 0].sort_values("fn", ascending=False, kind="mergesort").head(GALLERY)),
-                                   out_dir / f"det_missed_{name}.png", "Most missed objects"),
+                                   plot(f"det_missed_{name}.png"), "Most missed objects"),
     }
 
 
@@ -134,9 +134,9 @@ def report_sections(data: RunData, page: Page) -> list[ReportSection]:
     from vislab.runs import run_paths
 
     m = ev.metrics
-    out = run_paths(data.run_dir).plots
-    curves = plots.plot_detection_curves(m.get("curves") or {}, m.get("classes") or data.classes, float(m.get("conf", 0.5)), out / f"det_curves_{ev.name}.png")
-    per_class = plots.plot_class_ap(m.get("per_class_ap") or {}, out / f"det_class_ap_{ev.name}.png")
+    plot = run_paths(data.run_dir).plot
+    curves = plots.plot_detection_curves(m.get("curves") or {}, m.get("classes") or data.classes, float(m.get("conf", 0.5)), plot(f"det_curves_{ev.name}.png"))
+    per_class = plots.plot_class_ap(m.get("per_class_ap") or {}, plot(f"det_class_ap_{ev.name}.png"))
     class_rows = [
         (e(c), pct(v.get("ap50")), pct(v.get("ap50_95")),
          *(pct(((m.get("at_confidence") or {}).get("per_class") or {}).get(c, {}).get(k)) for k in ("precision", "recall", "f1")))

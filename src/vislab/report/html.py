@@ -55,16 +55,15 @@ def write_report(run_dir: str | Path, split: str | None = None, cams: bool = Tru
     """Write RUN_DIR/report.html (and RUN_DIR/plots/*.png) and return the page's path. A
     wrong `cam_method` is refused first (else it showed only inside the page)."""
     from vislab.explain.cam import check_cam_method
-    from vislab.runs import run_paths
+    from vislab.fsguard import inside, write_file
+    from vislab.runs import REPORT_NAME
 
     check_cam_method(cam_method)
     data = read_run(run_dir)
+    out = inside(data.run_dir, REPORT_NAME)  # refused before any plot is drawn
     page = render(data, split=split, cams=cams, cam_method=cam_method)
-    out = run_paths(data.run_dir).report
-    tmp = out.with_suffix(".html.tmp")
     try:
-        tmp.write_text(page, encoding="utf-8")
-        tmp.replace(out)
+        write_file(out, page)
     except OSError as err:
         raise plots.cannot_write(out, err) from None
     if open_browser:

@@ -23,6 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from vislab.data.stats import PLAIN_TEXT
 from vislab.errors import VislabError
+from vislab.fsguard import inside, replacing
 
 if TYPE_CHECKING:
     from vislab.report.rundata import RunData
@@ -62,11 +63,12 @@ STYLE = {
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write `fig`; a folder that cannot be written (a read-only run directory) is one line."""
+    """Write `fig` as a PNG through `fsguard.replacing` (never through a link at `path`); a
+    folder that cannot be written (a read-only run directory) is one line."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+        with replacing(path) as fh:
+            fig.savefig(fh, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
     except OSError as err:
         raise cannot_write(path, err) from None
     return path
@@ -364,13 +366,15 @@ def write_run_plots(data: "RunData", out_dir: str | Path | None = None, panels: 
     figures (classification: confusion, per class, highest loss) are drawn by its report."""
     from vislab.runs import run_paths
 
-    out = Path(out_dir) if out_dir is not None else run_paths(data.run_dir).plots
+    def place(name: str) -> Path:
+        return inside(out_dir, name) if out_dir is not None else run_paths(data.run_dir).plot(name)
+
     made: dict[str, Path | None] = {}
     if data.history is not None:
-        made["curves"] = plot_curves(data.history, out / "curves.png", panels)
+        made["curves"] = plot_curves(data.history, place("curves.png"), panels)
     manifest = dataset_manifest(data)
     if manifest is not None:
-        made["class_histogram"] = plot_class_histogram(manifest, out / "class_histogram.png")
+        made["class_histogram"] = plot_class_histogram(manifest, place("class_histogram.png"))
     return {k: v for k, v in made.items() if v is not None}
 
 

@@ -152,7 +152,7 @@ class ClassifyPlugin(Task):
 
         from vislab.data.manifest import manifest_path, refuse_boxes
         from vislab.metrics.classification import classification_report
-        from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
+        from vislab.runs import write_eval_files
         from vislab.tasks.base import predict_batches
 
         refuse_boxes(dataset_dir)
@@ -174,7 +174,7 @@ class ClassifyPlugin(Task):
             metrics.update({f"att_{k}": att.get(k) for k in ("accuracy", "mca", "f1_macro")})
 
         def write(out: Path) -> None:
-            pd.DataFrame(
+            table = pd.DataFrame(
                 {
                     "path": paths,
                     "label": [run.classes[t] if t != UNKNOWN else "" for t in y],
@@ -183,8 +183,8 @@ class ClassifyPlugin(Task):
                     "loss": losses,
                     "correct": [bool(p == t) if t != UNKNOWN else "" for p, t in zip(pred, y)],
                 }
-            ).to_csv(out / EVAL_PREDICTIONS, index=False)
-            np.save(out / EVAL_PROBS, probs)
+            )
+            write_eval_files(out, table, probs)
 
         return Evaluation(metrics, {"tta": bool(tta or tta_translate), "tta_translate": tta_translate}, write)
 

@@ -184,7 +184,7 @@ class CropsPlugin(Task):
         from vislab.data.crops_datamodule import CropsDataModule, check_sizes
         from vislab.data.manifest import manifest_path
         from vislab.metrics.crops import CropsEvaluation, crop_factor, crop_factor_error, rect_iou
-        from vislab.runs import EVAL_PREDICTIONS, EVAL_PROBS
+        from vislab.runs import write_eval_files
         from vislab.tasks.base import predict_batches
 
         if tta or tta_translate:
@@ -235,8 +235,7 @@ class CropsPlugin(Task):
                 "patch_acc": (a["cell_pred"].reshape(cells_true.shape) == cells_true).mean(1),
                 "cells_true": [" ".join(map(str, c)) for c in cells_true],
             }
-            pd.DataFrame(table).to_csv(out / EVAL_PREDICTIONS, index=False)
-            np.save(out / EVAL_PROBS, probs)
+            write_eval_files(out, pd.DataFrame(table), probs)
 
         options = {"crops_per_image": n_crops, "eval_seed": cfg.eval_seed, "aberration": stress.model_dump() if stress else None,
                    "rectangle": ecfg.rectangle}

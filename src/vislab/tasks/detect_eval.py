@@ -10,8 +10,8 @@ detections at `conf`, TP, FP, FN, F1), which the report's galleries read.
 
 Predict returns per image its boxes over `--conf` after NMS at `--iou`; with `--out DIR` it
 also writes DIR/images/ (boxes drawn), DIR/labels/ (YOLO txt: class cx cy w h, normalised),
-DIR/classes.txt, predictions.json and predictions.csv, every path checked by
-`fsguard.inside`.
+DIR/classes.txt (one line per class id, whatever a name holds), predictions.json and
+predictions.csv, every path checked by `fsguard.inside` and written by `fsguard.replacing`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, make_folder, slug
+from vislab.fsguard import inside, make_folder, printable, replacing, slug, write_file
 from vislab.tasks.registry import Evaluation
 from vislab.usertext import term
 
@@ -128,13 +128,14 @@ def evaluate_detection(
     per_image = _per_image(preds, targets, run.classes, sec.conf)
 
     def write(out: Path) -> None:
-        with open(inside(out, EVAL_PREDICTIONS), "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["path", "class", "score", "x1", "y1", "x2", "y2"])
-            for path, p in zip(paths, preds):
-                for b, s, k in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()):
-                    w.writerow([path, run.classes[k], f"{s:.5f}", *(f"{v:.2f}" for v in b)])
-        pd.DataFrame([{"path": p, **s} for p, s in zip(paths, per_image)]).to_csv(inside(out, IMAGES), index=False)
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["path", "class", "score", "x1", "y1", "x2", "y2"])
+        for path, p in zip(paths, preds):
+            for b, s, k in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()):
+                w.writerow([path, run.classes[k], f"{s:.5f}", *(f"{v:.2f}" for v in b)])
+        write_file(inside(out, EVAL_PREDICTIONS), buf.getvalue())
+        write_file(inside(out, IMAGES), pd.DataFrame([{"path": p, **s} for p, s in zip(paths, per_image)]).to_csv(index=False))
 
     return Evaluation(metrics, {"iou": 0.5, "val_conf": sec.val_conf, "nms_iou": sec.nms_iou}, write)
 
@@ -188,7 +189,7 @@ def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequenc
 
     make_folder(out, "--out")
     index = {c: i for i, c in enumerate(classes)}
-    inside(out, "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    write_file(inside(out, "classes.txt"), classes_text(classes))
     for i, r in enumerate(results):
         if "error" in r:
             continue
@@ -196,19 +197,24 @@ def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequenc
         img = load_image(r["path"])
         drawn = draw_boxes(img, [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in r["boxes"]], [f"{b['class']} {b['score']:.2f}" for b in r["boxes"]], PREDICTED)
         target = inside(out, "images", stem + ".jpg")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        drawn.save(target, quality=90)
+        with replacing(target) as fh:
+            drawn.save(fh, format="JPEG", quality=90)
         w, h = img.size
         lines = [
             f"{index[b['class']]} {(b['x1'] + b['x2']) / 2 / w:.6f} {(b['y1'] + b['y2']) / 2 / h:.6f} {(b['x2'] - b['x1']) / w:.6f} {(b['y2'] - b['y1']) / h:.6f} {b['score']:.5f}\n"
             for b in r["boxes"]
         ]
-        label = inside(out, "labels", stem + ".txt")
-        label.parent.mkdir(parents=True, exist_ok=True)
-        label.write_text("".join(lines))
+        write_file(inside(out, "labels", stem + ".txt"), "".join(lines))
         r["drawn"] = str(target)
-    inside(out, "predictions.json").write_text(json.dumps(results, indent=2))
-    inside(out, "predictions.csv").write_text(format_predictions(results, "csv"))
+    write_file(inside(out, "predictions.json"), json.dumps(results, indent=2))
+    write_file(inside(out, "predictions.csv"), format_predictions(results, "csv"))
+
+
+def classes_text(classes: Sequence[str]) -> str:
+    """classes.txt: line N names YOLO class id N, so a name is written as one line whatever it
+    holds (a newline or other control character is shown as `\\xNN`, as `printable` does);
+    a raw newline would shift every later id onto the wrong name."""
+    return "".join(f"{printable(c)}\n" for c in classes)
 
 
 def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
