@@ -112,3 +112,23 @@ def test_max_time_takes_seconds_and_is_checked_at_load(tmp_path: Path) -> None:
     assert refused(str(cfg)).startswith(f"error: {cfg}: 'train.max_time' not a duration; use e.g. 5h, 90m")
     cfg.write_text("train:\n  max_time: 1:30\n")  # YAML 1.1 would read 90 (base 60); kept as text and refused
     assert refused(str(cfg)).startswith(f"error: {cfg}: 'train.max_time' h:mm or m:ss is ambiguous; write e.g. 1h30m or 1m30s")
+
+
+def test_a_misspelt_section_suggests_the_key_inside_it_and_a_grid_says_run_grid(tmp_path: Path) -> None:
+    """'model.simplecnn.layers' suggested model.simple_cnn.fc (the closest leaf to the section
+    name); the library's load_config of a grid recipe suggested crops.grid."""
+    import pytest
+
+    from vislab.config import load_config
+    from vislab.errors import VislabError
+
+    for override, meant in [
+        ("model.simplecnn.layers=2", "model.simple_cnn.layers"),
+        ("trian.epochs=2", "train.epochs"),
+        ("optim.lrr=0.1", "optim.lr"),
+    ]:
+        line = refused("digits-cnn", "--set", override)
+        assert f"did you mean {meant}?" in line, line
+    with pytest.raises(VislabError) as err:
+        load_config("simple-cnn-grid")
+    assert "is a grid of variants" in str(err.value) and "vislab grid" in str(err.value)

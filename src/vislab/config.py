@@ -578,13 +578,21 @@ def key_applies(key: str, flat: dict[str, Any]) -> bool:
     return True
 
 
-def suggest_keys(key: str, n: int = 1) -> list[str]:
+def suggest_keys(key: str, n: int = 1, value: Any = None) -> list[str]:
     """The known keys closest to a misspelt or misplaced one ('optim.lrr' -> 'optim.lr',
-    'train.lr' -> 'optim.lr'); sections are candidates only for a misspelt section."""
+    'train.lr' -> 'optim.lr'); sections are candidates only for a misspelt section, or for a
+    key holding a mapping ('model.simplecnn: {layers: 2}' -> 'model.simple_cnn.layers')."""
     docs = config_keys()
     leaves = [k.key for k in docs if not k.section]
-    known = leaves if "." in key else [k.key for k in docs if "." not in k.key]
+    sections = [k.key for k in docs if k.section]
+    if "." not in key:
+        known = [k.key for k in docs if "." not in k.key]
+    else:
+        known = sections if isinstance(value, dict) else leaves
     close = difflib.get_close_matches(key, known, n=n, cutoff=0.75)
+    if close and isinstance(value, dict) and len(value) == 1:
+        inner = f"{close[0]}.{next(iter(value))}"
+        return [k for k in (suggest_keys(inner, n, next(iter(value.values()))) or close)][:n]
     if close:
         return close
     leaf = key.rsplit(".", 1)[-1]
@@ -631,9 +639,11 @@ def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = 
     loc = [str(p) for p in first["loc"]]
     if first["type"] == "extra_forbidden" and len(loc) == 1 and loc[0] in _task_sections():
         return f"{_origin(loc, source, overrides)}: '{loc[0]}' holds the settings of task {loc[0]}; set task: {loc[0]}, or remove the section"
+    if first["type"] == "extra_forbidden" and loc == ["grid"]:
+        return f"{source}: is a grid of variants (its grid: section); run `vislab grid {source} --data DATASET --out DIR`"
     if first["type"] == "extra_forbidden":
         key = ".".join(loc)
-        close = suggest_keys(key)
+        close = suggest_keys(key, value=first.get("input"))
         section = key.rsplit(".", 1)[0] if "." in key else ""
         listing = f"`vislab config {section}`" if section else "`vislab config`"
         hint = f"did you mean {close[0]}? ({listing} lists the keys)" if close else f"{listing} lists the keys"
