@@ -119,14 +119,6 @@ class ModelConfig(Section):
     drop_rate: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before a timm model's classifier.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for timm.create_model.")
 
-    @field_validator("in_chans")
-    @classmethod
-    def _grey_or_rgb(cls, v: int) -> int:
-        """The data pipeline decodes images to grey or RGB only; another count fails mid-run."""
-        if v not in (1, 3):
-            raise ValueError("must be 1 (grey) or 3 (RGB): images are decoded to one or the other")
-        return v
-
     @property
     def starts_trained(self) -> bool:
         """Whether the network starts from trained weights (pretrained ones or a local file):
@@ -392,6 +384,8 @@ class RunConfig(Section):
     def _task_defaults(self) -> "RunConfig":
         task = get_task(self.task)
         monitor, mode = task.monitor
+        if self.model.in_chans not in (1, 3):  # a run's input; models built inside others (crops: 5) may differ
+            raise _key_error(("model", "in_chans"), self.model.in_chans, "must be 1 (grey) or 3 (RGB): images are decoded to one or the other")
         _check_monitors(self, task.name, task.monitor_metrics())
         if self.train.monitor is None:
             self.train.monitor = monitor
