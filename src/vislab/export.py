@@ -8,8 +8,9 @@ attention-branch network); for crops the uint8 `thumb` and `patches` and the `re
 and `cells` outputs. After writing, ONNX Runtime runs a random batch (of a different size
 than the one traced, which proves the batch axis is dynamic) and every output must match
 PyTorch's within tolerance; otherwise the file is removed and the command fails. The class
-names and the input normalisation go into the file's metadata, so a consumer needs nothing
-else to preprocess inputs and name outputs.
+names, the data spec and the task's `export_metadata` (`vislab_preprocess`: every step that
+prepares an input, and how to read the outputs; export_info.py) go into the file's metadata,
+so a consumer needs nothing else to preprocess inputs and name outputs.
 """
 
 from __future__ import annotations
@@ -251,11 +252,13 @@ def export_run(
     description = inside(path.parent, path.with_suffix(".json").name)  # a link out of the folder: refused now, not after the export
     model = run.model.float().eval()
     input_size = list(run.spec.input_size)
+    described = get_task(run.cfg.task).export_metadata(run)
     meta = {
         "vislab_classes": json.dumps(run.classes),
         "vislab_data_spec": json.dumps(run.spec.to_dict()),
         "vislab_model": run.cfg.model.name,
         "vislab_checkpoint": str(run.checkpoint),
+        **{key: json.dumps(value) for key, value in described.items()},
     }
     export_onnx_model(model, input_size, path, opset, meta, task=run.cfg.task, cfg=run.cfg)
     batch = 3  # traced with 2: a different size proves the batch axis is dynamic
@@ -268,7 +271,7 @@ def export_run(
     outputs = list(get_task(run.cfg.task).export_outputs)
     result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch)
     try:
-        write_file(description, json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict()}, indent=2))
+        write_file(description, json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict(), **described}, indent=2))
     except OSError as err:
         path.unlink(missing_ok=True)
         raise cannot_write(description, err) from None

@@ -43,7 +43,7 @@ SUPPORTED_MODES = frozenset(
     {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
 ) | SIXTEEN_BIT_MODES
 _MODE_KINDS = {"I": "32-bit integer", "F": "32-bit floating-point"}
-_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 ImageSource = str | Path | BinaryIO | bytes
 # curate's default --max-pixels (twice Pillow's warning limit): a header claiming more pixels
@@ -219,7 +219,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in SIXTEEN_BIT_MODES:  # Pillow's own convert clips every value above 255 to white
         high = (np.asarray(im) >> 8).astype(np.uint8)
         return Image.fromarray(high).convert("RGB")
-    if im.mode in _ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
+    if im.mode in ALPHA_MODES or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

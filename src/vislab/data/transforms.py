@@ -71,7 +71,7 @@ def _size_hw(input_size: Sequence[int]) -> tuple[int, int]:
     return int(input_size[-2]), int(input_size[-1])
 
 
-def _channel_stats(values: Sequence[float], channels: int) -> list[float]:
+def channel_stats(values: Sequence[float], channels: int) -> list[float]:
     """Mean/std for the channel count fed to the model (grey = the average of RGB stats)."""
     vals = [float(v) for v in values]
     if len(vals) == channels:
@@ -92,7 +92,7 @@ def _finish(mean: Sequence[float], std: Sequence[float], channels: int) -> list[
     return [
         T.ToImage(),
         T.ToDtype(torch.float32, scale=True),
-        T.Normalize(_channel_stats(mean, channels), _channel_stats(std, channels)),
+        T.Normalize(channel_stats(mean, channels), channel_stats(std, channels)),
     ]
 
 
@@ -193,7 +193,7 @@ def train_transform(
     """
     size = _size_hw(input_size)
     interp = _interp(interpolation)
-    fill = [int(round(255 * m)) for m in _channel_stats(mean, channels)]
+    fill = [int(round(255 * m)) for m in channel_stats(mean, channels)]
     steps: list[Callable] = _colour_steps(grayscale, channels)
     if aug.get("random_resized_crop"):
         lo, hi = aug["random_resized_crop"]

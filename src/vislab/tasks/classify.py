@@ -256,6 +256,12 @@ class ClassifyPlugin(Task):
         console.print(table)
         return console.file.getvalue()  # type: ignore[attr-defined]
 
+    def export_metadata(self, run: "LoadedRun") -> dict[str, Any]:
+        """The eval transform written out, so the .onnx file alone reproduces vislab predict."""
+        from vislab.export_info import classify_preprocess
+
+        return {"vislab_preprocess": classify_preprocess(run.spec.to_dict(), run.cfg.data.grayscale)}
+
     def export_module(self, model: "nn.Module") -> "nn.Module":
         from vislab.models.outputs import LogitsOnly
 

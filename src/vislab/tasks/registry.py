@@ -209,6 +209,11 @@ class Task(ABC):
         returns the `export_outputs` a consumer needs, as one tensor or a tuple of tensors."""
         raise VislabError(f"export: task {self.name} has no export")
 
+    def export_metadata(self, run: "LoadedRun") -> dict[str, Any]:
+        """Entries (JSON-encoded by export) that tell a user of the file how to prepare its
+        inputs and read its outputs without vislab (see export_info.py); {}: nothing to add."""
+        return {}
+
     def export_inputs(self, cfg: "RunConfig | None", input_size: Sequence[int], batch: int, generator: "torch.Generator") -> dict[str, "torch.Tensor"]:
         """Example inputs of the exported model by name, batch first: the export traces them and
         its check runs them through both engines. The default is one float image batch

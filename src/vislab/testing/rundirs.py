@@ -62,6 +62,8 @@ def make_run_dir(
     params: dict[str, int] | None = None,
     checkpoint: bool = False,
     attention: str = "none",
+    grayscale: bool = False,
+    spec: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete run directory under `root/name` and return its path.
 
@@ -70,7 +72,9 @@ def make_run_dir(
     `checkpoint=True` also saves a randomly initialised tiny model as checkpoints/best.ckpt
     (the `model.`-prefixed state_dict a Lightning checkpoint holds), so `vislab.runs.load_run`
     and everything built on it (explain, the report's CAM gallery, serve) work on the
-    directory; `attention="abn"` gives the model an attention branch.
+    directory; `attention="abn"` gives the model an attention branch. `grayscale=True` makes
+    a one-channel grey model (`data.grayscale`, `model.in_chans: 1`); `spec` overrides the
+    data spec's values (mean, std, crop_pct, interpolation).
     """
     root = Path(root)
     run = root / name
@@ -82,7 +86,10 @@ def make_run_dir(
     model_cfg: dict[str, Any] = {"name": model, "attention": attention}
     if model == "simple_cnn":
         model_cfg["simple_cnn"] = {"layers": 2, "filters": 8, "fc": 0}
-    cfg = RunConfig.model_validate({"seed": seed, "model": model_cfg, "data": {"img_size": input_size}, "train": {"epochs": epochs}})
+    if grayscale:
+        model_cfg["in_chans"] = 1
+    data_cfg = {"img_size": input_size, "grayscale": grayscale}
+    cfg = RunConfig.model_validate({"seed": seed, "model": model_cfg, "data": data_cfg, "train": {"epochs": epochs}})
     save_config(cfg, files.config)
     if checkpoint:
         _save_checkpoint(cfg, len(classes), files.best, seed)
@@ -92,7 +99,8 @@ def make_run_dir(
     if dataset:
         per_class = max(2, -(-n_test // len(classes)))
         dataset_dir = make_dataset(root / f"{name}-data", classes, per_class=per_class, size=input_size, seed=seed)
-    spec = {"input_size": [3, input_size, input_size], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    channels = 1 if grayscale else 3
+    spec = {"input_size": [channels, input_size, input_size], "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "crop_pct": 1.0, **(spec or {})}
     files.run_json.write_text(
         json.dumps(
             {
@@ -165,7 +173,7 @@ def make_run_dir(
     total = params or {"trainable": 120_000, "frozen": 0, "total": 120_000}
     summary = {
         "model": model,
-        "input_size": [3, input_size, input_size],
+        "input_size": [channels, input_size, input_size],
         "best_epoch": best,
         "best_val": {"val/acc": float(curves["val/acc"][best]), "val/loss": float(curves["val/loss"][best])},
         "epochs_completed": epochs,
