@@ -71,3 +71,35 @@ def test_export_metadata_describes_the_input_preparation(tmp_path: Path) -> None
     assert next(s for s in pre["steps"] if s["op"] == "normalize")["mean"] == [pytest.approx(0.4)]
     assert "white" in pre["summary"] and "grey" in pre["summary"]
     assert json.loads((run / "export" / "model.json").read_text())["vislab_preprocess"] == pre
+
+
+def plugin_metadata(raw: dict) -> dict:
+    """The task's export metadata for a run configured by `raw` (decoded from JSON as export writes it)."""
+    from types import SimpleNamespace
+
+    from vislab.config import RunConfig
+    from vislab.tasks import get_task
+
+    cfg = RunConfig.model_validate(raw)
+    described = get_task(cfg.task).export_metadata(SimpleNamespace(cfg=cfg))
+    return {k: json.loads(json.dumps(v)) for k, v in described.items()}
+
+
+def test_detector_metadata_says_letterbox_and_that_nms_is_not_in_the_graph() -> None:
+    from vislab.data.det_datamodule import PAD_VALUE
+
+    pre = plugin_metadata({"task": "detect", "model": {"name": "yolov3_tiny"}, "detect": {"img_size": 320, "conf": 0.3, "nms_iou": 0.5, "max_det": 50}})["vislab_preprocess"]
+    box = next(s for s in pre["steps"] if s["op"] == "letterbox")
+    assert box["size_hw"] == [320, 320] and box["pad_value"] == PAD_VALUE
+    assert "center_crop" not in [s["op"] for s in pre["steps"]]
+    out = pre["output"]
+    assert out["nms_in_graph"] is False and out["postprocess"]["conf"] == 0.3 and out["postprocess"]["nms_iou"] == 0.5 and out["postprocess"]["max_det"] == 50
+    assert "unletterbox" in out and "x1, y1, x2, y2" in out["detections"]
+    assert "without NMS" in pre["summary"]
+
+
+def test_crop_detector_metadata_says_its_inputs_are_uint8_from_the_sampler() -> None:
+    pre = plugin_metadata({"task": "crops", "model": {"name": "crop_detector"}})["vislab_preprocess"]
+    thumb, patches = pre["inputs"]["thumb"], pre["inputs"]["patches"]
+    assert thumb["dtype"] == patches["dtype"] == "uint8" and thumb["normalised"] is False
+    assert "crops sampler" in pre["summary"] and "not something to apply" in pre["summary"]

@@ -294,6 +294,13 @@ class CropsPlugin(Task):
             w.writerow([path, prob, r.get("cropped", ""), *rect, cf, picture, error])
         return buf.getvalue()
 
+    def export_metadata(self, run: "LoadedRun") -> dict[str, Any]:
+        """What the uint8 inputs are and who builds them (data_spec describes the thumbnail branch only)."""
+        from vislab.export_info import crops_inputs
+
+        c: CropsConfig = run.cfg.section()
+        return {"vislab_preprocess": crops_inputs(c.thumb_size, c.patch_size, c.cells)}
+
     def export_module(self, model: "nn.Module") -> "nn.Module":
         from vislab.models.crops import CropExport
 

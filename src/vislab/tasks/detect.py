@@ -195,6 +195,14 @@ class DetectPlugin(Task):
 
         return format_predictions(results, fmt)
 
+    def export_metadata(self, run: "LoadedRun") -> dict[str, Any]:
+        """The letterbox, the box format and the NMS the graph leaves out (data_spec's crop does not apply)."""
+        from vislab.data.det_datamodule import PAD_VALUE
+        from vislab.export_info import detect_preprocess
+
+        s = run.cfg.section()
+        return {"vislab_preprocess": detect_preprocess(canvas(run.cfg), PAD_VALUE, s.conf, s.nms_iou, s.max_det)}
+
     def export_module(self, model: "nn.Module") -> "nn.Module":
         return model.eval()  # eval mode returns the decoded [B, N, 5 + C] boxes, objectness, class probabilities
 
