@@ -129,3 +129,18 @@ def test_export_refuses_a_description_linked_out_of_the_run(tmp_path: Path) -> N
     assert "model.json: would be written outside" in res.output and "through the symbolic link" in res.output
     assert len(res.output.strip().splitlines()) == 1
     assert victim.read_text() == "my notes" and not (run / "export" / "model.onnx").exists()
+
+
+def test_export_of_last_ckpt_says_so_and_records_no_local_path(tmp_path: Path) -> None:
+    """A run without best.ckpt was exported from last.ckpt silently, and the file's metadata
+    held the checkpoint's absolute path (the user's folder layout, in a file they share)."""
+    run = make_run_dir(tmp_path, checkpoint=True, input_size=24)
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    torch.save({**ckpt, "epoch": 6}, run / "checkpoints" / "last.ckpt")
+    (run / "checkpoints" / "best.ckpt").unlink()
+    res = CliRunner().invoke(app, ["export", str(run)])
+    assert res.exit_code == 0, res.output
+    assert "no best.ckpt (run interrupted?): exported last.ckpt, epoch 7" in res.output
+    meta = {p.key: p.value for p in onnx.load(str(run / "export" / "model.onnx")).metadata_props}
+    assert json.loads(meta["vislab_checkpoint"]) == {"file": "last.ckpt", "epoch": 7}
+    assert str(tmp_path) not in "".join(meta.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from vislab.tasks.registry import INPUT_NAME
 
 if TYPE_CHECKING:
     from vislab.config import RunConfig
+    from vislab.runs import LoadedRun
 
 FORMATS = ("onnx",)
 __all__ = ["INPUT_NAME", "ExportResult", "check_onnx", "export_onnx_model", "export_run", "onnx_session"]
@@ -233,6 +235,17 @@ def export_path(run_dir: Path, out: str | Path | None) -> Path:
     return path
 
 
+def checkpoint_note(run: "LoadedRun") -> str | None:
+    """One line when the export is not of best.ckpt, so last.ckpt is never used silently."""
+    from vislab.runs import run_paths
+
+    if run.checkpoint.name == run_paths(run.run_dir).best.name:
+        return None
+    epoch = f", epoch {run.epoch}" if run.epoch is not None else ""
+    why = "no best.ckpt (run interrupted?)" if not run_paths(run.run_dir).best.exists() else "best.ckpt unusable"
+    return f"{why}: exported {run.checkpoint.name}{epoch}"
+
+
 def export_run(
     run_dir: str | Path,
     fmt: str = "onnx",
@@ -257,9 +270,12 @@ def export_run(
         "vislab_classes": json.dumps(run.classes),
         "vislab_data_spec": json.dumps(run.spec.to_dict()),
         "vislab_model": run.cfg.model.name,
-        "vislab_checkpoint": str(run.checkpoint),
+        "vislab_checkpoint": json.dumps({"file": run.checkpoint.name, "epoch": run.epoch}),  # not the local path: the file is shared
         **{key: json.dumps(value) for key, value in described.items()},
     }
+    note = checkpoint_note(run)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     export_onnx_model(model, input_size, path, opset, meta, task=run.cfg.task, cfg=run.cfg)
     batch = 3  # traced with 2: a different size proves the batch axis is dynamic
     try:

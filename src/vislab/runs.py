@@ -569,6 +569,7 @@ class LoadedRun:
     run_dir: Path
     info: dict[str, Any]
     checkpoint: Path
+    epoch: int | None = None  # the checkpoint's epoch counted from 1 (None when it does not say)
 
 
 def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
@@ -650,4 +651,6 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
         )
     model.load_state_dict(state)
     model.eval()
-    return LoadedRun(cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path)
+    epoch = ckpt.get("epoch")
+    epoch = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+    return LoadedRun(cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path, epoch=epoch)
