@@ -4,14 +4,21 @@ Decoding JPEGs costs more than training a small net on them, so `vislab prepare`
 `data.cache: true`) writes `DATASET_DIR/cache/<manifest-hash[:12]>-<W>x<H>/`:
 
 - `images.npy`: N x H x W x 3 uint8, read back memory-mapped (or loaded whole into RAM);
-- `index.json`: format version, manifest hash, size, resize method, and the paths, labels
-  and splits of the rows in array order.
+- `index.json`: format version, manifest hash, size, resize method, decoder versions, and the
+  paths, labels, splits and file (size, mtime_ns) of the rows in array order, with block
+  checksums of `images.npy`.
 
-Correctness rules:
+Correctness rules (the checks themselves live in `cache_check`):
 
 - The key holds the manifest's hash, so a changed dataset gets a new key: a cache is never
   served for a manifest it was not built from. An index whose hash, version, size or row
   count does not match is treated as absent and rebuilt.
+- The same outcome as reading the files: every open stats the files, re-decodes those
+  replaced since prepare (one line says so), and refuses, in the no-cache path's words,
+  when files are gone. A store built by another Pillow / torchvision or pixel limit is
+  rebuilt, and so is one whose bytes no longer match their checksums.
+- The array's space is checked and allocated before writing, so a full disk is a one-line
+  error, and the temporary folder is removed on any failure.
 - A store is written into a temporary folder and renamed into place in one step, so a
   crash leaves no half-written store under the real key.
 - The pixels are exactly what the eval transform would produce at crop_pct 1: decode with
@@ -26,14 +33,25 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from vislab.data.cache_check import (
+    block_digests,
+    blocks_intact,
+    changed_rows,
+    decoder_versions,
+    file_stats,
+    gone_error,
+    require_space,
+    reserve,
+)
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS
@@ -42,7 +60,7 @@ from vislab.workers import die_with_parent
 CACHE_DIRNAME = "cache"
 INDEX_NAME = "index.json"
 IMAGES_NAME = "images.npy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-file stats, block checksums and decoder versions in the index
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # at or above this share of available memory the array stays memory-mapped instead of loaded
 RAM_SHARE = 0.5
@@ -141,21 +159,40 @@ def _read_index(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def _valid(folder: Path, sha: str, size: tuple[int, int], interpolation: str) -> dict[str, Any] | None:
-    """The index of a complete store built from this manifest at this size, else None."""
+@dataclass
+class _Stale:
+    """Why a store cannot be served as it is: `reason` (None: absent or partial, rebuilt
+    silently) and, when only some files changed, their rows (re-decoded into a copy)."""
+
+    reason: str | None = None
+    index: dict[str, Any] | None = None
+    changed: list[int] = field(default_factory=list)
+
+
+def _inspect(folder: Path, sha: str, size: tuple[int, int], interpolation: str, decoder: dict[str, Any]) -> tuple[dict[str, Any] | None, _Stale]:
+    """(the index, nothing stale) for a complete store built from this manifest at this
+    size by this decoder from files unchanged since, else (None, why not)."""
     index = _read_index(folder)
     if not index or index.get("version") != FORMAT_VERSION or index.get("manifest_hash") != sha:
-        return None
+        return None, _Stale()
     if tuple(index.get("size", ())) != size or index.get("interpolation") != interpolation:
-        return None
+        return None, _Stale()
     try:
         arr = np.load(folder / IMAGES_NAME, mmap_mode="r")
     except (OSError, ValueError):
-        return None
+        return None, _Stale()
     w, h = size
-    if arr.shape != (len(index.get("paths", [])), h, w, 3) or arr.dtype != np.uint8:
-        return None
-    return index
+    paths = index.get("paths", [])
+    if arr.shape != (len(paths), h, w, 3) or arr.dtype != np.uint8 or len(index.get("files", [])) != len(paths):
+        return None, _Stale()
+    if index.get("decoder") != decoder:
+        was = ", ".join(f"{k} {v}" for k, v in (index.get("decoder") or {}).items()) or "unknown"
+        now = ", ".join(f"{k} {v}" for k, v in decoder.items())
+        return None, _Stale(f"prepared with {was}, now {now}")
+    changed = changed_rows(paths, index["files"])
+    if changed:
+        return None, _Stale(f"{len(changed)} image(s) changed since it was prepared, e.g. {paths[changed[0]]}", index, changed)
+    return index, _Stale()
 
 
 def _available_memory() -> int:
@@ -179,35 +216,43 @@ def open_cache(
 
     `in_memory=None` loads the array into RAM when it takes under half the available
     memory, else keeps it memory-mapped (the OS then pages it in as batches touch it).
+    Raises the no-cache path's one-line error when files it holds are gone.
     """
+    return _open(dataset_dir, size, interpolation, in_memory)[0]
+
+
+def _open(
+    dataset_dir: str | Path, size: int | str | Sequence[int], interpolation: str, in_memory: bool | None
+) -> tuple[PreparedCache | None, _Stale]:
     size = parse_cache_size(size)
     sha = manifest_hash(dataset_dir)
     folder = cache_root(dataset_dir) / cache_key(sha, size, interpolation)
-    index = _valid(folder, sha, size, interpolation)
+    index, stale = _inspect(folder, sha, size, interpolation, decoder_versions(dataset_max_pixels(dataset_dir)))
     if index is None:
-        return None
+        return None, stale
     images: np.ndarray = np.load(folder / IMAGES_NAME, mmap_mode="r")
     if in_memory or (in_memory is None and images.nbytes < RAM_SHARE * _available_memory()):
         images = np.array(images)  # a real copy: reads the file once, then no page faults
-    return PreparedCache(
-        folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha
-    )
+    if not blocks_intact(folder / IMAGES_NAME, images, index.get("digests")):
+        return None, _Stale("its images.npy does not match the checksums recorded when it was prepared (corrupted)")
+    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha)
+    return cache, stale
 
 
-def _fill_chunk(store: str, start: int, paths: list[str], size: tuple[int, int], interpolation: str, max_pixels: int) -> tuple[int, str | None]:
-    """Worker: decode `paths` into rows start.. of the store; returns (done, "path: reason" of
-    the first image that cannot be decoded)."""
+def _fill_chunk(store: str, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, max_pixels: int) -> tuple[int, str | None]:
+    """Worker: decode each (row, path) into its row of the store; returns (done, "path: reason"
+    of the first image that cannot be decoded)."""
     from vislab.data.io import ImageDecodeError
 
     arr = np.load(store, mmap_mode="r+")
-    for i, path in enumerate(paths):
+    for i, (row, path) in enumerate(items):
         try:
-            arr[start + i] = decode_resized(path, size, interpolation, max_pixels)
+            arr[row] = decode_resized(path, size, interpolation, max_pixels)
         except ImageDecodeError as err:
             arr.flush()
             return i, f"{path}: {err.reason}"
     arr.flush()
-    return len(paths), None
+    return len(items), None
 
 
 def _progress(console: Any, what: str) -> Any:
@@ -218,10 +263,13 @@ def _progress(console: Any, what: str) -> Any:
     )
 
 
-def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: str, workers: int, console: Any, max_pixels: int) -> None:
+def _fill(store: Path, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, workers: int, console: Any, max_pixels: int) -> None:
+    """Decode each (row, path) into its row of `store`, in `workers` processes."""
+    from concurrent.futures.process import BrokenProcessPool
+
     from vislab.data.checks import worker_count
 
-    n = len(paths)
+    n = len(items)
     workers = min(worker_count(workers), max(1, n))
     chunk = max(1, min(512, -(-n // (workers * 8))))
     starts = list(range(0, n, chunk))
@@ -232,20 +280,25 @@ def _fill(store: Path, paths: list[str], size: tuple[int, int], interpolation: s
         if workers <= 1:
             progress.start()
             for s in starts:
-                done, err = _fill_chunk(str(store), s, paths[s : s + chunk], size, interpolation, max_pixels)
+                done, err = _fill_chunk(str(store), items[s : s + chunk], size, interpolation, max_pixels)
                 progress.advance(task, done)
                 if err:
                     errors.append(err)
                     break
         else:
             with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
-                futures = [pool.submit(_fill_chunk, str(store), s, paths[s : s + chunk], size, interpolation, max_pixels) for s in starts]
+                futures = [pool.submit(_fill_chunk, str(store), items[s : s + chunk], size, interpolation, max_pixels) for s in starts]
                 progress.start()  # after the workers are forked
                 for fut in as_completed(futures):
                     done, err = fut.result()
                     progress.advance(task, done)
                     if err:
                         errors.append(err)
+    except BrokenProcessPool:
+        raise VislabError(
+            f"a worker preparing the cache in {store.parent} died (out of memory or disk?); "
+            "run `vislab prepare --workers 1` to see the error"
+        ) from None
     finally:
         progress.stop()
     if errors:
@@ -296,8 +349,9 @@ def prepare_cache(
         raise VislabError(f"--interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
     size = parse_cache_size(size)
     dataset_dir = Path(dataset_dir)
+    stale = _Stale()
     if not force:
-        found = open_cache(dataset_dir, size, interpolation, in_memory)
+        found, stale = _open(dataset_dir, size, interpolation, in_memory)
         if found is not None:
             return found
     df = read_manifest(dataset_dir)
@@ -309,27 +363,46 @@ def prepare_cache(
     root = cache_root(dataset_dir)
     root.mkdir(parents=True, exist_ok=True)
     _clean_tmp(root, key)
+    paths = rows["path"].tolist()
+    stats = file_stats(paths)  # before decoding: a file changed meanwhile is caught on the next open
+    missing = [p for p, st in zip(paths, stats) if st is None]
+    if missing:
+        raise gone_error(missing, len(paths))
+    reuse = stale.index is not None and stale.index.get("paths") == paths
+    if stale.reason:
+        what = f"re-decoding those {len(stale.changed)}" if reuse else "rebuilding it"
+        print(f"cache {root / key}: {stale.reason}; {what}", file=sys.stderr, flush=True)
     tmp = root / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    paths = rows["path"].tolist()
     w, h = size
+    max_pixels = dataset_max_pixels(dataset_dir)
     try:
+        require_space(root, len(paths) * h * w * 3)
         store = np.lib.format.open_memmap(tmp / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
         del store  # workers open it themselves
+        reserve(tmp / IMAGES_NAME, root, len(paths) * h * w * 3)
         start = time.perf_counter()
-        _fill(tmp / IMAGES_NAME, paths, size, interpolation, workers, console, dataset_max_pixels(dataset_dir))
+        if reuse:
+            _copy_rows(root / key / IMAGES_NAME, tmp / IMAGES_NAME)
+            todo = [(i, paths[i]) for i in stale.changed]
+        else:
+            todo = list(enumerate(paths))
+        _fill(tmp / IMAGES_NAME, todo, size, interpolation, workers, console, max_pixels)
         index = {
             "version": FORMAT_VERSION,
             "manifest_hash": sha,
             "size": [w, h],
             "interpolation": interpolation,
+            "decoder": decoder_versions(max_pixels),
             "resize": "eval geometry at crop_pct 1: square -> shorter side + centre crop; WxH -> direct resize (antialiased)",
             "layout": "N x H x W x 3 uint8 RGB",
             "count": len(paths),
             "paths": paths,
             "labels": rows["label"].tolist(),
             "splits": rows["split"].tolist(),
+            "files": [list(st) for st in stats if st is not None],
+            "digests": block_digests(tmp / IMAGES_NAME),
             "prepare_seconds": round(time.perf_counter() - start, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -345,9 +418,18 @@ def prepare_cache(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     found = open_cache(dataset_dir, size, interpolation, in_memory)
-    if found is None:  # pragma: no cover - only if the manifest changed during the build
-        raise VislabError(f"{dataset_dir}: the manifest changed while the cache was built; run `vislab prepare` again")
+    if found is None:  # pragma: no cover - only if the dataset changed during the build
+        raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
     return found
+
+
+def _copy_rows(old: Path, new: Path, rows_per_step: int = 4096) -> None:
+    """Copy an old store's pixels into a new one of the same shape, a slice at a time."""
+    src = np.load(old, mmap_mode="r")
+    dst = np.load(new, mmap_mode="r+")
+    for s in range(0, len(src), rows_per_step):
+        dst[s : s + rows_per_step] = src[s : s + rows_per_step]
+    dst.flush()
 
 
 def cache_summary(cache: PreparedCache) -> str:

@@ -1,0 +1,120 @@
+"""The prepared cache serves what the files hold now: replaced images are re-decoded, deleted
+ones refused as the no-cache path refuses them, corrupted bytes and another decoder rebuild
+it, and a full disk is one line with no temporary folder left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vislab.cli import app
+from vislab.config import DataConfig
+from vislab.data import cache as cache_mod
+from vislab.data import cache_check
+from vislab.data.manifest import write_manifest
+from vislab.errors import VislabError
+from vislab.testing.images import write_image
+
+
+def _dataset(root: Path, n: int = 6, ds: Path | None = None) -> Path:
+    rows = []
+    for i in range(n):
+        p = write_image(root / "src" / f"{i % 2}" / f"{i}.png", seed=i, size=(40, 30))
+        rows.append({"path": str(p.resolve()), "label": str(i % 2), "split": "train" if i < n - 2 else "val", "status": "ok"})
+    ds = ds or root / "ds"
+    write_manifest(pd.DataFrame(rows), ds)
+    return ds
+
+
+def _spec(size: int) -> dict:
+    return {"input_size": [3, size, size], "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+
+
+def test_replaced_image_is_re_decoded_and_deleted_one_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from vislab.data.batch_augment import BatchTransform
+    from vislab.data.cached import CachedClassifyDataModule
+    from vislab.data.datamodule import ClassifyDataModule
+
+    ds = _dataset(tmp_path)
+    first = cache_mod.prepare_cache(ds, 16, workers=1)
+    victim = Path(first.paths[4])  # a val image
+    st = victim.stat()
+    write_image(victim, seed=99, size=(40, 30))  # same name, same pixel size, other pixels
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert cache_mod.open_cache(ds, 16) is None
+    cfg = DataConfig(batch_size=4, num_workers=0, augment={"preset": "none"})
+    cached = CachedClassifyDataModule(ds, cfg, _spec(16))
+    x8 = torch.cat([b[0] for b in cached.val_dataloader()])
+    assert "1 image(s) changed since it was prepared" in capsys.readouterr().err
+    ref = torch.cat([x for x, _ in ClassifyDataModule(ds, cfg, _spec(16)).val_dataloader()])
+    torch.testing.assert_close(BatchTransform((16, 16), _spec(16)["mean"], _spec(16)["std"])(x8), ref, atol=1e-5, rtol=0)
+    assert cache_mod.open_cache(ds, 16) is not None  # refreshed in place, served again
+    Path(first.paths[1]).unlink()
+    with pytest.raises(VislabError, match=r"1 of the 6 images .* file not found; the dataset changed since `vislab curate`"):
+        cache_mod.open_cache(ds, 16)
+    res = CliRunner().invoke(app, ["prepare", str(ds), "--size", "16", "--workers", "1"])
+    assert res.exit_code == 2 and "Traceback" not in res.output and f"{first.paths[1]}: file not found" in res.output.replace("\n", "")
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_images_zeroed_in_place_are_caught_on_open_and_rebuilt(tmp_path: Path, capsys: pytest.CaptureFixture, in_memory: bool) -> None:
+    ds = _dataset(tmp_path)
+    good = cache_mod.prepare_cache(ds, 16, workers=1)
+    expected = np.array(good.images)
+    store = good.root / "images.npy"
+    arr = np.load(store, mmap_mode="r+")
+    arr[:] = 0  # size and header intact
+    arr.flush()
+    del arr
+    assert cache_mod.open_cache(ds, 16, in_memory=in_memory) is None
+    rebuilt = cache_mod.prepare_cache(ds, 16, workers=1, in_memory=in_memory)
+    assert "does not match the checksums" in capsys.readouterr().err
+    np.testing.assert_array_equal(np.asarray(rebuilt.images), expected)
+
+
+def test_another_decoder_or_pixel_limit_rebuilds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ds = _dataset(tmp_path)
+    good = cache_mod.prepare_cache(ds, 16, workers=1)
+    index = json.loads((good.root / "index.json").read_text())
+    assert set(index["decoder"]) == {"pillow", "torchvision", "max_pixels"}
+    index["decoder"]["pillow"] = "0.1"
+    (good.root / "index.json").write_text(json.dumps(index))
+    assert cache_mod.open_cache(ds, 16) is None
+    cache_mod.prepare_cache(ds, 16, workers=1)
+    assert "prepared with pillow 0.1" in capsys.readouterr().err
+    (ds / "curation.json").write_text(json.dumps({"options": {"max_pixels": 10**9}}))
+    assert cache_mod.open_cache(ds, 16) is None
+
+
+def test_full_disk_is_one_line_and_leaves_no_temporary_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = _dataset(tmp_path)
+    monkeypatch.setattr(cache_check, "free_bytes", lambda folder: 1000)
+    with pytest.raises(VislabError, match=r"disk full: the cache needs .* MB in .*cache, 0.0 MB free"):
+        cache_mod.prepare_cache(ds, 16, workers=1)
+    assert [p.name for p in (ds / "cache").iterdir()] == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_full_tmpfs_is_one_line_and_leaves_no_temporary_folder(tmp_path: Path, workers: int) -> None:
+    """A real 300 KB filesystem holding the dataset folder (the images lie elsewhere): the
+    100-image array at 32x32 (300 KB) cannot fit."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("needs root to mount a small tmpfs")
+    try:
+        ds = _dataset(tmp_path, n=100, ds=mnt / "ds")
+        res = CliRunner().invoke(app, ["prepare", str(ds), "--size", "32", "--workers", str(workers)])
+        assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+        assert "disk full" in res.output and str(ds / "cache") in res.output.replace("\n", "")
+        assert list((ds / "cache").iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
