@@ -10,18 +10,35 @@ import sys
 _WARNED: set[int] = set()  # worker counts already warned about in this process
 
 
-def die_with_parent() -> None:
-    """A process pool's initializer: the worker is killed when the process that made it dies
-    (Linux PR_SET_PDEATHSIG), so a `vislab prepare` or `curate` killed with SIGKILL leaves no
-    workers decoding on for nobody. Elsewhere it does nothing."""
+def die_with_parent(parent: int) -> None:
+    """A process pool's initializer (initargs=(os.getpid(),)): the worker is killed when the
+    process that made it dies (Linux PR_SET_PDEATHSIG), so a `vislab prepare` or `curate`
+    killed with SIGKILL leaves no workers decoding on for nobody. An owner that died before
+    the signal was armed is caught by the check after it. Elsewhere it does nothing."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the loaded C library: no ldconfig subprocess to wait on
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
+    if os.getppid() != parent and not _alive(parent):  # reparented: the owner died before the signal was armed
+        os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return True
 
 
 def available_cores() -> int:

@@ -286,7 +286,7 @@ def _fill(store: Path, items: list[tuple[int, str]], size: tuple[int, int], inte
                     errors.append(err)
                     break
         else:
-            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
                 futures = [pool.submit(_fill_chunk, str(store), items[s : s + chunk], size, interpolation, max_pixels) for s in starts]
                 progress.start()  # after the workers are forked
                 for fut in as_completed(futures):

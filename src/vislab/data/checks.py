@@ -303,7 +303,7 @@ def _run_pool(
     """Run chunks in one pool. Returns, in submission order, the chunks lost when a worker
     died (a decoder crash, or the out-of-memory killer), which breaks the whole pool."""
     failed: set[int] = set()
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent)
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(chunks)), initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         futures = {pool.submit(inspect_chunk, part, max_pixels): i for i, part in enumerate(chunks)}
         if start is not None:
