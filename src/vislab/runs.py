@@ -23,14 +23,14 @@ import re
 import stat
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Sequence
 
 from vislab.errors import VislabError
 from vislab.fsguard import inside, replacing, write_file
+from vislab.locks import LOCK_NAME, folder_lock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,7 +59,6 @@ PREDICT_DIR = "predict"  # pictures and JSON of `vislab predict` (tasks that dra
 EXPLAIN_DIR = "explain"
 EXPORT_DIR = "export"
 REPORT_NAME = "report.html"
-LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID` (or `.NAME.RANDOM.tmpPID`): the temporary name of every atomic write (fsguard.replacing)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
@@ -332,72 +331,10 @@ def refuse_foreign_files(out: Path) -> None:
         )
 
 
-def remove_if_unused(out: str | Path) -> None:
-    """Remove a run directory this process created when nothing but its lock file is in it."""
-    out = Path(out)
-    try:
-        if out.is_dir() and not out.is_symlink() and set(os.listdir(out)) <= {LOCK_NAME}:
-            (out / LOCK_NAME).unlink(missing_ok=True)
-            out.rmdir()
-    except OSError:
-        pass
-
-
-_HELD_LOCKS: set[int] = set()
-
-
-def _drop_locks_in_child() -> None:
-    """A forked child (a DataLoader worker) must not keep the lock alive after its parent dies."""
-    for fd in _HELD_LOCKS:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_locks_in_child)
-
-
-@contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold an exclusive lock on a run directory while a process trains into it.
-
-    The lock is `flock` on RUN_DIR/.vislab.lock, which holds the owner's pid for the message
-    another process gets. The kernel drops it when the owner exits in any way (kill -9
-    included), so a stale lock never blocks a later run; forked children close their copy
-    of it, so orphaned DataLoader workers do not hold it either. On a filesystem without
-    flock support training goes on without it, after saying so."""
-    import fcntl
-
-    root = Path(run_dir)
-    path = inside(root, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-    except OSError as err:
-        raise VislabError(f"{path}: cannot open the run directory's lock file ({err.strerror or err}); remove it if it is not a file") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise VislabError(f"{path}: not a regular file; remove it (vislab keeps the run directory's lock there)")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise VislabError(
-                f"{root}: another vislab process (pid {holder}) is training into this run directory; "
-                "wait for it to finish (or stop it), or choose another --out"
-            ) from None
-        except OSError as err:
-            print(f"warning: {path}: cannot lock the run directory ({err.strerror or err}); another process training into it would not be noticed", flush=True)
-        else:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            _HELD_LOCKS.add(fd)
-        yield root
-    finally:
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)
+def run_lock(run_dir: str | Path) -> ContextManager[Path]:
+    """Hold an exclusive lock on a run directory while a process trains into it
+    (`locks.folder_lock`: an flock the kernel drops when the process dies, even by kill -9)."""
+    return folder_lock(run_dir, "training into this run directory", "choose another --out")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,87 @@
+"""Output folders held by one vislab process at a time, reproduced with real processes started
+together: two `train` into one new --out, two `curate` into one dataset folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vislab.config import dump_config
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+RACERS = 2
+TRIES = 3
+SLOW_START = 240  # seconds: importing torch in two processes on a loaded 2-core machine
+
+# Each racer waits for a common start time, trains, and while training checks that the lock
+# of the run directory still holds: its file is there and a third taker is refused.
+TRAINER = """
+import json, os, sys, time
+from lightning.pytorch.callbacks import Callback
+from vislab.config import load_config
+from vislab.errors import VislabError
+from vislab.runs import run_lock
+from vislab.train import train
+
+cfg, data, out, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+
+class Probe(Callback):
+    def on_train_start(self, trainer, module):
+        self.seen = {"lock_file": os.path.exists(os.path.join(out, ".vislab.lock"))}
+        try:
+            with run_lock(out):
+                self.seen["third_taker"] = "got the lock"
+        except VislabError:
+            self.seen["third_taker"] = "refused"
+
+probe = Probe()
+cfg = load_config(cfg)
+while time.time() < start:
+    pass
+try:
+    train(cfg, data, out, callbacks=[probe])
+    print(json.dumps({"result": "trained", **probe.seen}))
+except VislabError as err:
+    print(json.dumps({"result": "refused", "message": str(err)}))
+"""
+
+
+def _race(script: str, args_of: list[list[str]], lead: float = 6.0) -> list[dict]:
+    """Start one process per argument list, all told to begin at the same instant; their
+    last stdout lines as JSON."""
+    start = time.time() + lead
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, *args, str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in args_of
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=SLOW_START)
+        assert proc.returncode == 0 and out.strip(), err
+        assert "Traceback" not in err, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_pattern_dataset(tmp_path_factory.mktemp("data"), per_class=12, size=16)
+
+
+def test_two_trainers_on_one_new_out_one_trains_and_the_other_never_removes_its_lock(dataset, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    for attempt in range(TRIES):
+        out = tmp_path / f"run{attempt}"
+        results = _race(TRAINER, [[str(cfg), str(dataset), str(out)]] * RACERS)
+        winners = [r for r in results if r["result"] == "trained"]
+        losers = [r for r in results if r["result"] == "refused"]
+        assert len(winners) == 1 and len(losers) == RACERS - 1, results
+        assert winners[0]["lock_file"] and winners[0]["third_taker"] == "refused", results
+        assert "another vislab process (pid" in losers[0]["message"] and "is training into this run directory" in losers[0]["message"]
+        assert (out / "checkpoints" / "last.ckpt").is_file()
