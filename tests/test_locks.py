@@ -85,3 +85,51 @@ def test_two_trainers_on_one_new_out_one_trains_and_the_other_never_removes_its_
         assert winners[0]["lock_file"] and winners[0]["third_taker"] == "refused", results
         assert "another vislab process (pid" in losers[0]["message"] and "is training into this run directory" in losers[0]["message"]
         assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def _vislab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vislab.cli", *args], capture_output=True, text=True, timeout=SLOW_START)
+
+
+def test_evaluate_of_a_run_still_training_is_refused_or_recorded_and_flagged_once_stale(dataset, tmp_path, capsys):
+    from vislab.report.compare import compare_runs
+    from vislab.report.html import write_report
+    from vislab.runs import load_checkpoint_file
+    from vislab.train import train
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 500, "monitor": "epoch", "monitor_mode": "max"})))
+    run = tmp_path / "run"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(dataset), "--out", str(run)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + SLOW_START
+        while not (run / "checkpoints" / "best.ckpt.sha256").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        refused = _vislab("evaluate", str(run))
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr + refused.stdout
+        lines = (refused.stdout + refused.stderr).strip().splitlines()
+        assert len(lines) == 1 and f"still training (vislab pid {trainer.pid})" in lines[0] and "--allow-running" in lines[0], lines
+        assert not (run / "eval").exists()
+        allowed = _vislab("evaluate", str(run), "--allow-running")
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        assert "is still training" in allowed.stderr
+    finally:
+        trainer.send_signal(15)
+        trainer.wait(timeout=SLOW_START)
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["evaluated_while_training"] is True
+    assert isinstance(metrics["checkpoint_epoch"], int) and len(metrics["checkpoint_sha256"]) == 64
+    epochs = int(load_checkpoint_file(run / "checkpoints" / "last.ckpt")["callbacks"]["RunRecorder"]["next_epoch"])
+    train(None, None, run, resume=True, epochs=epochs + 1)  # best.ckpt (the last epoch) moves on
+    capsys.readouterr()
+    compare_runs([run])
+    assert "evaluated an older checkpoint" in capsys.readouterr().err
+    assert "evaluated an older checkpoint" in write_report(run, cams=False).read_text()
+    again = _vislab("evaluate", str(run))
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    capsys.readouterr()
+    compare_runs([run])
+    assert "older checkpoint" not in capsys.readouterr().err

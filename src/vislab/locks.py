@@ -118,3 +118,27 @@ def remove_if_unused(folder: str | Path) -> None:
             folder.rmdir()
     except OSError:
         pass
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """The pid (as text, 'unknown' if unreadable) of the process holding `folder`'s lock, or
+    None when none does. Probes with a shared lock let go at once, and never creates the file:
+    a reader (evaluate) learns that a trainer is writing the folder without blocking it."""
+    import fcntl
+
+    try:
+        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        except OSError:
+            return None
+        return None
+    finally:
+        os.close(fd)

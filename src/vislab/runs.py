@@ -454,33 +454,53 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     checking it against its sha256 sidecar when it has one (checkpoints made before sidecars
     existed, or by other tools, load unchecked). Any failure is a `CheckpointError` naming
     the file."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
+    """`load_checkpoint_file` and the sha256 of the bytes loaded. The file is read once, so the
+    digest is that of the checkpoint loaded even if a trainer replaces the file meanwhile
+    (an evaluation records which checkpoint it scored)."""
+    import io
+
     import torch
 
-    from vislab.fsguard import regular_file_problem
+    from vislab.fsguard import SpecialFileError, open_regular, regular_file_problem
 
     path = Path(path)
     problem = regular_file_problem(path)
     if problem:
         raise CheckpointError(f"{path}: cannot read checkpoint ({problem})")
     expected = _read_checksum(path)
-    size = path.stat().st_size
-    if expected is not None:
-        try:
-            digest = file_sha256(path)
-        except OSError as err:
-            raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
-        if digest not in expected["accepted"]:
-            what = f"{size:,} bytes where {expected['bytes']:,} were written" if size != expected["bytes"] else "its bytes changed"
-            raise CheckpointError(f"{path}: corrupted checkpoint ({what}: sha256 does not match {checksum_path(path).name})")
+    try:
+        with open_regular(path, limit=None) as fh:
+            data = fh.read()
+    except (OSError, SpecialFileError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({getattr(err, 'strerror', None) or err})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    size = len(data)
+    if expected is not None and digest not in expected["accepted"]:
+        what = f"{size:,} bytes where {expected['bytes']:,} were written" if size != expected["bytes"] else "its bytes changed"
+        raise CheckpointError(f"{path}: corrupted checkpoint ({what}: sha256 does not match {checksum_path(path).name})")
     if size == 0:
         raise CheckpointError(f"{path}: cannot read checkpoint: the file is empty (0 bytes)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # garbage makes torch.load raise pickle, zip, EOF, index, key, value, runtime errors
         raise CheckpointError(f"{path}: cannot read checkpoint: {_first_line(err)}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a vislab checkpoint (holds a {type(ckpt).__name__}, not a dict with a state_dict)")
-    return ckpt
+    return ckpt, digest
+
+
+def current_checksum(ckpt: str | Path) -> str | None:
+    """The sha256 a checkpoint's sidecar names for it now (None without a readable sidecar):
+    cheap enough for report and compare to tell whether an evaluation scored this file."""
+    try:
+        found = _read_checksum(Path(ckpt))
+    except CheckpointError:
+        return None
+    return found["sha256"] if found else None
 
 
 def epoch_label(ckpt: dict[str, Any]) -> str:
@@ -507,9 +527,10 @@ class LoadedRun:
     info: dict[str, Any]
     checkpoint: Path
     epoch: int | None = None  # the checkpoint's epoch counted from 1 (None when it does not say)
+    checkpoint_sha256: str | None = None  # of the bytes loaded
 
 
-def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
+def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any], str]:
     """The first usable checkpoint of best.ckpt then last.ckpt (or last.ckpt alone).
 
     Using last.ckpt because best.ckpt is broken is said on stderr, so a result never comes
@@ -517,17 +538,17 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
     paths = run_paths(root)
     first = find_checkpoint(root, which)
     try:
-        return first, load_checkpoint_file(first)
+        return (first, *read_checkpoint(first))
     except CheckpointError as err:
         fallback = paths.last if which == "best" and first == paths.best and paths.last.is_file() else None
         if fallback is None:
             raise CheckpointError(f"{err}; there is no other checkpoint to fall back to (retrain, or restore the file)") from None
         try:
-            ckpt = load_checkpoint_file(fallback)
+            ckpt, digest = read_checkpoint(fallback)
         except CheckpointError as err2:
             raise CheckpointError(f"{err}; the fallback is unusable too: {err2}") from None
         print(f"warning: {err}; using the fallback {fallback}{epoch_label(ckpt)} instead", file=sys.stderr, flush=True)
-        return fallback, ckpt
+        return fallback, ckpt, digest
 
 
 def _check_config_matches(raw: dict[str, Any], info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
@@ -564,7 +585,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     root = resolve_run_dir(run_dir)
     paths = run_paths(root)
     info = read_json(paths.run_json)
-    ckpt_path, ckpt = _load_with_fallback(root, which)
+    ckpt_path, ckpt, digest = _load_with_fallback(root, which)
     _check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
     cfg = load_config(paths.config)
     classes = list(info["classes"])
@@ -590,4 +611,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     model.eval()
     epoch = ckpt.get("epoch")
     epoch = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-    return LoadedRun(cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path, epoch=epoch)
+    return LoadedRun(
+        cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path, epoch=epoch,
+        checkpoint_sha256=digest,
+    )
