@@ -133,3 +133,38 @@ def test_evaluate_of_a_run_still_training_is_refused_or_recorded_and_flagged_onc
     capsys.readouterr()
     compare_runs([run])
     assert "older checkpoint" not in capsys.readouterr().err
+
+
+CURATOR = """
+import json, sys, time
+from vislab.data.curate import curate
+from vislab.errors import VislabError
+
+source, out, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    pass
+try:
+    curate(source, out=out, workers=1)
+    print(json.dumps({"result": "curated", "source": source}))
+except VislabError as err:
+    print(json.dumps({"result": "refused", "message": str(err)}))
+"""
+
+
+def test_two_curates_into_one_folder_never_mix_their_files(tmp_path):
+    import pandas as pd
+
+    sources = [make_pattern_dataset(tmp_path / name, per_class=60, size=24, splits=None) / "images" for name in ("a", "b")]
+    for attempt in range(TRIES):
+        out = tmp_path / f"dataset{attempt}"
+        results = _race(CURATOR, [[str(s), str(out)] for s in sources], lead=3.0)
+        done = [r for r in results if r["result"] == "curated"]
+        assert len(done) == 1, results  # the other is refused: by the lock, or as a different dataset once the first ended
+        refused = next(r for r in results if r["result"] == "refused")["message"]
+        assert "is curating into this dataset folder" in refused or "holds a different dataset" in refused, refused
+        assert "\n" not in refused
+        curation = json.loads((out / "curation.json").read_text())
+        assert curation["options"]["sources"] == [done[0]["source"]]
+        paths = pd.read_csv(out / "manifest.csv")["path"]
+        assert paths.str.startswith(done[0]["source"]).all()
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".vislab.lock"]
