@@ -566,6 +566,7 @@ def evaluate(
     aberration: Optional[str] = typer.Option(None, "--aberration", help="crops task: stress test, e.g. vignette=0.4,red=1.5,blue=-1.5,distortion=0.05 added to each photo."),
     rectangle: Optional[str] = typer.Option(None, "--rectangle", help="crops task: head | cells | mean, the rectangle to score (default: the run's crops.rectangle)."),
     name: Optional[str] = typer.Option(None, "--name", help="Folder name under RUN_DIR/eval/ (default: the split, plus the --data folder's name and the --aberration values); keeps e.g. a --tta evaluation beside the plain one."),
+    allow_running: bool = typer.Option(False, "--allow-running", help="Evaluate a run that is still training (its best.ckpt as it is now; recorded in metrics.json)."),
 ) -> None:
     """Evaluate a run's best checkpoint; writes RUN_DIR/eval/<name>/ (metrics.json and the task's
     files). A stress test (--aberration) goes beside the split's plain evaluation, never over it."""
@@ -577,7 +578,7 @@ def evaluate(
 
     given = {"crops_per_image": crops_per_image, "aberration": aberration, "rectangle": rectangle}  # task options: only those given reach the task
     task_options = {k: v for k, v in given.items() if v is not None}
-    m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options, name=name)
+    m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options, name=name, allow_running=allow_running)
     console.print(term(get_task(m["task"]).evaluation_line(m)), highlight=False, soft_wrap=True)
     console.print(f"eval: {term(m['eval_dir'])}", highlight=False, soft_wrap=True)
 

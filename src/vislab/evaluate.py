@@ -38,11 +38,13 @@ def evaluate(
     tta_translate: int = 0,
     task_options: dict[str, Any] | None = None,
     name: str | None = None,
+    allow_running: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the run's best checkpoint on `split` ('all' = every usable row); returns the
     metrics (as in metrics.json, plus `eval_dir` and the run's `task`). `task_options` go to
     the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused.
-    `name` is the eval folder's name, to keep evaluations with other settings apart."""
+    `name` is the eval folder's name, to keep evaluations with other settings apart. A run
+    still training is refused unless `allow_running` (see `_check_not_training`)."""
     from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import inside, make_folder
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
@@ -51,6 +53,7 @@ def evaluate(
 
     if name is not None:
         check_eval_name(name)
+    training = _check_not_training(run_dir, allow_running)
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
     task_options = dict(task_options or {})
@@ -95,6 +98,9 @@ def evaluate(
             "manifest_changed": bool(changed),
             "dataset_dir": str(dataset_dir.resolve()),
             "checkpoint": str(run.checkpoint),
+            "checkpoint_epoch": run.epoch,  # counted from 1
+            "checkpoint_sha256": run.checkpoint_sha256,
+            "evaluated_while_training": training,
             **result.options,
             "precision": precision,
         }
@@ -105,6 +111,31 @@ def evaluate(
     metrics["eval_dir"] = str(out)
     metrics["task"] = task.name
     return metrics
+
+
+def _check_not_training(run_dir: str | Path, allow_running: bool) -> bool:
+    """Whether a `vislab train` holds the run's lock now. Its best.ckpt is then not final, and
+    metrics.json would keep an early checkpoint's numbers as the run's: refused, or with
+    `allow_running` said on stderr (and recorded by the caller)."""
+    from vislab.fsguard import printable
+    from vislab.locks import lock_holder
+    from vislab.runs import resolve_run_dir
+
+    pid = lock_holder(resolve_run_dir(run_dir))
+    if pid is None:
+        return False
+    if not allow_running:
+        raise VislabError(
+            f"{printable(run_dir)}: still training (vislab pid {pid}), so its best.ckpt is not final; evaluate it when "
+            "training ends, or pass --allow-running to score the checkpoint as it is now"
+        )
+    print(
+        f"warning: {printable(run_dir)} is still training (vislab pid {pid}): scoring its checkpoint as it is now "
+        "(recorded as evaluated_while_training in metrics.json; re-run vislab evaluate when training ends)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True
 
 
 def eval_name(split: str, dataset_name: str | None = None, variant: str = "") -> str:

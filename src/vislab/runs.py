@@ -23,14 +23,14 @@ import re
 import stat
 import subprocess
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Sequence
 
 from vislab.errors import VislabError
 from vislab.fsguard import inside, replacing, write_file
+from vislab.locks import LOCK_NAME, folder_lock
 
 if TYPE_CHECKING:
     import numpy as np
@@ -59,7 +59,6 @@ PREDICT_DIR = "predict"  # pictures and JSON of `vislab predict` (tasks that dra
 EXPLAIN_DIR = "explain"
 EXPORT_DIR = "export"
 REPORT_NAME = "report.html"
-LOCK_NAME = ".vislab.lock"
 CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID` (or `.NAME.RANDOM.tmpPID`): the temporary name of every atomic write (fsguard.replacing)
 TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
@@ -332,72 +331,10 @@ def refuse_foreign_files(out: Path) -> None:
         )
 
 
-def remove_if_unused(out: str | Path) -> None:
-    """Remove a run directory this process created when nothing but its lock file is in it."""
-    out = Path(out)
-    try:
-        if out.is_dir() and not out.is_symlink() and set(os.listdir(out)) <= {LOCK_NAME}:
-            (out / LOCK_NAME).unlink(missing_ok=True)
-            out.rmdir()
-    except OSError:
-        pass
-
-
-_HELD_LOCKS: set[int] = set()
-
-
-def _drop_locks_in_child() -> None:
-    """A forked child (a DataLoader worker) must not keep the lock alive after its parent dies."""
-    for fd in _HELD_LOCKS:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_locks_in_child)
-
-
-@contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
-    """Hold an exclusive lock on a run directory while a process trains into it.
-
-    The lock is `flock` on RUN_DIR/.vislab.lock, which holds the owner's pid for the message
-    another process gets. The kernel drops it when the owner exits in any way (kill -9
-    included), so a stale lock never blocks a later run; forked children close their copy
-    of it, so orphaned DataLoader workers do not hold it either. On a filesystem without
-    flock support training goes on without it, after saying so."""
-    import fcntl
-
-    root = Path(run_dir)
-    path = inside(root, LOCK_NAME)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
-    except OSError as err:
-        raise VislabError(f"{path}: cannot open the run directory's lock file ({err.strerror or err}); remove it if it is not a file") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise VislabError(f"{path}: not a regular file; remove it (vislab keeps the run directory's lock there)")
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise VislabError(
-                f"{root}: another vislab process (pid {holder}) is training into this run directory; "
-                "wait for it to finish (or stop it), or choose another --out"
-            ) from None
-        except OSError as err:
-            print(f"warning: {path}: cannot lock the run directory ({err.strerror or err}); another process training into it would not be noticed", flush=True)
-        else:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-            _HELD_LOCKS.add(fd)
-        yield root
-    finally:
-        _HELD_LOCKS.discard(fd)
-        os.close(fd)
+def run_lock(run_dir: str | Path) -> ContextManager[Path]:
+    """Hold an exclusive lock on a run directory while a process trains into it
+    (`locks.folder_lock`: an flock the kernel drops when the process dies, even by kill -9)."""
+    return folder_lock(run_dir, "training into this run directory", "choose another --out")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -517,33 +454,53 @@ def load_checkpoint_file(path: str | Path) -> dict[str, Any]:
     checking it against its sha256 sidecar when it has one (checkpoints made before sidecars
     existed, or by other tools, load unchecked). Any failure is a `CheckpointError` naming
     the file."""
+    return read_checkpoint(path)[0]
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], str]:
+    """`load_checkpoint_file` and the sha256 of the bytes loaded. The file is read once, so the
+    digest is that of the checkpoint loaded even if a trainer replaces the file meanwhile
+    (an evaluation records which checkpoint it scored)."""
+    import io
+
     import torch
 
-    from vislab.fsguard import regular_file_problem
+    from vislab.fsguard import SpecialFileError, open_regular, regular_file_problem
 
     path = Path(path)
     problem = regular_file_problem(path)
     if problem:
         raise CheckpointError(f"{path}: cannot read checkpoint ({problem})")
     expected = _read_checksum(path)
-    size = path.stat().st_size
-    if expected is not None:
-        try:
-            digest = file_sha256(path)
-        except OSError as err:
-            raise CheckpointError(f"{path}: cannot read checkpoint ({err.strerror or err})") from None
-        if digest not in expected["accepted"]:
-            what = f"{size:,} bytes where {expected['bytes']:,} were written" if size != expected["bytes"] else "its bytes changed"
-            raise CheckpointError(f"{path}: corrupted checkpoint ({what}: sha256 does not match {checksum_path(path).name})")
+    try:
+        with open_regular(path, limit=None) as fh:
+            data = fh.read()
+    except (OSError, SpecialFileError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({getattr(err, 'strerror', None) or err})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    size = len(data)
+    if expected is not None and digest not in expected["accepted"]:
+        what = f"{size:,} bytes where {expected['bytes']:,} were written" if size != expected["bytes"] else "its bytes changed"
+        raise CheckpointError(f"{path}: corrupted checkpoint ({what}: sha256 does not match {checksum_path(path).name})")
     if size == 0:
         raise CheckpointError(f"{path}: cannot read checkpoint: the file is empty (0 bytes)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # garbage makes torch.load raise pickle, zip, EOF, index, key, value, runtime errors
         raise CheckpointError(f"{path}: cannot read checkpoint: {_first_line(err)}") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path}: not a vislab checkpoint (holds a {type(ckpt).__name__}, not a dict with a state_dict)")
-    return ckpt
+    return ckpt, digest
+
+
+def current_checksum(ckpt: str | Path) -> str | None:
+    """The sha256 a checkpoint's sidecar names for it now (None without a readable sidecar):
+    cheap enough for report and compare to tell whether an evaluation scored this file."""
+    try:
+        found = _read_checksum(Path(ckpt))
+    except CheckpointError:
+        return None
+    return found["sha256"] if found else None
 
 
 def epoch_label(ckpt: dict[str, Any]) -> str:
@@ -570,9 +527,10 @@ class LoadedRun:
     info: dict[str, Any]
     checkpoint: Path
     epoch: int | None = None  # the checkpoint's epoch counted from 1 (None when it does not say)
+    checkpoint_sha256: str | None = None  # of the bytes loaded
 
 
-def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
+def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any], str]:
     """The first usable checkpoint of best.ckpt then last.ckpt (or last.ckpt alone).
 
     Using last.ckpt because best.ckpt is broken is said on stderr, so a result never comes
@@ -580,17 +538,17 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any]]:
     paths = run_paths(root)
     first = find_checkpoint(root, which)
     try:
-        return first, load_checkpoint_file(first)
+        return (first, *read_checkpoint(first))
     except CheckpointError as err:
         fallback = paths.last if which == "best" and first == paths.best and paths.last.is_file() else None
         if fallback is None:
             raise CheckpointError(f"{err}; there is no other checkpoint to fall back to (retrain, or restore the file)") from None
         try:
-            ckpt = load_checkpoint_file(fallback)
+            ckpt, digest = read_checkpoint(fallback)
         except CheckpointError as err2:
             raise CheckpointError(f"{err}; the fallback is unusable too: {err2}") from None
         print(f"warning: {err}; using the fallback {fallback}{epoch_label(ckpt)} instead", file=sys.stderr, flush=True)
-        return fallback, ckpt
+        return fallback, ckpt, digest
 
 
 def _check_config_matches(raw: dict[str, Any], info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
@@ -627,7 +585,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     root = resolve_run_dir(run_dir)
     paths = run_paths(root)
     info = read_json(paths.run_json)
-    ckpt_path, ckpt = _load_with_fallback(root, which)
+    ckpt_path, ckpt, digest = _load_with_fallback(root, which)
     _check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
     cfg = load_config(paths.config)
     classes = list(info["classes"])
@@ -653,4 +611,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     model.eval()
     epoch = ckpt.get("epoch")
     epoch = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-    return LoadedRun(cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path, epoch=epoch)
+    return LoadedRun(
+        cfg=cfg, classes=classes, spec=spec, model=model, run_dir=root, info=info, checkpoint=ckpt_path, epoch=epoch,
+        checkpoint_sha256=digest,
+    )

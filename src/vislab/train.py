@@ -282,32 +282,43 @@ def train(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vislab.interrupts import GracefulStop
-    from vislab.runs import prepare_out_dir, remove_if_unused, remove_orphan_temps, resolve_run_dir, run_lock
+    from vislab.runs import prepare_out_dir, remove_orphan_temps, resolve_run_dir, run_lock
 
     if isinstance(cfg, (str, Path)):
         cfg = load_config(cfg)
     out = Path(out_dir)
     rank0 = getattr(rank_zero_only, "rank", 0) == 0
-    created = rank0 and not resume and not out.exists()
     stopper = GracefulStop()
-    try:
-        with ExitStack() as session:
-            stopper.install()
-            session.callback(stopper.restore)
-            if rank0:  # under DDP the other ranks write nothing but what rank 0 coordinates
-                if resume:
-                    resolve_run_dir(out)
-                else:
-                    prepare_out_dir(out)
-                session.enter_context(run_lock(out))
-                removed = remove_orphan_temps(out)
-                if removed:
-                    print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {printable(out)}", flush=True)
-            return _train_session(cfg, data_dir, out, stopper, resume, max_time, epochs, sanity, callbacks)
-    except BaseException:
-        if created:  # a run that failed before writing anything leaves no folder behind
+    with ExitStack() as session:
+        stopper.install()
+        session.callback(stopper.restore)
+        if rank0:  # under DDP the other ranks write nothing but what rank 0 coordinates
+            if resume:
+                resolve_run_dir(out)
+            else:
+                created = not out.exists()
+                prepare_out_dir(out)
+            session.enter_context(run_lock(out))
+            if not resume and created:
+                # only the lock's holder cleans up, before letting go of it: a run that failed
+                # before writing anything leaves no folder behind
+                session.push(_remove_on_failure(out))
+            removed = remove_orphan_temps(out)
+            if removed:
+                print(f"removed {len(removed)} temporary file(s) left by an interrupted write in {printable(out)}", flush=True)
+        return _train_session(cfg, data_dir, out, stopper, resume, max_time, epochs, sanity, callbacks)
+
+
+def _remove_on_failure(out: Path) -> Any:
+    """An ExitStack exit callback removing `out` (see `locks.remove_if_unused`) when the block
+    failed; it runs before the run lock is let go."""
+    from vislab.locks import remove_if_unused
+
+    def on_exit(kind: type[BaseException] | None, *_: Any) -> None:
+        if kind is not None:
             remove_if_unused(out)
-        raise
+
+    return on_exit
 
 
 def _train_session(

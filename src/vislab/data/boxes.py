@@ -31,7 +31,7 @@ from vislab.data.io import SWAPS_AXES, oriented_size, probe
 from vislab.data.manifest import BOXES_NAME, read_curation, read_manifest, reason_kind, usable
 from vislab.data.split import SPLIT_NAMES
 from vislab.errors import VislabError
-from vislab.fsguard import inside, open_regular
+from vislab.fsguard import inside, open_regular, write_file
 
 BOX_COLUMNS = ["path", "class", "x1", "y1", "x2", "y2", "ignore", "truncated", "occluded"]
 # Boxes past the image edge by at most this many pixels are clipped without being counted:
@@ -275,10 +275,7 @@ def write_boxes(boxes: pd.DataFrame, dataset_dir: str | Path) -> Path:
         }
     )
     path = inside(dataset_dir, BOXES_NAME)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = inside(dataset_dir, BOXES_NAME + ".tmp")
-    text.to_csv(tmp, index=False, lineterminator="\n")
-    tmp.replace(path)
+    write_file(path, text.to_csv(index=False, lineterminator="\n"))  # a temporary name of its own, never shared
     return path
 
 

@@ -54,7 +54,16 @@ from vislab.data.photos import read_photos_csv
 from vislab.data.split import assign_splits, class_warnings, parse_ratios, select_classes
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
-from vislab.fsguard import folder_name_problem, folder_problem, inside, read_bounded, regular_file_problem
+from vislab.fsguard import (
+    folder_name_problem,
+    folder_problem,
+    inside,
+    make_folder,
+    read_bounded,
+    regular_file_problem,
+    write_file,
+)
+from vislab.locks import LOCK_NAME, folder_lock, remove_if_unused
 
 UNLABELLED = "unlabelled"
 TOO_SMALL = "too_small"
@@ -71,6 +80,7 @@ OUTPUT_NAMES = (
     HISTOGRAM_NAME,
     BOXES_NAME,
     BOXES_NAME + ".tmp",
+    LOCK_NAME,
 )
 # Options that change how fast a dataset is made, not what it contains.
 RUNTIME_OPTIONS = {"workers", "overwrite", "strict"}
@@ -522,6 +532,20 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
     out_dir = Path(os.path.abspath(out))
     fmt = detection_format(opts)
     roots = _check_places(opts, out_dir, file_ok=fmt == "coco")
+    created = not out_dir.exists()
+    make_folder(out_dir)
+    with folder_lock(out_dir, "curating into this dataset folder", "choose another --out"):
+        try:
+            return _curate_locked(opts, out_dir, fmt, roots, console)
+        except BaseException:
+            if created:  # only the lock's holder removes the folder it made, before letting go
+                remove_if_unused(out_dir)
+            raise
+
+
+def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: list[str], console: Console | None) -> dict[str, Any]:
+    """run_curate once --out is locked: two curates into one folder would mix one's manifest
+    with the other's curation.json, so the output checks are made under the lock too."""
     recorded = opts.recorded()
     fingerprint = _fingerprint(recorded)
     _check_output(out_dir, fingerprint, opts.overwrite)
@@ -601,10 +625,7 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
         "histogram": HISTOGRAM_NAME,
         **(detect.record() if detect is not None else {}),
     }
-    tmp = inside(out_dir, CURATION_NAME + ".tmp")
-    tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(inside(out_dir, CURATION_NAME))
+    write_file(inside(out_dir, CURATION_NAME), json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     histogram = inside(out_dir, HISTOGRAM_NAME)
     histogram.unlink(missing_ok=True)
     plot_class_histogram(summary, histogram)

@@ -29,7 +29,7 @@ import pandas as pd
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.io import IMAGE_EXTS
 from vislab.errors import DatasetError, VislabError
-from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, read_bounded
+from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, read_bounded, write_file
 
 MANIFEST_NAME = "manifest.csv"
 CURATION_NAME = "curation.json"
@@ -82,10 +82,9 @@ def write_manifest(df: pd.DataFrame, dataset_dir: str | Path) -> Path:
     out = out.fillna("")
     Path(dataset_dir).mkdir(parents=True, exist_ok=True)
     path = inside(dataset_dir, MANIFEST_NAME)
-    tmp = inside(dataset_dir, MANIFEST_NAME + ".tmp")
-    tmp.unlink(missing_ok=True)  # a new file, never written through a link someone left there
-    out.to_csv(tmp, index=False, lineterminator="\n", quoting=_quoting(out))
-    tmp.replace(path)
+    # a temporary name of this process's own (fsguard.replacing): a fixed one was shared by
+    # two writers, whose renames then failed or mixed
+    write_file(path, out.to_csv(index=False, lineterminator="\n", quoting=_quoting(out)))
     return path
 
 

@@ -155,6 +155,10 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     if not run_dirs:
         raise VislabError("compare: none of the given paths is a run directory (a folder `vislab train` wrote)")
     runs = [read_run(r) for r in run_dirs]
+    for d in runs:
+        stale = d.stale_eval(d.evals.get(split))
+        if stale:
+            print(f"compare: warning: {printable(d.run_dir)}: {printable(stale)}", file=sys.stderr, flush=True)
     rows = [_row(d, split) for d in runs]
     for row, name in zip(rows, distinguishing_names(run_dirs)):
         row["run"] = name

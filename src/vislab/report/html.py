@@ -15,7 +15,7 @@ import datetime as dt
 from pathlib import Path
 
 from vislab.report import plots
-from vislab.report.page import CSS, Page, e, kpi_cards, section
+from vislab.report.page import CSS, Page, e, kpi_cards, note, section
 from vislab.report.rundata import RunData, read_run
 
 
@@ -35,6 +35,7 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
         p for p in (data.model_label, f"{size} input" if size else "",
                     f"{len(data.classes)} classes" if data.classes else "", (i.get("created") or "")[:19].replace("T", " ")) if p
     )
+    stale = data.stale_eval(ev)
     sections = task.report_sections(data, page)
     body = "".join(section(sec.id, sec.title, sec.body, sec.lead) for sec in sections)
     nav = "".join(f'<a href="#{sec.id}">{e(sec.nav)}</a>' for sec in sections)
@@ -44,7 +45,7 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(data.name)} · vislab report</title><style>{CSS}</style></head><body>"
         f'<header class="hero"><div class="wrap"><div class="eyebrow">vislab run report</div><h1>{e(data.name)}</h1>'
-        f'<p class="sub">{e(subtitle)}</p>{kpi_cards(task.kpis(data, page))}</div></header>'
+        f'<p class="sub">{e(subtitle)}</p>{note("warning: " + stale) if stale else ""}{kpi_cards(task.kpis(data, page))}</div></header>'
         f'<nav class="toc"><div class="wrap">{nav}</div></nav>'
         f'<main class="wrap">{body}</main>'
         f"<footer>{e(str(data.run_dir))} · written by vislab {e(__version__)} on {e(now)}</footer></body></html>\n"
@@ -61,6 +62,11 @@ def write_report(run_dir: str | Path, split: str | None = None, cams: bool = Tru
     check_cam_method(cam_method)
     data = read_run(run_dir)
     out = inside(data.run_dir, REPORT_NAME)  # refused before any plot is drawn
+    stale = data.stale_eval(data.primary_eval(split))
+    if stale:
+        import sys
+
+        print(f"report: warning: {stale}", file=sys.stderr, flush=True)
     page = render(data, split=split, cams=cams, cam_method=cam_method)
     try:
         write_file(out, page)

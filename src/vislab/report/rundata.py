@@ -17,7 +17,16 @@ import pandas as pd
 import yaml
 
 from vislab.errors import VislabError
-from vislab.runs import EVAL_METRICS, EVAL_PREDICTIONS, EVAL_PROBS, keeps_last_epoch, resolve_run_dir, run_paths
+from vislab.runs import (
+    EVAL_METRICS,
+    EVAL_PREDICTIONS,
+    EVAL_PROBS,
+    LAST_CKPT,
+    current_checksum,
+    keeps_last_epoch,
+    resolve_run_dir,
+    run_paths,
+)
 
 
 @dataclass
@@ -87,6 +96,27 @@ class RunData:
         if "test" in self.evals:
             return self.evals["test"]
         return next((ev for ev in self.evals.values() if not ev.metrics.get("variant")), None)
+
+    def stale_eval(self, ev: EvalSet | None) -> str | None:
+        """Why `ev`'s numbers are not those of the run's checkpoint now (None when they are, or
+        when it cannot be told: evaluations written before checkpoints were recorded).
+
+        An evaluation made while the run trained scored an early best.ckpt; shown without
+        this note, its numbers pass for the finished run's."""
+        if ev is None:
+            return None
+        scored = ev.metrics.get("checkpoint_sha256")
+        which = LAST_CKPT if Path(str(ev.metrics.get("checkpoint") or "")).name == LAST_CKPT else "best.ckpt"
+        ckpt = run_paths(self.run_dir).last if which == LAST_CKPT else run_paths(self.run_dir).best
+        now = current_checksum(ckpt)
+        if not scored or now is None or now == scored:
+            return None
+        then = ev.metrics.get("checkpoint_epoch")
+        best = self.summary.get("best_epoch") if which == "best.ckpt" else None
+        then_text = f"epoch {then}" if isinstance(then, int) and not isinstance(then, bool) else ""
+        now_text = f"{which} is now epoch {best + 1}" if isinstance(best, int) and not isinstance(best, bool) else f"{which} has changed since"
+        detail = "; ".join(p for p in (then_text, now_text) if p)
+        return f"eval/{ev.name} evaluated an older checkpoint ({detail}): re-run vislab evaluate {self.run_dir}"
 
 
 def _json(path: Path, default: Any) -> Any:

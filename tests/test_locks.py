@@ -1,0 +1,170 @@
+"""Output folders held by one vislab process at a time, reproduced with real processes started
+together: two `train` into one new --out, two `curate` into one dataset folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vislab.config import dump_config
+from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+RACERS = 2
+TRIES = 3
+SLOW_START = 240  # seconds: importing torch in two processes on a loaded 2-core machine
+
+# Each racer waits for a common start time, trains, and while training checks that the lock
+# of the run directory still holds: its file is there and a third taker is refused.
+TRAINER = """
+import json, os, sys, time
+from lightning.pytorch.callbacks import Callback
+from vislab.config import load_config
+from vislab.errors import VislabError
+from vislab.runs import run_lock
+from vislab.train import train
+
+cfg, data, out, start = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+
+class Probe(Callback):
+    def on_train_start(self, trainer, module):
+        self.seen = {"lock_file": os.path.exists(os.path.join(out, ".vislab.lock"))}
+        try:
+            with run_lock(out):
+                self.seen["third_taker"] = "got the lock"
+        except VislabError:
+            self.seen["third_taker"] = "refused"
+
+probe = Probe()
+cfg = load_config(cfg)
+while time.time() < start:
+    pass
+try:
+    train(cfg, data, out, callbacks=[probe])
+    print(json.dumps({"result": "trained", **probe.seen}))
+except VislabError as err:
+    print(json.dumps({"result": "refused", "message": str(err)}))
+"""
+
+
+def _race(script: str, args_of: list[list[str]], lead: float = 6.0) -> list[dict]:
+    """Start one process per argument list, all told to begin at the same instant; their
+    last stdout lines as JSON."""
+    start = time.time() + lead
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, *args, str(start)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for args in args_of
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=SLOW_START)
+        assert proc.returncode == 0 and out.strip(), err
+        assert "Traceback" not in err, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_pattern_dataset(tmp_path_factory.mktemp("data"), per_class=12, size=16)
+
+
+def test_two_trainers_on_one_new_out_one_trains_and_the_other_never_removes_its_lock(dataset, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    for attempt in range(TRIES):
+        out = tmp_path / f"run{attempt}"
+        results = _race(TRAINER, [[str(cfg), str(dataset), str(out)]] * RACERS)
+        winners = [r for r in results if r["result"] == "trained"]
+        losers = [r for r in results if r["result"] == "refused"]
+        assert len(winners) == 1 and len(losers) == RACERS - 1, results
+        assert winners[0]["lock_file"] and winners[0]["third_taker"] == "refused", results
+        assert "another vislab process (pid" in losers[0]["message"] and "is training into this run directory" in losers[0]["message"]
+        assert (out / "checkpoints" / "last.ckpt").is_file()
+
+
+def _vislab(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vislab.cli", *args], capture_output=True, text=True, timeout=SLOW_START)
+
+
+def test_evaluate_of_a_run_still_training_is_refused_or_recorded_and_flagged_once_stale(dataset, tmp_path, capsys):
+    from vislab.report.compare import compare_runs
+    from vislab.report.html import write_report
+    from vislab.runs import load_checkpoint_file
+    from vislab.train import train
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 500, "monitor": "epoch", "monitor_mode": "max"})))
+    run = tmp_path / "run"
+    trainer = subprocess.Popen(
+        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(dataset), "--out", str(run)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + SLOW_START
+        while not (run / "checkpoints" / "best.ckpt.sha256").is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        refused = _vislab("evaluate", str(run))
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr + refused.stdout
+        lines = (refused.stdout + refused.stderr).strip().splitlines()
+        assert len(lines) == 1 and f"still training (vislab pid {trainer.pid})" in lines[0] and "--allow-running" in lines[0], lines
+        assert not (run / "eval").exists()
+        allowed = _vislab("evaluate", str(run), "--allow-running")
+        assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+        assert "is still training" in allowed.stderr
+    finally:
+        trainer.send_signal(15)
+        trainer.wait(timeout=SLOW_START)
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["evaluated_while_training"] is True
+    assert isinstance(metrics["checkpoint_epoch"], int) and len(metrics["checkpoint_sha256"]) == 64
+    epochs = int(load_checkpoint_file(run / "checkpoints" / "last.ckpt")["callbacks"]["RunRecorder"]["next_epoch"])
+    train(None, None, run, resume=True, epochs=epochs + 1)  # best.ckpt (the last epoch) moves on
+    capsys.readouterr()
+    compare_runs([run])
+    assert "evaluated an older checkpoint" in capsys.readouterr().err
+    assert "evaluated an older checkpoint" in write_report(run, cams=False).read_text()
+    again = _vislab("evaluate", str(run))
+    assert again.returncode == 0 and "warning" not in again.stderr, again.stderr
+    capsys.readouterr()
+    compare_runs([run])
+    assert "older checkpoint" not in capsys.readouterr().err
+
+
+CURATOR = """
+import json, sys, time
+from vislab.data.curate import curate
+from vislab.errors import VislabError
+
+source, out, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+while time.time() < start:
+    pass
+try:
+    curate(source, out=out, workers=1)
+    print(json.dumps({"result": "curated", "source": source}))
+except VislabError as err:
+    print(json.dumps({"result": "refused", "message": str(err)}))
+"""
+
+
+def test_two_curates_into_one_folder_never_mix_their_files(tmp_path):
+    import pandas as pd
+
+    sources = [make_pattern_dataset(tmp_path / name, per_class=60, size=24, splits=None) / "images" for name in ("a", "b")]
+    for attempt in range(TRIES):
+        out = tmp_path / f"dataset{attempt}"
+        results = _race(CURATOR, [[str(s), str(out)] for s in sources], lead=3.0)
+        done = [r for r in results if r["result"] == "curated"]
+        assert len(done) == 1, results  # the other is refused: by the lock, or as a different dataset once the first ended
+        refused = next(r for r in results if r["result"] == "refused")["message"]
+        assert "is curating into this dataset folder" in refused or "holds a different dataset" in refused, refused
+        assert "\n" not in refused
+        curation = json.loads((out / "curation.json").read_text())
+        assert curation["options"]["sources"] == [done[0]["source"]]
+        paths = pd.read_csv(out / "manifest.csv")["path"]
+        assert paths.str.startswith(done[0]["source"]).all()
+        assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".vislab.lock"]
