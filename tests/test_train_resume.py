@@ -291,3 +291,25 @@ def test_a_received_run_resumed_never_writes_through_its_links(dataset, tmp_path
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1]
     assert load_checkpoint_file(run / "checkpoints" / "last.ckpt")["epoch"] == 1
     assert all(link.is_symlink() for link in planted)
+
+
+def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(dataset, tmp_path):
+    """An edited lr was ignored on resume (the optimizer state won) but recorded in config.yaml;
+    an edited batch size changed the run mid-schedule; an edited model was a load_state_dict
+    traceback. Each is now one line naming the key; --epochs still extends an unedited copy."""
+    import shutil
+
+    run = train(tiny_config(train={"epochs": 1}), dataset, tmp_path / "run")
+    config = run / "config.yaml"
+    original = config.read_text()
+    for old, new, key in [("lr: 0.01", "lr: 0.5", "optim.lr"), ("batch_size: 16", "batch_size: 7", "data.batch_size"),
+                          ("filters: 8", "filters: 16", "model.simple_cnn.filters")]:
+        assert old in original, old
+        copy = tmp_path / key
+        shutil.copytree(run, copy)
+        (copy / "config.yaml").write_text(original.replace(old, new, 1))
+        with pytest.raises(VislabError, match=rf"differs from the config last\.ckpt was trained with in {key.replace('.', '[.]')}"):
+            train(None, None, copy, resume=True, epochs=2)
+        assert (copy / "config.yaml").read_text() == original.replace(old, new, 1)  # the user's edit is left as it is
+    resumed = train(None, None, run, resume=True, epochs=2)
+    assert len(pd.read_csv(resumed / "metrics.csv").dropna(subset=["val/acc"])) == 2

@@ -551,7 +551,7 @@ def _load_with_fallback(root: Path, which: str) -> tuple[Path, dict[str, Any], s
         return fallback, ckpt, digest
 
 
-def _check_config_matches(raw: dict[str, Any], info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
+def check_config_matches(raw: dict[str, Any], info: dict[str, Any], ckpt: dict[str, Any], config: Path, ckpt_path: Path) -> None:
     """config.yaml's task and model (as written, before validation) against those the
     checkpoint (and run.json) were made with: an edited task builds another task's model and
     data, and validates against another task's metrics, whose errors (a crops 'too small for
@@ -586,7 +586,7 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     paths = run_paths(root)
     info = read_json(paths.run_json)
     ckpt_path, ckpt, digest = _load_with_fallback(root, which)
-    _check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
+    check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
     cfg = load_config(paths.config)
     classes = list(info["classes"])
     spec = DataSpec.from_dict(info["data_spec"])

@@ -76,6 +76,29 @@ def _callback_state(ckpt: dict[str, Any], name: str) -> dict[str, Any]:
 _RESUMABLE_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks", "epoch", "global_step")
 
 
+def _saved_config(paths: RunPaths, info: dict[str, Any], ckpt: dict[str, Any]) -> RunConfig:
+    """config.yaml, refused in one line when it no longer says what last.ckpt was trained with
+    (edited by hand): an edited learning rate was ignored (the optimizer state wins) yet
+    recorded, a batch size applied mid-schedule, a model edit a load_state_dict traceback. Only
+    the keys a resume may change (epochs, time budget, what the budget's plan set) may differ."""
+    from vislab.config_files import read_yaml
+    from vislab.runs import check_config_matches
+
+    check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, paths.last)  # task/model first: another task's checks would mislead
+    saved = load_config(paths.config)
+    trained = (ckpt.get("hyper_parameters") or {}).get("config")
+    if isinstance(trained, dict):
+        ignore = {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
+        edited = [k for k in _diff_keys(saved.model_dump(mode="json"), trained) if k not in ignore]
+        if edited:
+            raise VislabError(
+                f"{paths.config}: differs from the config {paths.last.name} was trained with in {', '.join(edited[:5])}"
+                f"{' and more' if len(edited) > 5 else ''} (edited?); --resume continues the run as trained: put those "
+                "values back, or train a new --out with the changes (only --epochs and --max-time may change when resuming)"
+            )
+    return saved
+
+
 def _load_last(paths: RunPaths) -> dict[str, Any]:
     """last.ckpt, or a one-line error naming it and what is left to fall back on."""
     from vislab.runs import CheckpointError, epoch_label, load_checkpoint_file
@@ -134,10 +157,11 @@ def _prepare_resume(
     paths = run_paths(resolve_run_dir(out))
     if not paths.last.is_file():
         raise VislabError(_no_last_checkpoint(paths, out))
-    saved = load_config(paths.config)
     info = read_json(paths.run_json)
+    ckpt = _load_last(paths)
+    saved = _saved_config(paths, info, ckpt)
+    ignore = {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
     if cfg is not None:  # the config as given, before a time-budget plan scaled it
-        ignore = {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
         diff = [k for k in _diff_keys(cfg.model_dump(mode="json"), saved.model_dump(mode="json")) if k not in ignore]
         if diff:
             raise VislabError(
@@ -153,7 +177,6 @@ def _prepare_resume(
             "resume with the same dataset, or start a new run"
         )
     cfg = _with_limits(saved, epochs, max_time)
-    ckpt = _load_last(paths)
     next_epoch = int(_callback_state(ckpt, "RunRecorder").get("next_epoch", ckpt.get("epoch", 0)))
     if next_epoch >= cfg.train.epochs:
         raise VislabError(
