@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,7 @@ def test_predict_counts_unreadable_files_and_fails_when_none_can_be_read(run, tm
 def test_csv_keeps_each_path_exactly_and_the_table_shows_each_on_one_line(which, request, tmp_path):
     from vislab.testing.images import write_image
 
-    run = request.getfixturevalue(which)
+    run = shutil.copytree(request.getfixturevalue(which), tmp_path / "run")  # crops predict writes RUN/predict/: not into the shared run
     folder = tmp_path / "odd"
     newline = write_image(folder / "a\nb.png", seed=1, size=(64, 48))  # a real newline
     spelled = write_image(folder / "a\\x0ab.png", seed=2, size=(64, 48))  # a backslash, 'x0a'

@@ -4,6 +4,7 @@ its reason), and in-memory images through the Python API."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +100,7 @@ def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: st
 
     from vislab.testing.images import write_image
 
-    run = request.getfixturevalue(which)
+    run = shutil.copytree(request.getfixturevalue(which), tmp_path / "run")  # crops predict writes RUN/predict/: not into the shared run
     for i in range(3):
         write_image(tmp_path / "in" / f"{i}.png", seed=i, size=(64, 48))
     monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich draws as on a terminal
