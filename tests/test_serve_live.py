@@ -89,7 +89,7 @@ def read_reply(s: socket.socket, timeout: float = 30) -> bytes:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("live")
+    root = tmp_path_factory.mktemp("live") / "runs \x1b[2J"  # a terminal control in the runs' folder
     return make_run_dir(root, name="cnn", checkpoint=True), make_run_dir(root, name="abn", checkpoint=True, attention="abn")
 
 
@@ -116,6 +116,14 @@ def server(runs):
     if proc.poll() is None:
         proc.kill()
         proc.wait(10)
+
+
+def test_the_start_up_lines_show_a_control_character_in_a_run_folder(server, runs) -> None:
+    """The 'model NAME: ... from FOLDER' lines printed the folder raw: an ESC [2J in it cleared
+    the terminal of whoever started the service."""
+    started = [ln for ln in server.lines if ln.startswith("model ")]
+    assert len(started) == 2 and not any("\x1b" in ln for ln in started), started
+    assert all("runs \\x1b[2J" in ln for ln in started), started
 
 
 def test_declared_oversize_body_is_refused_before_it_is_sent(server) -> None:

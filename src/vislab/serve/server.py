@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vislab.errors import VislabError
+from vislab.fsguard import printable
 from vislab.serve.app import Limits
 
 MIN_TOKEN_CHARS = 16
@@ -124,7 +125,7 @@ def serve(
         predictors = load_all(runs, onnx=onnx, threads=threads)
         app = create_app(predictors, token=token, limits=limits)
         for p in predictors:
-            print(f"model {p.name}: {p.task}, {p.engine}, from {p.run_dir}", flush=True)
+            print(f"model {printable(p.name)}: {p.task}, {p.engine}, from {printable(p.run_dir)}", flush=True)
         url = url_of(sock)
         print(f"vislab serve: {url} (API docs {url}docs; Ctrl-C stops)", flush=True)
         config = uvicorn.Config(app, log_level="info" if log_requests else "warning", access_log=log_requests, timeout_graceful_shutdown=10)
