@@ -84,6 +84,28 @@ def reference(small, tmp_path_factory) -> Path:
     return train(tiny_detect_config(**SECTIONS), small, tmp_path_factory.mktemp("ref") / "full")
 
 
+def test_a_class_boxed_only_in_val_or_test_is_warned(small, tmp_path, capsys) -> None:
+    """A class with boxes in val/test and none in train trained silently: never learnt, its AP
+    of 0 pulled mAP down (classification refuses the like; a warning here, as a rare class of a
+    COCO-style subset often lands in one split)."""
+    import shutil
+
+    ds = Path(shutil.copytree(small, tmp_path / "ds"))
+    manifest = pd.read_csv(ds / "manifest.csv")
+    boxes = pd.read_csv(ds / "boxes.csv", keep_default_na=False)
+    train_paths = set(manifest.loc[manifest["split"] == "train", "path"])
+    held = boxes[~boxes["path"].isin(train_paths)]
+    gone = held["class"].iloc[0]
+    assert (boxes["class"] == gone).sum() > (held["class"] == gone).sum() > 0
+    boxes = boxes[~(boxes["path"].isin(train_paths) & (boxes["class"] == gone))]
+    boxes.to_csv(ds / "boxes.csv", index=False)
+    train(tiny_detect_config(train={"epochs": 1}), ds, tmp_path / "run")
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert [ln for ln in lines if f"'{gone}' has boxes in val/test but none in train" in ln], lines
+    train(tiny_detect_config(train={"epochs": 1}), small, tmp_path / "plain")
+    assert "none in train" not in capsys.readouterr().err
+
+
 def test_killed_detection_run_resumes_to_the_same_weights_and_extends(small, reference, tmp_path) -> None:
     script = tmp_path / "killer.py"
     script.write_text(KILLER)

@@ -27,6 +27,7 @@ from pydantic import Field, field_validator
 
 from vislab.config import Section
 from vislab.errors import VislabError
+from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
 if TYPE_CHECKING:
@@ -37,6 +38,25 @@ if TYPE_CHECKING:
     from vislab.config import RunConfig
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
+
+
+def _warn_untrained_classes(data_dir: Path, boxes: "pd.DataFrame", splits: Any, trained: set[str], names: list[str]) -> None:
+    """One warning line naming the classes boxed in val/test but never in train: the model never
+    learns them and their AP of 0 pulls mAP down. A warning, not classification's refusal: a
+    rare class of a small COCO-style subset often lands in one split only."""
+    import sys
+
+    held = set(splits.val["path"]) | set(splits.test["path"])
+    shown = boxes[boxes["path"].isin(held) & ~boxes["ignore"]]
+    missing = [c for c in names if c not in trained and (shown["class"] == c).any()]
+    if missing:
+        listed = ", ".join(repr(c) for c in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        print(
+            f"warning: {printable(data_dir)}: {listed} {'has' if len(missing) == 1 else 'have'} boxes in val/test but none in train, "
+            "so the model never learns them and their AP is 0; curate again with more such images, or leave them out with --classes",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class DetectConfig(Section):
@@ -152,6 +172,7 @@ class DetectPlugin(Task):
         dm = DetectDataModule(data_dir, cfg.data, module.hparams["data_spec"], names, cfg.seed, canvas(cfg), _augment(cfg), sanity_batch=sanity)
         dm.box_rows, dm.splits = boxes, splits
         train_boxes = boxes[boxes["path"].isin(set(splits.train["path"])) & ~boxes["ignore"]]
+        _warn_untrained_classes(data_dir, boxes, splits, set(train_boxes["class"]), names)
         facts = {
             "val_source": splits.val_source,
             "split_sizes": {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)},
