@@ -132,3 +132,11 @@ def test_a_misspelt_section_suggests_the_key_inside_it_and_a_grid_says_run_grid(
     with pytest.raises(VislabError) as err:
         load_config("simple-cnn-grid")
     assert "is a grid of variants" in str(err.value) and "vislab grid" in str(err.value)
+
+
+def test_attention_metrics_are_monitored_only_with_the_attention_branch() -> None:
+    """val/att_acc was accepted at load without model.attention: abn, and Lightning found no
+    such key after the first epoch."""
+    line = refused("digits-cnn", "--set", "train.monitor=val/att_acc")
+    assert "'train.monitor' is not a metric task classify logs" in line, line
+    assert shown("digits-cnn", "--set", "train.monitor=val/att_acc", "--set", "model.attention=abn")["train"]["monitor"] == "val/att_acc"

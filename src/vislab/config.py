@@ -386,7 +386,7 @@ class RunConfig(Section):
         monitor, mode = task.monitor
         if self.model.in_chans not in (1, 3):  # a run's input; models built inside others (crops: 5) may differ
             raise _key_error(("model", "in_chans"), self.model.in_chans, "must be 1 (grey) or 3 (RGB): images are decoded to one or the other")
-        _check_monitors(self, task.name, task.monitor_metrics())
+        _check_monitors(self, task.name, task.monitor_metrics(self))
         if self.train.monitor is None:
             self.train.monitor = monitor
         if self.train.monitor_mode is None:

@@ -95,6 +95,13 @@ class ClassifyPlugin(Task):
     export_outputs = ("logits",)
 
     # ---- training ------------------------------------------------------------------------
+    def monitor_metrics(self, cfg: "RunConfig") -> tuple[str, ...]:
+        """The attention branch's metrics only where there is one (model.attention: abn):
+        without it Lightning would find no such key after the first epoch."""
+        if cfg.model.attention == "abn":
+            return self.metric_columns + self.extra_metrics
+        return self.metric_columns
+
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
         from vislab.data.datamodule import classification_splits
 

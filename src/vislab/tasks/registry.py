@@ -136,9 +136,10 @@ class Task(ABC):
             return None
         return f"model.name: '{name}' is a {kind} model; task {self.name} trains {' or '.join(self.model_tasks or (self.name,))} models (see `vislab models`)"
 
-    def monitor_metrics(self) -> tuple[str, ...]:
-        """The epoch metrics train.monitor, early stopping and plateau may watch: config load
-        refuses any other name, which Lightning would reject only after the first epoch."""
+    def monitor_metrics(self, cfg: "RunConfig") -> tuple[str, ...]:
+        """The epoch metrics train.monitor, early stopping and plateau may watch in a run of
+        `cfg`: config load refuses any other name, which Lightning would reject only after the
+        first epoch."""
         return self.metric_columns + self.extra_metrics
 
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
