@@ -119,6 +119,9 @@ def test_out_in_a_folder_of_the_source_that_holds_photos_is_refused(tmp_path):
     for _ in range(2):
         assert invoke("curate", photos, "--out", ds, "--workers", "1").exit_code == 0
     assert sorted(read_manifest(ds)["label"].unique()) == ["cat", "dog"]
+    (ds / ".manifest.csv.tmp999999999").write_text("path\n")  # left by a curate killed mid-write
+    result = invoke("curate", photos, "--out", ds, "--workers", "1")
+    assert result.exit_code == 0, result.output
 
 
 def test_links_to_folders_inside_the_source_are_not_followed(tmp_path):

@@ -195,13 +195,15 @@ def fsync_dir(folder: str | Path) -> None:
         pass
 
 
+# The temporary files `replacing` creates (`.NAME.tmpPID`): a killed writer's are found by it.
+TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def _create_temp(path: Path) -> tuple[int, Path]:
     """A new, empty file `.NAME.tmpPID` beside `path` (`.NAME.RANDOM.tmpPID` when that name
     is taken): O_EXCL never opens what is already there, a link planted under the name
-    included. The names match `runs.TEMP_NAME`, so a killed writer's file is cleaned up."""
+    included. The names match `TEMP_NAME`, so a killed writer's file is recognised and cleaned up."""
     pid = os.getpid()
     for attempt in range(20):
         name = f".{path.name}.tmp{pid}" if attempt == 0 else f".{path.name[:40]}.{secrets.token_hex(4)}.tmp{pid}"

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import stat
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ContextManager, Sequence
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, replacing, write_file
+from vislab.fsguard import TEMP_NAME, inside, replacing, write_file
 from vislab.locks import LOCK_NAME, folder_lock
 
 if TYPE_CHECKING:
@@ -61,7 +60,6 @@ EXPORT_DIR = "export"
 REPORT_NAME = "report.html"
 CHECKSUM_SUFFIX = ".sha256"
 # `.NAME.tmpPID` (or `.NAME.RANDOM.tmpPID`): the temporary name of every atomic write (fsguard.replacing)
-TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp(?P<pid>[0-9]+)$")
 # every name vislab writes at the top of a run directory: a new run may start in a folder
 # holding only these (a run that failed early, an earlier `--sanity` check), never among others
 RUN_ENTRIES = frozenset({

@@ -37,7 +37,7 @@ from typing import Any
 from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download, Failed
 from vislab.data.photos import COLUMNS, PHOTOS_NAME
 from vislab.errors import VislabError
-from vislab.fsguard import inside
+from vislab.fsguard import fsync_dir, inside
 from vislab.usertext import without_terminal_controls
 
 IMAGES_DIR = "images"
@@ -68,20 +68,6 @@ _TYPES = {
     "image/heic": ".heic",
     "image/avif": ".avif",
 }
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make renames and new names in `folder` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_durable(path: Path, data: bytes) -> None:

@@ -55,6 +55,7 @@ from vislab.data.split import assign_splits, class_warnings, parse_ratios, selec
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
 from vislab.fsguard import (
+    TEMP_NAME,
     folder_name_problem,
     folder_problem,
     inside,
@@ -71,17 +72,8 @@ WRONG_ASPECT = "wrong_aspect"
 DUPLICATE_OF = "duplicate_of"
 UNSAFE_LABEL = "unsafe_label"
 EXTRA_COLUMNS = ["orientation"]
-# Files curate writes into --out (temporary ones included).
-OUTPUT_NAMES = (
-    MANIFEST_NAME,
-    MANIFEST_NAME + ".tmp",
-    CURATION_NAME,
-    CURATION_NAME + ".tmp",
-    HISTOGRAM_NAME,
-    BOXES_NAME,
-    BOXES_NAME + ".tmp",
-    LOCK_NAME,
-)
+# Files curate writes into --out (its temporary ones, `.NAME.tmpPID`, see `_ours`).
+OUTPUT_NAMES = (MANIFEST_NAME, CURATION_NAME, HISTOGRAM_NAME, BOXES_NAME, LOCK_NAME)
 # Options that change how fast a dataset is made, not what it contains.
 RUNTIME_OPTIONS = {"workers", "overwrite", "strict"}
 # Detection options, recorded only when set, so a classification dataset's record (and
@@ -278,6 +270,12 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
     return roots
 
 
+def _ours(name: str) -> bool:
+    """A file curate writes into --out, or a temporary one of them left by a killed curate."""
+    temp = TEMP_NAME.match(name)
+    return name in OUTPUT_NAMES or (temp is not None and temp["name"].startswith(OUTPUT_NAMES))
+
+
 def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
     """An --out inside a source may be a new or empty folder, or one curate wrote before;
     a folder of the user's (a class folder) would drop out of the scan and get the dataset's
@@ -286,7 +284,7 @@ def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
     if not real_out.startswith(real_root.rstrip(os.sep) + os.sep) or not os.path.isdir(real_out):
         return
     try:
-        theirs = sorted(set(os.listdir(real_out)) - set(OUTPUT_NAMES))
+        theirs = sorted(n for n in os.listdir(real_out) if not _ours(n))
     except OSError:
         return
     if theirs:
