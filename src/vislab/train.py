@@ -76,6 +76,12 @@ def _callback_state(ckpt: dict[str, Any], name: str) -> dict[str, Any]:
 _RESUMABLE_KEYS = ("state_dict", "optimizer_states", "loops", "callbacks", "epoch", "global_step")
 
 
+def _resumable_keys(info: dict[str, Any]) -> set[str]:
+    """The config keys a resume may change: epochs, the time budget, and what the budget's
+    plan set (run.json's plan.changed)."""
+    return {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
+
+
 def _saved_config(paths: RunPaths, info: dict[str, Any], ckpt: dict[str, Any]) -> RunConfig:
     """config.yaml, refused in one line when it no longer says what last.ckpt was trained with
     (edited by hand): an edited learning rate was ignored (the optimizer state wins) yet
@@ -88,8 +94,8 @@ def _saved_config(paths: RunPaths, info: dict[str, Any], ckpt: dict[str, Any]) -
     saved = load_config(paths.config)
     trained = (ckpt.get("hyper_parameters") or {}).get("config")
     if isinstance(trained, dict):
-        ignore = {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
-        edited = [k for k in _diff_keys(saved.model_dump(mode="json"), trained) if k not in ignore]
+        resumable = _resumable_keys(info)
+        edited = [k for k in _diff_keys(saved.model_dump(mode="json"), trained) if k not in resumable]
         if edited:
             raise VislabError(
                 f"{paths.config}: differs from the config {paths.last.name} was trained with in {', '.join(edited[:5])}"
@@ -160,9 +166,9 @@ def _prepare_resume(
     info = read_json(paths.run_json)
     ckpt = _load_last(paths)
     saved = _saved_config(paths, info, ckpt)
-    ignore = {"train.epochs", "train.max_time", *((info.get("plan") or {}).get("changed") or {})}
     if cfg is not None:  # the config as given, before a time-budget plan scaled it
-        diff = [k for k in _diff_keys(cfg.model_dump(mode="json"), saved.model_dump(mode="json")) if k not in ignore]
+        resumable = _resumable_keys(info)
+        diff = [k for k in _diff_keys(cfg.model_dump(mode="json"), saved.model_dump(mode="json")) if k not in resumable]
         if diff:
             raise VislabError(
                 f"--resume continues {paths.config}; the given config differs in {', '.join(diff[:5])}. "
