@@ -93,6 +93,21 @@ def test_in_memory_images_score_as_the_same_image_saved_as_png(run: Path, tmp_pa
         predict(run, rgb.astype(np.float32))
 
 
+def test_a_pil_image_with_exif_orientation_scores_as_the_same_photo_given_by_path(run: Path, tmp_path: Path) -> None:
+    stored = Image.open(_images(run)[0]).convert("RGB").resize((24, 20))  # small: no JPEG draft on either side
+    exif = Image.Exif()
+    exif[0x0112] = 6  # a camera held sideways: shown turned 90 degrees clockwise
+    path = tmp_path / "sideways.jpg"
+    stored.save(path, quality=95, exif=exif.tobytes())
+    with Image.open(path) as opened:
+        assert opened.getexif()[0x0112] == 6
+        by_path, in_memory = predict(run, path, top_k=3), predict(run, opened, top_k=3)
+    assert in_memory[0]["top"] == by_path[0]["top"]
+    with Image.open(path) as opened:
+        as_stored = predict(run, np.asarray(opened), top_k=3)  # pixels without the tag: the turn matters
+    assert as_stored[0]["top"] != by_path[0]["top"]
+
+
 @pytest.mark.parametrize("which", ["run", "detect_run", "crops_run"])  # classify, detect, crops
 def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: str, request, tmp_path: Path, monkeypatch) -> None:
     import csv

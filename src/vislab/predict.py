@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vislab.data.io import collect_images
 from vislab.errors import VislabError
@@ -38,9 +38,11 @@ MEMORY_NAME = "<image {}>"
 
 
 def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
-    """An in-memory input as a PIL image: a PIL image as is, a uint8 HxW or HxWx3 array."""
+    """An in-memory input as a PIL image: a PIL image turned upright by its EXIF orientation
+    (the saved PNG would drop that tag, while the same photo given as a file is turned), a
+    uint8 HxW or HxWx3 array as is."""
     if isinstance(item, Image.Image):
-        return item
+        return ImageOps.exif_transpose(item)
     if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
         raise VislabError(
             f"{MEMORY_NAME.format(index)}: a numpy array of shape {item.shape} and dtype {item.dtype}; "
