@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -182,6 +183,41 @@ def test_flat_images_are_told_apart_by_colour_and_photo_copies_stay_grouped(tmp_
     assert row(df, flat["grey"])["group"] == row(df, flat["grey_brighter"])["group"] != ""
     assert row(df, cat)["group"] == row(df, cat_small)["group"] == row(df, cat_bright)["group"] != ""
     assert row(df, coffee)["group"] == ""
+    assert summary["duplicate_groups"] == 3
+
+
+def test_unrelated_plain_images_are_not_near_duplicates_but_their_copies_and_photo_copies_are(tmp_path):
+    from PIL import Image
+
+    skimage_data = pytest.importorskip("skimage.data")
+    src = tmp_path / "src" / "a"
+    src.mkdir(parents=True)
+    ramp = np.linspace(60, 140, 64).astype(np.uint8)[None, :].repeat(48, axis=0)
+    plain = {}
+    for name, channel in (("blue_ramp", 2), ("red_ramp", 0)):  # faint left-to-right gradients
+        pixels = np.zeros((48, 64, 3), np.uint8)
+        pixels[..., channel] = ramp
+        plain[name] = src / f"{name}.png"
+        Image.fromarray(pixels).save(plain[name])
+    for name, contrast in (("weak", (100, 120)), ("strong", (0, 255))):  # two tones, split two ways
+        for split in ("left_right", "top_bottom"):
+            pixels = np.full((48, 64, 3), contrast[0], np.uint8)
+            (pixels[:, 32:] if split == "left_right" else pixels[24:])[...] = contrast[1]
+            plain[f"{name}_{split}"] = src / f"{name}_{split}.png"
+            Image.fromarray(pixels).save(plain[f"{name}_{split}"])
+    ramp_copy = near_copy(plain["blue_ramp"], src / "blue_ramp_small.jpg", scale=0.75, quality=70)
+    split_copy = near_copy(plain["strong_left_right"], src / "strong_left_right_small.jpg", scale=0.5, quality=70)
+    cat = src / "cat.png"
+    Image.fromarray(skimage_data.chelsea()).save(cat)
+    cat_small = near_copy(cat, src / "cat_small.jpg", scale=0.5, quality=70)
+
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="near")
+    groups = {name: row(df, path)["group"] for name, path in plain.items()}
+    assert groups["blue_ramp"] == row(df, ramp_copy)["group"] != ""
+    assert groups["strong_left_right"] == row(df, split_copy)["group"] != ""
+    assert row(df, cat)["group"] == row(df, cat_small)["group"] != ""
+    others = [groups[n] for n in ("red_ramp", "weak_left_right", "weak_top_bottom", "strong_top_bottom")]
+    assert others == ["", "", "", ""]
     assert summary["duplicate_groups"] == 3
 
 

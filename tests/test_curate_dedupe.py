@@ -6,7 +6,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vislab.data.dedupe import colour_pairs, connected_groups, hamming, near_pairs, perceptual_hash, similar_pairs
+from vislab.data.dedupe import (
+    LEVELS_PER_BIT,
+    PATTERN_LEVELS_PER_BIT,
+    connected_groups,
+    hamming,
+    is_plain,
+    near_pairs,
+    perceptual_hash,
+    plain_pairs,
+    plain_signature,
+    similar_pairs,
+    thumbnail,
+)
 from vislab.testing.images import smooth_image
 
 
@@ -27,25 +39,48 @@ def test_near_pairs_find_the_same_groups_as_brute_force(threshold):
     assert (expected == got).all()
 
 
-@pytest.mark.parametrize("tolerance", [0, 8, 24])
-def test_colour_pairs_find_the_same_groups_as_brute_force(tolerance):
-    rng = np.random.default_rng(tolerance)
-    base = rng.integers(0, 256, (40, 3))
-    colours = np.clip(base[rng.integers(0, 40, 200)] + rng.integers(-10, 11, (200, 3)), 0, 255)
-    colours = np.concatenate([colours, colours[:20]])
-    d = np.abs(colours[:, None, :] - colours[None, :, :]).max(axis=2)
-    ii, jj = np.nonzero(np.triu(d <= tolerance, k=1))
-    expected = connected_groups(len(colours), np.stack([ii, jj], axis=1))
-    assert (expected == connected_groups(len(colours), colour_pairs(colours, tolerance))).all()
+@pytest.mark.parametrize("threshold", [0, 2, 6])
+def test_plain_pairs_find_the_same_groups_as_brute_force(threshold):
+    rng = np.random.default_rng(threshold)
+    base = rng.integers(0, 256, (40, 1, 3)) + rng.integers(-30, 31, (40, 64, 1)) * rng.integers(0, 2, (40, 1, 1))
+    sigs = np.clip(base[rng.integers(0, 40, 150)] + rng.integers(-6, 7, (150, 64, 3)), 0, 255)
+    sigs = np.concatenate([sigs, sigs[:20]]).astype(np.float64)
+    mean = sigs.mean(axis=1)
+    pattern = (sigs - mean[:, None, :]).reshape(len(sigs), -1)
+    contrast = np.sqrt((pattern**2).mean(axis=1))
+    colour = np.abs(mean[:, None] - mean[None]).max(axis=2) <= threshold * LEVELS_PER_BIT
+    apart = np.sqrt(((pattern[:, None] - pattern[None]) ** 2).mean(axis=2))
+    close = apart <= threshold * (PATTERN_LEVELS_PER_BIT + (contrast[:, None] + contrast[None]) / 64) + 1e-9
+    ii, jj = np.nonzero(np.triu(colour & close, k=1))
+    expected = connected_groups(len(sigs), np.stack([ii, jj], axis=1))
+    got = connected_groups(len(sigs), plain_pairs(sigs, threshold))
+    assert (expected == got).all()
+    assert len(np.unique(got)) < len(sigs)  # some groups at every threshold (the repeats at least)
 
 
-def test_flat_images_pair_by_colour_and_never_by_their_shared_hash():
+def test_plain_images_pair_by_colour_thumbnail_and_never_by_their_shared_hash():
+    def solid(colour: tuple[int, int, int]) -> str:
+        return plain_signature(Image.new("RGB", (40, 30), colour))
+
     hashes = np.array([0, 1 << 63, 1 << 63, 1 << 63, 1 << 63], dtype=np.uint64)
-    colours = np.array(["000000", "ffffff", "dc1414", "008800", ""], dtype=object)
-    assert similar_pairs(hashes, colours, 6).tolist() == []
-    colours[3] = "d01a1a"  # within 6 x 4 levels of the red
-    assert similar_pairs(hashes, colours, 6).tolist() == [[2, 3]]
-    assert similar_pairs(hashes, colours, 0).tolist() == []
+    plain = np.array([solid((0, 0, 0)), solid((255, 255, 255)), solid((220, 20, 20)), solid((0, 136, 0)), ""], dtype=object)
+    assert similar_pairs(hashes, plain, 6).tolist() == []
+    plain[3] = solid((208, 26, 26))  # within 6 x 4 levels of the red
+    assert similar_pairs(hashes, plain, 6).tolist() == [[2, 3]]
+    assert similar_pairs(hashes, plain, 0).tolist() == []
+    halves = np.zeros((30, 40, 3), np.uint8)
+    halves[:, 20:] = 255
+    left_right, top_bottom = Image.fromarray(halves), Image.fromarray(halves).rotate(90, expand=True)
+    assert is_plain(thumbnail(left_right)) and is_plain(thumbnail(top_bottom))
+    assert hamming(np.uint64(perceptual_hash(left_right)), np.uint64(perceptual_hash(top_bottom))) <= 6  # the hash cannot tell
+    pair = np.array([plain_signature(left_right), plain_signature(top_bottom)], dtype=object)
+    assert similar_pairs(np.zeros(2, dtype=np.uint64), pair, 6).tolist() == []
+
+
+def test_photos_are_not_plain():
+    skimage_data = pytest.importorskip("skimage.data")
+    for name in ("chelsea", "coffee", "camera", "astronaut", "moon", "coins", "text"):
+        assert not is_plain(thumbnail(Image.fromarray(getattr(skimage_data, name)()))), name
 
 
 def test_groups_are_labelled_by_their_smallest_index():

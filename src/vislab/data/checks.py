@@ -3,7 +3,7 @@
 Each file is read once: the bytes feed sha256 and the decoder. The decode is real
 (truncation is only visible once the compressed stream is consumed) but cheap: JPEGs are
 decoded in draft mode at 1/8 scale straight to grayscale, which is also what the perceptual
-hash needs; only a flat one (see `dedupe`) is decoded again in colour, for its mean colour.
+hash needs; only a plain one (see `dedupe`) is decoded again in colour, for its colour thumbnail.
 Nothing here raises for a bad file; every problem becomes a named reason.
 
 Only regular files are read, never more than `fsguard.MAX_FILE_BYTES`: a named pipe (which
@@ -29,7 +29,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vislab.data.dedupe import HASH_SIZE, hash_to_hex, is_flat, mean_colour, perceptual_hashes, thumbnail
+from vislab.data.dedupe import HASH_SIZE, hash_to_hex, is_plain, perceptual_hashes, plain_signature, thumbnail
 from vislab.data.io import SUPPORTED_MODES, mode_problem, orientation_of, oriented_size, to_rgb
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
 from vislab.workers import die_with_parent
@@ -104,7 +104,7 @@ def _empty_record(path: str) -> dict[str, Any]:
         "height": None,
         "orientation": None,
         "phash": "",
-        "flat_colour": "",
+        "plain_thumb": "",
     }
 
 
@@ -225,22 +225,24 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
             if orientation != 1:
                 ImageOps.exif_transpose(im, in_place=True)
             rec[_THUMB] = thumbnail(_gray(im))
-            if is_flat(rec[_THUMB]):
-                rec["flat_colour"] = _mean_colour(im, source, rec["mode"])
+            if is_plain(rec[_THUMB]):
+                rec["plain_thumb"] = _plain_signature(im, source, rec["mode"])
         except Exception as err:
             return _decode_error_reason(err)
     return ""
 
 
-def _mean_colour(im: Image.Image, source: Any, mode: str) -> str:
-    """Mean colour as training will see it; a colour JPEG drafted to grayscale for the hash
-    is decoded again (small, in colour): flat images are rare, so this costs little overall."""
+def _plain_signature(im: Image.Image, source: Any, mode: str) -> str:
+    """Colour thumbnail as training will see it; a colour JPEG drafted to grayscale for the
+    hash is decoded again (small, in colour): plain images are rare, so this costs little."""
     if im.mode == mode:
-        return mean_colour(to_rgb(im))
+        return plain_signature(to_rgb(im))
     source.seek(0)
     with Image.open(source) as colour:
         colour.draft("RGB", HASH_DRAFT)
-        return mean_colour(to_rgb(colour))
+        colour.load()
+        ImageOps.exif_transpose(colour, in_place=True)
+        return plain_signature(to_rgb(colour))
 
 
 def _gray(im: Image.Image) -> Image.Image:

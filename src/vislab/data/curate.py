@@ -428,7 +428,7 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> list[dict[str, Any]]
     )
     copies = np.flatnonzero(first[sha_id] != np.arange(len(pos)))
     exact = np.stack([first[sha_id[copies]], copies], axis=1)
-    near = similar_pairs(hex_to_hashes(df["phash"].to_numpy()[pos]), df["flat_colour"].to_numpy()[pos], threshold)
+    near = similar_pairs(hex_to_hashes(df["phash"].to_numpy()[pos]), df["plain_thumb"].to_numpy()[pos], threshold)
     pairs = np.concatenate([near, exact])
     roots = connected_groups(len(pos), pairs)
     uniq, counts = np.unique(roots, return_counts=True)

@@ -6,11 +6,15 @@ resizing and mild colour changes move only a few bits, so near copies are found 
 Hamming distance. Grouping uses the pigeonhole principle (two hashes within distance t agree
 exactly on at least one of t+1 disjoint bit blocks), so 50,000 hashes need no all-pairs scan.
 
-A flat image (a blank frame, a solid colour) has no structure for the hash to encode: every
-one hashes alike, black and white included. Such images are marked by their mean colour
-instead, and pair only with each other when those colours are close, the same share of the
-colour range as the threshold is of the 64 bits (`LEVELS_PER_BIT`). Detailed images keep the
-hash alone, which already survives resizing, re-encoding and a brightness change.
+A plain image (a blank frame, a solid colour, a faint gradient, two tones) has too little
+structure for the hash to encode: its bits are decided by a handful of coefficients and by
+ties at the median, so unrelated plain images hash within a few bits of each other (a
+black/white left/right split and a top/bottom one differ in 4 bits; every flat image hashes
+alike). Such images are marked by an 8x8 colour thumbnail instead and pair only with each
+other, when their mean colours are close (`LEVELS_PER_BIT`) and so are their patterns around
+that mean (`PATTERN_LEVELS_PER_BIT`, plus a share of the patterns' own contrast, so a strong
+two-tone picture survives the blur of a small copy). Detailed images keep the hash alone,
+which already survives resizing, re-encoding, brightness and greyscale changes.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import functools
 from collections.abc import Iterable
 
 import numpy as np
-from PIL import Image, ImageStat
+from PIL import Image
 
 HASH_SIZE = 32
 LOW = 8
@@ -27,8 +31,19 @@ MAX_THRESHOLD = 32
 # A thumbnail whose grey levels all lie within this range is flat: its hash bits carry no
 # structure (they are the same for every flat image), so its colour is compared instead.
 FLAT_RANGE = 8
+# A low-frequency coefficient this large is a cosine of about one grey level across the
+# 32x32 thumbnail: real structure, above the noise of re-encoding. An image with fewer such
+# components than PLAIN_COMPONENTS (a quarter of the 64 hash bits) is plain: unrelated plain
+# images differ in about half of those few bits, within the default --near-threshold of 6.
+COMPONENT_LEVEL = 16.0
+PLAIN_COMPONENTS = 16
+# Plain images are compared on a SIGNATURE_SIZE x SIGNATURE_SIZE colour thumbnail.
+SIGNATURE_SIZE = 8
 # Mean-colour tolerance per bit of --near-threshold: 4 x 64 bits spans the 0..255 range.
 LEVELS_PER_BIT = 4
+# Pattern tolerance (RMS levels around the mean colour) per bit of --near-threshold, plus 1/64
+# per bit of the two patterns' summed RMS contrast: 6 levels + 0.19 x contrast at the default 6.
+PATTERN_LEVELS_PER_BIT = 1.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -41,6 +56,14 @@ def _dct_matrix(n: int) -> np.ndarray:
     return mat
 
 
+@functools.lru_cache(maxsize=1)
+def _low_basis() -> np.ndarray:
+    """The hash's 8x8 low-frequency DCT block of a flattened thumbnail as one (64, 1024)
+    float32 matrix: one product per image, cheap enough to run on every file."""
+    basis = _dct_matrix(HASH_SIZE)[:LOW]
+    return np.kron(basis, basis).astype(np.float32)
+
+
 def thumbnail(im: Image.Image) -> bytes:
     """The 32x32 grayscale pixels a hash is computed from (1,024 bytes)."""
     if im.mode != "L":
@@ -50,16 +73,22 @@ def thumbnail(im: Image.Image) -> bytes:
     return im.tobytes()
 
 
-def is_flat(thumb: bytes) -> bool:
-    """Whether a hash thumbnail is (nearly) one shade, so its hash cannot tell it from
-    other flat images and its colour must."""
+def is_plain(thumb: bytes) -> bool:
+    """Whether a hash thumbnail is (nearly) one shade or holds fewer than PLAIN_COMPONENTS
+    low-frequency components of about a grey level or more, so its hash cannot tell it from
+    other plain images and its colour thumbnail must."""
     pixels = np.frombuffer(thumb, dtype=np.uint8)
-    return int(pixels.max()) - int(pixels.min()) <= FLAT_RANGE
+    if int(pixels.max()) - int(pixels.min()) <= FLAT_RANGE:
+        return True
+    low = np.abs(_low_basis() @ pixels.astype(np.float32))
+    return int(np.count_nonzero(low[1:] >= COMPONENT_LEVEL)) < PLAIN_COMPONENTS  # [0]: mean brightness
 
 
-def mean_colour(rgb: Image.Image) -> str:
-    """Mean colour of an RGB image as 'rrggbb' hex, what tells flat images apart."""
-    return "".join(f"{min(255, round(v)):02x}" for v in ImageStat.Stat(rgb).mean[:3])
+def plain_signature(rgb: Image.Image) -> str:
+    """The SIGNATURE_SIZE x SIGNATURE_SIZE colour thumbnail of an RGB image as hex (row by
+    row, r g b per pixel), what tells plain images apart."""
+    small = rgb.resize((SIGNATURE_SIZE, SIGNATURE_SIZE), Image.Resampling.BOX)
+    return small.tobytes().hex()
 
 
 def perceptual_hashes(thumbs: list[bytes]) -> list[int]:
@@ -156,27 +185,45 @@ def near_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
     return np.sort(np.concatenate(found).astype(np.int64), axis=1)
 
 
-def colour_pairs(colours: np.ndarray, tolerance: int) -> np.ndarray:
-    """Index pairs (i < j) of (n, 3) colours within `tolerance` levels in every channel, as
-    an (m, 2) array. Identical colours pair with their first holder (a thousand blank frames
-    cost one pass); distinct ones are compared in row chunks."""
-    colours = np.asarray(colours, dtype=np.int16).reshape(-1, 3)
-    n = len(colours)
+def _signature_pixels(signatures: Iterable[str]) -> np.ndarray:
+    """Hex signatures as an (n, SIGNATURE_SIZE**2, 3) float array."""
+    raw = b"".join(bytes.fromhex(v) for v in signatures)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(-1, SIGNATURE_SIZE * SIGNATURE_SIZE, 3).astype(np.float64)
+
+
+def plain_pairs(signatures: np.ndarray, threshold: int) -> np.ndarray:
+    """Index pairs (i < j) of plain images' colour thumbnails ((n, SIGNATURE_SIZE**2, 3)
+    levels) that match at `threshold`, as an (m, 2) array: mean colours within
+    `threshold * LEVELS_PER_BIT` levels in every channel, and patterns around them (RMS over
+    pixels and channels) within `threshold * (PATTERN_LEVELS_PER_BIT + (contrast_i +
+    contrast_j) / 64)`, contrast being a pattern's own RMS. Identical thumbnails pair with their
+    first holder (a thousand blank frames cost one pass); distinct ones are compared in row
+    chunks."""
+    pixels = np.asarray(signatures, dtype=np.float64)
+    n = len(pixels)
     if n < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    uniq, first, inverse = np.unique(colours, axis=0, return_index=True, return_inverse=True)
+    _, first, inverse = np.unique(pixels.reshape(n, -1), axis=0, return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
     found = []
     copies = np.nonzero(first[inverse] != np.arange(n))[0]
     if len(copies):
         found.append(np.stack([first[inverse[copies]], copies], axis=1))
-    m = len(uniq)
-    if tolerance > 0 and m > 1:
-        step = max(1, (1 << 22) // m)
+    m = len(first)
+    if threshold > 0 and m > 1:
+        uniq = pixels[first]
+        mean = uniq.mean(axis=1)
+        pattern = (uniq - mean[:, None, :]).reshape(m, -1)
+        values = pattern.shape[1]
+        square = (pattern**2).sum(axis=1)
+        contrast = np.sqrt(square / values)
+        step = max(1, (1 << 22) // (m * 4))
         for start in range(0, m - 1, step):
             rows = np.arange(start, min(start + step, m))
-            dist = np.abs(uniq[rows][:, None, :] - uniq[None, :, :]).max(axis=2)
-            ii, jj = np.nonzero((dist <= tolerance) & (np.arange(m)[None, :] > rows[:, None]))
+            colour = np.abs(mean[rows][:, None, :] - mean[None, :, :]).max(axis=2) <= threshold * LEVELS_PER_BIT
+            apart = np.maximum(square[rows][:, None] + square[None, :] - 2 * pattern[rows] @ pattern.T, 0) / values
+            allowed = threshold * (PATTERN_LEVELS_PER_BIT + (contrast[rows][:, None] + contrast[None, :]) / 64)
+            ii, jj = np.nonzero(colour & (apart <= allowed**2) & (np.arange(m)[None, :] > rows[:, None]))
             if len(ii):
                 found.append(np.stack([first[rows[ii]], first[jj]], axis=1))
     if not found:
@@ -184,17 +231,15 @@ def colour_pairs(colours: np.ndarray, tolerance: int) -> np.ndarray:
     return np.sort(np.concatenate(found).astype(np.int64), axis=1)
 
 
-def similar_pairs(hashes: np.ndarray, flat_colours: np.ndarray, threshold: int) -> np.ndarray:
-    """Near-copy index pairs (i < j): detailed images by hash within `threshold` bits; flat
-    ones (a non-empty 'rrggbb' in `flat_colours`) with each other by mean colour, within
-    `threshold * LEVELS_PER_BIT` levels per channel."""
+def similar_pairs(hashes: np.ndarray, plain: np.ndarray, threshold: int) -> np.ndarray:
+    """Near-copy index pairs (i < j): detailed images by hash within `threshold` bits; plain
+    ones (a non-empty hex colour thumbnail in `plain`) with each other by `plain_pairs`."""
     hashes = np.asarray(hashes, dtype=np.uint64)
-    flat_colours = np.asarray(flat_colours, dtype=object)
-    flat = np.array([bool(c) for c in flat_colours], dtype=bool).reshape(-1)
-    detailed, flats = np.flatnonzero(~flat), np.flatnonzero(flat)
-    rgb = np.array([list(bytes.fromhex(c)) for c in flat_colours[flats]], dtype=np.int16).reshape(-1, 3)
+    plain = np.asarray(plain, dtype=object)
+    is_plain_row = np.array([bool(c) for c in plain], dtype=bool).reshape(-1)
+    detailed, plains = np.flatnonzero(~is_plain_row), np.flatnonzero(is_plain_row)
     pairs = np.concatenate(
-        [detailed[near_pairs(hashes[detailed], threshold)], flats[colour_pairs(rgb, threshold * LEVELS_PER_BIT)]]
+        [detailed[near_pairs(hashes[detailed], threshold)], plains[plain_pairs(_signature_pixels(plain[plains]), threshold)]]
     )
     return pairs.astype(np.int64).reshape(-1, 2)
 
