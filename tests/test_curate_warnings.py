@@ -9,7 +9,7 @@ import shutil
 from typer.testing import CliRunner
 
 from vislab.cli import app
-from vislab.testing.images import near_copy, write_image, write_image_folder, write_unlabelled_folder
+from vislab.testing.images import near_copy, write_image, write_image_folder, write_sixteen_bit, write_unlabelled_folder
 
 runner = CliRunner()
 
@@ -99,3 +99,29 @@ def test_conflicting_label_groups_are_named_with_the_copy_kept_and_why(tmp_path)
     groups = json.loads((tmp_path / "ds-none" / "curation.json").read_text())["conflicting_labels"]
     assert groups and all(m["kept"] and "no --dedupe" in m["why"] for g in groups for m in g["members"])
     assert none.exit_code == 0
+
+
+def test_sixteen_bit_images_using_only_twelve_bits_get_one_warning_naming_an_example(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "photos" / "cells"
+    folder.mkdir(parents=True)
+    ramp = np.linspace(0, 1, 48 * 64).reshape(48, 64)
+    Image.fromarray((ramp * 4095).astype(np.uint16)).save(folder / "a_twelve_bit_grey.png")  # Pillow: I;16
+    write_sixteen_bit(folder / "b_twelve_bit_rgb.png", seed=1, size=(64, 48), mode="RGB", scale=16)
+    Image.fromarray((ramp * 20000).astype(np.uint16)).save(folder / "c_dark_sixteen_bit.png")  # an ordinary dark photo
+    write_sixteen_bit(folder / "d_sixteen_bit_rgb.png", seed=2, size=(64, 48), mode="RGB")
+    write_image(folder / "e_eight_bit.png", seed=3, size=(64, 48))
+    with Image.open(folder / "a_twelve_bit_grey.png") as im:
+        assert im.mode == "I;16" and np.asarray(im).max() == 4095
+    res = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
+    twelve = [w for w in summary["warnings"] if "12 bits" in w]
+    assert twelve == [
+        f"2 16-bit image(s) use only the low 12 bits (no value above 4095, as 12-bit camera data stored as is), "
+        f"so they read nearly black, e.g. {folder / 'a_twelve_bit_grey.png'}; if the data is 12-bit, scale it to "
+        "the full 16-bit range (x16) or convert it to 8-bit before curating"
+    ]
+    assert "use only the low 12 bits" in " ".join(res.output.split())

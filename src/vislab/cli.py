@@ -129,7 +129,7 @@ def curate(
     images_dir: Optional[Path] = typer.Option(None, "--images-dir", help="COCO: the folder its file_names are relative to, when not beside the JSON."),
     workers: int = typer.Option(0, help="Worker processes (0 = one per core)."),
     overwrite: bool = typer.Option(False, help="Replace a manifest of a different dataset in --out."),
-    strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) on any warning: a step leaves no usable image or empties a class, a single class, a class of one image."),
+    strict: bool = typer.Option(False, "--strict", help="Fail (exit 2) on any warning: a step leaves no usable image or empties a class, a single class, a class of one image, 16-bit images using only 12 bits."),
 ) -> None:
     """Scan images into a manifest: quarantine bad files, filter, dedupe, select classes, split."""
     from vislab.data.curate import CurateOptions, run_curate

@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vislab.data.dedupe import HASH_SIZE, hash_to_hex, is_plain, perceptual_hashes, plain_signature, thumbnail
-from vislab.data.io import SUPPORTED_MODES, mode_problem, orientation_of, oriented_size, to_rgb
+from vislab.data.io import SUPPORTED_MODES, mode_problem, orientation_of, oriented_size, sixteen_bit, to_rgb, uses_low_bits
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
 from vislab.workers import die_with_parent
 
@@ -105,6 +105,7 @@ def _empty_record(path: str) -> dict[str, Any]:
         "orientation": None,
         "phash": "",
         "plain_thumb": "",
+        "low_bits": False,
     }
 
 
@@ -210,6 +211,7 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
             return DECOMPRESSION_BOMB
         if im.mode not in SUPPORTED_MODES:
             return f"{UNSUPPORTED_MODE}:{mode_problem(im.mode)}"
+        deep = sixteen_bit(im)
         try:
             if im.format == "JPEG":
                 im.draft("L", HASH_DRAFT)
@@ -221,7 +223,7 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
         try:
             orientation = orientation_of(im)
             width, height = oriented_size(rec["width"], rec["height"], orientation)
-            rec.update(width=width, height=height, orientation=orientation)
+            rec.update(width=width, height=height, orientation=orientation, low_bits=deep and uses_low_bits(im))
             if orientation != 1:
                 ImageOps.exif_transpose(im, in_place=True)
             rec[_THUMB] = thumbnail(_gray(im))

@@ -38,6 +38,7 @@ from vislab.data.checks import inspect_files
 from vislab.data.curate_detect import DetectionCuration, detection_format
 from vislab.data.det_sources import FORMATS
 from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, similar_pairs
+from vislab.data.io import LOW_BITS_MAX
 from vislab.fsguard import MAX_PIXELS
 from vislab.data.manifest import (
     BOXES_NAME,
@@ -384,6 +385,16 @@ def _table(records: list[dict[str, Any]], found: dict[str, src.Found]) -> pd.Dat
     return df
 
 
+def _low_bits_warning(count: int, example: str) -> str:
+    """One line for the 16-bit images whose values never exceed 4095 (see `io.LOW_BITS_MAX`:
+    read as the formats define them, they look nearly black in training and predict alike)."""
+    return (
+        f"{count:,} 16-bit image(s) use only the low 12 bits (no value above {LOW_BITS_MAX}, as 12-bit camera data "
+        f"stored as is), so they read nearly black, e.g. {example}; if the data is 12-bit, scale it to the full "
+        "16-bit range (x16) or convert it to 8-bit before curating"
+    )
+
+
 def _exclude(df: pd.DataFrame, mask: Any, reason: str | pd.Series) -> None:
     df.loc[mask, "status"] = EXCLUDED
     df.loc[mask, "reason"] = reason if isinstance(reason, str) else reason[mask]
@@ -568,6 +579,9 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
     usable_now = _Usable(df)
     if not usable_now.counts:
         usable_now.warnings.append(f"none of the {len(df):,} files is a usable labelled image (see the reasons)")
+    dark = df.loc[(df["status"] == OK) & df["low_bits"].astype(bool), "path"]
+    if len(dark):
+        usable_now.warnings.append(_low_bits_warning(len(dark), dark.iloc[0]))
     if skipped[src.UNREADABLE_FOLDER]:
         usable_now.warnings.append(
             f"{skipped[src.UNREADABLE_FOLDER]:,} folder(s) in the sources could not be read and were skipped; "

@@ -37,6 +37,12 @@ SWAPS_AXES = frozenset({5, 6, 7, 8})
 # 8-bit reading is no guess. It keeps the high byte, as Pillow itself reads 16-bit colour PNGs
 # and TIFFs (a viewer shows the same picture).
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
+# 12-bit camera data (scientific, medical) stored as is in 16-bit files uses 0..4095 only and
+# reads nearly black. Nothing in the file says so: PNG's sBIT chunk means the opposite (the
+# encoder scales fewer significant bits up to the full range, PNG 1.2 section 9.1), Pillow does
+# not read it, and guessing by the maximum would brighten every dark 16-bit photo. So these
+# files are read as defined, like every viewer, and curate warns (`uses_low_bits`).
+LOW_BITS_MAX = 4095
 # Modes with an unambiguous conversion to 8-bit RGB. 32-bit integer and float images (depth
 # maps, scientific data) have no fixed range to scale, so curation quarantines them.
 SUPPORTED_MODES = frozenset(
@@ -208,6 +214,27 @@ def mode_problem(mode: str) -> str:
         f"mode {mode} ({kind} pixels) has no fixed 8-bit scale; "
         "convert the file to 8-bit greyscale or RGB, choosing which values become 0 and 255"
     )
+
+
+def sixteen_bit(im: Image.Image) -> bool:
+    """Whether an opened, not yet loaded, image stores 16-bit samples (Pillow reads 16-bit
+    colour and grey+alpha PNGs as 8-bit modes; only their raw mode tells)."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        return True
+    raw = [tile.args[0] if isinstance(tile.args, tuple) and tile.args else tile.args for tile in im.tile]
+    return any(isinstance(r, str) and ";16" in r for r in raw)
+
+
+def uses_low_bits(im: Image.Image) -> bool:
+    """Whether the loaded pixels of a 16-bit image (see `sixteen_bit`) never exceed
+    LOW_BITS_MAX in a colour channel, so its 8-bit reading is nearly black. For a mode Pillow
+    already read as 8 bits (the high bytes) that is a maximum of LOW_BITS_MAX >> 8."""
+    pixels = np.asarray(im)
+    if im.mode in SIXTEEN_BIT_MODES:
+        return int(pixels.max(initial=0)) <= LOW_BITS_MAX
+    if im.mode in ALPHA_MODES:
+        pixels = pixels[..., :-1]
+    return int(pixels.max(initial=0)) <= LOW_BITS_MAX >> 8
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

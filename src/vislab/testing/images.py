@@ -151,14 +151,17 @@ def write_broken_header(path: str | Path) -> Path:
     return _write(path, b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 8)
 
 
-def write_sixteen_bit(path: str | Path, seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "L") -> Path:
+def write_sixteen_bit(
+    path: str | Path, seed: int = 0, size: tuple[int, int] = (32, 32), mode: str = "L", scale: int = 257
+) -> Path:
     """A 16-bit PNG of `smooth_image(seed, size, mode)` (mode L, LA, RGB or RGBA: Pillow reads
     the first as I;16, the others as 8-bit), each 8-bit value v stored as v * 257 so that an
-    8-bit reading gives that picture back. Written chunk by chunk as the PNG specification lays
-    it out, since Pillow writes only the greyscale kind."""
+    8-bit reading gives that picture back (`scale=16`: as 12-bit camera data, 0..4080, stored as
+    is). Written chunk by chunk as the PNG specification lays it out, since Pillow writes only
+    the greyscale kind."""
     colour_type = {"L": 0, "LA": 4, "RGB": 2, "RGBA": 6}[mode]
     w, h = size
-    samples = np.asarray(smooth_image(seed, size, mode)).astype(">u2") * 257
+    samples = (np.asarray(smooth_image(seed, size, mode)).astype(np.uint16) * scale).astype(">u2")  # PNG is big-endian
     rows = samples.reshape(h, -1)
     raw = b"".join(b"\x00" + row.tobytes() for row in rows)
     data = (
