@@ -168,3 +168,61 @@ def test_two_curates_into_one_folder_never_mix_their_files(tmp_path):
         paths = pd.read_csv(out / "manifest.csv")["path"]
         assert paths.str.startswith(done[0]["source"]).all()
         assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [".vislab.lock"]
+
+
+# A real `vislab evaluate` that holds its eval folder: it tells the test once the model is
+# about to run (the folder locked) and waits for the word to go on.
+PAUSED_EVALUATE = """
+import pathlib, sys, time
+from vislab.cli import app
+from vislab.tasks.classify import ClassifyPlugin
+
+run, here, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+scored = ClassifyPlugin.evaluate
+
+def paused(self, *args, **kwargs):
+    here.write_text("evaluating")
+    while not go.exists():
+        time.sleep(0.05)
+    return scored(self, *args, **kwargs)
+
+ClassifyPlugin.evaluate = paused
+app(["evaluate", run], prog_name="vislab")
+"""
+
+
+def test_a_second_evaluate_into_the_same_eval_folder_is_refused_another_folder_runs(dataset, tmp_path):
+    """Two evaluates into one eval folder each wrote their files whole, the last writer of each
+    winning: metrics.json of one beside the predictions of the other."""
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.train import train
+
+    run = train(tiny_config(train={"epochs": 1}), dataset, tmp_path / "run")
+    here, go = tmp_path / "evaluating", tmp_path / "go"
+    holder = subprocess.Popen([sys.executable, "-c", PAUSED_EVALUATE, str(run), str(here), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + SLOW_START
+        while not here.exists() and holder.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert here.exists(), holder.communicate()
+        refused = CliRunner().invoke(app, ["evaluate", str(run)])
+        assert refused.exit_code == 2 and "Traceback" not in refused.output, refused.output
+        lines = refused.output.strip().splitlines()
+        assert len(lines) == 1, lines
+        assert f"{run / 'eval' / 'test'}: another vislab process (pid {holder.pid}) is running vislab evaluate into this eval folder" in lines[0]
+        assert "--name" in lines[0]
+        assert not (run / "eval" / "test" / "metrics.json").exists()  # the refused one wrote nothing
+        beside = CliRunner().invoke(app, ["evaluate", str(run), "--name", "beside"])
+        assert beside.exit_code == 0, beside.output
+        assert (run / "eval" / "beside" / "metrics.json").is_file()
+        go.write_text("go")
+        out, err = holder.communicate(timeout=SLOW_START)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert holder.returncode == 0, out + err
+    metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["name"] == "test" and (run / "eval" / "test" / "predictions.csv").is_file()

@@ -9,6 +9,8 @@ RUN_DIR/eval/<name>/ (the run-directory contract); `name` is the split, plus
 `-<dataset folder name>` with `--data` and `-<variant>` when the task's options changed the
 images (a crops `--aberration` stress test), or the user's `--name`. So a stress test never
 replaces the split's plain evaluation, which report and compare read unless told otherwise.
+One evaluate at a time writes a folder (its lock, `locks.folder_lock`, held from before the
+model is loaded until metrics.json is written); evaluations into other folders run together.
 
 Evaluating the run's own dataset after its manifest changed is allowed, with a warning and
 `manifest_changed: true` in metrics.json. An image that cannot be read any more is an error
@@ -20,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from vislab.errors import VislabError
 
@@ -46,7 +49,7 @@ def evaluate(
     `name` is the eval folder's name, to keep evaluations with other settings apart. A run
     still training is refused unless `allow_running` (see `_check_not_training`)."""
     from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
-    from vislab.fsguard import inside, make_folder
+    from vislab.fsguard import inside
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
     from vislab.tasks import get_task
     from vislab.tricks import resolve_precision
@@ -84,33 +87,59 @@ def evaluate(
         hint = f"splits with usable rows: {', '.join(present)}" if present else "its rows have no split"
         raise VislabError(f"{dataset_dir}: no usable rows in split '{split}' ({hint}); pass --split NAME or --split all")
     precision = "bf16-mixed" if resolve_precision(run.cfg.train.precision, run.cfg.train.accelerator) == "bf16-mixed" else "32-true"
-    result = task.evaluate(
-        run, rows, dataset_dir, precision=precision, description=f"evaluate {split}",
-        tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers, **task_options,
-    )
-    name = name or eval_name(split, None if data is None else dataset_dir.resolve().name, result.variant)
-    metrics = dict(result.metrics)
-    metrics.update(
-        {
-            "split": split,
-            "name": name,
-            "variant": result.variant or None,
-            "manifest_changed": bool(changed),
-            "dataset_dir": str(dataset_dir.resolve()),
-            "checkpoint": str(run.checkpoint),
-            "checkpoint_epoch": run.epoch,  # counted from 1
-            "checkpoint_sha256": run.checkpoint_sha256,
-            "evaluated_while_training": training,
-            **result.options,
-            "precision": precision,
-        }
-    )
-    out = make_folder(run_paths(run.run_dir).eval_dir(name), "eval folder")
-    result.write(out)
-    write_json(inside(out, EVAL_METRICS), json.loads(json.dumps(metrics, default=_jsonable)))
+    variant = task.evaluate_variant(run, **task_options)
+    name = name or eval_name(split, None if data is None else dataset_dir.resolve().name, variant)
+    with _eval_folder(run_paths(run.run_dir).eval_dir(name)) as out:
+        result = task.evaluate(
+            run, rows, dataset_dir, precision=precision, description=f"evaluate {split}",
+            tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers, **task_options,
+        )
+        metrics = dict(result.metrics)
+        metrics.update(
+            {
+                "split": split,
+                "name": name,
+                "variant": variant or None,
+                "manifest_changed": bool(changed),
+                "dataset_dir": str(dataset_dir.resolve()),
+                "checkpoint": str(run.checkpoint),
+                "checkpoint_epoch": run.epoch,  # counted from 1
+                "checkpoint_sha256": run.checkpoint_sha256,
+                "evaluated_while_training": training,
+                **result.options,
+                "precision": precision,
+            }
+        )
+        result.write(out)
+        write_json(inside(out, EVAL_METRICS), json.loads(json.dumps(metrics, default=_jsonable)))
     metrics["eval_dir"] = str(out)
     metrics["task"] = task.name
     return metrics
+
+
+@contextmanager
+def _eval_folder(folder: Path) -> Iterator[Path]:
+    """The eval folder, made if missing and locked for the block (`locks.folder_lock`): two
+    evaluations into one folder, each writing its files whole, left metrics.json of one beside
+    the predictions of the other; the second is now refused before it loads the model. An
+    evaluation that fails leaves no folder it made (nor an eval/ it made) behind."""
+    from vislab.fsguard import make_folder
+    from vislab.locks import folder_lock, remove_if_unused
+
+    made = [p for p in (folder, folder.parent) if not p.exists()]
+    make_folder(folder, "eval folder")
+    with folder_lock(folder, "running vislab evaluate into this eval folder", "pass --name NAME to evaluate into another folder"):
+        try:
+            yield folder
+        except BaseException:
+            if made:  # only the lock's holder removes the folder, before letting go of it
+                remove_if_unused(folder)
+                if folder.parent in made:
+                    try:
+                        folder.parent.rmdir()  # only while empty: another evaluation's folder keeps it
+                    except OSError:
+                        pass
+            raise
 
 
 def _check_not_training(run_dir: str | Path, allow_running: bool) -> bool:

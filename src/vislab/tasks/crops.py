@@ -92,6 +92,11 @@ def aberration_variant(stress: Aberrations | None) -> str:
     return "aberration-" + "-".join(f"{k}{v:g}" for k, v in stress.model_dump().items() if v)
 
 
+def _stress(cfg: CropsConfig, aberration: str | None) -> Aberrations | None:
+    """The lens profile an evaluation adds: `--aberration`'s, else the run's `crops.stress`."""
+    return parse_aberration(aberration) if aberration else cfg.stress
+
+
 def training_baseline(run: "LoadedRun", cfg: CropsConfig, fallback: Sequence[Any]) -> tuple["Baseline", str]:
     """The trivial predictor from the training targets: the sampler's plans (geometry only, no
     pixels) of the run's training photos over `BASELINE_EPOCHS` epochs; `fallback` plans
@@ -193,7 +198,7 @@ class CropsPlugin(Task):
         n_crops = cfg.eval_crops_per_image if crops_per_image is None else int(crops_per_image)
         if n_crops < 0:
             raise VislabError(f"--crops-per-image {n_crops}: must be 0 or more")
-        stress = parse_aberration(aberration) if aberration else cfg.stress
+        stress = _stress(cfg, aberration)
         if rectangle is not None and rectangle not in RECTANGLES:
             raise VislabError(f"--rectangle {rectangle}: not a choice; use one of {', '.join(RECTANGLES)}")
         ecfg = cfg.model_copy(update={"stress": stress, "rectangle": rectangle or cfg.rectangle})
@@ -239,7 +244,10 @@ class CropsPlugin(Task):
 
         options = {"crops_per_image": n_crops, "eval_seed": cfg.eval_seed, "aberration": stress.model_dump() if stress else None,
                    "rectangle": ecfg.rectangle}
-        return Evaluation(metrics, options, write, variant=aberration_variant(stress))
+        return Evaluation(metrics, options, write)
+
+    def evaluate_variant(self, run: "LoadedRun", *, aberration: str | None = None, **options: Any) -> str:
+        return aberration_variant(_stress(run.cfg.section(), aberration))
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         m, b = metrics.get("model", {}), metrics.get("baseline", {})

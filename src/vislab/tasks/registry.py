@@ -83,16 +83,11 @@ class ReportSection:
 class Evaluation:
     """What a task's evaluation of a set of images produced: the metrics (metrics.json), the
     options that shaped them (recorded after the run's own fields) and a writer of the other
-    files of RUN_DIR/eval/<name>/ (predictions, probabilities).
-
-    `variant` names what made the images other than the split's own (e.g. an aberration
-    stress test, 'aberration-vignette0.5'): it is added to the eval folder's name, so such an
-    evaluation never replaces the plain one that report and compare read; '' for none."""
+    files of RUN_DIR/eval/<name>/ (predictions, probabilities)."""
 
     metrics: dict[str, Any]
     options: dict[str, Any]
     write: Callable[[Path], None]
-    variant: str = ""
 
 
 class Task(ABC):
@@ -192,6 +187,14 @@ class Task(ABC):
         `description` as progress) and score it. `options` are the command's (tta,
         batch_size, ...) and those of `evaluate_options` the user gave. Generic fields (split, name, dataset, checkpoint, precision) are
         added by `vislab.evaluate`."""
+
+    def evaluate_variant(self, run: "LoadedRun", **options: Any) -> str:
+        """What makes the images of an evaluation with these `evaluate_options` other than
+        the split's own (e.g. an aberration stress test, 'aberration-vignette0.5'), or ''. It
+        is added to the eval folder's name, so such an evaluation never replaces the plain one
+        that report and compare read; known before the evaluation runs, so the folder is
+        locked (one evaluate at a time) before the model is."""
+        return ""
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         """The line `vislab evaluate` prints."""
