@@ -124,6 +124,54 @@ def test_out_in_a_folder_of_the_source_that_holds_photos_is_refused(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+# A real curate stopped in the middle of writing manifest.csv (its temporary file open, half
+# written), to be killed outright.
+STUCK_CURATE = """
+import sys, time
+import vislab.data.manifest as manifest
+from vislab.data.curate import curate
+from vislab.fsguard import replacing
+
+def stuck(path, data, durable=False):
+    with replacing(path) as fh:
+        fh.write(data[: len(data) // 2].encode())
+        fh.flush()
+        print("writing", flush=True)
+        time.sleep(600)
+
+manifest.write_file = stuck
+curate(sys.argv[1], out=sys.argv[2], workers=1)
+"""
+
+
+def test_a_curate_killed_mid_write_has_its_temporary_file_removed_by_the_next(tmp_path):
+    import signal
+
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat", "dog"], per_class=2)
+    ds = tmp_path / "ds"
+    killed = subprocess.Popen([sys.executable, "-c", STUCK_CURATE, str(photos), str(ds)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "writing"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=60)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    leftover = ds / f".manifest.csv.tmp{killed.pid}"
+    assert leftover.is_file()
+    live = ds / f".curation.json.tmp{os.getpid()}"  # a live process's: being written now
+    live.write_text("{")
+    theirs = [ds / ".notes.txt.tmp999999999", ds / ".manifest.csv.bak.tmp999999999", ds / "manifest.csv.tmp999999999"]
+    for path in theirs:
+        path.write_text("not curate's")
+    result = invoke("curate", photos, "--out", ds, "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert "removed 1 temporary file(s) left by an interrupted curate" in result.output
+    assert not leftover.exists() and live.exists() and all(p.read_text() == "not curate's" for p in theirs)
+    assert len(read_manifest(ds)) == 4
+
+
 def test_links_to_folders_inside_the_source_are_not_followed(tmp_path):
     photos = tmp_path / "photos"
     cat = write_image(photos / "cat" / "c.jpg", seed=1)

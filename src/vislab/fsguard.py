@@ -12,6 +12,7 @@
   and control characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
   pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
+- `remove_orphan_temps(root)`: the temporary files of writers killed mid-write, removed.
 - `replacing(path)` / `write_file(path, data)`: a file written whole into a new temporary
   file beside it, created exclusively (an existing file or symbolic link of that name is
   never opened), then renamed onto `path`; the rename replaces a link at `path` instead of
@@ -241,6 +242,53 @@ def replacing(path: str | Path, durable: bool = False) -> Iterator[BinaryIO]:
         raise
     if durable:
         fsync_dir(path.parent)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (one of another user counts): its temporary files are kept."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0
+    return True
+
+
+def temp_of(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether the file `name` is a temporary file `replacing` made for one of `targets`
+    (`.NAME.tmpPID`, or `.NAME[:40].RANDOM.tmpPID` when that was taken)."""
+    m = TEMP_NAME.match(name)
+    if m is None:
+        return False
+    made_for = m["name"]
+    return any(made_for == t or re.fullmatch(re.escape(t[:40]) + r"\.[0-9a-f]{8}", made_for) for t in targets)
+
+
+def remove_orphan_temps(root: str | Path, targets: tuple[str, ...] | None = None, recursive: bool = True) -> list[Path]:
+    """Delete the `.NAME.tmpPID` files that writers killed mid-write (SIGKILL, a power cut)
+    left in `root` (and below it, if `recursive`).
+
+    Call it holding the folder's lock (`locks.folder_lock`), so no writer of its own command
+    is at work there. Only regular files named by `TEMP_NAME` (links are not followed), of one
+    of `targets` when given (the files the command writes), and whose writer process is gone
+    (another command writing there at the same time keeps its file) are removed. Returns what
+    was removed."""
+    removed = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        dirs[:] = [d for d in dirs if recursive and not os.path.islink(os.path.join(folder, d))]
+        for name in files:
+            m = TEMP_NAME.match(name)
+            if m is None or (targets is not None and not temp_of(name, targets)) or pid_alive(int(m["pid"])):
+                continue
+            path = Path(folder, name)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                pass
+    return removed
 
 
 def write_file(path: str | Path, data: bytes | str, durable: bool = False) -> Path:

@@ -8,7 +8,7 @@ It also owns what keeps a run directory whole when things go wrong:
 - `run_lock`: one `vislab train` at a time per run directory (an flock the kernel drops
   when the process dies, even by kill -9), so two sessions never interleave their files.
 - Temporary files `.NAME.tmpPID` (every atomic write, `fsguard.replacing`) left by a killed
-  writer are removed by `remove_orphan_temps` once the lock is held.
+  writer are removed by `fsguard.remove_orphan_temps` once train holds the lock.
 - Checkpoints carry a sha256 sidecar `NAME.sha256`; `load_checkpoint_file`, the one place a
   checkpoint is read, checks it, and turns any unreadable file into a one-line error.
 """
@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import platform
-import stat
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -333,41 +332,6 @@ def run_lock(run_dir: str | Path) -> ContextManager[Path]:
     """Hold an exclusive lock on a run directory while a process trains into it
     (`locks.folder_lock`: an flock the kernel drops when the process dies, even by kill -9)."""
     return folder_lock(run_dir, "training into this run directory", "choose another --out")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return pid > 0
-    return True
-
-
-def remove_orphan_temps(run_dir: str | Path) -> list[Path]:
-    """Delete the `.NAME.tmpPID` files that writers killed mid-write left in a run directory.
-
-    Call it with `run_lock` held, so no training process is writing there. Only regular files
-    named by vislab's own temporary pattern, inside the run directory (links are not followed)
-    and whose writer process is gone (an `evaluate` writing eval/ at the same time keeps its
-    file) are removed. Returns what was removed."""
-    root = Path(run_dir)
-    removed = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(folder, d))]
-        for name in files:
-            m = TEMP_NAME.match(name)
-            if m is None or _pid_alive(int(m.group("pid"))):
-                continue
-            path = Path(folder, name)
-            try:
-                if stat.S_ISREG(os.lstat(path).st_mode):
-                    path.unlink()
-                    removed.append(path)
-            except OSError:
-                pass
-    return removed
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:

@@ -311,7 +311,8 @@ def train(
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vislab.interrupts import GracefulStop
-    from vislab.runs import prepare_out_dir, remove_orphan_temps, resolve_run_dir, run_lock
+    from vislab.fsguard import remove_orphan_temps
+    from vislab.runs import prepare_out_dir, resolve_run_dir, run_lock
 
     if isinstance(cfg, (str, Path)):
         cfg = load_config(cfg)

@@ -54,7 +54,7 @@ from vislab.data.cache_check import (
 )
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
-from vislab.fsguard import MAX_PIXELS
+from vislab.fsguard import MAX_PIXELS, pid_alive
 from vislab.workers import die_with_parent
 
 CACHE_DIRNAME = "cache"
@@ -309,16 +309,6 @@ def _fill(store: Path, items: list[tuple[int, str]], size: tuple[int, int], inte
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_tmp(root: Path, key: str) -> None:
     """Remove temporary folders of this key left by a process that died mid-prepare."""
     for tmp in root.glob(f"{key}.tmp-*"):
@@ -326,7 +316,7 @@ def _clean_tmp(root: Path, key: str) -> None:
             pid = int(tmp.name.rsplit("-", 1)[1])
         except ValueError:
             continue
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(tmp, ignore_errors=True)
 
 

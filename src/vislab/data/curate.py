@@ -56,16 +56,18 @@ from vislab.data.split import assign_splits, class_warnings, parse_ratios, selec
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
 from vislab.fsguard import (
-    TEMP_NAME,
     folder_name_problem,
     folder_problem,
     inside,
     make_folder,
     read_bounded,
     regular_file_problem,
+    remove_orphan_temps,
+    temp_of,
     write_file,
 )
 from vislab.locks import LOCK_NAME, folder_lock, remove_if_unused
+from vislab.usertext import term
 
 UNLABELLED = "unlabelled"
 TOO_SMALL = "too_small"
@@ -73,8 +75,10 @@ WRONG_ASPECT = "wrong_aspect"
 DUPLICATE_OF = "duplicate_of"
 UNSAFE_LABEL = "unsafe_label"
 EXTRA_COLUMNS = ["orientation"]
-# Files curate writes into --out (its temporary ones, `.NAME.tmpPID`, see `_ours`).
-OUTPUT_NAMES = (MANIFEST_NAME, CURATION_NAME, HISTOGRAM_NAME, BOXES_NAME, LOCK_NAME)
+# Files curate writes into --out (through temporary ones, `.NAME.tmpPID`, see `_ours`), and
+# with its lock file, all it keeps there.
+WRITTEN_NAMES = (MANIFEST_NAME, CURATION_NAME, HISTOGRAM_NAME, BOXES_NAME)
+OUTPUT_NAMES = (*WRITTEN_NAMES, LOCK_NAME)
 # Options that change how fast a dataset is made, not what it contains.
 RUNTIME_OPTIONS = {"workers", "overwrite", "strict"}
 # Detection options, recorded only when set, so a classification dataset's record (and
@@ -273,8 +277,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
 
 def _ours(name: str) -> bool:
     """A file curate writes into --out, or a temporary one of them left by a killed curate."""
-    temp = TEMP_NAME.match(name)
-    return name in OUTPUT_NAMES or (temp is not None and temp["name"].startswith(OUTPUT_NAMES))
+    return name in OUTPUT_NAMES or temp_of(name, WRITTEN_NAMES)
 
 
 def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
@@ -555,6 +558,9 @@ def run_curate(opts: CurateOptions, out: str | Path, console: Console | None = N
 def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: list[str], console: Console | None) -> dict[str, Any]:
     """run_curate once --out is locked: two curates into one folder would mix one's manifest
     with the other's curation.json, so the output checks are made under the lock too."""
+    removed = remove_orphan_temps(out_dir, WRITTEN_NAMES, recursive=False)
+    if removed and console is not None:
+        console.print(f"removed {len(removed)} temporary file(s) left by an interrupted curate in {term(out_dir)}", highlight=False, soft_wrap=True)
     recorded = opts.recorded()
     fingerprint = _fingerprint(recorded)
     _check_output(out_dir, fingerprint, opts.overwrite)
