@@ -68,10 +68,13 @@ def test_num_nodes_without_cluster_environment_is_refused(setup, monkeypatch):
     _refused(setup, "train.num_nodes=2", "train.num_nodes: 2", "MASTER_ADDR", "NODE_RANK", "torchrun")
 
 
-def test_sigterm_stops_a_run_blocked_waiting_for_other_nodes(setup, tmp_path):
+def test_sigterm_stops_a_run_blocked_waiting_for_other_nodes_and_records_the_stop(setup, tmp_path):
     """With a cluster environment set by hand but no second node, rank 0 blocks in the DDP
     rendezvous, where Python signal handlers never run; SIGTERM must still end it (it used to
-    be ignored until kill -9)."""
+    be ignored until kill -9), and the run folder must say how it ended: it held config.yaml
+    and run.json of a run that never trained, with no summary.json (a resumed one's said
+    'running')."""
+    import json
     import os
     import signal
     import socket
@@ -80,12 +83,13 @@ def test_sigterm_stops_a_run_blocked_waiting_for_other_nodes(setup, tmp_path):
     import time
 
     _, data, cfg = setup
+    run = tmp_path / "run"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "0"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"),
+        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(data), "--out", str(run),
          "--set", "train.num_nodes=2", "--set", "train.accelerator=cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
@@ -104,3 +108,9 @@ def test_sigterm_stops_a_run_blocked_waiting_for_other_nodes(setup, tmp_path):
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, "".join(seen) + rest
     assert "SIGTERM received while blocked" in rest, rest
+    assert "interrupted by SIGTERM before the first checkpoint; nothing was saved; start the run again" in rest, rest
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_reason"] == "sigterm" and summary["epochs_completed"] == 0 and summary["best_epoch"] is None
+    resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert resumed.exit_code != 0 and len(resumed.output.strip().splitlines()) == 1, resumed.output
+    assert "nothing to resume (no last checkpoint: SIGTERM stopped the run before its first one)" in resumed.output

@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, Mod
 from vislab.display import format_rate
 from vislab.errors import VislabError
 from vislab.fsguard import fsync_dir, replacing
-from vislab.runs import atomic_write_text, checksum_path, load_checkpoint_file, metric_columns, run_paths, write_checksum, write_json
+from vislab.runs import atomic_write_text, checksum_path, load_checkpoint_file, metric_columns, read_json, run_paths, write_checksum, write_json
 
 if TYPE_CHECKING:
     from vislab.tasks.registry import Task
@@ -596,26 +596,11 @@ class RunRecorder(Callback):
     def write_summary(self, trainer: "L.Trainer", pl_module: "L.LightningModule", reason: str) -> dict[str, Any]:
         from vislab.models.backbones import count_parameters
 
-        rows = self.read_rows()
-        summary = dict(self.summary_base)
-        best_epoch, best_val = None, {}
-        if len(rows) and self.monitor in rows.columns and rows[self.monitor].notna().any():
-            col = rows[self.monitor]
-            idx = col.idxmax() if self.mode == "max" else col.idxmin()
-            best_epoch = int(rows.loc[idx, "epoch"])
-            best_val = {k: _scalar(rows.loc[idx, k]) for k in rows.columns if k.startswith("val/")}
+        summary = self._summary_of_rows(reason, int(trainer.max_epochs or 0))
         timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        ips = rows["train_images_per_s"].dropna() if len(rows) else pd.Series(dtype=float)
         summary.update(
             {
-                "best_epoch": best_epoch,
-                "best_val": best_val,
-                "monitor": self.monitor,
-                "epochs_completed": int(len(rows)),
-                "epochs_planned": int(trainer.max_epochs or 0),
-                "stopped_reason": reason,
                 "wall_time_s": round(float(timer.time_elapsed("train")), 2) if timer else None,
-                "train_images_per_s": round(float(ips.mean()), 1) if len(ips) else None,
                 "params": count_parameters(pl_module.model),
             }
         )
@@ -629,6 +614,37 @@ class RunRecorder(Callback):
         if trainer.is_global_zero:
             write_json(run_paths(self.run_dir).summary, summary)
         return summary
+
+    def write_unsaved_stop(self, reason: str, epochs_planned: int) -> None:
+        """summary.json of a session ended where no end hook runs (the blocked-signal watchdog,
+        from its thread, while the main thread waits in C code): what metrics.csv holds and why
+        it stopped, over the previous session's figures (a resumed run's "running" included), so
+        the run never reads as running, or as a run with no record of how it ended."""
+        path = run_paths(self.run_dir).summary
+        previous = read_json(path) if path.is_file() else {}
+        write_json(path, {**previous, **self._summary_of_rows(reason, epochs_planned)})
+
+    def _summary_of_rows(self, reason: str, epochs_planned: int) -> dict[str, Any]:
+        """summary.json's fields that metrics.csv gives (best epoch and its val/ metrics, epochs
+        completed, speed), with the run's own (`summary_base`) and why training stopped."""
+        rows = self.read_rows()
+        best_epoch, best_val = None, {}
+        if len(rows) and self.monitor in rows.columns and rows[self.monitor].notna().any():
+            col = rows[self.monitor]
+            idx = col.idxmax() if self.mode == "max" else col.idxmin()
+            best_epoch = int(rows.loc[idx, "epoch"])
+            best_val = {k: _scalar(rows.loc[idx, k]) for k in rows.columns if k.startswith("val/")}
+        ips = rows["train_images_per_s"].dropna() if len(rows) else pd.Series(dtype=float)
+        return {
+            **self.summary_base,
+            "best_epoch": best_epoch,
+            "best_val": best_val,
+            "monitor": self.monitor,
+            "epochs_completed": int(len(rows)),
+            "epochs_planned": epochs_planned,
+            "stopped_reason": reason,
+            "train_images_per_s": round(float(ips.mean()), 1) if len(ips) else None,
+        }
 
 
 def stop_reason(trainer: "L.Trainer") -> str:

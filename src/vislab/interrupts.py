@@ -57,9 +57,10 @@ class BlockedWatchdog:
     never does, and since GracefulStop replaces the default action, SIGTERM and Ctrl-C did
     nothing. The C-level handler still writes the signal number to `signal.set_wakeup_fd`,
     which this thread reads; if the handler has not run `BLOCKED_GRACE_S` later, it says so
-    and exits with 128 + the signal number, as the default action would."""
+    and exits with 128 + the signal number, as the default action would, after `on_exit`
+    (which kills the launched ranks and records the stop in summary.json)."""
 
-    def __init__(self, handled: Callable[[], int], on_exit: Callable[[], None]) -> None:
+    def __init__(self, handled: Callable[[], int], on_exit: Callable[[int], None]) -> None:
         import socket
 
         self._handled = handled
@@ -92,7 +93,7 @@ class BlockedWatchdog:
                 if self._handled() < self._seen:
                     name = signal.Signals(signum).name
                     _say(f"\n{name} received while blocked (waiting for other DDP processes or nodes?): stopping now, without saving")
-                    self._on_exit()
+                    self._on_exit(signum)
                     os._exit(128 + signum)
 
     def close(self) -> None:
@@ -133,6 +134,10 @@ class GracefulStop(Callback):
         self._trainer: L.Trainer | None = None
         self._handled = 0  # SIGINT/SIGTERM the handler has run for (the watchdog compares)
         self._watchdog: BlockedWatchdog | None = None
+        # records a stop the watchdog makes (`train` sets it once the run's files are written):
+        # called with the signal, from the watchdog's thread, just before the process exits;
+        # returns the line that says where the stop leaves the run
+        self.record_unsaved_stop: Callable[[int], str] | None = None
 
     # ---- the handlers ---------------------------------------------------------------------
     def install(self) -> None:
@@ -143,7 +148,7 @@ class GracefulStop(Callback):
             previous = signal.signal(sig, self._handle)
             self._previous.setdefault(sig, previous)
         if self._watchdog is None and os.getpid() == self._owner:
-            self._watchdog = BlockedWatchdog(lambda: self._handled, self._kill_launched)
+            self._watchdog = BlockedWatchdog(lambda: self._handled, self._blocked_exit)
 
     def restore(self) -> None:
         if self._watchdog is not None:
@@ -152,6 +157,15 @@ class GracefulStop(Callback):
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous = {}
+
+    def _blocked_exit(self, signum: int) -> None:
+        """The watchdog ends the process: the launched ranks go too, and the run records the stop."""
+        self._kill_launched()
+        if self.record_unsaved_stop is not None:
+            try:
+                _say(self.record_unsaved_stop(signum))
+            except Exception as err:  # the process must still end: say what could not be recorded
+                _say(f"could not record the stop ({err})")
 
     def _kill_launched(self) -> None:
         """Kill the ranks Lightning launched: they cannot finish alone."""

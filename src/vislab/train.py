@@ -34,7 +34,7 @@ import signal
 import warnings
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from vislab.config import RunConfig, build_config, load_config, parse_duration, save_config
 from vislab.display import format_rate
@@ -149,7 +149,12 @@ def _no_last_checkpoint(paths: RunPaths, out: Path) -> str:
     if paths.best.is_file():
         return (f"{out}: holds best.ckpt but no last.ckpt, so nothing to resume (the run stopped while saving its first "
                 f"epoch); train it again into a new --out, or delete {paths.best} to start over here")
-    return f"{paths.last}: nothing to resume (no last checkpoint); start the run without --resume"
+    from vislab.interrupts import REASONS
+
+    by_signal = {reason: signal.Signals(sig).name for sig, reason in REASONS.items()}
+    stopped = _stopped_reason(paths)
+    why = f": {by_signal[stopped]} stopped the run before its first one" if stopped in by_signal else ""
+    return f"{paths.last}: nothing to resume (no last checkpoint{why}); start the run without --resume"
 
 
 def _prepare_resume(
@@ -448,6 +453,8 @@ def _train_session(
     }
     last_ckpt = LastCheckpoint(paths.last, t.checkpoint_every_steps, t.checkpoint_every_minutes)
     recorder = RunRecorder(out, summary_base, t.monitor, t.monitor_mode, task=plugin)
+    if rank0:
+        stopper.record_unsaved_stop = _record_unsaved_stop(recorder, out, t.epochs)
     cbs: list[Any] = [
         stopper,
         health,
@@ -541,6 +548,19 @@ def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, 
         return kind(budget_s, plan.spent_s, lambda e: probe.epoch_s(e < freeze, fixed), probe.save_s, probe.val_s(), cfg.scheduler, replanned, asked)
     before = _epoch_seconds(paths) if budget_s else 0.0
     return kind(budget_s, 0.0, (lambda e: before) if before else None, scheduler=cfg.scheduler, on_replan=replanned)
+
+
+def _record_unsaved_stop(recorder: Any, out: Path, epochs: int) -> Callable[[int], str]:
+    """What the blocked-signal watchdog runs before it ends the process (see interrupts.py):
+    summary.json records the signal as a stop in training does (`stopped_reason` sigterm or
+    interrupted); returns the line such a stop ends with, which says where it leaves the run."""
+    from vislab.interrupts import REASONS
+
+    def record(signum: int) -> str:
+        recorder.write_unsaved_stop(REASONS[signum], epochs)
+        return str(_interrupted(signum, out, None))
+
+    return record
 
 
 def _interrupted(signum: int, out: Path, saved: tuple[int, int] | None) -> TrainingInterrupted:
