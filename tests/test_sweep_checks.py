@@ -70,6 +70,9 @@ def test_choices_the_config_reads_as_one_value_are_duplicates(dataset, base, tmp
         ({"task": ["classify", "crops"]}, "task"),
         ({"data.val_fraction": [0.2, 0.4]}, "data.val_fraction"),
         ({"train.limit_val_batches": [1, 2]}, "train.limit_val_batches"),
+        ({"seed": [0, 1]}, "seed"),  # a lucky seed, and without a val split a lucky validation set
+        ({"seed": {"int": [0, 9]}}, "seed"),
+        ({"model.simple_cnn.init_seed": [1, 2]}, "model.simple_cnn.init_seed"),
         ({" task": ["classify", "crops"]}, "task"),  # the key as the override reads it
         # a whole section as a choice: the first resets train.monitor to the task's val/acc
         ({"train": [{"epochs": 1, "devices": 1}, {"epochs": 1, "devices": 1, "monitor": "val/loss", "monitor_mode": "min"}]}, "train.monitor"),
@@ -84,6 +87,29 @@ def test_keys_every_trial_must_share_cannot_be_swept(dataset, base, tmp_path, sp
     line = res.output.strip()
     assert len(line.splitlines()) == 1 and "space.yaml" in line and f"'{key}' cannot be swept" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "space, key",
+    [
+        ({"crops.eval_seed": [0, 1]}, "crops.eval_seed"),
+        ({"crops.eval_crops_per_image": {"int": [1, 3]}}, "crops.eval_crops_per_image"),
+        ({"crops.stress.vignette": [0.0, 0.4]}, "crops.stress.vignette"),  # a key under a fixed one
+        ({"crops": [{"eval_seed": 0}, {"eval_seed": 1}]}, "crops.eval_seed"),  # a section choice that changes one
+    ],
+)
+def test_a_tasks_keys_of_its_validation_samples_cannot_be_swept(tmp_path, space, key):
+    """The crops task's evaluation set is drawn from crops.eval_seed (and made with
+    eval_crops_per_image and stress): a sweep could pick the trial with the easiest one."""
+    from vislab.testing.lens import tiny_crops_run
+
+    base = tmp_path / "crops.yaml"
+    base.write_text(dump_config(tiny_crops_run()))
+    with pytest.raises(VislabError) as err:
+        resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space)))
+    line = str(err.value)
+    assert len(line.splitlines()) == 1 and "space.yaml" in line and f"'{key}' cannot be swept" in line
+    assert "changes the validation samples every trial is compared on" in line
 
 
 @pytest.mark.parametrize("space", [{"train.devices": [1, 2]}, {"train.strategy": ["auto", "ddp"]}, {"train.num_nodes": [1, 2]}])

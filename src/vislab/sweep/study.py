@@ -56,7 +56,7 @@ from vislab.config import RunConfig, apply_overrides, build_config, load_config,
 from vislab.errors import DatasetError, TrainingInterrupted, VislabError
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
-from vislab.sweep.space import Param, check_space, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name
+from vislab.sweep.space import Param, check_space, fixed_keys, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -150,8 +150,6 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
         raise VislabError(f"{config}: has a grid: mapping and --space {opts.space} was given; use one of them")
     if grid is None and opts.space is None:
         raise VislabError(f"{config}: no search space; pass --space SPACE.yaml (or put a grid: mapping in the config)")
-    params = read_space(opts.space) if opts.space is not None else parse_space(grid, f"{config}: grid")
-    source = str(opts.space) if opts.space is not None else f"{config}: grid"
     sampler = opts.sampler or ("grid" if grid is not None else "tpe")
     if sampler not in SAMPLERS:
         raise VislabError(f"--sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
@@ -170,6 +168,9 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
     raw = apply_overrides(raw, [*opts.overrides, *limits])
     cfg = _one_device(build_config(raw, str(config)), str(config))
     base = cfg.model_dump(mode="json")
+    fixed = fixed_keys(cfg.task)
+    params = read_space(opts.space, fixed) if opts.space is not None else parse_space(grid, f"{config}: grid", fixed)
+    source = str(opts.space) if opts.space is not None else f"{config}: grid"
     check_space(base, params, source)
     problem = None if any(sets_model(p) for p in params) else model_problem(cfg)
     if problem:  # the one model of every trial, which no trial would train

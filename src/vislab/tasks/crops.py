@@ -142,6 +142,10 @@ class CropsPlugin(Task):
     report_module = "vislab.report.crops"
     evaluate_options = ("crops_per_image", "aberration", "rectangle")
     export_outputs = ("rect", "flag", "cells")
+    sweep_fixed_keys = {
+        key: "it changes the validation samples every trial is compared on; set it in the base config"
+        for key in ("crops.eval_seed", "crops.eval_crops_per_image", "crops.stress")
+    }
 
     # ---- training ------------------------------------------------------------------------
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:

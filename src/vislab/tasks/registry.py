@@ -125,6 +125,9 @@ class Task(ABC):
     # the task's own options of `vislab evaluate` (keyword arguments of `evaluate`, e.g.
     # crops_per_image); the command refuses one the run's task does not name here
     evaluate_options: ClassVar[tuple[str, ...]] = ()
+    # keys of the task's own section that every trial of a sweep must share (key -> why, one
+    # clause), with any key under them: those that pick or make the validation samples
+    sweep_fixed_keys: ClassVar[dict[str, str]] = {}
 
     # ---- training ------------------------------------------------------------------------
     def accepts_model(self, name: str) -> str | None:
