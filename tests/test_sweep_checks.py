@@ -179,3 +179,84 @@ def test_a_failure_of_one_trials_values_is_recorded_and_the_sweep_goes_on(datase
     table = result.table.set_index("state")
     assert sorted(table.index) == ["complete", "fail"]
     assert "3 weights given for 2 classes" in table.loc["fail", "note"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """A curated detection set of 12 synthetic shape images."""
+    from vislab.testing.detection import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    res = CliRunner().invoke(app, ["curate", str(write_shapes_dataset(root / "src", n=12)), "--out", str(root / "ds"), "--split", "0.7,0.3,0", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    return root / "ds"
+
+
+def detect_base(path: Path, **data) -> Path:
+    from vislab.testing.detection import tiny_detect_config
+
+    cfg = tiny_detect_config(data={"num_workers": 0, **data}, train={"epochs": 1, "progress": "none", "checkpoint_every_minutes": None})
+    path.write_text(dump_config(cfg))
+    return path
+
+
+@pytest.mark.parametrize("data, key", [({"img_size": 64}, "data.img_size"), ({"cache": True}, "data.cache")])
+def test_a_base_value_detection_cannot_take_fails_once_before_any_trial(shapes, tmp_path, data, key):
+    """Detection refuses data.img_size and data.cache as a run is built: each trial built,
+    failed alike, and three in a row stopped the sweep with the same line."""
+    base = detect_base(tmp_path / "base.yaml", **data)
+    out = tmp_path / "out"
+    res = sweep_cli(base, write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]}), shapes, out, "--trials", "4")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1, res.output
+    assert line.removeprefix("error: ").startswith(f"{base}: {key}: ") and line.endswith("no trial can train with it, so the sweep started none")
+    assert not out.exists()
+
+
+def test_a_swept_value_detection_cannot_take_fails_that_trial_only(shapes, tmp_path):
+    """When the sweep varies the key, the base config's value is no trial's: each trial's own
+    value decides, a bad one is recorded as failed and the sweep goes on."""
+    base = detect_base(tmp_path / "base.yaml", cache=True)
+    space = write(tmp_path / "space.yaml", {"data.cache": [False, True]})
+    result = run_sweep(base, shapes, tmp_path / "out", SweepOptions(space=space, sampler="grid", pruner="none"))
+    table = result.table.set_index("data.cache")
+    assert table.loc[False, "state"] == "complete" and table.loc[True, "state"] == "fail"
+    assert table.loc[True, "note"].startswith("data.cache: the prepared uint8 cache serves classification runs")
+
+
+@pytest.fixture(scope="module")
+def small_photos(tmp_path_factory) -> Path:
+    """Crops photos of 240x160: too small for the tiny sampler's patch 24 (min side 192), large
+    enough for patch 16 (128)."""
+    from vislab.testing.lens import make_lens_dataset
+
+    return make_lens_dataset(tmp_path_factory.mktemp("small") / "ds", splits=(4, 2, 0), size=(240, 160))
+
+
+def crops_base(path: Path) -> Path:
+    from vislab.testing.lens import tiny_crops_run
+
+    path.write_text(dump_config(tiny_crops_run(train={"epochs": 1, "progress": "none", "checkpoint_every_minutes": None})))
+    return path
+
+
+def test_photos_too_small_for_the_base_crops_sampler_fail_once_before_any_trial(small_photos, tmp_path):
+    base = crops_base(tmp_path / "base.yaml")
+    out = tmp_path / "out"
+    res = sweep_cli(base, write(tmp_path / "space.yaml", {"optim.lr": [0.001, 0.002]}), small_photos, out, "--trials", "4")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1, res.output
+    assert "240x160 is too small for crop samples (and 5 more)" in line and "--min-size 192x192" in line
+    assert line.endswith("no trial can train with it, so the sweep started none")
+    assert not out.exists()
+
+
+def test_a_swept_patch_size_too_large_for_the_photos_fails_that_trial_only(small_photos, tmp_path):
+    base = crops_base(tmp_path / "base.yaml")
+    space = write(tmp_path / "space.yaml", {"crops.patch_size": [16, 24]})
+    result = run_sweep(base, small_photos, tmp_path / "out", SweepOptions(space=space, sampler="grid", pruner="none"))
+    table = result.table.set_index("crops.patch_size")
+    assert table.loc[16, "state"] == "complete" and table.loc[24, "state"] == "fail"
+    assert "is too small for crop samples" in table.loc[24, "note"]

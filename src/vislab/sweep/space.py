@@ -247,6 +247,13 @@ def sets_model(p: Param) -> bool:
     return p.key.strip() in ("model", "model.name")
 
 
+def varies(p: Param, key: str) -> bool:
+    """Whether the parameter sets the config key `key`: the key itself, a section holding it
+    (`data` for data.cache) or a key inside it."""
+    mine = p.key.strip()
+    return mine == key or key.startswith(mine + ".") or mine.startswith(key + ".")
+
+
 def model_problem(cfg: RunConfig) -> str | None:
     """Why the config's task cannot train its model (an unknown name, another task's model)."""
     from vislab.tasks.registry import get_task

@@ -147,9 +147,10 @@ class Task(ABC):
 
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
         """Raise a VislabError when `data_dir` cannot train this task whatever values a sweep
-        tries (too few classes, an empty train or val split), from its manifest alone: a sweep
-        calls it once before its first trial instead of failing each trial alike. The default
-        checks nothing."""
+        tries (too few classes, an empty train or val split), from its manifest alone, and a
+        `SettingError` naming the keys when `cfg` holds a value the task or these images cannot
+        train with (the checks `build` makes before it trains): a sweep calls it once before its
+        first trial instead of failing each trial alike. The default checks nothing."""
 
     @abstractmethod
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
