@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -260,3 +261,19 @@ def test_a_swept_patch_size_too_large_for_the_photos_fails_that_trial_only(small
     table = result.table.set_index("crops.patch_size")
     assert table.loc[16, "state"] == "complete" and table.loc[24, "state"] == "fail"
     assert "is too small for crop samples" in table.loc[24, "note"]
+
+
+def test_results_csv_neutralises_formulas_and_reads_back_its_numbers(dataset, base, tmp_path):
+    """A swept choice '=1+1' was written as is: a spreadsheet opening results.csv ran it. Text
+    that starts a formula gets a leading ' (as compare's CSV), numbers stay numbers, and a
+    negative number in the same column is not taken for a formula."""
+    space = write(tmp_path / "space.yaml", {"model.kwargs.tag": ["=1+1", -0.5]})  # simple_cnn takes no kwargs: both trials fail
+    out = tmp_path / "out"
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, sampler="grid", pruner="none"))
+    assert sorted(result.table["model.kwargs.tag"], key=str) == [-0.5, "=1+1"]  # the returned table is exact
+    text = (out / "results.csv").read_text()
+    assert "'=1+1" in text and ",-0.5," in text and "'-0.5" not in text
+    back = pd.read_csv(out / "results.csv")
+    assert sorted(back["model.kwargs.tag"]) == ["'=1+1", "-0.5"]
+    assert back["trial"].dtype.kind == "i" and sorted(back["trial"]) == [0, 1] and back["duration_s"].dtype.kind == "f"
+    assert back["note"].str.startswith("model.kwargs.tag: simple_cnn takes no model.kwargs").all()
