@@ -62,6 +62,8 @@ def test_two_trial_sweep_leaves_runs_results_best_config_and_page(sweep2):
     assert result.stopped == "done"
     table = pd.read_csv(out / "results.csv")
     assert sorted(table["trial"]) == [0, 1] and set(table["state"]) == {"complete"}
+    filled = [c for c in result.table.columns if result.table[c].notna().any()]  # (an empty cell reads back as NaN)
+    pd.testing.assert_frame_equal(table[filled], result.table[filled], check_dtype=False)  # the same values, numbers as numbers
     assert table["value"].notna().all() and list(table["value"]) == sorted(table["value"], reverse=True)  # best first
     assert {"optim.lr", "model.simple_cnn.filters", "duration_s", "run_dir"} <= set(table.columns)
     for _, row in table.iterrows():

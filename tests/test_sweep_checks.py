@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -70,6 +71,9 @@ def test_choices_the_config_reads_as_one_value_are_duplicates(dataset, base, tmp
         ({"task": ["classify", "crops"]}, "task"),
         ({"data.val_fraction": [0.2, 0.4]}, "data.val_fraction"),
         ({"train.limit_val_batches": [1, 2]}, "train.limit_val_batches"),
+        ({"seed": [0, 1]}, "seed"),  # a lucky seed, and without a val split a lucky validation set
+        ({"seed": {"int": [0, 9]}}, "seed"),
+        ({"model.simple_cnn.init_seed": [1, 2]}, "model.simple_cnn.init_seed"),
         ({" task": ["classify", "crops"]}, "task"),  # the key as the override reads it
         # a whole section as a choice: the first resets train.monitor to the task's val/acc
         ({"train": [{"epochs": 1, "devices": 1}, {"epochs": 1, "devices": 1, "monitor": "val/loss", "monitor_mode": "min"}]}, "train.monitor"),
@@ -84,6 +88,29 @@ def test_keys_every_trial_must_share_cannot_be_swept(dataset, base, tmp_path, sp
     line = res.output.strip()
     assert len(line.splitlines()) == 1 and "space.yaml" in line and f"'{key}' cannot be swept" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "space, key",
+    [
+        ({"crops.eval_seed": [0, 1]}, "crops.eval_seed"),
+        ({"crops.eval_crops_per_image": {"int": [1, 3]}}, "crops.eval_crops_per_image"),
+        ({"crops.stress.vignette": [0.0, 0.4]}, "crops.stress.vignette"),  # a key under a fixed one
+        ({"crops": [{"eval_seed": 0}, {"eval_seed": 1}]}, "crops.eval_seed"),  # a section choice that changes one
+    ],
+)
+def test_a_tasks_keys_of_its_validation_samples_cannot_be_swept(tmp_path, space, key):
+    """The crops task's evaluation set is drawn from crops.eval_seed (and made with
+    eval_crops_per_image and stress): a sweep could pick the trial with the easiest one."""
+    from vislab.testing.lens import tiny_crops_run
+
+    base = tmp_path / "crops.yaml"
+    base.write_text(dump_config(tiny_crops_run()))
+    with pytest.raises(VislabError) as err:
+        resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space)))
+    line = str(err.value)
+    assert len(line.splitlines()) == 1 and "space.yaml" in line and f"'{key}' cannot be swept" in line
+    assert "changes the validation samples every trial is compared on" in line
 
 
 @pytest.mark.parametrize("space", [{"train.devices": [1, 2]}, {"train.strategy": ["auto", "ddp"]}, {"train.num_nodes": [1, 2]}])
@@ -153,3 +180,100 @@ def test_a_failure_of_one_trials_values_is_recorded_and_the_sweep_goes_on(datase
     table = result.table.set_index("state")
     assert sorted(table.index) == ["complete", "fail"]
     assert "3 weights given for 2 classes" in table.loc["fail", "note"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """A curated detection set of 12 synthetic shape images."""
+    from vislab.testing.detection import write_shapes_dataset
+
+    root = tmp_path_factory.mktemp("shapes")
+    res = CliRunner().invoke(app, ["curate", str(write_shapes_dataset(root / "src", n=12)), "--out", str(root / "ds"), "--split", "0.7,0.3,0", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    return root / "ds"
+
+
+def detect_base(path: Path, **data) -> Path:
+    from vislab.testing.detection import tiny_detect_config
+
+    cfg = tiny_detect_config(data={"num_workers": 0, **data}, train={"epochs": 1, "progress": "none", "checkpoint_every_minutes": None})
+    path.write_text(dump_config(cfg))
+    return path
+
+
+@pytest.mark.parametrize("data, key", [({"img_size": 64}, "data.img_size"), ({"cache": True}, "data.cache")])
+def test_a_base_value_detection_cannot_take_fails_once_before_any_trial(shapes, tmp_path, data, key):
+    """Detection refuses data.img_size and data.cache as a run is built: each trial built,
+    failed alike, and three in a row stopped the sweep with the same line."""
+    base = detect_base(tmp_path / "base.yaml", **data)
+    out = tmp_path / "out"
+    res = sweep_cli(base, write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]}), shapes, out, "--trials", "4")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1, res.output
+    assert line.removeprefix("error: ").startswith(f"{base}: {key}: ") and line.endswith("no trial can train with it, so the sweep started none")
+    assert not out.exists()
+
+
+def test_a_swept_value_detection_cannot_take_fails_that_trial_only(shapes, tmp_path):
+    """When the sweep varies the key, the base config's value is no trial's: each trial's own
+    value decides, a bad one is recorded as failed and the sweep goes on."""
+    base = detect_base(tmp_path / "base.yaml", cache=True)
+    space = write(tmp_path / "space.yaml", {"data.cache": [False, True]})
+    result = run_sweep(base, shapes, tmp_path / "out", SweepOptions(space=space, sampler="grid", pruner="none"))
+    table = result.table.set_index("data.cache")
+    assert table.loc[False, "state"] == "complete" and table.loc[True, "state"] == "fail"
+    assert table.loc[True, "note"].startswith("data.cache: the prepared uint8 cache serves classification runs")
+
+
+@pytest.fixture(scope="module")
+def small_photos(tmp_path_factory) -> Path:
+    """Crops photos of 240x160: too small for the tiny sampler's patch 24 (min side 192), large
+    enough for patch 16 (128)."""
+    from vislab.testing.lens import make_lens_dataset
+
+    return make_lens_dataset(tmp_path_factory.mktemp("small") / "ds", splits=(4, 2, 0), size=(240, 160))
+
+
+def crops_base(path: Path) -> Path:
+    from vislab.testing.lens import tiny_crops_run
+
+    path.write_text(dump_config(tiny_crops_run(train={"epochs": 1, "progress": "none", "checkpoint_every_minutes": None})))
+    return path
+
+
+def test_photos_too_small_for_the_base_crops_sampler_fail_once_before_any_trial(small_photos, tmp_path):
+    base = crops_base(tmp_path / "base.yaml")
+    out = tmp_path / "out"
+    res = sweep_cli(base, write(tmp_path / "space.yaml", {"optim.lr": [0.001, 0.002]}), small_photos, out, "--trials", "4")
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1, res.output
+    assert "240x160 is too small for crop samples (and 5 more)" in line and "--min-size 192x192" in line
+    assert line.endswith("no trial can train with it, so the sweep started none")
+    assert not out.exists()
+
+
+def test_a_swept_patch_size_too_large_for_the_photos_fails_that_trial_only(small_photos, tmp_path):
+    base = crops_base(tmp_path / "base.yaml")
+    space = write(tmp_path / "space.yaml", {"crops.patch_size": [16, 24]})
+    result = run_sweep(base, small_photos, tmp_path / "out", SweepOptions(space=space, sampler="grid", pruner="none"))
+    table = result.table.set_index("crops.patch_size")
+    assert table.loc[16, "state"] == "complete" and table.loc[24, "state"] == "fail"
+    assert "is too small for crop samples" in table.loc[24, "note"]
+
+
+def test_results_csv_neutralises_formulas_and_reads_back_its_numbers(dataset, base, tmp_path):
+    """A swept choice '=1+1' was written as is: a spreadsheet opening results.csv ran it. Text
+    that starts a formula gets a leading ' (as compare's CSV), numbers stay numbers, and a
+    negative number in the same column is not taken for a formula."""
+    space = write(tmp_path / "space.yaml", {"model.kwargs.tag": ["=1+1", -0.5]})  # simple_cnn takes no kwargs: both trials fail
+    out = tmp_path / "out"
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, sampler="grid", pruner="none"))
+    assert sorted(result.table["model.kwargs.tag"], key=str) == [-0.5, "=1+1"]  # the returned table is exact
+    text = (out / "results.csv").read_text()
+    assert "'=1+1" in text and ",-0.5," in text and "'-0.5" not in text
+    back = pd.read_csv(out / "results.csv")
+    assert sorted(back["model.kwargs.tag"]) == ["'=1+1", "-0.5"]
+    assert back["trial"].dtype.kind == "i" and sorted(back["trial"]) == [0, 1] and back["duration_s"].dtype.kind == "f"
+    assert back["note"].str.startswith("model.kwargs.tag: simple_cnn takes no model.kwargs").all()

@@ -15,6 +15,17 @@ class DatasetError(VislabError):
     failing every trial alike."""
 
 
+class SettingError(VislabError):
+    """A config value the task or the dataset cannot train with, found as the run is built
+    (detection's data.cache, a crops.patch_size too large for the photos). `keys` names the
+    config keys at fault: a sweep that varies none of them fails once, before its first
+    trial; one that varies them fails only the trials with a bad value."""
+
+    def __init__(self, message: str, keys: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped at a signal (Ctrl-C, SIGTERM) after saving what it could.
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from vislab.config import RunConfig, apply_overrides, build_config, read_yaml
 from vislab.errors import VislabError
-from vislab.sweep.space import override, parse_space, trial_config, variant_name
+from vislab.sweep.space import fixed_keys, override, parse_space, trial_config, variant_name
 
 if TYPE_CHECKING:
     from vislab.sweep.study import SweepResult
@@ -41,8 +41,9 @@ def grid_variants(path: str | Path, overrides: Sequence[str] = ()) -> list[tuple
     if grid is None:
         raise VislabError(f"{path}: no 'grid' mapping; add grid: with dotted keys -> lists of values, e.g. model.simple_cnn.layers: [2, 3]")
     source = f"{path}: grid"
-    params = parse_space(grid, source)
-    base = build_config(apply_overrides(raw, list(overrides)), str(path)).model_dump(mode="json")
+    cfg = build_config(apply_overrides(raw, list(overrides)), str(path))
+    base = cfg.model_dump(mode="json")
+    params = parse_space(grid, source, fixed_keys(cfg.task))
     variants = []
     for i, combo in enumerate(itertools.product(*(p.grid_values(source) for p in params))):
         values = {p.key: p.decode(v) for p, v in zip(params, combo)}

@@ -9,7 +9,8 @@ output calls one function here instead of escaping by hand:
 - `term`: any text rich prints (a line, a table cell, a title, a progress description);
 - `visible_lines`: text written to a terminal as it is (CSV, Markdown on stdout);
 - `md_cell`: a cell of a Markdown table;
-- `sheet_cell`: a cell of a CSV meant for spreadsheets (`vislab compare --format csv`);
+- `sheet_cell`, `sheet_table`: a cell, or every text column of a table, of a CSV meant for
+  spreadsheets (`vislab compare --format csv`, a sweep's results.csv);
 - `without_terminal_controls`: remote text kept in a data file (Flickr titles).
 
 Files vislab reads back itself (manifest.csv, photos.csv, predictions.csv) keep their text
@@ -20,11 +21,14 @@ from __future__ import annotations
 
 import html
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 
 from vislab.fsguard import printable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # Markdown's inline syntax: code spans, emphasis, strikethrough, links and images, table
 # cells, and the backslash itself. `_` only where it can start or end emphasis, so
@@ -73,6 +77,14 @@ def sheet_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(_FORMULA_START) and not _NUMBER.fullmatch(value):
         return "'" + value
     return value
+
+
+def sheet_table(table: "pd.DataFrame") -> "pd.DataFrame":
+    """A copy of `table` for a CSV that people open in a spreadsheet: `sheet_cell` on every
+    cell of its text columns; number columns stay as they are, so they read back as numbers."""
+    import pandas as pd
+
+    return table.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.map(sheet_cell))
 
 
 def without_terminal_controls(text: str) -> str:

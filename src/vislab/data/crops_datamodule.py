@@ -37,7 +37,7 @@ from vislab.config_crops import CropsConfig
 from vislab.data.crops import CropSample, EvalItem, eval_samples, load_sample, make_sample, plan_sample, render_sample, sample_seed
 from vislab.data.datamodule import BadImages, EpochSampler, UnreadableLog, loop_position
 from vislab.data.io import ImageDecodeError, load_image
-from vislab.errors import DatasetError, VislabError
+from vislab.errors import DatasetError, SettingError, VislabError
 
 
 class _Failed(tuple):
@@ -164,10 +164,11 @@ def check_sizes(rows: pd.DataFrame, cfg: CropsConfig, source: str) -> None:
     if len(small):
         i = int(small[0])
         more = f" (and {len(small) - 1} more)" if len(small) > 1 else ""
-        raise VislabError(
+        raise SettingError(
             f"{rows['path'].iloc[i]}: {int(w[i])}x{int(h[i])} is too small for crop samples{more} in {source}: each side "
             f"needs {cfg.min_side} px (crops.patch_size * grid / smallest size_factor); curate with --min-size {cfg.min_side}x{cfg.min_side} "
-            "or lower crops.patch_size"
+            "or lower crops.patch_size",
+            ("crops.patch_size", "crops.grid", "crops.size_factor"),
         )
 
 

@@ -25,7 +25,7 @@ from vislab.fsguard import printable
 from vislab.report.rundata import RunData, read_run
 from vislab.runs import is_sanity_check, run_paths
 from vislab.tasks import Column, get_task
-from vislab.usertext import md_cell, sheet_cell, term
+from vislab.usertext import md_cell, sheet_table, term
 
 # the columns every run has; a task's result columns (`Task.compare_columns`) go between
 # `epochs` and `wall_time_s`, in the order of the runs' tasks
@@ -292,9 +292,8 @@ def to_markdown(df: pd.DataFrame) -> str:
 def to_csv(df: pd.DataFrame) -> str:
     """Raw numbers (not display strings) in every column, for spreadsheets and scripts;
     text that a spreadsheet would run as a formula (a run named `=1+1`) is neutralised by
-    `sheet_cell`. Nothing in vislab reads this file back."""
-    table = df[[c.key for c in columns(df)] + ["epochs_planned", "path"] + config_columns(df)]
-    table = table.apply(lambda col: col if pd.api.types.is_numeric_dtype(col) else col.map(sheet_cell))
+    `sheet_table`. Nothing in vislab reads this file back."""
+    table = sheet_table(df[[c.key for c in columns(df)] + ["epochs_planned", "path"] + config_columns(df)])
     buf = io.StringIO()
     table.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()

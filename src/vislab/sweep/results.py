@@ -20,6 +20,7 @@ from vislab.config import dump_config
 from vislab.fsguard import inside
 from vislab.runs import atomic_write_text, run_paths
 from vislab.sweep.space import trial_config
+from vislab.usertext import sheet_table
 
 if TYPE_CHECKING:
     import optuna
@@ -93,9 +94,11 @@ def best_config_text(study: "optuna.Study", setup: "Setup") -> str | None:
 
 
 def write_results(study: "optuna.Study", setup: "Setup", out: Path, html: bool = True) -> tuple[pd.DataFrame, Path | None, Path | None]:
-    """results.csv and best.yaml (when a trial completed); sweep.html too when asked."""
+    """results.csv and best.yaml (when a trial completed); sweep.html too when asked. The
+    CSV is for spreadsheets: text that one would run as a formula (a swept choice or a
+    failure note starting with =) is neutralised (`sheet_table`); the returned table is exact."""
     table = results_table(study, setup)
-    atomic_write_text(inside(out, RESULTS_CSV), table.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(inside(out, RESULTS_CSV), sheet_table(table).to_csv(index=False, lineterminator="\n"))
     best_text = best_config_text(study, setup)
     best = None
     if best_text is not None:

@@ -10,7 +10,8 @@ A grid file's `grid:` mapping (key -> list of values) is the same thing with lis
 Every key and every value (each choice, each end of a range) is checked by building the run
 config with it before anything trains, so a typo is a one-line error naming the file and key;
 two choices the config reads as one value are duplicates, and a key every trial must share
-(`FIXED_KEYS`: the task, the monitored metric, the validation set, the device) is refused.
+(`fixed_keys`: the task, the monitored metric, the seeds, what picks or makes the validation
+images, the device; a task adds those of its own section) is refused, with any key under it.
 Choices that are lists or mappings (e.g. `model.fast_cnn.widths`) are handed to Optuna as
 their JSON text and turned back into values when a trial's config is built.
 """
@@ -32,10 +33,16 @@ from vislab.fsguard import folder_name_problem
 
 _METRIC = "the study compares every trial on the monitored metric"
 _VALIDATION = "it changes the validation images every trial is compared on; set it in the base config"
+_SEED = (
+    "the best trial would be a lucky seed, not a better config (the seed also picks the validation images when the manifest "
+    "has no val split); set it in the base config and repeat the winner over seeds to measure the spread"
+)
 _DEVICE = "each trial trains in the worker's process on one device; to use several GPUs run one worker per GPU (the same command)"
 # keys every trial must share, and why: trials that differ in them cannot be ranked together
 FIXED_KEYS = {
     "task": "trials of different tasks have incomparable metrics; run one sweep per task",
+    "seed": _SEED,
+    "model.simple_cnn.init_seed": _SEED,
     "train.monitor": _METRIC,
     "train.monitor_mode": _METRIC,
     "data.val_fraction": _VALIDATION,
@@ -113,13 +120,28 @@ def _encode(value: Any) -> tuple[Any, str | None]:
     return text, text
 
 
-def parse_param(key: Any, spec: Any, source: str) -> Param:
-    """One `key: spec` entry of a space (or grid) mapping, checked for shape, not yet for the config."""
+def fixed_keys(task: str) -> dict[str, str]:
+    """The keys every trial of a sweep of `task` must share, and why: `FIXED_KEYS` and the
+    task's own (`Task.sweep_fixed_keys`, e.g. the seed of the crops evaluation samples)."""
+    from vislab.tasks.registry import get_task
+
+    return {**FIXED_KEYS, **get_task(task).sweep_fixed_keys}
+
+
+def _fixed_at(key: str, fixed: dict[str, str]) -> str | None:
+    """The fixed key that `key` is or lies under (`crops.stress.vignette` under `crops.stress`)."""
+    return next((f for f in fixed if key == f or key.startswith(f + ".")), None)
+
+
+def parse_param(key: Any, spec: Any, source: str, fixed: dict[str, str] = FIXED_KEYS) -> Param:
+    """One `key: spec` entry of a space (or grid) mapping, checked for shape and against the
+    keys every trial must share (`fixed`), not yet for the config."""
     where = f"{source}: '{key}'"
     if not isinstance(key, str) or not key.strip():
         raise VislabError(f"{source}: keys must be dotted config keys such as optim.lr (got {key!r})")
-    if key.strip() in FIXED_KEYS:  # stripped as the override that sets it will be
-        raise VislabError(f"{source}: '{key.strip()}' cannot be swept: {FIXED_KEYS[key.strip()]}")
+    at = _fixed_at(key.strip(), fixed)  # stripped as the override that sets it will be
+    if at is not None:
+        raise VislabError(f"{source}: '{key.strip()}' cannot be swept: {fixed[at]}")
     if isinstance(spec, list):
         spec = {"choices": spec}
     if not isinstance(spec, dict):
@@ -175,15 +197,16 @@ def parse_param(key: Any, spec: Any, source: str) -> Param:
     return Param(key, "float", float(low), float(high), log, float(step) if step is not None else None)
 
 
-def parse_space(mapping: Any, source: str) -> list[Param]:
+def parse_space(mapping: Any, source: str, fixed: dict[str, str] = FIXED_KEYS) -> list[Param]:
+    """A space (or grid) mapping; `fixed`: the keys it may not name (`fixed_keys` of the task)."""
     if not isinstance(mapping, dict) or not mapping:
         raise VislabError(f"{source}: expected a mapping of dotted config keys to ranges or choices, e.g. optim.lr: {{float: [1e-4, 1e-1], log: true}}")
-    return [parse_param(k, v, source) for k, v in mapping.items()]
+    return [parse_param(k, v, source, fixed) for k, v in mapping.items()]
 
 
-def read_space(path: str | Path) -> list[Param]:
+def read_space(path: str | Path, fixed: dict[str, str] = FIXED_KEYS) -> list[Param]:
     """A space YAML file, parsed (not yet checked against the config)."""
-    return parse_space(read_yaml(path), str(path))
+    return parse_space(read_yaml(path), str(path), fixed)
 
 
 def override(key: str, value: Any) -> str:
@@ -203,6 +226,7 @@ def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
     first value), so a wrong key or value fails now, not in trial 17; and refuse choices the
     config reads as one value, and section choices that change a key every trial must share."""
     first = {p.key: p.values_to_check()[0] for p in params}
+    fixed = fixed_keys(base["task"])
     for p in params:
         meant: dict[str, Any] = {}  # what the config made of each choice (as JSON) -> the choice
         for n, value in enumerate(p.values_to_check(), 1):
@@ -213,7 +237,7 @@ def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
                 if problem:
                     raise VislabError(f"{where}: {problem}")
             built = cfg.model_dump(mode="json")
-            _refuse_fixed_change(base, built, p, n, source)
+            _refuse_fixed_change(base, built, p, n, fixed, source)
             if p.kind == "choices":
                 _refuse_same_value(meant, p.key, value, _at(built, p.key), source)
 
@@ -221,6 +245,13 @@ def check_space(base: dict[str, Any], params: list[Param], source: str) -> None:
 def sets_model(p: Param) -> bool:
     """Whether the parameter chooses the model (model.name, or the whole model section)."""
     return p.key.strip() in ("model", "model.name")
+
+
+def varies(p: Param, key: str) -> bool:
+    """Whether the parameter sets the config key `key`: the key itself, a section holding it
+    (`data` for data.cache) or a key inside it."""
+    mine = p.key.strip()
+    return mine == key or key.startswith(mine + ".") or mine.startswith(key + ".")
 
 
 def model_problem(cfg: RunConfig) -> str | None:
@@ -243,10 +274,10 @@ def _at(tree: dict[str, Any], key: str) -> Any:
     return node
 
 
-def _refuse_fixed_change(base: dict[str, Any], built: dict[str, Any], p: Param, n: int, source: str) -> None:
+def _refuse_fixed_change(base: dict[str, Any], built: dict[str, Any], p: Param, n: int, shared: dict[str, str], source: str) -> None:
     """A whole section as a choice (`train: [{...}, {...}]`) may not change a key every trial
     must share, such as train.monitor (its own key is refused when the space is read)."""
-    for fixed, why in FIXED_KEYS.items():
+    for fixed, why in shared.items():
         if fixed.startswith(p.key.strip() + ".") and _at(built, fixed) != _at(base, fixed):
             raise VislabError(
                 f"{source}: '{p.key}': choice {n} sets {fixed} to {_at(built, fixed)!r} (the base config: "

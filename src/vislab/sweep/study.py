@@ -26,8 +26,10 @@ A diverged trial (non-finite loss) counts as pruned: the sampler learns to avoid
 A trial that fails otherwise (an error building the model, out of GPU memory) is recorded
 with its message and replaced; three failures in a row stop the worker with the last message.
 What no trial's values change is not left to the trials: the dataset is checked once before
-the study (`Task.check_dataset`: a single class, an empty split), and a trial that fails on
-the dataset itself (a `DatasetError`, e.g. images deleted since curation) stops the sweep.
+the study (`Task.check_dataset`: a single class, an empty split, and a base config value the
+task or the images cannot take, a `SettingError`, unless the sweep varies that key), and a
+trial that fails on the dataset itself (a `DatasetError`, e.g. images deleted since curation)
+stops the sweep.
 Trials run in the worker's process on one device (train.devices: auto becomes 1): to use
 several GPUs, start one worker per GPU.
 """
@@ -53,10 +55,10 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from vislab.config import RunConfig, apply_overrides, build_config, load_config, parse_duration, read_yaml
-from vislab.errors import DatasetError, TrainingInterrupted, VislabError
+from vislab.errors import DatasetError, SettingError, TrainingInterrupted, VislabError
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
-from vislab.sweep.space import Param, check_space, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name
+from vislab.sweep.space import Param, check_space, fixed_keys, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name, varies
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -150,8 +152,6 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
         raise VislabError(f"{config}: has a grid: mapping and --space {opts.space} was given; use one of them")
     if grid is None and opts.space is None:
         raise VislabError(f"{config}: no search space; pass --space SPACE.yaml (or put a grid: mapping in the config)")
-    params = read_space(opts.space) if opts.space is not None else parse_space(grid, f"{config}: grid")
-    source = str(opts.space) if opts.space is not None else f"{config}: grid"
     sampler = opts.sampler or ("grid" if grid is not None else "tpe")
     if sampler not in SAMPLERS:
         raise VislabError(f"--sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
@@ -170,6 +170,9 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
     raw = apply_overrides(raw, [*opts.overrides, *limits])
     cfg = _one_device(build_config(raw, str(config)), str(config))
     base = cfg.model_dump(mode="json")
+    fixed = fixed_keys(cfg.task)
+    params = read_space(opts.space, fixed) if opts.space is not None else parse_space(grid, f"{config}: grid", fixed)
+    source = str(opts.space) if opts.space is not None else f"{config}: grid"
     check_space(base, params, source)
     problem = None if any(sets_model(p) for p in params) else model_problem(cfg)
     if problem:  # the one model of every trial, which no trial would train
@@ -514,14 +517,19 @@ def run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: Sweep
         return _run_sweep(config, data, out, opts)
 
 
-def _check_dataset(setup: Setup, data: Path) -> None:
+def _check_dataset(setup: Setup, data: Path, config: str) -> None:
     """Check the dataset once, before the study: one no trial can train on (a single class, an
-    empty split) is one line here, not the same failure in trial after trial."""
+    empty split) is one line here, not the same failure in trial after trial; so is a value of
+    the base config the task or the images cannot take (detection's data.cache), unless the
+    sweep varies its key: then each trial's own value decides, and a bad one fails that trial."""
     from vislab.tasks.registry import get_task
 
     cfg = build_config(setup.base, setup.source)
     try:
         get_task(cfg.task).check_dataset(cfg, data)
+    except SettingError as err:
+        if not any(varies(p, key) for p in setup.params for key in err.keys):
+            raise VislabError(f"{config}: {err}; no trial can train with it, so the sweep started none") from None
     except VislabError as err:
         raise VislabError(f"{err}; no trial can train on it, so the sweep started none") from None
 
@@ -534,7 +542,7 @@ def _run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: Swee
     data = Path(data)
     if not manifest_path(data).is_file():
         raise VislabError(f"{data}: no manifest.csv; pass a dataset folder written by `vislab curate`")
-    _check_dataset(setup, data)
+    _check_dataset(setup, data, str(config))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url = opts.storage or f"sqlite:///{inside(out, 'study.db')}"

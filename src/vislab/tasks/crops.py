@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from vislab.config_crops import RECTANGLES, Aberrations, CropsConfig
-from vislab.errors import VislabError
+from vislab.errors import SettingError, VislabError
 from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
@@ -131,6 +131,11 @@ def _fmt(v: Any, pct: bool = True) -> str:
     return "-" if v is None else (f"{v:.1%}" if pct else f"{v:.3f}")
 
 
+def _check_settings(cfg: "RunConfig") -> None:
+    if cfg.data.img_size is not None:
+        raise SettingError("data.img_size: a crops run's thumbnail size is crops.thumb_size (width, height); remove data.img_size", ("data.img_size",))
+
+
 class CropsPlugin(Task):
     """Crop detection: a rectangle in the original frame, a crop flag and patch cells per photo."""
 
@@ -147,19 +152,27 @@ class CropsPlugin(Task):
     report_module = "vislab.report.crops"
     evaluate_options = ("crops_per_image", "aberration", "rectangle")
     export_outputs = ("rect", "flag", "cells")
+    sweep_fixed_keys = {
+        key: "it changes the validation samples every trial is compared on; set it in the base config"
+        for key in ("crops.eval_seed", "crops.eval_crops_per_image", "crops.stress")
+    }
 
     # ---- training ------------------------------------------------------------------------
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
-        from vislab.data.crops_datamodule import crops_rows
+        import pandas as pd
 
-        crops_rows(data_dir, cfg.data.val_fraction, cfg.seed)
+        from vislab.data.crops_datamodule import check_sizes, crops_rows
+        from vislab.data.manifest import manifest_path
+
+        rows, _ = crops_rows(data_dir, cfg.data.val_fraction, cfg.seed)
+        _check_settings(cfg)
+        check_sizes(pd.concat([rows["train"], rows["val"]]), cfg.section(), str(manifest_path(data_dir)))
 
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.crops_datamodule import CropsDataModule
         from vislab.tasks.crops_module import CropsModule
 
-        if cfg.data.img_size is not None:
-            raise VislabError("data.img_size: a crops run's thumbnail size is crops.thumb_size (width, height); remove data.img_size")
+        _check_settings(cfg)
         section = cfg.section()
         dm = CropsDataModule(data_dir, section, cfg.data, cfg.seed, sanity_batch=sanity)
         sizes = dm.split_sizes()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from pydantic import Field, field_validator
 
 from vislab.config import Section
-from vislab.errors import VislabError
+from vislab.errors import SettingError, VislabError
 from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
@@ -114,6 +114,17 @@ def _augment(cfg: "RunConfig") -> Any:
     return DetectAugment(s.flip, s.scale, s.translate, s.hsv_h, s.hsv_s, s.hsv_v, s.mosaic, s.mixup)
 
 
+def _check_settings(cfg: "RunConfig") -> None:
+    """The generic keys a detection run cannot take (its detect section sets them)."""
+    clash = [k for k in ("img_size", "anchors") if k in cfg.model.kwargs]
+    if clash:
+        raise SettingError(f"model.kwargs.{clash[0]}: a detection run takes it from detect.{clash[0]}; move it there", (f"model.kwargs.{clash[0]}",))
+    if cfg.data.img_size is not None:
+        raise SettingError("data.img_size: a detection run's input size is detect.img_size (the letterbox canvas); remove data.img_size", ("data.img_size",))
+    if cfg.data.cache:
+        raise SettingError("data.cache: the prepared uint8 cache serves classification runs; set data.cache: false for detection", ("data.cache",))
+
+
 class DetectPlugin(Task):
     """Object detection: boxes with classes and scores, YOLO models."""
 
@@ -135,9 +146,6 @@ class DetectPlugin(Task):
         from vislab.models.factory import create_model
 
         sec = cfg.section()
-        clash = [k for k in ("img_size", "anchors") if k in cfg.model.kwargs]
-        if clash:
-            raise VislabError(f"model.kwargs.{clash[0]}: a detection run takes it from detect.{clash[0]}; move it there")
         kwargs = {**cfg.model.kwargs, "img_size": max(canvas(cfg))}
         if sec.anchors is not None:
             kwargs["anchors"] = [list(a) for a in sec.anchors]
@@ -157,15 +165,13 @@ class DetectPlugin(Task):
 
         rows, _, names = detection_table(data_dir)
         detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
+        _check_settings(cfg)
 
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.det_datamodule import DetectDataModule, detection_splits_of, detection_table
         from vislab.tasks.detect_module import DetectTask
 
-        if cfg.data.img_size is not None:
-            raise VislabError("data.img_size: a detection run's input size is detect.img_size (the letterbox canvas); remove data.img_size")
-        if cfg.data.cache:
-            raise VislabError("data.cache: the prepared uint8 cache serves classification runs; set data.cache: false for detection")
+        _check_settings(cfg)
         rows, boxes, names = detection_table(data_dir)
         splits = detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
         module = DetectTask(cfg.model_dump(mode="json"), names, detect_spec(cfg), model=self.create_model(cfg, names))

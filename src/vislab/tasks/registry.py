@@ -120,6 +120,9 @@ class Task(ABC):
     # the task's own options of `vislab evaluate` (keyword arguments of `evaluate`, e.g.
     # crops_per_image); the command refuses one the run's task does not name here
     evaluate_options: ClassVar[tuple[str, ...]] = ()
+    # keys of the task's own section that every trial of a sweep must share (key -> why, one
+    # clause), with any key under them: those that pick or make the validation samples
+    sweep_fixed_keys: ClassVar[dict[str, str]] = {}
 
     # ---- training ------------------------------------------------------------------------
     def accepts_model(self, name: str) -> str | None:
@@ -139,9 +142,10 @@ class Task(ABC):
 
     def check_dataset(self, cfg: "RunConfig", data_dir: Path) -> None:
         """Raise a VislabError when `data_dir` cannot train this task whatever values a sweep
-        tries (too few classes, an empty train or val split), from its manifest alone: a sweep
-        calls it once before its first trial instead of failing each trial alike. The default
-        checks nothing."""
+        tries (too few classes, an empty train or val split), from its manifest alone, and a
+        `SettingError` naming the keys when `cfg` holds a value the task or these images cannot
+        train with (the checks `build` makes before it trains): a sweep calls it once before its
+        first trial instead of failing each trial alike. The default checks nothing."""
 
     @abstractmethod
     def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
