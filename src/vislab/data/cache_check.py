@@ -4,7 +4,9 @@ decoder that made it and the disk it is written to.
 A manifest hash says which rows a cache holds, not that the files behind them are unchanged:
 an image replaced under the same name (or deleted) after `vislab curate` keeps the hash. So
 the index records each file's size and mtime_ns at prepare time, and every open stats them
-again (about 0.26 s for 50,000 files on the 2-core machine this was measured on).
+again (about 0.26 s for 50,000 files on the 2-core machine this was measured on). A file
+that is gone or no longer decodes is recorded as unreadable (with the no-cache path's reason)
+and served by nobody: training skips it as it skips unreadable files.
 
 The pixel bytes carry a SHA-256 per block (`BLOCK_BYTES`, truncated to 64 bits: enough to
 catch corruption, not meant against tampering). An array loaded into RAM has every block
@@ -49,22 +51,20 @@ def file_stats(paths: Sequence[str]) -> list[FileStat | None]:
     return out
 
 
-def gone_error(missing: Sequence[str], total: int) -> VislabError:
-    """The one line for files the manifest lists that are no longer there."""
+def unreadable_error(bad: Sequence[tuple[str, str]], total: int) -> VislabError:
+    """The one line for images the cache holds that cannot be read now, as (path, reason)."""
+    path, reason = bad[0]
     return VislabError(
-        f"{len(missing)} of the {total} images the cache holds cannot be read, e.g. {missing[0]}: file not found; "
-        "the dataset changed since `vislab curate`: restore the files or re-run `vislab curate`"
+        f"{len(bad)} of the {total} images the cache holds cannot be read, e.g. {path}: {reason}; "
+        "the dataset changed since `vislab curate`: restore the files or re-run `vislab curate` "
+        "(`vislab train` skips them, up to train.health.max_bad_images)"
     )
 
 
-def changed_rows(paths: Sequence[str], recorded: Sequence[Any]) -> list[int]:
-    """Rows whose file differs in size or mtime from what the cache was built from; raises
-    the one-line error of the no-cache path when files are gone."""
-    now = file_stats(paths)
-    missing = [p for p, st in zip(paths, now) if st is None]
-    if missing:
-        raise gone_error(missing, len(paths))
-    return [i for i, (st, rec) in enumerate(zip(now, recorded)) if rec is None or list(st) != list(rec)]  # type: ignore[arg-type]
+def changed_rows(now: Sequence[FileStat | None], recorded: Sequence[Any]) -> list[int]:
+    """Rows whose file differs in size or mtime (or in being there at all) from what the
+    cache was built from."""
+    return [i for i, (st, rec) in enumerate(zip(now, recorded)) if (None if st is None else list(st)) != rec]
 
 
 def _digest(buf: Any) -> str:
