@@ -187,3 +187,38 @@ def test_cached_loader_replaces_training_images_and_drops_evaluation_ones(tmp_pa
     (vx, vy), = list(dm.val_dataloader())
     assert len(vx) == 1 and len(dm.unreadable["val"].bad) == 1
     assert dm.unreadable["train"].bad == {}  # reported when its loader runs, as without the cache
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_memory_mapped_block_corrupted_past_the_sampled_check_stops_training_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """One byte flipped in a block the open does not sample: the open serves the store, and
+    the first batch that reads that block stops the run with one line naming the store and
+    the fix; `prepare --force`, the fix named, gives a store that trains."""
+    from vislab.config import dump_config
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+    monkeypatch.setattr(cache_check, "BLOCK_BYTES", 16 * 16 * 3)  # a block per image: 60 blocks
+    monkeypatch.setattr(cache_check, "SAMPLED_BLOCKS", 0)  # header, first and last block only
+    monkeypatch.setattr(cache_mod, "RAM_SHARE", 0.0)  # memory-mapped, as a store too big for RAM is
+    data = make_pattern_dataset(tmp_path / "d", per_class=20, size=16)
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", str(data), "--size", "16", "--workers", "1"]).exit_code == 0
+    store = next((data / "cache").glob("*-16x16")) / "images.npy"
+    arr = np.load(store, mmap_mode="r+")
+    arr[30, 5, 5, 1] ^= 0xFF
+    arr.flush()
+    del arr
+    opened = cache_mod.open_cache(data, 16, skip_unreadable=True)
+    assert opened is not None and not opened.in_memory  # the sampled check passes
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(data={"cache": True, "num_workers": workers}, train={"epochs": 1})))
+    res = runner.invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    last = res.output.strip().splitlines()[-1].replace("\n", "")
+    assert last.startswith(f"error: {store}: block 30 of its pixels (images 30-30) does not match the checksum"), last
+    assert f"--size 16x16 --force" in res.output.replace("\n", "")
+    assert runner.invoke(app, ["prepare", str(data), "--size", "16", "--workers", "1", "--force"]).exit_code == 0
+    res = runner.invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 0, res.output

@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from vislab.data.cache_check import (
+    BlockCheck,
     block_digests,
     blocks_intact,
     changed_rows,
@@ -126,7 +127,8 @@ def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilin
 @dataclass
 class PreparedCache:
     """An opened cache: the pixel array (memory-mapped or in RAM) and its rows; `unreadable`:
-    row -> why, for rows whose file could not be read (their pixels are never served)."""
+    row -> why, for rows whose file could not be read (their pixels are never served);
+    `check`: for a memory-mapped array, what checks each block the first time it is read."""
 
     root: Path
     images: np.ndarray
@@ -137,6 +139,7 @@ class PreparedCache:
     interpolation: str
     manifest_hash: str
     unreadable: dict[int, str] = field(default_factory=dict)
+    check: BlockCheck | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -256,7 +259,12 @@ def _open(
         images = np.array(images)  # a real copy: reads the file once, then no page faults
     if not blocks_intact(folder / IMAGES_NAME, images, index.get("digests")):
         return None, _Stale("its images.npy does not match the checksums recorded when it was prepared (corrupted)")
-    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha, unreadable)
+    check = None
+    if isinstance(images, np.memmap) and len(images):
+        w, h = size
+        fix = f"delete {folder} (or run `vislab prepare {dataset_dir} --size {w}x{h} --force`) and run again"
+        check = BlockCheck(folder / IMAGES_NAME, index["digests"], images[0].nbytes, fix)
+    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha, unreadable, check)
     return cache, stale
 
 

@@ -17,13 +17,18 @@ Images that cannot be read any more (the cache's `unreadable` rows) are handled 
 `unreadable` log when it starts (the health check warns, and stops the run past
 `train.health.max_bad_images`); in training the next readable image of the table stands in
 for one, in evaluation it is left out.
+
+A memory-mapped cache has only a sample of its blocks checked on open; `CachedBatches` checks
+each other block the first time it reads it (`cache_check.BlockCheck`) and hands a
+`CorruptCache` back instead of the batch, which `CachedLoader` raises as one line (raised in a
+worker it would come back wrapped in that worker's traceback).
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,7 +37,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vislab.config import DataConfig
 from vislab.data.cache import PreparedCache, open_cache, prepare_cache
+from vislab.data.cache_check import BlockCheck
 from vislab.data.datamodule import SUBSTITUTE_TRIES, BadImages, ClassifyDataModule, EpochSampler
+from vislab.errors import VislabError
+
+
+class CorruptCache(NamedTuple):
+    """What `CachedBatches` returns for a batch whose pixels fail their block checksum."""
+
+    message: str
 
 
 class CachedBatches(Dataset):
@@ -42,7 +55,8 @@ class CachedBatches(Dataset):
 
     `unreadable`: (position, path, why) of the rows that cannot be served; with `substitute`
     (training) the next readable position stands in for each, and a batch left with one
-    image is served empty (BatchNorm cannot normalise it), else it is left out."""
+    image is served empty (BatchNorm cannot normalise it), else it is left out. `check`
+    verifies the blocks a batch reads (memory-mapped stores)."""
 
     def __init__(
         self,
@@ -51,8 +65,10 @@ class CachedBatches(Dataset):
         targets: Sequence[int],
         unreadable: Sequence[tuple[int, str, str]] = (),
         substitute: bool = False,
+        check: BlockCheck | None = None,
     ) -> None:
         self.images = images
+        self.check = check
         self.rows = np.asarray(rows, dtype=np.int64)
         self.targets = np.asarray(list(targets), dtype=np.int64)
         self.unreadable: BadImages = [(path, why) for _, path, why in unreadable]
@@ -70,7 +86,7 @@ class CachedBatches(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, key: tuple[np.ndarray, int | None]) -> tuple[Any, ...]:
+    def __getitem__(self, key: tuple[np.ndarray, int | None]) -> tuple[Any, ...] | CorruptCache:
         """`key`: what `BatchKeys` yields, (positions array, the batch's augmentation seed or None).
         Returns N x H x W x C uint8 pixels, the targets and, in training, the seed."""
         pos, seed = key
@@ -79,6 +95,9 @@ class CachedBatches(Dataset):
             pos = served[served >= 0]
             if self.substitute and len(pos) < min(2, len(served)):
                 pos = pos[:0]
+        corrupt = self.check.first_read(self.images, self.rows[pos]) if self.check is not None else None
+        if corrupt:
+            return CorruptCache(corrupt)
         x, y = np.ascontiguousarray(self.images[self.rows[pos]]), self.targets[pos]
         return (x, y) if seed is None else (x, y, seed)
 
@@ -111,7 +130,10 @@ class CachedLoader(DataLoader):
         assert isinstance(self.dataset, CachedBatches)
         if self.dataset.unreadable and self.on_unreadable is not None:
             self.on_unreadable(self.dataset.unreadable)
-        for x, y, *seed in super().__iter__():
+        for batch in super().__iter__():
+            if isinstance(batch, CorruptCache):
+                raise VislabError(batch.message)
+            x, y, *seed = batch
             if not len(x):
                 continue
             pixels = torch.from_numpy(x).permute(0, 3, 1, 2)
@@ -187,7 +209,7 @@ class CachedClassifyDataModule(ClassifyDataModule):
         where = self.cache.indices(paths)
         bad = self.cache.unreadable
         unreadable = [(pos, paths[pos], bad[row]) for pos, row in enumerate(where.tolist()) if row in bad] if bad else []
-        return CachedBatches(self.cache.images, where, rows["target"].tolist(), unreadable, substitute=train)
+        return CachedBatches(self.cache.images, where, rows["target"].tolist(), unreadable, substitute=train, check=self.cache.check)
 
     def make_loader(self, ds: Dataset, sampler: Sampler, batch_size: int, drop_last: bool, split: str = "train") -> DataLoader:
         """`split` names the log that the split's unreadable images go to."""
