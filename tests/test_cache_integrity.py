@@ -1,6 +1,7 @@
 """The prepared cache serves what the files hold now: replaced images are re-decoded, deleted
-ones refused as the no-cache path refuses them, corrupted bytes and another decoder rebuild
-it, and a full disk is one line with no temporary folder left behind."""
+or broken ones refused by `prepare` and skipped by training as the no-cache path skips them,
+corrupted bytes and another decoder rebuild it, and a full disk is one line with no
+temporary folder left behind."""
 
 from __future__ import annotations
 
@@ -118,3 +119,106 @@ def test_full_tmpfs_is_one_line_and_leaves_no_temporary_folder(tmp_path: Path, w
         assert list((ds / "cache").iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_images_gone_or_broken_after_prepare_are_skipped_as_without_the_cache(tmp_path: Path) -> None:
+    """Prepared, then one train image deleted and one val image replaced by a broken file: the
+    cached run warns and completes, as the no-cache run does; past train.health.max_bad_images
+    it stops with the no-cache path's one line. The user's files are left as they are."""
+    from vislab.config import dump_config
+    from vislab.testing.images import write_bad_ztxt_png
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+    data = make_pattern_dataset(tmp_path / "d", per_class=20, size=16)  # 36 train, 12 val, 12 test
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", str(data), "--size", "16", "--workers", "1"]).exit_code == 0
+    rows = pd.read_csv(data / "manifest.csv", dtype=str, keep_default_na=False)
+    train_paths = rows[rows["split"] == "train"]["path"].tolist()
+    broken = rows[rows["split"] == "val"]["path"].tolist()[0]
+    Path(train_paths[0]).unlink()
+    write_bad_ztxt_png(broken)
+    before = _files(data / "images")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(data={"cache": True}, train={"epochs": 1, "health": {"max_bad_images": 0.1}})))
+
+    res = runner.invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    out = res.output.replace("\n", "")
+    assert f"health warn: 1 unreadable image(s) in the train split skipped: {train_paths[0]} (file not found" in out
+    assert f"in the val split skipped: {broken} (corrupt image (SyntaxError" in out
+    entries = {m["split"]: m for m in json.loads((tmp_path / "run" / "health.json").read_text()) if m["code"] == "unreadable_images"}
+    assert entries["train"]["paths"] == [train_paths[0]] and entries["val"]["paths"] == [broken]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["stopped_reason"] == "completed"
+    assert _files(data / "images") == before  # nothing rewritten, nothing added
+
+    for p in train_paths[1:4]:  # 4 of 36 > 10 %
+        Path(p).unlink()
+    res = runner.invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    last = res.output.strip().splitlines()[-1]
+    assert last.startswith("error: 4 of the 36 train images cannot be read, over train.health.max_bad_images = 0.1; e.g. ")
+    assert "last.ckpt saved. The dataset changed since `vislab curate`" in res.output.replace("\n", "")
+    res = runner.invoke(app, ["prepare", str(data), "--size", "16", "--workers", "1"])  # prepare itself still refuses
+    assert res.exit_code == 2 and "5 of the 60 images the cache holds cannot be read" in res.output.replace("\n", "")
+
+
+def test_cached_loader_replaces_training_images_and_drops_evaluation_ones(tmp_path: Path) -> None:
+    from vislab.data.cached import CachedClassifyDataModule
+
+    ds = _dataset(tmp_path, n=8)  # train: 0..5, val: 6, 7
+    cfg = DataConfig(batch_size=6, num_workers=0, augment={"preset": "none"})
+    dm = CachedClassifyDataModule(ds, cfg, _spec(16))
+    whole = dm.train_dataloader().dataset
+    assert whole.serve is None
+    paths = dm.splits.train["path"].tolist()
+    Path(paths[1]).unlink()
+    Path(dm.splits.val["path"].tolist()[0]).unlink()
+    dm = CachedClassifyDataModule(ds, cfg, _spec(16))
+    train = dm.train_dataloader().dataset
+    x, y, _ = train[(np.arange(6), 7)]
+    expected = whole[(np.array([0, 2, 2, 3, 4, 5]), 7)][0]  # the next readable image stands in
+    np.testing.assert_array_equal(x, expected)
+    assert len(train[(np.array([1, 2]), 7)][0]) == 2
+    assert train.unreadable == [(paths[1], "file not found (deleted or moved?)")]
+    (vx, vy), = list(dm.val_dataloader())
+    assert len(vx) == 1 and len(dm.unreadable["val"].bad) == 1
+    assert dm.unreadable["train"].bad == {}  # reported when its loader runs, as without the cache
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_memory_mapped_block_corrupted_past_the_sampled_check_stops_training_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """One byte flipped in a block the open does not sample: the open serves the store, and
+    the first batch that reads that block stops the run with one line naming the store and
+    the fix; `prepare --force`, the fix named, gives a store that trains."""
+    from vislab.config import dump_config
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+
+    monkeypatch.setattr(cache_check, "BLOCK_BYTES", 16 * 16 * 3)  # a block per image: 60 blocks
+    monkeypatch.setattr(cache_check, "SAMPLED_BLOCKS", 0)  # header, first and last block only
+    monkeypatch.setattr(cache_mod, "RAM_SHARE", 0.0)  # memory-mapped, as a store too big for RAM is
+    data = make_pattern_dataset(tmp_path / "d", per_class=20, size=16)
+    runner = CliRunner()
+    assert runner.invoke(app, ["prepare", str(data), "--size", "16", "--workers", "1"]).exit_code == 0
+    store = next((data / "cache").glob("*-16x16")) / "images.npy"
+    arr = np.load(store, mmap_mode="r+")
+    arr[30, 5, 5, 1] ^= 0xFF
+    arr.flush()
+    del arr
+    opened = cache_mod.open_cache(data, 16, skip_unreadable=True)
+    assert opened is not None and not opened.in_memory  # the sampled check passes
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(dump_config(tiny_config(data={"cache": True, "num_workers": workers}, train={"epochs": 1})))
+    res = runner.invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    last = res.output.strip().splitlines()[-1].replace("\n", "")
+    assert last.startswith(f"error: {store}: block 30 of its pixels (images 30-30) does not match the checksum"), last
+    assert f"--size 16x16 --force" in res.output.replace("\n", "")
+    assert runner.invoke(app, ["prepare", str(data), "--size", "16", "--workers", "1", "--force"]).exit_code == 0
+    res = runner.invoke(app, ["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 0, res.output

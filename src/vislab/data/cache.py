@@ -5,18 +5,21 @@ Decoding JPEGs costs more than training a small net on them, so `vislab prepare`
 
 - `images.npy`: N x H x W x 3 uint8, read back memory-mapped (or loaded whole into RAM);
 - `index.json`: format version, manifest hash, size, resize method, decoder versions, and the
-  paths, labels, splits and file (size, mtime_ns) of the rows in array order, with block
-  checksums of `images.npy`.
+  paths, labels, splits and file (size, mtime_ns) of the rows in array order, the rows whose
+  file cannot be read (with why), and block checksums of `images.npy`.
 
 Correctness rules (the checks themselves live in `cache_check`):
 
 - The key holds the manifest's hash, so a changed dataset gets a new key: a cache is never
   served for a manifest it was not built from. An index whose hash, version, size or row
   count does not match is treated as absent and rebuilt.
-- The same outcome as reading the files: every open stats the files, re-decodes those
-  replaced since prepare (one line says so), and refuses, in the no-cache path's words,
-  when files are gone. A store built by another Pillow / torchvision or pixel limit is
-  rebuilt, and so is one whose bytes no longer match their checksums.
+- The same outcome as reading the files: every open stats the files and re-decodes those
+  replaced or deleted since prepare (one line says so). With `skip_unreadable` (training) a
+  file that is gone or no longer decodes becomes an unreadable row, which the cached loader
+  skips and reports exactly as the no-cache loader does (so `train.health.max_bad_images`
+  applies the same); without it (`vislab prepare`) it is a one-line error. A store built by
+  another Pillow / torchvision or pixel limit is rebuilt, and so is one whose bytes no
+  longer match their checksums.
 - The array's space is checked and allocated before writing, so a full disk is a one-line
   error, and the temporary folder is removed on any failure.
 - A store is written into a temporary folder and renamed into place in one step, so a
@@ -43,14 +46,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from vislab.data.cache_check import (
+    BlockCheck,
     block_digests,
     blocks_intact,
     changed_rows,
     decoder_versions,
     file_stats,
-    gone_error,
     require_space,
     reserve,
+    unreadable_error,
 )
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
@@ -60,7 +64,7 @@ from vislab.workers import die_with_parent
 CACHE_DIRNAME = "cache"
 INDEX_NAME = "index.json"
 IMAGES_NAME = "images.npy"
-FORMAT_VERSION = 2  # 2: per-file stats, block checksums and decoder versions in the index
+FORMAT_VERSION = 3  # 2: per-file stats, block checksums and decoder versions; 3: unreadable rows
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # at or above this share of available memory the array stays memory-mapped instead of loaded
 RAM_SHARE = 0.5
@@ -122,7 +126,9 @@ def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilin
 
 @dataclass
 class PreparedCache:
-    """An opened cache: the pixel array (memory-mapped or in RAM) and its rows."""
+    """An opened cache: the pixel array (memory-mapped or in RAM) and its rows; `unreadable`:
+    row -> why, for rows whose file could not be read (their pixels are never served);
+    `check`: for a memory-mapped array, what checks each block the first time it is read."""
 
     root: Path
     images: np.ndarray
@@ -132,6 +138,8 @@ class PreparedCache:
     size: tuple[int, int]
     interpolation: str
     manifest_hash: str
+    unreadable: dict[int, str] = field(default_factory=dict)
+    check: BlockCheck | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -169,9 +177,12 @@ class _Stale:
     changed: list[int] = field(default_factory=list)
 
 
-def _inspect(folder: Path, sha: str, size: tuple[int, int], interpolation: str, decoder: dict[str, Any]) -> tuple[dict[str, Any] | None, _Stale]:
+def _inspect(
+    folder: Path, sha: str, size: tuple[int, int], interpolation: str, decoder: dict[str, Any], skip_unreadable: bool
+) -> tuple[dict[str, Any] | None, _Stale]:
     """(the index, nothing stale) for a complete store built from this manifest at this
-    size by this decoder from files unchanged since, else (None, why not)."""
+    size by this decoder from files unchanged since, else (None, why not). Files gone, and
+    files unchanged since they failed to decode, are the one-line error unless `skip_unreadable`."""
     index = _read_index(folder)
     if not index or index.get("version") != FORMAT_VERSION or index.get("manifest_hash") != sha:
         return None, _Stale()
@@ -189,7 +200,14 @@ def _inspect(folder: Path, sha: str, size: tuple[int, int], interpolation: str, 
         was = ", ".join(f"{k} {v}" for k, v in (index.get("decoder") or {}).items()) or "unknown"
         now = ", ".join(f"{k} {v}" for k, v in decoder.items())
         return None, _Stale(f"prepared with {was}, now {now}")
-    changed = changed_rows(paths, index["files"])
+    now = file_stats(paths)
+    changed = changed_rows(now, index["files"])
+    if not skip_unreadable:
+        bad = {i: "file not found" for i, st in enumerate(now) if st is None}
+        redone = set(changed)
+        bad.update({int(r): why for r, why in index.get("unreadable", []) if int(r) not in redone})
+        if bad:
+            raise unreadable_error([(paths[r], why) for r, why in sorted(bad.items())], len(paths))
     if changed:
         return None, _Stale(f"{len(changed)} image(s) changed since it was prepared, e.g. {paths[changed[0]]}", index, changed)
     return index, _Stale()
@@ -210,49 +228,61 @@ def _available_memory() -> int:
 
 
 def open_cache(
-    dataset_dir: str | Path, size: int | str | Sequence[int], interpolation: str = "bilinear", in_memory: bool | None = None
+    dataset_dir: str | Path,
+    size: int | str | Sequence[int],
+    interpolation: str = "bilinear",
+    in_memory: bool | None = None,
+    skip_unreadable: bool = False,
 ) -> PreparedCache | None:
     """The valid cache of the dataset's current manifest at `size`, or None.
 
     `in_memory=None` loads the array into RAM when it takes under half the available
     memory, else keeps it memory-mapped (the OS then pages it in as batches touch it).
-    Raises the no-cache path's one-line error when files it holds are gone.
+    Images it holds that cannot be read are the cache's `unreadable` rows with
+    `skip_unreadable`, else a one-line error.
     """
-    return _open(dataset_dir, size, interpolation, in_memory)[0]
+    return _open(dataset_dir, size, interpolation, in_memory, skip_unreadable)[0]
 
 
 def _open(
-    dataset_dir: str | Path, size: int | str | Sequence[int], interpolation: str, in_memory: bool | None
+    dataset_dir: str | Path, size: int | str | Sequence[int], interpolation: str, in_memory: bool | None, skip_unreadable: bool
 ) -> tuple[PreparedCache | None, _Stale]:
     size = parse_cache_size(size)
     sha = manifest_hash(dataset_dir)
     folder = cache_root(dataset_dir) / cache_key(sha, size, interpolation)
-    index, stale = _inspect(folder, sha, size, interpolation, decoder_versions(dataset_max_pixels(dataset_dir)))
+    index, stale = _inspect(folder, sha, size, interpolation, decoder_versions(dataset_max_pixels(dataset_dir)), skip_unreadable)
     if index is None:
         return None, stale
+    unreadable = {int(row): str(why) for row, why in index.get("unreadable", [])}
     images: np.ndarray = np.load(folder / IMAGES_NAME, mmap_mode="r")
     if in_memory or (in_memory is None and images.nbytes < RAM_SHARE * _available_memory()):
         images = np.array(images)  # a real copy: reads the file once, then no page faults
     if not blocks_intact(folder / IMAGES_NAME, images, index.get("digests")):
         return None, _Stale("its images.npy does not match the checksums recorded when it was prepared (corrupted)")
-    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha)
+    check = None
+    if isinstance(images, np.memmap) and len(images):
+        w, h = size
+        fix = f"delete {folder} (or run `vislab prepare {dataset_dir} --size {w}x{h} --force`) and run again"
+        check = BlockCheck(folder / IMAGES_NAME, index["digests"], images[0].nbytes, fix)
+    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha, unreadable, check)
     return cache, stale
 
 
-def _fill_chunk(store: str, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, max_pixels: int) -> tuple[int, str | None]:
-    """Worker: decode each (row, path) into its row of the store; returns (done, "path: reason"
-    of the first image that cannot be decoded)."""
+def _fill_chunk(store: str, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, max_pixels: int) -> dict[int, str]:
+    """Worker: decode each (row, path) into its row of the store (zeros for one that cannot
+    be decoded); returns row -> why for those."""
     from vislab.data.io import ImageDecodeError
 
     arr = np.load(store, mmap_mode="r+")
-    for i, (row, path) in enumerate(items):
+    failed: dict[int, str] = {}
+    for row, path in items:
         try:
             arr[row] = decode_resized(path, size, interpolation, max_pixels)
         except ImageDecodeError as err:
-            arr.flush()
-            return i, f"{path}: {err.reason}"
+            arr[row] = 0
+            failed[row] = err.reason
     arr.flush()
-    return len(items), None
+    return failed
 
 
 def _progress(console: Any, what: str) -> Any:
@@ -263,8 +293,11 @@ def _progress(console: Any, what: str) -> Any:
     )
 
 
-def _fill(store: Path, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, workers: int, console: Any, max_pixels: int) -> None:
-    """Decode each (row, path) into its row of `store`, in `workers` processes."""
+def _fill(
+    store: Path, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, workers: int, console: Any, max_pixels: int
+) -> dict[int, str]:
+    """Decode each (row, path) into its row of `store`, in `workers` processes; returns row ->
+    why for the images that cannot be decoded."""
     from concurrent.futures.process import BrokenProcessPool
 
     from vislab.data.checks import worker_count
@@ -275,25 +308,20 @@ def _fill(store: Path, items: list[tuple[int, str]], size: tuple[int, int], inte
     starts = list(range(0, n, chunk))
     progress = _progress(console, f"preparing {size[0]}x{size[1]}")
     task = progress.add_task("prepare", total=n)
-    errors: list[str] = []
+    failed: dict[int, str] = {}
     try:
         if workers <= 1:
             progress.start()
             for s in starts:
-                done, err = _fill_chunk(str(store), items[s : s + chunk], size, interpolation, max_pixels)
-                progress.advance(task, done)
-                if err:
-                    errors.append(err)
-                    break
+                failed.update(_fill_chunk(str(store), items[s : s + chunk], size, interpolation, max_pixels))
+                progress.advance(task, min(chunk, n - s))
         else:
             with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-                futures = [pool.submit(_fill_chunk, str(store), items[s : s + chunk], size, interpolation, max_pixels) for s in starts]
+                todo = {pool.submit(_fill_chunk, str(store), items[s : s + chunk], size, interpolation, max_pixels): min(chunk, n - s) for s in starts}
                 progress.start()  # after the workers are forked
-                for fut in as_completed(futures):
-                    done, err = fut.result()
-                    progress.advance(task, done)
-                    if err:
-                        errors.append(err)
+                for fut in as_completed(todo):
+                    failed.update(fut.result())
+                    progress.advance(task, todo[fut])
     except BrokenProcessPool:
         raise VislabError(
             f"a worker preparing the cache in {store.parent} died (out of memory or disk?); "
@@ -301,12 +329,7 @@ def _fill(store: Path, items: list[tuple[int, str]], size: tuple[int, int], inte
         ) from None
     finally:
         progress.stop()
-    if errors:
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise VislabError(
-            f"{errors[0]}{more}; the cache holds every usable image, so each must decode as it did when "
-            "curated: restore it or re-run `vislab curate` on the dataset"
-        )
+    return failed
 
 
 def _clean_tmp(root: Path, key: str) -> None:
@@ -329,11 +352,14 @@ def prepare_cache(
     force: bool = False,
     console: Any = None,
     in_memory: bool | None = None,
+    skip_unreadable: bool = False,
 ) -> PreparedCache:
     """The dataset's cache at `size`, built first when absent, stale or `force`d.
 
     Decodes every usable manifest row (all splits) in `workers` processes (0 = one per
-    core) with a progress bar on `console` (None = silent).
+    core) with a progress bar on `console` (None = silent). An image that cannot be read
+    is an `unreadable` row with `skip_unreadable` (what training asks for: it skips them up
+    to `train.health.max_bad_images`), else a one-line error.
     """
     if interpolation not in INTERPOLATIONS:
         raise VislabError(f"--interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
@@ -341,7 +367,7 @@ def prepare_cache(
     dataset_dir = Path(dataset_dir)
     stale = _Stale()
     if not force:
-        found, stale = _open(dataset_dir, size, interpolation, in_memory)
+        found, stale = _open(dataset_dir, size, interpolation, in_memory, skip_unreadable)
         if found is not None:
             return found
     df = read_manifest(dataset_dir)
@@ -356,8 +382,8 @@ def prepare_cache(
     paths = rows["path"].tolist()
     stats = file_stats(paths)  # before decoding: a file changed meanwhile is caught on the next open
     missing = [p for p, st in zip(paths, stats) if st is None]
-    if missing:
-        raise gone_error(missing, len(paths))
+    if missing and not skip_unreadable:
+        raise unreadable_error([(p, "file not found") for p in missing], len(paths))
     reuse = stale.index is not None and stale.index.get("paths") == paths
     if stale.reason:
         what = f"re-decoding those {len(stale.changed)}" if reuse else "rebuilding it"
@@ -373,12 +399,17 @@ def prepare_cache(
         del store  # workers open it themselves
         reserve(tmp / IMAGES_NAME, root, len(paths) * h * w * 3)
         start = time.perf_counter()
+        unreadable: dict[int, str] = {}
         if reuse:
             _copy_rows(root / key / IMAGES_NAME, tmp / IMAGES_NAME)
             todo = [(i, paths[i]) for i in stale.changed]
+            redone = set(stale.changed)  # the others keep their pixels, and their unreadable mark
+            unreadable = {int(r): why for r, why in (stale.index or {}).get("unreadable", []) if int(r) not in redone}
         else:
             todo = list(enumerate(paths))
-        _fill(tmp / IMAGES_NAME, todo, size, interpolation, workers, console, max_pixels)
+        unreadable.update(_fill(tmp / IMAGES_NAME, todo, size, interpolation, workers, console, max_pixels))
+        if unreadable and not skip_unreadable:
+            raise unreadable_error([(paths[r], why) for r, why in sorted(unreadable.items())], len(paths))
         index = {
             "version": FORMAT_VERSION,
             "manifest_hash": sha,
@@ -391,7 +422,8 @@ def prepare_cache(
             "paths": paths,
             "labels": rows["label"].tolist(),
             "splits": rows["split"].tolist(),
-            "files": [list(st) for st in stats if st is not None],
+            "files": [None if st is None else list(st) for st in stats],
+            "unreadable": sorted(unreadable.items()),
             "digests": block_digests(tmp / IMAGES_NAME),
             "prepare_seconds": round(time.perf_counter() - start, 2),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -407,7 +439,7 @@ def prepare_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    found = open_cache(dataset_dir, size, interpolation, in_memory)
+    found = open_cache(dataset_dir, size, interpolation, in_memory, skip_unreadable)
     if found is None:  # pragma: no cover - only if the dataset changed during the build
         raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
     return found
