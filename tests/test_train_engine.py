@@ -156,6 +156,27 @@ def test_monitor_epoch_is_worded_as_the_last_epoch_not_the_best(dataset, tmp_pat
     assert "best val acc." not in page and "Best epoch" not in page
 
 
+def test_batches_of_one_image_train_every_step(dataset, tmp_path):
+    """data.batch_size: 1 is a batch size users pick for large images: every image is a step
+    (training batches of one were all dropped, and the run 'stopped after 0/1 epochs')."""
+    run = train(tiny_config(data={"batch_size": 1}, train={"epochs": 1}), dataset, tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["stopped_reason"] == "completed" and summary["epochs_completed"] == 1
+    n_train = int((pd.read_csv(dataset / "manifest.csv")["split"] == "train").sum())
+    steps = pd.read_csv(run / "metrics.csv")
+    assert len(steps) == 1
+    ckpt = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == n_train
+
+
+def test_one_image_batches_a_model_cannot_normalise_are_one_line(dataset, tmp_path):
+    """A model whose last map is 1x1 at this size cannot train on batches of one (BatchNorm):
+    the error names the key and the fix instead of torch's ValueError traceback."""
+    cfg = tiny_config(model={"name": "resnet10t", "pretrained": False}, data={"batch_size": 1}, train={"epochs": 1})
+    with pytest.raises(VislabError, match=r"^data\.batch_size: 1: resnet10t .*1x1 feature map.*data\.batch_size: 2 or more"):
+        train(cfg, dataset, tmp_path / "run")
+
+
 def test_class_weights_change_the_loss_as_specified(tmp_path):
     data = make_pattern_dataset(tmp_path / "d", classes=("a", "b", "c"), per_class=[10, 5, 15], size=16, splits=(0.6, 0.2, 0.2))
     task, _, facts = build_task(tiny_config(train={"class_weights": "balanced"}), data)

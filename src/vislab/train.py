@@ -516,11 +516,22 @@ def _train_session(
             trainer.fit(task, datamodule=dm, ckpt_path=str(paths.last) if resume else None)
         except SIGTERMException:  # Lightning's SIGTERM path: a signal before GracefulStop took over
             stopper.stopped_by = signal.SIGTERM
+        except ValueError as err:
+            if ONE_VALUE_PER_CHANNEL not in str(err):
+                raise
+            raise VislabError(
+                f"data.batch_size: {cfg.data.batch_size}: {cfg.model.name} at data.img_size {cfg.data.img_size} ends in a "
+                "1x1 feature map, and BatchNorm cannot normalise a single value per channel in training; "
+                "use data.batch_size: 2 or more (or a larger data.img_size)"
+            ) from None
     if trainer.is_global_zero:
         _print_summary(paths.summary, plugin.summary_metric, plugin.percent_metrics)
         if stopper.reason is not None and stop_reason(trainer) == stopper.reason:
             raise _interrupted(stopper.stopped_by, out, last_ckpt.saved)
     return out
+
+
+ONE_VALUE_PER_CHANNEL = "Expected more than 1 value per channel when training"  # torch's BatchNorm on a 1x1 map of one image
 
 
 def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, paths: RunPaths, health: Any, recorder: Any) -> Any:

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from vislab.config import DataConfig
 from vislab.config_crops import CropsConfig
 from vislab.data.crops import CropSample, EvalItem, eval_samples, load_sample, make_sample, plan_sample, render_sample, sample_seed
-from vislab.data.datamodule import BadImages, EpochSampler, UnreadableLog, loop_position
+from vislab.data.datamodule import BadImages, EpochSampler, UnreadableLog, loop_position, train_min_batch
 from vislab.data.io import ImageDecodeError, load_image
 from vislab.errors import DatasetError, SettingError, VislabError
 
@@ -229,7 +229,7 @@ class CropsDataModule(L.LightningDataModule):
     def _loader(self, ds: Dataset, sampler: Any, batch_size: int, on_bad: Callable[[BadImages], None], train: bool, workers: int | None = None) -> DataLoader:
         workers = self.data.num_workers if workers is None else workers
         return _Loader(
-            ds, on_bad, min_batch=2 if train else 1, batch_size=batch_size, sampler=sampler, num_workers=workers,
+            ds, on_bad, min_batch=train_min_batch(batch_size) if train else 1, batch_size=batch_size, sampler=sampler, num_workers=workers,
             persistent_workers=bool(workers and self.data.persistent_workers), drop_last=train and len(sampler) > batch_size,
             generator=torch.Generator().manual_seed(self.seed),
         )

@@ -263,6 +263,13 @@ class SkippingLoader(DataLoader):
                 yield x, y
 
 
+def train_min_batch(batch_size: int) -> int:
+    """The fewest images a training batch may hold: two, so that BatchNorm never normalises a
+    batch that unreadable images (or a short last batch) left with one; but never more than the
+    batch size, since `data.batch_size: 1` asks for batches of one and would otherwise train nothing."""
+    return min(2, batch_size)
+
+
 def aug_seed(seed: int, epoch: int, position: int) -> int:
     """A distinct 63-bit seed per (run seed, epoch, position in the epoch)."""
     return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, position]).generate_state(2, np.uint32).view(np.uint64)[0] >> 1)
@@ -445,7 +452,7 @@ class ClassifyDataModule(L.LightningDataModule):
         return SkippingLoader(
             ds,
             on_unreadable=self.unreadable_log(split).add,
-            min_batch=2 if getattr(sampler, "train", False) else 1,  # training batches only: BatchNorm
+            min_batch=train_min_batch(batch_size) if getattr(sampler, "train", False) else 1,
             batch_size=batch_size,
             sampler=sampler,
             num_workers=workers,
