@@ -108,6 +108,28 @@ def test_a_pil_image_with_exif_orientation_scores_as_the_same_photo_given_by_pat
     assert as_stored[0]["top"] != by_path[0]["top"]
 
 
+def _sideways_jpeg(run: Path, path: Path) -> Path:
+    """A small JPEG (no draft on either side) tagged orientation 6: shown turned 90 degrees clockwise."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.open(_images(run)[0]).convert("RGB").resize((24, 20)).save(path, quality=95, exif=exif.tobytes())
+    return path
+
+
+def test_a_pil_image_turned_upright_by_the_caller_is_not_turned_again(run: Path, tmp_path: Path) -> None:
+    path = _sideways_jpeg(run, tmp_path / "sideways.jpg")
+    by_path = predict(run, path, top_k=3)
+    with Image.open(path) as opened:
+        upright = opened.transpose(Image.Transpose.ROTATE_270)  # the caller's own turn for orientation 6
+    assert upright.getexif()[0x0112] == 6  # the old tag rides along with the turned pixels
+    assert predict(run, upright, top_k=3)[0]["top"] == by_path[0]["top"]
+    with Image.open(path) as opened:
+        opened.load()  # changed in place: still the file's pixels as stored, so still turned
+        assert predict(run, opened, top_k=3)[0]["top"] == by_path[0]["top"]
+        converted = opened.convert("RGB")  # a new image: taken as its pixels, as a numpy array of them
+    assert predict(run, converted, top_k=3)[0]["top"] == predict(run, np.asarray(converted), top_k=3)[0]["top"]
+
+
 @pytest.mark.parametrize("which", ["run", "detect_run", "crops_run"])  # classify, detect, crops
 def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: str, request, tmp_path: Path, monkeypatch) -> None:
     import csv

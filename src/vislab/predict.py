@@ -38,11 +38,13 @@ MEMORY_NAME = "<image {}>"
 
 
 def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
-    """An in-memory input as a PIL image: a PIL image turned upright by its EXIF orientation
-    (the saved PNG would drop that tag, while the same photo given as a file is turned), a
-    uint8 HxW or HxWx3 array as is."""
+    """An in-memory input as a PIL image: one straight from a file (`format` set: what
+    Image.open returned, or that image changed in place) turned upright by its EXIF
+    orientation, as the same photo given by path is (the saved PNG would drop the tag); one
+    made from another (convert, resize, transpose, rotate, copy: `format` None) as its pixels
+    are, since a turn by hand keeps the old tag; a uint8 HxW or HxWx3 array as is."""
     if isinstance(item, Image.Image):
-        return ImageOps.exif_transpose(item)
+        return ImageOps.exif_transpose(item) if item.format is not None else item
     if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
         raise VislabError(
             f"{MEMORY_NAME.format(index)}: a numpy array of shape {item.shape} and dtype {item.dtype}; "
