@@ -130,6 +130,22 @@ def test_a_pil_image_turned_upright_by_the_caller_is_not_turned_again(run: Path,
     assert predict(run, converted, top_k=3)[0]["top"] == predict(run, np.asarray(converted), top_k=3)[0]["top"]
 
 
+def test_a_lazily_opened_pil_image_with_bad_data_gets_the_error_row_its_file_gets(run: Path, tmp_path: Path) -> None:
+    whole = tmp_path / "whole.jpg"
+    Image.open(_images(run)[0]).convert("RGB").resize((24, 20)).save(whole, quality=95)  # small: no JPEG draft
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(whole.read_bytes()[:-100])
+    by_path = predict(run, [truncated, whole], top_k=3)
+    assert by_path[0]["error"].startswith("cannot read image: truncated image (OSError")
+    with Image.open(truncated) as bad, Image.open(whole) as good:  # Image.open reads the header only
+        in_memory = predict(run, [good, bad, whole], top_k=3)
+    assert [r["path"] for r in in_memory] == ["<image 0>", "<image 1>", str(whole)]
+    assert in_memory[1] == {"path": "<image 1>", "error": by_path[0]["error"]}
+    assert in_memory[0]["top"] == in_memory[2]["top"] == by_path[1]["top"]
+    with Image.open(truncated) as bad, pytest.raises(VislabError, match=r"^<image 0>: cannot read image: truncated image .*none of the 1 image"):
+        predict(run, bad)
+
+
 @pytest.mark.parametrize("which", ["run", "detect_run", "crops_run"])  # classify, detect, crops
 def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: str, request, tmp_path: Path, monkeypatch) -> None:
     import csv

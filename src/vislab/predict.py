@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-from vislab.data.io import collect_images
+from vislab.data.io import ImageDecodeError, collect_images, load_pil_image
 from vislab.errors import VislabError
 from vislab.fsguard import printable
 
@@ -38,13 +38,10 @@ MEMORY_NAME = "<image {}>"
 
 
 def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
-    """An in-memory input as a PIL image: one straight from a file (`format` set: what
-    Image.open returned, or that image changed in place) turned upright by its EXIF
-    orientation, as the same photo given by path is (the saved PNG would drop the tag); one
-    made from another (convert, resize, transpose, rotate, copy: `format` None) as its pixels
-    are, since a turn by hand keeps the old tag; a uint8 HxW or HxWx3 array as is."""
+    """An in-memory input as a decoded PIL image: a PIL image as `load_pil_image` reads it
+    (turned upright only when straight from a file), a uint8 HxW or HxWx3 array as is."""
     if isinstance(item, Image.Image):
-        return ImageOps.exif_transpose(item) if item.format is not None else item
+        return load_pil_image(item)
     if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
         raise VislabError(
             f"{MEMORY_NAME.format(index)}: a numpy array of shape {item.shape} and dtype {item.dtype}; "
@@ -53,29 +50,37 @@ def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
     return Image.fromarray(item)
 
 
-def _as_paths(inputs: ImageInput | Sequence[ImageInput], folder: Path) -> tuple[list[str | Path], dict[str, str]]:
+def _as_paths(inputs: ImageInput | Sequence[ImageInput], folder: Path) -> tuple[list[str | Path], dict[str, str], dict[str, str]]:
     """The inputs as paths, in order: in-memory images saved as lossless PNG (TIFF for modes
     PNG cannot hold) in `folder`, so they are decoded, converted and transformed exactly as
-    image files are; and the display name of each saved one by its path."""
+    image files are; the display name of each saved one by its path; and, by its path, why
+    an in-memory image that cannot be decoded (a truncated file opened lazily) was not saved
+    (an empty file holds its place in the order)."""
     items = [inputs] if isinstance(inputs, (str, Path, Image.Image, np.ndarray)) else list(inputs)
     paths: list[str | Path] = []
     names: dict[str, str] = {}
+    unreadable: dict[str, str] = {}
     for i, item in enumerate(items):
         if isinstance(item, (str, Path)):
             paths.append(item)
             continue
         if not isinstance(item, (Image.Image, np.ndarray)):
             raise VislabError(f"input {i}: a {type(item).__name__}; pass image paths, folders, PIL images or numpy arrays")
-        im = _memory_image(item, i)
         path = folder / f"image-{i:06d}.png"
         try:
-            im.save(path, format="PNG")
-        except OSError:  # modes such as CMYK
-            path = path.with_suffix(".tif")
-            im.save(path, format="TIFF")
+            im = _memory_image(item, i)
+        except ImageDecodeError as err:
+            path.touch()
+            unreadable[str(path)] = err.reason
+        else:
+            try:
+                im.save(path, format="PNG")
+            except OSError:  # modes such as CMYK
+                path = path.with_suffix(".tif")
+                im.save(path, format="TIFF")
         paths.append(path)
         names[str(path)] = MEMORY_NAME.format(i)
-    return paths, names
+    return paths, names, unreadable
 
 
 def predict(
@@ -94,10 +99,14 @@ def predict(
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
     with tempfile.TemporaryDirectory(prefix="vislab-predict-") as tmp:
-        paths, names = _as_paths(inputs, Path(tmp))
+        paths, names, unreadable = _as_paths(inputs, Path(tmp))
         files = collect_images(paths)
         given = {k: v for k, v in {"top_k": top_k, **options}.items() if v is not None}
-        results = task.predict(run, files, batch_size=batch_size, **given) if files else []
+        readable = [f for f in files if str(f) not in unreadable]
+        rows = iter(task.predict(run, readable, batch_size=batch_size, **given) if readable else [])
+        results = [
+            {"path": str(f), "error": f"cannot read image: {unreadable[str(f)]}"} if str(f) in unreadable else next(rows) for f in files
+        ]
     for r in results:
         r["path"] = names.get(r["path"], r["path"])
     results += [{"path": str(path), "error": f"skipped: {reason}"} for path, reason in files.skipped]

@@ -269,6 +269,20 @@ def load_image(path: ImageSource, size_hint: tuple[int, int] | None = None, max_
         return out if out is not im else im.copy()
 
 
+def load_pil_image(im: Image.Image) -> Image.Image:
+    """A caller's in-memory PIL image, decoded: one straight from a file (`format` set: what
+    Image.open returned, or that image changed in place) turned upright by its EXIF
+    orientation as `load_image` turns the file; one made from another (convert, resize,
+    transpose, rotate, copy: `format` None) as its pixels are, since a turn by hand keeps the
+    old tag. Image.open decodes lazily, so bad data (a truncated file) surfaces here, raised
+    as the `ImageDecodeError` the same file by path gets."""
+    try:
+        im.load()
+        return ImageOps.exif_transpose(im) if im.format is not None else im
+    except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types; all mean "cannot decode"
+        raise ImageDecodeError(_reason(err)) from err
+
+
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 
 
