@@ -189,6 +189,24 @@ def test_a_very_thin_image_is_trimmed_before_its_short_side_is_resized():
     assert torch.equal(pipeline(photo), untrimmed(photo))
 
 
+def test_a_header_pillow_refuses_at_open_names_vislabs_limit_not_pillows(tmp_path, monkeypatch):
+    """Pillow refuses at open above twice its MAX_IMAGE_PIXELS, before vislab's own check runs:
+    the reason names the image's pixels against the limit asked for (serve --max-pixels) and
+    the option, not Pillow's internal figure."""
+    from vislab.data.io import ImageDecodeError
+    from vislab.testing.images import write_huge_header_png
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default, as in a fresh process
+    for (w, h), limit in (((20_000, 10_000), 1_000_000), ((30_000, 30_000), 1_000_000), ((30_000, 30_000), 178_956_970)):
+        bomb = write_huge_header_png(tmp_path / f"{w}x{h}.png", w, h)
+        with pytest.raises(ImageDecodeError) as err:
+            load_image(bomb, max_pixels=limit)
+        assert err.value.reason == (
+            f"decompression bomb: {w * h:,} pixels, over the {limit:,}-pixel limit (curate and serve take --max-pixels to raise it)"
+        )
+        assert str(err.value).startswith(f"{bomb}: decompression bomb")
+
+
 def test_a_pixel_limit_above_pillows_own_is_the_one_that_holds(tmp_path, monkeypatch):
     """`vislab serve --max-pixels 1000000000`: a 20000x20000 header (over twice Pillow's
     default) is measured against the limit asked for, not refused by Pillow's."""

@@ -178,6 +178,17 @@ def test_pixel_limit_is_the_servers_setting(predictors, runs) -> None:
     assert "decompression bomb: 32x32 = 1,024 pixels, over the 1,023-pixel limit" in detail
 
 
+def test_a_header_pillow_refuses_at_open_is_measured_against_the_servers_limit(predictors, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default, as in a fresh process
+    bomb = write_huge_header_png(tmp_path / "bomb.png", 30_000, 30_000)  # over twice Pillow's limit: it refuses at open
+    with TestClient(create_app(predictors, limits=Limits(max_pixels=1_000_000))) as c:
+        detail = one_line_error(post(c, [(bomb.name, bomb.read_bytes())], headers={}), 422)
+    assert detail == (
+        "bomb.png: cannot read image: decompression bomb: 900,000,000 pixels, "
+        "over the 1,000,000-pixel limit (curate and serve take --max-pixels to raise it)"
+    )
+
+
 def test_upload_over_the_limit_is_413(client) -> None:
     detail = one_line_error(post(client, [("big.png", b"\0" * (LIMIT + 1))]), 413)
     assert "upload limit" in detail

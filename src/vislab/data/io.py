@@ -17,6 +17,7 @@ catch to skip the image or report it on one line.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -112,6 +113,22 @@ def _reason(err: BaseException) -> str:
     return f"{kind} image ({type(err).__name__}: {text})" if text else f"{kind} image ({type(err).__name__})"
 
 
+def _bomb_reason(size: str | None, limit: int) -> str:
+    """Why an image of `size` pixels ("WxH = N" or "N") is refused, naming the limit that
+    holds and how to raise it."""
+    pixels = f"{size} pixels, " if size else ""
+    return f"decompression bomb: {pixels}over the {limit:,}-pixel limit (curate and serve take --max-pixels to raise it)"
+
+
+def _pillow_bomb(err: Image.DecompressionBombError, max_pixels: int | None) -> str:
+    """`_bomb_reason` for a header Pillow refused at open (above twice its MAX_IMAGE_PIXELS,
+    before vislab's own check could run; its message holds the pixel count, not the size).
+    `open_image` keeps Pillow's refusal above `max_pixels`, so the limit that holds is ours."""
+    claimed = re.search(r"\((\d+) pixels\)", str(err))
+    limit = max_pixels if max_pixels is not None else 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return _bomb_reason(f"{int(claimed.group(1)):,}" if claimed else None, limit)
+
+
 def _source_file(source: ImageSource) -> Any:
     """A context manager giving a binary file: regular files only (bounded size), a caller's
     stream left open, bytes wrapped."""
@@ -141,7 +158,8 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iter
 
     A header above `max_pixels` is refused before decoding; Pillow's own bomb warning is
     silenced here (the limit above replaces it), so running with warnings as errors does not
-    turn an image curate accepted into a crash.
+    turn an image curate accepted into a crash, and its refusal at open (above twice its own
+    limit) is worded against `max_pixels`, the limit the user can change.
     """
     name = source if isinstance(source, (str, Path)) else None
     if max_pixels is not None and Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
@@ -151,10 +169,14 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iter
             if _is_empty(fh):
                 raise ImageDecodeError("empty file (0 bytes)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(fh) as im:
+            try:
+                opened = Image.open(fh)
+            except Image.DecompressionBombError as err:
+                raise ImageDecodeError(_pillow_bomb(err, max_pixels)) from err
+            with opened as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
-                    raise ImageDecodeError(f"decompression bomb: {w}x{h} = {w * h:,} pixels, over the {max_pixels:,}-pixel limit")
+                    raise ImageDecodeError(_bomb_reason(f"{w}x{h} = {w * h:,}", max_pixels))
                 yield im
     except ImageDecodeError as err:
         if err.path is not None or name is None:
