@@ -53,9 +53,11 @@ def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
 def _as_paths(inputs: ImageInput | Sequence[ImageInput], folder: Path) -> tuple[list[str | Path], dict[str, str], dict[str, str]]:
     """The inputs as paths, in order: in-memory images saved as lossless PNG (TIFF for modes
     PNG cannot hold) in `folder`, so they are decoded, converted and transformed exactly as
-    image files are; the display name of each saved one by its path; and, by its path, why
-    an in-memory image that cannot be decoded (a truncated file opened lazily) was not saved
-    (an empty file holds its place in the order)."""
+    image files are (at the scale they have: the same JPEG by path may decode smaller, see
+    `data.io.apply_draft`, so its probabilities can differ slightly); the display name of
+    each saved one by its path; and, by its path, why an in-memory image that cannot be
+    decoded (a truncated file opened lazily) was not saved (an empty file holds its place in
+    the order)."""
     items = [inputs] if isinstance(inputs, (str, Path, Image.Image, np.ndarray)) else list(inputs)
     paths: list[str | Path] = []
     names: dict[str, str] = {}
