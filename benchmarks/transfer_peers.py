@@ -103,9 +103,9 @@ def scores(pred: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def pixels(paths: list[str], size: int) -> np.ndarray:
     """N x size x size x 3 uint8: shorter side to `size`, centre crop (vislab's decode)."""
-    from vislab.data.cache import decode_resized
+    from vislab.data.cache import decode_resized, pixels_of
 
-    return np.stack([decode_resized(p, (size, size)) for p in paths])
+    return np.stack([decode_resized(p, pixels_of(size)) for p in paths])
 
 
 def lite0_state_dict() -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from vislab.config import DataConfig
 from vislab.data import cache as cache_mod
 from vislab.data.io import load_image
 from vislab.data.manifest import read_manifest, write_manifest
-from vislab.data.transforms import eval_transform
+from vislab.data.transforms import decode_size, eval_transform
 from vislab.errors import VislabError
 from vislab.testing.images import write_image
 
@@ -45,7 +45,8 @@ def _dataset(root: Path) -> Path:
 def _eval_pixels(path: str, w: int, h: int) -> np.ndarray:
     """What the eval transform feeds the model (before normalising), as uint8 H x W x 3."""
     t = eval_transform((3, h, w), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), crop_pct=1.0)
-    x = t(load_image(path, (w, h)))
+    side = decode_size({"input_size": (3, h, w), "crop_pct": 1.0})
+    x = t(load_image(path, (side, side)))
     return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
@@ -116,6 +117,23 @@ def test_prepare_cli(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "--size" in bad.output
 
 
+def test_prepare_cli_builds_the_store_a_cropped_grey_run_opens(tmp_path: Path) -> None:
+    """`prepare --size 35 --crop 32 --grey` is the store of a 32-px grey model at crop_pct 0.9:
+    training opens it as it is; a crop larger than the store is one line."""
+    from vislab.data.cached import CachedClassifyDataModule
+
+    ds = _dataset(tmp_path)
+    res = CliRunner().invoke(app, ["prepare", str(ds), "--size", "35", "--crop", "32", "--grey", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "6 images at 35x35, cropped to 32x32 by the model, grey" in res.output.replace("\n", "")
+    spec = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 0.9, "interpolation": "bilinear"}
+    dm = CachedClassifyDataModule(ds, DataConfig(batch_size=4, num_workers=0, grayscale=True), spec)
+    opened = cache_mod.open_cache(ds, **dm.cache_pixels())
+    assert opened is not None and opened.root.name.endswith("-35x35-crop32x32-grey")
+    bad = CliRunner().invoke(app, ["prepare", str(ds), "--size", "32", "--crop", "35"])
+    assert bad.exit_code == 2 and "--crop 35x35: larger than --size 32x32" in bad.output.replace("\n", "")
+
+
 def test_file_changed_since_curation_is_a_clear_error(tmp_path: Path) -> None:
     ds = _dataset(tmp_path)
     victim = Path(read_manifest(ds)["path"][0])
@@ -144,6 +162,74 @@ def test_cached_datamodule_serves_the_eval_pixels(tmp_path: Path) -> None:
     assert torch.equal(torch.cat([b[1] for b in batches]), torch.cat([y for _, y in plain.val_dataloader()]))
     train = next(iter(cached.train_dataloader()))
     assert len(train) == 3 and train[2].dtype == torch.long  # uint8 images, targets, augmentation seed
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real photos (scikit-image's) as JPEGs of the sizes where the cache once went astray:
+    640x480 (a crop_pct < 1 store sat a pixel off the eval crop), 384x288 (another JPEG
+    draft scale at 32 px and crop_pct 0.875), 283x283, one EXIF-rotated, and a 50x4000 PNG
+    (trimmed before resizing). All but one per class are validation images."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("photos")
+    astronaut, coffee, chelsea = (Image.fromarray(f()) for f in (skimage_data.astronaut, skimage_data.coffee, skimage_data.chelsea))
+    files = {
+        "a/astronaut_640x480.jpg": astronaut.resize((640, 480)),
+        "a/coffee_384x288.jpg": coffee.resize((384, 288)),
+        "a/chelsea_283x283.jpg": chelsea.resize((283, 283)),
+        "b/chelsea_451x300.jpg": chelsea,
+        "b/coffee_rotated.jpg": coffee.resize((600, 450)),
+        "b/astronaut_283x283.jpg": astronaut.resize((283, 283)),
+        "b/tall_50x4000.png": chelsea.resize((50, 4000)),
+    }
+    rows = []
+    for i, (rel, im) in enumerate(files.items()):
+        path = root / "src" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        exif = Image.Exif()
+        if "rotated" in rel:
+            exif[0x0112] = 6
+        im.save(path, quality=92, exif=exif) if path.suffix == ".jpg" else im.save(path)
+        split = "train" if rel.endswith("283x283.jpg") else "val"
+        rows.append({"path": str(path.resolve()), "label": rel[0], "split": split, "status": "ok"})
+    write_manifest(pd.DataFrame(rows), root / "ds")
+    return root / "ds"
+
+
+@pytest.mark.parametrize(
+    "size,crop_pct,colour",
+    [
+        ((32, 32), 1.0, "rgb"),
+        ((32, 32), 0.9, "rgb"),
+        ((32, 32), 0.875, "rgb"),
+        ((224, 224), 0.95, "rgb"),
+        ((32, 64), 1.0, "rgb"),
+        ((32, 64), 0.9, "rgb"),
+        ((32, 32), 1.0, "grey"),
+        ((32, 32), 0.9, "one channel"),
+    ],
+)
+def test_cached_validation_is_exactly_what_the_file_loader_feeds_the_model(
+    photos: Path, size: tuple[int, int], crop_pct: float, colour: str
+) -> None:
+    """The model sees the same validation tensors with data.cache true or false (so the
+    same as evaluate, predict and serve): same crop window, same JPEG draft scale, same grey."""
+    from vislab.data.batch_augment import BatchTransform
+    from vislab.data.cached import CachedClassifyDataModule
+    from vislab.data.datamodule import ClassifyDataModule
+
+    channels = 1 if colour == "one channel" else 3
+    grey = colour != "rgb"
+    spec = {"input_size": [channels, *size], "mean": [0.5, 0.4, 0.3], "std": [0.25] * 3, "crop_pct": crop_pct, "interpolation": "bilinear"}
+    cfg = DataConfig(batch_size=8, num_workers=0, augment={"preset": "none"}, grayscale=grey)
+    files = torch.cat([x for x, _ in ClassifyDataModule(photos, cfg, spec, channels=channels).val_dataloader()])
+    tf = BatchTransform(size, spec["mean"], spec["std"], channels=channels, grayscale=grey)
+    cached = torch.cat([tf(x) for x, _ in CachedClassifyDataModule(photos, cfg, spec, channels=channels).val_dataloader()])
+    assert files.shape == cached.shape == (5, channels, *size)
+    levels = ((cached - files).abs() * 0.25 * 255).flatten(1).amax(1)  # per image, in 8-bit levels
+    assert levels.max() < 0.01, f"cached pixels off by up to {levels.tolist()} levels"
 
 
 def test_cached_loader_gives_the_same_batches_with_workers(tmp_path: Path) -> None:

@@ -246,6 +246,10 @@ def prepare(
     size: str = typer.Option(..., "--size", "-s", help="Target size: 32, 64, 224 or WIDTHxHEIGHT."),
     fmt: str = typer.Option("uint8", "--format", help="Pixel format of the store (uint8)."),
     interpolation: str = typer.Option("bilinear", help="Resize filter: bilinear | bicubic | nearest (match the model's)."),
+    crop: Optional[str] = typer.Option(
+        None, "--crop", help="The model's input size, centre-cropped from --size (a model crop_pct below 1: --size is input / crop_pct, floored); default: all of --size."
+    ),
+    grey: bool = typer.Option(False, "--grey", help="For a grey model (data.grayscale or one input channel): convert before resizing."),
     workers: int = typer.Option(0, help="Decoding processes (0 = one per core)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a valid cache exists."),
 ) -> None:
@@ -254,7 +258,9 @@ def prepare(
 
     if fmt != "uint8":
         raise VislabError(f"--format {fmt!r}: only uint8 is supported")
-    cache = prepare_cache(dataset_dir, size, interpolation=interpolation, workers=workers, force=force, console=console, in_memory=False)
+    cache = prepare_cache(
+        dataset_dir, size, interpolation=interpolation, keep=crop, grey=grey, workers=workers, force=force, console=console, in_memory=False
+    )
     console.print(f"cache: {term(cache_summary(cache))}", highlight=False, soft_wrap=True)
 
 

@@ -9,11 +9,10 @@ exported model" reads them back with Pillow and numpy only.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 from vislab.data.io import SIXTEEN_BIT_MODES, ALPHA_MODES
-from vislab.data.transforms import TRIM_ASPECT, channel_stats, decode_size
+from vislab.data.transforms import TRIM_ASPECT, channel_stats, decode_size, resize_size
 
 WHITE = [255, 255, 255]
 
@@ -41,7 +40,8 @@ def classify_preprocess(spec: dict[str, Any], grayscale: bool) -> dict[str, Any]
     interpolation = spec.get("interpolation", "bilinear")
     grey = grayscale or channels == 1
     mean, std = channel_stats(spec["mean"], channels), channel_stats(spec["std"], channels)
-    side = int(math.floor(height / crop_pct))
+    both = resize_size((height, width), crop_pct)
+    side = both[0]
     steps: list[dict[str, Any]] = [
         {"op": "jpeg_draft", "size": [decode_size(spec)] * 2, "why": "JPEGs decode at the smallest scale still this large (Image.draft)"},
         *decode_steps(),
@@ -52,8 +52,7 @@ def classify_preprocess(spec: dict[str, Any], grayscale: bool) -> dict[str, Any]
         steps.append({"op": "trim_long_side", "max_aspect": TRIM_ASPECT, "side": side, "keep": height, "why": "over 4:1 images are centre-cut along the long side before resizing"})
         steps.append({"op": "resize_shorter_side", "size": side, "interpolation": interpolation, "antialias": True, "library": "Pillow Image.resize"})
     else:
-        both = [int(math.floor(height / crop_pct)), int(math.floor(width / crop_pct))]
-        steps.append({"op": "resize", "size_hw": both, "interpolation": interpolation, "antialias": True, "library": "Pillow Image.resize"})
+        steps.append({"op": "resize", "size_hw": list(both), "interpolation": interpolation, "antialias": True, "library": "Pillow Image.resize"})
     steps += [
         {"op": "center_crop", "size_hw": [height, width], "offset": "round((side - crop) / 2)"},
         {"op": "scale", "factor": 1 / 255, "why": "uint8 to [0, 1]"},

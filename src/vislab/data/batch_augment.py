@@ -12,7 +12,9 @@ workers, and after a resume.
 Differences from the PIL path, by design: random-resized-crop and affine steps sample from
 the cached (already centre-cropped) image and resample with `grid_sample` (bilinear, no
 antialiasing); padding and erased areas take the mean colour (zero after normalisation),
-as the PIL path's fill does; grey conversion uses the ITU-R 601 weights in float.
+as the PIL path's fill does. Grey conversion of a uint8 batch is Pillow's integer luma, so
+a batch from a grey cache (grey repeated in 3 channels) stays exactly the grey the eval
+transform feeds the model; colour jitter's grey uses the same weights in float.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
+# Pillow's convert("L"): the same ITU-R 601 weights in 16-bit fixed point, rounded
+GREY_WEIGHTS_FIXED = (19595, 38470, 7471)
 
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
@@ -41,8 +45,14 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def to_grey(x: torch.Tensor, channels: int) -> torch.Tensor:
-    w = torch.tensor(GREY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    grey = (x * w).sum(1, keepdim=True)
+    """RGB batch -> grey in `channels` channels: uint8 exactly as Pillow's convert("L"), float
+    with the same weights in float."""
+    if x.dtype == torch.uint8:
+        w = torch.tensor(GREY_WEIGHTS_FIXED, dtype=torch.int32, device=x.device).view(1, 3, 1, 1)
+        grey = ((x.to(torch.int32) * w).sum(1, keepdim=True) + 0x8000).bitwise_right_shift(16).to(torch.uint8)
+    else:
+        w = torch.tensor(GREY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        grey = (x * w).sum(1, keepdim=True)
     return grey if channels == 1 else grey.expand(-1, channels, -1, -1)
 
 
@@ -257,9 +267,9 @@ class BatchTransform:
             y = shift_flip_normalize(x, int(a.get("crop_padding") or 0), float(a.get("hflip") or 0.0), gen,
                                      self._stats(self.mean), self._stats(self.std))
             return y if self.channels_last else y.contiguous()
-        x = to_float(x)
         if self.grayscale or self.channels == 1:
             x = to_grey(x, self.channels)
+        x = to_float(x)
         if a.get("color_jitter"):
             x = color_jitter(x, float(a["color_jitter"]), gen, saturation=not (self.grayscale or self.channels == 1))
         x = normalize(x, self._stats(self.mean), self._stats(self.std))

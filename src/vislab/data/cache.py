@@ -4,7 +4,8 @@ Decoding JPEGs costs more than training a small net on them, so `vislab prepare`
 `data.cache: true`) writes `DATASET_DIR/cache/<manifest-hash[:12]>-<W>x<H>/`:
 
 - `images.npy`: N x H x W x 3 uint8, read back memory-mapped (or loaded whole into RAM);
-- `index.json`: format version, manifest hash, size, resize method, decoder versions, and the
+- `index.json`: format version, manifest hash, what the pixels are (`Pixels`: size, the
+  model's crop, resize method, grey or colour, JPEG draft hint), decoder versions, and the
   paths, labels, splits and file (size, mtime_ns) of the rows in array order, the rows whose
   file cannot be read (with why), and block checksums of `images.npy`.
 
@@ -24,11 +25,13 @@ Correctness rules (the checks themselves live in `cache_check`):
   error, and the temporary folder is removed on any failure.
 - A store is written into a temporary folder and renamed into place in one step, so a
   crash leaves no half-written store under the real key.
-- The pixels are exactly what the eval transform would produce at crop_pct 1: decode with
-  EXIF orientation (JPEG draft mode when the target is at least 2x smaller, the same hint
-  the image loader gives), then for a square target resize the shorter side to the size and
-  centre-crop, for a WxH target resize to WxH (what `transforms.eval_transform` does),
-  with torchvision's antialiased resize. Tests check this equality.
+- The pixels are exactly what the eval transform produces before its centre crop, so that
+  `BatchTransform`'s centre crop of them is exactly what `vislab evaluate` feeds the model:
+  decode with EXIF orientation and the file loaders' JPEG draft hint
+  (`transforms.draft_side`), grey runs converted to grey before resizing as the eval
+  transform does, then for a square target the eval's trim and shorter-side resize and the
+  window whose centre crop is the eval's (`resize_to`), for a WxH target resize to WxH,
+  with torchvision's antialiased resize. Tests check this equality for every crop_pct.
 """
 
 from __future__ import annotations
@@ -64,13 +67,15 @@ from vislab.workers import die_with_parent
 CACHE_DIRNAME = "cache"
 INDEX_NAME = "index.json"
 IMAGES_NAME = "images.npy"
-FORMAT_VERSION = 3  # 2: per-file stats, block checksums and decoder versions; 3: unreadable rows
+# 2: per-file stats, block checksums and decoder versions; 3: unreadable rows; 4: the model's
+# crop, grey and the file loaders' draft hint (3's crop_pct < 1 stores sat a pixel off)
+FORMAT_VERSION = 4
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 # at or above this share of available memory the array stays memory-mapped instead of loaded
 RAM_SHARE = 0.5
 
 
-def parse_cache_size(size: int | str | Sequence[int]) -> tuple[int, int]:
+def parse_cache_size(size: int | str | Sequence[int], option: str = "--size") -> tuple[int, int]:
     """'32' / 32 -> (32, 32); '64x48' / (64, 48) -> (64, 48) as (width, height)."""
     if isinstance(size, int):
         w = h = size
@@ -79,49 +84,103 @@ def parse_cache_size(size: int | str | Sequence[int]) -> tuple[int, int]:
         try:
             nums = [int(p) for p in parts]
         except ValueError:
-            raise VislabError(f"--size {size!r}: expected a number (32) or WIDTHxHEIGHT (64x48)") from None
+            raise VislabError(f"{option} {size!r}: expected a number (32) or WIDTHxHEIGHT (64x48)") from None
         if len(nums) not in (1, 2):
-            raise VislabError(f"--size {size!r}: expected a number (32) or WIDTHxHEIGHT (64x48)")
+            raise VislabError(f"{option} {size!r}: expected a number (32) or WIDTHxHEIGHT (64x48)")
         w, h = (nums[0], nums[0]) if len(nums) == 1 else (nums[0], nums[1])
     else:
         w, h = (int(v) for v in size)
     if w < 1 or h < 1 or w > 4096 or h > 4096:
-        raise VislabError(f"--size {size!r}: width and height must be between 1 and 4096")
+        raise VislabError(f"{option} {size!r}: width and height must be between 1 and 4096")
     return w, h
 
 
-def cache_key(manifest_sha: str, size: tuple[int, int], interpolation: str = "bilinear") -> str:
-    w, h = size
-    suffix = "" if interpolation == "bilinear" else f"-{interpolation}"
-    return f"{manifest_sha[:12]}-{w}x{h}{suffix}"
+@dataclass(frozen=True)
+class Pixels:
+    """What a store's pixels are, all of it in its key: the eval geometry at `size` (W, H)
+    for a model that centre-crops `keep` (W, H) of it, resized with `interpolation`, in
+    colour or `grey`."""
+
+    size: tuple[int, int]
+    keep: tuple[int, int]
+    interpolation: str = "bilinear"
+    grey: bool = False
+
+    @property
+    def draft(self) -> int:
+        """The JPEG draft hint's side, as the file loaders decode for this geometry."""
+        from vislab.data.transforms import draft_side
+
+        return draft_side(self.size)
+
+    def key(self, manifest_sha: str) -> str:
+        (w, h), (kw, kh) = self.size, self.keep
+        crop = "" if self.keep == self.size else f"-crop{kw}x{kh}"
+        interp = "" if self.interpolation == "bilinear" else f"-{self.interpolation}"
+        return f"{manifest_sha[:12]}-{w}x{h}{crop}{interp}{'-grey' if self.grey else ''}"
+
+    def fields(self) -> dict[str, Any]:
+        """The index entries that say what the pixels are (all must match to serve a store)."""
+        return {"size": list(self.size), "keep": list(self.keep), "interpolation": self.interpolation, "grey": self.grey, "draft": self.draft}
+
+    def prepare_options(self) -> str:
+        """The `vislab prepare` options that build this store."""
+        (w, h), (kw, kh) = self.size, self.keep
+        crop = "" if self.keep == self.size else f" --crop {kw}x{kh}"
+        interp = "" if self.interpolation == "bilinear" else f" --interpolation {self.interpolation}"
+        return f"--size {w}x{h}{crop}{interp}{' --grey' if self.grey else ''}"
+
+
+def pixels_of(
+    size: int | str | Sequence[int], interpolation: str = "bilinear", keep: int | str | Sequence[int] | None = None, grey: bool = False
+) -> Pixels:
+    """The `Pixels` of a store at `size` for a model input `keep` (default: all of it)."""
+    if interpolation not in INTERPOLATIONS:
+        raise VislabError(f"--interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
+    wh = parse_cache_size(size)
+    kept = wh if keep is None else parse_cache_size(keep, "--crop")
+    if kept[0] > wh[0] or kept[1] > wh[1]:
+        raise VislabError(f"--crop {kept[0]}x{kept[1]}: larger than --size {wh[0]}x{wh[1]}; the model's input is cropped from the store, so it is at most --size")
+    return Pixels(wh, kept, interpolation, bool(grey))
 
 
 def cache_root(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / CACHE_DIRNAME
 
 
-def resize_to(img: Any, size: tuple[int, int], interpolation: str = "bilinear") -> Any:
-    """The eval geometry at crop_pct 1: square -> shorter side + centre crop, WxH -> direct resize."""
+def resize_to(img: Any, size: tuple[int, int], interpolation: str = "bilinear", keep: tuple[int, int] | None = None) -> Any:
+    """The eval geometry before its centre `keep` crop (W, H; default `size`), at `size`.
+
+    WxH: resized to it. Square: the eval's trim of over-long images, its shorter-side resize,
+    then the size x size window whose own centre `keep` crop is the eval's centre crop of the
+    resized image. The centred window would not do: the two crops each round their offset,
+    and land a pixel off the eval's whenever size - keep is odd."""
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms.v2 import functional as F
 
     from vislab.data.transforms import trim_long_side
 
     w, h = size
+    kw, kh = keep or size
     mode = InterpolationMode(interpolation)
-    target = [h] if w == h else [h, w]
-    if w == h:
-        img = trim_long_side(img, h, h)
-    out = F.resize(img, target, interpolation=mode, antialias=True)
-    return F.center_crop(out, [h, w])
+    if w != h:
+        return F.resize(img, [h, w], interpolation=mode, antialias=True)
+    out = F.resize(trim_long_side(img, h, kh), [h], interpolation=mode, antialias=True)
+    oh, ow = F.get_size(out)
+    top = round((oh - kh) / 2) - round((h - kh) / 2)  # Python's round, as torchvision's centre crop
+    left = round((ow - kw) / 2) - round((w - kw) / 2)
+    return F.crop(out, top, left, h, w)
 
 
-def decode_resized(path: str, size: tuple[int, int], interpolation: str = "bilinear", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One image as H x W x 3 uint8, the way the cache stores it."""
+def decode_resized(path: str, pixels: Pixels, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image as H x W x 3 uint8, the way the cache stores it (grey repeated 3 times)."""
     from vislab.data.io import load_image
 
-    img = load_image(path, size, max_pixels)
-    return np.asarray(resize_to(img, size, interpolation), dtype=np.uint8)
+    img = load_image(path, (pixels.draft, pixels.draft), max_pixels)
+    if pixels.grey:  # before resizing, as the eval transform converts
+        img = img.convert("L")
+    out = np.asarray(resize_to(img, pixels.size, pixels.interpolation, pixels.keep), dtype=np.uint8)
+    return np.repeat(out[..., None], 3, axis=2) if out.ndim == 2 else out
 
 
 @dataclass
@@ -135,11 +194,14 @@ class PreparedCache:
     paths: list[str]
     labels: list[str]
     splits: list[str]
-    size: tuple[int, int]
-    interpolation: str
+    pixels: Pixels
     manifest_hash: str
     unreadable: dict[int, str] = field(default_factory=dict)
     check: BlockCheck | None = None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.size
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -178,21 +240,21 @@ class _Stale:
 
 
 def _inspect(
-    folder: Path, sha: str, size: tuple[int, int], interpolation: str, decoder: dict[str, Any], skip_unreadable: bool
+    folder: Path, sha: str, pixels: Pixels, decoder: dict[str, Any], skip_unreadable: bool
 ) -> tuple[dict[str, Any] | None, _Stale]:
-    """(the index, nothing stale) for a complete store built from this manifest at this
-    size by this decoder from files unchanged since, else (None, why not). Files gone, and
+    """(the index, nothing stale) for a complete store built from this manifest with these
+    pixels by this decoder from files unchanged since, else (None, why not). Files gone, and
     files unchanged since they failed to decode, are the one-line error unless `skip_unreadable`."""
     index = _read_index(folder)
     if not index or index.get("version") != FORMAT_VERSION or index.get("manifest_hash") != sha:
         return None, _Stale()
-    if tuple(index.get("size", ())) != size or index.get("interpolation") != interpolation:
+    if any(index.get(k) != v for k, v in pixels.fields().items()):
         return None, _Stale()
     try:
         arr = np.load(folder / IMAGES_NAME, mmap_mode="r")
     except (OSError, ValueError):
         return None, _Stale()
-    w, h = size
+    w, h = pixels.size
     paths = index.get("paths", [])
     if arr.shape != (len(paths), h, w, 3) or arr.dtype != np.uint8 or len(index.get("files", [])) != len(paths):
         return None, _Stale()
@@ -233,24 +295,25 @@ def open_cache(
     interpolation: str = "bilinear",
     in_memory: bool | None = None,
     skip_unreadable: bool = False,
+    *,
+    keep: int | str | Sequence[int] | None = None,
+    grey: bool = False,
 ) -> PreparedCache | None:
-    """The valid cache of the dataset's current manifest at `size`, or None.
+    """The valid cache of the dataset's current manifest at `size` for a model input `keep`
+    (default: `size`), in grey or colour, or None.
 
     `in_memory=None` loads the array into RAM when it takes under half the available
     memory, else keeps it memory-mapped (the OS then pages it in as batches touch it).
     Images it holds that cannot be read are the cache's `unreadable` rows with
     `skip_unreadable`, else a one-line error.
     """
-    return _open(dataset_dir, size, interpolation, in_memory, skip_unreadable)[0]
+    return _open(dataset_dir, pixels_of(size, interpolation, keep, grey), in_memory, skip_unreadable)[0]
 
 
-def _open(
-    dataset_dir: str | Path, size: int | str | Sequence[int], interpolation: str, in_memory: bool | None, skip_unreadable: bool
-) -> tuple[PreparedCache | None, _Stale]:
-    size = parse_cache_size(size)
+def _open(dataset_dir: str | Path, pixels: Pixels, in_memory: bool | None, skip_unreadable: bool) -> tuple[PreparedCache | None, _Stale]:
     sha = manifest_hash(dataset_dir)
-    folder = cache_root(dataset_dir) / cache_key(sha, size, interpolation)
-    index, stale = _inspect(folder, sha, size, interpolation, decoder_versions(dataset_max_pixels(dataset_dir)), skip_unreadable)
+    folder = cache_root(dataset_dir) / pixels.key(sha)
+    index, stale = _inspect(folder, sha, pixels, decoder_versions(dataset_max_pixels(dataset_dir)), skip_unreadable)
     if index is None:
         return None, stale
     unreadable = {int(row): str(why) for row, why in index.get("unreadable", [])}
@@ -261,14 +324,13 @@ def _open(
         return None, _Stale("its images.npy does not match the checksums recorded when it was prepared (corrupted)")
     check = None
     if isinstance(images, np.memmap) and len(images):
-        w, h = size
-        fix = f"delete {folder} (or run `vislab prepare {dataset_dir} --size {w}x{h} --force`) and run again"
+        fix = f"delete {folder} (or run `vislab prepare {dataset_dir} {pixels.prepare_options()} --force`) and run again"
         check = BlockCheck(folder / IMAGES_NAME, index["digests"], images[0].nbytes, fix)
-    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], size, interpolation, sha, unreadable, check)
+    cache = PreparedCache(folder, images, index["paths"], index["labels"], index["splits"], pixels, sha, unreadable, check)
     return cache, stale
 
 
-def _fill_chunk(store: str, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, max_pixels: int) -> dict[int, str]:
+def _fill_chunk(store: str, items: list[tuple[int, str]], pixels: Pixels, max_pixels: int) -> dict[int, str]:
     """Worker: decode each (row, path) into its row of the store (zeros for one that cannot
     be decoded); returns row -> why for those."""
     from vislab.data.io import ImageDecodeError
@@ -277,7 +339,7 @@ def _fill_chunk(store: str, items: list[tuple[int, str]], size: tuple[int, int],
     failed: dict[int, str] = {}
     for row, path in items:
         try:
-            arr[row] = decode_resized(path, size, interpolation, max_pixels)
+            arr[row] = decode_resized(path, pixels, max_pixels)
         except ImageDecodeError as err:
             arr[row] = 0
             failed[row] = err.reason
@@ -293,9 +355,7 @@ def _progress(console: Any, what: str) -> Any:
     )
 
 
-def _fill(
-    store: Path, items: list[tuple[int, str]], size: tuple[int, int], interpolation: str, workers: int, console: Any, max_pixels: int
-) -> dict[int, str]:
+def _fill(store: Path, items: list[tuple[int, str]], pixels: Pixels, workers: int, console: Any, max_pixels: int) -> dict[int, str]:
     """Decode each (row, path) into its row of `store`, in `workers` processes; returns row ->
     why for the images that cannot be decoded."""
     from concurrent.futures.process import BrokenProcessPool
@@ -306,18 +366,18 @@ def _fill(
     workers = min(worker_count(workers), max(1, n))
     chunk = max(1, min(512, -(-n // (workers * 8))))
     starts = list(range(0, n, chunk))
-    progress = _progress(console, f"preparing {size[0]}x{size[1]}")
+    progress = _progress(console, f"preparing {pixels.size[0]}x{pixels.size[1]}")
     task = progress.add_task("prepare", total=n)
     failed: dict[int, str] = {}
     try:
         if workers <= 1:
             progress.start()
             for s in starts:
-                failed.update(_fill_chunk(str(store), items[s : s + chunk], size, interpolation, max_pixels))
+                failed.update(_fill_chunk(str(store), items[s : s + chunk], pixels, max_pixels))
                 progress.advance(task, min(chunk, n - s))
         else:
             with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
-                todo = {pool.submit(_fill_chunk, str(store), items[s : s + chunk], size, interpolation, max_pixels): min(chunk, n - s) for s in starts}
+                todo = {pool.submit(_fill_chunk, str(store), items[s : s + chunk], pixels, max_pixels): min(chunk, n - s) for s in starts}
                 progress.start()  # after the workers are forked
                 for fut in as_completed(todo):
                     failed.update(fut.result())
@@ -348,26 +408,27 @@ def prepare_cache(
     size: int | str | Sequence[int],
     *,
     interpolation: str = "bilinear",
+    keep: int | str | Sequence[int] | None = None,
+    grey: bool = False,
     workers: int = 0,
     force: bool = False,
     console: Any = None,
     in_memory: bool | None = None,
     skip_unreadable: bool = False,
 ) -> PreparedCache:
-    """The dataset's cache at `size`, built first when absent, stale or `force`d.
+    """The dataset's cache at `size` for a model input `keep` (default: `size`), in grey or
+    colour, built first when absent, stale or `force`d.
 
     Decodes every usable manifest row (all splits) in `workers` processes (0 = one per
     core) with a progress bar on `console` (None = silent). An image that cannot be read
     is an `unreadable` row with `skip_unreadable` (what training asks for: it skips them up
     to `train.health.max_bad_images`), else a one-line error.
     """
-    if interpolation not in INTERPOLATIONS:
-        raise VislabError(f"--interpolation {interpolation!r}: choose one of {', '.join(INTERPOLATIONS)}")
-    size = parse_cache_size(size)
+    pixels = pixels_of(size, interpolation, keep, grey)
     dataset_dir = Path(dataset_dir)
     stale = _Stale()
     if not force:
-        found, stale = _open(dataset_dir, size, interpolation, in_memory, skip_unreadable)
+        found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
         if found is not None:
             return found
     df = read_manifest(dataset_dir)
@@ -375,7 +436,7 @@ def prepare_cache(
     rows = usable(df)
     if rows.empty:
         raise VislabError(f"{dataset_dir}: the manifest has no usable rows (status ok) to prepare")
-    key = cache_key(sha, size, interpolation)
+    key = pixels.key(sha)
     root = cache_root(dataset_dir)
     root.mkdir(parents=True, exist_ok=True)
     _clean_tmp(root, key)
@@ -391,7 +452,7 @@ def prepare_cache(
     tmp = root / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    w, h = size
+    w, h = pixels.size
     max_pixels = dataset_max_pixels(dataset_dir)
     try:
         require_space(root, len(paths) * h * w * 3)
@@ -407,16 +468,15 @@ def prepare_cache(
             unreadable = {int(r): why for r, why in (stale.index or {}).get("unreadable", []) if int(r) not in redone}
         else:
             todo = list(enumerate(paths))
-        unreadable.update(_fill(tmp / IMAGES_NAME, todo, size, interpolation, workers, console, max_pixels))
+        unreadable.update(_fill(tmp / IMAGES_NAME, todo, pixels, workers, console, max_pixels))
         if unreadable and not skip_unreadable:
             raise unreadable_error([(paths[r], why) for r, why in sorted(unreadable.items())], len(paths))
         index = {
             "version": FORMAT_VERSION,
             "manifest_hash": sha,
-            "size": [w, h],
-            "interpolation": interpolation,
+            **pixels.fields(),
             "decoder": decoder_versions(max_pixels),
-            "resize": "eval geometry at crop_pct 1: square -> shorter side + centre crop; WxH -> direct resize (antialiased)",
+            "resize": "eval geometry before the centre keep crop: square -> shorter side + the window whose centre keep crop is the eval's; WxH -> direct resize (antialiased)",
             "layout": "N x H x W x 3 uint8 RGB",
             "count": len(paths),
             "paths": paths,
@@ -439,7 +499,7 @@ def prepare_cache(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    found = open_cache(dataset_dir, size, interpolation, in_memory, skip_unreadable)
+    found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
     if found is None:  # pragma: no cover - only if the dataset changed during the build
         raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
     return found
@@ -457,5 +517,6 @@ def _copy_rows(old: Path, new: Path, rows_per_step: int = 4096) -> None:
 def cache_summary(cache: PreparedCache) -> str:
     mb = cache.images.nbytes / 1e6
     where = "in RAM" if cache.in_memory else "memory-mapped"
-    w, h = cache.size
-    return f"{len(cache)} images at {w}x{h} ({mb:.1f} MB, {where}): {cache.root}"
+    (w, h), (kw, kh) = cache.size, cache.pixels.keep
+    extra = ("" if (kw, kh) == (w, h) else f", cropped to {kw}x{kh} by the model") + (", grey" if cache.pixels.grey else "")
+    return f"{len(cache)} images at {w}x{h}{extra} ({mb:.1f} MB, {where}): {cache.root}"

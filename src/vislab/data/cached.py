@@ -9,8 +9,10 @@ batch's augmentation seed. The task's `on_after_batch_transfer` then normalises 
 the batch with `batch_augment.BatchTransform` on the device it landed on (the GPU when there
 is one).
 
-The cache is built at the eval transform's resize size (input size / crop_pct), so with
-crop_pct 1 validation sees exactly the pixels `vislab evaluate` decodes from the files.
+The cache is built at the eval transform's resize size (input size / crop_pct), for the
+model's input size (its centre crop) and colour mode, so validation sees exactly the pixels
+`vislab evaluate` decodes from the files, at any crop_pct, grey runs included (tests check
+it).
 
 Images that cannot be read any more (the cache's `unreadable` rows) are handled as
 `SkippingLoader` handles them: each loader reports its split's ones to the datamodule's
@@ -39,6 +41,7 @@ from vislab.config import DataConfig
 from vislab.data.cache import PreparedCache, open_cache, prepare_cache
 from vislab.data.cache_check import BlockCheck
 from vislab.data.datamodule import SUBSTITUTE_TRIES, BadImages, ClassifyDataModule, EpochSampler
+from vislab.data.transforms import resize_size
 from vislab.errors import VislabError
 
 
@@ -172,13 +175,20 @@ class CachedClassifyDataModule(ClassifyDataModule):
 
     def cache_size(self) -> tuple[int, int]:
         """(W, H) the cache is built at: the eval transform's resize size."""
-        h, w = (int(v) for v in self.spec["input_size"][-2:])
-        crop = float(self.spec.get("crop_pct", 1.0) or 1.0)
-        return int(math.floor(w / crop)), int(math.floor(h / crop))
+        h, w = resize_size(self.spec["input_size"], float(self.spec.get("crop_pct", 1.0) or 1.0))
+        return w, h
 
     def _interpolation(self) -> str:
         interp = str(self.spec.get("interpolation", "bilinear"))
         return interp if interp in ("bilinear", "bicubic", "nearest") else "bilinear"
+
+    def cache_pixels(self) -> dict[str, Any]:
+        """What the cache holds, as `prepare_cache` / `open_cache` arguments: the eval
+        geometry at `cache_size` for the model's input (its centre crop), grey when the
+        model is fed grey (converted before resizing, as the eval transform does)."""
+        h, w = (int(v) for v in self.spec["input_size"][-2:])
+        grey = bool(self.cfg.grayscale) or self.channels == 1
+        return {"size": self.cache_size(), "interpolation": self._interpolation(), "keep": (w, h), "grey": grey}
 
     def prepare_data(self) -> None:
         """Build the cache once (rank 0 per node) before any process opens it."""
@@ -186,8 +196,7 @@ class CachedClassifyDataModule(ClassifyDataModule):
 
         prepare_cache(
             self.dataset_dir,
-            self.cache_size(),
-            interpolation=self._interpolation(),
+            **self.cache_pixels(),
             console=Console(stderr=True),
             in_memory=False,
             skip_unreadable=True,
@@ -196,10 +205,10 @@ class CachedClassifyDataModule(ClassifyDataModule):
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if self.cache is None:
-            found = open_cache(self.dataset_dir, self.cache_size(), self._interpolation(), skip_unreadable=True)
+            found = open_cache(self.dataset_dir, **self.cache_pixels(), skip_unreadable=True)
             if found is None:
                 self.prepare_data()
-                found = open_cache(self.dataset_dir, self.cache_size(), self._interpolation(), skip_unreadable=True)
+                found = open_cache(self.dataset_dir, **self.cache_pixels(), skip_unreadable=True)
             self.cache = found
 
     def dataset(self, rows: pd.DataFrame, train: bool) -> CachedBatches:  # type: ignore[override]

@@ -132,11 +132,25 @@ class TrimLongSide:
         return f"TrimLongSide(side={self.side}, keep={self.keep})"
 
 
+def resize_size(size: Sequence[int], crop_pct: float) -> tuple[int, int]:
+    """(H, W) the eval transform resizes to before centre-cropping `size` (H, W): each side
+    over crop_pct, floored. A square input resizes the shorter side to it (the other follows
+    the aspect), any other input both sides (bounded)."""
+    return int(math.floor(int(size[-2]) / crop_pct)), int(math.floor(int(size[-1]) / crop_pct))
+
+
+def draft_side(resized: Sequence[int]) -> int:
+    """The side of the square JPEG draft hint for an image resized to `resized` (H, W): its
+    longer side, so the decoder picks the smallest DCT scale still at least that large on
+    both sides and the resize never scales up. The one rule of the file loaders and the
+    prepared cache: another hint picks another scale, and other pixels."""
+    return max(int(v) for v in resized)
+
+
 def _eval_geometry(size: tuple[int, int], crop_pct: float, interp: InterpolationMode) -> list[Callable]:
+    both = resize_size(size, crop_pct)
     if size[0] == size[1]:
-        scale = int(math.floor(size[0] / crop_pct))
-        return [TrimLongSide(scale, size[0]), T.Resize(scale, interpolation=interp, antialias=True), T.CenterCrop(size)]
-    both = (int(math.floor(size[0] / crop_pct)), int(math.floor(size[1] / crop_pct)))  # both sides set: bounded
+        return [TrimLongSide(both[0], size[0]), T.Resize(both[0], interpolation=interp, antialias=True), T.CenterCrop(size)]
     return [T.Resize(both, interpolation=interp, antialias=True), T.CenterCrop(size)]
 
 
@@ -170,10 +184,11 @@ def eval_transform_for(spec: Any, grayscale: bool = False, channels: int | None 
 
 
 def decode_size(spec: Any) -> int:
-    """The size (a side) an image is decoded at for the eval transform: input size / crop_pct
-    rounded, which lets JPEG draft mode decode large photos at a fraction of the cost."""
+    """The side of the square JPEG draft hint an image is decoded with for the eval transform
+    (`draft_side` of its resize size), which lets draft mode decode large photos at a
+    fraction of the cost."""
     s = _spec_dict(spec)
-    return int(max(s["input_size"][-2:]) / float(s.get("crop_pct", 1.0)) + 0.5)
+    return draft_side(resize_size(s["input_size"], float(s.get("crop_pct", 1.0))))
 
 
 def train_transform(
