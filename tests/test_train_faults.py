@@ -247,6 +247,77 @@ def test_second_ctrl_c_stops_at_once(dataset, long_cfg, tmp_path):
     assert not list((run / "checkpoints").glob("*.ckpt")) or load_checkpoint_file(run / "checkpoints/last.ckpt")
 
 
+# `vislab train` with the tiny models of vislab.testing registered (paced_cnn)
+WITH_TEST_MODELS = "import sys, vislab.testing.models; from vislab.cli import app; sys.exit(app())"
+# `vislab train` that sends itself `sys.argv[1]` once the run's files (config.yaml, run.json) are written
+SIGNAL_AFTER_RUN_FILES = """
+import os, signal, sys
+import vislab.train
+from vislab.cli import app
+
+signum = signal.Signals[sys.argv.pop(1)]
+write = vislab.train._write_run_files
+
+def write_then_signal(*args, **kwargs):
+    write(*args, **kwargs)
+    os.kill(os.getpid(), signum)  # the run's files are written; training has not started
+
+vislab.train._write_run_files = write_then_signal
+sys.exit(app())
+"""
+
+
+def test_sigterm_during_the_budget_probe_stops_before_anything_is_written(dataset, tmp_path):
+    # the probe of a paced model takes seconds: the signal lands in it; the run used to go on to
+    # write config.yaml and run.json of a run that never trained, with no summary.json
+    cfg = tmp_path / "paced.yaml"
+    cfg.write_text(dump_config(tiny_config(model={"name": "paced_cnn", "kwargs": {"train_s": 0.5}}, data={"batch_size": 8})))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WITH_TEST_MODELS, "train", str(cfg), "--data", str(dataset), "--out", str(run), "--max-time", "10m"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + SLOW_START
+        while not (run / ".vislab.lock").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)  # the run folder is locked: setup has begun
+        output = proc.communicate(timeout=SLOW_START)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output
+    assert not run.exists(), sorted(p.name for p in run.iterdir())  # the folder it made is gone with it
+    assert "Traceback" not in output and "data: " not in output, output
+    assert "SIGTERM received: stopping before training starts" in output, output
+    assert output.strip().splitlines()[-1] == "interrupted by SIGTERM before the first checkpoint; nothing was saved; start the run again", output
+
+
+@pytest.mark.parametrize("name, reason", [("SIGTERM", "sigterm"), ("SIGINT", "interrupted")])
+def test_a_signal_after_the_run_files_are_written_records_the_stop(dataset, long_cfg, tmp_path, name, reason):
+    # config.yaml and run.json written, training not started: the folder held a run with no
+    # record of how it ended; now summary.json says so, as for the watchdog's stop
+    script = tmp_path / "signal_after_run_files.py"
+    script.write_text(SIGNAL_AFTER_RUN_FILES)
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, str(script), name, "train", str(long_cfg), "--data", str(dataset), "--out", str(run)],
+        capture_output=True, text=True, timeout=SLOW_START,
+    )
+    signum = signal.Signals[name]
+    assert proc.returncode == 128 + signum, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and (run / "config.yaml").is_file() and (run / "run.json").is_file()
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    assert summary.get("stopped_reason") == reason, sorted(p.name for p in run.iterdir())
+    assert summary["epochs_completed"] == 0 and summary["best_epoch"] is None and summary["epochs_planned"] == LONG["train"]["epochs"]
+    assert f"{name} received: stopping before training starts" in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == f"interrupted by {name} before the first checkpoint; nothing was saved; start the run again"
+    assert not (run / "checkpoints").exists() or not list((run / "checkpoints").iterdir())
+    resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert resumed.exit_code == 2 and len(resumed.output.strip().splitlines()) == 1, resumed.output
+    assert f"nothing to resume (no last checkpoint: {name} stopped the run before its first one)" in resumed.output
+
+
 def test_train_help_documents_the_exit_codes():
     res = CliRunner().invoke(app, ["train", "--help"])
     assert res.exit_code == 0

@@ -7,6 +7,9 @@ last.ckpt at that step, summary.json records `stopped_reason: interrupted` (SIGI
 `sigterm`, and `train()` raises `vislab.errors.TrainingInterrupted`, which the CLI prints as
 one line before exiting with 128 + the signal number (130, 143). `--resume` continues
 mid-epoch from there. A second signal ends the process at once, by that signal, unsaved.
+A signal while the run is set up (the time budget's probe, building the model) stops it
+before training: `train()` looks before writing the run's files (then writes nothing) and
+again just before fitting (then summary.json records the stop, as the watchdog's below does).
 
 Why not Lightning's own handling: on KeyboardInterrupt it shuts down without a checkpoint,
 exits with status 1 and ignores further Ctrl-C while it does; on SIGTERM it raises
@@ -133,10 +136,11 @@ class GracefulStop(Callback):
         self._previous: dict[int, Any] = {}
         self._trainer: L.Trainer | None = None
         self._handled = 0  # SIGINT/SIGTERM the handler has run for (the watchdog compares)
+        self._training = False  # before on_train_start the run is being set up: no step to save
         self._watchdog: BlockedWatchdog | None = None
-        # records a stop the watchdog makes (`train` sets it once the run's files are written):
-        # called with the signal, from the watchdog's thread, just before the process exits;
-        # returns the line that says where the stop leaves the run
+        # records a stop outside training (`train` sets it once the run's files are written):
+        # called with the signal by the watchdog's thread just before the process exits, or by
+        # `train` for a signal in setup; returns the line that says where the stop leaves the run
         self.record_unsaved_stop: Callable[[int], str] | None = None
 
     # ---- the handlers ---------------------------------------------------------------------
@@ -190,13 +194,17 @@ class GracefulStop(Callback):
             outer.signum = outer.signum or signum
         if getattr(rank_zero_only, "rank", 0) == 0:  # a terminal's Ctrl-C reaches every DDP rank
             key = "Ctrl-C" if signum == signal.SIGINT else name
-            _say(f"\n{name} received: saving and stopping after the current step ({key} again stops at once, without saving)")
+            if self._training:
+                _say(f"\n{name} received: saving and stopping after the current step ({key} again stops at once, without saving)")
+            else:
+                _say(f"\n{name} received: stopping before training starts ({key} again stops at once)")
 
     # ---- the callback ---------------------------------------------------------------------
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self._trainer = trainer
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._training = True
         self.install()  # over the SIGTERM handler the Trainer registered just before this hook
         self._check(trainer)
 

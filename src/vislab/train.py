@@ -409,6 +409,8 @@ def _train_session(
             cfg = load_config(paths.config)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task, dm, facts = build_task(cfg, data)
+    if stopper.signum is not None:  # a signal while the run was set up (the budget's probe, building): nothing is written
+        raise _interrupted(stopper.signum, out, None)
     if plan is not None:
         facts["plan"] = plan.to_dict()
     if rank0:
@@ -505,7 +507,9 @@ def _train_session(
         sync_batchnorm=t.sync_batchnorm and _on_gpu(t.accelerator),  # torch's SyncBatchNorm is GPU-only
         log_every_n_steps=max(1, min(50, steps)),
     )
-    if stopper.signum is not None:  # a signal while the run was being set up
+    if stopper.signum is not None:  # a signal once the run's files were written: summary.json records the stop
+        if stopper.record_unsaved_stop is not None:  # rank 0
+            stopper.record_unsaved_stop(stopper.signum)
         raise _interrupted(stopper.signum, out, None)
     if resume and rank0:
         _mark_running(paths)
@@ -562,7 +566,8 @@ def _time_budget(kind: type, cfg: RunConfig, budget_s: float | None, plan: Any, 
 
 
 def _record_unsaved_stop(recorder: Any, out: Path, epochs: int) -> Callable[[int], str]:
-    """What the blocked-signal watchdog runs before it ends the process (see interrupts.py):
+    """What a stop outside training runs (the blocked-signal watchdog before it ends the process,
+    see interrupts.py; a signal while the run was set up, after its files were written):
     summary.json records the signal as a stop in training does (`stopped_reason` sigterm or
     interrupted); returns the line such a stop ends with, which says where it leaves the run."""
     from vislab.interrupts import REASONS
