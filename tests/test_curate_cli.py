@@ -118,7 +118,10 @@ def test_other_dataset_in_out_is_refused_unless_overwrite(tmp_path, src):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "manifest.csv").write_text("path\n")
-    assert_one_line_error(invoke("curate", src, "--out", foreign), "holds a different dataset")
+    assert_one_line_error(
+        invoke("curate", src, "--out", foreign), "holds manifest.csv but no curation.json: a manifest curate did not write", "pass --overwrite"
+    )
+    assert (foreign / "manifest.csv").read_text() == "path\n"
 
 
 def test_one_line_errors(tmp_path, src):

@@ -6,6 +6,7 @@ correct result or a one-line error."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
@@ -17,8 +18,10 @@ import pandas as pd
 import pytest
 from test_curate_cli import assert_one_line_error, invoke
 
+from vislab.config import dump_config
 from vislab.data.manifest import read_manifest
 from vislab.testing.images import write_image, write_image_folder
+from vislab.testing.synthetic import tiny_config
 
 
 def test_carriage_returns_in_names_and_labels_round_trip(tmp_path):
@@ -170,6 +173,59 @@ def test_a_curate_killed_mid_write_has_its_temporary_file_removed_by_the_next(tm
     assert "removed 1 temporary file(s) left by an interrupted curate" in result.output
     assert not leftover.exists() and live.exists() and all(p.read_text() == "not curate's" for p in theirs)
     assert len(read_manifest(ds)) == 4
+
+
+# A real curate that stops once manifest.csv is written, before curation.json's full record,
+# to be killed outright there.
+CURATE_STOPPED_AFTER_MANIFEST = """
+import sys, time
+import vislab.data.curate as curate_module
+
+write_manifest = curate_module.write_manifest
+
+def then_wait(*args, **kwargs):
+    path = write_manifest(*args, **kwargs)
+    print("written", flush=True)
+    time.sleep(600)
+    return path
+
+curate_module.write_manifest = then_wait
+curate_module.curate(sys.argv[1], out=sys.argv[2], workers=1, split="0.5,0.25,0.25")
+"""
+
+
+def test_a_curate_killed_between_manifest_and_curation_json_is_made_again_and_never_trained(tmp_path):
+    # the next curate into that --out refused it as 'a different dataset (made from unknown
+    # inputs)', and training took its manifest as a finished dataset
+    import signal
+
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat", "dog"], per_class=4)
+    ds = tmp_path / "ds"
+    killed = subprocess.Popen([sys.executable, "-c", CURATE_STOPPED_AFTER_MANIFEST, str(photos), str(ds)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert killed.stdout.readline().strip() == "written"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=60)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+    assert (ds / "manifest.csv").is_file()
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(dump_config(tiny_config(train={"epochs": 1})))
+    trained = invoke("train", cfg, "--data", ds, "--out", tmp_path / "run")
+    assert_one_line_error(trained, f"{ds}: a `vislab curate` into it has not finished", "run that curate again")
+    assert not (tmp_path / "run").exists()
+    assert_one_line_error(invoke("stats", ds), "has not finished")
+    other = invoke("curate", photos, "--out", ds, "--workers", "1", "--split", "0.5,0.25,0.25", "--seed", "3")
+    assert_one_line_error(other, "holds a curate that stopped before it finished", f"made from {photos}", "--overwrite")
+
+    again = invoke("curate", photos, "--out", ds, "--workers", "1", "--split", "0.5,0.25,0.25")  # the same options: made again
+    assert again.exit_code == 0, again.output
+    record = json.loads((ds / "curation.json").read_text())
+    assert "state" not in record and record["manifest_sha256"] == hashlib.sha256((ds / "manifest.csv").read_bytes()).hexdigest()
+    assert len(read_manifest(ds)) == 8
 
 
 def test_links_to_folders_inside_the_source_are_not_followed(tmp_path):

@@ -43,12 +43,14 @@ from vislab.fsguard import MAX_PIXELS
 from vislab.data.manifest import (
     BOXES_NAME,
     COLUMNS,
+    CURATING,
     CURATION_NAME,
     EXCLUDED,
     MANIFEST_NAME,
     OK,
     QUARANTINED,
     manifest_hash,
+    unfinished_curation,
     write_manifest,
 )
 from vislab.data.photos import read_photos_csv
@@ -302,11 +304,27 @@ def _fingerprint(recorded: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def _made_from(record: dict[str, Any]) -> str:
+    """The sources a curation.json record names, for a message."""
+    options = record.get("options")
+    sources = options.get("sources") if isinstance(options, dict) else None
+    return ", ".join(map(str, sources)) if isinstance(sources, list) and sources else "unknown inputs"
+
+
 def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
     """Refuse to replace a manifest made from other inputs, or files of the same names that
-    curate did not write (a user's own boxes.csv in --out), unless told to."""
+    curate did not write (a user's own boxes.csv or manifest.csv in --out), unless told to. A
+    curate with these options that stopped before it finished is made again."""
     if overwrite:
         return
+    unfinished = unfinished_curation(out)
+    if unfinished is not None:
+        if unfinished.get("fingerprint") == fingerprint:
+            return
+        raise VislabError(
+            f"--out {out} holds a curate that stopped before it finished (made from {_made_from(unfinished)} with "
+            "other options); choose another --out or pass --overwrite to replace it"
+        )
     if not (out / MANIFEST_NAME).exists():
         theirs = [n for n in (CURATION_NAME, HISTOGRAM_NAME, BOXES_NAME) if os.path.lexists(out / n)]
         if theirs:
@@ -315,6 +333,11 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
                 "choose another --out or pass --overwrite to replace them"
             )
         return
+    if not os.path.lexists(out / CURATION_NAME):
+        raise VislabError(
+            f"--out {out} holds {MANIFEST_NAME} but no {CURATION_NAME}: a manifest curate did not write, or one an older "
+            "curate stopped before it finished; pass --overwrite to replace it (or choose another --out)"
+        )
     try:
         previous = json.loads(read_bounded(out / CURATION_NAME, 1 << 24).decode("utf-8"))
     except (OSError, ValueError):
@@ -323,11 +346,8 @@ def _check_output(out: Path, fingerprint: str, overwrite: bool) -> None:
         previous = {}
     if previous.get("fingerprint") == fingerprint:
         return
-    options = previous.get("options")
-    sources = options.get("sources") if isinstance(options, dict) else None
-    made_from = ", ".join(map(str, sources)) if isinstance(sources, list) and sources else "unknown inputs"
     raise VislabError(
-        f"--out {out} holds a different dataset (made from {made_from} with other options); "
+        f"--out {out} holds a different dataset (made from {_made_from(previous)} with other options); "
         "choose another --out or pass --overwrite to replace it"
     )
 
@@ -620,6 +640,10 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
         )
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
+    # first a record of the curate under way (see manifest.py), replaced by the full one at the
+    # end: stopped in between, the folder reads as unfinished, never as another dataset
+    under_way = {"vislab_version": __version__, "state": CURATING, "fingerprint": fingerprint, "options": recorded}
+    write_file(inside(out_dir, CURATION_NAME), json.dumps(under_way, indent=2, ensure_ascii=False) + "\n")
     write_manifest(df[COLUMNS + EXTRA_COLUMNS + extra_columns], out_dir)
     if detect is not None:
         detect.write(out_dir)

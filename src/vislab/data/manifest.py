@@ -7,6 +7,11 @@ column order and float formatting, so the same inputs give a byte-identical file
 A detection dataset also holds `boxes.csv` (see `vislab.data.boxes`): having one is what
 makes a dataset a detection dataset, and it is part of the dataset's hash.
 
+curate writes curation.json twice: first a short record of the curate under way (`"state":
+"curating"`, its fingerprint and options), then, once manifest.csv (and boxes.csv) are
+written, the full record. A curate stopped in between leaves the first: reading the
+manifest refuses it, and the next curate with the same options makes the dataset again.
+
 A manifest may be edited by hand, so reading one checks every value later commands rely
 on: a status or split outside the allowed values (`TRAIN` included: case is not guessed,
 since a silently dropped row would change a dataset unseen), a size that is not an
@@ -34,6 +39,7 @@ from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, r
 MANIFEST_NAME = "manifest.csv"
 CURATION_NAME = "curation.json"
 BOXES_NAME = "boxes.csv"
+CURATING = "curating"  # curation.json's "state" while curate writes the dataset (a finished one has none)
 
 OK = "ok"
 QUARANTINED = "quarantined"
@@ -121,6 +127,11 @@ def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
     path = manifest_path(dataset_dir)
     if not path.exists() and not path.is_symlink():
         raise VislabError(_no_manifest(Path(dataset_dir)))
+    if unfinished_curation(dataset_dir):
+        raise DatasetError(
+            f"{dataset_dir}: a `vislab curate` into it has not finished ({CURATION_NAME} says \"state\": \"{CURATING}\"; "
+            "it stopped, or is still running); run that curate again"
+        )
     df = read_csv_file(path, "manifest")
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
@@ -250,6 +261,16 @@ def read_curation(dataset_dir: str | Path) -> dict[str, Any]:
     if not isinstance(recorded, dict):
         raise VislabError(f"{path}: not a JSON object; re-run `vislab curate`")
     return recorded
+
+
+def unfinished_curation(dataset_dir: str | Path) -> dict[str, Any] | None:
+    """The record of a curate under way, or stopped before it finished, that curation.json
+    holds; None for a finished (or absent, or unreadable) one, which readers that need it judge."""
+    try:  # a record of a curate under way is small: a larger file is a finished one, left unparsed
+        recorded = json.loads(read_bounded(Path(dataset_dir) / CURATION_NAME, 1 << 20).decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and recorded.get("state") == CURATING else None
 
 
 def reason_kind(reason: str) -> str:
