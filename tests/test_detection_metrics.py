@@ -121,6 +121,23 @@ def test_coco_map_equals_cocoeval_run_directly_with_a_crowd_region():
         assert ours["per_class"][name]["ap50_95"] == pytest.approx(every[every > -1].mean(), abs=1e-6)
 
 
+def test_coco_map_takes_a_recall_point_reached_exactly_as_cocoeval_does():
+    """5 truths, the first 3 found first: recall is exactly 0.6 at precision 1, so COCO's
+    101-point AP is (61 x 1 + 40 x 0.5) / 101. With float32 thresholds (torchmetrics'
+    default) the point 0.6 read 0.6000000238 and fell to precision 0.5: 80.5 / 101."""
+    truth = [10.0, 10.0, 50.0, 50.0]
+    miss = [200.0, 200.0, 240.0, 240.0]
+    found = {0: [(0.9, 1)], 1: [(0.8, 1)], 2: [(0.7, 1), (0.6, 0), (0.55, 0)], 3: [(0.5, 0), (0.45, 0), (0.3, 1)], 4: [(0.4, 0), (0.2, 1)]}
+    preds = [{"boxes": [truth if hit else miss for _, hit in d], "scores": [s for s, _ in d], "labels": [0] * len(d)} for d in found.values()]
+    targets = [{"boxes": [truth], "labels": [0]} for _ in found]
+    r = coco_map(preds, targets, ["thing"])
+    ap = (61 * 1.0 + 40 * 0.5) / 101
+    assert r["map50"] == pytest.approx(ap, abs=1e-6)
+    assert r["map50_95"] == pytest.approx(ap, abs=1e-6)
+    assert r["map75"] == pytest.approx(ap, abs=1e-6)
+    assert r["per_class"]["thing"] == pytest.approx({"ap50": ap, "ap50_95": ap}, abs=1e-6)
+
+
 def test_crowd_targets_are_ignored_by_the_backend_as_coco_does():
     """A detection inside a crowd region changes nothing; the same box as a plain truth
     would make the detection a true positive and the truth count."""

@@ -176,14 +176,28 @@ def _class_ap(precision: np.ndarray, k: int, thresholds: slice) -> float | None:
     return float(values.mean()) if values.size else None
 
 
+# COCOeval's own IoU and recall thresholds (float64). torchmetrics' defaults come from a
+# float32 torch.linspace, so recall 0.6 became 0.6000000238 and a class whose recall is
+# exactly 3/5 lost that recall point (AP50 0.79703 where pycocotools says 81/101 = 0.80198)
+IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10).tolist()
+RECALL_THRESHOLDS = np.linspace(0.0, 1.0, GRID_POINTS).tolist()
+
+
 def coco_metric(max_dets: int = 100, **kwargs: Any) -> Any:
     """torchmetrics' MeanAveragePrecision (faster-coco-eval, xyxy boxes) counting up to
-    `max_dets` detections per image: the one builder of validation's and evaluate's mAP, so
-    both cut the same detections (torchmetrics' own default is 100, `detect.max_det` 300)."""
+    `max_dets` detections per image at COCOeval's thresholds: the one builder of validation's
+    and evaluate's mAP, so both cut the same detections (torchmetrics' own default is 100,
+    `detect.max_det` 300)."""
     from torchmetrics.detection import MeanAveragePrecision
 
     metric = MeanAveragePrecision(
-        box_format="xyxy", iou_type="bbox", max_detection_thresholds=[1, 10, max_dets], backend="faster_coco_eval", **kwargs
+        box_format="xyxy",
+        iou_type="bbox",
+        iou_thresholds=IOU_THRESHOLDS,
+        rec_thresholds=RECALL_THRESHOLDS,
+        max_detection_thresholds=[1, 10, max_dets],
+        backend="faster_coco_eval",
+        **kwargs,
     )
     metric.warn_on_many_detections = False
     return metric
