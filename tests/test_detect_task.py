@@ -362,43 +362,56 @@ def test_a_detection_inside_a_dontcare_region_is_not_a_false_positive() -> None:
     assert map50(targets[:1]) < 0.9  # without the region the same detection is a false positive ranked first
 
 
-def test_validation_map_scores_what_evaluate_scores_tiny_truths_and_max_det(tmp_path) -> None:
-    """A 1.3-px truth on the canvas stays a truth in validation, and validation counts
-    detect.max_det detections per image: its mAP equals evaluate's for the same boxes."""
+def test_validation_map_scores_what_evaluate_scores_padding_tiny_truths_and_max_det(tmp_path) -> None:
+    """The same detections, through validation (Lightning's loop) and through evaluate's
+    predict_step and coco_map, give the same mAP: a car box spilling into the letterbox
+    padding is clipped to the image in both (scored on the canvas its IoU was 0.55, not 1),
+    a 1.3-px truth on the canvas stays a truth in validation, and validation counts
+    detect.max_det detections per image."""
+    import lightning as L
     from PIL import Image
 
     from vislab.data.boxes import image_targets
-    from vislab.data.det_datamodule import DetectionDataset, unletterbox
+    from vislab.data.datamodule import SkippingLoader
+    from vislab.data.det_datamodule import DetectionDataset
     from vislab.metrics.detection import coco_map
     from vislab.tasks import get_task
     from vislab.tasks.detect import canvas, detect_spec
-    from vislab.tasks.detect_module import DetectTask, map_targets
+    from vislab.tasks.detect_module import DetectTask
 
     cfg = tiny_detect_config()
     classes = ["light", "car"]
     path = tmp_path / "wide.png"
-    Image.new("RGB", (200, 100), (90, 120, 150)).save(path)  # 0.32 of itself on the 64-px canvas
-    truths = pd.DataFrame({"path": [str(path)] * 2, "class": ["light", "light"], "x1": [50.0, 100.0], "y1": [40.0, 20.0],
-                           "x2": [54.0, 160.0], "y2": [44.0, 80.0], "ignore": [False, False], "truncated": [np.nan] * 2, "occluded": [np.nan] * 2})
-    rows = np.column_stack([np.zeros(2), truths[["x1", "y1", "x2", "y2"]].to_numpy(), np.zeros(2)])
+    Image.new("RGB", (200, 100), (90, 120, 150)).save(path)  # 64 x 32 on the 64-px canvas, 16 px of padding above
+    truths = pd.DataFrame({"path": [str(path)] * 3, "class": ["light", "light", "car"], "x1": [50.0, 100.0, 10.0], "y1": [40.0, 20.0, 0.0],
+                           "x2": [54.0, 160.0, 60.0], "y2": [44.0, 80.0, 30.0], "ignore": [False] * 3, "truncated": [np.nan] * 3, "occluded": [np.nan] * 3})
+    rows = np.column_stack([[0, 0, 1], truths[["x1", "y1", "x2", "y2"]].to_numpy(), np.zeros(3)])
     val = DetectionDataset([str(path)], [rows], canvas(cfg))
-    _, boxes = val.load(0)
-    assert len(boxes) == 2  # the 1.28 x 1.28-px light is not dropped as augmentation drops specks
-    _, meta = DetectionDataset([str(path)], [rows], canvas(cfg), predict=True).load(0)
+    boxes = val.load(0)[1]
+    assert len(boxes) == 3  # the 1.28 x 1.28-px light is not dropped as augmentation drops specks
 
-    # the big light found first, then 120 false lights, then the small light: rank 122
+    # the big light found first, then 120 false lights, then the small light: rank 122; the
+    # car's box reaches 8 px up into the padding (its truth starts at the image's top, y 16)
+    car = boxes[2, 1:5].clone()
+    assert car[1] == 16
+    car[1] = 8.0
     false = torch.tensor([[30.0, 24, 36, 30]]).repeat(120, 1)
-    det_boxes = torch.cat([boxes[1:2, 1:5], false, boxes[0:1, 1:5]])
-    scores = torch.cat([torch.tensor([0.9]), torch.linspace(0.8, 0.2, 120), torch.tensor([0.1])])
-    canvas_preds = [{"boxes": det_boxes, "scores": scores, "labels": torch.zeros(122, dtype=torch.long)}]
+    det_boxes = torch.cat([boxes[1:2, 1:5], false, boxes[0:1, 1:5], car[None]])
+    scores = torch.cat([torch.tensor([0.9]), torch.linspace(0.8, 0.2, 120), torch.tensor([0.1, 0.7])])
+    labels = torch.tensor([0] * 122 + [1], dtype=torch.float32)
+    dets = torch.cat([det_boxes, scores[:, None], labels[:, None]], 1)
 
     task = DetectTask(cfg.model_dump(mode="json"), classes, detect_spec(cfg), model=get_task("detect").create_model(cfg, classes))
-    targets = torch.cat([torch.zeros(len(boxes), 1), boxes], 1)
-    task.val_map.update(canvas_preds, map_targets(targets, 1, len(classes)))
-    validation = float(task.val_map.compute()["map_50"])
+    task.detect = lambda x, conf, iou: (task.model.forward_head(task.model.forward_features(x)), [dets.clone() for _ in x])  # type: ignore[method-assign]
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(task, dataloaders=SkippingLoader(val, on_unreadable=print, batch_size=1), verbose=False)
+    validation = trainer.callback_metrics
 
-    _, scale_x, scale_y, px, py, w, h = meta.tolist()
-    image_preds = [{**canvas_preds[0], "boxes": unletterbox(det_boxes, scale_x, scale_y, px, py, int(w), int(h))}]
-    evaluate = coco_map(image_preds, image_targets(truths, [str(path)]), classes, max_dets=cfg.section().max_det)["map50"]
-    assert evaluate == pytest.approx(0.5 + 0.5 * 2 / 122, abs=0.01)
-    assert validation == pytest.approx(evaluate, abs=1e-6)
+    predict = DetectionDataset([str(path)], [np.zeros((0, 6))], canvas(cfg), predict=True)
+    found = task.predict_step(predict.collate([predict.load(0)])[:2], 0)
+    evaluate = coco_map(found, image_targets(truths, [str(path)]), classes, max_dets=cfg.section().max_det)
+    light = (51 + 50 * 2 / 122) / 101  # recall 0.5 at precision 1, then 1.0 at 2/122
+    assert evaluate["per_class"]["car"] == pytest.approx({"ap50": 1.0, "ap50_95": 1.0})
+    assert evaluate["map50_95"] == pytest.approx((light + 1) / 2, abs=1e-6)
+    assert float(validation["val/map50"]) == pytest.approx(evaluate["map50"], abs=1e-6)
+    assert float(validation["val/map"]) == pytest.approx(evaluate["map50_95"], abs=1e-6)

@@ -243,10 +243,11 @@ class ImageTableDataset(Dataset):
 
 
 class SkippingLoader(DataLoader):
-    """DataLoader of an `ImageTableDataset` yielding (images, targets) without the unreadable
-    images: each batch's (path, reason) list goes to `on_unreadable` in the main process
-    (with any number of workers), which may log it or raise. A batch left with fewer than
-    `min_batch` images is dropped (training: BatchNorm cannot normalise a batch of one)."""
+    """DataLoader of an `ImageTableDataset` yielding (images, targets, and whatever else its
+    `collate` puts before the unreadable list) without the unreadable images: each batch's
+    (path, reason) list goes to `on_unreadable` in the main process (with any number of
+    workers), which may log it or raise. A batch left with fewer than `min_batch` images is
+    dropped (training: BatchNorm cannot normalise a batch of one)."""
 
     def __init__(
         self, ds: ImageTableDataset, *, on_unreadable: Callable[[BadImages], None], min_batch: int = 1, **kwargs: Any
@@ -255,12 +256,12 @@ class SkippingLoader(DataLoader):
         self.min_batch = min_batch
         super().__init__(ds, collate_fn=ds.collate, **kwargs)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # type: ignore[override]
-        for x, y, bad in super().__iter__():
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:  # type: ignore[override]
+        for *batch, bad in super().__iter__():
             if bad:
                 self.on_unreadable(bad)
-            if x is not None and len(x) >= self.min_batch:
-                yield x, y
+            if batch[0] is not None and len(batch[0]) >= self.min_batch:
+                yield tuple(batch)
 
 
 def train_min_batch(batch_size: int) -> int:

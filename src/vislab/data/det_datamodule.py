@@ -25,6 +25,8 @@ id, x1, y1, x2, y2 in canvas pixels, ignore flag); an ignore region of no class 
 (DontCare) has class -1. For evaluate and predict, batches are (images, meta [B, 7]:
 position, scale x, scale y, pad x, pad y, width, height of the image), so boxes map back to
 its pixels (two scales: the pasted size is rounded to whole pixels on each side).
+Validation's plain letterbox batches are (images, targets, meta): validation scores boxes
+mapped back as evaluate does.
 
 Sampling, resume mid-epoch, DDP sharding, unreadable images and the steps-per-epoch rule are
 the classification datamodule's (`DetectDataModule` subclasses it and changes what a sample
@@ -181,8 +183,9 @@ class DetectionDataset(ImageTableDataset):
     """Letterboxed (in training, augmented) images of a table with their boxes.
 
     `boxes[i]` is image i's array of rows (class id, x1, y1, x2, y2, ignore) in its pixels.
-    A sample is (image tensor, boxes tensor [n, 6] in canvas pixels), or with `predict`
-    (image tensor, meta [6]); `collate` batches them (targets get the image index first).
+    An augmented sample is (image tensor, boxes tensor [n, 6] in canvas pixels), a plain
+    letterboxed one (validation) (image tensor, boxes, meta [7]), and with `predict` (image
+    tensor, meta [7]); `collate` batches them (targets get the image index first).
     """
 
     def __init__(
@@ -199,10 +202,13 @@ class DetectionDataset(ImageTableDataset):
         self.aug = aug
         self.predict = predict
 
-    def load(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int, seed: int | None = None) -> tuple[torch.Tensor, ...]:
         if seed is None or self.aug is None:
             arr, boxes, meta = self._letterbox(index)
-            return self._tensor(arr), torch.as_tensor(meta if self.predict else boxes, dtype=torch.float32)
+            meta_t = torch.as_tensor(meta, dtype=torch.float32)
+            if self.predict:
+                return self._tensor(arr), meta_t
+            return self._tensor(arr), torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 6), meta_t
         rng = np.random.default_rng(seed)
         arr, boxes = self._augmented(index, rng)
         if self.aug.mixup and rng.random() < self.aug.mixup:
@@ -257,9 +263,10 @@ class DetectionDataset(ImageTableDataset):
         oy = y1 + (rh - h * scale) / 2 + rng.uniform(-aug.translate, aug.translate) * rh
         return _paste(canvas, img, self.boxes[index], scale, ox, oy, rect)
 
-    def collate(self, items: list[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None, BadImages]:
-        """Images stacked; boxes as one [N, 7] table with the image index first (predict:
-        the metas stacked). Unreadable samples as for classification."""
+    def collate(self, items: list[Any]) -> tuple[Any, ...]:
+        """Images stacked; boxes as one [N, 7] table with the image index first, then the
+        metas stacked when the samples carry them (predict: the metas only); the batch's
+        unreadable samples last, as for classification."""
         good, bad = self.readable(items)
         if not good:
             return None, None, bad
@@ -267,7 +274,10 @@ class DetectionDataset(ImageTableDataset):
         if self.predict:
             return x, torch.stack([g[1] for g in good]), bad
         rows = [torch.cat([torch.full((len(b), 1), float(i)), b], 1) for i, b in enumerate(g[1] for g in good)]
-        return x, torch.cat(rows) if rows else torch.zeros(0, 7), bad
+        targets = torch.cat(rows) if rows else torch.zeros(0, 7)
+        if len(good[0]) == 3:
+            return x, targets, torch.stack([g[2] for g in good]), bad
+        return x, targets, bad
 
 
 def detection_table(dataset_dir: str | Path, classes: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
