@@ -365,3 +365,32 @@ def test_kitti_a_neighbour_kept_as_an_ignore_row_is_a_neighbour_not_dontcare():
         return kitti_ap(preds, targets, ["Car"])["per_class"]["Car"]["easy"]
 
     assert easy(van_ignore=True) == easy(van_ignore=False) < 0.97
+
+
+def test_a_score_equal_to_conf_is_kept_by_predict_and_counted_by_evaluate() -> None:
+    """One rule for a confidence (score >= conf, as float64 says): predict and serve
+    (postprocess) return the boxes evaluate's P/R/F1 and curves count at that confidence,
+    ties included, and the ONNX note says so. predict dropped a box scored exactly at --conf
+    that evaluate counted, and kept a float32 0.7 (0.69999999) at --conf 0.7 that it did not."""
+    import torch
+
+    from vislab.export_info import detect_preprocess
+    from vislab.models.yolo import postprocess
+
+    # objectness 1, so the score is the class probability: a at exactly 0.5, b at 0.75, a at float32 0.7
+    raw = torch.tensor([[[10.0, 10, 50, 50, 1.0, 0.5, 0.25], [100.0, 100, 140, 140, 1.0, 0.25, 0.75], [200.0, 200, 240, 240, 1.0, 0.7, 0.1]]])
+    targets = [{"boxes": [[10, 10, 50, 50], [100, 100, 140, 140], [200, 200, 240, 240]], "labels": [0, 1, 0]}]
+    (scored,) = postprocess(raw, conf=0.001, iou=0.45)  # what evaluate keeps for mAP
+    preds = [{"boxes": scored[:, :4], "scores": scored[:, 4], "labels": scored[:, 5].long()}]
+    f32_07 = float(np.float32(0.7))
+    for conf, n in ((0.5, 3), (0.7, 1), (f32_07, 2)):
+        counted = precision_recall(preds, targets, ["a", "b"], confidence=conf)["at_confidence"]["all"]
+        assert counted["tp"] + counted["fp"] == n, conf
+        assert len(postprocess(raw, conf=conf, iou=0.45)[0]) == n, conf
+    curves = precision_recall(preds, targets, ["a", "b"])["curves"]
+    assert curves["confidence_grid"][50] == 0.5 and curves["confidence_grid"][70] == 0.7
+    assert curves["by_confidence"]["all"]["recall"][50] == 1.0  # the 0.5 box counts at 0.5
+    assert curves["by_confidence"]["all"]["recall"][70] == pytest.approx(1 / 3)  # float32 0.7 is under 0.7
+    assert len(postprocess(raw, conf=0.25, iou=0.45, multi_label=True)[0]) == 5  # the 0.25s too
+    note = detect_preprocess((64, 64), 114, 0.5, 0.45, 300)
+    assert "probability >= 0.5" in note["summary"] and "score >= conf" in note["output"]["postprocess"]["how"]

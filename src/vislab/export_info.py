@@ -91,14 +91,14 @@ def detect_preprocess(canvas_hw: Sequence[int], pad_value: int, conf: float, iou
             "conf": conf,
             "nms_iou": iou,
             "max_det": max_det,
-            "how": "per box its best class; keep score > conf, then per-class NMS at nms_iou, at most max_det boxes",
+            "how": "per box its best class; keep score >= conf, then per-class NMS at nms_iou, at most max_det boxes",
         },
         "unletterbox": "x = (x_canvas - pad_x) / (nw / w), y = (y_canvas - pad_y) / (nh / h), clipped to the image",
     }
     summary = (
         f"Letterbox the RGB image into {height}x{width} (aspect kept, centred, padded with {pad_value}), scale to [0, 1] without "
         f"mean/std, feed float32 NCHW as 'input'. 'detections' are raw decoded boxes without NMS: keep objectness * class "
-        f"probability > {conf}, apply per-class NMS at IoU {iou}, keep at most {max_det}, and map boxes back by undoing the letterbox. "
+        f"probability >= {conf}, apply per-class NMS at IoU {iou}, keep at most {max_det}, and map boxes back by undoing the letterbox. "
         "vislab_data_spec's resize and crop do not apply to this model."
     )
     return {"task": "detect", "summary": summary, "steps": steps, "output": output}

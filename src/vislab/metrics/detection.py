@@ -44,6 +44,22 @@ GRID_POINTS = 101  # recall and confidence grids of the curves (COCO's 101 recal
 _KITTI_SAMPLE_POINTS = 41
 
 
+def kept(scores: Any, conf: float) -> Any:
+    """Which detections a confidence keeps: score >= conf, as float64 says (numpy, torch or
+    pandas alike). The one rule of predict, serve, evaluate's P/R/F1 and curves, the report's
+    galleries and the ONNX note, so `predict --conf c` returns the boxes evaluate counts at c
+    (its best-F1 confidence is a detection's own score, which must stay in)."""
+    if isinstance(scores, torch.Tensor) and scores.dtype != torch.float64:
+        # torch compares a float32 tensor with conf rounded to float32, and 0.7 rounds down
+        # (0.69999999), which kept a score float64 puts under 0.7; the least float32 at or
+        # over conf gives float64's verdict with no float64 on the device (MPS has none)
+        at_least = np.float32(conf)
+        if float(at_least) < conf:
+            at_least = np.nextafter(at_least, np.float32(np.inf))
+        return scores.float() >= float(at_least)
+    return scores >= conf
+
+
 def _array(x: Any, dtype: Any = np.float64) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -317,7 +333,7 @@ def _at(ranked: list[_Ranked], class_names: Sequence[str], confidence: float) ->
     per_class = {}
     total = np.zeros(3, np.int64)
     for name, r in zip(class_names, ranked):
-        tp = r.tp[r.scores >= confidence]
+        tp = r.tp[kept(r.scores, confidence)]
         counts = np.array([tp.sum(), (~tp).sum(), r.n_truth])
         per_class[name] = _prf(*counts.tolist())
         total += counts
@@ -354,11 +370,11 @@ def _confidence_curves(r: _Ranked) -> dict[str, list[float | None]]:
     """Precision, recall and F1 keeping the detections scored at least c, for each c of
     the confidence grid; None where undefined (no detection kept, no truth)."""
     grid = np.linspace(0, 1, GRID_POINTS)
-    kept = np.searchsorted(-r.scores, -grid, side="right")
-    ctp = np.r_[0, np.cumsum(r.tp)][kept]
-    precision = np.where(kept > 0, ctp / np.maximum(kept, 1), np.nan)
+    n_kept = np.array([np.count_nonzero(kept(r.scores, c)) for c in grid])  # scores fall: the first n_kept
+    ctp = np.r_[0, np.cumsum(r.tp)][n_kept]
+    precision = np.where(n_kept > 0, ctp / np.maximum(n_kept, 1), np.nan)
     recall = ctp / r.n_truth if r.n_truth else np.full(len(grid), np.nan)
-    f1 = np.where(kept + r.n_truth > 0, 2 * ctp / np.maximum(kept + r.n_truth, 1), np.nan)
+    f1 = np.where(n_kept + r.n_truth > 0, 2 * ctp / np.maximum(n_kept + r.n_truth, 1), np.nan)
     return {
         name: [_or_none(v) for v in values]
         for name, values in (("precision", precision), ("recall", recall), ("f1", f1))

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from vislab.config import ModelConfig
 from vislab.errors import VislabError
+from vislab.metrics.detection import kept
 from vislab.models.registry import DataSpec, register_model
 
 # Anchors in pixels at 416 px, smallest first (Darknet's yolov3.cfg and yolov3-tiny.cfg).
@@ -379,8 +380,9 @@ def postprocess(
 ) -> list[torch.Tensor]:
     """Eval output [B, N, 5 + C] -> per image [n, 6]: x1, y1, x2, y2, score, class.
 
-    score = objectness x class probability; boxes under `conf` go, then per-class NMS at `iou`,
-    best `max_det` kept. `multi_label` keeps every class over `conf` for a box, not only the
+    score = objectness x class probability; boxes under `conf` go (`metrics.detection.kept`:
+    a score equal to it stays, as evaluate counts it), then per-class NMS at `iou`, best
+    `max_det` kept. `multi_label` keeps every class at or over `conf` for a box, not only the
     best (a little higher mAP at a low `conf`, at the cost of more boxes).
     """
     from torchvision.ops import batched_nms
@@ -389,11 +391,11 @@ def postprocess(
     for p in preds:
         scores = p[:, 4:5] * p[:, 5:]
         if multi_label:
-            idx, cls = (scores > conf).nonzero(as_tuple=True)
+            idx, cls = kept(scores, conf).nonzero(as_tuple=True)
             score = scores[idx, cls]
         else:
             score, cls = scores.max(1)
-            idx = (score > conf).nonzero(as_tuple=True)[0]
+            idx = kept(score, conf).nonzero(as_tuple=True)[0]
             score, cls = score[idx], cls[idx]
         if score.numel() > MAX_NMS:
             top = score.topk(MAX_NMS).indices
