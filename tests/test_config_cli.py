@@ -245,3 +245,13 @@ def test_durations_read_as_written_and_ambiguous_ones_are_refused():
         with pytest.raises(VislabError, match=re.escape(needle)):
             parse_duration(text)
     assert duration_text("90", 90) == "90 s" and duration_text("15m", 900) == "15m"
+
+
+def test_python_dash_m_vislab_is_the_cli():
+    """`python -m vislab` runs the same CLI as the `vislab` script (for a venv not activated)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "vislab", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: vislab" in proc.stdout and "curate" in proc.stdout and "train" in proc.stdout
