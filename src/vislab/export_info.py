@@ -78,7 +78,7 @@ def detect_preprocess(canvas_hw: Sequence[int], pad_value: int, conf: float, iou
             "size_hw": [height, width],
             "pad_value": pad_value,
             "interpolation": "bilinear",
-            "how": "scale = min(W / w, H / h); resize to (round(w * scale), round(h * scale)); paste centred at (round((W - nw) / 2), round((H - nh) / 2)) on a canvas of pad_value",
+            "how": "scale = min(W / w, H / h); resize to nw = max(1, round(w * scale)), nh = max(1, round(h * scale)); paste with its top-left at pad_x = (W - nw) // 2, pad_y = (H - nh) // 2 (whole pixels, rounded down) on a canvas of pad_value",
         },
         {"op": "scale", "factor": 1 / 255, "why": "uint8 to [0, 1]; no mean/std"},
         {"op": "layout", "layout": "NCHW", "dtype": "float32", "input": "input"},

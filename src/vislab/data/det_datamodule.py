@@ -84,11 +84,14 @@ def canvas_of(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def letterbox_params(width: int, height: int, canvas: tuple[int, int]) -> tuple[float, float, float]:
-    """(scale, pad x, pad y) that fit a width x height image centred into canvas (H, W)."""
+def letterbox_params(width: int, height: int, canvas: tuple[int, int]) -> tuple[float, int, int]:
+    """(scale, pad x, pad y) that fit a width x height image centred into canvas (H, W): the
+    pads are whole pixels, half the room the pasted (whole-pixel) size leaves, rounded down
+    (as Ultralytics pads), the formula the exported model's metadata gives (export_info)."""
     ch, cw = canvas
     scale = min(cw / width, ch / height)
-    return scale, (cw - width * scale) / 2, (ch - height * scale) / 2
+    nw, nh = pasted_size(width, height, scale)
+    return scale, (cw - nw) // 2, (ch - nh) // 2
 
 
 def unletterbox(
@@ -117,7 +120,7 @@ def letterbox(
     rows = np.zeros((0, 6)) if boxes is None else boxes
     moved = _paste(arr, img, rows, scale, px, py, (0, 0, cw, ch), every_box=True)
     nw, nh = pasted_size(w, h, scale)
-    return arr, moved, (nw / w, nh / h, float(round(px)), float(round(py)), w, h)
+    return arr, moved, (nw / w, nh / h, float(px), float(py), w, h)
 
 
 def pasted_size(width: int, height: int, scale: float) -> tuple[int, int]:
