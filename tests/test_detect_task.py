@@ -415,3 +415,35 @@ def test_validation_map_scores_what_evaluate_scores_padding_tiny_truths_and_max_
     assert evaluate["map50_95"] == pytest.approx((light + 1) / 2, abs=1e-6)
     assert float(validation["val/map50"]) == pytest.approx(evaluate["map50"], abs=1e-6)
     assert float(validation["val/map"]) == pytest.approx(evaluate["map50_95"], abs=1e-6)
+
+
+def test_an_image_resized_after_curate_is_unreadable_in_training_and_evaluate(tmp_path) -> None:
+    """An image resized in place after curation was trained and scored against its stale
+    boxes without a word (coco128: mAP 68.7% -> 56.2%). Now its size is checked against the
+    manifest's: counted and skipped in training as a broken file is, refused by evaluate;
+    a photo shown turned by its EXIF orientation (manifest size = displayed size) still reads."""
+    from PIL import Image
+
+    src = write_shapes_dataset(tmp_path / "src", n=12)
+    photo = Image.open(src / "images/s0000.png").resize((64, 40))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64x40, shown 40x64
+    photo.save(src / "images/turned.jpg", quality=95, exif=exif)
+    (src / "labels/turned.txt").write_text(yolo_line(0, (0.2, 0.2, 0.6, 0.6)))
+    ds = curate(src, tmp_path / "ds", "0.5,0.25,0.25")
+    rows = pd.read_csv(ds / "manifest.csv")
+    assert rows.loc[rows["path"].str.endswith("turned.jpg"), ["width", "height"]].values.tolist() == [[40, 64]]
+    resized = {}
+    for split in ("train", "test"):
+        path = rows.loc[(rows["split"] == split) & rows["path"].str.endswith(".png"), "path"].iloc[0]
+        Image.open(path).resize((32, 32)).save(path)
+        resized[split] = path
+
+    run = train(tiny_detect_config(train={"epochs": 1, "health": {"max_bad_images": 0.5}}), ds, tmp_path / "run")
+    health = [m for m in json.loads((run / "health.json").read_text()) if m["code"] == "unreadable_images"]
+    assert [(m["split"], m["count"], m["paths"]) for m in health] == [("train", 1, [resized["train"]])]
+    assert "changed since vislab curate (now 32x32, the manifest says 64x64); run vislab curate again" in health[0]["message"]
+
+    res = runner.invoke(app, ["evaluate", str(run), "--split", "test"])
+    assert res.exit_code != 0
+    assert res.stderr.strip() == f"error: {resized['test']}: changed since vislab curate (now 32x32, the manifest says 64x64); run vislab curate again"

@@ -28,6 +28,11 @@ its pixels (two scales: the pasted size is rounded to whole pixels on each side)
 Validation's plain letterbox batches are (images, targets, meta): validation scores boxes
 mapped back as evaluate does.
 
+An image whose decoded size is not the manifest's width x height was edited after curation
+(resized or cropped in place): its boxes in boxes.csv no longer fit it, so it is unreadable
+(`changed_reason`), counted and skipped as a broken file is, in training, validation and
+evaluate alike, instead of being scored and trained against stale boxes.
+
 Sampling, resume mid-epoch, DDP sharding, unreadable images and the steps-per-epoch rule are
 the classification datamodule's (`DetectDataModule` subclasses it and changes what a sample
 is); the splits are the manifest's, validation held out of train (seeded) when it has none.
@@ -50,10 +55,11 @@ from vislab.data.datamodule import (
     ImageTableDataset,
     Splits,
 )
-from vislab.data.io import load_image
+from vislab.data.io import ImageDecodeError, load_image
 from vislab.errors import DatasetError, VislabError
 
 PAD_VALUE = 114
+CHANGED = "changed since vislab curate"
 MIN_VISIBLE = 0.25  # share of a cut box that must stay in the picture for it to stay a box
 MIN_SIDE = 2.0  # pixels
 
@@ -168,6 +174,18 @@ def _paste(
     return moved[keep]
 
 
+def changed_reason(now: tuple[int, int], manifest: tuple[int, int]) -> str:
+    """Why an image whose size is not the manifest's is unreadable: its boxes are stale."""
+    return f"{CHANGED} (now {now[0]}x{now[1]}, the manifest says {manifest[0]}x{manifest[1]}); run vislab curate again"
+
+
+def manifest_sizes(rows: pd.DataFrame) -> list[tuple[int, int] | None]:
+    """Per manifest row its (width, height) as curate read it (None where not recorded)."""
+    w = pd.to_numeric(rows["width"], errors="coerce") if "width" in rows else pd.Series([np.nan] * len(rows))
+    h = pd.to_numeric(rows["height"], errors="coerce") if "height" in rows else pd.Series([np.nan] * len(rows))
+    return [None if pd.isna(a) or pd.isna(b) else (int(a), int(b)) for a, b in zip(w, h)]
+
+
 def _hsv(arr: np.ndarray, rng: np.random.Generator, aug: DetectAugment) -> np.ndarray:
     """Random hue shift and saturation / value gains (Ultralytics' HSV augmentation)."""
     gains = rng.uniform(-1, 1, 3) * np.array([aug.hsv_h, aug.hsv_s, aug.hsv_v]) + np.array([0.0, 1.0, 1.0])
@@ -189,6 +207,8 @@ class DetectionDataset(ImageTableDataset):
     An augmented sample is (image tensor, boxes tensor [n, 6] in canvas pixels), a plain
     letterboxed one (validation) (image tensor, boxes, meta [7]), and with `predict` (image
     tensor, meta [7]); `collate` batches them (targets get the image index first).
+    `sizes[i]` is image i's (width, height) in the manifest, which its boxes are of: an
+    image decoded at another size raises ImageDecodeError (`changed_reason`).
     """
 
     def __init__(
@@ -198,9 +218,11 @@ class DetectionDataset(ImageTableDataset):
         canvas: tuple[int, int],
         aug: DetectAugment | None = None,
         predict: bool = False,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
     ) -> None:
         super().__init__(paths, range(len(paths)), transform=_unused)
         self.boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 6) for b in boxes]
+        self.sizes = list(sizes) if sizes is not None else [None] * len(self.paths)
         self.canvas = canvas
         self.aug = aug
         self.predict = predict
@@ -228,8 +250,16 @@ class DetectionDataset(ImageTableDataset):
     def _blank(self) -> np.ndarray:
         return np.full((*self.canvas, 3), PAD_VALUE, np.uint8)
 
+    def _image(self, index: int) -> Image.Image:
+        """Image `index` decoded, refused when its size is not the one its boxes are of."""
+        img = load_image(self.paths[index])
+        want = self.sizes[index]
+        if want is not None and img.size != tuple(want):
+            raise ImageDecodeError(changed_reason(img.size, want), self.paths[index])
+        return img
+
     def _letterbox(self, index: int) -> tuple[np.ndarray, np.ndarray, list[float]]:
-        arr, boxes, meta = letterbox(load_image(self.paths[index]), self.canvas, self.boxes[index])
+        arr, boxes, meta = letterbox(self._image(index), self.canvas, self.boxes[index])
         return arr, boxes, [float(self.targets[index]), *map(float, meta)]
 
     def _augmented(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -257,7 +287,7 @@ class DetectionDataset(ImageTableDataset):
         """Image `index` letterboxed into `rect` of the canvas with random scale and shift."""
         aug = self.aug
         assert aug is not None
-        img = load_image(self.paths[index])
+        img = self._image(index)
         w, h = img.size
         x1, y1, x2, y2 = rect
         rw, rh = x2 - x1, y2 - y1
@@ -355,6 +385,7 @@ class DetectDataModule(ClassifyDataModule):
         self.canvas = canvas
         self.aug = aug
         self.box_rows: pd.DataFrame | None = None
+        self._sizes: Sequence[tuple[int, int] | None] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "predict" or self.splits is not None:
@@ -366,7 +397,8 @@ class DetectDataModule(ClassifyDataModule):
     def dataset(self, rows: pd.DataFrame, train: bool) -> DetectionDataset:
         assert self.box_rows is not None and self.classes is not None
         paths = rows["path"].tolist()
-        return DetectionDataset(paths, box_arrays(self.box_rows, paths, self.classes), self.canvas, self.aug if train else None)
+        boxes = box_arrays(self.box_rows, paths, self.classes)
+        return DetectionDataset(paths, boxes, self.canvas, self.aug if train else None, sizes=manifest_sizes(rows))
 
     def predict_on(  # type: ignore[override]
         self,
@@ -376,13 +408,16 @@ class DetectDataModule(ClassifyDataModule):
         on_unreadable: Callable[[BadImages], None],
         batch_size: int | None = None,
         num_workers: int | None = None,
+        sizes: Sequence[tuple[int, int] | None] | None = None,
     ) -> None:
-        """Image files to letterbox for evaluate and predict; batches carry each file's meta."""
+        """Image files to letterbox for evaluate and predict; batches carry each file's meta.
+        `sizes`: the manifest's (width, height) of each, when the files are a dataset's."""
+        self._sizes = sizes
         super().predict_on(paths, list(range(len(paths))), on_unreadable=on_unreadable, batch_size=batch_size, num_workers=num_workers)
 
     def predict_dataset(self, paths: list[Path], targets: list[int]) -> DetectionDataset:
         """Letterboxed images with their metas (no boxes): what predict_step maps back."""
-        return DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True)
+        return DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True, sizes=self._sizes)
 
     def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise VislabError("detection runs have no data-dependent initialisation (sample_batch)")

@@ -48,19 +48,25 @@ def _datamodule(run: "LoadedRun", dataset_dir: Path) -> Any:
 def run_detector(
     plugin: "DetectPlugin", run: "LoadedRun", paths: Sequence[str], dataset_dir: Path, *, conf: float, iou: float,
     on_unreadable: Any, precision: str = "32-true", description: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
+    sizes: Sequence[tuple[int, int] | None] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """Position in `paths` -> {boxes [n, 4] image pixels, scores, labels (class ids)}."""
+    """Position in `paths` -> {boxes [n, 4] image pixels, scores, labels (class ids)}; with
+    `sizes` (a dataset's manifest), a file of another size is unreadable (changed since curate)."""
     from vislab.tasks.base import predict_batches
 
     module = plugin.load_module(run)
     module.predict_conf, module.predict_iou = conf, iou
     dm = _datamodule(run, dataset_dir)
-    dm.predict_on(list(paths), on_unreadable=on_unreadable, batch_size=batch_size, num_workers=num_workers)
+    dm.predict_on(list(paths), on_unreadable=on_unreadable, batch_size=batch_size, num_workers=num_workers, sizes=sizes)
     return {d["pos"]: d for batch in predict_batches(module, dm, precision=precision, description=description) for d in batch}
 
 
 def _refuse_unreadable(bad: list[tuple[str, str]]) -> None:
+    from vislab.data.det_datamodule import CHANGED
+
     path, reason = bad[0]
+    if reason.startswith(CHANGED):
+        raise VislabError(f"{path}: {reason}")
     raise VislabError(f"{path}: cannot read image ({reason}); the dataset changed since `vislab curate`: restore the file or re-curate")
 
 
@@ -91,6 +97,7 @@ def evaluate_detection(
     batch_size: int | None, num_workers: int | None,
 ) -> Evaluation:
     from vislab.data.boxes import image_targets, read_boxes
+    from vislab.data.det_datamodule import manifest_sizes
     from vislab.data.manifest import has_boxes
     from vislab.metrics.detection import KittiSpec, detection_report, kitti_ap
     from vislab.runs import EVAL_PREDICTIONS
@@ -103,7 +110,7 @@ def evaluate_detection(
     boxes = boxes[boxes["path"].isin(set(paths))]
     match = class_match(run.classes, boxes, dataset_dir)
     found = run_detector(plugin, run, paths, dataset_dir, conf=sec.val_conf, iou=sec.nms_iou, on_unreadable=_refuse_unreadable,
-                         precision=precision, description=description, batch_size=batch_size, num_workers=num_workers)
+                         precision=precision, description=description, batch_size=batch_size, num_workers=num_workers, sizes=manifest_sizes(rows))
     preds = [found[i] for i in range(len(paths))]
     targets = image_targets(boxes, paths)
     report = detection_report(preds, targets, run.classes, confidence=sec.conf, iou=0.5, max_dets=sec.max_det)
