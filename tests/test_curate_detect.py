@@ -426,3 +426,32 @@ def test_box_class_names_with_control_characters_exclude_their_images(tmp_path):
         assert f"class name '{shown}' contains a control character; rename it in this file" in problems[0]["reason"]
         printed = invoke("stats", out).stdout
         assert "\x1b" not in printed and shown in printed
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "kitti"])
+def test_a_box_written_twice_is_kept_once_and_counted(tmp_path, fmt):
+    """The same box twice in a label file (same class and coordinates) became two truths:
+    a detector finding the object once scored AP50 0.505 for a perfect answer."""
+    if fmt == "yolo":
+        line, other = yolo_line(0, (0.25, 0.25, 0.5, 0.75)), yolo_line(1, (0.25, 0.25, 0.5, 0.75))
+        labels = {"a": line + other + line + yolo_line(0, (0.5, 0.25, 0.75, 0.75)), "b": line}
+        root = write_label_dataset(tmp_path / "src", labels, size=(W, H), names=["cat", "dog"])
+        names = ("cat", "dog")
+    else:
+        line, other = kitti_line("Car", (16, 12, 32, 36)), kitti_line("Van", (16, 12, 32, 36))
+        labels = {"a": line + other + line + kitti_line("Car", (32, 12, 48, 36)), "b": line}
+        root = write_label_dataset(tmp_path / "src", labels, size=(W, H))
+        names = ("Car", "Van")
+    out = tmp_path / "ds"
+    curate(root, out, "--format", fmt)
+    assert box_rows(out) == [
+        ("a.png", names[0], 16, 12, 32, 36, False),
+        ("a.png", names[1], 16, 12, 32, 36, False),  # the same place, another class: kept
+        ("a.png", names[0], 32, 12, 48, 36, False),
+        ("b.png", names[0], 16, 12, 32, 36, False),  # the same box in another image: kept
+    ]
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["problem_counts"] == {"duplicate_box": 1}
+    assert [(Path(p["file"]).name, p["line"], p["reason"]) for p in det["problems"]] == [
+        ("a.txt", 3, f"duplicate_box: '{names[0]}' box repeats line 1 (same class and coordinates)")
+    ]

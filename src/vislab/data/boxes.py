@@ -8,7 +8,7 @@ lost. Rows are sorted by path (source order within an image) with fixed number f
 the same inputs give a byte-identical file.
 
 Here: turning a reader's boxes into the table (`resolve_boxes`: frames, EXIF, clipping,
-degenerate boxes), class selection and merging, image-level splits stratified on the classes
+degenerate and repeated boxes), class selection and merging, image-level splits stratified on the classes
 present, and box statistics.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vislab.data.csvfile import line_of_row, read_csv_file
-from vislab.data.det_sources import DONT_CARE, DetectionSource
+from vislab.data.det_sources import DONT_CARE, DetectionSource, SourceBox
 from vislab.data.io import SWAPS_AXES, oriented_size, probe
 from vislab.data.manifest import BOXES_NAME, read_curation, read_manifest, reason_kind, usable
 from vislab.data.split import SPLIT_NAMES
@@ -45,6 +45,7 @@ _FLAGS = {"1": True, "0": False, "true": True, "false": False, "True": True, "Fa
 
 # Reason kinds added here (readers add theirs in det_sources).
 DEGENERATE = "degenerate_box"
+DUPLICATE = "duplicate_box"
 NOT_USABLE = "image_not_usable"
 SIZE_MISMATCH = "size_mismatch"
 
@@ -186,6 +187,24 @@ def _drawn_on_displayed(
     return False
 
 
+def _repeated(src: DetectionSource, known: np.ndarray, problems: list[dict[str, Any]]) -> np.ndarray:
+    """Which boxes (of images with a size) repeat an earlier box of their image exactly,
+    each reported as a `DUPLICATE` naming the line it repeats."""
+    first: dict[tuple[Any, ...], SourceBox] = {}
+    out = np.zeros(len(src.boxes), dtype=bool)
+    for i, b in enumerate(src.boxes):
+        if not known[i]:
+            continue
+        key = (b.image, b.cls, b.ignore, b.x1, b.y1, b.x2, b.y2)
+        seen = first.setdefault(key, b)
+        if seen is b:
+            continue
+        out[i] = True
+        where = f"line {seen.line}" if seen.line is not None and seen.file == b.file else "an earlier box of this image"
+        problems.append({"file": b.file, "line": b.line, "reason": f"{DUPLICATE}: '{b.cls}' box repeats {where} (same class and coordinates)"})
+    return out
+
+
 def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> ResolvedBoxes:
     """A reader's boxes in pixels of the displayed image, clipped to it.
 
@@ -193,7 +212,9 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     are moved by the image's EXIF orientation unless the annotation records the displayed
     size (see `_drawn_on_displayed`). Boxes past the edge are clipped (counted when more than
     CLIP_TOLERANCE px off); boxes with no area left are dropped with a reason, as are the
-    boxes of images without a size (unreadable, or not in the manifest), reported once per image.
+    boxes of images without a size (unreadable, or not in the manifest), reported once per image,
+    and a box that repeats an earlier one of its image exactly (class, ignore flag and
+    coordinates as written): kept, it would be a second truth that no detection can match.
     """
     problems = list(src.problems)
     if not src.boxes:
@@ -209,6 +230,7 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
                 "reason": f"{NOT_USABLE}: {n} box(es) of an image that is unreadable or not in the dataset",
             }
         )
+    repeated = _repeated(src, known, problems)
     displayed_frame = {
         p: _drawn_on_displayed(src, p, sizes[p], problems) for p in dict.fromkeys(images) if p in sizes
     }
@@ -228,8 +250,8 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     clipped_xyxy = np.clip(xyxy, 0.0, limit)
     moved = np.abs(clipped_xyxy - xyxy).max(axis=1) > CLIP_TOLERANCE
     area_ok = (clipped_xyxy[:, 2] > clipped_xyxy[:, 0]) & (clipped_xyxy[:, 3] > clipped_xyxy[:, 1])
-    keep = known & area_ok
-    for i in np.flatnonzero(known & ~area_ok):
+    keep = known & area_ok & ~repeated
+    for i in np.flatnonzero(known & ~area_ok & ~repeated):
         b = src.boxes[i]
         problems.append(
             {
