@@ -447,3 +447,22 @@ def test_an_image_resized_after_curate_is_unreadable_in_training_and_evaluate(tm
     res = runner.invoke(app, ["evaluate", str(run), "--split", "test"])
     assert res.exit_code != 0
     assert res.stderr.strip() == f"error: {resized['test']}: changed since vislab curate (now 32x32, the manifest says 64x64); run vislab curate again"
+
+
+def test_predict_out_labels_curate_back_to_the_same_boxes(small, reference, tmp_path) -> None:
+    """predict --out writes YOLO lines 'class cx cy w h score' (as Ultralytics' save_conf);
+    vislab's own curate refused every one ('malformed: 6 fields'), so predictions could not
+    become a dataset (pseudo-labels). The score is now read past."""
+    images = sorted((small.parent / "src/images").glob("*.png"))[:3]
+    out = tmp_path / "pred"
+    results = json.loads(ok("predict", reference, *images, "--conf", "0.05", "--format", "json", "--out", out).stdout)
+    lines = [line.split() for f in sorted((out / "labels").glob("*.txt")) for line in f.read_text().splitlines()]
+    assert lines and {len(fields) for fields in lines} == {6}
+    ok("curate", out, "--out", tmp_path / "ds", "--split", "1,0,0", "--workers", "1")
+    det = json.loads((tmp_path / "ds/curation.json").read_text())["detection"]
+    assert det["problem_counts"] == {}
+    back = pd.read_csv(tmp_path / "ds/boxes.csv")
+    want = [(b["class"], b["x1"], b["y1"], b["x2"], b["y2"]) for r in results for b in r["boxes"]]
+    got = list(back[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False, name=None))
+    assert [g[0] for g in got] == [w[0] for w in want]
+    np.testing.assert_allclose([g[1:] for g in got], [w[1:] for w in want], atol=0.01)

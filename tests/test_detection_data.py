@@ -121,6 +121,22 @@ def test_yolo_reader_boxes_and_every_problem(yolo):
     json.dumps(record)
 
 
+def test_yolo_sixth_field_is_a_confidence_read_past(tmp_path):
+    """'class cx cy w h score' (vislab predict --out, Ultralytics save_conf) is a box; a
+    6th field that is no confidence from 0 to 1 is malformed, and so is an 8-field line."""
+    root = tmp_path / "yolo"
+    write_image(root / "images" / "a.png", size=(W, H))
+    write(root / "classes.txt", "cat\n")
+    write(root / "labels" / "a.txt", "0 0.5 0.5 0.25 0.5 0.87\n0 0.5 0.5 0.25 0.5 1.7\n0 0.5 0.5 0.25 0.5 abc\n0 0.5 0.5 0.25 0.5 0.9 0.1 0.2\n")
+    _, res = resolved(root, "yolo")
+    assert rows(res) == [("a.png", "cat", 24.0, 12.0, 40.0, 36.0, False)]
+    assert [(p["line"], p["reason"]) for p in res.problems] == [
+        (2, "malformed: 6th field '1.7' is not a confidence from 0 to 1; a YOLO line is 'class cx cy w h [confidence]'"),
+        (3, "malformed: 'abc' is not a finite number"),
+        (4, "malformed: 8 fields; a YOLO line is 'class cx cy w h' (or 'class cx cy w h confidence', or a polygon 'class x y x y ...')"),
+    ]
+
+
 def test_yolo_names_list_classes_txt_and_broken_yaml(tmp_path, yolo):
     write(yolo / "data.yaml", "names: [kitten, puppy]\n")
     assert read_detection_source(yolo).classes == ["kitten", "puppy"]

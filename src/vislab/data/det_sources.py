@@ -9,7 +9,9 @@ of the image as displayed, once image sizes are known.
 
 Coordinates, as each format writes them:
 - YOLO `class cx cy w h`, normalised to the image as displayed (EXIF orientation applied, as
-  Ultralytics reads images). A line of 7, 9, ... fields is a polygon, boxed by its extent.
+  Ultralytics reads images). A 6th field is a confidence from 0 to 1 (what `vislab predict
+  --out` and Ultralytics' `save_conf` write), read past: the box is a truth like any other.
+  A line of 7, 9, ... fields is a polygon, boxed by its extent.
 - KITTI `label_2` fields 5-8 `x1 y1 x2 y2`, 0-based pixels of the stored image.
 - COCO `bbox [x, y, w, h]`, 0-based pixels of the stored image.
 - VOC `xmin ymin xmax ymax`, 1-based inclusive pixel indices of the stored image, so the box
@@ -323,8 +325,11 @@ def read_yolo(root: str | Path) -> DetectionSource:
 def _yolo_line(tokens: list[str], names: list[str]) -> tuple[str, tuple[float, ...]] | str:
     """(class name, normalised x1 y1 x2 y2) of one label line, or the reason it is unusable."""
     n = len(tokens)
-    if n != 5 and (n < 7 or n % 2 == 0):
-        return f"{MALFORMED}: {n} fields; a YOLO line is 'class cx cy w h' (or a polygon 'class x y x y ...')"
+    if n < 5 or (n > 6 and n % 2 == 0):
+        return (
+            f"{MALFORMED}: {n} fields; a YOLO line is 'class cx cy w h' (or 'class cx cy w h confidence', "
+            "or a polygon 'class x y x y ...')"
+        )
     idx = _class_index(tokens[0])
     if idx is None:
         return f"{MALFORMED}: class id '{tokens[0]}' is not a non-negative integer"
@@ -332,10 +337,12 @@ def _yolo_line(tokens: list[str], names: list[str]) -> tuple[str, tuple[float, .
     bad = [t for t, v in zip(tokens[1:], values) if v is None]
     if bad:
         return f"{MALFORMED}: '{bad[0]}' is not a finite number"
+    if n == 6 and not 0 <= values[4] <= 1:
+        return f"{MALFORMED}: 6th field '{tokens[5]}' is not a confidence from 0 to 1; a YOLO line is 'class cx cy w h [confidence]'"
     if idx >= len(names):
         return f"{UNKNOWN_CLASS}: class id {idx}, but only {len(names)} class names are declared"
-    if n == 5:
-        cx, cy, w, h = values
+    if n <= 6:
+        cx, cy, w, h = values[:4]
         return names[idx], (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
     xs, ys = values[0::2], values[1::2]
     return names[idx], (min(xs), min(ys), max(xs), max(ys))

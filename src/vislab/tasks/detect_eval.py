@@ -9,7 +9,8 @@ predictions.csv (every kept detection in image pixels) and images.csv (per image
 detections at `conf`, TP, FP, FN, F1), which the report's galleries read.
 
 Predict returns per image its boxes over `--conf` after NMS at `--iou`; with `--out DIR` it
-also writes DIR/images/ (boxes drawn), DIR/labels/ (YOLO txt: class cx cy w h, normalised),
+also writes DIR/images/ (boxes drawn), DIR/labels/ (YOLO txt: class cx cy w h score, the box
+normalised, the 6th field as Ultralytics' save_conf writes it and `vislab curate` reads past),
 DIR/classes.txt (one line per class id, whatever a name holds), predictions.json and
 predictions.csv, every path checked by `fsguard.inside` and written by `fsguard.replacing`.
 """
@@ -190,7 +191,8 @@ def predict_files(
 
 
 def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequence[str]) -> None:
-    """OUT/images/ (boxes drawn), OUT/labels/ (YOLO txt), classes.txt, predictions.json/.csv."""
+    """OUT/images/ (boxes drawn), OUT/labels/ (YOLO txt: class cx cy w h score), classes.txt,
+    predictions.json/.csv."""
     from vislab.data.io import load_image
     from vislab.report.draw import PREDICTED, draw_boxes
 
