@@ -455,3 +455,17 @@ def test_a_box_written_twice_is_kept_once_and_counted(tmp_path, fmt):
     assert [(Path(p["file"]).name, p["line"], p["reason"]) for p in det["problems"]] == [
         ("a.txt", 3, f"duplicate_box: '{names[0]}' box repeats line 1 (same class and coordinates)")
     ]
+
+
+def test_yolo_boxes_written_in_pixels_are_said_to_be_pixels(tmp_path):
+    """'0 32 24 16 12' (pixels of a 64x48 image where YOLO wants fractions) was reported only
+    as 'degenerate_box: box has no area inside the image', which says nothing of the cause."""
+    root = write_label_dataset(tmp_path / "src", {"a": "0 32 24 16 12\n" + yolo_line(0, (0.25, 0.25, 0.5, 0.5))}, size=(W, H), names=["cat"])
+    result = curate(root, tmp_path / "ds")
+    det = json.loads((tmp_path / "ds/curation.json").read_text())["detection"]
+    assert det["problem_counts"] == {"not_normalized": 1}
+    reason = ("not_normalized: 'cat' box '32 24 16 12' has values over 1, so it is not inside the image: they look like pixels; "
+              "YOLO wants cx cy w h as fractions (0 to 1) of the image's width and height")
+    assert [(p["line"], p["reason"]) for p in det["problems"]] == [(1, reason)]
+    assert "look like pixels" in result.stdout
+    assert box_rows(tmp_path / "ds") == [("a.png", "cat", 16, 12, 32, 24, False)]

@@ -82,7 +82,7 @@ def yolo(tmp_path) -> Path:
         "5 0.5 0.5 0.1 0.1\n"  # no class 5
         "1.5 0.5 0.5 0.1 0.1\n"
         "1 0.1 0.1 0.3 0.1 0.2 0.4\n"  # a triangle: boxed by its extent
-        "1 1.5 1.5 0.2 0.2\n",  # wholly outside: nothing left after clipping
+        "1 1.5 1.5 0.2 0.2\n",  # wholly outside: values over 1, which YOLO's are not
     )
     write(root / "labels" / "b.txt", "1 0.5 0.5 1.0 1.0\n")
     write(root / "labels" / "orphan.txt", "0 0.5 0.5 0.1 0.1\n")
@@ -108,14 +108,15 @@ def test_yolo_reader_boxes_and_every_problem(yolo):
         ("a.txt", 8): "malformed",
         ("a.txt", 9): "unknown_class",
         ("a.txt", 10): "malformed",
-        ("a.txt", 12): "degenerate_box",
+        ("a.txt", 12): "not_normalized",
         ("orphan.txt", None): "label_without_image",
     }
     record = res.record()
     assert record["problem_counts"] == {
-        "degenerate_box": 2,
+        "degenerate_box": 1,
         "label_without_image": 1,
         "malformed": 5,
+        "not_normalized": 1,
         "unknown_class": 1,
     }
     json.dumps(record)

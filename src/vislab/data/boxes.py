@@ -46,6 +46,7 @@ _FLAGS = {"1": True, "0": False, "true": True, "false": False, "True": True, "Fa
 # Reason kinds added here (readers add theirs in det_sources).
 DEGENERATE = "degenerate_box"
 DUPLICATE = "duplicate_box"
+NOT_NORMALIZED = "not_normalized"
 NOT_USABLE = "image_not_usable"
 SIZE_MISMATCH = "size_mismatch"
 
@@ -205,13 +206,24 @@ def _repeated(src: DetectionSource, known: np.ndarray, problems: list[dict[str, 
     return out
 
 
+def _not_normalized(cls: str, box: np.ndarray) -> str:
+    """Why a YOLO box (normalised x1 y1 x2 y2) with values over 1 is not used."""
+    x1, y1, x2, y2 = box.tolist()
+    written = " ".join(f"{v:g}" for v in ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
+    return (
+        f"{NOT_NORMALIZED}: '{cls}' box '{written}' has values over 1, so it is not inside the image: they look like "
+        "pixels; YOLO wants cx cy w h as fractions (0 to 1) of the image's width and height"
+    )
+
+
 def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> ResolvedBoxes:
     """A reader's boxes in pixels of the displayed image, clipped to it.
 
     YOLO's normalised boxes are scaled by the displayed size; pixel boxes (KITTI, COCO, VOC)
     are moved by the image's EXIF orientation unless the annotation records the displayed
     size (see `_drawn_on_displayed`). Boxes past the edge are clipped (counted when more than
-    CLIP_TOLERANCE px off); boxes with no area left are dropped with a reason, as are the
+    CLIP_TOLERANCE px off); boxes with no area left are dropped with a reason (a YOLO box with
+    values over 1, as pixels written where fractions belong, says so), as are the
     boxes of images without a size (unreadable, or not in the manifest), reported once per image,
     and a box that repeats an earlier one of its image exactly (class, ignore flag and
     coordinates as written): kept, it would be a second truth that no detection can match.
@@ -238,6 +250,7 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
         [[sizes[p].width, sizes[p].height] if k else [1, 1] for p, k in zip(images, known)], dtype=np.float64
     )
     normalized = np.array([b.normalized for b in src.boxes])
+    fractions = xyxy.copy()
     xyxy[normalized] *= np.concatenate([dims, dims], axis=1)[normalized]
     orientation = np.array(
         [sizes[p].orientation if k and not displayed_frame[p] else 1 for p, k in zip(images, known)]
@@ -253,13 +266,10 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     keep = known & area_ok & ~repeated
     for i in np.flatnonzero(known & ~area_ok & ~repeated):
         b = src.boxes[i]
-        problems.append(
-            {
-                "file": b.file,
-                "line": b.line,
-                "reason": f"{DEGENERATE}: '{b.cls}' box has no area inside the image",
-            }
-        )
+        reason = f"{DEGENERATE}: '{b.cls}' box has no area inside the image"
+        if b.normalized and (fractions[i] > 1).any():
+            reason = _not_normalized(b.cls, fractions[i])
+        problems.append({"file": b.file, "line": b.line, "reason": reason})
     kept = [b for b, k in zip(src.boxes, keep) if k]
     table = pd.DataFrame(
         {
