@@ -5,6 +5,7 @@ splits are stratified and seeded, and boxes.csv is part of the dataset hash."""
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 import json
 from pathlib import Path
 
@@ -464,8 +465,39 @@ def test_yolo_boxes_written_in_pixels_are_said_to_be_pixels(tmp_path):
     result = curate(root, tmp_path / "ds")
     det = json.loads((tmp_path / "ds/curation.json").read_text())["detection"]
     assert det["problem_counts"] == {"not_normalized": 1}
-    reason = ("not_normalized: 'cat' box '32 24 16 12' has values over 1, so it is not inside the image: they look like pixels; "
+    reason = ("not_normalized: 'cat' box '32 24 16 12' has values over 1 and lies outside the image: they look like pixels; "
               "YOLO wants cx cy w h as fractions (0 to 1) of the image's width and height")
     assert [(p["line"], p["reason"]) for p in det["problems"]] == [(1, reason)]
     assert "look like pixels" in result.stdout
     assert box_rows(tmp_path / "ds") == [("a.png", "cat", 16, 12, 32, 24, False)]
+
+
+@pytest.mark.parametrize("fmt", ["yolo", "kitti"])
+def test_a_box_mostly_outside_the_image_is_dropped_and_counted(tmp_path, fmt):
+    """A box more than half outside the image (YOLO cx 1.02: 70% out) was kept as a sliver
+    inside and only counted as clipped. Now it is mostly_outside; a box less than half out is
+    clipped, a 1-px overhang of a tiny box is rounding, and an ignore region stays."""
+    if fmt == "yolo":
+        text = ("0 1.02 0.5 0.1 0.1\n"  # 62.1-68.5 of 64: 70% out
+                "0 0.9 0.5 0.4 0.2\n"  # 44.8-70.4: 25% out, clipped
+                "0 10 8 20 16\n"  # pixels, partly inside: said to be pixels
+                + yolo_line(0, (0.25, 0.25, 0.5, 0.5)))
+        root = write_label_dataset(tmp_path / "src", {"a": text}, size=(W, H), names=["Car"])
+        kept = [("a.png", "Car", 44.8, 19.2, 64, 28.8, False), ("a.png", "Car", 16, 12, 32, 24, False)]
+        problems = [(1, "mostly_outside: 'Car' box 62.1 21.6 68.5 26.4 is 70% outside the 64x48 image"), (3, "not_normalized")]
+    else:
+        text = (kitti_line("Car", (40, 10, 100, 30))  # 60% out
+                + kitti_line("Car", (50, 10, 70, 30))  # 30% out, clipped
+                + kitti_line("Car", (-0.8, 10, 0.6, 20))  # 57% of a tiny box, within the 1-px tolerance
+                + "DontCare -1 -1 -10 40 10 100 30 -1 -1 -1 -1000 -1000 -1000 -10\n")
+        root = write_label_dataset(tmp_path / "src", {"a": text}, size=(W, H))
+        kept = [("a.png", "Car", 50, 10, 64, 30, False), ("a.png", "Car", 0, 10, 0.6, 20, False), ("a.png", "DontCare", 40, 10, 64, 30, True)]
+        problems = [(1, "mostly_outside: 'Car' box 40.0 10.0 100.0 30.0 is 60% outside the 64x48 image")]
+    out = tmp_path / "ds"
+    curate(root, out, "--format", fmt)
+    assert box_rows(out) == kept
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["problem_counts"] == dict(sorted(Counter(r.split(":")[0] for _, r in problems).items()))
+    # the not_normalized wording is another test's
+    assert [(p["line"], p["reason"] if ":" in want else p["reason"].split(":")[0]) for p, (_, want) in zip(det["problems"], problems)] == problems
+    assert det["clipped_boxes"] == (1 if fmt == "yolo" else 2)

@@ -263,7 +263,7 @@ def test_coco_reader_crowd_missing_images_and_broken_entries(tmp_path):
             {"id": 5, "image_id": 2, "category_id": 1, "bbox": [1, 1, "x", 5]},
             {"id": 6, "image_id": 2, "category_id": 1, "bbox": [1, 1, 0, 5]},
             {"id": 7, "image_id": 3, "category_id": 1, "bbox": [1, 1, 5, 5]},
-            {"id": 8, "image_id": 2, "category_id": 1, "bbox": [50, 40, 30, 30]},
+            {"id": 8, "image_id": 2, "category_id": 1, "bbox": [50, 30, 20, 20]},  # 37% outside: clipped
         ],
         "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}],
     }
@@ -274,7 +274,7 @@ def test_coco_reader_crowd_missing_images_and_broken_entries(tmp_path):
     assert rows(res) == [
         ("a.png", "cat", 10.0, 5.0, 30.0, 25.0, False),
         ("a.png", "dog", 0.0, 0.0, 64.0, 48.0, True),
-        ("b.png", "cat", 50.0, 40.0, 64.0, 48.0, False),
+        ("b.png", "cat", 50.0, 30.0, 64.0, 48.0, False),
     ]
     assert res.clipped == 1
     kinds = sorted(p["reason"].split(":")[0] for p in res.problems)

@@ -37,6 +37,9 @@ BOX_COLUMNS = ["path", "class", "x1", "y1", "x2", "y2", "ignore", "truncated", "
 # Boxes past the image edge by at most this many pixels are clipped without being counted:
 # rounding, and VOC tools that write 0-based instead of 1-based corners.
 CLIP_TOLERANCE = 1.0
+# A box (not an ignore region) more than this share of whose area lies outside the image is
+# dropped: its sliver inside would be a truth of an object the picture barely shows.
+MAX_OUTSIDE = 0.5
 COCO_SMALL = 32 * 32
 COCO_LARGE = 96 * 96
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -47,6 +50,7 @@ _FLAGS = {"1": True, "0": False, "true": True, "false": False, "True": True, "Fa
 DEGENERATE = "degenerate_box"
 DUPLICATE = "duplicate_box"
 NOT_NORMALIZED = "not_normalized"
+MOSTLY_OUTSIDE = "mostly_outside"
 NOT_USABLE = "image_not_usable"
 SIZE_MISMATCH = "size_mismatch"
 
@@ -206,12 +210,16 @@ def _repeated(src: DetectionSource, known: np.ndarray, problems: list[dict[str, 
     return out
 
 
+def _area(xyxy: np.ndarray) -> np.ndarray:
+    return np.clip(xyxy[:, 2] - xyxy[:, 0], 0, None) * np.clip(xyxy[:, 3] - xyxy[:, 1], 0, None)
+
+
 def _not_normalized(cls: str, box: np.ndarray) -> str:
     """Why a YOLO box (normalised x1 y1 x2 y2) with values over 1 is not used."""
     x1, y1, x2, y2 = box.tolist()
     written = " ".join(f"{v:g}" for v in ((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1))
     return (
-        f"{NOT_NORMALIZED}: '{cls}' box '{written}' has values over 1, so it is not inside the image: they look like "
+        f"{NOT_NORMALIZED}: '{cls}' box '{written}' has values over 1 and lies outside the image: they look like "
         "pixels; YOLO wants cx cy w h as fractions (0 to 1) of the image's width and height"
     )
 
@@ -222,7 +230,8 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     YOLO's normalised boxes are scaled by the displayed size; pixel boxes (KITTI, COCO, VOC)
     are moved by the image's EXIF orientation unless the annotation records the displayed
     size (see `_drawn_on_displayed`). Boxes past the edge are clipped (counted when more than
-    CLIP_TOLERANCE px off); boxes with no area left are dropped with a reason (a YOLO box with
+    CLIP_TOLERANCE px off); boxes with no area left, or with more than MAX_OUTSIDE of it
+    outside the image (ignore regions excepted), are dropped with a reason (a YOLO box with
     values over 1, as pixels written where fractions belong, says so), as are the
     boxes of images without a size (unreadable, or not in the manifest), reported once per image,
     and a box that repeats an earlier one of its image exactly (class, ignore flag and
@@ -263,12 +272,21 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     clipped_xyxy = np.clip(xyxy, 0.0, limit)
     moved = np.abs(clipped_xyxy - xyxy).max(axis=1) > CLIP_TOLERANCE
     area_ok = (clipped_xyxy[:, 2] > clipped_xyxy[:, 0]) & (clipped_xyxy[:, 3] > clipped_xyxy[:, 1])
-    keep = known & area_ok & ~repeated
-    for i in np.flatnonzero(known & ~area_ok & ~repeated):
+    inside = _area(clipped_xyxy) / np.maximum(_area(xyxy), np.finfo(np.float64).tiny)
+    ignore = np.array([b.ignore for b in src.boxes], dtype=bool)
+    outside = known & area_ok & ~repeated & moved & ~ignore & (inside < 1 - MAX_OUTSIDE)
+    keep = known & area_ok & ~repeated & ~outside
+    for i in np.flatnonzero(known & ~repeated & (~area_ok | outside)):
         b = src.boxes[i]
-        reason = f"{DEGENERATE}: '{b.cls}' box has no area inside the image"
-        if b.normalized and (fractions[i] > 1).any():
-            reason = _not_normalized(b.cls, fractions[i])
+        if not area_ok[i]:
+            reason = f"{DEGENERATE}: '{b.cls}' box has no area inside the image"
+        else:
+            x1, y1, x2, y2 = (f"{v:.1f}" for v in xyxy[i])
+            w, h = (int(v) for v in dims[i])
+            reason = f"{MOSTLY_OUTSIDE}: '{b.cls}' box {x1} {y1} {x2} {y2} is {1 - inside[i]:.0%} outside the {w}x{h} image"
+        f = fractions[i]
+        if b.normalized and (f > 1).any() and (not area_ok[i] or f[2] - f[0] > 1 or f[3] - f[1] > 1):
+            reason = _not_normalized(b.cls, f)
         problems.append({"file": b.file, "line": b.line, "reason": reason})
     kept = [b for b, k in zip(src.boxes, keep) if k]
     table = pd.DataFrame(
