@@ -319,7 +319,7 @@ def compare(
     split: str = typer.Option("test", help="Eval set (a folder name under RUN_DIR/eval/, e.g. test-aberration-vignette0.4) whose accuracy, mCA and F1 are shown."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
-    """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed."""
+    """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed; runs scored on different test sets get a warning and dataset / n test columns."""
     from vislab.report.compare import compare_runs, render, rich_table
 
     df = compare_runs(run_dirs, sort=sort, split=split)

@@ -102,6 +102,7 @@ def evaluate(
                 "variant": variant or None,
                 "manifest_changed": bool(changed),
                 "dataset_dir": str(dataset_dir.resolve()),
+                "manifest_hash": manifest_hash(dataset_dir),
                 "checkpoint": str(run.checkpoint),
                 "checkpoint_epoch": run.epoch,  # counted from 1
                 "checkpoint_sha256": run.checkpoint_sha256,

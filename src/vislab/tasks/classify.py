@@ -295,5 +295,12 @@ class ClassifyPlugin(Task):
             "att_test_acc": m.get("att_accuracy"),
         }
 
+    def scored_set(self, metrics: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+        """The labelled images (accuracy's denominator) and the classes that have some (mCA's)."""
+        n = metrics.get("num_labelled")
+        per_class = metrics.get("per_class")
+        classes = [str(r.get("class")) for r in per_class if r.get("support")] if isinstance(per_class, list) and n else None
+        return (n if isinstance(n, int) else None), classes
+
 
 register_task(ClassifyPlugin())
