@@ -55,6 +55,20 @@ def test_other_dataset_is_matched_by_label_name(run, tmp_path):
     assert np.load(run / "eval" / name / "probs.npy").shape == (len(pred), 3)
 
 
+def test_another_dataset_in_a_folder_of_the_same_name_is_refused_not_replaced(run, tmp_path):
+    first = make_pattern_dataset(tmp_path / "A" / "data", classes=("vertical", "horizontal"), per_class=10, size=16, seed=1)
+    second = make_pattern_dataset(tmp_path / "B" / "data", classes=("diagonal",), per_class=10, size=16, seed=2)
+    metrics = run / "eval" / "test-data" / "metrics.json"
+    evaluate(run, data=first)
+    kept = metrics.read_bytes()
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(second)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"holds the evaluation of {first.resolve()}, not of {second.resolve()}" in res.output and "--name" in res.output
+    assert metrics.read_bytes() == kept
+    assert evaluate(run, data=first)["dataset_dir"] == str(first.resolve())  # the same dataset again still replaces it
+    assert evaluate(run, data=second, name="test-b")["num_samples"] == 2
+
+
 def test_unknown_labels_are_one_clear_error(run, tmp_path):
     other = make_pattern_dataset(tmp_path / "unknown", classes=("vertical", "rings", "zebra"), per_class=6, size=16)
     with pytest.raises(VislabError, match="rings, zebra.*diagonal, horizontal, vertical"):
