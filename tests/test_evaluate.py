@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -85,6 +86,28 @@ def test_cli_evaluate_prints_accuracy_and_missing_split_is_explained(run, tmp_pa
     res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(unsplit)])
     assert res.exit_code == 2 and "--split all" in res.output
     assert evaluate(run, split="all", data=unsplit)["num_samples"] == 4
+
+
+def test_the_evaluate_line_counts_the_labelled_images_its_accuracy_is_over(run, tmp_path):
+    import csv
+
+    data = make_pattern_dataset(tmp_path / "half", classes=("vertical", "horizontal"), per_class=10, size=16, seed=3)
+    with open(data / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    test = [r for r in rows if r["split"] == "test"]
+    for r in test[: len(test) // 2]:  # half the test images lose their label
+        r["label"] = ""
+    with open(data / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "eval" / f"test-{data.name}" / "metrics.json").read_text())
+    assert (m["num_samples"], m["num_labelled"]) == (4, 2)
+    assert f"mCA {m['mca']:.2%} on 2 labelled images (2 unlabelled)\n" in res.output
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--split", "val"])
+    assert res.exit_code == 0 and re.search(r"^val: accuracy \S+, mCA \S+ on 15 images$", res.output, re.M), res.output
 
 
 def test_cli_evaluate_and_train_print_a_bracketed_run_path_as_written(run, tmp_path):
