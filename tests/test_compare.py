@@ -296,3 +296,50 @@ def test_csv_is_exact_when_piped_and_shows_control_characters_on_a_terminal(tmp_
     assert pd.read_csv(io.StringIO(piped.stdout))["path"][0] == str(evil)
     shown = _on_a_terminal(args)
     assert "\x1b" not in shown and r"ok\x1b[2JFAKE" in shown
+
+
+def test_runs_scored_on_different_test_sets_are_flagged(tmp_path, capsys) -> None:
+    """Test figures of other images (another dataset, fewer labelled images, a class missing)
+    or best val acc of other validation sets are not ranked side by side without a word."""
+    from vislab.evaluate import evaluate
+    from vislab.testing.rundirs import make_dataset
+
+    full = make_dataset(tmp_path / "full", per_class=20)  # 3 test images of each of cat, dog, fox
+    part = make_dataset(tmp_path / "part", classes=("cat", "dog"), per_class=20, seed=1)
+    a, b, c = (make_run_dir(tmp_path, name=n, dataset=False, checkpoint=True, seed=i) for i, n in enumerate("abc"))
+    for run, data in ((a, full), (b, part), (c, full)):
+        evaluate(run, data=data, name="test")
+    capsys.readouterr()
+
+    df = compare_runs([a, b])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("compare: warning: eval/test of these runs ") for line in err)
+    assert f"a on {full.resolve()}, b on {part.resolve()}" in err[0]
+    assert "(a 9, b 6)" in err[1] and "(b has none of fox)" in err[2]
+    assert list(df["dataset"]) == ["full", "part"] and list(df["n_test"]) == [9, 6]
+    md = render(df, "md").splitlines()
+    assert "| epochs | dataset | n test | best val acc % |" in md[0] and "| 5 | full | 9 |" in md[2] and "| 5 | part | 6 |" in md[3]
+    back = pd.read_csv(io.StringIO(render(df, "csv")))
+    assert list(back["dataset"]) == ["full", "part"] and list(back["n_test"]) == [9, 6]
+    res = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert res.exit_code == 0 and "n test" in res.output and "part" in res.output
+
+    same = compare_runs([a, c])  # one test set: no word, no column
+    assert capsys.readouterr().err == "" and "dataset" not in same and "n_test" not in same
+
+    lines = (full / "manifest.csv").read_text().splitlines(keepends=True)  # re-curated in place: a train image less
+    first_train = next(i for i, line in enumerate(lines) if ",train," in line)
+    (full / "manifest.csv").write_text("".join(lines[:first_train] + lines[first_train + 1:]))
+    evaluate(c, data=full, name="test")
+    capsys.readouterr()
+    df = compare_runs([a, c])
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "scored different datasets" in err[0] and "(manifest " in err[0]
+    assert df["dataset"][0] != df["dataset"][1] and "n_test" not in df
+
+    for run, source in ((a, "manifest"), (c, "held out 10% of train (seed 2)")):
+        info = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**info, "val_source": source}))
+    compare_runs([a, c])
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == "compare: warning: the best validation figures of these runs come from different validation sets (a: (val: manifest); c: (val: held out 10% of train (seed 2)))"

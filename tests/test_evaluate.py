@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -55,6 +56,20 @@ def test_other_dataset_is_matched_by_label_name(run, tmp_path):
     assert np.load(run / "eval" / name / "probs.npy").shape == (len(pred), 3)
 
 
+def test_another_dataset_in_a_folder_of_the_same_name_is_refused_not_replaced(run, tmp_path):
+    first = make_pattern_dataset(tmp_path / "A" / "data", classes=("vertical", "horizontal"), per_class=10, size=16, seed=1)
+    second = make_pattern_dataset(tmp_path / "B" / "data", classes=("diagonal",), per_class=10, size=16, seed=2)
+    metrics = run / "eval" / "test-data" / "metrics.json"
+    evaluate(run, data=first)
+    kept = metrics.read_bytes()
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(second)])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+    assert f"holds the evaluation of {first.resolve()}, not of {second.resolve()}" in res.output and "--name" in res.output
+    assert metrics.read_bytes() == kept
+    assert evaluate(run, data=first)["dataset_dir"] == str(first.resolve())  # the same dataset again still replaces it
+    assert evaluate(run, data=second, name="test-b")["num_samples"] == 2
+
+
 def test_unknown_labels_are_one_clear_error(run, tmp_path):
     other = make_pattern_dataset(tmp_path / "unknown", classes=("vertical", "rings", "zebra"), per_class=6, size=16)
     with pytest.raises(VislabError, match="rings, zebra.*diagonal, horizontal, vertical"):
@@ -71,6 +86,28 @@ def test_cli_evaluate_prints_accuracy_and_missing_split_is_explained(run, tmp_pa
     res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(unsplit)])
     assert res.exit_code == 2 and "--split all" in res.output
     assert evaluate(run, split="all", data=unsplit)["num_samples"] == 4
+
+
+def test_the_evaluate_line_counts_the_labelled_images_its_accuracy_is_over(run, tmp_path):
+    import csv
+
+    data = make_pattern_dataset(tmp_path / "half", classes=("vertical", "horizontal"), per_class=10, size=16, seed=3)
+    with open(data / "manifest.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    test = [r for r in rows if r["split"] == "test"]
+    for r in test[: len(test) // 2]:  # half the test images lose their label
+        r["label"] = ""
+    with open(data / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--data", str(data)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((run / "eval" / f"test-{data.name}" / "metrics.json").read_text())
+    assert (m["num_samples"], m["num_labelled"]) == (4, 2)
+    assert f"mCA {m['mca']:.2%} on 2 labelled images (2 unlabelled)\n" in res.output
+    res = CliRunner().invoke(app, ["evaluate", str(run), "--split", "val"])
+    assert res.exit_code == 0 and re.search(r"^val: accuracy \S+, mCA \S+ on 15 images$", res.output, re.M), res.output
 
 
 def test_cli_evaluate_and_train_print_a_bracketed_run_path_as_written(run, tmp_path):

@@ -241,3 +241,33 @@ def test_explain_scores_a_large_jpeg_as_predict_does(tmp_path) -> None:
     [row] = predict(run, [photo], top_k=1)
     [shown] = explain_run(run, [photo], top_k=1, out=tmp_path / "overlays")
     assert shown.class_name == row["pred"] and abs(shown.prob - row["confidence"]) < 1e-5
+
+
+def test_an_empty_gradcam_map_is_recorded_and_named_with_methods_to_try(tmp_path) -> None:
+    """A class whose classifier weights are all negative: at the last ReLU (activations >= 0)
+    every Grad-CAM channel weight is negative, so the map is cut to zero everywhere, for any
+    image; EigenCAM, which needs no gradient of the class, still maps a region."""
+    import json
+
+    import torch
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, name="run", checkpoint=True, n_test=3)
+    ckpt = run / "checkpoints" / "best.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    saved["state_dict"]["model.head.1.weight"][2] = -saved["state_dict"]["model.head.1.weight"][2].abs() - 0.01  # fox
+    torch.save(saved, ckpt)
+    image = sorted((tmp_path / "run-data" / "images" / "cat").glob("*.png"))[0]
+    out = tmp_path / "overlays"
+    res = CliRunner().invoke(app, ["explain", str(run), str(image), "--class", "fox", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"note: the gradcam map of {image.name} (fox) is zero everywhere at layer features.6" in res.output
+    assert res.output.rstrip().splitlines()[-2].endswith("try --method gradcam++ or --method eigencam")
+    (entry,) = json.loads((out / "explanations.json").read_text())
+    assert entry["empty_map"] is True and entry["class"] == "fox"
+    res = CliRunner().invoke(app, ["explain", str(run), str(image), "--class", "fox", "--method", "eigencam", "--out", str(out)])
+    assert res.exit_code == 0 and "note:" not in res.output, res.output
+    assert json.loads((out / "explanations.json").read_text())[0]["empty_map"] is False

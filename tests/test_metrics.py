@@ -111,6 +111,21 @@ def test_lists_best_worst_confused_and_highest_loss() -> None:
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_macro_averages_count_classes_only_predicted_as_sklearn_does_and_say_so() -> None:
+    """A set holding 2 of 5 classes, scored by a model that also predicts 2 others: the macro
+    figures are scikit-learn's (over the 4 classes true or predicted), mCA is over the 2 with
+    images (balanced accuracy, the macro recall of those 2), and both counts are recorded."""
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    pred = np.array([0, 0, 2, 3, 1, 2, 2, 1])
+    probs = np.full((len(y), 5), 0.1, dtype=np.float32)
+    probs[np.arange(len(y)), pred] = 0.6
+    r = classification_report(y, probs, list("abcde"))
+    assert r["recall_macro"] == pytest.approx(skm.recall_score(y, pred, average="macro", zero_division=0)) == pytest.approx(0.25)
+    assert r["f1_macro"] == pytest.approx(skm.f1_score(y, pred, average="macro", zero_division=0))
+    assert r["mca"] == pytest.approx(skm.balanced_accuracy_score(y, pred)) == pytest.approx(skm.recall_score(y, pred, labels=[0, 1], average="macro"))
+    assert (r["classes_present"], r["macro_classes"]) == (2, 4)
+
+
 def test_absent_class_and_bad_shapes() -> None:
     y = np.array([0, 0, 1, 1])
     probs = np.array([[0.9, 0.05, 0.05], [0.2, 0.7, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8]], dtype=np.float32)

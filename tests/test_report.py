@@ -89,6 +89,28 @@ def test_report_without_eval_checkpoint_or_dataset(tmp_path) -> None:
     assert "not reachable" in text  # dataset histogram explains its absence
 
 
+def test_the_report_says_which_classes_mca_and_the_macro_figures_average(tmp_path) -> None:
+    import numpy as np
+
+    from vislab.metrics.classification import classification_report
+
+    run = make_run_dir(tmp_path, name="sub", dataset=False)
+    y, pred = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])  # the set lacks class 2, the model predicts it
+    probs = np.full((4, 3), 0.2, dtype=np.float32)
+    probs[np.arange(4), pred] = 0.6
+    (run / "eval" / "test" / "metrics.json").write_text(json.dumps(classification_report(y, probs, ["cat", "dog", "fox"])))
+    text = write_report(run, cams=False).read_text()
+    metrics = text[text.index('<section id="metrics"'):]
+    metrics = metrics[: metrics.index("</section>")]
+    assert re.search(r"Mean class accuracy \(mCA\)</td><td[^>]*>75\.0%", metrics)
+    assert re.search(r"Recall \(macro\)</td><td[^>]*>50\.0%", metrics)
+    assert re.search(r"Classes in mCA \(with images\)</td><td[^>]*>2<", metrics)
+    assert re.search(r"Classes in macro averages \(true or predicted\)</td><td[^>]*>3<", metrics)
+    assert "mCA averages the classes with images; macro precision, recall and F1" in metrics
+    per_class = text[text.index('<section id="per-class"'):]
+    assert "a class only predicted counting with recall 0" in per_class[: per_class.index("</section>")]
+
+
 def test_cams_unavailable_is_explained(tmp_path) -> None:
     run = make_run_dir(tmp_path, name="nockpt")  # no checkpoint
     text = write_report(run).read_text()

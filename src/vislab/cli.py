@@ -319,7 +319,7 @@ def compare(
     split: str = typer.Option("test", help="Eval set (a folder name under RUN_DIR/eval/, e.g. test-aberration-vignette0.4) whose accuracy, mCA and F1 are shown."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
 ) -> None:
-    """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed."""
+    """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed; runs scored on different test sets get a warning and dataset / n test columns."""
     from vislab.report.compare import compare_runs, render, rich_table
 
     df = compare_runs(run_dirs, sort=sort, split=split)
@@ -393,6 +393,13 @@ def explain(
     results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
     for r in results:
         console.print(f"{term(Path(r.source).name)}: {term(r.class_name)} {r.prob:.3f} -> {term(r.output.name)}", highlight=False, soft_wrap=True)
+    empty = [r for r in results if r.empty]
+    if empty:
+        first = empty[0]
+        which = f"{term(Path(first.source).name)} ({term(first.class_name)})" + (f" and {len(empty) - 1} more" if len(empty) > 1 else "")
+        tries = " or ".join(f"--method {m}" for m in first.other_methods())
+        console.print(f"note: the {term(first.method)} map of {which} is zero everywhere at layer {term(first.layer)}, so its overlay "
+                      f"shows no region (empty_map in explanations.json); try {tries}", highlight=False, soft_wrap=True)
     for f in results.failed:
         console.print(f"{term(Path(f['source']).name)}: error: {term(f['error'])}", highlight=False, soft_wrap=True)
     if results:

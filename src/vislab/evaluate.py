@@ -8,7 +8,8 @@ classification predictions.csv and probs.npy; see tasks/classify.py). The folder
 RUN_DIR/eval/<name>/ (the run-directory contract); `name` is the split, plus
 `-<dataset folder name>` with `--data` and `-<variant>` when the task's options changed the
 images (a crops `--aberration` stress test), or the user's `--name`. So a stress test never
-replaces the split's plain evaluation, which report and compare read unless told otherwise.
+replaces the split's plain evaluation, which report and compare read unless told otherwise,
+and an evaluation of another dataset whose folder has the same name is refused, not replaced.
 One evaluate at a time writes a folder (its lock, `locks.folder_lock`, held from before the
 model is loaded until metrics.json is written); evaluations into other folders run together.
 
@@ -90,6 +91,7 @@ def evaluate(
     variant = task.evaluate_variant(run, **task_options)
     name = name or eval_name(split, None if data is None else dataset_dir.resolve().name, variant)
     with _eval_folder(run_paths(run.run_dir).eval_dir(name)) as out:
+        _refuse_other_dataset(out, dataset_dir)
         result = task.evaluate(
             run, rows, dataset_dir, precision=precision, description=f"evaluate {split}",
             tta=tta, tta_translate=tta_translate, batch_size=batch_size, num_workers=num_workers, **task_options,
@@ -102,6 +104,7 @@ def evaluate(
                 "variant": variant or None,
                 "manifest_changed": bool(changed),
                 "dataset_dir": str(dataset_dir.resolve()),
+                "manifest_hash": manifest_hash(dataset_dir),
                 "checkpoint": str(run.checkpoint),
                 "checkpoint_epoch": run.epoch,  # counted from 1
                 "checkpoint_sha256": run.checkpoint_sha256,
@@ -140,6 +143,25 @@ def _eval_folder(folder: Path) -> Iterator[Path]:
                     except OSError:
                         pass
             raise
+
+
+def _refuse_other_dataset(folder: Path, dataset_dir: Path) -> None:
+    """An eval folder keeps one dataset's evaluation: `--data A/data` then `--data B/data`
+    both name it `<split>-data`, and the second replaced the first without a word. Another
+    evaluation of the same dataset (re-curated, another checkpoint) still replaces it; an
+    evaluation that recorded no dataset, or an unreadable metrics.json, is replaced as before."""
+    from vislab.fsguard import printable
+    from vislab.runs import EVAL_METRICS
+
+    try:
+        before = json.loads((folder / EVAL_METRICS).read_text()).get("dataset_dir")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return
+    if isinstance(before, str) and before and Path(before).resolve() != dataset_dir.resolve():
+        raise VislabError(
+            f"{printable(folder)} holds the evaluation of {printable(before)}, not of {printable(dataset_dir.resolve())}: "
+            "pass --name NAME to evaluate into another folder"
+        )
 
 
 def _check_not_training(run_dir: str | Path, allow_running: bool) -> bool:

@@ -13,7 +13,7 @@ import contextlib
 import io
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -145,6 +145,7 @@ class CamResult:
     targets: list[int]  # class id each heatmap explains
     layer: str
     raw_range: list[tuple[float, float]] | None = None  # per map (min, max) before scaling to [0, 1], where that scaling loses meaning
+    empty: list[bool] = field(default_factory=list)  # per map: zero everywhere (see `CamRunner.__call__`)
 
 
 class CamRunner:
@@ -174,7 +175,10 @@ class CamRunner:
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         chosen = list(targets) if targets is not None else probs.argmax(1).tolist()
         maps = np.clip(np.nan_to_num(np.asarray(maps, dtype=np.float32)), 0.0, 1.0)
-        return CamResult(heatmaps=maps, probs=probs, targets=[int(t) for t in chosen], layer=self.layer)
+        # a map the method found nowhere positive (Grad-CAM: the class's evidence at the layer is
+        # negative or zero everywhere, cut by its ReLU) or flat is scaled to zeros: it shows nothing
+        empty = [not bool(m.max() > 0) for m in maps]
+        return CamResult(heatmaps=maps, probs=probs, targets=[int(t) for t in chosen], layer=self.layer, empty=empty)
 
 
 @contextlib.contextmanager

@@ -41,6 +41,7 @@ class Explanation:
     layer: str
     output: Path | None = None
     raw_range: tuple[float, float] | None = None  # attention maps: M's own min and max before display scaling
+    empty: bool = False  # the CAM is zero everywhere: the overlay shows no region (`other_methods` may)
 
     def to_dict(self) -> dict[str, Any]:
         extra = {"attention_min": round(self.raw_range[0], 6), "attention_max": round(self.raw_range[1], 6)} if self.raw_range else {}
@@ -53,8 +54,14 @@ class Explanation:
             "method": self.method,
             "layer": self.layer,
             "output": str(self.output) if self.output else None,
+            "empty_map": self.empty,
             **extra,
         }
+
+    def other_methods(self) -> list[str]:
+        """CAM methods to try when this map is empty: gradient ones other than this one, and
+        EigenCAM, which needs no gradient of the class (it maps the layer's main component)."""
+        return [m for m in ("gradcam++", "eigencam") if m != self.method]
 
 
 def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -143,6 +150,7 @@ def explain_images(
                             method=run.method,
                             layer=res.layer,
                             raw_range=res.raw_range[i] if res.raw_range else None,
+                            empty=bool(res.empty[i]) if res.empty else False,
                         )
                     )
     return results

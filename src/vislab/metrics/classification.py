@@ -117,9 +117,14 @@ def classification_report(
     per_r = _floats(multiclass_recall(pt, yt, average="none", **common))
     per_f1 = _floats(multiclass_f1_score(pt, yt, average="none", **common))
     support = np.bincount(yl, minlength=n_classes)
-    # mean class accuracy over classes that occur (= balanced accuracy)
+    # mean class accuracy over classes that occur (= balanced accuracy); the macro averages
+    # below are scikit-learn's and torchmetrics': over the classes in the truth or the
+    # predictions, a class only predicted counting with recall 0 (so they differ when the
+    # model predicts classes the set lacks); both counts are recorded for the report to say
     present = support > 0
     report["mca"] = float(np.mean(np.asarray(per_acc)[present]))
+    report["classes_present"] = int(present.sum())
+    report["macro_classes"] = int((present | (np.bincount(pl.argmax(axis=1), minlength=n_classes) > 0)).sum())
     for avg in ("macro", "weighted"):
         report[f"precision_{avg}"] = float(multiclass_precision(pt, yt, average=avg, **common))
         report[f"recall_{avg}"] = float(multiclass_recall(pt, yt, average=avg, **common))

@@ -39,6 +39,8 @@ METRIC_ROWS = (
     ("precision_macro", "Precision (macro)"),
     ("recall_macro", "Recall (macro)"),
     ("f1_macro", "F1 (macro)"),
+    ("classes_present", "Classes in mCA (with images)"),
+    ("macro_classes", "Classes in macro averages (true or predicted)"),
     ("precision_weighted", "Precision (weighted)"),
     ("recall_weighted", "Recall (weighted)"),
     ("f1_weighted", "F1 (weighted)"),
@@ -50,6 +52,9 @@ METRIC_ROWS = (
     ("num_labelled", "Labelled images"),
 )
 HIGHEST_LOSS_IMAGES = 12
+# what the averages cover, said where they are shown (the per-class table shows each class's recall)
+AVERAGES = ("mCA averages the classes with images; macro precision, recall and F1, as scikit-learn's, "
+            "the classes true or predicted, a class only predicted counting with recall 0.")
 
 
 def fmt(key: str, value: Any) -> str:
@@ -143,7 +148,7 @@ def report_sections(data: RunData, page: Page) -> list[ReportSection]:
     metrics_body = f'<div class="cols wide-left"><div>{_metrics(data)}</div><div>{_lists(ev) if ev else ""}</div></div>'
     out = [
         page.health(),
-        ReportSection("metrics", "Metrics", "Metrics", metrics_body, "One column per evaluated split." if data.evals else ""),
+        ReportSection("metrics", "Metrics", "Metrics", metrics_body, f"One column per evaluated split. {AVERAGES}" if data.evals else ""),
         page.curves(),
     ]
     if ev is not None:
@@ -152,7 +157,7 @@ def report_sections(data: RunData, page: Page) -> list[ReportSection]:
                                  img_tag(made.get("confusion"), "confusion matrix") or note("No confusion matrix in metrics.json."),
                                  f"Split '{ev.name}'; rows are true classes, normalised to 1."))
         out.append(ReportSection("per-class", "Per class", "Per-class results", _per_class(ev, made.get("per_class")),
-                                 "Sorted by accuracy; accuracy of a class is its recall."))
+                                 f"Sorted by accuracy; accuracy of a class is its recall. {AVERAGES}"))
         items = highest_loss_items(ev, HIGHEST_LOSS_IMAGES)
         out.append(ReportSection("highest-loss", "Highest loss", "Highest-loss images", _highest_loss(ev, made.get("highest_loss"), items),
                                  "The images the model got most wrong: label noise, ambiguous classes or real failures."))

@@ -42,6 +42,11 @@ TAIL = (
     Column("wall_time_s", "wall time", "time", aliases=("time", "wall_time")),
     Column("images_per_s", "images/s", "img/s", higher_is_better=True, aliases=("speed",)),
 )
+# columns only a comparison of runs scored on different eval sets has (see `_scored_sets`)
+SCORED_SET = (
+    Column("dataset", "dataset", "dataset"),
+    Column("n_test", "n test", "n test"),
+)
 FORMATS = ("table", "md", "csv", "html")
 CONFIG = "config."  # prefix of the columns holding config keys that differ between the runs
 # config keys another column already shows (model name and ABN mark, input size, epochs)
@@ -134,8 +139,9 @@ def result_columns(tasks: Sequence[str]) -> list[Column]:
 
 
 def columns(df: pd.DataFrame) -> list[Column]:
-    """The result columns of a `compare_runs` table."""
-    return result_columns(list(df["task"]) if "task" in df and len(df) else [])
+    """The result columns of a `compare_runs` table (with `SCORED_SET` ones it holds after `epochs`)."""
+    cols = result_columns(list(df["task"]) if "task" in df and len(df) else [])
+    return cols[: len(HEAD)] + [c for c in SCORED_SET if c.key in df.columns] + cols[len(HEAD):]
 
 
 def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split: str = "test") -> pd.DataFrame:
@@ -159,9 +165,11 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
         stale = d.stale_eval(d.evals.get(split))
         if stale:
             print(f"compare: warning: {printable(d.run_dir)}: {printable(stale)}", file=sys.stderr, flush=True)
+    names = distinguishing_names(run_dirs)
     rows = [_row(d, split) for d in runs]
-    for row, name in zip(rows, distinguishing_names(run_dirs)):
+    for row, name, extra in zip(rows, names, _scored_sets(runs, names, split)):
         row["run"] = name
+        row.update(extra)
     diffs = differing_config([d.config for d in runs])
     df = pd.DataFrame(rows, columns=list(dict.fromkeys(k for row in rows for k in row)))
     for key in dict.fromkeys(k for d in diffs for k in d):  # object columns: ints stay ints, null stays None
@@ -181,6 +189,77 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
         descending = sort.startswith("-") or (not sort.startswith("+") and higher)
         df = df.sort_values(key, ascending=not descending, na_position="last", kind="stable", key=_sortable).reset_index(drop=True)
     return df
+
+
+def _warn(text: str) -> None:
+    print(f"compare: warning: {printable(text)}", file=sys.stderr, flush=True)
+
+
+def _dataset_labels(where: Sequence[tuple[str, str | None] | None], full: bool = False) -> list[str | None]:
+    """Names of (dataset folder, manifest hash) pairs: the folders' distinguishing ends (or,
+    `full`, the folders), with the hash's start where one folder was scored under several
+    manifests (re-curated in between)."""
+    folders = list(dict.fromkeys(w[0] for w in where if w))
+    short = dict(zip(folders, folders if full else distinguishing_names(folders)))
+    hashes = {f: {w[1] for w in where if w and w[0] == f and w[1]} for f in folders}
+    return [
+        None if w is None else short[w[0]] + (f" (manifest {w[1][:8] if w[1] else 'unrecorded'})" if len(hashes[w[0]]) > 1 else "")
+        for w in where
+    ]
+
+
+def _scored_sets(runs: Sequence[RunData], names: Sequence[str], split: str) -> list[dict[str, Any]]:
+    """Warn, one line each, when runs of one task (whose figures share columns) were scored on
+    different sets: the eval set's dataset (folder and manifest), its number of labelled
+    images or its classes, and the validation set behind the best validation figures (the
+    training dataset and `val_source`). A run without the figure, or that did not record a fact, takes no part
+    in that fact. Returns per run the `SCORED_SET` columns to add: `dataset` and `n_test`,
+    each only when the runs differ in it."""
+    extra: list[dict[str, Any]] = [{} for _ in runs]
+    for task in dict.fromkeys(d.task for d in runs):
+        group = [i for i, d in enumerate(runs) if d.task == task]
+        for i, columns in zip(group, _scored_group([runs[i] for i in group], [names[i] for i in group], split)):
+            extra[i] = columns
+    return extra
+
+
+def _scored_group(runs: Sequence[RunData], names: Sequence[str], split: str) -> list[dict[str, Any]]:
+    evals = [d.evals.get(split) for d in runs]
+    facts = [get_task(d.task).scored_set(ev.metrics) if ev else (None, None) for d, ev in zip(runs, evals)]
+    where = [(str(ev.metrics["dataset_dir"]), ev.metrics.get("manifest_hash")) if ev and ev.metrics.get("dataset_dir") else None for ev in evals]
+    extra: list[dict[str, Any]] = [{} for _ in runs]
+    datasets = _dataset_labels(where)
+    if len({x for x in datasets if x is not None}) > 1:
+        shown = ", ".join(f"{name} on {x}" for name, x in zip(names, _dataset_labels(where, full=True)) if x is not None)
+        _warn(f"eval/{split} of these runs scored different datasets ({shown}): their figures do not rank them on one test set")
+        for e, x in zip(extra, datasets):
+            e["dataset"] = x
+    counts = [n for n, _ in facts]
+    if len({n for n in counts if n is not None}) > 1:
+        shown = ", ".join(f"{name} {n:,}" for name, n in zip(names, counts) if n is not None)
+        _warn(f"eval/{split} of these runs counts different numbers of labelled images ({shown})")
+        for e, n in zip(extra, counts):
+            e["n_test"] = n
+    known = [set(c) for _, c in facts if c is not None]
+    if len({frozenset(c) for c in known}) > 1:
+        every = set().union(*known)
+        lacking = []
+        for name, (_, c) in zip(names, facts):
+            missing = sorted(every - set(c or every))
+            if missing:
+                more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+                lacking.append(f"{name} has none of {', '.join(missing[:5])}{more}")
+        _warn(f"eval/{split} of these runs covers different classes ({'; '.join(lacking)}): mCA and macro figures average over different classes")
+    trained = _dataset_labels([(str(d.info["dataset_dir"]), d.info.get("manifest_hash")) if d.info.get("dataset_dir") else None for d in runs])
+    val = {
+        name: " ".join(x for x in (t, f"(val: {d.info['val_source']})" if d.info.get("val_source") else None) if x)
+        for name, d, t in zip(names, runs, trained)
+        if d.summary.get("best_val")
+    }
+    if len({v for v in val.values() if v}) > 1:
+        shown = "; ".join(f"{name}: {v or 'not recorded'}" for name, v in val.items())
+        _warn(f"the best validation figures of these runs come from different validation sets ({shown})")
+    return extra
 
 
 def _sortable(col: pd.Series) -> pd.Series:
@@ -224,6 +303,8 @@ def _cell(col: Column | None, key: str, v: Any, row: pd.Series) -> str:
         return ""
     if col is not None and col.percent:
         return f"{100 * float(v):.2f}"
+    if key == "n_test":
+        return f"{int(v):,}"
     if key.startswith("params_"):
         return f"{int(v) / 1e6:.2f}M" if int(v) >= 100_000 else f"{int(v):,}"
     if key == "wall_time_s":
@@ -276,7 +357,7 @@ def formatted(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
 
 
 def _left_aligned(key: str) -> bool:
-    return key in ("run", "model", "input", OTHER) or key.startswith(CONFIG)
+    return key in ("run", "model", "input", "dataset", OTHER) or key.startswith(CONFIG)
 
 
 def to_markdown(df: pd.DataFrame) -> str:

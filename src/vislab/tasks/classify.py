@@ -196,10 +196,18 @@ class ClassifyPlugin(Task):
         return Evaluation(metrics, {"tta": bool(tta or tta_translate), "tta_translate": tta_translate}, write)
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
+        """Accuracy and mCA count the labelled images only, so the line says how many those are."""
         acc, mca = metrics.get("accuracy"), metrics.get("mca")
+        n, labelled = metrics.get("num_samples"), metrics.get("num_labelled")
         acc_txt = f"accuracy {acc:.2%}" if acc is not None else "accuracy n/a (no labels)"
         mca_txt = f", mCA {mca:.2%}" if mca is not None else ""
-        return f"{metrics['name']}: {acc_txt}{mca_txt} on {metrics.get('num_samples')} images"
+        if not isinstance(n, int) or not isinstance(labelled, int) or labelled == n:
+            on = f"{n} images"
+        elif labelled == 0:
+            on = f"{n} unlabelled images"
+        else:
+            on = f"{labelled} labelled images ({n - labelled} unlabelled)"
+        return f"{metrics['name']}: {acc_txt}{mca_txt} on {on}"
 
     def predict(self, run: "LoadedRun", files: Sequence[Path], *, top_k: int = 5, batch_size: int = 32, **other: Any) -> list[dict[str, Any]]:
         """One dict per image: path, pred, confidence, top [{label, prob}] (or error)."""
@@ -294,6 +302,13 @@ class ClassifyPlugin(Task):
             "f1": m.get("f1_macro"),
             "att_test_acc": m.get("att_accuracy"),
         }
+
+    def scored_set(self, metrics: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+        """The labelled images (accuracy's denominator) and the classes that have some (mCA's)."""
+        n = metrics.get("num_labelled")
+        per_class = metrics.get("per_class")
+        classes = [str(r.get("class")) for r in per_class if r.get("support")] if isinstance(per_class, list) and n else None
+        return (n if isinstance(n, int) else None), classes
 
 
 register_task(ClassifyPlugin())

@@ -356,6 +356,11 @@ class CropsPlugin(Task):
         return {"crop_acc": m.get("crop_acc"), "crop_auc": m.get("auc"), "patch_acc": m.get("patch_acc"),
                 "rect_iou": m.get("iou"), "crop_factor_err": m.get("crop_factor_error")}
 
+    def scored_set(self, metrics: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+        """The photos scored (each may give several crops)."""
+        n = metrics.get("num_images")
+        return (n if isinstance(n, int) else None), None
+
 
 def prediction_fields(rect: Sequence[float], flag_logit: float, cell_probs: list[list[float]], rotation: int) -> dict[str, Any]:
     """predict's fields of one photo from the model's outputs on its landscape view: the

@@ -252,6 +252,13 @@ class Task(ABC):
         """A run's raw values for `compare_columns` (missing ones may be left out)."""
         return {}
 
+    def scored_set(self, metrics: dict[str, Any]) -> tuple[int | None, list[str] | None]:
+        """How many labelled images an evaluation's figures count and which classes they
+        cover (None where not known): `vislab compare` warns when the runs it ranks side by
+        side were scored on sets that differ in these."""
+        n, classes = metrics.get("num_samples"), metrics.get("classes")
+        return (n if isinstance(n, int) else None), (list(classes) if isinstance(classes, list) else None)
+
 
 _TASKS: dict[str, Task] = {}
 
