@@ -70,6 +70,46 @@ def keep_screenshot():
     return keep
 
 
+@pytest.fixture
+def low_pixel_limit(monkeypatch) -> int:
+    """The default decompression-bomb limit lowered to 100 pixels: a tiny synthetic image is
+    then over it as a 60-megapixel photo is over the real one (178,956,970), without writing
+    such a file. Every decoder and image dataset of vislab.data whose limit defaults to the
+    real one gets the lowered default, so a reader that is not told a dataset's
+    `curate --max-pixels` refuses its images here as it would refuse large photos."""
+    import importlib
+    import inspect
+
+    import vislab.data.manifest as manifest_mod
+    from vislab.fsguard import MAX_PIXELS
+
+    low = 100
+    monkeypatch.setattr(manifest_mod, "MAX_PIXELS", low)
+    for name in ("io", "crops", "datamodule", "det_datamodule", "crops_datamodule"):
+        module = importlib.import_module(f"vislab.data.{name}")
+        for obj in vars(module).values():
+            func = obj.__init__ if inspect.isclass(obj) else obj
+            if getattr(obj, "__module__", None) == module.__name__ and inspect.isfunction(func) and MAX_PIXELS in (func.__defaults__ or ()):
+                monkeypatch.setattr(func, "__defaults__", tuple(low if d == MAX_PIXELS else d for d in func.__defaults__))
+    return low
+
+
+@pytest.fixture
+def report_tiles(monkeypatch) -> list:
+    """The pictures of every tile the report's galleries draw (None: 'image unreadable')."""
+    import vislab.report.plots as plots
+
+    drawn: list = []
+    real = plots._tile_grid
+
+    def spy(tiles, *args, **kwargs):
+        drawn.extend(t[0] for t in tiles)
+        return real(tiles, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "_tile_grid", spy)
+    return drawn
+
+
 @pytest.fixture(scope="session")
 def detect_run(tmp_path_factory) -> Path:
     """A detection run trained one epoch on 8 synthetic shapes images (`det`; photos in ../src/images)."""

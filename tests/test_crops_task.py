@@ -342,3 +342,30 @@ def test_monitor_epoch_keeps_the_last_epoch(dataset, tmp_path) -> None:
     assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["monitor"] == "epoch" and summary["best_epoch"] == 2
+
+
+def test_a_dataset_curated_over_the_default_pixel_limit_trains_evaluates_and_predicts(tmp_path, low_pixel_limit, monkeypatch) -> None:
+    """curate --max-pixels above the default accepted the photos (60-megapixel frames), then the
+    crops loaders decoded them under the default and refused every one as a decompression
+    bomb. Now training and evaluate decode under the dataset's curate --max-pixels, predict and
+    its picture under the run's (run.json's max_pixels), the report's frames under the evaluation's."""
+    from vislab.evaluate import evaluate
+    import vislab.report.crops as report_crops
+    from vislab.predict import predict
+    from vislab.report.html import write_report
+    from vislab.train import train
+
+    real_view = report_crops.photo_view
+
+    data = make_lens_dataset(tmp_path / "data", splits=(8, 2, 2))  # 288x192 photos, over the lowered default
+    (data / "curation.json").write_text(json.dumps({"options": {"max_pixels": 100_000}}))
+    run = train(tiny_crops_run(train={"epochs": 1}), data, tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["max_pixels"] == 100_000
+    assert evaluate(run, split="test")["num_images"] == 2
+    photo = next((data / "images").glob("*.png"))
+    (result,) = predict(run, photo)
+    assert "error" not in result and Path(result["picture"]).is_file()
+    views = []
+    monkeypatch.setattr(report_crops, "photo_view", lambda *args: views.append(real_view(*args)) or views[-1])
+    write_report(run)
+    assert views and all(v is not None for v in views)  # the report's frames galleries

@@ -466,3 +466,22 @@ def test_predict_out_labels_curate_back_to_the_same_boxes(small, reference, tmp_
     got = list(back[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False, name=None))
     assert [g[0] for g in got] == [w[0] for w in want]
     np.testing.assert_allclose([g[1:] for g in got], [w[1:] for w in want], atol=0.01)
+
+
+def test_a_dataset_curated_over_the_default_pixel_limit_trains_evaluates_and_predicts(tmp_path, low_pixel_limit, report_tiles) -> None:
+    """curate --max-pixels above the default accepted the photos (60-megapixel frames), then the
+    detection loader decoded them under the default and refused every one as a decompression
+    bomb: training, evaluate and predict failed on the dataset's own images. Now training and
+    evaluate decode under the dataset's curate --max-pixels, predict (and its --out pictures)
+    under the run's (run.json's max_pixels), and the report's galleries show them."""
+    src = write_shapes_dataset(tmp_path / "src", n=8)  # 64x64 = 4,096 pixels, over the lowered default
+    ok("curate", src, "--out", tmp_path / "ds", "--split", "0.5,0.25,0.25", "--workers", "1", "--max-pixels", "5000")
+    run = train(tiny_detect_config(train={"epochs": 1}), tmp_path / "ds", tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["max_pixels"] == 5000
+    assert "decompression bomb" not in (run / "health.json").read_text()
+    ok("evaluate", run, "--split", "test")
+    assert json.loads((run / "eval" / "test" / "metrics.json").read_text())["num_samples"] == 1
+    ok("report", run)
+    assert report_tiles and all(tile is not None for tile in report_tiles)
+    ok("predict", run, src / "images" / "s0000.png", "--out", tmp_path / "pred", "--conf", "0")
+    assert (tmp_path / "pred" / "images" / "00000_s0000.jpg").is_file()

@@ -281,3 +281,30 @@ def test_evaluate_never_writes_through_a_file_linked_out_of_the_run(run, tmp_pat
         assert victim.read_text() == "a user's file"
     finally:
         shutil.rmtree(folder)  # the module's run stays as the other tests expect it
+
+
+def test_a_dataset_curated_over_the_default_pixel_limit_is_evaluated_predicted_and_explained(tmp_path, low_pixel_limit, report_tiles):
+    """curate --max-pixels above the default accepts large photos (60-megapixel frames); the
+    loaders of evaluate, predict and explain, and the report's pictures, refused them as
+    decompression bombs over the default. Now evaluate decodes under the dataset's recorded
+    limit (kept in metrics.json for the report), predict and explain under the run's (run.json,
+    kept when the dataset moves away)."""
+    from vislab.data.curate import curate
+    from vislab.explain.overlays import explain_run
+    from vislab.predict import predict
+    from vislab.report.html import write_report
+
+    images = make_pattern_dataset(tmp_path / "src", per_class=8, size=16) / "images"  # 256 pixels, over the lowered default
+    curate(images, out=tmp_path / "ds", split="0.5,0.25,0.25", max_pixels=1000, workers=1)
+    run = train(tiny_config(train={"epochs": 1}), tmp_path / "ds", tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["max_pixels"] == 1000
+    assert evaluate(run, split="test")["num_samples"] == 6
+    html = write_report(run).read_text()
+    assert "can be decoded" not in html and len(report_tiles) == 6 + 6  # highest-loss images, then CAMs
+    assert all(tile is not None for tile in report_tiles)
+    photo = next(images.rglob("*.png"))
+    shutil.move(tmp_path / "ds", tmp_path / "moved")
+    (result,) = predict(run, photo)
+    assert "error" not in result and result["pred"] in ("horizontal", "vertical", "diagonal")
+    assert len(explain_run(run, [photo], out=tmp_path / "cams")) == 1
+    assert evaluate(run, split="test", data=tmp_path / "moved")["num_samples"] == 6  # the limit of the dataset evaluated

@@ -49,7 +49,7 @@ def evaluate(
     the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused.
     `name` is the eval folder's name, to keep evaluations with other settings apart. A run
     still training is refused unless `allow_running` (see `_check_not_training`)."""
-    from vislab.data.manifest import manifest_hash, manifest_path, read_manifest, usable
+    from vislab.data.manifest import dataset_max_pixels, manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import inside
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
     from vislab.tasks import get_task
@@ -105,6 +105,7 @@ def evaluate(
                 "manifest_changed": bool(changed),
                 "dataset_dir": str(dataset_dir.resolve()),
                 "manifest_hash": manifest_hash(dataset_dir),
+                "max_pixels": dataset_max_pixels(dataset_dir),  # its images decode under it (the report's pictures too)
                 "checkpoint": str(run.checkpoint),
                 "checkpoint_epoch": run.epoch,  # counted from 1
                 "checkpoint_sha256": run.checkpoint_sha256,

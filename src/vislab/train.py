@@ -598,7 +598,7 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
     import sys
     from datetime import datetime
 
-    from vislab.data.manifest import manifest_hash
+    from vislab.data.manifest import dataset_max_pixels, manifest_hash
     from vislab.data.transforms import resolve_augment
     from vislab.models.registry import DataSpec
     from vislab.tricks import resolve_precision
@@ -618,6 +618,7 @@ def _write_run_files(cfg: RunConfig, data: Path, out: Path, task: Any, facts: di
     if task.fixed_stages:
         extra["frozen_stages"] = task.fixed_stages
     extra["precision"] = resolve_precision(cfg.train.precision, cfg.train.accelerator)
+    extra["max_pixels"] = dataset_max_pixels(data)  # predict and explain decode under it
     record = make_run_record(cfg, data, manifest_hash(data), task.classes, spec, extra)
     write_json(paths.run_json, record)
 

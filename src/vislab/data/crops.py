@@ -48,7 +48,7 @@ from PIL import Image
 
 from vislab.config_crops import CropsConfig, Interpolation  # noqa: F401  (the settings live in config_crops.py: config validation imports them)
 from vislab.data.aberrations import apply_aberrations
-from vislab.data.io import load_image
+from vislab.data.io import MAX_PIXELS, load_image
 from vislab.errors import VislabError
 
 RESAMPLE = {
@@ -295,10 +295,11 @@ def eval_samples(paths: Sequence[str | Path], crops_per_image: int = 1, seed: in
     return items
 
 
-def load_sample(item: EvalItem, cfg: CropsConfig) -> CropSample:
-    """Decode an evaluation item's file and make its sample, with `cfg.stress` added to the
-    uncropped photo first (raises `ImageDecodeError` for an unreadable file)."""
-    image = load_image(item.path)
+def load_sample(item: EvalItem, cfg: CropsConfig, max_pixels: int = MAX_PIXELS) -> CropSample:
+    """Decode an evaluation item's file (under `max_pixels`, the dataset's limit) and make its
+    sample, with `cfg.stress` added to the uncropped photo first (raises `ImageDecodeError`
+    for an unreadable file)."""
+    image = load_image(item.path, max_pixels=max_pixels)
     if cfg.stress is not None and not cfg.stress.is_identity():
         image = apply_aberrations(np.asarray(image), cfg.stress)
     return make_sample(image, item.seed, cfg, train=False, crop=item.crop, name=item.path)

@@ -36,7 +36,7 @@ from vislab.config import DataConfig
 from vislab.config_crops import CropsConfig
 from vislab.data.crops import CropSample, EvalItem, eval_samples, load_sample, make_sample, plan_sample, render_sample, sample_seed
 from vislab.data.datamodule import BadImages, EpochSampler, UnreadableLog, loop_position, train_min_batch
-from vislab.data.io import ImageDecodeError, load_image
+from vislab.data.io import MAX_PIXELS, ImageDecodeError, load_image
 from vislab.errors import DatasetError, SettingError, VislabError
 
 
@@ -58,8 +58,8 @@ class ImageEpochSampler(EpochSampler):
 class TrainSamples(Dataset):
     """Training samples: key (index, seed) -> the image's sample under that seed."""
 
-    def __init__(self, paths: Sequence[str], cfg: CropsConfig) -> None:
-        self.paths, self.cfg = list(paths), cfg
+    def __init__(self, paths: Sequence[str], cfg: CropsConfig, max_pixels: int = MAX_PIXELS) -> None:
+        self.paths, self.cfg, self.max_pixels = list(paths), cfg, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -70,7 +70,7 @@ class TrainSamples(Dataset):
         index, seed = key
         path = self.paths[index]
         try:
-            image = load_image(path)
+            image = load_image(path, max_pixels=self.max_pixels)
         except ImageDecodeError as err:
             return _Failed((path, err.reason))
         seeds = [seed, *(np.random.default_rng([seed, k]) for k in range(1, self.cfg.samples_per_image))]
@@ -80,8 +80,8 @@ class TrainSamples(Dataset):
 class EvalSamples(Dataset):
     """The fixed evaluation samples (`eval_samples` items), with `cfg.stress` applied."""
 
-    def __init__(self, items: Sequence[EvalItem], cfg: CropsConfig) -> None:
-        self.items, self.cfg = list(items), cfg
+    def __init__(self, items: Sequence[EvalItem], cfg: CropsConfig, max_pixels: int = MAX_PIXELS) -> None:
+        self.items, self.cfg, self.max_pixels = list(items), cfg, max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -89,7 +89,7 @@ class EvalSamples(Dataset):
     def __getitem__(self, index: int) -> CropSample | _Failed:
         item = self.items[index]
         try:
-            return load_sample(item, self.cfg)
+            return load_sample(item, self.cfg, self.max_pixels)
         except ImageDecodeError as err:
             return _Failed((item.path, err.reason))
 
@@ -105,15 +105,15 @@ def whole_photo(image: Image.Image, cfg: CropsConfig, seed: int) -> tuple[CropSa
 class WholePhotos(Dataset):
     """`whole_photo` of each file, with its position in the list."""
 
-    def __init__(self, paths: Sequence[str], cfg: CropsConfig, seed: int) -> None:
-        self.paths, self.cfg, self.seed = list(paths), cfg, seed
+    def __init__(self, paths: Sequence[str], cfg: CropsConfig, seed: int, max_pixels: int = MAX_PIXELS) -> None:
+        self.paths, self.cfg, self.seed, self.max_pixels = list(paths), cfg, seed, max_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[CropSample, int, int] | _Failed:
         try:
-            return (*whole_photo(load_image(self.paths[index]), self.cfg, self.seed), index)
+            return (*whole_photo(load_image(self.paths[index], max_pixels=self.max_pixels), self.cfg, self.seed), index)
         except ImageDecodeError as err:
             return _Failed((self.paths[index], err.reason))
 
@@ -194,9 +194,12 @@ class CropsDataModule(L.LightningDataModule):
     The val rows are the manifest's `val` split, else `data.val_fraction` of train held out
     (seeded). `sanity_batch` trains on one fixed batch of evaluation samples (--sanity)."""
 
-    def __init__(self, dataset_dir: str | Path, cfg: CropsConfig, data: DataConfig, seed: int, sanity_batch: bool = False) -> None:
+    def __init__(
+        self, dataset_dir: str | Path, cfg: CropsConfig, data: DataConfig, seed: int, sanity_batch: bool = False, max_pixels: int | None = None
+    ) -> None:
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
+        self.max_pixels = max_pixels  # None: the dataset's (`decode_limit`)
         self.cfg, self.data, self.seed, self.sanity_batch = cfg, data, seed, sanity_batch
         self.rows: dict[str, pd.DataFrame] = {}
         self.val_source = "manifest"
@@ -212,6 +215,13 @@ class CropsDataModule(L.LightningDataModule):
         rows, self.val_source = crops_rows(self.dataset_dir, self.data.val_fraction, self.seed)
         check_sizes(pd.concat([rows["train"], rows["val"]]), self.cfg, str(manifest_path(self.dataset_dir)))
         self.rows = rows
+
+    def decode_limit(self) -> int:
+        """The pixel limit its photos decode under: the one given (predict: the run's), else
+        the dataset's curate --max-pixels, which accepted them."""
+        from vislab.data.manifest import dataset_max_pixels
+
+        return self.max_pixels if self.max_pixels is not None else dataset_max_pixels(self.dataset_dir)
 
     def split_sizes(self) -> dict[str, int]:
         self.setup()
@@ -240,14 +250,14 @@ class CropsDataModule(L.LightningDataModule):
         paths = self.rows["train"]["path"].tolist()
         if self.sanity_batch:
             items = eval_samples(paths[: self.data.batch_size], 0, self.cfg.eval_seed)
-            ds: Dataset = EvalSamples([EvalItem(i.path, i.seed, crop=k % 2 == 1) for k, i in enumerate(items)], self.cfg)
+            ds: Dataset = EvalSamples([EvalItem(i.path, i.seed, crop=k % 2 == 1) for k, i in enumerate(items)], self.cfg, self.decode_limit())
             return self._loader(ds, EpochSampler(len(ds), self.seed, shuffle=False, train=False), self.data.batch_size, self._log("train"), False)
         sampler = ImageEpochSampler(len(paths), self.seed, shuffle=True, num_replicas=world, rank=rank)
         if self._resume is not None:
             sampler.set_epoch(self._resume["epoch"])
             sampler.skip = self._resume["batches_done"] * self.photos_per_batch
             self._resume = None
-        return self._loader(TrainSamples(paths, self.cfg), sampler, self.photos_per_batch, self._log("train"), True)
+        return self._loader(TrainSamples(paths, self.cfg, self.decode_limit()), sampler, self.photos_per_batch, self._log("train"), True)
 
     @property
     def photos_per_batch(self) -> int:
@@ -260,7 +270,7 @@ class CropsDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._world()
-        ds = EvalSamples(self.eval_items("val"), self.cfg)
+        ds = EvalSamples(self.eval_items("val"), self.cfg, self.decode_limit())
         sampler = EpochSampler(len(ds), self.seed, shuffle=False, num_replicas=world, rank=rank, train=False)
         return self._loader(ds, sampler, self.data.eval_batch_size or self.data.batch_size, self._log("val"), False)
 
@@ -280,11 +290,11 @@ class CropsDataModule(L.LightningDataModule):
     # ---- evaluate and predict ----------------------------------------------------------------
     def predict_on_items(self, items: Sequence[EvalItem], cfg: CropsConfig, on_unreadable: Callable[[BadImages], None], batch_size: int | None = None) -> None:
         """Serve evaluation samples (with their truth) to `predict_dataloader`."""
-        self._predict = (EvalSamples(items, cfg), on_unreadable, batch_size)
+        self._predict = (EvalSamples(items, cfg, self.decode_limit()), on_unreadable, batch_size)
 
     def predict_on_photos(self, paths: Sequence[str], on_unreadable: Callable[[BadImages], None], batch_size: int | None = None) -> None:
         """Serve whole photos (batches: (sample, rotation, position)) to `predict_dataloader`."""
-        self._predict = (WholePhotos(paths, self.cfg, self.cfg.eval_seed), on_unreadable, batch_size)
+        self._predict = (WholePhotos(paths, self.cfg, self.cfg.eval_seed, self.decode_limit()), on_unreadable, batch_size)
 
     def predict_dataloader(self) -> DataLoader:
         if self._predict is None:

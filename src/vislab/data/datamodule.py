@@ -382,9 +382,11 @@ class ClassifyDataModule(L.LightningDataModule):
         seed: int = 0,
         channels: int = 3,
         sanity_batch: bool = False,
+        max_pixels: int | None = None,
     ) -> None:
         super().__init__()
         self.dataset_dir = Path(dataset_dir)
+        self.max_pixels = max_pixels  # None: the dataset's (`decode_limit`)
         self.cfg = cfg
         self.spec = dict(spec)
         self.classes = list(classes) if classes is not None else None
@@ -427,11 +429,14 @@ class ClassifyDataModule(L.LightningDataModule):
     def _size_hint(self) -> int:
         return tfm.decode_size(self.spec)
 
+    def decode_limit(self) -> int:
+        """The pixel limit its images decode under: the one given (predict: the run's), else
+        the dataset's curate --max-pixels, which accepted them."""
+        return self.max_pixels if self.max_pixels is not None else dataset_max_pixels(self.dataset_dir)
+
     def dataset(self, rows: pd.DataFrame, train: bool) -> ImageTableDataset:
         transform = self.train_transform() if train else self.eval_transform()
-        return ImageTableDataset(
-            rows["path"].tolist(), rows["target"].tolist(), transform, self._size_hint(), dataset_max_pixels(self.dataset_dir)
-        )
+        return ImageTableDataset(rows["path"].tolist(), rows["target"].tolist(), transform, self._size_hint(), self.decode_limit())
 
     def _world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -534,7 +539,7 @@ class ClassifyDataModule(L.LightningDataModule):
 
     def predict_dataset(self, paths: list[Path], targets: list[int]) -> ImageTableDataset:
         """The dataset `predict_dataloader` batches: images decoded like validation's."""
-        return ImageTableDataset(paths, targets, self.eval_transform(), self._size_hint())
+        return ImageTableDataset(paths, targets, self.eval_transform(), self._size_hint(), self.decode_limit())
 
     def sample_loader(self, split: str, n: int) -> DataLoader:
         """Up to `n` seeded-random images of `split` (train or val) as the eval loader gives them

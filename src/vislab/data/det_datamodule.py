@@ -55,7 +55,7 @@ from vislab.data.datamodule import (
     ImageTableDataset,
     Splits,
 )
-from vislab.data.io import ImageDecodeError, load_image
+from vislab.data.io import MAX_PIXELS, ImageDecodeError, load_image
 from vislab.errors import DatasetError, VislabError
 
 PAD_VALUE = 114
@@ -219,8 +219,9 @@ class DetectionDataset(ImageTableDataset):
         aug: DetectAugment | None = None,
         predict: bool = False,
         sizes: Sequence[tuple[int, int] | None] | None = None,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
-        super().__init__(paths, range(len(paths)), transform=_unused)
+        super().__init__(paths, range(len(paths)), transform=_unused, max_pixels=max_pixels)
         self.boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 6) for b in boxes]
         self.sizes = list(sizes) if sizes is not None else [None] * len(self.paths)
         self.canvas = canvas
@@ -252,7 +253,7 @@ class DetectionDataset(ImageTableDataset):
 
     def _image(self, index: int) -> Image.Image:
         """Image `index` decoded, refused when its size is not the one its boxes are of."""
-        img = load_image(self.paths[index])
+        img = load_image(self.paths[index], max_pixels=self.max_pixels)
         want = self.sizes[index]
         if want is not None and img.size != tuple(want):
             raise ImageDecodeError(changed_reason(img.size, want), self.paths[index])
@@ -380,8 +381,9 @@ class DetectDataModule(ClassifyDataModule):
         canvas: tuple[int, int],
         aug: DetectAugment,
         sanity_batch: bool = False,
+        max_pixels: int | None = None,
     ) -> None:
-        super().__init__(dataset_dir, cfg, spec, classes, seed, 3, sanity_batch)
+        super().__init__(dataset_dir, cfg, spec, classes, seed, 3, sanity_batch, max_pixels)
         self.canvas = canvas
         self.aug = aug
         self.box_rows: pd.DataFrame | None = None
@@ -398,7 +400,7 @@ class DetectDataModule(ClassifyDataModule):
         assert self.box_rows is not None and self.classes is not None
         paths = rows["path"].tolist()
         boxes = box_arrays(self.box_rows, paths, self.classes)
-        return DetectionDataset(paths, boxes, self.canvas, self.aug if train else None, sizes=manifest_sizes(rows))
+        return DetectionDataset(paths, boxes, self.canvas, self.aug if train else None, sizes=manifest_sizes(rows), max_pixels=self.decode_limit())
 
     def predict_on(  # type: ignore[override]
         self,
@@ -417,7 +419,7 @@ class DetectDataModule(ClassifyDataModule):
 
     def predict_dataset(self, paths: list[Path], targets: list[int]) -> DetectionDataset:
         """Letterboxed images with their metas (no boxes): what predict_step maps back."""
-        return DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True, sizes=self._sizes)
+        return DetectionDataset(paths, [np.zeros((0, 6))] * len(paths), self.canvas, predict=True, sizes=self._sizes, max_pixels=self.decode_limit())
 
     def sample_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise VislabError("detection runs have no data-dependent initialisation (sample_batch)")

@@ -200,12 +200,32 @@ def has_boxes(dataset_dir: str | Path) -> bool:
     return os.path.lexists(boxes_path(dataset_dir))
 
 
+def pixel_limit(recorded: Any) -> int:
+    """A recorded `--max-pixels` (curation.json's options, run.json, metrics.json) as the limit
+    to decode under: never below the default, which every reader allows anyway; the default
+    when none (or no number) is recorded."""
+    return max(MAX_PIXELS, recorded) if isinstance(recorded, int) and not isinstance(recorded, bool) else MAX_PIXELS
+
+
 def dataset_max_pixels(dataset_dir: str | Path) -> int:
     """The pixel limit the dataset was curated with (`--max-pixels`), or the default: what
-    decoding its images for training or a cache must allow, since curate accepted them."""
+    decoding its images (training, a cache, evaluate) must allow, since curate accepted them."""
     options = read_curation(dataset_dir).get("options")
-    value = options.get("max_pixels") if isinstance(options, dict) else None
-    return max(MAX_PIXELS, value) if isinstance(value, int) and not isinstance(value, bool) else MAX_PIXELS
+    return pixel_limit(options.get("max_pixels") if isinstance(options, dict) else None)
+
+
+def recorded_max_pixels(record: dict[str, Any]) -> int:
+    """The pixel limit of a run (run.json) or an evaluation (metrics.json): its `max_pixels`,
+    the curate --max-pixels of the dataset it was trained or scored on, so predict, explain
+    and the report's pictures decode photos like those without calling them decompression
+    bombs. A record from before that field asks its `dataset_dir`, when still there."""
+    if "max_pixels" in record:
+        return pixel_limit(record["max_pixels"])
+    dataset = record.get("dataset_dir")
+    try:
+        return dataset_max_pixels(dataset) if isinstance(dataset, str) and dataset else pixel_limit(None)
+    except VislabError:  # a broken curation.json: that dataset's own readers say so
+        return pixel_limit(None)
 
 
 def refuse_boxes(dataset_dir: str | Path) -> None:

@@ -201,16 +201,18 @@ def explain_run(
     none can be read, that is an error.
     """
     from vislab.data.io import load_image
+    from vislab.data.manifest import recorded_max_pixels
     from vislab.data.transforms import decode_size
     from vislab.runs import run_paths
 
     files = collect_images(inputs)
     loaded = load_trained(run_dir)
     side = decode_size(loaded.spec)  # decoded as evaluate and predict decode (JPEG draft mode), so the scores agree
+    limit = recorded_max_pixels(loaded.info)  # photos like those it was trained on
     images, read, failed = [], [], []
     for f in files:
         try:
-            images.append(load_image(f, (side, side)))
+            images.append(load_image(f, (side, side), limit))
             read.append(f)
         except ImageDecodeError as err:
             failed.append({"source": str(f), "error": f"cannot read image: {err.reason}"})

@@ -122,7 +122,7 @@ def write_plots(data: RunData, ev: EvalSet, n_images: int = HIGHEST_LOSS_IMAGES)
         "confusion": plots.plot_confusion(m["confusion_matrix"], classes, paths.plot(f"confusion_{ev.name}.png")),
         "per_class": plots.plot_per_class(m.get("per_class", []), paths.plot(f"per_class_{ev.name}.png"), m.get("mca")),
         "highest_loss": plots.plot_image_grid(highest_loss_items(ev, n_images), paths.plot(f"highest_loss_{ev.name}.png"),
-                                              title=f"Highest-loss images ({ev.name})"),
+                                              title=f"Highest-loss images ({ev.name})", max_pixels=ev.max_pixels()),
     }
     return {k: v for k, v in made.items() if v is not None}
 
@@ -279,10 +279,11 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
     except Exception as err:  # noqa: BLE001 - optional sections: say why instead of failing the report
         return [unavailable(m, err) for m in methods]
     side = decode_size(loaded.spec)  # as evaluate decoded them, so the shown scores are its scores
+    limit = ev.max_pixels()
     images, readable = [], []
     for p in chosen["path"]:
         try:
-            images.append(load_image(p, (side, side)))
+            images.append(load_image(p, (side, side), limit))
             readable.append(True)
         except ImageDecodeError:  # changed since evaluation: the gallery shows the others
             readable.append(False)

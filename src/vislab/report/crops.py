@@ -50,14 +50,15 @@ def fmt(value: Any, fraction: bool) -> str:
 # ---- pictures ---------------------------------------------------------------------------------
 
 
-def photo_view(path: str, size: int = 384, rotation: int = 0) -> np.ndarray | None:
-    """The photo (oriented, turned as the sampler turned it) at most `size` px a side."""
+def photo_view(path: str, max_pixels: int, size: int = 384, rotation: int = 0) -> np.ndarray | None:
+    """The photo (oriented, turned as the sampler turned it) at most `size` px a side, decoded
+    under `max_pixels` (its dataset's or the run's limit)."""
     from PIL import Image
 
     from vislab.data.io import ImageDecodeError, load_image
 
     try:
-        im = load_image(path, size_hint=(size, size))
+        im = load_image(path, (size, size), max_pixels)
     except ImageDecodeError:
         return None
     if rotation:
@@ -116,9 +117,10 @@ def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[in
         return _save(fig, path)
 
 
-def write_prediction_files(run_dir: Path, results: list[dict[str, Any]], grid: tuple[int, int]) -> None:
+def write_prediction_files(run_dir: Path, results: list[dict[str, Any]], grid: tuple[int, int], max_pixels: int) -> None:
     """For each readable result: RUN_DIR/predict/<nnn>_<name>.png and .json beside it (the
-    result's fields); their paths are added to the result."""
+    result's fields); their paths are added to the result. Photos decode under `max_pixels`,
+    the run's limit, as they did for predicting."""
     from vislab.fsguard import make_folder, slug
     from vislab.runs import run_paths, write_json
 
@@ -126,7 +128,7 @@ def write_prediction_files(run_dir: Path, results: list[dict[str, Any]], grid: t
     for i, r in enumerate(results):
         if "error" in r:
             continue
-        photo = photo_view(r["path"], 512)
+        photo = photo_view(r["path"], max_pixels, 512)
         if photo is None:
             r["error"] = "cannot read image"
             continue
@@ -220,12 +222,13 @@ def _rect_gallery(ev: EvalSet, rows: pd.DataFrame, path: Path, title: str) -> Pa
         return None
     cols = min(4, len(rows))
     n_rows = math.ceil(len(rows) / cols)
+    limit = ev.max_pixels()
     with rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(3.2 * cols, 2.6 * n_rows + 0.4))
         for k, (_, r) in enumerate(rows.iterrows()):
             ax = fig.add_subplot(n_rows, cols, k + 1)
             ax.set_axis_off()
-            photo = photo_view(str(r["path"]), 320, int(r.get("rotation", 0) or 0))
+            photo = photo_view(str(r["path"]), limit, 320, int(r.get("rotation", 0) or 0))
             if photo is None:
                 ax.text(0.5, 0.5, "image unreadable", ha="center", color=MUTED, transform=ax.transAxes)
                 continue

@@ -68,12 +68,12 @@ def _metrics_body(m: dict[str, Any]) -> str:
     return body
 
 
-def _draw(path: str, truth: pd.DataFrame, preds: pd.DataFrame) -> np.ndarray | None:
+def _draw(path: str, truth: pd.DataFrame, preds: pd.DataFrame, max_pixels: int) -> np.ndarray | None:
     from vislab.data.io import ImageDecodeError, load_image
     from vislab.report.draw import PREDICTED, TRUTH, draw_boxes
 
     try:
-        img = load_image(path)
+        img = load_image(path, max_pixels=max_pixels)
     except ImageDecodeError:
         return None
     img = draw_boxes(img, truth[["x1", "y1", "x2", "y2"]].to_numpy(), truth["class"].tolist(), TRUTH)
@@ -102,9 +102,11 @@ def _galleries(data: RunData, ev: EvalSet) -> dict[str, Path | None]:
     f1 = pd.to_numeric(per_image["f1"], errors="coerce")
     scored = per_image.assign(f1=f1)[f1.notna()]
 
+    limit = ev.max_pixels()
+
     def tiles(rows: pd.DataFrame) -> list[tuple[np.ndarray | None, str]]:
         return [
-            (_draw(r.path, truth[truth["path"] == r.path], preds[preds["path"] == r.path]),
+            (_draw(r.path, truth[truth["path"] == r.path], preds[preds["path"] == r.path], limit),
              f"{Path(r.path).name}\nTP {r.tp} FP {r.fp} FN {r.fn}")
             for r in rows.itertuples()
         ]

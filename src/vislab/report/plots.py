@@ -23,7 +23,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from vislab.data.stats import PLAIN_TEXT
 from vislab.errors import VislabError
-from vislab.fsguard import inside, replacing
+from vislab.fsguard import MAX_PIXELS, inside, replacing
 
 if TYPE_CHECKING:
     from vislab.report.rundata import RunData
@@ -297,11 +297,11 @@ def plot_class_histogram(manifest: pd.DataFrame, path: str | Path) -> Path | Non
         return _save(fig, path)
 
 
-def _thumbnail(path: str, size: int) -> np.ndarray | None:
+def _thumbnail(path: str, size: int, max_pixels: int) -> np.ndarray | None:
     from vislab.data.io import ImageDecodeError, load_image
 
     try:
-        im = load_image(path, size_hint=(size, size))
+        im = load_image(path, (size, size), max_pixels)
     except ImageDecodeError:
         return None
     im.thumbnail((size, size))
@@ -342,8 +342,11 @@ def _tile_grid(tiles: Sequence[tuple[np.ndarray | None, str, str]], path: str | 
         return _save(fig, path)
 
 
-def plot_image_grid(items: Sequence[dict[str, Any]], path: str | Path, title: str = "Highest-loss images", cols: int = 6, size: int = 192) -> Path | None:
-    """Thumbnails with 'true / pred (confidence)' captions; wrong predictions in red."""
+def plot_image_grid(
+    items: Sequence[dict[str, Any]], path: str | Path, title: str = "Highest-loss images", cols: int = 6, size: int = 192, max_pixels: int = MAX_PIXELS
+) -> Path | None:
+    """Thumbnails with 'true / pred (confidence)' captions; wrong predictions in red. Images
+    decode under `max_pixels`, the limit of the dataset they are from."""
     tiles = []
     for it in items:
         wrong = it.get("true") != it.get("pred")
@@ -351,7 +354,7 @@ def plot_image_grid(items: Sequence[dict[str, Any]], path: str | Path, title: st
         cap = f"true: {it.get('true')}\npred: {it.get('pred')}" + (f" ({conf:.2f})" if conf is not None else "")
         if it.get("loss") is not None:
             cap += f"  loss {it['loss']:.2f}"
-        tiles.append((_thumbnail(str(it.get("path")), size) if it.get("path") else None, cap, BAD if wrong else GOOD))
+        tiles.append((_thumbnail(str(it.get("path")), size, max_pixels) if it.get("path") else None, cap, BAD if wrong else GOOD))
     return _tile_grid(tiles, path, title, cols)
 
 

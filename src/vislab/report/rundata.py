@@ -38,6 +38,13 @@ class EvalSet:
     predictions: pd.DataFrame | None = None
     probs: np.ndarray | None = None
 
+    def max_pixels(self) -> int:
+        """The pixel limit its images decode under in the report's pictures: the evaluated
+        dataset's curate --max-pixels (metrics.json's max_pixels)."""
+        from vislab.data.manifest import recorded_max_pixels
+
+        return recorded_max_pixels(self.metrics)
+
 
 @dataclass
 class RunData:

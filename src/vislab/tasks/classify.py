@@ -62,12 +62,15 @@ def _refuse_unreadable(bad: list[tuple[str, str]]) -> None:
     )
 
 
-def _eval_datamodule(run: "LoadedRun") -> "ClassifyDataModule":
-    """The run's datamodule for predicting on files (the eval transform of its DataSpec)."""
+def _eval_datamodule(run: "LoadedRun", dataset_dir: Path | None = None) -> "ClassifyDataModule":
+    """The run's datamodule for predicting on files (the eval transform of its DataSpec): a
+    dataset's, decoding under its curate --max-pixels (evaluate), or the run's (predict)."""
     from vislab.data.datamodule import ClassifyDataModule
+    from vislab.data.manifest import recorded_max_pixels
 
-    dataset = run.info.get("dataset_dir") or run.run_dir
-    return ClassifyDataModule(dataset, run.cfg.data, run.spec.to_dict(), run.classes, run.cfg.seed, run.cfg.model.in_chans)
+    limit = None if dataset_dir is not None else recorded_max_pixels(run.info)
+    dataset = dataset_dir or run.info.get("dataset_dir") or run.run_dir
+    return ClassifyDataModule(dataset, run.cfg.data, run.spec.to_dict(), run.classes, run.cfg.seed, run.cfg.model.in_chans, max_pixels=limit)
 
 
 def _stack(outputs: list[dict[str, Any]], n_classes: int) -> dict[str, "np.ndarray"]:
@@ -167,7 +170,7 @@ class ClassifyPlugin(Task):
         paths = rows["path"].tolist()
         module = self.load_module(run)
         module.tta, module.tta_translate = tta, tta_translate
-        dm = _eval_datamodule(run)
+        dm = _eval_datamodule(run, dataset_dir)
         dm.predict_on(paths, y.tolist(), on_unreadable=_refuse_unreadable, batch_size=batch_size, num_workers=num_workers)
         heads = _stack(predict_batches(module, dm, precision=precision, description=description), len(run.classes))
         probs = heads["probs"].astype(np.float32)

@@ -279,12 +279,14 @@ class CropsPlugin(Task):
         crop_factor, cells (per patch, its cell probabilities in the model's landscape view),
         picture and json (files written); or error. `draw` writes the files."""
         from vislab.data.crops_datamodule import CropsDataModule
+        from vislab.data.manifest import recorded_max_pixels
         from vislab.tasks.base import predict_batches
 
         cfg: CropsConfig = run.cfg.section()
         results: list[dict[str, Any]] = [{"path": str(f)} for f in files]
         unreadable: dict[str, str] = {}
-        dm = CropsDataModule(Path("."), cfg, run.cfg.data, run.cfg.seed)
+        limit = recorded_max_pixels(run.info)
+        dm = CropsDataModule(Path("."), cfg, run.cfg.data, run.cfg.seed, max_pixels=limit)
         dm.predict_on_photos([str(f) for f in files], lambda bad: unreadable.update(bad), batch_size=batch_size)
         for o in predict_batches(self.load_module(run), dm, description="predict"):
             for k, pos in enumerate(o["position"].tolist()):
@@ -295,7 +297,7 @@ class CropsPlugin(Task):
         if draw:
             from vislab.report.crops import write_prediction_files
 
-            write_prediction_files(run.run_dir, results, cfg.grid)
+            write_prediction_files(run.run_dir, results, cfg.grid, limit)
         return results
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:

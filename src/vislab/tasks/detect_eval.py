@@ -39,25 +39,28 @@ IMAGES = "images.csv"
 KITTI_CLASSES = ("Car", "Pedestrian", "Cyclist")
 
 
-def _datamodule(run: "LoadedRun", dataset_dir: Path) -> Any:
+def _datamodule(run: "LoadedRun", dataset_dir: Path, max_pixels: int | None) -> Any:
     from vislab.data.det_datamodule import DetectAugment, DetectDataModule
     from vislab.tasks.detect import canvas
 
-    return DetectDataModule(dataset_dir, run.cfg.data, run.spec.to_dict(), run.classes, run.cfg.seed, canvas(run.cfg), DetectAugment.off())
+    return DetectDataModule(
+        dataset_dir, run.cfg.data, run.spec.to_dict(), run.classes, run.cfg.seed, canvas(run.cfg), DetectAugment.off(), max_pixels=max_pixels
+    )
 
 
 def run_detector(
     plugin: "DetectPlugin", run: "LoadedRun", paths: Sequence[str], dataset_dir: Path, *, conf: float, iou: float,
     on_unreadable: Any, precision: str = "32-true", description: str | None = None, batch_size: int | None = None, num_workers: int | None = None,
-    sizes: Sequence[tuple[int, int] | None] | None = None,
+    sizes: Sequence[tuple[int, int] | None] | None = None, max_pixels: int | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Position in `paths` -> {boxes [n, 4] image pixels, scores, labels (class ids)}; with
-    `sizes` (a dataset's manifest), a file of another size is unreadable (changed since curate)."""
+    `sizes` (a dataset's manifest), a file of another size is unreadable (changed since curate).
+    Files decode under `max_pixels`, None: `dataset_dir`'s curate --max-pixels."""
     from vislab.tasks.base import predict_batches
 
     module = plugin.load_module(run)
     module.predict_conf, module.predict_iou = conf, iou
-    dm = _datamodule(run, dataset_dir)
+    dm = _datamodule(run, dataset_dir, max_pixels)
     dm.predict_on(list(paths), on_unreadable=on_unreadable, batch_size=batch_size, num_workers=num_workers, sizes=sizes)
     return {d["pos"]: d for batch in predict_batches(module, dm, precision=precision, description=description) for d in batch}
 
@@ -157,6 +160,7 @@ def predict_files(
 ) -> list[dict[str, Any]]:
     """One dict per file: path, width, height, boxes [{class, score, x1, y1, x2, y2}] (or error)."""
     from vislab.data.io import ImageDecodeError, probe
+    from vislab.data.manifest import recorded_max_pixels
 
     if top_k is not None:
         raise VislabError("--top-k: lists classes of a classification run; a detection run takes --conf and --iou")
@@ -167,8 +171,9 @@ def predict_files(
         raise VislabError(f"--conf {conf} / --iou {iou}: give a confidence in [0, 1] and an IoU in (0, 1]")
     unreadable: dict[str, str] = {}
     paths = [str(f) for f in files]
+    limit = recorded_max_pixels(run.info)
     found = run_detector(plugin, run, paths, Path("."), conf=conf, iou=iou, on_unreadable=lambda bad: unreadable.update(bad), batch_size=batch_size, num_workers=0,
-                         description="predict")
+                         description="predict", max_pixels=limit)
     results: list[dict[str, Any]] = []
     for i, path in enumerate(paths):
         if i not in found:
@@ -186,13 +191,13 @@ def predict_files(
         ]
         results.append({"path": path, **size, "boxes": boxes})
     if out is not None:
-        write_predictions(results, Path(out), run.classes)
+        write_predictions(results, Path(out), run.classes, limit)
     return results
 
 
-def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequence[str]) -> None:
+def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequence[str], max_pixels: int) -> None:
     """OUT/images/ (boxes drawn), OUT/labels/ (YOLO txt: class cx cy w h score), classes.txt,
-    predictions.json/.csv."""
+    predictions.json/.csv; images decode under `max_pixels`, as they were for predicting."""
     from vislab.data.io import load_image
     from vislab.report.draw import PREDICTED, draw_boxes
 
@@ -203,7 +208,7 @@ def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequenc
         if "error" in r:
             continue
         stem = f"{i:05d}_{slug(Path(r['path']).stem)[:80]}"
-        img = load_image(r["path"])
+        img = load_image(r["path"], max_pixels=max_pixels)
         drawn = draw_boxes(img, [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in r["boxes"]], [f"{b['class']} {b['score']:.2f}" for b in r["boxes"]], PREDICTED)
         target = inside(out, "images", stem + ".jpg")
         with replacing(target) as fh:
