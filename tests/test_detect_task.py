@@ -485,3 +485,44 @@ def test_a_dataset_curated_over_the_default_pixel_limit_trains_evaluates_and_pre
     assert report_tiles and all(tile is not None for tile in report_tiles)
     ok("predict", run, src / "images" / "s0000.png", "--out", tmp_path / "pred", "--conf", "0")
     assert (tmp_path / "pred" / "images" / "00000_s0000.jpg").is_file()
+
+
+def test_the_report_galleries_draw_the_boxes_evaluate_counts_at_conf(small, tmp_path, monkeypatch) -> None:
+    """predictions.csv wrote scores to 5 decimals and the galleries filtered those at conf: a
+    box scored 0.499996 read 0.50000, drawn at conf 0.5 while evaluate's figures (images.csv)
+    did not count it. Scores are now written as the shortest text that reads back as the same
+    float32 and the galleries keep them by the rule evaluate counts by (metrics.detection.kept)."""
+    import vislab.report.detect as report_detect
+    import vislab.tasks.detect_eval as detect_eval
+    from vislab.data.boxes import read_boxes
+
+    run = train(tiny_detect_config(train={"epochs": 1}, detect={"conf": 0.5}), small, tmp_path / "run")
+    truth = read_boxes(small)
+    under = np.float32(0.499996)
+
+    def detector(plugin, run, paths, dataset_dir, **_):  # every truth found, the first image's boxes just under conf
+        found = {}
+        for i, path in enumerate(paths):
+            mine = truth[(truth["path"] == path) & ~truth["ignore"]]
+            found[i] = {"pos": i, "boxes": torch.tensor(mine[["x1", "y1", "x2", "y2"]].to_numpy(), dtype=torch.float32),
+                        "scores": torch.full((len(mine),), under if i == 0 else 0.9, dtype=torch.float32),
+                        "labels": torch.tensor([run.classes.index(c) for c in mine["class"]], dtype=torch.long)}
+        return found
+
+    monkeypatch.setattr(detect_eval, "run_detector", detector)
+    ok("evaluate", run, "--split", "test")
+    images = pd.read_csv(run / "eval" / "test" / "images.csv")
+    scores = pd.read_csv(run / "eval" / "test" / "predictions.csv", dtype={"score": str})["score"]
+    assert "0.499996" in set(scores)
+    drawn: dict[str, int] = {}
+    real_draw = report_detect._draw
+
+    def spy(path, truth_rows, preds, *args):
+        drawn[path] = len(preds)
+        return real_draw(path, truth_rows, preds, *args)
+
+    monkeypatch.setattr(report_detect, "_draw", spy)
+    ok("report", run)
+    first = images.loc[0, "path"]
+    assert images.loc[0, "detections"] == 0 and drawn[first] == 0  # under conf: neither counted nor drawn
+    assert all(drawn[p] == n for p, n in zip(images["path"], images["detections"]) if p in drawn)

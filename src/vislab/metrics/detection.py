@@ -60,6 +60,20 @@ def kept(scores: Any, conf: float) -> Any:
     return scores >= conf
 
 
+def score_text(score: float) -> str:
+    """A detection's float32 score as predictions.csv writes it: the shortest decimal that reads
+    back as the same float32 (0.499996, 0.7 for float32 0.7), so `read_scores` gives the very
+    score evaluate counted and `kept` decides alike. Five decimals wrote 0.499996 as 0.50000,
+    which the report's galleries drew at conf 0.5 while evaluate's figures did not count it."""
+    return np.format_float_positional(np.float32(score), unique=True, trim="0")
+
+
+def read_scores(scores: Any) -> np.ndarray:
+    """Scores read from predictions.csv (text or numbers) as the float32 values `score_text`
+    wrote, in float64 for `kept`: the report filters them by the rule evaluate counted by."""
+    return np.asarray(scores, dtype=np.float64).astype(np.float32).astype(np.float64)
+
+
 def _array(x: Any, dtype: Any = np.float64) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()

@@ -85,7 +85,7 @@ def _draw(path: str, truth: pd.DataFrame, preds: pd.DataFrame, max_pixels: int) 
 def _galleries(data: RunData, ev: EvalSet) -> dict[str, Path | None]:
     """best/worst, false-positive and missed galleries of the eval set, into RUN_DIR/plots."""
     from vislab.data.boxes import read_boxes
-    from vislab.metrics.detection import kept
+    from vislab.metrics.detection import kept, read_scores
     from vislab.runs import run_paths
 
     folder = run_paths(data.run_dir).eval_dir(ev.name)
@@ -98,7 +98,7 @@ def _galleries(data: RunData, ev: EvalSet) -> dict[str, Path | None]:
     truth = boxes[~boxes["ignore"]]
     conf = float(ev.metrics.get("conf", 0.5))
     preds = ev.predictions if ev.predictions is not None else pd.DataFrame(columns=["path", "class", "score", "x1", "y1", "x2", "y2"])
-    preds = preds[kept(pd.to_numeric(preds["score"]), conf)].astype({"score": float, "x1": float, "y1": float, "x2": float, "y2": float})
+    preds = preds[kept(read_scores(preds["score"]), conf)].astype({"score": float, "x1": float, "y1": float, "x2": float, "y2": float})
     f1 = pd.to_numeric(per_image["f1"], errors="coerce")
     scored = per_image.assign(f1=f1)[f1.notna()]
 

@@ -139,12 +139,14 @@ def evaluate_detection(
     per_image = _per_image(preds, targets, run.classes, sec.conf)
 
     def write(out: Path) -> None:
+        from vislab.metrics.detection import score_text
+
         buf = io.StringIO(newline="")
         w = csv.writer(buf)
         w.writerow(["path", "class", "score", "x1", "y1", "x2", "y2"])
         for path, p in zip(paths, preds):
             for b, s, k in zip(p["boxes"].tolist(), p["scores"].tolist(), p["labels"].tolist()):
-                w.writerow([path, run.classes[k], f"{s:.5f}", *(f"{v:.2f}" for v in b)])
+                w.writerow([path, run.classes[k], score_text(s), *(f"{v:.2f}" for v in b)])
         write_file(inside(out, EVAL_PREDICTIONS), buf.getvalue())
         write_file(inside(out, IMAGES), pd.DataFrame([{"path": p, **s} for p, s in zip(paths, per_image)]).to_csv(index=False))
 
