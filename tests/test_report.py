@@ -233,3 +233,24 @@ def test_report_never_writes_through_a_link_at_a_temporary_name(tmp_path) -> Non
     assert victim.read_text() == "a user's file"
     page = run / "report.html"
     assert not page.is_symlink() and page.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_the_cam_gallery_says_which_maps_are_empty(tmp_path) -> None:
+    """explain notes a Grad-CAM map that is zero everywhere; the report's CAM gallery drew such
+    overlays (the image with no region) without a word. Now their tiles say 'map empty' and a
+    note under the gallery names the first, counts the others and says which methods to try."""
+    from vislab.testing.rundirs import blind_cams
+
+    run = make_run_dir(tmp_path, name="blind", checkpoint=True)
+    blind_cams(run)
+
+    def cams_section(method: str) -> str:
+        text = write_report(run, cam_method=method).read_text()
+        section = text[text.index('<section id="cams"') :]
+        return section[: section.index("</section>")]
+
+    cams = cams_section("gradcam")
+    assert "<img" in cams and "is zero everywhere at layer features.6, so its overlay shows no region" in cams
+    assert re.search(r"Note: the gradcam map of \S+\.png \(\w+\) and 7 more is zero everywhere", cams), cams[-600:]
+    assert "try --method gradcam++ or --method eigencam, with vislab report or vislab explain." in cams
+    assert "zero everywhere" not in cams_section("eigencam")

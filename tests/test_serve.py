@@ -120,7 +120,7 @@ def test_overlay_is_the_heat_map_on_the_image(client, runs, model, kind) -> None
     r = post(client, [(f.name, f.read_bytes())], {"model": model, "overlay": "true", "top_k": "1"})
     res = r.json()["results"][0]
     overlay = res["overlay"]
-    assert overlay["kind"] == kind and overlay["layer"]
+    assert overlay["kind"] == kind and overlay["layer"] and overlay["empty_map"] is False
     if kind == "gradcam":
         assert overlay["class"] == res["pred"]  # the CAM explains the class shown first
     head, data = overlay["image"].split(",", 1)
@@ -130,6 +130,21 @@ def test_overlay_is_the_heat_map_on_the_image(client, runs, model, kind) -> None
         px = np.asarray(im.convert("RGB"), dtype=np.float32)
     original = np.asarray(Image.open(f).convert("RGB").resize((224, 224)), dtype=np.float32)
     assert np.abs(px - original).mean() > 5  # the heat map is drawn over the image, not the image alone
+
+
+def test_an_overlay_whose_map_is_zero_everywhere_says_so(tmp_path) -> None:
+    """A Grad-CAM map zero everywhere (the class's evidence at the layer nowhere positive) came
+    back as a plain image, looking like a heat map that found nothing to show; the overlay now
+    carries empty_map as explain records it (and the page's caption says so)."""
+    from vislab.testing.rundirs import blind_cams
+
+    run = make_run_dir(tmp_path, name="blind", checkpoint=True)
+    blind_cams(run)
+    f = images_of(run, 1)[0]
+    with TestClient(create_app(load_all([run]))) as c:
+        r = post(c, [(f.name, f.read_bytes())], {"overlay": "true"}, headers={})
+    overlay = r.json()["results"][0]["overlay"]
+    assert overlay["kind"] == "gradcam" and overlay["empty_map"] is True
 
 
 @pytest.mark.parametrize(

@@ -388,18 +388,14 @@ def explain(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN_DIR/explain/METHOD)."),
 ) -> None:
     """Write heatmap overlays showing which image regions drove the model's scores."""
-    from vislab.explain.overlays import explain_run
+    from vislab.explain.overlays import empty_maps_note, explain_run
 
     results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
     for r in results:
         console.print(f"{term(Path(r.source).name)}: {term(r.class_name)} {r.prob:.3f} -> {term(r.output.name)}", highlight=False, soft_wrap=True)
-    empty = [r for r in results if r.empty]
+    empty = empty_maps_note(results, "--method", term, " (empty_map in explanations.json)")
     if empty:
-        first = empty[0]
-        which = f"{term(Path(first.source).name)} ({term(first.class_name)})" + (f" and {len(empty) - 1} more" if len(empty) > 1 else "")
-        tries = " or ".join(f"--method {m}" for m in first.other_methods())
-        console.print(f"note: the {term(first.method)} map of {which} is zero everywhere at layer {term(first.layer)}, so its overlay "
-                      f"shows no region (empty_map in explanations.json); try {tries}", highlight=False, soft_wrap=True)
+        console.print(f"note: {empty}", highlight=False, soft_wrap=True)
     for f in results.failed:
         console.print(f"{term(Path(f['source']).name)}: error: {term(f['error'])}", highlight=False, soft_wrap=True)
     if results:

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,21 @@ class Explanation:
         """CAM methods to try when this map is empty: gradient ones other than this one, and
         EigenCAM, which needs no gradient of the class (it maps the layer's main component)."""
         return [m for m in ("gradcam++", "eigencam") if m != self.method]
+
+
+def empty_maps_note(results: Sequence[Explanation], option: str, show: Callable[[str], str] = str, recorded: str = "") -> str | None:
+    """The note on maps zero everywhere among `results` (None when there is none): the first
+    one's image, class and layer, how many more, and the methods to try as `option` (explain's
+    --method, report's --method); `recorded` says where the flag is kept. explain prints it, the
+    report writes it under its CAM gallery; `show` makes names safe for where they go."""
+    empty = [r for r in results if r.empty]
+    if not empty:
+        return None
+    first = empty[0]
+    which = f"{show(Path(first.source).name)} ({show(first.class_name)})" + (f" and {len(empty) - 1} more" if len(empty) > 1 else "")
+    tries = " or ".join(f"{option} {m}" for m in first.other_methods())
+    return (f"the {show(first.method)} map of {which} is zero everywhere at layer {show(first.layer)}, so its overlay "
+            f"shows no region{recorded}; try {tries}")
 
 
 def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:

@@ -165,8 +165,8 @@ def report_sections(data: RunData, page: Page) -> list[ReportSection]:
         galleries = (cam_galleries(data, ev, methods) if page.cams
                      else [(None, f"{_maps_name(m)} were not requested (--no-cams).") for m in methods])
         cam_png, why = galleries[0]
-        out.append(ReportSection("cams", "CAMs", "Where the model looks", img_tag(cam_png, "class activation maps") or note(why),
-                                 _cam_lead(page.cam_method) if cam_png else ""))
+        cams = img_tag(cam_png, "class activation maps") + (note(why) if why else "") if cam_png else note(why)
+        out.append(ReportSection("cams", "CAMs", "Where the model looks", cams, _cam_lead(page.cam_method) if cam_png else ""))
         if data.is_abn:
             att_png, why = galleries[1]
             out.append(ReportSection("attention", "Attention", "Attention branch maps", img_tag(att_png, "ABN attention maps") or note(why),
@@ -253,7 +253,8 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
     loaded once for all of them.
 
     Needs the trained model; when it cannot be loaded the reason is returned instead, so a
-    report of a run without checkpoints still renders.
+    report of a run without checkpoints still renders. Beside a gallery, the note on its maps
+    that are zero everywhere (their tiles say 'map empty'), else "".
     """
     preds = ev.predictions
     if preds is None or preds.empty or "path" not in preds:
@@ -268,7 +269,7 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
         return [(None, "The evaluated images are not reachable from here.")] * len(methods)
     from vislab.data.io import ImageDecodeError, load_image
     from vislab.data.transforms import decode_size
-    from vislab.explain.overlays import explain_images, load_trained
+    from vislab.explain.overlays import empty_maps_note, explain_images, load_trained
     from vislab.runs import run_paths
 
     def unavailable(method: str, err: Exception) -> tuple[None, str]:
@@ -301,11 +302,12 @@ def cam_galleries(data: RunData, ev: EvalSet, methods: Sequence[str], n: int = 8
         tiles = []
         for r, row in zip(results, chosen.itertuples()):
             mark = "✓" if row.label == r.class_name else "✗"
-            tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})"))
+            tiles.append((r.overlay, f"{mark} true {row.label}\npred {r.class_name} ({r.prob:.2f})" + ("\nmap empty" if r.empty else "")))
         stem = "attention" if method == "attention" else "cams"
         png = plots.plot_cam_gallery(tiles, run_paths(data.run_dir).plot(f"{stem}_{ev.name}.png"),
                                      title=f"{method} on layer {results[0].layer}: highest-loss images first, then the most confident correct ones")
-        out.append((png, ""))
+        empty = empty_maps_note(results, "--method")
+        out.append((png, f"Note: {empty}, with vislab report or vislab explain." if empty else ""))
     return out
 
 

@@ -320,13 +320,14 @@ class ClassifyPredictor(Predictor):
             with cam_session(self.model, "gradcam", input_size=tuple(self.spec.input_size)) as runner:
                 res = runner(x, list(targets))
         out = []
-        for item, heat, target in zip(items, res.heatmaps, res.targets):
+        for i, (item, heat, target) in enumerate(zip(items, res.heatmaps, res.targets)):
             assert item.view is not None, "preprocess() keeps the view when an overlay is asked for"
             out.append({
                 "kind": runner.method,
                 "class": self.classes[target],
                 "layer": res.layer,
                 "image": image_data_uri(upscaled_overlay(item.view, heat)),
+                "empty_map": bool(res.empty[i]) if res.empty else False,  # zero everywhere: the image shows no region (as explain's)
             })
         return out
 

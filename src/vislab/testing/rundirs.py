@@ -199,3 +199,18 @@ def _save_checkpoint(cfg: RunConfig, num_classes: int, path: Path, seed: int) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {f"model.{k}": v for k, v in net.state_dict().items()}
     torch.save({"state_dict": state, "hyper_parameters": {"config": cfg.model_dump(mode="json")}}, path)
+
+
+def blind_cams(run: str | Path, class_ids: Sequence[int] | None = None) -> None:
+    """Make the Grad-CAM map of the given classes (all by default) zero everywhere, for any
+    image: their classifier weights all negative, so at the last ReLU (activations >= 0) every
+    channel's Grad-CAM weight is negative and the map's ReLU cuts it all (a simple_cnn run of
+    `make_run_dir(checkpoint=True)`; EigenCAM, which needs no gradient, still maps a region)."""
+    import torch
+
+    path = run_paths(run).best
+    saved = torch.load(path, weights_only=False)
+    weight = saved["state_dict"]["model.head.1.weight"]
+    rows = list(range(len(weight))) if class_ids is None else list(class_ids)
+    weight[rows] = -weight[rows].abs() - 0.01
+    torch.save(saved, path)
