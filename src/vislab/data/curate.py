@@ -513,8 +513,9 @@ def _why_kept(
 
 
 def _conflicts(df: pd.DataFrame, why: dict[str, str]) -> list[dict[str, Any]]:
-    """The groups that mix labels (the same picture under two classes), each member kept
-    (and why) or excluded (and the reason), kept members first."""
+    """The groups that mix labels (the same picture under two classes), each member as the
+    final manifest has it: kept (and why) or excluded (and the reason, which class selection
+    may have given after dedupe), kept members first."""
     grouped = df[df["group"] != ""]
     labels = grouped.groupby("group")["label"].nunique()
     rows = grouped[grouped["group"].isin(labels.index[labels > 1])]
@@ -621,7 +622,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
         )
     _filter_geometry(df, opts)
     usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
-    conflicts = _conflicts(df, _dedupe(df, opts.dedupe, opts.near_threshold))
+    why_kept = _dedupe(df, opts.dedupe, opts.near_threshold)
     usable_now.after(df, f"--dedupe {opts.dedupe}")
     if detect is not None:  # boxes follow the image rows; classes and splits are per box
         usable_now.warnings.extend(detect.finish(df, opts.ratios, opts.seed))
@@ -644,6 +645,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
             test_per_class=opts.test_per_class,
             seed=opts.seed,
         )
+    conflicts = _conflicts(df, why_kept)
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
     # first a record of the curate under way (see manifest.py), replaced by the full one at the
