@@ -154,6 +154,42 @@ def test_near_duplicates_keep_the_largest_and_respect_the_threshold(tmp_path):
     assert (df["reason"].str.startswith("duplicate_of")).sum() <= 2
 
 
+def write_blend_chain(folder: Path) -> dict[str, Path]:
+    """A (128x128) and blends of it towards another picture, 64x64: B 10% (4 bits from A),
+    C 25% (6 bits from B, 10 from A), and D 5% under another label (2 bits from A)."""
+    from PIL import Image
+
+    from vislab.testing.images import smooth_image
+
+    x, y = (np.asarray(smooth_image(seed, (64, 64)), dtype=np.float64) for seed in (1, 2))
+    paths = {}
+    for name, label, share in (("a", "cat", 0.0), ("b", "cat", 0.1), ("c", "cat", 0.25), ("d", "dog", 0.05)):
+        im = Image.fromarray(((1 - share) * x + share * y).round().astype(np.uint8))
+        paths[name] = folder / label / f"{name}.png"
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        (im.resize((128, 128), Image.Resampling.NEAREST) if name == "a" else im).save(paths[name])
+    return paths
+
+
+def test_a_chain_of_near_copies_is_cut_at_the_copy_kept_and_never_crosses_labels(tmp_path):
+    p = write_blend_chain(tmp_path / "src")
+    df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="near")
+    bits = {n: int(row(df, path)["phash"], 16) for n, path in p.items()}
+    apart = {pair: bin(bits[pair[0]] ^ bits[pair[1]]).count("1") for pair in ("ab", "bc", "ac", "ad")}
+    assert apart["ab"] <= 6 and apart["bc"] <= 6 and apart["ac"] > 6 and apart["ad"] <= 6, apart  # the chain holds
+    assert row(df, p["b"])["reason"] == f"duplicate_of:{p['a']}"
+    assert (row(df, p["c"])["status"], row(df, p["c"])["group"]) == ("ok", "")  # 10 bits from the copy kept
+    assert row(df, p["d"])["status"] == "ok"  # a dog is never a duplicate of a cat
+    assert row(df, p["a"])["group"] == row(df, p["b"])["group"] == row(df, p["d"])["group"] != ""
+    (conflict,) = summary["conflicting_labels"]
+    assert conflict["labels"] == ["cat", "dog"]
+    assert [(m["path"], m["kept"]) for m in conflict["members"]] == [(str(p["a"]), True), (str(p["d"]), True), (str(p["b"]), False)]
+    # Without dropping, the group a split keeps together is the same star, not the chain
+    df, _ = curate(tmp_path / "exact", tmp_path / "src", dedupe="exact", split="0.5,0.5")
+    assert (df["status"] == "ok").all()
+    assert row(df, p["a"])["group"] == row(df, p["b"])["group"] == row(df, p["d"])["group"] != row(df, p["c"])["group"]
+
+
 def test_flat_images_are_told_apart_by_colour_and_photo_copies_stay_grouped(tmp_path):
     from PIL import Image, ImageEnhance
 

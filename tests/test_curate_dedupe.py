@@ -9,17 +9,39 @@ from PIL import Image
 from vislab.data.dedupe import (
     LEVELS_PER_BIT,
     PATTERN_LEVELS_PER_BIT,
-    connected_groups,
     hamming,
     is_plain,
+    near_copy_groups,
     near_pairs,
     perceptual_hash,
     plain_pairs,
     plain_signature,
-    similar_pairs,
     thumbnail,
 )
 from vislab.testing.images import smooth_image
+
+
+def connected_groups(n: int, pairs: np.ndarray) -> np.ndarray:
+    """Union-find over `pairs` (the oracle for which images the pair finders connect):
+    for each index the smallest index of its connected component."""
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for a, b in np.asarray(pairs, dtype=np.int64).tolist():
+        ra, rb = find(a), find(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    return np.array([find(i) for i in range(n)], dtype=np.int64)
+
+
+def grouped_pairs(hashes: np.ndarray, plain: np.ndarray, threshold: int) -> list[list[int]]:
+    """Index pairs (i < j) that `near_copy_groups` puts in one group (one class, index order)."""
+    n = len(hashes)
+    _, head = near_copy_groups(hashes, plain, threshold, np.arange(n), np.zeros(n))
+    return [[i, j] for i in range(n) for j in range(i + 1, n) if head[i] == head[j]]
 
 
 @pytest.mark.parametrize("threshold", [0, 1, 4, 6, 12])
@@ -64,17 +86,17 @@ def test_plain_images_pair_by_colour_thumbnail_and_never_by_their_shared_hash():
 
     hashes = np.array([0, 1 << 63, 1 << 63, 1 << 63, 1 << 63], dtype=np.uint64)
     plain = np.array([solid((0, 0, 0)), solid((255, 255, 255)), solid((220, 20, 20)), solid((0, 136, 0)), ""], dtype=object)
-    assert similar_pairs(hashes, plain, 6).tolist() == []
+    assert grouped_pairs(hashes, plain, 6) == []
     plain[3] = solid((208, 26, 26))  # within 6 x 4 levels of the red
-    assert similar_pairs(hashes, plain, 6).tolist() == [[2, 3]]
-    assert similar_pairs(hashes, plain, 0).tolist() == []
+    assert grouped_pairs(hashes, plain, 6) == [[2, 3]]
+    assert grouped_pairs(hashes, plain, 0) == []
     halves = np.zeros((30, 40, 3), np.uint8)
     halves[:, 20:] = 255
     left_right, top_bottom = Image.fromarray(halves), Image.fromarray(halves).rotate(90, expand=True)
     assert is_plain(thumbnail(left_right)) and is_plain(thumbnail(top_bottom))
     assert hamming(np.uint64(perceptual_hash(left_right)), np.uint64(perceptual_hash(top_bottom))) <= 6  # the hash cannot tell
     pair = np.array([plain_signature(left_right), plain_signature(top_bottom)], dtype=object)
-    assert similar_pairs(np.zeros(2, dtype=np.uint64), pair, 6).tolist() == []
+    assert grouped_pairs(np.zeros(2, dtype=np.uint64), pair, 6) == []
 
 
 def test_photos_are_not_plain():
@@ -83,9 +105,50 @@ def test_photos_are_not_plain():
         assert not is_plain(thumbnail(Image.fromarray(getattr(skimage_data, name)()))), name
 
 
-def test_groups_are_labelled_by_their_smallest_index():
-    groups = connected_groups(6, np.array([[4, 5], [1, 4], [2, 3]]))
-    assert groups.tolist() == [0, 1, 2, 2, 1, 1]
+def test_a_chain_of_close_pairs_is_cut_at_the_copy_kept():
+    # A ~ B ~ C within 6 bits a step, A and C 8 bits apart: connected components join all three
+    a, b, c = 0, 0b1111, 0b11111111
+    hashes = np.array([a, b, c], dtype=np.uint64)
+    plain = np.array(["", "", ""], dtype=object)
+    keeper, head = near_copy_groups(hashes, plain, 6, np.array([0, 1, 2]), np.array(["x", "x", "x"]))
+    assert keeper.tolist() == [0, 0, 2] and head.tolist() == [0, 0, 2]  # C is no copy of A, the copy kept
+    keeper, head = near_copy_groups(hashes, plain, 6, np.array([1, 0, 2]), np.array(["x", "x", "x"]))
+    assert keeper.tolist() == [1, 1, 1] and head.tolist() == [1, 1, 1]  # B kept: both are its copies
+    # B under another label is never a copy of A: its own keeper, in A's group (one split)
+    keeper, head = near_copy_groups(hashes, plain, 6, np.array([0, 1, 2]), np.array(["x", "y", "x"]))
+    assert keeper.tolist() == [0, 1, 2] and head.tolist() == [0, 0, 2]
+    assert connected_groups(3, near_pairs(hashes, 6)).tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("threshold", [0, 4, 6])
+def test_near_copy_groups_are_leader_clustering_by_brute_force(threshold):
+    rng = np.random.default_rng(threshold + 1)
+    base = rng.integers(0, 2**63, 30, dtype=np.uint64)
+    members = base[rng.integers(0, 30, 200)]
+    for flip in rng.integers(0, 64, (200, 3)).T:
+        members ^= (np.uint64(1) << flip.astype(np.uint64)) * rng.integers(0, 2, 200).astype(np.uint64)
+    hashes = np.concatenate([base, members, members[:20]])
+    n = len(hashes)
+    classes = rng.choice(["cat", "dog"], n, p=[0.8, 0.2])
+    order = rng.permutation(n)
+    close = hamming(hashes[:, None], hashes[None, :]) <= threshold
+
+    def stars(ranked: list[int]) -> dict[int, int]:
+        lead: dict[int, int] = {}
+        for i in ranked:
+            if i not in lead:
+                lead.update({j: i for j in ranked if j not in lead and close[i, j]})
+        return lead
+
+    keeper = {}
+    for name in ("cat", "dog"):
+        keeper.update(stars([i for i in order.tolist() if classes[i] == name]))
+    head = stars([i for i in order.tolist() if keeper[i] == i])
+    got_keeper, got_head = near_copy_groups(hashes, np.full(n, "", dtype=object), threshold, order, classes)
+    assert got_keeper.tolist() == [keeper[i] for i in range(n)]
+    assert got_head.tolist() == [head[keeper[i]] for i in range(n)]
+    assert all(close[i, got_keeper[i]] and classes[i] == classes[got_keeper[i]] for i in range(n))
+    assert np.unique(got_head).size < n  # some copies at every threshold (the repeats at least)
 
 
 def test_hash_survives_resizing_and_recompression_but_not_a_new_picture():

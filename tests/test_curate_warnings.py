@@ -3,6 +3,7 @@ where the same picture carries two labels: which copy was kept and why."""
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -89,16 +90,42 @@ def test_conflicting_label_groups_are_named_with_the_copy_kept_and_why(tmp_path)
     assert group["labels"] == ["cat", "dog"]
     members = {m["path"]: m for m in group["members"]}
     assert set(members) == {str(small), str(big), str(root / "dog" / "zz_exact.png")}
-    kept = [m for m in group["members"] if m["kept"]]
-    assert [m["path"] for m in kept] == [str(big)]
-    assert kept[0]["why"] == "kept: most pixels (80x60 vs 72x54)"
+    kept = {m["path"]: m["why"] for m in group["members"] if m["kept"]}
+    # the dog copy goes as a duplicate of the bigger dog; the cat is never a duplicate of a dog
+    assert kept == {str(big): "kept: most pixels (80x60 vs 72x54)", str(small): "kept: no near copy with its label"}
+    assert members[str(root / "dog" / "zz_exact.png")]["reason"] == f"duplicate_of:{big}"
     out = " ".join(res.output.split())
-    assert f"conflicting labels in {group['group']}:" in out and "'dog' shared_big.png (kept: most pixels" in out
+    assert f"conflicting labels in {group['group']} (1 'cat', 2 'dog'; 2 kept):" in out
+    assert "'dog' shared_big.png (kept: most pixels" in out and "'dog' zz_exact.png (excluded: duplicate of shared_big.png)" in out
 
     none = invoke("curate", root, "--out", tmp_path / "ds-none", "--workers", "1")
     groups = json.loads((tmp_path / "ds-none" / "curation.json").read_text())["conflicting_labels"]
     assert groups and all(m["kept"] and "no --dedupe" in m["why"] for g in groups for m in g["members"])
     assert none.exit_code == 0
+
+
+def test_conflicting_labels_say_what_the_manifest_says_in_a_short_line(tmp_path):
+    root = tmp_path / "photos"
+    write_image_folder(root, ["cat"], per_class=2, size=(40, 30))
+    shared = write_image(root / "cat" / "shared.png", seed=999, size=(80, 60))
+    for scale in (0.95, 0.9, 0.85, 0.8, 0.75):
+        near_copy(shared, root / "cat" / f"shared_{round(scale * 100)}.jpg", scale=scale)
+    near_copy(shared, root / "dog" / "shared.jpg", scale=0.7)  # the dog class is too small to keep
+
+    res = invoke("curate", root, "--out", tmp_path / "ds", "--dedupe", "exact", "--min-per-class", "2", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
+    (group,) = summary["conflicting_labels"]
+    assert len(group["members"]) == 7
+    manifest = {r["path"]: r for r in csv.DictReader((tmp_path / "ds" / "manifest.csv").open())}
+    for m in group["members"]:
+        assert m["kept"] == (manifest[m["path"]]["status"] == "ok")
+        assert m.get("reason", "") == manifest[m["path"]]["reason"]
+    dog = next(m for m in group["members"] if m["label"] == "dog")
+    assert (dog["kept"], dog["reason"]) == (False, "class_too_small")
+    (line,) = [line for line in " ".join(res.output.split()).split("conflicting labels in")[1:]]
+    assert line.startswith(f" {group['group']} (6 'cat', 1 'dog'; 6 kept): 'cat' shared.png (kept: no byte-identical copy with its label); ")
+    assert "'dog' shared.jpg (excluded: class_too_small); " in line and line.count("(kept") == 3 and "; 3 more in curation.json" in line
 
 
 def test_sixteen_bit_images_using_only_twelve_bits_get_one_warning_naming_an_example(tmp_path):

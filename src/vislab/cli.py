@@ -113,7 +113,7 @@ def curate(
     landscape: bool = typer.Option(False, help="Treat portrait images as rotated to landscape for size/aspect."),
     max_pixels: int = typer.Option(MAX_PIXELS, help="Refuse images above this many pixels (decompression bomb)."),
     dedupe: str = typer.Option("none", help="none | exact (sha256) | near (perceptual hash)."),
-    near_threshold: int = typer.Option(6, help="Max Hamming distance (0-32) of 64-bit perceptual hashes (plain images, flat or nearly so, whose hashes carry too little structure, compare 8x8 colour thumbnails: mean colour within 4 levels per bit, pattern within 1 level per bit plus a share of its contrast): near copies share a group, kept in one split (and cut to one by --dedupe near)."),
+    near_threshold: int = typer.Option(6, help="Max Hamming distance (0-32) of 64-bit perceptual hashes (plain images, flat or nearly so, whose hashes carry too little structure, compare 8x8 colour thumbnails: mean colour within 4 levels per bit, pattern within 1 level per bit plus a share of its contrast): the images within it of the copy kept (most pixels, then largest file) share its group, kept in one split, and --dedupe near drops those of its label; a copy under another label is kept and reported."),
     min_per_class: Optional[int] = typer.Option(None, help="Exclude classes with fewer usable images."),
     max_per_class: Optional[int] = typer.Option(None, help="Keep at most this many images per class (seeded sample)."),
     top_k: Optional[int] = typer.Option(None, help="Keep the K most frequent classes."),

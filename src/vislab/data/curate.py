@@ -37,7 +37,7 @@ from vislab.data.boxes import parse_class_list, parse_class_map
 from vislab.data.checks import inspect_files
 from vislab.data.curate_detect import DetectionCuration, detection_format
 from vislab.data.det_sources import FORMATS
-from vislab.data.dedupe import MAX_THRESHOLD, connected_groups, hex_to_hashes, similar_pairs
+from vislab.data.dedupe import MAX_THRESHOLD, hex_to_hashes, near_copy_groups
 from vislab.data.io import LOW_BITS_MAX
 from vislab.fsguard import MAX_PIXELS
 from vislab.data.manifest import (
@@ -444,83 +444,90 @@ def _filter_geometry(df: pd.DataFrame, opts: CurateOptions) -> None:
         _exclude(df, ok & off.fillna(True), WRONG_ASPECT)
 
 
-def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> list[dict[str, Any]]:
-    """Group exact and near copies among usable rows (the `group` column) and, by `mode`,
-    keep one image per sha256 or per group: the one with most pixels, then the biggest
-    file, then the first path. Returns the groups that mix labels (the same picture under
-    two classes), each naming its members, the copy kept and why.
+def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
+    """Group exact and near copies among usable rows (the `group` column, which a split keeps
+    together) and, by `mode`, keep one image per sha256 or per copy set (`near_copy_groups`:
+    the copy kept and its near copies of the same label). The copy kept is the one with most
+    pixels, then the biggest file, then the first path. No image is dropped as a copy of one
+    under another label: both stay, in one group, reported as conflicting labels. Returns, by
+    path, why each kept member of a group was kept.
 
     Works on arrays, not per-group pandas calls: 50,000 rows have hundreds of groups.
     """
     pos = np.flatnonzero(df["status"].to_numpy() == OK)
     if len(pos) < 2:
-        return []
+        return {}
     paths = df["path"].to_numpy()[pos]
     labels = df["label"].to_numpy()[pos]
-    _, first, sha_id = np.unique(
-        df["sha256"].to_numpy()[pos].astype(str), return_index=True, return_inverse=True
-    )
-    copies = np.flatnonzero(first[sha_id] != np.arange(len(pos)))
-    exact = np.stack([first[sha_id[copies]], copies], axis=1)
-    near = similar_pairs(hex_to_hashes(df["phash"].to_numpy()[pos]), df["plain_thumb"].to_numpy()[pos], threshold)
-    pairs = np.concatenate([near, exact])
-    roots = connected_groups(len(pos), pairs)
-    uniq, counts = np.unique(roots, return_counts=True)
-    multi = set(uniq[counts > 1].tolist())
-    members: dict[int, list[int]] = {}
-    for i, root in enumerate(roots.tolist()):
-        if root in multi:
-            members.setdefault(root, []).append(i)
+    widths, heights = df["width"].to_numpy()[pos], df["height"].to_numpy()[pos]
     pixels = (pd.to_numeric(df["width"]) * pd.to_numeric(df["height"])).to_numpy()[pos]
     sizes = pd.to_numeric(df["bytes"]).to_numpy()[pos]
+    order = np.lexsort((paths.astype(str), -sizes, -pixels))  # best copy first
+    rank = np.empty(len(pos), dtype=np.int64)
+    rank[order] = np.arange(len(pos))
+    hashes = hex_to_hashes(df["phash"].to_numpy()[pos])
+    keeper, head = near_copy_groups(hashes, df["plain_thumb"].to_numpy()[pos], threshold, order, labels)
+    if mode == "exact":  # the copy kept of each byte-identical set of one label
+        same = pd.Series(list(zip(df["sha256"].to_numpy()[pos], labels))).factorize()[0]
+        best = np.full(same.max() + 1, len(pos), dtype=np.int64)
+        np.minimum.at(best, same, rank)
+        keeper = order[best[same]]
+    heads, counts = np.unique(head, return_counts=True)
+    multi = np.isin(head, heads[counts > 1])
+    grouped = np.flatnonzero(multi)
+    names = {h: f"g{n:05d}" for n, h in enumerate(dict.fromkeys(head[grouped].tolist()), start=1)}
     group = np.full(len(df), "", dtype=object)
+    group[pos[grouped]] = [names[h] for h in head[grouped].tolist()]
     status = df["status"].to_numpy().copy()
     reason = df["reason"].to_numpy().copy()
-    conflicts: list[dict[str, Any]] = []
-    for number, root in enumerate(sorted(members), start=1):
-        group_members = members[root]
-        name = f"g{number:05d}"
-        group[pos[group_members]] = name
-        kept: dict[int, str] = {}
+    copies: dict[int, list[int]] = {}
+    for i in grouped[np.argsort(rank[grouped], kind="stable")].tolist():
+        copies.setdefault(int(keeper[i]), []).append(i)
+    why: dict[str, str] = {}
+    for kept, ranked in copies.items():
         if mode == "none":
-            kept = {i: "kept: no --dedupe, so every copy stays (all in one split)" for i in group_members}
-        else:
-            sets: dict[int, list[int]] = {}
-            for i in group_members:
-                sets.setdefault(0 if mode == "near" else int(sha_id[i]), []).append(i)
-            for dup_set in sets.values():
-                ranked = sorted(dup_set, key=lambda i: (-pixels[i], -sizes[i], paths[i]))
-                kept[ranked[0]] = _why_kept(ranked, pixels, sizes, df["width"].to_numpy()[pos], df["height"].to_numpy()[pos])
-                for i in ranked[1:]:
-                    status[pos[i]] = EXCLUDED
-                    reason[pos[i]] = f"{DUPLICATE_OF}:{paths[ranked[0]]}"
-        if len({labels[i] for i in group_members}) > 1:
-            conflicts.append(
-                {
-                    "group": name,
-                    "labels": sorted({str(labels[i]) for i in group_members}),
-                    "members": [
-                        {"path": str(paths[i]), "label": str(labels[i]), "kept": i in kept, **({"why": kept[i]} if i in kept else {})}
-                        for i in sorted(group_members, key=lambda i: paths[i])
-                    ],
-                }
-            )
+            why.update((paths[i], "kept: no --dedupe") for i in ranked)
+            continue
+        why[paths[kept]] = _why_kept(ranked, pixels, sizes, widths, heights, mode)
+        for i in ranked[1:]:
+            status[pos[i]] = EXCLUDED
+            reason[pos[i]] = f"{DUPLICATE_OF}:{paths[kept]}"
     df["group"] = group
     df["status"] = status
     df["reason"] = reason
-    return conflicts
+    return why
 
 
-def _why_kept(ranked: list[int], pixels: np.ndarray, sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray) -> str:
-    """Why the first of a ranked duplicate set is the copy kept, in words."""
+def _why_kept(
+    ranked: list[int], pixels: np.ndarray, sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray, mode: str
+) -> str:
+    """Why the first of a ranked set of copies of one label is the copy kept, in words."""
     if len(ranked) == 1:
-        return "kept: no byte-identical copy (--dedupe exact keeps near copies)"
+        return "kept: no byte-identical copy with its label" if mode == "exact" else "kept: no near copy with its label"
     first, second = ranked[0], ranked[1]
     if pixels[first] != pixels[second]:
         return f"kept: most pixels ({widths[first]}x{heights[first]} vs {widths[second]}x{heights[second]})"
     if sizes[first] != sizes[second]:
         return f"kept: same pixels, largest file ({int(sizes[first]):,} vs {int(sizes[second]):,} bytes)"
     return "kept: same pixels and file size, first path in sort order"
+
+
+def _conflicts(df: pd.DataFrame, why: dict[str, str]) -> list[dict[str, Any]]:
+    """The groups that mix labels (the same picture under two classes), each member as the
+    final manifest has it: kept (and why) or excluded (and the reason, which class selection
+    may have given after dedupe), kept members first."""
+    grouped = df[df["group"] != ""]
+    labels = grouped.groupby("group")["label"].nunique()
+    rows = grouped[grouped["group"].isin(labels.index[labels > 1])]
+    rows = rows.assign(excluded=rows["status"] != OK).sort_values(["group", "excluded", "path"], kind="mergesort")
+    out: dict[str, dict[str, Any]] = {}
+    for name, path, label, excluded, reason in zip(rows["group"], rows["path"], rows["label"], rows["excluded"], rows["reason"]):
+        record = out.setdefault(name, {"group": name, "labels": [], "members": []})
+        state = {"reason": str(reason)} if excluded else {"why": why.get(path, "kept")}
+        record["members"].append({"path": str(path), "label": str(label), "kept": not excluded, **state})
+    for record in out.values():
+        record["labels"] = sorted({m["label"] for m in record["members"]})
+    return list(out.values())
 
 
 class _Usable:
@@ -615,7 +622,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
         )
     _filter_geometry(df, opts)
     usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
-    conflicts = _dedupe(df, opts.dedupe, opts.near_threshold)
+    why_kept = _dedupe(df, opts.dedupe, opts.near_threshold)
     usable_now.after(df, f"--dedupe {opts.dedupe}")
     if detect is not None:  # boxes follow the image rows; classes and splits are per box
         usable_now.warnings.extend(detect.finish(df, opts.ratios, opts.seed))
@@ -638,6 +645,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
             test_per_class=opts.test_per_class,
             seed=opts.seed,
         )
+    conflicts = _conflicts(df, why_kept)
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
     # first a record of the curate under way (see manifest.py), replaced by the full one at the

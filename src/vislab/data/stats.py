@@ -250,17 +250,38 @@ def _listed(value: Any) -> list[Any]:
     return [value] if isinstance(value, str) and value else []
 
 
-def _print_conflicts(conflicts: list[dict[str, Any]], console: Console, shown: int = 5) -> None:
-    """The same picture under two labels: which copies, which was kept and why (all in curation.json)."""
+def _print_conflicts(conflicts: list[dict[str, Any]], console: Console, shown: int = 5, per_group: int = 4) -> None:
+    """The same picture under two labels: a line per group naming its labels and a few members
+    (the first of each label, then the rest as recorded: kept ones first), each kept (and why)
+    or excluded (and why) as the manifest has it; every member is in curation.json."""
     conflicts = [c for c in conflicts if isinstance(c, dict)]
     for c in conflicts[:shown]:
-        parts = []
-        for m in (m for m in _listed(c.get("members")) if isinstance(m, dict)):
-            state = m.get("why", "kept") if m.get("kept") else "excluded as a duplicate"
-            parts.append(f"'{m.get('label')}' {Path(str(m.get('path'))).name} ({state})")
-        console.print(f"conflicting labels in {term(c.get('group'))}: " + "; ".join(map(term, parts)), highlight=False, soft_wrap=True)
+        members = [m for m in _listed(c.get("members")) if isinstance(m, dict)]
+        firsts: dict[str, int] = {}
+        for i, m in enumerate(members):
+            firsts.setdefault(str(m.get("label")), i)
+        members = [members[i] for i in firsts.values()] + [m for i, m in enumerate(members) if i not in firsts.values()]
+        labels = Counter(str(m.get("label")) for m in members)
+        kept = sum(bool(m.get("kept")) for m in members)
+        counts = ", ".join(f"{n} '{term(label)}'" for label, n in sorted(labels.items()))
+        head = f"conflicting labels in {term(c.get('group'))} ({counts}; {kept} kept)"
+        parts = [f"'{term(m.get('label'))}' {term(Path(str(m.get('path'))).name)} ({_member_state(m)})" for m in members[:per_group]]
+        if len(members) > per_group:
+            parts.append(f"{len(members) - per_group} more in curation.json")
+        console.print(f"{head}: " + "; ".join(parts), highlight=False, soft_wrap=True)
     if len(conflicts) > shown:
         console.print(f"... and {len(conflicts) - shown} more conflicting-label group(s): see curation.json 'conflicting_labels'")
+
+
+def _member_state(member: dict[str, Any]) -> str:
+    """'kept: why' or 'excluded: reason' of a conflicting-label group's member, short."""
+    if member.get("kept"):
+        return str(member.get("why") or "kept")
+    reason = str(member.get("reason") or "")  # a record from before vislab wrote reasons has none
+    of = reason.partition(":")[2]
+    if reason_kind(reason) == "duplicate_of" and of:
+        return f"excluded: duplicate of {Path(of).name}"
+    return f"excluded: {reason}" if reason else "excluded"
 
 
 def plot_class_histogram(summary: dict[str, Any], path: str | Path) -> Path:
