@@ -449,7 +449,9 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
     together) and, by `mode`, keep one image per sha256 or per copy set (`near_copy_groups`:
     the copy kept and its near copies of the same label). The copy kept is the one with most
     pixels, then the biggest file, then the first path. No image is dropped as a copy of one
-    under another label: both stay, in one group, reported as conflicting labels. Returns, by
+    under another label: both stay, in one group, reported as conflicting labels; but byte-identical
+    files under different labels (one picture, two answers) are all excluded as conflicting_labels,
+    as one file given two labels by a CSV is (unless --dedupe none). Returns, by
     path, why each kept member of a group was kept.
 
     Works on arrays, not per-group pandas calls: 50,000 rows have hundreds of groups.
@@ -492,6 +494,12 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
         for i in ranked[1:]:
             status[pos[i]] = EXCLUDED
             reason[pos[i]] = f"{DUPLICATE_OF}:{paths[kept]}"
+    if mode != "none":  # one picture under two labels: which is right is unknown, so neither trains
+        sha = df["sha256"].to_numpy()[pos]
+        labels_of = pd.Series(labels).groupby(sha).nunique()
+        torn = np.isin(sha, labels_of.index[labels_of > 1].to_numpy())
+        status[pos[torn]] = EXCLUDED
+        reason[pos[torn]] = src.CONFLICTING_LABELS
     df["group"] = group
     df["status"] = status
     df["reason"] = reason
