@@ -166,3 +166,16 @@ def test_predict_shows_a_progress_bar_on_stderr_and_keeps_stdout_clean(which: st
     monkeypatch.setenv("TTY_COMPATIBLE", "0")  # not a terminal: no bar, not even a blank line
     res = CliRunner().invoke(app, ["predict", str(run), str(tmp_path / "in"), "-f", "csv"])
     assert res.exit_code == 0 and res.stderr == "" and res.stdout.startswith("path,")
+
+
+def test_an_empty_in_memory_image_gets_an_error_row_and_no_images_is_one_line(run: Path) -> None:
+    good = np.asarray(Image.open(_images(run)[0]).convert("RGB"))
+    rows = predict(run, [good, np.zeros((0, 5), np.uint8), Image.new("RGB", (0, 0)), good], top_k=3)
+    assert [r["path"] for r in rows] == ["<image 0>", "<image 1>", "<image 2>", "<image 3>"]
+    assert rows[1] == {"path": "<image 1>", "error": "cannot read image: empty image (5x0 pixels)"}
+    assert rows[2] == {"path": "<image 2>", "error": "cannot read image: empty image (0x0 pixels)"}
+    assert rows[0]["top"] == rows[3]["top"]
+    with pytest.raises(VislabError, match=r"^<image 0>: cannot read image: empty image \(0x0 pixels\); none of the 1 image"):
+        predict(run, Image.new("L", (0, 0)))
+    with pytest.raises(VislabError, match=r"^no images given; pass image files or folders of images$"):
+        predict(run, [])

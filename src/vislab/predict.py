@@ -39,9 +39,18 @@ MEMORY_NAME = "<image {}>"
 
 def _memory_image(item: Image.Image | np.ndarray, index: int) -> Image.Image:
     """An in-memory input as a decoded PIL image: a PIL image as `load_pil_image` reads it
-    (turned upright only when straight from a file), a uint8 HxW or HxWx3 array as is."""
-    if isinstance(item, Image.Image):
-        return load_pil_image(item)
+    (turned upright only when straight from a file), a uint8 HxW or HxWx3 array as is. One
+    without pixels (a 0-wide or 0-high image or array) raises `ImageDecodeError`, so it gets
+    an error row as an unreadable file does, rather than stopping the batch at Pillow's
+    'cannot write empty image'."""
+    im = load_pil_image(item) if isinstance(item, Image.Image) else _array_image(item, index)
+    if 0 in im.size:
+        raise ImageDecodeError(f"empty image ({im.width}x{im.height} pixels)")
+    return im
+
+
+def _array_image(item: np.ndarray, index: int) -> Image.Image:
+    """A uint8 HxW or HxWx3 array as a PIL image; any other array is refused in one line."""
     if item.dtype != np.uint8 or not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] == 3)):
         raise VislabError(
             f"{MEMORY_NAME.format(index)}: a numpy array of shape {item.shape} and dtype {item.dtype}; "

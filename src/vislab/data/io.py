@@ -323,6 +323,8 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages
     command line (predict, explain). A broken link, a pipe or a looping link inside a folder
     is not read but listed in `skipped` with its reason, so the caller can report it."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not items:
+        raise VislabError("no images given; pass image files or folders of images")
     found: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for item in items:
