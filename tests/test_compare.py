@@ -343,3 +343,20 @@ def test_runs_scored_on_different_test_sets_are_flagged(tmp_path, capsys) -> Non
     compare_runs([a, c])
     err = capsys.readouterr().err.splitlines()
     assert err[-1] == "compare: warning: the best validation figures of these runs come from different validation sets (a: (val: manifest); c: (val: held out 10% of train (seed 2)))"
+
+
+def test_a_split_no_run_has_is_one_line_naming_the_sets_there_are(runs, tmp_path, capsys) -> None:
+    res = CliRunner().invoke(app, ["compare", str(runs[0]), "--split", "tset", "--format", "csv"])
+    assert res.exit_code == 2
+    assert res.output == f"error: {runs[0]}/eval/tset: not evaluated (have: test); run `vislab evaluate {runs[0]} --split tset`\n"
+    report = CliRunner().invoke(app, ["report", str(runs[0]), "--split", "tset", "--no-cams"])
+    assert report.output.splitlines()[-1] == res.output.strip()  # report --split says it alike
+    with pytest.raises(VislabError, match=r"^--split tset: none of the 3 runs has eval/tset \(have: test\); run `vislab evaluate RUN --split tset`"):
+        compare_runs(runs, split="tset")
+
+    other = shutil.copytree(runs[1], tmp_path / "other")
+    shutil.move(other / "eval" / "test", other / "eval" / "val")
+    capsys.readouterr()
+    df = compare_runs([runs[0], other])  # one run lacks eval/test: compared, with a word
+    assert pd.isna(df.loc[1, "test_acc"]) and not pd.isna(df.loc[0, "test_acc"])
+    assert capsys.readouterr().err == f"compare: warning: {other}/eval/test: not evaluated (have: val); run `vislab evaluate {other} --split test`\n"

@@ -161,6 +161,7 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
     if not run_dirs:
         raise VislabError("compare: none of the given paths is a run directory (a folder `vislab train` wrote)")
     runs = [read_run(r) for r in run_dirs]
+    _check_split(runs, split)
     for d in runs:
         stale = d.stale_eval(d.evals.get(split))
         if stale:
@@ -189,6 +190,22 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
         descending = sort.startswith("-") or (not sort.startswith("+") and higher)
         df = df.sort_values(key, ascending=not descending, na_position="last", kind="stable", key=_sortable).reset_index(drop=True)
     return df
+
+
+def _check_split(runs: Sequence[RunData], split: str) -> None:
+    """Refuse a split that names no eval set of any run while some run has others (a typo such
+    as --split tset would print blank columns); warn for each run without it when others have
+    it. Runs never evaluated at all are compared on their validation figures without a word."""
+    lacking = [d for d in runs if split not in d.evals]
+    if not lacking or not any(d.evals for d in runs):
+        return
+    if len(lacking) == len(runs):
+        if len(runs) == 1:
+            raise VislabError(runs[0].not_evaluated(split))
+        have = ", ".join(dict.fromkeys(name for d in runs for name in d.evals))
+        raise VislabError(f"--split {split}: none of the {len(runs)} runs has eval/{split} (have: {have}); run `vislab evaluate RUN --split {split}` or pick one of those")
+    for d in lacking:
+        _warn(d.not_evaluated(split))
 
 
 def _warn(text: str) -> None:

@@ -95,14 +95,17 @@ class RunData:
         aberration stress test: its numbers are not the split's), else None."""
         if split is not None:
             if split not in self.evals:
-                have = ", ".join(self.evals) or "none"
-                raise VislabError(
-                    f"{self.run_dir}/eval/{split}: not evaluated (have: {have}); run `vislab evaluate {self.run_dir} --split {split}`"
-                )
+                raise VislabError(self.not_evaluated(split))
             return self.evals[split]
         if "test" in self.evals:
             return self.evals["test"]
         return next((ev for ev in self.evals.values() if not ev.metrics.get("variant")), None)
+
+    def not_evaluated(self, split: str) -> str:
+        """Why the run has no figures for `split`: the eval sets it has and how to add this one
+        (`vislab report --split` and `vislab compare --split` say it alike)."""
+        have = ", ".join(self.evals) or "none"
+        return f"{self.run_dir}/eval/{split}: not evaluated (have: {have}); run `vislab evaluate {self.run_dir} --split {split}`"
 
     def stale_eval(self, ev: EvalSet | None) -> str | None:
         """Why `ev`'s numbers are not those of the run's checkpoint now (None when they are, or
