@@ -122,3 +122,22 @@ def test_photos_csv_that_is_not_collects_is_a_one_line_error(tmp_path):
     other.write_text("file,label\na.jpg,cat\n")
     result = runner.invoke(app, ["curate", "--photos", str(other), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2 and "written by `vislab collect`" in result.stderr
+
+
+def test_a_photos_csv_without_rows_is_named_as_listing_no_photos(tmp_path):
+    """A collect that downloaded nothing leaves a photos.csv of its header alone; curate said
+    'no files found in None'."""
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    header = "id,source,query,label,license,license_name,license_url,owner,owner_name,title,page_url,url,width,height,date_taken,bytes,sha256,file"
+    (downloads / "photos.csv").write_text(header + "\n")
+    result = runner.invoke(app, ["curate", "--photos", str(downloads), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        f"error: {downloads / 'photos.csv'}: lists no photos (no row names a file; did `vislab collect` download none?); "
+        "collect some, or pass another --photos\n"
+    )
+    assert not (tmp_path / "ds").exists()
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["curate", str(tmp_path / "empty"), "--photos", str(downloads), "--out", str(tmp_path / "ds")])
+    assert result.exit_code == 2 and f"no files found in {tmp_path / 'empty'}, {downloads / 'photos.csv'};" in result.stderr

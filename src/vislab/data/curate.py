@@ -53,7 +53,7 @@ from vislab.data.manifest import (
     unfinished_curation,
     write_manifest,
 )
-from vislab.data.photos import read_photos_csv
+from vislab.data.photos import photos_csv_path, read_photos_csv
 from vislab.data.split import assign_splits, class_warnings, parse_ratios, select_classes
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError
@@ -538,6 +538,16 @@ def _conflicts(df: pd.DataFrame, why: dict[str, str]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
+def _nothing_found(opts: CurateOptions, roots: list[str]) -> str:
+    """Why curate found no files, naming every source it read: a photos.csv read alone whose
+    rows name no file is what `vislab collect` writes when it downloaded nothing."""
+    photos = photos_csv_path(opts.photos) if opts.photos is not None else None
+    if photos is not None and not roots and opts.labels is None and opts.ratings is None:
+        return f"{photos}: lists no photos (no row names a file; did `vislab collect` download none?); collect some, or pass another --photos"
+    where = ", ".join(str(p) for p in (*roots, photos, opts.labels, opts.ratings) if p is not None)
+    return f"no files found in {where}; check the path (hidden files are skipped)"
+
+
 class _Usable:
     """Counts usable images per class between curation steps, so a step that leaves nothing,
     or empties a class, is said loudly (and fails the command with --strict)."""
@@ -602,8 +612,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
     detect = DetectionCuration(opts, fmt) if fmt is not None else None
     found, skipped = detect.gather(out_dir) if detect is not None else _gather(opts, roots, out_dir)
     if not found:
-        where = ", ".join(roots) or str(opts.labels or opts.ratings)
-        raise VislabError(f"no files found in {where}; check the path (hidden files are skipped)")
+        raise VislabError(_nothing_found(opts, roots))
 
     started = time.perf_counter()
     paths = sorted(found)
