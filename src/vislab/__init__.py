@@ -1,7 +1,20 @@
 """vislab: curate, train, evaluate, explain and compare visual-recognition models.
 
-The Python API is the CLI, one function per command (`vislab curate` is `vislab.curate`, and
-so on); the names load on first use, so `import vislab` (and `vislab --version`) stays fast:
+The commands that make or use a dataset, a run or a model have a Python function each; their
+keywords are the command's options with underscores:
+
+    curate(*sources, out, **options)     vislab curate SOURCES --out OUT ...
+    load_config(config, overrides)       the config `vislab train CONFIG --set KEY=VALUE` trains
+    train(config, data_dir, out_dir)     vislab train CONFIG --data DATA --out OUT
+    evaluate(run_dir, split="test")      vislab evaluate RUN --split test
+    predict(run_dir, images, top_k=5)    vislab predict RUN IMAGES (rows, not printed text)
+    export_run(run_dir, format="onnx")   vislab export RUN --format onnx
+    run_sweep(config, data, out, trials=10, ...)   vislab sweep CONFIG --data --out --trials 10
+    SweepOptions                         run_sweep's options as one object
+    VislabError                          what every bad input raises, with a one-line message
+
+The other commands (report, compare, explain, serve, collect, ...) are the CLI's only. The
+names load on first use, so `import vislab` (and `vislab --version`) stays fast:
 
     from vislab import curate, evaluate, load_config, predict, train
     curate("photos", out="datasets/digits", split="0.7,0.15,0.15", seed=0)
@@ -32,6 +45,7 @@ _API = {
     "predict": "vislab.predict",
     "export_run": "vislab.export",
     "run_sweep": "vislab.sweep.study",
+    "SweepOptions": "vislab.sweep.study",
     "VislabError": "vislab.errors",
 }
 
@@ -48,3 +62,9 @@ def __getattr__(name: str) -> Any:
         if owner in sys.modules:
             globals()[api] = getattr(sys.modules[owner], api)
     return globals()[name]
+
+
+def __dir__() -> list[str]:
+    """The public API with the module's own names, so `dir(vislab)` and `help(vislab)` show
+    the functions before they are loaded."""
+    return sorted({*globals(), *_API})

@@ -630,7 +630,7 @@ def export(
     """Export a run's model (dynamic batch size) and check ONNX Runtime's outputs against PyTorch's."""
     from vislab.export import export_run
 
-    r = export_run(run_dir, fmt=fmt, out=out, opset=opset)
+    r = export_run(run_dir, format=fmt, out=out, opset=opset)
     shapes = "; ".join(f"{k} {v}" for k, v in r.inputs.items()) if len(r.inputs) > 1 else f"input {r.input_shape}"
     console.print(f"exported: {term(r.path)} ({shapes}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
 

@@ -4,6 +4,11 @@ A `VislabError` is bad input, not a bug: the CLI prints its message on one line 
 with status 2, without a traceback. The message names the file, the field and the fix.
 """
 
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
 
 class VislabError(Exception):
     """An error caused by the user's input or environment, with a one-line fix in its message."""
@@ -41,3 +46,26 @@ class TrainingInterrupted(KeyboardInterrupt):
     @property
     def exit_code(self) -> int:
         return 128 + self.signum
+
+
+def closest_name(name: str, known: Iterable[str], cutoff: float = 0.75) -> str | None:
+    """The known name a misspelt one most likely meant, for a 'did you mean' hint: the closest
+    by difflib, else the one known name that starts it or that it starts ('optimizer' ->
+    'optim'); None when no name is near."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=cutoff)
+    if close:
+        return close[0]
+    starts = [k for k in known if len(min(k, name, key=len)) >= 3 and (name.startswith(k) or k.startswith(name))]
+    return starts[0] if len(starts) == 1 else None
+
+
+def check_keywords(call: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """Refuse a keyword `call` does not take in one line naming the closest it does take, so a
+    misspelt option of the Python API (`curate(min_sise=...)`) reads like the CLI's errors."""
+    known = list(known)
+    for name in given:
+        if name not in known:
+            close = closest_name(name, known)
+            hint = f"did you mean {close}?" if close else f"it takes {', '.join(known)}"
+            raise VislabError(f"{call}: unknown option {name!r}; {hint}")

@@ -48,7 +48,8 @@ def evaluate(
     metrics (as in metrics.json, plus `eval_dir` and the run's `task`). `task_options` go to
     the run's task (its `evaluate_options`, e.g. crops_per_image); others are refused.
     `name` is the eval folder's name, to keep evaluations with other settings apart. A run
-    still training is refused unless `allow_running` (see `_check_not_training`)."""
+    still training is refused, since its best.ckpt is not final yet, unless `allow_running`:
+    then it is evaluated as it is now, said on stderr and recorded in metrics.json."""
     from vislab.data.manifest import dataset_max_pixels, manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import inside
     from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json

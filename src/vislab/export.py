@@ -248,15 +248,17 @@ def checkpoint_note(run: "LoadedRun") -> str | None:
 
 def export_run(
     run_dir: str | Path,
-    fmt: str = "onnx",
+    format: str = "onnx",  # the CLI's --format (curate takes `format` alike)
     out: str | Path | None = None,
     opset: int = 17,
     atol: float = 1e-4,
     rtol: float = 1e-3,
 ) -> ExportResult:
-    """Export a run's best checkpoint (else last) and check it; default file RUN_DIR/export/model.onnx."""
+    """Export a run's best checkpoint (else last) and check it; default file RUN_DIR/export/model.onnx.
+    The keywords are `vislab export`'s options."""
     from vislab.runs import load_run
 
+    fmt = format
     if fmt not in FORMATS:
         raise VislabError(f"--format {fmt!r}: supported formats are {', '.join(FORMATS)}")
     check_opset(opset)

@@ -304,14 +304,16 @@ def train(
     sanity: bool = False,
     callbacks: Sequence[Any] = (),
 ) -> Path:
-    """Train a classifier from a curated dataset into `out_dir`; returns the run directory.
+    """Train the model of the config's task (classification, detection, crops) on a curated
+    dataset into `out_dir`, as `vislab train CONFIG --data DATA_DIR --out OUT_DIR` does;
+    returns the run directory.
 
-    `cfg` is a RunConfig, or a YAML file or packaged recipe name loaded as `vislab train
-    --config` loads it (`train("digits-cnn", ...)`); it may be None with `resume=True` (the
-    run's config.yaml is used). `callbacks` are
-    extra Lightning callbacks (tests use them to observe training). With `sanity=True` the
-    model instead overfits one fixed batch for `train.sanity_steps` steps and the result
-    goes to `out_dir/sanity.json`.
+    `cfg` is a RunConfig (`load_config(name, overrides)`: the command's --set), or a YAML
+    file or packaged recipe name loaded as `vislab train CONFIG` loads it
+    (`train("digits-cnn", ...)`); it may be None with `resume=True` (the run's config.yaml
+    is used). `callbacks` are extra Lightning callbacks (tests use them to observe
+    training). With `sanity=True` the model instead overfits one fixed batch for
+    `train.sanity_steps` steps and the result goes to `out_dir/sanity.json`.
     """
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

@@ -56,7 +56,7 @@ from vislab.data.manifest import (
 from vislab.data.photos import photos_csv_path, read_photos_csv
 from vislab.data.split import assign_splits, class_warnings, parse_ratios, select_classes
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
-from vislab.errors import VislabError
+from vislab.errors import VislabError, check_keywords
 from vislab.fsguard import (
     folder_name_problem,
     folder_problem,
@@ -579,7 +579,9 @@ class _Usable:
 def curate(*sources: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """`vislab curate SOURCES --out OUT --option ...` from Python: the keywords are the CLI's
     options with underscores (`split="0.7,0.15,0.15"`, `max_per_class=40`, `format="yolo"`),
-    checked by CurateOptions. Returns the curation.json content."""
+    checked by CurateOptions (a misspelt one is named with the closest option). Returns the
+    curation.json content."""
+    check_keywords("curate", options, [k for k in CurateOptions.model_fields if k != "sources"])
     return run_curate(CurateOptions(sources=list(sources), **options), out)
 
 

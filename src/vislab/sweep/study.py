@@ -43,7 +43,7 @@ import signal
 import socket
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,7 +55,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from vislab.config import RunConfig, apply_overrides, build_config, load_config, parse_duration, read_yaml
-from vislab.errors import DatasetError, SettingError, TrainingInterrupted, VislabError
+from vislab.errors import DatasetError, SettingError, TrainingInterrupted, VislabError, check_keywords
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
 from vislab.sweep.space import Param, check_space, fixed_keys, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name, varies
@@ -509,9 +509,16 @@ def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOp
         write_results(study, setup, objective.out, html=False)
 
 
-def run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: SweepOptions) -> SweepResult:
+def run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: SweepOptions | None = None, **options: Any) -> SweepResult:
     """Run (or join, or continue) the study of `config` over `opts.space` on `data`, training
-    each trial into OUT/<run dir>, and write OUT/results.csv, best.yaml and sweep.html."""
+    each trial into OUT/<run dir>, and write OUT/results.csv, best.yaml and sweep.html.
+
+    The options are a `SweepOptions`, or its fields as keywords, which are `vislab sweep`'s
+    options with underscores (`trials=10, max_time="2h"`; `--set` is `overrides`)."""
+    if opts is not None and options:
+        raise VislabError("run_sweep: pass a SweepOptions or its fields as keywords, not both")
+    check_keywords("run_sweep", options, [f.name for f in fields(SweepOptions)])
+    opts = opts if opts is not None else SweepOptions(**options)
     with warnings.catch_warnings():  # heartbeats, retries and stale-trial checks are "experimental" in Optuna
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return _run_sweep(config, data, out, opts)
