@@ -169,6 +169,9 @@ def test_cli_configs_lists_and_copies(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0, res.output
     listed = {ln.split()[0]: ln.split(None, 1)[1] for ln in res.output.splitlines()}
     assert set(listed) == set(RECIPES) and all(len(d) > 20 for d in listed.values())
+    for name, text in listed.items():  # a sentence of its own, not the start of the header's paragraph
+        assert text.endswith(".") and text.count("(") == text.count(")"), (name, text)
+        assert (RECIPES_DIR / f"{name}.yaml").read_text().splitlines()[1] == "#", name
     dest = tmp_path / "flowers.yaml"
     res = invoke("configs", "copy", "flowers-transfer", str(dest))
     assert res.exit_code == 0 and dest.read_text() == (RECIPES_DIR / "flowers-transfer.yaml").read_text()
