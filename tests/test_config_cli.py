@@ -79,6 +79,13 @@ def test_unknown_key_suggests_and_names_the_source(tmp_path) -> None:
         load_config(cfg, ["train.lr=0.1"])
     res = invoke("train", str(cfg), "--set", "optim.lrr=0.1", "--show-config")
     assert res.exit_code == 2 and "--set optim.lrr=0.1: unknown key 'optim.lrr'; did you mean optim.lr?" in " ".join(res.output.split())
+    cfg.write_text("optimizer:\n  name: adamw\n  lr: 0.1\n")  # a section by a longer word: as `vislab config optm` suggests
+    with pytest.raises(VislabError, match=rf"^{re.escape(str(cfg))}: unknown key 'optimizer'; did you mean optim\? \(`vislab config` lists"):
+        load_config(cfg)
+    cfg.write_text("optimizer:\n  lr: 0.1\n")
+    with pytest.raises(VislabError, match=r"unknown key 'optimizer'; did you mean optim\.lr\?"):
+        load_config(cfg)
+    assert "did you mean optim?" in invoke("config", "optimizer").output
 
 
 def test_wrong_value_names_key_allowed_values_and_source(tmp_path) -> None:

@@ -24,7 +24,7 @@ from pydantic.fields import FieldInfo
 # the file and duration helpers live in their own modules; importing them from here stays valid
 from vislab.config_files import RECIPES_DIR, config_path, copy_recipe, load_yaml, read_yaml, recipe_description, recipe_names, recipe_path  # noqa: F401
 from vislab.durations import duration_seconds, duration_text, parse_duration  # noqa: F401
-from vislab.errors import VislabError
+from vislab.errors import VislabError, closest_name
 from vislab.tasks.registry import DEFAULT_TASK, get_task, task_names
 
 
@@ -584,6 +584,8 @@ def suggest_keys(key: str, n: int = 1, value: Any = None) -> list[str]:
     else:
         known = sections if isinstance(value, dict) else leaves
     close = difflib.get_close_matches(key, known, n=n, cutoff=0.75)
+    if not close and "." not in key:  # a section named by a longer or shorter word: 'optimizer' -> 'optim'
+        close = [name for name in (closest_name(key, known),) if name]
     if close and isinstance(value, dict) and len(value) == 1:
         inner = f"{close[0]}.{next(iter(value))}"
         return [k for k in (suggest_keys(inner, n, next(iter(value.values()))) or close)][:n]
