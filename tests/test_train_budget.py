@@ -6,6 +6,7 @@ fixed time in each forward, so the epochs cost what the test says on a busy mach
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pandas as pd
@@ -339,3 +340,23 @@ def test_the_time_before_the_first_step_counts_in_the_budget(dataset, tmp_path):
     assert 3.0 <= summary["wall_time_s"] <= 8.0 + 0.5
     assert 1 <= summary["epochs_completed"] < 20
     assert_one_story(run)
+
+
+class SlowValidation(Callback):
+    """From epoch `epoch` (counted from 0) every validation forward takes `eval_s`."""
+
+    def __init__(self, epoch: int, eval_s: float) -> None:
+        self.epoch, self.eval_s = epoch, eval_s
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            pl_module.model.eval_s = self.eval_s
+
+
+def test_an_epoch_that_ends_past_the_budget_says_the_budget_is_spent(dataset, tmp_path, capsys):
+    # the first epoch's validation outlasts the whole budget: its end found -3 s left and said
+    # the next epoch 'would not fit in the -3 s left'
+    run = train(paced(0.02, 0.02, train={"epochs": 6}), dataset, tmp_path / "run", max_time="5s", callbacks=[SlowValidation(0, 8.0)])
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("time budget:")]
+    assert len(lines) == 1 and re.fullmatch(r"time budget: stopping after epoch 1: the time budget is spent \(\d+ s over, this epoch's last.ckpt counted\)", lines[0]), lines
+    assert read(run, "summary.json")["epochs_completed"] == 1

@@ -375,7 +375,9 @@ class TimeBudget(Timer):
             return
         if fit == 0:
             need = self._cost(done, done - 1, last) * BUDGET_MARGIN
-            why = f"stopping after epoch {done}: epoch {done + 1} (~{need:.0f} s with validation and saving) would not fit in the {left:.0f} s left"
+            over = f" ({-left:.0f} s over, this epoch's last.ckpt counted)" if left <= -0.5 else ""
+            why = (f"stopping after epoch {done}: the time budget is spent{over}" if left < 0.5 else
+                   f"stopping after epoch {done}: epoch {done + 1} (~{need:.0f} s with validation and saving) would not fit in the {left:.0f} s left")
             self._request(trainer, True, why)
             return
         why = (f"epochs take ~{last:.1f} s here, so only {fit} more of the {planned - done} planned fit "
