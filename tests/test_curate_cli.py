@@ -168,7 +168,7 @@ def test_materialize_modes(tmp_path, src, mode):
     result = invoke("materialize", ds, "--out", out, "--mode", mode)
     assert result.exit_code == 0, result.output
     files = sorted(p for p in out.rglob("*") if p.is_file() and not p.name.startswith("."))
-    assert len(files) == 14 and "14 files" in result.stdout
+    assert len(files) == 14 and result.stdout == f"14 files written into {out} ({mode})\n"  # no blank line from the progress bar
     assert {p.relative_to(out).parts[0] for p in files} == {"train", "val", "test"}
     manifest = pd.read_csv(ds / "manifest.csv", keep_default_na=False)
     ok = manifest[manifest["status"] == "ok"]

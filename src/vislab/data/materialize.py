@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from rich.console import Console
 from rich.progress import Progress
 
 from vislab.data.csvfile import line_of_row
@@ -202,7 +203,9 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
     for i, folder in enumerate(folders):
         by_folder.setdefault(folder, []).append(i)
     try:
-        with Progress(transient=True) as progress:
+        # on stderr, and only on a terminal: elsewhere rich writes a blank line when it stops
+        shown = Console(stderr=True)
+        with Progress(console=shown, transient=True, disable=not shown.is_terminal) as progress:
             task = progress.add_task(f"{mode} files", total=len(paths))
             for folder, rows in sorted(by_folder.items()):
                 place = _make_folder(out, folder)
