@@ -158,3 +158,20 @@ def test_api_names_are_the_functions_not_their_modules():
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_the_files_and_extras_the_readme_names_are_the_checkouts():
+    """A path in backquotes is one a reader can open from the checkout, and each `pip install`
+    of extras asks for extras pyproject.toml defines, all of those the command needs (the
+    transfer benchmark's peers load the `weights` extra's ImageNet weights too)."""
+    import tomllib
+
+    root = README.parent
+    text = README.read_text()
+    paths = set(re.findall(r"`((?:src|tests|benchmarks|configs|vislab)/[\w./-]+\.(?:py|yaml|html))`", text))
+    assert paths and [p for p in sorted(paths) if not (root / p).is_file()] == []
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for wanted in re.findall(r'pip install -e "\.\[([\w,]+)\]"', text):
+        assert set(wanted.split(",")) <= set(extras), wanted
+    peers = re.search(r'interpreter of an environment with vislab\[([\w,]+)\]', (root / "benchmarks/transfer.py").read_text()).group(1)
+    assert f'`benchmarks/transfer.py` (`pip install -e ".[{peers}]"` for the peers' in " ".join(text.split())
