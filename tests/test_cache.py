@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -311,3 +312,48 @@ def test_prepare_killed_outright_leaves_no_workers_behind(tmp_path: Path) -> Non
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert wait_group_gone(proc.pid, timeout=10) == []
+
+
+def _build_stale(ds: str, barrier: Any, out: Any) -> None:
+    """A training's build of a stale store in its own process; puts (outcome, the store it
+    got, stderr) on `out`."""
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    barrier.wait()
+    try:
+        with contextlib.redirect_stderr(err):
+            cache = cache_mod.prepare_cache(ds, 48, workers=1, skip_unreadable=True, in_memory=False)
+        out.put(("ok", str(cache.root), err.getvalue()))
+    except BaseException as e:  # noqa: BLE001 - the outcome is the test's
+        out.put((f"{type(e).__name__}: {e}", "", err.getvalue()))
+
+
+def test_trainings_starting_together_on_a_stale_store_build_it_once(tmp_path: Path) -> None:
+    """Four processes rebuilding one stale store at once: one rebuilds it, the others wait for
+    it and open it (they once raced each other's rmtree and rename: 'Directory not empty')."""
+    import multiprocessing as mp
+
+    rows = [
+        {"path": str(write_image(tmp_path / "src" / f"{c}/{i}.png", seed=i, size=(96, 80)).resolve()), "label": c, "split": "train", "status": "ok"}
+        for c in "ab"
+        for i in range(30)
+    ]
+    write_manifest(pd.DataFrame(rows), tmp_path / "ds")
+    ds = str(tmp_path / "ds")
+    cache_mod.prepare_cache(ds, 48, workers=1)
+    os.utime(rows[0]["path"], ns=(1, 1))  # same pixels, another mtime: the store is stale
+    ctx = mp.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_build_stale, args=(ds, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert [g[0] for g in got] == ["ok"] * 4, got
+    assert len({g[1] for g in got}) == 1
+    assert sum("changed since it was prepared" in g[2] for g in got) == 1, [g[2] for g in got]
+    assert cache_mod.open_cache(ds, 48) is not None
+

@@ -142,3 +142,44 @@ def lock_holder(folder: str | Path) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+@contextmanager
+def waiting_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive flock on the file `path` (created if absent) for the block, waiting
+    while another process holds it: for work that two processes may both start and the second
+    should do after the first (then see its result) instead of alongside it.
+
+    The holder removes the file as it lets go, so none is left behind: a waiter that then
+    gets the removed file's lock sees it is no longer the one `path` names and locks the new
+    one. An OSError opening it (a read-only folder) is the caller's to explain; on a
+    filesystem without flock support the block runs unlocked, after a warning."""
+    import fcntl
+
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise VislabError(f"{path}: not a regular file; remove it (vislab keeps a lock there)")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:
+            print(f"warning: {path}: cannot lock it ({err.strerror or err}); another process doing the same work would not be noticed", flush=True)
+            locked = False
+            break
+        if _still_named(fd, path):
+            _HELD_LOCKS.add(fd)
+            locked = True
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        if locked:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        _HELD_LOCKS.discard(fd)
+        os.close(fd)

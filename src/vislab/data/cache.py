@@ -25,6 +25,9 @@ Correctness rules (the checks themselves live in `cache_check`):
   error, and the temporary folder is removed on any failure.
 - A store is written into a temporary folder and renamed into place in one step, so a
   crash leaves no half-written store under the real key.
+- Builds of one store hold `cache/<key>.lock` (the next waits) and look for a valid store
+  again once they hold it, so trainings that start together build it once and none removes
+  a store another is renaming into place.
 - The pixels are exactly what the eval transform produces before its centre crop, so that
   `BatchTransform`'s centre crop of them is exactly what `vislab evaluate` feeds the model:
   decode with EXIF orientation and the file loaders' JPEG draft hint
@@ -62,6 +65,7 @@ from vislab.data.cache_check import (
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, pid_alive
+from vislab.locks import waiting_lock
 from vislab.workers import die_with_parent
 
 CACHE_DIRNAME = "cache"
@@ -423,22 +427,42 @@ def prepare_cache(
     core) with a progress bar on `console` (None = silent). An image that cannot be read
     is an `unreadable` row with `skip_unreadable` (what training asks for: it skips them up
     to `train.health.max_bad_images`), else a one-line error.
+
+    Builds of one store wait for each other (a lock file beside it), so two trainings that
+    start together build it once.
     """
     pixels = pixels_of(size, interpolation, keep, grey)
     dataset_dir = Path(dataset_dir)
-    stale = _Stale()
-    if not force:
-        found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
+    if not force:  # without the lock: a valid store is served at once
+        found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
         if found is not None:
             return found
-    df = read_manifest(dataset_dir)
     sha = manifest_hash(dataset_dir)
+    root = cache_root(dataset_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    # one build per store at a time: the next waits, then opens what the first built
+    with waiting_lock(root / f"{pixels.key(sha)}.lock"):
+        stale = _Stale()
+        if not force:
+            found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
+            if found is not None:
+                return found
+        _build(dataset_dir, root, sha, pixels, stale, workers, console, skip_unreadable)
+        found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
+    if found is None:  # pragma: no cover - only if the dataset changed during the build
+        raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
+    return found
+
+
+def _build(
+    dataset_dir: Path, root: Path, sha: str, pixels: Pixels, stale: _Stale, workers: int, console: Any, skip_unreadable: bool
+) -> None:
+    """Write the store into a temporary folder and rename it over the key's (with its lock held)."""
+    df = read_manifest(dataset_dir)
     rows = usable(df)
     if rows.empty:
         raise VislabError(f"{dataset_dir}: the manifest has no usable rows (status ok) to prepare")
     key = pixels.key(sha)
-    root = cache_root(dataset_dir)
-    root.mkdir(parents=True, exist_ok=True)
     _clean_tmp(root, key)
     paths = rows["path"].tolist()
     stats = file_stats(paths)  # before decoding: a file changed meanwhile is caught on the next open
@@ -492,17 +516,10 @@ def prepare_cache(
         final = root / key
         if final.exists():  # stale or partial (a valid one returned above), or force
             shutil.rmtree(final)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process renamed its copy first: use that one
-            shutil.rmtree(tmp, ignore_errors=True)
+        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
-    if found is None:  # pragma: no cover - only if the dataset changed during the build
-        raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
-    return found
 
 
 def _copy_rows(old: Path, new: Path, rows_per_step: int = 4096) -> None:
