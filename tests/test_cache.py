@@ -357,3 +357,27 @@ def test_trainings_starting_together_on_a_stale_store_build_it_once(tmp_path: Pa
     assert sum("changed since it was prepared" in g[2] for g in got) == 1, [g[2] for g in got]
     assert cache_mod.open_cache(ds, 48) is not None
 
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_dataset_folder_is_one_line_naming_it_and_the_ways_out(tmp_path: Path) -> None:
+    """A dataset on a read-only share: building its store (none yet, or a stale one) is one
+    line, not an OSError traceback; a store prepared before is still served."""
+    ds = _dataset(tmp_path)
+    try:
+        ds.chmod(0o555)
+        with pytest.raises(VislabError, match=r"cache: the cache cannot be written there .*data\.cache: false.*vislab prepare"):
+            cache_mod.prepare_cache(ds, 16, workers=1, skip_unreadable=True)
+        res = CliRunner().invoke(app, ["prepare", str(ds), "--size", "16", "--workers", "1"])
+        assert res.exit_code == 2 and "the cache cannot be written there" in res.output and "Traceback" not in res.output
+        ds.chmod(0o755)
+        cache_mod.prepare_cache(ds, 16, workers=1)
+        (ds / "cache").chmod(0o555)
+        assert len(cache_mod.prepare_cache(ds, 16, workers=1, skip_unreadable=True)) == 6  # served as it is
+        os.utime(read_manifest(ds)["path"][0], ns=(1, 1))  # stale: to be rebuilt, in a read-only folder
+        with pytest.raises(VislabError, match="cannot be written there"):
+            cache_mod.prepare_cache(ds, 16, workers=1, skip_unreadable=True)
+    finally:
+        ds.chmod(0o755)
+        if (ds / "cache").exists():
+            (ds / "cache").chmod(0o755)
+

@@ -27,7 +27,9 @@ Correctness rules (the checks themselves live in `cache_check`):
   crash leaves no half-written store under the real key.
 - Builds of one store hold `cache/<key>.lock` (the next waits) and look for a valid store
   again once they hold it, so trainings that start together build it once and none removes
-  a store another is renaming into place.
+  a store another is renaming into place. A folder where the store cannot be written (a
+  read-only share) is one line with the ways out; a store prepared there before is served
+  without writing.
 - The pixels are exactly what the eval transform produces before its centre crop, so that
   `BatchTransform`'s centre crop of them is exactly what `vislab evaluate` feeds the model:
   decode with EXIF orientation and the file loaders' JPEG draft hint
@@ -39,15 +41,17 @@ Correctness rules (the checks themselves live in `cache_check`):
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -433,25 +437,43 @@ def prepare_cache(
     """
     pixels = pixels_of(size, interpolation, keep, grey)
     dataset_dir = Path(dataset_dir)
-    if not force:  # without the lock: a valid store is served at once
+    if not force:  # without the lock: a read-only dataset with its store prepared is served
         found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
         if found is not None:
             return found
     sha = manifest_hash(dataset_dir)
     root = cache_root(dataset_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    # one build per store at a time: the next waits, then opens what the first built
-    with waiting_lock(root / f"{pixels.key(sha)}.lock"):
-        stale = _Stale()
-        if not force:
-            found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
-            if found is not None:
-                return found
-        _build(dataset_dir, root, sha, pixels, stale, workers, console, skip_unreadable)
-        found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
+    with _writing(root, dataset_dir, pixels):
+        root.mkdir(parents=True, exist_ok=True)
+        # one build per store at a time: the next waits, then opens what the first built
+        with waiting_lock(root / f"{pixels.key(sha)}.lock"):
+            stale = _Stale()
+            if not force:
+                found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
+                if found is not None:
+                    return found
+            _build(dataset_dir, root, sha, pixels, stale, workers, console, skip_unreadable)
+            found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
     if found is None:  # pragma: no cover - only if the dataset changed during the build
         raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
     return found
+
+
+@contextmanager
+def _writing(root: Path, dataset_dir: Path, pixels: Pixels) -> Iterator[None]:
+    """A store that cannot be written under `root` (a read-only or someone else's dataset
+    folder) is one line naming the folder and the ways out, not an OSError traceback."""
+    try:
+        yield
+    except OSError as err:
+        where = Path(os.path.abspath(err.filename)) if isinstance(err.filename, (str, os.PathLike)) else None
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or where is None or not where.is_relative_to(os.path.abspath(dataset_dir)):
+            raise
+        raise VislabError(
+            f"{root}: the cache cannot be written there ({err.strerror}); set data.cache: false to train from the "
+            f"image files, or make the folder writable, or run `vislab prepare {dataset_dir} {pixels.prepare_options()}` "
+            "once where it can be written (a prepared store is then read without writing)"
+        ) from None
 
 
 def _build(
