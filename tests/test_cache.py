@@ -381,3 +381,25 @@ def test_read_only_dataset_folder_is_one_line_naming_it_and_the_ways_out(tmp_pat
         if (ds / "cache").exists():
             (ds / "cache").chmod(0o755)
 
+
+def test_training_that_builds_its_store_names_it_the_prepare_command_and_the_store_that_did_not_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`vislab prepare --size 32` builds a bilinear store; a bicubic 32-px model cannot use it,
+    and training says so, and which command would have built the store it builds."""
+    from vislab.data.cached import CachedClassifyDataModule
+
+    ds = _dataset(tmp_path)
+    prepared = cache_mod.prepare_cache(ds, 32, workers=1)
+    spec = {"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0, "interpolation": "bicubic"}
+    dm = CachedClassifyDataModule(ds, DataConfig(batch_size=4, num_workers=0), spec)
+    capsys.readouterr()
+    dm.prepare_data()
+    err = " ".join(capsys.readouterr().err.split())
+    built = cache_mod.open_cache(ds, **dm.cache_pixels())
+    assert built is not None and built.root != prepared.root
+    assert f"cache {built.root}: building it (`vislab prepare {ds} --size 32x32 --interpolation bicubic` builds it ahead)" in err
+    assert f"cache {prepared.root}: not this model's store (interpolation bilinear, this model's bicubic)" in err
+    capsys.readouterr()
+    dm.prepare_data()  # built: opened without a word
+    assert "building" not in capsys.readouterr().err

@@ -423,6 +423,7 @@ def prepare_cache(
     console: Any = None,
     in_memory: bool | None = None,
     skip_unreadable: bool = False,
+    explain: bool = False,
 ) -> PreparedCache:
     """The dataset's cache at `size` for a model input `keep` (default: `size`), in grey or
     colour, built first when absent, stale or `force`d.
@@ -430,7 +431,9 @@ def prepare_cache(
     Decodes every usable manifest row (all splits) in `workers` processes (0 = one per
     core) with a progress bar on `console` (None = silent). An image that cannot be read
     is an `unreadable` row with `skip_unreadable` (what training asks for: it skips them up
-    to `train.health.max_bad_images`), else a one-line error.
+    to `train.health.max_bad_images`), else a one-line error. `explain` (training, which
+    builds its store unasked) names the store it builds, the `vislab prepare` command for it
+    and any store of the manifest that does not fit the model, and why.
 
     Builds of one store wait for each other (a lock file beside it), so two trainings that
     start together build it once.
@@ -452,6 +455,8 @@ def prepare_cache(
                 found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
                 if found is not None:
                     return found
+            if explain:
+                _explain_build(dataset_dir, root, sha, pixels)
             _build(dataset_dir, root, sha, pixels, stale, workers, console, skip_unreadable)
             found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
     if found is None:  # pragma: no cover - only if the dataset changed during the build
@@ -474,6 +479,37 @@ def _writing(root: Path, dataset_dir: Path, pixels: Pixels) -> Iterator[None]:
             f"image files, or make the folder writable, or run `vislab prepare {dataset_dir} {pixels.prepare_options()}` "
             "once where it can be written (a prepared store is then read without writing)"
         ) from None
+
+
+def _explain_build(dataset_dir: Path, root: Path, sha: str, pixels: Pixels) -> None:
+    """Say which store training builds, the `vislab prepare` command that builds it ahead,
+    and why a store of this manifest already there is not the one this model needs."""
+    print(
+        f"cache {root / pixels.key(sha)}: building it (`vislab prepare {dataset_dir} {pixels.prepare_options()}` builds it ahead)",
+        file=sys.stderr,
+        flush=True,
+    )
+    for folder in sorted(root.glob(f"{sha[:12]}-*")):
+        index = _read_index(folder) if folder.is_dir() and folder.name != pixels.key(sha) else None
+        if not index or index.get("manifest_hash") != sha:
+            continue
+        why = [
+            f"{name} {_shown(index.get(name))}, this model's {_shown(want)}"
+            for name, want in pixels.fields().items()
+            if name != "draft" and index.get(name) != want
+        ]
+        if index.get("version") != FORMAT_VERSION:
+            why.append("prepared by an older vislab")
+        print(f"cache {folder}: not this model's store ({'; '.join(why)})", file=sys.stderr, flush=True)
+
+
+def _shown(value: Any) -> str:
+    """An index field as the prepare options write it: [64, 48] -> 64x48, grey True -> yes."""
+    if isinstance(value, list):
+        return "x".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _build(

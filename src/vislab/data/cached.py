@@ -200,6 +200,7 @@ class CachedClassifyDataModule(ClassifyDataModule):
             console=Console(stderr=True),
             in_memory=False,
             skip_unreadable=True,
+            explain=True,
         )
 
     def setup(self, stage: str | None = None) -> None:
