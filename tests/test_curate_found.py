@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -147,21 +148,25 @@ curate(sys.argv[1], out=sys.argv[2], workers=1)
 """
 
 
-def test_a_curate_killed_mid_write_has_its_temporary_file_removed_by_the_next(tmp_path):
-    import signal
-
-    photos = tmp_path / "photos"
-    write_image_folder(photos, ["cat", "dog"], per_class=2)
-    ds = tmp_path / "ds"
-    killed = subprocess.Popen([sys.executable, "-c", STUCK_CURATE, str(photos), str(ds)], stdout=subprocess.PIPE, text=True)
+def killed_at(script: str, line: str, photos: Path, ds: Path) -> int:
+    """Run a curate `script` in a real process, SIGKILL it once it prints `line`; its pid."""
+    killed = subprocess.Popen([sys.executable, "-c", script, str(photos), str(ds)], stdout=subprocess.PIPE, text=True)
     try:
-        assert killed.stdout.readline().strip() == "writing"
+        assert killed.stdout.readline().strip() == line
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=60)
     finally:
         if killed.poll() is None:
             killed.kill()
-    leftover = ds / f".manifest.csv.tmp{killed.pid}"
+    return killed.pid
+
+
+def test_a_curate_killed_mid_write_has_its_temporary_file_removed_by_the_next(tmp_path):
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat", "dog"], per_class=2)
+    ds = tmp_path / "ds"
+    pid = killed_at(STUCK_CURATE, "writing", photos, ds)
+    leftover = ds / f".manifest.csv.tmp{pid}"
     assert leftover.is_file()
     live = ds / f".curation.json.tmp{os.getpid()}"  # a live process's: being written now
     live.write_text("{")
@@ -197,19 +202,10 @@ curate_module.curate(sys.argv[1], out=sys.argv[2], workers=1, split="0.5,0.25,0.
 def test_a_curate_killed_between_manifest_and_curation_json_is_made_again_and_never_trained(tmp_path):
     # the next curate into that --out refused it as 'a different dataset (made from unknown
     # inputs)', and training took its manifest as a finished dataset
-    import signal
-
     photos = tmp_path / "photos"
     write_image_folder(photos, ["cat", "dog"], per_class=4)
     ds = tmp_path / "ds"
-    killed = subprocess.Popen([sys.executable, "-c", CURATE_STOPPED_AFTER_MANIFEST, str(photos), str(ds)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert killed.stdout.readline().strip() == "written"
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=60)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
+    killed_at(CURATE_STOPPED_AFTER_MANIFEST, "written", photos, ds)
     assert (ds / "manifest.csv").is_file()
 
     cfg = tmp_path / "tiny.yaml"
