@@ -130,6 +130,9 @@ def test_evaluate_reports_every_figure_beside_the_baseline(run, dataset) -> None
     assert m["crop_acc"] == m["model"]["flag_acc"] and m["crop_factor_error"] == m["model"]["crop_factor_error"]
     # the baseline predicts the mean training rectangle: the sampler's draws for the 16 training photos
     assert m["baseline"]["flag_auc"] == 0.5 and "16 photos" in m["baseline_from"]
+    # the flag to beat is the set's majority: 12 of 18 samples cropped, always "cropped" 66.7%
+    assert m["baseline"]["flag_acc"] == pytest.approx(12 / 18) and m["baseline_predicts"]["flag"] == "cropped"
+    assert "(baseline 66.7%: always cropped)" in res.output
     preds = pd.read_csv(run / "eval" / "test" / "predictions.csv")
     assert len(preds) == 18 and preds["cropped"].sum() == 12
     assert np.load(run / "eval" / "test" / "probs.npy").shape == (18, 16, 16)
@@ -276,6 +279,7 @@ def test_report_and_compare_show_the_crops_figures(run, tmp_path) -> None:
     for sid in ("health", "metrics", "curves", "cf-error", "frames", "patches", "cases", "data", "config"):
         assert f'<section id="{sid}"' in page, sid
     assert "baseline" in page and "Crop-factor error" in page and "Patch accuracy per cell" in page
+    assert "(always not cropped)" in page and "evaluation set&#x27;s majority" in page  # a tie: 6 whole, 6 cropped
     assert 'id="confusion"' not in page
     for name in ("crops_cf_error_test.png", "crops_frames_test.png", "crops_patches_test.png", "crops_best_test.png", "crops_worst_test.png"):
         assert (run / "plots" / name).is_file(), name

@@ -9,9 +9,9 @@
 - evaluate: the fixed evaluation set of a split (`--crops-per-image N` cropped variants per
   photo beside the uncropped one; `--aberration` adds a lens profile first, written to
   eval/<split>-aberration-<values>/ beside the clean evaluation), scored with
-  metrics/crops.py beside the trivial baseline (mean training rectangle, majority flag,
-  most frequent cell) in the same evaluation; predictions.csv per sample, probs.npy the
-  patches' cell probabilities (samples x patches x cells).
+  metrics/crops.py beside the trivial baseline (mean training rectangle, the evaluation
+  set's majority flag, most frequent training cell) in the same evaluation; predictions.csv
+  per sample, probs.npy the patches' cell probabilities (samples x patches x cells).
 - predict: each photo read whole: crop probability, the estimated original frame, the
   patches' cell probabilities; a picture and a JSON per photo in RUN_DIR/predict/.
 - report and compare: report/crops.py, and the columns below.
@@ -264,8 +264,9 @@ class CropsPlugin(Task):
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         m, b = metrics.get("model", {}), metrics.get("baseline", {})
+        flag = (metrics.get("baseline_predicts") or {}).get("flag")
         parts = [
-            f"crop acc {_fmt(m.get('flag_acc'))} (baseline {_fmt(b.get('flag_acc'))})",
+            f"crop acc {_fmt(m.get('flag_acc'))} (baseline {_fmt(b.get('flag_acc'))}{f': always {flag}' if flag else ''})",
             f"AUC {_fmt(m.get('flag_auc'), False)}",
             f"patch acc {_fmt(m.get('patch_acc'))} (baseline {_fmt(b.get('patch_acc'))}, chance {_fmt((metrics.get('chance') or {}).get('patch_acc'))})",
             f"IoU {_fmt(m.get('iou'), False)} (baseline {_fmt(b.get('iou'), False)})",
