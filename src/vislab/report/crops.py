@@ -101,14 +101,16 @@ def draw_cells(fig: Figure, spec: Any, probs: np.ndarray, grid: tuple[int, int],
 
 def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[int, int], path: Path | BinaryIO) -> Path | BinaryIO:
     """predict's picture (a PNG file, or into a binary stream for `vislab serve`): the photo
-    inside its estimated original frame, and the patches' heat maps."""
+    inside its estimated original frame (`rect`: the whole canvas when the flag says not
+    cropped), and the patches' heat maps."""
     with rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(10, 4.4))
         gs = fig.add_gridspec(1, 2, width_ratios=(1.5, 1), wspace=0.1)
         ax = fig.add_subplot(gs[0])
         draw_frame(ax, photo, result["rect"])
         verdict = "cropped" if result["cropped"] else "not cropped"
-        ax.set_title(f"{verdict}: p(crop) {result['crop_prob']:.2f}, size factor {result['crop_factor']:.2f}", fontsize=10)
+        guess = "" if result["cropped"] else f" ({result['crop_factor_if_cropped']:.2f} if cropped)"
+        ax.set_title(f"{verdict}: p(crop) {result['crop_prob']:.2f}, size factor {result['crop_factor']:.2f}{guess}", fontsize=10)
         draw_cells(fig, gs[1], np.asarray(result["cells"]), grid)
         fig.text(0.62, 0.95, "patch locations in the original frame" + (" (photo turned to landscape)" if result.get("rotation") else ""), fontsize=9, color=INK)
         if not isinstance(path, (str, Path)):
