@@ -89,6 +89,17 @@ def test_evaluation_reports_model_and_baseline_in_one_pass() -> None:
     json.dumps(report)
 
 
+def test_the_baseline_flag_is_the_evaluation_sets_majority_not_the_training_crop_rate() -> None:
+    # one whole photo and three crops of it, as `evaluate --crops-per-image 3` makes; the
+    # training crop rate 0.49 would say "not cropped" (25%), a constant "cropped" scores 75%
+    rects = torch.tensor([FULL, (0, 0.5, 0, 0.5), (0.5, 1, 0, 0.5), (0, 0.5, 0.5, 1)], dtype=torch.float32)
+    ev = CropsEvaluation(num_cells=2)
+    ev.update(rects, torch.zeros(4), torch.zeros(4, 2, 2), rects, torch.tensor([0.0, 1, 1, 1]), torch.zeros(4, 2, dtype=torch.long))
+    report = ev.report(Baseline(rect=FULL, crop_rate=0.49, cell=0))
+    assert report["baseline"]["flag_acc"] == 0.75 and report["baseline"]["flag_auc"] == 0.5
+    assert report["baseline_predicts"]["flag"] == "cropped" and report["baseline_predicts"]["crop_rate"] == 0.49
+
+
 def test_one_class_set_has_no_auc() -> None:
     t = _eval_set()
     f = crops_figures(t["rect_true"][:2], np.array([0.2, 0.3]), t["cells_true"][:2], t["rect_true"][:2],

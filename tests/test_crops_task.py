@@ -130,6 +130,9 @@ def test_evaluate_reports_every_figure_beside_the_baseline(run, dataset) -> None
     assert m["crop_acc"] == m["model"]["flag_acc"] and m["crop_factor_error"] == m["model"]["crop_factor_error"]
     # the baseline predicts the mean training rectangle: the sampler's draws for the 16 training photos
     assert m["baseline"]["flag_auc"] == 0.5 and "16 photos" in m["baseline_from"]
+    # the flag to beat is the set's majority: 12 of 18 samples cropped, always "cropped" 66.7%
+    assert m["baseline"]["flag_acc"] == pytest.approx(12 / 18) and m["baseline_predicts"]["flag"] == "cropped"
+    assert "(baseline 66.7%: always cropped)" in res.output
     preds = pd.read_csv(run / "eval" / "test" / "predictions.csv")
     assert len(preds) == 18 and preds["cropped"].sum() == 12
     assert np.load(run / "eval" / "test" / "probs.npy").shape == (18, 16, 16)
@@ -254,6 +257,13 @@ def test_predict_draws_the_frame_and_writes_json_beside_it(run, dataset, tmp_pat
         assert png.parent == run / "predict" and png.is_file() and Image.open(png).size[0] > 500
         assert js == png.with_suffix(".json") and json.loads(js.read_text())["crop_prob"] == r["crop_prob"]
     assert results[1]["rotation"] in (90, 270)
+    for r in results[:2]:  # the tiny run calls every photo uncropped: it fills its frame, the estimate kept apart
+        assert not r["cropped"] and r["rect"] == [0.0, 1.0, 0.0, 1.0] and r["crop_factor"] == 1.0
+        assert len(r["rect_if_cropped"]) == 4 and 0 < r["crop_factor_if_cropped"] <= 1
+    res = invoke("predict", run, photo, broken)  # the table every task prints, not tab-separated text
+    assert res.exit_code == 0, res.output
+    assert "\t" not in res.output and "p(crop)" in res.output and "│" in res.output
+    assert "not cropped" in res.output and "if cropped" in res.output and "0.00-1.00 / 0.00-1.00" in res.output
     res = invoke("predict", run, broken)
     assert res.exit_code == 2 and "none of the 1 image(s) could be read" in res.output
 
@@ -263,9 +273,20 @@ def test_portrait_rectangles_are_turned_back() -> None:
 
     cells = [[0.0] * 16] * 16
     # the landscape view of a portrait photo turned counter-clockwise: its left strip is the photo's bottom strip
-    assert prediction_fields([0.0, 0.5, 0.0, 1.0], 0.0, cells, 90)["rect"] == [0.0, 1.0, 0.0, 0.5]
-    assert prediction_fields([0.0, 0.5, 0.0, 1.0], 0.0, cells, 270)["rect"] == [0.0, 1.0, 0.5, 1.0]
-    assert prediction_fields([0.1, 0.6, 0.2, 0.7], 0.0, cells, 0)["crop_factor"] == pytest.approx(0.5)
+    assert prediction_fields([0.0, 0.5, 0.0, 1.0], 3.0, cells, 90)["rect"] == [0.0, 1.0, 0.0, 0.5]
+    assert prediction_fields([0.0, 0.5, 0.0, 1.0], 3.0, cells, 270)["rect"] == [0.0, 1.0, 0.5, 1.0]
+    assert prediction_fields([0.1, 0.6, 0.2, 0.7], 3.0, cells, 0)["crop_factor"] == pytest.approx(0.5)
+
+
+def test_a_photo_called_uncropped_fills_its_frame_and_keeps_the_estimate_apart() -> None:
+    from vislab.tasks.crops import prediction_fields
+
+    cells = [[0.0] * 16] * 16
+    called_uncropped = prediction_fields([0.1, 0.6, 0.2, 0.7], -0.1, cells, 90)
+    assert not called_uncropped["cropped"] and called_uncropped["rect"] == [0.0, 1.0, 0.0, 1.0] and called_uncropped["crop_factor"] == 1.0
+    assert called_uncropped["rect_if_cropped"] == pytest.approx([0.3, 0.8, 0.1, 0.6]) and called_uncropped["crop_factor_if_cropped"] == pytest.approx(0.5)
+    called_cropped = prediction_fields([0.1, 0.6, 0.2, 0.7], 0.1, cells, 0)
+    assert called_cropped["rect"] == called_cropped["rect_if_cropped"] == pytest.approx([0.1, 0.6, 0.2, 0.7])
 
 
 def test_report_and_compare_show_the_crops_figures(run, tmp_path) -> None:
@@ -276,6 +297,7 @@ def test_report_and_compare_show_the_crops_figures(run, tmp_path) -> None:
     for sid in ("health", "metrics", "curves", "cf-error", "frames", "patches", "cases", "data", "config"):
         assert f'<section id="{sid}"' in page, sid
     assert "baseline" in page and "Crop-factor error" in page and "Patch accuracy per cell" in page
+    assert "(always not cropped)" in page and "evaluation set&#x27;s majority" in page  # a tie: 6 whole, 6 cropped
     assert 'id="confusion"' not in page
     for name in ("crops_cf_error_test.png", "crops_frames_test.png", "crops_patches_test.png", "crops_best_test.png", "crops_worst_test.png"):
         assert (run / "plots" / name).is_file(), name

@@ -146,6 +146,9 @@ def test_evaluate_writes_detection_metrics_and_data_matches_classes_by_name(smal
     res = ok("evaluate", reference, "--data", other_ds, "--split", "train")
     m = json.loads((reference / "eval/train-other_ds/metrics.json").read_text())
     assert m["class_match"] == {"matched": ["circle"], "run_only": ["square", "triangle"], "dataset_only": ["boat"]}
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note: classes left out")]
+    assert len(notes) == 1 and "boat (in the data, not a class of the run: its boxes are not scored)" in notes[0], res.output
+    assert "square, triangle (a class of the run with no box in the data: no AP)" in notes[0]
     assert m["at_confidence"]["per_class"]["circle"]["tp"] + m["at_confidence"]["per_class"]["circle"]["fn"] == 4  # boats are not truths
 
     unrelated = curate(write_label_dataset(tmp_path / "boats", {f"b{i}": yolo_line(0, (0.1, 0.1, 0.4, 0.4)) for i in range(3)}, size=(64, 64), names=["boat"]),
@@ -153,6 +156,38 @@ def test_evaluate_writes_detection_metrics_and_data_matches_classes_by_name(smal
     res = runner.invoke(app, ["evaluate", str(reference), "--data", str(unrelated), "--split", "train"])
     assert res.exit_code == 2 and "no box of the run's classes (square, circle, triangle)" in res.stderr and "boat" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_on_kitti_data_prints_kitti_ap_and_the_classes_left_out(tmp_path) -> None:
+    """A Car run evaluated on KITTI data with Pedestrians too: the line gives the KITTI AP the
+    devkit's difficulties give (metrics.json's `kitti`), and one note says Pedestrian's boxes
+    are not scored, since the run has no such class."""
+    from vislab.testing.detection import kitti_line
+
+    rng = np.random.default_rng(0)
+
+    def frames(prefix: str, with_pedestrians: bool) -> dict[str, str]:
+        out = {}
+        for i in range(8):
+            x, y = rng.integers(4, 40, 2)
+            text = kitti_line("Car", (x, y, x + 40, y + 44))
+            if with_pedestrians:
+                text += kitti_line("Pedestrian", (80, 10, 100, 60), 0.0, 0)
+            out[f"{prefix}{i}"] = text
+        return out
+
+    cars = curate(write_label_dataset(tmp_path / "cars", frames("c", False), size=(128, 96)), tmp_path / "cars_ds", "0.75,0.25,0")
+    both = curate(write_label_dataset(tmp_path / "both", frames("b", True), size=(128, 96), seed=1), tmp_path / "both_ds", "1,0,0")
+    run = train(tiny_detect_config(train={"epochs": 1}), cars, tmp_path / "run")
+    res = ok("evaluate", run, "--data", both, "--split", "train")
+    m = json.loads((run / "eval/train-both_ds/metrics.json").read_text())
+    assert m["class_match"] == {"matched": ["Car"], "run_only": [], "dataset_only": ["Pedestrian"]}
+    mean = m["kitti"]["mean"]
+    assert mean["moderate"] is not None
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("train-both_ds: mAP@0.5 "))
+    assert f"KITTI AP (Car) easy {mean['easy']:.1%} moderate {mean['moderate']:.1%} hard {mean['hard']:.1%}" in line, res.output
+    notes = [ln for ln in res.output.splitlines() if ln.startswith("note: ")]
+    assert notes == ["note: classes left out: Pedestrian (in the data, not a class of the run: its boxes are not scored)"], res.output
 
 
 def test_predict_draws_and_writes_boxes_and_reports_unreadable_files(small, reference, tmp_path) -> None:

@@ -73,6 +73,35 @@ def test_export_metadata_describes_the_input_preparation(tmp_path: Path) -> None
     assert json.loads((run / "export" / "model.json").read_text())["vislab_preprocess"] == pre
 
 
+@pytest.mark.parametrize("made", ["trained", "older run.json"])
+def test_a_grey_models_spec_has_one_mean_and_std_everywhere(tmp_path: Path, made: str) -> None:
+    # vislab_preprocess said 1 channel, 1 mean; vislab_data_spec and serve's /v1/models said 3
+    from fastapi.testclient import TestClient
+
+    from vislab.serve.app import create_app
+    from vislab.serve.predictors import load_all
+    from vislab.testing.synthetic import make_pattern_dataset, tiny_config
+    from vislab.train import train
+
+    if made == "trained":
+        data = make_pattern_dataset(tmp_path / "data", per_class=4, size=16)
+        cfg = tiny_config(model={"in_chans": 1}, data={"grayscale": True}, train={"epochs": 1})
+        run = train(cfg, data, tmp_path / "grey")
+        assert json.loads((run / "run.json").read_text())["data_spec"]["mean"] == [0.5]
+    else:  # a run recorded before: 3 values beside input_size [1, H, W]
+        run = make_run_dir(tmp_path, checkpoint=True, input_size=24, grayscale=True, spec={"mean": [0.2, 0.4, 0.6]}, dataset=False)
+    assert CliRunner().invoke(app, ["export", str(run)]).exit_code == 0
+    meta = {p.key: p.value for p in onnx.load(str(run / "export" / "model.onnx")).metadata_props}
+    spec = json.loads(meta["vislab_data_spec"])
+    normalize = next(s for s in json.loads(meta["vislab_preprocess"])["steps"] if s["op"] == "normalize")
+    assert spec["input_size"][0] == 1 and spec["mean"] == normalize["mean"] and spec["std"] == normalize["std"] and len(spec["mean"]) == 1
+    assert json.loads((run / "export" / "model.json").read_text())["data_spec"] == spec
+    with TestClient(create_app(load_all([run], onnx=True))) as client:
+        (model,) = client.get("/v1/models").json()["models"]
+    assert model["engine"] == "onnxruntime"  # the export's spec is this run's
+    assert model["input"]["size"][0] == 1 and model["input"]["mean"] == spec["mean"] and model["input"]["std"] == spec["std"]
+
+
 def plugin_metadata(raw: dict) -> dict:
     """The task's export metadata for a run configured by `raw` (decoded from JSON as export writes it)."""
     from types import SimpleNamespace

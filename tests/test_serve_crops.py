@@ -62,6 +62,8 @@ def test_answers_equal_vislab_predict(client, run) -> None:
         assert got["file"] == Path(exp["path"]).name and "picture" not in got
         assert got["crop_prob"] == pytest.approx(exp["crop_prob"], abs=1e-5) and got["cropped"] == exp["cropped"]
         assert got["rect"] == pytest.approx(exp["rect"], abs=1e-5) and got["rotation"] == exp["rotation"] == 0
+        assert got["rect_if_cropped"] == pytest.approx(exp["rect_if_cropped"], abs=1e-5)
+        assert got["rect"] == ([0.0, 1.0, 0.0, 1.0] if not got["cropped"] else got["rect_if_cropped"])
         assert torch.allclose(torch.tensor(got["cells"]), torch.tensor(exp["cells"]), atol=1e-5)
 
 

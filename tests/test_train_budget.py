@@ -305,6 +305,36 @@ def test_a_plan_cut_by_a_pessimistic_probe_grows_back_to_the_epochs_asked(datase
     assert_one_story(run)
 
 
+class FastFirstEpoch(Callback):
+    """The first epoch's steps take `fast_s`; from the second on they take what the probe timed."""
+
+    def __init__(self, fast_s: float) -> None:
+        self.fast_s, self.slow_s = fast_s, None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.slow_s = self.slow_s or pl_module.model.train_s
+        pl_module.model.train_s = self.fast_s if trainer.current_epoch == 0 else self.slow_s
+
+
+def test_a_plan_grows_back_only_on_two_measured_epochs(dataset, tmp_path, capsys):
+    # the probe's 0.5-s steps fit about 4 of the 12 epochs; the first epoch runs at 0.02 s a step
+    # and, judged alone, grew the plan back, yet the next ones run as slow as the probe said (a
+    # crops run grown from 2 to 4 epochs on one fast epoch; its second took 44 s, not 9, and the
+    # budget stopped it with its schedule mid-way). Nothing grows on the first epoch alone; from
+    # the second on the slower of the last two decides, and the run ends as planned at its floor
+    cfg = paced(0.5, 0.05, train={"epochs": 12}, scheduler={"name": "cosine", "warmup_epochs": 0.0})
+    run = train(cfg, dataset, tmp_path / "run", max_time="12s", callbacks=[FastFirstEpoch(0.02)])
+    out = capsys.readouterr().out
+    plan = read(run, "run.json")["plan"]
+    assert plan["epochs"] < 12, out
+    assert not [r for r in plan.get("replanned", []) if r["after_epoch"] == 1], out
+    summary = read(run, "summary.json")
+    assert summary["epochs_completed"] == summary["epochs_planned"] and summary["stopped_reason"] == "completed", out
+    assert summary["wall_time_s"] <= 12.0 + 0.5
+    rows = pd.read_csv(run / "metrics.csv")
+    assert rows["lr/last"].iloc[-1] < 0.1 * rows["lr"].max()
+
+
 def test_a_plan_grown_back_short_of_the_epochs_asked_is_still_a_cut(dataset, tmp_path):
     # the probe times 0.3 s steps (about 6 of 40 epochs fit 10 s); real steps take 0.1 s, so the
     # run grows to more than planned but far fewer than 40: each re-plan warns, none says restored

@@ -217,6 +217,11 @@ BUDGET_MARGIN = 1.02  # on measured epoch times: a next epoch starts only with t
 # 2-core flowers run grew 6 -> 7 on 2% and its epochs then slowed from 28-32 s to 34 s, so the
 # budget cut the 7th and the lr never reached its floor)
 GROW_MARGIN = 1.1
+# ... and it asks for two epochs measured in this session: the slower of them is the cost it
+# plans with (one fast first epoch grew a probe's 2-epoch crops plan to 4 under a 1-minute
+# budget; the second epoch then took 44 s, not 9, and the budget stopped the run with its
+# schedule mid-way). A plan of 2 epochs therefore runs as planned.
+GROW_AFTER = 2
 
 
 class TimeBudget(Timer):
@@ -238,7 +243,8 @@ class TimeBudget(Timer):
       stops there. A cut run, while epochs of its plan remain (its schedule still running, so
       re-planning stretches it), grows back towards `asked` (the epochs the config asked for
       before the plan cut them; else those this session started with) when the slower of its
-      last two epochs says more fit with 10% to spare (`GROW_MARGIN`): a first epoch slowed by one-off costs, such as a cold
+      last two epochs (never fewer than `GROW_AFTER` measured) says more fit with 10% to spare
+      (`GROW_MARGIN`): a first epoch slowed by one-off costs, such as a cold
       start, once cut a 60-epoch plan to 52 that later epochs ran in half the time, and a
       plan's probe that estimated 47 s an epoch where they then took 35-40 s fitted 4 of 12
       epochs in a 261-s budget and left over 80 s of it unused;
@@ -367,7 +373,8 @@ class TimeBudget(Timer):
         if fit >= planned - done:  # all that is planned fits: grow back towards what was asked?
             asked = max(self.asked or planned, planned)
             slower = max(self.cycles[-2:]) + self.save_s
-            more = int(trainer.strategy.broadcast(self._fit(done, asked, left, slower, GROW_MARGIN) if planned < asked else 0))
+            grow = planned < asked and len(self.cycles) >= GROW_AFTER
+            more = int(trainer.strategy.broadcast(self._fit(done, asked, left, slower, GROW_MARGIN) if grow else 0))
             if done + more > planned:
                 why = (f"epochs take ~{slower:.1f} s now, so {more} more fit in the {left:.0f} s left: the run "
                        f"grows back to end at epoch {done + more} (this session started with {asked})")

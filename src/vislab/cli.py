@@ -588,7 +588,10 @@ def evaluate(
     given = {"crops_per_image": crops_per_image, "aberration": aberration, "rectangle": rectangle}  # task options: only those given reach the task
     task_options = {k: v for k, v in given.items() if v is not None}
     m = run_evaluate(run_dir, split=split, data=data, tta=tta, tta_translate=tta_translate, task_options=task_options, name=name, allow_running=allow_running)
-    console.print(term(get_task(m["task"]).evaluation_line(m)), highlight=False, soft_wrap=True)
+    task = get_task(m["task"])
+    console.print(term(task.evaluation_line(m)), highlight=False, soft_wrap=True)
+    for line in task.evaluation_notes(m):
+        console.print(term(line), highlight=False, soft_wrap=True)
     console.print(f"eval: {term(m['eval_dir'])}", highlight=False, soft_wrap=True)
 
 

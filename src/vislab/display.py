@@ -5,7 +5,7 @@ report and `vislab compare` so a number reads the same everywhere.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 
 def format_rate(value: Any) -> str:
@@ -24,3 +24,22 @@ def format_rate(value: Any) -> str:
     if abs(v) >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"
+
+
+def text_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[str]], width: int = 120) -> str:
+    """A table for the terminal, the one `predict --format table` prints for every task:
+    `columns` are (header, justify); the first column (the image) folds long names. Cells
+    are rich markup: user text goes through `usertext.term` first."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for k, (header, justify) in enumerate(columns):
+        table.add_column(header, justify=justify, overflow="fold" if k == 0 else "ellipsis")  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*row)
+    console = Console(file=io.StringIO(), width=width, force_terminal=False, emoji=False)
+    console.print(table)
+    return console.file.getvalue()  # type: ignore[attr-defined]

@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from vislab.data.io import SIXTEEN_BIT_MODES, ALPHA_MODES
-from vislab.data.transforms import TRIM_ASPECT, channel_stats, decode_size, resize_size
+from vislab.channels import channel_stats
+from vislab.data.transforms import TRIM_ASPECT, decode_size, resize_size
 
 WHITE = [255, 255, 255]
 

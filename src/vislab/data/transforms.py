@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from vislab.channels import channel_stats
 from vislab.config import AugmentConfig
 
 # Keys a preset may set; None / 0 means the step is off.
@@ -69,16 +70,6 @@ def _interp(name: str) -> InterpolationMode:
 
 def _size_hw(input_size: Sequence[int]) -> tuple[int, int]:
     return int(input_size[-2]), int(input_size[-1])
-
-
-def channel_stats(values: Sequence[float], channels: int) -> list[float]:
-    """Mean/std for the channel count fed to the model (grey = the average of RGB stats)."""
-    vals = [float(v) for v in values]
-    if len(vals) == channels:
-        return vals
-    if channels == 1:
-        return [sum(vals) / len(vals)]
-    return [vals[0]] * channels if len(vals) == 1 else vals[:channels]
 
 
 def _colour_steps(grayscale: bool, channels: int) -> list[Callable]:

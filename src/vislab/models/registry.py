@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from vislab.channels import channel_stats
+
 if TYPE_CHECKING:
     import torch.nn as nn
 
@@ -30,6 +32,13 @@ class DataSpec:
     std: tuple[float, ...] = IMAGENET_STD
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        """One mean and std per channel of `input_size` (a grey model's: the RGB values
+        averaged), so every reader of the spec (run.json, serve, the export) says the same."""
+        channels = int(self.input_size[0])
+        object.__setattr__(self, "mean", tuple(channel_stats(self.mean, channels)))
+        object.__setattr__(self, "std", tuple(channel_stats(self.std, channels)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

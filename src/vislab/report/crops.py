@@ -101,14 +101,16 @@ def draw_cells(fig: Figure, spec: Any, probs: np.ndarray, grid: tuple[int, int],
 
 def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[int, int], path: Path | BinaryIO) -> Path | BinaryIO:
     """predict's picture (a PNG file, or into a binary stream for `vislab serve`): the photo
-    inside its estimated original frame, and the patches' heat maps."""
+    inside its estimated original frame (`rect`: the whole canvas when the flag says not
+    cropped), and the patches' heat maps."""
     with rc_context({**STYLE, "axes.grid": False}):
         fig = Figure(figsize=(10, 4.4))
         gs = fig.add_gridspec(1, 2, width_ratios=(1.5, 1), wspace=0.1)
         ax = fig.add_subplot(gs[0])
         draw_frame(ax, photo, result["rect"])
         verdict = "cropped" if result["cropped"] else "not cropped"
-        ax.set_title(f"{verdict}: p(crop) {result['crop_prob']:.2f}, size factor {result['crop_factor']:.2f}", fontsize=10)
+        guess = "" if result["cropped"] else f" ({result['crop_factor_if_cropped']:.2f} if cropped)"
+        ax.set_title(f"{verdict}: p(crop) {result['crop_prob']:.2f}, size factor {result['crop_factor']:.2f}{guess}", fontsize=10)
         draw_cells(fig, gs[1], np.asarray(result["cells"]), grid)
         fig.text(0.62, 0.95, "patch locations in the original frame" + (" (photo turned to landscape)" if result.get("rotation") else ""), fontsize=9, color=INK)
         if not isinstance(path, (str, Path)):
@@ -152,8 +154,9 @@ def kpis(data: RunData, page: Page) -> list[tuple[str, str, str]]:
     def card(label: str, key: str, fraction: bool, extra: str = "") -> tuple[str, str, str]:
         return (label, fmt(m.get(key), fraction), f"baseline {fmt(b.get(key), fraction)}{extra}" if ev else "not evaluated")
 
+    flag = ((ev.metrics.get("baseline_predicts") or {}).get("flag")) if ev else None
     return [
-        card("crop accuracy", "flag_acc", True),
+        card("crop accuracy", "flag_acc", True, f" (always {flag})" if flag else ""),
         (card("crop AUC", "flag_auc", False)[0], fmt(m.get("flag_auc"), False), "baseline 0.500" if ev else "not evaluated"),
         card("patch accuracy", "patch_acc", True, f", chance {fmt(chance, True)}"),
         card("rectangle IoU", "iou", False),
@@ -173,9 +176,13 @@ def _metrics_body(ev: EvalSet) -> str:
         body += "<h3>Patch accuracy per cell of the original frame</h3>" + table([f"col {c}" for c in range(cols)], cells, "per-cell")
     pred = ev.metrics.get("baseline_predicts") or {}
     stress = ev.metrics.get("aberration")
+    flag = (
+        f"the flag '{pred['flag']}' (the evaluation set's majority, the best constant guess; the training crop rate is {pred.get('crop_rate', 0):.2f})"
+        if pred.get("flag") else f"crop probability {pred.get('crop_rate', 0):.2f}"
+    )
     body += note(
-        f"Baseline: always the mean training rectangle {[round(v, 3) for v in pred.get('rect', [])]}, crop probability "
-        f"{pred.get('crop_rate', 0):.2f} and cell {pred.get('cell')}, from {ev.metrics.get('baseline_from', 'the training targets')}. "
+        f"Baseline: always the mean training rectangle {[round(v, 3) for v in pred.get('rect', [])]}, {flag} "
+        f"and cell {pred.get('cell')}, from {ev.metrics.get('baseline_from', 'the training targets')}. "
         f"{ev.metrics.get('num_samples')} samples of {ev.metrics.get('num_images')} photos ({ev.metrics.get('crops_per_image')} crop(s) per photo, "
         f"seed {ev.metrics.get('eval_seed')})." + (f" Stress test: {stress} added to every photo." if stress else "")
         + " Crop accuracy alone proves little: the random resize leaves resampling traces a net can read without any lens cue; patch accuracy is the lens cue."

@@ -190,6 +190,7 @@ def onnx_export_session(run_dir: Path, classes: Sequence[str], spec: dict[str, A
     be named wrongly); one older than the checkpoint is served with a warning."""
     from vislab.export import onnx_session
     from vislab.fsguard import regular_file_problem
+    from vislab.models.registry import DataSpec
     from vislab.runs import run_paths
 
     path = run_paths(run_dir).export_model
@@ -202,8 +203,8 @@ def onnx_export_session(run_dir: Path, classes: Sequence[str], spec: dict[str, A
         raise VislabError(f"{path}: ONNX Runtime cannot load it ({first}); run `vislab export {run_dir}` again, or serve without --onnx") from None
     meta = session.get_modelmeta().custom_metadata_map
     try:
-        same = json.loads(meta["vislab_classes"]) == list(classes) and json.loads(meta["vislab_data_spec"]) == spec
-    except (KeyError, ValueError):
+        same = json.loads(meta["vislab_classes"]) == list(classes) and DataSpec.from_dict(json.loads(meta["vislab_data_spec"])).to_dict() == spec
+    except (KeyError, ValueError, TypeError, IndexError):
         same = False
     if not same:
         raise VislabError(f"{path}: not an export of this run's model (other classes or input spec); run `vislab export {run_dir}` again, or serve without --onnx")

@@ -256,23 +256,16 @@ class ClassifyPlugin(Task):
             return buf.getvalue()
         if fmt != "table":
             raise VislabError(f"--format {fmt!r}: choose table, json or csv")
-        from rich.console import Console
-        from rich.table import Table
+        from vislab.display import text_table
 
-        table = Table(show_lines=False)
-        table.add_column("image", overflow="fold")
-        table.add_column("prediction")
-        table.add_column("prob", justify="right")
-        table.add_column("next")
+        rows = []
         for r in results:
             if "error" in r:
-                table.add_row(term(r["path"]), "[red]error[/]", "", term(r["error"]))
+                rows.append((term(r["path"]), "[red]error[/]", "", term(r["error"])))
                 continue
             rest = ", ".join(f"{t['label']} {t['prob']:.2f}" for t in r["top"][1:])
-            table.add_row(term(r["path"]), term(r["pred"]), f"{r['confidence']:.3f}", term(rest))
-        console = Console(file=io.StringIO(), width=120, force_terminal=False, emoji=False)
-        console.print(table)
-        return console.file.getvalue()  # type: ignore[attr-defined]
+            rows.append((term(r["path"]), term(r["pred"]), f"{r['confidence']:.3f}", term(rest)))
+        return text_table([("image", "left"), ("prediction", "left"), ("prob", "right"), ("next", "left")], rows)
 
     def export_metadata(self, run: "LoadedRun") -> dict[str, Any]:
         """The eval transform written out, so the .onnx file alone reproduces vislab predict."""

@@ -9,9 +9,9 @@
 - evaluate: the fixed evaluation set of a split (`--crops-per-image N` cropped variants per
   photo beside the uncropped one; `--aberration` adds a lens profile first, written to
   eval/<split>-aberration-<values>/ beside the clean evaluation), scored with
-  metrics/crops.py beside the trivial baseline (mean training rectangle, majority flag,
-  most frequent cell) in the same evaluation; predictions.csv per sample, probs.npy the
-  patches' cell probabilities (samples x patches x cells).
+  metrics/crops.py beside the trivial baseline (mean training rectangle, the evaluation
+  set's majority flag, most frequent training cell) in the same evaluation; predictions.csv
+  per sample, probs.npy the patches' cell probabilities (samples x patches x cells).
 - predict: each photo read whole: crop probability, the estimated original frame, the
   patches' cell probabilities; a picture and a JSON per photo in RUN_DIR/predict/.
 - report and compare: report/crops.py, and the columns below.
@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from vislab.config_crops import RECTANGLES, Aberrations, CropsConfig
 from vislab.errors import SettingError, VislabError
-from vislab.fsguard import printable
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
 if TYPE_CHECKING:
@@ -264,8 +263,9 @@ class CropsPlugin(Task):
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         m, b = metrics.get("model", {}), metrics.get("baseline", {})
+        flag = (metrics.get("baseline_predicts") or {}).get("flag")
         parts = [
-            f"crop acc {_fmt(m.get('flag_acc'))} (baseline {_fmt(b.get('flag_acc'))})",
+            f"crop acc {_fmt(m.get('flag_acc'))} (baseline {_fmt(b.get('flag_acc'))}{f': always {flag}' if flag else ''})",
             f"AUC {_fmt(m.get('flag_auc'), False)}",
             f"patch acc {_fmt(m.get('patch_acc'))} (baseline {_fmt(b.get('patch_acc'))}, chance {_fmt((metrics.get('chance') or {}).get('patch_acc'))})",
             f"IoU {_fmt(m.get('iou'), False)} (baseline {_fmt(b.get('iou'), False)})",
@@ -301,21 +301,36 @@ class CropsPlugin(Task):
         return results
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
-        """JSON (a list), CSV, or the same columns tab-separated as the table. The CSV and
-        JSON keep each path exactly; the table, for people, shows names through `printable`."""
+        """JSON (a list), CSV, or the table every task prints (the pictures' paths are in the
+        JSON and CSV). The CSV and JSON keep each path exactly; the table, for people, shows
+        names through `term`."""
         if fmt == "json":
             return json.dumps(results, indent=2)
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n", delimiter="," if fmt == "csv" else "\t")
-        w.writerow(["path", "crop_prob", "cropped", "x1", "x2", "y1", "y2", "crop_factor", "picture", "error"])
+        if fmt == "csv":
+            buf = io.StringIO()
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(["path", "crop_prob", "cropped", "x1", "x2", "y1", "y2", "crop_factor", "crop_factor_if_cropped", "picture", "error"])
+            for r in results:
+                rect = [f"{v:.3f}" for v in r["rect"]] if "rect" in r else [""] * 4
+                prob, cf, cf_if = (f"{r[k]:.3f}" if k in r else "" for k in ("crop_prob", "crop_factor", "crop_factor_if_cropped"))
+                w.writerow([r["path"], prob, r.get("cropped", ""), *rect, cf, cf_if, r.get("picture", ""), r.get("error", "")])
+            return buf.getvalue()
+        if fmt != "table":
+            raise VislabError(f"--format {fmt!r}: choose table, json or csv")
+        from vislab.display import text_table
+        from vislab.usertext import term
+
+        rows = []
         for r in results:
-            rect = [f"{v:.3f}" for v in r["rect"]] if "rect" in r else [""] * 4
-            prob = f"{r['crop_prob']:.3f}" if "crop_prob" in r else ""
-            cf = f"{r['crop_factor']:.3f}" if "crop_factor" in r else ""
-            text = [r["path"], r.get("picture", ""), r.get("error", "")]
-            path, picture, error = text if fmt == "csv" else map(printable, text)
-            w.writerow([path, prob, r.get("cropped", ""), *rect, cf, picture, error])
-        return buf.getvalue()
+            if "error" in r:
+                rows.append((term(r["path"]), "[red]error[/]", "", "", "", term(r["error"])))
+                continue
+            x1, x2, y1, y2 = r["rect"]
+            rows.append((term(r["path"]), "cropped" if r["cropped"] else "not cropped", f"{r['crop_prob']:.3f}", f"{r['crop_factor']:.2f}",
+                         f"{r['crop_factor_if_cropped']:.2f}", f"{x1:.2f}-{x2:.2f} / {y1:.2f}-{y2:.2f}"))
+        columns = [("image", "left"), ("prediction", "left"), ("p(crop)", "right"), ("size factor", "right"),
+                   ("if cropped", "right"), ("in its frame: x / y", "left")]
+        return text_table(columns, rows)
 
     def export_metadata(self, run: "LoadedRun") -> dict[str, Any]:
         """What the uint8 inputs are and who builds them (data_spec describes the thumbnail branch only)."""
@@ -364,9 +379,14 @@ class CropsPlugin(Task):
         return (n if isinstance(n, int) else None), None
 
 
+FULL_FRAME = [0.0, 1.0, 0.0, 1.0]  # the rectangle of a photo called uncropped: it is its own original frame
+
+
 def prediction_fields(rect: Sequence[float], flag_logit: float, cell_probs: list[list[float]], rotation: int) -> dict[str, Any]:
-    """predict's fields of one photo from the model's outputs on its landscape view: the
-    rectangle clipped to the frame and turned back to the photo's orientation."""
+    """predict's and serve's fields of one photo from the model's outputs on its landscape
+    view: the rectangle clipped to the frame and turned back to the photo's orientation. A
+    photo the flag calls uncropped fills its frame (`rect` the full frame, `crop_factor` 1);
+    the rectangle the model gives stays in `rect_if_cropped` (`crop_factor_if_cropped`)."""
     import math
 
     x1, x2, y1, y2 = (min(max(v, 0.0), 1.0) for v in rect)
@@ -375,9 +395,15 @@ def prediction_fields(rect: Sequence[float], flag_logit: float, cell_probs: list
     elif rotation == 270:
         x1, x2, y1, y2 = y1, y2, 1 - x2, 1 - x1
     prob = 1 / (1 + math.exp(-flag_logit))
+    estimate = [x1, x2, y1, y2]
+    shown = estimate if prob > 0.5 else list(FULL_FRAME)
+
+    def factor(r: list[float]) -> float:
+        return math.sqrt(max(r[1] - r[0], 0) * max(r[3] - r[2], 0))
+
     return {
-        "crop_prob": prob, "cropped": prob > 0.5, "rect": [x1, x2, y1, y2],
-        "crop_factor": math.sqrt(max(x2 - x1, 0) * max(y2 - y1, 0)), "rotation": rotation, "cells": cell_probs,
+        "crop_prob": prob, "cropped": prob > 0.5, "rect": shown, "crop_factor": factor(shown),
+        "rect_if_cropped": estimate, "crop_factor_if_cropped": factor(estimate), "rotation": rotation, "cells": cell_probs,
     }
 
 

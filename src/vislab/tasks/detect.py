@@ -206,11 +206,27 @@ class DetectPlugin(Task):
         def pct(v: Any) -> str:
             return f"{v:.1%}" if isinstance(v, (int, float)) else "n/a"
 
+        kitti = metrics.get("kitti") or {}
+        mean = kitti.get("mean") or {}
+        kitti_txt = (
+            f", KITTI AP ({', '.join(kitti.get('per_class') or {})}) easy {pct(mean.get('easy'))} moderate {pct(mean.get('moderate'))} "
+            f"hard {pct(mean.get('hard'))}" if mean else ""
+        )
         return (
             f"{metrics['name']}: mAP@0.5 {pct(metrics.get('map50'))}, mAP@0.5:0.95 {pct(metrics.get('map50_95'))}, "
             f"P {pct(metrics.get('precision_at_conf'))} R {pct(metrics.get('recall_at_conf'))} F1 {pct(metrics.get('f1_at_conf'))} "
-            f"at conf {metrics.get('conf')} on {metrics.get('num_samples')} images"
+            f"at conf {metrics.get('conf')}{kitti_txt} on {metrics.get('num_samples')} images"
         )
+
+    def evaluation_notes(self, metrics: dict[str, Any]) -> list[str]:
+        """One line when the data's classes and the run's differ (evaluate --data OTHER)."""
+        match = metrics.get("class_match") or {}
+        parts = []
+        if match.get("dataset_only"):
+            parts.append(f"{', '.join(match['dataset_only'])} (in the data, not a class of the run: its boxes are not scored)")
+        if match.get("run_only"):
+            parts.append(f"{', '.join(match['run_only'])} (a class of the run with no box in the data: no AP)")
+        return [f"note: classes left out: {'; '.join(parts)}"] if parts else []
 
     def predict(self, run: "LoadedRun", files: Sequence[Path], **options: Any) -> list[dict[str, Any]]:
         from vislab.tasks.detect_eval import predict_files

@@ -250,19 +250,13 @@ def format_predictions(results: list[dict[str, Any]], fmt: str) -> str:
         return buf.getvalue()
     if fmt != "table":
         raise VislabError(f"--format {fmt!r}: choose table, json or csv")
-    from rich.console import Console
-    from rich.table import Table
+    from vislab.display import text_table
 
-    table = Table(show_lines=False)
-    table.add_column("image", overflow="fold")
-    table.add_column("boxes", justify="right")
-    table.add_column("best")
+    rows = []
     for r in results:
         if "error" in r:
-            table.add_row(term(r["path"]), "[red]error[/]", term(r["error"]))
+            rows.append((term(r["path"]), "[red]error[/]", term(r["error"])))
             continue
         best = ", ".join(f"{b['class']} {b['score']:.2f}" for b in sorted(r["boxes"], key=lambda b: -b["score"])[:5])
-        table.add_row(term(r["path"]), str(len(r["boxes"])), term(best))
-    console = Console(file=io.StringIO(), width=120, force_terminal=False, emoji=False)
-    console.print(table)
-    return console.file.getvalue()  # type: ignore[attr-defined]
+        rows.append((term(r["path"]), str(len(r["boxes"])), term(best)))
+    return text_table([("image", "left"), ("boxes", "right"), ("best", "left")], rows)

@@ -204,6 +204,10 @@ class Task(ABC):
         """The line `vislab evaluate` prints."""
         return f"{metrics.get('name')}: evaluated {metrics.get('num_samples', '?')} images"
 
+    def evaluation_notes(self, metrics: dict[str, Any]) -> list[str]:
+        """Lines `vislab evaluate` prints after its line: what the figures leave out, and why."""
+        return []
+
     @abstractmethod
     def predict(self, run: "LoadedRun", files: Sequence[Path], **options: Any) -> list[dict[str, Any]]:
         """One dict per image file, in order: its results, or `error` for a file that cannot be read."""
