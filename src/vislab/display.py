@@ -28,18 +28,22 @@ def format_rate(value: Any) -> str:
 
 def text_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence[str]], width: int = 120) -> str:
     """A table for the terminal, the one `predict --format table` prints for every task:
-    `columns` are (header, justify); the first column (the image) folds long names. Cells
-    are rich markup: user text goes through `usertext.term` first."""
+    `columns` are (header, justify); the table grows past `width` as far as its longest row
+    needs, so each image's name stays on one line. Cells are rich markup: user text goes
+    through `usertext.term` first."""
     import io
 
     from rich.console import Console
     from rich.table import Table
 
+    rows = list(rows)
     table = Table(show_lines=False)
     for k, (header, justify) in enumerate(columns):
         table.add_column(header, justify=justify, overflow="fold" if k == 0 else "ellipsis")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(*row)
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, emoji=False)
+    # wide enough for every cell on one line (a path folded over two lines cannot be copied back)
+    need = sum(max([len(header), *(len(row[k]) for row in rows)]) + 3 for k, (header, _) in enumerate(columns)) + 1
+    console = Console(file=io.StringIO(), width=max(width, need), force_terminal=False, emoji=False)
     console.print(table)
     return console.file.getvalue()  # type: ignore[attr-defined]
