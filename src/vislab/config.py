@@ -330,8 +330,8 @@ def _check_monitors(cfg: "RunConfig", task: str, metrics: tuple[str, ...]) -> No
     for loc, name in watched:
         if name is None or name in metrics or (loc == ("train", "monitor") and name == LAST_EPOCH_MONITOR):
             continue
-        close = difflib.get_close_matches(name, metrics, n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else f"choose from {', '.join(metrics)}"
+        close = closest_name(name, metrics, cutoff=0.6)
+        hint = f"did you mean {close}?" if close else f"choose from {', '.join(metrics)}"
         raise _key_error(loc, name, f"is not a metric task {task} logs; {hint}")
 
 

@@ -6,14 +6,13 @@ these names."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from vislab.errors import VislabError
+from vislab.errors import VislabError, closest_name
 
 RECIPES_DIR = Path(__file__).parent / "recipes"
 
@@ -74,8 +73,8 @@ def config_path(path: str | Path) -> Path:
     recipe = recipe_path(str(path)) if p.parent == Path(".") else None
     if recipe is not None:
         return recipe
-    close = difflib.get_close_matches(p.name.removesuffix(".yaml"), recipe_names(), n=1)
-    hint = f"did you mean the recipe {close[0]}?" if close else f"pass a YAML file or a recipe name ({', '.join(recipe_names())})"
+    close = closest_name(p.name.removesuffix(".yaml"), recipe_names(), cutoff=0.6)
+    hint = f"did you mean the recipe {close}?" if close else f"pass a YAML file or a recipe name ({', '.join(recipe_names())})"
     raise VislabError(f"{p}: config file not found; {hint}")
 
 
@@ -84,8 +83,8 @@ def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
     an existing file is never overwritten."""
     src = recipe_path(name)
     if src is None:
-        close = difflib.get_close_matches(name, recipe_names(), n=1)
-        hint = f"did you mean {close[0]}?" if close else f"choose one of {', '.join(recipe_names())}"
+        close = closest_name(name, recipe_names(), cutoff=0.6)
+        hint = f"did you mean {close}?" if close else f"choose one of {', '.join(recipe_names())}"
         raise VislabError(f"configs copy: no recipe '{name}'; {hint}")
     target = Path(dest) if dest is not None else Path(src.name)
     if target.is_dir():
