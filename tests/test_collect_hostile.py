@@ -4,6 +4,7 @@ endless or trickling bodies, odd text. Every server is a loopback one the test s
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import io
 import json
@@ -390,3 +391,100 @@ def test_a_broken_ipv6_url_in_a_list_is_a_one_line_error(tmp_path):
     urls.write_text("http://[::1/x.jpg\n")
     result = runner.invoke(app, ["collect", "urls", str(urls), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and f"{urls}:1" in result.stderr and "not an http(s) URL" in result.stderr
+
+
+def test_the_users_own_files_in_images_are_never_claimed_nor_touched(tmp_path):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    mine = io.BytesIO()
+    smooth_image(7, (64, 48)).save(mine, "JPEG")
+    (out / "images" / "3.jpg").write_bytes(mine.getvalue())
+    (out / "images" / "1.txt").write_text("my private notes\n")
+    with Server({"/img/1.jpg": image(jpeg(1)), "/img/3.jpg": image(jpeg(3))}) as server:
+        server.routes[API] = search([entry(p, server.url(f"/img/{p}.jpg")) for p in ("1", "3")])
+        result = collect(server, out)
+    assert result.exit_code == 1, result.output
+    assert "images/3.jpg is a file collect did not write" in result.stdout and "1 new, 0 already here" in result.stdout
+    assert [(r["id"], r["file"]) for r in rows(out)] == [("1", "images/1.jpg")]
+    assert (out / "images" / "1.jpg").read_bytes() == jpeg(1)
+    assert (out / "images" / "3.jpg").read_bytes() == mine.getvalue()
+    assert (out / "images" / "1.txt").read_text() == "my private notes\n"
+
+
+def test_a_file_holding_the_photos_own_bytes_is_kept_once_not_saved_twice(tmp_path):
+    """A kill between the rename into images/ and the journal line: the next run fetches
+    the photo again, finds the same bytes under its name, and records that file."""
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "images" / "1.jpg").write_bytes(jpeg(1))
+    with Server({"/img/1.jpg": image(jpeg(1)), "/img/2.jpg": image(jpeg(2))}) as server:
+        server.routes[API] = search([entry(p, server.url(f"/img/{p}.jpg")) for p in ("1", "2")])
+        result = collect(server, out)
+    assert result.exit_code == 0, result.output
+    assert "1 new, 1 already here" in result.stdout
+    assert sorted(r["file"] for r in rows(out)) == ["images/1.jpg", "images/2.jpg"]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["1.jpg", "2.jpg"]
+
+
+# ---------------------------------------------------------------- only whole images are kept
+
+
+def raw(head: bytes, body: bytes) -> Route:
+    """An HTTP/1.0 answer written by hand: `head` is the header lines, the connection
+    closes after `body` (with no Content-Length, the end of the body is all the client sees)."""
+
+    def route(h: BaseHTTPRequestHandler) -> None:
+        h.wfile.write(b"HTTP/1.0 200 OK\r\n" + head + b"\r\n" + body)
+
+    return route
+
+
+def test_cut_html_and_compressed_bodies_are_never_kept_and_a_typeless_jpeg_is(tmp_path):
+    whole = jpeg(5)
+    routes = {
+        "/cut.jpg": raw(b"Content-Type: image/jpeg\r\n", whole[: len(whole) // 2]),
+        "/page.jpg": raw(b"Content-Type: application/octet-stream\r\n", b"<html><body>Rate limit exceeded</body></html>"),
+        "/gz.jpg": raw(b"Content-Type: image/jpeg\r\nContent-Encoding: gzip\r\n", gzip.compress(whole)),
+        "/notype.jpg": raw(b"", whole),
+    }
+    listing = tmp_path / "urls.txt"
+    out = tmp_path / "out"
+    with Server(routes) as server:
+        listing.write_text("".join(server.url(p) + "\n" for p in routes))
+        args = ["collect", "urls", str(listing), "--out", str(out), "--retries", "1", "--backoff", "0.01", "--workers", "1"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        assert "1 new, 0 already here" in result.stdout and "3 failed" in result.stdout
+        assert "not a whole image (truncated image" in result.stdout
+        assert "not an image: the server sent application/octet-stream" in result.stdout
+        assert "gzip-encoded although asked not to" in result.stdout
+        assert [(r["url"], r["width"], r["height"]) for r in rows(out)] == [(server.url("/notype.jpg"), "32", "24")]
+        assert (out / rows(out)[0]["file"]).read_bytes() == whole
+        assert [p.name for p in (out / "images").iterdir()] == [Path(rows(out)[0]["file"]).name]
+        assert (server.hits["/cut.jpg"], server.hits["/page.jpg"], server.hits["/gz.jpg"]) == (2, 1, 1)
+        again = runner.invoke(app, args)  # nothing broken was journalled as done: tried again
+        assert again.exit_code == 1 and "0 new, 1 already here" in again.stdout
+        assert server.hits["/cut.jpg"] == 4 and server.hits["/notype.jpg"] == 1
+
+
+def test_sizes_in_photos_csv_are_measured_never_the_apis_claim(tmp_path):
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # a format Pillow does not read
+    with Store(tmp_path) as store:
+        download = part(store.images, heic, "h")
+        store.commit("k1", download, "one", ".heic", {"id": "1", "width": "4000", "height": "3000"})
+    assert (rows(tmp_path)[0]["width"], rows(tmp_path)[0]["height"]) == ("", "")
+
+
+def test_a_control_character_in_a_url_is_refused_at_once_and_other_scripts_are_encoded(tmp_path):
+    with Server({"/%E6%97%A5%E6%9C%AC.jpg": image(jpeg(1))}) as server:
+        got = client().download(server.url("/日本.jpg"), tmp_path, 1 << 20, "x")
+        assert got.path.read_bytes() == jpeg(1)
+        got.path.unlink()
+        start = time.monotonic()
+        with pytest.raises(Failed, match="not a usable URL"):
+            client(retries=3).download(server.url("/a\tb.jpg"), tmp_path, 1 << 20, "x")
+        assert time.monotonic() - start < 1 and sum(server.hits.values()) == 1
+    listing = tmp_path / "urls.txt"
+    listing.write_text("http://example.org/a\tb.jpg\n")
+    result = runner.invoke(app, ["collect", "urls", str(listing), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and f"{listing}:1" in result.stderr and "not an http(s) URL" in result.stderr

@@ -168,17 +168,51 @@ def test_an_edited_photos_csv_is_refused_never_overwritten(tmp_path):
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
-def test_a_finished_file_the_journal_missed_is_adopted_not_fetched(tmp_path):
-    """A kill between the rename into images/ and the journal line."""
+def test_a_finished_file_the_journal_missed_is_kept_once_its_bytes_are_fetched_again(tmp_path):
+    """A kill between the rename into images/ and the journal line: no file is claimed on
+    its name alone, so the photo is fetched again, and the same bytes keep the file."""
     out = tmp_path / "pelicans"
     with FakeFlickr(photos()[:3]) as fake:
         (out / "images").mkdir(parents=True)
         (out / "images" / "7001.jpg").write_bytes(fake.image_bytes("7001"))
         result = runner.invoke(app, command(fake, out), env={"FLICKR_API_KEY": fake.api_key})
         assert result.exit_code == 0, result.output
-        assert dict(fake.photo_hits) == {"7000": 1, "7002": 1}
+        assert dict(fake.photo_hits) == {"7000": 1, "7001": 1, "7002": 1}
         assert sorted(r["id"] for r in rows(out)) == ["7000", "7001", "7002"]
+        assert sorted(p.name for p in (out / "images").iterdir()) == ["7000.jpg", "7001.jpg", "7002.jpg"]
         assert "2 new, 1 already here" in result.stdout
+
+
+def _three_photo_journal(folder: Path) -> bytes:
+    with Store(folder) as store:
+        for n in range(3):
+            store.commit(f"k{n}", _download(store.images, b"\xff\xd8\xff %d" % n), f"p{n}", ".jpg", {"id": str(n)})
+    return (folder / JOURNAL_NAME).read_bytes()
+
+
+def test_a_damaged_journal_line_before_the_last_stops_the_run_and_keeps_the_file(tmp_path):
+    lines = _three_photo_journal(tmp_path).splitlines(keepends=True)
+    damaged = b"x" * (len(lines[0]) - 1) + b"\n" + b"".join(lines[1:])
+    (tmp_path / JOURNAL_NAME).write_bytes(damaged)
+    with pytest.raises(VislabError, match=f"{tmp_path / JOURNAL_NAME}: line 1 is damaged") as err:
+        Store(tmp_path)
+    assert "\n" not in str(err.value)
+    assert (tmp_path / JOURNAL_NAME).read_bytes() == damaged
+
+
+@pytest.mark.parametrize(
+    "line, needle",
+    [('{"event": "photo", "key": "x"}', "without its 'row' field"),
+     ('{"event": "page", "query": "q", "page": "one"}', "'page' is \"one\", not int"),
+     ('{"event": "duplicate", "key": 5}', "'key' is 5, not text")],
+)
+def test_a_journal_line_with_a_missing_or_wrong_field_is_a_one_line_error(tmp_path, line, needle):
+    journal = _three_photo_journal(tmp_path).replace(b"\n", b"\n" + line.encode() + b"\n", 1)
+    (tmp_path / JOURNAL_NAME).write_bytes(journal)
+    with pytest.raises(VislabError, match="line 2 is damaged") as err:
+        Store(tmp_path)
+    assert needle in str(err.value)
+    assert (tmp_path / JOURNAL_NAME).read_bytes() == journal
 
 
 def test_a_second_collect_into_the_same_folder_is_refused(tmp_path):

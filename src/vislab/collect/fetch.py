@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from vislab.collect.http import Client, Failed
-from vislab.collect.store import DUPLICATE, PRESENT, SAVED, Store, extension_for
+from vislab.collect.store import DUPLICATE, PRESENT, SAVED, Store, check_image, extension_for
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_FILE_BYTES
 from vislab.usertext import term
@@ -98,12 +98,8 @@ def retry_printer(progress: Progress) -> Callable[[str], None]:
 
 
 def fetch_one(job: Job, store: Store, client: Client) -> str:
-    """SAVED, DUPLICATE or PRESENT (a file a killed run finished); raises `Failed`."""
-    found = store.existing(job.name)
-    if found is not None:
-        outcome = store.adopt(job.key, found, job.row)
-        return PRESENT if outcome == SAVED else outcome
-    download = client.download(job.url, store.images, MAX_FILE_BYTES, what=job.name)
+    """SAVED, DUPLICATE or PRESENT (its file already in images/, byte for byte); raises `Failed`."""
+    download = client.download(job.url, store.images, MAX_FILE_BYTES, what=job.name, check=check_image)
     try:
         return store.commit(job.key, download, job.name, extension_for(job.ext, download), job.row)
     finally:

@@ -8,7 +8,9 @@
   else fails at once with the reason.
 - A download streams into a temporary file in the destination folder while it is hashed;
   it is returned only when every byte the server announced has arrived and is on disk
-  (fsync), and the temporary file is removed on every other path.
+  (fsync), passes the caller's `check` (collect's: a whole, decodable image), and the
+  temporary file is removed on every other path. A body the server compressed although
+  asked not to (Content-Encoding) is refused: its bytes are not the file.
 - Only http(s) is spoken, redirects included: a URL or redirect to file://, ftp:// or any
   other scheme is refused, so a search result cannot copy a local file into the folder.
 - Every request has a whole-request time limit besides the per-read timeout, and an API
@@ -50,6 +52,9 @@ _RETRY_STATUS = {408, 425, 429}
 _MAX_RETRY_AFTER = 600.0
 _MAX_API_BYTES = 16 << 20
 _SCHEMES = ("http", "https")
+# Characters a URL path or query keeps as they are; everything else (non-ASCII text, spaces)
+# is percent-encoded, as a browser sends it. "%" stays: an encoded URL is not encoded twice.
+_URL_SAFE = "/:@!$&'()*+,;=-._~%?#[]"
 
 
 class Retryable(Exception):
@@ -164,6 +169,16 @@ def _content_length(headers: Any) -> int | None:
     return length if length is not None and length >= 0 else None  # a negative one means nothing
 
 
+def _wire_url(url: str) -> str:
+    """`url` as it goes on the wire: a path or query in other scripts ("/日本.jpg") is
+    percent-encoded as UTF-8 (http.client sends ASCII only); the host is left to http.client,
+    which IDNA-encodes it."""
+    parts = urllib.parse.urlsplit(url)
+    path = urllib.parse.quote(parts.path, safe=_URL_SAFE)
+    query = urllib.parse.quote(parts.query, safe=_URL_SAFE)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, query, parts.fragment))
+
+
 def _opener(sockets: weakref.WeakSet[socket.socket], stop: threading.Event) -> urllib.request.OpenerDirector:
     """urllib's opener, but every connection's socket is remembered in `sockets`, so a
     stop can cut requests that are blocked waiting for a slow server. A stop that came while
@@ -256,7 +271,9 @@ class Client:
         try:
             if urllib.parse.urlsplit(url).scheme.lower() not in _SCHEMES:
                 raise Failed(f"not an http(s) URL: {printable(url[:80])}")
-            request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
+            if any(c < " " or c == "\x7f" for c in url):
+                raise Failed(f"not a usable URL (a control character in it): {printable(url[:80])}")
+            request = urllib.request.Request(_wire_url(url), headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
             return self._opener.open(request, timeout=self.policy.timeout)
         except urllib.error.HTTPError as err:
             retry_after = _retry_after(err.headers)
@@ -264,6 +281,8 @@ class Client:
             if err.code >= 500 or err.code in _RETRY_STATUS:
                 raise Retryable(f"HTTP {err.code}", retry_after) from None
             raise Failed(printable(f"HTTP {err.code} {err.reason}".strip())) from None
+        except http.client.InvalidURL as err:  # a control character in the URL or a redirect's
+            raise Failed(f"not a usable URL ({printable(str(err))})") from None
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             raise Retryable(_describe(err)) from None
         except ValueError as err:  # a URL urllib cannot parse ("unknown url type", bad IPv6)
@@ -343,17 +362,23 @@ class Client:
         if time.monotonic() - started > self.policy.deadline:
             raise Retryable(f"took over {self.policy.deadline:g} s (the limit is 10 x --timeout)")
 
-    def download(self, url: str, folder: Path, max_bytes: int, what: str) -> Download:
+    def download(
+        self, url: str, folder: Path, max_bytes: int, what: str, check: Callable[[Download], None] | None = None
+    ) -> Download:
         """Stream `url` into a temporary file in `folder` (same filesystem as the final
         place, so the caller can rename it atomically). Text responses (an error page
-        served as 200) and bodies over `max_bytes` fail without retry."""
+        served as 200) and bodies over `max_bytes` fail without retry. `check` may raise
+        `Retryable` (a body cut short that no Content-Length told) or `Failed`."""
 
         def attempt() -> Download:
             fd, name = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=TEMP_SUFFIX, dir=folder)
             tmp = Path(name)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    return self._stream(url, fh, tmp, max_bytes)
+                    download = self._stream(url, fh, tmp, max_bytes)
+                if check is not None:
+                    check(download)
+                return download
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
@@ -363,9 +388,13 @@ class Client:
     def _stream(self, url: str, fh: Any, tmp: Path, max_bytes: int) -> Download:
         started = time.monotonic()
         with self._open(url) as resp:
-            content_type = resp.headers.get_content_type()
+            # no header: "" (get_content_type would say text/plain), and the bytes decide
+            content_type = resp.headers.get_content_type() if resp.headers.get("Content-Type") else ""
             if content_type.startswith("text/"):
                 raise Failed(f"not an image: the server sent {content_type}")
+            encoding = (resp.headers.get("Content-Encoding") or "identity").strip().lower()
+            if encoding != "identity":
+                raise Failed(f"the server sent the body {printable(encoding[:40])}-encoded although asked not to; not saved")
             expected = _content_length(resp.headers)
             if expected is not None and expected > max_bytes:
                 raise Failed(f"{expected:,} bytes, over the {max_bytes:,}-byte limit")

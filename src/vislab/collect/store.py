@@ -10,16 +10,19 @@ DIR/.vislab-collect.lock     held (flock) while a collect writes DIR
 ```
 
 The journal is the record of truth. A photo is done in this order: its complete download
-is renamed into `images/` (and the folder fsynced), a `photo` line carrying its full CSV
-row is appended to the journal (fsynced), then the row is appended to photos.csv. A kill
-between any two steps loses nothing: a finished file the journal does not know is adopted
-by the next run instead of fetched again, and photos.csv is rewritten atomically from the
-journal whenever the two disagree (a torn last line included). Appends are single writes
-of whole lines, so at most the line being written is lost, and the journal skips it.
+(a whole image: `check_image`) is renamed into `images/` (and the folder fsynced), a
+`photo` line carrying its full CSV row is appended to the journal (fsynced), then the row
+is appended to photos.csv. A kill between any two steps loses nothing: the next run fetches
+a photo the journal does not hold again and, finding its name taken by the very same bytes,
+keeps that file; photos.csv is rewritten atomically from the journal whenever the two
+disagree (a torn last line included). Appends are single writes of whole lines, so at most
+the last line is lost, and the journal skips it; a damaged line before it stops the run.
 
 A file in images/ is never replaced, and a key is recorded once: a second photo that
 would land on a taken name, or a key already done, is refused instead of silently
-overwriting the first photo's file and leaving its row describing another image.
+overwriting the first photo's file and leaving its row describing another image. Files
+the journal does not name are the user's: never claimed as a photo unless their bytes are
+the photo's, never changed or removed.
 """
 
 from __future__ import annotations
@@ -34,10 +37,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download, Failed
+from PIL import Image, UnidentifiedImageError
+
+from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download, Failed, Retryable
+from vislab.data.checks import NOT_AN_IMAGE, UNSUPPORTED_FORMAT, classify_unopened
+from vislab.data.io import ImageDecodeError, apply_draft, open_image
 from vislab.data.photos import COLUMNS, PHOTOS_NAME
 from vislab.errors import VislabError
-from vislab.fsguard import fsync_dir, inside
+from vislab.fsguard import MAX_PIXELS, fsync_dir, inside
 from vislab.usertext import without_terminal_controls
 
 IMAGES_DIR = "images"
@@ -100,14 +107,38 @@ def extension_for(hint: str, download: Download) -> str:
     return ".img"
 
 
-def _image_size(path: Path) -> tuple[str, str]:
-    """Width and height from the image header ("" when it is not an image Pillow reads)."""
-    from PIL import Image
+def check_image(download: Download) -> None:
+    """Accept only a whole image: decoded to the end (a JPEG at 1/8 scale, cheap), since a
+    server that closes the connection early without a Content-Length sends a short body that
+    looks complete. Raises `Retryable` for an image cut short or damaged, `Failed` for a body
+    that is no image at all (an HTML page sent as application/octet-stream). A format Pillow
+    does not decode (HEIC, AVIF) is kept for curate to judge, as is a header over curate's
+    pixel limit (not decoded here; curate's --max-pixels decides)."""
+    try:
+        with open_image(download.path, max_pixels=None) as im:
+            if im.width * im.height <= MAX_PIXELS:
+                apply_draft(im, (1, 1))
+                im.load()
+    except ImageDecodeError as err:
+        if isinstance(err.__cause__, Image.DecompressionBombError):  # a header Pillow refuses at open
+            return
+        if not isinstance(err.__cause__, UnidentifiedImageError):
+            raise Retryable(f"not a whole image ({err.reason})") from None
+        kind = classify_unopened(download.head)
+        if kind == NOT_AN_IMAGE:
+            sent = download.content_type or "no Content-Type"
+            raise Failed(f"not an image: the server sent {sent} whose bytes are no image format") from None
+        if kind != UNSUPPORTED_FORMAT:
+            raise Retryable("not a whole image (an image signature Pillow cannot open)") from None
 
+
+def _image_size(path: Path) -> tuple[str, str]:
+    """Width and height measured from the image header ("" when Pillow cannot read the
+    format: then nobody knows them, and the API's claim is not written as a measurement)."""
     try:
         with Image.open(path) as im:
             return str(im.width), str(im.height)
-    except Exception:  # any undecodable file: curate quarantines it with the reason
+    except Exception:  # a format Pillow does not read (HEIC): curate reports it
         return "", ""
 
 
@@ -119,6 +150,14 @@ def _sha256_file(path: Path) -> tuple[str, int]:
             digest.update(block)
             size += len(block)
     return digest.hexdigest(), size
+
+
+def _field(record: dict[str, Any], name: str, kind: type) -> Any:
+    """`record[name]`, which must be of `kind` (KeyError when missing, TypeError when not)."""
+    value = record[name]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{name!r} is {json.dumps(value)[:40]}, not {'text' if kind is str else kind.__name__}")
+    return value
 
 
 def _text(value: object) -> str:
@@ -175,7 +214,6 @@ class Store:
             self._replay()
             self._remove_stale_temps()
             self._repair_csv()
-            self._unrecorded = self._unrecorded_files()
             self._journal = open(self.journal_path, "a", encoding="utf-8")
             self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")
         except OSError as err:
@@ -228,41 +266,63 @@ class Store:
 
     # ------------------------------------------------------------ journal
 
-    def _read_journal(self) -> list[dict[str, Any]]:
-        """The journal's events; a torn last line (a kill mid-write) is cut off the file."""
+    def _damaged(self, number: int, what: str) -> VislabError:
+        return VislabError(
+            f"{self.journal_path}: line {number} is damaged ({what}); only a last line cut short by a kill "
+            "is repaired. Restore the file from a backup, or collect into another --out"
+        )
+
+    def _read_journal(self) -> list[tuple[int, dict[str, Any]]]:
+        """The journal's events with their line numbers; a torn last line (a kill mid-write)
+        is cut off the file. A bad line before the last is no torn write: cutting there
+        would drop every later record, so it stops the run and the file stays as it is."""
         try:
             data = self.journal_path.read_bytes()
         except FileNotFoundError:
             return []
+        lines = data.splitlines(keepends=True)
         events, good = [], 0
-        for line in data.splitlines(keepends=True):
+        for number, line in enumerate(lines, start=1):
             try:
                 event = json.loads(line) if line.endswith(b"\n") else None
             except ValueError:
                 event = None
             if not isinstance(event, dict):
+                if number < len(lines):
+                    raise self._damaged(number, "not a JSON object")
+                write_durable(self.journal_path, data[:good])
                 break
-            events.append(event)
+            events.append((number, event))
             good += len(line)
-        if good != len(data):
-            write_durable(self.journal_path, data[:good])
         return events
 
     def _replay(self) -> None:
-        for event in self._read_journal():
-            kind = event.get("event")
-            if kind == "photo":
-                row = {k: str(v) for k, v in event["row"].items()}
-                self._status[event["key"]] = SAVED
-                self._rows[event["key"]] = row
-                self._by_sha.setdefault(row["sha256"], event["key"])
-                self._files.add(row["file"])
-            elif kind == "duplicate":
-                self._status[event["key"]] = DUPLICATE
-            elif kind == "page":
-                self._pages[(event["query"], int(event["page"]))] = event
-            elif kind == "query":
-                self._queries.add(event["query"])
+        for number, event in self._read_journal():
+            try:
+                self._replay_event(event)
+            except KeyError as err:
+                raise self._damaged(number, f"a {event.get('event')} event without its {err} field") from None
+            except TypeError as err:
+                raise self._damaged(number, f"a {event.get('event')} event whose {err}") from None
+
+    def _replay_event(self, event: dict[str, Any]) -> None:
+        """Apply one journal event; a missing field raises KeyError, a wrong type TypeError."""
+        kind = event.get("event")
+        if kind == "photo":
+            key = _field(event, "key", str)
+            row = {k: str(v) for k, v in _field(event, "row", dict).items()}
+            for col in ("sha256", "file"):
+                _field(row, col, str)
+            self._status[key] = SAVED
+            self._rows[key] = row
+            self._by_sha.setdefault(row["sha256"], key)
+            self._files.add(row["file"])
+        elif kind == "duplicate":
+            self._status[_field(event, "key", str)] = DUPLICATE
+        elif kind == "page":
+            self._pages[(_field(event, "query", str), _field(event, "page", int))] = event
+        elif kind == "query":
+            self._queries.add(_field(event, "query", str))
 
     def _append(self, event: dict[str, Any]) -> None:
         # ASCII: a lone surrogate from the API cannot be encoded as UTF-8, \uXXXX can
@@ -296,16 +356,6 @@ class Store:
             )
         write_durable(self.csv_path, expected.encode("utf-8"))
 
-    def _unrecorded_files(self) -> dict[str, Path]:
-        """Finished files the journal does not know, by name without extension: a run was
-        killed between a rename into images/ and its journal line."""
-        files = {}
-        for entry in os.scandir(self.images):
-            rel = f"{IMAGES_DIR}/{entry.name}"
-            if not entry.name.startswith(".") and rel not in self._files and entry.is_file():
-                files[entry.name.split(".", 1)[0]] = Path(entry.path)
-        return files
-
     # ------------------------------------------------------------ queries and pages
 
     def page(self, query: str, page: int) -> dict[str, Any] | None:
@@ -336,21 +386,12 @@ class Store:
     def rows(self) -> list[dict[str, str]]:
         return list(self._rows.values())
 
-    def existing(self, name: str) -> Path | None:
-        """A finished file `name.*` in images/ that the journal does not know, or None."""
-        return self._unrecorded.get(name)
-
-    def adopt(self, key: str, path: Path, row: dict[str, str]) -> str:
-        """Record a finished file found in place (see `existing`) without fetching it again."""
-        sha, size = _sha256_file(path)
-        with self._lock:
-            self._unrecorded.pop(path.name.split(".", 1)[0], None)
-            return self._record(key, path, sha, size, row)
-
     def commit(self, key: str, download: Download, name: str, ext: str, row: dict[str, str]) -> str:
         """Keep a complete download as images/<name><ext> (SAVED), or drop it when its
-        sha256 matches an image already kept (DUPLICATE). Raises `Failed` for a key already
-        recorded or a file name already taken: nothing is overwritten."""
+        sha256 matches an image already kept (DUPLICATE), or when that name already holds
+        these very bytes (PRESENT: a run killed before its journal line, or the user's copy
+        of the photo). Raises `Failed` for a key already recorded or a name taken by another
+        file: nothing is overwritten."""
         with self._lock:
             if key in self._status:
                 raise Failed(f"{key} is already recorded in {JOURNAL_NAME}; not saved twice")
@@ -358,8 +399,17 @@ class Store:
                 download.path.unlink(missing_ok=True)
                 return self._record(key, None, download.sha256, download.bytes, row)
             final = inside(self.images, name + ext)
-            if final.exists() or final.relative_to(self.out).as_posix() in self._files:
-                raise Failed(f"{IMAGES_DIR}/{final.name} already holds another photo; not overwritten")
+            rel = final.relative_to(self.out).as_posix()
+            if rel in self._files:
+                raise Failed(f"{rel} already holds another photo; not overwritten")
+            if final.exists() or final.is_symlink():
+                if final.is_file() and not final.is_symlink() and _sha256_file(final) == (download.sha256, download.bytes):
+                    self._record(key, final, download.sha256, download.bytes, row)
+                    return PRESENT
+                raise Failed(
+                    f"{rel} is a file collect did not write, not this photo; it is left as it is: "
+                    "move it out of images/ and run again to fetch the photo"
+                )
             os.chmod(download.path, self._mode)
             os.replace(download.path, final)
             fsync_dir(self.images)
@@ -374,8 +424,8 @@ class Store:
         width, height = _image_size(final)
         full = {col: _text(row.get(col, "")) for col in COLUMNS}
         full.update(
-            width=width or full["width"],
-            height=height or full["height"],
+            width=width,
+            height=height,
             bytes=str(size),
             sha256=sha,
             file=final.relative_to(self.out).as_posix(),

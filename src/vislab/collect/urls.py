@@ -45,12 +45,13 @@ def read_lines(path: str | Path, what: str) -> list[tuple[int, str]]:
 
 
 def check_url(url: str, where: str) -> str:
-    """`url` if it is an absolute http(s) URL, else a one-line error naming `where`."""
+    """`url` if it is an absolute http(s) URL, else a one-line error naming `where`. Spaces
+    and control characters (a tab) are refused: no server is asked for such a URL."""
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:  # e.g. "http://[::1/x.jpg": an unclosed IPv6 address
         parts = urllib.parse.SplitResult("", "", "", "", "")
-    if parts.scheme not in ("http", "https") or not parts.netloc or " " in url:
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(c <= " " or c == "\x7f" for c in url):
         raise VislabError(f"{where}: '{printable(url[:80])}' is not an http(s) URL; fix the line or comment it out with '#'")
     return url
 

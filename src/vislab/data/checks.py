@@ -66,7 +66,10 @@ _BROKEN_IF_UNOPENED = (
 _UNDECODABLE_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 
 
-def _classify_unopened(head: bytes) -> str:
+def classify_unopened(head: bytes) -> str:
+    """Why a file Pillow cannot open is no usable image, from its first bytes: a known
+    image signature is broken (UNREADABLE), a format Pillow does not decode (HEIC, AVIF,
+    JPEG XL) is UNSUPPORTED_FORMAT, anything else NOT_AN_IMAGE."""
     if head.startswith(_BROKEN_IF_UNOPENED) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return UNREADABLE
     if head[4:8] == b"ftyp" and head[8:12] in _UNDECODABLE_BRANDS:
@@ -200,7 +203,7 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
     try:
         im = Image.open(source)
     except UnidentifiedImageError:
-        return _classify_unopened(head)
+        return classify_unopened(head)
     except Image.DecompressionBombError:
         return DECOMPRESSION_BOMB
     except Exception:  # a broken header surfaces as many exception types
