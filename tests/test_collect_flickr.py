@@ -234,9 +234,27 @@ def test_bbox_and_dates_reach_the_api_and_filter(tmp_path):
         result = invoke(fake, "--bbox", "5.9,45.8,10.5,47.8", "--taken-after", "2018-01-01", "--out", out, *FAST)
         assert result.exit_code == 0, result.output
         params = fake.api_calls[0][1]
-    assert params["bbox"] == "5.9,45.8,10.5,47.8" and params["min_taken_date"] == "2018-01-01"
+    assert params["bbox"] == "5.9,45.8,10.5,47.8" and params["min_taken_date"] == "2018-01-01 00:00:00"
     assert "text" not in params and params["per_page"] == "250"  # Flickr's geo page size
     assert [r["id"] for r in read_rows(out)] == ["6000"]
+
+
+def test_taken_dates_include_the_whole_first_and_last_day(tmp_path):
+    # Flickr reads a bare date as its midnight: "on or before 2020-01-31" must say the day's end.
+    photos = [
+        FakePhoto(id="6200", title="owl", taken="2019-12-31 23:59:59", seed=1),
+        FakePhoto(id="6201", title="owl", taken="2020-01-01 00:00:00", seed=2),
+        FakePhoto(id="6202", title="owl", taken="2020-01-31 18:30:00", seed=3),
+        FakePhoto(id="6203", title="owl", taken="2020-02-01 00:00:00", seed=4),
+    ]
+    out = tmp_path / "owls"
+    with FakeFlickr(photos) as fake:
+        dates = ["--taken-after", "2020-01-01", "--taken-before", "2020-01-31"]
+        result = invoke(fake, "--text", "owl", *dates, "--out", out, *FAST)
+        assert result.exit_code == 0, result.output
+        params = fake.api_calls[0][1]
+    assert (params["min_taken_date"], params["max_taken_date"]) == ("2020-01-01 00:00:00", "2020-01-31 23:59:59")
+    assert sorted(r["id"] for r in read_rows(out)) == ["6201", "6202"]
 
 
 def test_bbox_without_words_or_dates_warns_about_flickrs_12_hour_rule(tmp_path):
@@ -304,6 +322,14 @@ def test_a_query_flickr_refuses_is_skipped_and_the_others_run(tmp_path):
         (["--text", "fox", "--queries", "q.txt"], ["--text or --queries"]),
         ([], ["--text WORDS, --queries FILE or --bbox"]),
         (["--queries", "missing.txt"], ["missing.txt does not exist"]),
+        (["--text", "fox", "--label", "birds/fox"], ["--label 'birds/fox'", "path separator"]),
+        (["--text", "fox", "--label", "red\nfox"], ["--label 'red\\x0afox'", "control character"]),
+        (["--text", "fox", "--timeout", "inf"], ["--timeout inf", "above 0, at most 86400"]),
+        (["--text", "fox", "--timeout", "1e300"], ["--timeout 1e+300"]),
+        (["--text", "fox", "--timeout", "nan"], ["--timeout nan"]),
+        (["--text", "fox", "--backoff", "nan"], ["--backoff nan"]),
+        (["--text", "fox", "--rate", "nan"], ["--rate nan", "at least 1"]),
+        (["--text", "fox", "--rate", "inf"], ["--rate inf"]),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, args, needles):
@@ -313,10 +339,58 @@ def test_bad_options_are_one_line_errors(tmp_path, args, needles):
         assert fake.api_calls == []
 
 
-def test_journal_records_pages_photos_and_the_finished_query(tmp_path):
+def test_journal_records_photos_and_the_finished_query(tmp_path):
     out = tmp_path / "foxes"
     with FakeFlickr(catalogue()) as fake:
         assert invoke(fake, "--text", "fox", "--per-page", "5", "--out", out, *FAST).exit_code == 0
     events = [json.loads(line) for line in (out / ".vislab-collect.jsonl").read_text().splitlines()]
     kinds = [e["event"] for e in events]
-    assert kinds.count("page") == 2 and kinds[-1] == "query" and kinds.count("photo") == 8
+    assert kinds[-1] == "query" and kinds.count("photo") == 8
+
+
+def test_a_rerun_retries_a_failed_photo_after_earlier_results_drop_out(tmp_path):
+    # 1007 fails on page 2 (1006-1010); before the rerun 1002 and 1003 leave the results, so
+    # 1007 moves onto page 1, a page the first run had read and finished.
+    photos = [FakePhoto(id=str(1000 + i), title="fox", seed=i) for i in range(1, 13)]
+    out = tmp_path / "foxes"
+    args = ["--text", "fox", "--per-page", "5", "--retries", "0", "--out", out, *FAST]
+    with FakeFlickr(photos) as fake:
+        fake.photo_faults["1007"] = [500]
+        first = invoke(fake, *args)
+        assert first.exit_code == 1 and "1 download(s) failed" in first.stderr, first.output
+        fake.photos[:] = [p for p in photos if p.id not in ("1002", "1003")]
+        again = invoke(fake, *args)
+        assert again.exit_code == 0, again.output
+        assert "1 new, 9 already here" in again.stdout
+        assert fake.photo_hits["1007"] == 2 and set(fake.photo_hits.values()) <= {1, 2}
+        assert kept_files(out)["1007.jpg"] == fake.image_bytes("1007")
+        assert "1007" in {r["id"] for r in read_rows(out)}
+        third = invoke(fake, *args)
+    assert third.exit_code == 0 and "complete in an earlier run" in third.stdout
+
+
+def test_a_rerun_with_another_min_size_fetches_what_now_qualifies(tmp_path):
+    photos = [FakePhoto(id="1", title="fox", width=64, height=40, seed=1), FakePhoto(id="2", title="fox", width=24, height=16, seed=2)]
+    out = tmp_path / "foxes"
+    with FakeFlickr(photos) as fake:
+        first = invoke(fake, "--text", "fox", "--min-size", "48x30", "--out", out, *FAST)
+        assert first.exit_code == 0 and [r["id"] for r in read_rows(out)] == ["1"], first.output
+        again = invoke(fake, "--text", "fox", "--out", out, *FAST)
+        assert again.exit_code == 0, again.output
+        assert "complete in an earlier run" not in again.stdout and "1 new, 1 already here" in again.stdout
+        assert [r["id"] for r in read_rows(out)] == ["1", "2"] and dict(fake.photo_hits) == {"1": 1, "2": 1}
+
+
+def test_a_rerun_with_another_label_is_refused_before_any_request(tmp_path):
+    photos = [FakePhoto(id="1", title="fox", seed=1), FakePhoto(id="2", title="owl", seed=2)]
+    out = tmp_path / "animals"
+    with FakeFlickr(photos) as fake:
+        assert invoke(fake, "--text", "fox", "--out", out, *FAST).exit_code == 0
+        calls = len(fake.api_calls)
+        relabel = invoke(fake, "--text", "fox", "--label", "fox", "--out", out, *FAST)
+        assert_one_line_error(relabel, "--label 'fox': query 'fox'", "with label ''", "--label-column query")
+        assert len(fake.api_calls) == calls and [r["label"] for r in read_rows(out)] == [""]
+        # Another search into the same folder takes its own label.
+        owls = invoke(fake, "--text", "owl", "--label", "owl", "--out", out, *FAST)
+        assert owls.exit_code == 0, owls.output
+    assert [(r["id"], r["label"]) for r in read_rows(out)] == [("1", ""), ("2", "owl")]

@@ -185,6 +185,19 @@ def test_photos_repeated_on_later_pages_count_as_repeats_not_kept(tmp_path):
     assert "4 new, 0 already here" in result.stdout and "2 listed again" in result.stdout
 
 
+def test_null_fields_are_empty_and_a_photo_without_an_id_is_skipped(tmp_path):
+    out = tmp_path / "out"
+    with Server({"/img/1.jpg": image(jpeg(1)), "/img/2.jpg": image(jpeg(2))}) as server:
+        nulls = entry("1", server.url("/img/1.jpg"), title=None, ownername=None, datetaken=None, originalformat=None)
+        server.routes[API] = search([nulls, {**entry("2", server.url("/img/2.jpg")), "id": None}])
+        result = collect(server, out)
+    assert result.exit_code == 0, result.output
+    assert "1 without an id" in result.stdout and server.hits["/img/2.jpg"] == 0
+    row = rows(out)[0]
+    assert (row["title"], row["owner_name"], row["date_taken"]) == ("", "", "")
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["1.jpg"]
+
+
 # ---------------------------------------------------------------- only http(s)
 
 

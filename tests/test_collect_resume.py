@@ -203,7 +203,7 @@ def test_a_damaged_journal_line_before_the_last_stops_the_run_and_keeps_the_file
 @pytest.mark.parametrize(
     "line, needle",
     [('{"event": "photo", "key": "x"}', "without its 'row' field"),
-     ('{"event": "page", "query": "q", "page": "one"}', "'page' is \"one\", not int"),
+     ('{"event": "query", "query": 7}', "'query' is 7, not text"),
      ('{"event": "duplicate", "key": 5}', "'key' is 5, not text")],
 )
 def test_a_journal_line_with_a_missing_or_wrong_field_is_a_one_line_error(tmp_path, line, needle):

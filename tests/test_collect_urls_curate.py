@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from vislab.cli import app
@@ -66,6 +67,25 @@ def test_url_list_problems_are_one_line_errors(tmp_path):
     empty.write_text("# nothing yet\n\n")
     result = runner.invoke(app, ["collect", "urls", str(empty), "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "has no URLs" in result.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--label", "birds/fox"], "--label 'birds/fox': contains the path separator '/'"),
+        (["--label", "a\tb"], "--label 'a\\x09b': contains a control character"),
+        (["--timeout", "inf"], "--timeout inf"),
+        (["--timeout", "nan"], "--timeout nan"),
+        (["--backoff", "inf"], "--backoff inf"),
+    ],
+)
+def test_unusable_labels_and_limits_are_refused_before_anything_is_fetched(tmp_path, args, needle):
+    listing = tmp_path / "urls.txt"
+    listing.write_text("http://127.0.0.1:1/a.jpg\n")
+    result = runner.invoke(app, ["collect", "urls", str(listing), "--out", str(tmp_path / "x"), *args])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and needle in result.stderr, result.stderr
     assert not (tmp_path / "x").exists()
 
 

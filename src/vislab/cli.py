@@ -729,13 +729,12 @@ def collect_urls(
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds without data before a request counts as failed; a whole request may take at most 10 times this."),
 ) -> None:
     """Download a list of image URLs: atomic, resumable, exact duplicates skipped, rows in photos.csv."""
-    from vislab.collect.http import RetryPolicy
-    from vislab.collect.urls import UrlOptions, collect_urls as run, read_url_list
+    from vislab.collect.urls import UrlOptions, check_label, collect_urls as run, read_url_list, retry_policy
 
-    if workers < 1 or retries < 0 or backoff < 0 or timeout <= 0:
-        raise VislabError("--workers must be 1 or more, --retries and --backoff 0 or more, --timeout above 0")
+    if workers < 1:
+        raise VislabError(f"--workers {workers}: must be 1 or more")
+    opts = UrlOptions(label=check_label(label), workers=workers, retry=retry_policy(retries, backoff, timeout))
     urls = read_url_list(file)
-    opts = UrlOptions(label=label.strip(), workers=workers, retry=RetryPolicy(retries=retries, backoff=backoff, timeout=timeout))
     _finish_collect(lambda: run(urls, out, opts, console=console), out)
 
 

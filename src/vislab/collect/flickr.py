@@ -13,8 +13,12 @@ What Flickr imposes, and what this module does about it:
   any other code (3 "parameterless search", 18 "illogical arguments", ...) rejects that
   query only: it is reported and skipped, since the same request would fail again.
 
-Pages are read in upload order (`date-posted-asc` by default) so a resumed run finds the
-same photos on the same pages: new uploads land on the last page, not the first.
+Pages are read in upload order (`date-posted-asc` by default), so new uploads land on the
+last page, not the first. A rerun of a query that did not finish reads all its pages again
+(photos already here are counted, not fetched): a photo removed from the results shifts the
+later ones onto earlier pages, so a page read before may now list a photo not yet fetched.
+A query is recorded finished only when every photo it listed is here or was skipped on
+purpose, under a key naming every filter (`_query_key`).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from rich.progress import Progress
 from vislab.collect.fetch import Job, Tally, fetch_all, progress_bar, retry_printer, safe_name, say
 from vislab.collect.http import Client, Failed, RateLimiter, RetryPolicy, Retryable
 from vislab.collect.store import Store
-from vislab.collect.urls import check_url, read_lines
+from vislab.collect.urls import check_label, check_url, read_lines, retry_policy
 from vislab.errors import VislabError
 from vislab.fsguard import printable
 from vislab.usertext import term
@@ -204,12 +208,10 @@ def flickr_options(
         raise VislabError(f"--per-page {per_page}: Flickr pages 1 to {MAX_PER_PAGE} photos")
     if sort not in SORTS:
         raise VislabError(f"--sort '{sort}': choose one of {', '.join(SORTS)}")
-    if rate <= 0:
-        raise VislabError(f"--rate {rate:g}: must be a positive number of API requests per hour")
+    if not (math.isfinite(rate) and rate >= 1):
+        raise VislabError(f"--rate {rate:g}: must be a number of API requests per hour, at least 1")
     if workers < 1:
         raise VislabError(f"--workers {workers}: must be 1 or more")
-    if retries < 0 or backoff < 0 or timeout <= 0:
-        raise VislabError("--retries and --backoff must be 0 or more, --timeout above 0")
     after, before = _parse_date(taken_after, "--taken-after"), _parse_date(taken_before, "--taken-before")
     if after and before and after > before:
         raise VislabError(f"--taken-after {after} is later than --taken-before {before}; swap them")
@@ -223,10 +225,10 @@ def flickr_options(
         taken_after=after,
         taken_before=before,
         sort=sort,
-        label=label.strip(),
+        label=check_label(label),
         rate=rate,
         workers=workers,
-        retry=RetryPolicy(retries=retries, backoff=backoff, timeout=timeout),
+        retry=retry_policy(retries, backoff, timeout),
         api_url=check_url(api_url, "--api-url"),
     )
 
@@ -301,10 +303,11 @@ def _search(client: Client, opts: FlickrOptions, api_key: str, text: str, page: 
         params["bbox"] = ",".join(f"{v:g}" for v in opts.bbox)
     if opts.licenses is not None:
         params["license"] = ",".join(map(str, opts.licenses))
-    if opts.taken_after:
-        params["min_taken_date"] = opts.taken_after
-    if opts.taken_before:
-        params["max_taken_date"] = opts.taken_before
+    after, before = _taken_bounds(opts)
+    if after:
+        params["min_taken_date"] = after
+    if before:
+        params["max_taken_date"] = before
     host = urllib.parse.urlsplit(opts.api_url).netloc
     try:
         return client.get_json(opts.api_url, params, what=f"search {text!r} page {page}", check=_checker(client, opts))
@@ -315,14 +318,24 @@ def _search(client: Client, opts: FlickrOptions, api_key: str, text: str, page: 
         ) from None
 
 
+def _taken_bounds(opts: FlickrOptions) -> tuple[str | None, str | None]:
+    """--taken-after/--taken-before as Flickr's MySQL datetimes: a bare date means its
+    midnight there, so "on or before" a day has to say the day's last second."""
+    after = f"{opts.taken_after} 00:00:00" if opts.taken_after else None
+    before = f"{opts.taken_before} 23:59:59" if opts.taken_before else None
+    return after, before
+
+
 def _query_key(opts: FlickrOptions, text: str) -> str:
-    """What makes a query's pages the same pages on a rerun (never the key)."""
+    """What decides which photos a query keeps (never the API key): a rerun that changes
+    any of it is another query, not one "complete in an earlier run"."""
     return json.dumps(
         {
             "text": text,
             "bbox": opts.bbox,
             "license": opts.licenses,
-            "taken": [opts.taken_after, opts.taken_before],
+            "taken": list(_taken_bounds(opts)),
+            "min_size": opts.min_size,
             "sort": opts.sort,
             "per_page": opts.page_size,
         },
@@ -349,6 +362,11 @@ def _file_name(pid: str) -> str:
     return f"{safe_name(pid, 40)}-{digest}"
 
 
+def _text(value: Any) -> str:
+    """A field of the search results as text: JSON null (or a missing field) is ""."""
+    return "" if value is None else str(value)
+
+
 def _jobs(photos: list[Any], opts: FlickrOptions, text: str, tally: Tally) -> list[Job]:
     """Jobs for the photos worth downloading; the others are counted by reason."""
     jobs = []
@@ -356,11 +374,14 @@ def _jobs(photos: list[Any], opts: FlickrOptions, text: str, tally: Tally) -> li
         if not isinstance(p, dict):
             tally.skipped["malformed in the search results"] += 1
             continue
-        pid = str(p.get("id", ""))
-        url = str(p.get("url_o") or "")
+        pid = _text(p.get("id"))
+        url = _text(p.get("url_o"))
         lic = _int(p.get("license"))
         w, h = _int(p.get("width_o") or p.get("o_width")), _int(p.get("height_o") or p.get("o_height"))
-        if not pid or not url:
+        if not pid:
+            tally.skipped["without an id"] += 1
+            continue
+        if not url:
             tally.skipped["without a shared original"] += 1
             continue
         try:
@@ -374,7 +395,7 @@ def _jobs(photos: list[Any], opts: FlickrOptions, text: str, tally: Tally) -> li
         if opts.min_size is not None and (w is None or h is None or w < opts.min_size[0] or h < opts.min_size[1]):
             tally.skipped[f"smaller than {opts.min_size[0]}x{opts.min_size[1]}"] += 1
             continue
-        owner = str(p.get("owner", ""))
+        owner = _text(p.get("owner"))
         name, license_url = LICENSES.get(lic if lic is not None else -1, ("", ""))
         row = {
             "id": pid,
@@ -385,15 +406,15 @@ def _jobs(photos: list[Any], opts: FlickrOptions, text: str, tally: Tally) -> li
             "license_name": name,
             "license_url": license_url,
             "owner": owner,
-            "owner_name": str(p.get("ownername", "")),
-            "title": str(p.get("title", "")),
+            "owner_name": _text(p.get("ownername")),
+            "title": _text(p.get("title")),
             "page_url": f"https://www.flickr.com/photos/{owner}/{pid}",
             "url": url,
             "width": "" if w is None else str(w),
             "height": "" if h is None else str(h),
-            "date_taken": str(p.get("datetaken", "")),
+            "date_taken": _text(p.get("datetaken")),
         }
-        jobs.append(Job(f"flickr:{pid}", url, _file_name(pid), _extension(str(p.get("originalformat", "")), url), row))
+        jobs.append(Job(f"flickr:{pid}", url, _file_name(pid), _extension(_text(p.get("originalformat")), url), row))
     return jobs
 
 
@@ -426,49 +447,57 @@ def _collect_query(
         say(progress, f"{shown}: complete in an earlier run")
         return
     task = progress.add_task(shown, total=0, note="")
-    kept, page, last_page, total, queued, complete, told = 0, 1, 1, 0, 0, True, False
+    kept, page, last_page, total, queued, complete = 0, 1, 1, 0, 0, True
     seen: set[str] = set()  # photo keys this search listed already (Flickr may repeat them)
     while page <= last_page:
-        record = store.page(qkey, page)
-        if record is not None:
-            kept += int(record["kept"])
-            total, last_page = int(record["total"]), int(record["last_page"])
-        else:
-            try:
-                data = _search(client, opts, api_key, text, page)
-            except QueryRefused as err:
-                tally.refused.append((text, str(err)))
-                say(
-                    progress,
-                    f"[yellow]skipped:[/] Flickr refuses {shown} ({term(err)}); not retried, "
-                    "since the same request would be refused again: change the query",
-                )
-                return
-            photos = data["photos"]
-            listed = list(photos.get("photo") or [])
-            total = _int(photos.get("total")) or 0
-            pages = _int(photos.get("pages")) or 0
-            last_page = min(pages, math.ceil(min(total, MAX_RESULTS) / opts.page_size)) if listed else page
-            jobs = _jobs(listed, opts, text, tally)
-            queued += len(jobs)
-            progress.update(task, total=queued)
-            want = None if opts.per_query is None else opts.per_query - kept
-            if not told:
-                _tell_total(progress, shown, total, opts)
-                told = True
-            got, page_complete = fetch_all(jobs, store, client, tally, opts.workers, progress, task, want, seen)
-            kept += got
-            if page_complete:
-                store.record_page(qkey, page, total=total, last_page=last_page, kept=got)
-            complete &= page_complete
-        if not told:
+        try:
+            data = _search(client, opts, api_key, text, page)
+        except QueryRefused as err:
+            tally.refused.append((text, str(err)))
+            say(
+                progress,
+                f"[yellow]skipped:[/] Flickr refuses {shown} ({term(err)}); not retried, "
+                "since the same request would be refused again: change the query",
+            )
+            return
+        photos = data["photos"]
+        listed = list(photos.get("photo") or [])
+        total = _int(photos.get("total")) or 0
+        pages = _int(photos.get("pages")) or 0
+        last_page = min(pages, math.ceil(min(total, MAX_RESULTS) / opts.page_size)) if listed else page
+        jobs = _jobs(listed, opts, text, tally)
+        queued += len(jobs)
+        progress.update(task, total=queued)
+        if page == 1:
             _tell_total(progress, shown, total, opts)
-            told = True
+        want = None if opts.per_query is None else opts.per_query - kept
+        got, page_complete = fetch_all(jobs, store, client, tally, opts.workers, progress, task, want, seen)
+        kept += got
+        complete &= page_complete
         if opts.per_query is not None and kept >= opts.per_query:
             return
         page += 1
     if complete:
         store.record_query(qkey, total=total, kept=kept)
+
+
+def _check_labels(opts: FlickrOptions, store: Store) -> None:
+    """Refuse a --label other than the one a query's photos were collected with: a photo
+    already here is not fetched again, so it would keep its old label without a word."""
+    labels: dict[str, set[str]] = {}
+    for row in store.rows:
+        if row["source"] == "flickr":
+            labels.setdefault(row["query"], set()).add(row["label"])
+    for text in opts.queries:
+        others = sorted(labels.get(text, set()) - {opts.label})
+        if others:
+            shown = f"query {text!r}" if text else "the geo query"
+            before = ", ".join(f"'{lab}'" for lab in others)
+            raise VislabError(
+                f"--label '{opts.label}': {shown} was collected into {store.out} with label {before}, and photos "
+                f"already here keep theirs; give --label {before} again, collect into another --out, or let curate "
+                f"label by search (vislab curate --photos {store.out} --label-column query)"
+            )
 
 
 def collect_flickr(opts: FlickrOptions, out: str | Path, api_key: str, console: Console | None = None) -> Tally:
@@ -478,6 +507,7 @@ def collect_flickr(opts: FlickrOptions, out: str | Path, api_key: str, console: 
     progress = progress_bar(console)
     client = Client(opts.retry, RateLimiter(opts.rate), secrets=[api_key], on_retry=retry_printer(progress))
     with Store(out) as store, progress:
+        _check_labels(opts, store)
         if opts.bbox is not None and not opts.taken_after and not opts.taken_before and "" in opts.queries:
             say(
                 progress,

@@ -4,7 +4,7 @@
 DIR/images/<name>.<ext>      finished images; each appears only by an atomic rename
 DIR/images/.vislab-*.part    downloads in flight (removed when the next run starts)
 DIR/photos.csv               one row per image, for attribution (vislab.data.photos)
-DIR/.vislab-collect.jsonl    the journal: pages read, queries finished, photos done,
+DIR/.vislab-collect.jsonl    the journal: queries finished, photos done,
                              duplicates skipped; one JSON object per line
 DIR/.vislab-collect.lock     held (flock) while a collect writes DIR
 ```
@@ -206,7 +206,6 @@ class Store:
         self._rows: dict[str, dict[str, str]] = {}
         self._by_sha: dict[str, str] = {}
         self._files: set[str] = set()  # images/ names rows hold, even if deleted since
-        self._pages: dict[tuple[str, int], dict[str, Any]] = {}
         self._queries: set[str] = set()
         self.journal_path = inside(self.out, JOURNAL_NAME)
         self.csv_path = inside(self.out, PHOTOS_NAME)
@@ -319,8 +318,6 @@ class Store:
             self._files.add(row["file"])
         elif kind == "duplicate":
             self._status[_field(event, "key", str)] = DUPLICATE
-        elif kind == "page":
-            self._pages[(_field(event, "query", str), _field(event, "page", int))] = event
         elif kind == "query":
             self._queries.add(_field(event, "query", str))
 
@@ -356,17 +353,7 @@ class Store:
             )
         write_durable(self.csv_path, expected.encode("utf-8"))
 
-    # ------------------------------------------------------------ queries and pages
-
-    def page(self, query: str, page: int) -> dict[str, Any] | None:
-        """The record of a page whose photos were all handled, or None."""
-        return self._pages.get((query, page))
-
-    def record_page(self, query: str, page: int, **info: Any) -> None:
-        event = {"event": "page", "query": query, "page": page, **info}
-        with self._lock:
-            self._append(event)
-            self._pages[(query, page)] = event
+    # ------------------------------------------------------------ queries
 
     def query_finished(self, query: str) -> bool:
         return query in self._queries

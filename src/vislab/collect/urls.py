@@ -8,6 +8,7 @@ attribution columns empty for the user to fill.
 from __future__ import annotations
 
 import hashlib
+import math
 import posixpath
 import urllib.parse
 from collections.abc import Iterable
@@ -20,7 +21,7 @@ from vislab.collect.fetch import Job, Tally, fetch_all, progress_bar, retry_prin
 from vislab.collect.http import Client, RetryPolicy
 from vislab.collect.store import Store
 from vislab.errors import VislabError
-from vislab.fsguard import SpecialFileError, printable, read_bounded
+from vislab.fsguard import SpecialFileError, folder_name_problem, printable, read_bounded
 
 # Suffixes taken from a URL as the file's extension; others are decided by the response.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".tif", ".tiff", ".bmp", ".heic", ".avif"}
@@ -54,6 +55,30 @@ def check_url(url: str, where: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc or any(c <= " " or c == "\x7f" for c in url):
         raise VislabError(f"{where}: '{printable(url[:80])}' is not an http(s) URL; fix the line or comment it out with '#'")
     return url
+
+
+MAX_TIMEOUT = 86400.0  # a day without data; beyond ~1e9 s the socket layer overflows
+
+
+def check_label(label: str) -> str:
+    """--label without surrounding blanks ("" = none), refused up front when curate would
+    refuse it as a class name (`unsafe_label` for every image)."""
+    label = label.strip()
+    problem = folder_name_problem(label) if label else None
+    if problem is not None:
+        raise VislabError(f"--label '{label}': {problem}; a label must be usable as one folder name, e.g. red_fox")
+    return label
+
+
+def retry_policy(retries: int, backoff: float, timeout: float) -> RetryPolicy:
+    """The --retries/--backoff/--timeout of a collect command, each checked by name."""
+    if retries < 0:
+        raise VislabError(f"--retries {retries}: must be 0 or more")
+    if not (math.isfinite(backoff) and backoff >= 0):
+        raise VislabError(f"--backoff {backoff:g}: must be a number of seconds, 0 or more")
+    if not (math.isfinite(timeout) and 0 < timeout <= MAX_TIMEOUT):
+        raise VislabError(f"--timeout {timeout:g}: must be a number of seconds above 0, at most {MAX_TIMEOUT:g} (a day)")
+    return RetryPolicy(retries=retries, backoff=backoff, timeout=timeout)
 
 
 def read_url_list(path: str | Path) -> list[str]:

@@ -3,7 +3,8 @@
 `FakeFlickr(photos)` serves on 127.0.0.1 (a free port), in threads:
 - `/services/rest/?method=flickr.photos.search&...`: a fixed catalogue, honouring `api_key`,
   `text` (every word in the title or tags, '-word' excludes), `bbox`, `license`,
-  `min_taken_date`/`max_taken_date`, `sort` (upload order is id order), `per_page` (100 by
+  `min_taken_date`/`max_taken_date` (MySQL datetimes, inclusive: a bare date is its
+  midnight, as Flickr reads it), `sort` (upload order is id order), `per_page` (100 by
   default, at most 500, 250 for a bbox search) and `page`; only the first 4,000 results are
   served while `total` counts them all; extras `url_o`, `o_dims`, `license`, `owner_name`,
   `date_taken`, `original_format`. `stat: fail` 100 for a wrong key, 3 for a search with no
@@ -156,8 +157,8 @@ class FakeFlickr:
                 and not excluded & hay
                 and (licenses is None or p.license in licenses)
                 and (box is None or (box[0] <= p.lon <= box[2] and box[1] <= p.lat <= box[3]))
-                and (after is None or p.taken[:10] >= after[:10])
-                and (before is None or p.taken[:10] <= before[:10])
+                and (after is None or p.taken >= _datetime(after))
+                and (before is None or p.taken <= _datetime(before))
             )
 
         found = sorted((p for p in self.photos if matches(p)), key=lambda p: int(p.id))
@@ -200,6 +201,11 @@ class FakeFlickr:
     def _next_fault(self, queue: list[Any] | None) -> Any:
         with self._lock:
             return queue.pop(0) if queue else None
+
+
+def _datetime(value: str) -> str:
+    """A taken-date bound as MySQL compares it: "2020-01-31" is "2020-01-31 00:00:00"."""
+    return value if len(value) > 10 else f"{value} 00:00:00"
 
 
 def _fail(code: int) -> dict[str, Any]:
