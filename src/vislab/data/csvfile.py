@@ -13,7 +13,7 @@ import csv
 import io
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -67,13 +67,8 @@ def _refuse_long_rows(path: Path, data: bytes, skipinitialspace: bool) -> None:
     """A row with more cells than the header: pandas would drop the extra cells (or, without
     index_col=False, shift every column by one). Empty extra cells (a trailing comma) lose
     nothing and pass; a row with text there is a one-line error naming its line."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), skipinitialspace=skipinitialspace)
     header: list[str] | None = None
-    last = 0
-    for record in reader:
-        start, last = last + 1, reader.line_num
-        if not record:
-            continue
+    for start, record in _records(data.decode("utf-8-sig"), skipinitialspace):
         if header is None:
             header = record
         elif len(record) > len(header) and any(cell.strip() for cell in record[len(header) :]):
@@ -83,17 +78,39 @@ def _refuse_long_rows(path: Path, data: bytes, skipinitialspace: bool) -> None:
             )
 
 
-def line_of_row(path: str | Path, row: int) -> int:
+def line_of_row(path: str | Path, row: int, skipinitialspace: bool = False) -> int:
     """The line (1-based, header on line 1) where data row `row` of `read_csv_file(path)`
-    starts; blank lines, which the table skips, are counted. Only called to report an error."""
+    (read with this `skipinitialspace`) starts; blank lines, which the table skips, are
+    counted. Only called to report an error."""
     text = _bytes(Path(path), "CSV").decode("utf-8-sig")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    index, last = -1, 0  # the header is row -1
-    for record in reader:
-        start, last = last + 1, reader.line_num
-        if not record:
-            continue
+    index = -1  # the header is row -1
+    for start, _record in _records(text, skipinitialspace):
         if index == row:
             return start
         index += 1
-    return last + 1
+    return text.count("\n") + 1
+
+
+def _records(text: str, skipinitialspace: bool = False) -> Iterator[tuple[int, list[str]]]:
+    """(first line, cells) of each record pandas reads from `text`: lines holding nothing or
+    only spaces and tabs are skipped, as pandas skips them, and a cell may be as long as the
+    file (the csv module's own limit, 128 KiB, would raise on a long cell)."""
+    lines: list[str] = []
+
+    def read_lines() -> Iterator[str]:
+        for line in io.StringIO(text, newline=""):
+            lines.append(line)
+            yield line
+
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, MAX_FILE_BYTES))
+    try:
+        reader = csv.reader(read_lines(), skipinitialspace=skipinitialspace)
+        last = 0
+        for record in reader:
+            start, last = last + 1, reader.line_num
+            if any(line.strip(" \t\r\n") for line in lines):
+                yield start, record
+            lines.clear()
+    finally:
+        csv.field_size_limit(limit)

@@ -146,7 +146,7 @@ def csv_paths(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
     if nul.any():
         row = int(nul.to_numpy().nonzero()[0][0])
         raise VislabError(
-            f"{csv} line {line_of_row(csv, int(df.index[row]))}: column '{column}' holds a NUL character, "
+            f"{csv} line {line_of_row(csv, int(df.index[row]), skipinitialspace=True)}: column '{column}' holds a NUL character, "
             "which no file name can; fix the cell"
         )
     return [resolve_csv_path(csv, p) for p in df[column]]
@@ -275,7 +275,7 @@ def _numeric(values: pd.Series, csv: Path, column: str, why: str) -> pd.Series:
         shown = values[row]
         what = "not a number" if math.isnan(nums[row]) else "not a finite number"
         raise VislabError(
-            f"{csv} line {line_of_row(csv, int(row))}: column '{column}' holds '{shown}', {what}, which "
+            f"{csv} line {line_of_row(csv, int(row), skipinitialspace=True)}: column '{column}' holds '{shown}', {what}, which "
             f"{why} needs; fix the value or choose a named --annotator without --bins"
         )
     return nums
