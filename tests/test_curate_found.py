@@ -128,6 +128,22 @@ def test_out_in_a_folder_of_the_source_that_holds_photos_is_refused(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_an_out_folder_holding_other_photos_is_refused(tmp_path):
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat", "dog"], per_class=2)
+    before = sorted(p.name for p in (photos / "dog").iterdir())
+    result = invoke("curate", photos / "cat", "--out", photos / "dog", "--workers", "1")
+    assert_one_line_error(result, "holds files curate did not write ('dog_000.png', 'dog_001.png')")
+    assert sorted(p.name for p in (photos / "dog").iterdir()) == before
+
+    ds = tmp_path / "ds"  # a dataset curate wrote stays its own to rewrite, whatever lies beside it
+    ds.mkdir()
+    assert invoke("curate", photos, "--out", ds, "--workers", "1").exit_code == 0
+    (ds / "cache").mkdir()
+    result = invoke("curate", photos, "--out", ds, "--workers", "1", "--seed", "1", "--overwrite")
+    assert result.exit_code == 0, result.output
+
+
 # A real curate stopped in the middle of writing manifest.csv (its temporary file open, half
 # written), to be killed outright.
 STUCK_CURATE = """

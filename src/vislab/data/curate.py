@@ -269,6 +269,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
             what = "a dataset written by `vislab curate`" if kind == "dataset" else "a `vislab materialize` tree"
             raise VislabError(f"source {source} is {what}, not photos; pass the folder of the original images")
         roots.append(root)
+    _refuse_foreign_out(out)
     for name in OUTPUT_NAMES:
         target = inside(out, name)  # a link there that points out of --out is refused here
         problem = regular_file_problem(target) if os.path.lexists(target) else None
@@ -297,6 +298,23 @@ def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
         raise VislabError(
             f"--out {out} lies inside source {source} and holds {theirs[0]!r}, which curate did not write; "
             "write the dataset to a new folder (beside the photos, not among them)"
+        )
+
+
+def _refuse_foreign_out(out: Path) -> None:
+    """An existing --out must be empty, hold only what curate writes, or be a dataset curate
+    wrote before: a folder of the user's photos would get the dataset's files among them,
+    and a later scan of its parent would skip the whole folder as vislab output."""
+    try:
+        names = os.listdir(out)
+    except OSError:
+        return  # not there yet (or not a folder: folder_problem says so)
+    theirs = sorted(n for n in names if not _ours(n))
+    if theirs and src.vislab_output_kind(names) is None:
+        shown = ", ".join(repr(n) for n in theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+        raise VislabError(
+            f"--out {out} holds files curate did not write ({shown}); "
+            "choose another --out, a new or empty folder, so the dataset never mixes with them"
         )
 
 
