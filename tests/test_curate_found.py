@@ -144,6 +144,18 @@ def test_an_out_folder_holding_other_photos_is_refused(tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_a_source_inside_another_is_refused_in_either_order(tmp_path):
+    photos = tmp_path / "photos"
+    write_image_folder(photos, ["cat", "dog"], per_class=2)
+    for order in ((photos / "cat", photos), (photos, photos / "cat")):
+        result = invoke("curate", *order, "--out", tmp_path / "ds", "--workers", "1")
+        assert_one_line_error(result, f"source {photos / 'cat'} lies inside source {photos},")
+    assert_one_line_error(invoke("curate", photos, f"{photos}/", "--out", tmp_path / "ds"), "the same folder")
+    assert not (tmp_path / "ds").exists()
+    result = invoke("curate", photos / "cat", photos / "dog", "--out", tmp_path / "ds", "--workers", "1")
+    assert result.exit_code == 0, result.output
+
+
 # A real curate stopped in the middle of writing manifest.csv (its temporary file open, half
 # written), to be killed outright.
 STUCK_CURATE = """

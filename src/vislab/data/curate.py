@@ -269,6 +269,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
             what = "a dataset written by `vislab curate`" if kind == "dataset" else "a `vislab materialize` tree"
             raise VislabError(f"source {source} is {what}, not photos; pass the folder of the original images")
         roots.append(root)
+    _refuse_nested_sources(opts.sources, roots)
     _refuse_foreign_out(out)
     for name in OUTPUT_NAMES:
         target = inside(out, name)  # a link there that points out of --out is refused here
@@ -276,6 +277,21 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
         if problem is not None:
             raise VislabError(f"--out {out}: {name} there is {problem}; remove it or choose another --out")
     return roots
+
+
+def _refuse_nested_sources(sources: list[Any], roots: list[str]) -> None:
+    """A source folder inside another would be read twice, labelled once by each: which label
+    a file kept would depend on the order of the arguments."""
+    real = [os.path.realpath(r) for r in roots]
+    for i, inner in enumerate(real):
+        for j, outer in enumerate(real):
+            if i != j and os.path.isdir(outer) and (inner + os.sep).startswith(outer.rstrip(os.sep) + os.sep):
+                if inner == outer:
+                    raise VislabError(f"source {sources[i]} is the same folder as source {sources[j]}; pass it once")
+                raise VislabError(
+                    f"source {sources[i]} lies inside source {sources[j]}, which already reads it; "
+                    f"pass only {sources[j]} (its sub-folders are the classes) or only folders side by side"
+                )
 
 
 def _ours(name: str) -> bool:
