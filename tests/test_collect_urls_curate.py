@@ -161,3 +161,19 @@ def test_a_photos_csv_without_rows_is_named_as_listing_no_photos(tmp_path):
     (tmp_path / "empty").mkdir()
     result = runner.invoke(app, ["curate", str(tmp_path / "empty"), "--photos", str(downloads), "--out", str(tmp_path / "ds")])
     assert result.exit_code == 2 and f"no files found in {tmp_path / 'empty'}, {downloads / 'photos.csv'};" in result.stderr
+
+
+def test_a_photo_listed_twice_with_different_labels_is_excluded_as_conflicting(tmp_path):
+    """The last row won silently, where a labels CSV excludes such a file."""
+    folder = tmp_path / "downloads"
+    write_image_folder(folder, {"images": 3})
+    header = "id,source,query,label,license,license_name,license_url,owner,owner_name,title,page_url,url,width,height,date_taken,bytes,sha256,file"
+    rows = [("0", "cat"), ("0", "dog"), ("1", "cat"), ("1", "cat"), ("2", "dog")]
+    lines = [f"{i},urls,,{label},,,,,,t{i},,,,,,,,images/images_00{i}.png" for i, label in rows]
+    (folder / "photos.csv").write_text("\n".join([header, *lines]) + "\n")
+    run_curate(CurateOptions(photos=folder, workers=1), tmp_path / "ds")
+    df = read_manifest(tmp_path / "ds").set_index("path")
+    image = str(folder / "images" / "images_00{}.png")
+    assert df.loc[image.format(0), ["status", "reason"]].tolist() == ["excluded", "conflicting_labels"]
+    assert df.loc[image.format(1), ["status", "label", "title"]].tolist() == ["ok", "cat", "t1"]
+    assert df.loc[image.format(2), ["status", "label"]].tolist() == ["ok", "dog"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vislab.data.sources import Found, read_csv, require_columns, resolve_csv_path
+from vislab.data.sources import Found, csv_paths, merge_found, read_csv, require_columns
 from vislab.errors import VislabError
 
 PHOTOS_NAME = "photos.csv"
@@ -53,6 +53,7 @@ def read_photos_csv(path: str | Path, label_column: str = "label") -> dict[str, 
     Labels come from `label_column` ("label" by default; "query" labels each image by
     the search that found it). When no row has a label the folder is an unlabelled
     dataset (label ""), as with a flat folder; otherwise a row without one is unlabelled.
+    A file listed twice with different labels is excluded as conflicting, as in a labels CSV.
     """
     csv = photos_csv_path(path)
     df = read_csv(csv, "photos")
@@ -65,8 +66,7 @@ def read_photos_csv(path: str | Path, label_column: str = "label") -> dict[str, 
     rows = df[df["file"].str.strip() != ""]
     labels = [lab.strip() for lab in rows[label_column]]
     unlabelled = "" if not any(labels) else None
-    found: dict[str, Found] = {}
-    for file, label, extra in zip(rows["file"], labels, rows[MANIFEST_COLUMNS].to_dict("records")):
-        path = resolve_csv_path(csv, file)
-        found[path] = Found(path, label or unlabelled, extra=extra)
-    return found
+    return merge_found(
+        Found(path, label or unlabelled, extra=extra)
+        for path, label, extra in zip(csv_paths(rows, csv, "file"), labels, rows[MANIFEST_COLUMNS].to_dict("records"))
+    )

@@ -152,13 +152,16 @@ def csv_paths(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
     return [resolve_csv_path(csv, p) for p in df[column]]
 
 
-def _merge(entries: Iterable[tuple[str, str | None]]) -> dict[str, Found]:
-    """Collapse repeated paths: agreeing labels merge, disagreeing ones are excluded."""
+def merge_found(entries: Iterable[Found]) -> dict[str, Found]:
+    """Collapse rows that name one path (a file listed twice in a labels CSV, a photos.csv):
+    agreeing labels merge, disagreeing ones are excluded as conflicting; the first row's
+    other columns are kept."""
     out: dict[str, Found] = {}
-    for path, label in entries:
+    for entry in entries:
+        path, label = entry.path, entry.label
         prev = out.get(path)
         if prev is None:
-            out[path] = Found(path, label)
+            out[path] = entry
         elif prev.label != label and label is not None:
             if prev.label is None:
                 prev.label = label
@@ -173,7 +176,7 @@ def read_labels_csv(csv: Path, path_column: str, label_column: str) -> dict[str,
     require_columns(df, csv, {"--path-column": path_column, "--label-column": label_column})
     rows = df[df[path_column].str.strip() != ""]
     paths = csv_paths(rows, csv, path_column)
-    return _merge((p, lab.strip() or None) for p, lab in zip(paths, rows[label_column]))
+    return merge_found(Found(p, lab.strip() or None) for p, lab in zip(paths, rows[label_column]))
 
 
 # ---------------------------------------------------------------- bins
@@ -347,7 +350,7 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
 
     if who not in AGGREGATIONS:
         labels = [_label_of(v, n, spec.bins) for v, n in zip(values, numbers)]
-        out = _merge(zip(paths, labels))
+        out = merge_found(Found(p, lab) for p, lab in zip(paths, labels))
         for path, lab in zip(paths, labels):
             if lab is None and out[path].reason == "":
                 out[path].reason = RATING_OUT_OF_BINS
