@@ -164,3 +164,24 @@ def test_bins_parse_and_map():
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_bins(bad)
+
+
+@pytest.mark.parametrize("annotator", ["majority", "mean", "ann1"])
+def test_nan_and_inf_ratings_are_no_answer_like_an_empty_cell(tmp_path, photos, annotator):
+    """'NaN' became a class under majority (outvoting real ratings) and with a named
+    annotator, and was an error under mean."""
+    rows = [
+        {"path": "imgs/p0.png", "annotator": "ann1", "rating": "NaN"},
+        {"path": "imgs/p0.png", "annotator": "ann2", "rating": "nan"},
+        {"path": "imgs/p0.png", "annotator": "ann3", "rating": "2"},
+        {"path": "imgs/p1.png", "annotator": "ann1", "rating": "inf"},
+        {"path": "imgs/p1.png", "annotator": "ann2", "rating": "8"},
+        {"path": "imgs/p2.png", "annotator": "ann1", "rating": "7"},
+    ]
+    csv = write_csv(tmp_path / "ratings.csv", rows)
+    df = curate(tmp_path / "ds", sources=[tmp_path / "imgs"], ratings=csv, annotator=annotator)
+    labels = {Path(p).stem: lab for p, lab in zip(df["path"], df["label"]) if lab}
+    if annotator == "ann1":
+        assert labels == {"p2": "7"}
+    else:
+        assert labels == {"p0": "2", "p1": "8", "p2": "7"}

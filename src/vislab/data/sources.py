@@ -319,10 +319,20 @@ def _label_of(value: str, number: float | None, bins: Bins | None) -> str | None
     return number_text(number) if number is not None else value
 
 
+def _no_answer(value: str) -> bool:
+    """An empty rating cell, or 'NaN' / 'inf' (what a spreadsheet writes for a missing or
+    undefined number): no answer, whatever the aggregation, never a class of its own."""
+    try:
+        return not math.isfinite(float(value))
+    except ValueError:
+        return value.strip() == ""
+
+
 def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
     """Labels from annotator answers: one annotator's, or all aggregated by mean, median or
-    majority vote; `bins` turns numbers into class names. A file whose votes tie, or whose
-    rating falls outside every bin, is kept out with that reason."""
+    majority vote; `bins` turns numbers into class names. An empty, NaN or infinite rating
+    is no answer. A file whose votes tie, or whose rating falls outside every bin, is kept
+    out with that reason."""
     df = read_csv(csv, "ratings")
     require_columns(
         df,
@@ -335,7 +345,7 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
     )
     df = _choose_question(df, csv, spec)
     who = _choose_annotator(df, csv, spec)
-    df = df[(df[spec.path_column].str.strip() != "") & (df[spec.rating_column].str.strip() != "")]
+    df = df[(df[spec.path_column].str.strip() != "") & ~df[spec.rating_column].map(_no_answer)]
     if who not in AGGREGATIONS:
         df = df[df[spec.annotator_column] == who]
     paths = csv_paths(df, csv, spec.path_column)
@@ -346,7 +356,7 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
         numbers: list[float | None] = list(_numeric(values, csv, spec.rating_column, why))
     else:
         as_num = pd.to_numeric(values, errors="coerce").astype(float)
-        numbers = [float(x) if math.isfinite(x) else None for x in as_num]  # 'inf' stays text
+        numbers = [float(x) if math.isfinite(x) else None for x in as_num]  # words stay text
 
     if who not in AGGREGATIONS:
         labels = [_label_of(v, n, spec.bins) for v, n in zip(values, numbers)]
