@@ -185,3 +185,21 @@ def test_nan_and_inf_ratings_are_no_answer_like_an_empty_cell(tmp_path, photos, 
         assert labels == {"p2": "7"}
     else:
         assert labels == {"p0": "2", "p1": "8", "p2": "7"}
+
+
+def test_a_labels_csv_names_files_whose_names_start_or_end_with_a_space(tmp_path):
+    """' lead.png' was stripped to 'lead.png' (a missing file), while the folder scan kept
+    the real file unlabelled; padding around a name that has no such file is still padding."""
+    imgs = tmp_path / "imgs"
+    for i, name in enumerate([" lead.png", "trail.png ", "plain.png"]):
+        write_image(imgs / name, seed=i)
+    csv = imgs / "labels.csv"
+    csv.write_text('path,label\n" lead.png",owl\n"trail.png ",hawk\n"  plain.png  ",owl\n')
+    df = curate(tmp_path / "ds", sources=[imgs], labels=csv)
+    df = df[df["path"] != str(csv)]
+    assert dict(zip(df["path"].map(lambda p: Path(p).name), df["label"])) == {
+        " lead.png": "owl",
+        "trail.png ": "hawk",
+        "plain.png": "owl",
+    }
+    assert (df["status"] == "ok").all()

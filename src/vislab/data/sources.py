@@ -135,8 +135,14 @@ def require_columns(df: pd.DataFrame, path: Path, columns: dict[str, str]) -> No
 
 
 def resolve_csv_path(csv: Path, value: str) -> str:
-    """Paths in a CSV are relative to the CSV's folder unless absolute."""
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(csv)), value.strip()))
+    """Paths in a CSV are relative to the CSV's folder unless absolute. Spaces around the
+    name are padding, unless a file has the name exactly (' lead.png', as the folder scan
+    records it)."""
+    folder = os.path.dirname(os.path.abspath(csv))
+    exact = os.path.normpath(os.path.join(folder, value))
+    if value != value.strip() and os.path.lexists(exact):
+        return exact
+    return os.path.normpath(os.path.join(folder, value.strip()))
 
 
 def csv_paths(df: pd.DataFrame, csv: Path, column: str) -> list[str]:
