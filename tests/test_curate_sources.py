@@ -203,3 +203,17 @@ def test_a_labels_csv_names_files_whose_names_start_or_end_with_a_space(tmp_path
         "plain.png": "owl",
     }
     assert (df["status"] == "ok").all()
+
+
+def test_spaces_after_an_annotator_or_question_are_padding(tmp_path, photos):
+    """'alice ' and 'valence ' were other annotators and questions than 'alice' and
+    'valence': their ratings were dropped without a word."""
+    csv = tmp_path / "ratings.csv"
+    csv.write_text(
+        "path,annotator,question,rating\n"
+        "imgs/p0.png,alice,valence,3\n"
+        "imgs/p1.png,alice ,valence,5\n"
+        "imgs/p2.png,alice,valence ,7\n"
+    )
+    df = curate(tmp_path / "ds", ratings=csv, annotator="alice", question="valence")
+    assert dict(zip(df["path"].map(lambda p: Path(p).stem), df["label"])) == {"p0": "3", "p1": "5", "p2": "7"}

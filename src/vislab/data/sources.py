@@ -349,6 +349,9 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
             "--rating-column": spec.rating_column,
         },
     )
+    for column in (spec.annotator_column, spec.question_column):  # 'alice ' is alice, as paths are stripped
+        if column in df.columns:
+            df[column] = df[column].str.strip()
     df = _choose_question(df, csv, spec)
     who = _choose_annotator(df, csv, spec)
     df = df[(df[spec.path_column].str.strip() != "") & ~df[spec.rating_column].map(_no_answer)]
