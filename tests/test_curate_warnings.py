@@ -76,6 +76,22 @@ def test_a_single_class_and_classes_of_one_image_are_warned(tmp_path):
     assert quiet.exit_code == 0 and "warning" not in quiet.output
 
 
+def test_class_names_that_look_alike_are_named_in_one_warning(tmp_path):
+    """'café' composed and decomposed, 'cat' and 'cat' + zero-width space were separate
+    classes without a word; 'Cat' and 'cat' differ visibly and are not warned about."""
+    classes = {"caf\u00e9": 2, "cafe\u0301": 2, "cat": 2, "cat\u200b": 2, "Cat": 2}
+    write_image_folder(tmp_path / "photos", classes)
+    res = invoke("curate", tmp_path / "photos", "--out", tmp_path / "ds", "--workers", "1")
+    assert res.exit_code == 0, res.output
+    alike = (
+        "2 group(s) of class names look alike but are separate classes: 'cafe\\u0301' and 'caf\\xe9'; "
+        "'cat' and 'cat\\u200b'; give each class one spelling in the source"
+    )
+    assert json.loads((tmp_path / "ds" / "curation.json").read_text())["warnings"] == [alike]
+    assert f"warning: {alike}" in " ".join(res.output.split())
+    assert len(set(pd.read_csv(tmp_path / "ds" / "manifest.csv")["label"])) == 5  # nothing merged
+
+
 def test_conflicting_label_groups_are_named_with_the_copy_kept_and_why(tmp_path):
     root = tmp_path / "photos"
     write_image_folder(root, ["cat", "dog"], per_class=2, size=(40, 30))

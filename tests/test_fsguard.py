@@ -92,6 +92,15 @@ def test_printable_shows_c1_controls_that_terminals_obey():
     assert printable("é\xa0ÿ") == "é\xa0ÿ"  # from U+00A0 on, text
 
 
+def test_printable_shows_invisible_format_characters():
+    """A bidi override made '\u202egnp.tac' print as 'cat.png'; a zero-width space hid."""
+    from vislab.fsguard import printable
+
+    assert printable("\u202egnp.tac") == "\\u202egnp.tac"
+    assert printable("cat\u200b|\ufeff|\xad|\U000e0001") == "cat\\u200b|\\ufeff|\\xad|\\U000e0001"
+    assert printable("cafe\u0301 猫") == "cafe\u0301 猫"  # a combining accent is visible text
+
+
 def test_inside_names_the_link_that_leads_out(tmp_path):
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()

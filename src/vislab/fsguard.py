@@ -8,8 +8,8 @@
 - `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
   curate refuses such labels with a reason before any writer sees them.
 - `folder_problem(path)`: why an output folder cannot be made there (it or a parent is a file).
-- `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes
-  and control characters escaped), for output that names user files.
+- `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes,
+  control characters and invisible format characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
   pipe would block forever, `/dev/zero` never ends), and never more than a size limit.
 - `remove_orphan_temps(root)`: the temporary files of writers killed mid-write, removed.
@@ -30,6 +30,7 @@ import os
 import re
 import secrets
 import stat
+import unicodedata
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -131,13 +132,27 @@ def folder_name_problem(name: str) -> str | None:
     return None
 
 
+# Control characters (C0, DEL, C1), and any other non-ASCII one that `_escaped` checks.
+_UNSHOWN = re.compile(r"[\x00-\x1f\x7f-\x9f]|[^\x00-\x7f]")
+
+
 def printable(text: str | Path) -> str:
-    """`text` with bytes that are not UTF-8 (kept by Python as surrogates) shown as `\\xNN`
-    and control characters (a newline in a file name; C1 ones such as U+009B, which some
-    terminals obey as ESC [) as `\\xNN`: a strict UTF-8 stdout cannot fail on it, and one
-    name stays on one line."""
+    """`text` with bytes that are not UTF-8 (kept by Python as surrogates) shown as `\\xNN`,
+    control characters (a newline in a file name; C1 ones such as U+009B, which some
+    terminals obey as ESC [) as `\\xNN`, and invisible format characters (zero-width
+    spaces, bidi overrides that show 'gnp.tac' as 'cat.png') as `\\uNNNN`: a strict UTF-8
+    stdout cannot fail on it, one name stays on one line, and what is shown is what the
+    name holds."""
     s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return re.sub(r"[\x00-\x1f\x7f-\x9f]", lambda m: f"\\x{ord(m.group()):02x}", s)
+    return _UNSHOWN.sub(_escaped, s)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    ch = match.group()
+    code = ord(ch)
+    if code > 0x9F and unicodedata.category(ch) != "Cf":
+        return ch
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
 
 
 def regular_file_problem(path: str | Path) -> str | None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -96,20 +98,40 @@ def select_classes(
 
 def class_warnings(df: pd.DataFrame, shown: int = 8) -> list[str]:
     """Warnings about classes a classifier cannot use: a dataset of a single class (training
-    refuses it), and classes of one usable image (never in both train and test). Unlabelled
-    images (label '', photos for a self-supervised task) are not a class."""
+    refuses it), classes of one usable image (never in both train and test), and classes
+    whose names look alike (see `lookalike_labels`). Unlabelled images (label '', photos for
+    a self-supervised task) are not a class."""
     counts = _ranked_classes(df[df["label"] != ""])
     if len(counts) == 1:
         name, n = counts[0]
         return [f"the dataset has a single class ('{name}', {n:,} images); a classifier needs at least 2: add images of another class"]
+    warnings = []
     lonely = sorted(c for c, n in counts if n == 1)
-    if not lonely:
-        return []
-    names = ", ".join(f"'{c}'" for c in lonely[:shown]) + (" ..." if len(lonely) > shown else "")
-    return [
-        f"{len(lonely)} class(es) have a single usable image, which cannot be in both train and test: {names}; "
-        "add images of them, or drop such classes with --min-per-class 2"
-    ]
+    if lonely:
+        names = ", ".join(f"'{c}'" for c in lonely[:shown]) + (" ..." if len(lonely) > shown else "")
+        warnings.append(
+            f"{len(lonely)} class(es) have a single usable image, which cannot be in both train and test: {names}; "
+            "add images of them, or drop such classes with --min-per-class 2"
+        )
+    alike = lookalike_labels(c for c, _ in counts)
+    if alike:
+        groups = "; ".join(" and ".join(ascii(c) for c in group) for group in alike[:shown])
+        warnings.append(
+            f"{len(alike)} group(s) of class names look alike but are separate classes: {groups}"
+            f"{' ...' if len(alike) > shown else ''}; give each class one spelling in the source"
+        )
+    return warnings
+
+
+def lookalike_labels(labels: Iterable[str]) -> list[list[str]]:
+    """Groups (sorted) of distinct labels that read the same: equal once invisible format
+    characters (zero-width spaces, bidi controls) are dropped and compatibility forms folded
+    (NFKC: 'café' composed or not, full-width letters). Case is a visible difference."""
+    by_key: dict[str, list[str]] = {}
+    for label in sorted(set(labels)):
+        visible = "".join(ch for ch in label if unicodedata.category(ch) != "Cf")
+        by_key.setdefault(unicodedata.normalize("NFKC", visible), []).append(label)
+    return sorted(group for group in by_key.values() if len(group) > 1)
 
 
 def _units(rows: pd.DataFrame) -> list[tuple[str, np.ndarray]]:
