@@ -167,14 +167,14 @@ def test_bins_parse_and_map():
 
 
 @pytest.mark.parametrize("annotator", ["majority", "mean", "ann1"])
-def test_nan_and_inf_ratings_are_no_answer_like_an_empty_cell(tmp_path, photos, annotator):
+def test_nan_ratings_are_no_answer_like_an_empty_cell(tmp_path, photos, annotator):
     """'NaN' became a class under majority (outvoting real ratings) and with a named
     annotator, and was an error under mean."""
     rows = [
         {"path": "imgs/p0.png", "annotator": "ann1", "rating": "NaN"},
         {"path": "imgs/p0.png", "annotator": "ann2", "rating": "nan"},
         {"path": "imgs/p0.png", "annotator": "ann3", "rating": "2"},
-        {"path": "imgs/p1.png", "annotator": "ann1", "rating": "inf"},
+        {"path": "imgs/p1.png", "annotator": "ann1", "rating": "NAN"},
         {"path": "imgs/p1.png", "annotator": "ann2", "rating": "8"},
         {"path": "imgs/p2.png", "annotator": "ann1", "rating": "7"},
     ]

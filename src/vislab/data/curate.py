@@ -319,14 +319,14 @@ def _refuse_out_among_photos(source: Path, root: str, out: Path) -> None:
 
 def _refuse_foreign_out(out: Path) -> None:
     """An existing --out must be empty, hold only what curate writes, or be a dataset curate
-    wrote before: a folder of the user's photos would get the dataset's files among them,
-    and a later scan of its parent would skip the whole folder as vislab output."""
+    wrote before (finished or not): a folder of the user's photos would get the dataset's
+    files among them, and a later scan of its parent would skip it as vislab output."""
     try:
         names = os.listdir(out)
     except OSError:
         return  # not there yet (or not a folder: folder_problem says so)
     theirs = sorted(n for n in names if not _ours(n))
-    if theirs and src.vislab_output_kind(names) is None:
+    if theirs and src.vislab_output_kind(names) is None and unfinished_curation(out) is None:
         shown = ", ".join(repr(n) for n in theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
         raise VislabError(
             f"--out {out} holds files curate did not write ({shown}); "

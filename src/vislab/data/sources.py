@@ -326,18 +326,19 @@ def _label_of(value: str, number: float | None, bins: Bins | None) -> str | None
 
 
 def _no_answer(value: str) -> bool:
-    """An empty rating cell, or 'NaN' / 'inf' (what a spreadsheet writes for a missing or
-    undefined number): no answer, whatever the aggregation, never a class of its own."""
+    """An empty rating cell, or 'NaN' (what pandas and spreadsheets write for a missing
+    number): no answer, whatever the aggregation, never a class of its own. An infinite
+    rating stays an answer, refused where a number is needed."""
     try:
-        return not math.isfinite(float(value))
+        return math.isnan(float(value))
     except ValueError:
         return value.strip() == ""
 
 
 def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
     """Labels from annotator answers: one annotator's, or all aggregated by mean, median or
-    majority vote; `bins` turns numbers into class names. An empty, NaN or infinite rating
-    is no answer. A file whose votes tie, or whose rating falls outside every bin, is kept
+    majority vote; `bins` turns numbers into class names. An empty or NaN rating is no
+    answer. A file whose votes tie, or whose rating falls outside every bin, is kept
     out with that reason."""
     df = read_csv(csv, "ratings")
     require_columns(
@@ -365,7 +366,7 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
         numbers: list[float | None] = list(_numeric(values, csv, spec.rating_column, why))
     else:
         as_num = pd.to_numeric(values, errors="coerce").astype(float)
-        numbers = [float(x) if math.isfinite(x) else None for x in as_num]  # words stay text
+        numbers = [float(x) if math.isfinite(x) else None for x in as_num]  # 'inf' stays text
 
     if who not in AGGREGATIONS:
         labels = [_label_of(v, n, spec.bins) for v, n in zip(values, numbers)]
