@@ -164,6 +164,24 @@ def test_streamed_oversize_body_is_cut_short(server) -> None:
     assert sent < 16 * 1024 * 1024, f"the client could send {sent:,} bytes before the refusal"
 
 
+def test_a_client_gone_mid_upload_costs_one_log_line_not_a_traceback(server, runs) -> None:
+    """A client that hung up halfway through its upload made uvicorn print "Exception in ASGI
+    application" and ~60 lines of traceback ending in ClientDisconnect, one per aborted upload:
+    any client could flood the operator's console with what looks like a crash."""
+    image = sorted((runs[0].parent / "cnn-data" / "images").rglob("*.png"))[0]
+    body, ctype = multipart([(image.name, image.read_bytes())])
+    before = len(server.lines)
+    for _ in range(2):
+        with socket.create_connection((server.host, server.port), timeout=30) as s:
+            s.sendall((f"POST /v1/predict HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+                       f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body[: len(body) // 2])
+    status, answer = server.request("POST", "/v1/predict", body, {"Content-Type": ctype})
+    assert status == 200, answer
+    time.sleep(0.5)  # the reader thread takes the server's lines
+    said = "".join(server.lines[before:])
+    assert "Traceback" not in said and "Exception in ASGI application" not in said, said
+
+
 def test_concurrent_clients_all_succeed_and_share_forward_passes(server, runs) -> None:
     images = sorted((runs[0].parent / "cnn-data" / "images").rglob("*.png"))[:6]
     body, ctype = multipart([(images[0].name, images[0].read_bytes())], {"top_k": "2"})

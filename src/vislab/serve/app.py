@@ -35,6 +35,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from vislab import __version__
 from vislab.data.io import ImageDecodeError, load_image, probe
@@ -176,12 +177,15 @@ async def read_form(request: Request, limits: Limits) -> FormData:
     limit already bounds the memory, so the spool is as large as that limit. An OSError while
     reading is the server's condition, said as a JSON 503."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "multipart/form-data":  # a urlencoded form or none: no files to spool
-        return await request.form(max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
-    parser = MultiPartParser(request.headers, request.stream(), max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
-    parser.spool_max_size = limits.max_upload_bytes
     try:
+        if content_type != "multipart/form-data":  # a urlencoded form or none: no files to spool
+            return await request.form(max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        parser = MultiPartParser(request.headers, request.stream(), max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        parser.spool_max_size = limits.max_upload_bytes
         return await parser.parse()
+    except ClientDisconnect:  # nobody to answer; one log line, not an "Exception in ASGI application"
+        log.info("a client disconnected before its upload ended")
+        raise HTTPException(400, "the client disconnected before the upload ended") from None
     except MultiPartException as err:
         raise HTTPException(400, err.message) from None
     except OSError as err:
