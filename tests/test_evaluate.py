@@ -241,7 +241,7 @@ def test_a_detection_dataset_is_refused_by_a_classifier_in_one_line(run, tmp_pat
 @pytest.mark.parametrize(
     ("edit", "expected"),
     [
-        (("filters: 8", "filters: 16"), ["weights do not match model 'simple_cnn'", "of another size", "was config.yaml edited?"]),
+        (("filters: 8", "filters: 16"), ["weights do not match model 'simple_cnn'", "of another size", "was config.yaml edited"]),
         (("task: classify", "task: crops"), ["task is 'crops' but", "trained with task 'classify'", "no longer matches the checkpoint"]),
     ],
     ids=["size-mismatch", "task"],

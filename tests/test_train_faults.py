@@ -487,6 +487,83 @@ def test_a_kill_between_the_sidecar_and_the_checkpoint_rename_still_loads(traine
         load_checkpoint_file(last)
 
 
+# ---- resuming a damaged or foreign run folder: refused in one line before anything is written ----
+def _files(run: Path) -> dict[str, bytes]:
+    """Every file of a run folder (tb/ included) and its bytes: what a refused resume must leave."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def _refused_untouched(run: Path, *args: str) -> str:
+    before = _files(run)
+    text = _one_line_error(CliRunner().invoke(app, ["train", "--resume", "--out", str(run), *args]))
+    assert _files(run) == before, text
+    return text
+
+
+def test_resume_from_another_configs_weights_is_refused_before_writing(trained, tmp_path):
+    """A last.ckpt without hyper_parameters, its weights those of another config (filters 16):
+    a size-mismatch traceback after config.yaml, summary.json, run.json and tb/ were rewritten."""
+    import torch
+
+    from vislab.models.factory import create_model
+
+    run = _copy(trained, tmp_path)
+    last = run / "checkpoints/last.ckpt"
+    ckpt = torch.load(last, weights_only=False)
+    ckpt.pop("hyper_parameters")
+    other = create_model(tiny_config(model={"simple_cnn": {"filters": 16}}).model, 2, load_weights=False)
+    ckpt["state_dict"] = {f"model.{k}": v for k, v in other.state_dict().items()}
+    torch.save(ckpt, last)
+    checksum_path(last).unlink()
+    text = _refused_untouched(run, "--epochs", "3")
+    assert f"{last}: weights do not match model 'simple_cnn'" in text and "of another size" in text
+    assert "the run's own last.ckpt" in text
+
+
+@pytest.mark.parametrize("budget", [[], ["--max-time", "10m"]], ids=["no-budget", "budget"])
+def test_resume_with_a_damaged_metrics_csv_is_refused_before_writing(trained, tmp_path, budget):
+    run = _copy(trained, tmp_path)
+    (run / "metrics.csv").write_text('epoch,"unterminated\n1,2\n')  # a parser error in pandas
+    text = _refused_untouched(run, "--epochs", "3", *budget)
+    assert f"{run / 'metrics.csv'}: cannot read as CSV" in text and "restore the metrics.csv" in text
+
+
+@pytest.mark.parametrize("damage", ["no-dataset_dir", "a-list"])
+def test_resume_with_a_damaged_run_json_is_refused_before_writing(trained, tmp_path, damage):
+    run = _copy(trained, tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    info.pop("dataset_dir")
+    (run / "run.json").write_text(json.dumps(info if damage == "no-dataset_dir" else [info]))
+    text = _refused_untouched(run, "--epochs", "3")
+    expected = "no dataset_dir recorded; pass --data" if damage == "no-dataset_dir" else "holds a JSON list, not an object"
+    assert f"{run / 'run.json'}: {expected}" in text
+
+
+def test_a_finished_run_asked_for_fewer_epochs_names_the_epochs_done(trained, tmp_path):
+    """It said 'already finished its 1 epochs; pass --epochs N (N > 1)', and --epochs 2 was refused again."""
+    run = _copy(trained, tmp_path)
+    for asked in ("1", "2"):
+        text = _refused_untouched(run, "--epochs", asked)
+        assert "already finished 2 epochs; pass --epochs N (N > 2)" in text
+
+
+@pytest.mark.parametrize("how", ["removed", "a-folder"])
+def test_a_finished_run_without_last_ckpt_says_how_far_it_got_and_keeps_best(trained, tmp_path, how):
+    """It said the run stopped while saving its first epoch and advised deleting best.ckpt, its
+    only good checkpoint."""
+    run = _copy(trained, tmp_path)
+    last, best = run / "checkpoints/last.ckpt", run / "checkpoints/best.ckpt"
+    last.unlink()
+    checksum_path(last).unlink()
+    if how == "a-folder":
+        last.mkdir()
+    text = _refused_untouched(run, "--epochs", "3")
+    assert f"({last} is {'missing' if how == 'removed' else 'not a regular file'})" in text
+    assert "metrics.csv records 2 finished epochs" in text and "first" not in text
+    assert f"{best} (epoch 2) is intact" in text and f"--set model.weights={best}" in text
+    assert "delete" not in text
+
+
 # ---- smaller: --out and --opset ------------------------------------------------------------
 def test_out_that_is_a_file_or_under_a_file_is_a_one_line_error(dataset, long_cfg, tmp_path):
     a_file = tmp_path / "a_file"

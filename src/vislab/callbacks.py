@@ -37,7 +37,7 @@ from lightning.pytorch.callbacks import Callback, Checkpoint, EarlyStopping, Mod
 from vislab.display import format_rate
 from vislab.errors import VislabError
 from vislab.fsguard import fsync_dir, replacing
-from vislab.runs import atomic_write_text, checksum_path, load_checkpoint_file, metric_columns, read_json, run_paths, write_checksum, write_json
+from vislab.runs import atomic_write_text, checksum_path, load_checkpoint_file, metric_columns, read_json, read_metrics, run_paths, write_checksum, write_json
 
 if TYPE_CHECKING:
     from vislab.tasks.registry import Task
@@ -507,9 +507,8 @@ class RunRecorder(Callback):
         self._trainer = trainer
 
     def read_rows(self) -> pd.DataFrame:
-        if self.metrics_path.is_file() and self.metrics_path.stat().st_size > 0:
-            return pd.read_csv(self.metrics_path)
-        return pd.DataFrame(columns=self.columns)
+        rows = read_metrics(self.metrics_path)
+        return pd.DataFrame(columns=self.columns) if rows is None else rows
 
     def _write_rows(self, rows: pd.DataFrame) -> None:
         cols = self.columns + sorted(c for c in rows.columns if c not in self.columns)

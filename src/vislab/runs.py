@@ -201,6 +201,42 @@ def read_json(path: str | Path) -> Any:
         raise VislabError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
 
 
+def read_json_object(path: str | Path) -> dict[str, Any]:
+    """`read_json` of a file vislab writes as an object (run.json, summary.json): anything else
+    there (a hand-edited list) is one line naming the file, not an AttributeError later."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise VislabError(f"{path}: holds a JSON {type(value).__name__}, not an object; restore the file `vislab train` wrote")
+    return value
+
+
+def read_metrics(path: str | Path) -> "pd.DataFrame | None":
+    """metrics.csv, one row per finished epoch (None when the run has none yet). A file that is
+    not the numeric table training writes is one line naming it, read before a resumed session
+    writes anything, so the run is never half rewritten and then stopped by a parser traceback."""
+    import pandas as pd
+
+    from vislab.fsguard import regular_file_problem
+
+    path = Path(path)
+    problem = regular_file_problem(path)
+    if problem == "missing" or (problem is None and path.stat().st_size == 0):
+        return None
+    fix = "restore the metrics.csv `vislab train` wrote, or move it out of the run to go on without the earlier epochs' rows"
+    if problem is not None:
+        raise VislabError(f"{path}: {problem}; {fix}")
+    try:
+        rows = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OSError) as err:
+        raise VislabError(f"{path}: cannot read as CSV ({_first_line(err)}); {fix}") from None
+    if "epoch" not in rows.columns:
+        raise VislabError(f"{path}: no epoch column; {fix}")
+    odd = [str(c) for c in rows.columns if len(rows) and not pd.api.types.is_numeric_dtype(rows[c])]  # a header alone is text
+    if odd or rows["epoch"].isna().any():
+        raise VislabError(f"{path}: column {(odd or ['epoch'])[0]} holds values that are not numbers; {fix}")
+    return rows
+
+
 def git_sha() -> str | None:
     """Commit of the vislab source tree when it is a git checkout (None for an installed wheel)."""
     src = Path(__file__).resolve().parent
@@ -537,23 +573,10 @@ def check_config_matches(raw: dict[str, Any], info: dict[str, Any], ckpt: dict[s
             )
 
 
-def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
-    """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
-    from vislab.config import load_config
-    from vislab.config_files import read_yaml
-    from vislab.models.registry import DataSpec
-    from vislab.tasks import get_task
-
-    root = resolve_run_dir(run_dir)
-    paths = run_paths(root)
-    info = read_json(paths.run_json)
-    ckpt_path, ckpt, digest = _load_with_fallback(root, which)
-    check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
-    cfg = load_config(paths.config)
-    classes = list(info["classes"])
-    spec = DataSpec.from_dict(info["data_spec"])
-    # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
-    model = get_task(cfg.task).create_model(cfg, classes, load_weights=False)
+def checked_model_state(model: "nn.Module", ckpt: dict[str, Any], ckpt_path: Path, model_name: str, config: Path) -> dict[str, Any]:
+    """The checkpoint's model weights, after checking their names and shapes are those of
+    `model` (built from config.yaml): an edited config.yaml, or a checkpoint from another run,
+    is one line naming both files instead of load_state_dict's size-mismatch traceback."""
     state = model_state_from_checkpoint(ckpt)
     own = model.state_dict()
     resized = [k for k, v in state.items() if k in own and tuple(getattr(v, "shape", ())) != tuple(own[k].shape)]
@@ -565,11 +588,31 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
             if resized else ""
         )
         raise VislabError(
-            f"{ckpt_path}: weights do not match model '{cfg.model.name}' (missing {len(missing)}, unexpected "
-            f"{len(unexpected)}, {len(resized)} of another size{example}); was config.yaml edited? "
-            f"Restore {paths.config} to the config the run was trained with"
+            f"{ckpt_path}: weights do not match model '{model_name}' (missing {len(missing)}, unexpected "
+            f"{len(unexpected)}, {len(resized)} of another size{example}); was config.yaml edited, or the checkpoint "
+            f"taken from another run? Restore {config} to the config the run was trained with, or the run's own {ckpt_path.name}"
         )
-    model.load_state_dict(state)
+    return state
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
+    """Rebuild a run's model from its checkpoint (best.ckpt, else last.ckpt) without any download."""
+    from vislab.config import load_config
+    from vislab.config_files import read_yaml
+    from vislab.models.registry import DataSpec
+    from vislab.tasks import get_task
+
+    root = resolve_run_dir(run_dir)
+    paths = run_paths(root)
+    info = read_json_object(paths.run_json)
+    ckpt_path, ckpt, digest = _load_with_fallback(root, which)
+    check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
+    cfg = load_config(paths.config)
+    classes = list(info["classes"])
+    spec = DataSpec.from_dict(info["data_spec"])
+    # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
+    model = get_task(cfg.task).create_model(cfg, classes, load_weights=False)
+    model.load_state_dict(checked_model_state(model, ckpt, ckpt_path, cfg.model.name, paths.config))
     model.eval()
     epoch = ckpt.get("epoch")
     epoch = epoch + 1 if isinstance(epoch, int) and not isinstance(epoch, bool) else None

@@ -7,6 +7,8 @@ write the run-directory contract (see callbacks.py), and the rules of resuming:
 
 - `resume=True` reads config.yaml and the dataset from the run directory; only `epochs`
   (to extend a run) and `max_time` may change. The dataset's manifest must still hash the same.
+  Every check that can refuse a resume (run.json, summary.json, metrics.csv, last.ckpt and its
+  weights against the model config.yaml builds) runs before the session writes anything.
 - `max_time` is the run's total training-time budget over all sessions, validation and
   checkpoint writes included: a new run is first fitted to it (plan.py: a short probe of
   real steps, then the epochs that fit, with the warm-up, the frozen epochs and the schedule
@@ -40,7 +42,16 @@ from vislab.config import RunConfig, build_config, load_config, parse_duration, 
 from vislab.display import format_rate
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import printable
-from vislab.runs import RunPaths, make_run_record, read_json, run_paths, write_json
+from vislab.runs import (
+    RunPaths,
+    checked_model_state,
+    make_run_record,
+    read_json,
+    read_json_object,
+    read_metrics,
+    run_paths,
+    write_json,
+)
 
 if TYPE_CHECKING:
     from vislab.interrupts import GracefulStop
@@ -107,7 +118,7 @@ def _saved_config(paths: RunPaths, info: dict[str, Any], ckpt: dict[str, Any]) -
 
 def _load_last(paths: RunPaths) -> dict[str, Any]:
     """last.ckpt, or a one-line error naming it and what is left to fall back on."""
-    from vislab.runs import CheckpointError, epoch_label, load_checkpoint_file
+    from vislab.runs import CheckpointError, load_checkpoint_file
 
     try:
         ckpt = load_checkpoint_file(paths.last)
@@ -116,23 +127,29 @@ def _load_last(paths: RunPaths) -> dict[str, Any]:
             raise CheckpointError(f"{paths.last}: not a training checkpoint of vislab (no {', '.join(missing)})")
         return ckpt
     except CheckpointError as err:
-        try:
-            best = load_checkpoint_file(paths.best) if paths.best.is_file() else None
-        except CheckpointError:
-            best = None
-        if best is None:
-            hint = "no intact best.ckpt to fall back on either: start a new run"
-        else:
-            hint = (
-                f"the fallback {paths.best}{epoch_label(best)} is intact: evaluate/export use it, "
-                f"and a new run can train on from its weights with --set model.weights={paths.best}"
-            )
-        raise CheckpointError(f"{err}; the run cannot be resumed from it; {hint}") from None
+        raise CheckpointError(f"{err}; the run cannot be resumed from it; {_fallback_hint(paths, 'the fallback ')}") from None
+
+
+def _fallback_hint(paths: RunPaths, prefix: str = "") -> str:
+    """What is left when last.ckpt cannot resume the run: best.ckpt, kept (it may hold the
+    run's only trained weights), for evaluate/export and as a new run's starting weights."""
+    from vislab.runs import CheckpointError, epoch_label, load_checkpoint_file
+
+    try:
+        best = load_checkpoint_file(paths.best) if paths.best.is_file() else None
+    except CheckpointError:
+        best = None
+    if best is None:
+        return "no intact best.ckpt to fall back on either: start a new run"
+    return (
+        f"{prefix}{paths.best}{epoch_label(best)} is intact: evaluate/export use it, "
+        f"and a new run (another --out) can train on from its weights with --set model.weights={paths.best}"
+    )
 
 
 def _stopped_reason(paths: RunPaths) -> str | None:
     """summary.json's stop reason: "running" while a session trains (a killed one leaves it)."""
-    return read_json(paths.summary).get("stopped_reason") if paths.summary.is_file() else None
+    return read_json_object(paths.summary).get("stopped_reason") if paths.summary.is_file() else None
 
 
 def _mark_running(paths: RunPaths) -> None:
@@ -144,17 +161,36 @@ def _mark_running(paths: RunPaths) -> None:
 
 
 def _no_last_checkpoint(paths: RunPaths, out: Path) -> str:
-    """Why a run directory without last.ckpt cannot resume, and what to do instead. best.ckpt
-    alone is a run killed as it saved its first epoch (best is written first)."""
+    """Why a run directory without a last.ckpt file cannot resume, from what the folder shows,
+    and what to do instead. best.ckpt beside it (a run killed as it saved its first epoch,
+    best being written first, or a last.ckpt lost since) is kept: it may be the run's only
+    trained weights."""
+    from vislab.fsguard import regular_file_problem
+
+    problem = regular_file_problem(paths.last)
     if paths.best.is_file():
-        return (f"{out}: holds best.ckpt but no last.ckpt, so nothing to resume (the run stopped while saving its first "
-                f"epoch); train it again into a new --out, or delete {paths.best} to start over here")
+        return (f"{out}: holds best.ckpt but no last.ckpt ({paths.last} is {problem}), so the run cannot be resumed "
+                f"({_epochs_recorded(paths)}); {_fallback_hint(paths)}")
+    if problem != "missing":
+        return f"{paths.last}: {problem}, so there is nothing to resume; train the run again into a new --out"
     from vislab.interrupts import REASONS
 
     by_signal = {reason: signal.Signals(sig).name for sig, reason in REASONS.items()}
     stopped = _stopped_reason(paths)
     why = f": {by_signal[stopped]} stopped the run before its first one" if stopped in by_signal else ""
     return f"{paths.last}: nothing to resume (no last checkpoint{why}); start the run without --resume"
+
+
+def _epochs_recorded(paths: RunPaths) -> str:
+    """How far metrics.csv says the run got, for messages about a run that cannot resume."""
+    try:
+        rows = read_metrics(paths.metrics)
+    except VislabError:
+        return f"{paths.metrics.name} is unreadable"
+    done = 0 if rows is None else int(rows["epoch"].nunique())
+    if done == 0:
+        return f"{paths.metrics.name} records no finished epoch: the run stopped as it saved its first"
+    return f"{paths.metrics.name} records {done} finished epoch{'s' if done > 1 else ''}"
 
 
 def _prepare_resume(
@@ -168,7 +204,10 @@ def _prepare_resume(
     paths = run_paths(resolve_run_dir(out))
     if not paths.last.is_file():
         raise VislabError(_no_last_checkpoint(paths, out))
-    info = read_json(paths.run_json)
+    # every file the session goes on from is read (and refused in one line) before it writes any
+    info = read_json_object(paths.run_json)
+    stopped = _stopped_reason(paths)
+    read_metrics(paths.metrics)
     ckpt = _load_last(paths)
     saved = _saved_config(paths, info, ckpt)
     if cfg is not None:  # the config as given, before a time-budget plan scaled it
@@ -179,7 +218,15 @@ def _prepare_resume(
                 f"--resume continues {paths.config}; the given config differs in {', '.join(diff[:5])}. "
                 "Only --epochs and --max-time may change when resuming; start a new --out for other changes"
             )
-    data = Path(data_dir) if data_dir is not None else Path(info["dataset_dir"])
+    recorded = info.get("dataset_dir")
+    if data_dir is None and not isinstance(recorded, str):
+        raise VislabError(f"{paths.run_json}: no dataset_dir recorded; pass --data DATASET_DIR (the dataset the run was trained on)")
+    if not isinstance(info.get("manifest_hash"), str):
+        raise VislabError(
+            f"{paths.run_json}: no manifest_hash recorded, so the dataset cannot be checked to be the one the run "
+            "trained on; restore the run.json `vislab train` wrote, or start a new run"
+        )
+    data = Path(data_dir) if data_dir is not None else Path(recorded)
     if not (data / "manifest.csv").is_file():
         raise VislabError(f"{data}: the run's dataset is not there any more; pass --data DATASET_DIR")
     if manifest_hash(data) != info.get("manifest_hash"):
@@ -190,10 +237,7 @@ def _prepare_resume(
     cfg = _with_limits(saved, epochs, max_time)
     next_epoch = int(_callback_state(ckpt, "RunRecorder").get("next_epoch", ckpt.get("epoch", 0)))
     if next_epoch >= cfg.train.epochs:
-        raise VislabError(
-            f"{out}: the run already finished its {cfg.train.epochs} epochs; pass --epochs N (N > {cfg.train.epochs}) to extend it"
-        )
-    stopped = _stopped_reason(paths)
+        raise VislabError(f"{out}: the run already finished {next_epoch} epochs; pass --epochs N (N > {next_epoch}) to extend it")
     if stopped == "early_stopping" and epochs is None:
         raise VislabError(
             f"{out}: the run stopped early ({cfg.train.early_stopping.monitor if cfg.train.early_stopping else 'monitor'} "
@@ -223,11 +267,8 @@ def _prepare_resume(
 
 def _epoch_seconds(paths: RunPaths) -> float:
     """The slowest epoch of a run so far (steps and validation), from metrics.csv; 0 when none."""
-    import pandas as pd
-
-    if not paths.metrics.is_file() or paths.metrics.stat().st_size == 0:
-        return 0.0
-    times = pd.read_csv(paths.metrics).get("epoch_time_s")
+    rows = read_metrics(paths.metrics)
+    times = rows.get("epoch_time_s") if rows is not None else None
     return float(times.max()) if times is not None and times.notna().any() else 0.0
 
 
@@ -389,7 +430,7 @@ def _train_session(
         if rank0 and not sanity and (paths.last.exists() or paths.best.exists()):
             raise VislabError(
                 f"{out}: already holds a run; pass --resume to continue it, or choose another --out"
-                if paths.last.exists() else _no_last_checkpoint(paths, out)
+                if paths.last.is_file() else _no_last_checkpoint(paths, out)
             )
     from vislab.machine import check_machine, resolve_accelerator
     from vislab.tasks.base import QUIET_WARNINGS, quiet_lightning
@@ -411,6 +452,8 @@ def _train_session(
             cfg = load_config(paths.config)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task, dm, facts = build_task(cfg, data)
+    if ckpt is not None:  # before anything is written: another run's weights are one line, not load_state_dict's traceback
+        checked_model_state(task.model, ckpt, paths.last, cfg.model.name, paths.config)
     if stopper.signum is not None:  # a signal while the run was set up (the budget's probe, building): nothing is written
         raise _interrupted(stopper.signum, out, None)
     if plan is not None:
@@ -448,7 +491,7 @@ def _train_session(
     health = HealthMonitor(paths.health, plugin.health_checks(cfg), notes=notes)
     if resume:
         health.load_existing()
-    recorded_plan = plan.to_dict() if plan is not None else (read_json(paths.run_json).get("plan") if resume else None)
+    recorded_plan = plan.to_dict() if plan is not None else (read_json_object(paths.run_json).get("plan") if resume else None)
     summary_base = {
         "model": cfg.model.name,
         "input_size": list(task.hparams["data_spec"]["input_size"]),
