@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(VISLAB) report $(DEMO)/run
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

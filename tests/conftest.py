@@ -146,10 +146,14 @@ def crops_run(tmp_path_factory) -> Path:
         torch.set_num_threads(before)
 
 
-# The longest files start first, so that under pytest-xdist (`make test` runs two workers)
-# the README tour (about two minutes of real CLI commands) overlaps the rest of the suite
-# instead of running alone at its end.
-FIRST = ("test_readme_tour.py", "test_sweep_workers.py", "test_train_faults.py")
+# The longest files start first (longest first, measured with --durations), so that under
+# pytest-xdist (`make test` runs two workers) the README tour (four minutes of real CLI
+# commands) overlaps the rest of the suite instead of running alone at its end. xdist's own
+# reorder (files with the most tests first) would undo this: the Makefile turns it off.
+FIRST = (
+    "test_readme_tour.py", "test_train_faults.py", "test_locks.py", "test_train_budget.py", "test_sweep_workers.py",
+    "test_freeze_stages.py", "test_train_ddp.py", "test_crops_learning.py", "test_train_resume.py", "test_probe_head.py",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
