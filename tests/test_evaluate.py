@@ -223,6 +223,25 @@ def test_a_run_that_names_no_dataset_asks_for_data(tmp_path, recorded):
     assert res.exit_code == 0, res.output
 
 
+@pytest.mark.parametrize("damage", [
+    {"classes": None}, {"classes": "cat,dog"}, {"classes": []},
+    {"data_spec": None}, {"data_spec": {"mean": [0.5]}}, {"data_spec": {"input_size": 3, "mean": [0.5], "std": [0.5]}},
+])
+def test_a_run_json_without_its_classes_or_data_spec_is_one_line(run, tmp_path, damage):
+    """load_run read run.json's classes and data_spec unchecked: a hand-edited file stopped
+    evaluate (and export, predict, serve) with a KeyError or TypeError traceback."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, symlinks=True)
+    info = json.loads((copy / "run.json").read_text())
+    info.update(damage)
+    info = {k: v for k, v in info.items() if v is not None}
+    (copy / "run.json").write_text(json.dumps(info))
+    res = CliRunner().invoke(app, ["evaluate", str(copy), "--data", str(info["dataset_dir"])])
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "run.json:" in line and "restore the run.json" in line, res.output
+
+
 def test_a_detection_dataset_is_refused_by_a_classifier_in_one_line(run, tmp_path):
     from vislab.testing.detection import write_label_dataset, yolo_line
 

@@ -608,8 +608,14 @@ def load_run(run_dir: str | Path, which: str = "best") -> LoadedRun:
     ckpt_path, ckpt, digest = _load_with_fallback(root, which)
     check_config_matches(read_yaml(paths.config), info, ckpt, paths.config, ckpt_path)
     cfg = load_config(paths.config)
-    classes = list(info["classes"])
-    spec = DataSpec.from_dict(info["data_spec"])
+    fix = "restore the run.json `vislab train` wrote"
+    classes = info.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise VislabError(f"{paths.run_json}: 'classes' is missing or not a list of class names; {fix}")
+    try:
+        spec = DataSpec.from_dict(info["data_spec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise VislabError(f"{paths.run_json}: 'data_spec' is missing or damaged ({type(err).__name__}: {err}); {fix}") from None
     # the checkpoint holds every weight: build the bare architecture, never fetch pretrained ones
     model = get_task(cfg.task).create_model(cfg, classes, load_weights=False)
     model.load_state_dict(checked_model_state(model, ckpt, ckpt_path, cfg.model.name, paths.config))
