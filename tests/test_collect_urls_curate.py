@@ -89,6 +89,27 @@ def test_unusable_labels_and_limits_are_refused_before_anything_is_fetched(tmp_p
     assert not (tmp_path / "x").exists()
 
 
+def test_a_rerun_of_a_url_list_with_another_label_is_refused_before_any_download(tmp_path):
+    """A URL already collected is not fetched again, so a rerun with another --label kept the
+    old label without a word; now it is refused, and a new URL list takes its own label."""
+    photos = [FakePhoto(id="8100", seed=1), FakePhoto(id="8101", seed=2)]
+    out = tmp_path / "web"
+    with FakeFlickr(photos) as fake:
+        first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+        first.write_text(fake.photo_url("8100") + "\n")
+        second.write_text(fake.photo_url("8100") + "\n" + fake.photo_url("8101") + "\n")
+        base = ["--out", str(out), "--backoff", "0.01", "--workers", "1"]
+        assert runner.invoke(app, ["collect", "urls", str(first), "--label", "cat", *base]).exit_code == 0
+        relabel = runner.invoke(app, ["collect", "urls", str(second), "--label", "dog", *base])
+        assert relabel.exit_code == 2, relabel.output
+        line = relabel.output.strip()
+        assert len(line.splitlines()) == 1 and "--label 'dog'" in line and "'cat' (1 URL)" in line, relabel.output
+        assert fake.photo_hits.get("8101", 0) == 0 and [r["label"] for r in read_rows(out)] == ["cat"]
+        second.write_text(fake.photo_url("8101") + "\n")
+        assert runner.invoke(app, ["collect", "urls", str(second), "--label", "dog", *base]).exit_code == 0
+    assert [(r["url"].rsplit("/", 1)[1][:4], r["label"]) for r in read_rows(out)] == [("8100", "cat"), ("8101", "dog")]
+
+
 def _collect(fake: FakeFlickr, out: Path, queries: list[str]) -> None:
     opts = FlickrOptions(queries=queries, rate=1e7, retry=RetryPolicy(backoff=0.01), api_url=fake.api_url)
     tally = collect_flickr(opts, out, fake.api_key)

@@ -109,6 +109,22 @@ class UrlOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+def _check_labels(urls: list[str], label: str, store: Store) -> None:
+    """Refuse a --label other than the one a listed URL was collected with: a photo already
+    here is not fetched again, so it would keep its old label without a word."""
+    listed = set(urls)
+    before: dict[str, int] = {}
+    for row in store.rows:
+        if row["source"] == "url" and row["url"] in listed and row["label"] != label:
+            before[row["label"]] = before.get(row["label"], 0) + 1
+    if before:
+        shown = ", ".join(f"'{lab}' ({n} URL{'s' if n > 1 else ''})" for lab, n in sorted(before.items()))
+        raise VislabError(
+            f"--label '{label}': URLs of this list were collected into {store.out} with label {shown}, and photos "
+            f"already here keep theirs; give that --label again, or collect into another --out"
+        )
+
+
 def collect_urls(urls: Iterable[str], out: str | Path, opts: UrlOptions, console: Console | None = None) -> Tally:
     """Fetch every URL into `out`; returns the tally (failures included, never raised)."""
     urls = list(urls)
@@ -116,6 +132,7 @@ def collect_urls(urls: Iterable[str], out: str | Path, opts: UrlOptions, console
     progress = progress_bar(console)
     client = Client(opts.retry, on_retry=retry_printer(progress))
     with Store(out) as store, progress:
+        _check_labels(urls, opts.label, store)
         task = progress.add_task("urls", total=len(urls), note="")
         fetch_all((url_job(u, opts.label) for u in urls), store, client, tally, opts.workers, progress, task)
     return tally
