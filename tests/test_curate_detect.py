@@ -501,3 +501,133 @@ def test_a_box_mostly_outside_the_image_is_dropped_and_counted(tmp_path, fmt):
     # the not_normalized wording is another test's
     assert [(p["line"], p["reason"] if ":" in want else p["reason"].split(":")[0]) for p, (_, want) in zip(det["problems"], problems)] == problems
     assert det["clipped_boxes"] == (1 if fmt == "yolo" else 2)
+
+
+def test_a_label_file_of_broken_lines_keeps_a_bounded_number_of_problem_records(tmp_path):
+    """Every broken line kept a problem record in memory (MAX_LISTED_PROBLEMS bounded only
+    what curation.json listed): a 10 MB label file of 'x' lines took 3.4 GB and 27 s. Now
+    every problem is counted and only the first MAX_LISTED_PROBLEMS are kept."""
+    from vislab.data.boxes import probe_sizes, resolve_boxes
+    from vislab.data.det_sources import read_detection_source
+
+    listed = 20_000  # vislab.data.problems.MAX_LISTED_PROBLEMS
+    lines = listed + 5000
+    root = write_label_dataset(tmp_path / "yolo", {"a": "x\n" * lines + yolo_line(0, (0.2, 0.2, 0.6, 0.6))}, names=["cat"])
+    src = read_detection_source(root)
+    res = resolve_boxes(src, probe_sizes(src.images))
+    for log in (src.problems, res.problems):
+        assert len(log) == lines and len(list(log)) == listed
+    out = tmp_path / "ds"
+    curate(root, out)
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["problem_counts"] == {"malformed": lines}
+    assert len(det["problems"]) == listed and det["problems_not_listed"] == 5000
+    assert det["problems"][0]["line"] == 1 and det["boxes"] == 1
+
+
+def _voc(root: Path, objects: str) -> Path:
+    write_image(root / "JPEGImages" / "x.png", size=(W, H))
+    write_text(root / "Annotations" / "x.xml", f"<annotation><filename>x.png</filename>{objects}</annotation>")
+    return root
+
+
+def test_hostile_file_names_occlusions_and_nesting_are_problems_or_one_line_errors(tmp_path):
+    """Tracebacks before: a COCO file_name with a NUL byte or a lone surrogate (ValueError,
+    UnicodeEncodeError in os.stat), a class name with a lone surrogate (UnicodeEncodeError),
+    an occluded field of 1e30 (OverflowError into Int64), a data.yaml nested 50,000 deep
+    (RecursionError)."""
+    coco = tmp_path / "coco"
+    for i in range(3):
+        write_image(coco / f"a{i}.png", seed=i, size=(W, H))
+    data = {
+        "images": [{"id": 1, "file_name": "a0.png"}, {"id": 2, "file_name": "a1\x00.png"}, {"id": 3, "file_name": "a2\ud800.png"}],
+        "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [1, 2, 10, 10]} for i in (1, 2, 3)],
+        "categories": [{"id": 1, "name": "cat"}],
+    }
+    ann = write_text(coco / "ann.json", json.dumps(data))
+    out = tmp_path / "ds-coco"
+    curate(ann, out)
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert det["problem_counts"] == {"malformed": 2} and det["boxes"] == 1
+    assert [p["reason"] for p in det["problems"]] == [
+        f"malformed: images[{i}] file_name '{shown}' holds a NUL byte or a lone surrogate, which no file name can; fix the entry"
+        for i, shown in ((1, "a1\\x00.png"), (2, "a2\\ud800.png"))
+    ]
+
+    labels = {"a": kitti_line("Car", (10, 5, 30, 25)) + kitti_line("Car", (1, 1, 9, 9)).replace(" 0 -1.5 ", " 1e30 -1.5 ")}
+    kitti = write_label_dataset(tmp_path / "kitti", labels)
+    voc = _voc(tmp_path / "voc", "<object><name>cat</name><occluded>1e30</occluded><bndbox><xmin>2</xmin><ymin>2</ymin>"
+               "<xmax>9</xmax><ymax>9</ymax></bndbox></object>")
+    for source, fmt, line, reason in (
+        (kitti, "kitti", 2, "malformed: occluded '1e30' is not 0, 1, 2 or 3 (fully visible .. unknown)"),
+        (voc, "voc", 1, "malformed: <object> 'cat' <occluded> '1e30' is not 0 or 1"),
+    ):
+        out = tmp_path / f"ds-{fmt}"
+        curate(source, out, "--format", fmt)
+        det = json.loads((out / "curation.json").read_text())["detection"]
+        assert [(p["line"], p["reason"]) for p in det["problems"]] == [(line, reason)]
+
+    yolo_labels = {"a": yolo_line(0, (0.2, 0.2, 0.6, 0.6))}
+    surrogate = write_label_dataset(tmp_path / "sur", yolo_labels)
+    write_text(surrogate / "data.yaml", 'names: ["c\\ud800"]\n')
+    deep = write_label_dataset(tmp_path / "deep", yolo_labels)
+    write_text(deep / "data.yaml", "names: " + "[" * 50_000 + "]" * 50_000 + "\n")
+    coco_cat = tmp_path / "coco-cat"
+    write_image(coco_cat / "a.png", size=(W, H))
+    coco_cat = write_text(coco_cat / "ann.json", json.dumps({**data, "images": data["images"][:1], "categories": [{"id": 1, "name": "c\ud800"}]}))
+    for source, needle in (
+        (surrogate, "data.yaml: names[0] 'c\\ud800' is not valid Unicode text (a lone surrogate); rename the class there"),
+        (deep, "data.yaml: not readable YAML (nested too deeply); fix the file"),
+        (coco_cat, "ann.json: categories[0].name 'c\\ud800' is not valid Unicode text"),
+    ):
+        out = tmp_path / f"ds-{source.parent.name}-{source.name}"
+        assert_one_line_error(invoke("curate", source, "--out", out, "--workers", "1"), needle)
+        assert not out.exists()
+
+
+def test_a_class_name_declared_twice_is_a_one_line_error(tmp_path):
+    """`names: [cat, cat, dog]` was merged to ['cat', 'dog'] without a word: every box of
+    id 2 (dog) became class 1 in the curated ids. Two COCO categories named alike, too."""
+    yolo = write_label_dataset(tmp_path / "yolo", {"a": yolo_line(2, (0.2, 0.2, 0.6, 0.6))}, names=["cat", "cat", "dog"])
+    txt = write_label_dataset(tmp_path / "txt", {"a": yolo_line(0, (0.2, 0.2, 0.6, 0.6))})
+    write_text(txt / "classes.txt", "cat\ndog\n\ncat\n")
+    coco = tmp_path / "coco"
+    write_image(coco / "a.png", size=(W, H))
+    coco = write_text(coco / "ann.json", json.dumps({
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 9, 9]}],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 3, "name": "cat"}],
+    }))
+    for source, needle in (
+        (yolo, "data.yaml: names[1] 'cat' repeats names[0]; give each class one entry"),
+        (txt, "classes.txt: line 4 'cat' repeats line 1"),
+        (coco, "ann.json: categories[1].name 'cat' repeats categories[0].name"),
+    ):
+        out = tmp_path / f"ds-{source.parent.name}-{source.name}"
+        assert_one_line_error(invoke("curate", source, "--out", out, "--workers", "1"), needle)
+        assert not out.exists()
+
+
+def test_detection_class_names_that_look_alike_are_warned_and_coco_problems_name_the_annotation(tmp_path):
+    """Class folders that look alike ('cat' and 'cat' + a zero-width space) were warned
+    about, detection classes not; a COCO box problem did not say which annotation; a COCO
+    width of `true` was reported as 'annotation says TruexTrue'."""
+    coco = tmp_path / "coco"
+    write_image(coco / "a.png", size=(W, H))
+    coco = write_text(coco / "ann.json", json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": True, "height": True}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 9, 9]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [20, 20, 9, 9]},
+            {"id": 7, "image_id": 1, "category_id": 1, "bbox": [30, 30, 0, 9]},
+        ],
+        "categories": [{"id": 1, "name": "cat"}, {"id": 2, "name": "ca\u200bt"}],
+    }))
+    out = tmp_path / "ds"
+    result = curate(coco, out)
+    assert "1 group(s) of class names look alike but are separate classes: 'cat' and 'ca\\u200bt'" in result.output
+    det = json.loads((out / "curation.json").read_text())["detection"]
+    assert [p["reason"] for p in det["problems"]] == [
+        "malformed: images[0] width true, height true: not whole numbers of pixels above 0; the size is not used",
+        "degenerate_box: annotation id 7: 'cat' box has no area inside the image",
+    ]

@@ -125,7 +125,11 @@ def folder_name_problem(name: str) -> str | None:
         return "contains the path separator '/'"
     if any(ord(ch) < 32 or 127 <= ord(ch) <= 159 for ch in name):  # C0, DEL and C1 (U+009B is CSI, ESC [)
         return "contains a control character"
-    if len(name.encode("utf-8", "surrogateescape")) > _NAME_MAX_BYTES:
+    try:
+        encoded = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from JSON or YAML ("\ud800"): no file name holds it
+        return "is not valid Unicode text (a lone surrogate)"
+    if len(encoded) > _NAME_MAX_BYTES:
         return f"longer than {_NAME_MAX_BYTES} bytes"
     if name != name.strip():
         return "starts or ends with whitespace"
@@ -143,7 +147,10 @@ def printable(text: str | Path) -> str:
     spaces, bidi overrides that show 'gnp.tac' as 'cat.png') as `\\uNNNN`: a strict UTF-8
     stdout cannot fail on it, one name stays on one line, and what is shown is what the
     name holds."""
-    s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:
+        s = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte ("\ud800" from JSON): \ud800
+        s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
     return _UNSHOWN.sub(_escaped, s)
 
 
@@ -163,6 +170,8 @@ def regular_file_problem(path: str | Path) -> str | None:
         return "missing"
     except OSError as err:
         return os.strerror(err.errno) if err.errno else str(err)
+    except ValueError:  # a NUL byte, or a lone surrogate no file name can hold
+        return "not a valid file name"
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
     return None

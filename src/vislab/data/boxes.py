@@ -28,7 +28,8 @@ import pandas as pd
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.det_sources import DONT_CARE, DetectionSource, SourceBox
 from vislab.data.io import SWAPS_AXES, oriented_size, probe
-from vislab.data.manifest import BOXES_NAME, read_curation, read_manifest, reason_kind, usable
+from vislab.data.manifest import BOXES_NAME, read_curation, read_manifest, usable
+from vislab.data.problems import ProblemLog
 from vislab.data.split import SPLIT_NAMES
 from vislab.errors import VislabError
 from vislab.fsguard import inside, open_regular, write_file
@@ -138,22 +139,25 @@ def unorient_boxes(
 
 @dataclass
 class ResolvedBoxes:
-    """The boxes table, every problem met on the way ({file, line, reason}) and how many
+    """The boxes table, the problems met on the way (a `ProblemLog`: counted, the first listed) and how many
     boxes were clipped to the image."""
 
     boxes: pd.DataFrame
-    problems: list[dict[str, Any]]
+    problems: ProblemLog
     clipped: int
 
     def record(self) -> dict[str, Any]:
-        """What curation.json keeps: counts by reason kind, then every problem."""
-        counts = Counter(reason_kind(p["reason"]) for p in self.problems)
-        return {
+        """What curation.json keeps: counts by reason kind, then the problems listed (the
+        first `MAX_LISTED_PROBLEMS`) and how many more there were."""
+        out = {
             "boxes": int(len(self.boxes)),
             "clipped_boxes": self.clipped,
-            "problem_counts": dict(sorted(counts.items())),
-            "problems": self.problems,
+            "problem_counts": dict(sorted(self.problems.counts.items())),
+            "problems": self.problems.listed,
         }
+        if self.problems.not_listed:
+            out["problems_not_listed"] = self.problems.not_listed
+        return out
 
 
 def empty_boxes() -> pd.DataFrame:
@@ -170,7 +174,7 @@ def empty_boxes() -> pd.DataFrame:
 
 
 def _drawn_on_displayed(
-    src: DetectionSource, image: str, size: ImageSize, problems: list[dict[str, Any]]
+    src: DetectionSource, image: str, size: ImageSize, problems: ProblemLog
 ) -> bool:
     """Whether `image`'s pixel boxes were drawn on the displayed image (True) or the stored
     one (False), judged by the size the annotation records; a size matching neither is
@@ -181,18 +185,13 @@ def _drawn_on_displayed(
         return False
     if recorded == (size.width, size.height):
         return size.orientation in SWAPS_AXES
-    problems.append(
-        {
-            "file": image,
-            "line": None,
-            "reason": f"{SIZE_MISMATCH}: annotation says {recorded[0]}x{recorded[1]}, "
-            f"image is {stored[0]}x{stored[1]}",
-        }
+    problems.add(
+        image, None, f"{SIZE_MISMATCH}: annotation says {recorded[0]}x{recorded[1]}, image is {stored[0]}x{stored[1]}"
     )
     return False
 
 
-def _repeated(src: DetectionSource, known: np.ndarray, problems: list[dict[str, Any]]) -> np.ndarray:
+def _repeated(src: DetectionSource, known: np.ndarray, problems: ProblemLog) -> np.ndarray:
     """Which boxes (of images with a size) repeat an earlier box of their image exactly,
     each reported as a `DUPLICATE` naming the line it repeats."""
     first: dict[tuple[Any, ...], SourceBox] = {}
@@ -206,8 +205,13 @@ def _repeated(src: DetectionSource, known: np.ndarray, problems: list[dict[str, 
             continue
         out[i] = True
         where = f"line {seen.line}" if seen.line is not None and seen.file == b.file else "an earlier box of this image"
-        problems.append({"file": b.file, "line": b.line, "reason": f"{DUPLICATE}: '{b.cls}' box repeats {where} (same class and coordinates)"})
+        problems.add(b.file, b.line, f"{DUPLICATE}: {_ref(b)}'{b.cls}' box repeats {where} (same class and coordinates)")
     return out
+
+
+def _ref(b: SourceBox) -> str:
+    """What names a box that has no line, to go after a problem's kind (a COCO annotation id)."""
+    return f"{b.ref}: " if b.ref else ""
 
 
 def _area(xyxy: np.ndarray) -> np.ndarray:
@@ -237,20 +241,14 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     and a box that repeats an earlier one of its image exactly (class, ignore flag and
     coordinates as written): kept, it would be a second truth that no detection can match.
     """
-    problems = list(src.problems)
+    problems = src.problems.copy()
     if not src.boxes:
         return ResolvedBoxes(empty_boxes(), problems, 0)
     images = [b.image for b in src.boxes]
     xyxy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in src.boxes], dtype=np.float64)
     known = np.array([p in sizes for p in images])
     for path, n in Counter(p for p, k in zip(images, known) if not k).items():
-        problems.append(
-            {
-                "file": path,
-                "line": None,
-                "reason": f"{NOT_USABLE}: {n} box(es) of an image that is unreadable or not in the dataset",
-            }
-        )
+        problems.add(path, None, f"{NOT_USABLE}: {n} box(es) of an image that is unreadable or not in the dataset")
     repeated = _repeated(src, known, problems)
     displayed_frame = {
         p: _drawn_on_displayed(src, p, sizes[p], problems) for p in dict.fromkeys(images) if p in sizes
@@ -279,15 +277,15 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
     for i in np.flatnonzero(known & ~repeated & (~area_ok | outside)):
         b = src.boxes[i]
         if not area_ok[i]:
-            reason = f"{DEGENERATE}: '{b.cls}' box has no area inside the image"
+            reason = f"{DEGENERATE}: {_ref(b)}'{b.cls}' box has no area inside the image"
         else:
             x1, y1, x2, y2 = (f"{v:.1f}" for v in xyxy[i])
             w, h = (int(v) for v in dims[i])
-            reason = f"{MOSTLY_OUTSIDE}: '{b.cls}' box {x1} {y1} {x2} {y2} is {1 - inside[i]:.0%} outside the {w}x{h} image"
+            reason = f"{MOSTLY_OUTSIDE}: {_ref(b)}'{b.cls}' box {x1} {y1} {x2} {y2} is {1 - inside[i]:.0%} outside the {w}x{h} image"
         f = fractions[i]
         if b.normalized and (f > 1).any() and (not area_ok[i] or f[2] - f[0] > 1 or f[3] - f[1] > 1):
             reason = _not_normalized(b.cls, f)
-        problems.append({"file": b.file, "line": b.line, "reason": reason})
+        problems.add(b.file, b.line, reason)
     kept = [b for b, k in zip(src.boxes, keep) if k]
     table = pd.DataFrame(
         {

@@ -24,7 +24,10 @@ file and line.
 
 curation.json records `"task": "detect"` and a `detection` section: the format, the class
 names in id order (the source's own order, or that of --classes), box counts and sizes,
-and every problem with its reason.
+every problem counted by reason kind and the first 20,000 listed with their reasons
+(`vislab.data.problems`: memory stays bounded however many lines are broken). A class name
+declared twice is a one-line error (merged, every later id would shift); names that look
+alike are warned about, as class folders are.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ from vislab.data.det_sources import (
 )
 from vislab.data.manifest import OK, reason_kind
 from vislab.data.sources import Found, scan_folder
-from vislab.data.split import SPLIT_NAMES
+from vislab.data.split import SPLIT_NAMES, lookalike_warning
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem, printable
 
@@ -72,9 +75,6 @@ TABLE_SOURCES = ("photos", "labels", "ratings")
 DETECT_ONLY = ("classes", "class_map", "images_dir")
 _FLAGS = {"class_map": "--map"}
 _SHOWN = 8
-# Problems listed one by one in curation.json (all are counted); beyond this the file would
-# grow past what `vislab stats` reads back, for a dataset whose every line is broken.
-MAX_LISTED_PROBLEMS = 20_000
 
 
 def _flag(name: str) -> str:
@@ -170,10 +170,10 @@ class DetectionCuration:
         """The images (label "": a detection image has no single class) and what the folder
         scan skipped (hidden entries, vislab outputs, non-UTF-8 names), as `run_curate` takes them."""
         if not self.source.images:
-            missing = [p for p in self.source.problems if reason_kind(p["reason"]) == MISSING_IMAGE]
+            missing = self.source.problems.counts[MISSING_IMAGE]
             hint = (
-                f"; {len(missing)} named image(s) are missing, e.g. {missing[0]['file']} (pass --images-dir "
-                "FOLDER when they live elsewhere)"
+                f"; {missing} named image(s) are missing, e.g. {printable(self.source.problems.first[MISSING_IMAGE]['file'])} "
+                "(pass --images-dir FOLDER when they live elsewhere)"
                 if missing
                 else "; check the path"
             )
@@ -223,6 +223,9 @@ class DetectionCuration:
             df.loc[ok, "split"] = df.loc[ok, "path"].map(split).to_numpy()
         stats = box_stats(self.boxes, df.loc[ok, ["path", "split"]])
         warnings += _box_warnings(stats)
+        alike = lookalike_warning(self.names, _SHOWN)
+        if alike:
+            warnings.append(alike)
         problems = resolved.record()
         self._record = {
             "format": self.format,
@@ -234,10 +237,9 @@ class DetectionCuration:
             "boxes_of_unselected_classes": unselected,
             "neighbours_kept_as_ignore": dict(sorted(Counter(self.boxes.loc[self.boxes["class"].isin(list(near)), "class"]).items())),
             "problem_counts": problems["problem_counts"],
-            "problems": problems["problems"][:MAX_LISTED_PROBLEMS],
+            "problems": problems["problems"],
+            **({"problems_not_listed": problems["problems_not_listed"]} if "problems_not_listed" in problems else {}),
         }
-        if len(problems["problems"]) > MAX_LISTED_PROBLEMS:
-            self._record["problems_not_listed"] = len(problems["problems"]) - MAX_LISTED_PROBLEMS
         return warnings
 
     def _class_names(self) -> list[str]:

@@ -31,6 +31,7 @@ import math
 import os
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 import yaml
 
 from vislab.data.io import IMAGE_EXTS
+from vislab.data.problems import ProblemLog
 from vislab.data.sources import scan_folder
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, folder_name_problem, printable, read_bounded, regular_file_problem
@@ -79,6 +81,8 @@ class SourceBox:
     occluded: float = math.nan
     file: str = ""
     line: int | None = None
+    # What names the box where there is no line: "annotation id 7" in a COCO file.
+    ref: str = ""
 
 
 @dataclass
@@ -92,10 +96,10 @@ class DetectionSource:
     images: list[str] = field(default_factory=list)
     boxes: list[SourceBox] = field(default_factory=list)
     recorded_sizes: dict[str, tuple[int, int]] = field(default_factory=dict)
-    problems: list[dict[str, Any]] = field(default_factory=list)
+    problems: ProblemLog = field(default_factory=ProblemLog)
 
     def problem(self, file: str | Path, line: int | None, reason: str) -> None:
-        self.problems.append({"file": str(file), "line": line, "reason": reason})
+        self.problems.add(file, line, reason)
 
 
 # ---------------------------------------------------------------- small helpers
@@ -191,8 +195,26 @@ def _pair(
     return pairs
 
 
-def _label_lines(text: str) -> list[tuple[int, list[str]]]:
-    return [(n, line.split()) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+def _label_lines(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of the non-blank lines, one at a time: as a list, a 16 MB
+    label file of one-character lines took gigabytes."""
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield n, line.split()
+
+
+def unique_names(path: str | Path, names: list[tuple[str, str]]) -> list[str]:
+    """The names (each with the field that declares it) if none repeats; a repeated one is a
+    one-line VislabError: merged silently, every later class id would shift by one."""
+    seen: dict[str, str] = {}
+    for where, name in names:
+        if name in seen:
+            raise VislabError(
+                f"{printable(path)}: {where} '{printable(name)}' repeats {seen[name]}; give each class one "
+                "entry (or its own name)"
+            )
+        seen[name] = where
+    return [name for _, name in names]
 
 
 def declared_class(path: str | Path, field: str, name: str) -> str:
@@ -222,6 +244,8 @@ def _yaml_names(path: Path) -> list[str] | None:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(err, "problem", None) or type(err).__name__
         raise VislabError(f"{where}: not valid YAML ({problem}); fix the file") from None
+    except RecursionError:
+        raise VislabError(f"{path}: not readable YAML (nested too deeply); fix the file") from None
     if not isinstance(data, dict) or "names" not in data:
         return None
     names = data["names"]
@@ -244,13 +268,13 @@ def _yolo_names(root: Path) -> list[str]:
         if _is_file(path):
             names = _yaml_names(path)
             if names is not None:
-                return [declared_class(path, f"names[{i}]", n) for i, n in enumerate(names)]
+                return _declared(path, [(f"names[{i}]", n) for i, n in enumerate(names)])
     for folder in (root, root / "labels"):
         for name in _YOLO_NAME_FILES:
             path = folder / name
             if _is_file(path):
                 lines = [(n, line.strip()) for n, line in enumerate(_read_whole(path, "class list").splitlines(), 1)]
-                names = [declared_class(path, f"line {n}", line) for n, line in lines if line]
+                names = _declared(path, [(f"line {n}", line) for n, line in lines if line])
                 if names:
                     return names
     for path in sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml")):  # coco8.yaml; hyp.yaml is skipped
@@ -259,10 +283,15 @@ def _yolo_names(root: Path) -> list[str]:
         except VislabError:
             continue
         if names is not None:
-            return [declared_class(path, f"names[{i}]", n) for i, n in enumerate(names)]
+            return _declared(path, [(f"names[{i}]", n) for i, n in enumerate(names)])
     raise VislabError(
         f"{root}: no data.yaml with 'names' (or classes.txt) naming the YOLO class ids; add one"
     )
+
+
+def _declared(path: Path, names: list[tuple[str, str]]) -> list[str]:
+    """Class names a YOLO names file declares, each usable and none repeated."""
+    return unique_names(path, [(where, declared_class(path, where, n)) for where, n in names])
 
 
 def _label_dirs(root: Path) -> tuple[Path, Path]:
@@ -401,6 +430,8 @@ def _kitti_line(tokens: list[str]) -> tuple[Any, ...] | str:
     kind = tokens[0]
     truncated, occluded, _alpha, x1, y1, x2, y2 = values[:7]
     dont_care = kind == DONT_CARE
+    if not dont_care and occluded not in (0, 1, 2, 3):
+        return f"{MALFORMED}: occluded '{tokens[2]}' is not 0, 1, 2 or 3 (fully visible .. unknown)"
     return (
         kind,
         x1,
@@ -448,6 +479,20 @@ def _coco_id(value: Any) -> int | str | None:
     return value if isinstance(value, (int, str)) and not isinstance(value, bool) else None
 
 
+def _positive_int(value: Any) -> bool:
+    """A COCO image size: a whole number above 0 (true is not 1 pixel)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _is_text(name: str) -> bool:
+    """Whether `name` is valid Unicode (no lone surrogate, which JSON's "\\ud800" can write)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _coco_flag(value: Any) -> bool:
     """`iscrowd` / `ignore`: 1, true or "1" / "true"; "0" and "false" are not set."""
     if isinstance(value, str):
@@ -469,6 +514,7 @@ def _coco_categories(path: Path, entries: list[Any]) -> dict[Any, str]:
                 f"{path}: categories[{i}] repeats id {cat_id} (also '{printable(cats[cat_id])}'); give each category its own id"
             )
         cats[cat_id] = declared_class(path, f"categories[{i}].name", name.strip())
+    unique_names(path, [(f"categories[{i}].name", n) for i, n in enumerate(cats.values())])
     return cats
 
 
@@ -536,12 +582,21 @@ def _read_coco_file(
                 path, None, f"{MALFORMED}: images[{i}] repeats image id {image_id}; only its first entry is kept"
             )
             continue
+        if "\x00" in name or not _is_text(name):
+            src.problem(
+                path,
+                None,
+                f"{MALFORMED}: images[{i}] file_name '{printable(name)}' holds a NUL byte or a lone surrogate, "
+                "which no file name can; fix the entry",
+            )
+            images[image_id] = None
+            continue
         image = os.path.normpath(os.path.join(folder, name))
         if os.path.isabs(name) or os.path.commonpath([image, str(folder)]) != str(folder):
             src.problem(
                 path,
                 None,
-                f"{OUTSIDE_DATASET}: images[{i}] file_name '{name}' lies outside {folder}; "
+                f"{OUTSIDE_DATASET}: images[{i}] file_name '{printable(name)}' lies outside {folder}; "
                 "name images relative to their folder (--images-dir)",
             )
             images[image_id] = None
@@ -554,8 +609,15 @@ def _read_coco_file(
         images[image_id] = image
         src.images.append(image)
         w, h = entry.get("width"), entry.get("height")
-        if isinstance(w, int) and isinstance(h, int) and w > 0 and h > 0:
+        if _positive_int(w) and _positive_int(h):
             src.recorded_sizes[image] = (w, h)
+        elif w is not None or h is not None:
+            src.problem(
+                path,
+                None,
+                f"{MALFORMED}: images[{i}] width {printable(json.dumps(w))}, height {printable(json.dumps(h))}: "
+                "not whole numbers of pixels above 0; the size is not used",
+            )
     for ann in data["annotations"]:
         if not isinstance(ann, dict):
             src.problem(path, None, f"{MALFORMED}: an annotation is not an object")
@@ -584,7 +646,9 @@ def _read_coco_file(
             src.problem(path, None, box)
             continue
         ignore = _coco_flag(ann.get("iscrowd")) or _coco_flag(ann.get("ignore"))
-        src.boxes.append(SourceBox(image, cats[cat], *box, False, ignore, file=str(path), line=None))
+        src.boxes.append(
+            SourceBox(image, cats[cat], *box, False, ignore, file=str(path), line=None, ref=f"annotation id {ann.get('id')}")
+        )
 
 
 # ---------------------------------------------------------------- Pascal VOC
@@ -721,6 +785,9 @@ def _voc_object(obj: ET.Element) -> tuple[Any, ...] | str:
         return f"{MALFORMED}: <object> '{name}' needs numeric bndbox xmin, ymin, xmax, ymax"
     xmin, ymin, xmax, ymax = values
     difficult = _voc_flag(obj, "difficult") == 1
+    occluded = _voc_flag(obj, "occluded")
+    if not math.isnan(occluded) and occluded not in (0, 1):
+        return f"{MALFORMED}: <object> '{name}' <occluded> '{(obj.findtext('occluded') or '').strip()}' is not 0 or 1"
     return (
         name,
         xmin - 1,
@@ -730,7 +797,7 @@ def _voc_object(obj: ET.Element) -> tuple[Any, ...] | str:
         False,
         difficult,
         _voc_flag(obj, "truncated"),
-        _voc_flag(obj, "occluded"),
+        occluded,
     )
 
 
@@ -749,11 +816,11 @@ def _sniff_txt_labels(labels_dir: Path) -> str | None:
             text = read_bounded(path, LABEL_FILE_LIMIT).decode("utf-8-sig", errors="replace")
         except OSError:
             continue
-        lines = _label_lines(text)
-        if not lines:
+        first = next(_label_lines(text), None)
+        if first is None:
             continue
         checked += 1
-        tokens = lines[0][1]
+        tokens = first[1]
         if _number(tokens[0]) is None and len(tokens) in (15, 16):
             votes["kitti"] += 1
         elif _number(tokens[0]) is not None:

@@ -113,14 +113,21 @@ def class_warnings(df: pd.DataFrame, shown: int = 8) -> list[str]:
             f"{len(lonely)} class(es) have a single usable image, which cannot be in both train and test: {names}; "
             "add images of them, or drop such classes with --min-per-class 2"
         )
-    alike = lookalike_labels(c for c, _ in counts)
-    if alike:
-        groups = "; ".join(" and ".join(ascii(c) for c in group) for group in alike[:shown])
-        warnings.append(
-            f"{len(alike)} group(s) of class names look alike but are separate classes: {groups}"
-            f"{' ...' if len(alike) > shown else ''}; give each class one spelling in the source"
-        )
-    return warnings
+    alike = lookalike_warning((c for c, _ in counts), shown)
+    return warnings + ([alike] if alike else [])
+
+
+def lookalike_warning(labels: Iterable[str], shown: int = 8) -> str | None:
+    """The warning about class names that look alike (`lookalike_labels`), or None: for
+    class folders and detection classes alike."""
+    alike = lookalike_labels(labels)
+    if not alike:
+        return None
+    groups = "; ".join(" and ".join(ascii(c) for c in group) for group in alike[:shown])
+    return (
+        f"{len(alike)} group(s) of class names look alike but are separate classes: {groups}"
+        f"{' ...' if len(alike) > shown else ''}; give each class one spelling in the source"
+    )
 
 
 def lookalike_labels(labels: Iterable[str]) -> list[list[str]]:
