@@ -252,3 +252,83 @@ def test_ctrl_c_during_the_studys_bookkeeping_stops_between_trials(dataset, file
         run_sweep(base, dataset, out, SweepOptions(space=space, trials=3, pruner="none"))
     states = [t.state.name for t in optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}").get_trials()]
     assert states == ["COMPLETE"]
+
+
+def test_sweep_refuses_an_out_holding_a_users_files_or_a_run_before_writing(dataset, files, tmp_path):
+    base, space = files
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for n, text in (("notes.txt", "my notes"), ("results.csv", "my,results\n"), ("best.yaml", "mine: 1\n")):
+        (mine / n).write_text(text)
+    run = tmp_path / "run"  # a training run's folder
+    run.mkdir()
+    for n in ("config.yaml", "run.json", "summary.json"):
+        (run / n).write_text("{}")
+    for out, shown in ((mine, "'best.yaml', 'notes.txt', 'results.csv'"), (run, "'config.yaml', 'run.json', 'summary.json'")):
+        before = {p.name: p.read_text() for p in out.iterdir()}
+        res = CliRunner().invoke(app, ["sweep", str(base), "--space", str(space), "--data", str(dataset), "--out", str(out), "--trials", "1"])
+        assert res.exit_code == 2, res.output
+        assert len(res.output.strip().splitlines()) == 1 and f"holds files that are not a sweep's ({shown})" in res.output
+        assert {p.name: p.read_text() for p in out.iterdir()} == before  # no study.db, nothing overwritten
+
+
+def test_one_sweep_folder_holds_one_study(sweep2, dataset, files, tmp_path):
+    """A second study would train its trials into the first one's trial-NNNN folders: refused,
+    before anything is written, in a folder with sweep.json and in one made before it."""
+    base, space = files
+    out = tmp_path / "sweep"
+    shutil.copytree(sweep2[0], out)
+    results = (out / "results.csv").read_text()
+    for legacy in (False, True):
+        if legacy:
+            (out / "sweep.json").unlink()
+        with pytest.raises(VislabError, match=r"holds study 'sweep'.*continue it with --study-name sweep, or start study 'other' in another --out"):
+            run_sweep(base, dataset, out, SweepOptions(space=space, trials=3, study_name="other"))
+        assert optuna.get_all_study_names(f"sqlite:///{out / 'study.db'}") == ["sweep"]
+        assert (out / "results.csv").read_text() == results and sorted(p.name for p in out.glob("trial-*")) == ["trial-0000", "trial-0001"]
+    # a changed sweep suggests only another --out
+    with pytest.raises(VislabError, match=r"different config \(optim.weight_decay\).*start a new one with another --out$"):
+        run_sweep(base, dataset, out, SweepOptions(space=space, trials=3, study_name="sweep", overrides=["optim.weight_decay=0.1"]))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_out_of_range_is_refused_naming_seed_before_anything(dataset, files, tmp_path, seed):
+    base, space = files
+    out = tmp_path / "out"
+    with pytest.raises(VislabError, match=rf"^--seed {seed}: must be a whole number from 0 to 4294967295$"):
+        run_sweep(base, dataset, out, SweepOptions(space=space, trials=1, seed=seed))
+    assert not out.exists()
+
+
+def test_any_seed_up_to_2_to_the_32_makes_a_sampler(files, tmp_path):
+    """The sampler's seed is derived from --seed and the trials so far: it must stay a seed
+    numpy takes (it overflowed from --seed 4295 on)."""
+    from vislab.sweep.study import _sampler, resolve
+
+    base, _ = files
+    space = write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.03]})
+    for sampler in ("tpe", "random", "grid"):
+        setup = resolve(base, SweepOptions(space=space, sampler=sampler))
+        for seed in (4295, 2**32 - 1):
+            for n in (0, 7):
+                _sampler(setup, seed, n)  # Optuna's samplers check the seed as they are built
+
+
+def test_epochs_swept_and_given_by_flag_is_refused(files, tmp_path):
+    from vislab.sweep.study import resolve
+
+    base, _ = files
+    space = write(tmp_path / "space.yaml", {"train.epochs": [1, 2]})
+    with pytest.raises(VislabError, match=r"varies train.epochs, which --epochs 3 would fix for every trial"):
+        resolve(base, SweepOptions(space=space, epochs=3))
+
+
+def test_a_trial_is_never_pruned_at_its_last_epoch(dataset, files, tmp_path):
+    """As in the pruner test, lr 1e-7 is worse than the two finished trials when its second
+    epoch ends; with 2 epochs that is its last: it trained fully, so it is a result."""
+    base, _ = files
+    space = write(tmp_path / "space.yaml", {"optim.lr": [1e-7, 0.01, 0.03]})
+    result = run_sweep(base, dataset, tmp_path / "out", SweepOptions(space=space, sampler="grid", pruner="median", epochs=2))
+    assert set(result.table["state"]) == {"complete"} and result.table["value"].notna().all()
+    summary = json.loads((tmp_path / "out/lr1e-07/summary.json").read_text())
+    assert summary["stopped_reason"] == "completed" and "pruned_at_epoch" not in summary

@@ -490,7 +490,7 @@ def lr_find(
 def sweep(
     config: Path = typer.Argument(..., help="Base run config YAML (a grid file's grid: mapping can serve as the space)."),
     data: Path = typer.Option(..., "--data", "-d", help="Curated dataset directory."),
-    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: study.db, one run directory per trial, results.csv, best.yaml, sweep.html."),
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder, new or empty (or this sweep's, to continue it): study.db, sweep.json, one run directory per trial, results.csv, best.yaml, sweep.html."),
     space: Optional[Path] = typer.Option(None, "--space", help="Search space YAML: dotted config key -> {float: [LOW, HIGH], log: true} | {int: [LOW, HIGH], step: N} | {choices: [...]}."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Completed + pruned trials for the whole study, all workers together (default: the grid's size, else 20)."),
     max_time: Optional[str] = typer.Option(None, "--max-time", help="This worker's budget for the whole sweep, e.g. 8h: no trial starts after it (a running one finishes)."),

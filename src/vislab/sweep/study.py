@@ -58,6 +58,7 @@ from vislab.config import RunConfig, apply_overrides, build_config, load_config,
 from vislab.errors import DatasetError, SettingError, TrainingInterrupted, VislabError, check_keywords
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
+from vislab.sweep.folder import STUDY_DB, check_out, claim
 from vislab.sweep.space import Param, check_space, fixed_keys, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name, varies
 
 SAMPLERS = ("tpe", "random", "grid")
@@ -68,6 +69,7 @@ FINAL_STOPS = ("completed", "early_stopping", "max_time", "pruned", "nan")
 MAX_FAILURES_IN_ROW = 3
 MAX_RETRIES = 2  # a trial killed three times (say by the OOM killer) is left failed
 DEFAULT_TRIALS = 20
+SEED_SPAN = 2**32  # numpy's seeds, which Optuna's samplers take: 0 .. 2**32 - 1
 
 
 @dataclass
@@ -139,7 +141,8 @@ class PruneCallback(Callback):
         with warnings.catch_warnings():  # a resumed trial may report an epoch again; Optuna keeps the first
             warnings.simplefilter("ignore")
             self.trial.report(float(value), int(trainer.current_epoch))
-        if self.trial.should_prune():
+        last = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        if not last and self.trial.should_prune():  # a fully trained trial is a result, never pruned
             self.pruned_at = int(trainer.current_epoch)
             trainer.should_stop = True
 
@@ -157,6 +160,8 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
         raise VislabError(f"--sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     if opts.pruner not in PRUNERS:
         raise VislabError(f"--pruner {opts.pruner!r}: use one of {', '.join(PRUNERS)}")
+    if opts.seed is not None and not 0 <= opts.seed < SEED_SPAN:
+        raise VislabError(f"--seed {opts.seed}: must be a whole number from 0 to {SEED_SPAN - 1}")
     if opts.heartbeat < 1:
         raise VislabError(f"--heartbeat {opts.heartbeat}: must be 1 second or more")
     for flag, text in (("--trial-max-time", opts.trial_max_time), ("--max-time", opts.max_time)):
@@ -173,6 +178,8 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
     fixed = fixed_keys(cfg.task)
     params = read_space(opts.space, fixed) if opts.space is not None else parse_space(grid, f"{config}: grid", fixed)
     source = str(opts.space) if opts.space is not None else f"{config}: grid"
+    if opts.epochs is not None and any(varies(p, "train.epochs") for p in params):
+        raise VislabError(f"{source}: varies train.epochs, which --epochs {opts.epochs} would fix for every trial; drop one of them")
     check_space(base, params, source)
     problem = None if any(sets_model(p) for p in params) else model_problem(cfg)
     if problem:  # the one model of every trial, which no trial would train
@@ -263,7 +270,7 @@ def _sampler(setup: Setup, seed: int | None, n_existing: int) -> optuna.samplers
     if setup.sampler == "grid":  # every worker must shuffle the grid alike: a fixed seed
         return optuna.samplers.GridSampler(setup.grid, seed=seed or 0)
     # a seeded sampler restarted on a continued study would draw its first points again
-    s = None if seed is None else seed * 1_000_003 + n_existing
+    s = None if seed is None else (seed * 1_000_003 + n_existing) % SEED_SPAN
     if setup.sampler == "random":
         return optuna.samplers.RandomSampler(seed=s)
     return optuna.samplers.TPESampler(seed=s)
@@ -307,7 +314,7 @@ def _check_same_sweep(study: optuna.Study, setup: Setup, manifest: str, where: s
         what = f"a different config ({', '.join(keys[:5])})"
     raise VislabError(
         f"{where}: study '{study.study_name}' was started with {what}; "
-        "continue it with the same command, or start a new one with another --out or --study-name"
+        "continue it with the same command, or start a new one with another --out"
     )
 
 
@@ -401,7 +408,7 @@ class Objective:
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
             raise KeyboardInterrupt from None
         summary = read_json(paths.summary)
-        if prune.pruned_at is not None:
+        if prune.pruned_at is not None and summary.get("stopped_reason") not in FINAL_STOPS:
             summary["stopped_reason"] = "pruned"
             summary["pruned_at_epoch"] = prune.pruned_at
             write_json(paths.summary, summary)
@@ -551,9 +558,10 @@ def _run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: Swee
         raise VislabError(f"{data}: no manifest.csv; pass a dataset folder written by `vislab curate`")
     _check_dataset(setup, data, str(config))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    url = opts.storage or f"sqlite:///{inside(out, 'study.db')}"
     name = opts.study_name or out.resolve().name
+    check_out(out, name)
+    claim(out, name)
+    url = opts.storage or f"sqlite:///{inside(out, STUDY_DB)}"
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the sweep prints its own lines
     storage = open_storage(url, opts.heartbeat)
     epochs = int(setup.base["train"]["epochs"])
