@@ -291,6 +291,24 @@ def test_one_sweep_folder_holds_one_study(sweep2, dataset, files, tmp_path):
         run_sweep(base, dataset, out, SweepOptions(space=space, trials=3, study_name="sweep", overrides=["optim.weight_decay=0.1"]))
 
 
+def test_a_sweep_folder_from_before_sweep_json_with_its_study_elsewhere_continues(sweep2):
+    """A sweep run with --storage postgresql://... before sweep.json existed left neither
+    study.db nor sweep.json: its results.csv and trial run directories still mark it a sweep's
+    folder, while the same names beside a user's file do not."""
+    from vislab.sweep.folder import check_out
+
+    out = sweep2[0]
+    older = out.parent / "older"
+    shutil.copytree(out, older)
+    (older / "sweep.json").unlink()
+    (older / "study.db").unlink()
+    check_out(older, "sweep")
+    assert not (older / "study.db").exists()  # the check writes nothing
+    (older / "notes.txt").write_text("mine")
+    with pytest.raises(VislabError, match=r"holds files that are not a sweep's \('best.yaml'"):
+        check_out(older, "sweep")
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32])
 def test_seed_out_of_range_is_refused_naming_seed_before_anything(dataset, files, tmp_path, seed):
     base, space = files

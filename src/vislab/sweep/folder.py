@@ -3,8 +3,8 @@ into, and which study owns one.
 
 A sweep writes study.db, results.csv, best.yaml, sweep.html, plots/ and one run directory per
 trial, under names of its own choosing; so it starts only in a new or empty folder, or
-continues in a folder an earlier sweep made (SWEEP/sweep.json, or study.db of a sweep made
-before sweep.json existed), never among a user's files or in a training run. One folder holds
+continues in a folder an earlier sweep made (SWEEP/sweep.json; before sweep.json existed, its
+study.db, or for a study in another database its results.csv and run directories alone), never among a user's files or in a training run. One folder holds
 one study: a second study would train its trials into the first one's run directories."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from pathlib import Path
 
 from vislab.errors import VislabError
 from vislab.fsguard import TEMP_NAME, inside
-from vislab.runs import read_json, write_json
+from vislab.runs import RUN_JSON, read_json, write_json
+from vislab.sweep.results import BEST_YAML, PLOTS_DIR, RESULTS_CSV, SWEEP_HTML
 
 MARKER = "sweep.json"
 STUDY_DB = "study.db"
@@ -54,6 +55,13 @@ def _legacy_owner(db: Path, study_name: str) -> str | None:
     return next((n for n in names if n != study_name), None)
 
 
+def _older_sweep(out: Path, names: list[str]) -> bool:
+    """A sweep folder made before sweep.json whose study lives in another database (--storage
+    postgresql://...): results.csv and run directories, and nothing but the sweep's own files."""
+    runs = [n for n in names if (out / n / RUN_JSON).is_file()]
+    return RESULTS_CSV in names and bool(runs) and set(names) <= {RESULTS_CSV, BEST_YAML, SWEEP_HTML, PLOTS_DIR, *runs}
+
+
 def check_out(out: Path, study_name: str) -> None:
     """Refuse an --out that is not a new folder, an empty one or this study's sweep folder,
     before anything is written there."""
@@ -67,12 +75,12 @@ def check_out(out: Path, study_name: str) -> None:
     names = _entries(out)
     if not names:
         return
-    if MARKER not in names and STUDY_DB not in names:
+    if MARKER not in names and STUDY_DB not in names and not _older_sweep(out, names):
         shown = ", ".join(repr(n) for n in names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         raise VislabError(
             f"--out {out}: holds files that are not a sweep's ({shown}); choose another --out, a new or empty folder, so the sweep never mixes with them"
         )
-    have = owner(out) if MARKER in names else _legacy_owner(out / STUDY_DB, study_name)
+    have = owner(out) if MARKER in names else _legacy_owner(out / STUDY_DB, study_name) if STUDY_DB in names else None
     if have is not None and have != study_name:
         raise VislabError(
             f"--out {out}: holds study '{have}', whose trials' run directories a second study would reuse; "
