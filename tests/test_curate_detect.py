@@ -575,11 +575,16 @@ def test_hostile_file_names_occlusions_and_nesting_are_problems_or_one_line_erro
     coco_cat = tmp_path / "coco-cat"
     write_image(coco_cat / "a.png", size=(W, H))
     coco_cat = write_text(coco_cat / "ann.json", json.dumps({**data, "images": data["images"][:1], "categories": [{"id": 1, "name": "c\ud800"}]}))
-    for source, needle in (
+    refused_in_one_line(tmp_path, (
         (surrogate, "data.yaml: names[0] 'c\\ud800' is not valid Unicode text (a lone surrogate); rename the class there"),
         (deep, "data.yaml: not readable YAML (nested too deeply); fix the file"),
         (coco_cat, "ann.json: categories[0].name 'c\\ud800' is not valid Unicode text"),
-    ):
+    ))
+
+
+def refused_in_one_line(tmp_path, cases) -> None:
+    """Each (source, needle): curate refuses it in one line holding needle and writes no dataset."""
+    for source, needle in cases:
         out = tmp_path / f"ds-{source.parent.name}-{source.name}"
         assert_one_line_error(invoke("curate", source, "--out", out, "--workers", "1"), needle)
         assert not out.exists()
@@ -598,14 +603,11 @@ def test_a_class_name_declared_twice_is_a_one_line_error(tmp_path):
         "annotations": [{"id": 1, "image_id": 1, "category_id": 3, "bbox": [1, 1, 9, 9]}],
         "categories": [{"id": 1, "name": "cat"}, {"id": 3, "name": "cat"}],
     }))
-    for source, needle in (
+    refused_in_one_line(tmp_path, (
         (yolo, "data.yaml: names[1] 'cat' repeats names[0]; give each class one entry"),
         (txt, "classes.txt: line 4 'cat' repeats line 1"),
         (coco, "ann.json: categories[1].name 'cat' repeats categories[0].name"),
-    ):
-        out = tmp_path / f"ds-{source.parent.name}-{source.name}"
-        assert_one_line_error(invoke("curate", source, "--out", out, "--workers", "1"), needle)
-        assert not out.exists()
+    ))
 
 
 def test_detection_class_names_that_look_alike_are_warned_and_coco_problems_name_the_annotation(tmp_path):
