@@ -99,6 +99,9 @@ def test_printable_shows_invisible_format_characters():
     assert printable("\u202egnp.tac") == "\\u202egnp.tac"
     assert printable("cat\u200b|\ufeff|\xad|\U000e0001") == "cat\\u200b|\\ufeff|\\xad|\\U000e0001"
     assert printable("cafe\u0301 猫") == "cafe\u0301 猫"  # a combining accent is visible text
+    # joiners inside Persian words and emoji sequences are spelling; next to ASCII or at an end they hide
+    assert printable("می\u200cخواهم 👩\u200d💻") == "می\u200cخواهم 👩\u200d💻"
+    assert printable("cat\u200d|\u200cگل|گل\u200c") == "cat\\u200d|\\u200cگل|گل\\u200c"
 
 
 def test_inside_names_the_link_that_leads_out(tmp_path):

@@ -154,12 +154,25 @@ def printable(text: str | Path) -> str:
     return _UNSHOWN.sub(_escaped, s)
 
 
+_JOINERS = "\u200c\u200d"  # ZWNJ, ZWJ: part of Persian and Indic spelling and of emoji sequences
+
+
 def _escaped(match: re.Match[str]) -> str:
     ch = match.group()
     code = ord(ch)
     if code > 0x9F and unicodedata.category(ch) != "Cf":
         return ch
+    if ch in _JOINERS and _between_non_ascii(match.string, match.start()):
+        return ch  # joins two visible characters (e.g. a Persian word): shown as written
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _between_non_ascii(text: str, at: int) -> bool:
+    """Whether text[at] has a non-ASCII, non-format character on each side: a joiner there
+    shapes what is shown; next to ASCII or at an end it would only hide."""
+    if at == 0 or at + 1 >= len(text):
+        return False
+    return all(ord(c) > 0x7F and unicodedata.category(c) != "Cf" for c in (text[at - 1], text[at + 1]))
 
 
 def regular_file_problem(path: str | Path) -> str | None:
