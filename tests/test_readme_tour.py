@@ -94,6 +94,68 @@ def test_the_parser_finds_the_tour_and_refuses_other_skips():
         internet_lines("vislab train digits-cnn --data d --out r   # needs the internet\n")
 
 
+def readme_commands(text: str) -> list[str]:
+    """Every `vislab ...` command in the README's ```bash blocks: continuation lines joined,
+    comments dropped, split at `;`, `&&`, `|` and `&`, VAR=value prefixes left out."""
+    commands = []
+    for block in re.findall(r"^```bash\n(.*?)^```$", text, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+            lexer.whitespace_split = True
+            words: list[str] = []
+            for word in [*lexer, ";"]:
+                if word.strip(";&|"):
+                    words.append(word)
+                    continue
+                command = [w for w in words if not re.match(r"^[A-Z_]+=", w)] if words and re.match(r"^[A-Z_]+=", words[0]) else words
+                if command[:1] == ["vislab"]:
+                    commands.append(shlex.join(command))
+                words = []
+    return commands
+
+
+def parse_command(command: str) -> str:
+    """Parse one `vislab ...` command line with the real CLI's parser (commands, options,
+    argument counts and option types, as the shell would run it) without running it; the
+    command path it resolves to."""
+    import typer
+
+    from vislab.cli import app
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("vislab", shlex.split(command)[1:])
+    while hasattr(group, "resolve_command") and ctx._protected_args + ctx.args:
+        name, group, rest = group.resolve_command(ctx, ctx._protected_args + ctx.args)
+        ctx = group.make_context(name, rest, parent=ctx)
+    return ctx.command_path
+
+
+def test_every_vislab_command_in_the_readme_parses():
+    from typer._click.exceptions import ClickException
+
+    commands = readme_commands(README.read_text())
+    assert len(commands) > 40 and any("--sanity" in c for c in commands) and any(c.startswith("vislab serve runs/kitti") for c in commands)
+    wrong = []
+    for command in commands:
+        try:
+            parse_command(command)
+        except ClickException as err:
+            wrong.append(f"{command}: {err.format_message()}")
+    assert wrong == []
+
+
+def test_the_readme_command_check_catches_a_wrong_option_or_command():
+    from typer._click.exceptions import ClickException
+
+    text = "```bash\nFOO=1 vislab train x --sanityy   # a comment\nvislab stats d; vislab modelz | head\n```\n"
+    commands = readme_commands(text)
+    assert commands == ["vislab train x --sanityy", "vislab stats d", "vislab modelz"]
+    assert parse_command(commands[1]) == "vislab stats"
+    for bad in (commands[0], commands[2]):
+        with pytest.raises(ClickException):
+            parse_command(bad)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT + 60)
 def test_readme_tour_runs_as_written(tmp_path):
@@ -124,7 +186,7 @@ def test_readme_tour_runs_as_written(tmp_path):
     assert "Traceback" not in out, out[-8000:]
 
     # what the tour says it makes is there
-    for path in ("datasets/digits/manifest.csv", "runs/digits/report.html", "runs/digits/export/model.onnx", "lr/lr_find.png", "sweeps/digits/results.csv", "my.yaml"):
+    for path in ("datasets/digits/manifest.csv", "runs/digits/report.html", "runs/digits/export/model.onnx", "sweeps/digits/results.csv", "my.yaml"):
         assert (work / path).is_file(), f"the tour did not write {path}"
     assert json.loads((work / "runs/digits/summary.json").read_text())["epochs_completed"] == 14  # --resume --epochs 14
     # the server answered the tour's requests: models listed, a digit predicted
