@@ -296,11 +296,17 @@ def test_prepare_killed_outright_leaves_no_workers_behind(tmp_path: Path) -> Non
     import sys
     import time
 
+    from PIL import Image
+
+    from vislab.testing.images import smooth_image
     from vislab.testing.processes import group_alive, wait_group_gone
 
     rows = []
+    base = np.asarray(smooth_image(0, (900, 700)))  # one pattern, shifted: drawing 160 took 20-45 s
     for i in range(160):  # enough photos that preparing them outlasts the workers' start
-        p = write_image(tmp_path / "src" / f"{i % 2}" / f"{i}.jpg", seed=i, size=(900, 700))
+        p = tmp_path / "src" / f"{i % 2}" / f"{i}.jpg"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.roll(base, 5 * i, axis=1)).save(p, quality=90)
         rows.append({"path": str(p.resolve()), "label": str(i % 2), "split": "train", "status": "ok"})
     write_manifest(pd.DataFrame(rows), tmp_path / "ds")
     proc = subprocess.Popen([sys.executable, "-m", "vislab.cli", "prepare", str(tmp_path / "ds"), "--size", "64", "--workers", "2"],

@@ -88,8 +88,10 @@ def test_sigterm_stops_a_run_blocked_waiting_for_other_nodes_and_records_the_sto
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "NODE_RANK": "0"}
+    # `vislab train` with the watchdog's grace cut from 10 s to 2 s: it is blocked all along
+    cli = "import sys, vislab.interrupts as i; i.BLOCKED_GRACE_S = 2.0; from vislab.cli import app; sys.exit(app(prog_name='vislab'))"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vislab.cli", "train", str(cfg), "--data", str(data), "--out", str(run),
+        [sys.executable, "-c", cli, "train", str(cfg), "--data", str(data), "--out", str(run),
          "--set", "train.num_nodes=2", "--set", "train.accelerator=cpu"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
