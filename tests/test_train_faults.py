@@ -28,7 +28,8 @@ from vislab.cli import app
 from vislab.config import dump_config
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.runs import checksum_path, load_checkpoint_file, write_checksum
-from vislab.testing.processes import group_alive, wait_group_gone
+from vislab.testing.models import single_thread
+from vislab.testing.processes import group_alive, single_thread_env, wait_group_gone
 from vislab.testing.synthetic import make_pattern_dataset, tiny_config
 from vislab.train import train
 
@@ -52,15 +53,17 @@ def long_cfg(tmp_path_factory):
 
 
 class Cli:
-    """A real `vislab train` process whose output is read as it comes."""
+    """A real `vislab train` process whose output is read as it comes; torch on one thread
+    unless not `one_thread` (a test that times the stop keeps the default's pace)."""
 
-    def __init__(self, *args: str, new_session: bool = False) -> None:
+    def __init__(self, *args: str, new_session: bool = False, one_thread: bool = True) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vislab.cli", "train", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=new_session,
+            env=single_thread_env() if one_thread else None,
         )
         self.lines: list[str] = []
         self._q: queue.Queue[str | None] = queue.Queue()
@@ -112,21 +115,20 @@ def test_second_process_on_a_training_run_dir_is_refused(dataset, long_cfg, tmp_
     first = Cli(str(long_cfg), "--data", str(dataset), "--out", str(run))
     try:
         first.wait_for(r"^data: ")  # the run directory is set up: training starts
-        others = [Cli(str(long_cfg), "--data", str(dataset), "--out", str(run)), Cli("--resume", "--out", str(run))]
-        for other in others:
-            assert other.finish() == 2, other.output
-            lines = other.output.strip().splitlines()
-            assert len(lines) == 1, other.output
-            assert f"another vislab process (pid {first.proc.pid}) is training into this run directory" in lines[0]
-            assert str(run) in lines[0]
+        # the refused commands run here: the lock is the first process's, this is another one
+        for args in (["train", str(long_cfg), "--data", str(dataset), "--out", str(run)], ["train", "--resume", "--out", str(run)]):
+            line = _one_line_error(CliRunner().invoke(app, args))
+            assert f"another vislab process (pid {first.proc.pid}) is training into this run directory" in line
+            assert str(run) in line
         assert first.proc.poll() is None  # the first one trains on, undisturbed
-        first.wait_for(r"^epoch 1/")
+        first.wait_for(r"^epoch 2/")  # and epoch 1 is saved: a checkpoint to resume from
     finally:
         first.proc.send_signal(signal.SIGKILL)  # the kernel releases the lock of a killed process
         first.finish()
     ckpt = load_checkpoint_file(run / "checkpoints/last.ckpt")
     epochs = int(ckpt["callbacks"]["RunRecorder"]["next_epoch"]) + 1
-    train(None, None, run, resume=True, epochs=epochs)
+    with single_thread():
+        train(None, None, run, resume=True, epochs=epochs)
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(epochs))
 
 
@@ -189,7 +191,8 @@ def test_sigterm_saves_the_step_exits_143_and_resume_finishes(dataset, long_cfg,
     epoch, step = _check_stopped_run(proc.output, run, "SIGTERM", "sigterm")
     assert len(pd.read_csv(run / "metrics.csv")) in (epoch - 1, epoch)  # the cut epoch has no row yet
 
-    train(None, None, run, resume=True, epochs=epoch + 1)
+    with single_thread():
+        train(None, None, run, resume=True, epochs=epoch + 1)
     assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == list(range(epoch + 1))
     assert load_checkpoint_file(run / "checkpoints/last.ckpt")["global_step"] == (epoch + 1) * STEPS  # no step twice
     assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "completed"
@@ -233,7 +236,7 @@ def test_ctrl_c_to_the_process_group_with_workers_stops_cleanly(dataset, long_cf
 
 def test_second_ctrl_c_stops_at_once(dataset, long_cfg, tmp_path):
     run = tmp_path / "run"
-    proc = Cli(str(long_cfg), "--data", str(dataset), "--out", str(run), new_session=True)
+    proc = Cli(str(long_cfg), "--data", str(dataset), "--out", str(run), new_session=True, one_thread=False)
     proc.wait_for(r"^epoch 1/")
     os.killpg(proc.proc.pid, signal.SIGINT)
     proc.wait_for(r"SIGINT received")
@@ -275,7 +278,7 @@ def test_sigterm_during_the_budget_probe_stops_before_anything_is_written(datase
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-c", WITH_TEST_MODELS, "train", str(cfg), "--data", str(dataset), "--out", str(run), "--max-time", "10m"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=single_thread_env(),
     )
     try:
         deadline = time.monotonic() + SLOW_START
@@ -302,7 +305,7 @@ def test_a_signal_after_the_run_files_are_written_records_the_stop(dataset, long
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, str(script), name, "train", str(long_cfg), "--data", str(dataset), "--out", str(run)],
-        capture_output=True, text=True, timeout=SLOW_START,
+        capture_output=True, text=True, timeout=SLOW_START, env=single_thread_env(),
     )
     signum = signal.Signals[name]
     assert proc.returncode == 128 + signum, proc.stdout + proc.stderr
@@ -351,7 +354,7 @@ def test_orphan_temp_files_of_a_killed_write_are_removed_on_the_next_start(datas
     script.write_text(KILL_MID_WRITE)
     run = tmp_path / "run"
     sections = {"train": {"epochs": 3}, "data": {"batch_size": 8}}
-    proc = subprocess.run([sys.executable, str(script), str(dataset), str(run), json.dumps(sections)], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(script), str(dataset), str(run), json.dumps(sections)], capture_output=True, text=True, timeout=300, env=single_thread_env())
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     orphans = list((run / "checkpoints").glob(".best.ckpt.tmp*"))
     assert len(orphans) == 1 and orphans[0].read_bytes() == b"the first bytes of a checkpoint"
@@ -367,7 +370,8 @@ def test_orphan_temp_files_of_a_killed_write_are_removed_on_the_next_start(datas
         path.write_text(text)
     (run / f".link.tmp{dead_pid}").symlink_to(tmp_path / f".outside.tmp{dead_pid}")
 
-    train(None, None, run, resume=True)
+    with single_thread():
+        train(None, None, run, resume=True)
     assert not orphans[0].exists() and not also_orphan.exists()
     assert all(p.read_text() == text for p, text in keep.items())
     assert (run / f".link.tmp{dead_pid}").is_symlink()
@@ -378,7 +382,8 @@ def test_orphan_temp_files_of_a_killed_write_are_removed_on_the_next_start(datas
 @pytest.fixture(scope="module")
 def trained(dataset, tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "run"
-    train(tiny_config(train={"epochs": 2}, data={"batch_size": 8}), dataset, run)
+    with single_thread():
+        train(tiny_config(train={"epochs": 2}, data={"batch_size": 8}), dataset, run)
     return run
 
 

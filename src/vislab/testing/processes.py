@@ -1,8 +1,10 @@
-"""Helpers for tests that start real `vislab` processes: process groups (workers, background
-servers) that must all leave, and a folder made read-only for one command."""
+"""Helpers for tests that start real `vislab` processes: their torch on one thread, process
+groups (workers, background servers) that must all leave, and a folder made read-only for one
+command."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,14 @@ from pathlib import Path
 from typing import Sequence
 
 _READ_ONLY = 'mount --bind -o ro "$1" "$1" && shift && exec "$@"'
+
+
+def single_thread_env() -> dict[str, str]:
+    """The environment for a test's child process with torch on one intra-op thread (as
+    `vislab.testing.models.single_thread` does in the test's own process): on a busy 2-core
+    machine two threads mostly wait for each other (an epoch of a tiny run measured 1 s with
+    one, 5 s with two), and the child leaves the other core to the test runner's other worker."""
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def group_alive(pgid: int) -> list[int]:
