@@ -360,3 +360,84 @@ def test_a_split_no_run_has_is_one_line_naming_the_sets_there_are(runs, tmp_path
     df = compare_runs([runs[0], other])  # one run lacks eval/test: compared, with a word
     assert pd.isna(df.loc[1, "test_acc"]) and not pd.isna(df.loc[0, "test_acc"])
     assert capsys.readouterr().err == f"compare: warning: {other}/eval/test: not evaluated (have: val); run `vislab evaluate {other} --split test`\n"
+
+
+def _as_detection_run(run) -> None:
+    """A run directory turned into a detection run's: config.yaml's `task: detect` and the
+    figures a detection evaluation writes (what `vislab compare` reads of it)."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "task": "detect"}))
+    metrics = {"map50": 0.61, "map50_95": 0.35, "precision_at_conf": 0.7, "recall_at_conf": 0.5, "f1_at_conf": 0.58}
+    (run / "eval" / "test" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_out_refuses_a_folder_a_link_and_a_path_under_a_file_in_one_line_before_reading_runs(runs, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "mine.txt"
+    mine.write_text("precious\n")
+    (tmp_path / "link.md").symlink_to("mine.txt")
+    (tmp_path / "folder").mkdir()
+    refusals = {
+        "folder": "--out folder: is a folder; name the file to write, e.g. folder/compare.md",
+        "link.md": "--out link.md: is a symbolic link to mine.txt; refused",
+        "mine.txt/x.md": "--out mine.txt/x.md: mine.txt is a file, not a folder",
+    }
+    for out, said in refusals.items():
+        # a run directory that does not exist: the --out refusal comes before any run is read
+        res = CliRunner().invoke(app, ["compare", str(tmp_path / "no-such-run"), "-f", "md", "--out", out])
+        assert res.exit_code == 2, res.output
+        assert said in " ".join(res.output.split()), res.output
+    assert mine.read_text() == "precious\n" and (tmp_path / "link.md").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "link.md", "mine.txt"]  # no temporary file left
+
+
+def test_out_makes_its_folder_and_replaces_a_plain_file_whole(runs, tmp_path) -> None:
+    new = tmp_path / "not" / "yet" / "cmp.md"
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "-f", "md", "--out", str(new)])
+    assert res.exit_code == 0, res.output
+    assert new.read_text().startswith("| run |")
+    old = tmp_path / "old.csv"
+    old.write_text("x" * 100_000)
+    res = CliRunner().invoke(app, ["compare", *map(str, runs), "-f", "csv", "--out", str(old)])
+    assert res.exit_code == 0, res.output
+    assert pd.read_csv(old)["run"].tolist() == ["run0", "run1", "run2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not", "old.csv"]
+
+
+def test_an_unknown_format_is_refused_before_any_run_is_read(tmp_path) -> None:
+    res = CliRunner().invoke(app, ["compare", str(tmp_path / "no-such-run"), "--format", "xlsx"])
+    assert res.exit_code == 2
+    assert "--format 'xlsx': use one of table, md, csv, html, json" in " ".join(res.output.split())
+
+
+def test_json_holds_the_csv_columns_with_null_for_missing_values(tmp_path) -> None:
+    evaluated = make_run_dir(tmp_path, name="a", dataset=False)
+    never = make_run_dir(tmp_path, name="b", dataset=False, seed=1)
+    shutil.rmtree(never / "eval")
+    res = CliRunner().invoke(app, ["compare", str(evaluated), str(never), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)  # the warning that b was never evaluated goes to stderr
+    csv = pd.read_csv(io.StringIO(render(compare_runs([evaluated, never]), "csv")))
+    assert [list(r) for r in rows] == [list(csv.columns)] * 2
+    metrics = json.loads((evaluated / "eval/test/metrics.json").read_text())
+    assert rows[0]["run"] == "a" and rows[0]["test_acc"] == pytest.approx(metrics["accuracy"]) and rows[0]["epochs"] == 5
+    assert rows[1]["test_acc"] is None and rows[1]["mca"] is None
+    assert rows[1]["config.seed"] == 1 and rows[0]["path"] == str(evaluated)
+
+
+def test_runs_of_two_tasks_never_share_a_header_and_sort_keys_ignore_case(tmp_path) -> None:
+    classify = make_run_dir(tmp_path, name="classify", dataset=False)
+    detect = make_run_dir(tmp_path, name="detect", dataset=False)
+    _as_detection_run(detect)
+    df = compare_runs([classify, detect], sort="mAP50")
+    assert list(df["run"]) == ["detect", "classify"]  # the detection run has mAP50, best first
+    res = CliRunner().invoke(app, ["compare", str(classify), str(detect), "--sort", "MAP50"], terminal_width=400)
+    assert res.exit_code == 0, res.output
+    header = res.output.splitlines()[0]
+    assert "F1 (macro) %" in header and "F1 @conf %" in header and "F1 %" not in header.replace("F1 (macro) %", "").replace("F1 @conf %", "")
+    for fmt in ("md", "html"):
+        text = render(df, fmt)
+        assert "F1 (macro) %" in text and "F1 @conf %" in text
+    single = CliRunner().invoke(app, ["compare", str(classify)], terminal_width=400)
+    assert "F1 %" in single.output.splitlines()[0]  # alone, the short header
+    assert list(compare_runs([classify, detect], sort="Test_Acc")["run"]) == ["classify", "detect"]

@@ -314,14 +314,17 @@ def report(
 @user_errors
 def compare(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories to compare."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | html"),
-    sort: Optional[str] = typer.Option(None, help="Column to sort by, e.g. test_acc, mca, wall_time_s, or a config key that differs such as optim.lr ('+'/'-' prefix forces the order)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table | md | csv | html | json (a list of one object per run, the csv's columns)"),
+    sort: Optional[str] = typer.Option(None, help="Column to sort by (in any case), e.g. test_acc, mca, map50, wall_time_s, or a config key that differs such as optim.lr ('+'/'-' prefix forces the order)."),
     split: str = typer.Option("test", help="Eval set (a folder name under RUN_DIR/eval/, e.g. test-aberration-vignette0.4) whose accuracy, mCA and F1 are shown."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal (its folder is made; a file there is replaced, a folder or symbolic link refused)."),
 ) -> None:
     """One row per run: model, input, the config keys that differ, parameters, epochs, accuracies, mCA, F1, wall time, speed; runs scored on different test sets get a warning and dataset / n test columns."""
-    from vislab.report.compare import compare_runs, render, rich_table
+    from vislab.report.compare import check_format, check_out, compare_runs, render, rich_table, save
 
+    check_format(fmt)
+    if out is not None:
+        check_out(out, fmt)
     df = compare_runs(run_dirs, sort=sort, split=split)
     if fmt == "table" and out is None:
         from rich.measure import Measurement
@@ -332,7 +335,7 @@ def compare(
         return
     text = render(df, "md" if fmt == "table" else fmt)
     if out is not None:
-        out.write_text(text)
+        save(text, out, fmt)
         console.print(f"comparison: {term(out)}", highlight=False, soft_wrap=True)
     else:
         _write(text)

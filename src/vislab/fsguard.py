@@ -8,6 +8,8 @@
 - `folder_name_problem(name)`: why a label cannot be a folder name (None when it can), so
   curate refuses such labels with a reason before any writer sees them.
 - `folder_problem(path)`: why an output folder cannot be made there (it or a parent is a file).
+- `output_file_problem(path, example)`: why a user's `--out FILE` cannot be written (a folder,
+  a symbolic link, a special file, a path under a file); a regular file there may be replaced.
 - `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes,
   control characters and invisible format characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
@@ -108,6 +110,27 @@ def folder_problem(path: str | Path) -> str | None:
                 return None
             return "is a file, not a folder" if place == target else f"lies under {place}, which is a file, not a folder"
     return None
+
+
+def output_file_problem(path: str | Path, example: str) -> str | None:
+    """Why `path`, named by the user as the one file to write (an `--out FILE`), must not be
+    written, or None: it is a folder, a symbolic link (writing would replace what it points
+    to, or the link), a pipe or device, or lies under a file. An existing regular file is
+    the user's request to replace it (`write_file`, never through a link). Checked before
+    any long work; `example` is a file name to suggest inside a folder."""
+    target = Path(path)
+    if os.path.islink(target):
+        try:
+            to = f" to {printable(os.readlink(target))}"
+        except OSError:
+            to = ""
+        return f"is a symbolic link{to}; refused, so that neither it nor its target is replaced: name the file itself or a new one"
+    if target.is_dir():
+        return f"is a folder; name the file to write, e.g. {printable(target / example)}"
+    if os.path.lexists(target) and not target.is_file():
+        return "is not a regular file (a pipe, socket or device); name a regular file"
+    problem = folder_problem(target.parent)
+    return f"{printable(target.parent)} {problem}" if problem else None
 
 
 def slug(text: str) -> str:

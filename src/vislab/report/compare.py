@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import io
+import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ import pandas as pd
 from vislab.config import key_applies, value_text
 from vislab.display import format_rate
 from vislab.errors import VislabError
-from vislab.fsguard import printable
+from vislab.fsguard import output_file_problem, printable, write_file
 from vislab.report.rundata import RunData, read_run
 from vislab.runs import is_sanity_check, run_paths
 from vislab.tasks import Column, get_task
@@ -47,7 +49,7 @@ SCORED_SET = (
     Column("dataset", "dataset", "dataset"),
     Column("n_test", "n test", "n test"),
 )
-FORMATS = ("table", "md", "csv", "html")
+FORMATS = ("table", "md", "csv", "html", "json")
 CONFIG = "config."  # prefix of the columns holding config keys that differ between the runs
 # config keys another column already shows (model name and ABN mark, input size, epochs)
 SHOWN_ELSEWHERE = ("model.name", "model.attention", "data.img_size", "train.epochs")
@@ -177,19 +179,36 @@ def compare_runs(run_dirs: Sequence[str | Path], sort: str | None = None, split:
         df[CONFIG + key] = pd.Series([d.get(key, float("nan")) for d in diffs], dtype=object)
     if sort:
         cols = columns(df)
-        key = sort.lstrip("+-")
-        key = next((c.key for c in cols if key in c.aliases), key)
         by_key = {c.key: c for c in cols}
-        if CONFIG + key in df.columns:
-            key = CONFIG + key
-        elif key not in by_key:
-            varying = [c.removeprefix(CONFIG) for c in config_columns(df)]
-            also = f", or a config key that differs ({', '.join(varying)})" if varying else ""
-            raise VislabError(f"--sort {sort!r}: unknown column; use one of {', '.join(by_key)}{also}")
+        key = _sort_column(sort, cols, config_columns(df))
         higher = key in by_key and by_key[key].higher_is_better
         descending = sort.startswith("-") or (not sort.startswith("+") and higher)
         df = df.sort_values(key, ascending=not descending, na_position="last", kind="stable", key=_sortable).reset_index(drop=True)
     return df
+
+
+def _sort_column(sort: str, cols: Sequence[Column], config: Sequence[str]) -> str:
+    """The column `--sort` names: a column key, one of its aliases or a config key that
+    differs (its column), matched exactly or else regardless of case when only one name
+    matches (`mAP50` is `map50`)."""
+    wanted = sort.lstrip("+-")
+    names: dict[str, str] = {}  # every accepted name -> its column
+    for c in cols:
+        names.setdefault(c.key, c.key)
+        for alias in c.aliases:
+            names.setdefault(alias, c.key)
+    for col in config:
+        names[col.removeprefix(CONFIG)] = col
+    if wanted in names:
+        return names[wanted]
+    matches = {col for name, col in names.items() if name.casefold() == wanted.casefold()}
+    if len(matches) == 1:
+        return matches.pop()
+    if matches:
+        raise VislabError(f"--sort {sort!r}: matches {', '.join(sorted(m.removeprefix(CONFIG) for m in matches))} regardless of case; write it as one of them")
+    varying = [c.removeprefix(CONFIG) for c in config]
+    also = f", or a config key that differs ({', '.join(varying)})" if varying else ""
+    raise VislabError(f"--sort {sort!r}: unknown column; use one of {', '.join(c.key for c in cols)}{also}")
 
 
 def _check_split(runs: Sequence[RunData], split: str) -> None:
@@ -351,7 +370,20 @@ def shown_columns(df: pd.DataFrame) -> list[str]:
 
 
 def _labels(df: pd.DataFrame, short: bool = False) -> dict[str, str]:
-    labels = {c.key: (c.short if short else c.label + (" %" if c.percent else "")) for c in columns(df)}
+    """Header of each column. Runs of several tasks can bring two columns with one short
+    header (classify's macro F1 and detect's F1 @conf are both `F1 %`): those get their long
+    headers, so no two shown columns read the same."""
+    cols = columns(df)
+    long = {c.key: c.label + (" %" if c.percent else "") for c in cols}
+    labels = {c.key: c.short for c in cols} if short else dict(long)
+    shown = set(shown_columns(df))
+    taken: dict[str, int] = {}
+    for key, label in labels.items():
+        if key in shown:
+            taken[label] = taken.get(label, 0) + 1
+    for key, label in labels.items():
+        if key in shown and taken[label] > 1:
+            labels[key] = long[key]
     labels.update(config_labels(config_columns(df)))
     labels[OTHER] = "other config"
     return labels
@@ -391,10 +423,33 @@ def to_csv(df: pd.DataFrame) -> str:
     """Raw numbers (not display strings) in every column, for spreadsheets and scripts;
     text that a spreadsheet would run as a formula (a run named `=1+1`) is neutralised by
     `sheet_table`. Nothing in vislab reads this file back."""
-    table = sheet_table(df[[c.key for c in columns(df)] + ["epochs_planned", "path"] + config_columns(df)])
+    table = sheet_table(df[_file_columns(df)])
     buf = io.StringIO()
     table.to_csv(buf, index=False, lineterminator="\n")
     return buf.getvalue()
+
+
+def to_json(df: pd.DataFrame) -> str:
+    """A list with one object per run, holding the CSV's columns under its keys: raw numbers,
+    and null where a value is missing (a run never evaluated)."""
+    keys = _file_columns(df)
+    rows = [{k: _json_value(v) for k, v in zip(keys, values)} for values in df[keys].itertuples(index=False, name=None)]
+    return json.dumps(rows, indent=2, default=str) + "\n"
+
+
+def _file_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of the csv and json outputs: every result column, then the planned epochs,
+    the run's path and the config keys that differ."""
+    return [c.key for c in columns(df)] + ["epochs_planned", "path"] + config_columns(df)
+
+
+def _json_value(v: Any) -> Any:
+    """`v` as JSON has it: numpy numbers as Python ones, NaN (a missing value) as null."""
+    if hasattr(v, "item") and not isinstance(v, (list, dict, str)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
 
 
 def to_html(df: pd.DataFrame) -> str:
@@ -435,9 +490,34 @@ def rich_table(df: pd.DataFrame) -> Any:
     return t
 
 
-def render(df: pd.DataFrame, fmt: str) -> str:
-    """The table as text in one of md | csv | html (the terminal table is `rich_table`)."""
-    writers = {"md": to_markdown, "csv": to_csv, "html": to_html}
-    if fmt not in writers:
+def check_format(fmt: str) -> None:
+    """Refuse an unknown `--format` in one line, before any run is read."""
+    if fmt not in FORMATS:
         raise VislabError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+
+
+def check_out(out: str | Path, fmt: str) -> None:
+    """Refuse an `--out` that cannot take the table (a folder, a link, a special file, a path
+    under a file) in one line, before any run is read."""
+    problem = output_file_problem(out, f"compare.{'md' if fmt == 'table' else fmt}")
+    if problem:
+        raise VislabError(f"--out {printable(out)}: {problem}")
+
+
+def save(text: str, out: str | Path, fmt: str) -> Path:
+    """Write the table to `out` whole (a temporary file renamed onto it, its folder made if
+    missing); a file already there is replaced, a link there is never written through."""
+    check_out(out, fmt)
+    try:
+        return write_file(out, text)
+    except OSError as err:
+        raise VislabError(f"--out {printable(out)}: cannot write the file ({os.strerror(err.errno) if err.errno else err})") from None
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    """The table as text in one of md | csv | html | json (the terminal table is `rich_table`)."""
+    writers = {"md": to_markdown, "csv": to_csv, "html": to_html, "json": to_json}
+    if fmt not in writers:
+        check_format(fmt)
+        raise VislabError(f"--format {fmt!r}: the terminal table; use one of {', '.join(writers)} for text")
     return writers[fmt](df)
