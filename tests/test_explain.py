@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import timm
@@ -271,3 +273,113 @@ def test_an_empty_gradcam_map_is_recorded_and_named_with_methods_to_try(tmp_path
     res = CliRunner().invoke(app, ["explain", str(run), str(image), "--class", "fox", "--method", "eigencam", "--out", str(out)])
     assert res.exit_code == 0 and "note:" not in res.output, res.output
     assert json.loads((out / "explanations.json").read_text())[0]["empty_map"] is False
+
+
+def _pngs(folder) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.png"))
+
+
+def _index(folder) -> list[dict]:
+    import json
+
+    return json.loads((folder / "explanations.json").read_text())
+
+
+def test_attention_refuses_layer_and_each_method_has_one_default_folder(tmp_path) -> None:
+    """--layer with --method attention ran on the attention branch regardless; --method
+    GradCAM++ and --method Attention wrote to GradCAMpp/ and Attention/ beside gradcampp/ and
+    attention/."""
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, name="run", checkpoint=True, attention="abn", n_test=3)
+    image = sorted((tmp_path / "run-data" / "images" / "cat").glob("*.png"))[0]
+    res = CliRunner().invoke(app, ["explain", str(run), str(image), "--method", "attention", "--layer", "features.0"])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert res.output.strip().startswith("error: --layer features.0: --method attention") and len(res.output.strip().splitlines()) == 1
+    assert not (run / "explain").exists()
+    for method in ("Attention", "attention", "GradCAM++", "gradcam++", "grad-cam-pp"):
+        res = CliRunner().invoke(app, ["explain", str(run), str(image), "--method", method])
+        assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (run / "explain").iterdir()) == ["attention", "gradcampp"]
+
+
+def test_a_file_named_several_ways_is_explained_once(tmp_path, monkeypatch) -> None:
+    """Four spellings of one image printed four result lines but wrote one overlay, three
+    times over, and listed it four times in explanations.json; a file is now explained once
+    (as cp copies a source named twice once), while another image of the same name is not
+    one of them."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, name="run", checkpoint=True, n_test=3)
+    monkeypatch.chdir(tmp_path)
+    image = sorted(Path("run-data/images/cat").glob("*.png"))[0]
+    Path("other").mkdir()
+    shutil.copy(sorted(Path("run-data/images/dog").glob("*.png"))[0], Path("other") / image.name)  # same name, another file
+    Path("link.png").symlink_to(image)
+    spellings = [str(image), str(image), f"./{image}", f"run-data/images/../images/cat/{image.name}", "link.png"]
+    res = CliRunner().invoke(app, ["explain", str(run), *spellings, f"other/{image.name}", "--out", "ex"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count(" -> ") == 2 and "each file is explained once" in res.output
+    assert len(_pngs(Path("ex"))) == 2
+    index = _index(Path("ex"))
+    assert len(index) == 2 and len({e["output"] for e in index}) == 2
+    assert {e["source"] for e in index} == {str(image), f"other/{image.name}"}
+
+
+def test_the_index_lists_every_overlay_the_folder_holds_after_any_calls(tmp_path) -> None:
+    """Each call replaced explanations.json: after --top-k 3 then --layer features.2, three
+    overlays stayed but the index listed one, and the default layer's overlay had been
+    overwritten by the features.2 map (the layer was not in the name). Now an overlay of
+    another layer is named for it, the index is merged by output file, an overlay removed
+    by hand leaves the index, and files vislab did not write are left alone."""
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.rundirs import make_run_dir
+
+    run = make_run_dir(tmp_path, name="run", checkpoint=True, n_test=3)
+    image = sorted((tmp_path / "run-data" / "images" / "cat").glob("*.png"))[0]
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "mine.png").write_bytes(b"not vislab's")
+
+    def explain(*args: str) -> None:
+        res = CliRunner().invoke(app, ["explain", str(run), str(image), "--out", str(out), *args])
+        assert res.exit_code == 0, res.output
+
+    def agree() -> list[dict]:
+        index = _index(out)
+        names = [Path(e["output"]).name for e in index]
+        assert sorted(names) == sorted(set(_pngs(out)) - {"mine.png"}), (names, _pngs(out))
+        assert all(Path(e["output"]).parent == out for e in index)
+        return index
+
+    explain("--top-k", "3")
+    assert len(agree()) == 3
+    [top] = [e for e in _index(out) if e["rank"] == 1]
+    default_bytes = Path(top["output"]).read_bytes()
+    explain("--layer", "features.2")
+    index = agree()
+    assert len(index) == 4 and index[0]["layer"] == "features.2" and index[0]["output"].endswith("__gradcam__features.2.png")
+    assert Path(top["output"]).read_bytes() == default_bytes  # the default layer's overlay is still its own
+    explain("--layer", "features.6")  # the default layer, named as without --layer: it replaces that overlay
+    assert len(agree()) == 4
+    explain("--method", "eigencam")
+    assert len(agree()) == 5
+    Path(top["output"]).unlink()
+    explain("--method", "eigencam")
+    assert len(agree()) == 4
+    assert (out / "mine.png").read_bytes() == b"not vislab's"
+
+    (out / "explanations.json").write_text("my notes")
+    res = CliRunner().invoke(app, ["explain", str(run), str(image), "--out", str(out)])
+    assert res.exit_code == 2 and "not an index written by vislab explain" in res.output and "Traceback" not in res.output
+    assert (out / "explanations.json").read_text() == "my notes"

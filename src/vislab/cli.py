@@ -401,6 +401,9 @@ def explain(
         console.print(f"note: {empty}", highlight=False, soft_wrap=True)
     for f in results.failed:
         console.print(f"{term(Path(f['source']).name)}: error: {term(f['error'])}", highlight=False, soft_wrap=True)
+    if results.repeated:
+        names = ", ".join(term(p) for p in dict.fromkeys(map(str, results.repeated)))
+        console.print(f"note: {len(results.repeated)} input(s) named a file given before ({names}); each file is explained once", highlight=False, soft_wrap=True)
     if results:
         where = term(results[0].output.parent)
         console.print(f"{len(results)} overlay(s) in {where} ({term(r.method)} on layer {term(results[0].layer)})", highlight=False, soft_wrap=True)

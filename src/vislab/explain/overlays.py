@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,7 +22,7 @@ from vislab.data.io import ImageDecodeError, collect_images
 from vislab.errors import VislabError
 from vislab.fsguard import inside, make_folder, replacing, slug, write_file
 from vislab.explain.attention import METHOD as ATTENTION, attention_session
-from vislab.explain.cam import cam_session, overlay
+from vislab.explain.cam import cam_session, check_cam_method, find_target_layer, overlay
 
 MIN_VIEW = 224  # overlays are upscaled to at least this short side so small inputs stay visible
 
@@ -79,6 +80,13 @@ def empty_maps_note(results: Sequence[Explanation], option: str, show: Callable[
             f"shows no region{recorded}; try {tries}")
 
 
+def canonical_method(method: str) -> str:
+    """`method`'s one spelling ("attention", or a CAM method as `check_cam_method` gives it),
+    which names the overlays and their default folder: --method GradCAM++ writes where
+    --method gradcam++ does; an unknown method is refused in one line."""
+    return ATTENTION if method.lower() == ATTENTION else check_cam_method(method)
+
+
 def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:
     """(normalised batch for the model, the same crops as uint8 RGB for display).
 
@@ -122,11 +130,16 @@ def explain_images(
     """Heatmaps for each image: for `class_name`, else for each of the top-k predicted classes.
 
     `method="attention"` shows an ABN's own attention map, which is one per image: it is
-    labelled with the predicted class, and `class_name` / `top_k` > 1 are refused.
+    labelled with the predicted class, and `class_name`, `top_k` > 1 and `layer` are refused.
     """
-    attention = method.lower() == ATTENTION
+    attention = canonical_method(method) == ATTENTION
     if attention and (class_name is not None or top_k > 1):
         raise VislabError("--method attention: an ABN has one attention map per image, not per class; drop --class/--top-k")
+    if attention and layer is not None:
+        raise VislabError(
+            f"--layer {layer}: --method attention reads the attention branch's own map, not a layer's; "
+            "drop --layer, or use a CAM method (--method gradcam --layer NAME)"
+        )
     if class_name is not None and class_name not in classes:
         raise VislabError(f"--class {class_name!r}: not a class of this run; classes are {', '.join(classes)}")
     if top_k < 1:
@@ -191,13 +204,72 @@ def name_parts(texts: Sequence[str]) -> dict[str, str]:
     return parts
 
 
+INDEX = "explanations.json"
+
+
 class ExplainedImages(list):
     """What `explain_run` returns: its Explanations (a list), plus `failed`, one
-    {"source", "error"} per input image that could not be read (also in explanations.json)."""
+    {"source", "error"} per input image that could not be read (also in explanations.json),
+    and `repeated`, the inputs that named a file already given (explained once)."""
 
-    def __init__(self, results: Sequence[Explanation], failed: Sequence[dict[str, str]]) -> None:
+    def __init__(self, results: Sequence[Explanation], failed: Sequence[dict[str, str]], repeated: Sequence[Path] = ()) -> None:
         super().__init__(results)
         self.failed = list(failed)
+        self.repeated = list(repeated)
+
+
+def distinct_files(files: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(each file once, under the name it was first given; the later names of a file already
+    given). `a.png ./a.png sub/../a.png` or a link to a.png are one file, explained once, as
+    `cp` and `rsync` copy a source named twice once: two overlays of it would share a name."""
+    seen: set[object] = set()
+    kept: list[Path] = []
+    repeated: list[Path] = []
+    for f in files:
+        try:
+            st = os.stat(f)
+            key: object = (st.st_dev, st.st_ino)
+        except OSError:
+            key = os.path.realpath(f)
+        (repeated if key in seen else kept).append(f)
+        seen.add(key)
+    return kept, repeated
+
+
+def earlier_index(path: Path) -> list[dict[str, Any]]:
+    """The entries of an explanations.json that an earlier `vislab explain` left in the folder
+    ([] when there is none); a file by that name that is not such an index is refused in one
+    line rather than replaced."""
+    from vislab.fsguard import SpecialFileError, read_bounded
+
+    if not os.path.lexists(path):
+        return []
+    try:
+        entries = json.loads(read_bounded(path))
+    except (OSError, SpecialFileError, ValueError) as err:
+        entries, why = None, str(getattr(err, "strerror", None) or err).splitlines()[0]
+    else:
+        why = "not a list of entries"
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and ("output" in e or "error" in e) for e in entries):
+        raise VislabError(f"{path}: not an index written by vislab explain ({why}); move it away or choose another --out")
+    return entries
+
+
+def merged_index(out_dir: Path, earlier: Sequence[dict[str, Any]], fresh: Sequence[dict[str, Any]], sources: set[str]) -> list[dict[str, Any]]:
+    """The folder's index after this call: this call's entries first, then each earlier entry
+    whose overlay is still in the folder and was not rewritten now (an earlier --top-k 10
+    keeps its ten entries when a later call adds one), and earlier errors of images not
+    given this time. So the index lists every overlay explain wrote there, once."""
+    written = {Path(e["output"]).name for e in fresh if e.get("output")}
+    kept: dict[object, dict[str, Any]] = {}
+    for i, e in enumerate(earlier):
+        name = Path(str(e["output"])).name if e.get("output") else None
+        if name is None:
+            if e.get("source") not in sources:
+                kept[i] = e
+        elif name not in written and (out_dir / name).is_file():
+            kept[name] = {**e, "output": str(inside(out_dir, name))}  # the folder may have moved since
+    return list(fresh) + list(kept.values())
 
 
 def explain_run(
@@ -211,16 +283,22 @@ def explain_run(
 ) -> ExplainedImages:
     """Load a run's model, explain the given images and write one overlay PNG per heatmap.
 
-    Overlays go to `out` (default RUN_DIR/explain/<method>/) with an `explanations.json` index.
-    An image that cannot be decoded gets an error entry instead of stopping the others; when
-    none can be read, that is an error.
+    Overlays go to `out` (default RUN_DIR/explain/<method>/) named image__class__method.png,
+    with __layer added for a --layer other than the model's default one, and are listed in
+    the folder's `explanations.json`, which keeps the entries of earlier calls whose overlays
+    are still there. An image that cannot be decoded gets an error entry instead of stopping
+    the others; when none can be read, that is an error.
     """
     from vislab.data.io import load_image
     from vislab.data.manifest import recorded_max_pixels
     from vislab.data.transforms import decode_size
     from vislab.runs import run_paths
 
-    files = collect_images(inputs)
+    method = canonical_method(method)
+    collected = collect_images(inputs)
+    files, repeated = distinct_files(collected)
+    out_dir = Path(out) if out is not None else run_paths(run_dir).explain_dir(slug(method))
+    earlier = earlier_index(out_dir / INDEX)  # refused before the long work, not after it
     loaded = load_trained(run_dir)
     side = decode_size(loaded.spec)  # decoded as evaluate and predict decode (JPEG draft mode), so the scores agree
     limit = recorded_max_pixels(loaded.info)  # photos like those it was trained on
@@ -231,7 +309,7 @@ def explain_run(
             read.append(f)
         except ImageDecodeError as err:
             failed.append({"source": str(f), "error": f"cannot read image: {err.reason}"})
-    failed += [{"source": str(path), "error": f"skipped: {reason}"} for path, reason in files.skipped]
+    failed += [{"source": str(path), "error": f"skipped: {reason}"} for path, reason in collected.skipped]
     if not images:
         more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise VislabError(f"{failed[0]['source']}: {failed[0]['error']}{more}; no image left to explain")
@@ -239,7 +317,8 @@ def explain_run(
         loaded.model, loaded.spec, list(loaded.classes), images, [str(f) for f in read], method, class_name, top_k, layer,
         grayscale=loaded.cfg.data.grayscale,
     )
-    out_dir = make_folder(out if out is not None else run_paths(run_dir).explain_dir(slug(method)))
+    default_layer = _default_layer(loaded.model, loaded.spec) if layer is not None else None
+    out_dir = make_folder(out_dir)
     stems = [f.stem for f in read]
     numbered = len(set(stems)) != len(stems)
     stem_part = name_parts(stems)
@@ -248,11 +327,22 @@ def explain_run(
     for r in results:
         i = index[r.source]
         stem = f"{i:04d}_{stem_part[stems[i]]}" if numbered else stem_part[stems[i]]
-        r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}.png")
+        tag = f"__{slug(r.layer)[:NAME_PART_CHARS]}" if layer is not None and r.layer != default_layer else ""
+        r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}{tag}.png")
         with replacing(r.output) as fh:
             Image.fromarray(r.overlay).save(fh, format="PNG")
-    write_file(inside(out_dir, "explanations.json"), json.dumps([r.to_dict() for r in results] + failed, indent=2))
-    return ExplainedImages(results, failed)
+    sources = {str(f) for f in files} | {f["source"] for f in failed}
+    entries = merged_index(out_dir, earlier, [r.to_dict() for r in results] + failed, sources)
+    write_file(inside(out_dir, INDEX), json.dumps(entries, indent=2))
+    return ExplainedImages(results, failed, repeated)
+
+
+def _default_layer(model: nn.Module, spec: Any) -> str | None:
+    """The layer a CAM uses without --layer (None when the model has none to choose)."""
+    try:
+        return find_target_layer(model, None, tuple(spec.input_size[1:]))[0]
+    except VislabError:
+        return None
 
 
 def load_trained(run_dir: str | Path) -> Any:
