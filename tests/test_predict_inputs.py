@@ -179,3 +179,150 @@ def test_an_empty_in_memory_image_gets_an_error_row_and_no_images_is_one_line(ru
         predict(run, Image.new("L", (0, 0)))
     with pytest.raises(VislabError, match=r"^no images given; pass image files or folders of images$"):
         predict(run, [])
+
+
+# ---------------------------------------------------------------- --out: a folder predict owns
+
+
+def _det_images(detect_run: Path) -> list[Path]:
+    return sorted((detect_run.parent / "src" / "images").glob("*.png"))
+
+
+def _refused(res, *fragments: str) -> None:
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    for fragment in fragments:
+        assert fragment in res.stderr, res.stderr
+
+
+def test_predict_out_refuses_a_folder_it_did_not_write_before_predicting(detect_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """--out replaced a user's predictions.json and classes.txt, wrote drawn images and YOLO
+    labels into a dataset's images/ and labels/ (the next curate took them as truths) and
+    among the photos it was predicting; an --out that was a file was refused only after every
+    image was predicted. Now such an --out is refused in one line before any prediction."""
+    from vislab.tasks.detect import DetectPlugin
+
+    image = _det_images(detect_run)[0]
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "predictions.json").write_text("my notes")
+    (user / "classes.txt").write_text("cat\ndog\n")
+    dataset = shutil.copytree(detect_run.parent / "src", tmp_path / "dcopy")
+    dataset_files = sorted(p for p in dataset.rglob("*"))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(image, frames / "f.png")
+    (tmp_path / "afile").write_text("x")
+
+    def never(*args, **kwargs):
+        raise AssertionError("predicted before --out was checked")
+
+    monkeypatch.setattr(DetectPlugin, "predict", never)
+    runner = CliRunner()
+    _refused(runner.invoke(app, ["predict", str(detect_run), str(image), "--out", str(user)]), "holds files predict did not write", "'classes.txt'")
+    _refused(runner.invoke(app, ["predict", str(detect_run), str(image), "--out", str(dataset)]), "holds files predict did not write")
+    _refused(runner.invoke(app, ["predict", str(detect_run), str(frames), "--out", str(frames)]), "'f.png'")
+    _refused(runner.invoke(app, ["predict", str(detect_run), str(image), "--out", str(tmp_path / "afile")]), "is a file, not a folder")
+    assert (user / "predictions.json").read_text() == "my notes" and (user / "classes.txt").read_text() == "cat\ndog\n"
+    assert sorted(user.iterdir()) == [user / "classes.txt", user / "predictions.json"]
+    assert sorted(p for p in dataset.rglob("*")) == dataset_files
+    assert os.listdir(frames) == ["f.png"] and (tmp_path / "afile").read_text() == "x"
+
+
+def test_predict_out_reuses_only_its_own_folder_and_leaves_no_stale_files(detect_run: Path, tmp_path: Path) -> None:
+    """A second predict into the same --out with fewer images left the first one's drawings
+    and labels (predictions.json listed 1 image, images/ held 4). Now it removes the files the
+    previous predict wrote and this one did not, and never a file of the user's."""
+    import json
+
+    images = _det_images(detect_run)[:4]
+    out = tmp_path / "pred"
+    out.mkdir()  # an empty folder is accepted
+    runner = CliRunner()
+    res = runner.invoke(app, ["predict", str(detect_run), *map(str, images), "--conf", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(list((out / "images").iterdir())) == 4 and len(list((out / "labels").iterdir())) == 4
+    (out / "notes.txt").write_text("mine")
+    (out / "labels" / "mine.txt").write_text("mine too")
+    res = runner.invoke(app, ["predict", str(detect_run), str(images[2]), "--conf", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = json.loads((out / "predictions.json").read_text())
+    assert [r["path"] for r in rows] == [str(images[2])]
+    assert [p.name for p in (out / "images").iterdir()] == [Path(rows[0]["drawn"]).name] == ["00000_" + images[2].stem + ".jpg"]
+    assert sorted(p.name for p in (out / "labels").iterdir()) == ["00000_" + images[2].stem + ".txt", "mine.txt"]
+    assert (out / "notes.txt").read_text() == "mine" and (out / "labels" / "mine.txt").read_text() == "mine too"
+
+
+def test_predict_out_that_cannot_be_written_is_one_line_before_predicting(detect_run: Path, tmp_path: Path) -> None:
+    """A read-only --out was a PermissionError traceback after every image was predicted."""
+    from vislab.testing.processes import vislab_with_read_only
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    said = vislab_with_read_only(ro, "predict", detect_run, _det_images(detect_run)[0], "--out", ro)
+    if said is None:
+        pytest.skip("needs util-linux unshare and user namespaces to make a folder read-only")
+    assert f"{ro}/.vislab-predict.json: cannot write (Read-only file system); choose a writable --out" in said
+    assert os.listdir(ro) == []
+
+
+def test_predict_out_files_hold_the_rows_returned(detect_run: Path, tmp_path: Path) -> None:
+    """predictions.json/.csv left out the rows of the entries a folder walk skipped (a broken
+    link, a pipe), named in-memory images by a deleted temporary file, and a file name that
+    is not UTF-8 was a UnicodeEncodeError traceback. Now they hold the rows `predict` returns,
+    and the CSV names a non-UTF-8 file by its bytes, as the stdout CSV does."""
+    import csv
+    import io
+    import json
+
+    from vislab.tasks import get_task
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(_det_images(detect_run)[0], folder / "ok.png")
+    shutil.copy(_det_images(detect_run)[1], os.fsencode(folder) + b"/e\xff.png")
+    os.symlink(tmp_path / "gone.png", folder / "dangling.png")
+    os.mkfifo(folder / "pipe.png")
+    out = tmp_path / "pred"
+    rows = predict(detect_run, [Image.open(_det_images(detect_run)[2]), folder], conf=0.0, out=out)
+    assert [r["path"] for r in rows][:3] == ["<image 0>", str(folder / "e\udcff.png"), str(folder / "ok.png")]
+    assert {r["path"] for r in rows if "error" in r} == {str(folder / "dangling.png"), str(folder / "pipe.png")}
+    assert json.loads((out / "predictions.json").read_text()) == json.loads(json.dumps(rows))
+    written = (out / "predictions.csv").read_bytes()
+    assert written == get_task("detect").format_predictions(rows, "csv").encode("utf-8", "surrogateescape")
+    assert b"/e\xff.png," in written
+    paths = [r["path"] for r in csv.DictReader(io.StringIO(written.decode("utf-8", "surrogateescape")))]
+    assert set(paths) == {r["path"] for r in rows}
+    assert len(list((out / "images").iterdir())) == 3  # the three readable images drawn
+
+
+def test_classification_predict_out_writes_the_rows_returned(run: Path, tmp_path: Path) -> None:
+    """One --out rule for every task: a classification run writes predictions.json/.csv too,
+    into a folder predict owns."""
+    import json
+
+    out = tmp_path / "pred"
+    rows = predict(run, _images(run)[:2], top_k=2, out=out)
+    assert json.loads((out / "predictions.json").read_text()) == json.loads(json.dumps(rows))
+    assert (out / "predictions.csv").read_text().startswith("path,rank,label,prob,error\n")
+    (tmp_path / "photos").mkdir()
+    shutil.copy(_images(run)[0], tmp_path / "photos" / "a.png")
+    with pytest.raises(VislabError, match="holds files predict did not write"):
+        predict(run, tmp_path / "photos", out=tmp_path / "photos")
+
+
+def test_crops_predict_out_gets_its_pictures_instead_of_the_run(crops_run: Path, tmp_path: Path) -> None:
+    """crops predict took --out and ignored it (its pictures went to RUN/predict/ only)."""
+    import json
+
+    from vislab.testing.images import write_image
+
+    run = shutil.copytree(crops_run, tmp_path / "run")  # predict without --out writes RUN/predict/: not into the shared run
+    photo = write_image(tmp_path / "in" / "a.png", seed=0, size=(64, 48))
+    out = tmp_path / "pred"
+    rows = predict(run, photo, out=out)
+    assert Path(rows[0]["picture"]).parent == out.resolve() and Path(rows[0]["picture"]).is_file() and Path(rows[0]["json"]).is_file()
+    assert json.loads((out / "predictions.json").read_text()) == json.loads(json.dumps(rows))
+    assert not (run / "predict").exists()
+    rows = predict(run, photo)
+    assert Path(rows[0]["picture"]).parent == run / "predict"

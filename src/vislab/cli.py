@@ -610,7 +610,7 @@ def predict(
     fmt: str = typer.Option("table", "--format", "-f", help="table | json | csv"),
     conf: Optional[float] = typer.Option(None, "--conf", help="Detection: lowest box score shown (default: the run's detect.conf)."),
     iou: Optional[float] = typer.Option(None, "--iou", help="Detection: NMS IoU (default: the run's detect.nms_iou)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Detection: also write images with boxes drawn, YOLO txt labels, JSON and CSV here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Also write the rows as predictions.json and .csv here (detection: and images with boxes drawn, YOLO txt labels; crops: its pictures); a new or empty folder, or one predict wrote before."),
 ) -> None:
     """Print the top-k classes (classification) or the boxes (detection) of images with a
     trained run's model.

@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, write_file
+from vislab.fsguard import cannot_write, inside, write_file
 from vislab.tasks import DEFAULT_TASK, get_task
 from vislab.tasks.registry import INPUT_NAME
 
@@ -83,12 +83,6 @@ def example_inputs(task: str, cfg: "RunConfig | None", input_size: Sequence[int]
 def as_outputs(out: Any) -> tuple[torch.Tensor, ...]:
     """An export module's result as a tuple of tensors (one output is a tuple of one)."""
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
-
-
-def cannot_write(path: Path, err: OSError) -> VislabError:
-    """The one-line error for an export file that cannot be written (read-only folder, full disk)."""
-    why = os.strerror(err.errno) if err.errno else str(err)
-    return VislabError(f"{path}: cannot write ({why}); choose a writable --out")
 
 
 def export_onnx_model(

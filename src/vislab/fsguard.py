@@ -10,6 +10,7 @@
 - `folder_problem(path)`: why an output folder cannot be made there (it or a parent is a file).
 - `output_file_problem(path, example)`: why a user's `--out FILE` cannot be written (a folder,
   a symbolic link, a special file, a path under a file); a regular file there may be replaced.
+- `cannot_write(path, err, fix)`: the one-line error for a file that cannot be written.
 - `printable(text)`: a file name as text any terminal prints on one line (undecodable bytes,
   control characters and invisible format characters escaped), for output that names user files.
 - `open_regular(path)` / `read_bounded(path, limit)`: only regular files are read (a named
@@ -131,6 +132,12 @@ def output_file_problem(path: str | Path, example: str) -> str | None:
         return "is not a regular file (a pipe, socket or device); name a regular file"
     problem = folder_problem(target.parent)
     return f"{printable(target.parent)} {problem}" if problem else None
+
+
+def cannot_write(path: str | Path, err: OSError, fix: str = "choose a writable --out") -> VislabError:
+    """The one-line error for a file that cannot be written (a read-only folder, a full disk)."""
+    why = os.strerror(err.errno) if err.errno else str(err)
+    return VislabError(f"{printable(path)}: cannot write ({why}); {fix}")
 
 
 def slug(text: str) -> str:
@@ -352,7 +359,9 @@ def remove_orphan_temps(root: str | Path, targets: tuple[str, ...] | None = None
 
 
 def write_file(path: str | Path, data: bytes | str, durable: bool = False) -> Path:
-    """`data` (text as UTF-8) written to `path` through `replacing`; returns `path`."""
+    """`data` (text as UTF-8) written to `path` through `replacing`; returns `path`. A file
+    name that is not UTF-8 (its bytes kept by Python as surrogates) is written as its bytes,
+    as stdout writes it, so the file names the real file."""
     with replacing(path, durable) as fh:
-        fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        fh.write(data.encode("utf-8", "surrogateescape") if isinstance(data, str) else data)
     return Path(path)

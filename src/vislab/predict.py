@@ -22,6 +22,7 @@ from PIL import Image
 from vislab.data.io import ImageDecodeError, collect_images, load_pil_image
 from vislab.errors import VislabError
 from vislab.fsguard import printable
+from vislab.outfolder import claim_out
 
 
 class Predictions(list):
@@ -95,20 +96,25 @@ def _as_paths(inputs: ImageInput | Sequence[ImageInput], folder: Path) -> tuple[
 
 
 def predict(
-    run_dir: str | Path, inputs: ImageInput | Sequence[ImageInput], top_k: int | None = None, batch_size: int = 32, **options: Any
+    run_dir: str | Path, inputs: ImageInput | Sequence[ImageInput], top_k: int | None = None, batch_size: int = 32,
+    out: str | Path | None = None, **options: Any,
 ) -> Predictions:
     """One dict per image (classification: path, pred, confidence, top [{label, prob}];
     detection: path, boxes; or error), in input order, then one error dict per entry a
     folder walk skipped (a broken link, a pipe, a link loop). `inputs` is one image or a
     list: file or folder paths (str or Path), PIL images and uint8 numpy arrays (HxW or
     HxWx3, RGB), the last two named "<image N>" by their position. `top_k` and `options`
-    (detection: conf, iou, out) go to the task only when given, so each task keeps its own
-    defaults and refuses the options of another task."""
+    (detection: conf, iou) go to the task only when given, so each task keeps its own
+    defaults and refuses the options of another task. `out`, a folder predict owns (see
+    `outfolder`, checked before predicting), gets predictions.json and predictions.csv,
+    which hold the rows returned, and the task's own files (detection: drawn images, YOLO
+    labels)."""
     from vislab.runs import load_run
     from vislab.tasks import get_task
 
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
+    folder = claim_out(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="vislab-predict-") as tmp:
         paths, names, unreadable = _as_paths(inputs, Path(tmp))
         files = collect_images(paths)
@@ -118,13 +124,23 @@ def predict(
         results = [
             {"path": str(f), "error": f"cannot read image: {unreadable[str(f)]}"} if str(f) in unreadable else next(rows) for f in files
         ]
-    for r in results:
-        r["path"] = names.get(r["path"], r["path"])
-    results += [{"path": str(path), "error": f"skipped: {reason}"} for path, reason in files.skipped]
-    failed = [r for r in results if "error" in r]
-    if results and len(failed) == len(results):
-        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-        raise VislabError(f"{printable(failed[0]['path'])}: {failed[0]['error']}{more}; none of the {len(results)} image(s) could be read")
+        sources = [r["path"] for r in results]
+        for r in results:
+            r["path"] = names.get(r["path"], r["path"])
+        results += [{"path": str(path), "error": f"skipped: {reason}"} for path, reason in files.skipped]
+        sources += [r["path"] for r in results[len(sources):]]
+        failed = [r for r in results if "error" in r]
+        if results and len(failed) == len(results):
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise VislabError(f"{printable(failed[0]['path'])}: {failed[0]['error']}{more}; none of the {len(results)} image(s) could be read")
+        try:
+            task.write_prediction_files(run, results, sources, folder)
+            if folder is not None:  # the rows returned, as `--format json/csv` prints them
+                folder.write("predictions.json", task.format_predictions(results, "json"))
+                folder.write("predictions.csv", task.format_predictions(results, "csv"))
+        finally:
+            if folder is not None:
+                folder.finish()
     return Predictions(results, task.name)
 
 

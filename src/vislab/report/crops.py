@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, BinaryIO, Sequence
+from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -119,24 +119,25 @@ def prediction_picture(photo: np.ndarray, result: dict[str, Any], grid: tuple[in
         return _save(fig, path)
 
 
-def write_prediction_files(run_dir: Path, results: list[dict[str, Any]], grid: tuple[int, int], max_pixels: int) -> None:
-    """For each readable result: RUN_DIR/predict/<nnn>_<name>.png and .json beside it (the
-    result's fields); their paths are added to the result. Photos decode under `max_pixels`,
-    the run's limit, as they did for predicting."""
-    from vislab.fsguard import make_folder, slug
-    from vislab.runs import run_paths, write_json
+def write_prediction_files(
+    place: Callable[[str], Path], results: list[dict[str, Any]], sources: Sequence[str], grid: tuple[int, int], max_pixels: int
+) -> None:
+    """For each readable result: <nnn>_<name>.png and .json beside it (the result's fields),
+    at the checked paths `place` gives (RUN_DIR/predict/ or predict's --out); their paths are
+    added to the result. Photos are read from `sources` and decode under `max_pixels`, the
+    run's limit, as they did for predicting."""
+    from vislab.fsguard import slug
+    from vislab.runs import write_json
 
-    paths = run_paths(run_dir)
-    for i, r in enumerate(results):
+    for i, (r, source) in enumerate(zip(results, sources)):
         if "error" in r:
             continue
-        photo = photo_view(r["path"], max_pixels, 512)
+        photo = photo_view(source, max_pixels, 512)
         if photo is None:
             r["error"] = "cannot read image"
             continue
-        make_folder(paths.predictions, "predict folder")
         stem = f"{i:03d}_{slug(Path(r['path']).stem)[:80]}"
-        png, js = paths.prediction(stem + ".png"), paths.prediction(stem + ".json")
+        png, js = place(stem + ".png"), place(stem + ".json")
         r["picture"], r["json"] = str(png), str(js)
         prediction_picture(photo, r, grid, png)
         write_json(js, r)

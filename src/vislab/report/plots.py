@@ -10,7 +10,6 @@ takes plain data and a path and returns the path, so it is usable outside a run 
 from __future__ import annotations
 
 import math
-import os
 import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -23,6 +22,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from vislab.data.stats import PLAIN_TEXT
 from vislab.errors import VislabError
+from vislab import fsguard
 from vislab.fsguard import MAX_PIXELS, inside, replacing
 
 if TYPE_CHECKING:
@@ -76,8 +76,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def cannot_write(path: Path, err: OSError) -> VislabError:
     """The one-line error for a report file that cannot be written."""
-    why = os.strerror(err.errno) if err.errno else str(err)
-    return VislabError(f"{path}: cannot write ({why}); the report goes into the run directory, so make it writable or report a copy of the run")
+    return fsguard.cannot_write(path, err, "the report goes into the run directory, so make it writable or report a copy of the run")
 
 
 def _series(history: pd.DataFrame, kind: str) -> list[str]:

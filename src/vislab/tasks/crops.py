@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from vislab.config import RunConfig
     from vislab.health import HealthCheck
     from vislab.metrics.crops import Baseline
+    from vislab.outfolder import OutFolder
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
 
@@ -273,11 +274,11 @@ class CropsPlugin(Task):
         ]
         return f"{metrics.get('name')}: {', '.join(parts)} on {metrics.get('num_samples')} samples of {metrics.get('num_images')} images"
 
-    def predict(self, run: "LoadedRun", files: Sequence[Path], *, batch_size: int = 8, draw: bool = True, **_: Any) -> list[dict[str, Any]]:
+    def predict(self, run: "LoadedRun", files: Sequence[Path], *, batch_size: int = 8, **_: Any) -> list[dict[str, Any]]:
         """One dict per photo: crop_prob, cropped, rect (x1, x2, y1, y2: where the photo sits
         in its estimated original frame, in fractions of that frame, the photo's orientation),
-        crop_factor, cells (per patch, its cell probabilities in the model's landscape view),
-        picture and json (files written); or error. `draw` writes the files."""
+        crop_factor, cells (per patch, its cell probabilities in the model's landscape view);
+        or error. `write_prediction_files` draws them."""
         from vislab.data.crops_datamodule import CropsDataModule
         from vislab.data.manifest import recorded_max_pixels
         from vislab.tasks.base import predict_batches
@@ -294,11 +295,21 @@ class CropsPlugin(Task):
         for entry in results:
             if "rect" not in entry:
                 entry["error"] = f"cannot read image: {unreadable.get(entry['path'], 'unknown reason')}"
-        if draw:
-            from vislab.report.crops import write_prediction_files
-
-            write_prediction_files(run.run_dir, results, cfg.grid, limit)
         return results
+
+    def write_prediction_files(self, run: "LoadedRun", results: list[dict[str, Any]], sources: Sequence[str], out: "OutFolder | None") -> None:
+        """A picture and a .json per photo (adding picture and json to its row): in --out when
+        given, else in RUN/predict/, as before there was an --out."""
+        from vislab.data.manifest import recorded_max_pixels
+        from vislab.fsguard import make_folder
+        from vislab.report.crops import write_prediction_files
+        from vislab.runs import run_paths
+
+        cfg: CropsConfig = run.cfg.section()
+        if out is None:
+            make_folder(run_paths(run.run_dir).predictions, "predict folder")
+        place = run_paths(run.run_dir).prediction if out is None else out.file
+        write_prediction_files(place, results, sources, cfg.grid, recorded_max_pixels(run.info))
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
         """JSON (a list), CSV, or the table every task prints (the pictures' paths are in the

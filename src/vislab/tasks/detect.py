@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
     from vislab.config import RunConfig
+    from vislab.outfolder import OutFolder
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
 
@@ -232,6 +233,13 @@ class DetectPlugin(Task):
         from vislab.tasks.detect_eval import predict_files
 
         return predict_files(self, run, files, **options)
+
+    def write_prediction_files(self, run: "LoadedRun", results: list[dict[str, Any]], sources: Sequence[str], out: "OutFolder | None") -> None:
+        from vislab.data.manifest import recorded_max_pixels
+        from vislab.tasks.detect_eval import write_predictions
+
+        if out is not None:
+            write_predictions(results, sources, out, run.classes, recorded_max_pixels(run.info))
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
         from vislab.tasks.detect_eval import format_predictions

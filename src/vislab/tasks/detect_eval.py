@@ -11,8 +11,9 @@ detections at `conf`, TP, FP, FN, F1), which the report's galleries read.
 Predict returns per image its boxes over `--conf` after NMS at `--iou`; with `--out DIR` it
 also writes DIR/images/ (boxes drawn), DIR/labels/ (YOLO txt: class cx cy w h score, the box
 normalised, the 6th field as Ultralytics' save_conf writes it and `vislab curate` reads past),
-DIR/classes.txt (one line per class id, whatever a name holds), predictions.json and
-predictions.csv, every path checked by `fsguard.inside` and written by `fsguard.replacing`.
+DIR/classes.txt (one line per class id, whatever a name holds), beside the predictions.json
+and predictions.csv `vislab.predict` writes (DIR is predict's own folder: see `outfolder`),
+every path checked by `fsguard.inside` and written by `fsguard.replacing`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from typing import TYPE_CHECKING, Any, Sequence
 import pandas as pd
 
 from vislab.errors import VislabError
-from vislab.fsguard import inside, make_folder, printable, replacing, slug, write_file
+from vislab.fsguard import cannot_write, inside, printable, replacing, slug, write_file
 from vislab.tasks.registry import Evaluation
 from vislab.usertext import term
 
 if TYPE_CHECKING:
+    from vislab.outfolder import OutFolder
     from vislab.runs import LoadedRun
     from vislab.tasks.detect import DetectPlugin
 
@@ -158,7 +160,7 @@ def evaluate_detection(
 
 def predict_files(
     plugin: "DetectPlugin", run: "LoadedRun", files: Sequence[Path], *, conf: float | None = None, iou: float | None = None,
-    out: Path | None = None, batch_size: int = 32, top_k: int | None = None,
+    batch_size: int = 32, top_k: int | None = None,
 ) -> list[dict[str, Any]]:
     """One dict per file: path, width, height, boxes [{class, score, x1, y1, x2, y2}] (or error)."""
     from vislab.data.io import ImageDecodeError, probe
@@ -192,38 +194,36 @@ def predict_files(
             for b, s, k in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist())
         ]
         results.append({"path": path, **size, "boxes": boxes})
-    if out is not None:
-        write_predictions(results, Path(out), run.classes, limit)
     return results
 
 
-def write_predictions(results: list[dict[str, Any]], out: Path, classes: Sequence[str], max_pixels: int) -> None:
-    """OUT/images/ (boxes drawn), OUT/labels/ (YOLO txt: class cx cy w h score), classes.txt,
-    predictions.json/.csv; images decode under `max_pixels`, as they were for predicting."""
+def write_predictions(results: list[dict[str, Any]], sources: Sequence[str], out: "OutFolder", classes: Sequence[str], max_pixels: int) -> None:
+    """OUT/images/ (boxes drawn), OUT/labels/ (YOLO txt: class cx cy w h score), classes.txt;
+    each image read from its source and decoded under `max_pixels`, as it was for predicting."""
     from vislab.data.io import load_image
     from vislab.report.draw import PREDICTED, draw_boxes
 
-    make_folder(out, "--out")
     index = {c: i for i, c in enumerate(classes)}
-    write_file(inside(out, "classes.txt"), classes_text(classes))
-    for i, r in enumerate(results):
+    out.write("classes.txt", classes_text(classes))
+    for i, (r, source) in enumerate(zip(results, sources)):
         if "error" in r:
             continue
         stem = f"{i:05d}_{slug(Path(r['path']).stem)[:80]}"
-        img = load_image(r["path"], max_pixels=max_pixels)
+        img = load_image(source, max_pixels=max_pixels)
         drawn = draw_boxes(img, [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in r["boxes"]], [f"{b['class']} {b['score']:.2f}" for b in r["boxes"]], PREDICTED)
-        target = inside(out, "images", stem + ".jpg")
-        with replacing(target) as fh:
-            drawn.save(fh, format="JPEG", quality=90)
+        target = out.file(f"images/{stem}.jpg")
+        try:
+            with replacing(target) as fh:
+                drawn.save(fh, format="JPEG", quality=90)
+        except OSError as err:
+            raise cannot_write(target, err) from None
         w, h = img.size
         lines = [
             f"{index[b['class']]} {(b['x1'] + b['x2']) / 2 / w:.6f} {(b['y1'] + b['y2']) / 2 / h:.6f} {(b['x2'] - b['x1']) / w:.6f} {(b['y2'] - b['y1']) / h:.6f} {b['score']:.5f}\n"
             for b in r["boxes"]
         ]
-        write_file(inside(out, "labels", stem + ".txt"), "".join(lines))
+        out.write(f"labels/{stem}.txt", "".join(lines))
         r["drawn"] = str(target)
-    write_file(inside(out, "predictions.json"), json.dumps(results, indent=2))
-    write_file(inside(out, "predictions.csv"), format_predictions(results, "csv"))
 
 
 def classes_text(classes: Sequence[str]) -> str:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from vislab.config import RunConfig, Section
     from vislab.health import HealthCheck
+    from vislab.outfolder import OutFolder
     from vislab.report.page import Page
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
@@ -211,6 +212,15 @@ class Task(ABC):
     @abstractmethod
     def predict(self, run: "LoadedRun", files: Sequence[Path], **options: Any) -> list[dict[str, Any]]:
         """One dict per image file, in order: its results, or `error` for a file that cannot be read."""
+
+    def write_prediction_files(
+        self, run: "LoadedRun", results: list[dict[str, Any]], sources: Sequence[str], out: "OutFolder | None"
+    ) -> None:
+        """The task's own files of `predict`'s results beside predictions.json/.csv in `out`
+        (detection: drawn images, YOLO labels), each path from `out.file`; `sources[i]` is
+        the file results[i] was read from (its `path` may be a display name such as
+        "<image 0>"); rows with `error` have none. Fields added to a row (a drawn file's
+        path) are in the files predict writes after. Nothing by default."""
 
     @abstractmethod
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
