@@ -142,5 +142,5 @@ def test_export_of_last_ckpt_says_so_and_records_no_local_path(tmp_path: Path) -
     assert res.exit_code == 0, res.output
     assert "no best.ckpt (run interrupted?): exported last.ckpt, epoch 7" in res.output
     meta = {p.key: p.value for p in onnx.load(str(run / "export" / "model.onnx")).metadata_props}
-    assert json.loads(meta["vislab_checkpoint"]) == {"file": "last.ckpt", "epoch": 7}
+    assert json.loads(meta["vislab_checkpoint"]) == {"file": "last.ckpt", "epoch": 7, "while_training": False}
     assert str(tmp_path) not in "".join(meta.values())

@@ -156,6 +156,14 @@ def _evaluate(*args: str):
 
 
 def test_evaluate_of_a_run_still_training_is_refused_or_recorded_and_flagged_once_stale(dataset, tmp_path, capsys):
+    """One rule for every command that writes a result of the run from its best.ckpt
+    (evaluate, export, explain, report): refused while a trainer holds the run's lock, unless
+    --allow-running. export used to write the unfinished model.onnx silently."""
+    import onnx
+
+    from vislab.errors import VislabError
+    from vislab.explain.overlays import explain_run
+    from vislab.export import export_run
     from vislab.report.compare import compare_runs
     from vislab.report.html import write_report
     from vislab.runs import load_checkpoint_file
@@ -181,11 +189,25 @@ def test_evaluate_of_a_run_still_training_is_refused_or_recorded_and_flagged_onc
         allowed = _evaluate(str(run), "--allow-running")
         assert allowed.exit_code == 0, (allowed.output, allowed.exception)
         assert "is still training" in allowed.stderr
+        image = next((dataset / "images").rglob("*.png"))
+        for command, call in (
+            ("export", lambda: export_run(run)),
+            ("explain", lambda: explain_run(run, [image])),
+            ("report", lambda: write_report(run, cams=False)),
+        ):
+            with pytest.raises(VislabError, match=rf"still training \(vislab pid {trainer.pid}\).*run vislab {command} when training ends.*--allow-running"):
+                call()
+        assert not any((run / name).exists() for name in ("export", "explain", "report.html"))
+        capsys.readouterr()
+        exported = export_run(run, allow_running=True)
+        assert "is still training" in capsys.readouterr().err and exported.exported_while_training
     finally:
         trainer.send_signal(15)
         trainer.wait(timeout=SLOW_START)
     metrics = json.loads((run / "eval" / "test" / "metrics.json").read_text())
     assert metrics["evaluated_while_training"] is True
+    meta = {p.key: p.value for p in onnx.load(exported.path).metadata_props}
+    assert json.loads(meta["vislab_checkpoint"])["while_training"] is True
     assert isinstance(metrics["checkpoint_epoch"], int) and len(metrics["checkpoint_sha256"]) == 64
     epochs = int(load_checkpoint_file(run / "checkpoints" / "last.ckpt")["callbacks"]["RunRecorder"]["next_epoch"])
     with single_thread():

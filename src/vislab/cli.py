@@ -302,11 +302,12 @@ def report(
     cams: bool = typer.Option(True, "--cams/--no-cams", help="Compute a CAM gallery (needs the checkpoint)."),
     method: str = typer.Option("gradcam", help="CAM method for the gallery: gradcam|gradcam++|scorecam|eigencam."),
     open_browser: bool = typer.Option(False, "--open", help="Open the report in a browser."),
+    allow_running: bool = typer.Option(False, "--allow-running", help="Report a run that is still training (as it is now)."),
 ) -> None:
     """Write RUN_DIR/report.html: one self-contained page with metrics, plots, CAMs and health checks."""
     from vislab.report.html import write_report
 
-    path = write_report(run_dir, split=split, cams=cams, cam_method=method, open_browser=open_browser)
+    path = write_report(run_dir, split=split, cams=cams, cam_method=method, open_browser=open_browser, allow_running=allow_running)
     console.print(f"report: {term(path)}", highlight=False, soft_wrap=True)
 
 
@@ -389,11 +390,12 @@ def explain(
     top_k: int = typer.Option(1, "--top-k", help="Explain each of the K most likely classes."),
     layer: Optional[str] = typer.Option(None, help="Target layer by module name (default: chosen for the model)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for the overlays (default RUN_DIR/explain/METHOD)."),
+    allow_running: bool = typer.Option(False, "--allow-running", help="Explain with a run that is still training (its best.ckpt as it is now)."),
 ) -> None:
     """Write heatmap overlays showing which image regions drove the model's scores."""
     from vislab.explain.overlays import empty_maps_note, explain_run
 
-    results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out)
+    results = explain_run(run_dir, inputs, method=method, class_name=class_name, top_k=top_k, layer=layer, out=out, allow_running=allow_running)
     for r in results:
         console.print(f"{term(Path(r.source).name)}: {term(r.class_name)} {r.prob:.3f} -> {term(r.output.name)}", highlight=False, soft_wrap=True)
     empty = empty_maps_note(results, "--method", term, " (empty_map in explanations.json)")
@@ -635,11 +637,12 @@ def export(
     fmt: str = typer.Option("onnx", "--format", "-f", help="Export format (onnx)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default RUN_DIR/export/model.onnx)."),
     opset: int = typer.Option(17, help="ONNX opset version."),
+    allow_running: bool = typer.Option(False, "--allow-running", help="Export a run that is still training (its best.ckpt as it is now; recorded in the export's .json)."),
 ) -> None:
     """Export a run's model (dynamic batch size) and check ONNX Runtime's outputs against PyTorch's."""
     from vislab.export import export_run
 
-    r = export_run(run_dir, format=fmt, out=out, opset=opset)
+    r = export_run(run_dir, format=fmt, out=out, opset=opset, allow_running=allow_running)
     shapes = "; ".join(f"{k} {v}" for k, v in r.inputs.items()) if len(r.inputs) > 1 else f"input {r.input_shape}"
     console.print(f"exported: {term(r.path)} ({shapes}; ONNX Runtime matches PyTorch, max |diff| {r.max_abs_diff:.2e})", highlight=False, soft_wrap=True)
 

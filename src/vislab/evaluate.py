@@ -52,13 +52,13 @@ def evaluate(
     then it is evaluated as it is now, said on stderr and recorded in metrics.json."""
     from vislab.data.manifest import dataset_max_pixels, manifest_hash, manifest_path, read_manifest, usable
     from vislab.fsguard import inside
-    from vislab.runs import EVAL_METRICS, load_run, run_paths, write_json
+    from vislab.runs import EVAL_METRICS, check_not_training, load_run, run_paths, write_json
     from vislab.tasks import get_task
     from vislab.tricks import resolve_precision
 
     if name is not None:
         check_eval_name(name)
-    training = _check_not_training(run_dir, allow_running)
+    training = check_not_training(run_dir, allow_running, "evaluate", "as evaluated_while_training in metrics.json")
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
     task_options = dict(task_options or {})
@@ -164,31 +164,6 @@ def _refuse_other_dataset(folder: Path, dataset_dir: Path) -> None:
             f"{printable(folder)} holds the evaluation of {printable(before)}, not of {printable(dataset_dir.resolve())}: "
             "pass --name NAME to evaluate into another folder"
         )
-
-
-def _check_not_training(run_dir: str | Path, allow_running: bool) -> bool:
-    """Whether a `vislab train` holds the run's lock now. Its best.ckpt is then not final, and
-    metrics.json would keep an early checkpoint's numbers as the run's: refused, or with
-    `allow_running` said on stderr (and recorded by the caller)."""
-    from vislab.fsguard import printable
-    from vislab.locks import lock_holder
-    from vislab.runs import resolve_run_dir
-
-    pid = lock_holder(resolve_run_dir(run_dir))
-    if pid is None:
-        return False
-    if not allow_running:
-        raise VislabError(
-            f"{printable(run_dir)}: still training (vislab pid {pid}), so its best.ckpt is not final; evaluate it when "
-            "training ends, or pass --allow-running to score the checkpoint as it is now"
-        )
-    print(
-        f"warning: {printable(run_dir)} is still training (vislab pid {pid}): scoring its checkpoint as it is now "
-        "(recorded as evaluated_while_training in metrics.json; re-run vislab evaluate when training ends)",
-        file=sys.stderr,
-        flush=True,
-    )
-    return True
 
 
 def eval_name(split: str, dataset_name: str | None = None, variant: str = "") -> str:

@@ -70,6 +70,7 @@ class ExportResult:
     atol: float
     rtol: float
     checked_batch: int
+    exported_while_training: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -247,15 +248,20 @@ def export_run(
     opset: int = 17,
     atol: float = 1e-4,
     rtol: float = 1e-3,
+    allow_running: bool = False,
 ) -> ExportResult:
     """Export a run's best checkpoint (else last) and check it; default file RUN_DIR/export/model.onnx.
-    The keywords are `vislab export`'s options."""
-    from vislab.runs import load_run
+    The keywords are `vislab export`'s options. A run still training is refused, since its
+    best.ckpt is not final yet, unless `allow_running` (then said on stderr and recorded as
+    `while_training` in the file's vislab_checkpoint metadata and `exported_while_training`
+    in its .json)."""
+    from vislab.runs import check_not_training, load_run
 
     fmt = format
     if fmt not in FORMATS:
         raise VislabError(f"--format {fmt!r}: supported formats are {', '.join(FORMATS)}")
     check_opset(opset)
+    training = check_not_training(run_dir, allow_running, "export", "as exported_while_training in the export's .json")
     run = load_run(run_dir)
     path = export_path(run.run_dir, out)
     description = inside(path.parent, path.with_suffix(".json").name)  # a link out of the folder: refused now, not after the export
@@ -266,7 +272,7 @@ def export_run(
         "vislab_classes": json.dumps(run.classes),
         "vislab_data_spec": json.dumps(run.spec.to_dict()),
         "vislab_model": run.cfg.model.name,
-        "vislab_checkpoint": json.dumps({"file": run.checkpoint.name, "epoch": run.epoch}),  # not the local path: the file is shared
+        "vislab_checkpoint": json.dumps({"file": run.checkpoint.name, "epoch": run.epoch, "while_training": training}),  # not the local path: the file is shared
         **{key: json.dumps(value) for key, value in described.items()},
     }
     note = checkpoint_note(run)
@@ -281,7 +287,7 @@ def export_run(
         raise
     shapes = {k: ["batch", *v.shape[1:]] for k, v in example_inputs(run.cfg.task, run.cfg, input_size, 1).items()}
     outputs = list(get_task(run.cfg.task).export_outputs)
-    result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch)
+    result = ExportResult(str(path), fmt, opset, next(iter(shapes.values())), shapes, outputs, max_diff, atol, rtol, batch, training)
     try:
         write_file(description, json.dumps({**result.to_dict(), "classes": run.classes, "data_spec": run.spec.to_dict(), **described}, indent=2))
     except OSError as err:

@@ -370,6 +370,32 @@ def run_lock(run_dir: str | Path) -> ContextManager[Path]:
     return folder_lock(run_dir, "training into this run directory", "choose another --out")
 
 
+def check_not_training(run_dir: str | Path, allow_running: bool, command: str, recorded: str = "") -> bool:
+    """Whether a `vislab train` holds the run's lock now. Its best.ckpt is then not final, so a
+    command that writes a result of the run from it (evaluate, export, explain, report) is
+    refused in one line, or with `allow_running` goes on after a warning on stderr; `recorded`
+    names where the caller also records it (e.g. 'as evaluated_while_training in metrics.json')."""
+    from vislab.fsguard import printable
+    from vislab.locks import lock_holder
+
+    pid = lock_holder(resolve_run_dir(run_dir))
+    if pid is None:
+        return False
+    if not allow_running:
+        raise VislabError(
+            f"{printable(run_dir)}: still training (vislab pid {pid}), so its best.ckpt is not final; run vislab {command} "
+            "when training ends, or pass --allow-running to use the checkpoint as it is now"
+        )
+    also = f" (recorded {recorded})" if recorded else ""
+    print(
+        f"warning: {printable(run_dir)} is still training (vislab pid {pid}): vislab {command} uses its checkpoint as it is now"
+        f"{also}; run it again when training ends",
+        file=sys.stderr,
+        flush=True,
+    )
+    return True
+
+
 def find_checkpoint(run_dir: str | Path, which: str = "best") -> Path:
     """best.ckpt (falling back to last.ckpt), or last.ckpt when asked; error when there is none."""
     paths = run_paths(run_dir)

@@ -280,6 +280,7 @@ def explain_run(
     top_k: int = 1,
     layer: str | None = None,
     out: str | Path | None = None,
+    allow_running: bool = False,
 ) -> ExplainedImages:
     """Load a run's model, explain the given images and write one overlay PNG per heatmap.
 
@@ -287,14 +288,16 @@ def explain_run(
     with __layer added for a --layer other than the model's default one, and are listed in
     the folder's `explanations.json`, which keeps the entries of earlier calls whose overlays
     are still there. An image that cannot be decoded gets an error entry instead of stopping
-    the others; when none can be read, that is an error.
+    the others; when none can be read, that is an error. A run still training is refused,
+    since its best.ckpt is not final yet, unless `allow_running` (then said on stderr).
     """
     from vislab.data.io import load_image
     from vislab.data.manifest import recorded_max_pixels
     from vislab.data.transforms import decode_size
-    from vislab.runs import run_paths
+    from vislab.runs import check_not_training, run_paths
 
     method = canonical_method(method)
+    check_not_training(run_dir, allow_running, "explain")
     collected = collect_images(inputs)
     files, repeated = distinct_files(collected)
     out_dir = Path(out) if out is not None else run_paths(run_dir).explain_dir(slug(method))

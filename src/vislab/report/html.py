@@ -52,14 +52,20 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
     )
 
 
-def write_report(run_dir: str | Path, split: str | None = None, cams: bool = True, cam_method: str = "gradcam", open_browser: bool = False) -> Path:
+def write_report(
+    run_dir: str | Path, split: str | None = None, cams: bool = True, cam_method: str = "gradcam", open_browser: bool = False,
+    allow_running: bool = False,
+) -> Path:
     """Write RUN_DIR/report.html (and RUN_DIR/plots/*.png) and return the page's path. A
-    wrong `cam_method` is refused first (else it showed only inside the page)."""
+    wrong `cam_method` is refused first (else it showed only inside the page). A run still
+    training is refused, since its curves, summary and best.ckpt are not final yet, unless
+    `allow_running` (then said on stderr)."""
     from vislab.explain.cam import check_cam_method
     from vislab.fsguard import inside, write_file
-    from vislab.runs import REPORT_NAME
+    from vislab.runs import REPORT_NAME, check_not_training
 
     check_cam_method(cam_method)
+    check_not_training(run_dir, allow_running, "report")
     data = read_run(run_dir)
     out = inside(data.run_dir, REPORT_NAME)  # refused before any plot is drawn
     stale = data.stale_eval(data.primary_eval(split))
