@@ -95,3 +95,19 @@ def test_csv_keeps_each_path_exactly_and_the_table_shows_each_on_one_line(which,
     res = CliRunner().invoke(app, ["predict", str(run), str(folder)])
     assert res.exit_code == 0, res.output
     assert "a\nb" not in res.stdout and res.stdout.count("a\\x0ab.png") == 2
+
+
+def test_detection_sizes_are_of_the_oriented_image_the_boxes_are_in(detect_run, tmp_path):
+    """A PNG keeping its EXIF orientation after the pixel data: the boxes were in the turned
+    image (64 wide, 96 tall) but width/height came from a header probe that missed the
+    orientation, 96x64."""
+    from vislab.data.io import load_image
+    from vislab.testing.images import write_png_exif_after_pixels
+
+    late = write_png_exif_after_pixels(tmp_path / "late.png", orientation=6, size=(96, 64))
+    assert load_image(late).size == (64, 96)
+    res = CliRunner().invoke(app, ["predict", str(detect_run), str(late), "--format", "json", "--conf", "0", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    [row] = json.loads(res.stdout)
+    assert (row["width"], row["height"]) == (64, 96)
+    assert row["boxes"] and all(0 <= b["x1"] <= b["x2"] <= 64 and 0 <= b["y1"] <= b["y2"] <= 96 for b in row["boxes"])

@@ -162,8 +162,9 @@ def predict_files(
     plugin: "DetectPlugin", run: "LoadedRun", files: Sequence[Path], *, conf: float | None = None, iou: float | None = None,
     batch_size: int = 32, top_k: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One dict per file: path, width, height, boxes [{class, score, x1, y1, x2, y2}] (or error)."""
-    from vislab.data.io import ImageDecodeError, probe
+    """One dict per file: path, width, height, boxes [{class, score, x1, y1, x2, y2}] (or error).
+    The size is the decoded, EXIF-oriented image's, whose pixels the boxes are in (a header
+    probe would miss an orientation a PNG stores after its pixel data)."""
     from vislab.data.manifest import recorded_max_pixels
 
     if top_k is not None:
@@ -184,16 +185,11 @@ def predict_files(
             results.append({"path": path, "error": f"cannot read image: {unreadable.get(path, 'unknown reason')}"})
             continue
         d = found[i]
-        try:
-            info = probe(path)
-            size = {"width": info.width, "height": info.height}
-        except (ImageDecodeError, OSError):
-            size = {}
         boxes = [
             {"class": run.classes[k], "score": round(s, 5), "x1": round(b[0], 2), "y1": round(b[1], 2), "x2": round(b[2], 2), "y2": round(b[3], 2)}
             for b, s, k in zip(d["boxes"].tolist(), d["scores"].tolist(), d["labels"].tolist())
         ]
-        results.append({"path": path, **size, "boxes": boxes})
+        results.append({"path": path, "width": d["width"], "height": d["height"], "boxes": boxes})
     return results
 
 

@@ -147,10 +147,12 @@ class DetectTask(BaseTask):
 
     # ---- evaluate and predict ------------------------------------------------------------
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """Per image: its position in the list, and its boxes (own pixels), scores, class ids."""
+        """Per image: its position in the list, its boxes (own pixels), scores, class ids, and the
+        width and height of the decoded (EXIF-oriented) image the boxes are in."""
         x, meta = batch[0], batch[1]
         _, dets = self.detect(x, self.predict_conf, self.predict_iou)
         return [
-            {"pos": int(m[0]), "boxes": image_pixels(d[:, :4], m), "scores": d[:, 4].float().cpu(), "labels": d[:, 5].long().cpu()}
+            {"pos": int(m[0]), "boxes": image_pixels(d[:, :4], m), "scores": d[:, 4].float().cpu(), "labels": d[:, 5].long().cpu(),
+             "width": int(m[5]), "height": int(m[6])}
             for d, m in zip(dets, meta.tolist())
         ]
