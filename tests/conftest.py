@@ -15,6 +15,22 @@ from pathlib import Path
 
 import pytest
 
+
+def _one_torch_thread_per_worker() -> None:
+    """Under pytest-xdist with a worker per core (`make test`: two on CI's two cores), torch in
+    each worker and in every process a test starts (the CLI, the README tour) runs one
+    intra-op thread. With two threads each, the workers' and their children's threads fight
+    for the cores and mostly wait on each other: test_abn.py plus test_train_engine.py took
+    87 s wall and 76 s of CPU that way on a busy 2-core machine, 41 s and 36 s with one thread
+    (run one after the other).
+    An OMP_NUM_THREADS already set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if os.environ.get("PYTEST_XDIST_WORKER") and workers >= (os.cpu_count() or 1):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+_one_torch_thread_per_worker()
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
