@@ -201,7 +201,7 @@ def test_a_run_without_its_config_or_with_a_hand_edited_run_json(tmp_path) -> No
     assert [col for col in df.columns if col.startswith("config.")] == ["config.optim.lr"]
     (c / "run.json").write_text("[]")
     res = CliRunner().invoke(app, ["compare", str(a), str(c)])
-    assert res.exit_code == 2 and "run.json: holds list, not a JSON object" in res.output
+    assert res.exit_code == 2 and "run.json: holds a list, not an object" in res.output
     assert len(res.output.strip().splitlines()) == 1
 
 

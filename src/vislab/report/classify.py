@@ -8,6 +8,7 @@ metrics.json and predictions.csv, and the CAM galleries load the trained model.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -59,7 +60,7 @@ AVERAGES = ("mCA averages the classes with images; macro precision, recall and F
 
 def fmt(key: str, value: Any) -> str:
     """A metric for people: fractions as percentages, small numbers with 3 decimals."""
-    if value is None or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -84,8 +85,8 @@ def class_lists_informative(metrics: dict[str, Any]) -> bool:
     """Best and worst classes are worth their own tables only when they are different classes
     and a small part of them all (more than twice the list length; the per-class table shows
     every class anyway)."""
-    n = len([r for r in metrics.get("per_class", []) if r.get("support")]) or len(metrics.get("classes") or [])
-    length = max(len(metrics.get("best_classes", [])), len(metrics.get("worst_classes", [])))
+    n = len([r for r in metrics.get("per_class") or [] if r.get("support")]) or len(metrics.get("classes") or [])
+    length = max(len(metrics.get("best_classes") or []), len(metrics.get("worst_classes") or []))
     return length > 0 and n > 2 * length
 
 
@@ -120,7 +121,7 @@ def write_plots(data: RunData, ev: EvalSet, n_images: int = HIGHEST_LOSS_IMAGES)
     classes = m.get("classes") or data.classes
     made = {
         "confusion": plots.plot_confusion(m["confusion_matrix"], classes, paths.plot(f"confusion_{ev.name}.png")),
-        "per_class": plots.plot_per_class(m.get("per_class", []), paths.plot(f"per_class_{ev.name}.png"), m.get("mca")),
+        "per_class": plots.plot_per_class(m.get("per_class") or [], paths.plot(f"per_class_{ev.name}.png"), m.get("mca")),
         "highest_loss": plots.plot_image_grid(highest_loss_items(ev, n_images), paths.plot(f"highest_loss_{ev.name}.png"),
                                               title=f"Highest-loss images ({ev.name})", max_pixels=ev.max_pixels()),
     }
@@ -133,13 +134,15 @@ def highest_loss_items(ev: EvalSet, n: int) -> list[dict[str, Any]]:
     if preds is not None and {"path", "label", "pred", "loss"} <= set(preds.columns):
         df = preds[preds["label"] != ""].copy()
         df["loss"] = pd.to_numeric(df["loss"], errors="coerce")
+        if "confidence" in df:
+            df["confidence"] = pd.to_numeric(df["confidence"], errors="coerce")
         df = df.sort_values("loss", ascending=False, kind="stable").head(n)
         return [
-            {"path": r.path, "true": r.label, "pred": r.pred, "confidence": float(r.confidence) if "confidence" in df else None,
+            {"path": r.path, "true": r.label, "pred": r.pred, "confidence": float(r.confidence) if "confidence" in df and pd.notna(r.confidence) else None,
              "loss": float(r.loss) if pd.notna(r.loss) else None}
             for r in df.itertuples()
         ]
-    return list(ev.metrics.get("highest_loss", []))[:n]
+    return list(ev.metrics.get("highest_loss") or [])[:n]
 
 
 def report_sections(data: RunData, page: Page) -> list[ReportSection]:
@@ -197,16 +200,16 @@ def _metrics(data: RunData) -> str:
 
 def _lists(ev: EvalSet) -> str:
     m = ev.metrics
-    pairs = m.get("confused_pairs", [])
+    pairs = m.get("confused_pairs") or []
     pair_html = (
-        table(["true", "predicted as", "count", "of class"], ([e(p["true"]), e(p["pred"]), e(p["count"]), e(fmt("accuracy", p["fraction"]))] for p in pairs), "compact")
+        table(["true", "predicted as", "count", "of class"], ([e(p.get("true")), e(p.get("pred")), e(p.get("count")), e(fmt("accuracy", p.get("fraction")))] for p in pairs), "compact")
         if pairs
         else note("No confusions: every image was classified correctly.")
     )
     if not class_lists_informative(m):
         return f'<div class="stack"><div><h3>Most confused pairs</h3>{pair_html}</div></div>'
-    best = table(["class", "accuracy", "n"], ([e(r["class"]), e(fmt("accuracy", r["accuracy"])), e(r["support"])] for r in m.get("best_classes", [])), "compact")
-    worst = table(["class", "accuracy", "n"], ([e(r["class"]), e(fmt("accuracy", r["accuracy"])), e(r["support"])] for r in m.get("worst_classes", [])), "compact")
+    best = table(["class", "accuracy", "n"], ([e(r.get("class")), e(fmt("accuracy", r.get("accuracy"))), e(r.get("support"))] for r in m.get("best_classes") or []), "compact")
+    worst = table(["class", "accuracy", "n"], ([e(r.get("class")), e(fmt("accuracy", r.get("accuracy"))), e(r.get("support"))] for r in m.get("worst_classes") or []), "compact")
     return (
         f'<div class="stack"><div class="cols"><div><h3>Best classes</h3>{best}</div><div><h3>Worst classes</h3>{worst}</div></div>'
         f"<div><h3>Most confused pairs</h3>{pair_html}</div></div>"
@@ -214,7 +217,7 @@ def _lists(ev: EvalSet) -> str:
 
 
 def _bar(v: float | None) -> str:
-    if v is None:
+    if v is None or not math.isfinite(v):
         return '<span class="muted">—</span>'
     pct = max(0.0, min(100.0, 100 * v))
     hue = int(round(120 * v))  # red -> green
@@ -226,8 +229,8 @@ def _bar(v: float | None) -> str:
 
 def _per_class(ev: EvalSet, png: Path | None) -> str:
     rows = []
-    for r in sorted(ev.metrics.get("per_class", []), key=lambda r: (r.get("accuracy") is None, -(r.get("accuracy") or 0), r["class"])):
-        rows.append([e(r["class"]), e(f"{r['support']:,}"), _bar(r.get("accuracy")), e(fmt("precision_", r.get("precision"))),
+    for r in sorted(ev.metrics.get("per_class") or [], key=lambda r: (fmt("", r.get("accuracy")) == "—", -(r.get("accuracy") or 0), str(r.get("class")))):
+        rows.append([e(r.get("class")), e(fmt("n", r.get("support"))), _bar(r.get("accuracy")), e(fmt("precision_", r.get("precision"))),
                      e(fmt("recall_", r.get("recall"))), e(fmt("f1_", r.get("f1")))])
     tbl = table(["class", "n", "accuracy", "precision", "recall", "F1"], rows, "per-class")
     return f'<div class="cols"><div class="scroll">{tbl}</div><div>{img_tag(png, "per-class accuracy")}</div></div>'

@@ -337,6 +337,8 @@ def _config_cell(v: Any) -> str:
 def _cell(col: Column | None, key: str, v: Any, row: pd.Series) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "—"
     if col is not None and col.percent:
         return f"{100 * float(v):.2f}"
     if key == "n_test":

@@ -145,7 +145,8 @@ def plot_curves(history: pd.DataFrame, path: str | Path, panels: Sequence[tuple[
                     ax.set_ylim(0, vals.max() * 1.5)  # a constant lr: show it against zero, not as noise
             ax.set_title(title)
             epoch_axis(ax, x)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:  # a panel whose columns are all empty (metrics.csv cut short) has none
+                ax.legend(fontsize=8)
         fig.tight_layout()
         return _save(fig, path)
 
@@ -235,10 +236,10 @@ def plot_confusion(cm: Sequence[Sequence[int]] | np.ndarray, classes: Sequence[s
 
 def plot_per_class(per_class: Sequence[dict[str, Any]], path: str | Path, mca: float | None = None) -> Path | None:
     """Horizontal bars of per-class accuracy, best at the top, with the mean class accuracy."""
-    rows = [r for r in per_class if r.get("accuracy") is not None]
+    rows = [r for r in per_class if r.get("accuracy") is not None and math.isfinite(r["accuracy"])]
     if not rows:
         return None
-    rows = sorted(rows, key=lambda r: (-r["accuracy"], r["class"]))
+    rows = sorted(rows, key=lambda r: (-r["accuracy"], str(r.get("class"))))
     n = len(rows)
     height = float(np.clip(0.22 * n + 1.0, 2.2, 22.0))
     fs = 9 if n <= 30 else (7 if n <= 60 else 5.5)
@@ -249,7 +250,7 @@ def plot_per_class(per_class: Sequence[dict[str, Any]], path: str | Path, mca: f
         colours = [GOOD if a >= (mca if mca is not None else acc.mean()) else BAD for a in acc]
         y = np.arange(n)
         ax.barh(y, acc, color=colours, alpha=0.85, height=0.72)
-        ax.set_yticks(y, [f"{r['class']}  (n={r['support']})" for r in rows], fontsize=fs)
+        ax.set_yticks(y, [f"{r.get('class')}  (n={r.get('support')})" for r in rows], fontsize=fs)
         ax.invert_yaxis()
         ax.set_xlim(0, 1.0)
         ax.grid(axis="y", visible=False)

@@ -7,14 +7,19 @@ says what is missing instead of failing.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
+from pydantic import TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from vislab.errors import VislabError
 from vislab.runs import (
@@ -31,12 +36,20 @@ from vislab.runs import (
 
 @dataclass
 class EvalSet:
-    """One `eval/<name>/` folder: metrics, per-image predictions and probabilities."""
+    """One `eval/<name>/` folder: metrics, and per-image predictions and probabilities read
+    when first used (`vislab compare` never reads them, so a damaged one does not stop it)."""
 
     name: str
     metrics: dict[str, Any]
-    predictions: pd.DataFrame | None = None
-    probs: np.ndarray | None = None
+    folder: Path | None = None
+
+    @cached_property
+    def predictions(self) -> pd.DataFrame | None:
+        return read_predictions(self.folder / EVAL_PREDICTIONS) if self.folder is not None else None
+
+    @cached_property
+    def probs(self) -> np.ndarray | None:
+        return read_probs(self.folder / EVAL_PROBS) if self.folder is not None else None
 
     def max_pixels(self) -> int:
         """The pixel limit its images decode under in the report's pictures: the evaluated
@@ -129,29 +142,164 @@ class RunData:
         return f"eval/{ev.name} evaluated an older checkpoint ({detail}): re-run vislab evaluate {self.run_dir}"
 
 
-def _json(path: Path, default: Any) -> Any:
-    if not path.is_file():
-        return default
+# ---- the shapes of the files read here ----------------------------------------------------
+# Each file a report or comparison reads is validated (pydantic, strict: a number is never
+# text, a count never true/false) against the fields read from it; fields not named are not
+# checked, containers inside may be null. A damaged or foreign file is then one line naming it
+# and the field instead of a traceback later.
+class DataSpecJson(TypedDict, total=False):
+    input_size: list[int] | None
+
+
+class RunJson(TypedDict, total=False):
+    classes: list[str] | None
+    data_spec: DataSpecJson | None
+    dataset_dir: str | None
+    manifest_hash: str | None
+    created: str | None
+    val_source: str | None
+    command: list[Any] | None
+    max_pixels: int | None
+
+
+class ParamsJson(TypedDict, total=False):
+    trainable: int | None
+    frozen: int | None
+    total: int | None
+
+
+class SummaryJson(TypedDict, total=False):
+    model: str | None
+    input_size: list[int] | None
+    best_epoch: int | None
+    best_val: dict[str, float | None] | None
+    monitor: str | None
+    epochs_completed: int | None
+    epochs_planned: int | None
+    stopped_reason: str | None
+    train_images_per_s: float | None
+    wall_time_s: float | None
+    params: ParamsJson | None
+
+
+class HealthEntry(TypedDict, total=False):
+    epoch: float | None
+    step: float | None
+
+
+class ModelYaml(TypedDict, total=False):
+    name: str | None
+    attention: str | None
+
+
+class ConfigYaml(TypedDict, total=False):
+    task: str | None
+    model: ModelYaml | None
+
+
+class EvalJson(TypedDict, total=False):
+    name: str | None
+    split: str | None
+    variant: str | None
+    classes: list[str] | None
+    dataset_dir: str | None
+    manifest_hash: str | None
+    checkpoint: str | None
+    checkpoint_epoch: int | None
+    checkpoint_sha256: str | None
+    max_pixels: int | None
+
+
+RUN_JSON = TypeAdapter(RunJson)
+SUMMARY = TypeAdapter(SummaryJson)
+HEALTH = TypeAdapter(list[HealthEntry])
+CONFIG = TypeAdapter(ConfigYaml)
+EVAL_JSON = TypeAdapter(EvalJson)
+TRAIN_FIX = "restore the file `vislab train` wrote"
+EVAL_FIX = "restore the file `vislab evaluate` wrote, or evaluate the run again"
+_EXPECTED = {"dict_type": "an object", "list_type": "a list", "int_type": "a whole number", "float_type": "a number", "string_type": "text"}
+_KINDS = {bool: "true/false", int: "a whole number", float: "a number", str: "text", type(None): "null", dict: "an object", list: "a list"}
+
+
+@lru_cache(maxsize=None)
+def _adapter(shape: Any) -> TypeAdapter:
+    return TypeAdapter(shape)
+
+
+def check_shape(path: Path, value: Any, shape: TypeAdapter, fix: str) -> Any:
+    """`value` (read from `path`) as it is when it has `shape`, else one line naming the file,
+    the first field that departs ("params.total is text 'many', not a valid integer") and `fix`."""
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise VislabError(f"{path}: not valid JSON ({err}); was the run interrupted while writing it?") from None
-
-
-def _mapping(path: Path) -> dict[str, Any]:
-    """run.json / summary.json: an object (a hand-edited '[]' there is a one-line error)."""
-    value = _json(path, {})
-    if not isinstance(value, dict):
-        raise VislabError(f"{path}: holds {type(value).__name__}, not a JSON object; restore the file `vislab train` wrote")
+        shape.validate_python(value, strict=True)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".")
+        given = first["input"]
+        kind = _KINDS.get(type(given), type(given).__name__)
+        shown = f" {given!r}"[:42] if isinstance(given, (str, int, float)) and not isinstance(given, bool) else ""
+        what = f"{where} is {kind}{shown}" if where else f"holds {kind}"
+        expected = _EXPECTED.get(first["type"]) or first["msg"].removeprefix("Input should be ").rstrip(".")
+        raise VislabError(f"{path}: {what}, not {expected}; {fix}") from None
     return value
+
+
+def _text(path: Path, fix: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise VislabError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); {fix}") from None
+    except OSError as err:
+        raise VislabError(f"{path}: cannot read ({err.strerror or err}); {fix}") from None
+
+
+def _json(path: Path, shape: TypeAdapter, fix: str, empty: Any = None) -> Any:
+    """A JSON file of the run checked against `shape`; a missing one is `empty` ({} unless given)."""
+    if empty is None:
+        empty = {}
+    if not path.is_file():
+        return empty
+    try:
+        value = json.loads(_text(path, fix))
+    except json.JSONDecodeError as err:
+        raise VislabError(f"{path}: not valid JSON ({err}); was the run interrupted while writing it? {fix}") from None
+    return check_shape(path, value, shape, fix)
+
+
+def _yaml(path: Path, shape: TypeAdapter, fix: str) -> tuple[str, dict[str, Any]]:
+    """A YAML file's text and its mapping, checked against `shape`."""
+    text = _text(path, fix)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise VislabError(f"{path}: not valid YAML{where} ({getattr(err, 'problem', None) or type(err).__name__}); {fix}") from None
+    return text, check_shape(path, {} if value is None else value, shape, fix)
+
+
+def _csv(path: Path, fix: str, **options: Any) -> pd.DataFrame:
+    """An eval set's CSV file as a table; an empty file, a row with fewer fields than the
+    header (a file cut short) or text that is not CSV is one line."""
+    text = _text(path, fix)
+    if not text.strip():
+        raise VislabError(f"{path}: empty (not even a header); {fix}")
+    try:
+        rows = csv.reader(io.StringIO(text))
+        width = len(next(rows))
+        short = next(((n, len(r)) for n, r in enumerate(rows, 2) if r and len(r) < width), None)
+        if short:
+            raise VislabError(f"{path}: line {short[0]} has {short[1]} of the header's {width} fields (the file is cut short?); {fix}")
+        return pd.read_csv(io.StringIO(text), **options)
+    except (csv.Error, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise VislabError(f"{path}: not a readable CSV table ({str(err).splitlines()[0]}); {fix}") from None
 
 
 def read_history(path: Path) -> pd.DataFrame | None:
     """metrics.csv as one row per epoch (rows a logger split per step are merged per epoch)."""
     if not path.is_file():
         return None
-    try:
-        df = pd.read_csv(path)
+    try:  # cut short or empty (a run stopped while writing it): the report says it has no curves
+        df = pd.read_csv(io.StringIO(_text(path, TRAIN_FIX)))
     except (pd.errors.EmptyDataError, pd.errors.ParserError):
         return None
     if df.empty:
@@ -163,17 +311,50 @@ def read_history(path: Path) -> pd.DataFrame | None:
     return df
 
 
+def read_predictions(path: Path) -> pd.DataFrame | None:
+    """An eval set's predictions.csv, every value as text."""
+    if not path.is_file():
+        return None
+    return _csv(path, EVAL_FIX, keep_default_na=False, dtype=str)
+
+
+def read_probs(path: Path) -> np.ndarray | None:
+    """An eval set's probs.npy (a plain array: pickled objects are refused)."""
+    if not path.is_file():
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        reason = "empty" if isinstance(err, EOFError) else str(err).split(". ")[0]
+        raise VislabError(f"{path}: not a NumPy array file ({reason}); {EVAL_FIX}") from None
+
+
 def read_eval(folder: Path) -> EvalSet:
-    metrics = _json(folder / EVAL_METRICS, {})
-    preds = None
-    if (folder / EVAL_PREDICTIONS).is_file():
-        preds = pd.read_csv(folder / EVAL_PREDICTIONS, keep_default_na=False, dtype={"path": str, "label": str, "pred": str})
-    probs = np.load(folder / EVAL_PROBS) if (folder / EVAL_PROBS).is_file() else None
-    return EvalSet(folder.name, metrics, preds, probs)
+    """An eval set's metrics.json now; predictions.csv and probs.npy when first used."""
+    return EvalSet(folder.name, _json(folder / EVAL_METRICS, EVAL_JSON, EVAL_FIX), folder)
+
+
+def _check_task(data: RunData) -> None:
+    """Refuse eval sets whose metrics.json is not of the run's task (config.yaml's `task`
+    edited, or a folder of another run's files), and check the fields the task reads."""
+    from vislab.tasks import get_task
+
+    task = get_task(data.task)
+    for ev in data.evals.values():
+        path = data.run_dir / "eval" / ev.name / EVAL_METRICS if ev.folder is None else ev.folder / EVAL_METRICS
+        missing = [k for k in task.eval_marks if k not in ev.metrics]
+        if missing:
+            raise VislabError(
+                f"{path}: has no {', '.join(missing)}, which every {task.name} evaluation writes: the run's files are not "
+                f"of the task config.yaml names (task: {task.name}); restore config.yaml's task, or evaluate the run again"
+            )
+        if task.eval_fields is not None:
+            check_shape(path, ev.metrics, _adapter(task.eval_fields), EVAL_FIX)
 
 
 def read_run(run_dir: str | Path) -> RunData:
-    """Everything a report needs from a run directory (fails only if it is not a run)."""
+    """Everything a report needs from a run directory (fails only if it is not a run, or
+    with one line when one of its files is damaged)."""
     run = Path(run_dir)
     if not run.is_dir():
         raise VislabError(f"{run}: no such run directory; pass the folder `vislab train` wrote")
@@ -182,21 +363,16 @@ def read_run(run_dir: str | Path) -> RunData:
         raise VislabError(f"{run}: not a run directory (no run.json or config.yaml); pass the folder `vislab train` wrote")
     paths = run_paths(run)
     data = RunData(run_dir=run)
-    cfg_path = paths.config
-    if cfg_path.is_file():
-        data.config_text = cfg_path.read_text()
-        try:
-            data.config = yaml.safe_load(data.config_text) or {}
-        except yaml.YAMLError:
-            data.config = {}
-    data.info = _mapping(paths.run_json)
-    data.summary = _mapping(paths.summary)
-    health = _json(paths.health, [])
-    data.health = health if isinstance(health, list) else []
+    if paths.config.is_file():
+        data.config_text, data.config = _yaml(paths.config, CONFIG, TRAIN_FIX)
+    data.info = _json(paths.run_json, RUN_JSON, TRAIN_FIX)
+    data.summary = _json(paths.summary, SUMMARY, TRAIN_FIX)
+    data.health = _json(paths.health, HEALTH, TRAIN_FIX, empty=[])
     data.history = read_history(paths.metrics)
     ev = paths.eval
     if ev.is_dir():
         for folder in sorted(p for p in ev.iterdir() if p.is_dir()):
             if (folder / EVAL_METRICS).is_file():
                 data.evals[folder.name] = read_eval(folder)
+    _check_task(data)
     return data

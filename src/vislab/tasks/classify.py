@@ -23,6 +23,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+from typing_extensions import TypedDict
+
 from vislab.errors import VislabError
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 from vislab.usertext import term
@@ -40,6 +42,27 @@ if TYPE_CHECKING:
     from vislab.runs import LoadedRun
 
 UNKNOWN = -1  # class id of an image without a label
+# the metrics.json fields its report and compare read (null: a figure not defined for the set)
+_Figure = float | None
+_Text = str | None
+_ClassFigures = TypedDict("_ClassFigures", {"class": str, "support": int, "accuracy": _Figure, "precision": _Figure, "recall": _Figure, "f1": _Figure}, total=False)
+_ClassAccuracy = TypedDict("_ClassAccuracy", {"class": str, "support": int, "accuracy": _Figure}, total=False)
+_Confused = TypedDict("_Confused", {"true": str, "pred": str, "count": int, "fraction": _Figure}, total=False)
+_Loss = TypedDict("_Loss", {"path": _Text, "true": _Text, "pred": _Text, "confidence": _Figure, "loss": _Figure}, total=False)
+ClassifyMetrics = TypedDict(
+    "ClassifyMetrics",
+    {
+        **{k: _Figure for k in ("accuracy", "top5_accuracy", "mca", "gap", "ece", "att_accuracy", "att_mca", "att_f1_macro")},
+        **{f"{k}_{avg}": _Figure for k in ("precision", "recall", "f1") for avg in ("macro", "weighted")},
+        "top_k": int, "num_labelled": int, "confusion_matrix": list[list[_Figure]] | None,
+        "per_class": list[_ClassFigures] | None,
+        "best_classes": list[_ClassAccuracy] | None,
+        "worst_classes": list[_ClassAccuracy] | None,
+        "confused_pairs": list[_Confused] | None,
+        "highest_loss": list[_Loss] | None,
+    },
+    total=False,
+)
 
 
 def match_labels(labels: Iterable[str], classes: list[str], source: str) -> list[int]:
@@ -96,6 +119,8 @@ class ClassifyPlugin(Task):
     curve_panels = (("Accuracy", "acc", "max"),)
     report_module = "vislab.report.classify"
     export_outputs = ("logits",)
+    eval_marks = ("accuracy",)
+    eval_fields = ClassifyMetrics
 
     # ---- training ------------------------------------------------------------------------
     def monitor_metrics(self, cfg: "RunConfig") -> tuple[str, ...]:

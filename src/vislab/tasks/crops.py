@@ -29,6 +29,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from typing_extensions import TypedDict
+
 from vislab.config_crops import RECTANGLES, Aberrations, CropsConfig
 from vislab.errors import SettingError, VislabError
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
@@ -46,6 +48,11 @@ if TYPE_CHECKING:
     from vislab.outfolder import OutFolder
     from vislab.report.rundata import RunData
     from vislab.runs import LoadedRun
+
+# the metrics.json sections its report reads: each an object (or null)
+CropsMetrics = TypedDict(
+    "CropsMetrics", {k: dict[str, Any] | None for k in ("model", "baseline", "baseline_predicts", "chance")}, total=False
+)
 
 BASELINE_EPOCHS = 4  # the baseline's training targets: the sampler's draws over this many epochs
 EXPORT_INPUTS = ("thumb", "patches")  # the exported model's inputs, in the order the model takes them
@@ -152,6 +159,8 @@ class CropsPlugin(Task):
     report_module = "vislab.report.crops"
     evaluate_options = ("crops_per_image", "aberration", "rectangle")
     export_outputs = ("rect", "flag", "cells")
+    eval_marks = ("model", "baseline")
+    eval_fields = CropsMetrics
     sweep_fixed_keys = {
         key: "it changes the validation samples every trial is compared on; set it in the base config"
         for key in ("crops.eval_seed", "crops.eval_crops_per_image", "crops.stress")

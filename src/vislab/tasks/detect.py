@@ -141,6 +141,7 @@ class DetectPlugin(Task):
     curve_panels = (("mAP@0.5", "map50", "max"),)
     report_module = "vislab.report.detect"
     export_outputs = ("detections",)
+    eval_marks = ("map50",)
 
     # ---- model ---------------------------------------------------------------------------
     def create_model(self, cfg: "RunConfig", classes: Sequence[str], *, load_weights: bool = True) -> "nn.Module":

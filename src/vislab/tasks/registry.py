@@ -124,6 +124,12 @@ class Task(ABC):
     # keys of the task's own section that every trial of a sweep must share (key -> why, one
     # clause), with any key under them: those that pick or make the validation samples
     sweep_fixed_keys: ClassVar[dict[str, str]] = {}
+    # metrics.json keys every evaluation of the task writes: an eval set without them is not
+    # of this task (the report and compare refuse it in one line)
+    eval_marks: ClassVar[tuple[str, ...]] = ()
+    # the metrics.json fields its report and compare columns read, as a TypedDict (total=False)
+    # that report/rundata.py validates with pydantic, strict; None: not checked
+    eval_fields: ClassVar[Any] = None
 
     # ---- training ------------------------------------------------------------------------
     def accepts_model(self, name: str) -> str | None:
