@@ -105,3 +105,18 @@ def test_one_class_set_has_no_auc() -> None:
     f = crops_figures(t["rect_true"][:2], np.array([0.2, 0.3]), t["cells_true"][:2], t["rect_true"][:2],
                       t["cropped"][:2], t["cells_true"][:2], 2)
     assert f["flag_auc"] is None and f["crop_factor_error"] is None and f["iou_cropped"] is None
+
+
+def test_non_finite_outputs_are_counted_and_left_out_of_the_models_figures() -> None:
+    """A NaN logit used to stop the report in roc_auc_score (ValueError: Input contains NaN)."""
+    ev = CropsEvaluation(num_cells=2)
+    rects = torch.tensor([FULL, FULL, FULL, FULL])
+    logits = torch.tensor([-3.0, 3.0, float("nan"), 3.0])
+    ev.update(rects, logits, torch.zeros(4, 2, 2), rects, torch.tensor([0.0, 1, 0, 1]), torch.zeros(4, 2, dtype=torch.long))
+    rect_nan = torch.tensor([[float("inf"), 1.0, 0.0, 1.0]])
+    ev.update(rect_nan, torch.tensor([1.0]), torch.zeros(1, 2, 2), torch.tensor([FULL]), torch.tensor([1.0]), torch.zeros(1, 2, dtype=torch.long))
+    report = ev.report(Baseline(rect=FULL, crop_rate=0.5, cell=0))
+    assert report["nonfinite_predictions"] == 2
+    assert report["model"]["images"] == 3 and report["model"]["flag_acc"] == 1.0 and report["model"]["flag_auc"] == 1.0
+    assert report["baseline"]["images"] == 5
+    json.dumps(report, allow_nan=False)

@@ -238,6 +238,93 @@ def test_task_options_are_checked_generically(run, tmp_path) -> None:
     assert not (classify / "eval" / "test" / "metrics.json").exists() or "crops_per_image" not in (classify / "eval" / "test" / "metrics.json").read_text()
 
 
+def diverged_copy(run: Path, dest: Path) -> Path:
+    """A copy of `run` whose model head's weights are NaN (a diverged model), its checksum
+    sidecar rewritten so the checkpoint loads."""
+    import shutil
+
+    from vislab.runs import file_sha256
+
+    shutil.copytree(run, dest)
+    ckpt = dest / "checkpoints" / "best.ckpt"
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    heads = [k for k in state["state_dict"] if ".head." in k and k.endswith("weight")]
+    assert heads
+    for k in heads:
+        state["state_dict"][k] = torch.full_like(state["state_dict"][k], float("nan"))
+    torch.save(state, ckpt)
+    side = dest / "checkpoints" / "best.ckpt.sha256"
+    body = json.loads(side.read_text())
+    body.update(sha256=file_sha256(ckpt), bytes=ckpt.stat().st_size)
+    side.write_text(json.dumps(body) + "\n")
+    return dest
+
+
+def test_a_diverged_model_is_counted_and_refused_per_photo_not_called_uncropped(run, dataset, tmp_path) -> None:
+    """NaN outputs used to crash evaluate (sklearn: Input contains NaN) and made predict print
+    `"crop_prob": NaN` (not JSON) with `"cropped": false`: now evaluate counts them in
+    metrics.json and scores the rest; predict gives an error entry per photo."""
+    from vislab.tasks.crops import prediction_fields
+
+    bad = diverged_copy(run, tmp_path / "diverged")
+    res = invoke("evaluate", bad, "--crops-per-image", "1")
+    assert res.exit_code == 0, res.output
+    m = json.loads((bad / "eval" / "test" / "metrics.json").read_text())
+    assert m["nonfinite_predictions"] == m["num_samples"] == 12
+    assert m["model"]["images"] == 0 and m["model"]["flag_auc"] is None and m["baseline"]["images"] == 12
+    assert "12 of 12 samples gave non-finite" in res.output
+    photo = sorted((dataset / "images").glob("*.png"))[0]
+    res = invoke("predict", bad, photo, "--format", "json")  # every photo failed: the command fails naming why
+    assert res.exit_code == 2 and "photo_000.png: the model gave non-finite" in res.output and "NaN," not in res.output, res.output
+    cells = [[float("nan")] * 16 for _ in range(16)]
+    assert set(prediction_fields([0.1, 0.9, 0.1, 0.9], float("nan"), cells, 0)) == {"error"}
+
+
+def test_a_very_negative_flag_logit_is_a_probability_not_an_overflow() -> None:
+    from vislab.tasks.crops import prediction_fields
+
+    cells = [[1 / 16] * 16 for _ in range(16)]
+    far = prediction_fields([0.1, 0.9, 0.1, 0.9], -1000.0, cells, 0)
+    assert far["crop_prob"] == 0.0 and not far["cropped"]
+    assert prediction_fields([0.1, 0.9, 0.1, 0.9], 1000.0, cells, 0)["crop_prob"] == 1.0
+
+
+def test_crops_per_image_and_eval_seed_have_upper_bounds(run) -> None:
+    """A huge --crops-per-image used to hang evaluate while memory grew (the set is listed up
+    front); eval_seed above 2**32-1 repeated a smaller seed's set."""
+    from vislab.config import build_config
+    from vislab.config_crops import MAX_EVAL_CROPS_PER_IMAGE
+
+    res = invoke("evaluate", run, "--crops-per-image", "99999999999999999999")
+    assert res.exit_code == 2 and f"must be 0 to {MAX_EVAL_CROPS_PER_IMAGE}" in res.output and len(res.output.strip().splitlines()) == 1
+    with pytest.raises(VislabError, match=r"'crops.eval_crops_per_image'"):
+        build_config({"task": "crops", "crops": {"eval_crops_per_image": MAX_EVAL_CROPS_PER_IMAGE + 1}}, "x.yaml")
+    with pytest.raises(VislabError, match=r"'crops.eval_seed'"):
+        build_config({"task": "crops", "crops": {"eval_seed": 2**32}}, "x.yaml")
+    assert build_config({"task": "crops", "crops": {"eval_seed": 2**32 - 1}}).section().eval_seed == 2**32 - 1
+
+
+@pytest.mark.parametrize("text", ["vignette=0", "red=-0", ",", "vignette=0,blue=0.0"])
+def test_an_all_zero_aberration_is_refused_as_the_clean_evaluation(run, text) -> None:
+    before = (run / "eval" / "test" / "metrics.json").read_bytes() if (run / "eval" / "test" / "metrics.json").exists() else None
+    res = invoke("evaluate", run, "--aberration", text)
+    assert res.exit_code == 2 and "every value is zero, which is the clean evaluation" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1
+    after = (run / "eval" / "test" / "metrics.json").read_bytes() if (run / "eval" / "test" / "metrics.json").exists() else None
+    assert after == before
+
+
+def test_duplicate_aberration_keys_are_refused_and_folder_names_are_exact(run) -> None:
+    from vislab.tasks.crops import aberration_variant, parse_aberration
+
+    res = invoke("evaluate", run, "--aberration", "vignette=0.2,vignette=0.5")
+    assert res.exit_code == 2 and "vignette is given twice" in res.output and len(res.output.strip().splitlines()) == 1
+    assert aberration_variant(parse_aberration("vignette=0.4")) == "aberration-vignette0.4"
+    assert aberration_variant(parse_aberration("vignette=0.5,red=2")) == "aberration-vignette0.5-red2"  # the names evaluations already have
+    assert aberration_variant(parse_aberration("vignette=0.4000001")) == "aberration-vignette0.4000001"
+    assert aberration_variant(parse_aberration("red=1e-7")) != aberration_variant(parse_aberration("red=1.0000001e-7"))
+
+
 def test_predict_draws_the_frame_and_writes_json_beside_it(run, dataset, tmp_path) -> None:
     from PIL import Image
 

@@ -20,6 +20,10 @@ Interpolation = Literal["nearest", "linear", "area", "cubic", "lanczos"]
 Rectangle = Literal["head", "cells", "mean"]
 RECTANGLES: tuple[str, ...] = get_args(Rectangle)
 INTERPOLATIONS: tuple[str, ...] = ("nearest", "linear", "area", "cubic", "lanczos")
+# evaluation: the most cropped variants per photo (each is a decode and a forward pass; the
+# set is listed up front, so a huge count would fill memory before anything is scored)
+MAX_EVAL_CROPS_PER_IMAGE = 100
+MAX_EVAL_SEED = 2**32 - 1  # eval_samples seeds with 32 bits: a larger seed would repeat a smaller one's set
 
 
 class Aberrations(Section):
@@ -104,8 +108,12 @@ class CropsConfig(Section):
     decode_evidence: float = Field(
         4.0, gt=0, description="How many independent patches the decode counts its grid as: neighbouring patches share content and "
         "lens, so the summed log-likelihoods are scaled by this / the number of patches (a flatter, honest posterior).")
-    eval_crops_per_image: int = Field(1, ge=0, description="Evaluation: each image once uncropped and this many times cropped.")
-    eval_seed: int = Field(0, ge=0, description="Seed of the evaluation set (the same crops in every run that shares it).")
+    eval_crops_per_image: int = Field(
+        1, ge=0, le=MAX_EVAL_CROPS_PER_IMAGE,
+        description=f"Evaluation: each image once uncropped and this many times cropped (at most {MAX_EVAL_CROPS_PER_IMAGE}).")
+    eval_seed: int = Field(
+        0, ge=0, le=MAX_EVAL_SEED,
+        description="Seed of the evaluation set (the same crops in every run that shares it); 0 to 2**32-1, the seed's 32 bits.")
     stress: Aberrations | None = Field(None, description="Evaluation under stress: aberrations added to each photo before sampling.")
 
     @field_validator("size_factor")

@@ -2,6 +2,8 @@
 
 Definitions (rectangles are (x1, x2, y1, y2) in fractions of the original frame):
 
+- a sample whose model outputs hold a NaN or infinity (a diverged model) is counted
+  (`nonfinite_predictions`) and left out of the model's figures, which are over the others.
 - flag: crop probability sigmoid(logit); accuracy at 0.5, and ROC AUC (None when the set
   holds one class only).
 - patch location: accuracy of the 16-way (columns x rows) cell over all patches (chance
@@ -99,7 +101,8 @@ def crops_figures(
     """Every figure of one predictor on one set (N images, P patches each); plain JSON."""
     cropped = np.asarray(cropped).astype(bool).ravel()
     flag_prob = np.asarray(flag_prob, dtype=np.float64).ravel()
-    cells_true = np.asarray(cells_true).reshape(len(cropped), -1)
+    cells_true = np.asarray(cells_true)
+    cells_true = cells_true.reshape(len(cropped), -1 if cells_true.size else 0)  # no samples: none to score
     hit = np.asarray(cell_pred).reshape(cells_true.shape) == cells_true
     iou = rect_iou(rect_pred, rect_true)
     err = crop_factor_error(np.asarray(rect_pred)[cropped], np.asarray(rect_true)[cropped])
@@ -119,7 +122,7 @@ def crops_figures(
     }
 
 
-_KEYS = ("rect", "flag_prob", "cell_pred", "rect_true", "cropped", "cells_true")
+_KEYS = ("rect", "flag_prob", "cell_pred", "rect_true", "cropped", "cells_true", "finite")
 
 
 @dataclass
@@ -144,6 +147,8 @@ class CropsEvaluation:
             "rect_true": rect_true.float(),
             "cropped": cropped.float(),
             "cells_true": cells_true,
+            "finite": torch.isfinite(rect.float()).flatten(1).all(1) & torch.isfinite(flag_logit.float()).reshape(len(rect), -1).all(1)
+            & torch.isfinite(cell_logits.float()).flatten(1).all(1),
         }
         for key, value in values.items():
             self._parts[key].append(value.detach().cpu().numpy())
@@ -152,15 +157,17 @@ class CropsEvaluation:
         return {k: np.concatenate(v) if v else np.zeros(0) for k, v in self._parts.items()}
 
     def report(self, baseline: Baseline) -> dict[str, Any]:
-        """{"model": figures, "baseline": figures, "baseline_predicts": ..., "chance": ...};
-        baseline_predicts holds the training crop_rate for reference, and the flag the baseline
-        predicts (the evaluation set's majority)."""
+        """{"model": figures, "baseline": figures, "baseline_predicts": ..., "chance": ...,
+        "nonfinite_predictions": count}; baseline_predicts holds the training crop_rate for
+        reference, and the flag the baseline predicts (the evaluation set's majority). The
+        model's figures leave out the samples with non-finite outputs; the baseline's do not."""
         a = self.arrays()
         n = len(a["cropped"])
         truth = (a["rect_true"], a["cropped"], a["cells_true"], self.num_cells)
         flag = majority_flag(a["cropped"])
+        ok = a["finite"].astype(bool)
         return {
-            "model": crops_figures(a["rect"], a["flag_prob"], a["cell_pred"], *truth),
+            "model": crops_figures(a["rect"][ok], a["flag_prob"][ok], a["cell_pred"][ok], a["rect_true"][ok], a["cropped"][ok], a["cells_true"][ok], self.num_cells),
             "baseline": crops_figures(
                 np.tile(np.asarray(baseline.rect), (n, 1)),
                 np.full(n, float(flag)),
@@ -169,4 +176,5 @@ class CropsEvaluation:
             ),
             "baseline_predicts": {**baseline.to_dict(), "flag": "cropped" if flag else "not cropped", "flag_from": "evaluation set majority"},
             "chance": {"patch_acc": 1 / self.num_cells},
+            "nonfinite_predictions": int(n - ok.sum()),
         }

@@ -119,7 +119,7 @@ class CropsPredictor(Predictor):
         results = []
         for k, item in enumerate(items):
             res = prediction_fields(rect[k].float().tolist(), float(flag[k]), probs[k].tolist(), item.rotation)
-            if item.view is not None:
+            if item.view is not None and "error" not in res:
                 res["picture"] = self.picture(item.view, res)
             results.append(res)
         return results

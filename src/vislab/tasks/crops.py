@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from typing_extensions import TypedDict
 
-from vislab.config_crops import RECTANGLES, Aberrations, CropsConfig
+from vislab.config_crops import MAX_EVAL_CROPS_PER_IMAGE, RECTANGLES, Aberrations, CropsConfig
 from vislab.errors import SettingError, VislabError
 from vislab.tasks.registry import Column, Evaluation, Task, register_task
 
@@ -78,17 +78,30 @@ def parse_aberration(text: str) -> Aberrations:
     values: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
+        key = key.strip()
+        if key in values:
+            raise VislabError(f"--aberration {text!r}: {key} is given twice; give each key once")
         try:
-            values[key.strip()] = float(value)
+            values[key] = float(value)
         except ValueError:
             sep = ""
         if not sep:
             raise VislabError(f"--aberration {text!r}: '{part}' is not KEY=NUMBER; keys: {', '.join(Aberrations.model_fields)}")
     try:
-        return Aberrations.model_validate(values)
+        profile = Aberrations.model_validate(values)
     except ValidationError as err:
         first = err.errors()[0]
         raise VislabError(f"--aberration {text!r}: {'.'.join(map(str, first['loc']))}: {first['msg'].lower()} (keys: {', '.join(Aberrations.model_fields)})") from None
+    if profile.is_identity():
+        raise VislabError(f"--aberration {text!r}: every value is zero, which is the clean evaluation; leave --aberration out for it")
+    return profile
+
+
+def _exact(v: float) -> str:
+    """A number as a folder name keeps it: '0.4' and '2' as before, the shortest exact form
+    (repr) when the short one would round, so two profiles never share a folder."""
+    short = f"{v:g}"
+    return short if float(short) == v else repr(v)
 
 
 def aberration_variant(stress: Aberrations | None) -> str:
@@ -96,12 +109,15 @@ def aberration_variant(stress: Aberrations | None) -> str:
     values), so it sits beside the split's clean evaluation instead of replacing it."""
     if stress is None or stress.is_identity():
         return ""
-    return "aberration-" + "-".join(f"{k}{v:g}" for k, v in stress.model_dump().items() if v)
+    return "aberration-" + "-".join(f"{k}{_exact(v)}" for k, v in stress.model_dump().items() if v)
 
 
 def _stress(cfg: CropsConfig, aberration: str | None) -> Aberrations | None:
-    """The lens profile an evaluation adds: `--aberration`'s, else the run's `crops.stress`."""
-    return parse_aberration(aberration) if aberration else cfg.stress
+    """The lens profile an evaluation adds: `--aberration`'s, else the run's `crops.stress`
+    (None for an all-zero one: that is the clean evaluation)."""
+    if aberration:
+        return parse_aberration(aberration)
+    return None if cfg.stress is None or cfg.stress.is_identity() else cfg.stress
 
 
 def training_baseline(run: "LoadedRun", cfg: CropsConfig, fallback: Sequence[Any]) -> tuple["Baseline", str]:
@@ -218,8 +234,8 @@ class CropsPlugin(Task):
             raise VislabError("--tta: not an option of task crops (a flipped photo is another crop)")
         cfg: CropsConfig = run.cfg.section()
         n_crops = cfg.eval_crops_per_image if crops_per_image is None else int(crops_per_image)
-        if n_crops < 0:
-            raise VislabError(f"--crops-per-image {n_crops}: must be 0 or more")
+        if not 0 <= n_crops <= MAX_EVAL_CROPS_PER_IMAGE:
+            raise VislabError(f"--crops-per-image {n_crops}: must be 0 to {MAX_EVAL_CROPS_PER_IMAGE} (crops per photo an evaluation holds)")
         stress = _stress(cfg, aberration)
         if rectangle is not None and rectangle not in RECTANGLES:
             raise VislabError(f"--rectangle {rectangle}: not a choice; use one of {', '.join(RECTANGLES)}")
@@ -271,6 +287,14 @@ class CropsPlugin(Task):
     def evaluate_variant(self, run: "LoadedRun", *, aberration: str | None = None, **options: Any) -> str:
         return aberration_variant(_stress(run.cfg.section(), aberration))
 
+    def evaluation_notes(self, metrics: dict[str, Any]) -> list[str]:
+        """One line when some samples' outputs were NaN or infinite (a diverged model)."""
+        bad = metrics.get("nonfinite_predictions") or 0
+        if not bad:
+            return []
+        return [f"note: {bad} of {metrics.get('num_samples')} samples gave non-finite (NaN or infinite) model outputs: "
+                "the model's figures are over the other samples; the model likely diverged"]
+
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         m, b = metrics.get("model", {}), metrics.get("baseline", {})
         flag = (metrics.get("baseline_predicts") or {}).get("flag")
@@ -302,7 +326,7 @@ class CropsPlugin(Task):
             for k, pos in enumerate(o["position"].tolist()):
                 results[pos].update(prediction_fields(o["rect"][k].tolist(), float(o["flag"][k]), o["cell_probs"][k].tolist(), int(o["rotation"][k])))
         for entry in results:
-            if "rect" not in entry:
+            if "rect" not in entry and "error" not in entry:
                 entry["error"] = f"cannot read image: {unreadable.get(entry['path'], 'unknown reason')}"
         return results
 
@@ -399,7 +423,17 @@ class CropsPlugin(Task):
         return (n if isinstance(n, int) else None), None
 
 
-FULL_FRAME = [0.0, 1.0, 0.0, 1.0]  # the rectangle of a photo called uncropped: it is its own original frame
+FULL_FRAME = [0.0, 1.0, 0.0, 1.0]
+
+
+def stable_sigmoid(x: float) -> float:
+    """1 / (1 + e^-x) without overflow: exp of a non-positive number only."""
+    import math
+
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1 + z)  # the rectangle of a photo called uncropped: it is its own original frame
 
 
 def prediction_fields(rect: Sequence[float], flag_logit: float, cell_probs: list[list[float]], rotation: int) -> dict[str, Any]:
@@ -409,12 +443,14 @@ def prediction_fields(rect: Sequence[float], flag_logit: float, cell_probs: list
     the rectangle the model gives stays in `rect_if_cropped` (`crop_factor_if_cropped`)."""
     import math
 
+    if not all(math.isfinite(v) for v in [*rect, flag_logit, *(p for ps in cell_probs for p in ps)]):
+        return {"error": "the model gave non-finite (NaN or infinite) outputs for this photo: it likely diverged; retrain or use an earlier checkpoint"}
     x1, x2, y1, y2 = (min(max(v, 0.0), 1.0) for v in rect)
     if rotation == 90:  # the view is the photo turned counter-clockwise
         x1, x2, y1, y2 = 1 - y2, 1 - y1, x1, x2
     elif rotation == 270:
         x1, x2, y1, y2 = y1, y2, 1 - x2, 1 - x1
-    prob = 1 / (1 + math.exp(-flag_logit))
+    prob = stable_sigmoid(flag_logit)
     estimate = [x1, x2, y1, y2]
     shown = estimate if prob > 0.5 else list(FULL_FRAME)
 
