@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import timm
 import torch
 
+from vislab.errors import VislabError
 from vislab.models.abn import ABN, abn_loss
 
 
@@ -233,3 +236,27 @@ def test_abn_under_a_custom_head(tmp_path) -> None:
     for method in ("gradcam", "attention"):
         results = explain_run(run, images, method=method)
         assert len(results) == 2 and all(r.output.is_file() and np.isfinite(r.heatmap).all() for r in results)
+
+
+@pytest.mark.parametrize(
+    "name,stage,layout",
+    [("test_vit", None, "tokens (B, N, C)"), ("mambaout_femto", None, "channels-last"), ("mambaout_femto", 0, "channels-last")],
+)
+def test_abn_refuses_stages_that_are_not_nchw_maps(name: str, stage: int | None, layout: str) -> None:
+    # ViT blocks output tokens and MambaOut stages (B, H, W, C): the branch's BatchNorm2d would
+    # crash on them or, when H happens to equal C (MambaOut stage 0 at 192 px), attend over (W, C)
+    from vislab.config import ModelConfig
+    from vislab.models.factory import create_model
+
+    with pytest.raises(VislabError, match=rf"^model.attention: abn needs a backbone .*{re.escape(layout)}"):
+        create_model(ModelConfig(name=name, attention="abn", abn={"stage": stage}), 5, load_weights=False)
+
+
+def test_abn_layout_probe_leaves_the_backbone_untouched() -> None:
+    backbone = timm.create_model("resnet18", num_classes=3)
+    backbone.layer1.eval()
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    model = ABN(backbone, 3)
+    assert backbone.training and not backbone.layer1.training and backbone.layer2.training
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+    assert model(torch.zeros(2, 3, 32, 32))["attention"].shape == (2, 1, 1, 1)

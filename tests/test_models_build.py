@@ -159,3 +159,21 @@ def test_pretrained_true_uses_timm_loading_from_cache(monkeypatch, tmp_path) -> 
 def test_bad_timm_kwargs_are_a_config_error() -> None:
     with pytest.raises(VislabError, match="model.kwargs"):
         factory.create_model(ModelConfig(name="test_resnet", kwargs={"no_such_arg": 1}), 3)
+
+
+def test_fixed_size_timm_model_at_another_img_size_is_one_line_error(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.testing.synthetic import make_pattern_dataset
+
+    data = make_pattern_dataset(tmp_path / "data", classes=("horizontal", "vertical"), per_class=6, size=16)
+    base = ["train", "digits-cnn", "--data", str(data), "--epochs", "1", "--set", "model.name=vit_tiny_patch16_224", "--set", "data.img_size=32"]
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "run")])
+    assert res.exit_code != 0 and "Traceback" not in res.output, res.output
+    line = res.output.strip()
+    assert "\n" not in line and "data.img_size: vit_tiny_patch16_224 takes only 224 px inputs, not 32" in line, line
+    assert "model.kwargs.img_size=32" in line and "dynamic_img_size" in line
+    # the suggested fix trains at the asked size
+    res = CliRunner().invoke(app, [*base, "--set", "model.kwargs.img_size=32", "--out", str(tmp_path / "run2")])
+    assert res.exit_code == 0, res.output

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislab.errors import VislabError
+from vislab.models.registry import data_spec
 
 _POOL_TYPES = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 
@@ -42,6 +43,57 @@ def default_stage(backbone: nn.Module) -> int:
         if not isinstance(modules.get(info[idx]["module"]), _POOL_TYPES):
             return idx
     return len(info) - 1
+
+
+class _Probed(Exception):
+    """Stops the layout probe's forward pass once the stage has produced its output."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+
+def stage_output_shape(backbone: nn.Module, module: nn.Module) -> tuple[int, ...]:
+    """The shape `module` outputs for one image at the backbone's own input size.
+
+    `feature_info` names a stage and its channels but not its layout: ViT, DeiT, Mixer and
+    Hiera stages output tokens (B, N, C) and Swin or MambaOut stages channels-last maps
+    (B, H, W, C). Only running the backbone tells, so it runs once, in eval mode and without
+    gradients, and stops at the stage (the rest of the network never runs).
+    """
+    channels, height, width = (int(v) for v in data_spec(backbone).input_size)
+    conv = next((m for m in backbone.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None:
+        channels = conv.in_channels
+
+    def stop(_module: nn.Module, _args: Any, out: Any) -> None:
+        raise _Probed(tuple(out.shape) if isinstance(out, torch.Tensor) else ())
+
+    modes = {m: m.training for m in backbone.modules()}
+    handle = module.register_forward_hook(stop)
+    try:
+        backbone.eval()
+        with torch.no_grad():
+            backbone(torch.zeros(1, channels, height, width))
+    except _Probed as probed:
+        return probed.shape
+    finally:
+        handle.remove()
+        for m, training in modes.items():
+            m.training = training
+    return ()
+
+
+def check_stage_layout(backbone: nn.Module, stage: dict[str, Any], shape: tuple[int, ...]) -> None:
+    """Refuse a stage whose output is not a (B, C, H, W) map with the stage's channel count."""
+    if len(shape) == 4 and shape[1] == stage["num_chs"]:
+        return
+    layout = {3: "tokens (B, N, C)", 4: "a channels-last map (B, H, W, C)"}.get(len(shape), f"shape {list(shape)}")
+    raise VislabError(
+        f"model.attention: abn needs a backbone whose stages output (B, C, H, W) feature maps; "
+        f"{type(backbone).__name__}'s stage '{stage['module']}' outputs {layout}. Use a CNN "
+        "(resnet, efficientnet, convnext, vgg, simple_cnn) or set model.attention: none"
+    )
 
 
 class AttentionBranch(nn.Module):
@@ -91,12 +143,13 @@ class ABN(nn.Module):
                 f"model.abn.stage: {stage} is out of range; this backbone has stages 0..{len(info) - 1}"
             )
         self.stage = info[idx]
+        target = dict(backbone.named_modules())[self.stage["module"]]
+        check_stage_layout(backbone, self.stage, stage_output_shape(backbone, target))
         self.backbone = backbone
         self.attention_branch = AttentionBranch(self.stage["num_chs"], num_classes)
         self.num_classes = num_classes
         self.num_features = getattr(backbone, "num_features", None)
         self._out: dict[str, torch.Tensor] = {}
-        target = dict(backbone.named_modules())[self.stage["module"]]
         target.register_forward_hook(self._reweight)
 
     def _reweight(self, module: nn.Module, args: Any, f: torch.Tensor) -> torch.Tensor:

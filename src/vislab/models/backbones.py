@@ -13,6 +13,7 @@ levels for the whole run (`train.freeze_stages`); unfreezing the backbone leaves
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 from typing import Any
@@ -81,6 +82,24 @@ def create_timm(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -
         if new_head:
             log.info("%s: pretrained classifier dropped, new %d-class head initialised", cfg.name, num_classes)
     return model, report
+
+
+def check_input_size(model: nn.Module, hw: tuple[int, int], name: str) -> None:
+    """Refuse an input size a fixed-size model (timm's strict patch embedding: ViT, DeiT, Mixer,
+    Swin) would reject with a bare assertion on the first batch; name the settings that fit."""
+    for module in model.modules():
+        fixed = getattr(module, "img_size", None) if getattr(module, "strict_img_size", False) else None
+        if fixed is None or tuple(fixed) == tuple(hw):
+            continue
+        size = fixed[0] if fixed[0] == fixed[1] else list(fixed)
+        wanted = hw[0] if hw[0] == hw[1] else list(hw)
+        takes = set().union(*(inspect.signature(type(m)).parameters for m in model.modules()))
+        fixes = [f"set data.img_size: {size}"]
+        if "img_size" in takes:
+            fixes.append(f"build it at your size with --set model.kwargs.img_size={wanted}")
+        if "dynamic_img_size" in takes:
+            fixes.append("let it take any size with --set model.kwargs.dynamic_img_size=true")
+        raise VislabError(f"data.img_size: {name} takes only {size} px inputs, not {wanted}; {', or '.join(fixes)}")
 
 
 def hub_reachable(host: str, timeout: float = 3.0) -> bool:

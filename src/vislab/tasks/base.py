@@ -70,6 +70,7 @@ def resolved_spec(model: nn.Module, cfg: RunConfig) -> DataSpec:
         hw = tuple(spec.input_size[-2:])
     else:
         hw = (size, size) if isinstance(size, int) else tuple(size)
+        backbones.check_input_size(model, (int(hw[0]), int(hw[1])), cfg.model.name)
     return replace(
         spec,
         input_size=(cfg.model.in_chans, int(hw[0]), int(hw[1])),
