@@ -253,6 +253,27 @@ def test_predict_out_reuses_only_its_own_folder_and_leaves_no_stale_files(detect
     assert (out / "notes.txt").read_text() == "mine" and (out / "labels" / "mine.txt").read_text() == "mine too"
 
 
+def test_a_folder_predict_wrote_inside_the_inputs_is_skipped_not_predicted(detect_run: Path, tmp_path: Path) -> None:
+    """`predict frames --out frames/pred`, run again, predicted on its own drawings (the walk
+    took frames/pred/images/*.jpg as inputs). The folder is now skipped, and said so."""
+    import json
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for image in _det_images(detect_run)[:2]:
+        shutil.copy(image, frames / image.name)
+    out = frames / "pred"
+    runner = CliRunner()
+    for _ in range(2):
+        res = runner.invoke(app, ["predict", str(detect_run), str(frames), "--conf", "0", "--out", str(out), "--format", "json"])
+        assert res.exit_code == 0, res.output
+    rows = json.loads((out / "predictions.json").read_text())
+    assert sorted(Path(r["path"]).name for r in rows if "error" not in r) == sorted(p.name for p in frames.glob("*.png"))
+    skipped = [r for r in rows if "error" in r]
+    assert [Path(r["path"]) for r in skipped] == [out] and "earlier `vislab predict --out`" in skipped[0]["error"]
+    assert len(list((out / "images").iterdir())) == 2
+
+
 def test_predict_out_that_cannot_be_written_is_one_line_before_predicting(detect_run: Path, tmp_path: Path) -> None:
     """A read-only --out was a PermissionError traceback after every image was predicted."""
     from vislab.testing.processes import vislab_with_read_only

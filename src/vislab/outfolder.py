@@ -16,10 +16,11 @@ import os
 import stat
 from pathlib import Path
 
+from vislab.data.walk import PREDICT_MARKER
 from vislab.errors import VislabError
 from vislab.fsguard import cannot_write, folder_problem, inside, make_folder, printable, read_bounded, write_file
 
-MARKER = ".vislab-predict.json"
+MARKER = PREDICT_MARKER
 
 
 class OutFolder:

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vislab.data.walk import SKIP_REASONS, file_problem, walk_files
+from vislab.data.walk import PREDICT_MARKER, PREDICT_OUTPUT, SKIP_REASONS, file_problem, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, SpecialFileError, open_regular
 
@@ -317,11 +317,18 @@ class CollectedImages(list):
         self.skipped = skipped
 
 
+def _predict_output(folder: str, entries: Sequence[Any]) -> str | None:
+    """The skip kind of a folder `vislab predict --out` wrote (its marker file is there)."""
+    return PREDICT_OUTPUT if any(e.name == PREDICT_MARKER for e in entries) else None
+
+
 def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages:
     """Image files named directly or found in the given folders (sorted; folder links
     followed, loops refused, see `walk.walk_files`), for the commands that take images on the
     command line (predict, explain). A broken link, a pipe or a looping link inside a folder
-    is not read but listed in `skipped` with its reason, so the caller can report it."""
+    is not read but listed in `skipped` with its reason, so the caller can report it; so is a
+    folder inside that an earlier `predict --out` wrote (`predict frames --out frames/pred`,
+    run again, would otherwise predict on its own drawings)."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise VislabError("no images given; pass image files or folders of images")
@@ -330,7 +337,7 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages
     for item in items:
         p = Path(item)
         if p.is_dir():
-            walk = walk_files(str(p))
+            walk = walk_files(str(p), skip_folder=_predict_output)
             for path, _ in sorted(walk.files, key=lambda f: Path(f[0])):
                 if Path(path).suffix.lower() not in IMAGE_EXTS:
                     continue

@@ -21,12 +21,16 @@ from dataclasses import dataclass, field
 UNREADABLE_FOLDER = "unreadable_folder"
 INNER_FOLDER_LINK = "inner_folder_link"
 FOLDER_LOOP = "folder_loop"
+PREDICT_OUTPUT = "predict_output"
+# the hidden file `vislab predict --out` keeps in its folder (vislab.outfolder)
+PREDICT_MARKER = ".vislab-predict.json"
 
 # Why a walk skipped an entry, in words for per-file messages (curate counts the kinds instead).
 SKIP_REASONS = {
     UNREADABLE_FOLDER: "folder cannot be listed (permission denied?)",
     INNER_FOLDER_LINK: "link to a folder inside the walked folder, whose files are listed under their own path",
     FOLDER_LOOP: "symbolic link loop (links back to a folder being walked, or one walked already)",
+    PREDICT_OUTPUT: "folder an earlier `vislab predict --out` wrote: its drawings and labels are not inputs",
 }
 
 
