@@ -6,7 +6,8 @@ VISLAB := $(VENV)/bin/vislab
 STAMP := $(VENV)/.installed
 DEMO ?= demo-output
 # the suite in two processes (pytest-xdist): much of it waits on subprocesses, signals and
-# sleeps, so two workers fit a 2-core machine (8 min serial, under 6 with two, measured)
+# sleeps, so two workers fit a 2-core machine (about 9 minutes with two on a quiet 2-core
+# machine, 2026-12-02; tests/conftest.py gives each process one torch thread then)
 TEST_WORKERS ?= 2
 
 .PHONY: demo test install clean
