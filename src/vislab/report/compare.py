@@ -23,7 +23,7 @@ import pandas as pd
 from vislab.config import key_applies, value_text
 from vislab.display import format_rate
 from vislab.errors import VislabError
-from vislab.fsguard import output_file_problem, printable, write_file
+from vislab.fsguard import cannot_write, output_file_problem, printable, write_file
 from vislab.report.rundata import RunData, read_run
 from vislab.runs import is_sanity_check, run_paths
 from vislab.tasks import Column, get_task
@@ -513,7 +513,7 @@ def save(text: str, out: str | Path, fmt: str) -> Path:
     try:
         return write_file(out, text)
     except OSError as err:
-        raise VislabError(f"--out {printable(out)}: cannot write the file ({os.strerror(err.errno) if err.errno else err})") from None
+        raise cannot_write(out, err) from None
 
 
 def render(df: pd.DataFrame, fmt: str) -> str:
