@@ -273,6 +273,9 @@ def test_a_diverged_model_is_counted_and_refused_per_photo_not_called_uncropped(
     assert m["nonfinite_predictions"] == m["num_samples"] == 12
     assert m["model"]["images"] == 0 and m["model"]["flag_auc"] is None and m["baseline"]["images"] == 12
     assert "12 of 12 samples gave non-finite" in res.output
+    res = invoke("report", bad, "--no-cams")  # the page says so too, under its title
+    assert res.exit_code == 0, res.output
+    assert "12 of 12 samples gave non-finite" in (bad / "report.html").read_text()
     photo = sorted((dataset / "images").glob("*.png"))[0]
     res = invoke("predict", bad, photo, "--format", "json")  # every photo failed: the command fails naming why
     assert res.exit_code == 2 and "photo_000.png: the model gave non-finite" in res.output and "NaN," not in res.output, res.output

@@ -254,3 +254,23 @@ def test_the_cam_gallery_says_which_maps_are_empty(tmp_path) -> None:
     assert re.search(r"Note: the gradcam map of \S+\.png \(\w+\) and 7 more is zero everywhere", cams), cams[-600:]
     assert "try --method gradcam++ or --method eigencam, with vislab report or vislab explain." in cams
     assert "zero everywhere" not in cams_section("eigencam")
+
+
+def test_nonfinite_outputs_are_said_by_evaluate_and_under_the_title(tmp_path) -> None:
+    """A diverged classifier's NaN outputs were counted in metrics.json only: evaluate and the
+    page said nothing, so a run scored at the rate of class 0 looked merely poor."""
+    from vislab.tasks import get_task
+
+    run = make_run_dir(tmp_path, name="diverged", n_test=8)
+    mfile = run / "eval/test/metrics.json"
+    metrics = json.loads(mfile.read_text())
+    metrics["nonfinite_predictions"] = 3
+    mfile.write_text(json.dumps(metrics))
+    line = get_task("classify").evaluation_notes(metrics)
+    assert line and line[0].startswith("note: 3 of ") and "non-finite" in line[0]
+    text = write_report(run, cams=False).read_text(encoding="utf-8")
+    hero = text.split('<nav class="toc">')[0]
+    assert "3 of " in hero and "non-finite (NaN or infinite) model outputs" in hero
+    metrics["nonfinite_predictions"] = 0
+    mfile.write_text(json.dumps(metrics))
+    assert "non-finite" not in write_report(run, cams=False).read_text(encoding="utf-8")

@@ -36,6 +36,7 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
                     f"{len(data.classes)} classes" if data.classes else "", (i.get("created") or "")[:19].replace("T", " ")) if p
     )
     stale = data.stale_eval(ev)
+    warnings = ([f"warning: {stale}"] if stale else []) + (task.evaluation_notes(ev.metrics) if ev else [])
     sections = task.report_sections(data, page)
     body = "".join(section(sec.id, sec.title, sec.body, sec.lead) for sec in sections)
     nav = "".join(f'<a href="#{sec.id}">{e(sec.nav)}</a>' for sec in sections)
@@ -45,7 +46,7 @@ def render(data: RunData, split: str | None = None, cams: bool = True, cam_metho
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{e(data.name)} · vislab report</title><style>{CSS}</style></head><body>"
         f'<header class="hero"><div class="wrap"><div class="eyebrow">vislab run report</div><h1>{e(data.name)}</h1>'
-        f'<p class="sub">{e(subtitle)}</p>{note("warning: " + stale) if stale else ""}{kpi_cards(task.kpis(data, page))}</div></header>'
+        f'<p class="sub">{e(subtitle)}</p>{"".join(note(w) for w in warnings)}{kpi_cards(task.kpis(data, page))}</div></header>'
         f'<nav class="toc"><div class="wrap">{nav}</div></nav>'
         f'<main class="wrap">{body}</main>'
         f"<footer>{e(str(data.run_dir))} · written by vislab {e(__version__)} on {e(now)}</footer></body></html>\n"

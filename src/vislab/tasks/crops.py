@@ -288,12 +288,8 @@ class CropsPlugin(Task):
         return aberration_variant(_stress(run.cfg.section(), aberration))
 
     def evaluation_notes(self, metrics: dict[str, Any]) -> list[str]:
-        """One line when some samples' outputs were NaN or infinite (a diverged model)."""
-        bad = metrics.get("nonfinite_predictions") or 0
-        if not bad:
-            return []
-        return [f"note: {bad} of {metrics.get('num_samples')} samples gave non-finite (NaN or infinite) model outputs: "
-                "the model's figures are over the other samples; the model likely diverged"]
+        """The generic line, and that the crops figures leave those samples out."""
+        return [line + ": the model's figures are over the other samples" for line in super().evaluation_notes(metrics)]
 
     def evaluation_line(self, metrics: dict[str, Any]) -> str:
         m, b = metrics.get("model", {}), metrics.get("baseline", {})

@@ -228,7 +228,7 @@ class DetectPlugin(Task):
             parts.append(f"{', '.join(match['dataset_only'])} (in the data, not a class of the run: its boxes are not scored)")
         if match.get("run_only"):
             parts.append(f"{', '.join(match['run_only'])} (a class of the run with no box in the data: no AP)")
-        return [f"note: classes left out: {'; '.join(parts)}"] if parts else []
+        return super().evaluation_notes(metrics) + ([f"note: classes left out: {'; '.join(parts)}"] if parts else [])
 
     def predict(self, run: "LoadedRun", files: Sequence[Path], **options: Any) -> list[dict[str, Any]]:
         from vislab.tasks.detect_eval import predict_files

@@ -212,8 +212,14 @@ class Task(ABC):
         return f"{metrics.get('name')}: evaluated {metrics.get('num_samples', '?')} images"
 
     def evaluation_notes(self, metrics: dict[str, Any]) -> list[str]:
-        """Lines `vislab evaluate` prints after its line: what the figures leave out, and why."""
-        return []
+        """Lines `vislab evaluate` prints after its line (and the report shows under its
+        title): what the figures leave out, and why. Every task: samples whose model outputs
+        were NaN or infinite (`nonfinite_predictions`), the sign of a diverged model."""
+        bad = metrics.get("nonfinite_predictions") or 0
+        if not bad:
+            return []
+        return [f"note: {bad} of {metrics.get('num_samples')} samples gave non-finite (NaN or infinite) model outputs; "
+                "the model likely diverged"]
 
     @abstractmethod
     def predict(self, run: "LoadedRun", files: Sequence[Path], **options: Any) -> list[dict[str, Any]]:
