@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -383,3 +384,56 @@ def test_the_index_lists_every_overlay_the_folder_holds_after_any_calls(tmp_path
     res = CliRunner().invoke(app, ["explain", str(run), str(image), "--out", str(out)])
     assert res.exit_code == 2 and "not an index written by vislab explain" in res.output and "Traceback" not in res.output
     assert (out / "explanations.json").read_text() == "my notes"
+
+
+def _blocked_on(path: Path) -> bool:
+    """Whether some process waits for a flock on `path` (a `->` line of /proc/locks naming its inode)."""
+    ino = os.stat(path).st_ino
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and fields[fields.index("->") + 5].split(":")[-1] == str(ino):
+            return True
+    return False
+
+
+def test_two_explains_into_one_folder_keep_each_others_entries(tmp_path) -> None:
+    """Each explain read explanations.json when it started and wrote it when it ended, so two
+    at once into one folder lost the entries of the one that finished first. Now the
+    overlays and the index are written under a lock, the index read again inside it: a real
+    second process waits while the folder is being written, then keeps what was added."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    from typer.testing import CliRunner
+
+    from vislab.cli import app
+    from vislab.explain.overlays import INDEX
+    from vislab.locks import waiting_lock
+    from vislab.testing.processes import single_thread_env
+    from vislab.testing.rundirs import make_run_dir
+
+    INDEX_LOCK = ".explanations.lock"  # the lock's documented name (explain/overlays.py), so this test also runs before it existed
+    if not Path("/proc/locks").exists():
+        pytest.skip("needs Linux /proc/locks to see a process waiting for a lock")
+    run = make_run_dir(tmp_path, name="run", checkpoint=True, n_test=3)
+    cat, dog = (sorted((tmp_path / "run-data" / "images" / c).glob("*.png"))[0] for c in ("cat", "dog"))
+    out = tmp_path / "ex"
+    assert CliRunner().invoke(app, ["explain", str(run), str(cat), "--out", str(out)]).exit_code == 0
+    [first] = _index(out)
+    with waiting_lock(out / INDEX_LOCK):
+        proc = subprocess.Popen([sys.executable, "-m", "vislab.cli", "explain", str(run), str(dog), "--out", str(out)],
+                                env=single_thread_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while not _blocked_on(out / INDEX_LOCK) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None and _blocked_on(out / INDEX_LOCK), f"explain wrote the folder while it was locked: {proc.communicate()[0]}"
+        other = out / "other__cat__gradcam.png"  # what a third explain finishing now adds
+        shutil.copy(first["output"], other)
+        (out / INDEX).write_text(json.dumps([{**first, "source": "elsewhere/other.png", "output": str(other)}, first]))
+    assert proc.wait(timeout=120) == 0, proc.communicate()[0]
+    index = _index(out)
+    assert sorted(Path(e["output"]).name for e in index) == sorted(_pngs(out)) and len(index) == 3
+    assert not (out / INDEX_LOCK).exists()

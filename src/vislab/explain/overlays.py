@@ -21,6 +21,7 @@ from PIL import Image
 from vislab.data.io import ImageDecodeError, collect_images
 from vislab.errors import VislabError
 from vislab.fsguard import inside, make_folder, replacing, slug, write_file
+from vislab.locks import waiting_lock
 from vislab.explain.attention import METHOD as ATTENTION, attention_session
 from vislab.explain.cam import cam_session, check_cam_method, find_target_layer, overlay
 
@@ -205,6 +206,7 @@ def name_parts(texts: Sequence[str]) -> dict[str, str]:
 
 
 INDEX = "explanations.json"
+INDEX_LOCK = ".explanations.lock"  # held while overlays and the index are written; removed after
 
 
 class ExplainedImages(list):
@@ -301,7 +303,7 @@ def explain_run(
     collected = collect_images(inputs)
     files, repeated = distinct_files(collected)
     out_dir = Path(out) if out is not None else run_paths(run_dir).explain_dir(slug(method))
-    earlier = earlier_index(out_dir / INDEX)  # refused before the long work, not after it
+    earlier_index(out_dir / INDEX)  # refused before the long work, not after it; read again when merging
     loaded = load_trained(run_dir)
     side = decode_size(loaded.spec)  # decoded as evaluate and predict decode (JPEG draft mode), so the scores agree
     limit = recorded_max_pixels(loaded.info)  # photos like those it was trained on
@@ -327,16 +329,17 @@ def explain_run(
     stem_part = name_parts(stems)
     class_part = name_parts(list(loaded.classes))
     index = {str(f): i for i, f in enumerate(read)}
-    for r in results:
-        i = index[r.source]
-        stem = f"{i:04d}_{stem_part[stems[i]]}" if numbered else stem_part[stems[i]]
-        tag = f"__{slug(r.layer)[:NAME_PART_CHARS]}" if layer is not None and r.layer != default_layer else ""
-        r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}{tag}.png")
-        with replacing(r.output) as fh:
-            Image.fromarray(r.overlay).save(fh, format="PNG")
-    sources = {str(f) for f in files} | {f["source"] for f in failed}
-    entries = merged_index(out_dir, earlier, [r.to_dict() for r in results] + failed, sources)
-    write_file(inside(out_dir, INDEX), json.dumps(entries, indent=2))
+    with waiting_lock(inside(out_dir, INDEX_LOCK)):  # a second explain into the folder merges after the first, keeping its entries
+        for r in results:
+            i = index[r.source]
+            stem = f"{i:04d}_{stem_part[stems[i]]}" if numbered else stem_part[stems[i]]
+            tag = f"__{slug(r.layer)[:NAME_PART_CHARS]}" if layer is not None and r.layer != default_layer else ""
+            r.output = inside(out_dir, f"{stem}__{class_part[r.class_name]}__{slug(r.method)}{tag}.png")
+            with replacing(r.output) as fh:
+                Image.fromarray(r.overlay).save(fh, format="PNG")
+        sources = {str(f) for f in files} | {f["source"] for f in failed}
+        entries = merged_index(out_dir, earlier_index(out_dir / INDEX), [r.to_dict() for r in results] + failed, sources)
+        write_file(inside(out_dir, INDEX), json.dumps(entries, indent=2))
     return ExplainedImages(results, failed, repeated)
 
 
