@@ -298,6 +298,25 @@ def test_vislab_outputs_inside_a_source_are_skipped(tmp_path):
     assert_one_line_error(invoke("curate", root / "tree", "--out", tmp_path / "x"), "materialize")
 
 
+def test_a_predict_out_folder_inside_a_source_is_not_a_class(tmp_path):
+    """`vislab predict RUN photos --out photos/pred` left drawn images in photos/pred, which
+    the next `curate photos` took as a class 'pred' (predict and explain already skipped it)."""
+    from vislab.outfolder import claim_out
+
+    root = tmp_path / "photos"
+    write_image_folder(root, ["cat", "dog"], per_class=2)
+    out = claim_out(root / "pred")  # the folder exactly as predict --out leaves it
+    write_image(out.file("000_cat_0.png"))
+    out.write("labels/000_cat_0.txt", "0 0.5 0.5 0.2 0.2\n")
+    out.write("predictions.json", "[]")
+    out.finish()
+    df, summary = curate(tmp_path / "ds", root)
+    assert sorted(df["label"].unique()) == ["cat", "dog"] and len(df) == 4
+    assert summary["vislab_folders_skipped"] == 1
+    df, _ = curate(tmp_path / "ds2", root / "pred")  # named as the source, it is curated as asked
+    assert df["path"].str.endswith("000_cat_0.png").any()
+
+
 # ---------------------------------------------------------------- item 13: class names are plain text
 
 

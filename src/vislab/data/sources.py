@@ -28,7 +28,7 @@ import pandas as pd
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.manifest import CURATION_NAME, MANIFEST_NAME
 from vislab.data.materialize import MARKER
-from vislab.data.walk import FOLDER_LOOP, INNER_FOLDER_LINK, UNREADABLE_FOLDER, walk_files
+from vislab.data.walk import FOLDER_LOOP, INNER_FOLDER_LINK, PREDICT_MARKER, UNREADABLE_FOLDER, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem
 
@@ -83,7 +83,8 @@ def vislab_output_kind(names: Iterable[str]) -> str | None:
 def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], Counter[str]]:
     """(path, first folder below `top` or None) for every file to curate under `top` (see
     `walk.walk_files` for links and loops), and counts of what was skipped: hidden entries
-    (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders, non-UTF-8 names,
+    (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders (datasets,
+    materialized trees, predict --out folders below `top`), non-UTF-8 names,
     folders that cannot be listed, links to folders inside `top`, folder loops."""
 
     def skip_entry(entry: os.DirEntry) -> str | None:
@@ -94,7 +95,8 @@ def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]],
         return SKIPPED_OUTPUT if skip and os.path.realpath(entry.path) in skip else None
 
     def skip_folder(folder: str, entries: list[os.DirEntry]) -> str | None:
-        return VISLAB_OUTPUT if vislab_output_kind(e.name for e in entries) else None
+        names = [e.name for e in entries]  # a predict --out folder below: its drawings are not a class
+        return VISLAB_OUTPUT if vislab_output_kind(names) or PREDICT_MARKER in names else None
 
     walk = walk_files(top, skip_entry, skip_folder)
     # a loop is a link to a folder already read: curation.json counts it with those links
