@@ -347,3 +347,7 @@ def test_crops_predict_out_gets_its_pictures_instead_of_the_run(crops_run: Path,
     assert not (run / "predict").exists()
     rows = predict(run, photo)
     assert Path(rows[0]["picture"]).parent == run / "predict"
+    other = write_image(tmp_path / "in" / "b.png", seed=1, size=(64, 48))
+    rows = predict(run, other)  # RUN/predict/ is predict's as an --out is: the earlier picture goes
+    assert sorted(p.name for p in (run / "predict").glob("*.png")) == [Path(rows[0]["picture"]).name] == ["000_b.png"]
+    assert (run / "predict" / ".vislab-predict.json").is_file() and (run / "predict" / "predictions.json").is_file()

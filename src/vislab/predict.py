@@ -108,12 +108,15 @@ def predict(
     defaults and refuses the options of another task. `out`, a folder predict owns (see
     `outfolder`, checked before predicting), gets predictions.json and predictions.csv,
     which hold the rows returned, and the task's own files (detection: drawn images, YOLO
-    labels)."""
-    from vislab.runs import load_run
+    labels); a task whose results are pictures (crops) writes them to RUN/predict/ without
+    `out`, a folder it owns the same way."""
+    from vislab.runs import load_run, run_paths
     from vislab.tasks import get_task
 
     run = load_run(run_dir)
     task = get_task(run.cfg.task)
+    if out is None and task.predicts_pictures:
+        out = run_paths(run.run_dir).predictions
     folder = claim_out(out) if out is not None else None
     with tempfile.TemporaryDirectory(prefix="vislab-predict-") as tmp:
         paths, names, unreadable = _as_paths(inputs, Path(tmp))

@@ -134,10 +134,6 @@ class RunPaths:
         """predict/: what `vislab predict` draws for a task whose results are pictures."""
         return self.root / PREDICT_DIR
 
-    def prediction(self, name: str) -> Path:
-        """predict/<name>, refused unless it stays inside predict/ (names come from image files)."""
-        return inside(self.root, PREDICT_DIR, name)
-
     @property
     def plots(self) -> Path:
         """plots/: the report's figures."""

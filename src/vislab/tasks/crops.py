@@ -167,6 +167,7 @@ class CropsPlugin(Task):
     config_section = CropsConfig
     model_tasks = ("crops",)
     monitor = ("val/loss", "min")
+    predicts_pictures = True
     metric_columns = ("train/loss", "train/flag_acc", "train/patch_acc", "val/loss", "val/flag_acc", "val/auc", "val/patch_acc", "val/iou", "val/cf_err")
     percent_metrics = frozenset({"train/flag_acc", "train/patch_acc", "val/flag_acc", "val/patch_acc", "val/cf_err"})
     summary_metric = "val/patch_acc"
@@ -327,18 +328,14 @@ class CropsPlugin(Task):
         return results
 
     def write_prediction_files(self, run: "LoadedRun", results: list[dict[str, Any]], sources: Sequence[str], out: "OutFolder | None") -> None:
-        """A picture and a .json per photo (adding picture and json to its row): in --out when
-        given, else in RUN/predict/, as before there was an --out."""
+        """A picture and a .json per photo (adding picture and json to its row) in `out`: --out
+        when given, else RUN/predict/ (`predicts_pictures`)."""
         from vislab.data.manifest import recorded_max_pixels
-        from vislab.fsguard import make_folder
         from vislab.report.crops import write_prediction_files
-        from vislab.runs import run_paths
 
+        assert out is not None, "predicts_pictures: predict always gives a folder"
         cfg: CropsConfig = run.cfg.section()
-        if out is None:
-            make_folder(run_paths(run.run_dir).predictions, "predict folder")
-        place = run_paths(run.run_dir).prediction if out is None else out.file
-        write_prediction_files(place, results, sources, cfg.grid, recorded_max_pixels(run.info))
+        write_prediction_files(out.file, results, sources, cfg.grid, recorded_max_pixels(run.info))
 
     def format_predictions(self, results: list[dict[str, Any]], fmt: str) -> str:
         """JSON (a list), CSV, or the table every task prints (the pictures' paths are in the

@@ -130,6 +130,9 @@ class Task(ABC):
     # the metrics.json fields its report and compare columns read, as a TypedDict (total=False)
     # that report/rundata.py validates with pydantic, strict; None: not checked
     eval_fields: ClassVar[Any] = None
+    # predict always writes files (pictures): without --out into RUN/predict/, a folder it owns
+    # as it owns an --out (see vislab.outfolder)
+    predicts_pictures: ClassVar[bool] = False
 
     # ---- training ------------------------------------------------------------------------
     def accepts_model(self, name: str) -> str | None:
