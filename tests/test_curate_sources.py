@@ -217,3 +217,26 @@ def test_spaces_after_an_annotator_or_question_are_padding(tmp_path, photos):
     )
     df = curate(tmp_path / "ds", ratings=csv, annotator="alice", question="valence")
     assert dict(zip(df["path"].map(lambda p: Path(p).stem), df["label"])) == {"p0": "3", "p1": "5", "p2": "7"}
+
+
+@pytest.mark.parametrize("annotator", ["majority", "mean", "median"])
+def test_an_annotators_repeated_row_is_one_vote_and_a_changed_one_a_conflict(tmp_path, photos, annotator):
+    """alice's row written twice gave her two votes of three: p0 was 'pos' under majority
+    and (9+9+3)/3 under mean. Her row repeated counts once (p0 ties, or averages to 6); rows
+    of hers that disagree exclude the file as conflicting. 'Alice' is another annotator,
+    as paths keep their case; 'alice ' is alice."""
+    csv = tmp_path / "ratings.csv"
+    csv.write_text(
+        "path,annotator,rating\n"
+        "imgs/p0.png,alice,9\nimgs/p0.png,alice ,9\nimgs/p0.png,bob,3\n"
+        "imgs/p1.png,alice,9\nimgs/p1.png,alice,2\nimgs/p1.png,bob,9\n"
+        "imgs/p2.png,alice,9\nimgs/p2.png,Alice,9\nimgs/p2.png,bob,3\n"
+    )
+    df = curate(tmp_path / "ds", ratings=csv, annotator=annotator, bins="1-3:neg,4-6:neu,7-9:pos")
+    p0, p1, p2 = (df.loc[str(photos[i])] for i in range(3))
+    if annotator == "majority":
+        assert (p0["label"], p0["reason"]) == ("", "no_majority")
+    else:
+        assert (p0["label"], p0["status"]) == ("neu", "ok")  # (9 + 3) / 2
+    assert (p1["label"], p1["reason"]) == ("", "conflicting_labels")
+    assert (p2["label"], p2["status"]) == ("pos", "ok")  # alice, Alice and bob: 9, 9, 3

@@ -58,9 +58,27 @@ def read_csv_file(path: str | Path, what: str, **options: Any) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, csv.Error) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise VislabError(f"{path}: cannot read as CSV ({first}); save it as comma-separated UTF-8") from None
+    skipinitialspace = bool(options.get("skipinitialspace"))
+    _refuse_repeated_columns(path, data, skipinitialspace)
     if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
-        _refuse_long_rows(path, data, bool(options.get("skipinitialspace")))
+        _refuse_long_rows(path, data, skipinitialspace)
     return df
+
+
+def _refuse_repeated_columns(path: Path, data: bytes, skipinitialspace: bool) -> None:
+    """A header naming a column twice: pandas renames the second 'x' to 'x.1', so a flag
+    naming 'x' would read one of the two without a word. Judged from the header as written,
+    so a column really called 'x.1' beside 'x' passes; empty names (trailing commas) pass,
+    as no flag can name them."""
+    header = next(_records(data.decode("utf-8-sig"), skipinitialspace), None)
+    seen: set[str] = set()
+    for name in header[1] if header else []:
+        if name in seen and name.strip():
+            raise VislabError(
+                f"{path} line {header[0]}: the header names column '{name}' twice; "
+                "rename or remove one of them"
+            )
+        seen.add(name)
 
 
 def _refuse_long_rows(path: Path, data: bytes, skipinitialspace: bool) -> None:

@@ -340,8 +340,9 @@ def _no_answer(value: str) -> bool:
 def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
     """Labels from annotator answers: one annotator's, or all aggregated by mean, median or
     majority vote; `bins` turns numbers into class names. An empty or NaN rating is no
-    answer. A file whose votes tie, or whose rating falls outside every bin, is kept
-    out with that reason."""
+    answer; an annotator's repeated row counts once. A file whose votes tie, whose rating
+    falls outside every bin, or one annotator rated twice differently, is kept out with
+    that reason."""
     df = read_csv(csv, "ratings")
     require_columns(
         df,
@@ -378,22 +379,42 @@ def read_ratings_csv(csv: Path, spec: RatingsSpec) -> dict[str, Found]:
                 out[path].reason = RATING_OUT_OF_BINS
         return out
 
+    annotators = df[spec.annotator_column]
+    if who == "majority":
+        answers: list[str | float | None] = [_label_of(v, n, spec.bins) for v, n in zip(values, numbers)]
+    else:
+        answers = list(numbers)
     out = {}
-    by_path: dict[str, list[tuple[str, float | None]]] = {}
-    for path, v, n in zip(paths, values, numbers):
-        by_path.setdefault(path, []).append((v, n))
-    for path, answers in by_path.items():
+    for path, given in _one_answer_each(paths, annotators, answers).items():
+        if given is None:
+            out[path] = Found(path, None, CONFLICTING_LABELS)
+            continue
         if who == "majority":
-            votes = Counter(_label_of(v, n, spec.bins) for v, n in answers)
-            (top, count), *rest = votes.most_common()
+            (top, count), *rest = Counter(given).most_common()
             if rest and rest[0][1] == count:
                 out[path] = Found(path, None, NO_MAJORITY)
                 continue
             label = top
         else:
-            nums = pd.Series([n for _, n in answers], dtype=float)
+            nums = pd.Series(given, dtype=float)
             agg = float(nums.mean() if who == "mean" else nums.median())
-            bins = spec.bins or Bins(per_integer=True)
-            label = bins.label(agg)
+            label = (spec.bins or Bins(per_integer=True)).label(agg)
         out[path] = Found(path, label, "" if label is not None else RATING_OUT_OF_BINS)
     return out
+
+
+def _one_answer_each(
+    paths: Sequence[str], annotators: Iterable[str], answers: Sequence[str | float | None]
+) -> dict[str, list[str | float | None] | None]:
+    """Per path, each annotator's answer once: a row repeated with the same answer (a file
+    exported twice) is one vote, not two; rows of one annotator that disagree make the path
+    conflicting (None), as `merge_found` does for a single annotator. Annotators match as
+    paths do: stripped of spaces, case kept."""
+    given: dict[str, dict[str, str | float | None]] = {}
+    conflicting: set[str] = set()
+    for path, who, answer in zip(paths, annotators, answers):
+        seen = given.setdefault(path, {})
+        if who in seen and seen[who] != answer:
+            conflicting.add(path)
+        seen.setdefault(who, answer)
+    return {path: None if path in conflicting else list(seen.values()) for path, seen in given.items()}
