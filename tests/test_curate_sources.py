@@ -231,6 +231,7 @@ def test_an_annotators_repeated_row_is_one_vote_and_a_changed_one_a_conflict(tmp
         "imgs/p0.png,alice,9\nimgs/p0.png,alice ,9\nimgs/p0.png,bob,3\n"
         "imgs/p1.png,alice,9\nimgs/p1.png,alice,2\nimgs/p1.png,bob,9\n"
         "imgs/p2.png,alice,9\nimgs/p2.png,Alice,9\nimgs/p2.png,bob,3\n"
+        "imgs/p3.png,,9\nimgs/p3.png,,9\nimgs/p3.png,,2\n"  # anonymous raters: three answers, no conflict
     )
     df = curate(tmp_path / "ds", ratings=csv, annotator=annotator, bins="1-3:neg,4-6:neu,7-9:pos")
     p0, p1, p2 = (df.loc[str(photos[i])] for i in range(3))
@@ -240,3 +241,5 @@ def test_an_annotators_repeated_row_is_one_vote_and_a_changed_one_a_conflict(tmp
         assert (p0["label"], p0["status"]) == ("neu", "ok")  # (9 + 3) / 2
     assert (p1["label"], p1["reason"]) == ("", "conflicting_labels")
     assert (p2["label"], p2["status"]) == ("pos", "ok")  # alice, Alice and bob: 9, 9, 3
+    p3 = df.loc[str(photos[3])]
+    assert p3["reason"] != "conflicting_labels" and (annotator != "majority" or p3["label"] == "pos")

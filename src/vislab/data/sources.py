@@ -409,11 +409,13 @@ def _one_answer_each(
     """Per path, each annotator's answer once: a row repeated with the same answer (a file
     exported twice) is one vote, not two; rows of one annotator that disagree make the path
     conflicting (None), as `merge_found` does for a single annotator. Annotators match as
-    paths do: stripped of spaces, case kept."""
-    given: dict[str, dict[str, str | float | None]] = {}
+    paths do: stripped of spaces, case kept; a row with no annotator named is an answer of
+    its own (anonymous raters are not one person)."""
+    given: dict[str, dict[object, str | float | None]] = {}
     conflicting: set[str] = set()
-    for path, who, answer in zip(paths, annotators, answers):
+    for row, (path, who, answer) in enumerate(zip(paths, annotators, answers)):
         seen = given.setdefault(path, {})
+        who = who if isinstance(who, str) and who else ("", row)
         if who in seen and seen[who] != answer:
             conflicting.add(path)
         seen.setdefault(who, answer)
