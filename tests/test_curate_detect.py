@@ -86,8 +86,7 @@ def kitti(tmp_path) -> Path:
     )
     write_truncated(root / "images" / "000005.jpg", size=(W, H))  # quarantined: its box goes too
     write_text(root / "labels" / "000005.txt", kitti_line("Car", (1, 1, 9, 9)))
-    exact_copy(root / "images" / "000000.png", root / "images" / "000006.png")  # a duplicate with its own boxes
-    write_text(root / "labels" / "000006.txt", kitti_line("Car", (1, 1, 9, 9)) + kitti_line("Car", (2, 2, 9, 9)))
+    exact_copy(root / "images" / "000000.png", root / "images" / "000006.png")  # an unlabelled duplicate
     write_image(root / "images" / "000007.jpg", seed=77, size=(W, H), orientation=6)  # displayed 48x64
     write_text(root / "labels" / "000007.txt", kitti_line("Car", (10, 5, 25, 15)))  # on the stored pixels
     write_text(root / "labels" / "000099.txt", kitti_line("Car", (1, 1, 9, 9)))  # no such image
@@ -127,7 +126,7 @@ def test_kitti_curation_boxes_follow_the_images_and_every_problem_is_a_reason(tm
     assert det["boxes_per_class"] == {"Car": 4, "Cyclist": 1, "Pedestrian": 1}
     assert det["images"] == 6 and det["images_without_boxes"] == 2
     assert det["clipped_boxes"] == 1
-    assert det["boxes_of_unusable_images"] == {"duplicate_of": 2, "truncated": 1}
+    assert det["boxes_of_unusable_images"] == {"truncated": 1}
     assert det["boxes_of_unselected_classes"] == {"Tram": 1}
     assert det["problem_counts"] == {"degenerate_box": 1, "label_without_image": 1, "malformed": 1}
     where = {(Path(p["file"]).name, p["line"]): p["reason"].split(":")[0] for p in det["problems"]}

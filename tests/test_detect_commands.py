@@ -98,7 +98,13 @@ def test_materialize_writes_a_dataset_that_reads_back_the_same(tmp_path, dataset
     assert not back.problems
     assert canonical(back.boxes) == canonical(read_boxes(dataset))
     assert len(src.images) == 6
-    assert_one_line_error(invoke("materialize", dataset, "--out", out, "--format", fmt), "not an empty folder")
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    ok("materialize", dataset, "--out", out, "--format", fmt)  # its own earlier output: replaced
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    theirs = tmp_path / "theirs"
+    (theirs / "notes.txt").parent.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    assert_one_line_error(invoke("materialize", dataset, "--out", theirs, "--format", fmt), "not made by vislab materialize")
 
 
 def test_materialize_modes_and_refusals(tmp_path, dataset):

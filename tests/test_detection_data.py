@@ -661,7 +661,7 @@ def test_writers_refuse_a_used_folder_and_copy_with_a_callback(tmp_path, yolo):
     dataset = curated(tmp_path, yolo)
     used = tmp_path / "used"
     write(used / "keep.txt", "mine")
-    with pytest.raises(VislabError, match="not an empty folder"):
+    with pytest.raises(VislabError, match="not empty and was not made by vislab materialize"):
         write_coco(dataset, used)
     assert (used / "keep.txt").read_text() == "mine"
     copied = []

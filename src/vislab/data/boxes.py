@@ -173,22 +173,34 @@ def empty_boxes() -> pd.DataFrame:
     )
 
 
+def frame_mismatch(recorded: tuple[int, int] | None, size: ImageSize) -> str | None:
+    """Why boxes an annotation drew on a `recorded` width x height cannot be used on an image
+    of `size`: the recorded size is neither the stored nor the displayed one (the image was
+    resized or replaced since it was labelled), so its pixel boxes would land in the wrong
+    place. None when the sizes agree or none is recorded. Boxes are never rescaled: a
+    resize cannot be told from a different picture, and a crop would move them too."""
+    if recorded is None or recorded in (size.stored, (size.width, size.height)):
+        return None
+    stored = size.stored
+    return (
+        f"{SIZE_MISMATCH}: the annotation records a {recorded[0]}x{recorded[1]} image, the file is "
+        f"{stored[0]}x{stored[1]}: its boxes were drawn on a frame of another size (resized since labelling?) "
+        "and are not used; label it anew, or put back the image that was labelled"
+    )
+
+
 def _drawn_on_displayed(
     src: DetectionSource, image: str, size: ImageSize, problems: ProblemLog
-) -> bool:
+) -> bool | None:
     """Whether `image`'s pixel boxes were drawn on the displayed image (True) or the stored
     one (False), judged by the size the annotation records; a size matching neither is
-    reported and the stored frame assumed."""
+    reported and None returned: those boxes are not used (`frame_mismatch`)."""
     recorded = src.recorded_sizes.get(image)
-    stored = size.stored
-    if recorded is None or recorded == stored:
-        return False
-    if recorded == (size.width, size.height):
-        return size.orientation in SWAPS_AXES
-    problems.add(
-        image, None, f"{SIZE_MISMATCH}: annotation says {recorded[0]}x{recorded[1]}, image is {stored[0]}x{stored[1]}"
-    )
-    return False
+    mismatch = frame_mismatch(recorded, size)
+    if mismatch is not None:
+        problems.add(image, None, mismatch)
+        return None
+    return recorded is not None and recorded != size.stored and size.orientation in SWAPS_AXES
 
 
 def _repeated(src: DetectionSource, known: np.ndarray, problems: ProblemLog) -> np.ndarray:
@@ -233,7 +245,8 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
 
     YOLO's normalised boxes are scaled by the displayed size; pixel boxes (KITTI, COCO, VOC)
     are moved by the image's EXIF orientation unless the annotation records the displayed
-    size (see `_drawn_on_displayed`). Boxes past the edge are clipped (counted when more than
+    size (see `_drawn_on_displayed`; a recorded size that is neither drops the image's boxes,
+    `frame_mismatch`). Boxes past the edge are clipped (counted when more than
     CLIP_TOLERANCE px off); boxes with no area left, or with more than MAX_OUTSIDE of it
     outside the image (ignore regions excepted), are dropped with a reason (a YOLO box with
     values over 1, as pixels written where fractions belong, says so), as are the
@@ -246,13 +259,14 @@ def resolve_boxes(src: DetectionSource, sizes: Mapping[str, ImageSize]) -> Resol
         return ResolvedBoxes(empty_boxes(), problems, 0)
     images = [b.image for b in src.boxes]
     xyxy = np.array([[b.x1, b.y1, b.x2, b.y2] for b in src.boxes], dtype=np.float64)
-    known = np.array([p in sizes for p in images])
-    for path, n in Counter(p for p, k in zip(images, known) if not k).items():
+    sized = np.array([p in sizes for p in images])
+    for path, n in Counter(p for p, k in zip(images, sized) if not k).items():
         problems.add(path, None, f"{NOT_USABLE}: {n} box(es) of an image that is unreadable or not in the dataset")
-    repeated = _repeated(src, known, problems)
     displayed_frame = {
         p: _drawn_on_displayed(src, p, sizes[p], problems) for p in dict.fromkeys(images) if p in sizes
     }
+    known = sized & np.array([displayed_frame.get(p) is not None for p in images])
+    repeated = _repeated(src, known, problems)
     dims = np.array(
         [[sizes[p].width, sizes[p].height] if k else [1, 1] for p, k in zip(images, known)], dtype=np.float64
     )

@@ -478,7 +478,7 @@ def _filter_geometry(df: pd.DataFrame, opts: CurateOptions) -> None:
         _exclude(df, ok & off.fillna(True), WRONG_ASPECT)
 
 
-def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
+def _dedupe(df: pd.DataFrame, mode: str, threshold: int, answers: pd.Series | None = None) -> dict[str, str]:
     """Group exact and near copies among usable rows (the `group` column, which a split keeps
     together) and, by `mode`, keep one image per sha256 or per copy set (`near_copy_groups`:
     the copy kept and its near copies of the same label). The copy kept is the one with most
@@ -488,26 +488,41 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
     as one file given two labels by a CSV is (unless --dedupe none). Returns, by
     path, why each kept member of a group was kept.
 
+    `answers` replaces the labels compared (a detection image's boxes, `DetectionCuration.answers`);
+    an empty one is a copy with no answer (an image without boxes): it is never kept over a copy
+    that has one, and joins the group's answered copy as its duplicate, so an unlabelled copy
+    never replaces the labelled picture, nor do its boxes go.
+
     Works on arrays, not per-group pandas calls: 50,000 rows have hundreds of groups.
     """
     pos = np.flatnonzero(df["status"].to_numpy() == OK)
     if len(pos) < 2:
         return {}
     paths = df["path"].to_numpy()[pos]
-    labels = df["label"].to_numpy()[pos]
+    labels = (df["label"] if answers is None else answers).to_numpy(dtype=object)[pos]
+    blank = labels == ""
+    sha = df["sha256"].to_numpy()[pos]
     widths, heights = df["width"].to_numpy()[pos], df["height"].to_numpy()[pos]
     pixels = (pd.to_numeric(df["width"]) * pd.to_numeric(df["height"])).to_numpy()[pos]
     sizes = pd.to_numeric(df["bytes"]).to_numpy()[pos]
-    order = np.lexsort((paths.astype(str), -sizes, -pixels))  # best copy first
+    order = np.lexsort((paths.astype(str), -sizes, -pixels, blank))  # answered, then best copy first
     rank = np.empty(len(pos), dtype=np.int64)
     rank[order] = np.arange(len(pos))
     hashes = hex_to_hashes(df["phash"].to_numpy()[pos])
     keeper, head = near_copy_groups(hashes, df["plain_thumb"].to_numpy()[pos], threshold, order, labels)
     if mode == "exact":  # the copy kept of each byte-identical set of one label
-        same = pd.Series(list(zip(df["sha256"].to_numpy()[pos], labels))).factorize()[0]
+        same = pd.Series(list(zip(sha, labels))).factorize()[0]
         best = np.full(same.max() + 1, len(pos), dtype=np.int64)
         np.minimum.at(best, same, rank)
         keeper = order[best[same]]
+        file_id = pd.factorize(sha)[0]
+        answered = np.full(file_id.max() + 1, len(pos), dtype=np.int64)
+        np.minimum.at(answered, file_id[~blank], rank[~blank])
+        joins = blank & (answered[file_id] < len(pos))
+        keeper[joins] = order[answered[file_id[joins]]]
+    else:  # the group's head ranks first, so it is answered when any copy is
+        joins = blank & ~blank[head]
+        keeper[joins] = head[joins]
     heads, counts = np.unique(head, return_counts=True)
     multi = np.isin(head, heads[counts > 1])
     grouped = np.flatnonzero(multi)
@@ -524,13 +539,12 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
         if mode == "none":
             why.update((paths[i], "kept: no --dedupe") for i in ranked)
             continue
-        why[paths[kept]] = _why_kept(ranked, pixels, sizes, widths, heights, mode)
+        why[paths[kept]] = _why_kept(ranked, pixels, sizes, widths, heights, mode, blank)
         for i in ranked[1:]:
             status[pos[i]] = EXCLUDED
             reason[pos[i]] = f"{DUPLICATE_OF}:{paths[kept]}"
     if mode != "none":  # one picture under two labels: which is right is unknown, so neither trains
-        sha = df["sha256"].to_numpy()[pos]
-        labels_of = pd.Series(labels).groupby(sha).nunique()
+        labels_of = pd.Series(labels[~blank]).groupby(sha[~blank]).nunique()
         torn = np.isin(sha, labels_of.index[labels_of > 1].to_numpy())
         status[pos[torn]] = EXCLUDED
         reason[pos[torn]] = src.CONFLICTING_LABELS
@@ -541,12 +555,20 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int) -> dict[str, str]:
 
 
 def _why_kept(
-    ranked: list[int], pixels: np.ndarray, sizes: np.ndarray, widths: np.ndarray, heights: np.ndarray, mode: str
+    ranked: list[int],
+    pixels: np.ndarray,
+    sizes: np.ndarray,
+    widths: np.ndarray,
+    heights: np.ndarray,
+    mode: str,
+    blank: np.ndarray,
 ) -> str:
     """Why the first of a ranked set of copies of one label is the copy kept, in words."""
     if len(ranked) == 1:
         return "kept: no byte-identical copy with its label" if mode == "exact" else "kept: no near copy with its label"
     first, second = ranked[0], ranked[1]
+    if blank[second] and not blank[first]:
+        return "kept: it has boxes, its copies have none"
     if pixels[first] != pixels[second]:
         return f"kept: most pixels ({widths[first]}x{heights[first]} vs {widths[second]}x{heights[second]})"
     if sizes[first] != sizes[second]:
@@ -554,12 +576,14 @@ def _why_kept(
     return "kept: same pixels and file size, first path in sort order"
 
 
-def _conflicts(df: pd.DataFrame, why: dict[str, str]) -> list[dict[str, Any]]:
-    """The groups that mix labels (the same picture under two classes), each member as the
-    final manifest has it: kept (and why) or excluded (and the reason, which class selection
-    may have given after dedupe), kept members first."""
+def _conflicts(df: pd.DataFrame, why: dict[str, str], answers: pd.Series | None = None) -> list[dict[str, Any]]:
+    """The groups that mix labels (the same picture under two classes, or with two different
+    sets of boxes: `answers` as `_dedupe` took them; a copy without boxes conflicts with none),
+    each member as the final manifest has it: kept (and why) or excluded (and the reason, which
+    class selection may have given after dedupe), kept members first."""
+    df = df.assign(label=df["label"] if answers is None else answers)
     grouped = df[df["group"] != ""]
-    labels = grouped.groupby("group")["label"].nunique()
+    labels = grouped[grouped["label"] != ""].groupby("group")["label"].nunique()
     rows = grouped[grouped["group"].isin(labels.index[labels > 1])]
     rows = rows.assign(excluded=rows["status"] != OK).sort_values(["group", "excluded", "path"], kind="mergesort")
     out: dict[str, dict[str, Any]] = {}
@@ -568,7 +592,7 @@ def _conflicts(df: pd.DataFrame, why: dict[str, str]) -> list[dict[str, Any]]:
         state = {"reason": str(reason)} if excluded else {"why": why.get(path, "kept")}
         record["members"].append({"path": str(path), "label": str(label), "kept": not excluded, **state})
     for record in out.values():
-        record["labels"] = sorted({m["label"] for m in record["members"]})
+        record["labels"] = sorted({m["label"] for m in record["members"]} - {""})
     return list(out.values())
 
 
@@ -662,6 +686,9 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
     extra_columns = sorted({col for entry in found.values() for col in entry.extra})
     for col in extra_columns:  # e.g. photos.csv attribution, kept beside each image's row
         df[col] = [found[p].extra.get(col, "") for p in df["path"]]
+    if detect is not None:  # boxes drawn on a frame of another size would be wrong
+        frame = detect.frame_problems(df)
+        _exclude(df, (df["status"] == OK) & (frame != ""), frame)
     usable_now = _Usable(df)
     if not usable_now.counts:
         usable_now.warnings.append(f"none of the {len(df):,} files is a usable labelled image (see the reasons)")
@@ -675,7 +702,8 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
         )
     _filter_geometry(df, opts)
     usable_now.after(df, " ".join(_geometry_flags(opts)) or "the size filters")
-    why_kept = _dedupe(df, opts.dedupe, opts.near_threshold)
+    answers = detect.answers(df) if detect is not None else None
+    why_kept = _dedupe(df, opts.dedupe, opts.near_threshold, answers)
     usable_now.after(df, f"--dedupe {opts.dedupe}")
     if detect is not None:  # boxes follow the image rows; classes and splits are per box
         usable_now.warnings.extend(detect.finish(df, opts.ratios, opts.seed))
@@ -698,7 +726,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
             test_per_class=opts.test_per_class,
             seed=opts.seed,
         )
-    conflicts = _conflicts(df, why_kept)
+    conflicts = _conflicts(df, why_kept, answers)
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
     # first a record of the curate under way (see manifest.py), replaced by the full one at the

@@ -7,7 +7,12 @@ beside the manifest (see `vislab.data.boxes`), in this order:
 
 1. The source's label files are read (`det_sources`); a line or entry that cannot be used
    is a problem {file, line, reason}, never an error.
-2. Boxes of an image that does not end `ok` (quarantined, too small, a duplicate not kept,
+2. An image whose COCO/VOC annotation records a size the file does not have (resized since
+   labelling) is excluded as `size_mismatch` (`frame_problems`). Dedupe compares copies by
+   their boxes (`answers`): a copy without boxes is never kept over one with boxes, copies
+   with different boxes both stay, in one group, reported as conflicting (byte-identical
+   ones are all excluded as conflicting_labels), as class-folder copies under two labels are.
+   Boxes of an image that does not end `ok` (quarantined, too small, a duplicate not kept,
    ...) are dropped and counted by that image's reason, so of a duplicate group only the
    kept copy's boxes stay.
 3. The rest are put in pixels of the displayed image and clipped (`resolve_boxes`).
@@ -33,6 +38,7 @@ alike are warned about, as class folders are.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -45,6 +51,7 @@ from vislab.data.boxes import (
     box_stats,
     detection_splits,
     empty_boxes,
+    frame_mismatch,
     parse_class_list,
     parse_class_map,
     resolve_boxes,
@@ -192,6 +199,34 @@ class DetectionCuration:
         found = {p: Found(p, "", UNSAFE_LABEL if p in excluded else "") for p in self.source.images}
         skipped = scan_folder(self.root, skip=[out_dir])[1] if os.path.isdir(self.root) else Counter()
         return found, skipped
+
+    def frame_problems(self, df: pd.DataFrame) -> pd.Series:
+        """Per row, why its image is excluded before dedupe ("" when it is not): a COCO or VOC
+        annotation that records a size neither the stored nor the displayed image has
+        (`frame_mismatch`): its boxes would be used in the wrong place."""
+        sizes = sizes_from_manifest(df[df["status"] == OK])
+        recorded = self.source.recorded_sizes
+        why = {p: m for p, size in sizes.items() if (m := frame_mismatch(recorded.get(p), size)) is not None}
+        return df["path"].map(lambda p: why.get(p, "")).astype(str)
+
+    def answers(self, df: pd.DataFrame) -> pd.Series:
+        """What dedupe compares copies by, per row: "" for an image without boxes (a copy of
+        a labelled one is its duplicate, never its replacement), else its boxes (class, ignore
+        flag, corners as fractions of the displayed image to 1%, so a resized copy with the
+        same boxes matches) summed up as 'N box(es) of CLASSES #digest'."""
+        sizes = sizes_from_manifest(df[df["status"] == OK])
+        source = dataclasses.replace(self.source, boxes=[b for b in self.source.boxes if b.image in sizes])
+        boxes = resolve_boxes(source, sizes).boxes
+        out = {}
+        for path, g in boxes.groupby("path", sort=False):
+            w, h = sizes[path].width, sizes[path].height
+            corners = g[["x1", "x2", "y1", "y2"]].to_numpy() / [w, w, h, h]
+            rows = sorted(
+                (c, bool(i), *(round(float(v), 2) for v in xy)) for c, i, xy in zip(g["class"], g["ignore"], corners)
+            )
+            digest = hashlib.sha256(repr(rows).encode("utf-8")).hexdigest()[:8]
+            out[path] = f"{len(rows)} box(es) of {', '.join(sorted(set(g['class'])))} #{digest}"
+        return df["path"].map(lambda p: out.get(p, "")).astype(str)
 
     def finish(self, df: pd.DataFrame, ratios: tuple[float, float, float] | None, seed: int) -> list[str]:
         """Boxes of the rows that ended `ok`, classes merged and selected, and the splits

@@ -20,6 +20,10 @@ Coordinates, as each format writes them:
 records an image size equal to the displayed size of an image that EXIF turns by 90 degrees,
 its boxes were drawn on the displayed image and are taken as such.
 
+A VOC file pairs with the image its own name gives (Annotations/g.xml, JPEGImages/g.jpg),
+else the one its <filename> names; when the two name different images (a renamed pair keeps
+a stale <filename>), its own name wins and a `filename_mismatch` problem names both.
+
 Ignore regions: KITTI `DontCare` (for every class), COCO `iscrowd`/`ignore`, VOC `difficult`
 (for their class) become boxes with `ignore` set.
 """
@@ -60,6 +64,7 @@ UNKNOWN_IMAGE = "unknown_image"
 UNREADABLE = "unreadable_label_file"
 UNSAFE_XML = "unsafe_xml"
 OUTSIDE_DATASET = "outside_dataset"
+FILENAME_MISMATCH = "filename_mismatch"
 
 _YOLO_NAME_FILES = ("classes.txt", "obj.names", "classes.names")
 _YOLO_YAMLS = ("data.yaml", "dataset.yaml", "data.yml", "dataset.yml")
@@ -752,7 +757,15 @@ def _read_voc_file(
         )
         return
     name = (root.findtext("filename") or "").strip()
-    image = by_name.get(name) or by_stem.get(os.path.splitext(os.path.basename(path))[0])
+    named, paired = by_name.get(name), by_stem.get(os.path.splitext(os.path.basename(path))[0])
+    image = paired or named
+    if named is not None and paired is not None and named != paired:
+        # a renamed pair (g.jpg + g.xml) keeps its old <filename>: the file's own name is the pairing
+        src.problem(
+            path, None, f"{FILENAME_MISMATCH}: <filename> says '{name}', but this file is named after "
+            f"{os.path.basename(paired)}; its boxes are used for {os.path.basename(paired)}: fix <filename> "
+            "(or rename the file) if they belong to the other image",
+        )
     if image is None:
         src.problem(
             path, None, f"{LABEL_WITHOUT_IMAGE}: no image '{name or os.path.basename(path)}' in JPEGImages"

@@ -3,7 +3,10 @@
 `vislab materialize --format yolo|coco` calls these (`write_detection`). The usable manifest rows and their
 boxes are written under OUT; images are put in place by a callback (`place(source, target)`,
 a symbolic link by default) so the caller chooses links or copies. Every path written is
-checked to stay inside OUT, and OUT must be new or empty.
+checked to stay inside OUT, and OUT must be new, empty or an earlier materialize's output:
+like the class-folder materialize, a writer leaves its marker listing what it wrote
+(`materialize.open_output`, `record_output`), so a re-run replaces exactly those files and
+curate skips an export put inside a source.
 
 Frames follow each format's convention, the same ones the readers assume (so a dataset read
 back gives the same boxes): YOLO normalised to the displayed (EXIF-oriented) image, COCO in
@@ -16,7 +19,8 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +31,9 @@ import yaml
 from vislab.data.boxes import ImageSize, dataset_box_classes, read_boxes, sizes_from_manifest, unorient_boxes
 from vislab.data.det_sources import DONT_CARE
 from vislab.data.manifest import manifest_path, read_manifest, usable
-from vislab.data.materialize import UNSPLIT, placer
+from vislab.data.materialize import UNSPLIT, open_output, placer, record_output
 from vislab.errors import VislabError
-from vislab.fsguard import inside, make_folder
+from vislab.fsguard import inside
 
 Place = Callable[[str, Path], None]
 WRITE_FORMATS = ("yolo", "coco")
@@ -46,11 +50,21 @@ def _prepare(dataset_dir: str | Path, out: str | Path) -> tuple[pd.DataFrame, pd
             "re-run `vislab curate`"
         )
     out_dir = Path(os.path.abspath(out))
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise VislabError(f"--out {out_dir} exists and is not an empty folder; choose a new folder")
-    make_folder(out_dir)
+    open_output(out_dir, rows["path"])
     rows = rows.assign(folder=rows["split"].where(rows["split"] != "", UNSPLIT))
     return rows, boxes[boxes["path"].isin(rows["path"])], out_dir
+
+
+@contextmanager
+def _recorded(out_dir: Path, dataset_dir: str | Path, mode: str) -> Iterator[list[str]]:
+    """The list a writer adds each file to, written as OUT's materialize marker at the end
+    (after a failure too), as the class-folder materialize does: curate then skips OUT found
+    inside a source, and the next run replaces exactly those files."""
+    written: list[str] = []
+    try:
+        yield written
+    finally:
+        record_output(out_dir, dataset_dir, mode, written)
 
 
 def _file_names(paths: list[str]) -> list[str]:
@@ -89,7 +103,9 @@ def _layout(rows: pd.DataFrame) -> list[tuple[str, list[str], list[str]]]:
     return out
 
 
-def write_yolo(dataset_dir: str | Path, out: str | Path, place: Place = os.symlink) -> dict[str, Any]:
+def write_yolo(
+    dataset_dir: str | Path, out: str | Path, place: Place = os.symlink, mode: str = "symlink"
+) -> dict[str, Any]:
     """OUT/images/<split>/<image>, OUT/labels/<split>/<stem>.txt (one `id cx cy w h` line per
     box; an empty file for an image without boxes) and OUT/data.yaml naming the classes in
     the dataset's id order (`dataset_box_classes`).
@@ -100,25 +116,25 @@ def write_yolo(dataset_dir: str | Path, out: str | Path, place: Place = os.symli
     ids = {c: i for i, c in enumerate(classes)}
     sizes = sizes_from_manifest(rows)
     by_path = {p: g for p, g in boxes[~boxes["ignore"]].groupby("path", sort=False)}
-    written: list[str] = []
-    for folder, paths, names in _layout(rows):
-        for path, name in zip(paths, names):
-            _place_image(out_dir, f"images/{folder}/{name}", path, place, written)
-            size = sizes[path]
-            lines = []
-            g = by_path.get(path)
-            if g is not None:
-                for c, x1, y1, x2, y2 in g[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False):
-                    cx, cy = (x1 + x2) / 2 / size.width, (y1 + y2) / 2 / size.height
-                    w, h = (x2 - x1) / size.width, (y2 - y1) / size.height
-                    lines.append(f"{ids[c]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
-            _write_text(out_dir, f"labels/{folder}/{os.path.splitext(name)[0]}.txt", "".join(lines), written)
-    folders = sorted(set(rows["folder"]))
-    spec: dict[str, Any] = {"path": str(out_dir)}
-    for folder in folders:
-        spec["train" if folder == UNSPLIT and "train" not in folders else folder] = f"images/{folder}"
-    spec["names"] = dict(enumerate(classes))
-    _write_text(out_dir, "data.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), written)
+    with _recorded(out_dir, dataset_dir, mode) as written:
+        for folder, paths, names in _layout(rows):
+            for path, name in zip(paths, names):
+                _place_image(out_dir, f"images/{folder}/{name}", path, place, written)
+                size = sizes[path]
+                lines = []
+                g = by_path.get(path)
+                if g is not None:
+                    for c, x1, y1, x2, y2 in g[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False):
+                        cx, cy = (x1 + x2) / 2 / size.width, (y1 + y2) / 2 / size.height
+                        w, h = (x2 - x1) / size.width, (y2 - y1) / size.height
+                        lines.append(f"{ids[c]} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}\n")
+                _write_text(out_dir, f"labels/{folder}/{os.path.splitext(name)[0]}.txt", "".join(lines), written)
+        folders = sorted(set(rows["folder"]))
+        spec: dict[str, Any] = {"path": str(out_dir)}
+        for folder in folders:
+            spec["train" if folder == UNSPLIT and "train" not in folders else folder] = f"images/{folder}"
+        spec["names"] = dict(enumerate(classes))
+        _write_text(out_dir, "data.yaml", yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), written)
     return {
         "files": written,
         "images": int(len(rows)),
@@ -161,7 +177,9 @@ def _coco_images_and_annotations(
     return images, annotations
 
 
-def write_coco(dataset_dir: str | Path, out: str | Path, place: Place = os.symlink) -> dict[str, Any]:
+def write_coco(
+    dataset_dir: str | Path, out: str | Path, place: Place = os.symlink, mode: str = "symlink"
+) -> dict[str, Any]:
     """OUT/<split>/<image> and OUT/annotations/instances_<split>.json (COCO's own layout).
     Ignore regions are `iscrowd: 1`; a class only of ignore regions (KITTI's DontCare, a Van
     kept beside Car) keeps a category after the dataset's classes (crowd boxes only, so COCO
@@ -171,23 +189,23 @@ def write_coco(dataset_dir: str | Path, out: str | Path, place: Place = os.symli
     names += sorted(set(boxes["class"]) - set(names) - {DONT_CARE}) + ([DONT_CARE] if (boxes["class"] == DONT_CARE).any() else [])
     categories = {c: i for i, c in enumerate(names, start=1)}
     sizes = sizes_from_manifest(rows)
-    written: list[str] = []
-    for folder, paths, files in _layout(rows):
-        for path, name in zip(paths, files):
-            _place_image(out_dir, f"{folder}/{name}", path, place, written)
-        images, annotations = _coco_images_and_annotations(paths, files, boxes, sizes, categories)
-        data = {
-            "info": {"description": f"written by vislab from {os.path.abspath(dataset_dir)}"},
-            "images": images,
-            "annotations": annotations,
-            "categories": [{"id": i, "name": c} for c, i in categories.items()],
-        }
-        _write_text(
-            out_dir,
-            f"annotations/instances_{folder}.json",
-            json.dumps(data, indent=1, ensure_ascii=False) + "\n",
-            written,
-        )
+    with _recorded(out_dir, dataset_dir, mode) as written:
+        for folder, paths, files in _layout(rows):
+            for path, name in zip(paths, files):
+                _place_image(out_dir, f"{folder}/{name}", path, place, written)
+            images, annotations = _coco_images_and_annotations(paths, files, boxes, sizes, categories)
+            data = {
+                "info": {"description": f"written by vislab from {os.path.abspath(dataset_dir)}"},
+                "images": images,
+                "annotations": annotations,
+                "categories": [{"id": i, "name": c} for c, i in categories.items()],
+            }
+            _write_text(
+                out_dir,
+                f"annotations/instances_{folder}.json",
+                json.dumps(data, indent=1, ensure_ascii=False) + "\n",
+                written,
+            )
     return {"files": written, "images": int(len(rows)), "boxes": int(len(boxes))}
 
 
@@ -198,4 +216,4 @@ def write_detection(dataset_dir: str | Path, out: str | Path, fmt: str, mode: st
         raise VislabError(f"--format {fmt!r} is not one of {', '.join(WRITE_FORMATS)}")
     place = placer(mode)
     writer = write_yolo if fmt == "yolo" else write_coco
-    return writer(dataset_dir, out, place=place)
+    return writer(dataset_dir, out, place=place, mode=mode)

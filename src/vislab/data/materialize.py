@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pandas as pd
@@ -30,7 +30,7 @@ from rich.progress import Progress
 from vislab.data.csvfile import line_of_row
 from vislab.data.manifest import BOXES_NAME, OK, has_boxes, manifest_hash, manifest_path, read_manifest, usable
 from vislab.errors import VislabError
-from vislab.fsguard import folder_name_problem, folder_problem, inside, open_regular, read_bounded
+from vislab.fsguard import folder_name_problem, folder_problem, inside, make_folder, open_regular, read_bounded
 
 MODES = ("symlink", "hardlink", "copy")
 MARKER = ".vislab-materialized.json"
@@ -160,6 +160,34 @@ def _make_folder(out: Path, folder: Path) -> Path:
     return path
 
 
+def open_output(out: Path, sources: Iterable[str]) -> None:
+    """Make OUT ready for a materialize (class folders, YOLO or COCO): new, empty, or an
+    earlier materialize's output, whose recorded entries are removed; never a folder holding
+    one of the `sources` (links into it would be links to themselves)."""
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise VislabError(
+            f"--out {out} is not empty and was not made by vislab materialize; choose a new folder"
+        )
+    real_out = os.path.realpath(out)
+    for path in sources:
+        if os.path.realpath(path).startswith(real_out + os.sep):
+            raise VislabError(
+                f"--out {out} contains source image {path}; choose a folder outside the sources"
+            )
+    make_folder(out)
+    _clear_previous(out)
+
+
+def record_output(out: Path, dataset_dir: str | Path, mode: str, written: list[str]) -> None:
+    """Write OUT's marker listing the `written` entries (relative to OUT): the next run
+    replaces exactly those, and curate skips a folder holding it (a materialized copy inside
+    a source is not more images). Called even after a failure, to clean up next time."""
+    record = {"manifest_sha256": manifest_hash(dataset_dir), "mode": mode, "files": written}
+    marker = inside(out, MARKER)
+    marker.unlink(missing_ok=True)
+    marker.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+
+
 def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink") -> int:
     """Write OUT/<split>/<class>/<file> for every usable row; returns the number written.
 
@@ -180,18 +208,7 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
         )
     _check_labels(full, dataset_dir)
     df = usable(full)
-    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
-        raise VislabError(
-            f"--out {out} is not empty and was not made by vislab materialize; choose a new folder"
-        )
-    real_out = os.path.realpath(out)
-    for path in df["path"]:
-        if os.path.realpath(path).startswith(real_out + os.sep):
-            raise VislabError(
-                f"--out {out} contains source image {path}; choose a folder outside the sources"
-            )
-    out.mkdir(parents=True, exist_ok=True)
-    _clear_previous(out)
+    open_output(out, df["path"])
 
     written: list[str] = []
     paths = df["path"].tolist()
@@ -218,9 +235,5 @@ def materialize(dataset_dir: str | Path, out: str | Path, mode: str = "symlink")
                     written.append(str(folder / name))
                     progress.advance(task)
     finally:
-        # Recorded even after a failure, so the next run can clean up what this one wrote.
-        record = {"manifest_sha256": manifest_hash(dataset_dir), "mode": mode, "files": written}
-        marker = inside(out, MARKER)
-        marker.unlink(missing_ok=True)
-        marker.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        record_output(out, dataset_dir, mode, written)
     return len(written)
