@@ -197,3 +197,19 @@ def photos(tmp_path_factory):
     res = CliRunner().invoke(app, ["curate", str(root / "src"), "--out", str(root / "ds"), "--split", "0.5,0.5,0", "--seed", "0"])
     assert res.exit_code == 0, res.output
     return root / "ds"
+
+
+@pytest.fixture
+def ghostscript_log(tmp_path: Path, monkeypatch) -> Path:
+    """A fake Ghostscript first on PATH (`vislab.testing.images.fake_ghostscript`): the log it
+    returns exists once anything ran `gs`. Pillow remembers whether it found Ghostscript, so
+    that memory is cleared: every decode in the test looks for `gs` afresh, as a new process."""
+    from PIL import EpsImagePlugin
+
+    from vislab.testing.images import fake_ghostscript
+
+    folder = tmp_path / "fake-bin"
+    log = fake_ghostscript(folder)
+    monkeypatch.setenv("PATH", f"{folder}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", None)
+    return log

@@ -340,3 +340,20 @@ def test_a_tagged_photo_and_its_upright_copy_are_near_duplicates(tmp_path):
     df, summary = curate(tmp_path / "ds", tmp_path / "src", dedupe="near")
     assert summary["duplicate_groups"] == 1
     assert row(df, tagged)["group"] == row(df, upright)["group"] != ""
+
+
+def test_an_eps_file_is_quarantined_without_running_ghostscript(tmp_path, ghostscript_log):
+    from vislab.testing.images import EPS_BYTES, write_eps
+
+    write_image_folder(tmp_path / "src", ["cat"], per_class=2)
+    eps = write_eps(tmp_path / "src" / "cat" / "drawing.eps")
+    disguised = tmp_path / "src" / "cat" / "photo.jpg"
+    disguised.write_bytes(EPS_BYTES)
+    df, summary = curate(tmp_path / "ds", tmp_path / "src")
+    for path in (eps, disguised):
+        assert row(df, path)["status"] == "quarantined"
+        assert row(df, path)["reason"].startswith(
+            "unsupported_format:not an image vislab reads (EPS: PostScript, refused for safety"
+        )
+    assert eps.read_bytes() == EPS_BYTES
+    assert not ghostscript_log.exists()

@@ -220,3 +220,51 @@ def test_a_pixel_limit_above_pillows_own_is_the_one_that_holds(tmp_path, monkeyp
     with pytest.raises(ImageDecodeError, match="over the 300,000,000-pixel limit"):
         with open_image(huge, max_pixels=300_000_000):
             pass
+
+
+def test_an_eps_file_is_refused_without_running_ghostscript(tmp_path, ghostscript_log):
+    from vislab.data.io import ImageDecodeError, load_pil_image
+    from vislab.testing.images import EPS_BYTES, write_eps
+
+    eps = write_eps(tmp_path / "evil.eps")
+    disguised = tmp_path / "evil.jpg"
+    disguised.write_bytes(EPS_BYTES)
+    for source in (eps, disguised, EPS_BYTES):
+        with pytest.raises(ImageDecodeError, match=r"not an image vislab reads \(EPS: PostScript, refused for safety"):
+            load_image(source)
+        with pytest.raises(ImageDecodeError, match="EPS"):
+            probe(source)
+    assert not ghostscript_log.exists()
+    with Image.open(eps) as im, pytest.raises(ImageDecodeError, match="format EPS: not an image vislab reads"):
+        load_pil_image(im)  # a caller's own Image.open: loading it would run gs
+    assert not ghostscript_log.exists()
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [
+        (b"%PDF-1.7\n", "PDF"),
+        (b"\xd7\xcd\xc6\x9a" + bytes(40), "WMF"),
+        (b"\x01\x00\x00\x00" + bytes(36) + b" EMF" + bytes(20), "EMF"),
+        (b"\x00\x00\x00\x1cftypavif" + bytes(40), "AVIF"),
+        (b"\x00\x00\x00\x18ftypheic" + bytes(40), "HEIC"),
+    ],
+)
+def test_vector_documents_and_undecoded_formats_are_named(tmp_path, data, name):
+    path = tmp_path / "x.img"
+    path.write_bytes(data)
+    with pytest.raises(Exception, match=rf"not an image vislab reads \({name}"):
+        load_image(path)
+
+
+def test_the_raster_formats_cover_every_image_name_vislab_accepts_and_phone_mpos(tmp_path):
+    from vislab.data.io import IMAGE_EXTS, READ_FORMATS
+
+    known = Image.registered_extensions()
+    assert {known[ext] for ext in IMAGE_EXTS} <= READ_FORMATS
+    grey = smooth_image(1, (20, 12)).convert("L")
+    grey.save(tmp_path / "grey.pgm")
+    assert load_image(tmp_path / "grey.pgm").size == (20, 12)
+    smooth_image(2, (20, 12)).save(tmp_path / "phone.jpg", "MPO", save_all=True, append_images=[smooth_image(3, (20, 12))])
+    assert probe(tmp_path / "phone.jpg").format == "MPO"
+    assert load_image(tmp_path / "phone.jpg").size == (20, 12)

@@ -351,3 +351,15 @@ def test_crops_predict_out_gets_its_pictures_instead_of_the_run(crops_run: Path,
     rows = predict(run, other)  # RUN/predict/ is predict's as an --out is: the earlier picture goes
     assert sorted(p.name for p in (run / "predict").glob("*.png")) == [Path(rows[0]["picture"]).name] == ["000_b.png"]
     assert (run / "predict" / ".vislab-predict.json").is_file() and (run / "predict" / "predictions.json").is_file()
+
+
+def test_an_eps_file_gets_an_error_row_without_running_ghostscript(run: Path, tmp_path: Path, ghostscript_log: Path) -> None:
+    from vislab.testing.images import write_eps
+
+    eps = write_eps(tmp_path / "evil.eps")
+    rows = predict(run, [eps, _images(run)[0]], top_k=1)
+    assert rows[0]["error"].startswith("cannot read image: not an image vislab reads (EPS: PostScript, refused for safety")
+    assert "top" in rows[1]
+    with Image.open(eps) as im:
+        assert predict(run, [im, _images(run)[0]], top_k=1)[0]["error"].startswith("cannot read image: a PIL image of format EPS")
+    assert not ghostscript_log.exists()

@@ -41,7 +41,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vislab.collect.http import TEMP_PREFIX, TEMP_SUFFIX, Download, Failed, Retryable
 from vislab.data.checks import NOT_AN_IMAGE, UNSUPPORTED_FORMAT, classify_unopened
-from vislab.data.io import ImageDecodeError, apply_draft, open_image
+from vislab.data.io import RASTER_FORMATS, ImageDecodeError, apply_draft, open_image
 from vislab.data.photos import COLUMNS, PHOTOS_NAME
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, fsync_dir, inside
@@ -136,7 +136,7 @@ def _image_size(path: Path) -> tuple[str, str]:
     """Width and height measured from the image header ("" when Pillow cannot read the
     format: then nobody knows them, and the API's claim is not written as a measurement)."""
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=RASTER_FORMATS) as im:
             return str(im.width), str(im.height)
     except Exception:  # a format Pillow does not read (HEIC): curate reports it
         return "", ""

@@ -30,7 +30,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from vislab.data.dedupe import HASH_SIZE, hash_to_hex, is_plain, perceptual_hashes, plain_signature, thumbnail
-from vislab.data.io import SUPPORTED_MODES, mode_problem, orientation_of, oriented_size, sixteen_bit, to_rgb, uses_low_bits
+from vislab.data.io import (
+    RASTER_FORMATS,
+    SIGNATURE_BYTES,
+    SUPPORTED_MODES,
+    mode_problem,
+    orientation_of,
+    oriented_size,
+    sixteen_bit,
+    to_rgb,
+    unread_format,
+    unread_reason,
+    uses_low_bits,
+)
 from vislab.fsguard import MAX_FILE_BYTES, SpecialFileError, open_regular
 from vislab.workers import die_with_parent
 
@@ -63,20 +75,26 @@ _BROKEN_IF_UNOPENED = (
     b"II*\x00",
     b"MM\x00*",
 )
-_UNDECODABLE_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
 
 
 def classify_unopened(head: bytes) -> str:
-    """Why a file Pillow cannot open is no usable image, from its first bytes: a known
-    image signature is broken (UNREADABLE), a format Pillow does not decode (HEIC, AVIF,
-    JPEG XL) is UNSUPPORTED_FORMAT, anything else NOT_AN_IMAGE."""
+    """Why a file Pillow cannot open (as one of `RASTER_FORMATS`) is no usable image, from its
+    first bytes: a known image signature is broken (UNREADABLE), a format vislab does not read
+    (HEIC, AVIF, JPEG XL; EPS, PDF and metafiles, refused for safety) is UNSUPPORTED_FORMAT,
+    anything else NOT_AN_IMAGE."""
     if head.startswith(_BROKEN_IF_UNOPENED) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return UNREADABLE
-    if head[4:8] == b"ftyp" and head[8:12] in _UNDECODABLE_BRANDS:
-        return UNSUPPORTED_FORMAT
-    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL "):
+    if unread_format(head):
         return UNSUPPORTED_FORMAT
     return NOT_AN_IMAGE
+
+
+def _unopened_reason(head: bytes) -> str:
+    """`classify_unopened`, followed for a format vislab does not read by which one and why
+    ("unsupported_format:not an image vislab reads (EPS: PostScript, refused for safety, ...)")."""
+    kind = classify_unopened(head)
+    why = unread_format(head) if kind == UNSUPPORTED_FORMAT else None
+    return f"{kind}:{unread_reason(why)}" if why else kind
 
 
 def _decode_error_reason(err: BaseException) -> str:
@@ -167,14 +185,14 @@ def _inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
                 data = fh.read(READ_WHOLE_LIMIT + 1)
                 rec["bytes"] = size = len(data)  # what was read, should the file have changed
                 rec["sha256"] = hashlib.sha256(data).hexdigest()
-                return _inspect_source(io.BytesIO(data), data[:16], size, max_pixels, rec)
+                return _inspect_source(io.BytesIO(data), data[:SIGNATURE_BYTES], size, max_pixels, rec)
             sha = _sha256_stream(fh, limit)
             if sha is None:
                 rec["reason"] = TOO_LARGE
                 return rec
             rec["sha256"] = sha
             fh.seek(0)
-            head = fh.read(16)
+            head = fh.read(SIGNATURE_BYTES)
             fh.seek(0)
             return _inspect_source(fh, head, size, max_pixels, rec)
     except SpecialFileError:  # replaced by a pipe or device since the stat
@@ -201,9 +219,9 @@ def _inspect_image(source: Any, head: bytes, max_pixels: int, rec: dict[str, Any
     fails to decode is truncated when the decoder ran out of data, unreadable otherwise.
     """
     try:
-        im = Image.open(source)
+        im = Image.open(source, formats=RASTER_FORMATS)
     except UnidentifiedImageError:
-        return classify_unopened(head)
+        return _unopened_reason(head)
     except Image.DecompressionBombError:
         return DECOMPRESSION_BOMB
     except Exception:  # a broken header surfaces as many exception types
@@ -243,7 +261,7 @@ def _plain_signature(im: Image.Image, source: Any, mode: str) -> str:
     if im.mode == mode:
         return plain_signature(to_rgb(im))
     source.seek(0)
-    with Image.open(source) as colour:
+    with Image.open(source, formats=RASTER_FORMATS) as colour:
         colour.draft("RGB", HASH_DRAFT)
         colour.load()
         ImageOps.exif_transpose(colour, in_place=True)

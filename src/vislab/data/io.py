@@ -11,7 +11,10 @@ are opened (`fsguard.open_regular`), headers above curate's pixel limit are refu
 any pixel is allocated, and whatever Pillow raises on a broken file (OSError, SyntaxError,
 ValueError, struct.error, EOFError, IndexError, zlib.error, MemoryError, ...; its fuzzers
 keep finding new ones) becomes one `ImageDecodeError` with a short reason, which callers
-catch to skip the image or report it on one line.
+catch to skip the image or report it on one line. Pillow is only ever asked for the raster
+formats in `RASTER_FORMATS`, which it decodes in-process: its EPS plugin hands the file to
+Ghostscript (attacker-controlled PostScript run by another program), so EPS, PDF and metafile
+drawings are refused with a reason naming them, never probed.
 """
 
 from __future__ import annotations
@@ -53,6 +56,31 @@ _MODE_KINDS = {"I": "32-bit integer", "F": "32-bit floating-point"}
 ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 
 ImageSource = str | Path | BinaryIO | bytes
+# The only formats Pillow may open a user's file as: raster formats it decodes in-process, the
+# ones photo folders hold and those IMAGE_EXTS names (PPM also reads PGM and PBM). Pass it as
+# `Image.open(..., formats=)`. Pillow's JPEG opener also returns multi-picture JPEGs from phones
+# and 3-D cameras, as format MPO (a name `formats=` does not take), so READ_FORMATS adds it.
+RASTER_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
+READ_FORMATS = frozenset(RASTER_FORMATS) | {"MPO"}
+SIGNATURE_BYTES = 64  # enough of a file's start to tell its format (EMF's mark is at 40)
+# Formats recognised by their first bytes that vislab does not read, and why. Safety first:
+# Pillow would run Ghostscript on PostScript, and metafiles are drawings in commands.
+_UNREAD_SIGNATURES = (
+    ((b"%!PS", b"\xc5\xd0\xd3\xc6"), "EPS: PostScript, refused for safety, as decoding it runs Ghostscript"),
+    ((b"%PDF",), "PDF: a document, refused for safety"),
+    ((b"\xd7\xcd\xc6\x9a", b"\x01\x00\x09\x00\x00\x03", b"\x02\x00\x09\x00\x00\x03"), "WMF: a Windows metafile drawing, refused for safety"),
+    ((b"\xff\x0a", b"\x00\x00\x00\x0cJXL "), "JPEG XL: not decoded"),
+)
+_UNDECODABLE_BRANDS = {
+    b"heic": "HEIC",
+    b"heix": "HEIC",
+    b"hevc": "HEIC",
+    b"hevx": "HEIC",
+    b"mif1": "HEIF",
+    b"msf1": "HEIF",
+    b"avif": "AVIF",
+    b"avis": "AVIF",
+}
 # curate's default --max-pixels (twice Pillow's warning limit): a header claiming more pixels
 # is a decompression bomb, refused before its pixels are allocated
 _REASON_CHARS = 160
@@ -103,7 +131,7 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, SpecialFileError):
         return str(err).rsplit(": ", 1)[-1]
     if isinstance(err, UnidentifiedImageError):
-        return "not an image file Pillow can read"
+        return f"not an image vislab reads (it reads {', '.join(RASTER_FORMATS)})"
     if isinstance(err, Image.DecompressionBombError):
         return f"decompression bomb ({str(err).split(', could')[0]})"
     if isinstance(err, MemoryError):
@@ -111,6 +139,37 @@ def _reason(err: BaseException) -> str:
     text = (str(err).splitlines() or [""])[0][:_REASON_CHARS]
     kind = "truncated" if "truncat" in text.lower() else "corrupt"
     return f"{kind} image ({type(err).__name__}: {text})" if text else f"{kind} image ({type(err).__name__})"
+
+
+def unread_format(head: bytes) -> str | None:
+    """The format a file's first bytes show and why vislab does not read it ("EPS:
+    PostScript, refused for safety, ..."), or None for bytes of no format it knows to refuse.
+    HEIC/HEIF and AVIF are not read either: Pillow decodes neither without extra plugins, and
+    vislab reads the same formats whichever Pillow build is installed."""
+    for magics, why in _UNREAD_SIGNATURES:
+        if head.startswith(magics):
+            return why
+    if head[4:8] == b"ftyp" and head[8:12] in _UNDECODABLE_BRANDS:
+        return f"{_UNDECODABLE_BRANDS[head[8:12]]}: not decoded"
+    if head[:4] == b"\x01\x00\x00\x00" and head[40:44] == b" EMF":
+        return "EMF: a Windows metafile drawing, refused for safety"
+    return None
+
+
+def unread_reason(why: str) -> str:
+    """The one-line reason for a file of a format vislab does not read (`unread_format`)."""
+    return f"not an image vislab reads ({why}); convert it to PNG or JPEG"
+
+
+def _unopened(fh: BinaryIO) -> ImageDecodeError | None:
+    """Why a file Pillow would not open as a raster format is refused, when its first bytes
+    name the format (EPS, PDF, WMF, HEIC, ...); None for bytes of no known format."""
+    try:
+        fh.seek(0)
+        why = unread_format(fh.read(SIGNATURE_BYTES))
+    except (OSError, AttributeError, ValueError):
+        return None
+    return ImageDecodeError(unread_reason(why)) if why else None
 
 
 def _bomb_reason(size: str | None, limit: int) -> str:
@@ -170,9 +229,14 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iter
                 raise ImageDecodeError("empty file (0 bytes)")
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
-                opened = Image.open(fh)
+                opened = Image.open(fh, formats=RASTER_FORMATS)
             except Image.DecompressionBombError as err:
                 raise ImageDecodeError(_pillow_bomb(err, max_pixels)) from err
+            except UnidentifiedImageError as err:
+                refused = _unopened(fh)
+                if refused is None:
+                    raise
+                raise refused from err
             with opened as im:
                 w, h = im.size
                 if max_pixels is not None and w * h > max_pixels:
@@ -181,7 +245,7 @@ def open_image(source: ImageSource, max_pixels: int | None = MAX_PIXELS) -> Iter
     except ImageDecodeError as err:
         if err.path is not None or name is None:
             raise
-        raise type(err)(err.reason, name) from None
+        raise type(err)(err.reason, name) from err.__cause__
     except Exception as err:  # noqa: BLE001 - Pillow's decoders raise many types; all mean "cannot decode"
         raise ImageDecodeError(_reason(err), name) from err
 
@@ -297,7 +361,13 @@ def load_pil_image(im: Image.Image) -> Image.Image:
     orientation as `load_image` turns the file; one made from another (convert, resize,
     transpose, rotate, copy: `format` None) as its pixels are, since a turn by hand keeps the
     old tag. Image.open decodes lazily, so bad data (a truncated file) surfaces here, raised
-    as the `ImageDecodeError` the same file by path gets."""
+    as the `ImageDecodeError` the same file by path gets, as is one of a format vislab does not
+    read (loading an EPS would run Ghostscript)."""
+    if im.format is not None and im.format not in READ_FORMATS:
+        raise ImageDecodeError(
+            f"a PIL image of format {im.format}: not an image vislab reads (it reads {', '.join(RASTER_FORMATS)}); "
+            "convert it to PNG or JPEG"
+        )
     try:
         im.load()
         return ImageOps.exif_transpose(im) if im.format is not None else im

@@ -135,6 +135,27 @@ def write_not_an_image(path: str | Path, text: str = "not a picture, whatever th
     return _write(path, text.encode("utf-8"))
 
 
+EPS_BYTES = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"
+
+
+def write_eps(path: str | Path) -> Path:
+    """A tiny Encapsulated PostScript file: Pillow would hand it to Ghostscript to decode."""
+    return _write(path, EPS_BYTES)
+
+
+def fake_ghostscript(folder: str | Path) -> Path:
+    """Put an executable `gs` in `folder` that appends each call's arguments to a log file and
+    answers `--version` (so Pillow believes Ghostscript is installed); returns the log's path,
+    which exists only once `gs` ran. Put `folder` first on PATH."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder / "gs.log"
+    gs = folder / "gs"
+    gs.write_text(f'#!/bin/sh\necho "gs $*" >> "{log}"\n[ "$1" = --version ] && {{ echo 10.02.1; exit 0; }}\nexit 1\n')
+    gs.chmod(0o755)
+    return log
+
+
 def write_corrupt_png(path: str | Path, seed: int = 0) -> Path:
     """A PNG whose compressed pixel data is scrambled: it opens, but cannot be decoded."""
     buf = io.BytesIO()
