@@ -245,7 +245,9 @@ def test_whitening_on_the_file_loader(patterns, tmp_path) -> None:
     assert not torch.equal(_stem(run), create_model(_recipe().model, 3).stem.weight)
 
 
-@pytest.mark.parametrize("aug", [{"hflip": 0.5, "crop_padding": 2}, {"hflip": 0.5}, {"crop_padding": 3}, {}])
+@pytest.mark.parametrize(
+    "aug", [{"hflip": 0.5, "crop_padding": 2}, {"hflip": 0.5}, {"crop_padding": 3}, {}, {"crop_padding": 10}, {"hflip": 0.5, "crop_padding": 25}]
+)
 def test_fused_shift_flip_path_gives_the_step_by_step_pixels(aug) -> None:
     from vislab.data.batch_augment import BatchTransform, normalize, random_flip, random_translate, to_float
 
@@ -263,6 +265,32 @@ def test_fused_shift_flip_path_gives_the_step_by_step_pixels(aug) -> None:
                 ref = random_flip(ref, aug["hflip"], gen)
             assert torch.equal(got, ref)
             assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (5, 9), (1, 4)])
+def test_a_padding_as_large_as_the_image_reflects_as_the_file_loaders_do(size) -> None:
+    """crop_padding >= the image side: torch's reflect pad refuses it, the file loaders' PIL
+    RandomCrop (numpy's reflect) reflects again; the batched paths must give those pixels."""
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    h, w = size
+    x = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (2, h, w, 3), dtype=np.uint8))
+    for pad in (h, w, 2 * max(h, w) + 3):
+        want = np.stack([np.asarray(TF.pad(Image.fromarray(img.numpy()), [pad] * 4, padding_mode="reflect")) for img in x])
+        assert np.array_equal(ba._reflect_pad(x, pad).numpy(), want)
+        nchw = x.permute(0, 3, 1, 2)
+        gen = torch.Generator().manual_seed(0)
+        moved = ba.random_translate(nchw, pad, gen).permute(0, 2, 3, 1).numpy()
+        for i in range(len(x)):  # each image a window of the PIL-padded one
+            assert any(np.array_equal(moved[i], want[i, dy : dy + h, dx : dx + w]) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1))
+
+
+def test_cached_training_with_a_padding_as_large_as_the_image(patterns, tmp_path) -> None:
+    from vislab.train import train
+
+    run = train(_recipe("data.augment.crop_padding=16", "train.averaging.kind=none", "train.epochs=1"), patterns, tmp_path / "r")
+    assert json.loads((run / "summary.json").read_text())["stopped_reason"] == "completed"
 
 
 def test_batch_keys_group_the_epoch_sampler_exactly() -> None:

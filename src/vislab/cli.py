@@ -255,9 +255,11 @@ def prepare(
 ) -> None:
     """Decode and resize every usable image once into DATASET_DIR/cache/, for fast epochs (data.cache: true)."""
     from vislab.data.cache import cache_summary, prepare_cache
+    from vislab.data.manifest import warn_changed
 
     if fmt != "uint8":
         raise VislabError(f"--format {fmt!r}: only uint8 is supported")
+    warn_changed(dataset_dir)
     cache = prepare_cache(
         dataset_dir, size, interpolation=interpolation, keep=crop, grey=grey, workers=workers, force=force, console=console, in_memory=False
     )

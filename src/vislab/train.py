@@ -459,6 +459,9 @@ def _train_session(
     if plan is not None:
         facts["plan"] = plan.to_dict()
     if rank0:
+        from vislab.data.manifest import warn_changed
+
+        warn_changed(data)  # once, for the cached and the file loaders alike
         _write_run_files(cfg, data, out, task, facts, resume)
         print(f"data: {facts['split_sizes']} images (train/val/test); validation: {facts['val_source']}", flush=True)
         fixed = task.fixed_stages

@@ -78,7 +78,10 @@ def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str 
     if pad <= 0:
         return x
     b, _, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad), mode=mode)
+    if mode == "reflect" and pad >= min(h, w):  # F.pad refuses it; PIL's (numpy's) reflect repeats
+        xp = x.index_select(2, reflect_index(h, pad, x.device)).index_select(3, reflect_index(w, pad, x.device))
+    else:
+        xp = F.pad(x, (pad, pad, pad, pad), mode=mode)
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device)[None, :])[:, :, None]  # B, H, 1
@@ -88,10 +91,23 @@ def random_translate(x: torch.Tensor, pad: int, gen: torch.Generator, mode: str 
     return xp.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
+def reflect_index(n: int, pad: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Source positions of a side of `n` reflect-padded by `pad` (edge not repeated), for any
+    `pad`: a pad of the side or more reflects again, as numpy's and so PIL's reflect padding
+    in the file loaders' `RandomCrop` does (torch's own refuses it)."""
+    if n == 1:
+        return torch.zeros(n + 2 * pad, dtype=torch.long, device=device)
+    period = 2 * (n - 1)
+    j = torch.arange(-pad, n + pad, device=device).abs() % period
+    return torch.where(j >= n, period - j, j)
+
+
 def _reflect_pad(y: torch.Tensor, pad: int) -> torch.Tensor:
     """NHWC batch reflect-padded by `pad` on H and W (edge not repeated), by slice copies:
     index ops move uint8 pixels one byte at a time, slices copy whole rows."""
     b, h, w, c = y.shape
+    if pad >= min(h, w):  # rare (a pad as large as the image): the slices below would run off it
+        return y.index_select(1, reflect_index(h, pad, y.device)).index_select(2, reflect_index(w, pad, y.device))
     out = y.new_empty(b, h + 2 * pad, w + 2 * pad, c)
     out[:, pad : pad + h, pad : pad + w] = y
     for i in range(pad):

@@ -66,7 +66,7 @@ from vislab.data.cache_check import (
     reserve,
     unreadable_error,
 )
-from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, usable
+from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, require_dataset, usable
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, pid_alive
 from vislab.locks import waiting_lock
@@ -319,6 +319,7 @@ def open_cache(
 
 
 def _open(dataset_dir: str | Path, pixels: Pixels, in_memory: bool | None, skip_unreadable: bool) -> tuple[PreparedCache | None, _Stale]:
+    require_dataset(dataset_dir)  # a photo folder, or a curate not finished, is read_manifest's one line
     sha = manifest_hash(dataset_dir)
     folder = cache_root(dataset_dir) / pixels.key(sha)
     index, stale = _inspect(folder, sha, pixels, decoder_versions(dataset_max_pixels(dataset_dir)), skip_unreadable)

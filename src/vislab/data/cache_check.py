@@ -51,7 +51,7 @@ def file_stats(paths: Sequence[str]) -> list[FileStat | None]:
     for p in paths:
         try:
             st = os.stat(p)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a name no file can have (a NUL in it)
             out.append(None)
         else:
             out.append((st.st_size, st.st_mtime_ns))

@@ -15,8 +15,8 @@ manifest refuses it, and the next curate with the same options makes the dataset
 A manifest may be edited by hand, so reading one checks every value later commands rely
 on: a status or split outside the allowed values (`TRAIN` included: case is not guessed,
 since a silently dropped row would change a dataset unseen), a size that is not an
-integer or a file listed twice is a one-line error naming the line, the column and the
-allowed values. A relative path is read against the dataset folder.
+integer, a path holding a NUL (no file name can) or a file listed twice is a one-line
+error naming the line, the column and the allowed values. A relative path is read against the dataset folder.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ import pandas as pd
 from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.io import IMAGE_EXTS
 from vislab.errors import DatasetError, VislabError
-from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, read_bounded, write_file
+from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, printable, read_bounded, write_file
 
 MANIFEST_NAME = "manifest.csv"
 CURATION_NAME = "curation.json"
@@ -122,6 +123,20 @@ def _no_manifest(folder: Path) -> str:
 
 def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
     """Read and check a manifest: the columns later commands rely on, and their values."""
+    require_dataset(dataset_dir)
+    path = manifest_path(dataset_dir)
+    df = read_csv_file(path, "manifest")
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise VislabError(f"{path}: missing column(s) {', '.join(missing)}; re-run `vislab curate`")
+    _check_values(df, path)
+    _resolve_paths(df, path)
+    return df
+
+
+def require_dataset(dataset_dir: str | Path) -> None:
+    """A one-line error unless `dataset_dir` is a dataset folder curate finished: what a
+    reader that only hashes the manifest (a prepared cache) checks before trusting it."""
     if Path(dataset_dir).is_file():
         raise VislabError(f"{dataset_dir} is a file, not a dataset folder; give the folder `vislab curate --out` wrote")
     path = manifest_path(dataset_dir)
@@ -132,13 +147,6 @@ def read_manifest(dataset_dir: str | Path) -> pd.DataFrame:
             f"{dataset_dir}: a `vislab curate` into it has not finished ({CURATION_NAME} says \"state\": \"{CURATING}\"; "
             "it stopped, or is still running); run that curate again"
         )
-    df = read_csv_file(path, "manifest")
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        raise VislabError(f"{path}: missing column(s) {', '.join(missing)}; re-run `vislab curate`")
-    _check_values(df, path)
-    _resolve_paths(df, path)
-    return df
 
 
 def _resolve_paths(df: pd.DataFrame, path: Path) -> None:
@@ -174,6 +182,9 @@ def _check_values(df: pd.DataFrame, path: Path) -> None:
     empty = df["path"].str.strip() == ""
     if empty.any():
         refuse(empty, "path", "a file path")
+    nul = df["path"].str.contains("\x00", regex=False)
+    if nul.any():  # no file name holds one: it was typed or pasted in, and os.stat would raise on it
+        refuse(nul, "path", "a file path (it holds a NUL character)")
     for col, allowed in (("status", STATUSES), ("split", SPLITS)):
         bad = ~df[col].isin(allowed)
         if bad.any():
@@ -256,7 +267,7 @@ def manifest_hash(dataset_dir: str | Path) -> str:
     file's own, or, for a detection dataset, one over the manifest's and boxes.csv's, so an
     edited box is another dataset to resume checks, the cache and evaluation alike. A
     classification dataset keeps the hash it always had."""
-    digest = hashlib.sha256(manifest_path(dataset_dir).read_bytes()).hexdigest()
+    digest = _file_sha256(manifest_path(dataset_dir))
     if not has_boxes(dataset_dir):
         return digest
     both = f"{MANIFEST_NAME} {digest}\n{BOXES_NAME} {_file_sha256(boxes_path(dataset_dir))}\n"
@@ -291,6 +302,42 @@ def unfinished_curation(dataset_dir: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return recorded if isinstance(recorded, dict) and recorded.get("state") == CURATING else None
+
+
+def changed_since_curate(df: pd.DataFrame) -> list[str]:
+    """Paths of the usable rows whose file is no longer the size curate recorded (`bytes`):
+    replaced or re-saved since, so possibly another picture under the row's label. One stat
+    per file (no reading); a file gone is left to the loaders, which report it unreadable."""
+    rows = usable(df)
+    if "bytes" not in rows.columns:
+        return []
+    changed = []
+    for path, size in zip(rows["path"], rows["bytes"]):
+        if pd.isna(size):
+            continue
+        try:
+            now = os.stat(path).st_size
+        except (OSError, ValueError):
+            continue
+        if now != int(size):
+            changed.append(path)
+    return changed
+
+
+def warn_changed(dataset_dir: str | Path) -> None:
+    """One warning line (not an error: a re-saved photo keeps its label) when images of the
+    dataset changed size since `vislab curate`, naming the first; what train and prepare
+    print when they start."""
+    df = read_manifest(dataset_dir)
+    changed = changed_since_curate(df)
+    if changed:
+        print(
+            f"warning: {len(changed)} of the {len(usable(df))} images of {printable(dataset_dir)} changed since `vislab curate` "
+            f"(their size is not the manifest's bytes), e.g. {printable(changed[0])}; they are used with the labels curate "
+            "recorded: if they are other pictures now, run `vislab curate` again",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def reason_kind(reason: str) -> str:
