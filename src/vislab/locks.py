@@ -144,6 +144,26 @@ def lock_holder(folder: str | Path) -> str | None:
         os.close(fd)
 
 
+def file_lock_is_free(path: str | Path) -> bool:
+    """Whether nobody holds the lock file `path` (a `waiting_lock`): absent, or flock-able
+    now. False where flock cannot tell (the filesystem lacks it): the caller assumes held."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 @contextmanager
 def waiting_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive flock on the file `path` (created if absent) for the block, waiting

@@ -5,9 +5,10 @@ Decoding JPEGs costs more than training a small net on them, so `vislab prepare`
 
 - `images.npy`: N x H x W x 3 uint8, read back memory-mapped (or loaded whole into RAM);
 - `index.json`: format version, manifest hash, what the pixels are (`Pixels`: size, the
-  model's crop, resize method, grey or colour, JPEG draft hint), decoder versions, and the
-  paths, labels, splits and file (size, mtime_ns) of the rows in array order, the rows whose
-  file cannot be read (with why), and block checksums of `images.npy`.
+  model's crop, resize method, grey or colour, JPEG draft hint), decoder versions, the
+  dataset folder it was prepared in, and the paths, labels, splits and file (size, mtime_ns)
+  of the rows in array order, the rows whose file cannot be read (with why), and block
+  checksums of `images.npy`.
 
 Correctness rules (the checks themselves live in `cache_check`):
 
@@ -20,9 +21,16 @@ Correctness rules (the checks themselves live in `cache_check`):
   skips and reports exactly as the no-cache loader does (so `train.health.max_bad_images`
   applies the same); without it (`vislab prepare`) it is a one-line error. A store built by
   another Pillow / torchvision or pixel limit is rebuilt, and so is one whose bytes no
-  longer match their checksums.
-- The array's space is checked and allocated before writing, so a full disk is a one-line
-  error, and the temporary folder is removed on any failure.
+  longer match their checksums. Re-decoding only the changed rows copies the others from
+  blocks whose checksums all still match (every block read), never unchecked bytes.
+- A store of a dataset folder copied or moved elsewhere is served only while the manifest's
+  paths resolve to the files it holds (relative ones do not): else it is rebuilt.
+- The space of the array and the index is checked and the array allocated before writing,
+  and a disk that fills anyway (or runs out of inodes) is mapped to the same one line,
+  naming stores of earlier manifests that could be deleted; the temporary folder is
+  removed on any failure, and those of killed prepares (of any store) by the next build.
+- A store folder that is a symbolic link is served, but not rebuilt through the link (that
+  would replace the link or empty its target): one line says so.
 - A store is written into a temporary folder and renamed into place in one step, so a
   crash leaves no half-written store under the real key.
 - Builds of one store hold `cache/<key>.lock` (the next waits) and look for a valid store
@@ -50,17 +58,21 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from vislab.data.cache_check import (
+    BLOCK_BYTES,
     BlockCheck,
     block_digests,
     blocks_intact,
     changed_rows,
+    corrupted_rows,
     decoder_versions,
+    disk_full,
     file_stats,
     require_space,
     reserve,
@@ -69,7 +81,7 @@ from vislab.data.cache_check import (
 from vislab.data.manifest import dataset_max_pixels, manifest_hash, read_manifest, require_dataset, usable
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, pid_alive
-from vislab.locks import waiting_lock
+from vislab.locks import file_lock_is_free, waiting_lock
 from vislab.workers import die_with_parent
 
 CACHE_DIRNAME = "cache"
@@ -248,11 +260,12 @@ class _Stale:
 
 
 def _inspect(
-    folder: Path, sha: str, pixels: Pixels, decoder: dict[str, Any], skip_unreadable: bool
+    folder: Path, sha: str, pixels: Pixels, decoder: dict[str, Any], skip_unreadable: bool, dataset_dir: Path
 ) -> tuple[dict[str, Any] | None, _Stale]:
     """(the index, nothing stale) for a complete store built from this manifest with these
-    pixels by this decoder from files unchanged since, else (None, why not). Files gone, and
-    files unchanged since they failed to decode, are the one-line error unless `skip_unreadable`."""
+    pixels by this decoder from the files its paths name now, unchanged since, else (None,
+    why not). Files gone, and files unchanged since they failed to decode, are the one-line
+    error unless `skip_unreadable`."""
     index = _read_index(folder)
     if not index or index.get("version") != FORMAT_VERSION or index.get("manifest_hash") != sha:
         return None, _Stale()
@@ -270,6 +283,11 @@ def _inspect(
         was = ", ".join(f"{k} {v}" for k, v in (index.get("decoder") or {}).items()) or "unknown"
         now = ", ".join(f"{k} {v}" for k, v in decoder.items())
         return None, _Stale(f"prepared with {was}, now {now}")
+    if index.get("dataset") != str(dataset_dir.absolute()):  # moved or copied: relative manifest paths name other files
+        named = usable(read_manifest(dataset_dir))["path"].tolist()
+        if named != paths:
+            moved = next((old, new) for old, new in zip(paths, named) if old != new)
+            return None, _Stale(f"it holds the images at {moved[0]}, the manifest now names {moved[1]} (the dataset folder was copied or moved)")
     now = file_stats(paths)
     changed = changed_rows(now, index["files"])
     if not skip_unreadable:
@@ -322,7 +340,7 @@ def _open(dataset_dir: str | Path, pixels: Pixels, in_memory: bool | None, skip_
     require_dataset(dataset_dir)  # a photo folder, or a curate not finished, is read_manifest's one line
     sha = manifest_hash(dataset_dir)
     folder = cache_root(dataset_dir) / pixels.key(sha)
-    index, stale = _inspect(folder, sha, pixels, decoder_versions(dataset_max_pixels(dataset_dir)), skip_unreadable)
+    index, stale = _inspect(folder, sha, pixels, decoder_versions(dataset_max_pixels(dataset_dir)), skip_unreadable, Path(dataset_dir))
     if index is None:
         return None, stale
     unreadable = {int(row): str(why) for row, why in index.get("unreadable", [])}
@@ -401,15 +419,33 @@ def _fill(store: Path, items: list[tuple[int, str]], pixels: Pixels, workers: in
     return failed
 
 
-def _clean_tmp(root: Path, key: str) -> None:
-    """Remove temporary folders of this key left by a process that died mid-prepare."""
-    for tmp in root.glob(f"{key}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-        except ValueError:
+def _clean_tmp(root: Path) -> None:
+    """Remove the temporary folders of any store left by a process that died mid-prepare
+    (killed outright: nothing removed them). A store's temporary folder exists only while
+    its builder holds the store's lock, so one whose lock is free is left over even when
+    its pid now names another process."""
+    for tmp in root.glob("*.tmp-*"):
+        key, _, pid = tmp.name.rpartition(".tmp-")
+        if not pid.isdigit() or tmp.is_symlink():
             continue
-        if not pid_alive(pid):
+        if not pid_alive(int(pid)) or file_lock_is_free(root / f"{key}.lock"):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _reclaimable(root: Path, sha: str) -> str:
+    """What stores of other manifests hold under `root` (this dataset opens only its current
+    manifest's), as the start of the disk-full line's advice; '' when none."""
+    try:
+        old = [f for f in root.glob("*-*") if f.is_dir() and not f.is_symlink() and ".tmp-" not in f.name and not f.name.startswith(sha[:12])]
+        held = sum(p.lstat().st_blocks * 512 for f in old for p in f.iterdir())
+    except OSError:  # the line it adds to is worth more than this detail
+        return ""
+    if not old:
+        return ""
+    return (
+        f"{len(old)} store(s) there of earlier manifests of this dataset hold {held / 1e6:,.1f} MB and are never opened "
+        f"again (e.g. {old[0].name}): delete them, or "
+    )
 
 
 def prepare_cache(
@@ -456,9 +492,7 @@ def prepare_cache(
                 found, stale = _open(dataset_dir, pixels, in_memory, skip_unreadable)
                 if found is not None:
                     return found
-            if explain:
-                _explain_build(dataset_dir, root, sha, pixels)
-            _build(dataset_dir, root, sha, pixels, stale, workers, console, skip_unreadable)
+            _build(dataset_dir, root, sha, pixels, stale, workers, console, skip_unreadable, explain)
             found = _open(dataset_dir, pixels, in_memory, skip_unreadable)[0]
     if found is None:  # pragma: no cover - only if the dataset changed during the build
         raise VislabError(f"{dataset_dir}: the dataset changed while the cache was built; run `vislab prepare` again")
@@ -473,7 +507,11 @@ def _writing(root: Path, dataset_dir: Path, pixels: Pixels) -> Iterator[None]:
         yield
     except OSError as err:
         where = Path(os.path.abspath(err.filename)) if isinstance(err.filename, (str, os.PathLike)) else None
-        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or where is None or not where.is_relative_to(os.path.abspath(dataset_dir)):
+        if where is None or not where.is_relative_to(os.path.abspath(dataset_dir)):
+            raise
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(root) from None
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
         raise VislabError(
             f"{root}: the cache cannot be written there ({err.strerror}); set data.cache: false to train from the "
@@ -482,11 +520,13 @@ def _writing(root: Path, dataset_dir: Path, pixels: Pixels) -> Iterator[None]:
         ) from None
 
 
-def _explain_build(dataset_dir: Path, root: Path, sha: str, pixels: Pixels) -> None:
-    """Say which store training builds, the `vislab prepare` command that builds it ahead,
-    and why a store of this manifest already there is not the one this model needs."""
+def _explain_build(dataset_dir: Path, root: Path, sha: str, pixels: Pixels, update: bool) -> None:
+    """Say which store training builds (or `update`s: re-decodes the changed rows of), the
+    `vislab prepare` command that does it ahead, and why a store of this manifest already
+    there is not the one this model needs."""
+    doing, ahead = ("updating", "updates") if update else ("building", "builds")
     print(
-        f"cache {root / pixels.key(sha)}: building it (`vislab prepare {dataset_dir} {pixels.prepare_options()}` builds it ahead)",
+        f"cache {root / pixels.key(sha)}: {doing} it (`vislab prepare {dataset_dir} {pixels.prepare_options()}` {ahead} it ahead)",
         file=sys.stderr,
         flush=True,
     )
@@ -513,8 +553,37 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _reused_rows(store: Path, stale: _Stale, paths: list[str]) -> tuple[set[int] | None, str]:
+    """The rows to re-decode when the old store's other rows can be copied (None: rebuild
+    it all) and what the line saying so adds: only rows in blocks that still match their
+    checksums are copied, so a store corrupted since it was checked is not carried over."""
+    if stale.index is None or stale.index.get("paths") != paths:
+        return None, ""
+    corrupted = corrupted_rows(store, stale.index.get("digests"))
+    if corrupted is None:
+        return None, ", and its images.npy does not match its checksums"
+    extra = corrupted - set(stale.changed)
+    said = f", and the blocks holding {len(extra)} other image(s) no longer match their checksums (corrupted)" if extra else ""
+    return set(stale.changed) | corrupted, said
+
+
+def _index_bytes(paths: list[str], labels: list[str], splits: list[str], pixel_bytes: int) -> int:
+    """About what index.json takes: its per-row lists, a [size, mtime_ns] per file and a
+    digest per block (unreadable rows' reasons are not known yet)."""
+    rows = len(json.dumps(paths)) + len(json.dumps(labels)) + len(json.dumps(splits))
+    return rows + 48 * len(paths) + 24 * (pixel_bytes // BLOCK_BYTES + 1) + 4096
+
+
 def _build(
-    dataset_dir: Path, root: Path, sha: str, pixels: Pixels, stale: _Stale, workers: int, console: Any, skip_unreadable: bool
+    dataset_dir: Path,
+    root: Path,
+    sha: str,
+    pixels: Pixels,
+    stale: _Stale,
+    workers: int,
+    console: Any,
+    skip_unreadable: bool,
+    explain: bool = False,
 ) -> None:
     """Write the store into a temporary folder and rename it over the key's (with its lock held)."""
     df = read_manifest(dataset_dir)
@@ -522,32 +591,44 @@ def _build(
     if rows.empty:
         raise VislabError(f"{dataset_dir}: the manifest has no usable rows (status ok) to prepare")
     key = pixels.key(sha)
-    _clean_tmp(root, key)
+    final = root / key
+    if final.is_symlink():  # replacing it would either drop the link or empty its target
+        raise VislabError(
+            f"{final}: a symbolic link (to {os.readlink(final)}), and this store must be rebuilt, which replaces its "
+            f"folder; remove the link (and its target, if no longer wanted), or link the whole {root} folder instead"
+        )
+    _clean_tmp(root)
     paths = rows["path"].tolist()
     stats = file_stats(paths)  # before decoding: a file changed meanwhile is caught on the next open
     missing = [p for p, st in zip(paths, stats) if st is None]
     if missing and not skip_unreadable:
         raise unreadable_error([(p, "file not found") for p in missing], len(paths))
-    reuse = stale.index is not None and stale.index.get("paths") == paths
+    redo, said = _reused_rows(final / IMAGES_NAME, stale, paths)
+    if explain:
+        _explain_build(dataset_dir, root, sha, pixels, redo is not None)
     if stale.reason:
-        what = f"re-decoding those {len(stale.changed)}" if reuse else "rebuilding it"
-        print(f"cache {root / key}: {stale.reason}; {what}", file=sys.stderr, flush=True)
+        what = "rebuilding it" if redo is None else f"re-decoding those {len(redo)}"
+        print(f"cache {final}: {stale.reason}{said}; {what}", file=sys.stderr, flush=True)
     tmp = root / f"{key}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     w, h = pixels.size
     max_pixels = dataset_max_pixels(dataset_dir)
+    labels, splits = rows["label"].tolist(), rows["split"].tolist()
     try:
-        require_space(root, len(paths) * h * w * 3)
+        pixel_bytes = len(paths) * h * w * 3
+        needed = pixel_bytes + _index_bytes(paths, labels, splits, pixel_bytes)
+        reclaim = partial(_reclaimable, root, sha)  # only worked out for the disk-full line
+        require_space(root, needed, reclaim)
         store = np.lib.format.open_memmap(tmp / IMAGES_NAME, mode="w+", dtype=np.uint8, shape=(len(paths), h, w, 3))
         del store  # workers open it themselves
-        reserve(tmp / IMAGES_NAME, root, len(paths) * h * w * 3)
+        reserve(tmp / IMAGES_NAME, root, needed, reclaim)
         start = time.perf_counter()
         unreadable: dict[int, str] = {}
-        if reuse:
-            _copy_rows(root / key / IMAGES_NAME, tmp / IMAGES_NAME)
-            todo = [(i, paths[i]) for i in stale.changed]
-            redone = set(stale.changed)  # the others keep their pixels, and their unreadable mark
+        if redo is not None:
+            _copy_rows(final / IMAGES_NAME, tmp / IMAGES_NAME)
+            todo = [(i, paths[i]) for i in sorted(redo)]
+            redone = redo  # the others keep their pixels, and their unreadable mark
             unreadable = {int(r): why for r, why in (stale.index or {}).get("unreadable", []) if int(r) not in redone}
         else:
             todo = list(enumerate(paths))
@@ -562,9 +643,10 @@ def _build(
             "resize": "eval geometry before the centre keep crop: square -> shorter side + the window whose centre keep crop is the eval's; WxH -> direct resize (antialiased)",
             "layout": "N x H x W x 3 uint8 RGB",
             "count": len(paths),
+            "dataset": str(dataset_dir.absolute()),  # where the manifest's relative paths were resolved
             "paths": paths,
-            "labels": rows["label"].tolist(),
-            "splits": rows["split"].tolist(),
+            "labels": labels,
+            "splits": splits,
             "files": [None if st is None else list(st) for st in stats],
             "unreadable": sorted(unreadable.items()),
             "digests": block_digests(tmp / IMAGES_NAME),
@@ -572,7 +654,6 @@ def _build(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         (tmp / INDEX_NAME).write_text(json.dumps(index))
-        final = root / key
         if final.exists():  # stale or partial (a valid one returned above), or force
             shutil.rmtree(final)
         os.replace(tmp, final)

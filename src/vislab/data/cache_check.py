@@ -25,13 +25,14 @@ the loader's workers, and only for the blocks a run reads.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
 import shutil
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from vislab.errors import VislabError
 
 BLOCK_BYTES = 1 << 20
 SAMPLED_BLOCKS = 32
-# room for index.json and the filesystem's own blocks beyond the array itself
+# room for the filesystem's own blocks beyond the array and index.json
 SPACE_MARGIN = 1 << 20
 
 FileStat = tuple[int, int]  # (size in bytes, mtime_ns)
@@ -91,24 +92,52 @@ def block_digests(store: Path) -> dict[str, Any]:
     return {"block_bytes": BLOCK_BYTES, "header": _digest(header_bytes(store, arr)), "blocks": blocks}
 
 
+def _recorded_blocks(store: Path, nbytes: int, recorded: Any) -> list[str] | None:
+    """The recorded block digests of a store of `nbytes` pixel bytes, None when they do not
+    fit it or its header does not match."""
+    if not isinstance(recorded, dict) or recorded.get("block_bytes") != BLOCK_BYTES:
+        return None
+    blocks = recorded.get("blocks")
+    if not isinstance(blocks, list) or len(blocks) != -(-nbytes // BLOCK_BYTES):
+        return None
+    if _digest(header_bytes(store, np.load(store, mmap_mode="r"))) != recorded.get("header"):
+        return None
+    return blocks
+
+
 def blocks_intact(store: Path, images: np.ndarray, recorded: Any) -> bool:
     """Whether the recorded digests match: all blocks of an array in RAM, a sample of a
     memory-mapped one (see the module docstring)."""
-    if not isinstance(recorded, dict) or recorded.get("block_bytes") != BLOCK_BYTES:
+    blocks = _recorded_blocks(store, images.nbytes, recorded)
+    if blocks is None:
         return False
-    blocks = recorded.get("blocks")
-    n = -(-images.nbytes // BLOCK_BYTES)
-    if not isinstance(blocks, list) or len(blocks) != n:
-        return False
-    mapped = np.load(store, mmap_mode="r")
-    if _digest(header_bytes(store, mapped)) != recorded.get("header"):
-        return False
+    n = len(blocks)
     flat = memoryview(np.ascontiguousarray(images).reshape(-1))
     if isinstance(images, np.memmap) and n > SAMPLED_BLOCKS + 2:
         which = sorted({0, n - 1, *random.sample(range(n), SAMPLED_BLOCKS)})
     else:
         which = list(range(n))
     return all(_digest(flat[b * BLOCK_BYTES : (b + 1) * BLOCK_BYTES]) == blocks[b] for b in which)
+
+
+def corrupted_rows(store: Path, recorded: Any) -> set[int] | None:
+    """Rows of a store lying in a block whose bytes no longer match its recorded digest
+    (every block read), or None when the digests do not fit the store at all: what may be
+    copied into an updated store is only what still matches."""
+    try:
+        images = np.load(store, mmap_mode="r")
+        blocks = _recorded_blocks(store, images.nbytes, recorded)
+    except (OSError, ValueError):
+        return None
+    if blocks is None:
+        return None
+    row = max(1, images[0].nbytes if len(images) else 1)
+    flat = memoryview(np.ascontiguousarray(images).reshape(-1))
+    bad: set[int] = set()
+    for b, want in enumerate(blocks):
+        if _digest(flat[b * BLOCK_BYTES : (b + 1) * BLOCK_BYTES]) != want:
+            bad.update(range(b * BLOCK_BYTES // row, min(len(images), -(-(b + 1) * BLOCK_BYTES // row))))
+    return bad
 
 
 class BlockCheck:
@@ -167,30 +196,42 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def require_space(folder: Path, needed: int) -> None:
-    """A one-line 'disk full' error before writing an array that would not fit (a memory map
-    over a sparse file dies with SIGBUS when the disk fills instead of raising)."""
-    free = free_bytes(folder)
-    if needed + SPACE_MARGIN > free:
-        raise VislabError(
-            f"disk full: the cache needs {_mb(needed + SPACE_MARGIN)} in {folder}, {_mb(free)} free; "
-            "free space there or prepare a smaller --size"
-        )
+def _existing(folder: Path) -> Path:
+    """`folder` or its nearest existing parent (the cache folder may not be made yet)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
 
 
-def reserve(store: Path, folder: Path, needed: int) -> None:
+def disk_full(folder: Path, needed: int | None = None, reclaim: str = "") -> VislabError:
+    """The one line for a cache that does not fit in `folder`: what it needs (when known),
+    what is free, and `reclaim` (space vislab's own leftovers there hold, if any)."""
+    there = _existing(folder)
+    need = "does not fit" if needed is None else f"needs {_mb(needed + SPACE_MARGIN)}"
+    free = f"{_mb(free_bytes(there))} free"
+    if os.statvfs(there).f_favail == 0:
+        free += " and no file entries (inodes) left"
+    return VislabError(f"disk full: the cache {need} in {folder}, {free}; {reclaim}free space there or prepare a smaller --size")
+
+
+def require_space(folder: Path, needed: int, reclaim: Callable[[], str] = str) -> None:
+    """A one-line 'disk full' error before writing a store of `needed` bytes that would not
+    fit (a memory map over a sparse file dies with SIGBUS when the disk fills instead of
+    raising); `reclaim` says what of the folder's own could be deleted."""
+    if needed + SPACE_MARGIN > free_bytes(folder):
+        raise disk_full(folder, needed, reclaim())
+
+
+def reserve(store: Path, folder: Path, needed: int, reclaim: Callable[[], str] = str) -> None:
     """Allocate the store's blocks now, so a disk that filled since `require_space` fails
     here with the same line instead of killing a writer later."""
     fd = os.open(store, os.O_RDWR)
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as err:
-        if err.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise VislabError(
-                f"disk full: the cache needs {_mb(needed + SPACE_MARGIN)} in {folder}, {_mb(free_bytes(folder))} free; "
-                "free space there or prepare a smaller --size"
-            ) from None
-        if err.errno not in (22, 95):  # EINVAL / EOPNOTSUPP: the filesystem cannot preallocate
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full(folder, needed, reclaim()) from None
+        if err.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # the filesystem cannot preallocate
             raise
     finally:
         os.close(fd)
