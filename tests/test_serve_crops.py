@@ -144,3 +144,40 @@ def test_the_page_renders_crops_and_nothing_was_written(client, run) -> None:
     page = client.get("/").text
     assert "RENDERERS.crops" in page
     assert not (run / "predict").exists()
+
+
+def test_pictures_are_drawn_outside_the_models_thread(client, run, monkeypatch) -> None:
+    """The pictures (about a second each) were drawn in the model's one inference thread, so
+    one client's picture request held up every other client's batch (a 1-image
+    picture=false request waited 29 s). Now they are drawn in the request's own thread: the
+    other client's answer comes while the pictures are still being drawn."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import vislab.report.crops as report_crops
+
+    drawn_in: list[str] = []
+    real = report_crops.prediction_picture
+
+    def recorded(*args, **kwargs):
+        drawn_in.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(report_crops, "prediction_picture", recorded)
+    files = [(f.name, f.read_bytes()) for f in photos(run, 3)]
+
+    def timed(data: dict[str, str], files: list) -> tuple[float, object]:
+        start = time.perf_counter()
+        r = post(client, files, data)
+        return time.perf_counter() - start, r
+
+    with ThreadPoolExecutor(2) as pool:
+        pictures = pool.submit(timed, {"picture": "true"}, files)
+        time.sleep(0.3)  # its batch has run; its pictures are being drawn
+        alone = pool.submit(timed, {"picture": "false"}, files[:1])
+        (slow, r_slow), (fast, r_fast) = pictures.result(), alone.result()
+    assert r_slow.status_code == r_fast.status_code == 200, (r_slow.text, r_fast.text)
+    assert all(res["picture"].startswith("data:image/png;base64,") for res in r_slow.json()["results"])
+    assert len(drawn_in) == 3 and not any(name.startswith("vislab-infer") for name in drawn_in), drawn_in
+    assert fast < slow / 2, f"a picture-free request took {fast:.2f} s beside a 3-picture one of {slow:.2f} s"

@@ -164,6 +164,24 @@ def test_streamed_oversize_body_is_cut_short(server) -> None:
     assert sent < 16 * 1024 * 1024, f"the client could send {sent:,} bytes before the refusal"
 
 
+def test_a_web_services_pixel_limit_and_a_truncated_body(server, runs, tmp_path) -> None:
+    """Serve took curate's 179 M-pixel limit: a 20 KB 1-bit PNG of 169 M pixels took ~0.8 GB
+    to decode, and a request of 32 of them ~25 GB; its own default is 50 M. A body cut short
+    before its closing boundary was answered for the parts that had arrived."""
+    from vislab.testing.images import write_huge_header_png
+
+    bomb = write_huge_header_png(tmp_path / "bomb.png", 7100, 7100)  # 50.4 M pixels
+    body, ctype = multipart([(bomb.name, bomb.read_bytes())])
+    status, reply = server.request("POST", "/v1/predict", body, {"Content-Type": ctype})
+    assert status == 422 and "7100x7100 = 50,410,000 pixels, over the 50,000,000-pixel limit" in reply["detail"], reply
+    image = sorted((runs[0].parent / "cnn-data" / "images").rglob("*.png"))[0]
+    body, ctype = multipart([(image.name, image.read_bytes())] * 2)
+    cut = body[: body.rindex(b"--" + ctype.split("boundary=")[1].encode() + b"--")]
+    status, reply = server.request("POST", "/v1/predict", cut, {"Content-Type": ctype})
+    assert status == 400 and reply["detail"].startswith("multipart body ended before its closing boundary (truncated upload)"), reply
+    assert server.request("POST", "/v1/predict", body, {"Content-Type": ctype})[0] == 200
+
+
 def test_a_client_gone_mid_upload_costs_one_log_line_not_a_traceback(server, runs) -> None:
     """A client that hung up halfway through its upload made uvicorn print "Exception in ASGI
     application" and ~60 lines of traceback ending in ClientDisconnect, one per aborted upload:

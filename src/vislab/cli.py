@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from vislab.errors import TrainingInterrupted, VislabError
-from vislab.fsguard import MAX_PIXELS
+from vislab.fsguard import MAX_PIXELS, SERVE_MAX_PIXELS
 from vislab.usertext import term, visible_lines
 
 if TYPE_CHECKING:
@@ -761,7 +761,8 @@ def serve(
     window_ms: float = typer.Option(5.0, "--batch-window-ms", help="How long a batch's first image waits for others."),
     max_upload_mb: float = typer.Option(20.0, "--max-upload-mb", help="Largest request body, in MB (refused while it streams in)."),
     max_files: int = typer.Option(32, "--max-files", help="Most images per request."),
-    max_pixels: int = typer.Option(MAX_PIXELS, "--max-pixels", help="Larger images are refused as decompression bombs (as in curate)."),
+    max_pixels: int = typer.Option(SERVE_MAX_PIXELS, "--max-pixels", help="Larger images are refused as decompression bombs (a web service's limit: 50 M, a 48 MP photo passes)."),
+    decode_slots: Optional[int] = typer.Option(None, "--decode-slots", help="Images decoded at once by the whole server (default: CPUs, at most 4); decoding takes up to about slots x max-pixels x 5 bytes."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Intra-op threads of PyTorch and ONNX Runtime (default: their own)."),
     log_requests: bool = typer.Option(False, "--log-requests", help="Print one line per request."),
 ) -> None:
@@ -769,14 +770,15 @@ def serve(
     from vislab.serve.app import Limits
     from vislab.serve.server import serve as run_server
 
-    if not math.isfinite(max_upload_mb) or max_upload_mb <= 0 or max_pixels < 1 or (threads is not None and threads < 1):
-        raise VislabError("--max-upload-mb (a finite number), --max-pixels and --threads must be positive")
+    if not math.isfinite(max_upload_mb) or max_upload_mb <= 0 or max_pixels < 1 or (decode_slots is not None and decode_slots < 1) or (threads is not None and threads < 1):
+        raise VislabError("--max-upload-mb (a finite number), --max-pixels, --decode-slots and --threads must be positive")
     limits = Limits(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         max_pixels=max_pixels,
         max_files=max_files,
         max_batch=max_batch,
         window_ms=window_ms,
+        **({"decode_slots": decode_slots} if decode_slots is not None else {}),
     )
     run_server(runs, host=host, port=port, onnx=onnx, token=token, limits=limits, threads=threads, log_requests=log_requests)
 

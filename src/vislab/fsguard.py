@@ -44,6 +44,9 @@ from vislab.errors import VislabError
 MAX_FILE_BYTES = 512 * 1024 * 1024
 # Images above this many pixels are refused as decompression bombs (Pillow's own default limit).
 MAX_PIXELS = 178_956_970
+# `vislab serve`'s: a web service decodes what strangers send, and one 20 KB 1-bit PNG of
+# MAX_PIXELS takes ~0.8 GB to decode; a 48-megapixel phone photo (8064 x 6048) still passes.
+SERVE_MAX_PIXELS = 50_000_000
 _NAME_MAX_BYTES = 255
 
 

@@ -8,7 +8,11 @@ Hostile or broken input ends in a 4xx with a one-line `detail`, never a tracebac
 - request bodies are counted while they stream in (`BodyLimit`): a declared size over the
   limit is refused before a byte is read, an undeclared one as soon as it passes the limit;
 - images are decoded by `vislab.data.io.load_image` (pixel limit against decompression
-  bombs; anything Pillow cannot read is one `ImageDecodeError`): 422 naming the upload;
+  bombs; anything Pillow cannot read is one `ImageDecodeError`): 422 naming the upload; at
+  most `Limits.decode_slots` images decode at once in the whole server, whatever the number
+  of requests and files, so decoding memory is bounded by slots x pixel limit x ~5 bytes;
+- the multipart body is parsed strictly (`FormParser`): a body without its closing boundary
+  (a truncated upload) is a 400, not a form of the parts that happened to arrive;
 - with a token, `/v1/*`, `/openapi.json` and `/docs` (which name the served models) need
   `Authorization: Bearer TOKEN` (or the page's cookie), compared in constant time: 401
   otherwise;
@@ -30,17 +34,20 @@ from importlib import resources
 from typing import Any, AsyncIterator, Sequence
 from urllib.parse import unquote
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from python_multipart.multipart import parse_options_header
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from vislab import __version__
 from vislab.data.io import ImageDecodeError, load_image, probe
 from vislab.errors import VislabError
-from vislab.fsguard import MAX_PIXELS, printable
+from vislab.fsguard import SERVE_MAX_PIXELS, printable
 from vislab.serve.batching import MicroBatcher, QueueFull
 from vislab.serve.csp import inline_hashes
 from vislab.serve.docs import add_docs
@@ -54,6 +61,7 @@ MODEL_FIELD = "model"
 MAX_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024  # an option value; images are files, bounded by the body limit
 NAME_CHARS = 200
+DECODE_SLOTS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -61,11 +69,12 @@ class Limits:
     """What one request may send, and how the model batches are formed."""
 
     max_upload_bytes: int = 20 * 1024 * 1024  # the whole request body
-    max_pixels: int = MAX_PIXELS  # curate's default: larger headers are decompression bombs
+    max_pixels: int = SERVE_MAX_PIXELS  # larger headers are decompression bombs
     max_files: int = 32  # images per request
     max_batch: int = 32  # images per forward pass
     window_ms: float = 5.0  # how long a batch's first image waits for others
     max_queue: int = 1024  # images waiting per model before requests get 503
+    decode_slots: int = DECODE_SLOTS  # images decoding at once in the whole server (memory)
 
 
 class BodyTooLarge(HTTPException):
@@ -171,27 +180,65 @@ def decode_and_prepare(predictor: Predictor, data: bytes, options: Any, max_pixe
     return predictor.preprocess(image, options), width, height
 
 
+class FormParser(MultiPartParser):
+    """Starlette's multipart parser, strict where it would answer a mistaken request wrongly:
+    a body that ends before its closing boundary (`ended` stays False), an `image` part
+    without filename= (it would be read as a text field, and one over 64 KB refused as too
+    large), `model` sent as a file, more files than --max-files (said with the flag's name)."""
+
+    ended = False
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._current_part.content_disposition)
+        name, is_file = options.get(b"name", b"").decode("latin-1"), b"filename" in options
+        if name == IMAGE_FIELD and not is_file:
+            raise HTTPException(422, f"{IMAGE_FIELD}: must be a file upload (a part with filename=\"...\"; filename*= alone is not one), not a text field")
+        if name == MODEL_FIELD and is_file:
+            raise HTTPException(422, f"{MODEL_FIELD}: must be a text field, not a file")
+        if is_file and self._current_files >= self.max_files:
+            raise HTTPException(400, f"more than {self.max_files} files in one request (the server's --max-files); send them in several requests")
+        super().on_headers_finished()
+
+    def on_end(self) -> None:
+        self.ended = True
+
+
+def multipart_problem(err: MultiPartException) -> str:
+    """One line for what Starlette says of a malformed body, naming the cause it hides."""
+    cause = err.__cause__
+    if cause is not None and str(cause).startswith("Maximum header size"):
+        return "a part's header line is too long for the multipart parser (a file name of thousands of characters?); send a shorter file name"
+    return f"{err.message.rstrip('.')} ({one_line(cause)})" if cause is not None else err.message
+
+
 async def read_form(request: Request, limits: Limits) -> FormData:
     """The request's form with its files in memory: Starlette spools a file part over 1 MB to
     $TMPDIR, which would make a request write a file (and a full disk answer 500). The body
     limit already bounds the memory, so the spool is as large as that limit. An OSError while
-    reading is the server's condition, said as a JSON 503."""
+    reading is the server's condition, said as a JSON 503. Only multipart/form-data carries
+    files: another body type is a 415 (none, or a urlencoded form, reads as a form without)."""
     content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type not in ("", "multipart/form-data", "application/x-www-form-urlencoded"):
+        raise HTTPException(415, f"Content-Type {printable(content_type)[:NAME_CHARS]}: send the images as multipart/form-data (curl -F image=@photo.jpg)")
     try:
         if content_type != "multipart/form-data":  # a urlencoded form or none: no files to spool
             return await request.form(max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
-        parser = MultiPartParser(request.headers, request.stream(), max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
+        parser = FormParser(request.headers, request.stream(), max_files=limits.max_files, max_fields=MAX_FIELDS, max_part_size=MAX_FIELD_BYTES)
         parser.spool_max_size = limits.max_upload_bytes
-        return await parser.parse()
+        form = await parser.parse()
     except ClientDisconnect:  # nobody to answer; one log line, not an "Exception in ASGI application"
         log.info("a client disconnected before its upload ended")
         raise HTTPException(400, "the client disconnected before the upload ended") from None
     except MultiPartException as err:
-        raise HTTPException(400, err.message) from None
+        raise HTTPException(400, multipart_problem(err)) from None
     except OSError as err:
         log.error("reading an upload failed", exc_info=err)
         why = os.strerror(err.errno) if err.errno else one_line(err)
         raise HTTPException(503, f"the server cannot take uploads now ({why}); try again later", headers={"Retry-After": "5"}) from None
+    if not parser.ended:
+        await form.close()
+        raise HTTPException(400, "multipart body ended before its closing boundary (truncated upload); send the whole request again")
+    return form
 
 
 def one_line(err: BaseException) -> str:
@@ -207,6 +254,7 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
     batchers = {
         p.name: MicroBatcher(p.predict_batch, limits.max_batch, limits.window_ms / 1000.0, limits.max_queue, name=p.name) for p in predictors
     }
+    decoding = anyio.CapacityLimiter(max(1, limits.decode_slots))  # shared by every request: bounds decoding memory
     page = page_html()
     page_headers = {
         "Content-Security-Policy": content_security_policy(page),
@@ -257,7 +305,7 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
             "default": predictors[0].name,
             "models": [{**p.describe(), "batching": batchers[p.name].stats.to_dict()} for p in predictors],
             "limits": {"max_upload_bytes": limits.max_upload_bytes, "max_pixels": limits.max_pixels, "max_files": limits.max_files,
-                       "max_batch": limits.max_batch, "window_ms": limits.window_ms},
+                       "max_batch": limits.max_batch, "window_ms": limits.window_ms, "decode_slots": limits.decode_slots},
         }
 
     @app.post(
@@ -273,6 +321,9 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         started = time.perf_counter()
         form = await read_form(request, limits)
         try:
+            for key in dict.fromkeys(k for k, _ in form.multi_items() if k != IMAGE_FIELD):
+                if len(form.getlist(key)) > 1:
+                    raise HTTPException(422, f"{printable(key)[:NAME_CHARS]} given twice; send each option once")
             name = form.get(MODEL_FIELD) or predictors[0].name
             if not isinstance(name, str) or name not in by_name:
                 shown = printable(name)[:NAME_CHARS] if isinstance(name, str) else "a file"
@@ -298,7 +349,7 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         finally:
             await form.close()
         prepared = await asyncio.gather(
-            *(run_in_threadpool(decode_and_prepare, predictor, data, options, limits.max_pixels) for _, data in files),
+            *(anyio.to_thread.run_sync(decode_and_prepare, predictor, data, options, limits.max_pixels, limiter=decoding) for _, data in files),
             return_exceptions=True,
         )
         for (file_name, _), item in zip(files, prepared):
@@ -316,6 +367,11 @@ def create_app(predictors: Sequence[Predictor], token: str | None = None, limits
         except Exception as err:  # noqa: BLE001 - a model failure is the server's, said in one line
             log.error("inference with %s failed", name, exc_info=err)
             raise HTTPException(500, f"inference failed ({one_line(err)})") from None
+        try:  # the model's thread is free again: what needs no model (pictures) is done in this request's thread
+            results = await run_in_threadpool(lambda: [predictor.finish(item[0], result) for item, result in zip(prepared, results)])
+        except Exception as err:  # noqa: BLE001 - the server's failure, said in one line
+            log.error("finishing results of %s failed", name, exc_info=err)
+            raise HTTPException(500, f"finishing the results failed ({one_line(err)})") from None
         return {
             "model": name,
             "task": predictor.task,

@@ -3,7 +3,8 @@ patches' cell probabilities of each upload (the page's `RENDERERS.crops` draws t
 
 Each upload is read whole, as `vislab predict` reads a file (`data.crops_datamodule.whole_photo`:
 never cropped, one fixed seeded resize for every photo), so the API's numbers are the CLI's.
-On request (`picture`, on by default) the result carries predict's picture as a PNG data URI:
+On request (`picture`, on by default) the result carries predict's picture as a PNG data URI
+(drawn by `finish` in the request's thread, not in the model's):
 the photo inside its estimated frame, and the heat maps. With `--onnx` the model runs in ONNX
 Runtime on the run's export (`vislab export RUN`: the same uint8 thumbnail and patches in,
 rectangle, crop logit and cell logits out), else in PyTorch. The decode grid's patches
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -26,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from vislab.serve.predictors import ONNXRUNTIME, PYTORCH, Predictor, register
 
 PICTURE_SIDE = 512  # the photo in the picture, at most this many pixels a side
+# matplotlib's rc_context sets and restores the process-wide rcParams: two pictures drawn at
+# once in request threads would each draw in, and restore, the other's style
+PICTURE_LOCK = threading.Lock()
 
 
 class CropsOptions(BaseModel):
@@ -74,8 +79,7 @@ class CropsPredictor(Predictor):
     def warmup(self, options: BaseModel | None = None) -> None:
         """A grey photo big enough for the patch grid, through the whole path (picture included)."""
         side = self.cfg.patch_size * max(self.cfg.grid)
-        opts = options if options is not None else CropsOptions()
-        self.predict_batch([self.preprocess(Image.new("RGB", (side * 3 // 2, side), (128, 128, 128)), opts)], [opts])
+        self.run_alone(Image.new("RGB", (side * 3 // 2, side), (128, 128, 128)), options if options is not None else CropsOptions())
 
     def outputs(self, thumb: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rect, crop logit, cell logits) of a uint8 batch from the serving engine."""
@@ -116,19 +120,20 @@ class CropsPredictor(Predictor):
             decode = self.decode_logits(torch.stack([i.decode_patches for i in items]))
             rect = final_rect(rect, flag, decode, torch.stack([i.decode_centres for i in items]), self.cfg)
         probs = torch.softmax(cells.float(), -1)
-        results = []
-        for k, item in enumerate(items):
-            res = prediction_fields(rect[k].float().tolist(), float(flag[k]), probs[k].tolist(), item.rotation)
-            if item.view is not None and "error" not in res:
-                res["picture"] = self.picture(item.view, res)
-            results.append(res)
-        return results
+        return [prediction_fields(rect[k].float().tolist(), float(flag[k]), probs[k].tolist(), item.rotation) for k, item in enumerate(items)]
+
+    def finish(self, item: CropsItem, result: dict[str, Any]) -> dict[str, Any]:
+        """The picture, when asked, drawn outside the model's thread (about a second each)."""
+        if item.view is not None and "error" not in result:
+            result["picture"] = self.picture(item.view, result)
+        return result
 
     def picture(self, view: np.ndarray, result: dict[str, Any]) -> str:
         from vislab.report.crops import prediction_picture
 
         buf = io.BytesIO()
-        prediction_picture(view, result, self.cfg.grid, buf)
+        with PICTURE_LOCK:
+            prediction_picture(view, result, self.cfg.grid, buf)
         return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
     def describe(self) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
 The web app (`app.py`) and the batcher are task-blind: they decode an upload, call
 `preprocess` in a request thread, hand the result to the model's micro-batcher, which calls
-`predict_batch` with several requests' items at once, and return its JSON-ready dicts. A
+`predict_batch` with several requests' items at once, then `finish` each result in the
+request's own thread (work that needs no model, such as drawing a picture, so the model's
+one thread runs only model work), and return the JSON-ready dicts. A
 task plugs in as one subclass registered with `@register` (its `task` is the run config's
 `task:` value; in a module of its own named in `PREDICTOR_MODULES`, as serve/detect.py and serve/crops.py),
 plus a renderer of its results in the page (`RENDERERS[task]` in page.html).
@@ -90,11 +92,20 @@ class Predictor(ABC):
     def predict_batch(self, items: Sequence[Any], options: Sequence[BaseModel]) -> list[dict[str, Any]]:
         """One JSON-ready dict per item, in order; `options[i]` are item i's request's options."""
 
+    def finish(self, item: Any, result: dict[str, Any]) -> dict[str, Any]:
+        """`result` of `item` completed after its batch, in the request's thread: what needs no
+        model goes here, not in `predict_batch`, so it never holds up other clients' batches."""
+        return result
+
     def warmup(self, options: BaseModel | None = None) -> None:
         """One grey image through the whole path, so the first request pays neither lazy
         imports nor first-call allocations."""
-        opts = options if options is not None else self.Options()
-        self.predict_batch([self.preprocess(Image.new("RGB", (64, 64), (128, 128, 128)), opts)], [opts])
+        self.run_alone(Image.new("RGB", (64, 64), (128, 128, 128)), options if options is not None else self.Options())
+
+    def run_alone(self, image: Image.Image, options: BaseModel) -> dict[str, Any]:
+        """One image through preprocess, predict_batch and finish, as the server runs it."""
+        item = self.preprocess(image, options)
+        return self.finish(item, self.predict_batch([item], [options])[0])
 
     def parse_options(self, fields: Mapping[str, str]) -> BaseModel:
         """The request's option fields validated by `Options`; a bad one is an `OptionsError`."""
