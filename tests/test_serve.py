@@ -154,7 +154,7 @@ def test_an_overlay_whose_map_is_zero_everywhere_says_so(tmp_path) -> None:
     [
         (lambda p: write_corrupt_png(p / "corrupt.png"), "corrupt.png: cannot read image: "),
         (lambda p: write_truncated(p / "cut.jpg"), "cut.jpg: cannot read image: "),
-        (lambda p: write_not_an_image(p / "notes.txt"), "notes.txt: cannot read image: not an image file"),
+        (lambda p: write_not_an_image(p / "notes.txt"), "notes.txt: cannot read image: not an image vislab reads"),
         (lambda p: write_huge_header_png(p / "bomb.png"), "bomb.png: cannot read image: decompression bomb"),
     ],
 )

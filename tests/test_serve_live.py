@@ -326,7 +326,7 @@ def test_page_in_chromium_at_phone_width(server, runs, browser, tmp_path, keep_s
         assert card.find_element(By.TAG_NAME, "figcaption").text.startswith("Grad-CAM of ")
     assert "640\u00d7480" in " ".join(c.find_element(By.CSS_SELECTOR, ".meta").text for c in cards)
     failed = browser.find_element(By.CSS_SELECTOR, ".card.failed .error").text
-    assert failed.startswith("notes.png: cannot read image: not an image file")
+    assert failed.startswith("notes.png: cannot read image: not an image vislab reads")
     assert browser.find_element(By.ID, "download").is_enabled()
     # the ABN run: its own attention map instead of a CAM
     from selenium.webdriver.support.ui import Select

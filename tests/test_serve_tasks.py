@@ -61,7 +61,7 @@ def test_a_good_image_is_answered_by_its_task(served) -> None:
 
 BAD: dict[str, tuple[Callable[[Path], Path], str]] = {
     "corrupt image": (lambda d: write_corrupt_png(d / "corrupt.png"), "corrupt.png: cannot read image: "),
-    "text file": (lambda d: write_not_an_image(d / "notes.txt"), "notes.txt: cannot read image: not an image file"),
+    "text file": (lambda d: write_not_an_image(d / "notes.txt"), "notes.txt: cannot read image: not an image vislab reads"),
     "huge image": (lambda d: write_huge_header_png(d / "bomb.png"), "bomb.png: cannot read image: decompression bomb"),
 }
 
