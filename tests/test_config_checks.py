@@ -140,3 +140,77 @@ def test_attention_metrics_are_monitored_only_with_the_attention_branch() -> Non
     line = refused("digits-cnn", "--set", "train.monitor=val/att_acc")
     assert "'train.monitor' is not a metric task classify logs" in line, line
     assert shown("digits-cnn", "--set", "train.monitor=val/att_acc", "--set", "model.attention=abn")["train"]["monitor"] == "val/att_acc"
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """YAML keeps the last of two blocks with one key: the first `optim:` (sgd, lr 0.5) was
+    silently dropped and the run trained with adamw at 0.001."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("optim: {lr: 0.5, name: sgd}\ndata:\n  batch_size: 8\noptim: {weight_decay: 0.01}\n")
+    assert refused(str(dup)) == (f"error: {dup}: line 4, column 1: key 'optim' written twice in one mapping (first on line 1); "
+                                 "YAML would keep only the last, so merge them into one")
+    dup.write_text("train:\n  epochs: 3\n  max_time: 5m\n  epochs: 4\n")
+    assert "line 4, column 3: key 'epochs' written twice in one mapping (first on line 2)" in refused(str(dup))
+    line = refused("digits-cnn", "--set", "model.kwargs={a: 1, a: 2}")
+    assert line.startswith("error: --set value {a: 1, a: 2}: line 1, column 8: key 'a' written twice"), line
+    merged = tmp_path / "merge.yaml"  # a YAML merge key is not a second key
+    merged.write_text("optim: {<<: {lr: 0.5, name: sgd}, lr: 0.25}\n")
+    optim = shown(str(merged))["optim"]
+    assert (optim["lr"], optim["name"]) == (0.25, "sgd")
+
+
+def test_aliases_that_expand_past_a_config_are_refused(tmp_path: Path) -> None:
+    """Nested aliases (a YAML bomb: levels of ten uses each) exhausted memory; a few aliases
+    are still fine."""
+    lines = ["model:", "  kwargs:", "    a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"    a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 6)]
+    bomb = tmp_path / "lol.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert refused(str(bomb)) == f"error: {bomb}: line 4, column 14: aliases expand to more than 100000 values; write the values out"
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("model:\n  kwargs: &k {again: *k}\n")
+    assert "an alias refers to the value that holds it" in refused(str(loop))
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("data:\n  augment:\n    scale: &s [0.8, 1.2]\n    random_resized_crop: *s\n")
+    assert shown(str(fine))["data"]["augment"]["random_resized_crop"] == [0.8, 1.2]
+
+
+def test_a_leading_zero_is_decimal_not_octal(tmp_path: Path) -> None:
+    """YAML 1.1 reads 010 as octal 8: `epochs: 010` trained 8 epochs, `max_time: 010` was 8 s."""
+    assert shown("digits-cnn", "--set", "train.epochs=010")["train"]["epochs"] == 10
+    assert shown("digits-cnn", "--set", "train.max_time=010")["train"]["max_time"] == "10"
+    cfg = tmp_path / "zeros.yaml"
+    cfg.write_text("seed: -0_07\ntrain:\n  epochs: 0x10\n")  # an explicit hex prefix means hex
+    assert refused(str(cfg)).startswith(f"error: {cfg}: 'seed' input should be greater than or equal to 0 (got -7)")
+    cfg.write_text("seed: 0_07\ntrain:\n  epochs: 0x10\n")
+    assert (shown(str(cfg))["seed"], shown(str(cfg))["train"]["epochs"]) == (7, 16)
+
+
+def test_numbers_training_cannot_take_are_refused_at_load(tmp_path: Path) -> None:
+    """seed -5 or 1e23 failed in Lightning's seed_everything, batch_size 1e20 mid-run (leaving
+    a run folder), lr 1e400 (inf) trained nan; each is one line naming the key now."""
+    cases = {
+        "seed=-5": "'seed' input should be greater than or equal to 0 (got -5); allowed: int in [0, 4294967295]",
+        "seed=4294967296": "'seed' input should be less than or equal to 4294967295",
+        "seed=1e23": "'seed' ",
+        "model.simple_cnn.init_seed=-1": "'model.simple_cnn.init_seed' input should be greater than or equal to 0",
+        "data.batch_size=1e20": "'data.batch_size' ",
+        "data.batch_size=2000000": "'data.batch_size' input should be less than or equal to 1000000",
+        "data.num_workers=100000": "'data.num_workers' input should be less than or equal to 1024",
+        "train.epochs=1000000000": "'train.epochs' input should be less than or equal to 1000000",
+        "train.checkpoint_every_steps=100000000000000000000": "'train.checkpoint_every_steps' is too large: integers here are at most",
+        "optim.lr=.inf": "'optim.lr' input should be a finite number (got inf)",
+        "optim.lr=1e400": "'optim.lr' input should be a finite number (got inf)",
+        "optim.weight_decay=.inf": "'optim.weight_decay' input should be a finite number",
+        "train.early_stopping={min_delta: .nan}": "'train.early_stopping.min_delta' input should be a finite number (got nan)",
+    }
+    for item, expected in cases.items():
+        line = refused("digits-cnn", "--set", item)
+        assert line.startswith(f"error: --set {item}: {expected}"), line
+    assert shown("digits-cnn", "--set", "seed=4294967295", "--set", "train.epochs=1000000")["seed"] == 4294967295
+    from vislab.testing.synthetic import make_pattern_dataset
+
+    data = make_pattern_dataset(tmp_path / "d", per_class=4, size=16)
+    res = invoke("train", "digits-cnn", "--data", str(data), "--out", str(tmp_path / "run"), "--set", "data.batch_size=1e20")
+    assert res.exit_code == 2 and res.output.startswith("error: --set data.batch_size=1e20: 'data.batch_size'"), res.output
+    assert not (tmp_path / "run").exists()

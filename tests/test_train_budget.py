@@ -162,6 +162,51 @@ def test_stages_fixed_for_speed_stay_fixed_only_when_the_epochs_do_not_fit_witho
     assert plan.epochs == 4 and plan.cut and planned.train.freeze_stages == 2  # 4 x 61 s x 1.1 fit 300 s; 2 unfixed would
 
 
+class CountedProbe(Probe):
+    """A Probe that counts how often the plan asks for an epoch's cost."""
+
+    calls = 0
+
+    def epoch_s(self, frozen: bool = False, fixed: bool = False) -> float:
+        CountedProbe.calls += 1
+        return super().epoch_s(frozen, fixed)
+
+
+def test_as_many_epochs_as_fit_is_planned_without_counting_down_from_the_epochs_asked():
+    """train.epochs 1e9 with --max-time spun at 100% CPU counting down one epoch at a time,
+    before training, deaf to SIGTERM; the plan is now found in a few steps, and it is the
+    same plan: the most epochs whose cost fits, as counting down found."""
+    from vislab.plan import PLAN_MARGIN, frozen_epochs
+
+    MOST = 1_000_000  # the most train.epochs takes
+    for freeze, frozen in ((0, None), (3, 0.2), (3, 2.0), (50, 0.01)):
+        fast = CountedProbe(**{**probe(1.0, frozen).__dict__, "train_batches": 1, "val_batches": 1})
+        CountedProbe.calls = 0
+        _, plan = fit_plan(tiny_config(train={"epochs": MOST, "freeze_backbone_epochs": freeze}), "1h", 3600.0, fast)
+        assert 1000 < plan.epochs < MOST and CountedProbe.calls < 5000, (freeze, frozen, plan.epochs, CountedProbe.calls)
+    for asked in range(1, 25):  # the plan counting down from the epochs asked would make
+        for freeze, frozen, budget in ((0, None, 500.0), (2, 0.3, 700.0), (asked, 0.05, 300.0), (asked + 3, 0.9, 900.0), (1, 0.05, 250.0)):
+            pr = probe(1.0, frozen)
+            cfg = tiny_config(train={"epochs": asked, "freeze_backbone_epochs": freeze})
+
+            def cost(e: int) -> float:
+                f = frozen_epochs(freeze, e, asked) if frozen is not None else 0
+                return f * pr.epoch_s(True) + (e - f) * pr.epoch_s()
+
+            counted = asked
+            while counted > 1 and cost(counted) * PLAN_MARGIN > budget:
+                counted -= 1
+            if cost(1) <= budget:
+                assert fit_plan(cfg, "x", budget, pr)[1].epochs == counted, (asked, freeze, frozen, budget)
+
+
+def test_a_run_of_a_million_epochs_asked_trains_the_epochs_that_fit_its_budget(dataset, tmp_path):
+    run = train(paced(0.05, 0.05, train={"epochs": 1_000_000}), dataset, tmp_path / "run", max_time="5s")
+    summary, plan = read(run, "summary.json"), read(run, "run.json")["plan"]
+    assert plan["epochs_asked"] == 1_000_000 and 1 <= plan["epochs"] < 100
+    assert summary["wall_time_s"] <= 5.0 + 0.5 and summary["epochs_completed"] >= 1
+
+
 def test_a_backbone_that_never_unfroze_is_a_warning(dataset, tmp_path):
     run = train(tiny_config(train={"epochs": 2, "freeze_backbone_epochs": 3}), dataset, tmp_path / "run")
     warned = [m for m in read(run, "health.json") if m["code"] == "backbone_never_unfrozen"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import sys
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, Val
 from pydantic.fields import FieldInfo
 
 # the file and duration helpers live in their own modules; importing them from here stays valid
-from vislab.config_files import RECIPES_DIR, config_path, copy_recipe, load_yaml, read_yaml, recipe_description, recipe_names, recipe_path  # noqa: F401
+from vislab.config_files import (  # noqa: F401
+    RECIPES_DIR, RefusedYaml, config_path, copy_recipe, load_yaml, read_yaml, recipe_description, recipe_names, recipe_path, yaml_problem)
 from vislab.durations import duration_seconds, duration_text, parse_duration  # noqa: F401
 from vislab.errors import VislabError, closest_name
 from vislab.tasks.registry import DEFAULT_TASK, get_task, task_names
@@ -42,10 +44,19 @@ def _numeric(annotation: Any) -> bool:
     return annotation in (int, float)
 
 
-class Section(BaseModel):
-    """Base for config sections: unknown keys are errors, assignments are validated."""
+MAX_SEED = 2**32 - 1  # seed_everything takes 32 bits
+MAX_EPOCHS = 1_000_000  # "as many as fit" under --max-time: the plan finds them, no loop counts to it
+MAX_BATCH = 1_000_000
+MAX_WORKERS = 1024
+MAX_INT = sys.maxsize  # any other integer: past it, Python's and torch's counters overflow mid-run
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+class Section(BaseModel):
+    """Base for config sections: unknown keys are errors, assignments are validated, numbers
+    are finite (no field means anything by inf or nan: `lr: 1e400` is a typo) and integers
+    fit the counters they end up in."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -55,6 +66,16 @@ class Section(BaseModel):
         annotation = cls.model_fields[info.field_name].annotation
         if isinstance(v, bool) and _numeric(annotation) and not _takes_bool(annotation):
             raise ValueError("expects a number, not true/false")
+        return v
+
+    @field_validator("*")
+    @classmethod
+    def _int_fits(cls, v: Any) -> Any:
+        """An integer (or a list of them) no count can reach: `batch_size: 1e20` failed mid-run
+        with an overflow traceback."""
+        values = v if isinstance(v, (list, tuple)) else (v,)
+        if any(isinstance(x, int) and not isinstance(x, bool) and abs(x) > MAX_INT for x in values):
+            raise ValueError(f"is too large: integers here are at most {MAX_INT:.3g}")
         return v
 
 
@@ -74,7 +95,7 @@ class SimpleCNNConfig(Section):
     fc: int = Field(512, ge=0, description="Width of the hidden fully connected layer; 0 goes straight to the classifier.")
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout before the classifier.")
     init_std: float | None = Field(None, gt=0.0, description="Draw conv and linear weights from N(0, init_std); null keeps PyTorch's init.")
-    init_seed: int | None = Field(1234, description="Seed of the initial weights, so variants start alike; null follows the global seed.")
+    init_seed: int | None = Field(1234, ge=0, le=MAX_SEED, description="Seed of the initial weights, so variants start alike; null follows the global seed.")
     batch_norm: bool = Field(True, description="BatchNorm after each conv.")
 
 
@@ -159,9 +180,9 @@ class DataConfig(Section):
     """Input size, batches, loading and augmentation."""
 
     img_size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(None, description="Input size (N or [H, W]); null: the model's own.")
-    batch_size: int = Field(64, ge=1, description="Training batch size (per device).")
-    eval_batch_size: int | None = Field(None, ge=1, description="Evaluation batch size; null: batch_size.")
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes (more than the CPU cores this process may use is a warning).")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH, description="Training batch size (per device).")
+    eval_batch_size: int | None = Field(None, ge=1, le=MAX_BATCH, description="Evaluation batch size; null: batch_size.")
+    num_workers: int = Field(2, ge=0, le=MAX_WORKERS, description="DataLoader worker processes (more than the CPU cores this process may use is a warning).")
     grayscale: bool = Field(False, description="Convert images to grey (set model.in_chans: 1 for one channel).")
     augment: AugmentConfig = Field(default_factory=AugmentConfig, description="Training augmentation.")
     sampler: Literal["random", "weighted"] = Field("random", description="weighted draws classes equally often (imbalanced data).")
@@ -237,9 +258,9 @@ class AveragingConfig(Section):
 class TrainConfig(Section):
     """Length, precision, devices, checkpoints and regularisation of training."""
 
-    epochs: int = Field(10, ge=1, description="Epochs to train.")
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS, description="Epochs to train (with a time budget: the most it may train).")
     max_time: str | None = Field(None, description="Training-time budget of the whole run, e.g. 5h, 90m, 1h30m, or a number of seconds (as --max-time).")
-    freeze_backbone_epochs: int = Field(0, ge=0, description="Train only the head (and attention branch) for this many epochs first.")
+    freeze_backbone_epochs: int = Field(0, ge=0, le=MAX_EPOCHS, description="Train only the head (and attention branch) for this many epochs first.")
     freeze_bn: bool = Field(False, description="Keep the backbone's BatchNorm statistics fixed after unfreezing too (small datasets).")
     freeze_stages: int = Field(
         0, ge=0, description="Keep the stem and the first N feature levels (timm's feature_info) of a pretrained backbone frozen for the whole run, BatchNorm included, for cheaper steps; with --max-time, only when the epochs asked do not fit without.")
@@ -344,7 +365,7 @@ class RunConfig(Section):
     and the early-stopping metric are the task's (classification: val/acc, max)."""
 
     task: str = Field(DEFAULT_TASK, description="What to train: a registered task.", json_schema_extra={"choices": task_names})
-    seed: int = Field(0, description="Seed of weights, data order, splits and augmentation.")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of weights, data order, splits and augmentation (0 to 2**32-1).")
     model: ModelConfig = Field(default_factory=ModelConfig, description="The network.")
     data: DataConfig = Field(default_factory=DataConfig, description="Input, batches and augmentation.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimizer and learning rates.")
@@ -435,16 +456,19 @@ def _section_of(annotation: Any) -> type[Section] | None:
 
 def _bounds(metadata: list[Any]) -> str:
     """Numeric constraints as text: '> 0', '>= 1', 'in [0, 1)'."""
+    def num(x: float) -> str:  # an integer bound in full (a seed's 4294967295, not 4.29497e+09)
+        return str(x) if isinstance(x, int) else f"{x:g}"
+
     lo = hi = None
     for m in metadata:
         if isinstance(m, annotated_types.Ge):
-            lo = f"[{m.ge:g}"
+            lo = f"[{num(m.ge)}"
         elif isinstance(m, annotated_types.Gt):
-            lo = f"({m.gt:g}"
+            lo = f"({num(m.gt)}"
         elif isinstance(m, annotated_types.Le):
-            hi = f"{m.le:g}]"
+            hi = f"{num(m.le)}]"
         elif isinstance(m, annotated_types.Lt):
-            hi = f"{m.lt:g})"
+            hi = f"{num(m.lt)})"
     if lo and hi:
         return f" in {lo}, {hi}"
     if lo:
@@ -673,9 +697,12 @@ def _format_error(err: ValidationError, source: str, overrides: Sequence[str] = 
 
 
 def parse_value(text: str) -> Any:
-    """Parse an override value the way YAML would (numbers, booleans, lists, null)."""
+    """Parse an override value the way YAML would (numbers, booleans, lists, null); a value
+    YAML cannot read stays text, one vislab refuses (a key written twice) is an error."""
     try:
         return load_yaml(text)
+    except RefusedYaml as err:
+        raise VislabError(f"--set value {text}: {yaml_problem(err)}") from None
     except yaml.YAMLError:
         return text
 

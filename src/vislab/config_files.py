@@ -99,9 +99,84 @@ def copy_recipe(name: str, dest: str | Path | None = None) -> Path:
     return target
 
 
+# an aliased YAML value counts once per use: past this many, nested aliases are a YAML bomb
+# (9 levels of ten uses are a billion values), not a config
+MAX_ALIASED_VALUES = 100_000
+
+
+class RefusedYaml(yaml.constructor.ConstructorError):
+    """Valid YAML that vislab refuses to read (a key written twice, aliases expanding too far)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """YAML as people write numbers: `1e-4` is a float (PyYAML's YAML 1.1 rules need `1.0e-4`,
-    so a search space's `float: [1e-4, 1e-1]` arrived as two strings)."""
+    """YAML as people write it, which is not always as YAML 1.1 reads it:
+
+    - `1e-4` is a float (PyYAML's YAML 1.1 rules need `1.0e-4`, so a search space's
+      `float: [1e-4, 1e-1]` arrived as two strings);
+    - `1:30` stays text (YAML 1.1's base-60 number 90; see below);
+    - `010` is ten, as YAML 1.2 reads it (YAML 1.1's octal made `epochs: 010` eight epochs);
+      `0x10` and `0b10` keep their explicit hex and binary prefixes;
+    - a key written twice in one mapping is an error naming both lines (YAML keeps the last,
+      silently dropping the first block);
+    - aliases (`*name`) are allowed, but not past `MAX_ALIASED_VALUES` values once expanded."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent) and not hasattr(self, "_first_alias"):
+            self._first_alias = self.peek_event().start_mark
+        return super().compose_node(parent, index)
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        if hasattr(self, "_first_alias"):
+            _check_expansion(node, self._first_alias)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Node] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: the base constructor says so
+                    continue
+                if first is not key_node:
+                    raise RefusedYaml(None, None, f"key '{key}' written twice in one mapping (first on line {first.start_mark.line + 1}); "
+                                      "YAML would keep only the last, so merge them into one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "").lstrip("+-")
+        if len(text) > 1 and text[0] == "0" and text.isdigit():  # YAML 1.1 octal: read as decimal
+            return int(str(self.construct_scalar(node)).replace("_", ""), 10)
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _check_expansion(root: yaml.Node, mark: Any) -> None:
+    """Refuse a document whose aliases expand past `MAX_ALIASED_VALUES` values (or into
+    themselves), before anything walks the expanded values."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            if sizes[id(node)] < 0:
+                raise RefusedYaml(None, None, "an alias refers to the value that holds it; write the value out", mark)
+            return sizes[id(node)]
+        sizes[id(node)] = -1
+        children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value if isinstance(node, yaml.SequenceNode) else []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > MAX_ALIASED_VALUES:
+                raise RefusedYaml(None, None, f"aliases expand to more than {MAX_ALIASED_VALUES} values; write the values out", mark)
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 _Loader.add_implicit_resolver(
@@ -119,7 +194,7 @@ for _first, _resolvers in _Loader.yaml_implicit_resolvers.items():
 
 
 def load_yaml(text: str) -> Any:
-    """`yaml.safe_load` with `_Loader`'s numbers: every config, space and override is read so."""
+    """`yaml.safe_load` with `_Loader`'s rules: every config, space and override is read so."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -150,6 +225,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     p = config_path(path)
     try:
         raw = load_yaml(read_text(p)) or {}
+    except RefusedYaml as err:
+        raise VislabError(f"{p}: {yaml_problem(err)}") from None
     except yaml.YAMLError as err:
         raise VislabError(f"{p}: not valid YAML at {yaml_problem(err)}") from None
     if not isinstance(raw, dict):

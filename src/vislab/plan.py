@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from vislab.config import duration_text
 from vislab.errors import VislabError
@@ -367,6 +367,23 @@ class Plan:
                 f"({cost}; probe {self.spent_s:.1f} s){rest}")
 
 
+def _most_epochs(asked: int, room: float, cost: Callable[[int], float], epoch_s: float, frozen_s: float | None, freeze: int) -> int:
+    """The most epochs up to `asked` (at least 1) whose `cost` fits `room` seconds, found without
+    counting down from `asked` (train.epochs: 1000000 under --max-time means as many as fit).
+
+    The frozen share of a cut run is freeze / asked rounded (at least one of each, see
+    `frozen_epochs`), so cost(e) lies within one epoch's difference of e * the mean epoch:
+    no e past (room + that difference) / mean fits, and counting down from there is short."""
+    share = min(1.0, freeze / asked) if frozen_s is not None else 0.0
+    mean = share * (frozen_s or 0.0) + (1 - share) * epoch_s
+    slack = abs((frozen_s or epoch_s) - epoch_s)
+    bound = (room + slack) / mean if mean > 0 else math.inf
+    epochs = asked if bound >= asked else max(1, math.floor(bound))
+    while epochs > 1 and cost(epochs) > room:
+        epochs -= 1
+    return epochs
+
+
 def fit_plan(cfg: "RunConfig", budget: str, budget_s: float, probe_result: Probe, spent_s: float = 0.0) -> tuple["RunConfig", Plan]:
     """The most epochs (up to `train.epochs`) whose measured cost fits what is left of the
     budget, and `cfg` scaled to them. A budget that fits no whole epoch is an error."""
@@ -387,8 +404,7 @@ def fit_plan(cfg: "RunConfig", budget: str, budget_s: float, probe_result: Probe
             f"{probe_result.train_batches} steps, validation and saving, after {spent_s:.0f} s of probing); "
             f"give at least {math.ceil(spent_s + cost(1, fixed) * PLAN_MARGIN)}s, or fewer batches per epoch (train.limit_train_batches)"
         )
-    epochs = asked
-    while epochs > 1 and cost(epochs, fixed) * PLAN_MARGIN > left:
-        epochs -= 1
+    epochs = _most_epochs(asked, left / PLAN_MARGIN, lambda e: cost(e, fixed), probe_result.epoch_s(False, fixed),
+                          probe_result.epoch_s(True) if freeze and probe_result.frozen_step_s is not None else None, freeze)
     planned, changed = scale_plan(cfg, epochs, release_stages=probe_result.fixed_step_s is not None and not fixed)
     return planned, Plan(budget, budget_s, spent_s, asked, epochs, changed, probe_result)
