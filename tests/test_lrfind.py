@@ -83,3 +83,60 @@ def test_cli_lr_find(data, tmp_path) -> None:
     assert res.exit_code == 2 and "not a curated dataset" in res.output
     res = CliRunner().invoke(app, ["lr-find", str(cfg), "--data", str(data), "--min-lr", "1", "--max-lr", "0.1"])
     assert res.exit_code == 2 and "--min-lr" in res.output
+
+
+def test_steepest_descent_ignores_repeated_lrs_and_non_finite_losses() -> None:
+    lrs = [1e-5, 1e-5, 1e-4, 1e-4, 1e-3, 1e-2]
+    with np.errstate(all="raise"):  # no division by a zero step in log(lr)
+        j = steepest_index(lrs, [2.0, 1.9, 1.5, 1.4, 1.0, 0.9])
+    assert j is not None and lrs[j] < lrs[j + 1]
+    losses = [2.0, float("nan"), 1.5, float("inf"), 1.0, 0.9]
+    with np.errstate(invalid="ignore"):
+        j = steepest_index([1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0], losses)
+    assert j is not None and math.isfinite(losses[j]) and math.isfinite(losses[j + 1])
+    assert steepest_index([1e-3, 1e-3, 1e-3], [1.0, 0.5, 0.2]) is None
+
+
+def test_one_point_per_optimizer_step_with_accumulation_and_a_frozen_backbone_over_many_epochs(data, tmp_path, capsys) -> None:
+    # 4 images a batch, 2 batches a step: the 20 steps run many epochs of the small train split
+    cfg = tiny_config(data={"batch_size": 4}, train={"accumulate_grad_batches": 2, "freeze_backbone_epochs": 1})
+    result = lr_find(cfg, data, tmp_path / "out", steps=20, min_lr=1e-7, max_lr=1e-3)
+    assert len(result.lrs) == 20 and all(a < b for a, b in zip(result.lrs, result.lrs[1:]))
+    assert result.lrs[0] == pytest.approx(1e-7) and result.lrs[-1] == pytest.approx(1e-3)
+    # the loss of each step as trained (3 classes, near ln 3 at these small lrs), not divided by 2
+    assert all(0.7 * math.log(3) < v < 1.5 * math.log(3) for v in result.losses), result.losses
+    assert len(result.table.read_text().splitlines()) == 21
+    assert "backbone unfrozen" not in capsys.readouterr().out  # frozen for the whole sweep
+
+
+@pytest.mark.parametrize("case", ["file", "under_file", "folder_at_name", "link_at_name"])
+def test_out_refused_before_the_sweep(case, data, tmp_path, monkeypatch) -> None:
+    import vislab.train
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(vislab.train, "build_task", no_training)
+    cfg = tmp_path / "tiny.yaml"
+    save_config(tiny_config(), cfg)
+    victim = tmp_path / "victim.csv"
+    victim.write_text("keep\n")
+    out = tmp_path / "out"
+    if case == "file":
+        out.write_text("hi\n")
+        expected = "is a file, not a folder"
+    elif case == "under_file":
+        (tmp_path / "afile").write_text("hi\n")
+        out = tmp_path / "afile" / "sub"
+        expected = "which is a file, not a folder"
+    elif case == "folder_at_name":
+        (out / "lr_find.png").mkdir(parents=True)
+        expected = "lr_find.png is a folder"
+    else:
+        out.mkdir()
+        (out / "lr_find.csv").symlink_to(victim)
+        expected = "lr_find.csv is a symbolic link"
+    res = CliRunner().invoke(app, ["lr-find", str(cfg), "--data", str(data), "--out", str(out), "--steps", "20"])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith(f"error: --out {out}") and expected in res.output and len(res.output.strip().splitlines()) == 1
+    assert victim.read_text() == "keep\n"

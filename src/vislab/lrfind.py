@@ -2,24 +2,28 @@
 `lr_find`).
 
 The learning rate grows exponentially from `min_lr` to `max_lr` over `steps` optimizer steps
-of real training on the config's data; the smoothed loss against the learning rate shows where
-training is fast and where it diverges. The suggestion is fastai's `valley` rule (the point
-two-thirds down the longest falling stretch of the curve, a little below where the loss falls
-fastest), with the steepest descent reported beside it.
+of real training on the config's data, one point per step (with `accumulate_grad_batches`,
+the mean loss of the batches it accumulated); the smoothed loss against the learning rate
+shows where training is fast and where it diverges. The suggestion is fastai's `valley` rule
+(the point two-thirds down the longest falling stretch of the curve, a little below where the
+loss falls fastest), with the steepest descent reported beside it.
 
 Our own sweep rather than Lightning's `Tuner.lr_find`, which sets every parameter group to the
 same learning rate: here every group keeps its ratio to `optim.lr` (the backbone's
 `backbone_lr_mult`, the biases' `bias_lr_mult`, Muon's `muon_lr`), so the suggestion is a
 value for `optim.lr` under the config's own optimizer. The sweep runs in epoch-0 conditions
-(a backbone frozen for the first epochs is frozen here too) without the schedule, early
-stopping or weight averaging. It writes a plot and a CSV, never checkpoints or run files, and
-trains a throw-away model: the config and the caller's random state are left as they were.
+(a backbone frozen for the first epochs stays frozen throughout, however many epochs a small
+dataset makes of the sweep) without the schedule, early stopping or weight averaging. It
+writes a plot and a CSV, never checkpoints or run files, and trains a throw-away model: the
+config and the caller's random state are left as they were. Its --out is checked before the
+sweep, so a path that cannot take the files fails at once, in one line.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import tempfile
 import warnings
@@ -31,7 +35,7 @@ import numpy as np
 
 from vislab.config import RunConfig, build_config
 from vislab.errors import VislabError
-from vislab.fsguard import inside, replacing, write_file
+from vislab.fsguard import cannot_write, folder_problem, inside, make_folder, printable, replacing, write_file
 
 SMOOTHING = 0.98  # the exponential moving average fastai and Lightning smooth the loss with
 # Lightning warnings that do not apply to a sweep without validation, on the task's own batch hook
@@ -74,16 +78,26 @@ def valley_index(losses: Sequence[float]) -> int:
 
 
 def steepest_index(lrs: Sequence[float], losses: Sequence[float]) -> int | None:
-    """Where the loss falls fastest against log(lr)."""
+    """Where the loss falls fastest against log(lr); None when no two points differ in lr (a
+    slope over a zero step would be infinite) or no slope is finite."""
     if len(losses) < 2:
         return None
-    slopes = np.diff(np.asarray(losses, dtype=float)) / np.diff(np.log(np.asarray(lrs, dtype=float)))
-    return int(np.argmin(slopes))
+    dx = np.diff(np.log(np.asarray(lrs, dtype=float)))
+    dy = np.diff(np.asarray(losses, dtype=float))
+    ok = dx > 0
+    slopes = np.full(dx.shape, np.inf)
+    np.divide(dy, dx, out=slopes, where=ok)
+    slopes[~np.isfinite(slopes)] = np.inf
+    return int(np.argmin(slopes)) if np.isfinite(slopes).any() else None
 
 
 def _sweep_config(cfg: RunConfig) -> RunConfig:
-    """The config trained by the sweep: no schedule, early stopping, averaging or time limit."""
+    """The config trained by the sweep: no schedule, early stopping, averaging or time limit,
+    and a backbone frozen at the start frozen throughout (a dataset of a few batches runs
+    many epochs of the sweep, which would otherwise unfreeze it halfway along the curve)."""
     raw = cfg.model_dump(mode="json")
+    if raw["train"]["freeze_backbone_epochs"] > 0:
+        raw["train"]["freeze_backbone_epochs"] = 2**31 - 1
     raw["scheduler"]["name"] = "none"
     raw["train"]["early_stopping"] = None
     raw["train"]["averaging"]["kind"] = "none"
@@ -109,13 +123,17 @@ def _sweep_callback(steps: int, min_lr: float, max_lr: float, base_lr: float, st
     from lightning.pytorch.callbacks import Callback
 
     class Sweep(Callback):
-        """Sets every group's lr to its config ratio times the sweep's lr; records the loss."""
+        """Sets every group's lr to its config ratio times the sweep's lr; records one point
+        per optimizer step: its lr and the mean loss of the batches accumulated into it
+        (Lightning hands each batch's loss divided by `accumulate_grad_batches`)."""
 
         def __init__(self) -> None:
             self.base: list[float] = []
             self.lrs: list[float] = []
             self.losses: list[float] = []
             self.smoothed: list[float] = []
+            self.pending: list[float] = []
+            self.stepped = 0
             self.avg = 0.0
             self.best = math.inf
             self.diverged = False
@@ -127,14 +145,18 @@ def _sweep_callback(steps: int, min_lr: float, max_lr: float, base_lr: float, st
             self.base = [g["lr"] / base_lr for g in trainer.optimizers[0].param_groups]
 
         def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-            lr = self.lr_at(trainer.global_step)
             for group, ratio in zip(trainer.optimizers[0].param_groups, self.base):
-                group["lr"] = lr * ratio
-            self.lrs.append(lr)
+                group["lr"] = self.lr_at(trainer.global_step) * ratio
 
         def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
             loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-            value = float(loss.detach()) if loss is not None else math.nan
+            self.pending.append(float(loss.detach()) * trainer.accumulate_grad_batches if loss is not None else math.nan)
+            if trainer.global_step == self.stepped:  # still accumulating: the optimizer has not stepped
+                return
+            self.stepped = trainer.global_step
+            value = sum(self.pending) / len(self.pending)
+            self.pending.clear()
+            self.lrs.append(self.lr_at(trainer.global_step - 1))
             self.losses.append(value)
             n = len(self.losses)
             if not math.isfinite(value):
@@ -175,6 +197,7 @@ def lr_find(
         raise VislabError(f"lr-find: --steps {steps} is too few for a curve; use 20 or more (100 is usual)")
     if data_dir is None or not (Path(data_dir) / "manifest.csv").is_file():
         raise VislabError(f"{data_dir}: not a curated dataset (no manifest.csv); pass --data DATASET_DIR from `vislab curate`")
+    check_out(out_dir)
     scfg = _sweep_config(cfg)
     t = scfg.train
     sweep = _sweep_callback(steps, min_lr, max_lr, scfg.optim.lr, stop_factor)
@@ -207,11 +230,38 @@ def lr_find(
     result.sets = [f"optim.lr={result.suggestion:.2g}"]
     if scfg.optim.name == "muon":  # Muon's groups were swept at the same ratio to optim.lr
         result.sets.append(f"optim.muon_lr={result.suggestion * scfg.optim.muon_lr / scfg.optim.lr:.2g}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result.table = _write_table(result, inside(out, TABLE_NAME))
-    result.plot = plot_lr_find(result, inside(out, PLOT_NAME))
+    out = check_out(out_dir)  # again: something may have taken a name during the sweep
+    table, plot = inside(out, TABLE_NAME), inside(out, PLOT_NAME)
+    for path, write in ((table, _write_table), (plot, plot_lr_find)):
+        try:
+            write(result, path)
+        except OSError as err:  # a read-only folder, a full disk
+            raise cannot_write(path, err) from None
+    result.table, result.plot = table, plot
     return result
+
+
+def check_out(out_dir: str | Path) -> Path:
+    """The --out folder, made if missing, once the plot and the table can be written there;
+    refused in one line (before the sweep) when it or a folder above it is a file, or a
+    folder, link or special file has the name of one of them. The files are written whole
+    and renamed into place: an existing one is replaced, a link is refused, never written
+    through."""
+    out = Path(out_dir)
+    problem = folder_problem(out)
+    if problem:
+        raise VislabError(f"--out {printable(out)}: {problem}; choose a folder path")
+    for name in (PLOT_NAME, TABLE_NAME):
+        path = out / name
+        kind = "a symbolic link" if path.is_symlink() else "a folder" if path.is_dir() else None
+        if kind is None and os.path.lexists(path) and not path.is_file():
+            kind = "not a regular file"
+        if kind:
+            raise VislabError(
+                f"--out {printable(out)}: {printable(path)} is {kind}, not a file lr-find can replace "
+                f"with its {name}; move it away or choose another --out"
+            )
+    return make_folder(out, "--out")
 
 
 def suggest(lrs: Sequence[float], losses: Sequence[float], smoothed: Sequence[float], steps: int, diverged: bool) -> LRFindResult:
