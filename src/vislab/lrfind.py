@@ -33,7 +33,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from vislab.config import RunConfig, build_config
+from vislab.config import MAX_EPOCHS, RunConfig, build_config
 from vislab.errors import VislabError
 from vislab.fsguard import cannot_write, folder_problem, inside, make_folder, printable, replacing, write_file
 
@@ -97,7 +97,7 @@ def _sweep_config(cfg: RunConfig) -> RunConfig:
     many epochs of the sweep, which would otherwise unfreeze it halfway along the curve)."""
     raw = cfg.model_dump(mode="json")
     if raw["train"]["freeze_backbone_epochs"] > 0:
-        raw["train"]["freeze_backbone_epochs"] = 2**31 - 1
+        raw["train"]["freeze_backbone_epochs"] = MAX_EPOCHS
     raw["scheduler"]["name"] = "none"
     raw["train"]["early_stopping"] = None
     raw["train"]["averaging"]["kind"] = "none"
