@@ -265,3 +265,16 @@ def test_python_dash_m_vislab_is_the_cli():
     proc = subprocess.run([sys.executable, "-m", "vislab", "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Usage: vislab" in proc.stdout and "curate" in proc.stdout and "train" in proc.stdout
+
+
+def test_a_mapping_set_merges_into_its_section_and_an_empty_one_resets_it() -> None:
+    """--set 'optim={lr: 0.5}' replaced the recipe's optim section with defaults: its muon
+    optimizer, momentum and weight decay were silently dropped."""
+    recipe = load_config("cifar10-fast").optim
+    res = invoke("train", "cifar10-fast", "--set", "optim={lr: 0.5, momentum: 0.8}", "--show-config")
+    assert res.exit_code == 0, res.output
+    shown = RunConfig.model_validate(yaml.safe_load(res.output)).optim
+    assert shown.model_dump() == {**recipe.model_dump(), "lr": 0.5, "momentum": 0.8} and shown.name == "muon"
+    nested = load_config("cifar10-fast", ["data={augment: {preset: none}}"]).data
+    assert nested.augment.preset == "none" and nested.model_dump(exclude={"augment"}) == load_config("cifar10-fast").data.model_dump(exclude={"augment"})
+    assert load_config("cifar10-fast", ["optim={}"]).optim == RunConfig().optim

@@ -341,6 +341,16 @@ def test_epochs_swept_and_given_by_flag_is_refused(files, tmp_path):
         resolve(base, SweepOptions(space=space, epochs=3))
 
 
+def test_max_time_swept_and_given_by_trial_max_time_is_refused(files, tmp_path):
+    """--trial-max-time was silently overridden by each trial's swept train.max_time."""
+    from vislab.sweep.study import resolve
+
+    base, _ = files
+    for space in ({"train.max_time": ["1m", "2m"]}, {"train": [{"max_time": "1m"}, {"max_time": "2m"}]}):
+        with pytest.raises(VislabError, match=r"varies train.max_time, which --trial-max-time 5m would fix for every trial; drop one"):
+            resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space), trial_max_time="5m"))
+
+
 def test_a_trial_is_never_pruned_at_its_last_epoch(dataset, files, tmp_path):
     """As in the pruner test, lr 1e-7 is worse than the two finished trials when its second
     epoch ends; with 2 epochs that is its last: it trained fully, so it is a result."""

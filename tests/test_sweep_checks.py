@@ -75,8 +75,8 @@ def test_choices_the_config_reads_as_one_value_are_duplicates(dataset, base, tmp
         ({"seed": {"int": [0, 9]}}, "seed"),
         ({"model.simple_cnn.init_seed": [1, 2]}, "model.simple_cnn.init_seed"),
         ({" task": ["classify", "crops"]}, "task"),  # the key as the override reads it
-        # a whole section as a choice: the first resets train.monitor to the task's val/acc
-        ({"train": [{"epochs": 1, "devices": 1}, {"epochs": 1, "devices": 1, "monitor": "val/loss", "monitor_mode": "min"}]}, "train.monitor"),
+        # a whole section as a choice (merged into the base's train): the second sets train.monitor
+        ({"train": [{"epochs": 1, "devices": 1}, {"epochs": 1, "devices": 1, "monitor": "val/acc", "monitor_mode": "max"}]}, "train.monitor"),
     ],
 )
 def test_keys_every_trial_must_share_cannot_be_swept(dataset, base, tmp_path, space, key):
@@ -277,3 +277,98 @@ def test_results_csv_neutralises_formulas_and_reads_back_its_numbers(dataset, ba
     assert sorted(back["model.kwargs.tag"]) == ["'=1+1", "-0.5"]
     assert back["trial"].dtype.kind == "i" and sorted(back["trial"]) == [0, 1] and back["duration_s"].dtype.kind == "f"
     assert back["note"].str.startswith("model.kwargs.tag: simple_cnn takes no model.kwargs").all()
+
+
+@pytest.mark.parametrize(
+    "space, outer, inner",
+    [
+        ("optim.lr: {float: [0.001, 0.1], log: true}\noptim: [{name: sgd}, {name: adam}]\n", "optim", "optim.lr"),
+        ("data: [{batch_size: 8}, {batch_size: 16}]\ndata.augment.preset: [none, light]\n", "data", "data.augment.preset"),
+    ],
+)
+def test_a_swept_key_under_another_swept_key_is_refused_naming_both(dataset, base, tmp_path, space, outer, inner):
+    """optim.lr with an optim choice: the section written last overwrote the swept rate, so
+    every trial trained with the base rate while results.csv showed the suggested ones."""
+    space_file = tmp_path / "space.yaml"
+    space_file.write_text(space)
+    out = tmp_path / "out"
+    res = sweep_cli(base, space_file, dataset, out)
+    assert res.exit_code == 2, res.output
+    line = res.output.strip()
+    assert len(line.splitlines()) == 1 and "space.yaml" in line
+    assert f"'{inner}' lies under '{outer}', which is also swept" in line
+    assert not out.exists()
+    grid = tmp_path / "grid.yaml"  # a grid: mapping reads the same way
+    grid.write_text(base.read_text() + "grid:\n" + "".join(f"  {row}\n" for row in space.splitlines()))
+    res = CliRunner().invoke(app, ["grid", str(grid), "--list"])
+    assert res.exit_code == 2 and f"grid.yaml: grid: '{inner}' lies under '{outer}'" in res.output, res.output
+
+
+def test_a_section_choice_sets_its_keys_and_keeps_the_base_sections_others(base, tmp_path):
+    """`data: [{batch_size: 8}, ...]` replaced the whole data section with defaults: the base's
+    image size, workers and augmentation were silently lost in every trial."""
+    from vislab.sweep.space import trial_config
+
+    setup = resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", {"data": [{"batch_size": 8}, {"batch_size": 16}]})))
+    data = setup.base["data"]
+    assert data["img_size"] != 224 and data["num_workers"] == 0  # tiny_config's, not the defaults
+    p = setup.params[0]
+    for n, choice in zip((8, 16), p.choices):
+        cfg = trial_config(setup.base, {"data": p.decode(choice)}, "test")
+        assert cfg.data.model_dump(mode="json") == {**data, "batch_size": n}
+
+
+@pytest.mark.parametrize(
+    "space, expected",
+    [
+        ({"data.batch_size": {"int": [1, 1_000_000], "step": 1}}, "'data.batch_size': a step of 1 makes 1000000 grid points, over the limit of 10000"),
+        ({"data.batch_size": {"int": [1, 200], "step": 1}, "optim.lr": {"float": [0.01, 1.0], "step": 0.01}}, "the grid has 20000 points (200 x 100), over the limit of 10000"),
+    ],
+)
+def test_a_grid_too_large_to_train_is_refused_before_listing_its_points(base, tmp_path, space, expected):
+    """A range with a small step made every point in memory first: a MemoryError traceback."""
+    with pytest.raises(VislabError) as err:
+        resolve(base, SweepOptions(space=write(tmp_path / "space.yaml", space), sampler="grid"))
+    assert len(str(err.value).splitlines()) == 1 and expected in str(err.value)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(base.read_text() + yaml.safe_dump({"grid": {"data.batch_size": {"int": [1, 10_001], "step": 1}}}))
+    res = CliRunner().invoke(app, ["grid", str(grid), "--list"])
+    assert res.exit_code == 2 and "makes 10001 grid points, over the limit of 10000" in res.output, res.output
+
+
+def test_an_unexpected_error_in_a_trial_fails_that_trial_and_the_sweep_goes_on(dataset, base, tmp_path, monkeypatch):
+    """Only VislabError and out-of-memory were caught: any other exception (a bug) ended the
+    study with no results.csv. Now it is one failed trial with a one-line note."""
+    import vislab.train
+
+    real, calls = vislab.train.train, []
+
+    def first_call_breaks(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom\nsecond line")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(vislab.train, "train", first_call_breaks)
+    space = write(tmp_path / "space.yaml", {"optim.lr": [0.01, 0.02]})
+    out = tmp_path / "out"
+    result = run_sweep(base, dataset, out, SweepOptions(space=space, trials=1, sampler="random", seed=0, pruner="none"))
+    table = result.table.set_index("state")
+    assert sorted(table.index) == ["complete", "fail"]
+    assert table.loc["fail", "note"].startswith("unexpected RuntimeError: boom (traceback")
+    study = optuna.load_study(study_name=out.name, storage=f"sqlite:///{out / 'study.db'}")
+    failed = next(t for t in study.get_trials() if t.state.name == "FAIL")
+    assert "first_call_breaks" in failed.user_attrs["traceback"]
+    assert (out / "results.csv").read_text().count("\n") == 3
+
+
+def test_the_failure_that_stops_the_sweep_is_in_results_csv_and_sweep_html(dataset, base, tmp_path):
+    """Three failures in a row stop the sweep; results.csv lacked the third and sweep.html was
+    never written."""
+    space = write(tmp_path / "space.yaml", {"train.class_weights": [[1, 2, 3], [1, 2, 3, 4]]})
+    out = tmp_path / "out"
+    with pytest.raises(VislabError, match="3 trials in a row failed; the last: train.class_weights: . weights given for 2 classes"):
+        run_sweep(base, dataset, out, SweepOptions(space=space, trials=4, sampler="random", seed=0, pruner="none"))
+    rows = pd.read_csv(out / "results.csv")
+    assert sorted(rows["trial"]) == [0, 1, 2] and set(rows["state"]) == {"fail"}
+    assert (out / "sweep.html").is_file()

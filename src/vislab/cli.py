@@ -419,7 +419,7 @@ def train(
     config: Optional[Path] = typer.Argument(None, help="Run config: a YAML file or a recipe name such as digits-cnn (`vislab configs`); optional with --resume."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Curated dataset directory (from `vislab curate`)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory to write, or to continue with --resume."),
-    set_: List[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable; `vislab config` lists the keys)."),
+    set_: List[str] = typer.Option(None, "--set", help="Override a config key, e.g. --set optim.lr=0.01 (repeatable; `vislab config` lists the keys). A mapping merges into its section: --set 'optim={lr: 0.01, weight_decay: 0.01}' sets those two keys and keeps the others; {} resets a section to its defaults."),
     max_time: Optional[str] = typer.Option(None, "--max-time", help="Training-time budget for the whole run, validation and saving included, e.g. 5h, 90m, 1h30m or 600 (seconds); a new run plans the epochs that fit."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs to train (with --max-time: the most); more than before extends a resumed run."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from checkpoints/last.ckpt."),

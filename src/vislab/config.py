@@ -708,7 +708,9 @@ def parse_value(text: str) -> Any:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` strings to a nested dict (creating sections as needed)."""
+    """Apply `a.b.c=value` strings to a nested dict (creating sections as needed). A mapping
+    value merges into the section (`optim={lr: 0.5}` is `optim.lr=0.5`, the recipe's other
+    optim keys kept); an empty one `{}` resets the section to its defaults."""
     for item in overrides:
         if "=" not in item:
             raise VislabError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
@@ -722,8 +724,18 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
             if not isinstance(child, dict):
                 raise VislabError(f"--set {key}: '{part}' is a value, not a section")
             node = child
-        node[parts[-1]] = parse_value(value)
+        _merge(node, parts[-1], parse_value(value))
     return raw
+
+
+def _merge(node: dict[str, Any], key: Any, value: Any) -> None:
+    """Set node[key] = value, merging a non-empty mapping into the mapping already there."""
+    old = node.get(key)
+    if isinstance(value, dict) and value and isinstance(old, dict):
+        for k, v in value.items():
+            _merge(old, k, v)
+    else:
+        node[key] = value
 
 
 def build_config(raw: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()) -> RunConfig:

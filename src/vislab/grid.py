@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from vislab.config import RunConfig, apply_overrides, build_config, read_yaml
 from vislab.errors import VislabError
-from vislab.sweep.space import fixed_keys, override, parse_space, trial_config, variant_name
+from vislab.sweep.space import fixed_keys, grid_points, override, parse_space, trial_config, variant_name
 
 if TYPE_CHECKING:
     from vislab.sweep.study import SweepResult
@@ -45,7 +45,7 @@ def grid_variants(path: str | Path, overrides: Sequence[str] = ()) -> list[tuple
     base = cfg.model_dump(mode="json")
     params = parse_space(grid, source, fixed_keys(cfg.task))
     variants = []
-    for i, combo in enumerate(itertools.product(*(p.grid_values(source) for p in params))):
+    for i, combo in enumerate(itertools.product(*grid_points(params, source).values())):
         values = {p.key: p.decode(v) for p, v in zip(params, combo)}
         name = variant_name(params, values) or f"#{i}"
         variants.append((name, [override(k, v) for k, v in values.items()], trial_config(base, values, f"{path} [{name}]")))

@@ -12,6 +12,9 @@ config with it before anything trains, so a typo is a one-line error naming the 
 two choices the config reads as one value are duplicates, and a key every trial must share
 (`fixed_keys`: the task, the monitored metric, the seeds, what picks or makes the validation
 images, the device; a task adds those of its own section) is refused, with any key under it.
+So are two swept keys of which one lies under the other (`optim` and `optim.lr`), and a grid
+of more than GRID_LIMIT points. A section as a choice (`optim: [{name: sgd}, {name: adam}]`)
+merges into the base config's section, as a mapping given to `--set` does.
 Choices that are lists or mappings (e.g. `model.fast_cnn.widths`) are handed to Optuna as
 their JSON text and turned back into values when a trial's config is built.
 """
@@ -52,6 +55,8 @@ FIXED_KEYS = {
     "train.num_nodes": _DEVICE,
 }
 SPEC_KEYS = {"float", "int", "choices", "log", "step"}
+# the most points a grid (each parameter, and all of them together) may have: each is a training run
+GRID_LIMIT = 10_000
 
 
 @dataclass
@@ -84,6 +89,11 @@ class Param:
                 f"(e.g. {{{self.kind}: [{self.low}, {self.high}], step: ...}})"
             )
         n = int(round((self.high - self.low) / self.step))
+        if n + 1 > GRID_LIMIT:
+            raise VislabError(
+                f"{source}: '{self.key}': a step of {self.step} makes {n + 1} grid points, over the limit of {GRID_LIMIT} "
+                "(each point is a training run); use a larger step, or list the values as choices"
+            )
         points = [self.low + i * self.step for i in range(n + 1)]
         return [int(p) for p in points] if self.kind == "int" else [round(p, 12) for p in points]
 
@@ -201,7 +211,41 @@ def parse_space(mapping: Any, source: str, fixed: dict[str, str] = FIXED_KEYS) -
     """A space (or grid) mapping; `fixed`: the keys it may not name (`fixed_keys` of the task)."""
     if not isinstance(mapping, dict) or not mapping:
         raise VislabError(f"{source}: expected a mapping of dotted config keys to ranges or choices, e.g. optim.lr: {{float: [1e-4, 1e-1], log: true}}")
-    return [parse_param(k, v, source, fixed) for k, v in mapping.items()]
+    params = [parse_param(k, v, source, fixed) for k, v in mapping.items()]
+    _refuse_nested(params, source)
+    return params
+
+
+def _refuse_nested(params: list[Param], source: str) -> None:
+    """Two keys of which one is or lies under the other (`optim` and `optim.lr`): whichever
+    the trial's config sets last overwrites the other, so the study would record values that
+    never trained."""
+    for i, p in enumerate(params):
+        for q in params[:i]:
+            if varies(p, q.key.strip()):
+                outer, inner = sorted((q.key.strip(), p.key.strip()), key=len)
+                if outer == inner:
+                    raise VislabError(f"{source}: '{outer}' is listed twice; give it once")
+                raise VislabError(
+                    f"{source}: '{inner}' lies under '{outer}', which is also swept, so one would overwrite the other; "
+                    f"sweep only one of them (e.g. put {inner.removeprefix(outer + '.')} in each choice of '{outer}')"
+                )
+
+
+def grid_points(params: list[Param], source: str) -> dict[str, list[Any]]:
+    """Every parameter's grid points (as Optuna sees them), counted before any list is made:
+    a grid over GRID_LIMIT points in all is refused."""
+    points: dict[str, list[Any]] = {}
+    for p in params:
+        points[p.key] = p.grid_values(source)
+    size = math.prod(len(v) for v in points.values())
+    if size > GRID_LIMIT:
+        shape = " x ".join(str(len(v)) for v in points.values())
+        raise VislabError(
+            f"{source}: the grid has {size} points ({shape}), over the limit of {GRID_LIMIT} (each point is a training run); "
+            "use fewer values (or `vislab sweep --sampler tpe --trials N`, which samples the ranges)"
+        )
+    return points
 
 
 def read_space(path: str | Path, fixed: dict[str, str] = FIXED_KEYS) -> list[Param]:

@@ -23,8 +23,9 @@ several. The rules that make that safe:
   earlier trial is never trained twice.
 
 A diverged trial (non-finite loss) counts as pruned: the sampler learns to avoid the region.
-A trial that fails otherwise (an error building the model, out of GPU memory) is recorded
-with its message and replaced; three failures in a row stop the worker with the last message.
+A trial that fails otherwise (an error building the model, out of GPU memory, any unexpected
+exception) is recorded with its message and replaced; three failures in a row stop the worker
+with the last message, results.csv and sweep.html written first.
 What no trial's values change is not left to the trials: the dataset is checked once before
 the study (`Task.check_dataset`: a single class, an empty split, and a base config value the
 task or the images cannot take, a `SettingError`, unless the sweep varies that key), and a
@@ -41,7 +42,9 @@ import math
 import random
 import signal
 import socket
+import sys
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -59,7 +62,7 @@ from vislab.errors import DatasetError, SettingError, TrainingInterrupted, Visla
 from vislab.fsguard import inside
 from vislab.runs import read_json, run_paths, write_json
 from vislab.sweep.folder import STUDY_DB, check_out, claim
-from vislab.sweep.space import Param, check_space, fixed_keys, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name, varies
+from vislab.sweep.space import Param, check_space, fixed_keys, grid_points, model_problem, override, parse_space, read_space, sets_model, trial_config, variant_name, varies
 
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "hyperband", "none")
@@ -178,14 +181,15 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
     fixed = fixed_keys(cfg.task)
     params = read_space(opts.space, fixed) if opts.space is not None else parse_space(grid, f"{config}: grid", fixed)
     source = str(opts.space) if opts.space is not None else f"{config}: grid"
-    if opts.epochs is not None and any(varies(p, "train.epochs") for p in params):
-        raise VislabError(f"{source}: varies train.epochs, which --epochs {opts.epochs} would fix for every trial; drop one of them")
+    for flag, given, key in (("--epochs", opts.epochs, "train.epochs"), ("--trial-max-time", opts.trial_max_time, "train.max_time")):
+        if given is not None and any(varies(p, key) for p in params):
+            raise VislabError(f"{source}: varies {key}, which {flag} {given} would fix for every trial; drop one of them")
     check_space(base, params, source)
     problem = None if any(sets_model(p) for p in params) else model_problem(cfg)
     if problem:  # the one model of every trial, which no trial would train
         raise VislabError(f"{config}: {problem}")
-    grid_points = {p.key: p.grid_values(source) for p in params} if sampler == "grid" else {}
-    size = math.prod(len(v) for v in grid_points.values()) if grid_points else None
+    points = grid_points(params, source) if sampler == "grid" else {}
+    size = math.prod(len(v) for v in points.values()) if points else None
     trials = opts.trials if opts.trials is not None else (size or DEFAULT_TRIALS)
     if trials < 1:
         raise VislabError(f"--trials {trials}: must be 1 or more")
@@ -193,7 +197,7 @@ def resolve(config: str | Path, opts: SweepOptions) -> Setup:
         print(f"the grid has {size} points; --trials {trials} lowered to {size}", flush=True)
         trials = size
     t = cfg.train
-    return Setup(base, params, sampler, trials, t.monitor, "maximize" if t.monitor_mode == "max" else "minimize", source, grid_points)
+    return Setup(base, params, sampler, trials, t.monitor, "maximize" if t.monitor_mode == "max" else "minimize", source, points)
 
 
 def _one_device(cfg: RunConfig, source: str) -> RunConfig:
@@ -407,12 +411,25 @@ class Objective:
             return self._fail(trial, f"out of GPU memory ({str(err).splitlines()[0][:160]})")
         except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C into SystemExit
             raise KeyboardInterrupt from None
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker declared the trial dead: `_loop` says so
+            raise
+        except Exception as err:  # noqa: BLE001 - a bug or an unforeseen error fails this trial, not the study
+            return self._unexpected(trial, err)
         summary = read_json(paths.summary)
         if prune.pruned_at is not None and summary.get("stopped_reason") not in FINAL_STOPS:
             summary["stopped_reason"] = "pruned"
             summary["pruned_at_epoch"] = prune.pruned_at
             write_json(paths.summary, summary)
         return self._result(trial, summary)
+
+    def _unexpected(self, trial: optuna.Trial, err: Exception) -> float:
+        """Fail the trial with the error's one line; the traceback goes to stderr and to the
+        trial's user attribute `traceback` in the study, for a bug report."""
+        text = "".join(traceback.format_exception(err))
+        print(f"trial {trial.number}: unexpected error:\n{text}", file=sys.stderr, flush=True)
+        trial.set_user_attr("traceback", text)
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return self._fail(trial, f"unexpected {type(err).__name__}{': ' + first if first else ''} (traceback in the trial's user attribute 'traceback')")
 
     def _result(self, trial: optuna.Trial, summary: dict[str, Any]) -> float:
         stopped = summary.get("stopped_reason")
@@ -504,16 +521,17 @@ def _loop(study: optuna.Study, setup: Setup, objective: Objective, opts: SweepOp
             print(f"trial {objective.current} was declared dead by another worker (no heartbeat) and retried there", flush=True)
             continue
         except DatasetError as err:  # Optuna has recorded the trial as failed
-            write_results(study, setup, objective.out, html=False)
+            write_results(study, setup, objective.out, html=True)
             raise VislabError(f"trial {objective.current} failed on the dataset, which no trial's values change; the sweep stopped: {err}") from None
         outcome = objective.outcome
         if outcome == "skipped":
             continue
         print(f"trial {objective.current}: {outcome}{': ' + objective.message if objective.message else ''}", flush=True)
         failures = failures + [objective.message] if outcome == "failed" else []
-        if len(failures) >= MAX_FAILURES_IN_ROW:
+        stop = len(failures) >= MAX_FAILURES_IN_ROW
+        write_results(study, setup, objective.out, html=stop)  # every trial, the one that stops the sweep too
+        if stop:
             raise VislabError(f"{len(failures)} trials in a row failed; the last: {failures[-1]}")
-        write_results(study, setup, objective.out, html=False)
 
 
 def run_sweep(config: str | Path, data: str | Path, out: str | Path, opts: SweepOptions | None = None, **options: Any) -> SweepResult:
