@@ -139,7 +139,8 @@ def test_anchors_recovers_planted_shapes_and_compares_the_defaults(tmp_path):
     out = ok("anchors", ds, "--n", "2", "--img-size", "320").stdout
     assert "2 anchors from 24 boxes of all 12 usable images (the dataset has no splits)" in out
     line = next(x for x in out.splitlines() if x.startswith("config: "))
-    assert yaml.safe_load(line.removeprefix("config: ")) == {"model.kwargs.anchors": [[32, 64], [160, 96]]}
+    assert yaml.safe_load(line.removeprefix("config: ")) == {"detect.anchors": [[32, 64], [160, 96]]}
+    assert "train with: --set 'detect.anchors=[[32, 64], [160, 96]]'" in out
     assert "fitness (mean best IoU): 1.000" in out
     defaults = dict(re.findall(r"default anchors of (\w+) \(\d+\): fitness ([0-9.]+)", out))
     assert set(defaults) == {"yolov3", "yolov3_tiny"} and all(float(v) < 0.9 for v in defaults.values())
@@ -148,6 +149,7 @@ def test_anchors_recovers_planted_shapes_and_compares_the_defaults(tmp_path):
     ok("curate", root, "--out", split_ds, "--split", "0.5,0.5", "--workers", "1")
     assert "of 6 train images" in ok("anchors", split_ds, "--n", "2", "--img-size", "320").stdout
     assert_one_line_error(invoke("anchors", ds, "--n", "30"), "fewer than the 30 anchors")
+    assert_one_line_error(invoke("anchors", ds, "--n", "5"), "--n 5: a YOLO splits its anchors evenly over its 2 or 3 levels")
     assert_one_line_error(invoke("anchors", split_ds, "--split", "test"), "no usable image in split 'test'")
     photos = tmp_path / "photos"
     write_image_folder(photos, {"cat": 2}, size=(32, 24))

@@ -218,25 +218,19 @@ def materialize(
 @user_errors
 def anchors(
     dataset_dir: Path = typer.Argument(..., help="A curated detection dataset directory."),
-    n: int = typer.Option(9, "--n", min=1, help="Number of anchors (yolov3: 9, yolov3_tiny: 6)."),
-    img_size: int = typer.Option(416, "--img-size", min=32, help="Training input size in pixels (the letterbox side)."),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Number of anchors, a multiple of the model's levels (default: 3 per level, yolov3 9, yolov3_tiny 6; 9 without a model)."),
+    img_size: Optional[str] = typer.Option(None, "--img-size", help="Training canvas as detect.img_size: N or H,W, e.g. 384,1248 (default: the --config's, else 416)."),
+    model: Optional[str] = typer.Option(None, "--model", help="The YOLO model the anchors are for (default: the --config's), e.g. yolov3_tiny."),
+    config: Optional[str] = typer.Option(None, "--config", help="A run directory, recipe or YAML whose detect.img_size and model the anchors are fitted for."),
     split: str = typer.Option("train", "--split", help="Split whose boxes are fitted (all usable images when the dataset has none)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the k-means++ starts."),
 ) -> None:
-    """Fit YOLO anchors to a dataset's boxes: k-means with 1 - IoU distance; prints them with their fitness (mean best IoU) and that of the default anchors."""
-    from vislab.data.boxes import anchor_box_sizes
-    from vislab.models.anchors import fit_anchors
+    """Fit YOLO anchors to a dataset's boxes as training letterboxes them: k-means with 1 - IoU distance; prints them with their fitness (mean best IoU), that of the default anchors, and the detect.anchors setting."""
+    from vislab.anchor_plan import plan_anchors, plan_lines
 
-    wh, used = anchor_box_sizes(dataset_dir, split)
-    fit = fit_anchors(wh, n=n, img_size=img_size, seed=seed)
-    pairs = [[w, h] for w, h in fit.anchors]
-    console.print(f"{n} anchors from {fit.boxes:,} boxes of {term(used)}, in pixels at {img_size} px (smallest first):", highlight=False, soft_wrap=True)
-    console.print("  " + "  ".join(f"{w}x{h}" for w, h in pairs), highlight=False, soft_wrap=True)
-    console.print(f"fitness (mean best IoU): {fit.fitness:.3f}", highlight=False)
-    for name, (default, fitness) in fit.defaults.items():
-        console.print(f"default anchors of {name} ({len(default)}): fitness {fitness:.3f}", highlight=False)
-    console.print(f"config: model.kwargs.anchors: {pairs}", highlight=False, soft_wrap=True, markup=False)
-    console.print(f"train with: --set 'model.kwargs.anchors={pairs}'", highlight=False, soft_wrap=True, markup=False)
+    plan = plan_anchors(dataset_dir, n=n, img_size=img_size, model=model, config=config, split=split, seed=seed)
+    for line in plan_lines(plan):
+        console.print(term(line), highlight=False, soft_wrap=True)
 
 
 @app.command()

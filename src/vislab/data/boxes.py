@@ -592,11 +592,14 @@ def box_stats(boxes: pd.DataFrame, images: pd.DataFrame | Sequence[str] | None =
     return out
 
 
-def anchor_box_sizes(dataset_dir: str | Path, split: str = "train") -> tuple[np.ndarray, str]:
-    """Sizes (w, h) of the boxes to fit anchors to, as fractions of their image's longer side
-    (what a letterbox to the training size scales by): boxes that are not ignore regions, on
-    usable images of `split`, or on every usable image when the dataset has no splits.
-    Returns the sizes and, in words, which images they come from."""
+def anchor_box_sizes(dataset_dir: str | Path, canvas: tuple[int, int], split: str = "train") -> tuple[np.ndarray, str]:
+    """Sizes (w, h) in canvas pixels of the boxes to fit anchors to, each scaled as training's
+    letterbox into `canvas` (H, W) scales its image (`letterbox_params`, `pasted_size`; on a
+    wide canvas a frame is fitted by its height, not its longer side): boxes that are not
+    ignore regions, on usable images of `split`, or on every usable image when the dataset
+    has no splits. Returns the sizes and, in words, which images they come from."""
+    from vislab.data.det_datamodule import letterbox_params, pasted_size
+
     rows = usable(read_manifest(dataset_dir))
     boxes = read_boxes(dataset_dir)
     if (rows["split"] != "").any():
@@ -607,11 +610,14 @@ def anchor_box_sizes(dataset_dir: str | Path, split: str = "train") -> tuple[np.
     else:
         used = f"all {len(rows):,} usable images (the dataset has no splits)"
     sizes = sizes_from_manifest(rows)
+    scales = {}
+    for path, size in sizes.items():
+        nw, nh = pasted_size(size.width, size.height, letterbox_params(size.width, size.height, canvas)[0])
+        scales[path] = (nw / size.width, nh / size.height)
     kept = boxes[~boxes["ignore"] & boxes["path"].isin(list(sizes))]
-    longer = kept["path"].map(lambda p: max(sizes[p].width, sizes[p].height)).to_numpy(np.float64)
-    wh = np.stack(
-        [(kept["x2"] - kept["x1"]).to_numpy() / longer, (kept["y2"] - kept["y1"]).to_numpy() / longer], axis=1
-    )
+    sx = kept["path"].map(lambda p: scales[p][0]).to_numpy(np.float64)
+    sy = kept["path"].map(lambda p: scales[p][1]).to_numpy(np.float64)
+    wh = np.stack([(kept["x2"] - kept["x1"]).to_numpy() * sx, (kept["y2"] - kept["y1"]).to_numpy() * sy], axis=1)
     return wh.reshape(-1, 2), used
 
 

@@ -8,8 +8,9 @@ which anchors learn a box.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,18 +46,18 @@ def _kmeans_pp(wh: torch.Tensor, n: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def kmeans_anchors(
-    boxes_wh: torch.Tensor | np.ndarray, n: int = 9, img_size: int = 416, seed: int = 0, restarts: int = 5, iters: int = 300
+    boxes_wh: torch.Tensor | np.ndarray, n: int = 9, seed: int = 0, restarts: int = 5, iters: int = 300
 ) -> tuple[torch.Tensor, float]:
-    """`n` anchors (w, h in pixels at `img_size`, smallest area first) and their fitness, the
-    mean over boxes of the best anchor's shape IoU.
+    """`n` anchors (w, h in the pixels of `boxes_wh`, smallest area first) and their fitness,
+    the mean over boxes of the best anchor's shape IoU.
 
-    `boxes_wh` [N, 2] are box sizes as fractions of their image's longer side (what a
-    letterbox to `img_size` scales by). k-means under 1 - IoU with k-means++ seeding and
+    `boxes_wh` [N, 2] are box sizes in input (canvas) pixels, as the letterbox puts them
+    (`vislab.data.boxes.anchor_box_sizes`). k-means under 1 - IoU with k-means++ seeding and
     median updates (robust to a few huge boxes), best of `restarts`; seeded, so the same
     boxes always give the same anchors.
     """
     wh = torch.as_tensor(np.asarray(boxes_wh), dtype=torch.float64).reshape(-1, 2)
-    wh = wh[(wh > 0).all(1)] * img_size
+    wh = wh[(wh > 0).all(1)]
     if len(wh) < n:
         raise VislabError(f"anchors: {len(wh)} boxes with a positive size, fewer than the {n} anchors asked for; use fewer anchors")
     gen = torch.Generator().manual_seed(seed)
@@ -87,20 +88,40 @@ class AnchorFit:
     defaults: dict[str, tuple[list[tuple[float, float]], float]]
 
 
-def fit_anchors(boxes_wh: torch.Tensor | np.ndarray, n: int = 9, img_size: int = 416, seed: int = 0) -> AnchorFit:
+def fit_anchors(boxes_wh: torch.Tensor | np.ndarray, n: int = 9, seed: int = 0) -> AnchorFit:
     """`kmeans_anchors` rounded to whole pixels, the fitness of those rounded anchors, and,
     for comparison, the fitness of the default anchors in the registry metadata of
-    DEFAULT_ANCHOR_MODELS, taken as the models use them when `model.kwargs.anchors` is
-    unset: in pixels at whatever the input size. `boxes_wh` as for `kmeans_anchors`."""
+    DEFAULT_ANCHOR_MODELS, taken as the models use them when `detect.anchors` is unset: in
+    pixels at whatever the input size. `boxes_wh` as for `kmeans_anchors`."""
     from vislab.models.factory import model_info
 
     wh = torch.as_tensor(np.asarray(boxes_wh), dtype=torch.float64).reshape(-1, 2)
     wh = wh[(wh > 0).all(1)]
-    centres, _ = kmeans_anchors(wh, n=n, img_size=img_size, seed=seed)
+    centres, _ = kmeans_anchors(wh, n=n, seed=seed)
     anchors = [(max(1, round(w)), max(1, round(h))) for w, h in centres.tolist()]
-    scaled = wh * img_size
     defaults = {}
     for name in DEFAULT_ANCHOR_MODELS:
         default = [(float(w), float(h)) for w, h in model_info(name)["anchors"]]
-        defaults[name] = (default, anchor_fitness(scaled, default))
-    return AnchorFit(anchors, anchor_fitness(scaled, anchors), len(wh), defaults)
+        defaults[name] = (default, anchor_fitness(wh, default))
+    return AnchorFit(anchors, anchor_fitness(wh, anchors), len(wh), defaults)
+
+
+def model_levels(name: str, kwargs: Mapping[str, Any] | None = None) -> int:
+    """How many output levels the YOLO `name` has, which its anchors split evenly over (a
+    count training refuses otherwise): its registry strides, or a timm head's `levels`."""
+    from vislab.models.factory import list_models, model_info
+
+    info = model_info(name)
+    if info.get("task") != "detect" or not info.get("strides"):
+        yolos = [m for m in list_models() if model_info(m).get("task") == "detect" and model_info(m).get("strides")]
+        raise VislabError(f"model {name}: not a YOLO detection model, which anchors are for; choose one of {', '.join(yolos)}")
+    return int((kwargs or {}).get("levels", len(info["strides"])))
+
+
+def check_anchor_count(n: int, name: str, levels: int) -> None:
+    """Refuse an anchor count the model `name` cannot split over its `levels` (training would)."""
+    if n % levels:
+        raise VislabError(
+            f"--n {n}: {name} splits its anchors evenly over its {levels} levels; give a multiple of {levels} "
+            f"(its default is {3 * levels}, 3 per level)"
+        )
