@@ -164,3 +164,58 @@ def test_hash_survives_resizing_and_recompression_but_not_a_new_picture():
     assert hamming(same[0], other) > 12
     flat = np.array([perceptual_hash(Image.new("L", (10, 10), v)) for v in (0, 1, 128, 255)], dtype=np.uint64)
     assert hamming(flat[:, None], flat[None, :]).max() <= 1  # blank images hash alike: grouping compares their colour
+
+
+def test_close_hashes_with_clearly_different_colours_are_never_copies():
+    def signature(colour: tuple[int, int, int]) -> str:
+        return plain_signature(Image.new("RGB", (8, 8), colour))
+
+    hashes = np.full(4, 0xFF00FF00FF00FF00, dtype=np.uint64)  # one layout: the hash reads grey only
+    colours = np.array([signature((220, 30, 30)), signature((30, 220, 30)), signature((212, 36, 30)), signature((90, 90, 90))])
+    plain = np.full(4, "", dtype=object)
+    _, head = near_copy_groups(hashes, plain, 6, np.arange(4), np.array(["red", "green", "red", "grey"]), colours)
+    # the green picture is no copy of the red one; a recoloured-by-a-few-levels red is, and so is a
+    # colourless (greyscale) copy, which has no colour to differ
+    assert head.tolist() == [0, 1, 0, 0]
+    assert near_copy_groups(hashes, plain, 6, np.arange(4), np.zeros(4))[1].tolist() == [0, 0, 0, 0]  # no colours given
+
+
+def test_curate_tells_a_red_picture_from_a_green_one_of_the_same_layout_but_keeps_recompressed_copies(tmp_path):
+    import json
+
+    from vislab.data.curate import curate
+    from vislab.testing.images import near_copy, write_image
+
+    def mostly(colour: tuple[int, int, int], path) -> None:
+        pixels = np.zeros((16, 16, 3), dtype=np.uint8)
+        pixels[:] = colour
+        pixels[:4, :4] = (40, 40, 200)  # a differently coloured corner: too much structure to be plain
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+
+    root = tmp_path / "src"
+    mostly((220, 30, 30), root / "red" / "a.png")
+    mostly((30, 220, 30), root / "green" / "a.png")
+    photo = write_image(root / "red" / "photo.jpg", seed=5, size=(120, 90))
+    near_copy(photo, root / "green" / "photo_small.jpg", scale=0.6, quality=50)
+    summary = curate(root, out=tmp_path / "ds", dedupe="near", workers=1)
+    assert summary["conflicting_label_groups"] == 1, json.dumps(summary["conflicting_labels"])
+    (group,) = summary["conflicting_labels"]
+    assert {m["path"] for m in group["members"]} == {str(photo), str(root / "green" / "photo_small.jpg")}
+
+
+def test_a_colour_jpeg_keeps_the_hash_of_its_grey_draft_and_gets_a_colour_thumbnail(tmp_path):
+    from vislab.data.checks import HASH_DRAFT, inspect_chunk
+    from vislab.data.dedupe import hash_to_hex
+
+    path = tmp_path / "photo.jpg"
+    smooth_image(3, (300, 200)).save(path, "JPEG", quality=80)
+    (rec,) = inspect_chunk([str(path)], 10**8)
+    with Image.open(path) as grey:
+        grey.draft("L", HASH_DRAFT)  # what the hash read before colour was decoded too
+        assert rec["phash"] == hash_to_hex(perceptual_hash(grey))
+    with Image.open(path) as colour:
+        assert rec["colour_thumb"] and np.abs(
+            np.frombuffer(bytes.fromhex(rec["colour_thumb"]), np.uint8).astype(int)
+            - np.frombuffer(bytes.fromhex(plain_signature(colour.convert("RGB"))), np.uint8)
+        ).max() <= 8

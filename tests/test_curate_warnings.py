@@ -7,7 +7,9 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
+from PIL import Image
 from typer.testing import CliRunner
 
 from vislab.cli import app
@@ -172,3 +174,54 @@ def test_sixteen_bit_images_using_only_twelve_bits_get_one_warning_naming_an_exa
         "the full 16-bit range (x16) or convert it to 8-bit before curating"
     ]
     assert "use only the low 12 bits" in " ".join(res.output.split())
+
+
+def _plain_class(folder, channel: int, n: int, seed: int) -> None:
+    """`n` photos of one flat colour plus faint noise: near copies of one picture (product shots
+    on a plain background), one near-copy group that moves between splits whole."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        pixels = rng.integers(0, 60, (48, 48, 3), dtype=np.uint8)
+        pixels[..., channel] += 150
+        Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+
+
+def test_val_and_test_left_empty_by_near_copy_groups_are_warned_and_fail_strict(tmp_path):
+    for channel, name in enumerate(["red", "green"]):
+        _plain_class(tmp_path / "plain" / name, channel, 12, channel)
+    args = ("curate", tmp_path / "plain", "--split", "0.5,0.25,0.25", "--workers", "1")
+    res = invoke(*args, "--out", tmp_path / "ds")
+    assert res.exit_code == 0, res.output
+    manifest = pd.read_csv(tmp_path / "ds" / "manifest.csv", keep_default_na=False)
+    assert set(manifest["split"]) == {"train"}  # each class is one group: nothing can go to val or test
+    (warning,) = json.loads((tmp_path / "ds" / "curation.json").read_text())["warnings"]
+    assert warning == (
+        "val/test got far fewer images than asked in 2 class(es): 'green' (12 images in 1 near-copy group(s): "
+        "val 0 of 3, test 0 of 3); 'red' (12 images in 1 near-copy group(s): val 0 of 3, test 0 of 3); near copies "
+        "move between splits as one group; keep one photo of each near-copy group with --dedupe near, or add distinct photos"
+    )
+    assert f"warning: {warning}" in " ".join(res.output.split())
+    strict = invoke(*args, "--out", tmp_path / "ds-strict", "--strict")
+    assert strict.exit_code == 2 and "--strict: val/test got far fewer images" in " ".join(strict.output.split())
+
+    write_image_folder(tmp_path / "distinct", ["cat", "dog"], per_class=8, size=(24, 16))
+    quiet = invoke("curate", tmp_path / "distinct", "--out", tmp_path / "ds-quiet", "--split", "0.5,0.25,0.25", "--strict", "--workers", "1")
+    assert quiet.exit_code == 0, quiet.output
+
+
+def test_a_flat_folder_gets_a_note_that_strict_lets_through(tmp_path):
+    write_unlabelled_folder(tmp_path / "flat", n=4, size=(24, 16))
+    res = invoke("curate", tmp_path / "flat", "--out", tmp_path / "ds", "--split", "0.5,0.5", "--strict", "--workers", "1")
+    assert res.exit_code == 0, res.output  # a crop detector's dataset is unlabelled: --strict must not refuse it
+    summary = json.loads((tmp_path / "ds" / "curation.json").read_text())
+    note = (
+        "no class folders: all 4 usable images are unlabelled; fine for the crop detector (task: crops); for "
+        f"classification sort the photos into a folder per class ({tmp_path / 'flat'}/<class>/) and curate again"
+    )
+    assert summary["warnings"] == [] and summary["notes"] == [note]
+    assert f"note: {note}" in " ".join(res.output.split())
+    write_image_folder(tmp_path / "classes", ["cat", "dog"], per_class=2, size=(24, 16))
+    classes = invoke("curate", tmp_path / "classes", "--out", tmp_path / "ds2", "--workers", "1")
+    assert classes.exit_code == 0 and "note:" not in classes.output
+    assert json.loads((tmp_path / "ds2" / "curation.json").read_text())["notes"] == []

@@ -54,7 +54,7 @@ from vislab.data.manifest import (
     write_manifest,
 )
 from vislab.data.photos import photos_csv_path, read_photos_csv
-from vislab.data.split import assign_splits, class_warnings, parse_ratios, select_classes
+from vislab.data.split import assign_splits, class_warnings, parse_ratios, select_classes, shortfall_warning
 from vislab.data.stats import HISTOGRAM_NAME, plot_class_histogram, summarize_manifest
 from vislab.errors import VislabError, check_keywords
 from vislab.fsguard import (
@@ -509,7 +509,9 @@ def _dedupe(df: pd.DataFrame, mode: str, threshold: int, answers: pd.Series | No
     rank = np.empty(len(pos), dtype=np.int64)
     rank[order] = np.arange(len(pos))
     hashes = hex_to_hashes(df["phash"].to_numpy()[pos])
-    keeper, head = near_copy_groups(hashes, df["plain_thumb"].to_numpy()[pos], threshold, order, labels)
+    keeper, head = near_copy_groups(
+        hashes, df["plain_thumb"].to_numpy()[pos], threshold, order, labels, df["colour_thumb"].to_numpy()[pos]
+    )
     if mode == "exact":  # the copy kept of each byte-identical set of one label
         same = pd.Series(list(zip(sha, labels))).factorize()[0]
         best = np.full(same.max() + 1, len(pos), dtype=np.int64)
@@ -719,13 +721,16 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
         )
         usable_now.after(df, "class selection")
         usable_now.warnings.extend(class_warnings(df))
-        assign_splits(
+        short = assign_splits(
             df,
             ratios=opts.ratios,
             val_per_class=opts.val_per_class,
             test_per_class=opts.test_per_class,
             seed=opts.seed,
         )
+        shortfall = shortfall_warning(short, deduped=opts.dedupe == "near")
+        usable_now.warnings.extend([shortfall] if shortfall else [])
+    notes = _unlabelled_notes(df, opts) if detect is None else []
     conflicts = _conflicts(df, why_kept, answers)
     df["orientation"] = df["orientation"].map(lambda v: "" if v is None or pd.isna(v) else str(int(v)))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -752,6 +757,7 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
         "conflicting_label_groups": len(conflicts),
         "conflicting_labels": conflicts,
         "warnings": usable_now.warnings,
+        "notes": notes,
         "manifest_sha256": manifest_hash(out_dir),
         "histogram": HISTOGRAM_NAME,
         **(detect.record() if detect is not None else {}),
@@ -763,6 +769,20 @@ def _curate_locked(opts: CurateOptions, out_dir: Path, fmt: str | None, roots: l
     if opts.strict and summary["warnings"]:
         raise VislabError(f"--strict: {'; '.join(summary['warnings'])} (the manifest was written to {out_dir} for a look)")
     return summary
+
+
+def _unlabelled_notes(df: pd.DataFrame, opts: CurateOptions) -> list[str]:
+    """A note, not a warning (--strict passes), when source folders held no class folders and
+    no label table named classes: right for the crop detector, which needs no labels, but a
+    classifier will refuse the dataset, so the fix is said now rather than at `vislab train`."""
+    usable = df.loc[df["status"] == OK, "label"]
+    if not opts.sources or opts.labels is not None or opts.ratings is not None or usable.empty or (usable != "").any():
+        return []
+    roots = " or ".join(f"{p}/<class>/" for p in opts.sources[:2]) + (" ..." if len(opts.sources) > 2 else "")
+    return [
+        f"no class folders: all {len(usable):,} usable images are unlabelled; fine for the crop detector (task: crops); "
+        f"for classification sort the photos into a folder per class ({roots}) and curate again"
+    ]
 
 
 def _geometry_flags(opts: CurateOptions) -> list[str]:

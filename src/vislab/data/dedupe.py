@@ -15,8 +15,12 @@ black/white left/right split and a top/bottom one differ in 4 bits; every flat i
 alike). Such images are marked by an 8x8 colour thumbnail instead and pair only with each
 other, when their mean colours are close (`LEVELS_PER_BIT`) and so are their patterns around
 that mean (`PATTERN_LEVELS_PER_BIT`, plus a share of the patterns' own contrast, so a strong
-two-tone picture survives the blur of a small copy). Detailed images keep the hash alone,
-which already survives resizing, re-encoding, brightness and greyscale changes.
+two-tone picture survives the blur of a small copy). Detailed images are matched by the hash,
+which survives resizing, re-encoding, brightness and greyscale changes, and confirmed by colour:
+the hash reads grey only, so a red picture and a green one of the same layout hash alike. Two
+coloured images whose colour thumbnails' chroma (each pixel's offset from its own grey) differs
+by more than CHROMA_LEVELS are never copies; a colourless one (a greyscale copy) has no colour
+to differ and matches by hash alone.
 """
 
 from __future__ import annotations
@@ -47,6 +51,10 @@ LEVELS_PER_BIT = 4
 # Pattern tolerance (RMS levels around the mean colour) per bit of --near-threshold, plus 1/64
 # per bit of the two patterns' summed RMS contrast: 6 levels + 0.19 x contrast at the default 6.
 PATTERN_LEVELS_PER_BIT = 1.0
+# Chroma (RMS levels over the colour thumbnail) that tells two detailed images apart despite
+# close hashes, and below which an image counts as colourless. Resized and re-encoded copies
+# move it by a few levels; a red and a green picture of one layout differ by over 100.
+CHROMA_LEVELS = 16.0
 
 
 @functools.lru_cache(maxsize=4)
@@ -258,28 +266,66 @@ def _neighbours(hashes: np.ndarray, plain: np.ndarray, threshold: int) -> tuple[
     return node, near
 
 
-def _stars(order: np.ndarray, node: np.ndarray, near: list[list[int]]) -> dict[int, int]:
+def _chroma(colours: np.ndarray | None, n: int) -> np.ndarray:
+    """Each image's colour thumbnail as chroma (pixel minus its grey), (n, SIGNATURE_SIZE**2 * 3);
+    zeros (colourless, never told apart) where no colour thumbnail is given."""
+    out = np.zeros((n, SIGNATURE_SIZE * SIGNATURE_SIZE * 3), dtype=np.float32)
+    if colours is None:
+        return out
+    colours = np.asarray(colours, dtype=object).reshape(-1)
+    given = np.flatnonzero([bool(c) for c in colours])
+    if len(given):
+        pixels = _signature_pixels(colours[given])
+        out[given] = (pixels - pixels.mean(axis=2, keepdims=True)).reshape(len(given), -1)
+    return out
+
+
+def _colour_apart(chroma: np.ndarray) -> Any:
+    """A test (leader, candidates) -> mask of the candidates whose colours differ clearly from
+    the leader's: both coloured (chroma above CHROMA_LEVELS) and chromas further apart than it."""
+    strength = np.sqrt((chroma**2).mean(axis=1))
+    coloured = strength > CHROMA_LEVELS
+
+    def apart(i: int, members: np.ndarray) -> np.ndarray:
+        if not coloured[i]:
+            return np.zeros(len(members), dtype=bool)
+        dist = np.sqrt(((chroma[members] - chroma[i]) ** 2).mean(axis=1))
+        return coloured[members] & (dist > CHROMA_LEVELS)
+
+    return apart
+
+
+def _stars(order: np.ndarray, node: np.ndarray, near: list[list[int]], apart: Any) -> dict[int, int]:
     """Leader (star) clustering of the images in `order`: the first one not yet taken leads,
     and takes every image not yet taken within the threshold of it (its node and the nodes
-    near it). Returns each image's leader."""
+    near it) whose colour is not `apart` from its own. Returns each image's leader."""
     ranked, nodes = order.tolist(), node[order].tolist()
-    waiting: dict[int, list[int]] = {}
+    lists: dict[int, list[int]] = {}
     for i, n in zip(ranked, nodes):
-        waiting.setdefault(n, []).append(i)
+        lists.setdefault(n, []).append(i)
+    waiting = {n: np.array(members, dtype=np.int64) for n, members in lists.items()}
     leader: dict[int, int] = {}
     for i, n in zip(ranked, nodes):
         if i in leader:
             continue
-        for j in waiting.pop(n):  # a node is taken whole: its images are one picture
-            leader[j] = i
-        for m in near[n]:
-            for j in waiting.pop(m, ()):
-                leader[j] = i
+        for m in (n, *near[n]):
+            members = waiting.pop(m, None)
+            if members is None:
+                continue
+            far = apart(i, members)
+            leader.update((j, i) for j in members[~far].tolist())
+            if far.any():
+                waiting[m] = members[far]
     return leader
 
 
 def near_copy_groups(
-    hashes: np.ndarray, plain: np.ndarray, threshold: int, order: np.ndarray, classes: np.ndarray
+    hashes: np.ndarray,
+    plain: np.ndarray,
+    threshold: int,
+    order: np.ndarray,
+    classes: np.ndarray,
+    colours: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Copy sets and groups of near copies by leader (star) clustering, as fastdup and
     imagededup keep one image per cluster: (keeper, head) per index.
@@ -287,7 +333,9 @@ def near_copy_groups(
     `order` ranks the images, best copy first. A copy set is its keeper, the first image of
     its class not yet taken, with every image of that class not yet taken within `threshold`
     of it (by hash, or plain images by colour thumbnail): each member is a near
-    copy of the image kept, and a copy never stands for an image of another class. A group,
+    copy of the image kept, and a copy never stands for an image of another class; an image whose
+    colour thumbnail (`colours`, hex as `plain_signature`) is clearly apart from the keeper's
+    (`CHROMA_LEVELS`) is no copy of it, whatever its hash. A group,
     what a split keeps together, is a copy set plus the copy sets of other classes whose keepers
     are within `threshold` of its keeper (the same picture under two labels). Connected
     components of the pairs would chain unlike images instead: on scikit-learn's digits at 6
@@ -296,15 +344,17 @@ def near_copy_groups(
     order = np.asarray(order, dtype=np.int64)
     classes = np.asarray(classes, dtype=object).reshape(-1)
     node, near = _neighbours(hashes, plain, threshold)
+    detailed = None if colours is None else np.where([bool(c) for c in plain], "", np.asarray(colours, dtype=object))
+    apart = _colour_apart(_chroma(detailed, len(node)))  # plain images are compared by plain_pairs
     by_class: dict[Any, list[int]] = {}
     for i in order.tolist():
         by_class.setdefault(classes[i], []).append(i)
     keeper = np.arange(len(node), dtype=np.int64)
     for members in by_class.values():
-        for i, lead in _stars(np.array(members, dtype=np.int64), node, near).items():
+        for i, lead in _stars(np.array(members, dtype=np.int64), node, near, apart).items():
             keeper[i] = lead
     kept = order[keeper[order] == order]
     head_of = np.arange(len(node), dtype=np.int64)
-    for i, lead in _stars(kept, node, near).items():
+    for i, lead in _stars(kept, node, near, apart).items():
         head_of[i] = lead
     return keeper, head_of[keeper]

@@ -12,6 +12,7 @@ import math
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -181,6 +182,19 @@ def _fill(units: list[np.ndarray], targets: list[int]) -> list[int]:
     return out
 
 
+class Shortfall(NamedTuple):
+    """A val or test split of one class that got under half the images asked for, because
+    its near-copy groups (which move whole) were too big to fit."""
+
+    label: str
+    split: str
+    asked: int
+    got: int
+    images: int
+    groups: int
+    singles: int
+
+
 def assign_splits(
     df: pd.DataFrame,
     *,
@@ -188,18 +202,20 @@ def assign_splits(
     val_per_class: int | None = None,
     test_per_class: int | None = None,
     seed: int = 0,
-) -> None:
+) -> list[Shortfall]:
     """Write train/val/test into the `split` column of usable rows, stratified by class.
 
     Ratios are applied per class with largest-remainder rounding; per-class counts take
     N images for val and test and leave the rest to train. A group counts toward the class
     of its first member (by path) and moves as a whole, so val/test may fall short of their
-    target only when the groups left are too big to fit.
+    target when the groups left are too big to fit: each val/test that got under half its
+    target is returned (`shortfall_warning` words them), since a user never asked for that.
     """
     df["split"] = ""
+    short: list[Shortfall] = []
     per_class = val_per_class is not None or test_per_class is not None
     if ratios is None and not per_class:
-        return
+        return short
     usable = df[df["status"] == OK]
     by_class: dict[str, list[np.ndarray]] = {}
     for label, unit in _units(usable):
@@ -222,8 +238,37 @@ def assign_splits(
             assert ratios is not None
             targets = _largest_remainder(n, ratios)
         shuffled = [units[i] for i in class_rng(seed, name).permutation(len(units))]
+        got = [0, 0, 0]
         for unit, s in zip(shuffled, _fill(shuffled, targets)):
             chosen[s].append(unit)
+            got[s] += len(unit)
+        short += [
+            Shortfall(name, SPLIT_NAMES[s], targets[s], got[s], n, sum(len(u) > 1 for u in units), sum(len(u) == 1 for u in units))
+            for s in (1, 2)
+            if 2 * got[s] < targets[s]
+        ]
     for s, units in enumerate(chosen):
         if units:
             df.loc[np.concatenate(units), "split"] = SPLIT_NAMES[s]
+    return short
+
+
+def shortfall_warning(short: list[Shortfall], deduped: bool, shown: int = 8) -> str | None:
+    """One warning for the val/test splits that fell far short (`assign_splits`), naming the
+    near-copy groups that caused it and the fix; None when none did."""
+    if not short:
+        return None
+    classes = list(dict.fromkeys(s.label for s in short))
+    parts = []
+    for label in classes[:shown]:
+        mine = [s for s in short if s.label == label]
+        splits = ", ".join(f"{s.split} {s.got} of {s.asked}" for s in mine)
+        first = mine[0]
+        singles = f" and {first.singles:,} single image(s)" if first.singles else ""
+        parts.append(f"'{label or '(unlabelled)'}' ({first.images:,} images in {first.groups:,} near-copy group(s){singles}: {splits})")
+    more = f" and {len(classes) - shown} more" if len(classes) > shown else ""
+    fix = "add distinct photos of them" if deduped else "keep one photo of each near-copy group with --dedupe near, or add distinct photos"
+    return (
+        f"val/test got far fewer images than asked in {len(classes)} class(es): {'; '.join(parts)}{more}; "
+        f"near copies move between splits as one group; {fix}"
+    )

@@ -240,6 +240,8 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     _print_conflicts(_listed(summary.get("conflicting_labels")), console)
     for warning in _listed(summary.get("warnings")):
         console.print(f"[bold yellow]warning:[/] {term(warning)}", highlight=False, soft_wrap=True)
+    for note in _listed(summary.get("notes")):
+        console.print(f"note: {term(note)}", highlight=False, soft_wrap=True)
 
 
 def _listed(value: Any) -> list[Any]:
