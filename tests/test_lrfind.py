@@ -111,12 +111,14 @@ def test_one_point_per_optimizer_step_with_accumulation_and_a_frozen_backbone_ov
 
 @pytest.mark.parametrize("case", ["file", "under_file", "folder_at_name", "link_at_name"])
 def test_out_refused_before_the_sweep(case, data, tmp_path, monkeypatch) -> None:
-    import vislab.train
+    import importlib
+
+    train_module = importlib.import_module("vislab.train")  # `vislab.train` can be the package's train function
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --out")
 
-    monkeypatch.setattr(vislab.train, "build_task", no_training)
+    monkeypatch.setattr(train_module, "build_task", no_training)
     cfg = tmp_path / "tiny.yaml"
     save_config(tiny_config(), cfg)
     victim = tmp_path / "victim.csv"
