@@ -148,3 +148,62 @@ def test_files_that_do_not_fit_fail_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(VislabError, match=r"\[convolutional\] #9 is filters/size/stride/bn \(21, 1, 1, False\)"):
         darknet.load_darknet_weights(three, path, _tiny_cfg(tmp_path / "two.cfg", 2))
     assert all(torch.equal(a, b) for a, b in zip(before, three.state_dict().values())), "a refused file changes nothing"
+
+
+def test_a_file_with_a_stray_byte_or_nan_values_is_refused_naming_it(tmp_path: Path) -> None:
+    """One stray byte read 'holds 548,524 floats ... but takes 548,524' (the float count rounded);
+    a file of NaN loaded silently and training then blamed the learning rate."""
+    three = YOLO(YOLOConfig(arch="yolov3_tiny", num_classes=3, anchors=SMALL_ANCHORS, width=0.25))
+    path = darknet.save_darknet_weights(three, tmp_path / "three.weights")
+    stray = tmp_path / "stray.weights"
+    stray.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(VislabError, match=r"stray.weights: [0-9,]+ bytes after its header .*not a whole number of 4-byte floats") as err:
+        darknet.load_darknet_weights(three, stray)
+    assert "takes" not in str(err.value)
+    data = bytearray(path.read_bytes())
+    data[-8:] = struct.pack("<2f", float("nan"), float("inf"))
+    poisoned = tmp_path / "nan.weights"
+    poisoned.write_bytes(bytes(data))
+    before = [t.clone() for t in three.state_dict().values()]
+    with pytest.raises(VislabError, match=r"nan.weights: 2 of its [0-9,]+ floats are NaN or infinite") as err:
+        darknet.load_darknet_weights(three, poisoned)
+    assert "\n" not in str(err.value)
+    assert all(torch.equal(a, b) for a, b in zip(before, three.state_dict().values())), "a refused file changes nothing"
+
+
+def test_a_long_names_file_is_checked_against_the_file_size_before_a_model_is_built(tmp_path: Path, monkeypatch) -> None:
+    """The transfer built a YOLO of the names file's class count before the size check: a
+    1 MiB names file (524k classes) made a 420-byte .weights allocate 5 GB for 19 s."""
+    import vislab.tasks.detect_weights as detect_weights
+
+    run_model = YOLO(YOLOConfig(arch="yolov3_tiny", num_classes=2, anchors=SMALL_ANCHORS, width=0.25))
+    weights = tmp_path / "x.weights"
+    weights.write_bytes(b"\0" * 420)
+    (tmp_path / "x.names").write_text("a\n" * 5000)
+    built: list[int] = []
+    real = YOLO.__init__
+
+    def spy(self: YOLO, cfg: YOLOConfig) -> None:
+        built.append(cfg.num_classes)
+        real(self, cfg)
+
+    monkeypatch.setattr(YOLO, "__init__", spy)
+    with pytest.raises(VislabError, match=r"x.weights: holds 101 floats .* yolov3_tiny with 5000 classes \(the lines of .*x.names\) takes") as err:
+        detect_weights.load_darknet_transfer(run_model, weights, ["a", "b"], {}, None)
+    assert "\n" not in str(err.value) and built == []
+
+
+def test_a_class_map_naming_an_unknown_class_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """An unknown class in detect.class_map read 'transfer mapping: new classes [...]'."""
+    from vislab.tasks.detect_weights import load_darknet_transfer
+
+    source = YOLO(YOLOConfig(arch="yolov3_tiny", num_classes=2, anchors=SMALL_ANCHORS, width=0.25))
+    weights = darknet.save_darknet_weights(source, tmp_path / "two.weights")
+    (tmp_path / "two.names").write_text("car\nperson\n")
+    run_model = YOLO(YOLOConfig(arch="yolov3_tiny", num_classes=2, anchors=SMALL_ANCHORS, width=0.25))
+    with pytest.raises(VislabError, match=r"^detect.class_map: 'Truck' is not a class of this run \(Car, Pedestrian\)"):
+        load_darknet_transfer(run_model, weights, ["Car", "Pedestrian"], {"Truck": "car"}, None)
+    with pytest.raises(VislabError, match=r"^detect.class_map: 'bus' is not a class of .*two.names"):
+        load_darknet_transfer(run_model, weights, ["Car", "Pedestrian"], {"Car": "bus"}, None)
+    done = load_darknet_transfer(run_model, weights, ["Car", "Pedestrian"], {"Pedestrian": "PERSON"}, None)
+    assert done.vislab_load_report["classes_from"] == {"Car": "car", "Pedestrian": "person"}

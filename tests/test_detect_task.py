@@ -190,6 +190,37 @@ def test_evaluate_on_kitti_data_prints_kitti_ap_and_the_classes_left_out(tmp_pat
     assert notes == ["note: classes left out: Pedestrian (in the data, not a class of the run: its boxes are not scored)"], res.output
 
 
+def test_evaluate_at_conf_counts_every_box_predict_returns_when_val_conf_is_higher(small, reference, tmp_path) -> None:
+    """detect.val_conf above detect.conf: evaluate kept boxes down to val_conf only, so its
+    P/R/F1 "at conf" silently missed every box scored between the two (P 100% R 33% where
+    `predict --conf` returned 38 boxes). It keeps them down to the lower of the two now; mAP
+    still counts those down to val_conf, as before."""
+    import shutil
+
+    run = Path(shutil.copytree(reference, tmp_path / "run"))
+    manifest = pd.read_csv(small / "manifest.csv")
+    val = manifest.loc[manifest["split"] == "val", "path"].tolist()
+    scores = sorted(b["score"] for r in json.loads(ok("predict", run, *val, "--conf", "0.001", "--format", "json").stdout) for b in r["boxes"])
+    conf, val_conf = scores[len(scores) // 4], scores[-len(scores) // 4]  # a quarter of the boxes under conf, one over val_conf
+    assert conf < val_conf
+    config = yaml.safe_load((run / "config.yaml").read_text())
+
+    def evaluate(name: str, **detect: float) -> dict:
+        config["detect"].update(detect)
+        (run / "config.yaml").write_text(yaml.safe_dump(config))
+        res = ok("evaluate", run, "--split", "val", "--name", name)
+        return {**json.loads((run / f"eval/{name}/metrics.json").read_text()), "output": res.output}
+
+    same = evaluate("same", conf=val_conf, val_conf=val_conf)  # kept down to val_conf, as before
+    m = evaluate("high", conf=conf, val_conf=val_conf)
+    returned = sum(len(r["boxes"]) for r in json.loads(ok("predict", run, *val, "--format", "json").stdout))
+    at = m["at_confidence"]["all"]
+    assert at["tp"] + at["fp"] == returned > sum(s >= val_conf for s in scores), (at, returned)  # the boxes between the two counted
+    assert pd.read_csv(run / "eval/high/images.csv")["detections"].sum() == returned
+    assert f"at conf {conf}" in m["output"] and m["f1_at_conf"] == at["f1"]
+    assert (m["map50"], m["map50_95"]) == (same["map50"], same["map50_95"])  # mAP counts the boxes over val_conf only
+
+
 def test_predict_draws_and_writes_boxes_and_reports_unreadable_files(small, reference, tmp_path) -> None:
     image = sorted((small.parent / "src/images").glob("*.png"))[0]
     bad = write_corrupt_png(tmp_path / "broken.png")
@@ -346,6 +377,24 @@ def test_darknet_weights_start_a_run_with_classes_taken_by_name(small, tmp_path)
         get_task("detect").create_model(cfg, ["square"])
 
 
+def test_a_run_started_from_darknet_weights_resumes_without_the_file(small, tmp_path) -> None:
+    """Resume rebuilt the model through the Darknet transfer, so a run whose .weights file (and
+    its .names) had moved failed on a missing *.names file though last.ckpt holds every weight."""
+    from vislab.models.darknet import save_darknet_weights
+    from vislab.tasks import get_task
+
+    start = tmp_path / "start"
+    start.mkdir()
+    source = get_task("detect").create_model(tiny_detect_config(), ["square", "thing"], load_weights=False)
+    weights = save_darknet_weights(source, start / "two.weights")
+    (start / "two.names").write_text("square\nthing\n")
+    run = train(tiny_detect_config(model={"weights": str(weights)}, train={"epochs": 1}), small, tmp_path / "run")
+    assert json.loads((run / "run.json").read_text())["weights"]["classes_from"]["square"] == "square"
+    start.rename(tmp_path / "moved")
+    train(None, None, run, resume=True, epochs=2)
+    assert pd.read_csv(run / "metrics.csv")["epoch"].tolist() == [0, 1]
+
+
 def test_a_tiny_detector_learns_the_shapes(tmp_path) -> None:
     """mAP@0.5 >= 0.8 on held-out shapes after seconds of training."""
     ds = curate(write_shapes_dataset(tmp_path / "src", n=100, seed=1), tmp_path / "ds", "0.75,0.25,0")
@@ -370,6 +419,17 @@ def test_the_detect_section_is_validated() -> None:
         with pytest.raises(VislabError, match=key):  # classification settings a detector does not use are refused, not ignored
             get_task("detect").build(build_config({"task": "detect", "model": {"name": "yolov3_tiny"}, "data": data}), Path("."))
     assert yaml.safe_load(yaml.safe_dump(cfg.model_dump(mode="json")))["detect"]["img_size"] == 416
+
+
+def test_anchors_that_do_not_split_over_the_levels_name_detect_anchors(small, tmp_path) -> None:
+    """5 anchors in detect.anchors over yolov3_tiny's 2 levels were reported as model.kwargs.anchors,
+    a key the user never set (and a detection run refuses)."""
+    from vislab.errors import SettingError
+
+    five = [[12, 12], [16, 16], [20, 20], [25, 25], [30, 30]]
+    with pytest.raises(SettingError, match=r"^detect.anchors: 5 anchors do not split over 2 levels") as err:
+        train(tiny_detect_config(detect={"anchors": five}, train={"epochs": 1}), small, tmp_path / "run")
+    assert err.value.keys == ("detect.anchors",) and "model.kwargs" not in str(err.value)
 
 
 def test_a_detection_inside_a_dontcare_region_is_not_a_false_positive() -> None:

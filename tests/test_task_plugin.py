@@ -141,8 +141,8 @@ class BrightnessTask(Task):
     summary_metric = "val/mae"
     curve_panels = (("Mean absolute error", "mae", "min"),)
 
-    def build(self, cfg: Any, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
-        module = BrightnessModule(cfg.model_dump(mode="json"), ["brightness"])
+    def build(self, cfg: Any, data_dir: Path, sanity: bool = False, *, load_weights: bool = True) -> tuple[Any, Any, dict[str, Any]]:
+        module = BrightnessModule(cfg.model_dump(mode="json"), ["brightness"], model=self.create_model(cfg, ["brightness"], load_weights=load_weights))
         dm = BrightnessData(data_dir, module.hparams["data_spec"], cfg.data.batch_size, cfg.section().scale)
         dm.setup()
         return module, dm, {"split_sizes": {k: len(v) for k, v in dm.sets.items()}, "val_source": "manifest"}

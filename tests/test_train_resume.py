@@ -314,3 +314,16 @@ def test_resume_refuses_a_config_yaml_edited_since_the_checkpoint(dataset, tmp_p
         assert (copy / "config.yaml").read_text() == original.replace(old, new, 1)  # the user's edit is left as it is
     resumed = train(None, None, run, resume=True, epochs=2)
     assert len(pd.read_csv(resumed / "metrics.csv").dropna(subset=["val/acc"])) == 2
+
+
+def test_a_run_started_from_a_weights_file_resumes_without_it(dataset, tmp_path):
+    """Resume rebuilt the model with `model.weights` loaded, so a run whose weights file had
+    moved could not continue though last.ckpt holds every weight; it no longer reads the file."""
+    from vislab.models.factory import create_model
+    from vislab.testing.models import save_weights
+
+    weights = save_weights(create_model(tiny_config().model, 3), tmp_path / "start.pth")
+    run = train(tiny_config(train={"epochs": 1}, model={"weights": str(weights)}), dataset, tmp_path / "run")
+    weights.rename(tmp_path / "moved.pth")
+    resumed = train(None, None, run, resume=True, epochs=2)
+    assert pd.read_csv(resumed / "metrics.csv")["epoch"].tolist() == [0, 1]

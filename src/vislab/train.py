@@ -316,10 +316,11 @@ def _on_gpu(accelerator: str) -> bool:
     return device_for(accelerator).type == "cuda"
 
 
-def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[Any, Any, dict[str, Any]]:
+def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False, *, load_weights: bool = True) -> tuple[Any, Any, dict[str, Any]]:
     """The LightningModule, datamodule and data facts of the config's task (`Task.build`),
     after checking the task can train the config's model (and warning once when
-    data.num_workers exceeds the cores)."""
+    data.num_workers exceeds the cores); `load_weights=False` on resume: the checkpoint holds
+    every weight, so `model.weights` (a Darknet file and its .names) is not read again."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vislab.tasks import get_task
@@ -331,7 +332,7 @@ def build_task(cfg: RunConfig, data_dir: Path, sanity: bool = False) -> tuple[An
         raise VislabError(problem)
     if getattr(rank_zero_only, "rank", 0) == 0:
         warn_many_workers(cfg.data.num_workers)
-    return task.build(cfg, data_dir, sanity)
+    return task.build(cfg, data_dir, sanity, load_weights=load_weights)
 
 
 def train(
@@ -451,7 +452,7 @@ def _train_session(
         else:  # DDP: rank 0 planned before it launched this process; its config.yaml holds the plan
             cfg = load_config(paths.config)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    task, dm, facts = build_task(cfg, data)
+    task, dm, facts = build_task(cfg, data, load_weights=ckpt is None)
     if ckpt is not None:  # before anything is written: another run's weights are one line, not load_state_dict's traceback
         checked_model_state(task.model, ckpt, paths.last, cfg.model.name, paths.config)
     if stopper.signum is not None:  # a signal while the run was set up (the budget's probe, building): nothing is written

@@ -60,6 +60,20 @@ def kept(scores: Any, conf: float) -> Any:
     return scores >= conf
 
 
+def scored_at_least(preds: Sequence[Mapping[str, Any]], conf: float) -> list[dict[str, Any]]:
+    """Each image's detections that `kept` keeps at `conf` (boxes, scores and labels alike,
+    other keys as they are): mAP counts detections down to `detect.val_conf` while evaluate
+    keeps them down to the lower of it and `detect.conf`, so P/R/F1 at conf count every box
+    `predict --conf` returns."""
+    out = []
+    for p in preds:
+        keep = np.asarray(kept(_array(p["scores"]).reshape(-1), conf), dtype=bool)
+        labels = p["labels"]
+        labels = labels[torch.from_numpy(keep)] if isinstance(labels, torch.Tensor) else [lab for lab, k in zip(labels, keep) if k]
+        out.append({**p, "boxes": _array(p["boxes"]).reshape(-1, 4)[keep], "scores": _array(p["scores"]).reshape(-1)[keep], "labels": labels})
+    return out
+
+
 def score_text(score: float) -> str:
     """A detection's float32 score as predictions.csv writes it: the shortest decimal that reads
     back as the same float32 (0.499996, 0.7 for float32 0.7), so `read_scores` gives the very
@@ -645,12 +659,16 @@ def detection_report(
     iou: float = 0.5,
     max_dets: int = 100,
     kitti: KittiSpec | bool = False,
+    map_conf: float = 0.0,
 ) -> dict[str, Any]:
     """Every detection figure in one JSON-serialisable dict: `coco` (mAP), P/R/F1 at
-    `confidence` and at the best-F1 confidence with curve data, and `kitti` when asked."""
+    `confidence` and at the best-F1 confidence with curve data, and `kitti` when asked.
+    mAP and KITTI AP count the detections scored at least `map_conf` (`detect.val_conf`),
+    P/R/F1 every one given."""
     out: dict[str, Any] = {"classes": list(class_names), "images": len(targets)}
-    out["coco"] = coco_map(preds, targets, class_names, max_dets)
+    ranked = scored_at_least(preds, map_conf) if map_conf > 0 else preds
+    out["coco"] = coco_map(ranked, targets, class_names, max_dets)
     out.update(precision_recall(preds, targets, class_names, confidence, iou))
     if kitti:
-        out["kitti"] = kitti_ap(preds, targets, class_names, kitti if isinstance(kitti, KittiSpec) else None)
+        out["kitti"] = kitti_ap(ranked, targets, class_names, kitti if isinstance(kitti, KittiSpec) else None)
     return out

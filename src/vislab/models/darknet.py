@@ -16,6 +16,7 @@ input size from it, and `load_darknet_weights` checks its conv layers against ou
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from vislab.errors import VislabError
-from vislab.fsguard import SpecialFileError, read_bounded
+from vislab.fsguard import SpecialFileError, open_regular, read_bounded
 from vislab.models.yolo import YOLO, YOLOConfig
 
 MAX_WEIGHTS_BYTES = 1024**3  # yolov3.weights is 248 MB
@@ -101,12 +102,60 @@ def _floats_needed(model: YOLO) -> int:
     return sum(conv.weight.numel() + (4 * bn.num_features if bn is not None else conv.out_channels) for conv, bn in model.darknet_layers())
 
 
+def _per_class(model: YOLO) -> int:
+    """Floats one class adds: a weight row (and bias) per anchor in each prediction conv."""
+    return sum((conv.in_channels + 1) * model.num_anchors for conv in model.pred)
+
+
+def floats_for(model: YOLO, num_classes: int) -> int:
+    """Floats a file of `model`'s architecture with `num_classes` classes holds, without
+    building that model (a names file of 500,000 lines would build gigabytes to find out)."""
+    return _floats_needed(model) + _per_class(model) * (num_classes - model.num_classes)
+
+
 def _class_hint(model: YOLO, floats: int) -> str:
-    """' (it fits N classes)' when the file is this architecture with another class count."""
-    per_class = sum((conv.in_channels + 1) * model.num_anchors for conv in model.pred)
-    base = _floats_needed(model) - per_class * model.num_classes
-    classes, rest = divmod(floats - base, per_class)
+    """'; it fits N classes' when the file is this architecture with another class count."""
+    classes, rest = divmod(floats - floats_for(model, 0), _per_class(model))
     return f"; it fits {model.cfg.arch} with {classes} classes" if rest == 0 and classes > 0 else ""
+
+
+def _header(path: str | Path, data: bytes, size: int) -> tuple[str, int, int]:
+    """(version, seen, header length) of a file of `size` bytes whose first bytes are `data`."""
+    major, minor, revision = struct.unpack("<3i", data[:12]) if len(data) >= 12 else (0, 0, 0)
+    wide_seen = major * 10 + minor >= 2 and major < 1000 and minor < 1000
+    header = 20 if wide_seen else 16
+    if size < header:
+        raise VislabError(f"{path}: {size} bytes, too short for a Darknet weights header")
+    seen = struct.unpack("<q" if wide_seen else "<i", data[12:header])[0]
+    return f"{major}.{minor}.{revision}", seen, header
+
+
+def _check_length(model: YOLO, num_classes: int, path: str | Path, version: str, body_bytes: int, names: str = "") -> None:
+    """Refuse a body that is not whole floats, or not the count `model`'s architecture with
+    `num_classes` classes takes (`names`: where that count came from)."""
+    if body_bytes % 4:
+        raise VislabError(
+            f"{path}: {body_bytes:,} bytes after its header (version {version}), not a whole number of 4-byte floats; "
+            "the file is cut short or has stray bytes: download or export it again"
+        )
+    floats, needed = body_bytes // 4, floats_for(model, num_classes)
+    if floats != needed:
+        raise VislabError(
+            f"{path}: holds {floats:,} floats after its header (version {version}), "
+            f"but {model.cfg.arch} with {num_classes} classes{names} takes {needed:,}{_class_hint(model, floats)}"
+        )
+
+
+def check_darknet_size(model: YOLO, path: str | Path, num_classes: int, names: str = "") -> None:
+    """Refuse, from its size and header alone, a `.weights` file that does not fit `model`'s
+    architecture with `num_classes` classes: checked before that model is built."""
+    try:
+        with open_regular(path, MAX_WEIGHTS_BYTES) as fh:
+            size, data = os.fstat(fh.fileno()).st_size, fh.read(20)
+    except (OSError, SpecialFileError) as err:
+        raise VislabError(f"{path}: cannot read the Darknet weights ({err})") from None
+    version, _, header = _header(path, data, size)
+    _check_length(model, num_classes, path, version, size - header, names)
 
 
 def load_darknet_weights(model: YOLO, path: str | Path, cfg_path: str | Path | None = None) -> dict[str, object]:
@@ -119,20 +168,13 @@ def load_darknet_weights(model: YOLO, path: str | Path, cfg_path: str | Path | N
         data = read_bounded(path, MAX_WEIGHTS_BYTES)
     except (OSError, SpecialFileError) as err:
         raise VislabError(f"{path}: cannot read the Darknet weights ({err})") from None
-    major, minor, revision = struct.unpack("<3i", data[:12]) if len(data) >= 12 else (0, 0, 0)
-    wide_seen = major * 10 + minor >= 2 and major < 1000 and minor < 1000
-    header = 20 if wide_seen else 16
-    if len(data) < header:
-        raise VislabError(f"{path}: {len(data)} bytes, too short for a Darknet weights header")
-    seen = struct.unpack("<q" if wide_seen else "<i", data[12:header])[0]
+    version, seen, header = _header(path, data, len(data))
     body = data[header:]
-    floats, needed = len(body) // 4, _floats_needed(model)
-    if len(body) % 4 or floats != needed:
-        raise VislabError(
-            f"{path}: holds {len(body) / 4:,.0f} floats after its header (version {major}.{minor}.{revision}), "
-            f"but {model.cfg.arch} with {model.num_classes} classes takes {needed:,}{_class_hint(model, floats)}"
-        )
+    _check_length(model, model.num_classes, path, version, len(body))
     values = torch.from_numpy(np.frombuffer(body, dtype="<f4").copy())
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise VislabError(f"{path}: {bad:,} of its {values.numel():,} floats are NaN or infinite (a damaged or diverged model); give a sound .weights file")
     pos = 0
 
     def take(t: torch.Tensor) -> None:
@@ -148,7 +190,7 @@ def load_darknet_weights(model: YOLO, path: str | Path, cfg_path: str | Path | N
             else:
                 take(conv.bias)
             take(conv.weight)
-    return {"source": "darknet", "file": str(path), "layers": len(layers), "version": f"{major}.{minor}.{revision}", "seen": seen}
+    return {"source": "darknet", "file": str(path), "layers": len(layers), "version": version, "seen": seen}
 
 
 def save_darknet_weights(model: YOLO, path: str | Path, seen: int = 0) -> Path:

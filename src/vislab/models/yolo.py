@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vislab.config import ModelConfig
-from vislab.errors import VislabError
+from vislab.errors import SettingError, VislabError
 from vislab.metrics.detection import kept
 from vislab.models.registry import DataSpec, register_model
 
@@ -44,6 +44,7 @@ COCO_ANCHORS = ((10, 13), (16, 30), (33, 23), (30, 61), (62, 45), (59, 119), (11
 TINY_ANCHORS = ((10, 14), (23, 27), (37, 58), (81, 82), (135, 169), (344, 319))
 ARCHS = ("yolov3", "yolov3_tiny", "timm")
 MAX_LOG_WH = 10.0  # exp() input cap: only guards against overflow, no trained model gets near it
+ANCHORS_KEY = "model.kwargs.anchors"  # named by a bad anchors error: a task that sets them renames it
 MAX_NMS = 30000  # candidates kept (by score) before NMS, so a low threshold cannot stall it
 
 
@@ -79,9 +80,10 @@ class YOLOConfig:
         anchors = tuple((float(w), float(h)) for w, h in self.anchors)
         object.__setattr__(self, "anchors", anchors)
         if len(anchors) % self.num_levels or any(w <= 0 or h <= 0 for w, h in anchors):
-            raise VislabError(
-                f"model.kwargs.anchors: {len(anchors)} anchors do not split over {self.num_levels} levels, "
-                "or one is not positive; give a multiple of the level count of positive [w, h] pairs"
+            raise SettingError(
+                f"{ANCHORS_KEY}: {len(anchors)} anchors do not split over {self.num_levels} levels, "
+                "or one is not positive; give a multiple of the level count of positive [w, h] pairs",
+                (ANCHORS_KEY,),
             )
 
     @property

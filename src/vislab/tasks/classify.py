@@ -135,14 +135,17 @@ class ClassifyPlugin(Task):
 
         classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
 
-    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+    def build(
+        self, cfg: "RunConfig", data_dir: Path, sanity: bool = False, *, load_weights: bool = True
+    ) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.datamodule import ClassifyDataModule, classification_splits
         from vislab.tasks.classify_module import ClassifyTask, resolve_class_weights
 
         splits = classification_splits(data_dir, cfg.data.val_fraction, cfg.seed)
         counts = [int((splits.train["target"] == i).sum()) for i in range(len(splits.classes))]
         weights = resolve_class_weights(cfg.train.class_weights, counts)
-        task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights)
+        model = self.create_model(cfg, splits.classes, load_weights=load_weights)
+        task = ClassifyTask(cfg.model_dump(mode="json"), splits.classes, None, weights, model=model)
         dm_class: type = ClassifyDataModule
         if cfg.data.cache:  # the prepared uint8 cache, augmented on batches by the task
             from vislab.data.cached import CachedClassifyDataModule

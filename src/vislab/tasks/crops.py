@@ -194,7 +194,9 @@ class CropsPlugin(Task):
         _check_settings(cfg)
         check_sizes(pd.concat([rows["train"], rows["val"]]), cfg.section(), str(manifest_path(data_dir)))
 
-    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+    def build(
+        self, cfg: "RunConfig", data_dir: Path, sanity: bool = False, *, load_weights: bool = True
+    ) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.crops_datamodule import CropsDataModule
         from vislab.tasks.crops_module import CropsModule
 
@@ -202,7 +204,8 @@ class CropsPlugin(Task):
         section = cfg.section()
         dm = CropsDataModule(data_dir, section, cfg.data, cfg.seed, sanity_batch=sanity)
         sizes = dm.split_sizes()
-        module = CropsModule(cfg.model_dump(mode="json"), cell_names(section))
+        cells = cell_names(section)
+        module = CropsModule(cfg.model_dump(mode="json"), cells, model=self.create_model(cfg, cells, load_weights=load_weights))
         return module, dm, {"split_sizes": sizes, "val_source": dm.val_source}
 
     def health_checks(self, cfg: "RunConfig") -> list["HealthCheck"]:

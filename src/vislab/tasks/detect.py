@@ -146,6 +146,7 @@ class DetectPlugin(Task):
     # ---- model ---------------------------------------------------------------------------
     def create_model(self, cfg: "RunConfig", classes: Sequence[str], *, load_weights: bool = True) -> "nn.Module":
         from vislab.models.factory import create_model
+        from vislab.models.yolo import ANCHORS_KEY
 
         sec = cfg.section()
         kwargs = {**cfg.model.kwargs, "img_size": max(canvas(cfg))}
@@ -154,7 +155,12 @@ class DetectPlugin(Task):
         weights = cfg.model.weights
         darknet = weights is not None and Path(weights).suffix.lower() == ".weights"
         mcfg = cfg.model.model_copy(update={"kwargs": kwargs, "weights": None if darknet else weights})
-        model = create_model(mcfg, len(classes), load_weights=load_weights)
+        try:
+            model = create_model(mcfg, len(classes), load_weights=load_weights)
+        except SettingError as err:  # the anchors came from detect.anchors: name the key the user set
+            if sec.anchors is None or err.keys != (ANCHORS_KEY,):
+                raise
+            raise SettingError(f"detect.anchors{str(err)[len(ANCHORS_KEY):]}", ("detect.anchors",)) from None
         if darknet and load_weights:
             from vislab.tasks.detect_weights import load_darknet_transfer
 
@@ -169,14 +175,16 @@ class DetectPlugin(Task):
         detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
         _check_settings(cfg)
 
-    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+    def build(
+        self, cfg: "RunConfig", data_dir: Path, sanity: bool = False, *, load_weights: bool = True
+    ) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         from vislab.data.det_datamodule import DetectDataModule, detection_splits_of, detection_table
         from vislab.tasks.detect_module import DetectTask
 
         _check_settings(cfg)
         rows, boxes, names = detection_table(data_dir)
         splits = detection_splits_of(rows, cfg.data.val_fraction, cfg.seed, names)
-        module = DetectTask(cfg.model_dump(mode="json"), names, detect_spec(cfg), model=self.create_model(cfg, names))
+        module = DetectTask(cfg.model_dump(mode="json"), names, detect_spec(cfg), model=self.create_model(cfg, names, load_weights=load_weights))
         dm = DetectDataModule(data_dir, cfg.data, module.hparams["data_spec"], names, cfg.seed, canvas(cfg), _augment(cfg), sanity_batch=sanity)
         dm.box_rows, dm.splits = boxes, splits
         train_boxes = boxes[boxes["path"].isin(set(splits.train["path"])) & ~boxes["ignore"]]

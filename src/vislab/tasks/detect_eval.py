@@ -3,8 +3,10 @@
 Evaluation matches classes by name: the dataset's boxes of the run's classes are truths,
 its ignore regions stay ignore regions, boxes of other classes are left out (and listed in
 metrics.json's `class_match`); a dataset sharing no class with the run is an error. The
-detections kept for mAP go down to `detect.val_conf`; P/R/F1 are at `detect.conf` (0.5, as
-the seed report) and at the best-F1 confidence. Files beside metrics.json:
+detections kept go down to the lower of `detect.val_conf` and `detect.conf`: mAP counts those
+down to `val_conf`, P/R/F1 are at `detect.conf` (0.5, as the seed report) and at the best-F1
+confidence over all of them, so they count the boxes `predict --conf` returns even when
+`val_conf` is the higher. Files beside metrics.json:
 predictions.csv (every kept detection in image pixels) and images.csv (per image: truths,
 detections at `conf`, TP, FP, FN, F1), which the report's galleries read.
 
@@ -105,7 +107,7 @@ def evaluate_detection(
     from vislab.data.boxes import image_targets, read_boxes
     from vislab.data.det_datamodule import manifest_sizes
     from vislab.data.manifest import has_boxes
-    from vislab.metrics.detection import KittiSpec, detection_report, kitti_ap
+    from vislab.metrics.detection import KittiSpec, detection_report, kitti_ap, scored_at_least
     from vislab.runs import EVAL_PREDICTIONS
 
     if not has_boxes(dataset_dir):
@@ -115,14 +117,14 @@ def evaluate_detection(
     boxes = read_boxes(dataset_dir)
     boxes = boxes[boxes["path"].isin(set(paths))]
     match = class_match(run.classes, boxes, dataset_dir)
-    found = run_detector(plugin, run, paths, dataset_dir, conf=sec.val_conf, iou=sec.nms_iou, on_unreadable=_refuse_unreadable,
+    found = run_detector(plugin, run, paths, dataset_dir, conf=min(sec.val_conf, sec.conf), iou=sec.nms_iou, on_unreadable=_refuse_unreadable,
                          precision=precision, description=description, batch_size=batch_size, num_workers=num_workers, sizes=manifest_sizes(rows))
     preds = [found[i] for i in range(len(paths))]
     targets = image_targets(boxes, paths)
-    report = detection_report(preds, targets, run.classes, confidence=sec.conf, iou=0.5, max_dets=sec.max_det)
+    report = detection_report(preds, targets, run.classes, confidence=sec.conf, iou=0.5, max_dets=sec.max_det, map_conf=sec.val_conf)
     kitti = [c for c in KITTI_CLASSES if c in match["matched"]]
     if kitti and boxes["truncated"].notna().any():
-        report["kitti"] = kitti_ap(preds, targets, run.classes, KittiSpec(), classes=kitti)
+        report["kitti"] = kitti_ap(scored_at_least(preds, sec.val_conf), targets, run.classes, KittiSpec(), classes=kitti)
     at = report["at_confidence"]["all"]
     metrics = {
         "num_samples": len(paths),

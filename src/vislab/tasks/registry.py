@@ -158,10 +158,14 @@ class Task(ABC):
         first trial instead of failing each trial alike. The default checks nothing."""
 
     @abstractmethod
-    def build(self, cfg: "RunConfig", data_dir: Path, sanity: bool = False) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
+    def build(
+        self, cfg: "RunConfig", data_dir: Path, sanity: bool = False, *, load_weights: bool = True
+    ) -> tuple["L.LightningModule", "L.LightningDataModule", dict[str, Any]]:
         """The LightningModule (a `tasks.base.BaseTask`), its datamodule and the facts of the data
         for run.json and the console: at least `split_sizes` {train, val, test} and `val_source`.
-        `sanity` asks for the datamodule of the one-batch overfitting check."""
+        `sanity` asks for the datamodule of the one-batch overfitting check. The model is
+        `create_model(cfg, classes, load_weights=load_weights)`: a resumed run passes False, as
+        its checkpoint holds every weight and `model.weights` may have moved since."""
 
     def model_outputs(self, cfg: "RunConfig", classes: Sequence[str]) -> int:
         """The `num_classes` the factory builds the task's model with from run.json's classes
