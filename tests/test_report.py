@@ -142,7 +142,7 @@ def test_cli_report_refuses_an_unknown_cam_method_up_front(tmp_path) -> None:
     run = make_run_dir(tmp_path, name="cams", checkpoint=True)
     res = CliRunner().invoke(app, ["report", str(run), "--method", "bogus"])
     assert res.exit_code == 2, res.output
-    assert "--method 'bogus': unknown CAM method; use one of gradcam, gradcam++" in res.output
+    assert "--method 'bogus': unknown method; use one of gradcam, gradcam++" in res.output
     assert len(res.output.strip().splitlines()) == 1 and not (run / "report.html").exists()
 
 

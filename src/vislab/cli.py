@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, List, Optional, TypeVar
 import typer
 from rich.console import Console
 
+from vislab.clihelp import HelpGroup
 from vislab.errors import TrainingInterrupted, VislabError
 from vislab.fsguard import MAX_PIXELS, SERVE_MAX_PIXELS
 from vislab.usertext import term, visible_lines
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from vislab.sweep.study import SweepResult
 
 app = typer.Typer(
+    cls=HelpGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -87,7 +89,7 @@ def main_options(
     """vislab: curate image datasets, train and evaluate recognition models, explain and compare them."""
 
 
-configs_app = typer.Typer(help="The recipes shipped with vislab: list them, or copy one out to edit.", no_args_is_help=False)
+configs_app = typer.Typer(cls=HelpGroup, help="The recipes shipped with vislab: list them, or copy one out to edit.", no_args_is_help=False)
 app.add_typer(configs_app, name="configs")
 
 
@@ -644,6 +646,7 @@ def export(
 
 
 collect_app = typer.Typer(
+    cls=HelpGroup,
     no_args_is_help=True,
     help="Build a photo folder from Flickr searches or a list of image URLs: licences kept, resumable.",
 )

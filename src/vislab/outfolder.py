@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from vislab.data.walk import PREDICT_MARKER
+from vislab.markers import PREDICT_MARKER
 from vislab.errors import VislabError
 from vislab.fsguard import cannot_write, folder_problem, inside, make_folder, printable, read_bounded, write_file
 

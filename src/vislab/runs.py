@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Sequence
 from vislab.errors import VislabError
 from vislab.fsguard import TEMP_NAME, inside, replacing, write_file
 from vislab.locks import LOCK_NAME, folder_lock
+from vislab.markers import CONFIG_NAME, RUN_JSON
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,8 +39,6 @@ if TYPE_CHECKING:
     from vislab.config import RunConfig
     from vislab.models.registry import DataSpec
 
-CONFIG_NAME = "config.yaml"
-RUN_JSON = "run.json"
 METRICS_CSV = "metrics.csv"
 SUMMARY_JSON = "summary.json"
 HEALTH_JSON = "health.json"

@@ -69,6 +69,7 @@ from vislab.fsguard import (
     write_file,
 )
 from vislab.locks import LOCK_NAME, folder_lock, remove_if_unused
+from vislab.markers import DATASET, MATERIALIZED, WHAT
 from vislab.usertext import term
 
 UNLABELLED = "unlabelled"
@@ -266,8 +267,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
         except OSError as err:
             raise VislabError(f"source folder {source}: cannot list it ({err.strerror}); check its permissions") from None
         if kind is not None:
-            what = "a dataset written by `vislab curate`" if kind == "dataset" else "a `vislab materialize` tree"
-            raise VislabError(f"source {source} is {what}, not photos; pass the folder of the original images")
+            raise VislabError(f"source {source} is {WHAT[kind]}, not photos; pass the folder of the original images")
         roots.append(root)
     _refuse_nested_sources(opts.sources, roots)
     _refuse_foreign_out(out)
@@ -326,7 +326,7 @@ def _refuse_foreign_out(out: Path) -> None:
     except OSError:
         return  # not there yet (or not a folder: folder_problem says so)
     theirs = sorted(n for n in names if not _ours(n))
-    if theirs and src.vislab_output_kind(names) is None and unfinished_curation(out) is None:
+    if theirs and src.vislab_output_kind(names) not in (DATASET, MATERIALIZED) and unfinished_curation(out) is None:
         shown = ", ".join(repr(n) for n in theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
         raise VislabError(
             f"--out {out} holds files curate did not write ({shown}); "

@@ -30,9 +30,10 @@ from typing import Any, BinaryIO, Iterator, Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from vislab.data.walk import PREDICT_MARKER, PREDICT_OUTPUT, SKIP_REASONS, file_problem, walk_files
+from vislab.data.walk import PREDICT_OUTPUT, SKIP_REASONS, VISLAB_OUTPUT, file_problem, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, SpecialFileError, open_regular
+from vislab.markers import PREDICT_MARKER, TRAINING_OUTPUTS, WHAT, folder_kind, vislab_output_kind
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientations 5..8 rotate by 90 degrees, so the stored width is the displayed height.
@@ -387,9 +388,13 @@ class CollectedImages(list):
         self.skipped = skipped
 
 
-def _predict_output(folder: str, entries: Sequence[Any]) -> str | None:
-    """The skip kind of a folder `vislab predict --out` wrote (its marker file is there)."""
-    return PREDICT_OUTPUT if any(e.name == PREDICT_MARKER for e in entries) else None
+def _vislab_output(folder: str, entries: Sequence[Any]) -> str | None:
+    """The skip kind of a folder `vislab predict --out` wrote (its marker file is there), or
+    of a run directory or sweep (their plots and overlays are not photos to predict on)."""
+    names = [e.name for e in entries]
+    if PREDICT_MARKER in names:
+        return PREDICT_OUTPUT
+    return VISLAB_OUTPUT if vislab_output_kind(names) in TRAINING_OUTPUTS else None
 
 
 def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages:
@@ -398,7 +403,9 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages
     command line (predict, explain). A broken link, a pipe or a looping link inside a folder
     is not read but listed in `skipped` with its reason, so the caller can report it; so is a
     folder inside that an earlier `predict --out` wrote (`predict frames --out frames/pred`,
-    run again, would otherwise predict on its own drawings)."""
+    run again, would otherwise predict on its own drawings), or a run directory or sweep. A
+    run directory or sweep named itself is refused (`predict RUN OTHER_RUN` would predict on
+    OTHER_RUN's overlays)."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
         raise VislabError("no images given; pass image files or folders of images")
@@ -406,8 +413,11 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages
     skipped: list[tuple[Path, str]] = []
     for item in items:
         p = Path(item)
+        kind = folder_kind(p) if p.is_dir() else None
+        if kind in TRAINING_OUTPUTS:
+            raise VislabError(f"{p} is {WHAT[kind]}, not images; name one run, then image files or folders of images")
         if p.is_dir():
-            walk = walk_files(str(p), skip_folder=_predict_output)
+            walk = walk_files(str(p), skip_folder=_vislab_output)
             for path, _ in sorted(walk.files, key=lambda f: Path(f[0])):
                 if Path(path).suffix.lower() not in IMAGE_EXTS:
                     continue

@@ -36,9 +36,8 @@ from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.io import IMAGE_EXTS
 from vislab.errors import DatasetError, VislabError
 from vislab.fsguard import MAX_PIXELS, SpecialFileError, inside, open_regular, printable, read_bounded, write_file
+from vislab.markers import CURATION_NAME, DATASET, MANIFEST_NAME, RUN_JSON, SWEEP, TRAINING_OUTPUTS, WHAT, folder_kind, trained_on
 
-MANIFEST_NAME = "manifest.csv"
-CURATION_NAME = "curation.json"
 BOXES_NAME = "boxes.csv"
 CURATING = "curating"  # curation.json's "state" while curate writes the dataset (a finished one has none)
 
@@ -103,21 +102,41 @@ def _quoting(df: pd.DataFrame) -> int:
     return csv.QUOTE_ALL if has_cr else csv.QUOTE_MINIMAL
 
 
+def _shown(path: str) -> str:
+    """`path` relative to the working folder when it lies below it (as a user typed it)."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _no_manifest(folder: Path) -> str:
     """Why `folder` is not a dataset, and the command that makes one (never curating into a
-    photo folder: the dataset goes beside the photos)."""
+    photo folder: the dataset goes beside the photos). A run directory or a sweep is named as
+    such, with the dataset it trained on: curating it would make classes of its plots."""
     if not folder.exists():
         return f"{folder}: no such folder; pass a dataset folder written by `vislab curate SOURCE --out DATASET_DIR`"
+    kind = folder_kind(folder)
+    if kind in TRAINING_OUTPUTS:
+        dataset = trained_on(folder)
+        whose = "its trials'" if kind == SWEEP else "its"
+        fix = f"the one it trained on is {_shown(dataset)} ({whose} {RUN_JSON})" if dataset else "one written by `vislab curate SOURCE --out DATASET_DIR`"
+        return f"{folder} is {WHAT[kind]}, not a dataset; pass a dataset folder: {fix}"
     try:
         entries = list(itertools.islice(os.scandir(folder), 1000))
     except OSError:
         entries = []
-    photos = any(e.is_dir() or os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in entries if not e.name.startswith("."))
+    shown = [e for e in entries if not e.name.startswith(".")]
+    # a subfolder counts as photos (a class folder) unless vislab wrote it (runs/, datasets/)
+    photos = any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTS for e in shown) or any(
+        e.is_dir() and folder_kind(e.path) is None for e in shown
+    )
     if photos:
         return (
             f"{folder}: a folder of photos, not a curated dataset (no manifest.csv); run "
             f"`vislab curate {folder} --out datasets/{folder.resolve().name or 'mine'}` and pass that folder"
         )
+    datasets = sorted(e.name for e in shown if e.is_dir() and folder_kind(e.path) == DATASET)
+    if datasets:
+        return f"{folder}: not a dataset (no manifest.csv) but a folder of {len(datasets)} dataset folder(s); pass one of them, e.g. {folder / datasets[0]}"
     return f"{folder}: no manifest.csv here; run `vislab curate SOURCE --out {folder}` first"
 
 

@@ -31,9 +31,10 @@ from vislab.data.csvfile import line_of_row
 from vislab.data.manifest import BOXES_NAME, OK, has_boxes, manifest_hash, manifest_path, read_manifest, usable
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem, folder_problem, inside, make_folder, open_regular, read_bounded
+from vislab.markers import MATERIALIZE_MARKER
 
 MODES = ("symlink", "hardlink", "copy")
-MARKER = ".vislab-materialized.json"
+MARKER = MATERIALIZE_MARKER
 UNSPLIT = "unsplit"
 
 

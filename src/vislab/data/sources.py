@@ -5,8 +5,8 @@ source knows the file but not its class) and, when the label itself is unusable,
 Readers never open images; curation checks the files afterwards.
 
 The folder scan skips what is not a photo of the collection: hidden entries, folders that
-vislab wrote (a dataset folder holding `manifest.csv` beside `curation.json`, a
-`vislab materialize` tree holding its marker) and names that are not UTF-8 (a manifest is
+vislab wrote (a dataset, a `vislab materialize` tree, a run directory, a sweep folder, a
+`predict --out` folder: each known by its files, `vislab.markers`) and names that are not UTF-8 (a manifest is
 UTF-8 text, so such a path could not be recorded), folders it may not read (a root-owned
 lost+found) and links to folders inside the scanned folder (each real folder is read under
 its own path, so a link cannot relabel another class); each kind is counted. Label names are
@@ -26,11 +26,10 @@ from pathlib import Path
 import pandas as pd
 
 from vislab.data.csvfile import line_of_row, read_csv_file
-from vislab.data.manifest import CURATION_NAME, MANIFEST_NAME
-from vislab.data.materialize import MARKER
-from vislab.data.walk import FOLDER_LOOP, INNER_FOLDER_LINK, PREDICT_MARKER, UNREADABLE_FOLDER, walk_files
+from vislab.data.walk import FOLDER_LOOP, INNER_FOLDER_LINK, UNREADABLE_FOLDER, VISLAB_OUTPUT, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem
+from vislab.markers import PREDICT_MARKER, vislab_output_kind
 
 AGGREGATIONS = ("mean", "median", "majority")
 CONFLICTING_LABELS = "conflicting_labels"
@@ -38,7 +37,6 @@ NO_MAJORITY = "no_majority"
 RATING_OUT_OF_BINS = "rating_out_of_bins"
 # Kinds of entries the folder scan skips, as counted in curation.json.
 HIDDEN = "hidden"
-VISLAB_OUTPUT = "vislab_output"
 NON_UTF8_NAME = "non_utf8_name"
 SKIPPED_OUTPUT = "skipped_output"  # the output folder itself: not counted
 
@@ -69,22 +67,11 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
-def vislab_output_kind(names: Iterable[str]) -> str | None:
-    """'dataset' or 'materialized' when a folder holding these entry names was written by
-    vislab (its files are outputs, not photos), else None."""
-    present = set(names)
-    if MARKER in present:
-        return "materialized"
-    if MANIFEST_NAME in present and CURATION_NAME in present:
-        return "dataset"
-    return None
-
-
 def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]], Counter[str]]:
     """(path, first folder below `top` or None) for every file to curate under `top` (see
     `walk.walk_files` for links and loops), and counts of what was skipped: hidden entries
     (.DS_Store, AppleDouble '._x.jpg', .git, ...), vislab output folders (datasets,
-    materialized trees, predict --out folders below `top`), non-UTF-8 names,
+    materialized trees, run directories, sweeps, predict --out folders below `top`), non-UTF-8 names,
     folders that cannot be listed, links to folders inside `top`, folder loops."""
 
     def skip_entry(entry: os.DirEntry) -> str | None:

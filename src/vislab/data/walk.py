@@ -18,12 +18,13 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from vislab.markers import PREDICT_MARKER
+
 UNREADABLE_FOLDER = "unreadable_folder"
 INNER_FOLDER_LINK = "inner_folder_link"
 FOLDER_LOOP = "folder_loop"
 PREDICT_OUTPUT = "predict_output"
-# the hidden file `vislab predict --out` keeps in its folder (vislab.outfolder)
-PREDICT_MARKER = ".vislab-predict.json"
+VISLAB_OUTPUT = "vislab_output"
 
 # Why a walk skipped an entry, in words for per-file messages (curate counts the kinds instead).
 SKIP_REASONS = {
@@ -31,6 +32,7 @@ SKIP_REASONS = {
     INNER_FOLDER_LINK: "link to a folder inside the walked folder, whose files are listed under their own path",
     FOLDER_LOOP: "symbolic link loop (links back to a folder being walked, or one walked already)",
     PREDICT_OUTPUT: "folder an earlier `vislab predict --out` wrote: its drawings and labels are not inputs",
+    VISLAB_OUTPUT: "run directory or sweep folder (`vislab train` or `vislab sweep` wrote it): its plots and overlays are not inputs",
 }
 
 

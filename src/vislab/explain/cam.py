@@ -27,12 +27,13 @@ METHOD_NAMES = ("gradcam", "gradcam++", "scorecam", "eigencam")
 MIN_CAM_CELLS = 4  # a last stage coarser than this (e.g. 2x2) gives blobs, so an earlier stage is used
 
 
-def check_cam_method(method: str) -> str:
+def check_cam_method(method: str, also: Sequence[str] = ()) -> str:
     """`method`'s canonical name (gradcam++ also as gradcampp, grad-cam, ...), or a one-line
-    error naming the methods: callers check before any long work, not deep inside it."""
+    error naming the methods: callers check before any long work, not deep inside it. `also`:
+    the other methods the caller accepts (explain's attention), listed in that error too."""
     key = method.lower().replace("_", "").replace("-", "").replace("pp", "++")
     if key not in METHOD_NAMES:
-        raise VislabError(f"--method {method!r}: unknown CAM method; use one of {', '.join(METHOD_NAMES)}")
+        raise VislabError(f"--method {method!r}: unknown method; use one of {', '.join((*METHOD_NAMES, *also))}")
     return key
 
 

@@ -85,7 +85,7 @@ def canonical_method(method: str) -> str:
     """`method`'s one spelling ("attention", or a CAM method as `check_cam_method` gives it),
     which names the overlays and their default folder: --method GradCAM++ writes where
     --method gradcam++ does; an unknown method is refused in one line."""
-    return ATTENTION if method.lower() == ATTENTION else check_cam_method(method)
+    return ATTENTION if method.lower() == ATTENTION else check_cam_method(method, also=(ATTENTION,))
 
 
 def prepare(images: Sequence[Image.Image], spec: Any, grayscale: bool = False) -> tuple[torch.Tensor, list[np.ndarray]]:

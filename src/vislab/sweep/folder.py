@@ -14,11 +14,11 @@ from pathlib import Path
 
 from vislab.errors import VislabError
 from vislab.fsguard import TEMP_NAME, inside
+from vislab.markers import STUDY_DB, SWEEP_JSON
 from vislab.runs import RUN_JSON, read_json, write_json
 from vislab.sweep.results import BEST_YAML, PLOTS_DIR, RESULTS_CSV, SWEEP_HTML
 
-MARKER = "sweep.json"
-STUDY_DB = "study.db"
+MARKER = SWEEP_JSON
 
 
 def _entries(out: Path) -> list[str]:
