@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from vislab.data.csvfile import line_of_row, read_csv_file
-from vislab.data.det_sources import DONT_CARE, DetectionSource, SourceBox
+from vislab.data.det_types import DONT_CARE, DetectionSource, SourceBox
 from vislab.data.io import SWAPS_AXES, oriented_size, probe
 from vislab.data.manifest import BOXES_NAME, read_curation, read_manifest, usable
 from vislab.data.problems import ProblemLog
@@ -47,7 +47,7 @@ PERCENTILES = (5, 25, 50, 75, 95)
 NO_BOXES = "(no boxes)"
 _FLAGS = {"1": True, "0": False, "true": True, "false": False, "True": True, "False": False}
 
-# Reason kinds added here (readers add theirs in det_sources).
+# Reason kinds added here (readers add theirs in det_types).
 DEGENERATE = "degenerate_box"
 DUPLICATE = "duplicate_box"
 NOT_NORMALIZED = "not_normalized"

@@ -36,7 +36,7 @@ from vislab.data import sources as src
 from vislab.data.boxes import parse_class_list, parse_class_map
 from vislab.data.checks import inspect_files
 from vislab.data.curate_detect import DetectionCuration, detection_format
-from vislab.data.det_sources import FORMATS
+from vislab.data.det_types import FORMATS
 from vislab.data.dedupe import MAX_THRESHOLD, hex_to_hashes, near_copy_groups
 from vislab.data.io import LOW_BITS_MAX
 from vislab.fsguard import MAX_PIXELS

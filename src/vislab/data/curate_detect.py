@@ -23,7 +23,7 @@ beside the manifest (see `vislab.data.boxes`), in this order:
 Class names are checked as class-folder labels are (`fsguard.folder_name_problem`: no
 control character, newline, '/' or padding), so none is printed raw or splits classes.txt:
 one a names file declares (data.yaml, classes.txt, COCO categories) is a one-line error
-naming the file and field (`det_sources.declared_class`); one in a label file (a KITTI
+naming the file and field (`det_read.declared_class`); one in a label file (a KITTI
 type, a VOC <name>) excludes its image with reason `unsafe_label`, a problem naming the
 file and line.
 
@@ -59,14 +59,8 @@ from vislab.data.boxes import (
     sizes_from_manifest,
     write_boxes,
 )
-from vislab.data.det_sources import (
-    DONT_CARE,
-    FORMAT_NAMES,
-    MISSING_IMAGE,
-    DetectionSource,
-    detection_layout,
-    read_detection_source,
-)
+from vislab.data.det_sources import detection_layout, read_detection_source
+from vislab.data.det_types import DONT_CARE, FORMAT_NAMES, MISSING_IMAGE, DetectionSource
 from vislab.data.manifest import OK, reason_kind
 from vislab.data.sources import Found, scan_folder
 from vislab.data.split import SPLIT_NAMES, lookalike_warning

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 from vislab.data.boxes import ImageSize, dataset_box_classes, read_boxes, sizes_from_manifest, unorient_boxes
-from vislab.data.det_sources import DONT_CARE
+from vislab.data.det_types import DONT_CARE
 from vislab.data.manifest import manifest_path, read_manifest, usable
 from vislab.data.materialize import UNSPLIT, open_output, placer, record_output
 from vislab.errors import VislabError

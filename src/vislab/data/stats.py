@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vislab.data.boxes import box_stats, read_boxes
-from vislab.data.det_sources import FORMAT_NAMES
+from vislab.data.det_types import FORMAT_NAMES
 from vislab.data.manifest import BOXES_NAME, OK, STATUSES, has_boxes, read_curation, read_manifest, reason_kind, usable
 from vislab.usertext import term
 
