@@ -11,6 +11,7 @@ import json
 import re
 
 import yaml
+from test_detect_commands import assert_one_line_error
 from typer.testing import CliRunner
 
 from vislab.cli import app
@@ -29,14 +30,6 @@ def ok(*args: object) -> str:
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     return result.stdout
-
-
-def assert_one_line_error(result, *needles: str) -> None:
-    assert result.exit_code == 2, result.output
-    text = result.stderr.strip()
-    assert len(text.splitlines()) == 1 and text.startswith("error:"), text
-    for needle in needles:
-        assert needle in text, text
 
 
 def setting(out: str) -> list[list[int]]:
