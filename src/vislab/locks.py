@@ -120,48 +120,44 @@ def remove_if_unused(folder: str | Path) -> None:
         pass
 
 
-def lock_holder(folder: str | Path) -> str | None:
-    """The pid (as text, 'unknown' if unreadable) of the process holding `folder`'s lock, or
-    None when none does. Probes with a shared lock let go at once, and never creates the file:
-    a reader (evaluate) learns that a trainer is writing the folder without blocking it."""
-    import fcntl
-
-    try:
-        fd = os.open(Path(folder) / LOCK_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        except OSError:
-            return None
-        return None
-    finally:
-        os.close(fd)
-
-
-def file_lock_is_free(path: str | Path) -> bool:
-    """Whether nobody holds the lock file `path` (a `waiting_lock`): absent, or flock-able
-    now. False where flock cannot tell (the filesystem lacks it): the caller assumes held."""
+def _held_by(path: Path, unknown: str | None) -> str | None:
+    """Who holds the flock on the lock file `path`: None when nobody does (or the file is
+    absent), the holder's pid as text ('unknown' if unreadable) when someone does, `unknown`
+    when it cannot be told (not a regular file, no flock support). Probes with a shared lock
+    let go at once and never creates the file."""
     import fcntl
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
-        return True
+        return None
     except OSError:
-        return False
+        return unknown
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return False
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return unknown
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        except OSError:
+            return unknown
+        return None
     finally:
         os.close(fd)
-    return True
+
+
+def lock_holder(folder: str | Path) -> str | None:
+    """The pid (as text, 'unknown' if unreadable) of the process holding `folder`'s lock, or
+    None when none does (or it cannot be told): a reader (evaluate) learns that a trainer is
+    writing the folder without blocking it."""
+    return _held_by(Path(folder) / LOCK_NAME, None)
+
+
+def file_lock_is_free(path: str | Path) -> bool:
+    """Whether nobody holds the lock file `path` (a `waiting_lock`): absent, or flock-able
+    now. False where flock cannot tell (the filesystem lacks it): the caller assumes held."""
+    return _held_by(Path(path), "unknown") is None
 
 
 @contextmanager

@@ -28,6 +28,7 @@ DATASET = "dataset"
 MATERIALIZED = "materialized"
 RUN = "run"
 SWEEP = "sweep"
+PREDICTED = "predicted"
 # a folder of these kinds holds outputs of training, never photos to read
 TRAINING_OUTPUTS = (RUN, SWEEP)
 
@@ -36,12 +37,13 @@ WHAT = {
     MATERIALIZED: "a `vislab materialize` tree",
     RUN: "a run directory (`vislab train`'s output)",
     SWEEP: "a sweep folder (`vislab sweep`'s output)",
+    PREDICTED: "a `vislab predict --out` folder",
 }
 
 
 def vislab_output_kind(names: Iterable[str]) -> str | None:
-    """DATASET, MATERIALIZED, RUN or SWEEP when a folder holding these entry names was
-    written by vislab (its files are outputs, not photos), else None."""
+    """DATASET, MATERIALIZED, RUN, SWEEP or PREDICTED when a folder holding these entry
+    names was written by vislab (its files are outputs, not photos), else None."""
     present = set(names)
     if MATERIALIZE_MARKER in present:
         return MATERIALIZED
@@ -51,6 +53,8 @@ def vislab_output_kind(names: Iterable[str]) -> str | None:
         return SWEEP
     if RUN_JSON in present and CONFIG_NAME in present:
         return RUN
+    if PREDICT_MARKER in present:
+        return PREDICTED
     return None
 
 

@@ -69,7 +69,7 @@ from vislab.fsguard import (
     write_file,
 )
 from vislab.locks import LOCK_NAME, folder_lock, remove_if_unused
-from vislab.markers import DATASET, MATERIALIZED, WHAT
+from vislab.markers import DATASET, MATERIALIZED, PREDICTED, WHAT
 from vislab.usertext import term
 
 UNLABELLED = "unlabelled"
@@ -266,7 +266,7 @@ def _check_places(opts: CurateOptions, out: Path, file_ok: bool = False) -> list
             kind = src.vislab_output_kind(os.listdir(root))
         except OSError as err:
             raise VislabError(f"source folder {source}: cannot list it ({err.strerror}); check its permissions") from None
-        if kind is not None:
+        if kind is not None and kind != PREDICTED:  # a predict --out folder named as the source is curated as asked
             raise VislabError(f"source {source} is {WHAT[kind]}, not photos; pass the folder of the original images")
         roots.append(root)
     _refuse_nested_sources(opts.sources, roots)

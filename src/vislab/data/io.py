@@ -33,7 +33,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vislab.data.walk import PREDICT_OUTPUT, SKIP_REASONS, VISLAB_OUTPUT, file_problem, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import MAX_PIXELS, SpecialFileError, open_regular
-from vislab.markers import PREDICT_MARKER, TRAINING_OUTPUTS, WHAT, folder_kind, vislab_output_kind
+from vislab.markers import PREDICTED, TRAINING_OUTPUTS, WHAT, folder_kind, vislab_output_kind
 
 ORIENTATION_TAG = 0x0112
 # EXIF orientations 5..8 rotate by 90 degrees, so the stored width is the displayed height.
@@ -63,6 +63,7 @@ ImageSource = str | Path | BinaryIO | bytes
 # and 3-D cameras, as format MPO (a name `formats=` does not take), so READ_FORMATS adds it.
 RASTER_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM")
 READ_FORMATS = frozenset(RASTER_FORMATS) | {"MPO"}
+NOT_READ = f"not an image vislab reads (it reads {', '.join(RASTER_FORMATS)})"
 SIGNATURE_BYTES = 64  # enough of a file's start to tell its format (EMF's mark is at 40)
 # Formats recognised by their first bytes that vislab does not read, and why. Safety first:
 # Pillow would run Ghostscript on PostScript, and metafiles are drawings in commands.
@@ -132,7 +133,7 @@ def _reason(err: BaseException) -> str:
     if isinstance(err, SpecialFileError):
         return str(err).rsplit(": ", 1)[-1]
     if isinstance(err, UnidentifiedImageError):
-        return f"not an image vislab reads (it reads {', '.join(RASTER_FORMATS)})"
+        return NOT_READ
     if isinstance(err, Image.DecompressionBombError):
         return f"decompression bomb ({str(err).split(', could')[0]})"
     if isinstance(err, MemoryError):
@@ -366,7 +367,7 @@ def load_pil_image(im: Image.Image) -> Image.Image:
     read (loading an EPS would run Ghostscript)."""
     if im.format is not None and im.format not in READ_FORMATS:
         raise ImageDecodeError(
-            f"a PIL image of format {im.format}: not an image vislab reads (it reads {', '.join(RASTER_FORMATS)}); "
+            f"a PIL image of format {im.format}: {NOT_READ}; "
             "convert it to PNG or JPEG"
         )
     try:
@@ -391,10 +392,10 @@ class CollectedImages(list):
 def _vislab_output(folder: str, entries: Sequence[Any]) -> str | None:
     """The skip kind of a folder `vislab predict --out` wrote (its marker file is there), or
     of a run directory or sweep (their plots and overlays are not photos to predict on)."""
-    names = [e.name for e in entries]
-    if PREDICT_MARKER in names:
+    kind = vislab_output_kind(e.name for e in entries)
+    if kind == PREDICTED:
         return PREDICT_OUTPUT
-    return VISLAB_OUTPUT if vislab_output_kind(names) in TRAINING_OUTPUTS else None
+    return VISLAB_OUTPUT if kind in TRAINING_OUTPUTS else None
 
 
 def collect_images(inputs: str | Path | Sequence[str | Path]) -> CollectedImages:

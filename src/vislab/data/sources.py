@@ -29,7 +29,7 @@ from vislab.data.csvfile import line_of_row, read_csv_file
 from vislab.data.walk import FOLDER_LOOP, INNER_FOLDER_LINK, UNREADABLE_FOLDER, VISLAB_OUTPUT, walk_files
 from vislab.errors import VislabError
 from vislab.fsguard import folder_name_problem
-from vislab.markers import PREDICT_MARKER, vislab_output_kind
+from vislab.markers import vislab_output_kind
 
 AGGREGATIONS = ("mean", "median", "majority")
 CONFLICTING_LABELS = "conflicting_labels"
@@ -82,8 +82,7 @@ def _walk_files(top: str, skip: set[str]) -> tuple[list[tuple[str, str | None]],
         return SKIPPED_OUTPUT if skip and os.path.realpath(entry.path) in skip else None
 
     def skip_folder(folder: str, entries: list[os.DirEntry]) -> str | None:
-        names = [e.name for e in entries]  # a predict --out folder below: its drawings are not a class
-        return VISLAB_OUTPUT if vislab_output_kind(names) or PREDICT_MARKER in names else None
+        return VISLAB_OUTPUT if vislab_output_kind(e.name for e in entries) else None
 
     walk = walk_files(top, skip_entry, skip_folder)
     # a loop is a link to a folder already read: curation.json counts it with those links
